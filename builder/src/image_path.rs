@@ -1,0 +1,155 @@
+//! Paths inside an image: normalised, relative to the image root, never escaping it.
+
+use std::fmt;
+
+/// A validated path inside the image, stored without a leading `/` (the root is empty).
+///
+/// Components are never empty, `.` or `..`, and never contain NUL. Ordering is bytewise,
+/// which puts every parent before its children.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ImagePath(String);
+
+/// Why a string is not a valid image path.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ImagePathError {
+    #[error("path {0:?} climbs out of the image root with \"..\"")]
+    Escapes(String),
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("path {0:?} is empty; use \"/\" for the root")]
+    Empty(String),
+}
+
+impl ImagePath {
+    /// The image root.
+    pub fn root() -> Self {
+        ImagePath(String::new())
+    }
+
+    /// Parses and normalises a path; a leading `/` is optional, `.` and repeated `/` are
+    /// dropped, and `..` that would leave the root is an error (`a/../b` is `b`).
+    pub fn parse(raw: &str) -> Result<Self, ImagePathError> {
+        if raw.is_empty() {
+            return Err(ImagePathError::Empty(raw.to_string()));
+        }
+        if raw.contains('\0') {
+            return Err(ImagePathError::Nul(raw.to_string()));
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for comp in raw.split('/') {
+            match comp {
+                "" | "." => {}
+                ".." => {
+                    if parts.pop().is_none() {
+                        return Err(ImagePathError::Escapes(raw.to_string()));
+                    }
+                }
+                c => parts.push(c),
+            }
+        }
+        Ok(ImagePath(parts.join("/")))
+    }
+
+    /// Parses a path that is relative to a directory inside the image (such as a symlink
+    /// target or a tar member name) and joins it onto `base`.
+    pub fn join(&self, rel: &str) -> Result<Self, ImagePathError> {
+        if self.0.is_empty() {
+            return ImagePath::parse(rel);
+        }
+        ImagePath::parse(&format!("{}/{}", self.0, rel))
+    }
+
+    /// True for the image root.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The path without a leading `/` (`""` for the root).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The parent directory; `None` for the root.
+    pub fn parent(&self) -> Option<ImagePath> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(match self.0.rfind('/') {
+            Some(i) => ImagePath(self.0[..i].to_string()),
+            None => ImagePath::root(),
+        })
+    }
+
+    /// Every ancestor from the topmost directory down to the parent, root excluded.
+    pub fn ancestors(&self) -> Vec<ImagePath> {
+        let mut out = Vec::new();
+        let mut cur = self.parent();
+        while let Some(p) = cur {
+            if p.is_root() {
+                break;
+            }
+            cur = p.parent();
+            out.push(p);
+        }
+        out.reverse();
+        out
+    }
+}
+
+impl fmt::Display for ImagePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/{}", self.0)
+    }
+}
+
+impl fmt::Debug for ImagePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", format!("/{}", self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises() {
+        assert_eq!(
+            ImagePath::parse("/usr//bin/./x").unwrap().as_str(),
+            "usr/bin/x"
+        );
+        assert_eq!(ImagePath::parse("a/../b").unwrap().as_str(), "b");
+        assert!(ImagePath::parse("/").unwrap().is_root());
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        for bad in ["..", "/../etc/passwd", "a/../../b", "../x"] {
+            assert!(
+                matches!(ImagePath::parse(bad), Err(ImagePathError::Escapes(_))),
+                "{bad}"
+            );
+        }
+        assert!(ImagePath::parse("a\0b").is_err());
+        assert!(ImagePath::parse("").is_err());
+    }
+
+    #[test]
+    fn ancestors_and_order() {
+        let p = ImagePath::parse("/a/b/c").unwrap();
+        let names: Vec<_> = p
+            .ancestors()
+            .iter()
+            .map(|a| a.as_str().to_string())
+            .collect();
+        assert_eq!(names, ["a", "a/b"]);
+        // parents sort before children even when a sibling has a smaller byte after the prefix
+        let mut v = [
+            ImagePath::parse("a/b").unwrap(),
+            ImagePath::parse("a-c").unwrap(),
+            ImagePath::parse("a").unwrap(),
+        ];
+        v.sort();
+        assert_eq!(v[0].as_str(), "a");
+    }
+}

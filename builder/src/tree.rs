@@ -1,0 +1,300 @@
+//! The file tree of one layer: what the layer writer turns into tar bytes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_oci::Digest;
+
+use crate::image_path::ImagePath;
+
+/// Ownership, permission bits and extended attributes of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits including setuid/setgid/sticky (`0o7777` at most).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Declared extended attributes, written as PAX `SCHILY.xattr.*` records.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Meta {
+    /// Root-owned with the given mode and no xattrs.
+    pub fn root(mode: u32) -> Self {
+        Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            xattrs: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// A file on the host, read when the layer is written; `size` and `digest` were taken
+    /// when the input was hashed, and the writer refuses a file that changed since.
+    Host {
+        path: PathBuf,
+        size: u64,
+        digest: Digest,
+    },
+    /// Bytes held in memory (inline content, members of input tarballs).
+    Bytes(Arc<[u8]>),
+}
+
+impl Content {
+    /// The number of bytes this content has.
+    pub fn size(&self) -> u64 {
+        match self {
+            Content::Host { size, .. } => *size,
+            Content::Bytes(b) => b.len() as u64,
+        }
+    }
+}
+
+/// What an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File(Content),
+    /// A symbolic link with its target exactly as it will be stored.
+    Symlink(String),
+    /// A hard link to an earlier regular file of the same layer.
+    HardLink(ImagePath),
+}
+
+/// One path in a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: EntryKind,
+    pub meta: Meta,
+}
+
+/// Why an entry could not be added to a tree.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TreeError {
+    #[error("{path} is declared twice in this layer")]
+    Duplicate { path: ImagePath },
+    #[error("{path} needs {parent} to be a directory, but it is declared as something else")]
+    ParentNotDir { path: ImagePath, parent: ImagePath },
+    #[error("hard link {path} points at {target}, which is not a regular file in this layer")]
+    BadHardLink { path: ImagePath, target: ImagePath },
+    #[error("the image root cannot be replaced by anything but a directory")]
+    Root,
+}
+
+/// A layer's entries keyed by path; iteration is bytewise path order, parents first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    entries: BTreeMap<ImagePath, Entry>,
+    /// Parent directories created implicitly (0755, root), which an explicit declaration
+    /// may still replace.
+    implicit: std::collections::BTreeSet<ImagePath>,
+}
+
+impl Tree {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an entry, creating missing parent directories as root-owned 0755.
+    pub fn insert(&mut self, path: ImagePath, entry: Entry) -> Result<(), TreeError> {
+        if path.is_root() {
+            return Err(TreeError::Root);
+        }
+        for parent in path.ancestors() {
+            match self.entries.get(&parent) {
+                Some(Entry {
+                    kind: EntryKind::Dir,
+                    ..
+                }) => {}
+                Some(_) => return Err(TreeError::ParentNotDir { path, parent }),
+                None => {
+                    self.entries.insert(
+                        parent.clone(),
+                        Entry {
+                            kind: EntryKind::Dir,
+                            meta: Meta::root(0o755),
+                        },
+                    );
+                    self.implicit.insert(parent);
+                }
+            }
+        }
+        if let EntryKind::HardLink(target) = &entry.kind {
+            let ok = matches!(
+                self.entries.get(target),
+                Some(Entry {
+                    kind: EntryKind::File(_),
+                    ..
+                })
+            );
+            if !ok || target == &path {
+                return Err(TreeError::BadHardLink {
+                    path,
+                    target: target.clone(),
+                });
+            }
+        }
+        if self.entries.contains_key(&path) {
+            let replace_implicit = self.implicit.contains(&path) && entry.kind == EntryKind::Dir;
+            if !replace_implicit {
+                return Err(TreeError::Duplicate { path });
+            }
+            self.implicit.remove(&path);
+        }
+        let later_target = match &entry.kind {
+            EntryKind::HardLink(target) if target > &path => Some(target.clone()),
+            _ => None,
+        };
+        self.entries.insert(path.clone(), entry);
+        if let Some(target) = later_target {
+            self.move_link_content(&target, &path);
+        }
+        Ok(())
+    }
+
+    /// Tar readers need a hard link's target to come first, so when a link sorts before
+    /// its file the content moves to the link's path and every link points there.
+    fn move_link_content(&mut self, from: &ImagePath, to: &ImagePath) {
+        let Some(file) = self.entries.remove(from) else {
+            return;
+        };
+        self.entries.insert(to.clone(), file.clone());
+        self.entries.insert(
+            from.clone(),
+            Entry {
+                kind: EntryKind::HardLink(to.clone()),
+                meta: file.meta,
+            },
+        );
+        for entry in self.entries.values_mut() {
+            if entry.kind == EntryKind::HardLink(from.clone()) {
+                entry.kind = EntryKind::HardLink(to.clone());
+            }
+        }
+    }
+
+    /// Entries in bytewise path order (every parent before its children).
+    pub fn iter(&self) -> impl Iterator<Item = (&ImagePath, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// The entry at `path`, if any.
+    pub fn get(&self, path: &ImagePath) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// Number of entries, implicit parents included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the tree has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ImagePath {
+        ImagePath::parse(s).unwrap()
+    }
+
+    fn file(bytes: &[u8]) -> Entry {
+        Entry {
+            kind: EntryKind::File(Content::Bytes(bytes.into())),
+            meta: Meta::root(0o644),
+        }
+    }
+
+    #[test]
+    fn parents_are_created_and_may_be_declared_later() {
+        let mut t = Tree::new();
+        t.insert(p("/a/b/c"), file(b"x")).unwrap();
+        t.insert(
+            p("/a"),
+            Entry {
+                kind: EntryKind::Dir,
+                meta: Meta::root(0o700),
+            },
+        )
+        .unwrap();
+        let paths: Vec<_> = t.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(paths, ["a", "a/b", "a/b/c"]);
+        assert_eq!(t.get(&p("a")).unwrap().meta.mode, 0o700);
+        assert!(matches!(
+            t.insert(
+                p("/a"),
+                Entry {
+                    kind: EntryKind::Dir,
+                    meta: Meta::root(0o755)
+                }
+            ),
+            Err(TreeError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            t.insert(p("/a/b/c/d"), file(b"y")),
+            Err(TreeError::ParentNotDir { .. })
+        ));
+    }
+
+    #[test]
+    fn hard_links_always_point_backwards() {
+        let mut t = Tree::new();
+        t.insert(p("/z"), file(b"data")).unwrap();
+        t.insert(
+            p("/m"),
+            Entry {
+                kind: EntryKind::HardLink(p("/z")),
+                meta: Meta::root(0o644),
+            },
+        )
+        .unwrap();
+        t.insert(
+            p("/y"),
+            Entry {
+                kind: EntryKind::HardLink(p("/z")),
+                meta: Meta::root(0o644),
+            },
+        )
+        .unwrap();
+        assert!(matches!(t.get(&p("m")).unwrap().kind, EntryKind::File(_)));
+        assert_eq!(t.get(&p("z")).unwrap().kind, EntryKind::HardLink(p("m")));
+        assert_eq!(t.get(&p("y")).unwrap().kind, EntryKind::HardLink(p("m")));
+        t.insert(
+            p("/a"),
+            Entry {
+                kind: EntryKind::HardLink(p("/m")),
+                meta: Meta::root(0o644),
+            },
+        )
+        .unwrap();
+        assert!(matches!(t.get(&p("a")).unwrap().kind, EntryKind::File(_)));
+        for other in ["m", "y", "z"] {
+            assert_eq!(t.get(&p(other)).unwrap().kind, EntryKind::HardLink(p("a")));
+        }
+        let dir = Entry {
+            kind: EntryKind::Dir,
+            meta: Meta::root(0o755),
+        };
+        t.insert(p("/d"), dir).unwrap();
+        assert!(matches!(
+            t.insert(
+                p("/e"),
+                Entry {
+                    kind: EntryKind::HardLink(p("/d")),
+                    meta: Meta::root(0o644)
+                }
+            ),
+            Err(TreeError::BadHardLink { .. })
+        ));
+    }
+}
