@@ -114,10 +114,7 @@ mod tests {
 
     #[test]
     fn normalises() {
-        assert_eq!(
-            ImagePath::parse("/usr//bin/./x").unwrap().as_str(),
-            "usr/bin/x"
-        );
+        assert_eq!(ImagePath::parse("/usr//bin/./x").unwrap().as_str(), "usr/bin/x");
         assert_eq!(ImagePath::parse("a/../b").unwrap().as_str(), "b");
         assert!(ImagePath::parse("/").unwrap().is_root());
     }
@@ -125,10 +122,7 @@ mod tests {
     #[test]
     fn refuses_escapes() {
         for bad in ["..", "/../etc/passwd", "a/../../b", "../x"] {
-            assert!(
-                matches!(ImagePath::parse(bad), Err(ImagePathError::Escapes(_))),
-                "{bad}"
-            );
+            assert!(matches!(ImagePath::parse(bad), Err(ImagePathError::Escapes(_))), "{bad}");
         }
         assert!(ImagePath::parse("a\0b").is_err());
         assert!(ImagePath::parse("").is_err());
@@ -137,11 +131,7 @@ mod tests {
     #[test]
     fn ancestors_and_order() {
         let p = ImagePath::parse("/a/b/c").unwrap();
-        let names: Vec<_> = p
-            .ancestors()
-            .iter()
-            .map(|a| a.as_str().to_string())
-            .collect();
+        let names: Vec<_> = p.ancestors().iter().map(|a| a.as_str().to_string()).collect();
         assert_eq!(names, ["a", "a/b"]);
         // parents sort before children even when a sibling has a smaller byte after the prefix
         let mut v = [

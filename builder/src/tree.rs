@@ -22,12 +22,7 @@ pub struct Meta {
 impl Meta {
     /// Root-owned with the given mode and no xattrs.
     pub fn root(mode: u32) -> Self {
-        Meta {
-            mode,
-            uid: 0,
-            gid: 0,
-            xattrs: BTreeMap::new(),
-        }
+        Meta { mode, uid: 0, gid: 0, xattrs: BTreeMap::new() }
     }
 }
 
@@ -36,11 +31,7 @@ impl Meta {
 pub enum Content {
     /// A file on the host, read when the layer is written; `size` and `digest` were taken
     /// when the input was hashed, and the writer refuses a file that changed since.
-    Host {
-        path: PathBuf,
-        size: u64,
-        digest: Digest,
-    },
+    Host { path: PathBuf, size: u64, digest: Digest },
     /// Bytes held in memory (inline content, members of input tarballs).
     Bytes(Arc<[u8]>),
 }
@@ -108,37 +99,30 @@ impl Tree {
         }
         for parent in path.ancestors() {
             match self.entries.get(&parent) {
-                Some(Entry {
-                    kind: EntryKind::Dir,
-                    ..
-                }) => {}
+                Some(Entry { kind: EntryKind::Dir, .. }) => {}
                 Some(_) => return Err(TreeError::ParentNotDir { path, parent }),
                 None => {
                     self.entries.insert(
                         parent.clone(),
-                        Entry {
-                            kind: EntryKind::Dir,
-                            meta: Meta::root(0o755),
-                        },
+                        Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) },
                     );
                     self.implicit.insert(parent);
                 }
             }
         }
+        let mut entry = entry;
         if let EntryKind::HardLink(target) = &entry.kind {
-            let ok = matches!(
-                self.entries.get(target),
-                Some(Entry {
-                    kind: EntryKind::File(_),
-                    ..
-                })
-            );
-            if !ok || target == &path {
-                return Err(TreeError::BadHardLink {
-                    path,
-                    target: target.clone(),
-                });
+            // A link to a link means a link to the file both share.
+            let file = match self.entries.get(target) {
+                Some(Entry { kind: EntryKind::HardLink(first), .. }) => first.clone(),
+                _ => target.clone(),
+            };
+            let ok =
+                matches!(self.entries.get(&file), Some(Entry { kind: EntryKind::File(_), .. }));
+            if !ok || file == path {
+                return Err(TreeError::BadHardLink { path, target: target.clone() });
             }
+            entry.kind = EntryKind::HardLink(file);
         }
         if self.entries.contains_key(&path) {
             let replace_implicit = self.implicit.contains(&path) && entry.kind == EntryKind::Dir;
@@ -165,13 +149,8 @@ impl Tree {
             return;
         };
         self.entries.insert(to.clone(), file.clone());
-        self.entries.insert(
-            from.clone(),
-            Entry {
-                kind: EntryKind::HardLink(to.clone()),
-                meta: file.meta,
-            },
-        );
+        self.entries
+            .insert(from.clone(), Entry { kind: EntryKind::HardLink(to.clone()), meta: file.meta });
         for entry in self.entries.values_mut() {
             if entry.kind == EntryKind::HardLink(from.clone()) {
                 entry.kind = EntryKind::HardLink(to.clone());
@@ -209,90 +188,47 @@ mod tests {
     }
 
     fn file(bytes: &[u8]) -> Entry {
-        Entry {
-            kind: EntryKind::File(Content::Bytes(bytes.into())),
-            meta: Meta::root(0o644),
-        }
+        Entry { kind: EntryKind::File(Content::Bytes(bytes.into())), meta: Meta::root(0o644) }
     }
 
     #[test]
     fn parents_are_created_and_may_be_declared_later() {
         let mut t = Tree::new();
         t.insert(p("/a/b/c"), file(b"x")).unwrap();
-        t.insert(
-            p("/a"),
-            Entry {
-                kind: EntryKind::Dir,
-                meta: Meta::root(0o700),
-            },
-        )
-        .unwrap();
+        t.insert(p("/a"), Entry { kind: EntryKind::Dir, meta: Meta::root(0o700) }).unwrap();
         let paths: Vec<_> = t.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(paths, ["a", "a/b", "a/b/c"]);
         assert_eq!(t.get(&p("a")).unwrap().meta.mode, 0o700);
         assert!(matches!(
-            t.insert(
-                p("/a"),
-                Entry {
-                    kind: EntryKind::Dir,
-                    meta: Meta::root(0o755)
-                }
-            ),
+            t.insert(p("/a"), Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) }),
             Err(TreeError::Duplicate { .. })
         ));
-        assert!(matches!(
-            t.insert(p("/a/b/c/d"), file(b"y")),
-            Err(TreeError::ParentNotDir { .. })
-        ));
+        assert!(matches!(t.insert(p("/a/b/c/d"), file(b"y")), Err(TreeError::ParentNotDir { .. })));
     }
 
     #[test]
     fn hard_links_always_point_backwards() {
         let mut t = Tree::new();
         t.insert(p("/z"), file(b"data")).unwrap();
-        t.insert(
-            p("/m"),
-            Entry {
-                kind: EntryKind::HardLink(p("/z")),
-                meta: Meta::root(0o644),
-            },
-        )
-        .unwrap();
-        t.insert(
-            p("/y"),
-            Entry {
-                kind: EntryKind::HardLink(p("/z")),
-                meta: Meta::root(0o644),
-            },
-        )
-        .unwrap();
+        t.insert(p("/m"), Entry { kind: EntryKind::HardLink(p("/z")), meta: Meta::root(0o644) })
+            .unwrap();
+        t.insert(p("/y"), Entry { kind: EntryKind::HardLink(p("/z")), meta: Meta::root(0o644) })
+            .unwrap();
         assert!(matches!(t.get(&p("m")).unwrap().kind, EntryKind::File(_)));
         assert_eq!(t.get(&p("z")).unwrap().kind, EntryKind::HardLink(p("m")));
         assert_eq!(t.get(&p("y")).unwrap().kind, EntryKind::HardLink(p("m")));
-        t.insert(
-            p("/a"),
-            Entry {
-                kind: EntryKind::HardLink(p("/m")),
-                meta: Meta::root(0o644),
-            },
-        )
-        .unwrap();
+        t.insert(p("/a"), Entry { kind: EntryKind::HardLink(p("/m")), meta: Meta::root(0o644) })
+            .unwrap();
         assert!(matches!(t.get(&p("a")).unwrap().kind, EntryKind::File(_)));
         for other in ["m", "y", "z"] {
             assert_eq!(t.get(&p(other)).unwrap().kind, EntryKind::HardLink(p("a")));
         }
-        let dir = Entry {
-            kind: EntryKind::Dir,
-            meta: Meta::root(0o755),
-        };
+        let dir = Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) };
         t.insert(p("/d"), dir).unwrap();
         assert!(matches!(
             t.insert(
                 p("/e"),
-                Entry {
-                    kind: EntryKind::HardLink(p("/d")),
-                    meta: Meta::root(0o644)
-                }
+                Entry { kind: EntryKind::HardLink(p("/d")), meta: Meta::root(0o644) }
             ),
             Err(TreeError::BadHardLink { .. })
         ));

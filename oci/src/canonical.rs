@@ -60,9 +60,8 @@ mod tests {
     fn hash_map_order_never_reaches_the_bytes() {
         let mut first = None;
         for _ in 0..32 {
-            let m: HashMap<String, String> = (0..16)
-                .map(|i| (format!("key{i}"), format!("v{i}")))
-                .collect();
+            let m: HashMap<String, String> =
+                (0..16).map(|i| (format!("key{i}"), format!("v{i}"))).collect();
             let bytes = to_canonical_json(&m).unwrap();
             match &first {
                 None => first = Some(bytes),

@@ -31,9 +31,7 @@ impl Digest {
     /// Parses a bare lowercase 64-character hex string (as found in store keys).
     pub fn from_hex(hex_str: &str) -> Result<Self, DigestError> {
         let valid = hex_str.len() == 64
-            && hex_str
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex_str.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {
             return Err(DigestError::Encoding(hex_str.to_string()));
         }
@@ -118,11 +116,7 @@ pub struct HashingWriter<W> {
 impl<W: Write> HashingWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
+        Self { inner, hasher: Sha256::new(), len: 0 }
     }
     /// Returns the inner writer, the digest and the byte count.
     pub fn finish(self) -> (W, Digest, u64) {
@@ -152,11 +146,7 @@ pub struct HashingReader<R> {
 impl<R: Read> HashingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
+        Self { inner, hasher: Sha256::new(), len: 0 }
     }
     /// Returns the digest and byte count of what was read.
     pub fn finish(self) -> (Digest, u64) {
@@ -189,14 +179,8 @@ mod tests {
     fn parse_round_trips_and_rejects_bad_input() {
         let d = Digest::of(b"kiln");
         assert_eq!(d.to_string().parse::<Digest>(), Ok(d));
-        assert!(matches!(
-            "md5:abc".parse::<Digest>(),
-            Err(DigestError::Algorithm(_))
-        ));
-        assert!(matches!(
-            "sha256:ABC".parse::<Digest>(),
-            Err(DigestError::Encoding(_))
-        ));
+        assert!(matches!("md5:abc".parse::<Digest>(), Err(DigestError::Algorithm(_))));
+        assert!(matches!("sha256:ABC".parse::<Digest>(), Err(DigestError::Encoding(_))));
         let upper = format!("sha256:{}", d.hex().to_uppercase());
         assert!(upper.parse::<Digest>().is_err());
     }
