@@ -1,1 +1,53 @@
-//! placeholder
+//! kiln's content-addressed store over any `object_store` backend.
+//!
+//! Keys (see DESIGN.md, "The store"):
+//!
+//! - `blobs/sha256/<hex>`: write-once blobs, re-hashed on every read;
+//! - `refs/<name>/<tag>`: the canonical JSON descriptor a tag points at (tags move);
+//! - `cache/<kind>/<key-hex>`: build cache entries, replaceable and safe to delete;
+//! - `uploads/...`: staging for large uploads, published to `blobs/` only once verified.
+//!
+//! Open one with [`Store::open`] on a folder path, `file:///abs/path` or `memory://`.
+
+mod blob;
+mod cache;
+pub mod error;
+mod key;
+pub mod location;
+pub mod reference;
+mod refs;
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+
+pub use blob::PutOutcome;
+pub use error::{Result, StoreError};
+pub use location::Location;
+pub use reference::{NameError, Reference, RepoName, Tag};
+
+/// A handle on one store; cheap to clone and share between tasks.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl Store {
+    /// Opens the store at `location`: a folder path (created if missing), `file:///abs/path`
+    /// or `memory://`.
+    pub fn open(location: &str) -> Result<Store> {
+        let location = Location::parse(location)?;
+        Ok(Store { inner: location.connect()?, description: location.to_string() })
+    }
+
+    /// Wraps an already built backend; `description` is what [`Store::describe`] shows.
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Store {
+        Store { inner, description: description.into() }
+    }
+
+    /// Where this store lives, for messages (`file:///...` or `memory://`).
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+}

@@ -1,0 +1,250 @@
+//! Write-once blobs under `blobs/sha256/<hex>`: every write is create-only, every read is
+//! re-hashed against the digest in the key.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use kiln_oci::{Digest, Sha256};
+use object_store::path::Path as Key;
+use object_store::{PutMode, WriteMultipart};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{Result, StoreError};
+use crate::{key, Store};
+
+/// Files this size or larger go through a staged multipart upload instead of one put.
+const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
+/// Multipart part size; above S3's 5 MiB minimum, small enough to keep memory flat.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploading at once; with [`PART_SIZE`] this bounds an upload's buffers to ~24 MiB.
+const PARTS_IN_FLIGHT: usize = 2;
+/// How much of a local file is read per step.
+const READ_CHUNK: usize = 1024 * 1024;
+/// Existence checks in flight at once in [`Store::has_blobs`].
+const HAS_CONCURRENCY: usize = 16;
+
+/// What a blob write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// The blob's size in bytes.
+    pub size: u64,
+    /// False when the blob was already there and nothing was written.
+    pub uploaded: bool,
+}
+
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::LocalFile { path: path.to_path_buf(), source }
+}
+
+fn backend_err(key: &Key) -> impl FnOnce(object_store::Error) -> StoreError + '_ {
+    move |source| StoreError::backend(key, source)
+}
+
+/// Fails with [`StoreError::DigestMismatch`] unless `found` is what `key` promises.
+fn check(key: &Key, expected: &Digest, found: Digest) -> Result<()> {
+    if found == *expected {
+        Ok(())
+    } else {
+        Err(StoreError::DigestMismatch { key: key.to_string(), expected: *expected, found })
+    }
+}
+
+impl Store {
+    /// Stores `bytes` under their digest unless already present; never overwrites.
+    pub async fn put_blob(&self, bytes: Bytes) -> Result<PutOutcome> {
+        let digest = Digest::of(&bytes);
+        let size = bytes.len() as u64;
+        let uploaded = self.create(&key::blob(&digest), bytes).await?;
+        Ok(PutOutcome { digest, size, uploaded })
+    }
+
+    /// Create-only put: `Ok(false)` when something is already at `key` (written by us or a
+    /// concurrent writer of the same content), since blob keys are never overwritten.
+    async fn create(&self, key: &Key, bytes: Bytes) -> Result<bool> {
+        match self.inner.put_opts(key, bytes.into(), PutMode::Create.into()).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(source) => Err(StoreError::backend(key, source)),
+        }
+    }
+
+    /// Streams the file at `path`, which the caller says is `expected` of `size` bytes, into
+    /// the store. Refuses, publishing nothing, if the file is anything else.
+    pub async fn put_blob_file(
+        &self,
+        path: &Path,
+        expected: &Digest,
+        size: u64,
+    ) -> Result<PutOutcome> {
+        let meta = tokio::fs::metadata(path).await.map_err(local_err(path))?;
+        if meta.len() != size {
+            return Err(StoreError::FileSize {
+                path: path.to_path_buf(),
+                expected_size: size,
+                found_size: meta.len(),
+            });
+        }
+        let outcome = |uploaded| PutOutcome { digest: *expected, size, uploaded };
+        if self.has_blob(expected).await? {
+            return Ok(outcome(false));
+        }
+        let mismatch = |found, found_size| StoreError::FileMismatch {
+            path: path.to_path_buf(),
+            expected: *expected,
+            expected_size: size,
+            found,
+            found_size,
+        };
+        if size < MULTIPART_THRESHOLD {
+            let bytes = Bytes::from(tokio::fs::read(path).await.map_err(local_err(path))?);
+            let found = Digest::of(&bytes);
+            if found != *expected || bytes.len() as u64 != size {
+                return Err(mismatch(found, bytes.len() as u64));
+            }
+            return Ok(outcome(self.create(&key::blob(expected), bytes).await?));
+        }
+
+        // Multipart uploads cannot be create-only, so the parts go to a private staging key
+        // and only a verified, complete object is copied (create-only) to the blob key.
+        let staging = key::upload(expected);
+        let upload = self.inner.put_multipart(&staging).await.map_err(backend_err(&staging))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let (found, found_size) = match stream_file(path, &staging, &mut writer).await {
+            Ok(streamed) => streamed,
+            Err(e) => {
+                // Best effort: the original error is the one worth reporting.
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        };
+        // What was hashed is exactly what was sent, so a file changed mid-read is caught here.
+        if found != *expected || found_size != size {
+            let _ = writer.abort().await;
+            return Err(mismatch(found, found_size));
+        }
+        writer.finish().await.map_err(backend_err(&staging))?;
+        let published = self.publish(&staging, expected, size).await;
+        let cleaned = match self.inner.delete(&staging).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StoreError::backend(&staging, source)),
+        };
+        let uploaded = published?;
+        cleaned?;
+        Ok(outcome(uploaded))
+    }
+
+    /// Copies a completed staging object to its blob key once its size proves it whole.
+    async fn publish(&self, staging: &Key, digest: &Digest, size: u64) -> Result<bool> {
+        let meta = self.inner.head(staging).await.map_err(backend_err(staging))?;
+        if meta.size != size {
+            return Err(StoreError::IncompleteUpload {
+                key: staging.to_string(),
+                expected: size,
+                found: meta.size,
+            });
+        }
+        let blob = key::blob(digest);
+        match self.inner.copy_if_not_exists(staging, &blob).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(source) => Err(StoreError::backend(&blob, source)),
+        }
+    }
+
+    /// Whether the blob is present (not verified; reads verify).
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        let key = key::blob(digest);
+        match self.inner.head(&key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StoreError::backend(&key, source)),
+        }
+    }
+
+    /// [`Store::has_blob`] for many digests, a bounded number at a time, in input order.
+    pub async fn has_blobs(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        futures::stream::iter(digests)
+            .map(|d| self.has_blob(d))
+            .buffered(HAS_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Reads a whole blob, refusing it if it does not hash to `digest`.
+    pub async fn get_blob(&self, digest: &Digest) -> Result<Bytes> {
+        let key = key::blob(digest);
+        let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
+        let bytes = got.bytes().await.map_err(backend_err(&key))?;
+        check(&key, digest, Digest::of(&bytes))?;
+        Ok(bytes)
+    }
+
+    /// Reads a blob and decodes it as JSON (manifests, configs, indexes).
+    pub async fn get_json<T: DeserializeOwned>(&self, digest: &Digest) -> Result<T> {
+        let bytes = self.get_blob(digest).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|source| StoreError::Json { key: key::blob(digest).to_string(), source })
+    }
+
+    /// Streams a blob into the file `target`, hashing as it goes, and returns its size. On any
+    /// failure after `target` was created, including a digest mismatch, `target` is removed.
+    pub async fn copy_blob_to(&self, digest: &Digest, target: &Path) -> Result<u64> {
+        let key = key::blob(digest);
+        // Fetch first, so a missing blob leaves an existing `target` untouched.
+        let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
+        let file = tokio::fs::File::create(target).await.map_err(local_err(target))?;
+        let result = stream_blob(got.into_stream(), &key, file, target).await;
+        let result = result.and_then(|(found, len)| check(&key, digest, found).map(|()| len));
+        if result.is_err() {
+            // Never leave a partial or wrong copy behind; the copy error is the one to report.
+            let _ = tokio::fs::remove_file(target).await;
+        }
+        result
+    }
+}
+
+/// Reads `path` into `writer` in chunks, hashing what is sent.
+async fn stream_file(
+    path: &Path,
+    staging: &Key,
+    writer: &mut WriteMultipart,
+) -> Result<(Digest, u64)> {
+    let mut file = tokio::fs::File::open(path).await.map_err(local_err(path))?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(local_err(path))?;
+        if n == 0 {
+            return Ok((hasher.finish(), len));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+        // Back-pressure: wait for a part slot so a fast disk cannot outrun the upload.
+        writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(backend_err(staging))?;
+        writer.write(&buf[..n]);
+    }
+}
+
+/// Writes a blob's byte stream to `file`, returning the digest and length of what was written.
+async fn stream_blob(
+    mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    key: &Key,
+    mut file: tokio::fs::File,
+    target: &Path,
+) -> Result<(Digest, u64)> {
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(chunk) = stream.try_next().await.map_err(backend_err(key))? {
+        hasher.update(&chunk);
+        len += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(local_err(target))?;
+    }
+    // tokio's File finishes writes in the background; flush surfaces their errors here.
+    file.flush().await.map_err(local_err(target))?;
+    Ok((hasher.finish(), len))
+}

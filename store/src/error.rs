@@ -1,0 +1,125 @@
+//! The one error type of the store: every variant names the key, path or location involved.
+
+use std::path::PathBuf;
+
+use kiln_oci::Digest;
+
+use crate::reference::NameError;
+
+/// What went wrong in a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The location uses a scheme this build cannot open yet.
+    #[error(
+        "store location {location:?} uses the {scheme}:// scheme, which is not supported yet; \
+         use a folder path, file:///abs/path or memory://"
+    )]
+    Unsupported { location: String, scheme: String },
+
+    /// The location string is not a usable path or URL.
+    #[error("store location {location:?} is invalid: {reason}")]
+    InvalidLocation { location: String, reason: String },
+
+    /// The store folder could not be created or canonicalised.
+    #[error("cannot open store folder {path}")]
+    OpenFolder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The object store backend failed for `key`.
+    #[error("store operation on {key} failed")]
+    Backend {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// Nothing is stored under `key`.
+    #[error("{key} is not in the store")]
+    NotFound { key: String },
+
+    /// The bytes under `key` do not hash to the digest the key names.
+    #[error(
+        "blob {key} is corrupt: expected {expected}, found {found}; delete it from the store \
+         and rebuild or re-copy it"
+    )]
+    DigestMismatch { key: String, expected: Digest, found: Digest },
+
+    /// A staged upload did not arrive whole, so it was not published.
+    #[error(
+        "upload staged at {key} has {found} bytes, expected {expected}; nothing was published, \
+         retry the upload"
+    )]
+    IncompleteUpload { key: String, expected: u64, found: u64 },
+
+    /// A file handed to `put_blob_file` is not the blob the caller said it was.
+    #[error(
+        "file {path} is {found} ({found_size} bytes) but {expected} ({expected_size} bytes) \
+         was expected; nothing was published (was the file changed after it was hashed?)"
+    )]
+    FileMismatch {
+        path: PathBuf,
+        expected: Digest,
+        expected_size: u64,
+        found: Digest,
+        found_size: u64,
+    },
+
+    /// A file handed to `put_blob_file` has another size than the caller said.
+    #[error(
+        "file {path} has {found_size} bytes but {expected_size} were expected; nothing was \
+         published (was the file changed after it was hashed?)"
+    )]
+    FileSize { path: PathBuf, expected_size: u64, found_size: u64 },
+
+    /// Reading or writing a local file failed.
+    #[error("cannot access local file {path}")]
+    LocalFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The JSON stored under `key` could not be decoded or encoded.
+    #[error("{key} does not hold the expected JSON")]
+    Json {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A blob resolved by digest alone has no `mediaType` field to describe it with.
+    #[error("blob {key} has no mediaType field, so a bare digest cannot be resolved to it")]
+    NoMediaType { key: String },
+
+    /// A repository name, tag or reference failed validation.
+    #[error(transparent)]
+    Name(#[from] NameError),
+
+    /// A key under `refs/` does not spell a valid name and tag.
+    #[error("store key {key} is not a valid ref (refs/<name>/<tag>); remove it")]
+    InvalidRefKey {
+        key: String,
+        #[source]
+        source: NameError,
+    },
+
+    /// A cache kind is not `[a-z0-9-]+`.
+    #[error("cache kind {kind:?} must be non-empty lowercase letters, digits and '-'")]
+    InvalidCacheKind { kind: String },
+}
+
+/// Result with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// Wraps a backend error for `key`, turning a missing object into [`StoreError::NotFound`].
+    pub(crate) fn backend(key: &object_store::path::Path, source: object_store::Error) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound { key: key.to_string() },
+            source => StoreError::Backend { key: key.to_string(), source },
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! One body per store behaviour, run against every backend (object_store's conformance style).
+// A failed unwrap in a test is the failure report we want.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use kiln_oci::{media_type, Descriptor, Digest};
+use kiln_store::{NameError, Reference, RepoName, Store, StoreError, Tag};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as Key;
+use object_store::ObjectStore;
+use tempfile::TempDir;
+
+/// A store plus raw access to its backend, so tests can look behind the API.
+struct Fixture {
+    store: Store,
+    raw: Arc<dyn ObjectStore>,
+    /// Set for the folder backend: the store's root on disk.
+    root: Option<std::path::PathBuf>,
+    /// Scratch space for local files; also holds the folder store.
+    tmp: TempDir,
+}
+
+impl Fixture {
+    fn memory() -> Fixture {
+        let raw: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let store = Store::from_object_store(raw.clone(), "memory://");
+        Fixture { store, raw, root: None, tmp: tempfile::tempdir().unwrap() }
+    }
+
+    fn folder() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let store = Store::open(root.to_str().unwrap()).unwrap();
+        let raw: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+        Fixture { store, raw, root: Some(root), tmp }
+    }
+
+    /// Every key in the backend, sorted.
+    async fn keys(&self) -> Vec<String> {
+        let metas: Vec<_> = self.raw.list(None).try_collect().await.unwrap();
+        let mut keys: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Flips one byte of the object at `key`, behind the store's back.
+    async fn corrupt(&self, key: &str) {
+        match &self.root {
+            Some(root) => {
+                let path = root.join(key);
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[0] ^= 1;
+                std::fs::write(&path, bytes).unwrap();
+            }
+            None => {
+                let key = Key::from(key);
+                let mut bytes = self.raw.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+                bytes[0] ^= 1;
+                self.raw.put(&key, bytes.into()).await.unwrap();
+            }
+        }
+    }
+
+    /// Writes `content` to a scratch file and returns its path.
+    fn file(&self, name: &str, content: &[u8]) -> std::path::PathBuf {
+        let path = self.tmp.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+fn blob_key(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+/// Deterministic, non-repeating-looking content of `len` bytes.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect()
+}
+
+async fn put_get_round_trip(f: Fixture) {
+    let out = f.store.put_blob(Bytes::from_static(b"hello kiln")).await.unwrap();
+    assert_eq!(out.digest, Digest::of(b"hello kiln"));
+    assert_eq!(out.size, 10);
+    assert!(out.uploaded);
+    assert_eq!(f.store.get_blob(&out.digest).await.unwrap(), Bytes::from_static(b"hello kiln"));
+    let missing = Digest::of(b"nope");
+    assert!(!f.store.has_blob(&missing).await.unwrap());
+    assert_eq!(f.store.has_blobs(&[out.digest, missing]).await.unwrap(), vec![true, false]);
+    match f.store.get_blob(&missing).await {
+        Err(StoreError::NotFound { key }) => assert_eq!(key, blob_key(&missing)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.keys().await, vec![blob_key(&out.digest)]);
+}
+
+async fn second_put_does_not_rewrite(f: Fixture) {
+    let bytes = Bytes::from_static(b"once");
+    let first = f.store.put_blob(bytes.clone()).await.unwrap();
+    let key = Key::from(blob_key(&first.digest));
+    let before = f.raw.head(&key).await.unwrap();
+    let second = f.store.put_blob(bytes).await.unwrap();
+    assert!(first.uploaded);
+    assert!(!second.uploaded);
+    assert_eq!(second.digest, first.digest);
+    let after = f.raw.head(&key).await.unwrap();
+    assert_eq!((before.e_tag, before.last_modified), (after.e_tag, after.last_modified));
+}
+
+async fn put_file_large_uses_multipart(f: Fixture) {
+    let content = pattern(9 * 1024 * 1024 + 17);
+    let digest = Digest::of(&content);
+    let path = f.file("large", &content);
+    let out = f.store.put_blob_file(&path, &digest, content.len() as u64).await.unwrap();
+    assert!(out.uploaded);
+    assert_eq!(f.store.get_blob(&digest).await.unwrap(), content);
+    // The staging key is gone: only the blob remains.
+    assert_eq!(f.keys().await, vec![blob_key(&digest)]);
+    let again = f.store.put_blob_file(&path, &digest, content.len() as u64).await.unwrap();
+    assert!(!again.uploaded);
+}
+
+async fn put_file_small(f: Fixture) {
+    let content = pattern(4096);
+    let digest = Digest::of(&content);
+    let path = f.file("small", &content);
+    let out = f.store.put_blob_file(&path, &digest, 4096).await.unwrap();
+    assert!(out.uploaded);
+    assert_eq!(out.digest, digest);
+    assert_eq!(f.store.get_blob(&digest).await.unwrap(), content);
+    assert_eq!(f.keys().await, vec![blob_key(&digest)]);
+}
+
+async fn put_file_wrong_digest_publishes_nothing(f: Fixture) {
+    let wrong = Digest::of(b"something else");
+    for (name, len) in [("small", 1000), ("large", 9 * 1024 * 1024)] {
+        let content = pattern(len);
+        let path = f.file(name, &content);
+        match f.store.put_blob_file(&path, &wrong, len as u64).await {
+            Err(StoreError::FileMismatch { found, .. }) => assert_eq!(found, Digest::of(&content)),
+            other => panic!("{name}: {other:?}"),
+        }
+        match f.store.put_blob_file(&path, &Digest::of(&content), len as u64 + 1).await {
+            Err(StoreError::FileSize { found_size, .. }) => assert_eq!(found_size, len as u64),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // Nothing under blobs/, and no staging object left under uploads/ either.
+    assert_eq!(f.keys().await, Vec::<String>::new());
+}
+
+async fn corrupt_blob_is_refused(f: Fixture) {
+    let content = pattern(100_000);
+    let out = f.store.put_blob(Bytes::from(content)).await.unwrap();
+    let key = blob_key(&out.digest);
+    f.corrupt(&key).await;
+    let err = f.store.get_blob(&out.digest).await.unwrap_err();
+    assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&key) && msg.contains("corrupt") && msg.contains("delete"), "{msg}");
+
+    let target = f.tmp.path().join("export");
+    let err = f.store.copy_blob_to(&out.digest, &target).await.unwrap_err();
+    assert!(err.to_string().contains(&key), "{err}");
+    assert!(!target.exists(), "a corrupt copy must not be left behind");
+}
+
+async fn copy_blob_to_file(f: Fixture) {
+    let content = pattern(3 * 1024 * 1024);
+    let out = f.store.put_blob(Bytes::from(content.clone())).await.unwrap();
+    let target = f.tmp.path().join("export");
+    assert_eq!(f.store.copy_blob_to(&out.digest, &target).await.unwrap(), content.len() as u64);
+    assert_eq!(std::fs::read(&target).unwrap(), content);
+    // A missing blob leaves an existing target alone.
+    let missing = Digest::of(b"missing");
+    assert!(matches!(
+        f.store.copy_blob_to(&missing, &target).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(target.exists());
+}
+
+async fn refs_set_get_list_overwrite(f: Fixture) {
+    let name: RepoName = "kiln/base".parse().unwrap();
+    let other: RepoName = "kiln/app".parse().unwrap();
+    let (v1, v2): (Tag, Tag) = ("1.0".parse().unwrap(), "2.0".parse().unwrap());
+    let d1 = Descriptor::new(media_type::IMAGE_MANIFEST, Digest::of(b"m1"), 10);
+    let d2 = Descriptor::new(media_type::IMAGE_INDEX, Digest::of(b"m2"), 20);
+
+    assert_eq!(f.store.get_ref(&name, &v1).await.unwrap(), None);
+    f.store.set_ref(&name, &v2, &d1).await.unwrap();
+    f.store.set_ref(&name, &v1, &d1).await.unwrap();
+    f.store.set_ref(&other, &v1, &d2).await.unwrap();
+    assert_eq!(f.store.get_ref(&name, &v1).await.unwrap(), Some(d1.clone()));
+
+    // A tag moves.
+    f.store.set_ref(&name, &v1, &d2).await.unwrap();
+    assert_eq!(f.store.get_ref(&name, &v1).await.unwrap(), Some(d2.clone()));
+
+    let listed = f.store.list_refs().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            (other.clone(), v1.clone(), d2.clone()),
+            (name.clone(), v1.clone(), d2.clone()),
+            (name.clone(), v2.clone(), d1.clone()),
+        ]
+    );
+    // The stored bytes are the canonical JSON of the descriptor.
+    let raw = f.raw.get(&Key::from("refs/kiln/base/2.0")).await.unwrap().bytes().await.unwrap();
+    assert_eq!(raw, kiln_oci::to_canonical_json(&d1).unwrap());
+
+    let tagged: Reference = "kiln/base:2.0".parse().unwrap();
+    assert_eq!(f.store.resolve(&tagged).await.unwrap(), d1);
+    let absent: Reference = "kiln/base:9".parse().unwrap();
+    assert!(matches!(f.store.resolve(&absent).await, Err(StoreError::NotFound { .. })));
+}
+
+async fn resolve_digest_reads_the_blob(f: Fixture) {
+    let manifest =
+        br#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}"#;
+    let out = f.store.put_blob(Bytes::from_static(manifest)).await.unwrap();
+    let want = Descriptor::new(media_type::IMAGE_MANIFEST, out.digest, manifest.len() as u64);
+    let bare = Reference::Digest(out.digest);
+    assert_eq!(f.store.resolve(&bare).await.unwrap(), want);
+    let pinned: Reference = format!("kiln/base@{}", out.digest).parse().unwrap();
+    assert_eq!(f.store.resolve(&pinned).await.unwrap(), want);
+    let value: serde_json::Value = f.store.get_json(&out.digest).await.unwrap();
+    assert_eq!(value["schemaVersion"], 2);
+
+    let plain = f.store.put_blob(Bytes::from_static(b"{}")).await.unwrap();
+    assert!(matches!(
+        f.store.resolve(&Reference::Digest(plain.digest)).await,
+        Err(StoreError::NoMediaType { .. })
+    ));
+}
+
+async fn cache_round_trip(f: Fixture) {
+    let key = Digest::of(b"inputs");
+    assert_eq!(f.store.get_cache("layer", &key).await.unwrap(), None);
+    f.store.put_cache("layer", &key, Bytes::from_static(b"one")).await.unwrap();
+    f.store.put_cache("layer", &key, Bytes::from_static(b"two")).await.unwrap();
+    assert_eq!(f.store.get_cache("layer", &key).await.unwrap(), Some(Bytes::from_static(b"two")));
+    assert_eq!(f.keys().await, vec![format!("cache/layer/{}", key.hex())]);
+    for bad in ["", "Layer", "a/b", "..", "x_y"] {
+        assert!(matches!(
+            f.store.put_cache(bad, &key, Bytes::new()).await,
+            Err(StoreError::InvalidCacheKind { .. })
+        ));
+        assert!(matches!(
+            f.store.get_cache(bad, &key).await,
+            Err(StoreError::InvalidCacheKind { .. })
+        ));
+    }
+}
+
+async fn concurrent_puts_of_same_content(f: Fixture) {
+    let content = Bytes::from(pattern(2 * 1024 * 1024));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, content) = (f.store.clone(), content.clone());
+            tokio::spawn(async move { store.put_blob(content).await })
+        })
+        .collect();
+    let mut uploaded = 0;
+    for task in tasks {
+        let out = task.await.unwrap().unwrap();
+        assert_eq!(out.digest, Digest::of(&content));
+        uploaded += usize::from(out.uploaded);
+    }
+    assert!(uploaded >= 1, "someone must have written the blob");
+    assert_eq!(f.store.get_blob(&Digest::of(&content)).await.unwrap(), content);
+    assert_eq!(f.keys().await, vec![blob_key(&Digest::of(&content))]);
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Fixture::memory()).await
+                }
+            )*
+        }
+        mod folder {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Fixture::folder()).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    put_get_round_trip,
+    second_put_does_not_rewrite,
+    put_file_large_uses_multipart,
+    put_file_small,
+    put_file_wrong_digest_publishes_nothing,
+    corrupt_blob_is_refused,
+    copy_blob_to_file,
+    refs_set_get_list_overwrite,
+    resolve_digest_reads_the_blob,
+    cache_round_trip,
+    concurrent_puts_of_same_content,
+);
+
+#[test]
+fn open_memory_and_describe() {
+    let store = Store::open("memory://").unwrap();
+    assert_eq!(store.describe(), "memory://");
+    let err = Store::open("s3://bucket/prefix").unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { ref scheme, .. } if scheme == "s3"), "{err}");
+}
+
+#[test]
+fn missing_folder_is_created_and_described_as_a_file_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("new/store").to_str().unwrap()).unwrap();
+    assert!(tmp.path().join("new/store").is_dir());
+    assert!(store.describe().starts_with("file:///"), "{}", store.describe());
+}
+
+#[test]
+fn invalid_names_are_typed_errors() {
+    assert!(matches!("Kiln/Base".parse::<RepoName>(), Err(NameError::InvalidNameComponent { .. })));
+    assert!(matches!("kiln/../x".parse::<RepoName>(), Err(NameError::InvalidNameComponent { .. })));
+    assert_eq!("".parse::<RepoName>(), Err(NameError::EmptyName));
+    assert_eq!("".parse::<Tag>(), Err(NameError::EmptyTag));
+    assert!(matches!("t".repeat(129).parse::<Tag>(), Err(NameError::TagTooLong { .. })));
+    assert!(matches!("..".parse::<Tag>(), Err(NameError::InvalidTag { .. })));
+    assert!(matches!("kiln".parse::<Reference>(), Err(NameError::MissingTagOrDigest { .. })));
+    assert!(matches!("kiln@sha256:12".parse::<Reference>(), Err(NameError::Digest { .. })));
+    assert!(matches!("Kiln:1".parse::<Reference>(), Err(NameError::InvalidNameComponent { .. })));
+}
