@@ -1,7 +1,32 @@
 //! Turns kiln recipes into reproducible OCI image blobs.
+//!
+//! The flow: [`recipe`] parses TOML, [`inputs`] hashes files into a [`tree::Tree`] per layer,
+//! [`lock`] pins those digests, [`layer`] writes each tree as a compressed tarball, and
+//! [`image`] assembles configs, manifests and the index. [`build`] ties them together over a
+//! [`build::BlobSink`] that the caller backs with a store.
 
+pub mod build;
+pub mod compress;
+pub mod epoch;
+pub mod image;
 pub mod image_path;
+pub mod inputs;
+pub mod layer;
+pub mod lock;
+pub mod recipe;
+mod recipe_toml;
+pub mod source_path;
+pub mod tar;
+pub mod tarball;
 pub mod tree;
 
+pub use build::{build, BlobSink, BuildError, BuildOptions, BuildOutput, LockMode, Observer};
+pub use compress::{Compression, CompressionError};
+pub use epoch::Epoch;
+pub use image::LayerRecord;
 pub use image_path::{ImagePath, ImagePathError};
+pub use layer::{write_layer, LayerBlob, LayerError};
+pub use lock::Lock;
+pub use recipe::{Recipe, RecipeError};
+pub use tar::{write_tar, TarError};
 pub use tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};

@@ -13,9 +13,11 @@ mod blob;
 mod cache;
 pub mod error;
 mod key;
+pub mod layout;
 pub mod location;
 pub mod reference;
 mod refs;
+mod walk;
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ pub use blob::PutOutcome;
 pub use error::{Result, StoreError};
 pub use location::Location;
 pub use reference::{NameError, Reference, RepoName, Tag};
+pub use walk::image_blobs;
 
 /// A handle on one store; cheap to clone and share between tasks.
 #[derive(Clone, Debug)]

@@ -47,6 +47,26 @@ impl Fixture {
         keys
     }
 
+    /// For the folder backend, every regular file under the root, including the `#`-suffixed
+    /// multipart part files that `list` hides; for memory, the same as [`Fixture::keys`].
+    async fn files(&self) -> Vec<String> {
+        let Some(root) = &self.root else { return self.keys().await };
+        let mut found = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    found.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
     /// Flips one byte of the object at `key`, behind the store's back.
     async fn corrupt(&self, key: &str) {
         match &self.root {
@@ -119,7 +139,7 @@ async fn put_file_large_uses_multipart(f: Fixture) {
     assert!(out.uploaded);
     assert_eq!(f.store.get_blob(&digest).await.unwrap(), content);
     // The staging key is gone: only the blob remains.
-    assert_eq!(f.keys().await, vec![blob_key(&digest)]);
+    assert_eq!(f.files().await, vec![blob_key(&digest)]);
     let again = f.store.put_blob_file(&path, &digest, content.len() as u64).await.unwrap();
     assert!(!again.uploaded);
 }
@@ -149,8 +169,8 @@ async fn put_file_wrong_digest_publishes_nothing(f: Fixture) {
             other => panic!("{name}: {other:?}"),
         }
     }
-    // Nothing under blobs/, and no staging object left under uploads/ either.
-    assert_eq!(f.keys().await, Vec::<String>::new());
+    // Nothing under blobs/, and no staging object or part file left under uploads/ either.
+    assert_eq!(f.files().await, Vec::<String>::new());
 }
 
 async fn corrupt_blob_is_refused(f: Fixture) {
@@ -239,6 +259,27 @@ async fn resolve_digest_reads_the_blob(f: Fixture) {
     ));
 }
 
+async fn empty_store(f: Fixture) {
+    assert_eq!(f.store.list_refs().await.unwrap(), vec![]);
+    assert_eq!(f.store.has_blobs(&[]).await.unwrap(), Vec::<bool>::new());
+    let name: RepoName = "kiln".parse().unwrap();
+    assert_eq!(f.store.get_ref(&name, &"latest".parse().unwrap()).await.unwrap(), None);
+}
+
+async fn has_blobs_keeps_order(f: Fixture) {
+    let mut digests = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..40u32 {
+        let bytes = Bytes::from(i.to_le_bytes().to_vec());
+        if i % 3 == 0 {
+            f.store.put_blob(bytes.clone()).await.unwrap();
+        }
+        digests.push(Digest::of(&bytes));
+        want.push(i % 3 == 0);
+    }
+    assert_eq!(f.store.has_blobs(&digests).await.unwrap(), want);
+}
+
 async fn cache_round_trip(f: Fixture) {
     let key = Digest::of(b"inputs");
     assert_eq!(f.store.get_cache("layer", &key).await.unwrap(), None);
@@ -309,6 +350,8 @@ conformance!(
     refs_set_get_list_overwrite,
     resolve_digest_reads_the_blob,
     cache_round_trip,
+    empty_store,
+    has_blobs_keeps_order,
     concurrent_puts_of_same_content,
 );
 

@@ -1,0 +1,230 @@
+//! A whole build: inputs hashed and checked against the lock, layers written or taken from
+//! the cache, then config, manifests and index assembled.
+
+use std::path::PathBuf;
+
+use kiln_oci::{Descriptor, Digest, Platform, Sha256};
+
+use crate::compress::Compression;
+use crate::epoch::Epoch;
+use crate::image::{self, JsonBlob, LayerRecord};
+use crate::inputs::{self, InputError, ResolvedLayer};
+use crate::layer::{self, LayerBlob, LayerError};
+use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
+use crate::recipe::Recipe;
+use crate::tree::{Content, EntryKind, Tree};
+
+/// An error from the code that stores blobs, kept opaque to the builder.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a build puts its blobs and looks up earlier layers. The builder never talks to a
+/// store itself; the caller wires one in.
+pub trait BlobSink {
+    /// A layer built before from the same key, if its blob is still available.
+    fn cached_layer(&mut self, key: &Digest) -> Result<Option<LayerRecord>, SinkError>;
+    /// Stores a freshly written layer blob and remembers it under `key`.
+    fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;
+    /// Stores a JSON document (config, manifest, index).
+    fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError>;
+}
+
+/// Hears about progress; every method defaults to doing nothing.
+pub trait Observer {
+    /// Inputs of all layers are being hashed.
+    fn hashing(&self) {}
+    /// Layer `index` of `total` starts; `bytes` is its uncompressed content size.
+    fn layer_started(&self, _name: &str, _index: usize, _total: usize, _bytes: u64) {}
+    /// A layer finished, either written or reused from the cache.
+    fn layer_finished(&self, _name: &str, _reused: bool) {}
+}
+
+/// How the lock file is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// Any difference from the lock (or no lock) is an error.
+    Locked,
+    /// The lock is written or rewritten to match the inputs.
+    Update,
+}
+
+/// What a build needs besides the recipe.
+pub struct BuildOptions {
+    pub epoch: Epoch,
+    pub threads: usize,
+    /// A scratch folder for layer blobs before they are stored.
+    pub work_dir: PathBuf,
+    pub lock_mode: LockMode,
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct BuildOutput {
+    pub index: Descriptor,
+    pub manifests: Vec<(Platform, Descriptor)>,
+    pub layers: Vec<(String, LayerRecord)>,
+    pub layers_built: usize,
+    pub layers_reused: usize,
+    pub lock: Lock,
+    /// True when the lock file was created or changed by this build.
+    pub lock_written: bool,
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{recipe}: no lock file at {lock}; run `kiln lock {recipe}` first (or build without --locked)", recipe = .recipe.display(), lock = .lock.display())]
+    NoLock { recipe: PathBuf, lock: PathBuf },
+    #[error("inputs differ from {}:\n  {}\nrun `kiln lock` to accept the change, or restore the inputs", .lock.display(), .differences.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n  "))]
+    LockMismatch { lock: PathBuf, differences: Vec<LockDifference> },
+    #[error("layer {name:?}: {source}")]
+    Layer { name: String, source: LayerError },
+    #[error("storing blobs: {0}")]
+    Sink(SinkError),
+    #[error("serialising {what}: {source}")]
+    Json { what: &'static str, source: serde_json::Error },
+}
+
+/// Hashes every input and returns the layers plus the lock they amount to.
+pub fn resolve(recipe: &Recipe, epoch: Epoch) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
+    let layers = recipe.layers.iter().map(inputs::resolve_layer).collect::<Result<Vec<_>, _>>()?;
+    let all_inputs = layers.iter().flat_map(|l| l.inputs.iter().cloned()).collect();
+    let lock = Lock::new(recipe.digest, epoch.0, recipe.compression, all_inputs);
+    Ok((layers, lock))
+}
+
+/// Writes (or rewrites) the lock file for `recipe`; returns it and whether it changed.
+pub fn lock(recipe: &Recipe, epoch: Epoch) -> Result<(Lock, bool), BuildError> {
+    let (_, lock) = resolve(recipe, epoch)?;
+    let path = Lock::path_for(&recipe.file);
+    let changed = Lock::read(&path)?.as_ref() != Some(&lock);
+    if changed {
+        lock.write(&path)?;
+    }
+    Ok((lock, changed))
+}
+
+/// Builds `recipe` into `sink`.
+pub fn build(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    sink: &mut dyn BlobSink,
+    observer: &dyn Observer,
+) -> Result<BuildOutput, BuildError> {
+    observer.hashing();
+    let (resolved, current) = resolve(recipe, opts.epoch)?;
+    let lock_path = Lock::path_for(&recipe.file);
+    let existing = Lock::read(&lock_path)?;
+    if opts.lock_mode == LockMode::Locked {
+        let Some(locked) = &existing else {
+            return Err(BuildError::NoLock { recipe: recipe.file.clone(), lock: lock_path });
+        };
+        let differences = locked.differences(&current);
+        if !differences.is_empty() {
+            return Err(BuildError::LockMismatch { lock: lock_path, differences });
+        }
+    }
+
+    let total = resolved.len();
+    let mut layers = Vec::with_capacity(total);
+    let (mut built, mut reused) = (0, 0);
+    for (i, layer) in resolved.iter().enumerate() {
+        let bytes = layer
+            .tree
+            .iter()
+            .map(|(_, e)| if let EntryKind::File(c) = &e.kind { c.size() } else { 0 })
+            .sum();
+        observer.layer_started(&layer.name, i, total, bytes);
+        let key = layer_key(&layer.tree, opts.epoch, &recipe.compression);
+        let record = match sink.cached_layer(&key).map_err(BuildError::Sink)? {
+            Some(record) => {
+                reused += 1;
+                observer.layer_finished(&layer.name, true);
+                record
+            }
+            None => {
+                let blob = layer::write_layer(
+                    &layer.tree,
+                    opts.epoch.0,
+                    &recipe.compression,
+                    opts.threads,
+                    &opts.work_dir,
+                )
+                .map_err(|source| BuildError::Layer { name: layer.name.clone(), source })?;
+                sink.put_layer(&key, &blob).map_err(BuildError::Sink)?;
+                // The scratch copy is no longer needed once stored; failing to remove it is harmless.
+                let _ = std::fs::remove_file(&blob.path);
+                built += 1;
+                observer.layer_finished(&layer.name, false);
+                LayerRecord {
+                    media_type: blob.media_type.to_string(),
+                    digest: blob.digest,
+                    diff_id: blob.diff_id,
+                    size: blob.size,
+                }
+            }
+        };
+        layers.push((layer.name.clone(), record));
+    }
+
+    let json_err = |what| move |source| BuildError::Json { what, source };
+    let mut manifests = Vec::new();
+    for platform in &recipe.platforms {
+        let config = image::config(recipe, opts.epoch, platform, &layers)
+            .map_err(json_err("image config"))?;
+        sink.put_json(&config).map_err(BuildError::Sink)?;
+        let manifest = image::manifest(recipe, opts.epoch, &config.descriptor, &layers)
+            .map_err(json_err("manifest"))?;
+        sink.put_json(&manifest).map_err(BuildError::Sink)?;
+        manifests.push((platform.clone(), manifest.descriptor));
+    }
+    let index = image::index(recipe, opts.epoch, &manifests).map_err(json_err("image index"))?;
+    sink.put_json(&index).map_err(BuildError::Sink)?;
+
+    let lock_written = existing.as_ref() != Some(&current);
+    if lock_written {
+        current.write(&lock_path)?;
+    }
+    Ok(BuildOutput {
+        index: index.descriptor,
+        manifests,
+        layers,
+        layers_built: built,
+        layers_reused: reused,
+        lock: current,
+        lock_written,
+    })
+}
+
+/// The cache key of a layer: everything that decides its bytes, and nothing else.
+pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest {
+    let mut h = Sha256::new();
+    h.update(
+        format!(
+            "kiln-layer format={FORMAT_VERSION} epoch={epoch} compression={}\n",
+            compression.describe()
+        )
+        .as_bytes(),
+    );
+    for (path, entry) in tree.iter() {
+        let m = &entry.meta;
+        h.update(format!("{}\0{:o}\0{}\0{}\0", path.as_str(), m.mode, m.uid, m.gid).as_bytes());
+        for (k, v) in &m.xattrs {
+            h.update(format!("x{k}\0{}\0", v.len()).as_bytes());
+            h.update(v);
+        }
+        let kind = match &entry.kind {
+            EntryKind::Dir => "d".to_string(),
+            EntryKind::File(Content::Host { digest, .. }) => format!("f{digest}"),
+            EntryKind::File(Content::Bytes(b)) => format!("f{}", Digest::of(b)),
+            EntryKind::Symlink(t) => format!("l{t}"),
+            EntryKind::HardLink(t) => format!("h{}", t.as_str()),
+        };
+        h.update(kind.as_bytes());
+        h.update(b"\n");
+    }
+    h.finish()
+}

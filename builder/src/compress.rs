@@ -1,0 +1,344 @@
+//! Layer compression whose output bytes depend only on the input and the parameters, never
+//! on the number of threads.
+//!
+//! gzip: the input is cut into fixed 1 MiB chunks, each deflated on its own (raw deflate,
+//! primed with the previous 32 KiB as a dictionary) and ended with a sync flush, so the
+//! pieces concatenate into one deflate stream inside a single gzip member (as pigz does).
+//! zstd: libzstd's multithreaded mode with at least one worker, whose output is the same for
+//! any worker count.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::sync::{mpsc, Mutex};
+use std::thread;
+
+use flate2::{Compress, FlushCompress, Status};
+use serde::{Deserialize, Serialize};
+
+/// gzip input is deflated in chunks of exactly this many bytes (the last may be shorter).
+pub const GZIP_CHUNK: usize = 1 << 20;
+/// How much of the previous chunk primes the next one: deflate's whole window.
+const DICTIONARY: usize = 32 * 1024;
+/// gzip member header: deflate, no flags, mtime 0, XFL 0, OS 255 ("unknown").
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+/// Bytes read at a time when feeding zstd.
+const ZSTD_READ: usize = 1 << 20;
+
+/// A layer compressor and its parameters, as recorded in lock files:
+/// `{"algorithm":"gzip","level":6,"chunk":1048576}` or `{"algorithm":"zstd","level":3}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CompressionRecord", into = "CompressionRecord")]
+pub enum Compression {
+    /// Deflate through zlib-rs, level 0 ..= 9.
+    Gzip { level: u32 },
+    /// libzstd in multithreaded mode, level 1 ..= 22.
+    Zstd { level: i32 },
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::GZIP
+    }
+}
+
+impl Compression {
+    /// gzip at level 6.
+    pub const GZIP: Compression = Compression::Gzip { level: 6 };
+    /// zstd at level 3.
+    pub const ZSTD: Compression = Compression::Zstd { level: 3 };
+
+    /// Refuses levels the backend does not have.
+    pub fn validate(&self) -> Result<(), CompressionError> {
+        match *self {
+            Compression::Gzip { level } if level > 9 => {
+                Err(CompressionError::Level { algorithm: "gzip", level: level.into() })
+            }
+            Compression::Zstd { level } if !(1..=22).contains(&level) => {
+                Err(CompressionError::Level { algorithm: "zstd", level: level.into() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The OCI media type of a tar layer compressed this way.
+    pub fn media_type(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => kiln_oci::media_type::LAYER_TAR_GZIP,
+            Compression::Zstd { .. } => kiln_oci::media_type::LAYER_TAR_ZSTD,
+        }
+    }
+
+    /// A human description naming implementation and parameters, e.g.
+    /// `gzip/zlib-rs level 6 chunk 1MiB`.
+    pub fn describe(&self) -> String {
+        match self {
+            Compression::Gzip { level } => {
+                format!("gzip/zlib-rs level {level} chunk {}MiB", GZIP_CHUNK >> 20)
+            }
+            Compression::Zstd { level } => format!(
+                "zstd/libzstd {} level {level} multithreaded",
+                zstd::zstd_safe::version_string()
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Why compression parameters were refused or compression failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressionError {
+    #[error("{algorithm} has no compression level {level}")]
+    Level { algorithm: &'static str, level: i64 },
+    #[error("gzip chunk size {0} is not supported (only {GZIP_CHUNK} bytes)")]
+    Chunk(u64),
+    #[error("zstd has no chunk size parameter")]
+    ZstdChunk,
+    #[error("reading the data to compress")]
+    Read(#[source] io::Error),
+    #[error("writing compressed data")]
+    Write(#[source] io::Error),
+    #[error("deflate failed: {0}")]
+    Deflate(String),
+    #[error("setting up libzstd")]
+    Zstd(#[source] io::Error),
+    #[error("a compression worker thread stopped unexpectedly")]
+    Worker,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Algorithm {
+    Gzip,
+    Zstd,
+}
+
+/// The serialised form of [`Compression`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompressionRecord {
+    algorithm: Algorithm,
+    level: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunk: Option<u64>,
+}
+
+impl From<Compression> for CompressionRecord {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Gzip { level } => CompressionRecord {
+                algorithm: Algorithm::Gzip,
+                level: level.into(),
+                chunk: Some(GZIP_CHUNK as u64),
+            },
+            Compression::Zstd { level } => {
+                CompressionRecord { algorithm: Algorithm::Zstd, level: level.into(), chunk: None }
+            }
+        }
+    }
+}
+
+impl TryFrom<CompressionRecord> for Compression {
+    type Error = CompressionError;
+    fn try_from(r: CompressionRecord) -> Result<Self, CompressionError> {
+        let c = match r.algorithm {
+            Algorithm::Gzip => {
+                if let Some(chunk) = r.chunk.filter(|c| *c != GZIP_CHUNK as u64) {
+                    return Err(CompressionError::Chunk(chunk));
+                }
+                let level = u32::try_from(r.level)
+                    .map_err(|_| CompressionError::Level { algorithm: "gzip", level: r.level })?;
+                Compression::Gzip { level }
+            }
+            Algorithm::Zstd => {
+                if r.chunk.is_some() {
+                    return Err(CompressionError::ZstdChunk);
+                }
+                let level = i32::try_from(r.level)
+                    .map_err(|_| CompressionError::Level { algorithm: "zstd", level: r.level })?;
+                Compression::Zstd { level }
+            }
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Compresses all of `input` into `output` using up to `threads` worker threads (0 counts
+/// as 1); the bytes written do not depend on `threads`. Returns `output`.
+pub fn compress<R: Read, W: Write>(
+    compression: &Compression,
+    threads: usize,
+    input: R,
+    output: W,
+) -> Result<W, CompressionError> {
+    compression.validate()?;
+    let workers = threads.max(1);
+    match *compression {
+        Compression::Gzip { level } => gzip(level, workers, input, output),
+        Compression::Zstd { level } => zstd(level, workers, input, output),
+    }
+}
+
+fn zstd<R: Read, W: Write>(
+    level: i32,
+    workers: usize,
+    mut input: R,
+    output: W,
+) -> Result<W, CompressionError> {
+    let mut enc =
+        zstd::stream::write::Encoder::new(output, level).map_err(CompressionError::Zstd)?;
+    // Never 0 workers: single-threaded mode writes different bytes.
+    let workers = u32::try_from(workers).unwrap_or(u32::MAX);
+    enc.multithread(workers).map_err(CompressionError::Zstd)?;
+    enc.include_checksum(true).map_err(CompressionError::Zstd)?;
+    enc.include_contentsize(false).map_err(CompressionError::Zstd)?;
+    let mut buf = vec![0u8; ZSTD_READ];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CompressionError::Read(e)),
+        };
+        // Plain writes only: an explicit flush would end a zstd job early and change bytes.
+        enc.write_all(&buf[..n]).map_err(CompressionError::Write)?;
+    }
+    enc.finish().map_err(CompressionError::Write)
+}
+
+/// One chunk to deflate: `buf` holds `dictionary` bytes of preceding input, then the chunk.
+struct Job {
+    index: u64,
+    dictionary: usize,
+    buf: Vec<u8>,
+    last: bool,
+}
+
+/// A deflated chunk with the crc32 of its input.
+struct Deflated {
+    index: u64,
+    bytes: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
+fn gzip<R: Read, W: Write>(
+    level: u32,
+    workers: usize,
+    mut input: R,
+    mut output: W,
+) -> Result<W, CompressionError> {
+    let max_in_flight = 2 * workers;
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = mpsc::channel::<Result<Deflated, CompressionError>>();
+    thread::scope(|scope| {
+        for _ in 0..workers {
+            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+            scope.spawn(move || loop {
+                let job = match job_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = job else { return };
+                if done_tx.send(deflate_chunk(level, job)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+
+        output.write_all(&GZIP_HEADER).map_err(CompressionError::Write)?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut window: Vec<u8> = Vec::new();
+        let (mut sent, mut written, mut eof) = (0u64, 0u64, false);
+        let mut ready: BTreeMap<u64, Deflated> = BTreeMap::new();
+        while !eof || written < sent {
+            while !eof && sent - written < max_in_flight as u64 {
+                let mut buf = Vec::with_capacity(window.len() + GZIP_CHUNK);
+                buf.extend_from_slice(&window);
+                let n = read_full(&mut input, &mut buf, GZIP_CHUNK)?;
+                eof = n < GZIP_CHUNK;
+                window = buf[buf.len().saturating_sub(DICTIONARY)..].to_vec();
+                let job = Job { index: sent, dictionary: buf.len() - n, buf, last: eof };
+                job_tx.send(job).map_err(|_| CompressionError::Worker)?;
+                sent += 1;
+            }
+            let done = done_rx.recv().map_err(|_| CompressionError::Worker)??;
+            ready.insert(done.index, done);
+            while let Some(chunk) = ready.remove(&written) {
+                output.write_all(&chunk.bytes).map_err(CompressionError::Write)?;
+                crc.combine(&chunk.crc);
+                written += 1;
+            }
+        }
+        drop(job_tx);
+        // ISIZE is the input length modulo 2^32.
+        let isize = (crc.total_len() & 0xffff_ffff) as u32;
+        output.write_all(&crc.finalize().to_le_bytes()).map_err(CompressionError::Write)?;
+        output.write_all(&isize.to_le_bytes()).map_err(CompressionError::Write)?;
+        Ok(output)
+    })
+}
+
+/// Appends up to `want` bytes from `input` to `buf`, stopping early only at end of input.
+fn read_full<R: Read>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> Result<usize, CompressionError> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let mut got = 0;
+    let result = loop {
+        if got == want {
+            break Ok(got);
+        }
+        match input.read(&mut buf[start + got..]) {
+            Ok(0) => break Ok(got),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(CompressionError::Read(e)),
+        }
+    };
+    buf.truncate(start + got);
+    result
+}
+
+/// Deflates one chunk as raw deflate: a non-final chunk ends with a sync flush (an empty
+/// stored block, byte-aligned), the last one with a final block.
+fn deflate_chunk(level: u32, job: Job) -> Result<Deflated, CompressionError> {
+    let deflate_err = |e: flate2::CompressError| CompressionError::Deflate(e.to_string());
+    let mut c = Compress::new(flate2::Compression::new(level), false);
+    let (dictionary, data) = job.buf.split_at(job.dictionary);
+    if !dictionary.is_empty() {
+        c.set_dictionary(dictionary).map_err(deflate_err)?;
+    }
+    let flush = if job.last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let mut out = Vec::with_capacity(data.len() / 2 + 4096);
+    loop {
+        if out.capacity() - out.len() < 4096 {
+            out.reserve(out.capacity().max(64 * 1024));
+        }
+        let consumed = usize::try_from(c.total_in()).unwrap_or(usize::MAX).min(data.len());
+        let status = c.compress_vec(&data[consumed..], &mut out, flush).map_err(deflate_err)?;
+        let all_in = c.total_in() == data.len() as u64;
+        let finished = if job.last {
+            status == Status::StreamEnd
+        } else {
+            // Sync flush is complete once a call returns with output space left over.
+            all_in && out.len() < out.capacity()
+        };
+        if finished {
+            break;
+        }
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(data);
+    Ok(Deflated { index: job.index, bytes: out, crc })
+}

@@ -1,0 +1,95 @@
+//! The build's single notion of time: SOURCE_DATE_EPOCH semantics.
+
+use std::fmt;
+
+/// Seconds since 1970-01-01 UTC used for every timestamp in an image.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub i64);
+
+/// Why an epoch value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("epoch {0:?} is not a whole number of seconds since 1970 (≥ 0)")]
+pub struct EpochError(pub String);
+
+impl Epoch {
+    /// Picks the epoch: an explicit value, else `SOURCE_DATE_EPOCH`, else the recipe's, else 0.
+    pub fn resolve(
+        explicit: Option<i64>,
+        env: Option<&str>,
+        recipe: Option<i64>,
+    ) -> Result<Epoch, EpochError> {
+        if let Some(v) = explicit {
+            return Epoch::checked(v);
+        }
+        if let Some(raw) = env.filter(|s| !s.is_empty()) {
+            let v = raw.trim().parse::<i64>().map_err(|_| EpochError(raw.to_string()))?;
+            return Epoch::checked(v);
+        }
+        Ok(Epoch(recipe.unwrap_or(0)))
+    }
+
+    fn checked(v: i64) -> Result<Epoch, EpochError> {
+        if v < 0 {
+            return Err(EpochError(v.to_string()));
+        }
+        Ok(Epoch(v))
+    }
+
+    /// RFC 3339 in UTC, e.g. `2023-11-14T22:13:20Z`.
+    pub fn rfc3339(&self) -> String {
+        let days = self.0.div_euclid(86_400);
+        let secs = self.0.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            (secs % 3600) / 60,
+            secs % 60
+        )
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(Epoch(0).rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(Epoch(1_700_000_000).rfc3339(), "2023-11-14T22:13:20Z");
+        assert_eq!(Epoch(951_782_400).rfc3339(), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn precedence_is_flag_env_recipe_zero() {
+        assert_eq!(Epoch::resolve(Some(5), Some("7"), Some(9)).unwrap(), Epoch(5));
+        assert_eq!(Epoch::resolve(None, Some("7"), Some(9)).unwrap(), Epoch(7));
+        assert_eq!(Epoch::resolve(None, None, Some(9)).unwrap(), Epoch(9));
+        assert_eq!(Epoch::resolve(None, None, None).unwrap(), Epoch(0));
+        assert!(Epoch::resolve(None, Some("yesterday"), None).is_err());
+        assert!(Epoch::resolve(Some(-1), None, None).is_err());
+    }
+}

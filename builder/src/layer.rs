@@ -1,0 +1,181 @@
+//! One layer blob: a tree's tar stream, compressed, hashed twice and written to a file.
+//!
+//! The tar writer runs on its own thread and hands blocks through a bounded channel to the
+//! compressor, so producing the tar (reading and hashing inputs) overlaps compression and
+//! memory stays bounded whatever the layer's size.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread;
+
+use kiln_oci::{Digest, HashingWriter};
+
+use crate::compress::{compress, Compression, CompressionError};
+use crate::tar::{write_tar, TarError};
+use crate::tree::Tree;
+
+/// Size of the blocks handed from the tar writer to the compressor.
+const PIPE_BLOCK: usize = 256 * 1024;
+/// Blocks that may wait in the pipe.
+const PIPE_DEPTH: usize = 8;
+/// Buffer of the output file.
+const OUT_BUF: usize = 1 << 20;
+
+/// A compressed layer written to disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// The file holding the compressed bytes.
+    pub path: PathBuf,
+    /// sha256 of the compressed bytes (the blob's digest).
+    pub digest: Digest,
+    /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids` entry).
+    pub diff_id: Digest,
+    /// Size of the compressed bytes.
+    pub size: u64,
+    /// OCI media type of the blob.
+    pub media_type: &'static str,
+}
+
+/// Why a layer could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("writing the layer's tar stream")]
+    Tar(#[from] TarError),
+    #[error("compressing the layer with {compression}")]
+    Compress {
+        compression: Compression,
+        #[source]
+        source: CompressionError,
+    },
+    #[error("writing the layer file in {}", dir.display())]
+    Output {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Writes `tree` as a tar layer (every mtime `epoch`) compressed with `compression` on up
+/// to `threads` threads, to a new file in `out_dir`. The bytes do not depend on `threads`.
+pub fn write_layer(
+    tree: &Tree,
+    epoch: i64,
+    compression: &Compression,
+    threads: usize,
+    out_dir: &Path,
+) -> Result<LayerBlob, LayerError> {
+    let output_err = |source: io::Error| LayerError::Output { dir: out_dir.to_path_buf(), source };
+    let compress_err =
+        |source: CompressionError| LayerError::Compress { compression: *compression, source };
+    compression.validate().map_err(compress_err)?;
+    let temp = tempfile::Builder::new()
+        .prefix(".layer-")
+        .suffix(".partial")
+        .tempfile_in(out_dir)
+        .map_err(output_err)?;
+    let file = temp.as_file().try_clone().map_err(output_err)?;
+    let out = HashingWriter::new(BufWriter::with_capacity(OUT_BUF, file));
+
+    let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
+    let (compressed, produced) = thread::scope(|scope| {
+        let producer = scope.spawn(move || -> Result<Digest, TarError> {
+            let hashed = write_tar(tree, epoch, HashingWriter::new(PipeWriter::new(tx)))?;
+            let (pipe, diff_id, _) = hashed.finish();
+            pipe.close().map_err(TarError::Write)?;
+            Ok(diff_id)
+        });
+        let compressed = compress(compression, threads, PipeReader::new(rx), out);
+        match producer.join() {
+            Ok(produced) => (compressed, produced),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
+    // A failed compressor closes the pipe, which the tar writer then reports as a write
+    // error: the compressor's error is the one that explains what happened.
+    let out = compressed.map_err(compress_err)?;
+    let diff_id = produced?;
+
+    let (buffered, digest, size) = out.finish();
+    let file = buffered.into_inner().map_err(|e| output_err(e.into_error()))?;
+    file.sync_all().map_err(output_err)?;
+    drop(file);
+    let ext = match compression {
+        Compression::Gzip { .. } => "tar.gz",
+        Compression::Zstd { .. } => "tar.zst",
+    };
+    let path = out_dir.join(format!("layer-{}.{ext}", digest.hex()));
+    // Content-addressed: replacing a file of the same name replaces it with the same bytes.
+    temp.persist(&path).map_err(|e| output_err(e.error))?;
+    Ok(LayerBlob { path, digest, diff_id, size, media_type: compression.media_type() })
+}
+
+/// The tar writer's end of the pipe: collects bytes into blocks and sends them.
+struct PipeWriter {
+    tx: SyncSender<Vec<u8>>,
+    block: Vec<u8>,
+}
+
+impl PipeWriter {
+    fn new(tx: SyncSender<Vec<u8>>) -> Self {
+        PipeWriter { tx, block: Vec::with_capacity(PIPE_BLOCK) }
+    }
+
+    fn send_block(&mut self) -> io::Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(PIPE_BLOCK));
+        self.tx.send(block).map_err(|_| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped reading")
+        })
+    }
+
+    /// Sends what is buffered; dropping the writer then ends the stream.
+    fn close(mut self) -> io::Result<()> {
+        self.send_block()
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(PIPE_BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == PIPE_BLOCK {
+            self.send_block()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_block()
+    }
+}
+
+/// The compressor's end of the pipe; end of input once the writer is dropped.
+struct PipeReader {
+    rx: Receiver<Vec<u8>>,
+    block: Vec<u8>,
+    pos: usize,
+}
+
+impl PipeReader {
+    fn new(rx: Receiver<Vec<u8>>) -> Self {
+        PipeReader { rx, block: Vec::new(), pos: 0 }
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.block.len() {
+            match self.rx.recv() {
+                Ok(block) => (self.block, self.pos) = (block, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.pos);
+        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

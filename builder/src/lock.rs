@@ -1,0 +1,157 @@
+//! Lock files: every input's digest, the epoch and the output format, pinned beside the recipe.
+
+use std::path::{Path, PathBuf};
+
+use kiln_oci::Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::compress::Compression;
+use crate::inputs::Input;
+
+/// Version of the lock file's own layout.
+pub const LOCK_VERSION: u32 = 1;
+
+/// Version of kiln's output bytes (tar layout, JSON shapes). Bumped whenever a change makes
+/// the same inputs give different digests, so that such a change is always deliberate.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The contents of a `.lock` file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub version: u32,
+    pub format: u32,
+    /// sha256 of the recipe text with line endings normalised.
+    pub recipe: Digest,
+    pub epoch: i64,
+    pub compression: Compression,
+    #[serde(default, rename = "input")]
+    pub inputs: Vec<Input>,
+}
+
+/// Why a lock file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read lock file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write lock file {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("lock file {path} is malformed: {message}; delete it and run `kiln lock` again")]
+    Malformed { path: PathBuf, message: String },
+    #[error("lock file {path} has version {found}; this kiln reads version {LOCK_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+}
+
+/// One way the current inputs differ from the lock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockDifference {
+    #[error("the recipe changed (locked {locked}, now {found})")]
+    Recipe { locked: Digest, found: Digest },
+    #[error("the epoch changed (locked {locked}, now {found})")]
+    Epoch { locked: i64, found: i64 },
+    #[error("the output format changed (locked {locked}, this kiln writes {found})")]
+    Format { locked: u32, found: u32 },
+    #[error("the compression changed (locked {locked}, now {found})")]
+    Compression { locked: String, found: String },
+    #[error("input {src} changed (locked {locked}, now {found})")]
+    Input { src: String, locked: Digest, found: Digest },
+    #[error("input {src} is not in the lock")]
+    Unlocked { src: String },
+    #[error("locked input {src} is no longer used by the recipe")]
+    Unused { src: String },
+}
+
+impl Lock {
+    /// The lock file that belongs to `recipe` (`hello.toml` → `hello.lock`).
+    pub fn path_for(recipe: &Path) -> PathBuf {
+        recipe.with_extension("lock")
+    }
+
+    /// Builds a lock from resolved values; inputs are sorted and deduplicated.
+    pub fn new(
+        recipe: Digest,
+        epoch: i64,
+        compression: Compression,
+        mut inputs: Vec<Input>,
+    ) -> Lock {
+        inputs.sort();
+        inputs.dedup();
+        Lock { version: LOCK_VERSION, format: FORMAT_VERSION, recipe, epoch, compression, inputs }
+    }
+
+    /// Reads a lock file; `Ok(None)` when there is none.
+    pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(LockError::Read { path: path.to_path_buf(), source }),
+        };
+        let lock: Lock =
+            toml::from_str(&text.replace("\r\n", "\n")).map_err(|e| LockError::Malformed {
+                path: path.to_path_buf(),
+                message: e.message().trim().to_string(),
+            })?;
+        if lock.version != LOCK_VERSION {
+            return Err(LockError::Version { path: path.to_path_buf(), found: lock.version });
+        }
+        Ok(Some(lock))
+    }
+
+    /// The file's text: stable field order, inputs sorted, LF line endings.
+    pub fn to_text(&self) -> String {
+        let body = toml::to_string(self).unwrap_or_default();
+        format!(
+            "# Written by `kiln lock`: the digest of every input of the recipe beside it.\n{body}"
+        )
+    }
+
+    /// Writes the lock atomically (temp file + rename), so a crash never leaves half a lock.
+    pub fn write(&self, path: &Path) -> Result<(), LockError> {
+        let err = |source| LockError::Write { path: path.to_path_buf(), source };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+        std::io::Write::write_all(&mut tmp, self.to_text().as_bytes()).map_err(err)?;
+        tmp.persist(path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+
+    /// Every difference between this lock and `current`, in a stable order.
+    pub fn differences(&self, current: &Lock) -> Vec<LockDifference> {
+        let mut out = Vec::new();
+        if self.format != current.format {
+            out.push(LockDifference::Format { locked: self.format, found: current.format });
+        }
+        if self.recipe != current.recipe {
+            out.push(LockDifference::Recipe { locked: self.recipe, found: current.recipe });
+        }
+        if self.epoch != current.epoch {
+            out.push(LockDifference::Epoch { locked: self.epoch, found: current.epoch });
+        }
+        if self.compression != current.compression {
+            out.push(LockDifference::Compression {
+                locked: self.compression.describe(),
+                found: current.compression.describe(),
+            });
+        }
+        for input in &current.inputs {
+            match self.inputs.iter().find(|l| l.kind == input.kind && l.src == input.src) {
+                None => out.push(LockDifference::Unlocked { src: input.src.clone() }),
+                Some(l) if l.digest != input.digest => out.push(LockDifference::Input {
+                    src: input.src.clone(),
+                    locked: l.digest,
+                    found: input.digest,
+                }),
+                Some(_) => {}
+            }
+        }
+        for l in &self.inputs {
+            if !current.inputs.iter().any(|c| c.kind == l.kind && c.src == l.src) {
+                out.push(LockDifference::Unused { src: l.src.clone() });
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,229 @@
+//! Recipes: the declarative TOML that says what goes into an image.
+//!
+//! Parsing is strict (unknown keys are errors) and every error carries the recipe's file
+//! name, line and column. The raw TOML shapes live in [`crate::recipe_toml`]; this module
+//! holds the validated model the rest of the builder uses.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use kiln_oci::{Digest, Platform};
+
+use crate::compress::Compression;
+use crate::image_path::{ImagePath, ImagePathError};
+use crate::recipe_toml::{self, RawRecipe};
+use crate::source_path::{SourcePath, SourcePathError};
+
+/// A position in a recipe file (1-based line and column).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    /// The line and column of byte `offset` in `text`.
+    pub fn at(file: &Path, text: &str, offset: usize) -> Self {
+        let offset = offset.min(text.len());
+        let before = &text.as_bytes()[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        Location { file: file.to_path_buf(), line, column }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// What is wrong at a recipe location.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("{0}")]
+    Toml(String),
+    #[error("image path: {0}")]
+    ImagePath(#[from] ImagePathError),
+    #[error("source path: {0}")]
+    SourcePath(#[from] SourcePathError),
+    #[error("mode {0:#o} has bits outside 0o7777; give permission bits like 0o755")]
+    Mode(i64),
+    #[error("{what} {value} is out of range (0 to 4294967294)")]
+    Id { what: &'static str, value: i64 },
+    #[error("platform: {0}")]
+    Platform(#[from] kiln_oci::descriptor::PlatformError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A recipe that failed to load: where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot read recipe {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{location}: {problem}")]
+    At { location: Location, problem: Problem },
+}
+
+/// A validated recipe.
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    /// The recipe file as given.
+    pub file: PathBuf,
+    /// The folder holding the recipe; sources resolve against it and may not leave it.
+    pub dir: PathBuf,
+    /// sha256 of the recipe text with CRLF line endings normalised to LF.
+    pub digest: Digest,
+    pub epoch: Option<i64>,
+    pub name: String,
+    pub version: String,
+    pub platforms: Vec<Platform>,
+    pub compression: Compression,
+    pub layers: Vec<LayerSpec>,
+    pub config: ConfigSpec,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Owner and permissions declared for an entry; `None` means "normalise".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ownership {
+    pub mode: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One `[[layer]]`.
+#[derive(Clone, Debug)]
+pub struct LayerSpec {
+    pub name: String,
+    pub dirs: Vec<DirSpec>,
+    pub files: Vec<FileSpec>,
+    pub inline: Vec<InlineSpec>,
+    pub symlinks: Vec<SymlinkSpec>,
+    pub hardlinks: Vec<HardlinkSpec>,
+    pub trees: Vec<TreeSpec>,
+    pub tarballs: Vec<TarballSpec>,
+}
+
+/// A directory to create.
+#[derive(Clone, Debug)]
+pub struct DirSpec {
+    pub dest: ImagePath,
+    pub owner: Ownership,
+}
+
+/// A host file copied into the image.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    pub src: SourcePath,
+    pub dest: ImagePath,
+    pub owner: Ownership,
+}
+
+/// A file whose content is written in the recipe.
+#[derive(Clone, Debug)]
+pub struct InlineSpec {
+    pub dest: ImagePath,
+    pub content: String,
+    pub owner: Ownership,
+}
+
+/// A symbolic link.
+#[derive(Clone, Debug)]
+pub struct SymlinkSpec {
+    pub dest: ImagePath,
+    pub target: String,
+    pub owner: Ownership,
+}
+
+/// A hard link to a regular file declared in the same layer.
+#[derive(Clone, Debug)]
+pub struct HardlinkSpec {
+    pub dest: ImagePath,
+    pub target: ImagePath,
+}
+
+/// A host directory copied recursively.
+#[derive(Clone, Debug)]
+pub struct TreeSpec {
+    pub src: SourcePath,
+    pub dest: ImagePath,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// An existing tarball (plain, gzip or zstd) unpacked into the layer.
+#[derive(Clone, Debug)]
+pub struct TarballSpec {
+    pub src: SourcePath,
+    pub dest: ImagePath,
+}
+
+/// The `[config]` table: what a runtime reads.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSpec {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub exposed_ports: Vec<String>,
+    pub volumes: Vec<String>,
+    pub stop_signal: Option<String>,
+}
+
+impl Recipe {
+    /// Reads and validates the recipe at `file`.
+    pub fn load(file: &Path) -> Result<Recipe, RecipeError> {
+        let bytes = std::fs::read(file)
+            .map_err(|source| RecipeError::Read { path: file.to_path_buf(), source })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let offset = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            RecipeError::At {
+                location: Location::at(file, &text, offset),
+                problem: Problem::Invalid("the recipe is not valid UTF-8".into()),
+            }
+        })?;
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Self::parse(file, &dir, &text)
+    }
+
+    /// Parses recipe `text` as if read from `file`, with sources relative to `dir`.
+    pub fn parse(file: &Path, dir: &Path, text: &str) -> Result<Recipe, RecipeError> {
+        let normalised = text.replace("\r\n", "\n");
+        let at = |offset: usize, problem: Problem| RecipeError::At {
+            location: Location::at(file, &normalised, offset),
+            problem,
+        };
+        let raw: RawRecipe = toml::from_str(&normalised).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            at(offset, Problem::Toml(e.message().trim().to_string()))
+        })?;
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|source| RecipeError::Read { path: dir.to_path_buf(), source })?;
+        let cx = recipe_toml::Context { dir: &dir, at: &at };
+        let model = cx.validate(raw)?;
+        Ok(Recipe {
+            file: file.to_path_buf(),
+            dir,
+            digest: Digest::of(normalised.as_bytes()),
+            epoch: model.epoch,
+            name: model.name,
+            version: model.version,
+            platforms: model.platforms,
+            compression: model.compression,
+            layers: model.layers,
+            config: model.config,
+            annotations: model.annotations,
+        })
+    }
+}

@@ -1,0 +1,429 @@
+//! The raw TOML shape of a recipe and its validation into [`crate::recipe`] types.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::compress::Compression;
+use crate::image_path::ImagePath;
+use crate::recipe::{
+    ConfigSpec, DirSpec, FileSpec, HardlinkSpec, InlineSpec, LayerSpec, Ownership, Problem,
+    RecipeError, SymlinkSpec, TarballSpec, TreeSpec,
+};
+use crate::source_path::SourcePath;
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRecipe {
+    epoch: Option<S<i64>>,
+    image: RawImage,
+    #[serde(default)]
+    layer: Vec<RawLayer>,
+    #[serde(default)]
+    config: RawConfig,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    name: S<String>,
+    version: S<String>,
+    platforms: Option<Vec<S<String>>>,
+    compression: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayer {
+    name: S<String>,
+    #[serde(default)]
+    dirs: Vec<RawDir>,
+    #[serde(default)]
+    files: Vec<RawFile>,
+    #[serde(default)]
+    inline: Vec<RawInline>,
+    #[serde(default)]
+    symlinks: Vec<RawSymlink>,
+    #[serde(default)]
+    hardlinks: Vec<RawHardlink>,
+    #[serde(default)]
+    trees: Vec<RawTree>,
+    #[serde(default)]
+    tarballs: Vec<RawTarball>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDir {
+    dest: S<String>,
+    mode: Option<S<i64>>,
+    uid: Option<S<i64>>,
+    gid: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    src: S<String>,
+    dest: S<String>,
+    mode: Option<S<i64>>,
+    uid: Option<S<i64>>,
+    gid: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInline {
+    dest: S<String>,
+    content: String,
+    mode: Option<S<i64>>,
+    uid: Option<S<i64>>,
+    gid: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSymlink {
+    dest: S<String>,
+    target: S<String>,
+    uid: Option<S<i64>>,
+    gid: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHardlink {
+    dest: S<String>,
+    target: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTree {
+    src: S<String>,
+    dest: S<String>,
+    uid: Option<S<i64>>,
+    gid: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarball {
+    src: S<String>,
+    #[serde(default = "root_dest")]
+    dest: S<String>,
+}
+
+fn root_dest() -> S<String> {
+    Spanned::new(0..0, "/".to_string())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    cmd: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<S<String>, String>,
+    user: Option<String>,
+    workdir: Option<S<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    exposed_ports: Vec<S<String>>,
+    #[serde(default)]
+    volumes: Vec<S<String>>,
+    stop_signal: Option<String>,
+}
+
+/// The validated parts of a recipe, before the file-level fields are added.
+pub(crate) struct Model {
+    pub epoch: Option<i64>,
+    pub name: String,
+    pub version: String,
+    pub platforms: Vec<kiln_oci::Platform>,
+    pub compression: Compression,
+    pub layers: Vec<LayerSpec>,
+    pub config: ConfigSpec,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What validation needs: the recipe folder and a way to turn a span into an error.
+pub(crate) struct Context<'a> {
+    pub dir: &'a Path,
+    pub at: &'a dyn Fn(usize, Problem) -> RecipeError,
+}
+
+impl Context<'_> {
+    fn err<T>(&self, span: std::ops::Range<usize>, problem: Problem) -> Result<T, RecipeError> {
+        Err((self.at)(span.start, problem))
+    }
+
+    fn image_path(&self, raw: &S<String>) -> Result<ImagePath, RecipeError> {
+        ImagePath::parse(raw.get_ref()).or_else(|e| self.err(raw.span(), e.into()))
+    }
+
+    fn source(&self, raw: &S<String>) -> Result<SourcePath, RecipeError> {
+        SourcePath::resolve(self.dir, raw.get_ref()).or_else(|e| self.err(raw.span(), e.into()))
+    }
+
+    fn mode(&self, raw: &Option<S<i64>>) -> Result<Option<u32>, RecipeError> {
+        match raw {
+            None => Ok(None),
+            Some(m) if (0..=0o7777).contains(m.get_ref()) => Ok(Some(*m.get_ref() as u32)),
+            Some(m) => self.err(m.span(), Problem::Mode(*m.get_ref())),
+        }
+    }
+
+    fn id(&self, what: &'static str, raw: &Option<S<i64>>) -> Result<u32, RecipeError> {
+        match raw {
+            None => Ok(0),
+            Some(v) => match u32::try_from(*v.get_ref()) {
+                Ok(id) if id != u32::MAX => Ok(id),
+                _ => self.err(v.span(), Problem::Id { what, value: *v.get_ref() }),
+            },
+        }
+    }
+
+    fn owner(
+        &self,
+        mode: &Option<S<i64>>,
+        uid: &Option<S<i64>>,
+        gid: &Option<S<i64>>,
+    ) -> Result<Ownership, RecipeError> {
+        Ok(Ownership {
+            mode: self.mode(mode)?,
+            uid: self.id("uid", uid)?,
+            gid: self.id("gid", gid)?,
+        })
+    }
+
+    fn non_empty(&self, what: &str, raw: &S<String>) -> Result<String, RecipeError> {
+        let v = raw.get_ref();
+        if v.is_empty() || v.contains('\0') {
+            return self
+                .err(raw.span(), Problem::Invalid(format!("{what} must be non-empty text")));
+        }
+        Ok(v.clone())
+    }
+
+    pub(crate) fn validate(&self, raw: RawRecipe) -> Result<Model, RecipeError> {
+        let epoch = match raw.epoch {
+            None => None,
+            Some(e) if *e.get_ref() >= 0 => Some(*e.get_ref()),
+            Some(e) => {
+                return self.err(
+                    e.span(),
+                    Problem::Invalid("epoch must be seconds since 1970, ≥ 0".into()),
+                )
+            }
+        };
+        let platforms = match &raw.image.platforms {
+            None => vec![kiln_oci::Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+            }],
+            Some(list) if list.is_empty() => {
+                return self.err(
+                    raw.image.name.span(),
+                    Problem::Invalid("platforms must list at least one platform".into()),
+                )
+            }
+            Some(list) => {
+                let mut out = Vec::new();
+                for p in list {
+                    let parsed =
+                        p.get_ref().parse().or_else(|e| self.err(p.span(), Problem::from(e)))?;
+                    if out.contains(&parsed) {
+                        return self.err(
+                            p.span(),
+                            Problem::Invalid(format!(
+                                "platform {p} is listed twice",
+                                p = p.get_ref()
+                            )),
+                        );
+                    }
+                    out.push(parsed);
+                }
+                out
+            }
+        };
+        let compression = match &raw.image.compression {
+            None => Compression::default(),
+            Some(c) => match c.get_ref().as_str() {
+                "gzip" => Compression::GZIP,
+                "zstd" => Compression::ZSTD,
+                other => {
+                    return self.err(
+                        c.span(),
+                        Problem::Invalid(format!(
+                            "compression {other:?} is not one of \"gzip\", \"zstd\""
+                        )),
+                    )
+                }
+            },
+        };
+        let mut layers = Vec::new();
+        for layer in &raw.layer {
+            layers.push(self.layer(layer)?);
+        }
+        Ok(Model {
+            epoch,
+            name: self.non_empty("image name", &raw.image.name)?,
+            version: self.non_empty("image version", &raw.image.version)?,
+            platforms,
+            compression,
+            layers,
+            config: self.config(raw.config)?,
+            annotations: raw.annotations,
+        })
+    }
+
+    fn layer(&self, raw: &RawLayer) -> Result<LayerSpec, RecipeError> {
+        let mut spec = LayerSpec {
+            name: self.non_empty("layer name", &raw.name)?,
+            dirs: Vec::new(),
+            files: Vec::new(),
+            inline: Vec::new(),
+            symlinks: Vec::new(),
+            hardlinks: Vec::new(),
+            trees: Vec::new(),
+            tarballs: Vec::new(),
+        };
+        for d in &raw.dirs {
+            spec.dirs.push(DirSpec {
+                dest: self.image_path(&d.dest)?,
+                owner: self.owner(&d.mode, &d.uid, &d.gid)?,
+            });
+        }
+        for f in &raw.files {
+            let src = self.source(&f.src)?;
+            if !src.abs().is_file() {
+                return self.err(
+                    f.src.span(),
+                    Problem::Invalid(format!("file source {src} is not a regular file")),
+                );
+            }
+            spec.files.push(FileSpec {
+                src,
+                dest: self.image_path(&f.dest)?,
+                owner: self.owner(&f.mode, &f.uid, &f.gid)?,
+            });
+        }
+        for i in &raw.inline {
+            spec.inline.push(InlineSpec {
+                dest: self.image_path(&i.dest)?,
+                content: i.content.clone(),
+                owner: self.owner(&i.mode, &i.uid, &i.gid)?,
+            });
+        }
+        for s in &raw.symlinks {
+            spec.symlinks.push(SymlinkSpec {
+                dest: self.image_path(&s.dest)?,
+                target: self.non_empty("symlink target", &s.target)?,
+                owner: self.owner(&None, &s.uid, &s.gid)?,
+            });
+        }
+        for h in &raw.hardlinks {
+            spec.hardlinks.push(HardlinkSpec {
+                dest: self.image_path(&h.dest)?,
+                target: self.image_path(&h.target)?,
+            });
+        }
+        for t in &raw.trees {
+            let src = self.source(&t.src)?;
+            if !src.abs().is_dir() {
+                return self.err(
+                    t.src.span(),
+                    Problem::Invalid(format!("tree source {src} is not a directory")),
+                );
+            }
+            spec.trees.push(TreeSpec {
+                src,
+                dest: self.image_path(&t.dest)?,
+                uid: self.id("uid", &t.uid)?,
+                gid: self.id("gid", &t.gid)?,
+            });
+        }
+        for t in &raw.tarballs {
+            let src = self.source(&t.src)?;
+            if !src.abs().is_file() {
+                return self.err(
+                    t.src.span(),
+                    Problem::Invalid(format!("tarball {src} is not a regular file")),
+                );
+            }
+            spec.tarballs.push(TarballSpec { src, dest: self.image_path(&t.dest)? });
+        }
+        Ok(spec)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<ConfigSpec, RecipeError> {
+        let mut env = BTreeMap::new();
+        for (k, v) in raw.env {
+            let key = k.get_ref();
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return self.err(
+                    k.span(),
+                    Problem::Invalid(format!(
+                        "environment variable name {key:?} must be non-empty without '='"
+                    )),
+                );
+            }
+            env.insert(key.clone(), v);
+        }
+        for p in &raw.exposed_ports {
+            let (port, proto) = p.get_ref().split_once('/').unwrap_or((p.get_ref(), "tcp"));
+            let valid =
+                port.parse::<u16>().is_ok_and(|n| n > 0) && matches!(proto, "tcp" | "udp" | "sctp");
+            if !valid {
+                return self.err(
+                    p.span(),
+                    Problem::Invalid(format!(
+                        "exposed port {:?} is not PORT[/tcp|udp|sctp]",
+                        p.get_ref()
+                    )),
+                );
+            }
+        }
+        let mut volumes = Vec::new();
+        for v in &raw.volumes {
+            volumes.push(self.image_path(v)?.to_string());
+        }
+        let workdir = match &raw.workdir {
+            Some(w) => Some(self.image_path(w)?.to_string()),
+            None => None,
+        };
+        let exposed_ports = raw
+            .exposed_ports
+            .iter()
+            .map(|p| {
+                if p.get_ref().contains('/') {
+                    p.get_ref().clone()
+                } else {
+                    format!("{}/tcp", p.get_ref())
+                }
+            })
+            .collect();
+        Ok(ConfigSpec {
+            entrypoint: raw.entrypoint,
+            cmd: raw.cmd,
+            env,
+            user: raw.user,
+            workdir,
+            labels: raw.labels,
+            exposed_ports,
+            volumes,
+            stop_signal: raw.stop_signal,
+        })
+    }
+}

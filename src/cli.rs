@@ -1,0 +1,108 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error (bad recipe, unreadable input, store failure, ...)
+  2  usage error (unknown flag, missing argument)
+  3  an input differs from the lock file (with --locked), or there is no lock file
+  4  integrity failure: a stored blob does not match its digest
+
+Environment:
+  KILN_STORE          store location (same as --store)
+  SOURCE_DATE_EPOCH   timestamp for every file and document, unless --source-date-epoch is given
+  NO_COLOR            disables colour";
+
+/// kiln bakes bit-for-bit reproducible OCI images from declarative recipes.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Store location: a folder, file:///abs/path or memory://
+    /// [default: $XDG_DATA_HOME/kiln/store or ~/.local/share/kiln/store]
+    #[arg(long, global = true, env = "KILN_STORE", value_name = "LOCATION")]
+    pub store: Option<String>,
+
+    /// Print machine-readable JSON on stdout instead of a human report.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print nothing but errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build a recipe into the store and tag it NAME:VERSION.
+    Build(BuildArgs),
+    /// Hash every input of a recipe and write its lock file (RECIPE with .lock).
+    Lock(LockArgs),
+    /// List the tagged images in the store.
+    Images,
+    /// Show an image's index, manifests, configs and layers.
+    Inspect(InspectArgs),
+    /// Write an image as an OCI image layout folder or archive.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EpochArg {
+    /// Seconds since 1970 used for every timestamp (overrides SOURCE_DATE_EPOCH and the recipe).
+    #[arg(long, value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The recipe file (TOML).
+    pub recipe: PathBuf,
+    /// Fail if the lock file is missing or any input differs from it.
+    #[arg(long)]
+    pub locked: bool,
+    #[command(flatten)]
+    pub epoch: EpochArg,
+    /// Compression threads (the output bytes do not depend on this). [default: all cores]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// The recipe file (TOML).
+    pub recipe: PathBuf,
+    #[command(flatten)]
+    pub epoch: EpochArg,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// NAME:TAG, NAME@sha256:HEX or sha256:HEX
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// NAME:TAG, NAME@sha256:HEX or sha256:HEX
+    pub reference: String,
+    /// Write an OCI image layout into this folder (created if missing).
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "oci_archive",
+        required_unless_present = "oci_archive"
+    )]
+    pub oci_layout: Option<PathBuf>,
+    /// Write an OCI image layout as a tar archive to this file.
+    #[arg(long, value_name = "FILE")]
+    pub oci_archive: Option<PathBuf>,
+    /// The tag recorded in the layout [default: the reference's tag, else the image version]
+    #[arg(long)]
+    pub tag: Option<String>,
+}

@@ -1,0 +1,82 @@
+//! `kiln build`: recipe → image in the store, tagged NAME:VERSION.
+
+use anyhow::Context as _;
+use kiln_builder::{BuildOptions, Epoch, LockMode, Recipe};
+use kiln_store::{RepoName, Tag};
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::BuildArgs;
+use crate::progress::Progress;
+use crate::sink::StoreSink;
+
+/// Resolves the epoch from the flag, `SOURCE_DATE_EPOCH` and the recipe.
+pub fn epoch(flag: Option<i64>, recipe: &Recipe) -> anyhow::Result<Epoch> {
+    let env = std::env::var("SOURCE_DATE_EPOCH").ok();
+    Ok(Epoch::resolve(flag, env.as_deref(), recipe.epoch).context("choosing the build's epoch")?)
+}
+
+/// The image name and tag a recipe declares, validated as store references.
+pub fn image_ref(recipe: &Recipe) -> anyhow::Result<(RepoName, Tag)> {
+    let file = recipe.file.display();
+    let name = recipe.name.parse().with_context(|| format!("{file}: [image] name"))?;
+    let tag = recipe.version.parse().with_context(|| format!("{file}: [image] version"))?;
+    Ok((name, tag))
+}
+
+pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
+    let recipe = Recipe::load(&args.recipe)?;
+    let (name, tag) = image_ref(&recipe)?;
+    let epoch = epoch(args.epoch.source_date_epoch, &recipe)?;
+    let threads = match args.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let work = tempfile::tempdir().context("creating a scratch folder")?;
+    let opts = BuildOptions {
+        epoch,
+        threads,
+        work_dir: work.path().to_path_buf(),
+        lock_mode: if args.locked { LockMode::Locked } else { LockMode::Update },
+    };
+    let progress = Progress::new(!ctx.quiet && !ctx.json);
+    let mut sink = StoreSink { store: &ctx.store, runtime: &ctx.runtime, uploaded: 0, present: 0 };
+    let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)
+        .with_context(|| format!("building {}", recipe.file.display()))?;
+    ctx.runtime
+        .block_on(ctx.store.set_ref(&name, &tag, &out.index))
+        .with_context(|| format!("tagging {name}:{tag}"))?;
+    progress.finish();
+
+    let lock_path = kiln_builder::Lock::path_for(&recipe.file);
+    if ctx.json {
+        let manifests: Vec<_> = out
+            .manifests
+            .iter()
+            .map(|(p, d)| json!({ "platform": p.to_string(), "digest": d.digest.to_string() }))
+            .collect();
+        ctx.print_json(&json!({
+            "name": name.to_string(),
+            "tag": tag.to_string(),
+            "digest": out.index.digest.to_string(),
+            "mediaType": out.index.media_type,
+            "size": out.index.size,
+            "epoch": epoch.0,
+            "manifests": manifests,
+            "layers": { "built": out.layers_built, "reused": out.layers_reused },
+            "blobs": { "uploaded": sink.uploaded, "present": sink.present },
+            "lock": { "path": lock_path.display().to_string(), "written": out.lock_written },
+            "store": ctx.store.describe(),
+        }))?;
+    } else {
+        if out.lock_written {
+            eprintln!("wrote {}", lock_path.display());
+        }
+        ctx.say(format!(
+            "built {name}:{tag} {} ({} layers built, {} reused; {} blobs uploaded, {} already stored)",
+            out.index.digest, out.layers_built, out.layers_reused, sink.uploaded, sink.present
+        ));
+    }
+    Ok(())
+}

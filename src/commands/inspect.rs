@@ -1,0 +1,81 @@
+//! `kiln inspect`: what an image is made of.
+
+use anyhow::Context as _;
+use kiln_oci::{media_type, Descriptor, ImageConfig, ImageIndex, ImageManifest};
+use kiln_store::Reference;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::InspectArgs;
+
+/// Parses and resolves a reference to the descriptor it names.
+pub fn resolve(ctx: &Ctx, raw: &str) -> anyhow::Result<(Reference, Descriptor)> {
+    let reference: Reference = raw.parse().with_context(|| format!("reading reference {raw:?}"))?;
+    let desc = ctx
+        .runtime
+        .block_on(ctx.store.resolve(&reference))
+        .with_context(|| format!("resolving {reference} in {}", ctx.store.describe()))?;
+    Ok((reference, desc))
+}
+
+pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
+    let (reference, root) = resolve(ctx, &args.reference)?;
+    let store = &ctx.store;
+    let mut manifests: Vec<Descriptor> = Vec::new();
+    let mut index_json = serde_json::Value::Null;
+    match root.media_type.as_str() {
+        media_type::IMAGE_INDEX => {
+            let index: ImageIndex = ctx.runtime.block_on(store.get_json(&root.digest))?;
+            manifests.extend(index.manifests.iter().cloned());
+            index_json = serde_json::to_value(&index)?;
+        }
+        media_type::IMAGE_MANIFEST => manifests.push(root.clone()),
+        other => anyhow::bail!("{reference} is a {other}, not an image"),
+    }
+    let mut per_platform = Vec::new();
+    for m in &manifests {
+        let manifest: ImageManifest = ctx.runtime.block_on(store.get_json(&m.digest))?;
+        let config: ImageConfig = ctx.runtime.block_on(store.get_json(&manifest.config.digest))?;
+        per_platform.push((m.clone(), manifest, config));
+    }
+
+    if ctx.json {
+        let list: Vec<_> = per_platform
+            .iter()
+            .map(|(d, manifest, config)| json!({ "descriptor": d, "manifest": manifest, "config": config }))
+            .collect();
+        return ctx.print_json(&json!({
+            "reference": reference.to_string(),
+            "descriptor": root,
+            "index": index_json,
+            "manifests": list,
+        }));
+    }
+    ctx.say(format!("{reference}\n  digest     {}\n  mediaType  {}", root.digest, root.media_type));
+    for (d, manifest, config) in &per_platform {
+        let platform = d
+            .platform
+            .as_ref()
+            .map_or_else(|| format!("{}/{}", config.os, config.architecture), |p| p.to_string());
+        ctx.say(format!("  {platform}  manifest {}", d.digest));
+        ctx.say(format!(
+            "    config {}  created {}",
+            manifest.config.digest,
+            config.created.as_deref().unwrap_or("-")
+        ));
+        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            ctx.say(format!(
+                "    layer  {}  {} bytes  diff_id {}",
+                layer.digest, layer.size, diff_id
+            ));
+        }
+        let rc = &config.config;
+        if !rc.entrypoint.is_empty() {
+            ctx.say(format!("    entrypoint {:?}", rc.entrypoint));
+        }
+        if !rc.cmd.is_empty() {
+            ctx.say(format!("    cmd        {:?}", rc.cmd));
+        }
+    }
+    Ok(())
+}

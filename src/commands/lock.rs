@@ -1,0 +1,29 @@
+//! `kiln lock`: pin every input's digest beside the recipe.
+
+use kiln_builder::Recipe;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::LockArgs;
+
+pub fn run(ctx: &Ctx, args: &LockArgs) -> anyhow::Result<()> {
+    let recipe = Recipe::load(&args.recipe)?;
+    super::build::image_ref(&recipe)?;
+    let epoch = super::build::epoch(args.epoch.source_date_epoch, &recipe)?;
+    let (lock, changed) = kiln_builder::build::lock(&recipe, epoch)?;
+    let path = kiln_builder::Lock::path_for(&recipe.file);
+    if ctx.json {
+        ctx.print_json(&json!({
+            "lock": path.display().to_string(),
+            "written": changed,
+            "recipe": lock.recipe.to_string(),
+            "epoch": lock.epoch,
+            "inputs": lock.inputs,
+        }))?;
+    } else if changed {
+        ctx.say(format!("wrote {} ({} inputs)", path.display(), lock.inputs.len()));
+    } else {
+        ctx.say(format!("{} is up to date ({} inputs)", path.display(), lock.inputs.len()));
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! One module per subcommand; each prints a human report or JSON.
+
+pub mod build;
+pub mod export;
+pub mod images;
+pub mod inspect;
+pub mod lock;
+
+use anyhow::Context as _;
+use kiln_store::Store;
+use tokio::runtime::Runtime;
+
+use crate::cli::Cli;
+
+/// What every command needs: the store, a runtime to drive it, and output settings.
+pub struct Ctx {
+    pub store: Store,
+    pub runtime: Runtime,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// Opens the store named on the command line, in the environment, or the default folder.
+    pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
+        let location = match &cli.store {
+            Some(s) => s.clone(),
+            None => default_store()?,
+        };
+        let store = Store::open(&location).with_context(|| format!("opening store {location}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Ctx { store, runtime, json: cli.json, quiet: cli.quiet })
+    }
+
+    /// Prints `value` as one line of JSON on stdout.
+    pub fn print_json<T: serde::Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string(value)?);
+        Ok(())
+    }
+
+    /// Prints a human line on stdout unless quiet.
+    pub fn say(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            println!("{}", line.as_ref());
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/kiln/store`, else `~/.local/share/kiln/store`.
+fn default_store() -> anyhow::Result<String> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(std::path::Path::new(&x).join("kiln/store").to_string_lossy().into_owned());
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("no store given and neither XDG_DATA_HOME nor HOME is set; pass --store DIR")?;
+    Ok(std::path::Path::new(&home).join(".local/share/kiln/store").to_string_lossy().into_owned())
+}

@@ -1,0 +1,73 @@
+//! The builder's blob sink backed by a kiln store.
+
+use bytes::Bytes;
+use kiln_builder::build::{BlobSink, SinkError};
+use kiln_builder::image::JsonBlob;
+use kiln_builder::layer::LayerBlob;
+use kiln_builder::LayerRecord;
+use kiln_oci::Digest;
+use kiln_store::Store;
+use tokio::runtime::Runtime;
+
+/// Cache kind under which layer records are kept.
+const LAYER_CACHE: &str = "layer";
+
+/// Stores blobs and counts what was uploaded versus already present.
+pub struct StoreSink<'a> {
+    pub store: &'a Store,
+    pub runtime: &'a Runtime,
+    pub uploaded: usize,
+    pub present: usize,
+}
+
+impl StoreSink<'_> {
+    fn count(&mut self, uploaded: bool) {
+        if uploaded {
+            self.uploaded += 1;
+        } else {
+            self.present += 1;
+        }
+    }
+}
+
+impl BlobSink for StoreSink<'_> {
+    fn cached_layer(&mut self, key: &Digest) -> Result<Option<LayerRecord>, SinkError> {
+        let Some(bytes) = self.runtime.block_on(self.store.get_cache(LAYER_CACHE, key))? else {
+            return Ok(None);
+        };
+        // A cache entry is only a hint: an unreadable one, or one whose blob is gone, is a miss.
+        let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes) else {
+            return Ok(None);
+        };
+        if !self.runtime.block_on(self.store.has_blob(&record.digest))? {
+            return Ok(None);
+        }
+        self.present += 1;
+        Ok(Some(record))
+    }
+
+    fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError> {
+        let outcome = self.runtime.block_on(self.store.put_blob_file(
+            &layer.path,
+            &layer.digest,
+            layer.size,
+        ))?;
+        self.count(outcome.uploaded);
+        let record = LayerRecord {
+            media_type: layer.media_type.to_string(),
+            digest: layer.digest,
+            diff_id: layer.diff_id,
+            size: layer.size,
+        };
+        let bytes = kiln_oci::to_canonical_json(&record)?;
+        self.runtime.block_on(self.store.put_cache(LAYER_CACHE, key, Bytes::from(bytes)))?;
+        Ok(())
+    }
+
+    fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
+        let outcome =
+            self.runtime.block_on(self.store.put_blob(Bytes::from(blob.bytes.clone())))?;
+        self.count(outcome.uploaded);
+        Ok(())
+    }
+}
