@@ -81,7 +81,7 @@ pub enum BuildError {
     #[error("inputs differ from {}:\n  {}\nrun `kiln lock` to accept the change, or restore the inputs", .lock.display(), .differences.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n  "))]
     LockMismatch { lock: PathBuf, differences: Vec<LockDifference> },
     #[error("layer {name:?}: {source}")]
-    Layer { name: String, source: LayerError },
+    Layer { name: String, source: Box<LayerError> },
     #[error("storing blobs: {0}")]
     Sink(SinkError),
     #[error("serialising {what}: {source}")]
@@ -153,7 +153,10 @@ pub fn build(
                     opts.threads,
                     &opts.work_dir,
                 )
-                .map_err(|source| BuildError::Layer { name: layer.name.clone(), source })?;
+                .map_err(|source| BuildError::Layer {
+                    name: layer.name.clone(),
+                    source: Box::new(source),
+                })?;
                 sink.put_layer(&key, &blob).map_err(BuildError::Sink)?;
                 // The scratch copy is no longer needed once stored; failing to remove it is harmless.
                 let _ = std::fs::remove_file(&blob.path);

@@ -13,7 +13,7 @@ use crate::sink::StoreSink;
 /// Resolves the epoch from the flag, `SOURCE_DATE_EPOCH` and the recipe.
 pub fn epoch(flag: Option<i64>, recipe: &Recipe) -> anyhow::Result<Epoch> {
     let env = std::env::var("SOURCE_DATE_EPOCH").ok();
-    Ok(Epoch::resolve(flag, env.as_deref(), recipe.epoch).context("choosing the build's epoch")?)
+    Epoch::resolve(flag, env.as_deref(), recipe.epoch).context("choosing the build's epoch")
 }
 
 /// The image name and tag a recipe declares, validated as store references.
