@@ -38,6 +38,8 @@ pub enum LockError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("lock file {path} is malformed: {message}; delete it and run `kiln lock` again")]
     Malformed { path: PathBuf, message: String },
+    #[error("cannot serialise the lock: {0}")]
+    Serialise(String),
     #[error("lock file {path} has version {found}; this kiln reads version {LOCK_VERSION}")]
     Version { path: PathBuf, found: u32 },
 }
@@ -113,7 +115,7 @@ impl Lock {
             _ => Path::new("."),
         };
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        std::io::Write::write_all(&mut tmp, self.to_text().as_bytes()).map_err(err)?;
+        std::io::Write::write_all(&mut tmp, self.to_text()?.as_bytes()).map_err(err)?;
         tmp.persist(path).map_err(|e| err(e.error))?;
         Ok(())
     }

@@ -1,0 +1,71 @@
+//! Lock files: written from the inputs, stable across checkouts, and strict with --locked.
+
+use std::fs;
+use std::path::Path;
+
+use kiln_builder::build;
+use kiln_builder::lock::LockDifference;
+use kiln_builder::{Epoch, Lock, Recipe};
+
+fn setup(dir: &Path, newline: &str) -> Recipe {
+    fs::create_dir_all(dir.join("t")).unwrap();
+    fs::write(dir.join("f"), b"one").unwrap();
+    fs::write(dir.join("t/x"), b"x").unwrap();
+    let text = "[image]\nname = \"l\"\nversion = \"1\"\n[[layer]]\nname = \"a\"\n\
+                files = [{ src = \"f\", dest = \"/f\" }]\ntrees = [{ src = \"t\", dest = \"/t\" }]\n";
+    fs::write(dir.join("r.toml"), text.replace('\n', newline)).unwrap();
+    Recipe::load(&dir.join("r.toml")).unwrap()
+}
+
+#[test]
+fn lock_is_written_beside_the_recipe_and_is_the_same_for_crlf() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (lock_a, written) = build::lock(&setup(a.path(), "\n"), Epoch(9)).unwrap();
+    assert!(written);
+    let (lock_b, _) = build::lock(&setup(b.path(), "\r\n"), Epoch(9)).unwrap();
+    assert_eq!(lock_a, lock_b);
+    let text_a = fs::read_to_string(a.path().join("r.lock")).unwrap();
+    assert_eq!(text_a, fs::read_to_string(b.path().join("r.lock")).unwrap());
+    assert!(text_a.contains("src = \"f\"") && text_a.contains("kind = \"tree\""), "{text_a}");
+    assert_eq!(Lock::read(&a.path().join("r.lock")).unwrap(), Some(lock_a));
+    let (_, again) = build::lock(&setup(a.path(), "\n"), Epoch(9)).unwrap();
+    assert!(!again, "an unchanged lock is not rewritten");
+}
+
+#[test]
+fn every_difference_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = setup(tmp.path(), "\n");
+    let (locked, _) = build::lock(&recipe, Epoch(1)).unwrap();
+    fs::write(tmp.path().join("f"), b"two").unwrap();
+    fs::write(tmp.path().join("t/y"), b"new").unwrap();
+    let (_, current) = build::resolve(&recipe, Epoch(2)).unwrap();
+    let diffs = locked.differences(&current);
+    assert!(
+        diffs.iter().any(|d| matches!(d, LockDifference::Input { src, .. } if src == "f")),
+        "{diffs:?}"
+    );
+    assert!(
+        diffs.iter().any(|d| matches!(d, LockDifference::Input { src, .. } if src == "t")),
+        "{diffs:?}"
+    );
+    assert!(
+        diffs.iter().any(|d| matches!(d, LockDifference::Epoch { locked: 1, found: 2 })),
+        "{diffs:?}"
+    );
+}
+
+#[test]
+fn malformed_and_future_locks_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("x.lock");
+    fs::write(&path, "version = \n").unwrap();
+    assert!(Lock::read(&path).unwrap_err().to_string().contains("malformed"));
+    let recipe = setup(tmp.path(), "\n");
+    let (lock, _) = build::lock(&recipe, Epoch(0)).unwrap();
+    let future = lock.to_text().unwrap().replace("version = 1", "version = 99");
+    fs::write(&path, future).unwrap();
+    assert!(Lock::read(&path).unwrap_err().to_string().contains("version 99"));
+    assert!(Lock::read(&tmp.path().join("absent.lock")).unwrap().is_none());
+}
