@@ -100,11 +100,11 @@ impl Lock {
     }
 
     /// The file's text: stable field order, inputs sorted, LF line endings.
-    pub fn to_text(&self) -> String {
-        let body = toml::to_string(self).unwrap_or_default();
-        format!(
+    pub fn to_text(&self) -> Result<String, LockError> {
+        let body = toml::to_string(self).map_err(|e| LockError::Serialise(e.to_string()))?;
+        Ok(format!(
             "# Written by `kiln lock`: the digest of every input of the recipe beside it.\n{body}"
-        )
+        ))
     }
 
     /// Writes the lock atomically (temp file + rename), so a crash never leaves half a lock.
