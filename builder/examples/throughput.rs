@@ -1,0 +1,127 @@
+//! Hand-run throughput measurement of layer compression (not a test: timings vary).
+//!
+//! `cargo run --release -p kiln-builder --example throughput [MiB]` compresses MiB (default
+//! 256) of semi-compressible data with gzip and zstd on 1 and 2 threads and prints MB/s,
+//! compressed size and the process's peak RSS; then writes a whole layer (tar, hashes,
+//! compression, file) from a host file of that size, on 2 threads.
+
+use std::io::{self, Read};
+use std::time::Instant;
+
+use kiln_builder::compress::{compress, Compression};
+use kiln_builder::{write_layer, Content, Entry, EntryKind, ImagePath, Meta, Tree};
+use kiln_oci::HashingWriter;
+
+/// Period of the generated data: longer than any compressor window used here.
+const PERIOD: usize = 8 << 20;
+
+/// Serves `len` bytes by repeating a buffer of words and noise.
+struct Sample {
+    pattern: Vec<u8>,
+    left: u64,
+    pos: usize,
+}
+
+impl Sample {
+    fn new(len: u64) -> Self {
+        const WORDS: [&str; 10] = [
+            "usr/lib/",
+            "x86_64 ",
+            "libc.so ",
+            "0000644 ",
+            "root ",
+            "ELF\x02\x01 ",
+            "\0\0\0\0",
+            "main ",
+            "text\n",
+            "data ",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut pattern = Vec::with_capacity(PERIOD + 16);
+        while pattern.len() < PERIOD {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 4 == 0 {
+                pattern.extend_from_slice(&x.to_le_bytes()[..5]);
+            } else {
+                pattern.extend_from_slice(WORDS[(x >> 40) as usize % WORDS.len()].as_bytes());
+            }
+        }
+        pattern.truncate(PERIOD);
+        Sample { pattern, left: len, pos: 0 }
+    }
+}
+
+impl Read for Sample {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n =
+            buf.len().min(PERIOD - self.pos).min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.pattern[self.pos..self.pos + n]);
+        self.pos = (self.pos + n) % PERIOD;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Counts bytes written.
+struct Count(u64);
+
+impl io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.to_string()))
+        .unwrap_or_default()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mib: u64 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(256);
+    let len = mib << 20;
+    for compression in [Compression::GZIP, Compression::ZSTD] {
+        for threads in [1, 2] {
+            let start = Instant::now();
+            let out = compress(&compression, threads, Sample::new(len), Count(0))?;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{compression}, {threads} thread(s): {:.1} MB/s, {mib} MiB -> {:.1} MiB ({:.1}%), {}",
+                len as f64 / 1e6 / secs,
+                out.0 as f64 / (1 << 20) as f64,
+                100.0 * out.0 as f64 / len as f64,
+                peak_rss(),
+            );
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let host = dir.path().join("input");
+    let mut file = HashingWriter::new(std::fs::File::create(&host)?);
+    io::copy(&mut Sample::new(len), &mut file)?;
+    let (_, digest, size) = file.finish();
+    let mut tree = Tree::new();
+    let content = Content::Host { path: host, size, digest };
+    tree.insert(
+        ImagePath::parse("/data/input")?,
+        Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) },
+    )?;
+    for compression in [Compression::GZIP, Compression::ZSTD] {
+        let start = Instant::now();
+        let blob = write_layer(&tree, 0, &compression, 2, dir.path())?;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "write_layer {compression}, 2 threads: {:.1} MB/s, {}",
+            len as f64 / 1e6 / secs,
+            peak_rss()
+        );
+        std::fs::remove_file(blob.path)?;
+    }
+    Ok(())
+}
