@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Mutex};
 use std::thread;
 
@@ -246,7 +247,10 @@ fn gzip<R: Read, W: Write>(
                     Err(_) => return,
                 };
                 let Ok(job) = job else { return };
-                if done_tx.send(deflate_chunk(level, job)).is_err() {
+                // A panic must still answer, or the writer would wait for this chunk forever.
+                let result = panic::catch_unwind(AssertUnwindSafe(|| deflate_chunk(level, job)))
+                    .unwrap_or(Err(CompressionError::Worker));
+                if done_tx.send(result).is_err() {
                     return;
                 }
             });

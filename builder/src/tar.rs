@@ -396,6 +396,20 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_ustar_go_to_pax() {
+        let mut pax = PaxRecords::default();
+        assert_eq!(pax.number_if_over("size", SIZE_MAX, SIZE_MAX), SIZE_MAX);
+        assert_eq!(pax.number_if_over("uid", ID_MAX, ID_MAX), ID_MAX);
+        assert!(pax.is_empty());
+        assert_eq!(pax.number_if_over("size", 8 << 30, SIZE_MAX), 0);
+        assert_eq!(pax.number_if_over("uid", ID_MAX + 1, ID_MAX), 0);
+        assert_eq!(
+            parse_records(&pax.bytes),
+            [("size".into(), b"8589934592".to_vec()), ("uid".into(), b"2097152".to_vec())]
+        );
+    }
+
+    #[test]
     fn names_split_on_the_shortest_prefix_that_fits() {
         assert_eq!(split_name("a/b"), Some(("", "a/b")));
         let long = format!("{}/{}/{}", "a".repeat(60), "b".repeat(60), "c".repeat(60));
