@@ -21,10 +21,17 @@ Environment:
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Store location: a folder, file:///abs/path or memory://
+    /// Store location: a folder, file:///abs/path, memory://, s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX or az://CONTAINER/PREFIX
     /// [default: $XDG_DATA_HOME/kiln/store or ~/.local/share/kiln/store]
     #[arg(long, global = true, env = "KILN_STORE", value_name = "LOCATION")]
     pub store: Option<String>,
+
+    /// A store backend option, KEY=VALUE (object_store config keys such as aws_endpoint,
+    /// aws_region, aws_allow_http, google_service_account, azure_storage_account_name);
+    /// repeatable; overrides the AWS_*, GOOGLE_* and AZURE_* environment variables.
+    #[arg(long = "store-option", global = true, value_name = "KEY=VALUE")]
+    pub store_options: Vec<String>,
 
     /// Print machine-readable JSON on stdout instead of a human report.
     #[arg(long, global = true)]
@@ -71,6 +78,10 @@ pub struct BuildArgs {
     /// Compression threads (the output bytes do not depend on this). [default: all cores]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Read and hash every input file, ignoring digests remembered from earlier builds
+    /// (kept in $XDG_CACHE_HOME/kiln/file-digests, keyed by size, times and inode).
+    #[arg(long)]
+    pub rehash: bool,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@ use kiln_oci::{Descriptor, Digest, Platform, Sha256};
 
 use crate::compress::Compression;
 use crate::epoch::Epoch;
+use crate::hash_cache::HashCache;
 use crate::image::{self, JsonBlob, LayerRecord};
 use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
@@ -54,6 +55,8 @@ pub struct BuildOptions {
     /// A scratch folder for layer blobs before they are stored.
     pub work_dir: PathBuf,
     pub lock_mode: LockMode,
+    /// Where input file digests are remembered between builds; `None` re-reads every input.
+    pub hash_cache: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -89,16 +92,28 @@ pub enum BuildError {
 }
 
 /// Hashes every input and returns the layers plus the lock they amount to.
-pub fn resolve(recipe: &Recipe, epoch: Epoch) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
-    let layers = recipe.layers.iter().map(inputs::resolve_layer).collect::<Result<Vec<_>, _>>()?;
+pub fn resolve(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
+    let layers = recipe
+        .layers
+        .iter()
+        .map(|l| inputs::resolve_layer(l, cache))
+        .collect::<Result<Vec<_>, _>>()?;
     let all_inputs = layers.iter().flat_map(|l| l.inputs.iter().cloned()).collect();
     let lock = Lock::new(recipe.digest, epoch.0, recipe.compression, all_inputs);
     Ok((layers, lock))
 }
 
 /// Writes (or rewrites) the lock file for `recipe`; returns it and whether it changed.
-pub fn lock(recipe: &Recipe, epoch: Epoch) -> Result<(Lock, bool), BuildError> {
-    let (_, lock) = resolve(recipe, epoch)?;
+pub fn lock(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+) -> Result<(Lock, bool), BuildError> {
+    let (_, lock) = resolve(recipe, epoch, cache)?;
     let path = Lock::path_for(&recipe.file);
     let changed = Lock::read(&path)?.as_ref() != Some(&lock);
     if changed {
@@ -115,7 +130,13 @@ pub fn build(
     observer: &dyn Observer,
 ) -> Result<BuildOutput, BuildError> {
     observer.hashing();
-    let (resolved, current) = resolve(recipe, opts.epoch)?;
+    let mut cache = match &opts.hash_cache {
+        Some(file) => HashCache::load(file),
+        None => HashCache::disabled(),
+    };
+    let (resolved, current) = resolve(recipe, opts.epoch, &mut cache)?;
+    // Losing the cache only costs time on the next build, so a failure to save it is ignored.
+    let _ = cache.save();
     let lock_path = Lock::path_for(&recipe.file);
     let existing = Lock::read(&lock_path)?;
     if opts.lock_mode == LockMode::Locked {

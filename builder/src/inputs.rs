@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use kiln_oci::{Digest, Sha256};
 use serde::{Deserialize, Serialize};
 
+use crate::hash_cache::HashCache;
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::recipe::{LayerSpec, Ownership};
 use crate::source_path::SourcePath;
@@ -62,8 +63,9 @@ pub struct ResolvedLayer {
 }
 
 /// Hashes every input of `spec` and builds its tree.
-pub fn resolve_layer(spec: &LayerSpec) -> Result<ResolvedLayer, InputError> {
-    let mut b = LayerBuilder { layer: spec.name.clone(), tree: Tree::new(), inputs: Vec::new() };
+pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<ResolvedLayer, InputError> {
+    let mut b =
+        LayerBuilder { layer: spec.name.clone(), cache, tree: Tree::new(), inputs: Vec::new() };
     for d in &spec.dirs {
         b.insert(d.dest.clone(), EntryKind::Dir, meta(&d.owner, 0o755))?;
     }
@@ -74,7 +76,7 @@ pub fn resolve_layer(spec: &LayerSpec) -> Result<ResolvedLayer, InputError> {
         b.add_tarball(&t.src, &t.dest)?;
     }
     for f in &spec.files {
-        let (content, exec) = hash_file(f.src.abs())?;
+        let (content, exec) = hash_file(f.src.abs(), &metadata(f.src.abs())?, b.cache)?;
         b.inputs.push(Input {
             kind: InputKind::File,
             src: f.src.rel().to_string(),
@@ -121,34 +123,49 @@ fn content_digest(content: &Content) -> Digest {
     }
 }
 
-/// Hashes a host file; returns its content reference and whether any execute bit is set.
-fn hash_file(path: &Path) -> Result<(Content, bool), InputError> {
+/// Hashes a host file (or takes its digest from `cache`); returns its content reference and
+/// whether any execute bit is set. `md` is the file's metadata, already taken by the caller.
+fn hash_file(
+    path: &Path,
+    md: &fs::Metadata,
+    cache: &mut HashCache,
+) -> Result<(Content, bool), InputError> {
+    let exec = md.permissions().mode() & 0o111 != 0;
+    if let Some(digest) = cache.get(path, md) {
+        return Ok((Content::Host { path: path.to_path_buf(), size: md.len(), digest }, exec));
+    }
     let io = |source| InputError::Io { path: path.to_path_buf(), source };
-    let file = fs::File::open(path).map_err(io)?;
-    let md = file.metadata().map_err(io)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut file = fs::File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = reader.read(&mut buf).map_err(io)?;
+        let n = file.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    let content = Content::Host { path: path.to_path_buf(), size, digest: hasher.finish() };
-    Ok((content, md.permissions().mode() & 0o111 != 0))
+    let digest = hasher.finish();
+    if size == md.len() {
+        cache.put(path, md, digest);
+    }
+    Ok((Content::Host { path: path.to_path_buf(), size, digest }, exec))
 }
 
-struct LayerBuilder {
+fn metadata(path: &Path) -> Result<fs::Metadata, InputError> {
+    fs::metadata(path).map_err(|source| InputError::Io { path: path.to_path_buf(), source })
+}
+
+struct LayerBuilder<'c> {
     layer: String,
+    cache: &'c mut HashCache,
     tree: Tree,
     inputs: Vec<Input>,
 }
 
-impl LayerBuilder {
+impl LayerBuilder<'_> {
     fn insert(&mut self, path: ImagePath, kind: EntryKind, meta: Meta) -> Result<(), InputError> {
         self.tree
             .insert(path, Entry { kind, meta })
@@ -232,7 +249,7 @@ impl LayerBuilder {
                         }
                         links.insert((md.dev(), md.ino()), image.clone());
                     }
-                    let (content, _) = hash_file(&host)?;
+                    let (content, _) = hash_file(&host, &md, self.cache)?;
                     listing.push(format!("f {mode:o} {rel}\0{}\n", content_digest(&content)));
                     self.insert(image, EntryKind::File(content), owner(mode))?;
                 } else {
@@ -263,7 +280,7 @@ impl LayerBuilder {
 
     fn add_tarball(&mut self, src: &SourcePath, dest: &ImagePath) -> Result<(), InputError> {
         let tarball = src.rel().to_string();
-        let (content, _) = hash_file(src.abs())?;
+        let (content, _) = hash_file(src.abs(), &metadata(src.abs())?, self.cache)?;
         self.inputs.push(Input {
             kind: InputKind::Tarball,
             src: tarball.clone(),

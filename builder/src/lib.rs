@@ -8,6 +8,7 @@
 pub mod build;
 pub mod compress;
 pub mod epoch;
+pub mod hash_cache;
 pub mod image;
 pub mod image_path;
 pub mod inputs;

@@ -59,6 +59,7 @@ fn opts(work: &Path, threads: usize) -> BuildOptions {
         threads,
         work_dir: work.to_path_buf(),
         lock_mode: LockMode::Update,
+        hash_cache: None,
     }
 }
 

@@ -4,6 +4,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
+use kiln_builder::hash_cache::HashCache;
 use kiln_builder::inputs::{resolve_layer, InputError, InputKind};
 use kiln_builder::{EntryKind, ImagePath, Recipe};
 
@@ -31,7 +32,7 @@ fn trees_keep_links_and_normalise_modes() {
     fs::hard_link(t.join("data"), t.join("bin/data-link")).unwrap();
     symlink("../data", t.join("bin/rel")).unwrap();
     let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/opt\", uid = 7 }]");
-    let layer = resolve_layer(&r.layers[0]).unwrap();
+    let layer = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap();
     let tree = &layer.tree;
     let tool = tree.get(&p("opt/bin/tool")).unwrap();
     assert_eq!(tool.meta.mode, 0o755, "setuid from the host never leaks in");
@@ -61,7 +62,7 @@ fn tree_digest_ignores_mtimes_and_creation_order() {
                 .unwrap();
         }
         let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
-        resolve_layer(&r.layers[0]).unwrap().inputs[0].digest
+        resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap().inputs[0].digest
     };
     let a = digest_of(&["a", "b", "c"], "2001-01-01");
     let b = digest_of(&["c", "a", "b"], "2020-06-06");
@@ -74,7 +75,7 @@ fn tree_error(setup: impl FnOnce(&Path)) -> String {
     fs::create_dir_all(&t).unwrap();
     setup(&t);
     let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
-    resolve_layer(&r.layers[0]).unwrap_err().to_string()
+    resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap_err().to_string()
 }
 
 #[test]
@@ -145,7 +146,7 @@ fn tarball_result(bytes: &[u8]) -> Result<kiln_builder::inputs::ResolvedLayer, I
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join("in.tar"), bytes).unwrap();
     let r = recipe(tmp.path(), "tarballs = [{ src = \"in.tar\", dest = \"/srv\" }]");
-    resolve_layer(&r.layers[0])
+    resolve_layer(&r.layers[0], &mut HashCache::disabled())
 }
 
 #[test]

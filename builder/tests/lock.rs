@@ -4,6 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use kiln_builder::build;
+use kiln_builder::hash_cache::HashCache;
 use kiln_builder::lock::LockDifference;
 use kiln_builder::{Epoch, Lock, Recipe};
 
@@ -21,15 +22,18 @@ fn setup(dir: &Path, newline: &str) -> Recipe {
 fn lock_is_written_beside_the_recipe_and_is_the_same_for_crlf() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let (lock_a, written) = build::lock(&setup(a.path(), "\n"), Epoch(9)).unwrap();
+    let (lock_a, written) =
+        build::lock(&setup(a.path(), "\n"), Epoch(9), &mut HashCache::disabled()).unwrap();
     assert!(written);
-    let (lock_b, _) = build::lock(&setup(b.path(), "\r\n"), Epoch(9)).unwrap();
+    let (lock_b, _) =
+        build::lock(&setup(b.path(), "\r\n"), Epoch(9), &mut HashCache::disabled()).unwrap();
     assert_eq!(lock_a, lock_b);
     let text_a = fs::read_to_string(a.path().join("r.lock")).unwrap();
     assert_eq!(text_a, fs::read_to_string(b.path().join("r.lock")).unwrap());
     assert!(text_a.contains("src = \"f\"") && text_a.contains("kind = \"tree\""), "{text_a}");
     assert_eq!(Lock::read(&a.path().join("r.lock")).unwrap(), Some(lock_a));
-    let (_, again) = build::lock(&setup(a.path(), "\n"), Epoch(9)).unwrap();
+    let (_, again) =
+        build::lock(&setup(a.path(), "\n"), Epoch(9), &mut HashCache::disabled()).unwrap();
     assert!(!again, "an unchanged lock is not rewritten");
 }
 
@@ -37,10 +41,10 @@ fn lock_is_written_beside_the_recipe_and_is_the_same_for_crlf() {
 fn every_difference_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = setup(tmp.path(), "\n");
-    let (locked, _) = build::lock(&recipe, Epoch(1)).unwrap();
+    let (locked, _) = build::lock(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
     fs::write(tmp.path().join("f"), b"two").unwrap();
     fs::write(tmp.path().join("t/y"), b"new").unwrap();
-    let (_, current) = build::resolve(&recipe, Epoch(2)).unwrap();
+    let (_, current) = build::resolve(&recipe, Epoch(2), &mut HashCache::disabled()).unwrap();
     let diffs = locked.differences(&current);
     assert!(
         diffs.iter().any(|d| matches!(d, LockDifference::Input { src, .. } if src == "f")),
@@ -63,7 +67,7 @@ fn malformed_and_future_locks_are_refused() {
     fs::write(&path, "version = \n").unwrap();
     assert!(Lock::read(&path).unwrap_err().to_string().contains("malformed"));
     let recipe = setup(tmp.path(), "\n");
-    let (lock, _) = build::lock(&recipe, Epoch(0)).unwrap();
+    let (lock, _) = build::lock(&recipe, Epoch(0), &mut HashCache::disabled()).unwrap();
     let future = lock.to_text().unwrap().replace("version = 1", "version = 99");
     fs::write(&path, future).unwrap();
     assert!(Lock::read(&path).unwrap_err().to_string().contains("version 99"));

@@ -24,6 +24,14 @@ pub fn image_ref(recipe: &Recipe) -> anyhow::Result<(RepoName, Tag)> {
     Ok((name, tag))
 }
 
+/// `$XDG_CACHE_HOME/kiln/file-digests`, else `~/.cache/kiln/file-digests`.
+fn hash_cache_file() -> Option<std::path::PathBuf> {
+    let non_empty = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let base =
+        non_empty("XDG_CACHE_HOME").or_else(|| non_empty("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("kiln/file-digests"))
+}
+
 pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     let recipe = Recipe::load(&args.recipe)?;
     let (name, tag) = image_ref(&recipe)?;
@@ -39,6 +47,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         threads,
         work_dir: work.path().to_path_buf(),
         lock_mode: if args.locked { LockMode::Locked } else { LockMode::Update },
+        hash_cache: if args.rehash { None } else { hash_cache_file() },
     };
     let progress = Progress::new(!ctx.quiet && !ctx.json);
     let mut sink = StoreSink { store: &ctx.store, runtime: &ctx.runtime, uploaded: 0, present: 0 };
