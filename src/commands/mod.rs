@@ -27,7 +27,14 @@ impl Ctx {
             Some(s) => s.clone(),
             None => default_store()?,
         };
-        let store = Store::open(&location).with_context(|| format!("opening store {location}"))?;
+        let options = cli
+            .store_options
+            .iter()
+            .map(|o| kiln_store::parse_option(o))
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading --store-option")?;
+        let store = Store::open_with_options(&location, &options)
+            .with_context(|| format!("opening store {location}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -9,12 +9,24 @@ use crate::reference::NameError;
 /// What went wrong in a store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The location uses a scheme this build cannot open yet.
+    /// The location uses a scheme kiln cannot open.
     #[error(
-        "store location {location:?} uses the {scheme}:// scheme, which is not supported yet; \
-         use a folder path, file:///abs/path or memory://"
+        "store location {location:?} uses the {scheme}:// scheme, which kiln does not know; \
+         use a folder path, file:///abs/path, memory://, s3://, gs:// or az://"
     )]
     Unsupported { location: String, scheme: String },
+
+    /// A `--store-option` is malformed or unknown to the store's backend.
+    #[error("store option {key:?} for {location} is invalid: {reason}")]
+    InvalidOption { location: String, key: String, reason: String },
+
+    /// The backend for a location could not be configured (missing credentials, bad region...).
+    #[error("cannot configure the store at {location}")]
+    Connect {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
 
     /// The location string is not a usable path or URL.
     #[error("store location {location:?} is invalid: {reason}")]

@@ -7,7 +7,8 @@
 //! - `cache/<kind>/<key-hex>`: build cache entries, replaceable and safe to delete;
 //! - `uploads/...`: staging for large uploads, published to `blobs/` only once verified.
 //!
-//! Open one with [`Store::open`] on a folder path, `file:///abs/path` or `memory://`.
+//! Open one with [`Store::open`] on a folder path, `file:///abs/path`, `memory://`,
+//! `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
 
 mod blob;
 mod cache;
@@ -25,7 +26,7 @@ use object_store::ObjectStore;
 
 pub use blob::PutOutcome;
 pub use error::{Result, StoreError};
-pub use location::Location;
+pub use location::{parse_option, Location};
 pub use reference::{NameError, Reference, RepoName, Tag};
 pub use walk::image_blobs;
 
@@ -37,11 +38,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store at `location`: a folder path (created if missing), `file:///abs/path`
-    /// or `memory://`.
+    /// Opens the store at `location`: a folder path (created if missing), `file:///abs/path`,
+    /// `memory://` or a bucket URL configured from the environment.
     pub fn open(location: &str) -> Result<Store> {
+        Store::open_with_options(location, &[])
+    }
+
+    /// [`Store::open`] with backend options (object_store config keys such as
+    /// `aws_endpoint`), which override the environment.
+    pub fn open_with_options(location: &str, options: &[(String, String)]) -> Result<Store> {
         let location = Location::parse(location)?;
-        Ok(Store { inner: location.connect()?, description: location.to_string() })
+        Ok(Store { inner: location.connect(options)?, description: location.to_string() })
     }
 
     /// Wraps an already built backend; `description` is what [`Store::describe`] shows.
@@ -49,7 +56,7 @@ impl Store {
         Store { inner, description: description.into() }
     }
 
-    /// Where this store lives, for messages (`file:///...` or `memory://`).
+    /// Where this store lives, for messages (`file:///...`, `memory://`, `s3://...`).
     pub fn describe(&self) -> &str {
         &self.description
     }

@@ -1,24 +1,81 @@
-//! Turns a store location string into a backend. Each scheme is one arm of [`Location`], so
-//! cloud schemes slot in here without touching the rest of the store.
+//! Turns a store location string into a backend. Each scheme is one arm of [`Location`]; the
+//! cloud schemes are configured the way their users expect: from the standard environment
+//! variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and then from explicit `key=value` options
+//! (object_store's config keys, e.g. `aws_endpoint`, `aws_allow_http`), which win.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut, S3CopyIfNotExists};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use object_store::ObjectStore;
+use object_store::path::Path as Key;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Result, StoreError};
 
-/// Where a store lives, parsed from `file:///abs/path`, a plain path or `memory://`.
+/// A cloud store: which service, which bucket (or container), and a key prefix inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub service: Service,
+    /// The bucket (S3, GCS) or container (Azure).
+    pub name: String,
+    /// Every key of the store lives under this prefix; empty for the bucket's root.
+    pub prefix: String,
+}
+
+/// The object storage services kiln can open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// Amazon S3 and S3-compatible servers (`s3://`).
+    S3,
+    /// Google Cloud Storage (`gs://`).
+    Gcs,
+    /// Azure Blob Storage (`az://`).
+    Azure,
+}
+
+impl Service {
+    fn scheme(self) -> &'static str {
+        match self {
+            Service::S3 => "s3",
+            Service::Gcs => "gs",
+            Service::Azure => "az",
+        }
+    }
+}
+
+/// Where a store lives, parsed from a plain path, `file:///abs/path`, `memory://`,
+/// `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     /// A local folder, canonicalised.
     Folder(PathBuf),
     /// A process-local store that vanishes on exit (tests, dry runs).
     Memory,
+    /// A bucket in object storage.
+    Bucket(Bucket),
+}
+
+/// Retries on 5xx answers, connection errors and timeouts: exponential backoff from 100 ms to
+/// 15 s, at most 10 attempts and 3 minutes per request (object_store's own defaults, stated
+/// here so that they are a decision rather than an accident).
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries: 10,
+        retry_timeout: Duration::from_secs(180),
+    }
 }
 
 impl Location {
@@ -36,7 +93,7 @@ impl Location {
             return Location::folder(Path::new(location));
         };
         let url = Url::parse(location).map_err(|e| invalid(&e.to_string()))?;
-        match url.scheme() {
+        let service = match url.scheme() {
             "file" => {
                 if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
                     return Err(invalid("a file URL needs an absolute path: file:///abs/path"));
@@ -44,19 +101,36 @@ impl Location {
                 let path = url
                     .to_file_path()
                     .map_err(|()| invalid("a file URL needs an absolute path: file:///abs/path"))?;
-                Location::folder(&path)
+                return Location::folder(&path);
             }
             "memory" => {
                 if url.has_host() || !matches!(url.path(), "" | "/") {
                     return Err(invalid("a memory store takes no path: use memory://"));
                 }
-                Ok(Location::Memory)
+                return Ok(Location::Memory);
             }
-            _ => Err(StoreError::Unsupported {
-                location: location.to_string(),
-                scheme: scheme.to_string(),
-            }),
+            "s3" => Service::S3,
+            "gs" => Service::Gcs,
+            "az" => Service::Azure,
+            _ => {
+                return Err(StoreError::Unsupported {
+                    location: location.to_string(),
+                    scheme: scheme.to_string(),
+                })
+            }
+        };
+        let name = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+            invalid(&format!("name the bucket: {}://BUCKET/PREFIX", service.scheme()))
+        })?;
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(invalid("put options in --store-option KEY=VALUE, not in the URL"));
         }
+        let prefix = url.path().trim_matches('/').to_string();
+        // The prefix must be a clean key path: no empty, "." or ".." segments.
+        if !prefix.is_empty() && Key::parse(&prefix).is_err() {
+            return Err(invalid("the prefix has an empty, '.' or '..' segment"));
+        }
+        Ok(Location::Bucket(Bucket { service, name: name.to_string(), prefix }))
     }
 
     /// Creates the folder if missing and canonicalises it, so the described path is stable.
@@ -67,17 +141,96 @@ impl Location {
         Ok(Location::Folder(canonical))
     }
 
-    /// Builds the object store backend for this location.
-    pub(crate) fn connect(&self) -> Result<Arc<dyn ObjectStore>> {
-        match self {
-            Location::Folder(path) => {
-                let fs = LocalFileSystem::new_with_prefix(path)
-                    .map_err(|source| StoreError::Backend { key: self.to_string(), source })?
-                    // Removes the directories a deleted staging upload leaves behind.
-                    .with_automatic_cleanup(true);
-                Ok(Arc::new(fs))
+    /// Builds the object store backend for this location, applying `options` (object_store
+    /// config keys and values) on top of the environment. Local stores take no options.
+    pub(crate) fn connect(&self, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
+        let bucket = match self {
+            Location::Bucket(bucket) => bucket,
+            local => {
+                if let Some((key, _)) = options.first() {
+                    return Err(self.bad_option(key, "local stores take no options"));
+                }
+                return match local {
+                    Location::Folder(path) => {
+                        let fs = LocalFileSystem::new_with_prefix(path)
+                            .map_err(|source| StoreError::Connect {
+                                location: self.to_string(),
+                                source,
+                            })?
+                            // Removes the directories a deleted staging upload leaves behind.
+                            .with_automatic_cleanup(true);
+                        Ok(Arc::new(fs))
+                    }
+                    _ => Ok(Arc::new(InMemory::new())),
+                };
             }
-            Location::Memory => Ok(Arc::new(InMemory::new())),
+        };
+        let connect_err = |source| StoreError::Connect { location: self.to_string(), source };
+        let store: Arc<dyn ObjectStore> = match bucket.service {
+            Service::S3 => Arc::new(self.s3(&bucket.name, options)?.build().map_err(connect_err)?),
+            Service::Gcs => {
+                let mut builder =
+                    GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket.name);
+                for (key, value) in options {
+                    let key: GoogleConfigKey =
+                        key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
+                    builder = builder.with_config(key, value);
+                }
+                Arc::new(builder.with_retry(retry_config()).build().map_err(connect_err)?)
+            }
+            Service::Azure => {
+                let mut builder =
+                    MicrosoftAzureBuilder::from_env().with_container_name(&bucket.name);
+                for (key, value) in options {
+                    let key: AzureConfigKey =
+                        key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
+                    builder = builder.with_config(key, value);
+                }
+                Arc::new(builder.with_retry(retry_config()).build().map_err(connect_err)?)
+            }
+        };
+        if bucket.prefix.is_empty() {
+            Ok(store)
+        } else {
+            Ok(Arc::new(PrefixStore::new(store, Key::from(bucket.prefix.as_str()))))
+        }
+    }
+
+    /// The S3 builder: environment, then options, then what kiln's blob protocol needs.
+    ///
+    /// - Create-only puts use `If-None-Match: *` ([`S3ConditionalPut::ETagMatch`]).
+    /// - Staged multipart uploads are published with a create-only server-side copy: a
+    ///   one-part multipart upload copying the staging object, completed with
+    ///   `If-None-Match: *` ([`S3CopyIfNotExists::Multipart`]), unless the options or
+    ///   `AWS_COPY_IF_NOT_EXISTS` chose another way (e.g. R2's header).
+    /// - Path-style requests unless `aws_virtual_hosted_style_request` says otherwise (the
+    ///   object_store default, and what custom endpoints usually need); plain http only
+    ///   with `aws_allow_http=true` / `AWS_ALLOW_HTTP=true`.
+    fn s3(&self, bucket: &str, options: &[(String, String)]) -> Result<AmazonS3Builder> {
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (key, value) in options {
+            let key: AmazonS3ConfigKey =
+                key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
+            if key == AmazonS3ConfigKey::ConditionalPut && value.trim() != "etag" {
+                return Err(self.bad_option(
+                    "aws_conditional_put",
+                    "kiln writes blobs create-only and needs \"etag\" (If-None-Match)",
+                ));
+            }
+            builder = builder.with_config(key, value);
+        }
+        builder = builder.with_conditional_put(S3ConditionalPut::ETagMatch);
+        if builder.get_config_value(&AmazonS3ConfigKey::CopyIfNotExists).is_none() {
+            builder = builder.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+        }
+        Ok(builder.with_retry(retry_config()))
+    }
+
+    fn bad_option(&self, key: &str, reason: &str) -> StoreError {
+        StoreError::InvalidOption {
+            location: self.to_string(),
+            key: key.to_string(),
+            reason: reason.to_string(),
         }
     }
 }
@@ -90,7 +243,27 @@ impl fmt::Display for Location {
                 Err(()) => write!(f, "{}", path.display()),
             },
             Location::Memory => f.write_str("memory://"),
+            Location::Bucket(Bucket { service, name, prefix }) if prefix.is_empty() => {
+                write!(f, "{}://{name}", service.scheme())
+            }
+            Location::Bucket(Bucket { service, name, prefix }) => {
+                write!(f, "{}://{name}/{prefix}", service.scheme())
+            }
         }
+    }
+}
+
+/// Splits a `KEY=VALUE` store option.
+pub fn parse_option(option: &str) -> Result<(String, String)> {
+    match option.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(StoreError::InvalidOption {
+            location: String::new(),
+            key: option.to_string(),
+            reason: "expected KEY=VALUE".to_string(),
+        }),
     }
 }
 
@@ -101,20 +274,46 @@ mod tests {
     #[test]
     fn schemes() {
         assert_eq!(Location::parse("memory://").ok(), Some(Location::Memory));
-        for (loc, scheme) in [("s3://b/p", "s3"), ("gs://b", "gs"), ("az://c/p", "az")] {
-            match Location::parse(loc) {
-                Err(e @ StoreError::Unsupported { .. }) => {
-                    assert!(e.to_string().contains(&format!("{scheme}://")), "{e}");
-                }
-                other => panic!("{loc}: {other:?}"),
-            }
+        for (loc, service, name, prefix) in [
+            ("s3://b/p/q/", Service::S3, "b", "p/q"),
+            ("gs://b", Service::Gcs, "b", ""),
+            ("az://c/p", Service::Azure, "c", "p"),
+        ] {
+            let parsed = Location::parse(loc).unwrap();
+            let bucket = Bucket { service, name: name.into(), prefix: prefix.into() };
+            assert_eq!(parsed, Location::Bucket(bucket));
+            assert_eq!(parsed.to_string(), loc.trim_end_matches('/'));
         }
+        for bad in ["file://host/x", "", "memory://x", "s3://", "s3://b/a//c", "s3://b/p?x=1"] {
+            assert!(
+                matches!(Location::parse(bad), Err(StoreError::InvalidLocation { .. })),
+                "{bad}"
+            );
+        }
+        match Location::parse("ftp://x/y") {
+            Err(e @ StoreError::Unsupported { .. }) => assert!(e.to_string().contains("ftp://")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(parse_option("aws_endpoint=http://a=b").unwrap().1, "http://a=b");
+        assert!(parse_option("novalue").is_err());
+        let s3 = Location::parse("s3://b").unwrap();
+        let opt = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         assert!(matches!(
-            Location::parse("file://host/x"),
-            Err(StoreError::InvalidLocation { .. })
+            s3.connect(&opt("no_such_key", "1")),
+            Err(StoreError::InvalidOption { .. })
         ));
-        assert!(matches!(Location::parse(""), Err(StoreError::InvalidLocation { .. })));
-        assert!(matches!(Location::parse("memory://x"), Err(StoreError::InvalidLocation { .. })));
+        assert!(matches!(
+            s3.connect(&opt("aws_conditional_put", "disabled")),
+            Err(StoreError::InvalidOption { .. })
+        ));
+        assert!(matches!(
+            Location::Memory.connect(&opt("aws_region", "x")),
+            Err(StoreError::InvalidOption { .. })
+        ));
     }
 
     #[test]
