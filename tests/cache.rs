@@ -1,0 +1,106 @@
+//! The build cache: an unchanged layer is neither re-tarred nor re-compressed, and a no-op
+//! rebuild uploads nothing. The `--json` report says so.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{blobs, digest_of, Kiln, Workspace};
+
+const RECIPE: &str = r#"epoch = 1700000000
+
+[image]
+name = "cached"
+version = "2.0.0"
+
+[[layer]]
+name = "one"
+inline = [{ dest = "/etc/one", content = "1\n" }]
+
+[[layer]]
+name = "two"
+files = [{ src = "files/two", dest = "/etc/two" }]
+
+[[layer]]
+name = "three"
+trees = [{ src = "tree", dest = "/srv" }]
+"#;
+
+fn workspace() -> (Workspace, std::path::PathBuf) {
+    let ws = Workspace::new();
+    ws.write("r/files/two", "2\n");
+    ws.write("r/tree/a.txt", "a\n");
+    ws.write("r/tree/sub/b.txt", "b\n");
+    let recipe = ws.write("r/cached.toml", RECIPE);
+    (ws, recipe)
+}
+
+fn counts(report: &Value) -> (Value, Value) {
+    (report["layers"].clone(), report["blobs"].clone())
+}
+
+#[test]
+fn cold_build_builds_every_layer() {
+    let (ws, recipe) = workspace();
+    let report = Kiln::new(&ws.store("s")).build(&recipe, &[]);
+    let (layers, blob_counts) = counts(&report);
+    assert_eq!(layers, json!({ "built": 3, "reused": 0 }), "{report:#}");
+    assert_eq!(blob_counts["present"], 0, "{report:#}");
+    // 3 layers + config + manifest + index.
+    assert_eq!(blob_counts["uploaded"], 6, "{report:#}");
+    assert_eq!(blobs(&ws.store("s")).len(), 6);
+}
+
+#[test]
+fn noop_rebuild_is_served_from_the_cache() {
+    let (ws, recipe) = workspace();
+    let kiln = Kiln::new(&ws.store("s"));
+    let first = kiln.build(&recipe, &[]);
+    let before = blobs(&ws.store("s"));
+    let second = kiln.build(&recipe, &[]);
+    assert_eq!(digest_of(&first), digest_of(&second));
+    assert_eq!(second["layers"], json!({ "built": 0, "reused": 3 }), "{second:#}");
+    assert_eq!(second["blobs"]["uploaded"], 0, "{second:#}");
+    assert_eq!(blobs(&ws.store("s")), before, "a no-op rebuild changed the store's blobs");
+}
+
+#[test]
+fn changing_one_input_rebuilds_only_its_layer() {
+    let (ws, recipe) = workspace();
+    let kiln = Kiln::new(&ws.store("s"));
+    let first = kiln.build(&recipe, &[]);
+    ws.write("r/tree/sub/b.txt", "b changed\n");
+    let second = kiln.build(&recipe, &[]);
+    assert_ne!(digest_of(&first), digest_of(&second), "a changed tree must change the image");
+    assert_eq!(second["layers"], json!({ "built": 1, "reused": 2 }), "{second:#}");
+
+    // Going back to the old content reuses everything and restores the old digest.
+    ws.write("r/tree/sub/b.txt", "b\n");
+    let third = kiln.build(&recipe, &[]);
+    assert_eq!(digest_of(&first), digest_of(&third));
+    assert_eq!(third["layers"], json!({ "built": 0, "reused": 3 }), "{third:#}");
+}
+
+#[test]
+fn cache_lives_in_the_store() {
+    let (ws, recipe) = workspace();
+    let a = Kiln::new(&ws.store("a")).build(&recipe, &[]);
+    let b = Kiln::new(&ws.store("b")).build(&recipe, &[]);
+    assert_eq!(digest_of(&a), digest_of(&b));
+    assert_eq!(b["layers"], json!({ "built": 3, "reused": 0 }), "a fresh store has no cache");
+}
+
+#[test]
+fn deleting_the_cache_only_costs_time() {
+    let (ws, recipe) = workspace();
+    let store = ws.store("s");
+    let kiln = Kiln::new(&store);
+    let first = kiln.build(&recipe, &[]);
+    let cache = store.join("cache");
+    assert!(cache.is_dir(), "expected the build cache under {}", cache.display());
+    std::fs::remove_dir_all(&cache).expect("remove cache");
+    let second = kiln.build(&recipe, &[]);
+    assert_eq!(digest_of(&first), digest_of(&second));
+    assert_eq!(second["layers"], json!({ "built": 3, "reused": 0 }), "{second:#}");
+    assert_eq!(second["blobs"]["uploaded"], 0, "every blob was already present: {second:#}");
+    assert_eq!(second["blobs"]["present"], 6, "{second:#}");
+}

@@ -1,0 +1,110 @@
+//! The command line contract: store selection, refs, inspect, help and exit codes.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::{copy_recipes, digest_of, Kiln, Workspace, EXIT_USAGE, KILN};
+
+#[test]
+fn help_documents_commands_and_exit_codes() {
+    let run = Kiln::new(Path::new("memory://")).run(&["--help"]).ok();
+    for word in ["build", "lock", "images", "inspect", "export", "--store", "--json"] {
+        assert!(run.stdout.contains(word), "--help does not mention {word}:\n{run}");
+    }
+    for code in ["0", "1", "2", "3", "4"] {
+        assert!(run.stdout.contains(code), "--help does not document exit code {code}:\n{run}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let kiln = Kiln::new(Path::new("memory://"));
+    kiln.run(&["no-such-command"]).fails_with(EXIT_USAGE);
+    kiln.run(&["build"]).fails_with(EXIT_USAGE);
+    kiln.run(&["build", "x.toml", "--threads", "many"]).fails_with(EXIT_USAGE);
+    kiln.run(&["export", "x:1"]).fails_with(EXIT_USAGE);
+}
+
+#[test]
+fn images_and_inspect_find_the_built_image() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let kiln = Kiln::new(&ws.store("store"));
+    let report = kiln.build(&recipes.join("golden.toml"), &[]);
+    let digest = digest_of(&report);
+
+    let images = kiln.run(&["images"]).ok();
+    assert!(images.stdout.contains("golden"), "{images}");
+    assert!(images.stdout.contains("1.0.0"), "{images}");
+    let json = kiln.run(&["--json", "images"]).ok().json();
+    assert!(json.to_string().contains(&digest), "images --json lacks {digest}: {json:#}");
+
+    // The three forms of REF resolve to the same image (the report echoes the REF given).
+    let inspect = |reference: &str| {
+        let mut v = kiln.run(&["--json", "inspect", reference]).ok().json();
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("reference");
+        }
+        v
+    };
+    let by_tag = inspect("golden:1.0.0");
+    let by_name_digest = inspect(&format!("golden@{digest}"));
+    let by_digest = inspect(&digest);
+    assert!(by_tag.to_string().contains(&digest), "{by_tag:#}");
+    assert_eq!(by_tag, by_name_digest);
+    assert_eq!(by_tag, by_digest);
+
+    kiln.run(&["inspect", "golden:9.9.9"]).fails().stderr_has(&["golden:9.9.9"]);
+}
+
+#[test]
+fn kiln_store_env_selects_the_store() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let store = ws.store("from-env");
+    let out = Command::new(KILN)
+        .args(["--json", "build"])
+        .arg(recipes.join("golden.toml"))
+        .env("KILN_STORE", &store)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kiln");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(store.join("blobs/sha256").is_dir(), "KILN_STORE was not used");
+    assert!(store.join("refs/golden/1.0.0").exists(), "no ref refs/golden/1.0.0 in the store");
+}
+
+#[test]
+fn default_store_is_under_xdg_data_home() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let data = ws.mkdir("xdg-data");
+    let out = Command::new(KILN)
+        .args(["build"])
+        .arg(recipes.join("golden.toml"))
+        .env("XDG_DATA_HOME", &data)
+        .env("HOME", ws.root())
+        .env_remove("KILN_STORE")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kiln");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.join("kiln/store/blobs/sha256").is_dir(), "default store not used");
+}
+
+#[test]
+fn build_writes_the_lock_beside_the_recipe() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let lock = recipes.join("golden.lock");
+    let _ = std::fs::remove_file(&lock);
+    let kiln = Kiln::new(&ws.store("store"));
+    let first = kiln.build(&recipes.join("golden.toml"), &[]);
+    assert!(lock.is_file(), "build did not write {}", lock.display());
+    let locked = kiln.build(&recipes.join("golden.toml"), &["--locked"]);
+    assert_eq!(digest_of(&first), digest_of(&locked));
+}
