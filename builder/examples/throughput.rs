@@ -77,6 +77,16 @@ impl io::Write for Count {
     }
 }
 
+/// CPU seconds this process has used (user + system), from /proc/self/stat at 100 Hz.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(") ").next().unwrap_or_default();
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn peak_rss() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -89,12 +99,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let len = mib << 20;
     for compression in [Compression::GZIP, Compression::ZSTD] {
         for threads in [1, 2] {
-            let start = Instant::now();
+            let (start, cpu) = (Instant::now(), cpu_seconds());
             let out = compress(&compression, threads, Sample::new(len), Count(0))?;
             let secs = start.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu;
             println!(
-                "{compression}, {threads} thread(s): {:.1} MB/s, {mib} MiB -> {:.1} MiB ({:.1}%), {}",
+                "{compression}, {threads} thread(s): {:.1} MB/s, {:.1} MB per CPU-second, \
+                 {:.2} cores busy, {mib} MiB -> {:.1} MiB ({:.1}%), {}",
                 len as f64 / 1e6 / secs,
+                len as f64 / 1e6 / cpu,
+                cpu / secs,
                 out.0 as f64 / (1 << 20) as f64,
                 100.0 * out.0 as f64 / len as f64,
                 peak_rss(),
