@@ -14,6 +14,9 @@ Exit codes:
 
 Environment:
   KILN_STORE          store location (same as --store)
+  AWS_*, GOOGLE_*, AZURE_*
+                      credentials and settings of s3://, gs:// and az:// stores (AWS_ENDPOINT,
+                      AWS_REGION, AWS_ALLOW_HTTP, ...); --store-option KEY=VALUE overrides them
   SOURCE_DATE_EPOCH   timestamp for every file and document, unless --source-date-epoch is given
   NO_COLOR            disables colour";
 
@@ -57,6 +60,42 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write an image as an OCI image layout folder or archive.
     Export(ExportArgs),
+    /// Inspect the store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Delete blobs no ref, log or referrer needs, once older than the grace period.
+    Gc(GcArgs),
+    /// Copy an image, its blobs and its referrers from one store to another.
+    Copy(CopyArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Re-hash every blob and walk every ref; exit 4 listing each problem found.
+    Check,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Keep unreachable blobs and staging uploads younger than this (e.g. 30m, 24h, 7d), so
+    /// builds in flight on other runners keep what they just uploaded.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+    /// Report what would be deleted without deleting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// NAME:TAG (tagged in the target too), NAME@sha256:HEX or sha256:HEX
+    pub reference: String,
+    /// The store to copy from (any store location; --store-option applies to buckets).
+    #[arg(long, value_name = "LOCATION")]
+    pub from: String,
+    /// The store to copy into.
+    #[arg(long, value_name = "LOCATION")]
+    pub to: String,
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,7 @@ use clap::Parser;
 use kiln_builder::BuildError;
 use kiln_store::StoreError;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, StoreCommand};
 
 /// An input differs from the lock, or there is none (with --locked).
 const EXIT_LOCK: u8 = 3;
@@ -37,6 +37,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Images => commands::images::run(&ctx),
         Command::Inspect(args) => commands::inspect::run(&ctx, args),
         Command::Export(args) => commands::export::run(&ctx, args),
+        Command::Store(StoreCommand::Check) => commands::store::check(&ctx),
+        Command::Gc(args) => commands::gc::run(&ctx, args),
+        Command::Copy(args) => commands::copy::run(&ctx, cli, args),
     }
 }
 
@@ -49,6 +52,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return EXIT_LOCK;
         }
         if let Some(StoreError::DigestMismatch { .. }) = cause.downcast_ref() {
+            return EXIT_INTEGRITY;
+        }
+        if cause.downcast_ref::<commands::store::StoreProblems>().is_some() {
             return EXIT_INTEGRITY;
         }
     }

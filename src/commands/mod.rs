@@ -1,10 +1,13 @@
 //! One module per subcommand; each prints a human report or JSON.
 
 pub mod build;
+pub mod copy;
 pub mod export;
+pub mod gc;
 pub mod images;
 pub mod inspect;
 pub mod lock;
+pub mod store;
 
 use anyhow::Context as _;
 use kiln_store::Store;
@@ -27,13 +30,7 @@ impl Ctx {
             Some(s) => s.clone(),
             None => default_store()?,
         };
-        let options = cli
-            .store_options
-            .iter()
-            .map(|o| kiln_store::parse_option(o))
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading --store-option")?;
-        let store = Store::open_with_options(&location, &options)
+        let store = Store::open_with_options(&location, &store_options(cli)?)
             .with_context(|| format!("opening store {location}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -55,6 +52,15 @@ impl Ctx {
             println!("{}", line.as_ref());
         }
     }
+}
+
+/// The `--store-option KEY=VALUE` pairs.
+pub fn store_options(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
+    cli.store_options
+        .iter()
+        .map(|o| kiln_store::parse_option(o))
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading --store-option")
 }
 
 /// `$XDG_DATA_HOME/kiln/store`, else `~/.local/share/kiln/store`.

@@ -15,7 +15,7 @@ use crate::error::{Result, StoreError};
 use crate::{key, Store};
 
 /// Files this size or larger go through a staged multipart upload instead of one put.
-const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
+pub(crate) const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// Multipart part size; above S3's 5 MiB minimum, small enough to keep memory flat.
 const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploading at once; with [`PART_SIZE`] this bounds an upload's buffers to ~24 MiB.
@@ -64,7 +64,7 @@ impl Store {
 
     /// Create-only put: `Ok(false)` when something is already at `key` (written by us or a
     /// concurrent writer of the same content), since blob keys are never overwritten.
-    async fn create(&self, key: &Key, bytes: Bytes) -> Result<bool> {
+    pub(crate) async fn create(&self, key: &Key, bytes: Bytes) -> Result<bool> {
         match self.inner.put_opts(key, bytes.into(), PutMode::Create.into()).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
@@ -108,20 +108,38 @@ impl Store {
             return Ok(outcome(self.create(&key::blob(expected), bytes).await?));
         }
 
-        // Multipart uploads cannot be create-only, so the parts go to a private staging key
-        // and only a verified, complete object is copied (create-only) to the blob key.
+        let chunks = file_chunks(path).await?;
+        Ok(outcome(self.put_blob_staged(chunks, expected, size, mismatch).await?))
+    }
+
+    /// Uploads a large blob from `chunks` without ever exposing a partial or wrong object
+    /// under its key. Multipart uploads cannot be create-only, so the parts go to a private
+    /// staging key while being hashed; only when what was sent is exactly `expected` of `size`
+    /// bytes is the staging object copied, create-only, to the blob key. Otherwise the upload
+    /// is aborted and `mismatch(found, found_size)` reported. Memory stays bounded by
+    /// [`PART_SIZE`] × [`PARTS_IN_FLIGHT`] whatever the blob's size.
+    pub(crate) async fn put_blob_staged<S>(
+        &self,
+        chunks: S,
+        expected: &Digest,
+        size: u64,
+        mismatch: impl FnOnce(Digest, u64) -> StoreError,
+    ) -> Result<bool>
+    where
+        S: futures::Stream<Item = Result<Bytes>> + Unpin,
+    {
         let staging = key::upload(expected);
         let upload = self.inner.put_multipart(&staging).await.map_err(backend_err(&staging))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let (found, found_size) = match stream_file(path, &staging, &mut writer).await {
-            Ok(streamed) => streamed,
+        let (found, found_size) = match send_chunks(chunks, &staging, &mut writer).await {
+            Ok(sent) => sent,
             Err(e) => {
                 // Best effort: the original error is the one worth reporting.
                 let _ = writer.abort().await;
                 return Err(e);
             }
         };
-        // What was hashed is exactly what was sent, so a file changed mid-read is caught here.
+        // What was hashed is exactly what was sent, so a source changed mid-read is caught here.
         if found != *expected || found_size != size {
             let _ = writer.abort().await;
             return Err(mismatch(found, found_size));
@@ -134,7 +152,7 @@ impl Store {
         };
         let uploaded = published?;
         cleaned?;
-        Ok(outcome(uploaded))
+        Ok(uploaded)
     }
 
     /// Copies a completed staging object to its blob key once its size proves it whole.
@@ -183,6 +201,34 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Re-reads a blob, hashing it as it streams, and returns its size; fails with
+    /// [`StoreError::DigestMismatch`] if the bytes are not what the key names.
+    pub async fn verify_blob(&self, digest: &Digest) -> Result<u64> {
+        let key = key::blob(digest);
+        let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
+        let mut stream = got.into_stream();
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(backend_err(&key))? {
+            hasher.update(&chunk);
+            len += chunk.len() as u64;
+        }
+        check(&key, digest, hasher.finish())?;
+        Ok(len)
+    }
+
+    /// The blob's bytes as a stream of chunks, unverified: the consumer hashes them (as
+    /// [`Store::put_blob_staged`] does) and must refuse a mismatch.
+    pub(crate) async fn blob_chunks(
+        &self,
+        digest: &Digest,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let key = key::blob(digest);
+        let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
+        let stream = got.into_stream().map_err(move |e| StoreError::backend(&key, e));
+        Ok(Box::pin(stream))
+    }
+
     /// Reads a blob and decodes it as JSON (manifests, configs, indexes).
     pub async fn get_json<T: DeserializeOwned>(&self, digest: &Digest) -> Result<T> {
         let bytes = self.get_blob(digest).await?;
@@ -207,27 +253,41 @@ impl Store {
     }
 }
 
-/// Reads `path` into `writer` in chunks, hashing what is sent.
-async fn stream_file(
-    path: &Path,
+/// The file at `path` as a stream of chunks of at most [`READ_CHUNK`] bytes.
+async fn file_chunks(path: &Path) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+    let file = tokio::fs::File::open(path).await.map_err(local_err(path))?;
+    let path = path.to_path_buf();
+    let chunks = futures::stream::try_unfold(file, move |mut file| {
+        let path = path.clone();
+        async move {
+            let mut buf = vec![0u8; READ_CHUNK];
+            let n = file.read(&mut buf).await.map_err(local_err(&path))?;
+            buf.truncate(n);
+            Ok((n > 0).then(|| (Bytes::from(buf), file)))
+        }
+    });
+    Ok(Box::pin(chunks))
+}
+
+/// Sends `chunks` into `writer`, hashing what is sent.
+async fn send_chunks<S>(
+    mut chunks: S,
     staging: &Key,
     writer: &mut WriteMultipart,
-) -> Result<(Digest, u64)> {
-    let mut file = tokio::fs::File::open(path).await.map_err(local_err(path))?;
-    let mut buf = vec![0u8; READ_CHUNK];
+) -> Result<(Digest, u64)>
+where
+    S: futures::Stream<Item = Result<Bytes>> + Unpin,
+{
     let mut hasher = Sha256::new();
     let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf).await.map_err(local_err(path))?;
-        if n == 0 {
-            return Ok((hasher.finish(), len));
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-        // Back-pressure: wait for a part slot so a fast disk cannot outrun the upload.
+    while let Some(chunk) = chunks.try_next().await? {
+        hasher.update(&chunk);
+        len += chunk.len() as u64;
+        // Back-pressure: wait for a part slot so a fast source cannot outrun the upload.
         writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(backend_err(staging))?;
-        writer.write(&buf[..n]);
+        writer.put(chunk);
     }
+    Ok((hasher.finish(), len))
 }
 
 /// Writes a blob's byte stream to `file`, returning the digest and length of what was written.

@@ -10,10 +10,31 @@ use crate::reference::{RepoName, Tag};
 
 /// Prefix of every ref key.
 pub(crate) const REFS: &str = "refs";
+/// Prefix of every blob key.
+pub(crate) const BLOBS: &str = "blobs/sha256";
+/// Prefix of staging uploads.
+pub(crate) const UPLOADS: &str = "uploads";
+/// Prefix of build cache entries.
+pub(crate) const CACHE: &str = "cache";
+/// Prefix of channel logs (write-once entries naming digests).
+pub(crate) const LOG: &str = "log";
+/// Prefix of referrers: `referrers/<subject-hex>/<artifact-hex>`.
+pub(crate) const REFERRERS: &str = "referrers";
 
 /// `blobs/sha256/<hex>`: write-once, verified on read.
 pub(crate) fn blob(digest: &Digest) -> Path {
-    Path::from(format!("blobs/sha256/{}", digest.hex()))
+    Path::from(format!("{BLOBS}/{}", digest.hex()))
+}
+
+/// The digest a `blobs/sha256/<hex>` key names, or `None` for any other key.
+pub(crate) fn parse_blob(key: &Path) -> Option<Digest> {
+    let hex = key.as_ref().strip_prefix(BLOBS)?.strip_prefix('/')?;
+    Digest::from_hex(hex).ok()
+}
+
+/// `referrers/<subject-hex>/`: what refers to `subject`.
+pub(crate) fn referrers(subject: &Digest) -> Path {
+    Path::from(format!("{REFERRERS}/{}", subject.hex()))
 }
 
 /// `refs/<name>/<tag>`: the descriptor a tag points at.

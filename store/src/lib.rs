@@ -5,14 +5,19 @@
 //! - `blobs/sha256/<hex>`: write-once blobs, re-hashed on every read;
 //! - `refs/<name>/<tag>`: the canonical JSON descriptor a tag points at (tags move);
 //! - `cache/<kind>/<key-hex>`: build cache entries, replaceable and safe to delete;
-//! - `uploads/...`: staging for large uploads, published to `blobs/` only once verified.
+//! - `uploads/...`: staging for large uploads, published to `blobs/` only once verified;
+//! - `log/...` and `referrers/...`: write-once records that gc treats as roots.
 //!
 //! Open one with [`Store::open`] on a folder path, `file:///abs/path`, `memory://`,
 //! `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
 
 mod blob;
 mod cache;
+pub mod check;
+pub mod copy;
 pub mod error;
+pub mod gc;
+mod inventory;
 mod key;
 pub mod layout;
 pub mod location;
@@ -25,7 +30,10 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 pub use blob::PutOutcome;
+pub use check::{CheckProgress, CheckReport, Problem};
+pub use copy::CopyReport;
 pub use error::{Result, StoreError};
+pub use gc::{GcOptions, GcReport};
 pub use location::{parse_option, Location};
 pub use reference::{NameError, Reference, RepoName, Tag};
 pub use walk::image_blobs;

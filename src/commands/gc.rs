@@ -1,0 +1,38 @@
+//! `kiln gc`: delete what no root needs, once older than the grace period.
+
+use anyhow::Context as _;
+use kiln_store::GcOptions;
+
+use super::Ctx;
+use crate::cli::GcArgs;
+
+pub fn run(ctx: &Ctx, args: &GcArgs) -> anyhow::Result<()> {
+    let options = GcOptions { grace: args.grace, dry_run: args.dry_run };
+    let report = ctx
+        .runtime
+        .block_on(ctx.store.gc(options))
+        .with_context(|| format!("collecting garbage in {}", ctx.store.describe()))?;
+    if ctx.json {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("store".into(), ctx.store.describe().into());
+            map.insert("graceSeconds".into(), args.grace.as_secs().into());
+        }
+        ctx.print_json(&value)?;
+    } else {
+        let verb = if report.dry_run { "would delete" } else { "deleted" };
+        ctx.say(format!(
+            "{verb} {} blobs ({} bytes), {} staging uploads ({} bytes) and {} cache entries; \
+             kept {} reachable blobs and {} younger than {}",
+            report.blobs_deleted,
+            report.bytes_deleted,
+            report.uploads_deleted,
+            report.upload_bytes_deleted,
+            report.cache_entries_deleted,
+            report.reachable,
+            report.blobs_kept_young,
+            humantime::format_duration(args.grace),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Garbage collection: mark every blob reachable from the store's roots, then sweep the
+//! unreachable blobs, stale staging uploads and dangling cache entries older than a grace
+//! period.
+//!
+//! Roots are refs, and every key under `log/` and `referrers/` (channel history, signatures,
+//! attestations): any `sha256:<hex>` those documents mention, and the digests their keys
+//! name. From a root, any blob that looks like a JSON document (index, manifest, release
+//! record, ...) is read (verified) and the digests it mentions are marked in turn, so new
+//! document kinds are followed without teaching gc about them.
+//!
+//! The grace period protects work in flight on other runners: a build uploads layers and
+//! manifests well before it sets the ref that makes them reachable, so a blob younger than
+//! the grace is never deleted. Ages come from the backend's `last_modified`; the local clock
+//! must not be off by anything close to the grace. Refs are re-read just before the sweep, so a
+//! ref set during the mark phase also protects what it points at.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+use kiln_oci::Digest;
+use object_store::path::Path as Key;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::inventory::Listed;
+use crate::{key, Store};
+
+/// Blobs up to this size are read during marking when they look like JSON; larger ones are
+/// layers or disk images and cannot name other blobs.
+const DOCUMENT_LIMIT: u64 = 4 * 1024 * 1024;
+/// Documents and cache entries read at once.
+const READ_CONCURRENCY: usize = 16;
+
+/// What to collect.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Unreachable objects younger than this are kept.
+    pub grace: Duration,
+    /// Report what would be deleted, delete nothing.
+    pub dry_run: bool,
+}
+
+/// What a collection did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Blobs reachable from the roots (and present).
+    pub reachable: u64,
+    pub blobs_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Unreachable blobs kept because they are younger than the grace period.
+    pub blobs_kept_young: u64,
+    pub uploads_deleted: u64,
+    pub upload_bytes_deleted: u64,
+    pub cache_entries_deleted: u64,
+}
+
+/// The one field gc reads from a cache entry.
+#[derive(serde::Deserialize)]
+struct CacheOutput {
+    digest: Digest,
+}
+
+/// Every `sha256:<64 hex>` mentioned in `bytes`, whatever the document's shape.
+fn digests_in(bytes: &[u8]) -> Vec<Digest> {
+    const TAG: &[u8] = b"sha256:";
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].windows(TAG.len()).position(|w| w == TAG) {
+        let start = at + offset + TAG.len();
+        if let Some(hex) = bytes.get(start..start + 64) {
+            if let Some(digest) =
+                std::str::from_utf8(hex).ok().and_then(|h| Digest::from_hex(h).ok())
+            {
+                found.push(digest);
+            }
+        }
+        at = start;
+    }
+    found
+}
+
+/// The digest a key's last segment names (`referrers/<subject>/<artifact>` names both).
+fn digests_in_key(key: &Key) -> Vec<Digest> {
+    key.parts().filter_map(|p| Digest::from_hex(p.as_ref()).ok()).collect()
+}
+
+impl Store {
+    /// Collects garbage; see the module documentation for what is kept.
+    pub async fn gc(&self, options: GcOptions) -> Result<GcReport> {
+        let now = SystemTime::now();
+        let cutoff = now.checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let old = |entry: &Listed| entry.modified < cutoff;
+        let mut report = GcReport { dry_run: options.dry_run, ..GcReport::default() };
+
+        let blobs: Vec<(Digest, Listed)> = self
+            .list_under(key::BLOBS)
+            .await?
+            .into_iter()
+            .filter_map(|entry| key::parse_blob(&entry.key).map(|d| (d, entry)))
+            .collect();
+        let sizes: std::collections::HashMap<Digest, u64> =
+            blobs.iter().map(|(d, e)| (*d, e.size)).collect();
+        let mut marked = self.mark(&sizes).await?;
+        // A ref set while marking (a build finishing) protects its image too.
+        marked.extend(self.mark(&sizes).await?);
+
+        let mut doomed = Vec::new();
+        let mut gone = HashSet::new();
+        for (digest, entry) in blobs {
+            if marked.contains(&digest) {
+                report.reachable += 1;
+            } else if old(&entry) {
+                report.blobs_deleted += 1;
+                report.bytes_deleted += entry.size;
+                gone.insert(digest);
+                doomed.push(entry.key);
+            } else {
+                report.blobs_kept_young += 1;
+            }
+        }
+        for entry in self.list_under(key::UPLOADS).await? {
+            if old(&entry) {
+                report.uploads_deleted += 1;
+                report.upload_bytes_deleted += entry.size;
+                doomed.push(entry.key);
+            }
+        }
+        if !options.dry_run {
+            self.delete_all(doomed).await?;
+        }
+
+        let dangling = self.dangling_cache_entries(&gone).await?;
+        report.cache_entries_deleted = dangling.len() as u64;
+        if !options.dry_run {
+            self.delete_all(dangling).await?;
+        }
+        Ok(report)
+    }
+
+    /// Every digest reachable from the roots, among blobs of the given sizes.
+    async fn mark(
+        &self,
+        sizes: &std::collections::HashMap<Digest, u64>,
+    ) -> Result<HashSet<Digest>> {
+        let mut pending: Vec<Digest> = Vec::new();
+        for prefix in [key::REFS, key::LOG, key::REFERRERS] {
+            let entries = self.list_under(prefix).await?;
+            for entry in &entries {
+                pending.extend(digests_in_key(&entry.key));
+            }
+            let contents: Vec<_> = futures::stream::iter(entries)
+                .map(|entry| async move { self.read_object(&entry.key).await })
+                .buffer_unordered(READ_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for bytes in contents.into_iter().flatten() {
+                pending.extend(digests_in(&bytes));
+            }
+        }
+
+        let mut marked = HashSet::new();
+        while !pending.is_empty() {
+            let fresh: Vec<Digest> =
+                pending.drain(..).filter(|d| marked.insert(*d)).collect::<Vec<_>>();
+            // Only present, document-sized blobs can mention other blobs.
+            let documents =
+                fresh.into_iter().filter(|d| sizes.get(d).is_some_and(|s| *s <= DOCUMENT_LIMIT));
+            let children: Vec<Vec<Digest>> = futures::stream::iter(documents)
+                .map(|digest| async move {
+                    let bytes = self.get_blob(&digest).await?;
+                    let looks_like_json =
+                        bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+                    Ok::<_, crate::StoreError>(if looks_like_json {
+                        digests_in(&bytes)
+                    } else {
+                        Vec::new()
+                    })
+                })
+                .buffer_unordered(READ_CONCURRENCY)
+                .try_collect()
+                .await?;
+            pending.extend(children.into_iter().flatten());
+        }
+        Ok(marked)
+    }
+
+    /// Cache entries that name a blob that is gone (or, in a dry run, about to be).
+    async fn dangling_cache_entries(&self, gone: &HashSet<Digest>) -> Result<Vec<Key>> {
+        let entries = self.list_under(key::CACHE).await?;
+        let verdicts: Vec<Option<Key>> = futures::stream::iter(entries)
+            .map(|entry| async move {
+                let Some(bytes) = self.read_object(&entry.key).await? else { return Ok(None) };
+                // Entries describe their output blob by a top-level `digest` (other digests
+                // in them, such as a layer's diff_id, name no blob). Other shapes are kept.
+                let Ok(CacheOutput { digest }) = serde_json::from_slice(&bytes) else {
+                    return Ok(None);
+                };
+                let dangling = gone.contains(&digest) || !self.has_blob(&digest).await?;
+                Ok::<_, crate::StoreError>(dangling.then_some(entry.key))
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(verdicts.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_digests_anywhere() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let doc = format!(r#"{{"x":"{a}","y":[{{"digest":"{b}"}}],"z":"sha256:12"}}"#);
+        assert_eq!(digests_in(doc.as_bytes()), vec![a, b]);
+        assert!(digests_in(b"sha256:").is_empty());
+        let key = Key::from(format!("referrers/{}/{}", a.hex(), b.hex()));
+        assert_eq!(digests_in_key(&key), vec![a, b]);
+    }
+}
