@@ -1,0 +1,146 @@
+//! Bodies for check, gc and copy, run on every backend by the `conformance!` macro.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kiln_oci::{media_type, to_canonical_json, Descriptor, Digest, ImageManifest};
+use kiln_store::check::NoProgress;
+use kiln_store::copy::copy_image;
+use kiln_store::{GcOptions, Problem, Reference, Store, StoreError};
+use object_store::path::Path as Key;
+
+use super::{blob_key, pattern, Fixture};
+
+/// Stores a one-manifest image with a config and these layers; returns the manifest.
+async fn image(store: &Store, layers: &[Vec<u8>]) -> Descriptor {
+    let config = store.put_blob(Bytes::from_static(b"{\"architecture\":\"amd64\"}")).await.unwrap();
+    let mut descs = Vec::new();
+    for layer in layers {
+        let out = store.put_blob(Bytes::from(layer.clone())).await.unwrap();
+        descs.push(Descriptor::new(media_type::LAYER_TAR_GZIP, out.digest, out.size));
+    }
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: media_type::IMAGE_MANIFEST.to_string(),
+        artifact_type: None,
+        config: Descriptor::new(media_type::IMAGE_CONFIG, config.digest, config.size),
+        layers: descs,
+        subject: None,
+        annotations: Default::default(),
+    };
+    let out = store.put_blob(Bytes::from(to_canonical_json(&manifest).unwrap())).await.unwrap();
+    Descriptor::new(media_type::IMAGE_MANIFEST, out.digest, out.size)
+}
+
+fn tagged(reference: &str) -> Reference {
+    reference.parse().unwrap()
+}
+
+pub async fn check_reports_corrupt_and_missing_blobs(f: Fixture) {
+    let manifest = image(&f.store, &[b"layer one".to_vec(), b"layer two".to_vec()]).await;
+    let Reference::Tagged { name, tag } = tagged("app:1") else { unreachable!() };
+    f.store.set_ref(&name, &tag, &manifest).await.unwrap();
+    let report = f.store.check(&NoProgress).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!((report.blobs, report.refs), (4, 1));
+
+    let one = Digest::of(b"layer one");
+    let two = Digest::of(b"layer two");
+    f.corrupt(&blob_key(&one)).await;
+    f.raw.delete(&Key::from(blob_key(&two))).await.unwrap();
+    let report = f.store.check(&NoProgress).await.unwrap();
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(report.problems.iter().any(|p| matches!(p,
+        Problem::CorruptBlob { expected, .. } if *expected == one)));
+    assert!(report.problems.iter().any(|p| matches!(p,
+        Problem::MissingBlob { digest, referenced_by } if *digest == two
+            && *referenced_by == manifest.digest.to_string())));
+    // Reads refuse the corrupt blob, naming its key.
+    match f.store.get_blob(&one).await {
+        Err(StoreError::DigestMismatch { key, .. }) => assert_eq!(key, blob_key(&one)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(f.store.verify_blob(&one).await, Err(StoreError::DigestMismatch { .. })));
+}
+
+pub async fn gc_deletes_exactly_the_unreachable_past_grace(f: Fixture) {
+    let kept = image(&f.store, &[b"kept layer".to_vec()]).await;
+    let Reference::Tagged { name, tag } = tagged("app:1") else { unreachable!() };
+    f.store.set_ref(&name, &tag, &kept).await.unwrap();
+    // An old image whose tag moved away, and blobs only a channel log or a referrer names.
+    let dropped = image(&f.store, &[b"dropped layer".to_vec()]).await;
+    let logged = f.store.put_blob(Bytes::from_static(b"release record")).await.unwrap();
+    let log_entry = format!("{{\"release\":\"{}\"}}", logged.digest);
+    f.raw.put(&Key::from("log/prod/app/1"), Bytes::from(log_entry).into()).await.unwrap();
+    let signature = f.store.put_blob(Bytes::from_static(b"signature")).await.unwrap();
+    let referrer = format!("referrers/{}/{}", kept.digest.hex(), signature.digest.hex());
+    f.raw.put(&Key::from(referrer.as_str()), Bytes::from_static(b"{}").into()).await.unwrap();
+    // Cache entries: one whose blob survives, one whose blob gc removes.
+    let live = format!("{{\"digest\":\"{}\"}}", Digest::of(b"kept layer"));
+    let dead = format!("{{\"digest\":\"{}\"}}", Digest::of(b"dropped layer"));
+    f.store.put_cache("layer", &Digest::of(b"k1"), Bytes::from(live)).await.unwrap();
+    f.store.put_cache("layer", &Digest::of(b"k2"), Bytes::from(dead)).await.unwrap();
+    f.raw.put(&Key::from("uploads/stale"), Bytes::from_static(b"partial").into()).await.unwrap();
+
+    // Everything is younger than an hour: an in-flight build's uploads survive.
+    let hour = GcOptions { grace: Duration::from_secs(3600), dry_run: false };
+    let report = f.store.gc(hour).await.unwrap();
+    assert_eq!((report.blobs_deleted, report.uploads_deleted), (0, 0), "{report:?}");
+    assert_eq!(report.blobs_kept_young, 2, "{report:?}");
+    assert_eq!(report.reachable, 5, "{report:?}");
+
+    // Past the grace: a dry run reports, then the real run deletes, exactly the same.
+    let before = f.keys().await;
+    let now = GcOptions { grace: Duration::ZERO, dry_run: true };
+    let dry = f.store.gc(now).await.unwrap();
+    assert_eq!(f.keys().await, before);
+    let report = f.store.gc(GcOptions { dry_run: false, ..now }).await.unwrap();
+    let counts = |r: &kiln_store::GcReport| {
+        (r.blobs_deleted, r.uploads_deleted, r.cache_entries_deleted, r.reachable)
+    };
+    assert_eq!(counts(&dry), (2, 1, 1, 5));
+    assert_eq!(counts(&report), counts(&dry));
+    // The old image's manifest and layer go; its config, shared with the kept image, stays.
+    let removed = [
+        blob_key(&dropped.digest),
+        blob_key(&Digest::of(b"dropped layer")),
+        "uploads/stale".to_string(),
+        format!("cache/layer/{}", Digest::of(b"k2").hex()),
+    ];
+    let expected: Vec<String> = before.into_iter().filter(|k| !removed.contains(k)).collect();
+    assert_eq!(f.keys().await, expected);
+    assert!(f.store.check(&NoProgress).await.unwrap().is_clean());
+}
+
+pub async fn copy_sends_only_what_the_target_lacks(f: Fixture) {
+    let big = pattern(9 * 1024 * 1024 + 3);
+    let manifest = image(&f.store, &[b"small layer".to_vec(), big]).await;
+    let Reference::Tagged { name, tag } = tagged("app:2") else { unreachable!() };
+    f.store.set_ref(&name, &tag, &manifest).await.unwrap();
+    let signature = f.store.put_blob(Bytes::from_static(b"{\"mediaType\":\"x\"}")).await.unwrap();
+    let referrer = format!("referrers/{}/{}", manifest.digest.hex(), signature.digest.hex());
+    f.raw.put(&Key::from(referrer.as_str()), Bytes::from_static(b"{}").into()).await.unwrap();
+
+    let target = f.sibling();
+    let report = copy_image(&f.store, &target, &tagged("app:2")).await.unwrap();
+    assert_eq!((report.blobs, report.copied, report.present, report.referrers), (5, 5, 0, 1));
+    assert_eq!(target.get_ref(&name, &tag).await.unwrap(), Some(manifest.clone()));
+    assert!(target.check(&NoProgress).await.unwrap().is_clean());
+    let again = copy_image(&f.store, &target, &tagged("app:2")).await.unwrap();
+    assert_eq!((again.copied, again.present), (0, 5));
+
+    // Back from the copy into a store missing only one blob: only that one travels.
+    let small = Digest::of(b"small layer");
+    f.raw.delete(&Key::from(blob_key(&small))).await.unwrap();
+    let back = copy_image(&target, &f.store, &tagged("app:2")).await.unwrap();
+    assert_eq!((back.copied, back.present), (1, 4));
+    // A corrupt source blob is refused, and nothing wrong lands in the target.
+    f.corrupt(&blob_key(&small)).await;
+    let fresh = f.sibling();
+    match copy_image(&f.store, &fresh, &tagged("app:2")).await {
+        Err(StoreError::DigestMismatch { key, .. }) => assert_eq!(key, blob_key(&small)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fresh.get_ref(&name, &tag).await.unwrap(), None);
+    assert!(fresh.check(&NoProgress).await.unwrap().problems.is_empty());
+}
