@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{blobs, digest_of, Kiln, Workspace};
+use support::{blobs, digest_of, sh, Kiln, Workspace};
 
 const RECIPE: &str = r#"epoch = 1700000000
 
@@ -103,4 +103,21 @@ fn deleting_the_cache_only_costs_time() {
     assert_eq!(second["layers"], json!({ "built": 3, "reused": 0 }), "{second:#}");
     assert_eq!(second["blobs"]["uploaded"], 0, "every blob was already present: {second:#}");
     assert_eq!(second["blobs"]["present"], 6, "{second:#}");
+}
+
+#[test]
+fn same_size_edit_with_restored_mtime_is_noticed() {
+    // kiln remembers input digests by stat data; an edit that keeps the size and puts the
+    // mtime back (as `cp -p` or a careless tool would) must still be seen.
+    let (ws, recipe) = workspace();
+    let kiln = Kiln::new(&ws.store("s"));
+    let first = kiln.build(&recipe, &[]);
+    let file = ws.path("r/files/two");
+    let reference = ws.path("two.mtime");
+    sh("cp", &["-p", file.to_str().expect("utf-8"), reference.to_str().expect("utf-8")]);
+    std::fs::write(&file, "3\n").expect("same-size edit");
+    sh("touch", &["-r", reference.to_str().expect("utf-8"), file.to_str().expect("utf-8")]);
+    let second = kiln.build(&recipe, &[]);
+    assert_ne!(digest_of(&first), digest_of(&second), "a same-size edit went unnoticed");
+    assert_eq!(second["layers"], json!({ "built": 1, "reused": 2 }), "{second:#}");
 }

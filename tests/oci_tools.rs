@@ -297,3 +297,34 @@ fn umoci_unpacks_exactly_the_declared_tree() {
         "empty folder must stay empty"
     );
 }
+
+#[test]
+fn every_example_recipe_builds_and_skopeo_reads_it() {
+    if !require_tool("skopeo") {
+        return;
+    }
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let mut names: Vec<PathBuf> = fs::read_dir(&recipes)
+        .expect("recipes folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "expected at least three example recipes: {names:?}");
+    let kiln = Kiln::new(&ws.store("store"));
+    for recipe in names {
+        // A committed lock must still match its recipe and inputs.
+        let locked = recipe.with_extension("lock").is_file();
+        let report = kiln.build(&recipe, if locked { &["--locked"] } else { &[] });
+        let name = report["name"].as_str().expect("name");
+        let tag = report["tag"].as_str().expect("tag");
+        let layout = ws.path(&format!("layout-{name}"));
+        let reference = format!("{name}:{tag}");
+        kiln.run(&["export", &reference, "--oci-layout", layout.to_str().expect("utf-8")]).ok();
+        assert_layout_blobs_verify(&layout);
+        let info = skopeo_json(&["inspect", &format!("oci:{}:{tag}", layout.display())]);
+        assert_eq!(info["Os"], "linux", "{}: {info:#}", recipe.display());
+        assert!(!info["Layers"].as_array().expect("Layers").is_empty(), "{}", recipe.display());
+    }
+}

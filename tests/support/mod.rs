@@ -138,6 +138,9 @@ impl std::fmt::Display for Run {
 /// prefix (for umask).
 pub struct Kiln {
     store: PathBuf,
+    /// XDG_CACHE_HOME for this invocation's runs (kiln remembers input digests there), so
+    /// tests never share or touch the caller's cache.
+    cache_home: TempDir,
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     umask: Option<&'static str>,
@@ -145,9 +148,12 @@ pub struct Kiln {
 
 impl Kiln {
     /// kiln with `--store STORE`, a clean environment (no KILN_STORE or SOURCE_DATE_EPOCH
-    /// inherited), and NO_COLOR set.
+    /// inherited), its own XDG_CACHE_HOME, and NO_COLOR set. Every run through one `Kiln`
+    /// shares that cache folder.
     pub fn new(store: &Path) -> Kiln {
-        Kiln { store: store.to_path_buf(), envs: Vec::new(), cwd: None, umask: None }
+        let cache_home =
+            tempfile::Builder::new().prefix("kiln-e2e-cache-").tempdir().expect("tempdir");
+        Kiln { store: store.to_path_buf(), cache_home, envs: Vec::new(), cwd: None, umask: None }
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Kiln {
@@ -177,7 +183,10 @@ impl Kiln {
         };
         cmd.arg("--store").arg(&self.store);
         cmd.args(args);
-        cmd.env_remove("KILN_STORE").env_remove("SOURCE_DATE_EPOCH").env("NO_COLOR", "1");
+        cmd.env_remove("KILN_STORE")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("XDG_CACHE_HOME", self.cache_home.path())
+            .env("NO_COLOR", "1");
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
