@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kiln_builder::BuildError;
+use kiln_store::layout::LayoutError;
 use kiln_store::StoreError;
 
 use cli::{Cli, Command, StoreCommand};
@@ -52,6 +53,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return EXIT_LOCK;
         }
         if let Some(StoreError::DigestMismatch { .. }) = cause.downcast_ref() {
+            return EXIT_INTEGRITY;
+        }
+        // An export wraps store errors transparently, so look inside it too.
+        if let Some(LayoutError::Store(StoreError::DigestMismatch { .. })) = cause.downcast_ref() {
             return EXIT_INTEGRITY;
         }
         if cause.downcast_ref::<commands::store::StoreProblems>().is_some() {

@@ -1,0 +1,355 @@
+//! A store shared by many CI runners, driven through the real `kiln` binary: one test body per
+//! behaviour, run on a `file://` folder and on a real S3 server (SeaweedFS on 127.0.0.1).
+// A failed unwrap in a test is the failure report we want.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path as Key;
+use object_store::ObjectStore;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+const EXIT_INTEGRITY: i32 = 4;
+
+/// Where the store under test lives.
+enum Backend {
+    Folder(PathBuf),
+    S3(&'static kiln_s3_test_server::S3Server),
+}
+
+/// One store plus scratch space; `kiln` runs get the store and an isolated environment.
+struct Shared {
+    backend: Backend,
+    location: String,
+    tmp: TempDir,
+}
+
+impl Shared {
+    fn folder() -> Shared {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let location = format!("file://{}", root.display());
+        Shared { backend: Backend::Folder(root), location, tmp }
+    }
+
+    fn s3() -> Option<Shared> {
+        let server = kiln_s3_test_server::server()?;
+        let location = server.fresh_location();
+        Some(Shared { backend: Backend::S3(server), location, tmp: tempfile::tempdir().unwrap() })
+    }
+
+    /// Another empty store on the same backend.
+    fn sibling(&self, name: &str) -> String {
+        match &self.backend {
+            Backend::Folder(_) => format!("file://{}", self.tmp.path().join(name).display()),
+            Backend::S3(server) => server.fresh_location(),
+        }
+    }
+
+    /// `kiln` with `args`, the store, and a private TMPDIR and cache for `runner`.
+    fn command(&self, runner: &str, args: &[&str]) -> Command {
+        let home = self.tmp.path().join(format!("runner-{runner}"));
+        std::fs::create_dir_all(home.join("tmp")).unwrap();
+        let mut cmd = Command::new(KILN);
+        cmd.args(args)
+            .env("KILN_STORE", &self.location)
+            .env("TMPDIR", home.join("tmp"))
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env("HOME", &home)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for var in ["AWS_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+            cmd.env_remove(var);
+        }
+        if let Backend::S3(server) = &self.backend {
+            cmd.envs(server.env());
+        }
+        cmd
+    }
+
+    fn run(&self, runner: &str, args: &[&str]) -> Output {
+        self.command(runner, args).output().unwrap()
+    }
+
+    /// Runs and expects success, returning the JSON it printed.
+    fn json(&self, runner: &str, args: &[&str]) -> Value {
+        let out = self.run(runner, args);
+        assert!(out.status.success(), "kiln {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `kiln store check --json` on `location`: the exit code and the report.
+    fn check(&self, location: &str) -> (Option<i32>, Value) {
+        let out = self.run("checker", &["--store", location, "store", "check", "--json"]);
+        (out.status.code(), serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn assert_clean(&self, location: &str) {
+        let (code, report) = self.check(location);
+        assert_eq!(code, Some(0), "{report}");
+        assert_eq!(report["problems"], Value::Array(vec![]), "{report}");
+    }
+
+    /// Overwrites the object at `key` behind kiln's back.
+    fn overwrite(&self, key: &str, bytes: Vec<u8>) {
+        match &self.backend {
+            Backend::Folder(root) => std::fs::write(root.join(key), bytes).unwrap(),
+            Backend::S3(server) => {
+                let raw = server.raw(&self.location);
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(raw.put(&Key::from(key), bytes.into())).unwrap();
+            }
+        }
+    }
+}
+
+/// Runs `body` on a folder store and, when the server is available, on S3.
+fn on_every_backend(body: impl Fn(Shared)) {
+    body(Shared::folder());
+    if let Some(shared) = Shared::s3() {
+        body(shared);
+    }
+}
+
+/// A checkout of a recipe in its own folder: `hello` (small) or `big` (one layer of
+/// incompressible bytes, large enough to go up as a staged multipart upload).
+fn checkout(dir: &Path, big: bool) -> PathBuf {
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    let (name, content) = if big {
+        // xorshift: deterministic and incompressible, so the gzip layer stays ~12 MiB.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let bytes: Vec<u8> = (0..12 * 1024 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        ("big", bytes)
+    } else {
+        ("hello", b"#!/bin/sh\necho hello\n".to_vec())
+    };
+    std::fs::write(dir.join("files/payload"), content).unwrap();
+    let recipe = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &recipe,
+        format!(
+            "epoch = 1700000000\n\n[image]\nname = \"{name}\"\nversion = \"1.0.0\"\n\
+             platforms = [\"linux/amd64\"]\n\n[[layer]]\nname = \"payload\"\n\
+             files = [{{ src = \"files/payload\", dest = \"/payload\" }}]\n\n[[layer]]\n\
+             name = \"motd\"\ninline = [{{ dest = \"/etc/motd\", content = \"hi\\n\" }}]\n"
+        ),
+    )
+    .unwrap();
+    recipe
+}
+
+#[test]
+fn second_runner_uploads_nothing_and_builds_nothing() {
+    on_every_backend(|shared| {
+        let a = checkout(&shared.tmp.path().join("checkout-a"), false);
+        let b = checkout(&shared.tmp.path().join("checkout-b"), false);
+        let first = shared.json("a", &["build", a.to_str().unwrap(), "--json"]);
+        assert_eq!(first["layers"]["built"], 2, "{first}");
+        assert_eq!(first["blobs"]["present"], 0, "{first}");
+        let second = shared.json("b", &["build", b.to_str().unwrap(), "--json"]);
+        assert_eq!(second["layers"], serde_json::json!({"built": 0, "reused": 2}), "{second}");
+        assert_eq!(second["blobs"]["uploaded"], 0, "{second}");
+        assert_eq!(second["digest"], first["digest"]);
+        shared.assert_clean(&shared.location);
+    });
+}
+
+#[test]
+fn concurrent_builds_both_succeed_and_the_store_checks_clean() {
+    on_every_backend(|shared| {
+        let recipes: Vec<PathBuf> = ["a", "b"]
+            .iter()
+            .map(|r| checkout(&shared.tmp.path().join(format!("checkout-{r}")), true))
+            .collect();
+        let children: Vec<Child> = ["a", "b"]
+            .iter()
+            .zip(&recipes)
+            .map(|(runner, recipe)| {
+                shared
+                    .command(runner, &["build", recipe.to_str().unwrap(), "--json"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let digests: Vec<Value> = children
+            .into_iter()
+            .map(|child| {
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"].clone()
+            })
+            .collect();
+        assert_eq!(digests[0], digests[1]);
+        shared.assert_clean(&shared.location);
+    });
+}
+
+#[test]
+fn corrupt_blob_is_reported_by_check_and_refused_on_read() {
+    on_every_backend(|shared| {
+        let recipe = checkout(&shared.tmp.path().join("checkout"), false);
+        let built = shared.json("a", &["build", recipe.to_str().unwrap(), "--json"]);
+        let inspect = shared.json("a", &["inspect", "hello:1.0.0", "--json"]);
+        let layer = find_layer_digest(&inspect);
+        let key = format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"));
+        shared.overwrite(&key, b"not the layer".to_vec());
+
+        let (code, report) = shared.check(&shared.location);
+        assert_eq!(code, Some(EXIT_INTEGRITY), "{report}");
+        let problems = report["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "{report}");
+        assert_eq!(problems[0]["kind"], "corruptBlob");
+        assert_eq!(problems[0]["key"], key);
+        let human = shared.run("a", &["store", "check"]);
+        assert_eq!(human.status.code(), Some(EXIT_INTEGRITY));
+        assert!(String::from_utf8_lossy(&human.stderr).contains(&key));
+
+        let out = shared.tmp.path().join("layout");
+        let export =
+            shared.run("a", &["export", "hello:1.0.0", "--oci-layout", out.to_str().unwrap()]);
+        assert_eq!(export.status.code(), Some(EXIT_INTEGRITY));
+        assert!(String::from_utf8_lossy(&export.stderr).contains(&key));
+        // A copy refuses it too, and the target gets no tag.
+        let target = shared.sibling("copy-target");
+        let copy =
+            shared.run("a", &["copy", "hello:1.0.0", "--from", &shared.location, "--to", &target]);
+        assert_eq!(copy.status.code(), Some(EXIT_INTEGRITY));
+        assert!(built["digest"].is_string());
+    });
+}
+
+/// The first layer digest in `kiln inspect --json` output, wherever it is nested.
+fn find_layer_digest(value: &Value) -> String {
+    fn walk(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                let is_layer = map
+                    .get("mediaType")
+                    .and_then(Value::as_str)
+                    .is_some_and(|m| m.contains("image.layer"));
+                if let (true, Some(Value::String(d))) = (is_layer, map.get("digest")) {
+                    found.push(d.clone());
+                }
+                map.values().for_each(|v| walk(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(value, &mut found);
+    found.into_iter().next().unwrap_or_else(|| panic!("no layer in {value}"))
+}
+
+#[test]
+fn gc_keeps_what_refs_need_and_in_flight_uploads() {
+    on_every_backend(|shared| {
+        let recipe = checkout(&shared.tmp.path().join("checkout"), false);
+        shared.json("a", &["build", recipe.to_str().unwrap(), "--json"]);
+        let young = shared.json("a", &["gc", "--grace", "24h", "--json"]);
+        assert_eq!(young["blobsDeleted"], 0, "{young}");
+        assert_eq!(young["reachable"], 5, "{young}");
+        let now = shared.json("a", &["gc", "--grace", "0s", "--json"]);
+        assert_eq!(now["blobsDeleted"], 0, "{now}");
+        shared.assert_clean(&shared.location);
+        let rebuilt = shared.json("b", &["build", recipe.to_str().unwrap(), "--json"]);
+        assert_eq!(rebuilt["blobs"]["uploaded"], 0, "{rebuilt}");
+    });
+}
+
+#[test]
+fn copy_through_a_local_folder_for_an_air_gapped_transfer() {
+    on_every_backend(|shared| {
+        let recipe = checkout(&shared.tmp.path().join("checkout"), true);
+        let built = shared.json("a", &["build", recipe.to_str().unwrap(), "--json"]);
+        let usb = format!("file://{}", shared.tmp.path().join("usb").display());
+        let target = shared.sibling("other-site");
+        let out = shared
+            .json("a", &["copy", "big:1.0.0", "--from", &shared.location, "--to", &usb, "--json"]);
+        assert_eq!((out["copied"].clone(), out["present"].clone()), (5.into(), 0.into()), "{out}");
+        let out =
+            shared.json("a", &["copy", "big:1.0.0", "--from", &usb, "--to", &target, "--json"]);
+        assert_eq!(out["copied"], 5, "{out}");
+        let again =
+            shared.json("a", &["copy", "big:1.0.0", "--from", &usb, "--to", &target, "--json"]);
+        assert_eq!((again["copied"].clone(), again["present"].clone()), (0.into(), 5.into()));
+        shared.assert_clean(&target);
+        let images = shared.run("a", &["--store", &target, "images", "--json"]);
+        assert!(String::from_utf8_lossy(&images.stdout).contains(built["digest"].as_str().unwrap()));
+    });
+}
+
+/// A small seeded generator, so the kill points are the same on every run.
+struct Points(u64);
+impl Points {
+    fn next_below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound.max(1)
+    }
+}
+
+/// Starts `cmd`, kills it with SIGKILL after `delay` (if still running), and reaps it.
+fn kill_after(mut cmd: Command, delay: Duration) {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(delay);
+    // SIGKILL; an error only means the process already exited.
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
+    on_every_backend(|shared| {
+        let recipe = checkout(&shared.tmp.path().join("checkout"), true);
+        let recipe = recipe.to_str().unwrap();
+        // Kill points are spread over one uninterrupted build and copy, timed here: the
+        // timing only chooses where to kill, it is never asserted on.
+        let scratch = shared.sibling("timing");
+        let start = Instant::now();
+        let timed = shared.run("t", &["--store", &scratch, "build", recipe]);
+        assert!(timed.status.success(), "{}", String::from_utf8_lossy(&timed.stderr));
+        let build_ms = start.elapsed().as_millis() as u64;
+        let target = shared.sibling("copy-target");
+        let start = Instant::now();
+        let copied = shared
+            .run("t", &["copy", "big:1.0.0", "--from", &scratch, "--to", &shared.sibling("t2")]);
+        assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
+        let copy_ms = start.elapsed().as_millis() as u64;
+
+        let mut points = Points(20261126);
+        for i in 0..10 {
+            // Fresh runner scratch each time, as a new CI job would have.
+            let runner = format!("k{i}");
+            let build = shared.command(&runner, &["build", recipe, "--rehash"]);
+            kill_after(build, Duration::from_millis(points.next_below(build_ms)));
+            let copy = shared
+                .command(&runner, &["copy", "big:1.0.0", "--from", &scratch, "--to", &target]);
+            kill_after(copy, Duration::from_millis(points.next_below(copy_ms)));
+        }
+        // Whatever was left behind, no blob holds anything but the content its key names.
+        for location in [&shared.location, &target] {
+            let (_, report) = shared.check(location);
+            let problems = report["problems"].as_array().unwrap();
+            assert!(problems.is_empty(), "after the kills, {location}: {report}");
+        }
+        let rebuilt = shared.json("final", &["build", recipe, "--json"]);
+        assert!(rebuilt["digest"].is_string());
+        shared.json("final", &["copy", "big:1.0.0", "--from", &scratch, "--to", &target, "--json"]);
+        shared.assert_clean(&shared.location);
+        shared.assert_clean(&target);
+    });
+}
