@@ -65,6 +65,12 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
+        // An unchanged rebuild finds its config, manifests and index already stored: one HEAD
+        // each, and no PUT (a create-only PUT of a present blob is still a request).
+        if self.runtime.block_on(self.store.has_blob(&blob.descriptor.digest))? {
+            self.count(false);
+            return Ok(());
+        }
         let outcome =
             self.runtime.block_on(self.store.put_blob(Bytes::from(blob.bytes.clone())))?;
         self.count(outcome.uploaded);

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use kiln_store::Store;
 use tokio::runtime::Runtime;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 
 /// What every command needs: the store, a runtime to drive it, and output settings.
 pub struct Ctx {
@@ -26,11 +26,17 @@ pub struct Ctx {
 impl Ctx {
     /// Opens the store named on the command line, in the environment, or the default folder.
     pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
-        let location = match &cli.store {
-            Some(s) => s.clone(),
-            None => default_store()?,
+        let location = match (&cli.command, &cli.store) {
+            // `copy` names both of its stores with --from and --to and never uses --store.
+            (Command::Copy(_), _) => "memory://".to_string(),
+            (_, Some(s)) => s.clone(),
+            (_, None) => default_store()?,
         };
-        let store = Store::open_with_options(&location, &store_options(cli)?)
+        let options = match cli.command {
+            Command::Copy(_) => Vec::new(),
+            _ => store_options(cli)?,
+        };
+        let store = Store::open_with_options(&location, &options)
             .with_context(|| format!("opening store {location}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -73,6 +73,9 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
         }
     }
     for entry in &referrers {
+        if to.read_object(entry).await?.is_some() {
+            continue;
+        }
         let bytes = from
             .read_object(entry)
             .await?

@@ -21,9 +21,13 @@ struct MediaTypeOnly {
 }
 
 impl Store {
-    /// Points `name:tag` at `descriptor`, replacing whatever it pointed at before.
+    /// Points `name:tag` at `descriptor`, replacing whatever it pointed at before. A ref that
+    /// already says exactly this is left alone, so an unchanged rebuild or copy writes nothing.
     pub async fn set_ref(&self, name: &RepoName, tag: &Tag, descriptor: &Descriptor) -> Result<()> {
         let key = key::reference(name, tag);
+        if self.read_ref(&key).await.ok().flatten().as_ref() == Some(descriptor) {
+            return Ok(());
+        }
         let json = to_canonical_json(descriptor)
             .map_err(|source| StoreError::Json { key: key.to_string(), source })?;
         self.inner.put(&key, json.into()).await.map_err(|e| StoreError::backend(&key, e))?;
