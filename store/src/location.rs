@@ -202,7 +202,12 @@ impl Location {
     /// - Staged multipart uploads are published with a create-only server-side copy: a
     ///   one-part multipart upload copying the staging object, completed with
     ///   `If-None-Match: *` ([`S3CopyIfNotExists::Multipart`]), unless the options or
-    ///   `AWS_COPY_IF_NOT_EXISTS` chose another way (e.g. R2's header).
+    ///   `AWS_COPY_IF_NOT_EXISTS` chose another way (e.g. R2's header). The bytes never
+    ///   leave the server and the blob key sees either nothing or the whole verified object.
+    ///   S3 caps one copied part at 5 GiB, so larger blobs are refused by the server (with
+    ///   an error, never a partial blob); streaming them back through a create-only
+    ///   multipart upload needs a conditional CompleteMultipartUpload that object_store 0.12
+    ///   only exposes through this copy.
     /// - Path-style requests unless `aws_virtual_hosted_style_request` says otherwise (the
     ///   object_store default, and what custom endpoints usually need); plain http only
     ///   with `aws_allow_http=true` / `AWS_ALLOW_HTTP=true`.
