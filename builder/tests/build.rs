@@ -1,4 +1,5 @@
 //! Whole builds against an in-memory sink: stable digests, platforms, cache reuse.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::fs;

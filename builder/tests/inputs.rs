@@ -1,4 +1,5 @@
 //! Inputs: trees and tarballs become layer trees; hostile ones are refused with the culprit named.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};

@@ -1,4 +1,5 @@
 //! Lock files: written from the inputs, stable across checkouts, and strict with --locked.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::fs;
 use std::path::Path;

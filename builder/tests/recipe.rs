@@ -1,4 +1,5 @@
 //! Recipe parsing: valid recipes load, every broken one names file, line and column.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::fs;
 use std::path::{Path, PathBuf};
