@@ -364,7 +364,7 @@ fn golden_tree() -> Tree {
 // versioned decision (bump the output-format version and note it), never an accident.
 const GOLDEN_DIFF_ID: &str =
     "sha256:24aebff3abdb7cb5f47601539438c4d11df5081c050dfce3f1afa1e375135e73";
-const GOLDEN_GZIP: &str = "sha256:265583083f3189c10ad516c290ddf6bf72b38c2a83e6f30279bca947a0ea5887";
+const GOLDEN_GZIP: &str = "sha256:27dde0ae8a5c67d74b51894af023080dcf0cc1ca52ca7eb388d272b7293516b7";
 const GOLDEN_ZSTD: &str = "sha256:050f17a737b41ffb7bb0a3dcad288b8cf6ce7930f326e5a14ca117c107341937";
 
 #[test]
