@@ -407,7 +407,6 @@ fn deflate_chunk(level: u32, job: Job) -> Result<Deflated, CompressionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
 
     /// xorshift noise: deterministic and as flat as real compressed data.
     fn noise(len: usize, mut seed: u64) -> Vec<u8> {
