@@ -15,6 +15,7 @@
 //! ref set during the mark phase also protects what it points at.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
@@ -22,7 +23,7 @@ use kiln_oci::Digest;
 use object_store::path::Path as Key;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::inventory::Listed;
 use crate::{key, Store};
 
@@ -128,6 +129,15 @@ impl Store {
                 doomed.push(entry.key);
             }
         }
+        let parts = self.stale_part_files(cutoff)?;
+        for (path, size) in &parts {
+            report.uploads_deleted += 1;
+            report.upload_bytes_deleted += size;
+            if !options.dry_run {
+                std::fs::remove_file(path)
+                    .map_err(|source| StoreError::LocalFile { path: path.clone(), source })?;
+            }
+        }
         if !options.dry_run {
             self.delete_all(doomed).await?;
         }
@@ -185,6 +195,34 @@ impl Store {
             pending.extend(children.into_iter().flatten());
         }
         Ok(marked)
+    }
+
+    /// In a folder store, the `uploads/<key>#<n>` part files of multipart uploads that were
+    /// interrupted (a killed process) and are older than `cutoff`. object_store hides them
+    /// from listings, so they are found on disk. (A bucket keeps such parts as incomplete
+    /// multipart uploads, which a lifecycle rule aborts; they are never visible as objects.)
+    fn stale_part_files(&self, cutoff: SystemTime) -> Result<Vec<(PathBuf, u64)>> {
+        let Some(folder) = &self.folder else { return Ok(Vec::new()) };
+        let dir = folder.join(key::UPLOADS);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::LocalFile { path: dir, source }),
+        };
+        let mut stale = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|source| StoreError::LocalFile { path: dir.clone(), source })?;
+            let path = entry.path();
+            let meta = entry
+                .metadata()
+                .map_err(|source| StoreError::LocalFile { path: path.clone(), source })?;
+            let is_part = entry.file_name().to_string_lossy().contains('#');
+            if is_part && meta.is_file() && meta.modified().is_ok_and(|m| m < cutoff) {
+                stale.push((path, meta.len()));
+            }
+        }
+        Ok(stale)
     }
 
     /// Cache entries that name a blob that is gone (or, in a dry run, about to be).

@@ -43,6 +43,9 @@ pub use walk::image_blobs;
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     description: String,
+    /// The folder of a local store: gc also removes the part files an interrupted multipart
+    /// upload leaves there, which the object listing does not show.
+    folder: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -56,12 +59,16 @@ impl Store {
     /// `aws_endpoint`), which override the environment.
     pub fn open_with_options(location: &str, options: &[(String, String)]) -> Result<Store> {
         let location = Location::parse(location)?;
-        Ok(Store { inner: location.connect(options)?, description: location.to_string() })
+        let folder = match &location {
+            Location::Folder(path) => Some(path.clone()),
+            _ => None,
+        };
+        Ok(Store { inner: location.connect(options)?, description: location.to_string(), folder })
     }
 
     /// Wraps an already built backend; `description` is what [`Store::describe`] shows.
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Store {
-        Store { inner, description: description.into() }
+        Store { inner, description: description.into(), folder: None }
     }
 
     /// Where this store lives, for messages (`file:///...`, `memory://`, `s3://...`).
