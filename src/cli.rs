@@ -67,6 +67,29 @@ pub enum Command {
     Gc(GcArgs),
     /// Copy an image, its blobs and its referrers from one store to another.
     Copy(CopyArgs),
+    /// Make a signing key pair: NAME.key (PKCS#8, mode 0600) and NAME.pub (SPKI).
+    Keygen(KeygenArgs),
+    /// Sign an image (cosign simple signing) and attach the signature in the store.
+    Sign(SignArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Write NAME.key and NAME.pub (neither may exist).
+    #[arg(long, value_name = "NAME")]
+    pub out: PathBuf,
+    /// Key algorithm: p256 (ECDSA, cosign's default) or ed25519.
+    #[arg(long = "type", value_name = "TYPE", default_value = "p256")]
+    pub key_type: kiln_attest::KeyType,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// NAME:TAG, NAME@sha256:HEX or sha256:HEX
+    pub reference: String,
+    /// The private key (PKCS#8 PEM, as written by `kiln keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +144,9 @@ pub struct BuildArgs {
     /// (kept in $XDG_CACHE_HOME/kiln/file-digests, keyed by size, times and inode).
     #[arg(long)]
     pub rehash: bool,
+    /// Sign the image with this private key and attach an SBOM and signed provenance.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

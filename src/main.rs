@@ -41,6 +41,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Store(StoreCommand::Check) => commands::store::check(&ctx),
         Command::Gc(args) => commands::gc::run(&ctx, args),
         Command::Copy(args) => commands::copy::run(&ctx, cli, args),
+        Command::Keygen(args) => commands::keygen::run(&ctx, args),
+        Command::Sign(args) => commands::sign::run(&ctx, args),
     }
 }
 

@@ -34,6 +34,8 @@ fn hash_cache_file() -> Option<std::path::PathBuf> {
 
 pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     let recipe = Recipe::load(&args.recipe)?;
+    // Read the key first, so a wrong path fails before a long build.
+    let key = args.sign.as_deref().map(kiln_attest::PrivateKey::read).transpose()?;
     let (name, tag) = image_ref(&recipe)?;
     let epoch = epoch(args.epoch.source_date_epoch, &recipe)?;
     let threads = match args.threads {
@@ -59,6 +61,12 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     progress.finish();
 
     let lock_path = kiln_builder::Lock::path_for(&recipe.file);
+    let attested = key
+        .as_ref()
+        .map(|key| {
+            super::sign::attest_build(ctx, key, &args.recipe, &recipe, &lock_path, &out, epoch)
+        })
+        .transpose()?;
     if ctx.json {
         let manifests: Vec<_> = out
             .manifests
@@ -77,6 +85,12 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "blobs": { "uploaded": sink.uploaded, "present": sink.present },
             "lock": { "path": lock_path.display().to_string(), "written": out.lock_written },
             "store": ctx.store.describe(),
+            "attestations": attested.as_ref().map(|a| json!({
+                "keyId": a.key_id.to_string(),
+                "signature": a.signature.digest.to_string(),
+                "sboms": a.sboms.iter().map(|d| d.digest.to_string()).collect::<Vec<_>>(),
+                "provenance": a.provenance.digest.to_string(),
+            })),
         }))?;
     } else {
         if out.lock_written {
@@ -86,6 +100,15 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "built {name}:{tag} {} ({} layers built, {} reused; {} blobs uploaded, {} already stored)",
             out.index.digest, out.layers_built, out.layers_reused, sink.uploaded, sink.present
         ));
+        if let Some(a) = &attested {
+            ctx.say(format!(
+                "signed with key {}: signature {}, {} SBOM(s), provenance {}",
+                a.key_id,
+                a.signature.digest,
+                a.sboms.len(),
+                a.provenance.digest
+            ));
+        }
     }
     Ok(())
 }

@@ -39,7 +39,20 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
         per_platform.push((m.clone(), manifest, config));
     }
 
+    let mut subjects = vec![root.digest];
+    subjects.extend(manifests.iter().map(|m| m.digest));
+    let mut referrers = Vec::new();
+    for subject in subjects {
+        for r in ctx.runtime.block_on(ctx.store.referrers(&subject))? {
+            referrers.push((subject, r));
+        }
+    }
+
     if ctx.json {
+        let refs: Vec<_> = referrers
+            .iter()
+            .map(|(subject, r)| json!({ "subject": subject.to_string(), "descriptor": r }))
+            .collect();
         let list: Vec<_> = per_platform
             .iter()
             .map(|(d, manifest, config)| json!({ "descriptor": d, "manifest": manifest, "config": config }))
@@ -49,6 +62,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
             "descriptor": root,
             "index": index_json,
             "manifests": list,
+            "referrers": refs,
         }));
     }
     ctx.say(format!("{reference}\n  digest     {}\n  mediaType  {}", root.digest, root.media_type));
@@ -76,6 +90,21 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
         if !rc.cmd.is_empty() {
             ctx.say(format!("    cmd        {:?}", rc.cmd));
         }
+    }
+    for (subject, r) in &referrers {
+        let kind = match r.artifact_type.as_deref() {
+            Some(kiln_attest::artifact::SIGNATURE_ARTIFACT) => "signature",
+            Some(kiln_attest::artifact::SBOM_ARTIFACT) => "sbom",
+            Some(kiln_attest::artifact::ATTESTATION_ARTIFACT) => "provenance",
+            Some(other) => other,
+            None => "artifact",
+        };
+        let key = r
+            .annotations
+            .get(kiln_attest::artifact::KEY_ID_ANNOTATION)
+            .map(|k| format!("  key {k}"))
+            .unwrap_or_default();
+        ctx.say(format!("  referrer {kind} {}  of {subject}{key}", r.digest));
     }
     Ok(())
 }

@@ -6,7 +6,9 @@ pub mod export;
 pub mod gc;
 pub mod images;
 pub mod inspect;
+pub mod keygen;
 pub mod lock;
+pub mod sign;
 pub mod store;
 
 use anyhow::Context as _;

@@ -118,6 +118,10 @@ pub enum StoreError {
         source: NameError,
     },
 
+    /// A referrer entry's key names another artifact than the descriptor it holds.
+    #[error("referrer entry {key} holds a descriptor of {found}, not of the artifact its key names; remove it")]
+    ReferrerKey { key: String, found: Digest },
+
     /// A cache kind is not `[a-z0-9-]+`.
     #[error("cache kind {kind:?} must be non-empty lowercase letters, digits and '-'")]
     InvalidCacheKind { kind: String },

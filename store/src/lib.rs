@@ -22,6 +22,7 @@ mod key;
 pub mod layout;
 pub mod location;
 pub mod reference;
+mod referrers;
 mod refs;
 mod walk;
 

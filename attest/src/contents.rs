@@ -1,0 +1,144 @@
+//! What a layer blob holds: decompressed (gzip or zstd), its diff_id recomputed, and every
+//! tar entry listed with its metadata and, for regular files, the sha256 of the content.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use kiln_oci::{media_type, Digest, HashingReader, Sha256};
+use serde::Serialize;
+
+/// The prefix of an OCI whiteout file name.
+const WHITEOUT: &str = ".wh.";
+
+/// One tar entry of a layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerEntry {
+    /// Absolute path inside the image, e.g. `/etc/motd` (`/` for the root).
+    pub path: String,
+    /// `file`, `dir`, `symlink`, `hardlink` or `other`.
+    pub kind: &'static str,
+    /// Permission bits including setuid, setgid and sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Content size of a regular file.
+    pub size: u64,
+    /// sha256 of a regular file's content.
+    pub digest: Option<Digest>,
+    /// Target of a symlink or hard link.
+    pub link: Option<String>,
+}
+
+/// A layer read back.
+#[derive(Clone, Debug)]
+pub struct LayerContents {
+    /// sha256 of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Entries in archive order.
+    pub entries: Vec<LayerEntry>,
+}
+
+/// Why a layer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentsError {
+    /// The layer's media type is not a tar kiln can decompress.
+    #[error("layer media type {0} is not a tar, tar+gzip or tar+zstd layer")]
+    MediaType(String),
+    /// Decompressing or reading the tar failed.
+    #[error("layer {digest} cannot be read as a tar: {source}")]
+    Tar { digest: Digest, source: std::io::Error },
+}
+
+/// Reads the layer blob `bytes` (of `digest`, compressed as `media` says).
+pub fn read_layer(
+    media: &str,
+    digest: Digest,
+    bytes: &[u8],
+) -> Result<LayerContents, ContentsError> {
+    let raw: Box<dyn Read + '_> = match media {
+        media_type::LAYER_TAR => Box::new(bytes),
+        media_type::LAYER_TAR_GZIP => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
+        media_type::LAYER_TAR_ZSTD => Box::new(
+            zstd::stream::read::Decoder::new(bytes)
+                .map_err(|source| ContentsError::Tar { digest, source })?,
+        ),
+        other => return Err(ContentsError::MediaType(other.to_string())),
+    };
+    let err = |source| ContentsError::Tar { digest, source };
+    let mut archive = tar::Archive::new(HashingReader::new(raw));
+    let mut entries = Vec::new();
+    for entry in archive.entries().map_err(err)? {
+        let mut entry = entry.map_err(err)?;
+        let header = entry.header();
+        let path = entry.path().map_err(err)?;
+        let path =
+            format!("/{}", path.to_string_lossy().trim_start_matches("./").trim_end_matches('/'));
+        let path = if path == "/." { "/".to_string() } else { path };
+        let kind = header.entry_type();
+        let (mode, uid, gid) =
+            (header.mode().map_err(err)?, header.uid().map_err(err)?, header.gid().map_err(err)?);
+        let link = entry.link_name().map_err(err)?.map(|l| l.to_string_lossy().into_owned());
+        let (kind, size, digest) = if kind.is_file() {
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = entry.read(&mut buf).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                size += n as u64;
+            }
+            ("file", size, Some(h.finish()))
+        } else if kind.is_dir() {
+            ("dir", 0, None)
+        } else if kind.is_symlink() {
+            ("symlink", 0, None)
+        } else if kind.is_hard_link() {
+            ("hardlink", 0, None)
+        } else {
+            ("other", 0, None)
+        };
+        entries.push(LayerEntry { path, kind, mode, uid, gid, size, digest, link });
+    }
+    // The tar's end-of-archive blocks and padding belong to the diff_id too.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(err)?;
+    let (diff_id, _) = rest.finish();
+    Ok(LayerContents { diff_id, entries })
+}
+
+/// The regular files of a stack of layers, bottom first, as `path → sha256`: later layers
+/// replace earlier entries, whiteouts remove them, hard links take their target's digest.
+pub fn image_files(layers: &[LayerContents]) -> BTreeMap<String, Digest> {
+    let mut files: BTreeMap<String, Digest> = BTreeMap::new();
+    for layer in layers {
+        for e in &layer.entries {
+            let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
+            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+                let gone = format!("{dir}/{hidden}");
+                files.retain(|p, _| p != &gone && !p.starts_with(&format!("{gone}/")));
+                continue;
+            }
+            let digest = match (e.kind, &e.link) {
+                ("file", _) => e.digest,
+                ("hardlink", Some(target)) => {
+                    files.get(&format!("/{}", target.trim_start_matches('/'))).copied()
+                }
+                _ => None,
+            };
+            match digest {
+                Some(d) => {
+                    files.insert(e.path.clone(), d);
+                }
+                None => {
+                    files.remove(&e.path);
+                }
+            }
+        }
+    }
+    files
+}

@@ -1,0 +1,133 @@
+//! Producing attestations for a stored image: a cosign signature over its root digest, one
+//! SPDX SBOM per platform manifest, and signed SLSA provenance.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use kiln_oci::{media_type, Descriptor, ImageIndex, ImageManifest};
+use kiln_store::Store;
+
+use crate::artifact::{self, Part};
+use crate::contents::{self, LayerContents};
+use crate::dsse::{Envelope, ENVELOPE_MEDIA_TYPE};
+use crate::provenance::{self, BuildFacts};
+use crate::sbom::{self, SbomInput};
+use crate::simple_signing::Payload;
+use crate::{AttestError, KeyId, PrivateKey};
+
+/// The platform manifests of an image: the root itself, or every manifest of an index.
+pub async fn manifests(store: &Store, root: &Descriptor) -> Result<Vec<Descriptor>, AttestError> {
+    match root.media_type.as_str() {
+        media_type::IMAGE_INDEX => {
+            let index: ImageIndex = store.get_json(&root.digest).await?;
+            Ok(index.manifests)
+        }
+        media_type::IMAGE_MANIFEST => Ok(vec![root.clone()]),
+        other => Err(AttestError::NotAnImage { digest: root.digest, media_type: other.into() }),
+    }
+}
+
+/// Reads every layer of `manifest` back from the store, bottom first.
+pub async fn read_layers(
+    store: &Store,
+    manifest: &ImageManifest,
+) -> Result<Vec<LayerContents>, AttestError> {
+    let mut out = Vec::with_capacity(manifest.layers.len());
+    for layer in &manifest.layers {
+        let bytes = store.get_blob(&layer.digest).await?;
+        out.push(contents::read_layer(&layer.media_type, layer.digest, &bytes)?);
+    }
+    Ok(out)
+}
+
+/// Signs `root` as `reference` (the repository name cosign records) and attaches the
+/// signature. Returns the artifact's descriptor and the signer's key id.
+pub async fn sign(
+    store: &Store,
+    root: &Descriptor,
+    reference: &str,
+    key: &PrivateKey,
+) -> Result<(Descriptor, KeyId), AttestError> {
+    let payload = Payload::new(reference, root.digest).to_bytes()?;
+    let signature = key.sign(&payload);
+    let key_id = key.public().key_id()?;
+    let part = Part {
+        media_type: artifact::SIMPLE_SIGNING_LAYER,
+        bytes: payload,
+        annotations: BTreeMap::from([(
+            artifact::SIGNATURE_ANNOTATION.to_string(),
+            BASE64.encode(signature),
+        )]),
+    };
+    let annotations =
+        BTreeMap::from([(artifact::KEY_ID_ANNOTATION.to_string(), key_id.to_string())]);
+    let desc = artifact::attach(store, root, artifact::SIGNATURE_ARTIFACT, vec![part], annotations)
+        .await?;
+    Ok((desc, key_id))
+}
+
+/// Attaches an SPDX SBOM to every platform manifest of `root`, listing the files read back
+/// from its layers. `created` is the build's epoch as RFC 3339.
+pub async fn attach_sboms(
+    store: &Store,
+    root: &Descriptor,
+    name: &str,
+    version: Option<&str>,
+    created: &str,
+) -> Result<Vec<Descriptor>, AttestError> {
+    let mut out = Vec::new();
+    for desc in manifests(store, root).await? {
+        let manifest: ImageManifest = store.get_json(&desc.digest).await?;
+        let files = contents::image_files(&read_layers(store, &manifest).await?);
+        let doc = sbom::document(&SbomInput {
+            name,
+            version,
+            image: desc.digest,
+            created,
+            files: &files,
+        });
+        let part = Part {
+            media_type: artifact::SBOM_ARTIFACT,
+            bytes: kiln_oci::to_canonical_json(&doc)?,
+            annotations: BTreeMap::new(),
+        };
+        out.push(
+            artifact::attach(store, &desc, artifact::SBOM_ARTIFACT, vec![part], BTreeMap::new())
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Attaches provenance for `root`: the statement in a DSSE envelope signed with `key`, plus
+/// the recipe and lock bytes, so that the image can be rebuilt from the store alone.
+pub async fn attach_provenance(
+    store: &Store,
+    root: &Descriptor,
+    facts: &BuildFacts,
+    recipe: Vec<u8>,
+    lock: Vec<u8>,
+    key: &PrivateKey,
+) -> Result<Descriptor, AttestError> {
+    let statement = provenance::statement(facts, &root.digest);
+    let body = kiln_oci::to_canonical_json(&statement)?;
+    let envelope = Envelope::sign(provenance::PAYLOAD_TYPE, &body, key)?;
+    let parts = vec![
+        Part {
+            media_type: ENVELOPE_MEDIA_TYPE,
+            bytes: kiln_oci::to_canonical_json(&envelope)?,
+            annotations: BTreeMap::from([(
+                artifact::PREDICATE_ANNOTATION.to_string(),
+                provenance::PREDICATE_TYPE.to_string(),
+            )]),
+        },
+        Part { media_type: artifact::RECIPE_LAYER, bytes: recipe, annotations: BTreeMap::new() },
+        Part { media_type: artifact::LOCK_LAYER, bytes: lock, annotations: BTreeMap::new() },
+    ];
+    let annotations = BTreeMap::from([(
+        artifact::KEY_ID_ANNOTATION.to_string(),
+        key.public().key_id()?.to_string(),
+    )]);
+    artifact::attach(store, root, artifact::ATTESTATION_ARTIFACT, parts, annotations).await
+}

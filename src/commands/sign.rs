@@ -1,0 +1,124 @@
+//! `kiln sign`: a cosign signature over an image, attached as a referrer.
+
+use anyhow::Context as _;
+use kiln_attest::PrivateKey;
+use kiln_oci::{Descriptor, ImageIndex};
+use kiln_store::Reference;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::SignArgs;
+
+/// The repository name recorded in the signature: the reference's, else the image's title.
+pub fn repository(ctx: &Ctx, reference: &Reference, root: &Descriptor) -> anyhow::Result<String> {
+    match reference {
+        Reference::Tagged { name, .. } | Reference::Pinned { name, .. } => Ok(name.to_string()),
+        Reference::Digest(_) => {
+            let index: ImageIndex = ctx.runtime.block_on(ctx.store.get_json(&root.digest))?;
+            Ok(index.annotations.get("org.opencontainers.image.title").cloned().unwrap_or_default())
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx, args: &SignArgs) -> anyhow::Result<()> {
+    let key = PrivateKey::read(&args.key)?;
+    let (reference, root) = super::inspect::resolve(ctx, &args.reference)?;
+    let name = repository(ctx, &reference, &root)?;
+    let (artifact, key_id) = ctx
+        .runtime
+        .block_on(kiln_attest::publish::sign(&ctx.store, &root, &name, &key))
+        .with_context(|| format!("signing {reference}"))?;
+    if ctx.json {
+        return ctx.print_json(&json!({
+            "reference": reference.to_string(),
+            "digest": root.digest.to_string(),
+            "keyId": key_id.to_string(),
+            "signature": artifact.digest.to_string(),
+        }));
+    }
+    ctx.say(format!(
+        "signed {reference} {} with key {key_id}\n  signature {}",
+        root.digest, artifact.digest
+    ));
+    Ok(())
+}
+
+/// What `kiln build --sign` attaches to the image it just built: a signature, an SBOM per
+/// platform and signed provenance carrying the recipe and lock bytes.
+pub struct BuildAttestations {
+    pub signature: Descriptor,
+    pub key_id: kiln_attest::KeyId,
+    pub sboms: Vec<Descriptor>,
+    pub provenance: Descriptor,
+}
+
+/// Signs and attests a fresh build of `recipe` whose lock file is `lock_path`.
+pub fn attest_build(
+    ctx: &Ctx,
+    key: &PrivateKey,
+    recipe_arg: &std::path::Path,
+    recipe: &kiln_builder::Recipe,
+    lock_path: &std::path::Path,
+    out: &kiln_builder::BuildOutput,
+    epoch: kiln_builder::Epoch,
+) -> anyhow::Result<BuildAttestations> {
+    use kiln_attest::provenance::{BuildFacts, Dependency, RecipeParameter};
+    let recipe_bytes = std::fs::read(&recipe.file)
+        .with_context(|| format!("reading {} again to keep it", recipe.file.display()))?;
+    let lock_bytes = std::fs::read(lock_path)
+        .with_context(|| format!("reading {} to keep it", lock_path.display()))?;
+    let inputs = out
+        .lock
+        .inputs
+        .iter()
+        .map(|i| {
+            let kind = serde_json::to_value(i.kind)?.as_str().unwrap_or_default().to_string();
+            Ok(Dependency { kind, src: i.src.clone(), digest: i.digest })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let facts = BuildFacts {
+        name: recipe.name.clone(),
+        recipe: RecipeParameter {
+            path: recipe_arg.display().to_string(),
+            digest: kiln_oci::Digest::of(&recipe_bytes),
+            normalized_digest: recipe.digest,
+        },
+        lock: kiln_oci::Digest::of(&lock_bytes),
+        epoch: epoch.0,
+        platforms: out.manifests.iter().map(|(p, _)| p.to_string()).collect(),
+        inputs,
+        format: out.lock.format,
+        compressor: recipe.compression.describe(),
+    };
+    let store = &ctx.store;
+    let root = &out.index;
+    ctx.runtime
+        .block_on(async {
+            let (signature, key_id) =
+                kiln_attest::publish::sign(store, root, &recipe.name, key).await?;
+            let sboms = kiln_attest::publish::attach_sboms(
+                store,
+                root,
+                &recipe.name,
+                Some(&recipe.version),
+                &epoch.rfc3339(),
+            )
+            .await?;
+            let provenance = kiln_attest::publish::attach_provenance(
+                store,
+                root,
+                &facts,
+                recipe_bytes,
+                lock_bytes,
+                key,
+            )
+            .await?;
+            Ok::<_, kiln_attest::AttestError>(BuildAttestations {
+                signature,
+                key_id,
+                sboms,
+                provenance,
+            })
+        })
+        .context("attaching signature, SBOM and provenance")
+}
