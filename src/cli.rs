@@ -10,7 +10,8 @@ Exit codes:
   1  error (bad recipe, unreadable input, store failure, ...)
   2  usage error (unknown flag, missing argument)
   3  an input differs from the lock file (with --locked), or there is no lock file
-  4  integrity failure: a stored blob does not match its digest
+  4  integrity failure: a stored blob does not match its digest, or `kiln verify` found
+     a problem (signature, provenance, SBOM, rebuild)
 
 Environment:
   KILN_STORE          store location (same as --store)
@@ -71,6 +72,23 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Sign an image (cosign simple signing) and attach the signature in the store.
     Sign(SignArgs),
+    /// Audit an image: blobs, diff_ids, signatures, provenance and SBOM; optionally rebuild it.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// NAME:TAG, NAME@sha256:HEX or sha256:HEX
+    pub reference: String,
+    /// A trusted public key (SPKI PEM); repeatable. Signatures by other keys are not accepted.
+    #[arg(long, value_name = "PUB", required = true)]
+    pub key: Vec<PathBuf>,
+    /// Rebuild from the recipe, lock and epoch recorded in the provenance and compare.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// The folder holding the recipe's input files [default: the recorded recipe's folder]
+    #[arg(long, value_name = "DIR", requires = "rebuild")]
+    pub recipe_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -43,6 +43,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Copy(args) => commands::copy::run(&ctx, cli, args),
         Command::Keygen(args) => commands::keygen::run(&ctx, args),
         Command::Sign(args) => commands::sign::run(&ctx, args),
+        Command::Verify(args) => commands::verify::run(&ctx, args),
     }
 }
 
@@ -59,6 +60,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         // An export wraps store errors transparently, so look inside it too.
         if let Some(LayoutError::Store(StoreError::DigestMismatch { .. })) = cause.downcast_ref() {
+            return EXIT_INTEGRITY;
+        }
+        if cause.downcast_ref::<commands::verify::VerifyFailed>().is_some() {
             return EXIT_INTEGRITY;
         }
         if cause.downcast_ref::<commands::store::StoreProblems>().is_some() {

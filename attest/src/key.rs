@@ -73,7 +73,8 @@ pub enum KeyError {
 }
 
 /// The sha256 of a public key's SPKI DER encoding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
 pub struct KeyId(pub Digest);
 
 impl fmt::Display for KeyId {

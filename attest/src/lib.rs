@@ -8,6 +8,7 @@
 //! layers back, [`verify`] audits an image and [`compare`] explains why a rebuild differs.
 
 pub mod artifact;
+pub mod compare;
 pub mod contents;
 pub mod dsse;
 pub mod key;
@@ -15,6 +16,7 @@ pub mod provenance;
 pub mod publish;
 pub mod sbom;
 pub mod simple_signing;
+pub mod verify;
 
 pub use key::{KeyError, KeyId, KeyType, PrivateKey, PublicKey};
 

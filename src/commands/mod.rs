@@ -10,6 +10,7 @@ pub mod keygen;
 pub mod lock;
 pub mod sign;
 pub mod store;
+pub mod verify;
 
 use anyhow::Context as _;
 use kiln_store::Store;

@@ -1,0 +1,165 @@
+//! `kiln verify`: an auditor's check of one image, from the store alone, and optionally a
+//! rebuild from the recorded recipe, lock and epoch into a scratch in-memory store.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use kiln_attest::compare::Difference;
+use kiln_attest::verify::{Recorded, Status};
+use kiln_attest::PublicKey;
+use kiln_builder::{BuildOptions, Epoch, Lock, LockMode, Recipe};
+use kiln_oci::Descriptor;
+use kiln_store::Store;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::VerifyArgs;
+use crate::sink::StoreSink;
+
+/// Verification found a problem; the report says which.
+#[derive(Debug, thiserror::Error)]
+#[error("verification of {0} failed")]
+pub struct VerifyFailed(pub String);
+
+pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
+    let keys = args
+        .key
+        .iter()
+        .map(|p| PublicKey::read(p).context("reading a --key"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (reference, root) = super::inspect::resolve(ctx, &args.reference)?;
+    let report = ctx
+        .runtime
+        .block_on(kiln_attest::verify::verify(&ctx.store, &root, &keys))
+        .with_context(|| format!("verifying {reference}"))?;
+
+    let rebuild = match (&report.recorded, args.rebuild) {
+        (_, false) => None,
+        (None, true) => Some(Err(
+            "no verified provenance records a recipe and lock to rebuild from".to_string(),
+        )),
+        (Some(recorded), true) => Some(
+            rebuild(ctx, recorded, args.recipe_dir.as_deref(), &root).map_err(|e| format!("{e:#}")),
+        ),
+    };
+    let rebuild_ok = matches!(rebuild, None | Some(Ok((_, None))));
+    let passed = report.passed() && rebuild_ok;
+
+    if ctx.json {
+        let rebuild_json = rebuild.as_ref().map(|r| match r {
+            Ok((digest, None)) => json!({ "reproduced": true, "digest": digest }),
+            Ok((digest, Some(d))) => {
+                json!({ "reproduced": false, "digest": digest, "difference": d })
+            }
+            Err(e) => json!({ "reproduced": false, "error": e }),
+        });
+        ctx.print_json(&json!({
+            "reference": reference.to_string(),
+            "digest": root.digest.to_string(),
+            "passed": passed,
+            "signers": report.signers,
+            "findings": report.findings,
+            "rebuild": rebuild_json,
+        }))?;
+    } else {
+        ctx.say(format!("verify {reference} {}", root.digest));
+        for f in &report.findings {
+            let status = match f.status {
+                Status::Ok => "ok  ",
+                Status::Fail => "FAIL",
+                Status::Note => "note",
+            };
+            ctx.say(format!("  {status} {:<10} {}", f.check, f.message));
+        }
+        match &rebuild {
+            None => {}
+            Some(Ok((digest, None))) => ctx.say(format!("  reproduced: identical digest {digest}")),
+            Some(Ok((digest, Some(d)))) => ctx.say(format!(
+                "  FAIL rebuild     not reproduced: rebuilt {digest}; {}",
+                describe(d)
+            )),
+            Some(Err(e)) => ctx.say(format!("  FAIL rebuild     {e}")),
+        }
+        let failed = report.findings.iter().filter(|f| f.status == Status::Fail).count()
+            + usize::from(!rebuild_ok);
+        if passed {
+            ctx.say(format!("verified: {} signer(s), every check holds", report.signers.len()));
+        } else {
+            ctx.say(format!("NOT verified: {failed} problem(s)"));
+        }
+    }
+    if !passed {
+        return Err(VerifyFailed(reference.to_string()).into());
+    }
+    Ok(())
+}
+
+fn describe(d: &Difference) -> String {
+    match (d.layer, &d.path) {
+        (Some(layer), Some(path)) => format!(
+            "first differing layer {layer} of manifest {} ({} became {}), first differing path \
+             {path}: {}",
+            d.manifest, d.original, d.rebuilt, d.detail
+        ),
+        (Some(layer), None) => format!(
+            "first differing layer {layer} of manifest {} ({} became {}): {}",
+            d.manifest, d.original, d.rebuilt, d.detail
+        ),
+        _ => format!("manifest {}: {}", d.manifest, d.detail),
+    }
+}
+
+/// Rebuilds from `recorded` in a scratch folder into a `memory://` store; returns the rebuilt
+/// digest and the first difference from `root`, if any.
+fn rebuild(
+    ctx: &Ctx,
+    recorded: &Recorded,
+    recipe_dir: Option<&Path>,
+    root: &Descriptor,
+) -> anyhow::Result<(String, Option<Difference>)> {
+    let params = &recorded.statement.predicate.build_definition.external_parameters;
+    let recorded_path = PathBuf::from(&params.recipe.path);
+    let dir = match recipe_dir {
+        Some(d) => d.to_path_buf(),
+        None => match recorded_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot rebuild: the recipe folder {} is not here, and the recipe's input files live \
+             there; pass --recipe-dir pointing at a checkout of it",
+            dir.display()
+        );
+    }
+    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
+    let name = recorded_path.file_name().map_or_else(|| "recipe.toml".into(), |n| n.to_os_string());
+    let file = scratch.path().join(name);
+    // The recorded recipe and lock are written to the scratch folder, so the rebuild uses
+    // exactly them and never touches the lock beside the recipe.
+    std::fs::write(&file, &recorded.recipe).context("writing the recorded recipe")?;
+    std::fs::write(Lock::path_for(&file), &recorded.lock).context("writing the recorded lock")?;
+    let text =
+        String::from_utf8(recorded.recipe.to_vec()).context("the recorded recipe is not UTF-8")?;
+    let recipe = Recipe::parse(&file, &dir, &text)?;
+    let work = scratch.path().join("work");
+    std::fs::create_dir(&work).context("creating a scratch folder")?;
+    let opts = BuildOptions {
+        epoch: Epoch(params.epoch),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        work_dir: work,
+        lock_mode: LockMode::Update,
+        hash_cache: None,
+    };
+    let memory = Store::open("memory://")?;
+    let mut sink = StoreSink { store: &memory, runtime: &ctx.runtime, uploaded: 0, present: 0 };
+    let progress = crate::progress::Progress::new(false);
+    let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)
+        .with_context(|| format!("rebuilding {} from {}", params.recipe.path, dir.display()))?;
+    let difference = ctx
+        .runtime
+        .block_on(kiln_attest::compare::first_difference(&ctx.store, root, &memory, &out.index))
+        .context("comparing the rebuild with the image")?;
+    Ok((out.index.digest.to_string(), difference))
+}
