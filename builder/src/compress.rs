@@ -44,8 +44,10 @@ impl Default for Compression {
 }
 
 impl Compression {
-    /// gzip at level 6.
-    pub const GZIP: Compression = Compression::Gzip { level: 6 };
+    /// gzip at level 4: measured on ci/bench's text, zlib-rs level 4 runs 1.8× faster than
+    /// level 6 (46 vs 25 MB per CPU-second) for 6 % more bytes, and still compresses better
+    /// than umoci's default gzip.
+    pub const GZIP: Compression = Compression::Gzip { level: 4 };
     /// zstd at level 3.
     pub const ZSTD: Compression = Compression::Zstd { level: 3 };
 
@@ -71,7 +73,7 @@ impl Compression {
     }
 
     /// A human description naming implementation and parameters, e.g.
-    /// `gzip/zlib-rs level 6 chunk 1MiB`.
+    /// `gzip/zlib-rs level 4 chunk 1MiB`.
     pub fn describe(&self) -> String {
         match self {
             Compression::Gzip { level } => {
