@@ -382,3 +382,31 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
         }
     });
 }
+
+#[test]
+fn signatures_and_attestations_travel_with_copy_and_survive_gc() {
+    on_every_backend(|shared| {
+        let recipe = checkout(&shared.tmp.path().join("checkout"), false);
+        let key = shared.tmp.path().join("signer");
+        shared.json("a", &["keygen", "--out", key.to_str().unwrap(), "--json"]);
+        let signing_key = format!("{}.key", key.display());
+        let public_key = format!("{}.pub", key.display());
+        shared.json("a", &["build", recipe.to_str().unwrap(), "--sign", &signing_key, "--json"]);
+
+        // Nothing a signature, SBOM or provenance needs is collected.
+        let gc = shared.json("a", &["gc", "--grace", "0s", "--json"]);
+        assert_eq!(gc["blobsDeleted"], 0, "{gc}");
+
+        let target = shared.sibling("promoted");
+        let copy = shared.json(
+            "a",
+            &["copy", "hello:1.0.0", "--from", &shared.location, "--to", &target, "--json"],
+        );
+        assert_eq!(copy["referrers"], 3, "{copy}");
+        assert_eq!(copy["copied"], gc["reachable"], "{copy} {gc}");
+        let verify =
+            shared.run("a", &["--store", &target, "verify", "--key", &public_key, "hello:1.0.0"]);
+        assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+        shared.assert_clean(&target);
+    });
+}

@@ -111,11 +111,17 @@ async fn collect_referrers(
             else {
                 continue;
             };
-            keys.push(entry.key);
             if seen.contains(&artifact) {
+                keys.push(entry.key);
                 continue;
             }
-            let desc = from.resolve(&Reference::Digest(artifact)).await?;
+            // An entry holds the artifact's descriptor; if it does not, describe the blob.
+            let held = from.read_object(&entry.key).await?;
+            let desc = match held.and_then(|b| serde_json::from_slice::<Descriptor>(&b).ok()) {
+                Some(desc) if desc.digest == artifact => desc,
+                _ => from.resolve(&Reference::Digest(artifact)).await?,
+            };
+            keys.push(entry.key);
             for blob in image_blobs(from, &desc).await? {
                 if seen.insert(blob.digest) {
                     if matches!(

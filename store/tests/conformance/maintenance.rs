@@ -117,9 +117,11 @@ pub async fn copy_sends_only_what_the_target_lacks(f: Fixture) {
     let manifest = image(&f.store, &[b"small layer".to_vec(), big]).await;
     let Reference::Tagged { name, tag } = tagged("app:2") else { unreachable!() };
     f.store.set_ref(&name, &tag, &manifest).await.unwrap();
+    // A referrer entry holds the artifact's descriptor (as `put_referrer` writes it).
     let signature = f.store.put_blob(Bytes::from_static(b"{\"mediaType\":\"x\"}")).await.unwrap();
     let referrer = format!("referrers/{}/{}", manifest.digest.hex(), signature.digest.hex());
-    f.raw.put(&Key::from(referrer.as_str()), Bytes::from_static(b"{}").into()).await.unwrap();
+    let entry = to_canonical_json(&Descriptor::new("x", signature.digest, signature.size)).unwrap();
+    f.raw.put(&Key::from(referrer.as_str()), Bytes::from(entry).into()).await.unwrap();
 
     let target = f.sibling();
     let report = copy_image(&f.store, &target, &tagged("app:2")).await.unwrap();
