@@ -166,7 +166,12 @@ impl PrivateKey {
     pub fn write(&self, path: &Path) -> Result<(), KeyError> {
         let pem = match self {
             PrivateKey::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
-            PrivateKey::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
+            // PKCS#8 v1 (the private key alone): OpenSSL 3 refuses the v2 form that
+            // ed25519-dalek writes with the public key attached.
+            PrivateKey::Ed25519(k) => {
+                ed25519_dalek::pkcs8::KeypairBytes { secret_key: k.to_bytes(), public_key: None }
+                    .to_pkcs8_pem(LineEnding::LF)
+            }
         }
         .map_err(|e| KeyError::Encode { what: "private key", message: e.to_string() })?;
         create_file(path, 0o600, pem.as_bytes())
