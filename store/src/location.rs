@@ -15,7 +15,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as Key;
 use object_store::prefix::PrefixStore;
-use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Result, StoreError};
@@ -62,6 +62,10 @@ pub enum Location {
     /// A bucket in object storage.
     Bucket(Bucket),
 }
+
+/// Request timeout for S3: long enough for the server-side copy that publishes a multi-GiB
+/// blob, short enough that a hung connection is retried within minutes.
+const PUBLISH_TIMEOUT: &str = "120s";
 
 /// Retries on 5xx answers, connection errors and timeouts: exponential backoff from 100 ms to
 /// 15 s, at most 10 attempts and 3 minutes per request (object_store's own defaults, stated
@@ -208,11 +212,16 @@ impl Location {
     ///   an error, never a partial blob); streaming them back through a create-only
     ///   multipart upload needs a conditional CompleteMultipartUpload that object_store 0.12
     ///   only exposes through this copy.
+    /// - Requests time out after [`PUBLISH_TIMEOUT`] (and are retried), not 30 s.
     /// - Path-style requests unless `aws_virtual_hosted_style_request` says otherwise (the
     ///   object_store default, and what custom endpoints usually need); plain http only
     ///   with `aws_allow_http=true` / `AWS_ALLOW_HTTP=true`.
     fn s3(&self, bucket: &str, options: &[(String, String)]) -> Result<AmazonS3Builder> {
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Publishing copies a whole blob server-side in one request, which takes longer than
+        // object_store's 30 s default for large blobs; an explicit `timeout` option wins.
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), PUBLISH_TIMEOUT);
         for (key, value) in options {
             let key: AmazonS3ConfigKey =
                 key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
