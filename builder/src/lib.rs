@@ -16,6 +16,7 @@ pub mod layer;
 pub mod lock;
 pub mod recipe;
 mod recipe_toml;
+pub mod rootfs;
 pub mod source_path;
 pub mod tar;
 pub mod tarball;

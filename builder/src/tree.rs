@@ -168,6 +168,11 @@ impl Tree {
         self.entries.get(path)
     }
 
+    /// True when `path` is a parent directory created implicitly rather than declared.
+    pub fn is_implicit(&self, path: &ImagePath) -> bool {
+        self.implicit.contains(path)
+    }
+
     /// Number of entries, implicit parents included.
     pub fn len(&self) -> usize {
         self.entries.len()
