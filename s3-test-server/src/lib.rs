@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::prefix::PrefixStore;
@@ -83,12 +82,12 @@ fn start() -> Result<S3Server, String> {
 }
 
 impl S3Server {
-    /// A fresh `s3://BUCKET/PREFIX` location no other caller uses.
+    /// A fresh `s3://BUCKET/PREFIX` location no other caller uses. The server and its bucket
+    /// belong to this process alone, so a counter is unique; it is kept short because s3s-fs
+    /// turns whole keys into file names, which are limited to 255 bytes.
     pub fn fresh_location(&self) -> String {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        format!("s3://{}/t-{}-{nanos}-{n}", self.bucket, std::process::id())
+        format!("s3://{}/t{}", self.bucket, COUNTER.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The object_store options that reach this server (for `Store::open_with_options`).
