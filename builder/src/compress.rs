@@ -293,27 +293,16 @@ fn gzip<R: Read, W: Write>(
 }
 
 /// Appends up to `want` bytes from `input` to `buf`, stopping early only at end of input.
+/// `take` + `read_to_end` fills the spare capacity without zeroing it first.
 fn read_full<R: Read>(
     input: &mut R,
     buf: &mut Vec<u8>,
     want: usize,
 ) -> Result<usize, CompressionError> {
     let start = buf.len();
-    buf.resize(start + want, 0);
-    let mut got = 0;
-    let result = loop {
-        if got == want {
-            break Ok(got);
-        }
-        match input.read(&mut buf[start + got..]) {
-            Ok(0) => break Ok(got),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(CompressionError::Read(e)),
-        }
-    };
-    buf.truncate(start + got);
-    result
+    buf.reserve(want);
+    input.by_ref().take(want as u64).read_to_end(buf).map_err(CompressionError::Read)?;
+    Ok(buf.len() - start)
 }
 
 /// Granule at which a chunk is judged compressible or not.
