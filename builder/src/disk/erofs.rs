@@ -1,0 +1,487 @@
+//! An uncompressed erofs image written from a [`Tree`], without tools or root.
+//!
+//! Layout: block 0 holds the superblock at byte 1024; the inode area starts at block 1 (root
+//! first, so its nid is 0); file, directory and symlink data follow, block-aligned, in path
+//! order. A data tail that fits beside its inode is stored inline (`FLAT_INLINE`), otherwise
+//! data is whole blocks (`FLAT_PLAIN`). Compact 32-byte inodes are used unless an owner, link
+//! count or size needs the extended 64-byte form. Every time is the epoch, and the volume UUID
+//! is derived from a sha256 of the image bytes, so equal trees give equal images.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use kiln_oci::digest::Sha256;
+
+use crate::epoch::Epoch;
+use crate::image_path::ImagePath;
+use crate::tree::{Content, EntryKind, Tree};
+
+const BLOCK: u64 = 4096;
+const BLOCK_BITS: u8 = 12;
+const SUPER_OFFSET: u64 = 1024;
+const MAGIC: u32 = 0xE0F5_E1E2;
+const UUID_OFFSET: u64 = SUPER_OFFSET + 48;
+/// The inode area starts at this block.
+const META_BLKADDR: u64 = 1;
+const DIRENT_SIZE: usize = 12;
+const NAME_MAX: usize = 255;
+const LAYOUT_FLAT_PLAIN: u16 = 0;
+const LAYOUT_FLAT_INLINE: u16 = 2;
+const FT_REG: u8 = 1;
+const FT_DIR: u8 = 2;
+const FT_SYMLINK: u8 = 7;
+const S_IFREG: u32 = 0o100_000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFLNK: u32 = 0o120_000;
+
+/// Why an erofs image could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ErofsError {
+    #[error("{path}: the name is {len} bytes long; erofs allows at most {NAME_MAX}")]
+    NameTooLong { path: ImagePath, len: usize },
+    #[error("{path} has extended attributes, which kiln's erofs writer does not store yet")]
+    Xattrs { path: ImagePath },
+    #[error("the epoch {0} is before 1970, which erofs cannot record")]
+    NegativeEpoch(i64),
+    #[error("the filesystem needs {blocks} blocks of 4 KiB, more than erofs addresses (2^32)")]
+    TooLarge { blocks: u64 },
+    #[error("reading {host} for {path}: {source}")]
+    Read {
+        path: ImagePath,
+        host: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{host} (for {path}) changed since it was hashed; rebuild to pick up the new content")]
+    Changed { path: ImagePath, host: PathBuf },
+    #[error("writing the erofs image: {0}")]
+    Write(#[source] io::Error),
+}
+
+/// What was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErofsImage {
+    /// Image size in bytes (a whole number of 4 KiB blocks).
+    pub size: u64,
+    /// The volume UUID stored in the superblock.
+    pub uuid: [u8; 16],
+    /// Number of inodes.
+    pub inodes: u64,
+}
+
+/// What an inode holds before it is laid out.
+enum Data<'a> {
+    Dir(Vec<Dirent>),
+    File(&'a Content),
+    Symlink(&'a [u8]),
+}
+
+struct Dirent {
+    name: Vec<u8>,
+    node: usize,
+    file_type: u8,
+}
+
+struct Node<'a> {
+    path: ImagePath,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    data: Data<'a>,
+    size: u64,
+    /// Bytes stored inline after the inode.
+    inline: u64,
+    blocks: u64,
+    nid: u64,
+    blkaddr: u64,
+}
+
+impl Node<'_> {
+    fn extended(&self) -> bool {
+        self.uid > 0xFFFF
+            || self.gid > 0xFFFF
+            || self.nlink > 0xFFFF
+            || self.size > u64::from(u32::MAX)
+    }
+
+    fn inode_size(&self) -> u64 {
+        if self.extended() {
+            64
+        } else {
+            32
+        }
+    }
+}
+
+/// Writes `tree` as an erofs image to `out` (from its current position 0) and returns what
+/// was written. Every mtime is `epoch`.
+pub fn write_erofs<W: Write + Seek>(
+    tree: &Tree,
+    epoch: Epoch,
+    out: &mut W,
+) -> Result<ErofsImage, ErofsError> {
+    let build_time = u64::try_from(epoch.0).map_err(|_| ErofsError::NegativeEpoch(epoch.0))?;
+    let mut nodes = collect(tree)?;
+    for node in &mut nodes {
+        if let Data::Dir(entries) = &mut node.data {
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            // Every block but the last is full size.
+            let blocks = dir_blocks(entries);
+            let last = blocks.last().map_or(0, |b| b.len as u64);
+            node.size = (blocks.len() as u64).saturating_sub(1) * BLOCK + last;
+        }
+    }
+    let meta_bytes = place_inodes(&mut nodes);
+    let meta_blocks = meta_bytes.div_ceil(BLOCK);
+    let mut next = META_BLKADDR + meta_blocks;
+    for node in &mut nodes {
+        if node.blocks > 0 {
+            node.blkaddr = next;
+            next += node.blocks;
+        }
+    }
+    if next > u64::from(u32::MAX) {
+        return Err(ErofsError::TooLarge { blocks: next });
+    }
+
+    let mut sink = Sink { out, hasher: Sha256::new() };
+    sink.hasher.update(b"kiln erofs volume uuid v1\0");
+    let mut block0 = vec![0u8; BLOCK as usize];
+    superblock(&mut block0, nodes.len() as u64, build_time, next, [0; 16]);
+    sink.write(&block0)?;
+
+    let mut meta = vec![0u8; (meta_blocks * BLOCK) as usize];
+    for node in &nodes {
+        let at = (node.nid * 32) as usize;
+        let isize = node.inode_size() as usize;
+        inode(&mut meta[at..at + isize], node, build_time);
+        if node.inline > 0 {
+            let tail = tail_bytes(node, &nodes)?;
+            meta[at + isize..at + isize + tail.len()].copy_from_slice(&tail);
+        }
+    }
+    sink.write(&meta)?;
+
+    for node in &nodes {
+        if node.blocks == 0 {
+            continue;
+        }
+        let whole = node.size - node.inline;
+        match &node.data {
+            Data::File(Content::Host { path: host, size, digest }) => {
+                copy_host(&mut sink, &node.path, host, *size, digest, 0..whole)?;
+            }
+            Data::File(Content::Bytes(bytes)) => sink.write(&bytes[..whole as usize])?,
+            Data::Symlink(target) => sink.write(&target[..whole as usize])?,
+            Data::Dir(entries) => sink.write(&dir_bytes(entries, &nodes, whole))?,
+        }
+        sink.pad(whole)?;
+    }
+
+    let digest = sink.hasher.finish();
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest.as_bytes()[..16]);
+    uuid[6] = (uuid[6] & 0x0F) | 0x80; // RFC 9562 version 8: custom (content-derived)
+    uuid[8] = (uuid[8] & 0x3F) | 0x80;
+    out.seek(SeekFrom::Start(UUID_OFFSET)).map_err(ErofsError::Write)?;
+    out.write_all(&uuid).map_err(ErofsError::Write)?;
+    out.seek(SeekFrom::Start(next * BLOCK)).map_err(ErofsError::Write)?;
+    Ok(ErofsImage { size: next * BLOCK, uuid, inodes: nodes.len() as u64 })
+}
+
+/// One node per inode, root first, then in path order; hard links share their file's node.
+fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, ErofsError> {
+    let dir_node = |path: ImagePath, mode: u32, uid: u32, gid: u32| Node {
+        path,
+        mode: S_IFDIR | (mode & 0o7777),
+        uid,
+        gid,
+        nlink: 2,
+        data: Data::Dir(Vec::new()),
+        size: 0,
+        inline: 0,
+        blocks: 0,
+        nid: 0,
+        blkaddr: 0,
+    };
+    let mut nodes = vec![dir_node(ImagePath::root(), 0o755, 0, 0)];
+    let mut index: HashMap<&ImagePath, usize> = HashMap::new();
+    for (path, entry) in tree.iter() {
+        if !entry.meta.xattrs.is_empty() {
+            return Err(ErofsError::Xattrs { path: path.clone() });
+        }
+        let name = path.as_str().rsplit('/').next().unwrap_or_default().as_bytes().to_vec();
+        if name.len() > NAME_MAX {
+            return Err(ErofsError::NameTooLong { path: path.clone(), len: name.len() });
+        }
+        let (m, uid, gid) = (entry.meta.mode, entry.meta.uid, entry.meta.gid);
+        let (node, file_type) = match &entry.kind {
+            EntryKind::Dir => {
+                nodes.push(dir_node(path.clone(), m, uid, gid));
+                (nodes.len() - 1, FT_DIR)
+            }
+            EntryKind::File(content) => {
+                nodes.push(Node {
+                    mode: S_IFREG | (m & 0o7777),
+                    nlink: 1,
+                    size: content.size(),
+                    data: Data::File(content),
+                    ..dir_node(path.clone(), 0, uid, gid)
+                });
+                (nodes.len() - 1, FT_REG)
+            }
+            EntryKind::Symlink(target) => {
+                nodes.push(Node {
+                    mode: S_IFLNK | 0o777,
+                    nlink: 1,
+                    size: target.len() as u64,
+                    data: Data::Symlink(target.as_bytes()),
+                    ..dir_node(path.clone(), 0, uid, gid)
+                });
+                (nodes.len() - 1, FT_SYMLINK)
+            }
+            EntryKind::HardLink(target) => {
+                // The tree guarantees the file comes first.
+                let Some(&file) = index.get(target) else {
+                    continue;
+                };
+                nodes[file].nlink += 1;
+                (file, FT_REG)
+            }
+        };
+        index.insert(path, node);
+        let parent = match path.parent() {
+            Some(p) if !p.is_root() => index.get(&p).copied().unwrap_or(0),
+            _ => 0,
+        };
+        if file_type == FT_DIR {
+            nodes[parent].nlink += 1;
+            if let Data::Dir(entries) = &mut nodes[node].data {
+                entries.push(Dirent { name: b".".to_vec(), node, file_type: FT_DIR });
+                entries.push(Dirent { name: b"..".to_vec(), node: parent, file_type: FT_DIR });
+            }
+        }
+        if let Data::Dir(entries) = &mut nodes[parent].data {
+            entries.push(Dirent { name, node, file_type });
+        }
+    }
+    if let Data::Dir(entries) = &mut nodes[0].data {
+        entries.push(Dirent { name: b".".to_vec(), node: 0, file_type: FT_DIR });
+        entries.push(Dirent { name: b"..".to_vec(), node: 0, file_type: FT_DIR });
+    }
+    Ok(nodes)
+}
+
+/// A directory block: which entries it holds and how many bytes they use.
+struct DirBlock {
+    first: usize,
+    count: usize,
+    len: usize,
+}
+
+/// Groups sorted entries into blocks, as many per block as fit.
+fn dir_blocks(entries: &[Dirent]) -> Vec<DirBlock> {
+    let mut blocks = Vec::new();
+    let mut cur = DirBlock { first: 0, count: 0, len: 0 };
+    for (i, e) in entries.iter().enumerate() {
+        let need = DIRENT_SIZE + e.name.len();
+        if cur.len + need > BLOCK as usize {
+            blocks.push(cur);
+            cur = DirBlock { first: i, count: 0, len: 0 };
+        }
+        cur.count += 1;
+        cur.len += need;
+    }
+    blocks.push(cur);
+    blocks
+}
+
+/// All of a directory's bytes: its entries, block by block.
+fn dir_bytes_all(entries: &[Dirent], nodes: &[Node<'_>]) -> Vec<u8> {
+    let blocks = dir_blocks(entries);
+    let mut out = Vec::with_capacity(blocks.len() * BLOCK as usize);
+    for (b, block) in blocks.iter().enumerate() {
+        let start = out.len();
+        let group = &entries[block.first..block.first + block.count];
+        let mut nameoff = DIRENT_SIZE * group.len();
+        for e in group {
+            out.extend_from_slice(&nodes[e.node].nid.to_le_bytes());
+            out.extend_from_slice(&(nameoff as u16).to_le_bytes());
+            out.push(e.file_type);
+            out.push(0);
+            nameoff += e.name.len();
+        }
+        for e in group {
+            out.extend_from_slice(&e.name);
+        }
+        if b + 1 < blocks.len() {
+            out.resize(start + BLOCK as usize, 0);
+        }
+    }
+    out
+}
+
+/// The first `len` bytes of a directory's data.
+fn dir_bytes(entries: &[Dirent], nodes: &[Node<'_>], len: u64) -> Vec<u8> {
+    let mut all = dir_bytes_all(entries, nodes);
+    all.truncate(len as usize);
+    all
+}
+
+/// The inline tail of a node.
+fn tail_bytes(node: &Node<'_>, nodes: &[Node<'_>]) -> Result<Vec<u8>, ErofsError> {
+    let from = (node.size - node.inline) as usize;
+    Ok(match &node.data {
+        Data::Dir(entries) => dir_bytes_all(entries, nodes)[from..].to_vec(),
+        Data::Symlink(target) => target[from..].to_vec(),
+        Data::File(Content::Bytes(bytes)) => bytes[from..].to_vec(),
+        Data::File(Content::Host { path: host, size, digest }) => {
+            let mut buf = Vec::new();
+            let mut sink = VecSink(&mut buf);
+            copy_host(&mut sink, &node.path, host, *size, digest, from as u64..*size)?;
+            buf
+        }
+    })
+}
+
+/// Decides each node's data layout and assigns nids in the inode area; returns its length.
+fn place_inodes(nodes: &mut [Node<'_>]) -> u64 {
+    let mut at = 0u64;
+    for node in nodes.iter_mut() {
+        let isize = node.inode_size();
+        let tail = node.size % BLOCK;
+        node.inline = if tail > 0 && isize + tail <= BLOCK { tail } else { 0 };
+        node.blocks = (node.size - node.inline).div_ceil(BLOCK);
+        let need = isize + node.inline;
+        if at % BLOCK + need > BLOCK {
+            at = at.next_multiple_of(BLOCK);
+        }
+        node.nid = at / 32;
+        at = (at + need).next_multiple_of(32);
+    }
+    at
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Fills the superblock inside block 0.
+fn superblock(block0: &mut [u8], inodes: u64, build_time: u64, blocks: u64, uuid: [u8; 16]) {
+    let sb = &mut block0[SUPER_OFFSET as usize..SUPER_OFFSET as usize + 128];
+    put32(sb, 0, MAGIC);
+    sb[12] = BLOCK_BITS;
+    put16(sb, 14, 0); // root nid
+    put64(sb, 16, inodes);
+    put64(sb, 24, build_time);
+    put32(sb, 36, blocks as u32);
+    put32(sb, 40, META_BLKADDR as u32);
+    sb[48..64].copy_from_slice(&uuid);
+}
+
+/// Encodes one inode (compact or extended) into `b`.
+fn inode(b: &mut [u8], node: &Node<'_>, build_time: u64) {
+    let layout = if node.inline > 0 { LAYOUT_FLAT_INLINE } else { LAYOUT_FLAT_PLAIN };
+    let ino = (node.nid + 1) as u32;
+    let raw_blkaddr = node.blkaddr as u32;
+    if node.extended() {
+        put16(b, 0, 1 | (layout << 1));
+        put16(b, 4, node.mode as u16);
+        put64(b, 8, node.size);
+        put32(b, 16, raw_blkaddr);
+        put32(b, 20, ino);
+        put32(b, 24, node.uid);
+        put32(b, 28, node.gid);
+        put64(b, 32, build_time);
+        put32(b, 44, node.nlink);
+    } else {
+        put16(b, 0, layout << 1);
+        put16(b, 4, node.mode as u16);
+        put16(b, 6, node.nlink as u16);
+        put32(b, 8, node.size as u32);
+        put32(b, 16, raw_blkaddr);
+        put32(b, 20, ino);
+        put16(b, 24, node.uid as u16);
+        put16(b, 26, node.gid as u16);
+    }
+}
+
+/// Where image bytes go: the output, hashed for the UUID.
+trait ByteSink {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ErofsError>;
+}
+
+struct Sink<'a, W> {
+    out: &'a mut W,
+    hasher: Sha256,
+}
+
+impl<W: Write> ByteSink for Sink<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ErofsError> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes).map_err(ErofsError::Write)
+    }
+}
+
+impl<W: Write> Sink<'_, W> {
+    /// Zero-fills from `len` to the next block boundary.
+    fn pad(&mut self, len: u64) -> Result<(), ErofsError> {
+        let pad = (len.next_multiple_of(BLOCK) - len) as usize;
+        self.write(&vec![0u8; pad])
+    }
+}
+
+struct VecSink<'a>(&'a mut Vec<u8>);
+
+impl ByteSink for VecSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ErofsError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Copies the bytes `range` of a host file into `sink`, checking the whole file's size and
+/// digest against what was recorded when it was hashed.
+fn copy_host(
+    sink: &mut dyn ByteSink,
+    path: &ImagePath,
+    host: &std::path::Path,
+    size: u64,
+    digest: &kiln_oci::Digest,
+    range: std::ops::Range<u64>,
+) -> Result<(), ErofsError> {
+    let read_err =
+        |source| ErofsError::Read { path: path.clone(), host: host.to_path_buf(), source };
+    let mut file = std::fs::File::open(host).map_err(read_err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut done = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        let (lo, hi) = (done, done + n as u64);
+        let (from, to) = (range.start.clamp(lo, hi), range.end.clamp(lo, hi));
+        if from < to {
+            sink.write(&buf[(from - lo) as usize..(to - lo) as usize])?;
+        }
+        done = hi;
+        if done > size {
+            break;
+        }
+    }
+    if done != size || hasher.finish() != *digest {
+        return Err(ErofsError::Changed { path: path.clone(), host: host.to_path_buf() });
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Disk images built from the root filesystem: filesystem images, dm-verity and partitions.
+
+pub mod erofs;

@@ -1,0 +1,216 @@
+#![allow(clippy::unwrap_used)]
+//! Disk images: kiln's own erofs writer checked with erofs-utils (`fsck.erofs`, `dump.erofs`):
+//! the extracted and mounted trees equal the model, hard links share an inode, and two builds are
+//! bit-identical.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use kiln_builder::disk::erofs::write_erofs;
+use kiln_builder::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
+use kiln_oci::Digest;
+use support::{is_root, require_tool, sh, Workspace};
+
+fn meta(mode: u32, uid: u32, gid: u32) -> Meta {
+    Meta { mode, uid, gid, xattrs: BTreeMap::new() }
+}
+
+fn put(t: &mut Tree, path: &str, kind: EntryKind, meta: Meta) {
+    t.insert(ImagePath::parse(path).unwrap(), Entry { kind, meta }).unwrap();
+}
+
+fn bytes(b: Vec<u8>) -> EntryKind {
+    EntryKind::File(Content::Bytes(b.into()))
+}
+
+/// A tree with every kind of entry the writer handles, host files included.
+fn fixture(ws: &Workspace) -> Tree {
+    let mut t = Tree::new();
+    put(&mut t, "/etc", EntryKind::Dir, meta(0o755, 0, 0));
+    put(&mut t, "/etc/empty", bytes(Vec::new()), meta(0o644, 0, 0));
+    put(&mut t, "/etc/motd", bytes(b"hello\n".to_vec()), meta(0o644, 0, 0));
+    put(
+        &mut t,
+        "/etc/motd.link",
+        EntryKind::HardLink(ImagePath::parse("/etc/motd").unwrap()),
+        meta(0o644, 0, 0),
+    );
+    let big: Vec<u8> = (0..3 * 4096 + 123).map(|i| (i * 7 % 251) as u8).collect();
+    put(&mut t, "/big", bytes(big), meta(0o600, 0, 0));
+    put(&mut t, "/exact", bytes(vec![0x5a; 8192]), meta(0o644, 0, 0));
+    let host: Vec<u8> = (0..10_000).map(|i| (i % 13) as u8).collect();
+    let host_path = ws.write("host-file", &host);
+    let content =
+        Content::Host { path: host_path, size: host.len() as u64, digest: Digest::of(&host) };
+    put(&mut t, "/usr/bin/app", EntryKind::File(content), meta(0o755, 0, 0));
+    put(&mut t, "/usr/bin/su", bytes(b"#!su\n".to_vec()), meta(0o4755, 0, 0));
+    put(&mut t, "/usr/bin/sh", EntryKind::Symlink("busybox".into()), meta(0o777, 0, 0));
+    put(&mut t, "/abs", EntryKind::Symlink("/etc/motd".into()), meta(0o777, 0, 0));
+    put(&mut t, "/long-target", EntryKind::Symlink("x/".repeat(700)), meta(0o777, 0, 0));
+    put(&mut t, "/home/user", EntryKind::Dir, meta(0o700, 1000, 1000));
+    put(&mut t, "/home/user/notes", bytes(b"mine".to_vec()), meta(0o640, 1000, 1000));
+    put(&mut t, "/home/big-ids", bytes(b"ext".to_vec()), meta(0o644, 70_000, 80_000));
+    put(&mut t, &format!("/{}", "n".repeat(255)), bytes(b"long".to_vec()), meta(0o644, 0, 0));
+    put(&mut t, "/données/été ☃.txt", bytes(b"unicode".to_vec()), meta(0o644, 0, 0));
+    // Enough entries for a directory that spans several blocks.
+    for i in 0..400 {
+        put(
+            &mut t,
+            &format!("/many/entry-with-a-longish-name-{i:04}"),
+            bytes(vec![i as u8]),
+            meta(0o644, 0, 0),
+        );
+    }
+    t
+}
+
+/// `path kind mode uid gid what` lines for every entry of the model.
+fn model_listing(t: &Tree, mask: u32) -> Vec<String> {
+    t.iter()
+        .map(|(path, e)| {
+            let target = match &e.kind {
+                EntryKind::HardLink(target) => t.get(target).unwrap(),
+                _ => e,
+            };
+            let what = match &target.kind {
+                EntryKind::Dir => "dir".to_string(),
+                EntryKind::File(Content::Bytes(b)) => format!("file {}", Digest::of(b)),
+                EntryKind::File(Content::Host { digest, .. }) => format!("file {digest}"),
+                EntryKind::Symlink(to) => format!("symlink {to}"),
+                EntryKind::HardLink(_) => unreachable!("links point at files"),
+            };
+            let mode = if matches!(target.kind, EntryKind::Symlink(_)) {
+                0o777
+            } else {
+                target.meta.mode & mask
+            };
+            format!("{} {mode:o} {}:{} {what}", path.as_str(), target.meta.uid, target.meta.gid)
+        })
+        .collect()
+}
+
+/// Asserts two listings are equal, showing only the lines that differ.
+fn same(disk: &[String], model: &[String]) {
+    let missing: Vec<_> = model.iter().filter(|l| !disk.contains(l)).collect();
+    let extra: Vec<_> = disk.iter().filter(|l| !model.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "model only: {missing:#?}\nimage only: {extra:#?}"
+    );
+}
+
+/// The same listing read back from an extracted directory.
+fn disk_listing(root: &Path, mask: u32) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, mask: u32, out: &mut Vec<String>) {
+        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        for path in names {
+            let md = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            let what = if md.is_dir() {
+                "dir".to_string()
+            } else if md.file_type().is_symlink() {
+                format!("symlink {}", fs::read_link(&path).unwrap().to_str().unwrap())
+            } else {
+                format!("file {}", Digest::of(&fs::read(&path).unwrap()))
+            };
+            let mode = md.permissions().mode() & mask;
+            out.push(format!("{rel} {mode:o} {}:{} {what}", md.uid(), md.gid()));
+            if md.is_dir() {
+                walk(root, &path, mask, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, mask, &mut out);
+    out.sort();
+    out
+}
+
+fn erofs_bytes(tree: &Tree) -> Vec<u8> {
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    let image = write_erofs(tree, Epoch(1_700_000_000), &mut cursor).unwrap();
+    let bytes = cursor.into_inner();
+    assert_eq!(bytes.len() as u64, image.size);
+    assert_eq!(&bytes[1024 + 48..1024 + 64], &image.uuid);
+    bytes
+}
+
+#[test]
+fn erofs_is_accepted_by_erofs_utils_and_holds_the_model() {
+    if !require_tool("fsck.erofs") || !require_tool("dump.erofs") {
+        return;
+    }
+    let ws = Workspace::new();
+    let tree = fixture(&ws);
+    let bytes = erofs_bytes(&tree);
+    assert_eq!(bytes, erofs_bytes(&tree), "two builds of one tree differ");
+    let image = ws.write("root.erofs", &bytes);
+    let image = image.to_str().unwrap();
+    sh("fsck.erofs", &[image]);
+
+    // Hard links are one inode.
+    let nid = |path: &str| {
+        let out = sh("dump.erofs", &[&format!("--path={path}"), image]);
+        out.lines().find(|l| l.contains("NID")).unwrap_or_default().to_string()
+    };
+    assert_eq!(nid("/etc/motd"), nid("/etc/motd.link"));
+    assert_ne!(nid("/etc/motd"), nid("/etc/empty"));
+    assert!(sh("dump.erofs", &["-s", image]).contains("Filesystem UUID"));
+
+    if !is_root() {
+        eprintln!("SKIP: extraction with owners needs root");
+        return;
+    }
+    let mut model = model_listing(&tree, 0o7777);
+    model.sort();
+    // erofs-utils 1.5 extracts by chmod then chown, which drops setuid/setgid; compare the
+    // extraction without those bits and the kernel's view (when it can mount) with them.
+    let mut model_no_suid = model_listing(&tree, 0o1777);
+    model_no_suid.sort();
+    let out = ws.path("extracted");
+    sh("fsck.erofs", &[&format!("--extract={}", out.display()), image]);
+    same(&disk_listing(&out, 0o1777), &model_no_suid);
+
+    let mnt = ws.mkdir("mnt");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro", image, mnt.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let listing = disk_listing(&mnt, 0o7777);
+        sh("umount", &[mnt.to_str().unwrap()]);
+        same(&listing, &model);
+    } else {
+        eprintln!("SKIP: the kernel could not mount the erofs image (no loop devices here?)");
+    }
+}
+
+#[test]
+fn erofs_changes_with_content_and_refuses_what_it_cannot_store() {
+    let ws = Workspace::new();
+    let tree = fixture(&ws);
+    let a = erofs_bytes(&tree);
+    let mut other = fixture(&ws);
+    put(&mut other, "/extra", bytes(b"x".to_vec()), meta(0o644, 0, 0));
+    let b = erofs_bytes(&other);
+    assert_ne!(a[1024 + 48..1024 + 64], b[1024 + 48..1024 + 64], "UUID follows content");
+
+    // A host file that changed since it was hashed.
+    let mut changed = Tree::new();
+    let host = ws.write("later", b"before");
+    let content = Content::Host { path: host.clone(), size: 6, digest: Digest::of(b"before") };
+    put(&mut changed, "/f", EntryKind::File(content), meta(0o644, 0, 0));
+    fs::write(&host, b"after!").unwrap();
+    let err = write_erofs(&changed, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();
+    assert!(err.to_string().contains("changed since it was hashed"), "{err}");
+
+    let mut long = Tree::new();
+    put(&mut long, &format!("/{}", "n".repeat(256)), bytes(Vec::new()), meta(0o644, 0, 0));
+    let err = write_erofs(&long, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();
+    assert!(err.to_string().contains("at most 255"), "{err}");
+}
