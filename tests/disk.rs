@@ -11,6 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use kiln_builder::disk::erofs::write_erofs;
+use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
 use kiln_oci::Digest;
 use support::{is_root, require_tool, sh, Workspace};
@@ -213,4 +214,60 @@ fn erofs_changes_with_content_and_refuses_what_it_cannot_store() {
     put(&mut long, &format!("/{}", "n".repeat(256)), bytes(Vec::new()), meta(0o644, 0, 0));
     let err = write_erofs(&long, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();
     assert!(err.to_string().contains("at most 255"), "{err}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes the hash device for `data` and returns it with the tree description.
+fn verity(data: &[u8], seed: &[u8]) -> (Vec<u8>, VerityTree) {
+    let mut hash = Vec::new();
+    let tree = write_verity(data, data.len() as u64, salt_from(seed), &mut hash).unwrap();
+    assert_eq!(hash.len() as u64, tree.hash_size);
+    (hash, tree)
+}
+
+#[test]
+fn verity_hash_tree_is_accepted_by_veritysetup() {
+    if !require_tool("veritysetup") {
+        return;
+    }
+    let ws = Workspace::new();
+    let erofs = erofs_bytes(&fixture(&ws));
+    // One level (the erofs image), two levels (> 128 blocks), and a single block (no tree).
+    let big: Vec<u8> =
+        (0..300 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for (name, data) in [("erofs", erofs), ("big", big), ("one", vec![7u8; 4096])] {
+        let (hash, tree) = verity(&data, name.as_bytes());
+        assert_eq!(
+            verity(&data, name.as_bytes()),
+            (hash.clone(), tree.clone()),
+            "{name}: not reproducible"
+        );
+        let data_path = ws.write(&format!("{name}.data"), &data);
+        let hash_path = ws.write(&format!("{name}.hash"), &hash);
+        let (d, h) = (data_path.to_str().unwrap(), hash_path.to_str().unwrap());
+        let root = hex(&tree.root_hash);
+        sh("veritysetup", &["verify", d, h, &root]);
+        let salt = format!("--salt={}", hex(&tree.salt));
+        sh("veritysetup", &["verify", "--no-superblock", "--hash-offset=4096", &salt, d, h, &root]);
+        let dump = sh("veritysetup", &["dump", h]);
+        assert!(dump.contains(&hex(&tree.salt)), "{dump}");
+
+        // A changed data block fails verification.
+        let mut bad = data.clone();
+        bad[data.len() - 1] ^= 1;
+        fs::write(&data_path, &bad).unwrap();
+        let status = std::process::Command::new("veritysetup")
+            .args(["verify", d, h, &root])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "{name}: corrupted data verified");
+    }
+    let (_, a) = verity(&[0u8; 8192], b"seed a");
+    let (_, b) = verity(&[0u8; 8192], b"seed b");
+    assert_ne!(a.salt, b.salt);
+    assert!(write_verity(&[0u8; 100][..], 100, [0; 32], Vec::new()).is_err());
 }

@@ -1,3 +1,4 @@
 //! Disk images built from the root filesystem: filesystem images, dm-verity and partitions.
 
 pub mod erofs;
+pub mod verity;
