@@ -15,7 +15,7 @@ use crate::reference::Reference;
 use crate::walk::image_blobs;
 use crate::{key, Store};
 
-/// Blobs copied at once.
+/// Blobs copied at once; each large one holds up to ~40 MiB of parts in memory.
 const COPY_CONCURRENCY: usize = 4;
 
 /// What a copy did.
