@@ -11,7 +11,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use kiln_builder::disk::erofs::write_erofs;
+use kiln_builder::disk::gpt::{derive_guid, write_gpt, GptError, Guid, Partition, PartitionType};
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
+use kiln_builder::disk::vhd;
 use kiln_builder::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
 use kiln_oci::Digest;
 use support::{is_root, require_tool, sh, Workspace};
@@ -270,4 +272,84 @@ fn verity_hash_tree_is_accepted_by_veritysetup() {
     let (_, b) = verity(&[0u8; 8192], b"seed b");
     assert_ne!(a.salt, b.salt);
     assert!(write_verity(&[0u8; 100][..], 100, [0; 32], Vec::new()).is_err());
+}
+
+/// The raw disk, the erofs image and the hash tree in it.
+type Disk = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// A GPT disk holding an erofs root and its verity hash partition, with the bytes of each.
+fn gpt_disk(ws: &Workspace, size: u64) -> Result<Disk, GptError> {
+    let erofs = erofs_bytes(&fixture(ws));
+    let (hash, tree) = verity(&erofs, b"seed");
+    // As the Discoverable Partitions Specification suggests: the root hash names both.
+    let root_guid = Guid::from_be(tree.root_hash[..16].try_into().unwrap());
+    let verity_guid = Guid::from_be(tree.root_hash[16..].try_into().unwrap());
+    let disk_guid = derive_guid("disk", &tree.root_hash);
+    let (mut a, mut b) = (&erofs[..], &hash[..]);
+    let mut parts = [
+        Partition {
+            kind: PartitionType::RootX86_64,
+            guid: root_guid,
+            label: "root-x86-64".into(),
+            size: erofs.len() as u64,
+            data: &mut a,
+        },
+        Partition {
+            kind: PartitionType::RootVerityX86_64,
+            guid: verity_guid,
+            label: "root-x86-64-verity ☃".into(),
+            size: hash.len() as u64,
+            data: &mut b,
+        },
+    ];
+    let mut raw = Vec::new();
+    write_gpt(size, disk_guid, &mut parts, &mut raw)?;
+    assert_eq!(raw.len() as u64, size);
+    Ok((raw, erofs, hash))
+}
+
+#[test]
+fn gpt_raw_and_vhd_are_accepted_by_partitioning_tools_and_qemu() {
+    if !require_tool("sfdisk") || !require_tool("sgdisk") || !require_tool("qemu-img") {
+        return;
+    }
+    let ws = Workspace::new();
+    let size = 8 << 20;
+    let (raw, erofs, hash) = gpt_disk(&ws, size).unwrap();
+    assert_eq!(gpt_disk(&ws, size).unwrap().0, raw, "two builds differ");
+    let raw_path = ws.write("disk.raw", &raw);
+    let r = raw_path.to_str().unwrap();
+
+    let dump = sh("sfdisk", &["--dump", r]);
+    assert!(dump.contains("label: gpt"), "{dump}");
+    assert!(dump.contains("type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"), "{dump}");
+    assert!(dump.contains("type=2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"), "{dump}");
+    assert!(dump.contains("name=\"root-x86-64\""), "{dump}");
+    assert!(dump.contains("start=        2048"), "{dump}");
+    let verify = sh("sgdisk", &["-v", r]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let info = sh("sgdisk", &["-i", "2", r]);
+    assert!(info.contains("root-x86-64-verity ☃"), "{info}");
+
+    // The partitions hold exactly the filesystem and the hash tree.
+    assert_eq!(&raw[1 << 20..(1 << 20) + erofs.len()], &erofs[..]);
+    let verity_at = ((1 << 20) + erofs.len()).next_multiple_of(1 << 20);
+    assert_eq!(&raw[verity_at..verity_at + hash.len()], &hash[..]);
+
+    // Fixed VHD: raw + footer; qemu reads it back as the same disk.
+    let guid = Guid::parse("0b4c5d2e-0000-4000-8000-000000000001").unwrap();
+    let mut vhd = raw.clone();
+    vhd.extend_from_slice(&vhd::footer(size, Epoch(1_700_000_000), guid.to_be()));
+    let vhd_path = ws.write("disk.vhd", &vhd);
+    let v = vhd_path.to_str().unwrap();
+    let info = sh("qemu-img", &["info", "--output=json", "-f", "vpc", v]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["virtual-size"], size, "{info}");
+    let back = ws.path("back.raw");
+    sh("qemu-img", &["convert", "-f", "vpc", "-O", "raw", v, back.to_str().unwrap()]);
+    assert!(fs::read(&back).unwrap() == raw, "the VHD does not read back as the raw disk");
+
+    // Too small a disk for the content is a clear error.
+    let err = gpt_disk(&ws, 2 << 20).unwrap_err();
+    assert!(err.to_string().contains("raise [disk] size"), "{err}");
 }

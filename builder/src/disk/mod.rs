@@ -1,4 +1,6 @@
 //! Disk images built from the root filesystem: filesystem images, dm-verity and partitions.
 
 pub mod erofs;
+pub mod gpt;
 pub mod verity;
+pub mod vhd;

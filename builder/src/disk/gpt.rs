@@ -1,0 +1,278 @@
+//! A GPT disk image: protective MBR, primary and backup headers and partition arrays with
+//! their CRC32s, partitions aligned to 1 MiB and typed with the Discoverable Partitions
+//! Specification's GUIDs. Disk and partition GUIDs come from the caller (derive them from
+//! the content with [`derive_guid`]), never from a random source.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use kiln_oci::digest::Sha256;
+
+/// Sector size.
+pub const SECTOR: u64 = 512;
+/// Partitions start on 1 MiB boundaries.
+const ALIGN: u64 = 1 << 20;
+const ENTRIES: u64 = 128;
+const ENTRY_SIZE: u64 = 128;
+/// Sectors taken by the partition entry array.
+const ARRAY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
+const HEADER_SIZE: usize = 92;
+const NAME_UNITS: usize = 36;
+
+/// A GUID as written in GPT: the first three fields little-endian.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Guid(pub [u8; 16]);
+
+impl Guid {
+    /// Parses the usual `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` text form.
+    pub fn parse(text: &str) -> Option<Guid> {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 || text.len() != 36 {
+            return None;
+        }
+        let mut be = [0u8; 16];
+        for (i, byte) in be.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Guid::from_be(be))
+    }
+
+    /// From the bytes in text order (as a UUID is usually stored).
+    pub fn from_be(be: [u8; 16]) -> Guid {
+        let mut g = be;
+        g[0..4].reverse();
+        g[4..6].reverse();
+        g[6..8].reverse();
+        Guid(g)
+    }
+
+    /// The bytes in text order.
+    pub fn to_be(self) -> [u8; 16] {
+        let mut b = self.0;
+        b[0..4].reverse();
+        b[4..6].reverse();
+        b[6..8].reverse();
+        b
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.to_be();
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Partition types of the Discoverable Partitions Specification (x86-64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionType {
+    /// Root file system for x86-64.
+    RootX86_64,
+    /// dm-verity hash data of the x86-64 root.
+    RootVerityX86_64,
+    /// EFI System Partition.
+    Esp,
+}
+
+impl PartitionType {
+    /// The type GUID.
+    pub fn guid(self) -> Guid {
+        let text = match self {
+            PartitionType::RootX86_64 => "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+            PartitionType::RootVerityX86_64 => "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
+            PartitionType::Esp => "c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+        };
+        Guid::parse(text).unwrap_or(Guid([0; 16]))
+    }
+}
+
+/// A version-8 (content-derived) GUID from a purpose and seed bytes.
+pub fn derive_guid(purpose: &str, seed: &[u8]) -> Guid {
+    let mut h = Sha256::new();
+    h.update(b"kiln gpt guid v1\0");
+    h.update(purpose.as_bytes());
+    h.update(b"\0");
+    h.update(seed);
+    let mut be = [0u8; 16];
+    be.copy_from_slice(&h.finish().as_bytes()[..16]);
+    be[6] = (be[6] & 0x0F) | 0x80;
+    be[8] = (be[8] & 0x3F) | 0x80;
+    Guid::from_be(be)
+}
+
+/// One partition to write.
+pub struct Partition<'a> {
+    pub kind: PartitionType,
+    /// Partition GUID (`PARTUUID`).
+    pub guid: Guid,
+    /// Partition label (`PARTLABEL`), at most 36 UTF-16 units.
+    pub label: String,
+    /// Content size in bytes; the partition is this rounded up to 4 KiB.
+    pub size: u64,
+    /// Where the content is read from (exactly `size` bytes).
+    pub data: &'a mut dyn Read,
+}
+
+/// Why a disk could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    #[error(
+        "the disk is {size} bytes but its partitions need at least {needed} bytes; \
+         raise [disk] size"
+    )]
+    TooSmall { size: u64, needed: u64 },
+    #[error("disk size {0} is not a whole number of 512-byte sectors")]
+    NotSectors(u64),
+    #[error("partition label {0:?} is longer than 36 UTF-16 units")]
+    LabelTooLong(String),
+    #[error("more than {ENTRIES} partitions")]
+    TooMany,
+    #[error("reading partition {label:?}: {source}")]
+    Read {
+        label: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing the disk image: {0}")]
+    Write(#[source] io::Error),
+}
+
+/// Where a partition landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub label: String,
+    pub guid: Guid,
+    /// First byte on the disk.
+    pub offset: u64,
+    /// Bytes reserved for it.
+    pub size: u64,
+}
+
+/// Writes a GPT disk of `disk_size` bytes holding `parts` in order; returns where each went.
+pub fn write_gpt<W: Write>(
+    disk_size: u64,
+    disk_guid: Guid,
+    parts: &mut [Partition<'_>],
+    mut out: W,
+) -> Result<Vec<Placed>, GptError> {
+    if disk_size % SECTOR != 0 {
+        return Err(GptError::NotSectors(disk_size));
+    }
+    if parts.len() as u64 > ENTRIES {
+        return Err(GptError::TooMany);
+    }
+    let sectors = disk_size / SECTOR;
+    let mut placed = Vec::new();
+    let mut at = ALIGN;
+    for p in parts.iter() {
+        let size = p.size.next_multiple_of(4096);
+        placed.push(Placed { label: p.label.clone(), guid: p.guid, offset: at, size });
+        at = (at + size).next_multiple_of(ALIGN);
+    }
+    // The backup array and header take the last 33 sectors.
+    let needed = at + (ARRAY_SECTORS + 1) * SECTOR;
+    if needed > disk_size || sectors < 2 * (ARRAY_SECTORS + 2) {
+        return Err(GptError::TooSmall { size: disk_size, needed });
+    }
+
+    let mut array = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
+    for (i, (p, place)) in parts.iter().zip(&placed).enumerate() {
+        let e = &mut array[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize];
+        e[0..16].copy_from_slice(&p.kind.guid().0);
+        e[16..32].copy_from_slice(&p.guid.0);
+        e[32..40].copy_from_slice(&(place.offset / SECTOR).to_le_bytes());
+        e[40..48].copy_from_slice(&((place.offset + place.size) / SECTOR - 1).to_le_bytes());
+        let units: Vec<u16> = p.label.encode_utf16().collect();
+        if units.len() > NAME_UNITS {
+            return Err(GptError::LabelTooLong(p.label.clone()));
+        }
+        for (j, u) in units.iter().enumerate() {
+            e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
+        }
+    }
+    let array_crc = crc32fast::hash(&array);
+    let last = sectors - 1;
+    let first_usable = 2 + ARRAY_SECTORS;
+    let last_usable = last - 1 - ARRAY_SECTORS;
+    let header = |mine: u64, other: u64, array_lba: u64| {
+        let mut h = vec![0u8; SECTOR as usize];
+        h[0..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        h[24..32].copy_from_slice(&mine.to_le_bytes());
+        h[32..40].copy_from_slice(&other.to_le_bytes());
+        h[40..48].copy_from_slice(&first_usable.to_le_bytes());
+        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
+        h[56..72].copy_from_slice(&disk_guid.0);
+        h[72..80].copy_from_slice(&array_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
+        h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
+        h[88..92].copy_from_slice(&array_crc.to_le_bytes());
+        let crc = crc32fast::hash(&h[..HEADER_SIZE]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    };
+
+    let mut w = Counted { out: &mut out, at: 0 };
+    w.write(&protective_mbr(sectors))?;
+    w.write(&header(1, last, 2))?;
+    w.write(&array)?;
+    for (p, place) in parts.iter_mut().zip(&placed) {
+        w.zeros_to(place.offset)?;
+        let copied = io::copy(&mut (&mut p.data).take(p.size), &mut w.out)
+            .map_err(|source| GptError::Read { label: p.label.clone(), source })?;
+        if copied != p.size {
+            let source = io::Error::new(io::ErrorKind::UnexpectedEof, "partition data too short");
+            return Err(GptError::Read { label: p.label.clone(), source });
+        }
+        w.at += copied;
+    }
+    w.zeros_to((last - ARRAY_SECTORS) * SECTOR)?;
+    w.write(&array)?;
+    w.write(&header(last, 1, last - ARRAY_SECTORS))?;
+    Ok(placed)
+}
+
+/// An MBR whose one partition (type 0xEE) covers the disk, so MBR tools leave it alone.
+fn protective_mbr(sectors: u64) -> Vec<u8> {
+    let mut m = vec![0u8; SECTOR as usize];
+    let e = &mut m[446..462];
+    e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
+    e[4] = 0xEE;
+    e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+    e[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let count = u32::try_from(sectors - 1).unwrap_or(u32::MAX);
+    e[12..16].copy_from_slice(&count.to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xAA;
+    m
+}
+
+/// A writer that knows its position, for zero-filling gaps.
+struct Counted<'a, W> {
+    out: &'a mut W,
+    at: u64,
+}
+
+impl<W: Write> Counted<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), GptError> {
+        self.out.write_all(bytes).map_err(GptError::Write)?;
+        self.at += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn zeros_to(&mut self, offset: u64) -> Result<(), GptError> {
+        let zeros = [0u8; 64 * 1024];
+        while self.at < offset {
+            let n = (offset - self.at).min(zeros.len() as u64) as usize;
+            self.write(&zeros[..n])?;
+        }
+        Ok(())
+    }
+}
