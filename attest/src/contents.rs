@@ -51,13 +51,13 @@ pub enum ContentsError {
     Tar { digest: Digest, source: std::io::Error },
 }
 
-/// Reads the layer blob `bytes` (of `digest`, compressed as `media` says).
-pub fn read_layer(
+/// Reads the layer blob streamed from `bytes` (of `digest`, compressed as `media` says).
+pub fn read_layer<'a, R: Read + 'a>(
     media: &str,
     digest: Digest,
-    bytes: &[u8],
+    bytes: R,
 ) -> Result<LayerContents, ContentsError> {
-    let raw: Box<dyn Read + '_> = match media {
+    let raw: Box<dyn Read + 'a> = match media {
         media_type::LAYER_TAR => Box::new(bytes),
         media_type::LAYER_TAR_GZIP => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
         media_type::LAYER_TAR_ZSTD => Box::new(

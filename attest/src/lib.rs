@@ -38,6 +38,9 @@ pub enum AttestError {
     /// A document could not be serialised.
     #[error("cannot serialise an attestation: {0}")]
     Json(#[from] serde_json::Error),
+    /// A scratch file for reading a layer could not be used.
+    #[error("scratch file for layer {digest}: {source}")]
+    Scratch { digest: kiln_oci::Digest, source: std::io::Error },
     /// The descriptor names something that is not an image.
     #[error("{digest} is a {media_type}, not an image index or manifest")]
     NotAnImage { digest: kiln_oci::Digest, media_type: String },

@@ -35,10 +35,20 @@ pub async fn read_layers(
 ) -> Result<Vec<LayerContents>, AttestError> {
     let mut out = Vec::with_capacity(manifest.layers.len());
     for layer in &manifest.layers {
-        let bytes = store.get_blob(&layer.digest).await?;
-        out.push(contents::read_layer(&layer.media_type, layer.digest, &bytes)?);
+        out.push(fetch_layer(store, layer).await?);
     }
     Ok(out)
+}
+
+/// Reads one layer back through a scratch file, which the store fills while verifying the
+/// digest, so a layer of any size is streamed rather than held in memory.
+pub async fn fetch_layer(store: &Store, layer: &Descriptor) -> Result<LayerContents, AttestError> {
+    let scratch = |source| AttestError::Scratch { digest: layer.digest, source };
+    let tmp = tempfile::NamedTempFile::new().map_err(scratch)?;
+    store.copy_blob_to(&layer.digest, tmp.path()).await?;
+    let file = std::fs::File::open(tmp.path()).map_err(scratch)?;
+    let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    Ok(contents::read_layer(&layer.media_type, layer.digest, reader)?)
 }
 
 /// Signs `root` as `reference` (the repository name cosign records) and attaches the

@@ -180,17 +180,21 @@ async fn check_manifest(
     let mut layers = Vec::new();
     let mut whole = true;
     for (i, layer) in manifest.layers.iter().enumerate() {
-        let Some(bytes) = blob(store, report, &format!("layer {i}"), &layer.digest).await? else {
-            whole = false;
-            continue;
-        };
-        let read = match contents::read_layer(&layer.media_type, layer.digest, &bytes) {
+        let read = match crate::publish::fetch_layer(store, layer).await {
             Ok(read) => read,
-            Err(e) => {
+            Err(AttestError::Store(
+                e @ (StoreError::DigestMismatch { .. } | StoreError::NotFound { .. }),
+            )) => {
+                report.fail("blob", format!("layer {i} {}: {e}", layer.digest));
+                whole = false;
+                continue;
+            }
+            Err(AttestError::Contents(e)) => {
                 report.fail("diff_id", format!("layer {i}: {e}"));
                 whole = false;
                 continue;
             }
+            Err(e) => return Err(e),
         };
         match config.rootfs.diff_ids.get(i) {
             Some(want) if *want == read.diff_id => {
