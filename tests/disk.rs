@@ -12,6 +12,7 @@ use std::path::Path;
 
 use kiln_builder::disk::erofs::write_erofs;
 use kiln_builder::disk::gpt::{derive_guid, write_gpt, GptError, Guid, Partition, PartitionType};
+use kiln_builder::disk::qcow2::write_qcow2;
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::disk::vhd;
 use kiln_builder::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
@@ -352,4 +353,32 @@ fn gpt_raw_and_vhd_are_accepted_by_partitioning_tools_and_qemu() {
     // Too small a disk for the content is a clear error.
     let err = gpt_disk(&ws, 2 << 20).unwrap_err();
     assert!(err.to_string().contains("raise [disk] size"), "{err}");
+}
+
+#[test]
+fn qcow2_is_accepted_by_qemu_img_and_reads_back_as_the_raw_disk() {
+    if !require_tool("qemu-img") {
+        return;
+    }
+    let ws = Workspace::new();
+    let (raw, _, _) = gpt_disk(&ws, (8 << 20) + 4096).unwrap();
+    let qcow2 = |raw: &[u8]| {
+        let mut out = Vec::new();
+        let len = write_qcow2(std::io::Cursor::new(raw), raw.len() as u64, &mut out).unwrap();
+        assert_eq!(out.len() as u64, len);
+        out
+    };
+    let image = qcow2(&raw);
+    assert_eq!(qcow2(&raw), image, "two builds differ");
+    assert!(image.len() < raw.len() / 2, "zero clusters are not stored");
+    let path = ws.write("disk.qcow2", &image);
+    let p = path.to_str().unwrap();
+    sh("qemu-img", &["check", "-f", "qcow2", p]);
+    let info = sh("qemu-img", &["info", "--output=json", p]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"], raw.len(), "{info}");
+    let back = ws.path("back.raw");
+    sh("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", p, back.to_str().unwrap()]);
+    assert!(fs::read(&back).unwrap() == raw, "the qcow2 does not read back as the raw disk");
 }

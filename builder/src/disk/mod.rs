@@ -2,5 +2,6 @@
 
 pub mod erofs;
 pub mod gpt;
+pub mod qcow2;
 pub mod verity;
 pub mod vhd;
