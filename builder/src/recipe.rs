@@ -86,6 +86,27 @@ pub struct Recipe {
     pub layers: Vec<LayerSpec>,
     pub config: ConfigSpec,
     pub annotations: BTreeMap<String, String>,
+    /// The optional `[disk]` table: also make disk images from the image's root filesystem.
+    pub disk: Option<DiskSpec>,
+}
+
+/// The `[disk]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Disk size in bytes (a multiple of 512).
+    pub size: u64,
+    /// Add a dm-verity hash partition for the root.
+    pub verity: bool,
+    /// Output formats, in recipe order, without repeats (`raw` when none is given).
+    pub formats: Vec<DiskFormat>,
+}
+
+/// A disk image container format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+    Vhd,
 }
 
 /// Owner and permissions declared for an entry; `None` means "normalise".
@@ -224,6 +245,53 @@ impl Recipe {
             layers: model.layers,
             config: model.config,
             annotations: model.annotations,
+            disk: model.disk,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(text: &str) -> Result<Recipe, RecipeError> {
+        Recipe::parse(Path::new("r.toml"), Path::new("."), text)
+    }
+
+    const HEAD: &str = "[image]\nname = \"d\"\nversion = \"1\"\n\n";
+
+    #[test]
+    fn disk_table_is_parsed_and_checked() {
+        let r = parse(&format!(
+            "{HEAD}[disk]\nsize = \"64MiB\"\nroot = \"erofs\"\nverity = true\n\
+             formats = [\"qcow2\", \"raw\", \"vhd\"]\n"
+        ))
+        .unwrap();
+        let disk = r.disk.unwrap();
+        assert_eq!(disk.size, 64 << 20);
+        assert!(disk.verity);
+        assert_eq!(disk.formats, [DiskFormat::Qcow2, DiskFormat::Raw, DiskFormat::Vhd]);
+        let r = parse(&format!("{HEAD}[disk]\nsize = \"1048576\"\n")).unwrap();
+        assert_eq!(
+            r.disk.unwrap(),
+            DiskSpec { size: 1 << 20, verity: false, formats: vec![DiskFormat::Raw] }
+        );
+        assert!(parse(HEAD).unwrap().disk.is_none());
+
+        for (body, needle) in [
+            ("size = \"1GiB\"\nbogus = 1\n", "r.toml:7:1: unknown field `bogus`"),
+            ("size = \"1GB\"\n", "r.toml:6:8: disk size \"1GB\""),
+            ("size = \"1000\"\n", "multiple of 512"),
+            ("size = \"1GiB\"\nroot = \"ext4\"\n", "r.toml:7:8: disk root \"ext4\""),
+            (
+                "size = \"1GiB\"\nformats = [\"raw\", \"vmdk\"]\n",
+                "r.toml:7:19: disk format \"vmdk\"",
+            ),
+            ("size = \"1GiB\"\nformats = [\"raw\", \"raw\"]\n", "listed twice"),
+        ] {
+            let err = parse(&format!("{HEAD}[disk]\n{body}")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{body:?}: {err}");
+        }
     }
 }

@@ -9,8 +9,8 @@ use toml::Spanned;
 use crate::compress::Compression;
 use crate::image_path::ImagePath;
 use crate::recipe::{
-    ConfigSpec, DirSpec, FileSpec, HardlinkSpec, InlineSpec, LayerSpec, Ownership, Problem,
-    RecipeError, SymlinkSpec, TarballSpec, TreeSpec,
+    ConfigSpec, DirSpec, DiskFormat, DiskSpec, FileSpec, HardlinkSpec, InlineSpec, LayerSpec,
+    Ownership, Problem, RecipeError, SymlinkSpec, TarballSpec, TreeSpec,
 };
 use crate::source_path::SourcePath;
 
@@ -27,6 +27,17 @@ pub(crate) struct RawRecipe {
     config: RawConfig,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    disk: Option<RawDisk>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    size: S<String>,
+    root: Option<S<String>>,
+    #[serde(default)]
+    verity: bool,
+    formats: Option<Vec<S<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +131,23 @@ struct RawTarball {
     dest: S<String>,
 }
 
+/// Bytes in `"64MiB"`, `"1GiB"`, `"512KiB"`, `"1048576"` (binary units only).
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1u64 << shift)
+}
+
 fn root_dest() -> S<String> {
     Spanned::new(0..0, "/".to_string())
 }
@@ -154,6 +182,7 @@ pub(crate) struct Model {
     pub layers: Vec<LayerSpec>,
     pub config: ConfigSpec,
     pub annotations: BTreeMap<String, String>,
+    pub disk: Option<DiskSpec>,
 }
 
 /// What validation needs: the recipe folder and a way to turn a span into an error.
@@ -204,6 +233,17 @@ impl Context<'_> {
             uid: self.id("uid", uid)?,
             gid: self.id("gid", gid)?,
         })
+    }
+
+    /// Validates a value as `T` (a repository name or tag), keeping its text.
+    fn checked<T>(&self, raw: &S<String>) -> Result<String, RecipeError>
+    where
+        T: std::str::FromStr<Err = kiln_oci::NameError>,
+    {
+        match raw.get_ref().parse::<T>() {
+            Ok(_) => Ok(raw.get_ref().clone()),
+            Err(e) => self.err(raw.span(), Problem::Invalid(e.to_string())),
+        }
     }
 
     fn non_empty(&self, what: &str, raw: &S<String>) -> Result<String, RecipeError> {
@@ -278,14 +318,69 @@ impl Context<'_> {
         }
         Ok(Model {
             epoch,
-            name: self.non_empty("image name", &raw.image.name)?,
-            version: self.non_empty("image version", &raw.image.version)?,
+            name: self.checked::<kiln_oci::RepoName>(&raw.image.name)?,
+            version: self.checked::<kiln_oci::Tag>(&raw.image.version)?,
             platforms,
             compression,
             layers,
             config: self.config(raw.config)?,
             annotations: raw.annotations,
+            disk: raw.disk.map(|d| self.disk(d)).transpose()?,
         })
+    }
+
+    fn disk(&self, raw: RawDisk) -> Result<DiskSpec, RecipeError> {
+        let size = match parse_size(raw.size.get_ref()) {
+            Some(size) if size > 0 && size % 512 == 0 => size,
+            _ => {
+                return self.err(
+                    raw.size.span(),
+                    Problem::Invalid(format!(
+                        "disk size {:?} is not a size like \"64MiB\", \"1GiB\" or a byte count \
+                         that is a multiple of 512",
+                        raw.size.get_ref()
+                    )),
+                )
+            }
+        };
+        if let Some(root) = &raw.root {
+            if root.get_ref() != "erofs" {
+                return self.err(
+                    root.span(),
+                    Problem::Invalid(format!(
+                        "disk root {:?} is not supported; kiln writes \"erofs\"",
+                        root.get_ref()
+                    )),
+                );
+            }
+        }
+        let mut formats = Vec::new();
+        for f in raw.formats.unwrap_or_default() {
+            let format = match f.get_ref().as_str() {
+                "raw" => DiskFormat::Raw,
+                "qcow2" => DiskFormat::Qcow2,
+                "vhd" => DiskFormat::Vhd,
+                other => {
+                    return self.err(
+                        f.span(),
+                        Problem::Invalid(format!(
+                            "disk format {other:?} is not one of \"raw\", \"qcow2\", \"vhd\""
+                        )),
+                    )
+                }
+            };
+            if formats.contains(&format) {
+                return self.err(
+                    f.span(),
+                    Problem::Invalid(format!("disk format {:?} is listed twice", f.get_ref())),
+                );
+            }
+            formats.push(format);
+        }
+        if formats.is_empty() {
+            formats.push(DiskFormat::Raw);
+        }
+        Ok(DiskSpec { size, verity: raw.verity, formats })
     }
 
     fn layer(&self, raw: &RawLayer) -> Result<LayerSpec, RecipeError> {
