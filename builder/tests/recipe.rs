@@ -142,3 +142,12 @@ fn missing_sources_and_bad_values_are_located() {
     let (_, msg) = error_of("[image]\nname = \"x\"\nversion = \"1\"\ncompression = \"brotli\"\n");
     assert!(msg.contains("brotli"), "{msg}");
 }
+
+#[test]
+fn image_name_and_version_follow_the_distribution_grammar() {
+    let (err, msg) = error_of("[image]\nname = \"Hello\"\nversion = \"1\"\n");
+    assert_eq!(at(&err), (2, 8), "{msg}");
+    assert!(msg.contains("Hello"), "{msg}");
+    let (err, msg) = error_of("[image]\nname = \"hello\"\nversion = \"-1\"\n");
+    assert_eq!(at(&err), (3, 11), "{msg}");
+}

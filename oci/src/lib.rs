@@ -5,6 +5,7 @@ pub mod descriptor;
 pub mod digest;
 pub mod image;
 pub mod media_type;
+pub mod reference;
 
 pub use canonical::to_canonical_json;
 pub use descriptor::{Descriptor, Platform};
@@ -12,3 +13,4 @@ pub use digest::{Digest, DigestError, HashingReader, HashingWriter, Sha256};
 pub use image::{
     EmptyObject, History, ImageConfig, ImageIndex, ImageManifest, RootFs, RuntimeConfig,
 };
+pub use reference::{NameError, Reference, RepoName, Tag};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use kiln_oci::{Digest, DigestError};
+use crate::{Digest, DigestError};
 
 /// Longest repository name the OCI distribution spec allows.
 const MAX_NAME_LEN: usize = 255;
@@ -22,7 +22,7 @@ pub enum NameError {
     /// A `/`-separated part of the name breaks the grammar.
     #[error(
         "repository name {name:?} has invalid component {component:?}: use lowercase letters \
-         and digits, separated by single '.', '_' or '-'"
+         and digits, separated by '.', '_', '__' or dashes"
     )]
     InvalidNameComponent { name: String, component: String },
     /// The tag is empty.
@@ -59,21 +59,30 @@ impl RepoName {
     }
 }
 
-/// True for `[a-z0-9]+([._-][a-z0-9]+)*`.
+/// True for the distribution spec's `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
 fn is_name_component(c: &str) -> bool {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = c.as_bytes();
-    let mut prev_sep = true; // a separator may neither start the component nor follow another
-    for &b in bytes {
-        if alnum(b) {
-            prev_sep = false;
-        } else if matches!(b, b'.' | b'_' | b'-') && !prev_sep {
-            prev_sep = true;
-        } else {
+    let mut i = 0;
+    loop {
+        let run = bytes[i..].iter().take_while(|b| alnum(b)).count();
+        if run == 0 {
             return false;
         }
+        i += run;
+        if i == bytes.len() {
+            return true;
+        }
+        let sep = bytes[i..].iter().take_while(|b| !alnum(b)).count();
+        let ok = match &bytes[i..i + sep] {
+            b"." | b"_" | b"__" => true,
+            dashes => dashes.iter().all(|&b| b == b'-'),
+        };
+        if !ok {
+            return false;
+        }
+        i += sep;
     }
-    !prev_sep
 }
 
 impl FromStr for RepoName {
@@ -195,7 +204,11 @@ mod tests {
         for ok in ["a", "kiln/base", "a.b_c-d/e2", "0/1"] {
             assert_eq!(ok.parse::<RepoName>().map(|n| n.to_string()), Ok(ok.to_string()));
         }
-        for bad in ["Kiln", "a//b", "/a", "a/", "-a", "a-", "a..b", "x__y", "..", "a/../b"] {
+        for ok in ["x__y", "a--b", "a---b", "a.b_c"] {
+            assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
+        }
+        for bad in ["Kiln", "a//b", "/a", "a/", "-a", "a-", "a..b", "x___y", "a_-b", "..", "a/../b"]
+        {
             assert!(
                 matches!(bad.parse::<RepoName>(), Err(NameError::InvalidNameComponent { .. })),
                 "{bad}"

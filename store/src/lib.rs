@@ -21,7 +21,6 @@ mod inventory;
 mod key;
 pub mod layout;
 pub mod location;
-pub mod reference;
 mod referrers;
 mod refs;
 mod walk;
@@ -35,8 +34,8 @@ pub use check::{CheckProgress, CheckReport, Problem};
 pub use copy::CopyReport;
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcReport};
+pub use kiln_oci::reference::{self, NameError, Reference, RepoName, Tag};
 pub use location::{parse_option, Location};
-pub use reference::{NameError, Reference, RepoName, Tag};
 pub use walk::image_blobs;
 
 /// A handle on one store; cheap to clone and share between tasks.
