@@ -1,11 +1,13 @@
 //! The builder's blob sink backed by a kiln store.
 
+use std::path::Path;
+
 use bytes::Bytes;
 use kiln_builder::build::{BlobSink, SinkError};
 use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::LayerBlob;
 use kiln_builder::LayerRecord;
-use kiln_oci::Digest;
+use kiln_oci::{Descriptor, Digest};
 use kiln_store::Store;
 use tokio::runtime::Runtime;
 
@@ -74,6 +76,21 @@ impl BlobSink for StoreSink<'_> {
         let outcome =
             self.runtime.block_on(self.store.put_blob(Bytes::from(blob.bytes.clone())))?;
         self.count(outcome.uploaded);
+        Ok(())
+    }
+
+    fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
+        let outcome = self.runtime.block_on(self.store.put_blob_file(
+            path,
+            &descriptor.digest,
+            descriptor.size,
+        ))?;
+        self.count(outcome.uploaded);
+        Ok(())
+    }
+
+    fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError> {
+        self.runtime.block_on(self.store.put_referrer(subject, artifact))?;
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::disk::vhd;
 use kiln_builder::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
 use kiln_oci::Digest;
-use support::{is_root, require_tool, sh, Workspace};
+use support::{is_root, require_tool, sh, Kiln, Workspace};
 
 fn meta(mode: u32, uid: u32, gid: u32) -> Meta {
     Meta { mode, uid, gid, xattrs: BTreeMap::new() }
@@ -381,4 +381,92 @@ fn qcow2_is_accepted_by_qemu_img_and_reads_back_as_the_raw_disk() {
     let back = ws.path("back.raw");
     sh("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", p, back.to_str().unwrap()]);
     assert!(fs::read(&back).unwrap() == raw, "the qcow2 does not read back as the raw disk");
+}
+
+/// A recipe with two layers (the second whites out a file of the first) and a `[disk]` table.
+fn disk_recipe(ws: &Workspace, size: &str) -> std::path::PathBuf {
+    ws.write("recipe/app.txt", "app\n");
+    ws.write(
+        "recipe/recipe.toml",
+        format!(
+            "epoch = 1700000000\n[image]\nname = \"vm\"\nversion = \"1\"\n\n\
+             [[layer]]\nname = \"base\"\n\
+             inline = [{{ dest = \"/etc/motd\", content = \"hi\\n\" }}, {{ dest = \"/etc/old\", content = \"x\" }}]\n\
+             dirs = [{{ dest = \"/home/u\", mode = 0o700, uid = 1000, gid = 1000 }}]\n\
+             [[layer]]\nname = \"app\"\n\
+             files = [{{ src = \"app.txt\", dest = \"/usr/bin/app\", mode = 0o4755 }}]\n\
+             inline = [{{ dest = \"/etc/.wh.old\", content = \"\" }}]\n\
+             symlinks = [{{ dest = \"/bin/sh\", target = \"/usr/bin/app\" }}]\n\n\
+             [disk]\nsize = \"{size}\"\nroot = \"erofs\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\"]\n"
+        ),
+    )
+}
+
+#[test]
+fn kiln_build_attaches_disk_images_that_tools_accept() {
+    let tools = ["sgdisk", "qemu-img", "veritysetup", "fsck.erofs"];
+    if !tools.iter().all(|t| require_tool(t)) {
+        return;
+    }
+    let ws = Workspace::new();
+    let recipe = disk_recipe(&ws, "8MiB");
+    let store = ws.store("a");
+    let kiln = Kiln::new(&store);
+    let report = kiln.build(&recipe, &[]);
+    let disk = report["disk"]["digest"].as_str().unwrap().to_string();
+    let root_hash = report["disk"]["annotations"]["dev.kiln.disk.verity.root-hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inspect = kiln.run(&["inspect", "vm:1"]).ok();
+    assert!(inspect.stdout.contains(&format!("referrer disk {disk}")), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains(&root_hash), "{}", inspect.stdout);
+
+    let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(&disk)).unwrap()).unwrap();
+    assert_eq!(manifest["artifactType"], "application/vnd.kiln.disk.v1");
+    assert_eq!(manifest["subject"]["digest"], report["manifests"][0]["digest"]);
+    let layers = manifest["layers"].as_array().unwrap();
+    let types: Vec<_> = layers.iter().map(|l| l["mediaType"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.kiln.disk.raw.v1",
+            "application/vnd.kiln.disk.qcow2.v1",
+            "application/vnd.kiln.disk.vhd.v1"
+        ]
+    );
+    let path = |i: usize| blob(layers[i]["digest"].as_str().unwrap());
+    let raw = path(0);
+    let verify = sh("sgdisk", &["-v", raw.to_str().unwrap()]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    sh("qemu-img", &["check", "-f", "qcow2", path(1).to_str().unwrap()]);
+    sh("qemu-img", &["info", "-f", "vpc", path(2).to_str().unwrap()]);
+
+    // The partitions: erofs at 1 MiB (fsck accepts it, the whiteout removed /etc/old), then
+    // its hash tree, which veritysetup checks against the recorded root hash.
+    let bytes = fs::read(&raw).unwrap();
+    let blocks =
+        u32::from_le_bytes(bytes[(1 << 20) + 1024 + 36..(1 << 20) + 1024 + 40].try_into().unwrap())
+            as usize;
+    let erofs = &bytes[1 << 20..(1 << 20) + blocks * 4096];
+    let erofs_path = ws.write("root.erofs", erofs);
+    sh("fsck.erofs", &[erofs_path.to_str().unwrap()]);
+    let listing = sh("dump.erofs", &["--ls", "--path=/etc", erofs_path.to_str().unwrap()]);
+    assert!(listing.contains("motd") && !listing.contains("old"), "{listing}");
+    let verity_at = ((1 << 20) + erofs.len()).next_multiple_of(1 << 20);
+    let hash_path = ws.write("root.verity", &bytes[verity_at..verity_at + (64 << 10)]);
+    sh(
+        "veritysetup",
+        &["verify", erofs_path.to_str().unwrap(), hash_path.to_str().unwrap(), &root_hash],
+    );
+
+    // Another store, another build: the same disk artifact.
+    let again = Kiln::new(&ws.store("b")).build(&recipe, &[]);
+    assert_eq!(again["disk"]["digest"], report["disk"]["digest"]);
+
+    // A disk too small for its content fails with a clear message.
+    let small = disk_recipe(&ws, "1MiB");
+    kiln.run(&["build", small.to_str().unwrap()]).fails().stderr_has(&["raise [disk] size"]);
 }

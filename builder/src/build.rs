@@ -1,11 +1,12 @@
 //! A whole build: inputs hashed and checked against the lock, layers written or taken from
 //! the cache, then config, manifests and index assembled.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_oci::{Descriptor, Digest, Platform, Sha256};
 
 use crate::compress::Compression;
+use crate::disk::artifacts::{make_disks, DiskError};
 use crate::epoch::Epoch;
 use crate::hash_cache::HashCache;
 use crate::image::{self, JsonBlob, LayerRecord};
@@ -27,6 +28,10 @@ pub trait BlobSink {
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;
     /// Stores a JSON document (config, manifest, index).
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError>;
+    /// Stores the file at `path` (a disk image) as the blob `descriptor` names.
+    fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError>;
+    /// Records that the artifact manifest `artifact` refers to `subject` (OCI 1.1 referrer).
+    fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError>;
 }
 
 /// Hears about progress; every method defaults to doing nothing.
@@ -70,6 +75,8 @@ pub struct BuildOutput {
     pub lock: Lock,
     /// True when the lock file was created or changed by this build.
     pub lock_written: bool,
+    /// The disk artifact manifest attached to the linux/amd64 image, when the recipe has `[disk]`.
+    pub disk: Option<Descriptor>,
 }
 
 /// Why a build failed.
@@ -89,6 +96,10 @@ pub enum BuildError {
     Sink(SinkError),
     #[error("serialising {what}: {source}")]
     Json { what: &'static str, source: serde_json::Error },
+    #[error("[disk]: {0}")]
+    Disk(#[from] DiskError),
+    #[error("[disk] makes x86-64 disks, but the recipe's platforms do not include linux/amd64")]
+    DiskPlatform,
 }
 
 /// Hashes every input and returns the layers plus the lock they amount to.
@@ -208,6 +219,25 @@ pub fn build(
     let index = image::index(recipe, opts.epoch, &manifests).map_err(json_err("image index"))?;
     sink.put_json(&index).map_err(BuildError::Sink)?;
 
+    let mut disk = None;
+    if let Some(spec) = &recipe.disk {
+        let amd64 = manifests.iter().find(|(p, _)| p.os == "linux" && p.architecture == "amd64");
+        let Some((_, subject)) = amd64 else {
+            return Err(BuildError::DiskPlatform);
+        };
+        let trees: Vec<Tree> = resolved.iter().map(|l| l.tree.clone()).collect();
+        let out = make_disks(&trees, spec, opts.epoch, &opts.work_dir, subject)?;
+        for file in &out.files {
+            sink.put_file(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
+            // The scratch copy is no longer needed once stored.
+            let _ = std::fs::remove_file(&file.path);
+        }
+        sink.put_json(&out.empty_config).map_err(BuildError::Sink)?;
+        sink.put_json(&out.manifest).map_err(BuildError::Sink)?;
+        sink.put_referrer(&subject.digest, &out.manifest.descriptor).map_err(BuildError::Sink)?;
+        disk = Some(out.manifest.descriptor);
+    }
+
     let lock_written = existing.as_ref() != Some(&current);
     if lock_written {
         current.write(&lock_path)?;
@@ -220,6 +250,7 @@ pub fn build(
         layers_reused: reused,
         lock: current,
         lock_written,
+        disk,
     })
 }
 

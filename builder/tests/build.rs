@@ -9,7 +9,7 @@ use kiln_builder::build::{BlobSink, SinkError};
 use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::LayerBlob;
 use kiln_builder::{build, BuildOptions, Epoch, LayerRecord, LockMode, Observer, Recipe};
-use kiln_oci::{Digest, ImageIndex, ImageManifest};
+use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest};
 
 #[derive(Default)]
 struct MemSink {
@@ -34,6 +34,13 @@ impl BlobSink for MemSink {
     }
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
         self.blobs.insert(blob.descriptor.digest, blob.bytes.clone());
+        Ok(())
+    }
+    fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
+        self.blobs.insert(descriptor.digest, fs::read(path)?);
+        Ok(())
+    }
+    fn put_referrer(&mut self, _subject: &Digest, _artifact: &Descriptor) -> Result<(), SinkError> {
         Ok(())
     }
 }

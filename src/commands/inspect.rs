@@ -96,6 +96,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
             Some(kiln_attest::artifact::SIGNATURE_ARTIFACT) => "signature",
             Some(kiln_attest::artifact::SBOM_ARTIFACT) => "sbom",
             Some(kiln_attest::artifact::ATTESTATION_ARTIFACT) => "provenance",
+            Some(kiln_builder::disk::artifacts::DISK_ARTIFACT) => "disk",
             Some(other) => other,
             None => "artifact",
         };
@@ -104,7 +105,12 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
             .get(kiln_attest::artifact::KEY_ID_ANNOTATION)
             .map(|k| format!("  key {k}"))
             .unwrap_or_default();
-        ctx.say(format!("  referrer {kind} {}  of {subject}{key}", r.digest));
+        let root_hash = r
+            .annotations
+            .get(kiln_builder::disk::artifacts::ROOT_HASH_ANNOTATION)
+            .map(|h| format!("  verity root hash {h}"))
+            .unwrap_or_default();
+        ctx.say(format!("  referrer {kind} {}  of {subject}{key}{root_hash}", r.digest));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Disk images built from the root filesystem: filesystem images, dm-verity and partitions.
 
+pub mod artifacts;
 pub mod erofs;
 pub mod gpt;
 pub mod qcow2;
