@@ -469,4 +469,16 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
     // A disk too small for its content fails with a clear message.
     let small = disk_recipe(&ws, "1MiB");
     kiln.run(&["build", small.to_str().unwrap()]).fails().stderr_has(&["raise [disk] size"]);
+
+    // A layer whose whiteout names the parent directory is refused, not applied.
+    let escaping = ws.write(
+        "escape/recipe.toml",
+        "[image]\nname = \"esc\"\nversion = \"1\"\n[[layer]]\nname = \"l\"\n\
+         inline = [{ dest = \"/etc/.wh...\", content = \"\" }]\n[disk]\nsize = \"8MiB\"\n",
+    );
+    kiln.run(&["build", escaping.to_str().unwrap()]).fails().stderr_has(&[
+        "whiteout /etc/.wh...",
+        "\"..\"",
+        "refused",
+    ]);
 }
