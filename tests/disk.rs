@@ -51,6 +51,13 @@ fn fixture(ws: &Workspace) -> Tree {
     let content =
         Content::Host { path: host_path, size: host.len() as u64, digest: Digest::of(&host) };
     put(&mut t, "/usr/bin/app", EntryKind::File(content), meta(0o755, 0, 0));
+    let mut caps = meta(0o755, 0, 0);
+    caps.xattrs.insert("user.kiln.origin".into(), b"recipe".to_vec());
+    caps.xattrs.insert("trusted.big".into(), vec![0xab; 3000]);
+    put(&mut t, "/usr/bin/tagged", bytes(b"#!tagged\n".to_vec()), caps);
+    let mut tagged_dir = meta(0o755, 0, 0);
+    tagged_dir.xattrs.insert("user.dir".into(), Vec::new());
+    put(&mut t, "/srv", EntryKind::Dir, tagged_dir);
     put(&mut t, "/usr/bin/su", bytes(b"#!su\n".to_vec()), meta(0o4755, 0, 0));
     put(&mut t, "/usr/bin/sh", EntryKind::Symlink("busybox".into()), meta(0o777, 0, 0));
     put(&mut t, "/abs", EntryKind::Symlink("/etc/motd".into()), meta(0o777, 0, 0));
@@ -187,8 +194,25 @@ fn erofs_is_accepted_by_erofs_utils_and_holds_the_model() {
         .is_ok_and(|s| s.success());
     if mounted {
         let listing = disk_listing(&mnt, 0o7777);
+        let xattrs = sh(
+            "python3",
+            &[
+                "-c",
+                "import os,sys\nfor p in sys.argv[1:]:\n    \
+                 print(sorted((n, len(os.getxattr(p, n)), os.getxattr(p, n)[:6].hex()) \
+                 for n in os.listxattr(p, follow_symlinks=False)))",
+                &format!("{}/usr/bin/tagged", mnt.display()),
+                &format!("{}/srv", mnt.display()),
+                &format!("{}/usr/bin/su", mnt.display()),
+            ],
+        );
         sh("umount", &[mnt.to_str().unwrap()]);
         same(&listing, &model);
+        assert_eq!(
+            xattrs,
+            "[('trusted.big', 3000, 'abababababab'), ('user.kiln.origin', 6, '726563697065')]\n\
+             [('user.dir', 0, '')]\n[]\n"
+        );
     } else {
         eprintln!("SKIP: the kernel could not mount the erofs image (no loop devices here?)");
     }
@@ -212,6 +236,13 @@ fn erofs_changes_with_content_and_refuses_what_it_cannot_store() {
     fs::write(&host, b"after!").unwrap();
     let err = write_erofs(&changed, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();
     assert!(err.to_string().contains("changed since it was hashed"), "{err}");
+
+    let mut odd = Tree::new();
+    let mut m = meta(0o644, 0, 0);
+    m.xattrs.insert("system.nfs4_acl".into(), b"x".to_vec());
+    put(&mut odd, "/f", bytes(Vec::new()), m);
+    let err = write_erofs(&odd, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();
+    assert!(err.to_string().contains("\"system.nfs4_acl\""), "{err}");
 
     let mut long = Tree::new();
     put(&mut long, &format!("/{}", "n".repeat(256)), bytes(Vec::new()), meta(0o644, 0, 0));

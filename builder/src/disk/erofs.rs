@@ -3,9 +3,10 @@
 //! Layout: block 0 holds the superblock at byte 1024; the inode area starts at block 1 (root
 //! first, so its nid is 0); file, directory and symlink data follow, block-aligned, in path
 //! order. A data tail that fits beside its inode is stored inline (`FLAT_INLINE`), otherwise
-//! data is whole blocks (`FLAT_PLAIN`). Compact 32-byte inodes are used unless an owner, link
-//! count or size needs the extended 64-byte form. Every time is the epoch, and the volume UUID
-//! is derived from a sha256 of the image bytes, so equal trees give equal images.
+//! data is whole blocks (`FLAT_PLAIN`). Extended attributes are stored inline after their
+//! inode. Compact 32-byte inodes are used unless an owner, link count or size needs the
+//! extended 64-byte form. Every time is the epoch, and the volume UUID is derived from a
+//! sha256 of the image bytes, so equal trees give equal images.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -40,8 +41,11 @@ const S_IFLNK: u32 = 0o120_000;
 pub enum ErofsError {
     #[error("{path}: the name is {len} bytes long; erofs allows at most {NAME_MAX}")]
     NameTooLong { path: ImagePath, len: usize },
-    #[error("{path} has extended attributes, which kiln's erofs writer does not store yet")]
-    Xattrs { path: ImagePath },
+    #[error(
+        "{path} has extended attribute {name:?}; erofs stores user.*, trusted.*, security.* \
+         and POSIX ACL attributes, with names up to 255 bytes and values up to 64 KiB"
+    )]
+    Xattr { path: ImagePath, name: String },
     #[error("the epoch {0} is before 1970, which erofs cannot record")]
     NegativeEpoch(i64),
     #[error("the filesystem needs {blocks} blocks of 4 KiB, more than erofs addresses (2^32)")]
@@ -91,7 +95,9 @@ struct Node<'a> {
     nlink: u32,
     data: Data<'a>,
     size: u64,
-    /// Bytes stored inline after the inode.
+    /// The inline extended attribute area (empty when there are none).
+    xattrs: Vec<u8>,
+    /// Bytes stored inline after the inode and its xattrs.
     inline: u64,
     blocks: u64,
     nid: u64,
@@ -112,6 +118,11 @@ impl Node<'_> {
         } else {
             32
         }
+    }
+
+    /// The inode and its inline xattrs: where inline data starts.
+    fn head_size(&self) -> u64 {
+        self.inode_size() + self.xattrs.len() as u64
     }
 }
 
@@ -157,9 +168,11 @@ pub fn write_erofs<W: Write + Seek>(
         let at = (node.nid * 32) as usize;
         let isize = node.inode_size() as usize;
         inode(&mut meta[at..at + isize], node, build_time);
+        let head = node.head_size() as usize;
+        meta[at + isize..at + head].copy_from_slice(&node.xattrs);
         if node.inline > 0 {
             let tail = tail_bytes(node, &nodes)?;
-            meta[at + isize..at + isize + tail.len()].copy_from_slice(&tail);
+            meta[at + head..at + head + tail.len()].copy_from_slice(&tail);
         }
     }
     sink.write(&meta)?;
@@ -201,6 +214,7 @@ fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, ErofsError> {
         nlink: 2,
         data: Data::Dir(Vec::new()),
         size: 0,
+        xattrs: Vec::new(),
         inline: 0,
         blocks: 0,
         nid: 0,
@@ -209,9 +223,7 @@ fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, ErofsError> {
     let mut nodes = vec![dir_node(ImagePath::root(), 0o755, 0, 0)];
     let mut index: HashMap<&ImagePath, usize> = HashMap::new();
     for (path, entry) in tree.iter() {
-        if !entry.meta.xattrs.is_empty() {
-            return Err(ErofsError::Xattrs { path: path.clone() });
-        }
+        let xattrs = xattr_body(path, &entry.meta.xattrs)?;
         let name = path.as_str().rsplit('/').next().unwrap_or_default().as_bytes().to_vec();
         if name.len() > NAME_MAX {
             return Err(ErofsError::NameTooLong { path: path.clone(), len: name.len() });
@@ -219,7 +231,7 @@ fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, ErofsError> {
         let (m, uid, gid) = (entry.meta.mode, entry.meta.uid, entry.meta.gid);
         let (node, file_type) = match &entry.kind {
             EntryKind::Dir => {
-                nodes.push(dir_node(path.clone(), m, uid, gid));
+                nodes.push(Node { xattrs, ..dir_node(path.clone(), m, uid, gid) });
                 (nodes.len() - 1, FT_DIR)
             }
             EntryKind::File(content) => {
@@ -228,6 +240,7 @@ fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, ErofsError> {
                     nlink: 1,
                     size: content.size(),
                     data: Data::File(content),
+                    xattrs,
                     ..dir_node(path.clone(), 0, uid, gid)
                 });
                 (nodes.len() - 1, FT_REG)
@@ -238,6 +251,7 @@ fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, ErofsError> {
                     nlink: 1,
                     size: target.len() as u64,
                     data: Data::Symlink(target.as_bytes()),
+                    xattrs,
                     ..dir_node(path.clone(), 0, uid, gid)
                 });
                 (nodes.len() - 1, FT_SYMLINK)
@@ -350,18 +364,64 @@ fn tail_bytes(node: &Node<'_>, nodes: &[Node<'_>]) -> Result<Vec<u8>, ErofsError
 fn place_inodes(nodes: &mut [Node<'_>]) -> u64 {
     let mut at = 0u64;
     for node in nodes.iter_mut() {
-        let isize = node.inode_size();
+        let head = node.head_size();
         let tail = node.size % BLOCK;
-        node.inline = if tail > 0 && isize + tail <= BLOCK { tail } else { 0 };
+        node.inline = if tail > 0 && head + tail <= BLOCK { tail } else { 0 };
         node.blocks = (node.size - node.inline).div_ceil(BLOCK);
-        let need = isize + node.inline;
-        if at % BLOCK + need > BLOCK {
+        let need = head + node.inline;
+        // Inline data may not cross a block; a head larger than a block starts on one.
+        if at % BLOCK + need > BLOCK && at % BLOCK != 0 {
             at = at.next_multiple_of(BLOCK);
         }
         node.nid = at / 32;
         at = (at + need).next_multiple_of(32);
     }
     at
+}
+
+/// Name prefixes erofs stores as an index, with the index; the ACL names are whole names.
+const XATTR_PREFIXES: [(&str, u8); 5] = [
+    ("user.", 1),
+    ("system.posix_acl_access", 2),
+    ("system.posix_acl_default", 3),
+    ("trusted.", 4),
+    ("security.", 6),
+];
+const XATTR_HEADER: usize = 12;
+
+/// The inline xattr area of an inode: a 12-byte header (no shared xattrs) and one entry per
+/// attribute (name length, prefix index, value length, name suffix, value; 4-byte aligned).
+fn xattr_body(
+    path: &ImagePath,
+    xattrs: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<Vec<u8>, ErofsError> {
+    if xattrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut body = vec![0u8; XATTR_HEADER];
+    for (name, value) in xattrs {
+        let bad = || ErofsError::Xattr { path: path.clone(), name: name.clone() };
+        let (suffix, index) = XATTR_PREFIXES
+            .iter()
+            .find_map(|(prefix, index)| {
+                let suffix = name.strip_prefix(prefix)?;
+                let whole_name = !prefix.ends_with('.');
+                (!whole_name || suffix.is_empty()).then_some((suffix, *index))
+            })
+            .ok_or_else(bad)?;
+        let name_len = u8::try_from(suffix.len()).map_err(|_| bad())?;
+        let value_len = u16::try_from(value.len()).map_err(|_| bad())?;
+        body.push(name_len);
+        body.push(index);
+        body.extend_from_slice(&value_len.to_le_bytes());
+        body.extend_from_slice(suffix.as_bytes());
+        body.extend_from_slice(value);
+        body.resize(body.len().next_multiple_of(4), 0);
+    }
+    if (body.len() - XATTR_HEADER) / 4 + 1 > usize::from(u16::MAX) {
+        return Err(ErofsError::Xattr { path: path.clone(), name: "(all of them)".into() });
+    }
+    Ok(body)
 }
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -391,6 +451,11 @@ fn superblock(block0: &mut [u8], inodes: u64, build_time: u64, blocks: u64, uuid
 fn inode(b: &mut [u8], node: &Node<'_>, build_time: u64) {
     let layout = if node.inline > 0 { LAYOUT_FLAT_INLINE } else { LAYOUT_FLAT_PLAIN };
     let ino = (node.nid + 1) as u32;
+    let icount = match node.xattrs.len() {
+        0 => 0,
+        n => ((n - XATTR_HEADER) / 4 + 1) as u16,
+    };
+    put16(b, 2, icount);
     let raw_blkaddr = node.blkaddr as u32;
     if node.extended() {
         put16(b, 0, 1 | (layout << 1));
