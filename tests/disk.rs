@@ -513,3 +513,29 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
         "refused",
     ]);
 }
+
+#[test]
+fn disk_artifacts_do_not_depend_on_the_build_conditions() {
+    let ws = Workspace::new();
+    let recipe = disk_recipe(&ws, "8MiB");
+    let disk = |report: serde_json::Value| report["disk"]["digest"].as_str().unwrap().to_string();
+    let reference = disk(Kiln::new(&ws.store("a")).build(&recipe, &[]));
+
+    // Input mtime and permission bits, umask, time zone, locale, working directory, thread
+    // count and store kind all vary at once.
+    let app = ws.path("recipe/app.txt");
+    support::touch_at(&app, "2030-12-31 23:59:59");
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o600)).unwrap();
+    let elsewhere = ws.mkdir("elsewhere");
+    let varied = Kiln::new(Path::new("memory://"))
+        .umask("077")
+        .env("TZ", "Pacific/Kiritimati")
+        .env("LC_ALL", "tr_TR.UTF-8")
+        .cwd(&elsewhere)
+        .build(&recipe, &["--threads", "1"]);
+    assert_eq!(disk(varied), reference, "build conditions changed the disk artifact");
+
+    // The epoch is an input: a different one gives different disks.
+    let later = Kiln::new(&ws.store("b")).build(&recipe, &["--source-date-epoch", "1700000001"]);
+    assert_ne!(disk(later), reference, "the epoch did not reach the disk images");
+}
