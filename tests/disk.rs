@@ -10,11 +10,13 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use kiln_builder::disk::cpio::write_cpio;
 use kiln_builder::disk::erofs::write_erofs;
 use kiln_builder::disk::gpt::{derive_guid, write_gpt, GptError, Guid, Partition, PartitionType};
 use kiln_builder::disk::qcow2::write_qcow2;
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::disk::vhd;
+use kiln_builder::{compress::compress, Compression};
 use kiln_builder::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
 use kiln_oci::Digest;
 use support::{is_root, require_tool, sh, Kiln, Workspace};
@@ -538,4 +540,47 @@ fn disk_artifacts_do_not_depend_on_the_build_conditions() {
     // The epoch is an input: a different one gives different disks.
     let later = Kiln::new(&ws.store("b")).build(&recipe, &["--source-date-epoch", "1700000001"]);
     assert_ne!(disk(later), reference, "the epoch did not reach the disk images");
+}
+
+#[test]
+fn initramfs_cpio_unpacks_to_the_model() {
+    if !require_tool("cpio") || !require_tool("gzip") {
+        return;
+    }
+    let ws = Workspace::new();
+    let mut tree = fixture(&ws);
+    // cpio carries no xattrs; drop them from the model.
+    let mut plain = Tree::new();
+    for (path, entry) in tree.iter() {
+        let mut entry = entry.clone();
+        entry.meta.xattrs.clear();
+        plain.insert(path.clone(), entry).unwrap();
+    }
+    tree = plain;
+    let archive = |tree: &Tree| {
+        let mut raw = Vec::new();
+        let len = write_cpio(tree, Epoch(1_700_000_000), &mut raw).unwrap();
+        assert_eq!(raw.len() as u64, len);
+        compress(&Compression::GZIP, 2, &raw[..], Vec::new()).unwrap()
+    };
+    let gz = archive(&tree);
+    assert_eq!(archive(&tree), gz, "two builds differ");
+    let gz_path = ws.write("initramfs.cpio.gz", &gz);
+    sh("gzip", &["-t", gz_path.to_str().unwrap()]);
+
+    if !is_root() {
+        eprintln!("SKIP: unpacking with owners needs root");
+        return;
+    }
+    let out = ws.mkdir("unpacked");
+    let script =
+        format!("gzip -dc {} | cpio -idm --quiet --no-absolute-filenames", gz_path.display());
+    let status =
+        std::process::Command::new("sh").args(["-c", &script]).current_dir(&out).status().unwrap();
+    assert!(status.success());
+    let mut model = model_listing(&tree, 0o7777);
+    model.sort();
+    same(&disk_listing(&out, 0o7777), &model);
+    let ino = |p: &str| fs::metadata(out.join(p)).unwrap().ino();
+    assert_eq!(ino("etc/motd"), ino("etc/motd.link"), "hard links were not kept");
 }

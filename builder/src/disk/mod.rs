@@ -1,6 +1,7 @@
 //! Disk images built from the root filesystem: filesystem images, dm-verity and partitions.
 
 pub mod artifacts;
+pub mod cpio;
 pub mod erofs;
 pub mod gpt;
 pub mod qcow2;

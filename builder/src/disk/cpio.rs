@@ -1,0 +1,153 @@
+//! The root filesystem as a cpio archive in the "newc" format the kernel unpacks as an
+//! initramfs (compress it with [`crate::compress`] for `initrd=`).
+//!
+//! Entries come in path order (parents first), inode numbers count from 1 in that order,
+//! every mtime is the epoch, and a hard-link group carries its data on its first entry (the
+//! kernel's unpacker links later entries to it and appends nothing).
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use kiln_oci::{Digest, HashingReader};
+
+use crate::epoch::Epoch;
+use crate::image_path::ImagePath;
+use crate::tree::{Content, EntryKind, Tree};
+
+const MAGIC: &str = "070701";
+const TRAILER: &str = "TRAILER!!!";
+
+/// Why an archive could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum CpioError {
+    #[error("{path} is {size} bytes; cpio newc stores at most 4 GiB - 1 per file")]
+    TooLarge { path: ImagePath, size: u64 },
+    #[error("the epoch {0} does not fit cpio's 32-bit mtime")]
+    Epoch(i64),
+    #[error("reading {host} for {path}: {source}")]
+    Read {
+        path: ImagePath,
+        host: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{host} (for {path}) changed since it was hashed; rebuild to pick up the new content")]
+    Changed { path: ImagePath, host: PathBuf },
+    #[error("writing the cpio archive: {0}")]
+    Write(#[source] io::Error),
+}
+
+struct Out<W> {
+    inner: W,
+    len: u64,
+}
+
+impl<W: Write> Out<W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), CpioError> {
+        self.inner.write_all(bytes).map_err(CpioError::Write)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn pad4(&mut self) -> Result<(), CpioError> {
+        let pad = (self.len.next_multiple_of(4) - self.len) as usize;
+        self.write(&[0u8; 3][..pad])
+    }
+
+    /// One header and its name; the data (if any) follows from the caller.
+    fn header(&mut self, name: &str, f: [u32; 8], size: u32) -> Result<(), CpioError> {
+        let [ino, mode, uid, gid, nlink, mtime, rdev_major, rdev_minor] = f;
+        let namesize = name.len() as u32 + 1;
+        let fields = [ino, mode, uid, gid, nlink, mtime, size, 0, 0, rdev_major, rdev_minor];
+        let mut h = String::with_capacity(110);
+        h.push_str(MAGIC);
+        for v in fields.iter().chain(&[namesize, 0]) {
+            h.push_str(&format!("{v:08X}"));
+        }
+        self.write(h.as_bytes())?;
+        self.write(name.as_bytes())?;
+        self.write(&[0])?;
+        self.pad4()
+    }
+}
+
+/// Writes `tree` as a newc archive to `out`; returns the bytes written.
+pub fn write_cpio<W: Write>(tree: &Tree, epoch: Epoch, out: W) -> Result<u64, CpioError> {
+    let mtime = u32::try_from(epoch.0).map_err(|_| CpioError::Epoch(epoch.0))?;
+    // Link counts and inode numbers: a hard link shares its file's.
+    let mut nlink: HashMap<&ImagePath, u32> = HashMap::new();
+    for (_, entry) in tree.iter() {
+        if let EntryKind::HardLink(target) = &entry.kind {
+            *nlink.entry(target).or_insert(1) += 1;
+        }
+    }
+    let mut inos: HashMap<&ImagePath, u32> = HashMap::new();
+    let mut out = Out { inner: out, len: 0 };
+    for (next, (path, entry)) in (1u32..).zip(tree.iter()) {
+        let m = &entry.meta;
+        let perm = m.mode & 0o7777;
+        match &entry.kind {
+            EntryKind::Dir => {
+                let f = [next, 0o040_000 | perm, m.uid, m.gid, 2, mtime, 0, 0];
+                out.header(path.as_str(), f, 0)?;
+            }
+            EntryKind::Symlink(target) => {
+                let f = [next, 0o120_777, m.uid, m.gid, 1, mtime, 0, 0];
+                out.header(path.as_str(), f, target.len() as u32)?;
+                out.write(target.as_bytes())?;
+                out.pad4()?;
+            }
+            EntryKind::File(content) => {
+                let size = u32::try_from(content.size()).map_err(|_| CpioError::TooLarge {
+                    path: path.clone(),
+                    size: content.size(),
+                })?;
+                let links = nlink.get(path).copied().unwrap_or(1);
+                inos.insert(path, next);
+                let f = [next, 0o100_000 | perm, m.uid, m.gid, links, mtime, 0, 0];
+                out.header(path.as_str(), f, size)?;
+                match content {
+                    Content::Bytes(bytes) => out.write(bytes)?,
+                    Content::Host { path: host, size, digest } => {
+                        copy_host(&mut out, path, host, *size, digest)?;
+                    }
+                }
+                out.pad4()?;
+            }
+            EntryKind::HardLink(target) => {
+                let ino = inos.get(target).copied().unwrap_or(next);
+                let links = nlink.get(target).copied().unwrap_or(1);
+                let Some(file) = tree.get(target) else {
+                    continue;
+                };
+                let fm = &file.meta;
+                let f = [ino, 0o100_000 | (fm.mode & 0o7777), fm.uid, fm.gid, links, mtime, 0, 0];
+                out.header(path.as_str(), f, 0)?;
+            }
+        }
+    }
+    out.header(TRAILER, [0, 0, 0, 0, 1, 0, 0, 0], 0)?;
+    Ok(out.len)
+}
+
+/// Copies a host file, checking it still has the size and digest it was hashed with.
+fn copy_host<W: Write>(
+    out: &mut Out<W>,
+    path: &ImagePath,
+    host: &Path,
+    size: u64,
+    digest: &Digest,
+) -> Result<(), CpioError> {
+    let read_err =
+        |source| CpioError::Read { path: path.clone(), host: host.to_path_buf(), source };
+    let file = std::fs::File::open(host).map_err(read_err)?;
+    let mut reader = HashingReader::new(io::Read::take(file, size + 1));
+    let copied = io::copy(&mut reader, &mut out.inner).map_err(read_err)?;
+    out.len += copied;
+    let (found, _) = reader.finish();
+    if copied != size || found != *digest {
+        return Err(CpioError::Changed { path: path.clone(), host: host.to_path_buf() });
+    }
+    Ok(())
+}
