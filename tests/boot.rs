@@ -117,3 +117,103 @@ fn kernel_boots_kiln_initramfs() {
     );
     assert!(log.contains(MARKER), "no marker on the serial console:\n{log}");
 }
+
+const DISK_MARKER: &str = "KILN-EROFS-ROOT-BOOTED";
+
+/// Modules the cloud kernel needs to read an erofs root on a virtio disk, in load order.
+const MODULES: [&str; 8] = [
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci",
+    "drivers/block/virtio_blk",
+    "lib/libcrc32c",
+    "fs/erofs/erofs",
+];
+
+#[test]
+fn kernel_boots_kiln_disk_image_with_erofs_root() {
+    let Some(root) = boot_root() else {
+        return;
+    };
+    // The image: busybox and an init that prints a marker; built by kiln with [disk].
+    let ws = Workspace::new();
+    let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
+    ws.write("recipe/busybox", &busybox);
+    let recipe = ws.write(
+        "recipe/recipe.toml",
+        format!(
+            "epoch = 1700000000\n[image]\nname = \"bootme\"\nversion = \"1\"\n\n\
+             [[layer]]\nname = \"root\"\n\
+             files = [{{ src = \"busybox\", dest = \"/bin/busybox\", mode = 0o755 }}]\n\
+             dirs = [{{ dest = \"/dev\" }}, {{ dest = \"/proc\" }}]\n\
+             inline = [{{ dest = \"/sbin/init\", mode = 0o755, content = \"\"\"#!/bin/busybox sh\n\
+             /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+             /bin/busybox echo {DISK_MARKER} from $(/bin/busybox cat /proc/cmdline 2>/dev/null) > /dev/ttyS0\n\
+             /bin/busybox poweroff -f\n\"\"\" }}]\n\n\
+             [disk]\nsize = \"16MiB\"\nverity = true\nformats = [\"qcow2\"]\n"
+        ),
+    );
+    let store = ws.store("store");
+    let report = support::Kiln::new(&store).build(&recipe, &[]);
+    let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let disk = report["disk"]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(disk)).unwrap()).unwrap();
+    let qcow2 = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+
+    // The initramfs: load the modules, find the partition labelled root-x86-64, switch to it.
+    let modules = std::fs::read_dir(root.join("lib/modules")).unwrap().next().unwrap().unwrap();
+    let mut tree = Tree::new();
+    put(&mut tree, "/bin/busybox", EntryKind::File(Content::Bytes(busybox.into())), 0o755);
+    let mut names = Vec::new();
+    for m in MODULES {
+        let bytes = std::fs::read(modules.path().join(format!("kernel/{m}.ko"))).unwrap();
+        let name = m.rsplit('/').next().unwrap();
+        put(
+            &mut tree,
+            &format!("/lib/modules/{name}.ko"),
+            EntryKind::File(Content::Bytes(bytes.into())),
+            0o644,
+        );
+        names.push(name);
+    }
+    let init = format!(
+        "#!/bin/busybox sh\nB=/bin/busybox\n$B mkdir -p /dev /proc /sys /newroot\n\
+         $B mount -t devtmpfs devtmpfs /dev\n$B mount -t sysfs sysfs /sys\n\
+         for m in {}; do $B insmod /lib/modules/$m.ko; done\n\
+         dev=\nfor i in 1 2 3 4 5 6 7 8 9 10; do\n\
+           for u in /sys/class/block/*/uevent; do\n\
+             if $B grep -q '^PARTNAME=root-x86-64$' $u; then dev=$($B sed -n 's/^DEVNAME=//p' $u); fi\n\
+           done\n  [ -n \"$dev\" ] && break\n  $B sleep 1\ndone\n\
+         $B echo \"kiln initramfs: root-x86-64 is /dev/$dev\" > /dev/ttyS0\n\
+         $B mount -t erofs -o ro /dev/$dev /newroot\n$B umount /sys\n$B umount /dev\n\
+         exec $B switch_root /newroot /sbin/init\n",
+        names.join(" ")
+    );
+    put(&mut tree, "/init", EntryKind::File(Content::Bytes(init.into_bytes().into())), 0o755);
+    let mut cpio = Vec::new();
+    write_cpio(&tree, Epoch(0), &mut cpio).unwrap();
+    let gz = compress(&Compression::GZIP, 1, &cpio[..], Vec::new()).unwrap();
+    let initrd = ws.write("initramfs.cpio.gz", &gz);
+
+    let kernel = kernel(&root);
+    let drive = format!("file={},format=qcow2,if=virtio,readonly=on", qcow2.display());
+    let log = qemu(
+        &root,
+        &[
+            "-kernel",
+            kernel.to_str().unwrap(),
+            "-initrd",
+            initrd.to_str().unwrap(),
+            "-drive",
+            &drive,
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(log.contains("root-x86-64 is /dev/vda1"), "the partition was not found:\n{log}");
+    assert!(log.contains(DISK_MARKER), "no marker from the erofs root's init:\n{log}");
+}
