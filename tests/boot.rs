@@ -52,7 +52,10 @@ fn put(t: &mut Tree, path: &str, kind: EntryKind, mode: u32) {
 /// Runs qemu with `args` until it exits or `limit` passes; returns the serial output.
 fn qemu(root: &Path, args: &[&str], limit: Duration) -> String {
     let libs = format!("{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu", root.display());
-    let out_path = std::env::temp_dir().join(format!("kiln-boot-{}.log", std::process::id()));
+    // Tests run in parallel threads of one process: each run gets its own log file.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_path = std::env::temp_dir().join(format!("kiln-boot-{}-{run}.log", std::process::id()));
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(root.join("usr/bin/qemu-system-x86_64"))
         .env("LD_LIBRARY_PATH", libs)
@@ -132,11 +135,44 @@ const MODULES: [&str; 8] = [
     "fs/erofs/erofs",
 ];
 
+/// Modules dm-verity needs on top of [`MODULES`], in load order.
+const VERITY_MODULES: [&str; 4] = [
+    "drivers/md/dm-mod",
+    "drivers/md/dm-bufio",
+    "lib/reed_solomon/reed_solomon",
+    "drivers/md/dm-verity",
+];
+
 #[test]
 fn kernel_boots_kiln_disk_image_with_erofs_root() {
-    let Some(root) = boot_root() else {
-        return;
-    };
+    if let Some(root) = boot_root() {
+        boot_disk(&root, false);
+    }
+}
+
+#[test]
+fn kernel_boots_kiln_disk_image_through_dm_verity() {
+    if let Some(root) = boot_root() {
+        if support::require_tool("veritysetup") {
+            boot_disk(&root, true);
+        }
+    }
+}
+
+/// Host files a dynamically linked program needs: itself, its libraries and the loader.
+fn with_libraries(program: &str) -> Vec<PathBuf> {
+    let ldd = Command::new("ldd").arg(program).output().unwrap();
+    let mut out = vec![PathBuf::from(program)];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line.split_whitespace().find(|w| w.starts_with('/'));
+        out.extend(path.map(PathBuf::from));
+    }
+    out
+}
+
+/// Builds a disk with kiln, an initramfs that mounts its erofs root (through dm-verity when
+/// `verity`), and boots them; the root's own init must print the marker.
+fn boot_disk(root: &Path, verity: bool) {
     // The image: busybox and an init that prints a marker; built by kiln with [disk].
     let ws = Workspace::new();
     let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
@@ -159,6 +195,8 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
     let report = support::Kiln::new(&store).build(&recipe, &[]);
     let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
     let disk = report["disk"]["digest"].as_str().unwrap();
+    let root_hash =
+        report["disk"]["annotations"]["dev.kiln.disk.verity.root-hash"].as_str().unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(blob(disk)).unwrap()).unwrap();
     let qcow2 = blob(manifest["layers"][0]["digest"].as_str().unwrap());
@@ -168,7 +206,8 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
     let mut tree = Tree::new();
     put(&mut tree, "/bin/busybox", EntryKind::File(Content::Bytes(busybox.into())), 0o755);
     let mut names = Vec::new();
-    for m in MODULES {
+    let extra: &[&str] = if verity { &VERITY_MODULES } else { &[] };
+    for m in MODULES.iter().chain(extra) {
         let bytes = std::fs::read(modules.path().join(format!("kernel/{m}.ko"))).unwrap();
         let name = m.rsplit('/').next().unwrap();
         put(
@@ -179,6 +218,26 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
         );
         names.push(name);
     }
+    if verity {
+        for file in with_libraries("/usr/sbin/veritysetup") {
+            let bytes = std::fs::read(&file).unwrap();
+            let path = file.to_str().unwrap();
+            put(&mut tree, path, EntryKind::File(Content::Bytes(bytes.into())), 0o755);
+        }
+    }
+    // With verity the root is the dm-verity device over the two partitions, keyed by the
+    // root hash on the kernel command line.
+    let mount_root = if verity {
+        "vdev=$(for u in /sys/class/block/*/uevent; do \
+           $B grep -q '^PARTNAME=root-x86-64-verity$' $u && $B sed -n 's/^DEVNAME=//p' $u; done)\n\
+         rh=$($B sed -n 's/.*roothash=\\([0-9a-f]*\\).*/\\1/p' /proc/cmdline)\n\
+         $B mkdir -p /run /tmp\n\
+         DM_DISABLE_UDEV=1 /usr/sbin/veritysetup open /dev/$dev root /dev/$vdev $rh > /dev/ttyS0 2>&1\n\
+         $B echo \"kiln initramfs: verity root /dev/mapper/root over /dev/$dev and /dev/$vdev\" > /dev/ttyS0\n\
+         $B mount -t erofs -o ro /dev/mapper/root /newroot\n"
+    } else {
+        "$B mount -t erofs -o ro /dev/$dev /newroot\n"
+    };
     let init = format!(
         "#!/bin/busybox sh\nB=/bin/busybox\n$B mkdir -p /dev /proc /sys /newroot\n\
          $B mount -t devtmpfs devtmpfs /dev\n$B mount -t sysfs sysfs /sys\n\
@@ -188,7 +247,7 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
              if $B grep -q '^PARTNAME=root-x86-64$' $u; then dev=$($B sed -n 's/^DEVNAME=//p' $u); fi\n\
            done\n  [ -n \"$dev\" ] && break\n  $B sleep 1\ndone\n\
          $B echo \"kiln initramfs: root-x86-64 is /dev/$dev\" > /dev/ttyS0\n\
-         $B mount -t erofs -o ro /dev/$dev /newroot\n$B umount /sys\n$B umount /dev\n\
+         $B mount -t proc proc /proc\n{mount_root}$B umount /proc\n$B umount /sys\n$B umount /dev\n\
          exec $B switch_root /newroot /sbin/init\n",
         names.join(" ")
     );
@@ -198,10 +257,11 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
     let gz = compress(&Compression::GZIP, 1, &cpio[..], Vec::new()).unwrap();
     let initrd = ws.write("initramfs.cpio.gz", &gz);
 
-    let kernel = kernel(&root);
+    let kernel = kernel(root);
+    let cmdline = format!("console=ttyS0 panic=-1 quiet roothash={root_hash}");
     let drive = format!("file={},format=qcow2,if=virtio,readonly=on", qcow2.display());
     let log = qemu(
-        &root,
+        root,
         &[
             "-kernel",
             kernel.to_str().unwrap(),
@@ -210,10 +270,13 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
             "-drive",
             &drive,
             "-append",
-            "console=ttyS0 panic=-1 quiet",
+            &cmdline,
         ],
         Duration::from_secs(180),
     );
     assert!(log.contains("root-x86-64 is /dev/vda1"), "the partition was not found:\n{log}");
+    if verity {
+        assert!(log.contains("verity root /dev/mapper/root over /dev/vda1 and /dev/vda2"), "{log}");
+    }
     assert!(log.contains(DISK_MARKER), "no marker from the erofs root's init:\n{log}");
 }
