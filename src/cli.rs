@@ -189,13 +189,17 @@ pub struct ExportArgs {
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with = "oci_archive",
-        required_unless_present = "oci_archive"
+        conflicts_with_all = ["oci_archive", "disk"],
+        required_unless_present_any = ["oci_archive", "disk"]
     )]
     pub oci_layout: Option<PathBuf>,
     /// Write an OCI image layout as a tar archive to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "disk")]
     pub oci_archive: Option<PathBuf>,
+    /// Write the image's disk images (from the recipe's [disk] table) into this folder
+    /// (created if missing): disk.raw, disk.qcow2, disk.vhd as built.
+    #[arg(long, value_name = "DIR")]
+    pub disk: Option<PathBuf>,
     /// The tag recorded in the layout [default: the reference's tag, else the image version]
     #[arg(long)]
     pub tag: Option<String>,

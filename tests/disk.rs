@@ -495,6 +495,13 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
         &["verify", erofs_path.to_str().unwrap(), hash_path.to_str().unwrap(), &root_hash],
     );
 
+    // kiln export --disk writes the files under their names.
+    let out = ws.path("exported");
+    kiln.run(&["export", "vm:1", "--disk", out.to_str().unwrap()]).ok();
+    for (i, name) in ["disk.raw", "disk.qcow2", "disk.vhd"].iter().enumerate() {
+        assert!(fs::read(out.join(name)).unwrap() == fs::read(path(i)).unwrap(), "{name}");
+    }
+
     // Another store, another build: the same disk artifact.
     let again = Kiln::new(&ws.store("b")).build(&recipe, &[]);
     assert_eq!(again["disk"]["digest"], report["disk"]["digest"]);
@@ -509,6 +516,12 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
         "[image]\nname = \"esc\"\nversion = \"1\"\n[[layer]]\nname = \"l\"\n\
          inline = [{ dest = \"/etc/.wh...\", content = \"\" }]\n[disk]\nsize = \"8MiB\"\n",
     );
+    let no_disk = ws.write("plain/recipe.toml", "[image]\nname = \"plain\"\nversion = \"1\"\n");
+    kiln.build(&no_disk, &[]);
+    kiln.run(&["export", "plain:1", "--disk", out.to_str().unwrap()])
+        .fails()
+        .stderr_has(&["has no disk images", "[disk]"]);
+
     kiln.run(&["build", escaping.to_str().unwrap()]).fails().stderr_has(&[
         "whiteout /etc/.wh...",
         "\"..\"",

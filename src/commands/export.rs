@@ -1,6 +1,10 @@
 //! `kiln export`: an image as an OCI image layout folder or archive.
 
+use std::path::Path;
+
 use anyhow::Context as _;
+use kiln_builder::disk::artifacts::DISK_ARTIFACT;
+use kiln_oci::{media_type, Descriptor, ImageIndex, ImageManifest};
 use kiln_store::layout;
 use kiln_store::Reference;
 use serde_json::json;
@@ -10,6 +14,9 @@ use crate::cli::ExportArgs;
 
 pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
     let (reference, root) = super::inspect::resolve(ctx, &args.reference)?;
+    if let Some(dir) = &args.disk {
+        return export_disks(ctx, &reference, &root, dir);
+    }
     let tag = match (&args.tag, &reference) {
         (Some(t), _) => {
             t.parse::<kiln_store::Tag>().with_context(|| format!("--tag {t:?}"))?.to_string()
@@ -52,6 +59,65 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
         }))?;
     } else {
         ctx.say(format!("exported {reference} to {kind}:{}:{tag}", target.display()));
+    }
+    Ok(())
+}
+
+/// Writes the files of every disk artifact attached to the image's manifests into `dir`.
+fn export_disks(
+    ctx: &Ctx,
+    reference: &Reference,
+    root: &Descriptor,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let mut manifests = vec![root.digest];
+    if root.media_type == media_type::IMAGE_INDEX {
+        let index: ImageIndex = ctx.runtime.block_on(store.get_json(&root.digest))?;
+        manifests.extend(index.manifests.iter().map(|m| m.digest));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    for subject in manifests {
+        for r in ctx.runtime.block_on(store.referrers(&subject))? {
+            if r.artifact_type.as_deref() != Some(DISK_ARTIFACT) {
+                continue;
+            }
+            let artifact: ImageManifest = ctx.runtime.block_on(store.get_json(&r.digest))?;
+            for layer in &artifact.layers {
+                let title = layer.annotations.get("org.opencontainers.image.title");
+                // Only plain file names: a title never chooses where outside `dir` to write.
+                let name = title.filter(|t| {
+                    !t.is_empty() && !t.contains('/') && t.as_str() != "." && t.as_str() != ".."
+                });
+                let name = name.cloned().unwrap_or_else(|| layer.digest.hex());
+                let target = dir.join(&name);
+                let size = ctx
+                    .runtime
+                    .block_on(store.copy_blob_to(&layer.digest, &target))
+                    .with_context(|| format!("writing {}", target.display()))?;
+                written.push(json!({
+                    "path": target.display().to_string(),
+                    "digest": layer.digest.to_string(),
+                    "mediaType": layer.media_type,
+                    "size": size,
+                }));
+            }
+        }
+    }
+    if written.is_empty() {
+        anyhow::bail!("{reference} has no disk images: build it from a recipe with a [disk] table");
+    }
+    if ctx.json {
+        ctx.print_json(&json!({ "reference": reference.to_string(), "disks": written }))?;
+    } else {
+        for w in &written {
+            ctx.say(format!(
+                "wrote {} {}",
+                w["path"].as_str().unwrap_or_default(),
+                w["digest"].as_str().unwrap_or_default()
+            ));
+        }
     }
     Ok(())
 }
