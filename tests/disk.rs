@@ -502,6 +502,14 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
         assert!(fs::read(out.join(name)).unwrap() == fs::read(path(i)).unwrap(), "{name}");
     }
 
+    // kiln copy carries the disk artifact to another store, where export finds it.
+    let copied = ws.store("copied");
+    let (from, to) = (store.to_str().unwrap(), copied.to_str().unwrap());
+    kiln.run(&["copy", "vm:1", "--from", from, "--to", to]).ok();
+    let out2 = ws.path("exported-from-copy");
+    Kiln::new(&copied).run(&["export", "vm:1", "--disk", out2.to_str().unwrap()]).ok();
+    assert!(fs::read(out2.join("disk.qcow2")).unwrap() == fs::read(path(1)).unwrap());
+
     // Another store, another build: the same disk artifact.
     let again = Kiln::new(&ws.store("b")).build(&recipe, &[]);
     assert_eq!(again["disk"]["digest"], report["disk"]["digest"]);
