@@ -430,7 +430,7 @@ fn disk_recipe(ws: &Workspace, size: &str) -> std::path::PathBuf {
              files = [{{ src = \"app.txt\", dest = \"/usr/bin/app\", mode = 0o4755 }}]\n\
              inline = [{{ dest = \"/etc/.wh.old\", content = \"\" }}]\n\
              symlinks = [{{ dest = \"/bin/sh\", target = \"/usr/bin/app\" }}]\n\n\
-             [disk]\nsize = \"{size}\"\nroot = \"erofs\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\"]\n"
+             [disk]\nsize = \"{size}\"\nroot = \"erofs\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\"]\n"
         ),
     )
 }
@@ -467,7 +467,8 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
         [
             "application/vnd.kiln.disk.raw.v1",
             "application/vnd.kiln.disk.qcow2.v1",
-            "application/vnd.kiln.disk.vhd.v1"
+            "application/vnd.kiln.disk.vhd.v1",
+            "application/vnd.kiln.disk.gce.v1.tar+gzip"
         ]
     );
     let path = |i: usize| blob(layers[i]["digest"].as_str().unwrap());
@@ -476,6 +477,13 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
     assert!(verify.contains("No problems found"), "{verify}");
     sh("qemu-img", &["check", "-f", "qcow2", path(1).to_str().unwrap()]);
     sh("qemu-img", &["info", "-f", "vpc", path(2).to_str().unwrap()]);
+    // GCE: exactly one member, disk.raw, holding the raw disk.
+    let gce = path(3);
+    let members = sh("tar", &["-tzf", gce.to_str().unwrap()]);
+    assert_eq!(members, "disk.raw\n");
+    let unpacked = ws.mkdir("gce");
+    sh("tar", &["-xzf", gce.to_str().unwrap(), "-C", unpacked.to_str().unwrap()]);
+    assert!(fs::read(unpacked.join("disk.raw")).unwrap() == fs::read(&raw).unwrap());
 
     // The partitions: erofs at 1 MiB (fsck accepts it, the whiteout removed /etc/old), then
     // its hash tree, which veritysetup checks against the recorded root hash.

@@ -24,7 +24,8 @@ pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 pub trait BlobSink {
     /// A layer built before from the same key, if its blob is still available.
     fn cached_layer(&mut self, key: &Digest) -> Result<Option<LayerRecord>, SinkError>;
-    /// Stores a freshly written layer blob and remembers it under `key`.
+    /// Stores a freshly written layer blob and remembers it under `key`; the blob's scratch
+    /// file is the sink's to keep, move or delete.
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;
     /// Stores a JSON document (config, manifest, index).
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError>;
@@ -226,7 +227,7 @@ pub fn build(
             return Err(BuildError::DiskPlatform);
         };
         let trees: Vec<Tree> = resolved.iter().map(|l| l.tree.clone()).collect();
-        let out = make_disks(&trees, spec, opts.epoch, &opts.work_dir, subject)?;
+        let out = make_disks(&trees, spec, opts.epoch, opts.threads, &opts.work_dir, subject)?;
         for file in &out.files {
             sink.put_file(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
             // The scratch copy is no longer needed once stored.

@@ -107,6 +107,8 @@ pub enum DiskFormat {
     Raw,
     Qcow2,
     Vhd,
+    /// Google Compute Engine: `disk.raw` alone in a gzip-compressed tar.
+    Gce,
 }
 
 /// Owner and permissions declared for an entry; `None` means "normalise".

@@ -263,7 +263,7 @@ impl Context<'_> {
                 return self.err(
                     e.span(),
                     Problem::Invalid("epoch must be seconds since 1970, ≥ 0".into()),
-                )
+                );
             }
         };
         let platforms = match &raw.image.platforms {
@@ -276,7 +276,7 @@ impl Context<'_> {
                 return self.err(
                     raw.image.name.span(),
                     Problem::Invalid("platforms must list at least one platform".into()),
-                )
+                );
             }
             Some(list) => {
                 let mut out = Vec::new();
@@ -308,7 +308,7 @@ impl Context<'_> {
                         Problem::Invalid(format!(
                             "compression {other:?} is not one of \"gzip\", \"zstd\""
                         )),
-                    )
+                    );
                 }
             },
         };
@@ -340,7 +340,7 @@ impl Context<'_> {
                          that is a multiple of 512",
                         raw.size.get_ref()
                     )),
-                )
+                );
             }
         };
         if let Some(root) = &raw.root {
@@ -360,12 +360,13 @@ impl Context<'_> {
                 "raw" => DiskFormat::Raw,
                 "qcow2" => DiskFormat::Qcow2,
                 "vhd" => DiskFormat::Vhd,
+                "gce" => DiskFormat::Gce,
                 other => {
                     return self.err(
                         f.span(),
                         Problem::Invalid(format!(
-                            "disk format {other:?} is not one of \"raw\", \"qcow2\", \"vhd\""
-                        )),
+                        "disk format {other:?} is not one of \"raw\", \"qcow2\", \"vhd\", \"gce\""
+                    )),
                     )
                 }
             };

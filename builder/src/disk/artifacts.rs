@@ -1,5 +1,5 @@
 //! The `[disk]` outputs of a build: the layers flattened into an erofs root, an optional
-//! dm-verity hash partition, a GPT disk, and that disk as raw, qcow2 and fixed VHD files,
+//! dm-verity hash partition, a GPT disk, and that disk as raw, qcow2, fixed VHD and GCE files,
 //! described by an OCI 1.1 artifact manifest whose subject is the image manifest.
 
 use std::collections::BTreeMap;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest};
 
+use crate::compress::Compression;
 use crate::disk::erofs::{write_erofs, ErofsError};
 use crate::disk::gpt::{derive_guid, write_gpt, GptError, Guid, Partition, PartitionType};
 use crate::disk::qcow2::{write_qcow2, Qcow2Error};
@@ -16,9 +17,11 @@ use crate::disk::verity::{salt_from, write_verity, VerityError};
 use crate::disk::vhd;
 use crate::epoch::Epoch;
 use crate::image::JsonBlob;
+use crate::image_path::{ImagePath, ImagePathError};
+use crate::layer::{write_layer, LayerError};
 use crate::recipe::{DiskFormat, DiskSpec};
 use crate::rootfs::{flatten, RootfsError};
-use crate::tree::Tree;
+use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
 
 /// artifactType of the disk images attached to an image.
 pub const DISK_ARTIFACT: &str = "application/vnd.kiln.disk.v1";
@@ -46,6 +49,12 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
+    #[error("GCE image: {0}")]
+    Gce(#[from] LayerError),
+    #[error("GCE image: {0}")]
+    GceTree(#[from] TreeError),
+    #[error("GCE image: {0}")]
+    GcePath(#[from] ImagePathError),
     #[error("serialising the disk artifact manifest: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -76,7 +85,16 @@ pub fn media_type_of(format: DiskFormat) -> &'static str {
         DiskFormat::Raw => "application/vnd.kiln.disk.raw.v1",
         DiskFormat::Qcow2 => "application/vnd.kiln.disk.qcow2.v1",
         DiskFormat::Vhd => "application/vnd.kiln.disk.vhd.v1",
+        DiskFormat::Gce => "application/vnd.kiln.disk.gce.v1.tar+gzip",
     }
+}
+
+/// The sha256 and size of a file.
+fn hash_file(path: &Path) -> Result<(Digest, u64), DiskError> {
+    let io_err = |source| DiskError::Io { path: path.to_path_buf(), source };
+    let mut reader = HashingReader::new(BufReader::new(File::open(path).map_err(io_err)?));
+    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
+    Ok(reader.finish())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -88,6 +106,7 @@ pub fn make_disks(
     layers: &[Tree],
     spec: &DiskSpec,
     epoch: Epoch,
+    threads: usize,
     work_dir: &Path,
     subject: &Descriptor,
 ) -> Result<DiskOutput, DiskError> {
@@ -178,10 +197,19 @@ pub fn make_disks(
                 out.flush().map_err(io_err(&path))?;
                 path
             }
+            DiskFormat::Gce => {
+                let (digest, size) = hash_file(&raw_path)?;
+                let mut tree = Tree::new();
+                let content = Content::Host { path: raw_path.clone(), size, digest };
+                let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };
+                tree.insert(ImagePath::parse("disk.raw")?, entry)?;
+                let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;
+                let path = work_dir.join("disk.tar.gz");
+                std::fs::rename(&blob.path, &path).map_err(io_err(&path))?;
+                path
+            }
         };
-        let mut reader = HashingReader::new(BufReader::new(open(&path)?));
-        io::copy(&mut reader, &mut io::sink()).map_err(io_err(&path))?;
-        let (digest, size) = reader.finish();
+        let (digest, size) = hash_file(&path)?;
         let mut descriptor = Descriptor::new(media_type_of(*format), digest, size);
         let title = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         descriptor.annotations.insert("org.opencontainers.image.title".into(), title.into());
