@@ -49,7 +49,8 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError> {
-        let outcome = self.runtime.block_on(self.store.put_blob_file(
+        // The scratch file is the builder's to give away: a folder store renames it into place.
+        let outcome = self.runtime.block_on(self.store.adopt_blob_file(
             &layer.path,
             &layer.digest,
             layer.size,

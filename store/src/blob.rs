@@ -158,7 +158,7 @@ impl Store {
     }
 
     /// Copies a completed staging object to its blob key once its size proves it whole.
-    async fn publish(&self, staging: &Key, digest: &Digest, size: u64) -> Result<bool> {
+    pub(crate) async fn publish(&self, staging: &Key, digest: &Digest, size: u64) -> Result<bool> {
         let meta = self.inner.head(staging).await.map_err(backend_err(staging))?;
         if meta.size != size {
             return Err(StoreError::IncompleteUpload {

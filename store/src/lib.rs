@@ -11,6 +11,7 @@
 //! Open one with [`Store::open`] on a folder path, `file:///abs/path`, `memory://`,
 //! `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
 
+mod adopt;
 mod blob;
 mod cache;
 pub mod check;
