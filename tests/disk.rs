@@ -430,7 +430,7 @@ fn disk_recipe(ws: &Workspace, size: &str) -> std::path::PathBuf {
              files = [{{ src = \"app.txt\", dest = \"/usr/bin/app\", mode = 0o4755 }}]\n\
              inline = [{{ dest = \"/etc/.wh.old\", content = \"\" }}]\n\
              symlinks = [{{ dest = \"/bin/sh\", target = \"/usr/bin/app\" }}]\n\n\
-             [disk]\nsize = \"{size}\"\nroot = \"erofs\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\"]\n"
+             [disk]\nsize = \"{size}\"\nroot = \"erofs\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n"
         ),
     )
 }
@@ -468,7 +468,8 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
             "application/vnd.kiln.disk.raw.v1",
             "application/vnd.kiln.disk.qcow2.v1",
             "application/vnd.kiln.disk.vhd.v1",
-            "application/vnd.kiln.disk.gce.v1.tar+gzip"
+            "application/vnd.kiln.disk.gce.v1.tar+gzip",
+            "application/vnd.kiln.initramfs.v1.cpio+gzip"
         ]
     );
     let path = |i: usize| blob(layers[i]["digest"].as_str().unwrap());
@@ -484,6 +485,9 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
     let unpacked = ws.mkdir("gce");
     sh("tar", &["-xzf", gce.to_str().unwrap(), "-C", unpacked.to_str().unwrap()]);
     assert!(fs::read(unpacked.join("disk.raw")).unwrap() == fs::read(&raw).unwrap());
+    // The initramfs holds the flattened root filesystem.
+    let listing = sh("sh", &["-c", &format!("gzip -dc {} | cpio -t --quiet", path(4).display())]);
+    assert_eq!(listing, "bin\nbin/sh\netc\netc/motd\nhome\nhome/u\nusr\nusr/bin\nusr/bin/app\n");
 
     // The partitions: erofs at 1 MiB (fsck accepts it, the whiteout removed /etc/old), then
     // its hash tree, which veritysetup checks against the recorded root hash.

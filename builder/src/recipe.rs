@@ -109,6 +109,8 @@ pub enum DiskFormat {
     Vhd,
     /// Google Compute Engine: `disk.raw` alone in a gzip-compressed tar.
     Gce,
+    /// The root filesystem as a gzip-compressed cpio (newc) initramfs, not a disk.
+    Initramfs,
 }
 
 /// Owner and permissions declared for an entry; `None` means "normalise".

@@ -361,11 +361,12 @@ impl Context<'_> {
                 "qcow2" => DiskFormat::Qcow2,
                 "vhd" => DiskFormat::Vhd,
                 "gce" => DiskFormat::Gce,
+                "initramfs" => DiskFormat::Initramfs,
                 other => {
                     return self.err(
                         f.span(),
                         Problem::Invalid(format!(
-                        "disk format {other:?} is not one of \"raw\", \"qcow2\", \"vhd\", \"gce\""
+                        "disk format {other:?} is not one of \"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\""
                     )),
                     )
                 }

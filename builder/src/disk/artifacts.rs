@@ -1,5 +1,5 @@
 //! The `[disk]` outputs of a build: the layers flattened into an erofs root, an optional
-//! dm-verity hash partition, a GPT disk, and that disk as raw, qcow2, fixed VHD and GCE files,
+//! dm-verity hash partition, a GPT disk, and that disk as raw, qcow2, fixed VHD and GCE files, and an initramfs,
 //! described by an OCI 1.1 artifact manifest whose subject is the image manifest.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest};
 
-use crate::compress::Compression;
+use crate::compress::{compress, Compression, CompressionError};
+use crate::disk::cpio::{write_cpio, CpioError};
 use crate::disk::erofs::{write_erofs, ErofsError};
 use crate::disk::gpt::{derive_guid, write_gpt, GptError, Guid, Partition, PartitionType};
 use crate::disk::qcow2::{write_qcow2, Qcow2Error};
@@ -51,6 +52,10 @@ pub enum DiskError {
     },
     #[error("GCE image: {0}")]
     Gce(#[from] LayerError),
+    #[error("initramfs: {0}")]
+    Cpio(#[from] CpioError),
+    #[error("initramfs: {0}")]
+    Compress(#[from] CompressionError),
     #[error("GCE image: {0}")]
     GceTree(#[from] TreeError),
     #[error("GCE image: {0}")]
@@ -86,6 +91,7 @@ pub fn media_type_of(format: DiskFormat) -> &'static str {
         DiskFormat::Qcow2 => "application/vnd.kiln.disk.qcow2.v1",
         DiskFormat::Vhd => "application/vnd.kiln.disk.vhd.v1",
         DiskFormat::Gce => "application/vnd.kiln.disk.gce.v1.tar+gzip",
+        DiskFormat::Initramfs => "application/vnd.kiln.initramfs.v1.cpio+gzip",
     }
 }
 
@@ -206,6 +212,19 @@ pub fn make_disks(
                 let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;
                 let path = work_dir.join("disk.tar.gz");
                 std::fs::rename(&blob.path, &path).map_err(io_err(&path))?;
+                path
+            }
+            DiskFormat::Initramfs => {
+                let cpio_path = work_dir.join("initramfs.cpio");
+                let mut cpio = BufWriter::new(create(&cpio_path)?);
+                write_cpio(&rootfs, epoch, &mut cpio)?;
+                cpio.flush().map_err(io_err(&cpio_path))?;
+                drop(cpio);
+                let path = work_dir.join("initramfs.cpio.gz");
+                let input = BufReader::new(open(&cpio_path)?);
+                let mut out = compress(&Compression::GZIP, threads, input, create(&path)?)?;
+                out.flush().map_err(io_err(&path))?;
+                let _ = std::fs::remove_file(&cpio_path);
                 path
             }
         };
