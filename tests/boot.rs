@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
-//! It boots: a Debian kernel under qemu (software emulation) runs kiln's initramfs, whose
-//! init prints a marker on the serial console and powers off.
+//! It boots: a Debian kernel under qemu (software emulation) runs the initramfs `kiln build`
+//! made, whose init prints a marker on the serial console and powers off; and it boots
+//! kiln's qcow2 disk (erofs root, plain or through dm-verity) with a kiln cpio initramfs.
 //!
 //! The tools are not installed system-wide (installing qemu-system-x86 here would replace
 //! qemu-img): `ci/boot-deps DIR` downloads qemu, seabios, a kernel and busybox-static and
@@ -90,20 +91,28 @@ fn kernel_boots_kiln_initramfs() {
     let Some(root) = boot_root() else {
         return;
     };
-    let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
-    let mut tree = Tree::new();
-    put(&mut tree, "/bin/busybox", EntryKind::File(Content::Bytes(busybox.into())), 0o755);
-    let init = format!(
-        "#!/bin/busybox sh\n/bin/busybox mkdir -p /dev\n\
-         /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
-         /bin/busybox echo {MARKER} > /dev/ttyS0\n/bin/busybox poweroff -f\n"
-    );
-    put(&mut tree, "/init", EntryKind::File(Content::Bytes(init.into_bytes().into())), 0o755);
-    let mut cpio = Vec::new();
-    write_cpio(&tree, Epoch(0), &mut cpio).unwrap();
-    let gz = compress(&Compression::GZIP, 1, &cpio[..], Vec::new()).unwrap();
+    // The initramfs is a `kiln build` output: [disk] formats = ["initramfs"].
     let ws = Workspace::new();
-    let initrd = ws.write("initramfs.cpio.gz", &gz);
+    ws.write("recipe/busybox", std::fs::read(root.join("bin/busybox")).unwrap());
+    let recipe = ws.write(
+        "recipe/recipe.toml",
+        format!(
+            "[image]\nname = \"initrd\"\nversion = \"1\"\n\n[[layer]]\nname = \"root\"\n\
+             files = [{{ src = \"busybox\", dest = \"/bin/busybox\", mode = 0o755 }}]\n\
+             dirs = [{{ dest = \"/dev\" }}]\n\
+             inline = [{{ dest = \"/init\", mode = 0o755, content = \"\"\"#!/bin/busybox sh\n\
+             /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+             /bin/busybox echo {MARKER} > /dev/ttyS0\n/bin/busybox poweroff -f\n\"\"\" }}]\n\n\
+             [disk]\nsize = \"8MiB\"\nformats = [\"initramfs\"]\n"
+        ),
+    );
+    let store = ws.store("store");
+    let report = support::Kiln::new(&store).build(&recipe, &[]);
+    let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let disk = report["disk"]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(disk)).unwrap()).unwrap();
+    let initrd = blob(manifest["layers"][0]["digest"].as_str().unwrap());
 
     let kernel = kernel(&root);
     let log = qemu(
