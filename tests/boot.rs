@@ -155,7 +155,7 @@ const VERITY_MODULES: [&str; 4] = [
 #[test]
 fn kernel_boots_kiln_disk_image_with_erofs_root() {
     if let Some(root) = boot_root() {
-        boot_disk(&root, false);
+        boot_disk(&root, false, false);
     }
 }
 
@@ -163,7 +163,16 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
 fn kernel_boots_kiln_disk_image_through_dm_verity() {
     if let Some(root) = boot_root() {
         if support::require_tool("veritysetup") {
-            boot_disk(&root, true);
+            boot_disk(&root, true, false);
+        }
+    }
+}
+
+#[test]
+fn dm_verity_stops_a_corrupted_root() {
+    if let Some(root) = boot_root() {
+        if support::require_tool("veritysetup") {
+            boot_disk(&root, true, true);
         }
     }
 }
@@ -180,11 +189,13 @@ fn with_libraries(program: &str) -> Vec<PathBuf> {
 }
 
 /// Builds a disk with kiln, an initramfs that mounts its erofs root (through dm-verity when
-/// `verity`), and boots them; the root's own init must print the marker.
-fn boot_disk(root: &Path, verity: bool) {
+/// `verity`), and boots them; the root's own init must print the marker. With `corrupt`, one
+/// byte of busybox on the raw disk is flipped first, and dm-verity must refuse it instead.
+fn boot_disk(root: &Path, verity: bool, corrupt: bool) {
     // The image: busybox and an init that prints a marker; built by kiln with [disk].
     let ws = Workspace::new();
     let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
+    let busybox_head = busybox[..64].to_vec();
     ws.write("recipe/busybox", &busybox);
     let recipe = ws.write(
         "recipe/recipe.toml",
@@ -197,7 +208,7 @@ fn boot_disk(root: &Path, verity: bool) {
              /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
              /bin/busybox echo {DISK_MARKER} from $(/bin/busybox cat /proc/cmdline 2>/dev/null) > /dev/ttyS0\n\
              /bin/busybox poweroff -f\n\"\"\" }}]\n\n\
-             [disk]\nsize = \"16MiB\"\nverity = true\nformats = [\"qcow2\"]\n"
+             [disk]\nsize = \"16MiB\"\nverity = true\nformats = [\"qcow2\", \"raw\"]\n"
         ),
     );
     let store = ws.store("store");
@@ -266,9 +277,18 @@ fn boot_disk(root: &Path, verity: bool) {
     let gz = compress(&Compression::GZIP, 1, &cpio[..], Vec::new()).unwrap();
     let initrd = ws.write("initramfs.cpio.gz", &gz);
 
+    let mut disk_image = (qcow2, "qcow2");
+    if corrupt {
+        let mut raw =
+            std::fs::read(blob(manifest["layers"][1]["digest"].as_str().unwrap())).unwrap();
+        let at = raw.windows(64).position(|w| w == &busybox_head[..]).expect("busybox on the disk");
+        raw[at + 100] ^= 0xff;
+        disk_image = (ws.write("corrupt.raw", &raw), "raw");
+    }
     let kernel = kernel(root);
     let cmdline = format!("console=ttyS0 panic=-1 quiet roothash={root_hash}");
-    let drive = format!("file={},format=qcow2,if=virtio,readonly=on", qcow2.display());
+    let drive =
+        format!("file={},format={},if=virtio,readonly=on", disk_image.0.display(), disk_image.1);
     let log = qemu(
         root,
         &[
@@ -284,6 +304,11 @@ fn boot_disk(root: &Path, verity: bool) {
         Duration::from_secs(180),
     );
     assert!(log.contains("root-x86-64 is /dev/vda1"), "the partition was not found:\n{log}");
+    if corrupt {
+        assert!(log.contains("verity") && log.contains("is corrupted"), "{log}");
+        assert!(!log.contains(DISK_MARKER), "a corrupted root booted:\n{log}");
+        return;
+    }
     if verity {
         assert!(log.contains("verity root /dev/mapper/root over /dev/vda1 and /dev/vda2"), "{log}");
     }
