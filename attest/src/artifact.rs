@@ -9,8 +9,6 @@ use kiln_store::Store;
 
 use crate::AttestError;
 
-/// The empty JSON object every artifact manifest uses as its config.
-pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// artifactType of a cosign signature.
 pub const SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// Media type of the simple-signing payload layer.
@@ -51,7 +49,8 @@ pub async fn attach(
     parts: Vec<Part>,
     annotations: BTreeMap<String, String>,
 ) -> Result<Descriptor, AttestError> {
-    let empty = store.put_blob(Bytes::from_static(b"{}")).await?;
+    // The manifest's config is the empty blob; it must be stored like any other.
+    store.put_blob(Bytes::from_static(kiln_oci::image::EMPTY_JSON)).await?;
     let mut layers = Vec::with_capacity(parts.len());
     for part in parts {
         let put = store.put_blob(Bytes::from(part.bytes)).await?;
@@ -59,18 +58,7 @@ pub async fn attach(
         desc.annotations = part.annotations;
         layers.push(desc);
     }
-    let mut subject = subject.clone();
-    subject.annotations.clear();
-    subject.artifact_type = None;
-    let manifest = ImageManifest {
-        schema_version: 2,
-        media_type: media_type::IMAGE_MANIFEST.to_string(),
-        artifact_type: Some(artifact_type.to_string()),
-        config: Descriptor::new(EMPTY_MEDIA_TYPE, empty.digest, empty.size),
-        layers,
-        subject: Some(subject.clone()),
-        annotations: annotations.clone(),
-    };
+    let manifest = ImageManifest::artifact(artifact_type, layers, subject, annotations.clone());
     let bytes = to_canonical_json(&manifest)?;
     let put = store.put_blob(Bytes::from(bytes)).await?;
     let mut desc = Descriptor::new(media_type::IMAGE_MANIFEST, put.digest, put.size);

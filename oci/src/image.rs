@@ -25,6 +25,38 @@ pub struct ImageManifest {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl ImageManifest {
+    /// An OCI 1.1 artifact manifest of `artifact_type` whose `layers` refer to `subject`.
+    /// The config is the empty descriptor; the subject loses the annotations and artifact
+    /// type it may carry in listings, so the same subject always gives the same bytes.
+    pub fn artifact(
+        artifact_type: &str,
+        layers: Vec<Descriptor>,
+        subject: &Descriptor,
+        annotations: BTreeMap<String, String>,
+    ) -> ImageManifest {
+        let mut subject = subject.clone();
+        subject.annotations.clear();
+        subject.artifact_type = None;
+        ImageManifest {
+            schema_version: 2,
+            media_type: crate::media_type::IMAGE_MANIFEST.to_string(),
+            artifact_type: Some(artifact_type.to_string()),
+            config: Descriptor::new(
+                crate::media_type::EMPTY,
+                Digest::of(EMPTY_JSON),
+                EMPTY_JSON.len() as u64,
+            ),
+            layers,
+            subject: Some(subject),
+            annotations,
+        }
+    }
+}
+
+/// The bytes of the empty config blob an artifact manifest points at.
+pub const EMPTY_JSON: &[u8] = b"{}";
+
 /// An image index: one manifest per platform.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

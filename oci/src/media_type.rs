@@ -12,3 +12,5 @@ pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// zstd-compressed layer tarball.
 pub const LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// The empty JSON object `{}` used as the config of an artifact manifest (OCI 1.1).
+pub const EMPTY: &str = "application/vnd.oci.empty.v1+json";

@@ -27,7 +27,6 @@ use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
 /// artifactType of the disk images attached to an image.
 pub const DISK_ARTIFACT: &str = "application/vnd.kiln.disk.v1";
 /// Media type of the empty config of an artifact manifest.
-const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// Annotation carrying the dm-verity root hash (hex) on the artifact manifest.
 pub const ROOT_HASH_ANNOTATION: &str = "dev.kiln.disk.verity.root-hash";
 
@@ -242,25 +241,19 @@ pub fn make_disks(
     }
 
     let empty_config = JsonBlob {
-        descriptor: Descriptor::new(EMPTY_MEDIA_TYPE, Digest::of(b"{}"), 2),
-        bytes: b"{}".to_vec(),
+        descriptor: Descriptor::new(
+            media_type::EMPTY,
+            Digest::of(kiln_oci::image::EMPTY_JSON),
+            kiln_oci::image::EMPTY_JSON.len() as u64,
+        ),
+        bytes: kiln_oci::image::EMPTY_JSON.to_vec(),
     };
     let mut annotations = BTreeMap::new();
     if let Some(v) = &verity {
         annotations.insert(ROOT_HASH_ANNOTATION.to_string(), hex(&v.root_hash));
     }
-    let mut subject = subject.clone();
-    subject.annotations.clear();
-    subject.artifact_type = None;
-    let manifest = ImageManifest {
-        schema_version: 2,
-        media_type: media_type::IMAGE_MANIFEST.to_string(),
-        artifact_type: Some(DISK_ARTIFACT.to_string()),
-        config: empty_config.descriptor.clone(),
-        layers: files.iter().map(|f| f.descriptor.clone()).collect(),
-        subject: Some(subject),
-        annotations: annotations.clone(),
-    };
+    let layers = files.iter().map(|f| f.descriptor.clone()).collect();
+    let manifest = ImageManifest::artifact(DISK_ARTIFACT, layers, subject, annotations.clone());
     let bytes = kiln_oci::to_canonical_json(&manifest)?;
     let mut descriptor =
         Descriptor::new(media_type::IMAGE_MANIFEST, Digest::of(&bytes), bytes.len() as u64);
