@@ -10,6 +10,7 @@ pub mod compress;
 pub mod disk;
 pub mod epoch;
 pub mod hash_cache;
+pub mod host_file;
 pub mod image;
 pub mod image_path;
 pub mod inputs;

@@ -5,12 +5,9 @@
 //! id beyond seven octal digits, or declared xattrs (`SCHILY.xattr.<name>`). Every entry
 //! has mtime = the epoch, numeric ids, empty user and group names and its declared mode.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
 
-use kiln_oci::{Digest, Sha256};
-
+use crate::host_file::{self, HostFileError, StreamError};
 use crate::image_path::ImagePath;
 use crate::tree::{Content, Entry, EntryKind, Tree};
 
@@ -25,8 +22,6 @@ const ID_MAX: u64 = octal_max(8);
 const SIZE_MAX: u64 = octal_max(12);
 /// Directory part of the name of every PAX extended header.
 const PAX_DIR: &str = "PaxHeaders/";
-/// Bytes read from a host file at a time.
-const READ_BUF: usize = 256 * 1024;
 
 /// Why a tar stream could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +30,12 @@ pub enum TarError {
     Epoch(i64),
     #[error("{entry}: xattr name {name:?} cannot be written as a PAX record (it holds '=', NUL or newline, or is empty)")]
     XattrName { entry: ImagePath, name: String },
-    #[error("{entry}: reading host file {}", host.display())]
-    Read {
+    #[error("{entry}: {source}")]
+    Host {
         entry: ImagePath,
-        host: PathBuf,
         #[source]
-        source: io::Error,
+        source: HostFileError,
     },
-    #[error("{entry}: host file {} is not a regular file (symlinks are never followed)", host.display())]
-    NotRegular { entry: ImagePath, host: PathBuf },
-    #[error("{entry}: host file {} has {found} bytes, but had {expected} when it was hashed; the input changed, hash it again", host.display())]
-    Shorter { entry: ImagePath, host: PathBuf, expected: u64, found: u64 },
-    #[error("{entry}: host file {} has grown past the {expected} bytes it had when it was hashed; the input changed, hash it again", host.display())]
-    Longer { entry: ImagePath, host: PathBuf, expected: u64 },
-    #[error("{entry}: host file {} now hashes to {found}, but was {expected} when it was hashed; the input changed, hash it again", host.display())]
-    ContentChanged { entry: ImagePath, host: PathBuf, expected: Digest, found: Digest },
     #[error("writing the tar stream")]
     Write(#[source] io::Error),
 }
@@ -134,7 +120,12 @@ fn write_entry<W: Write>(
         match content {
             Content::Bytes(bytes) => write_padded(out, bytes)?,
             Content::Host { path: host, size, digest } => {
-                copy_host_file(out, path, host, *size, digest)?;
+                host_file::stream(host, *size, digest, |bytes| out.write_all(bytes)).map_err(
+                    |e| match e {
+                        StreamError::Host(source) => TarError::Host { entry: path.clone(), source },
+                        StreamError::Sink(e) => TarError::Write(e),
+                    },
+                )?;
                 write_padding(out, *size)?;
             }
         }
@@ -163,85 +154,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Streams exactly `size` bytes of a host file, refusing a file whose size or sha256
-/// differ from those recorded when it was hashed.
-fn copy_host_file<W: Write>(
-    out: &mut W,
-    entry: &ImagePath,
-    host: &Path,
-    size: u64,
-    digest: &Digest,
-) -> Result<(), TarError> {
-    let read_err = |source: io::Error| TarError::Read {
-        entry: entry.clone(),
-        host: host.to_path_buf(),
-        source,
-    };
-    let not_regular = || TarError::NotRegular { entry: entry.clone(), host: host.to_path_buf() };
-    let linked = std::fs::symlink_metadata(host).map_err(read_err)?;
-    if !linked.file_type().is_file() {
-        return Err(not_regular());
-    }
-    let mut file = File::open(host).map_err(read_err)?;
-    let opened = file.metadata().map_err(read_err)?;
-    {
-        // The path must still name the file that lstat saw (no symlink swapped in).
-        use std::os::unix::fs::MetadataExt;
-        if !opened.file_type().is_file()
-            || opened.dev() != linked.dev()
-            || opened.ino() != linked.ino()
-        {
-            return Err(not_regular());
-        }
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; READ_BUF];
-    let mut done: u64 = 0;
-    while done < size {
-        let want = usize::try_from(size - done).unwrap_or(usize::MAX).min(buf.len());
-        let n = match file.read(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(TarError::Shorter {
-                    entry: entry.clone(),
-                    host: host.to_path_buf(),
-                    expected: size,
-                    found: done,
-                })
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(TarError::Write)?;
-        done += n as u64;
-    }
-    loop {
-        match file.read(&mut buf[..1]) {
-            Ok(0) => break,
-            Ok(_) => {
-                return Err(TarError::Longer {
-                    entry: entry.clone(),
-                    host: host.to_path_buf(),
-                    expected: size,
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
-        }
-    }
-    let found = hasher.finish();
-    if found != *digest {
-        return Err(TarError::ContentChanged {
-            entry: entry.clone(),
-            host: host.to_path_buf(),
-            expected: *digest,
-            found,
-        });
-    }
-    Ok(())
 }
 
 fn write_padded<W: Write>(out: &mut W, bytes: &[u8]) -> Result<(), TarError> {

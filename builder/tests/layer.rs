@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use kiln_builder::compress::{compress, Compression, GZIP_CHUNK};
+use kiln_builder::host_file::HostFileError;
 use kiln_builder::tar::{write_tar, TarError};
 use kiln_builder::{write_layer, Content, Entry, EntryKind, ImagePath, LayerError, Meta, Tree};
 use kiln_oci::Digest;
@@ -448,7 +449,10 @@ fn host_files_are_streamed_and_checked() {
 
     std::fs::write(&host, &original[..1000]).unwrap();
     match write(&tree) {
-        Err(LayerError::Tar(TarError::Shorter { host: h, expected, found, .. })) => {
+        Err(LayerError::Tar(TarError::Host {
+            source: HostFileError::Shorter { host: h, expected, found },
+            ..
+        })) => {
             assert_eq!((h.as_path(), expected, found), (host.as_path(), 700_000, 1000));
         }
         other => panic!("{other:?}"),
@@ -457,7 +461,12 @@ fn host_files_are_streamed_and_checked() {
     longer.push(b'!');
     std::fs::write(&host, &longer).unwrap();
     match write(&tree) {
-        Err(LayerError::Tar(TarError::Longer { host: h, .. })) => assert_eq!(h, host),
+        Err(LayerError::Tar(TarError::Host {
+            source: HostFileError::Longer { host: h, .. },
+            ..
+        })) => {
+            assert_eq!(h, host)
+        }
         other => panic!("{other:?}"),
     }
     let mut changed = original.clone();
@@ -465,7 +474,10 @@ fn host_files_are_streamed_and_checked() {
     std::fs::write(&host, &changed).unwrap();
     let err = write(&tree).unwrap_err();
     match &err {
-        LayerError::Tar(TarError::ContentChanged { host: h, expected, found, .. }) => {
+        LayerError::Tar(TarError::Host {
+            source: HostFileError::Changed { host: h, expected, found },
+            ..
+        }) => {
             assert_eq!(h, &host);
             assert_eq!(*expected, Digest::of(&original));
             assert_eq!(*found, Digest::of(&changed));
@@ -478,7 +490,10 @@ fn host_files_are_streamed_and_checked() {
     std::fs::remove_file(&host).unwrap();
     std::os::unix::fs::symlink(dir.path().join("elsewhere"), &host).unwrap();
     std::fs::write(dir.path().join("elsewhere"), &original).unwrap();
-    assert!(matches!(write(&tree), Err(LayerError::Tar(TarError::NotRegular { .. }))));
+    assert!(matches!(
+        write(&tree),
+        Err(LayerError::Tar(TarError::Host { source: HostFileError::NotRegular { .. }, .. }))
+    ));
     // Failed layers leave nothing behind except the one that succeeded.
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
 }

@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use kiln_oci::{Digest, HashingReader};
+use kiln_oci::Digest;
 
 use crate::epoch::Epoch;
+use crate::host_file::{self, HostFileError, StreamError};
 use crate::image_path::ImagePath;
 use crate::tree::{Content, EntryKind, Tree};
 
@@ -25,15 +26,12 @@ pub enum CpioError {
     TooLarge { path: ImagePath, size: u64 },
     #[error("the epoch {0} does not fit cpio's 32-bit mtime")]
     Epoch(i64),
-    #[error("reading {host} for {path}: {source}")]
-    Read {
+    #[error("{path}: {source}")]
+    Host {
         path: ImagePath,
-        host: PathBuf,
         #[source]
-        source: io::Error,
+        source: HostFileError,
     },
-    #[error("{host} (for {path}) changed since it was hashed; rebuild to pick up the new content")]
-    Changed { path: ImagePath, host: PathBuf },
     #[error("writing the cpio archive: {0}")]
     Write(#[source] io::Error),
 }
@@ -139,15 +137,13 @@ fn copy_host<W: Write>(
     size: u64,
     digest: &Digest,
 ) -> Result<(), CpioError> {
-    let read_err =
-        |source| CpioError::Read { path: path.clone(), host: host.to_path_buf(), source };
-    let file = std::fs::File::open(host).map_err(read_err)?;
-    let mut reader = HashingReader::new(io::Read::take(file, size + 1));
-    let copied = io::copy(&mut reader, &mut out.inner).map_err(read_err)?;
-    out.len += copied;
-    let (found, _) = reader.finish();
-    if copied != size || found != *digest {
-        return Err(CpioError::Changed { path: path.clone(), host: host.to_path_buf() });
-    }
-    Ok(())
+    host_file::stream(host, size, digest, |bytes| {
+        out.inner.write_all(bytes)?;
+        out.len += bytes.len() as u64;
+        Ok(())
+    })
+    .map_err(|e| match e {
+        StreamError::Host(source) => CpioError::Host { path: path.clone(), source },
+        StreamError::Sink(e) => CpioError::Write(e),
+    })
 }

@@ -9,12 +9,12 @@
 //! sha256 of the image bytes, so equal trees give equal images.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::{self, Seek, SeekFrom, Write};
 
 use kiln_oci::digest::Sha256;
 
 use crate::epoch::Epoch;
+use crate::host_file::{self, HostFileError, StreamError};
 use crate::image_path::ImagePath;
 use crate::tree::{Content, EntryKind, Tree};
 
@@ -50,15 +50,12 @@ pub enum ErofsError {
     NegativeEpoch(i64),
     #[error("the filesystem needs {blocks} blocks of 4 KiB, more than erofs addresses (2^32)")]
     TooLarge { blocks: u64 },
-    #[error("reading {host} for {path}: {source}")]
-    Read {
+    #[error("{path}: {source}")]
+    Host {
         path: ImagePath,
-        host: PathBuf,
         #[source]
-        source: io::Error,
+        source: HostFileError,
     },
-    #[error("{host} (for {path}) changed since it was hashed; rebuild to pick up the new content")]
-    Changed { path: ImagePath, host: PathBuf },
     #[error("writing the erofs image: {0}")]
     Write(#[source] io::Error),
 }
@@ -523,30 +520,18 @@ fn copy_host(
     digest: &kiln_oci::Digest,
     range: std::ops::Range<u64>,
 ) -> Result<(), ErofsError> {
-    let read_err =
-        |source| ErofsError::Read { path: path.clone(), host: host.to_path_buf(), source };
-    let mut file = std::fs::File::open(host).map_err(read_err)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
     let mut done = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        let (lo, hi) = (done, done + n as u64);
+    host_file::stream(host, size, digest, |buf| {
+        let (lo, hi) = (done, done + buf.len() as u64);
+        done = hi;
         let (from, to) = (range.start.clamp(lo, hi), range.end.clamp(lo, hi));
         if from < to {
             sink.write(&buf[(from - lo) as usize..(to - lo) as usize])?;
         }
-        done = hi;
-        if done > size {
-            break;
-        }
-    }
-    if done != size || hasher.finish() != *digest {
-        return Err(ErofsError::Changed { path: path.clone(), host: host.to_path_buf() });
-    }
-    Ok(())
+        Ok(())
+    })
+    .map_err(|e| match e {
+        StreamError::Host(source) => ErofsError::Host { path: path.clone(), source },
+        StreamError::Sink(e) => e,
+    })
 }
