@@ -3,7 +3,9 @@
 pub mod artifacts;
 pub mod cpio;
 pub mod erofs;
+pub mod fat;
 pub mod gpt;
 pub mod qcow2;
+pub mod squashfs;
 pub mod verity;
 pub mod vhd;

@@ -1,0 +1,803 @@
+//! A FAT filesystem for the EFI System Partition, written from a [`Tree`] without tools or root.
+//!
+//! Type and cluster size follow the Microsoft FAT specification (fatgen103): FAT32 whenever the
+//! volume can hold the 65525 clusters FAT32 needs (over 66600 sectors, about 33 MiB), with its
+//! size table (512-byte clusters up to 260 MiB, 4 KiB up to 8 GiB, then 8, 16 and 32 KiB), as
+//! UEFI asks ESPs to be FAT32 and mkfs.fat picks the same clusters; below that FAT16 with 1 or
+//! 2 KiB clusters, and FAT12 for volumes under 4.1 MiB. The type is then the one the cluster
+//! count implies, as every reader decides it.
+//!
+//! Layout: reserved sectors (boot sector; for FAT32 also FSInfo at 1 and their backups at 6 and
+//! 7), two FATs, the fixed root directory (FAT12/16), then clusters allocated contiguously in
+//! path order (the FAT32 root first), so the image is written front to back in one pass. The
+//! data area starts on a cluster-size boundary. Names get VFAT long entries unless they are
+//! upper-case 8.3 names already; short names are ASCII, with `~N` tails given in name order.
+//! Every timestamp is the epoch (clamped into 1980..2107), and the volume id is the caller's.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Write};
+
+use crate::epoch::Epoch;
+use crate::host_file::{self, HostFileError, StreamError};
+use crate::image_path::ImagePath;
+use crate::tree::{Content, Entry, EntryKind, Tree};
+
+const SECTOR: u64 = 512;
+const MEDIA: u8 = 0xF8;
+const FAT12_MAX_CLUSTERS: u64 = 4084;
+const FAT16_MAX_CLUSTERS: u64 = 65524;
+/// Smallest volume accepted: room for a FAT12 layout with some clusters.
+const MIN_SECTORS: u64 = 128;
+/// Directories hold at most 65536 entries of 32 bytes (the spec's 2 MiB limit).
+const MAX_DIR_ENTRIES: u64 = 65536;
+/// Root directory entries on FAT12/16 unless the root needs more.
+const ROOT_ENTRIES: u64 = 512;
+const DIRENT: usize = 32;
+const LFN_UNITS: usize = 13;
+const ATTR_DIR: u8 = 0x10;
+const ATTR_ARCHIVE: u8 = 0x20;
+const ATTR_VOLUME_ID: u8 = 0x08;
+const ATTR_LFN: u8 = 0x0F;
+const LFN_LAST: u8 = 0x40;
+/// Punctuation allowed in short names besides A-Z and 0-9.
+const SHORT_PUNCT: &str = "$%'-_@~`!(){}^#&";
+/// Seconds since 1970 of 1980-01-01T00:00:00Z and 2107-12-31T23:59:58Z, FAT's time range.
+const FAT_EPOCH_MIN: i64 = 315_532_800;
+const FAT_EPOCH_MAX: i64 = 4_354_819_198;
+const ZEROS: [u8; 65536] = [0; 65536];
+
+/// Why an ESP image could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FatError {
+    #[error("{path} is a {kind}; the ESP holds only directories and regular files")]
+    Unsupported { path: ImagePath, kind: &'static str },
+    #[error("{path} is {size} bytes; FAT stores at most 4 GiB - 1 per file")]
+    FileTooLarge { path: ImagePath, size: u64 },
+    #[error("{path}: FAT cannot hold this name: {why}")]
+    BadName { path: ImagePath, why: String },
+    #[error("{path} and {other} differ only in case, which FAT treats as one name")]
+    CaseClash { path: ImagePath, other: ImagePath },
+    #[error("directory /{path} needs {entries} directory entries; FAT allows {max}")]
+    DirTooLarge { path: ImagePath, entries: u64, max: u64 },
+    #[error("volume label {label:?}: {why}")]
+    BadLabel { label: String, why: &'static str },
+    #[error(
+        "the ESP size {size} bytes is not a FAT volume size: it must be a multiple of 512 \
+         between 64 KiB and 2 TiB"
+    )]
+    BadSize { size: u64 },
+    #[error("the ESP content needs {needed} bytes, the ESP has {size}")]
+    NoSpace { needed: u64, size: u64 },
+    #[error("{path}: {source}")]
+    Host {
+        path: ImagePath,
+        #[source]
+        source: HostFileError,
+    },
+    #[error("writing the FAT image: {0}")]
+    Write(#[source] io::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FatType {
+    Fat12,
+    Fat16,
+    Fat32,
+}
+
+impl FatType {
+    fn bits(self) -> u64 {
+        match self {
+            FatType::Fat12 => 12,
+            FatType::Fat16 => 16,
+            FatType::Fat32 => 32,
+        }
+    }
+
+    /// The end-of-chain mark, also stored in FAT entry 1 (with the clean-shutdown bits set).
+    fn eoc(self) -> u32 {
+        match self {
+            FatType::Fat12 => 0xFFF,
+            FatType::Fat16 => 0xFFFF,
+            FatType::Fat32 => 0x0FFF_FFFF,
+        }
+    }
+}
+
+/// Where everything lies, in sectors.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    fat_type: FatType,
+    total: u64,
+    per_cluster: u64,
+    reserved: u64,
+    fat_sectors: u64,
+    /// Fixed root directory entries (0 on FAT32).
+    root_entries: u64,
+    clusters: u64,
+}
+
+impl Geometry {
+    fn cluster_bytes(&self) -> u64 {
+        self.per_cluster * SECTOR
+    }
+
+    fn root_sectors(&self) -> u64 {
+        self.root_entries * DIRENT as u64 / SECTOR
+    }
+
+    fn data_start(&self) -> u64 {
+        self.reserved + 2 * self.fat_sectors + self.root_sectors()
+    }
+}
+
+/// Sectors per cluster for FAT32 by volume sectors (fatgen103's table); `None` below FAT32.
+fn fat32_per_cluster(total: u64) -> Option<u64> {
+    match total {
+        ..=66_600 => None,
+        ..=532_480 => Some(1),
+        ..=16_777_216 => Some(8),
+        ..=33_554_432 => Some(16),
+        ..=67_108_864 => Some(32),
+        _ => Some(64),
+    }
+}
+
+/// Sectors per cluster for FAT16 by volume sectors (fatgen103's table); `None` outside it.
+fn fat16_per_cluster(total: u64) -> Option<u64> {
+    match total {
+        ..=8_400 => None,
+        ..=32_680 => Some(2),
+        ..=262_144 => Some(4),
+        ..=524_288 => Some(8),
+        ..=1_048_576 => Some(16),
+        ..=2_097_152 => Some(32),
+        ..=4_194_304 => Some(64),
+        _ => None,
+    }
+}
+
+/// The smallest FAT that covers the clusters it leaves room for, with the data area aligned
+/// to the cluster size (the reserved area grows to pad).
+fn layout(fat_type: FatType, total: u64, per_cluster: u64, root_entries: u64) -> Geometry {
+    let base_reserved = if fat_type == FatType::Fat32 { 32 } else { 1 };
+    let root_sectors = root_entries * DIRENT as u64 / SECTOR;
+    let mut fat_sectors = 1;
+    loop {
+        let data_start =
+            (base_reserved + 2 * fat_sectors + root_sectors).next_multiple_of(per_cluster);
+        let clusters = total.saturating_sub(data_start) / per_cluster;
+        // Both FATs shrink the data area, so this only grows until it covers what is left.
+        let need = ((clusters + 2) * fat_type.bits()).div_ceil(8).div_ceil(SECTOR);
+        if need <= fat_sectors {
+            return Geometry {
+                fat_type,
+                total,
+                per_cluster,
+                reserved: data_start - 2 * fat_sectors - root_sectors,
+                fat_sectors,
+                root_entries,
+                clusters,
+            };
+        }
+        fat_sectors = need;
+    }
+}
+
+/// Picks the FAT type and cluster size for `total` sectors and a root of `root_slots` entries.
+fn choose_geometry(size: u64, root_slots: u64) -> Result<Geometry, FatError> {
+    let total = size / SECTOR;
+    if size % SECTOR != 0 || total < MIN_SECTORS || total > u64::from(u32::MAX) {
+        return Err(FatError::BadSize { size });
+    }
+    if let Some(per_cluster) = fat32_per_cluster(total) {
+        let g = layout(FatType::Fat32, total, per_cluster, 0);
+        if g.clusters > FAT16_MAX_CLUSTERS {
+            return Ok(g);
+        }
+    }
+    let root_entries = ROOT_ENTRIES.max(root_slots.next_multiple_of(SECTOR / DIRENT as u64));
+    if let Some(per_cluster) = fat16_per_cluster(total) {
+        let g = layout(FatType::Fat16, total, per_cluster, root_entries);
+        if (FAT12_MAX_CLUSTERS + 1..=FAT16_MAX_CLUSTERS).contains(&g.clusters) {
+            return Ok(g);
+        }
+    }
+    (0..=6)
+        .map(|shift| layout(FatType::Fat12, total, 1 << shift, root_entries))
+        .find(|g| g.clusters <= FAT12_MAX_CLUSTERS)
+        .ok_or(FatError::BadSize { size })
+}
+
+/// One directory or file of the ESP.
+struct Node<'a> {
+    path: ImagePath,
+    /// `None` for directories.
+    content: Option<&'a Content>,
+    parent: usize,
+    children: Vec<usize>,
+    /// The name as UTF-16, stored in long entries when `long` is set.
+    units: Vec<u16>,
+    long: bool,
+    short: [u8; 11],
+    /// Content bytes, or directory entries × 32.
+    size: u64,
+    first: u64,
+    clusters: u64,
+}
+
+/// Writes `tree` as a FAT filesystem of `size` bytes to `out`.
+///
+/// `tree` holds only directories and regular files (hard links count as copies), paths relative
+/// to the ESP root; `size` is the partition size in bytes (multiple of 512).
+pub fn write_fat<W: Write>(
+    tree: &Tree,
+    size: u64,
+    epoch: Epoch,
+    volume_id: u32,
+    label: &str,
+    out: &mut W,
+) -> Result<(), FatError> {
+    let label = label_bytes(label)?;
+    let mut nodes = collect(tree)?;
+    for dir in 0..nodes.len() {
+        if nodes[dir].content.is_none() {
+            name_children(&mut nodes, dir)?;
+        }
+    }
+    for dir in 0..nodes.len() {
+        if nodes[dir].content.is_none() {
+            let fixed = if dir == 0 { u64::from(label.is_some()) } else { 2 };
+            let children = &nodes[dir].children;
+            let entries = fixed + children.iter().map(|&c| slots(&nodes[c])).sum::<u64>();
+            if entries > MAX_DIR_ENTRIES {
+                let path = nodes[dir].path.clone();
+                return Err(FatError::DirTooLarge { path, entries, max: MAX_DIR_ENTRIES });
+            }
+            nodes[dir].size = entries * DIRENT as u64;
+        }
+    }
+    let root_entries = nodes[0].size / DIRENT as u64;
+    let g = choose_geometry(size, root_entries)?;
+    // The FAT12/16 root's entry count is a 16-bit field, in whole sectors.
+    let fixed_root_max = u64::from(u16::MAX) & !15;
+    if g.fat_type != FatType::Fat32 && root_entries > fixed_root_max {
+        let (path, max) = (ImagePath::root(), fixed_root_max);
+        return Err(FatError::DirTooLarge { path, entries: root_entries, max });
+    }
+
+    // Clusters in path order; the FAT12/16 root lives in its fixed region instead.
+    let mut next = 2;
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i == 0 && g.fat_type != FatType::Fat32 {
+            continue;
+        }
+        node.clusters = node.size.div_ceil(g.cluster_bytes());
+        if node.content.is_none() {
+            node.clusters = node.clusters.max(1);
+        }
+        if node.clusters > 0 {
+            node.first = next;
+            next += node.clusters;
+        }
+    }
+    let used = next - 2;
+    if used > g.clusters {
+        let needed = g.data_start() * SECTOR + used * g.cluster_bytes();
+        return Err(FatError::NoSpace { needed, size });
+    }
+
+    let stamp = Stamp::of(epoch);
+    let mut out = Out { inner: out, written: 0 };
+    let boot = boot_sector(&g, volume_id, label.unwrap_or(*b"NO NAME    "));
+    out.write(&boot)?;
+    if g.fat_type == FatType::Fat32 {
+        let info = fs_info(g.clusters - used, if used < g.clusters { next } else { 0xFFFF_FFFF });
+        out.write(&info)?;
+        out.zeros(4 * SECTOR)?;
+        out.write(&boot)?;
+        out.write(&info)?;
+    }
+    out.zeros(g.reserved * SECTOR - out.written)?;
+    let ends: Vec<u64> =
+        nodes.iter().filter(|n| n.clusters > 0).map(|n| n.first + n.clusters - 1).collect();
+    for _ in 0..2 {
+        write_table(&mut out, &g, &ends)?;
+    }
+    if g.fat_type != FatType::Fat32 {
+        let root = dir_bytes(&nodes, 0, label, stamp);
+        out.write(&root)?;
+        out.zeros(g.root_sectors() * SECTOR - root.len() as u64)?;
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if node.clusters == 0 {
+            continue;
+        }
+        match node.content {
+            None => out.write(&dir_bytes(&nodes, i, label, stamp))?,
+            Some(Content::Bytes(bytes)) => out.write(bytes)?,
+            Some(Content::Host { path: host, size, digest }) => {
+                host_file::stream(host, *size, digest, |b| out.write_io(b)).map_err(
+                    |e| match e {
+                        StreamError::Host(source) => {
+                            FatError::Host { path: node.path.clone(), source }
+                        }
+                        StreamError::Sink(e) => FatError::Write(e),
+                    },
+                )?;
+            }
+        }
+        out.zeros(node.clusters * g.cluster_bytes() - node.size)?;
+    }
+    out.zeros(g.total * SECTOR - out.written)?;
+    out.inner.flush().map_err(FatError::Write)
+}
+
+/// Every entry of `tree` as a node, the root first and each directory's children in name order.
+fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, FatError> {
+    let mut nodes = vec![Node {
+        path: ImagePath::root(),
+        content: None,
+        parent: 0,
+        children: Vec::new(),
+        units: Vec::new(),
+        long: false,
+        short: [b' '; 11],
+        size: 0,
+        first: 0,
+        clusters: 0,
+    }];
+    let mut index: HashMap<&ImagePath, usize> = HashMap::new();
+    for (path, entry) in tree.iter() {
+        let content = match &entry.kind {
+            EntryKind::Dir => None,
+            EntryKind::File(content) => Some(content),
+            EntryKind::HardLink(target) => match tree.get(target) {
+                Some(Entry { kind: EntryKind::File(content), .. }) => Some(content),
+                _ => return Err(FatError::Unsupported { path: path.clone(), kind: "hard link" }),
+            },
+            EntryKind::Symlink(_) => {
+                return Err(FatError::Unsupported { path: path.clone(), kind: "symbolic link" })
+            }
+        };
+        let size = content.map_or(0, Content::size);
+        if size > u64::from(u32::MAX) {
+            return Err(FatError::FileTooLarge { path: path.clone(), size });
+        }
+        let name = path.as_str().rsplit('/').next().unwrap_or_default();
+        let units = check_name(path, name)?;
+        // Tree creates every parent before its children, so only the root is missing here.
+        let parent = path.parent().and_then(|p| index.get(&p).copied()).unwrap_or(0);
+        let i = nodes.len();
+        nodes[parent].children.push(i);
+        index.insert(path, i);
+        nodes.push(Node {
+            path: path.clone(),
+            content,
+            parent,
+            children: Vec::new(),
+            units,
+            long: false,
+            short: [b' '; 11],
+            size,
+            first: 0,
+            clusters: 0,
+        });
+    }
+    Ok(nodes)
+}
+
+/// The name's UTF-16 units, or why FAT (as Windows and Linux's vfat read it) cannot hold it.
+fn check_name(path: &ImagePath, name: &str) -> Result<Vec<u16>, FatError> {
+    let bad = |why: String| FatError::BadName { path: path.clone(), why };
+    if let Some(c) = name.chars().find(|&c| c < ' ' || "\"*/:<>?\\|".contains(c)) {
+        return Err(bad(format!("it contains {c:?}")));
+    }
+    if name.ends_with(['.', ' ']) {
+        return Err(bad("it ends with a dot or a space, which FAT drops".into()));
+    }
+    let units: Vec<u16> = name.encode_utf16().collect();
+    if units.len() > 255 {
+        return Err(bad(format!("it is {} UTF-16 units long; FAT allows 255", units.len())));
+    }
+    Ok(units)
+}
+
+/// Upper case one character at a time (as FAT's case-insensitive names compare), keeping
+/// characters whose upper case is longer than one character.
+fn upper(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// fatgen103's basis name: upper case, spaces and leading dots dropped, up to 8 characters
+/// before the first dot and 3 after the last, anything else ASCII short names cannot hold
+/// as `_`. Returns the base, the extension, and whether the name is exactly this 8.3 name.
+fn basis(upper_name: &str) -> (String, String, bool) {
+    let kept: String = upper_name.chars().filter(|&c| c != ' ').collect();
+    let kept = kept.trim_start_matches('.');
+    let short_char = |c: char| {
+        if c.is_ascii_uppercase() || c.is_ascii_digit() || SHORT_PUNCT.contains(c) {
+            c
+        } else {
+            '_'
+        }
+    };
+    let (head, ext) = match kept.rfind('.') {
+        Some(dot) => (kept.split('.').next().unwrap_or_default(), &kept[dot + 1..]),
+        None => (kept, ""),
+    };
+    let base: String = head.chars().take(8).map(short_char).collect();
+    let ext: String = ext.chars().take(3).map(short_char).collect();
+    let exact = if ext.is_empty() { base.clone() } else { format!("{base}.{ext}") };
+    let fits = exact == upper_name;
+    (base, ext, fits)
+}
+
+/// Checks a directory's names and gives each child its short name and long-name flag.
+fn name_children(nodes: &mut [Node], dir: usize) -> Result<(), FatError> {
+    let children = nodes[dir].children.clone();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bases = Vec::with_capacity(children.len());
+    for &c in &children {
+        let name = String::from_utf16_lossy(&nodes[c].units);
+        let up = upper(&name);
+        if let Some(&other) = seen.get(&up) {
+            let (path, other) = (nodes[c].path.clone(), nodes[other].path.clone());
+            return Err(FatError::CaseClash { path, other });
+        }
+        bases.push(basis(&up));
+        seen.insert(up, c);
+    }
+    // Names that are 8.3 already keep them; the others take the first free `~N` in name order.
+    let mut used: BTreeSet<[u8; 11]> =
+        bases.iter().filter(|b| b.2).map(|(base, ext, _)| pack(base, ext)).collect();
+    for (&c, (base, ext, fits)) in children.iter().zip(&bases) {
+        let short = if *fits {
+            pack(base, ext)
+        } else {
+            let mut n = 1u32;
+            loop {
+                let tail = format!("~{n}");
+                let keep = base.len().min(8 - tail.len());
+                let candidate = pack(&format!("{}{tail}", &base[..keep]), ext);
+                if used.insert(candidate) {
+                    break candidate;
+                }
+                n += 1;
+            }
+        };
+        let node = &mut nodes[c];
+        node.short = short;
+        node.long = String::from_utf16_lossy(&node.units) != display(&short);
+    }
+    Ok(())
+}
+
+/// Base and extension as the 11 space-padded bytes of a directory entry.
+fn pack(base: &str, ext: &str) -> [u8; 11] {
+    let mut out = [b' '; 11];
+    for (slot, b) in out[..8].iter_mut().zip(base.bytes()) {
+        *slot = b;
+    }
+    for (slot, b) in out[8..].iter_mut().zip(ext.bytes()) {
+        *slot = b;
+    }
+    out
+}
+
+/// A short name as readers show it (`NAME.EXT`).
+fn display(short: &[u8; 11]) -> String {
+    let base = String::from_utf8_lossy(&short[..8]).trim_end().to_string();
+    let ext = String::from_utf8_lossy(&short[8..]).trim_end().to_string();
+    if ext.is_empty() {
+        base
+    } else {
+        format!("{base}.{ext}")
+    }
+}
+
+/// Directory entries a child takes: its long-name entries and its short entry.
+fn slots(node: &Node) -> u64 {
+    if node.long {
+        1 + node.units.len().div_ceil(LFN_UNITS) as u64
+    } else {
+        1
+    }
+}
+
+/// The label as stored (upper case, space padded); `None` for no label.
+fn label_bytes(label: &str) -> Result<Option<[u8; 11]>, FatError> {
+    if label.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why| FatError::BadLabel { label: label.to_string(), why };
+    let up = label.to_ascii_uppercase();
+    if !up.chars().all(|c| c == ' ' || c.is_ascii_alphanumeric() || SHORT_PUNCT.contains(c)) {
+        return Err(bad("labels hold only ASCII letters, digits, spaces and $%'-_@~`!(){}^#&"));
+    }
+    if up.len() > 11 {
+        return Err(bad("FAT labels hold at most 11 characters"));
+    }
+    if label.starts_with(' ') {
+        return Err(bad("a label cannot start with a space"));
+    }
+    Ok(Some(pack(&up[..up.len().min(8)], &up[up.len().min(8)..])))
+}
+
+/// A DOS date and time of day (two-second resolution) with the creation time's extra tenths.
+#[derive(Clone, Copy)]
+struct Stamp {
+    date: u16,
+    time: u16,
+    tenths: u8,
+}
+
+impl Stamp {
+    /// The epoch in UTC, clamped into the years FAT can record.
+    fn of(epoch: Epoch) -> Stamp {
+        let t = epoch.0.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX) - FAT_EPOCH_MIN;
+        let (mut days, secs) = (t / 86_400, t % 86_400);
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let mut year = 1980;
+        while days >= if leap(year) { 366 } else { 365 } {
+            days -= if leap(year) { 366 } else { 365 };
+            year += 1;
+        }
+        let february = if leap(year) { 29 } else { 28 };
+        let mut month = 1;
+        for len in [31, february, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
+            if days < len {
+                break;
+            }
+            days -= len;
+            month += 1;
+        }
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        Stamp {
+            date: (((year - 1980) << 9) | (month << 5) | (days + 1)) as u16,
+            time: ((h << 11) | (m << 5) | (s / 2)) as u16,
+            tenths: (s % 2 * 100) as u8,
+        }
+    }
+}
+
+/// One 32-byte short directory entry.
+fn short_entry(name: &[u8; 11], attr: u8, cluster: u64, size: u64, stamp: Stamp) -> [u8; 32] {
+    let mut e = [0u8; 32];
+    e[..11].copy_from_slice(name);
+    e[11] = attr;
+    e[13] = stamp.tenths;
+    for at in [14, 22] {
+        e[at..at + 2].copy_from_slice(&stamp.time.to_le_bytes());
+    }
+    for at in [16, 18, 24] {
+        e[at..at + 2].copy_from_slice(&stamp.date.to_le_bytes());
+    }
+    e[20..22].copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
+    e[26..28].copy_from_slice(&(cluster as u16).to_le_bytes());
+    e[28..32].copy_from_slice(&(size as u32).to_le_bytes());
+    e
+}
+
+/// The checksum of a short name that every long entry before it carries.
+fn checksum(short: &[u8; 11]) -> u8 {
+    short.iter().fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
+}
+
+/// Long-name entries for `units`, last part first as they are stored.
+fn push_long(out: &mut Vec<u8>, units: &[u16], short: &[u8; 11]) {
+    let sum = checksum(short);
+    let count = units.len().div_ceil(LFN_UNITS);
+    for ord in (1..=count).rev() {
+        let mut part = [0xFFFFu16; LFN_UNITS];
+        let chunk = &units[(ord - 1) * LFN_UNITS..units.len().min(ord * LFN_UNITS)];
+        part[..chunk.len()].copy_from_slice(chunk);
+        if chunk.len() < LFN_UNITS {
+            part[chunk.len()] = 0;
+        }
+        let mut e = [0u8; 32];
+        e[0] = ord as u8 | if ord == count { LFN_LAST } else { 0 };
+        e[11] = ATTR_LFN;
+        e[13] = sum;
+        let spots = (1..11).step_by(2).chain((14..26).step_by(2)).chain((28..32).step_by(2));
+        for (at, unit) in spots.zip(part) {
+            e[at..at + 2].copy_from_slice(&unit.to_le_bytes());
+        }
+        out.extend_from_slice(&e);
+    }
+}
+
+/// The entries of directory `dir`: label or `.` and `..`, then each child in name order.
+fn dir_bytes(nodes: &[Node], dir: usize, label: Option<[u8; 11]>, stamp: Stamp) -> Vec<u8> {
+    let node = &nodes[dir];
+    let mut out = Vec::with_capacity(node.size as usize);
+    if dir == 0 {
+        if let Some(label) = label {
+            out.extend_from_slice(&short_entry(&label, ATTR_VOLUME_ID, 0, 0, stamp));
+        }
+    } else {
+        let parent = if node.parent == 0 { 0 } else { nodes[node.parent].first };
+        out.extend_from_slice(&short_entry(b".          ", ATTR_DIR, node.first, 0, stamp));
+        out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, parent, 0, stamp));
+    }
+    for &c in &node.children {
+        let child = &nodes[c];
+        if child.long {
+            push_long(&mut out, &child.units, &child.short);
+        }
+        let (attr, size) = match child.content {
+            None => (ATTR_DIR, 0),
+            Some(_) => (ATTR_ARCHIVE, child.size),
+        };
+        out.extend_from_slice(&short_entry(&child.short, attr, child.first, size, stamp));
+    }
+    out
+}
+
+/// The boot sector: BPB, extended BPB, and boot code that only says the disk is not bootable.
+fn boot_sector(g: &Geometry, volume_id: u32, label: [u8; 11]) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    let fat32 = g.fat_type == FatType::Fat32;
+    // The jump skips the (extended) BPB to the stub.
+    let code_at = if fat32 { 0x5A } else { 0x3E };
+    b[..3].copy_from_slice(&[0xEB, code_at as u8 - 2, 0x90]);
+    b[3..11].copy_from_slice(b"MSWIN4.1");
+    b[11..13].copy_from_slice(&(SECTOR as u16).to_le_bytes());
+    b[13] = g.per_cluster as u8;
+    b[14..16].copy_from_slice(&(g.reserved as u16).to_le_bytes());
+    b[16] = 2;
+    b[17..19].copy_from_slice(&(g.root_entries as u16).to_le_bytes());
+    if !fat32 && g.total <= u64::from(u16::MAX) {
+        b[19..21].copy_from_slice(&(g.total as u16).to_le_bytes());
+    } else {
+        b[32..36].copy_from_slice(&(g.total as u32).to_le_bytes());
+    }
+    b[21] = MEDIA;
+    if !fat32 {
+        b[22..24].copy_from_slice(&(g.fat_sectors as u16).to_le_bytes());
+    }
+    // CHS geometry means nothing here, but mtools refuses a volume that is not a whole number
+    // of tracks: use the largest power of two up to 32 that divides it, and 64 heads.
+    let per_track = 1u16 << g.total.trailing_zeros().min(5);
+    b[24..26].copy_from_slice(&per_track.to_le_bytes());
+    b[26..28].copy_from_slice(&64u16.to_le_bytes());
+    let ext = if fat32 {
+        b[36..40].copy_from_slice(&(g.fat_sectors as u32).to_le_bytes());
+        b[44..48].copy_from_slice(&2u32.to_le_bytes()); // root directory cluster
+        b[48..50].copy_from_slice(&1u16.to_le_bytes()); // FSInfo sector
+        b[50..52].copy_from_slice(&6u16.to_le_bytes()); // backup boot sector
+        64
+    } else {
+        36
+    };
+    b[ext] = 0x80; // drive number: a hard disk
+    b[ext + 2] = 0x29; // the volume id, label and type follow
+    b[ext + 3..ext + 7].copy_from_slice(&volume_id.to_le_bytes());
+    b[ext + 7..ext + 18].copy_from_slice(&label);
+    let name: &[u8; 8] = match g.fat_type {
+        FatType::Fat12 => b"FAT12   ",
+        FatType::Fat16 => b"FAT16   ",
+        FatType::Fat32 => b"FAT32   ",
+    };
+    b[ext + 18..ext + 26].copy_from_slice(name);
+    let stub = not_bootable_stub(code_at);
+    b[code_at..code_at + stub.len()].copy_from_slice(&stub);
+    b[510..512].copy_from_slice(&[0x55, 0xAA]);
+    b
+}
+
+/// Real-mode code loaded at 0:7C00 that prints a message, waits for a key and asks the BIOS
+/// to try the next boot device.
+fn not_bootable_stub(code_at: usize) -> Vec<u8> {
+    const MESSAGE: &[u8] = b"This is an EFI System Partition, not a bootable disk.\r\n\
+                             Press a key to try the next boot device.\r\n\0";
+    let mut code = vec![
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0xBE, 0x00, 0x00, // mov si, message (patched below)
+        0xAC, // next: lodsb
+        0x84, 0xC0, // test al, al
+        0x74, 0x09, // jz done
+        0xB4, 0x0E, // mov ah, 0x0E (teletype output)
+        0xBB, 0x07, 0x00, // mov bx, 7
+        0xCD, 0x10, // int 0x10
+        0xEB, 0xF2, // jmp next
+        0x31, 0xC0, // done: xor ax, ax
+        0xCD, 0x16, // int 0x16 (wait for a key)
+        0xCD, 0x19, // int 0x19 (next boot device)
+        0xEB, 0xFE, // jmp $
+    ];
+    let message_at = (0x7C00 + code_at + code.len()) as u16;
+    code[5..7].copy_from_slice(&message_at.to_le_bytes());
+    code.extend_from_slice(MESSAGE);
+    code
+}
+
+/// The FAT32 FSInfo sector with the free cluster count and the first free cluster.
+fn fs_info(free: u64, next_free: u64) -> [u8; 512] {
+    let mut s = [0u8; 512];
+    s[..4].copy_from_slice(&0x4161_5252u32.to_le_bytes());
+    s[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
+    s[488..492].copy_from_slice(&(free as u32).to_le_bytes());
+    s[492..496].copy_from_slice(&(next_free as u32).to_le_bytes());
+    s[508..512].copy_from_slice(&0xAA55_0000u32.to_le_bytes());
+    s
+}
+
+/// One FAT: the media and clean marks, a chain through each node's contiguous clusters
+/// (`ends` holds each chain's last cluster, ascending), then free entries.
+fn write_table<W: Write>(out: &mut Out<W>, g: &Geometry, ends: &[u64]) -> Result<(), FatError> {
+    let eoc = g.fat_type.eoc();
+    let first_free = ends.last().map_or(2, |&e| e + 1);
+    let mut ends = ends.iter().peekable();
+    let mut value = |cluster: u64| -> u32 {
+        match cluster {
+            0 => eoc & !0xFF | u32::from(MEDIA),
+            1 => eoc,
+            c if c >= first_free => 0,
+            c if ends.next_if_eq(&&c).is_some() => eoc,
+            c => c as u32 + 1,
+        }
+    };
+    let mut buf = Vec::with_capacity(ZEROS.len() + 8);
+    let mut table_bytes = 0;
+    let mut cluster = 0;
+    while cluster < first_free {
+        match g.fat_type {
+            FatType::Fat12 => {
+                let (a, b) = (value(cluster), value(cluster + 1));
+                buf.extend_from_slice(&[a as u8, (a >> 8) as u8 | (b << 4) as u8, (b >> 4) as u8]);
+                cluster += 2;
+            }
+            FatType::Fat16 => {
+                buf.extend_from_slice(&(value(cluster) as u16).to_le_bytes());
+                cluster += 1;
+            }
+            FatType::Fat32 => {
+                buf.extend_from_slice(&value(cluster).to_le_bytes());
+                cluster += 1;
+            }
+        }
+        if buf.len() >= ZEROS.len() || cluster >= first_free {
+            out.write(&buf)?;
+            table_bytes += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    out.zeros(g.fat_sectors * SECTOR - table_bytes)
+}
+
+/// The output, counting what was written so padding can be computed.
+struct Out<'w, W> {
+    inner: &'w mut W,
+    written: u64,
+}
+
+impl<W: Write> Out<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), FatError> {
+        self.write_io(bytes).map_err(FatError::Write)
+    }
+
+    fn write_io(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn zeros(&mut self, mut n: u64) -> Result<(), FatError> {
+        while n > 0 {
+            let chunk = n.min(ZEROS.len() as u64);
+            self.write(&ZEROS[..chunk as usize])?;
+            n -= chunk;
+        }
+        Ok(())
+    }
+}
