@@ -6,6 +6,5 @@ pub mod erofs;
 pub mod fat;
 pub mod gpt;
 pub mod qcow2;
-pub mod squashfs;
 pub mod verity;
 pub mod vhd;
