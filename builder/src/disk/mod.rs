@@ -3,8 +3,10 @@
 pub mod artifacts;
 pub mod cpio;
 pub mod erofs;
+pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod qcow2;
+pub mod squashfs;
 pub mod verity;
 pub mod vhd;

@@ -1,0 +1,674 @@
+//! An ext4 root filesystem written from a [`Tree`] with e2fsprogs: the tree is staged into a
+//! scratch folder, `mke2fs -d` copies it in, and one `debugfs -w` pass then sets what staging
+//! cannot carry or the host would leak (owners, modes, every timestamp, extended attributes).
+//!
+//! What each step pins, as measured with e2fsprogs 1.47.0:
+//! - `mke2fs` reads only a config written here (`MKE2FS_CONFIG`, exact feature list), runs with
+//!   an empty environment but `LC_ALL=C` (it sorts directories with `alphasort`, which follows the
+//!   locale) and `E2FSPROGS_FAKE_TIME` (superblock times and every new inode's crtime), and gets
+//!   `-U`, `-E hash_seed=` derived from the tree, `root_owner=0:0` (else the caller's uid),
+//!   `no_copy_xattrs` (else SELinux labels or inherited ACLs of the staged copies) and
+//!   `nodiscard,lazy_itable_init=0` (else whether the output's filesystem can punch holes
+//!   decides the group descriptors' flags).
+//! - Staged copies carry the host's ctime, atime, mtime, uid and mode; `debugfs` overwrites all
+//!   of them by inode number. Numbers are known in advance: `mke2fs -d` walks directories
+//!   depth first in bytewise name order and hands out inodes 12, 13, … in that order (11 is
+//!   lost+found), which is checked against the superblock's count before the pass.
+//!
+//! No journal and no reserved GDT blocks: the image is a read-only root (often under
+//! dm-verity), where a journal is never replayed and the filesystem never grows in place.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kiln_oci::digest::Sha256;
+use kiln_oci::Digest;
+
+use crate::epoch::Epoch;
+use crate::host_file::{self, HostFileError, StreamError};
+use crate::image_path::ImagePath;
+use crate::tree::{Content, Entry, EntryKind, Tree};
+
+const BLOCK: u64 = 4096;
+const INODE_SIZE: u64 = 256;
+const BLOCKS_PER_GROUP: u64 = 32_768;
+const ROOT_INO: u64 = 2;
+const LOST_FOUND_INO: u64 = 11;
+/// Inode numbers up to lost+found are taken before the tree is copied in.
+const FIRST_TREE_INO: u64 = 12;
+const NAME_MAX: usize = 255;
+/// The latest second ext4's 34-bit timestamps (256-byte inodes) can record, in 2446.
+const MAX_TIME: i64 = (1 << 34) - (1 << 31) - 1;
+/// Usable bytes of one extended attribute block (32-byte header, 4-byte end marker).
+const XATTR_BLOCK_SPACE: usize = BLOCK as usize - 32 - 4;
+/// Usable extended attribute bytes inside a 256-byte inode with 32 extra bytes.
+const XATTR_INODE_SPACE: usize = INODE_SIZE as usize - 128 - 32 - 4 - 4;
+/// Attribute name prefixes ext4 stores by index, as erofs accepts them.
+const XATTR_PREFIXES: [&str; 5] =
+    ["user.", "trusted.", "security.", "system.posix_acl_access", "system.posix_acl_default"];
+/// The whole mke2fs configuration: no host `/etc/mke2fs.conf` setting reaches the image.
+const MKE2FS_CONF: &str = "[defaults]
+\tbase_features = sparse_super,large_file,filetype,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tenable_periodic_fsck = 0
+\tblocksize = 4096
+\tinode_size = 256
+[fs_types]
+\text4 = {
+\t\tfeatures = extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+\tkiln-root = {
+\t\tblocksize = 4096
+\t}
+";
+
+/// Why an ext4 image could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error("{tool} was not found on PATH, in /usr/sbin or in /sbin; install e2fsprogs")]
+    ToolMissing { tool: &'static str },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool { tool: &'static str, status: String, stderr: String },
+    #[error("{path}: the name is {len} bytes long; ext4 allows at most {NAME_MAX}")]
+    NameTooLong { path: ImagePath, len: usize },
+    #[error(
+        "{path} has extended attribute {name:?}; ext4 stores user.*, trusted.*, security.* \
+         and POSIX ACL attributes without newlines or NUL in the name, all of one file's \
+         fitting in one 4 KiB block"
+    )]
+    Xattr { path: ImagePath, name: String },
+    #[error("the epoch {0} is outside what ext4 timestamps record (0 to {MAX_TIME})")]
+    Epoch(i64),
+    #[error("{path}: {source}")]
+    Host {
+        path: ImagePath,
+        #[source]
+        source: HostFileError,
+    },
+    #[error("staging {path} at {}: {source}", staged.display())]
+    Stage {
+        path: ImagePath,
+        staged: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "mke2fs used {found} inodes where {expected} were planned; this e2fsprogs version \
+         numbers inodes differently from 1.47"
+    )]
+    InodeCount { expected: u64, found: u64 },
+}
+
+/// What was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ext4Image {
+    /// Image size in bytes (a whole number of 4 KiB blocks).
+    pub size: u64,
+    /// The filesystem UUID, derived from the tree and epoch.
+    pub uuid: [u8; 16],
+    /// Inodes the filesystem has (used and free).
+    pub inodes: u64,
+}
+
+/// One inode the tree needs, in the order mke2fs allocates them.
+struct Node<'a> {
+    path: &'a ImagePath,
+    entry: &'a Entry,
+}
+
+/// Writes `tree` as an ext4 image at `out` (replaced if it exists), staging it in a scratch
+/// folder under `work_dir` that is removed afterwards. Every timestamp is `epoch`.
+pub fn write_ext4(
+    tree: &Tree,
+    epoch: Epoch,
+    work_dir: &Path,
+    out: &Path,
+) -> Result<Ext4Image, Ext4Error> {
+    if !(0..=MAX_TIME).contains(&epoch.0) {
+        return Err(Ext4Error::Epoch(epoch.0));
+    }
+    let mke2fs = find_tool("mke2fs")?;
+    let debugfs = find_tool("debugfs")?;
+    let nodes = allocation_order(tree)?;
+    let (blocks, inodes) = geometry(tree, &nodes);
+    let listing = listing_digest(tree, epoch);
+    let uuid = derive_uuid(&listing, b"uuid");
+    let hash_seed = derive_uuid(&listing, b"hash seed");
+
+    let io_err = |file: &Path| {
+        let file = file.to_path_buf();
+        move |source| Ext4Error::Io { file, source }
+    };
+    let out = std::path::absolute(out).map_err(io_err(out))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".kiln-ext4-")
+        .tempdir_in(work_dir)
+        .map_err(io_err(work_dir))?;
+    let result = (|| {
+        let root = scratch.path().join("root");
+        stage(tree, &root)?;
+        let conf = scratch.path().join("mke2fs.conf");
+        fs::write(&conf, MKE2FS_CONF).map_err(io_err(&conf))?;
+        File::create(&out).and_then(|f| f.set_len(blocks * BLOCK)).map_err(io_err(&out))?;
+        let fake_time = epoch.0.max(1);
+        let mut args: Vec<OsString> = [
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-T",
+            "kiln-root",
+            "-b",
+            "4096",
+            "-I",
+            "256",
+            "-m",
+            "0",
+            "-o",
+            "Linux",
+            "-e",
+            "remount-ro",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        args.extend(["-N".into(), inodes.to_string().into()]);
+        args.extend(["-U".into(), format_uuid(&uuid).into()]);
+        let ext = format!(
+            "hash_seed={},root_owner=0:0,no_copy_xattrs,nodiscard,lazy_itable_init=0",
+            format_uuid(&hash_seed)
+        );
+        args.extend(["-E".into(), ext.into(), "-d".into(), "root".into(), out.clone().into()]);
+        run("mke2fs", &mke2fs, &args, scratch.path(), fake_time, Some(&conf))?;
+
+        let sb = read_superblock(&out).map_err(io_err(&out))?;
+        let expected = FIRST_TREE_INO - 1 + nodes.len() as u64;
+        if sb.used_inodes != expected {
+            return Err(Ext4Error::InodeCount { expected, found: sb.used_inodes });
+        }
+        let script = fixup_script(&nodes, epoch, scratch.path())?;
+        let args = ["-w".into(), "-f".into(), script.into_os_string(), out.clone().into()];
+        run("debugfs", &debugfs, &args, scratch.path(), fake_time, None)?;
+
+        // mke2fs drops a last block group too small to be useful; the image ends with the
+        // filesystem.
+        let sb = read_superblock(&out).map_err(io_err(&out))?;
+        let size = sb.blocks * BLOCK;
+        if size < blocks * BLOCK {
+            OpenOptions::new()
+                .write(true)
+                .open(&out)
+                .and_then(|f| f.set_len(size))
+                .map_err(io_err(&out))?;
+        }
+        Ok(Ext4Image { size, uuid, inodes: sb.inodes })
+    })();
+    let removed = scratch.close().map_err(io_err(work_dir));
+    if result.is_err() {
+        // A half-written image must not be mistaken for a finished one.
+        let _ = fs::remove_file(&out);
+    }
+    let image = result?;
+    removed?;
+    Ok(image)
+}
+
+/// Inodes in the order `mke2fs -d` creates them: depth first, each directory's entries in
+/// bytewise name order; a hard-link group takes its inode where the walk first meets it.
+fn allocation_order(tree: &Tree) -> Result<Vec<Node<'_>>, Ext4Error> {
+    let mut children: BTreeMap<&str, Vec<(&str, &ImagePath)>> = BTreeMap::new();
+    for (path, _) in tree.iter() {
+        let (parent, name) = path.as_str().rsplit_once('/').unwrap_or(("", path.as_str()));
+        if name.len() > NAME_MAX {
+            return Err(Ext4Error::NameTooLong { path: path.clone(), len: name.len() });
+        }
+        children.entry(parent).or_default().push((name, path));
+    }
+    for list in children.values_mut() {
+        list.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    }
+    let mut nodes = Vec::new();
+    let mut linked: HashSet<&ImagePath> = HashSet::new();
+    let mut stack: Vec<&ImagePath> = Vec::new();
+    if let Some(list) = children.get("") {
+        stack.extend(list.iter().rev().map(|(_, p)| *p));
+    }
+    while let Some(path) = stack.pop() {
+        let Some(entry) = tree.get(path) else {
+            continue;
+        };
+        match &entry.kind {
+            EntryKind::Dir => {
+                nodes.push(Node { path, entry });
+                if let Some(list) = children.get(path.as_str()) {
+                    stack.extend(list.iter().rev().map(|(_, p)| *p));
+                }
+            }
+            EntryKind::Symlink(_) => nodes.push(Node { path, entry }),
+            EntryKind::File(_) | EntryKind::HardLink(_) => {
+                let file = match &entry.kind {
+                    EntryKind::HardLink(target) => target,
+                    _ => path,
+                };
+                if linked.insert(file) {
+                    let entry = tree.get(file).unwrap_or(entry);
+                    nodes.push(Node { path: file, entry });
+                }
+            }
+        }
+    }
+    Ok(nodes)
+}
+
+/// Blocks and inodes for the filesystem: what the content needs, the metadata of enough
+/// block groups to hold it, and a small margin for allocation that does not pack perfectly.
+fn geometry(tree: &Tree, nodes: &[Node<'_>]) -> (u64, u64) {
+    let mut names: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (path, _) in tree.iter() {
+        let (parent, name) = path.as_str().rsplit_once('/').unwrap_or(("", path.as_str()));
+        names.entry(parent).or_default().push(name.len());
+    }
+    names.entry("").or_default().push("lost+found".len());
+    // lost+found is made with four blocks so that e2fsck can link files into it.
+    let mut data: u64 = 4;
+    let mut fragmented: u64 = 0;
+    let dir = |path: &str| {
+        let blocks = dir_blocks(names.get(path).map_or(&[][..], |v| &v[..]));
+        // Directory blocks are allocated between their files' data, so each may be an extent.
+        (blocks, if blocks > 4 { blocks.div_ceil(340) } else { 0 })
+    };
+    let (root_blocks, root_index) = dir("");
+    data += root_blocks;
+    fragmented += root_index;
+    for node in nodes {
+        match &node.entry.kind {
+            EntryKind::Dir => {
+                let (blocks, index) = dir(node.path.as_str());
+                data += blocks;
+                fragmented += index;
+            }
+            EntryKind::File(content) => {
+                let blocks = content.size().div_ceil(BLOCK);
+                data += blocks;
+                // An extent covers at most 32768 blocks; more than four need an index block.
+                if blocks.div_ceil(BLOCKS_PER_GROUP) + 1 > 4 {
+                    fragmented += 1 + blocks / (BLOCKS_PER_GROUP * 340);
+                }
+            }
+            EntryKind::Symlink(target) => data += u64::from(target.len() >= 60),
+            EntryKind::HardLink(_) => {}
+        }
+        let xattrs: usize = node.entry.meta.xattrs.iter().map(|(n, v)| xattr_entry(n, v)).sum();
+        if xattrs > XATTR_INODE_SPACE {
+            data += 1;
+        }
+    }
+    let used_inodes = FIRST_TREE_INO - 1 + nodes.len() as u64;
+    let inodes = used_inodes + 16;
+    let mut total = data + fragmented;
+    for _ in 0..8 {
+        let groups = total.div_ceil(BLOCKS_PER_GROUP).max(inodes.div_ceil(BLOCKS_PER_GROUP));
+        let per_group = inodes.div_ceil(groups).next_multiple_of(16);
+        let itable = per_group * INODE_SIZE / BLOCK;
+        let gdt = (groups * 64).div_ceil(BLOCK);
+        let backups = (0..groups).filter(|g| has_super(*g)).count() as u64;
+        // Each group: two bitmaps and its inode table; sparse groups: superblock and GDT; and
+        // every fragmentation point (metadata between data) may split one file or directory.
+        let meta = groups * (2 + itable) + backups * (1 + gdt) + groups * 2;
+        let needed = data + fragmented + meta;
+        let margin = needed / 100 + 32;
+        let mut next = needed + margin;
+        // A last group shorter than its own metadata plus 50 blocks would be dropped.
+        let rem = next % BLOCKS_PER_GROUP;
+        if groups > 1 && rem != 0 && rem < 2 + itable + 1 + gdt + 64 {
+            next += 2 + itable + 1 + gdt + 64 - rem;
+        }
+        if next == total {
+            break;
+        }
+        total = next;
+    }
+    (total, inodes)
+}
+
+/// Whether block group `g` holds a superblock backup (`sparse_super`: 0, 1, powers of 3, 5, 7).
+fn has_super(g: u64) -> bool {
+    if g <= 1 {
+        return true;
+    }
+    [3u64, 5, 7].iter().any(|&base| {
+        let mut p = base;
+        while p < g {
+            p *= base;
+        }
+        p == g
+    })
+}
+
+/// Blocks of a linear directory holding entries with names of these lengths, packed the way
+/// libext2fs appends them (no entry spans blocks; each block ends in a 12-byte checksum).
+fn dir_blocks(name_lens: &[usize]) -> u64 {
+    let space = BLOCK as usize - 12;
+    let mut blocks = 1;
+    let mut used = 24; // "." and ".."
+    for len in name_lens {
+        let rec = (8 + len).next_multiple_of(4);
+        if used + rec > space {
+            blocks += 1;
+            used = 0;
+        }
+        used += rec;
+    }
+    blocks
+}
+
+/// Bytes one extended attribute takes in an inode or block (entry header, name, value).
+fn xattr_entry(name: &str, value: &[u8]) -> usize {
+    let suffix = XATTR_PREFIXES.iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
+    16 + suffix.len().next_multiple_of(4) + value.len().next_multiple_of(4)
+}
+
+/// sha256 over a canonical listing of the tree: every path, kind, owner, mode, extended
+/// attribute, content digest and link target, then the epoch. Lengths prefix every field.
+fn listing_digest(tree: &Tree, epoch: Epoch) -> Digest {
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(&mut h, b"kiln ext4 listing v1");
+    field(&mut h, &epoch.0.to_le_bytes());
+    for (path, entry) in tree.iter() {
+        field(&mut h, path.as_str().as_bytes());
+        let m = &entry.meta;
+        let head = [m.mode.to_le_bytes(), m.uid.to_le_bytes(), m.gid.to_le_bytes()].concat();
+        field(&mut h, &head);
+        for (name, value) in &m.xattrs {
+            field(&mut h, name.as_bytes());
+            field(&mut h, value);
+        }
+        match &entry.kind {
+            EntryKind::Dir => field(&mut h, b"dir"),
+            EntryKind::File(Content::Host { digest, .. }) => {
+                field(&mut h, b"file");
+                field(&mut h, digest.as_bytes());
+            }
+            EntryKind::File(Content::Bytes(bytes)) => {
+                field(&mut h, b"file");
+                field(&mut h, Digest::of(bytes).as_bytes());
+            }
+            EntryKind::Symlink(target) => {
+                field(&mut h, b"symlink");
+                field(&mut h, target.as_bytes());
+            }
+            EntryKind::HardLink(target) => {
+                field(&mut h, b"hardlink");
+                field(&mut h, target.as_str().as_bytes());
+            }
+        }
+    }
+    h.finish()
+}
+
+/// An RFC 9562 version-8 (custom) UUID for one purpose, from the listing digest.
+fn derive_uuid(listing: &Digest, purpose: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"kiln ext4 ");
+    h.update(purpose);
+    h.update(listing.as_bytes());
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&h.finish().as_bytes()[..16]);
+    uuid[6] = (uuid[6] & 0x0F) | 0x80;
+    uuid[8] = (uuid[8] & 0x3F) | 0x80;
+    uuid
+}
+
+fn format_uuid(u: &[u8; 16]) -> String {
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+/// Copies the tree's structure and content under `root`. Modes, owners and times of the
+/// copies do not matter (debugfs sets them), so they are whatever lets us write: 0700/0600.
+fn stage(tree: &Tree, root: &Path) -> Result<(), Ext4Error> {
+    let fail = |path: &ImagePath, staged: &Path| {
+        let (path, staged) = (path.clone(), staged.to_path_buf());
+        move |source| Ext4Error::Stage { path, staged, source }
+    };
+    let mkdir = |dir: &Path| {
+        fs::create_dir(dir)
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+    };
+    mkdir(root).map_err(fail(&ImagePath::root(), root))?;
+    for (path, entry) in tree.iter() {
+        let staged = root.join(path.as_str());
+        match &entry.kind {
+            EntryKind::Dir => mkdir(&staged).map_err(fail(path, &staged))?,
+            EntryKind::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &staged).map_err(fail(path, &staged))?;
+            }
+            EntryKind::HardLink(target) => {
+                fs::hard_link(root.join(target.as_str()), &staged).map_err(fail(path, &staged))?;
+            }
+            EntryKind::File(content) => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&staged)
+                    .map_err(fail(path, &staged))?;
+                let mut w = BufWriter::with_capacity(256 * 1024, file);
+                match content {
+                    Content::Bytes(bytes) => w.write_all(bytes).map_err(fail(path, &staged))?,
+                    Content::Host { path: host, size, digest } => {
+                        host_file::stream(host, *size, digest, |buf| w.write_all(buf)).map_err(
+                            |e| match e {
+                                StreamError::Host(source) => {
+                                    Ext4Error::Host { path: path.clone(), source }
+                                }
+                                StreamError::Sink(source) => Ext4Error::Stage {
+                                    path: path.clone(),
+                                    staged: staged.clone(),
+                                    source,
+                                },
+                            },
+                        )?;
+                    }
+                }
+                w.into_inner().map_err(|e| e.into_error()).map_err(fail(path, &staged))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the debugfs script (and one file per extended attribute value) into `dir`:
+/// mode, owner and all four times of every inode, then its declared xattrs. Inodes are named
+/// by number, so no path is ever quoted.
+fn fixup_script(nodes: &[Node<'_>], epoch: Epoch, dir: &Path) -> Result<PathBuf, Ext4Error> {
+    let io_err = |file: &Path| {
+        let file = file.to_path_buf();
+        move |source| Ext4Error::Io { file, source }
+    };
+    let values = dir.join("xattr");
+    fs::create_dir(&values).map_err(io_err(&values))?;
+    let path = dir.join("fixup.debugfs");
+    let mut script = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
+    let mut value_files = 0u64;
+    let mut text = inode_lines(ROOT_INO, 0o040_755, 0, 0, epoch);
+    text.push_str(&inode_lines(LOST_FOUND_INO, 0o040_700, 0, 0, epoch));
+    script.write_all(text.as_bytes()).map_err(io_err(&path))?;
+    for (ino, node) in (FIRST_TREE_INO..).zip(nodes) {
+        let m = &node.entry.meta;
+        let kind = match node.entry.kind {
+            EntryKind::Dir => 0o040_000,
+            EntryKind::Symlink(_) => 0o120_000,
+            EntryKind::File(_) | EntryKind::HardLink(_) => 0o100_000,
+        };
+        let perm = if kind == 0o120_000 { 0o777 } else { m.mode & 0o7777 };
+        let mut text = inode_lines(ino, kind | perm, m.uid, m.gid, epoch);
+        check_xattrs(node)?;
+        for (name, value) in &m.xattrs {
+            let file = values.join(value_files.to_string());
+            fs::write(&file, value).map_err(io_err(&file))?;
+            let quoted = name.replace('"', "\"\"");
+            let _ = writeln!(text, "ea_set -f xattr/{value_files} <{ino}> \"{quoted}\"");
+            value_files += 1;
+        }
+        script.write_all(text.as_bytes()).map_err(io_err(&path))?;
+    }
+    script.into_inner().map_err(|e| e.into_error()).map_err(io_err(&path))?;
+    Ok(path)
+}
+
+/// The debugfs commands that set one inode's mode, owner and four timestamps.
+fn inode_lines(ino: u64, mode: u32, uid: u32, gid: u32, epoch: Epoch) -> String {
+    let mut text = format!("sif <{ino}> mode 0{mode:o}\nsif <{ino}> uid {uid}\n");
+    let _ = writeln!(text, "sif <{ino}> gid {gid}");
+    for field in ["atime", "mtime", "ctime", "crtime"] {
+        let _ = writeln!(text, "sif <{ino}> {field} @{}", epoch.0);
+    }
+    text
+}
+
+/// Refuses attributes debugfs cannot name in a script line or ext4 cannot hold in one block.
+fn check_xattrs(node: &Node<'_>) -> Result<(), Ext4Error> {
+    let xattrs = &node.entry.meta.xattrs;
+    let bad = |name: &str| Ext4Error::Xattr { path: node.path.clone(), name: name.to_string() };
+    for name in xattrs.keys() {
+        let known = match name.split_once('.') {
+            Some(("user" | "trusted" | "security", rest)) => !rest.is_empty(),
+            _ => name == "system.posix_acl_access" || name == "system.posix_acl_default",
+        };
+        if !known || name.contains(['\n', '\r', '\0']) || name.len() > NAME_MAX {
+            return Err(bad(name));
+        }
+    }
+    let total: usize = xattrs.iter().map(|(n, v)| xattr_entry(n, v)).sum();
+    match xattrs.keys().last() {
+        Some(name) if total > XATTR_BLOCK_SPACE => Err(bad(name)),
+        _ => Ok(()),
+    }
+}
+
+/// Finds an e2fsprogs tool on PATH or in the sbin folders a non-root PATH often lacks.
+fn find_tool(tool: &'static str) -> Result<PathBuf, Ext4Error> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+        .ok_or(Ext4Error::ToolMissing { tool })
+}
+
+/// Runs an e2fsprogs tool in `dir` with an environment of only what is pinned here, and
+/// fails on a non-zero exit or (debugfs exits 0 after failed commands) unexpected stderr.
+fn run(
+    tool: &'static str,
+    program: &Path,
+    args: &[OsString],
+    dir: &Path,
+    fake_time: i64,
+    conf: Option<&Path>,
+) -> Result<(), Ext4Error> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .env("E2FSPROGS_FAKE_TIME", fake_time.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(conf) = conf {
+        cmd.env("MKE2FS_CONFIG", conf);
+    }
+    let output = cmd.output().map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => Ext4Error::ToolMissing { tool },
+        _ => Ext4Error::Io { file: program.to_path_buf(), source },
+    })?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // debugfs always names itself and its version on stderr first.
+    let complaints: Vec<&str> =
+        stderr.lines().filter(|l| !l.is_empty() && !l.starts_with("debugfs 1.")).collect();
+    if !output.status.success() || !complaints.is_empty() {
+        return Err(Ext4Error::Tool {
+            tool,
+            status: output.status.to_string(),
+            stderr: complaints.join("\n"),
+        });
+    }
+    Ok(())
+}
+
+/// The superblock fields the writer checks.
+struct Superblock {
+    inodes: u64,
+    used_inodes: u64,
+    blocks: u64,
+}
+
+fn read_superblock(image: &Path) -> io::Result<Superblock> {
+    let mut f = File::open(image)?;
+    f.seek(SeekFrom::Start(1024))?;
+    let mut sb = [0u8; 1024];
+    f.read_exact(&mut sb)?;
+    let u32_at =
+        |at: usize| u64::from(u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]));
+    Ok(Superblock {
+        inodes: u32_at(0),
+        used_inodes: u32_at(0) - u32_at(16).min(u32_at(0)),
+        // 64bit feature: the high half of the block count lives at 0x150.
+        blocks: u32_at(4) | (u32_at(0x150) << 32),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Meta;
+
+    fn p(s: &str) -> ImagePath {
+        ImagePath::parse(s).unwrap()
+    }
+
+    fn put(t: &mut Tree, path: &str, kind: EntryKind) {
+        t.insert(p(path), Entry { kind, meta: Meta::root(0o644) }).unwrap();
+    }
+
+    #[test]
+    fn inodes_follow_a_depth_first_walk_in_name_order() {
+        let mut t = Tree::new();
+        put(&mut t, "/a-c", EntryKind::File(Content::Bytes(b"1".as_slice().into())));
+        put(&mut t, "/a/b", EntryKind::File(Content::Bytes(b"2".as_slice().into())));
+        put(&mut t, "/0", EntryKind::HardLink(p("/a/b")));
+        put(&mut t, "/z", EntryKind::Symlink("a".into()));
+        let order: Vec<_> =
+            allocation_order(&t).unwrap().iter().map(|n| n.path.as_str().to_string()).collect();
+        // "/0" sorts first but is a link to "/a/b", whose inode it takes.
+        assert_eq!(order, ["0", "a", "a-c", "z"]);
+    }
+
+    #[test]
+    fn directory_blocks_and_sparse_groups() {
+        assert_eq!(dir_blocks(&[]), 1);
+        assert_eq!(dir_blocks(&[10; 100]), 1);
+        assert_eq!(dir_blocks(&[255; 16]), 2);
+        let sparse: Vec<u64> = (0..30).filter(|g| has_super(*g)).collect();
+        assert_eq!(sparse, [0, 1, 3, 5, 7, 9, 25, 27]);
+        assert_eq!(format_uuid(&[0xab; 16]), "abababab-abab-abab-abab-abababababab");
+    }
+}
