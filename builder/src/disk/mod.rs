@@ -7,5 +7,6 @@ pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod qcow2;
+pub mod squashfs;
 pub mod verity;
 pub mod vhd;
