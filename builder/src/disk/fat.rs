@@ -57,7 +57,7 @@ pub enum FatError {
     BadName { path: ImagePath, why: String },
     #[error("{path} and {other} differ only in case, which FAT treats as one name")]
     CaseClash { path: ImagePath, other: ImagePath },
-    #[error("directory /{path} needs {entries} directory entries; FAT allows {max}")]
+    #[error("directory {path} needs {entries} directory entries; FAT allows {max}")]
     DirTooLarge { path: ImagePath, entries: u64, max: u64 },
     #[error("volume label {label:?}: {why}")]
     BadLabel { label: String, why: &'static str },
@@ -799,5 +799,108 @@ impl<W: Write> Out<'_, W> {
             n -= chunk;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Meta;
+
+    fn names(list: &[&str]) -> Vec<(String, bool)> {
+        let mut tree = Tree::new();
+        for name in list {
+            let entry = Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) };
+            tree.insert(ImagePath::parse(name).unwrap(), entry).unwrap();
+        }
+        let mut nodes = collect(&tree).unwrap();
+        name_children(&mut nodes, 0).unwrap();
+        nodes[1..].iter().map(|n| (display(&n.short), n.long)).collect()
+    }
+
+    #[test]
+    fn short_names_follow_the_basis_rules_with_tails_in_name_order() {
+        let got = names(&[
+            "EFI",
+            "README.TXT",
+            "loader",
+            "kiln-linux-6.1.conf",
+            "kiln-linux-6.2.conf",
+            "KILN-L~1.CON",
+            ".hidden",
+            "a+b;c",
+            "été ☃.txt",
+            "x.tar.gz",
+        ]);
+        // Tree order is bytewise: upper case first.
+        let want = [
+            (".hidden", "HIDDEN~1", true),
+            ("EFI", "EFI", false),
+            ("KILN-L~1.CON", "KILN-L~1.CON", false),
+            ("README.TXT", "README.TXT", false),
+            ("a+b;c", "A_B_C~1", true),
+            ("kiln-linux-6.1.conf", "KILN-L~2.CON", true),
+            ("kiln-linux-6.2.conf", "KILN-L~3.CON", true),
+            ("loader", "LOADER", true),
+            ("x.tar.gz", "X~1.GZ", true),
+            ("été ☃.txt", "_T__~1.TXT", true),
+        ];
+        let want: Vec<_> = want.iter().map(|(_, s, l)| (s.to_string(), *l)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn long_entries_carry_the_short_name_checksum() {
+        // fatgen103's algorithm by hand for "A~1        ".
+        let short = *b"A~1        ";
+        let mut sum = 0u8;
+        for b in short {
+            sum = (if sum & 1 == 1 { 0x80u8 } else { 0 }).wrapping_add(sum >> 1).wrapping_add(b);
+        }
+        assert_eq!(checksum(&short), sum);
+        let units: Vec<u16> = "abcdefghijklmn".encode_utf16().collect();
+        let mut out = Vec::new();
+        push_long(&mut out, &units, &short);
+        assert_eq!(out.len(), 64);
+        assert_eq!(out[0], 0x42);
+        assert_eq!(&out[1..5], &[b'n', 0, 0, 0], "the last part ends in a NUL unit");
+        assert_eq!(&out[5..7], &[0xFF, 0xFF], "then 0xFFFF padding");
+        assert_eq!(out[32], 0x01);
+        assert_eq!((out[11], out[13], out[32 + 13]), (ATTR_LFN, sum, sum));
+    }
+
+    #[test]
+    fn timestamps_are_utc_and_clamped() {
+        let s = Stamp::of(Epoch(1_700_000_001)); // 2023-11-14T22:13:21Z
+        assert_eq!(s.date, ((2023 - 1980) << 9) | (11 << 5) | 14);
+        assert_eq!(s.time, (22 << 11) | (13 << 5) | 10);
+        assert_eq!(s.tenths, 100);
+        let leap = Stamp::of(Epoch(951_782_400)); // 2000-02-29
+        assert_eq!(leap.date, (20 << 9) | (2 << 5) | 29);
+        assert_eq!(Stamp::of(Epoch(0)).date, (1 << 5) | 1);
+        let last = Stamp::of(Epoch(i64::MAX));
+        assert_eq!(
+            (last.date, last.time),
+            ((127 << 9) | (12 << 5) | 31, (23 << 11) | (59 << 5) | 29)
+        );
+    }
+
+    #[test]
+    fn the_type_follows_the_cluster_count() {
+        for sectors in [128, 4096, 8400, 8401, 16_384, 32_680, 66_600, 66_601, 131_072, 1_228_800] {
+            let g = choose_geometry(sectors * SECTOR, 3).unwrap();
+            let want = match g.clusters {
+                ..=FAT12_MAX_CLUSTERS => FatType::Fat12,
+                ..=FAT16_MAX_CLUSTERS => FatType::Fat16,
+                _ => FatType::Fat32,
+            };
+            assert_eq!(g.fat_type, want, "{sectors} sectors");
+            assert!(g.fat_sectors * SECTOR * 8 / g.fat_type.bits() >= g.clusters + 2);
+            assert!(g.data_start() + g.clusters * g.per_cluster <= sectors);
+            assert_eq!(g.data_start() % g.per_cluster, 0);
+        }
+        assert_eq!(choose_geometry(66_601 * SECTOR, 3).unwrap().fat_type, FatType::Fat32);
+        assert_eq!(choose_geometry(8_400 * SECTOR, 3).unwrap().fat_type, FatType::Fat12);
+        assert_eq!(choose_geometry(600 << 20, 3).unwrap().per_cluster, 8);
     }
 }
