@@ -38,6 +38,8 @@ use crate::tree::{Content, Entry, EntryKind, Tree};
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
 const BLOCKS_PER_GROUP: u64 = 32_768;
+/// Block groups whose bitmaps and inode tables `flex_bg` packs together (mke2fs's default).
+const FLEX_GROUPS: u64 = 16;
 const ROOT_INO: u64 = 2;
 const LOST_FOUND_INO: u64 = 11;
 /// Inode numbers up to lost+found are taken before the tree is copied in.
@@ -268,6 +270,9 @@ fn allocation_order(tree: &Tree) -> Result<Vec<Node<'_>>, Ext4Error> {
             }
         }
     }
+    for node in &nodes {
+        check_xattrs(node)?;
+    }
     Ok(nodes)
 }
 
@@ -323,9 +328,11 @@ fn geometry(tree: &Tree, nodes: &[Node<'_>]) -> (u64, u64) {
         let itable = per_group * INODE_SIZE / BLOCK;
         let gdt = (groups * 64).div_ceil(BLOCK);
         let backups = (0..groups).filter(|g| has_super(*g)).count() as u64;
-        // Each group: two bitmaps and its inode table; sparse groups: superblock and GDT; and
-        // every fragmentation point (metadata between data) may split one file or directory.
-        let meta = groups * (2 + itable) + backups * (1 + gdt) + groups * 2;
+        // flex_bg packs the two bitmaps of 16 groups together, keeping all 16 slots even when
+        // fewer groups exist; then each group's inode table; sparse groups hold a superblock
+        // and GDT copy; every such metadata run between data may split a file or directory.
+        let bitmaps = 2 * FLEX_GROUPS * groups.div_ceil(FLEX_GROUPS);
+        let meta = bitmaps + groups * itable + backups * (1 + gdt) + groups * 2;
         let needed = data + fragmented + meta;
         let margin = needed / 100 + 32;
         let mut next = needed + margin;
@@ -518,7 +525,6 @@ fn fixup_script(nodes: &[Node<'_>], epoch: Epoch, dir: &Path) -> Result<PathBuf,
         };
         let perm = if kind == 0o120_000 { 0o777 } else { m.mode & 0o7777 };
         let mut text = inode_lines(ino, kind | perm, m.uid, m.gid, epoch);
-        check_xattrs(node)?;
         for (name, value) in &m.xattrs {
             let file = values.join(value_files.to_string());
             fs::write(&file, value).map_err(io_err(&file))?;
