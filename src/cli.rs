@@ -200,6 +200,10 @@ pub struct ExportArgs {
     /// (created if missing): disk.raw, disk.qcow2, disk.vhd as built.
     #[arg(long, value_name = "DIR")]
     pub disk: Option<PathBuf>,
+    /// With --disk: the platform whose disk images to write (OS/ARCH), needed when the
+    /// image has disks for several.
+    #[arg(long, value_name = "OS/ARCH", requires = "disk")]
+    pub platform: Option<String>,
     /// The tag recorded in the layout [default: the reference's tag, else the image version]
     #[arg(long)]
     pub tag: Option<String>,

@@ -7,12 +7,14 @@ use kiln_builder::build::{BlobSink, SinkError};
 use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::LayerBlob;
 use kiln_builder::LayerRecord;
-use kiln_oci::{Descriptor, Digest};
+use kiln_oci::{Descriptor, Digest, ImageManifest};
 use kiln_store::Store;
 use tokio::runtime::Runtime;
 
 /// Cache kind under which layer records are kept.
 const LAYER_CACHE: &str = "layer";
+/// Cache kind under which disk artifact descriptors are kept.
+const DISK_CACHE: &str = "disk";
 
 /// Stores blobs and counts what was uploaded versus already present.
 pub struct StoreSink<'a> {
@@ -81,12 +83,43 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
-        let outcome = self.runtime.block_on(self.store.put_blob_file(
+        // Disk files are scratch files too: a folder store renames them into place.
+        let outcome = self.runtime.block_on(self.store.adopt_blob_file(
             path,
             &descriptor.digest,
             descriptor.size,
         ))?;
         self.count(outcome.uploaded);
+        Ok(())
+    }
+
+    fn cached_disk(&mut self, key: &Digest) -> Result<Option<Descriptor>, SinkError> {
+        let Some(bytes) = self.runtime.block_on(self.store.get_cache(DISK_CACHE, key))? else {
+            return Ok(None);
+        };
+        // As with layers, the entry is a hint: it counts only if every blob is still stored.
+        let Ok(artifact) = serde_json::from_slice::<Descriptor>(&bytes) else {
+            return Ok(None);
+        };
+        let Ok(manifest) =
+            self.runtime.block_on(self.store.get_json::<ImageManifest>(&artifact.digest))
+        else {
+            return Ok(None);
+        };
+        let mut digests = vec![manifest.config.digest];
+        digests.extend(manifest.layers.iter().map(|l| l.digest));
+        let present = self.runtime.block_on(self.store.has_blobs(&digests))?;
+        if present.iter().all(|p| *p) {
+            self.present += 1 + digests.len();
+            Ok(Some(artifact))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn remember_disk(&mut self, key: &Digest, artifact: &Descriptor) -> Result<(), SinkError> {
+        let bytes = kiln_oci::to_canonical_json(artifact)?;
+        self.runtime.block_on(self.store.put_cache(DISK_CACHE, key, Bytes::from(bytes)))?;
         Ok(())
     }
 

@@ -109,7 +109,7 @@ fn kernel_boots_kiln_initramfs() {
     let store = ws.store("store");
     let report = support::Kiln::new(&store).build(&recipe, &[]);
     let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let disk = report["disk"]["digest"].as_str().unwrap();
+    let disk = report["disks"][0]["digest"].as_str().unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(blob(disk)).unwrap()).unwrap();
     let initrd = blob(manifest["layers"][0]["digest"].as_str().unwrap());
@@ -214,9 +214,9 @@ fn boot_disk(root: &Path, verity: bool, corrupt: bool) {
     let store = ws.store("store");
     let report = support::Kiln::new(&store).build(&recipe, &[]);
     let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let disk = report["disk"]["digest"].as_str().unwrap();
+    let disk = report["disks"][0]["digest"].as_str().unwrap();
     let root_hash =
-        report["disk"]["annotations"]["dev.kiln.disk.verity.root-hash"].as_str().unwrap();
+        report["disks"][0]["annotations"]["dev.kiln.disk.verity.root-hash"].as_str().unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(blob(disk)).unwrap()).unwrap();
     let qcow2 = blob(manifest["layers"][0]["digest"].as_str().unwrap());

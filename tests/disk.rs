@@ -11,7 +11,9 @@ use std::path::Path;
 
 use kiln_builder::disk::cpio::write_cpio;
 use kiln_builder::disk::erofs::write_erofs;
-use kiln_builder::disk::gpt::{derive_guid, write_gpt, GptError, Guid, Partition, PartitionType};
+use kiln_builder::disk::gpt::{
+    derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionType,
+};
 use kiln_builder::disk::qcow2::write_qcow2;
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::disk::vhd;
@@ -199,14 +201,14 @@ fn gpt_disk(ws: &Workspace, size: u64) -> Result<Disk, GptError> {
     let (mut a, mut b) = (&erofs[..], &hash[..]);
     let mut parts = [
         Partition {
-            kind: PartitionType::RootX86_64,
+            kind: PartitionType::Root(Arch::X86_64),
             guid: root_guid,
             label: "root-x86-64".into(),
             size: erofs.len() as u64,
             data: &mut a,
         },
         Partition {
-            kind: PartitionType::RootVerityX86_64,
+            kind: PartitionType::RootVerity(Arch::X86_64),
             guid: verity_guid,
             label: "root-x86-64-verity ☃".into(),
             size: hash.len() as u64,
@@ -295,6 +297,11 @@ fn qcow2_is_accepted_by_qemu_img_and_reads_back_as_the_raw_disk() {
 
 /// A recipe with two layers (the second whites out a file of the first) and a `[disk]` table.
 fn disk_recipe(ws: &Workspace, size: &str) -> std::path::PathBuf {
+    disk_recipe_with(ws, size, "erofs")
+}
+
+/// [`disk_recipe`] with the given root filesystem.
+fn disk_recipe_with(ws: &Workspace, size: &str, root: &str) -> std::path::PathBuf {
     ws.write("recipe/app.txt", "app\n");
     ws.write(
         "recipe/recipe.toml",
@@ -307,7 +314,7 @@ fn disk_recipe(ws: &Workspace, size: &str) -> std::path::PathBuf {
              files = [{{ src = \"app.txt\", dest = \"/usr/bin/app\", mode = 0o4755 }}]\n\
              inline = [{{ dest = \"/etc/.wh.old\", content = \"\" }}]\n\
              symlinks = [{{ dest = \"/bin/sh\", target = \"/usr/bin/app\" }}]\n\n\
-             [disk]\nsize = \"{size}\"\nroot = \"erofs\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n"
+             [disk]\nsize = \"{size}\"\nroot = \"{root}\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n"
         ),
     )
 }
@@ -323,8 +330,8 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
     let store = ws.store("a");
     let kiln = Kiln::new(&store);
     let report = kiln.build(&recipe, &[]);
-    let disk = report["disk"]["digest"].as_str().unwrap().to_string();
-    let root_hash = report["disk"]["annotations"]["dev.kiln.disk.verity.root-hash"]
+    let disk = report["disks"][0]["digest"].as_str().unwrap().to_string();
+    let root_hash = report["disks"][0]["annotations"]["dev.kiln.disk.verity.root-hash"]
         .as_str()
         .unwrap()
         .to_string();
@@ -399,9 +406,22 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
     Kiln::new(&copied).run(&["export", "vm:1", "--disk", out2.to_str().unwrap()]).ok();
     assert!(fs::read(out2.join("disk.qcow2")).unwrap() == fs::read(path(1)).unwrap());
 
+    // An unchanged rebuild takes the disks from the cache and uploads nothing; with one of
+    // its blobs gone from the store, the cache entry no longer counts and the disks are made
+    // again, identical.
+    assert_eq!(report["disksReused"], 0);
+    let noop = kiln.build(&recipe, &[]);
+    assert_eq!((&noop["disksReused"], &noop["blobs"]["uploaded"]), (&1.into(), &0.into()));
+    assert_eq!(noop["disks"][0]["digest"], report["disks"][0]["digest"]);
+    fs::remove_file(path(1)).unwrap();
+    let remade = kiln.build(&recipe, &[]);
+    assert_eq!(remade["disksReused"], 0);
+    assert_eq!(remade["disks"][0]["digest"], report["disks"][0]["digest"]);
+    sh("qemu-img", &["check", "-f", "qcow2", path(1).to_str().unwrap()]);
+
     // Another store, another build: the same disk artifact.
     let again = Kiln::new(&ws.store("b")).build(&recipe, &[]);
-    assert_eq!(again["disk"]["digest"], report["disk"]["digest"]);
+    assert_eq!(again["disks"][0]["digest"], report["disks"][0]["digest"]);
 
     // A disk too small for its content fails with a clear message.
     let small = disk_recipe(&ws, "1MiB");
@@ -428,9 +448,19 @@ fn kiln_build_attaches_disk_images_that_tools_accept() {
 
 #[test]
 fn disk_artifacts_do_not_depend_on_the_build_conditions() {
+    if !require_tool("mke2fs") || !require_tool("debugfs") {
+        return;
+    }
+    for root in ["erofs", "squashfs", "ext4"] {
+        disk_artifacts_do_not_depend_on_the_build_conditions_with(root);
+    }
+}
+
+fn disk_artifacts_do_not_depend_on_the_build_conditions_with(root: &str) {
     let ws = Workspace::new();
-    let recipe = disk_recipe(&ws, "8MiB");
-    let disk = |report: serde_json::Value| report["disk"]["digest"].as_str().unwrap().to_string();
+    let recipe = disk_recipe_with(&ws, "16MiB", root);
+    let disk =
+        |report: serde_json::Value| report["disks"][0]["digest"].as_str().unwrap().to_string();
     let reference = disk(Kiln::new(&ws.store("a")).build(&recipe, &[]));
 
     // Input mtime and permission bits, umask, time zone, locale, working directory, thread
@@ -445,11 +475,148 @@ fn disk_artifacts_do_not_depend_on_the_build_conditions() {
         .env("LC_ALL", "tr_TR.UTF-8")
         .cwd(&elsewhere)
         .build(&recipe, &["--threads", "1"]);
-    assert_eq!(disk(varied), reference, "build conditions changed the disk artifact");
+    assert_eq!(disk(varied), reference, "build conditions changed the {root} disk artifact");
 
     // The epoch is an input: a different one gives different disks.
     let later = Kiln::new(&ws.store("b")).build(&recipe, &["--source-date-epoch", "1700000001"]);
-    assert_ne!(disk(later), reference, "the epoch did not reach the disk images");
+    assert_ne!(disk(later), reference, "the epoch did not reach the {root} disk images");
+}
+
+/// One partition of `sfdisk --json`: (type GUID, name, start sector, sectors).
+fn partitions(raw: &Path) -> Vec<(String, String, u64, u64)> {
+    let dump: serde_json::Value =
+        serde_json::from_str(&sh("sfdisk", &["--json", raw.to_str().unwrap()])).unwrap();
+    dump["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["type"].as_str().unwrap().to_lowercase(),
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn squashfs_and_ext4_roots_with_an_esp_labels_and_two_architectures() {
+    let tools =
+        ["sfdisk", "unsquashfs", "fsck.ext4", "debugfs", "fsck.vfat", "mtype", "veritysetup"];
+    if !tools.iter().all(|t| require_tool(t)) {
+        return;
+    }
+    let ws = Workspace::new();
+    let recipe = |root: &str, esp_files: &str| {
+        ws.write(
+            &format!("{root}/recipe.toml"),
+            format!(
+                "epoch = 1700000000\n[image]\nname = \"vm-{root}\"\nversion = \"1\"\n\
+                 platforms = [\"linux/amd64\", \"linux/arm64\"]\n\
+                 [[layer]]\nname = \"base\"\n\
+                 inline = [{{ dest = \"/usr/lib/boot/loader.efi\", content = \"MZ loader\" }}, \
+                 {{ dest = \"/etc/motd\", content = \"hi\\n\" }}]\n\
+                 symlinks = [{{ dest = \"/boot.efi\", target = \"usr/lib/boot/loader.efi\" }}]\n\
+                 [disk]\nsize = \"40MiB\"\nroot = \"{root}\"\nverity = true\n\
+                 labels = {{ root = \"system\", verity = \"system-verity\" }}\n\
+                 [disk.esp]\nsize = \"16MiB\"\nfiles = {{ {esp_files} }}\n"
+            ),
+        )
+    };
+    let esp_files = "\"EFI/BOOT/BOOTX64.EFI\" = \"/usr/lib/boot/loader.efi\"";
+    for root in ["squashfs", "ext4"] {
+        let store = ws.store(root);
+        let kiln = Kiln::new(&store);
+        let report = kiln.build(&recipe(root, esp_files), &[]);
+        let disks = report["disks"].as_array().unwrap();
+        let platforms: Vec<_> = disks.iter().map(|d| d["platform"].as_str().unwrap()).collect();
+        assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+        let mut raws = Vec::new();
+        for (disk, root_type, verity_type) in [
+            (
+                &disks[0],
+                "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+                "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
+            ),
+            (
+                &disks[1],
+                "b921b045-1df0-41c3-af44-4c6f280d3fae",
+                "df3300ce-d69f-4c92-978c-9bfb0f38d820",
+            ),
+        ] {
+            let blob = |digest: &str| {
+                store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+            };
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&fs::read(blob(disk["digest"].as_str().unwrap())).unwrap())
+                    .unwrap();
+            let raw = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+            raws.push(raw.clone());
+            let parts = partitions(&raw);
+            let kinds: Vec<_> = parts.iter().map(|p| (p.0.as_str(), p.1.as_str())).collect();
+            assert_eq!(
+                kinds,
+                [
+                    ("c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "esp"),
+                    (root_type, "system"),
+                    (verity_type, "system-verity")
+                ],
+                "{root}"
+            );
+            let bytes = fs::read(&raw).unwrap();
+            let part = |i: usize| {
+                let (_, _, start, sectors) = parts[i];
+                &bytes[start as usize * 512..(start + sectors) as usize * 512]
+            };
+            // The ESP: dosfstools accepts it and mtools reads the file taken from the image.
+            let esp = ws.write(&format!("{root}-esp.img"), part(0));
+            sh("fsck.vfat", &["-n", esp.to_str().unwrap()]);
+            let efi = sh("mtype", &["-i", esp.to_str().unwrap(), "::/EFI/BOOT/BOOTX64.EFI"]);
+            assert_eq!(efi, "MZ loader");
+            // The root: its own tool accepts it, and veritysetup checks it against the root hash.
+            let rootfs = ws.write(&format!("{root}-root.img"), part(1));
+            let hash = ws.write(&format!("{root}-root.verity"), part(2));
+            let rootfs = rootfs.to_str().unwrap();
+            if root == "squashfs" {
+                let listing = sh("unsquashfs", &["-lls", rootfs]);
+                assert!(listing.contains("squashfs-root/etc/motd"), "{listing}");
+            } else {
+                sh("fsck.ext4", &["-fn", rootfs]);
+                let listing = sh("debugfs", &["-R", "ls -p /etc", rootfs]);
+                assert!(listing.contains("/motd/"), "{listing}");
+            }
+            let root_hash = disk["annotations"]["dev.kiln.disk.verity.root-hash"].as_str().unwrap();
+            sh("veritysetup", &["verify", rootfs, hash.to_str().unwrap(), root_hash]);
+        }
+        // Only the two architectures' partition types differ.
+        assert_ne!(fs::read(&raws[0]).unwrap(), fs::read(&raws[1]).unwrap());
+
+        // export --disk needs to be told which platform's disks to write.
+        let out = ws.path(&format!("{root}-export"));
+        let (reference, out_dir) = (format!("vm-{root}:1"), out.to_str().unwrap());
+        kiln.run(&["export", &reference, "--disk", out_dir])
+            .fails()
+            .stderr_has(&["linux/amd64, linux/arm64", "--platform"]);
+        kiln.run(&["export", &reference, "--disk", out_dir, "--platform", "linux/s390x"])
+            .fails()
+            .stderr_has(&["no disk images for linux/s390x"]);
+        kiln.run(&["export", &reference, "--disk", out_dir, "--platform", "linux/arm64"]).ok();
+        assert!(fs::read(out.join("disk.raw")).unwrap() == fs::read(&raws[1]).unwrap());
+    }
+
+    // An ESP file that is not in the image, or is a symbolic link, is refused by name.
+    let kiln = Kiln::new(&ws.store("bad"));
+    let missing = recipe("erofs", "\"EFI/BOOT/BOOTX64.EFI\" = \"/usr/lib/boot/nope.efi\"");
+    kiln.run(&["build", missing.to_str().unwrap()]).fails().stderr_has(&[
+        "ESP file /EFI/BOOT/BOOTX64.EFI",
+        "usr/lib/boot/nope.efi",
+        "not in the image",
+    ]);
+    let link = recipe("erofs", "\"EFI/BOOT/BOOTX64.EFI\" = \"/boot.efi\"");
+    kiln.run(&["build", link.to_str().unwrap()]).fails().stderr_has(&["symbolic link"]);
+    assert!(support::blobs(&ws.store("bad")).is_empty(), "a failed build left blobs behind");
 }
 
 #[test]

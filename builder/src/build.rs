@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Descriptor, Digest, Platform, Sha256};
 
 use crate::compress::Compression;
-use crate::disk::artifacts::{make_disks, DiskError};
+use crate::disk::artifacts::{esp_tree, make_disks, DiskError};
+use crate::disk::gpt::Arch;
 use crate::epoch::Epoch;
 use crate::hash_cache::HashCache;
 use crate::image::{self, JsonBlob, LayerRecord};
 use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
-use crate::recipe::Recipe;
+use crate::recipe::{DiskSpec, Recipe};
+use crate::rootfs::flatten;
 use crate::tree::{Content, EntryKind, Tree};
 
 /// An error from the code that stores blobs, kept opaque to the builder.
@@ -29,8 +31,14 @@ pub trait BlobSink {
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;
     /// Stores a JSON document (config, manifest, index).
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError>;
-    /// Stores the file at `path` (a disk image) as the blob `descriptor` names.
+    /// Stores the scratch file at `path` (a disk image) as the blob `descriptor` names; the
+    /// file is the sink's to keep, move or delete.
     fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError>;
+    /// A disk artifact manifest made before under `key`, if it and every blob it names are
+    /// still stored.
+    fn cached_disk(&mut self, key: &Digest) -> Result<Option<Descriptor>, SinkError>;
+    /// Remembers the disk artifact manifest `artifact` under `key`.
+    fn remember_disk(&mut self, key: &Digest, artifact: &Descriptor) -> Result<(), SinkError>;
     /// Records that the artifact manifest `artifact` refers to `subject` (OCI 1.1 referrer).
     fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError>;
 }
@@ -76,8 +84,11 @@ pub struct BuildOutput {
     pub lock: Lock,
     /// True when the lock file was created or changed by this build.
     pub lock_written: bool,
-    /// The disk artifact manifest attached to the linux/amd64 image, when the recipe has `[disk]`.
-    pub disk: Option<Descriptor>,
+    /// The disk artifact manifests, one per platform disks are made for, when the recipe
+    /// has `[disk]`.
+    pub disks: Vec<(Platform, Descriptor)>,
+    /// How many of `disks` were found in the cache instead of being made.
+    pub disks_reused: usize,
 }
 
 /// Why a build failed.
@@ -91,15 +102,18 @@ pub enum BuildError {
     NoLock { recipe: PathBuf, lock: PathBuf },
     #[error("inputs differ from {}:\n  {}\nrun `kiln lock` to accept the change, or restore the inputs", .lock.display(), .differences.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n  "))]
     LockMismatch { lock: PathBuf, differences: Vec<LockDifference> },
-    #[error("layer {name:?}: {source}")]
+    #[error("layer {name:?}")]
     Layer { name: String, source: Box<LayerError> },
     #[error("storing blobs: {0}")]
     Sink(SinkError),
-    #[error("serialising {what}: {source}")]
+    #[error("serialising {what}")]
     Json { what: &'static str, source: serde_json::Error },
-    #[error("[disk]: {0}")]
+    #[error("[disk]")]
     Disk(#[from] DiskError),
-    #[error("[disk] makes x86-64 disks, but the recipe's platforms do not include linux/amd64")]
+    #[error(
+        "[disk] makes disks for linux/amd64, linux/arm64 and linux/riscv64, and the recipe's \
+         platforms include none of them"
+    )]
     DiskPlatform,
 }
 
@@ -161,6 +175,24 @@ pub fn build(
         }
     }
 
+    // The disks' inputs are checked before anything is stored, so that a bad `[disk]` table
+    // (a whiteout escaping the root, a missing ESP file, no disk platform) leaves the store
+    // as it was.
+    let rootfs = match &recipe.disk {
+        Some(spec) => {
+            if !recipe.platforms.iter().any(|p| Arch::of(p).is_some()) {
+                return Err(BuildError::DiskPlatform);
+            }
+            let trees: Vec<Tree> = resolved.iter().map(|l| l.tree.clone()).collect();
+            let rootfs = flatten(&trees).map_err(DiskError::from)?;
+            if let Some(esp) = &spec.esp {
+                esp_tree(&rootfs, esp)?;
+            }
+            Some(rootfs)
+        }
+        None => None,
+    };
+
     let total = resolved.len();
     let mut layers = Vec::with_capacity(total);
     let (mut built, mut reused) = (0, 0);
@@ -220,23 +252,39 @@ pub fn build(
     let index = image::index(recipe, opts.epoch, &manifests).map_err(json_err("image index"))?;
     sink.put_json(&index).map_err(BuildError::Sink)?;
 
-    let mut disk = None;
-    if let Some(spec) = &recipe.disk {
-        let amd64 = manifests.iter().find(|(p, _)| p.os == "linux" && p.architecture == "amd64");
-        let Some((_, subject)) = amd64 else {
-            return Err(BuildError::DiskPlatform);
-        };
-        let trees: Vec<Tree> = resolved.iter().map(|l| l.tree.clone()).collect();
-        let out = make_disks(&trees, spec, opts.epoch, opts.threads, &opts.work_dir, subject)?;
-        for file in &out.files {
-            sink.put_file(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
-            // The scratch copy is no longer needed once stored.
-            let _ = std::fs::remove_file(&file.path);
+    let mut disks = Vec::new();
+    let mut disks_reused = 0;
+    if let (Some(spec), Some(rootfs)) = (&recipe.disk, &rootfs) {
+        let targets = manifests.iter().filter_map(|(p, d)| Arch::of(p).map(|arch| (p, arch, d)));
+        for (platform, arch, subject) in targets {
+            let key = disk_key(&subject.digest, arch, spec);
+            let artifact = match sink.cached_disk(&key).map_err(BuildError::Sink)? {
+                Some(artifact) => {
+                    disks_reused += 1;
+                    artifact
+                }
+                None => {
+                    let out = make_disks(
+                        rootfs,
+                        spec,
+                        arch,
+                        opts.epoch,
+                        opts.threads,
+                        &opts.work_dir,
+                        subject,
+                    )?;
+                    for file in &out.files {
+                        sink.put_file(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
+                    }
+                    sink.put_json(&out.empty_config).map_err(BuildError::Sink)?;
+                    sink.put_json(&out.manifest).map_err(BuildError::Sink)?;
+                    sink.remember_disk(&key, &out.manifest.descriptor).map_err(BuildError::Sink)?;
+                    out.manifest.descriptor
+                }
+            };
+            sink.put_referrer(&subject.digest, &artifact).map_err(BuildError::Sink)?;
+            disks.push((platform.clone(), artifact));
         }
-        sink.put_json(&out.empty_config).map_err(BuildError::Sink)?;
-        sink.put_json(&out.manifest).map_err(BuildError::Sink)?;
-        sink.put_referrer(&subject.digest, &out.manifest.descriptor).map_err(BuildError::Sink)?;
-        disk = Some(out.manifest.descriptor);
     }
 
     let lock_written = existing.as_ref() != Some(&current);
@@ -251,7 +299,8 @@ pub fn build(
         layers_reused: reused,
         lock: current,
         lock_written,
-        disk,
+        disks,
+        disks_reused,
     })
 }
 
@@ -282,5 +331,18 @@ pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest
         h.update(kind.as_bytes());
         h.update(b"\n");
     }
+    h.finish()
+}
+
+/// The cache key of one platform's disks: the image manifest (which names every layer and the
+/// config, and so the epoch), the architecture and the `[disk]` table. The version string
+/// changes whenever the disk writers' bytes do.
+fn disk_key(subject: &Digest, arch: Arch, spec: &DiskSpec) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"kiln disk cache v1\0");
+    h.update(subject.to_string().as_bytes());
+    // Debug output of these plain types is deterministic (no hash maps); a change in it only
+    // costs a cache miss.
+    h.update(format!("\0{arch:?}\0{spec:?}").as_bytes());
     h.finish()
 }

@@ -95,10 +95,53 @@ pub struct Recipe {
 pub struct DiskSpec {
     /// Disk size in bytes (a multiple of 512).
     pub size: u64,
+    /// The root partition's filesystem.
+    pub root: RootFs,
     /// Add a dm-verity hash partition for the root.
     pub verity: bool,
     /// Output formats, in recipe order, without repeats (`raw` when none is given).
     pub formats: Vec<DiskFormat>,
+    /// GPT partition names chosen in the recipe; `None` keeps the default name.
+    pub labels: PartitionLabels,
+    /// An EFI System Partition made of files taken from the image.
+    pub esp: Option<EspSpec>,
+}
+
+/// The filesystem of a disk's root partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RootFs {
+    #[default]
+    Erofs,
+    Squashfs,
+    Ext4,
+}
+
+impl RootFs {
+    /// The name used in recipes and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            RootFs::Erofs => "erofs",
+            RootFs::Squashfs => "squashfs",
+            RootFs::Ext4 => "ext4",
+        }
+    }
+}
+
+/// GPT partition names (`[disk] labels = { root = .., verity = .., esp = .. }`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionLabels {
+    pub root: Option<String>,
+    pub verity: Option<String>,
+    pub esp: Option<String>,
+}
+
+/// The `[disk.esp]` table: a FAT EFI System Partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EspSpec {
+    /// Partition size in bytes (a multiple of 512).
+    pub size: u64,
+    /// ESP path -> the image path whose file it holds.
+    pub files: BTreeMap<ImagePath, ImagePath>,
 }
 
 /// A disk image container format.
@@ -279,15 +322,64 @@ mod tests {
         let r = parse(&format!("{HEAD}[disk]\nsize = \"1048576\"\n")).unwrap();
         assert_eq!(
             r.disk.unwrap(),
-            DiskSpec { size: 1 << 20, verity: false, formats: vec![DiskFormat::Raw] }
+            DiskSpec {
+                size: 1 << 20,
+                root: RootFs::Erofs,
+                verity: false,
+                formats: vec![DiskFormat::Raw],
+                labels: PartitionLabels::default(),
+                esp: None,
+            }
         );
         assert!(parse(HEAD).unwrap().disk.is_none());
+
+        let r = parse(&format!(
+            "{HEAD}[disk]\nsize = \"1GiB\"\nroot = \"squashfs\"\n\
+             labels = {{ root = \"système\", esp = \"boot\" }}\n\
+             [disk.esp]\nsize = \"64MiB\"\n\
+             files = {{ \"EFI/BOOT/BOOTX64.EFI\" = \"/usr/lib/boot.efi\" }}\n"
+        ))
+        .unwrap();
+        let disk = r.disk.unwrap();
+        assert_eq!(disk.root, RootFs::Squashfs);
+        assert_eq!(disk.labels.root.as_deref(), Some("système"));
+        assert_eq!(disk.labels.verity, None);
+        let esp = disk.esp.unwrap();
+        assert_eq!(esp.size, 64 << 20);
+        let (dest, src) = esp.files.iter().next().unwrap();
+        assert_eq!((dest.as_str(), src.as_str()), ("EFI/BOOT/BOOTX64.EFI", "usr/lib/boot.efi"));
 
         for (body, needle) in [
             ("size = \"1GiB\"\nbogus = 1\n", "r.toml:7:1: unknown field `bogus`"),
             ("size = \"1GB\"\n", "r.toml:6:8: disk size \"1GB\""),
             ("size = \"1000\"\n", "multiple of 512"),
-            ("size = \"1GiB\"\nroot = \"ext4\"\n", "r.toml:7:8: disk root \"ext4\""),
+            ("size = \"1GiB\"\nroot = \"btrfs\"\n", "r.toml:7:8: disk root \"btrfs\""),
+            ("size = \"1GiB\"\nlabels = { root = \"\" }\n", "r.toml:7:19: partition label \"\""),
+            (
+                "size = \"1GiB\"\nlabels = { root = \"0123456789012345678901234567890123456\" }\n",
+                "36 UTF-16",
+            ),
+            (
+                "size = \"1GiB\"\nlabels = { root = \"a\", esp = \"a\" }\n",
+                "r.toml:7:30: partition label \"a\" is used twice",
+            ),
+            ("size = \"1GiB\"\nlabels = { home = \"a\" }\n", "unknown field `home`"),
+            (
+                "size = \"1GiB\"\n[disk.esp]\nsize = \"1MiB\"\nfiles = {}\n",
+                "r.toml:8:8: [disk.esp] needs files",
+            ),
+            (
+                "size = \"1GiB\"\n[disk.esp]\nsize = \"1MiB\"\nfiles = { \"../x\" = \"/a\" }\n",
+                "r.toml:9:20: ESP path: path \"../x\" climbs out",
+            ),
+            (
+                "size = \"1GiB\"\n[disk.esp]\nsize = \"1MiB\"\nfiles = { \"x\" = \"/../a\" }\n",
+                "r.toml:9:17:",
+            ),
+            (
+                "size = \"1GiB\"\n[disk.esp]\nsize = \"1MB\"\nfiles = { \"x\" = \"/a\" }\n",
+                "r.toml:8:8: ESP size",
+            ),
             (
                 "size = \"1GiB\"\nformats = [\"raw\", \"vmdk\"]\n",
                 "r.toml:7:19: disk format \"vmdk\"",

@@ -9,8 +9,9 @@ use toml::Spanned;
 use crate::compress::Compression;
 use crate::image_path::ImagePath;
 use crate::recipe::{
-    ConfigSpec, DirSpec, DiskFormat, DiskSpec, FileSpec, HardlinkSpec, InlineSpec, LayerSpec,
-    Ownership, Problem, RecipeError, SymlinkSpec, TarballSpec, TreeSpec,
+    ConfigSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec, InlineSpec,
+    LayerSpec, Ownership, PartitionLabels, Problem, RecipeError, RootFs, SymlinkSpec, TarballSpec,
+    TreeSpec,
 };
 use crate::source_path::SourcePath;
 
@@ -38,6 +39,23 @@ struct RawDisk {
     #[serde(default)]
     verity: bool,
     formats: Option<Vec<S<String>>>,
+    labels: Option<RawLabels>,
+    esp: Option<RawEsp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabels {
+    root: Option<S<String>>,
+    verity: Option<S<String>>,
+    esp: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEsp {
+    size: S<String>,
+    files: BTreeMap<String, S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -329,31 +347,97 @@ impl Context<'_> {
         })
     }
 
+    fn size(&self, what: &str, raw: &S<String>) -> Result<u64, RecipeError> {
+        match parse_size(raw.get_ref()) {
+            Some(size) if size > 0 && size % 512 == 0 => Ok(size),
+            _ => self.err(
+                raw.span(),
+                Problem::Invalid(format!(
+                    "{what} {:?} is not a size like \"64MiB\", \"1GiB\" or a byte count \
+                     that is a multiple of 512",
+                    raw.get_ref()
+                )),
+            ),
+        }
+    }
+
+    /// A GPT partition name: 1 to 36 UTF-16 units, no control characters.
+    fn label(&self, raw: &Option<S<String>>) -> Result<Option<String>, RecipeError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let label = raw.get_ref();
+        let units = label.encode_utf16().count();
+        if units == 0 || units > 36 || label.chars().any(char::is_control) {
+            return self.err(
+                raw.span(),
+                Problem::Invalid(format!(
+                    "partition label {label:?} must be 1 to 36 UTF-16 characters without \
+                     control characters (a GPT partition name)"
+                )),
+            );
+        }
+        Ok(Some(label.clone()))
+    }
+
     fn disk(&self, raw: RawDisk) -> Result<DiskSpec, RecipeError> {
-        let size = match parse_size(raw.size.get_ref()) {
-            Some(size) if size > 0 && size % 512 == 0 => size,
-            _ => {
-                return self.err(
-                    raw.size.span(),
-                    Problem::Invalid(format!(
-                        "disk size {:?} is not a size like \"64MiB\", \"1GiB\" or a byte count \
-                         that is a multiple of 512",
-                        raw.size.get_ref()
-                    )),
-                );
-            }
+        let size = self.size("disk size", &raw.size)?;
+        let root = match &raw.root {
+            None => RootFs::default(),
+            Some(root) => match root.get_ref().as_str() {
+                "erofs" => RootFs::Erofs,
+                "squashfs" => RootFs::Squashfs,
+                "ext4" => RootFs::Ext4,
+                other => {
+                    return self.err(
+                        root.span(),
+                        Problem::Invalid(format!(
+                            "disk root {other:?} is not one of \"erofs\", \"squashfs\", \"ext4\""
+                        )),
+                    );
+                }
+            },
         };
-        if let Some(root) = &raw.root {
-            if root.get_ref() != "erofs" {
-                return self.err(
-                    root.span(),
-                    Problem::Invalid(format!(
-                        "disk root {:?} is not supported; kiln writes \"erofs\"",
-                        root.get_ref()
-                    )),
-                );
+        let mut labels = PartitionLabels::default();
+        if let Some(raw) = &raw.labels {
+            labels.root = self.label(&raw.root)?;
+            labels.verity = self.label(&raw.verity)?;
+            labels.esp = self.label(&raw.esp)?;
+            let named =
+                [(&raw.root, &labels.root), (&raw.verity, &labels.verity), (&raw.esp, &labels.esp)];
+            for (i, (spanned, label)) in named.iter().enumerate() {
+                let (Some(spanned), Some(label)) = (spanned, label) else { continue };
+                if named[..i].iter().any(|(_, other)| other.as_ref() == Some(label)) {
+                    return self.err(
+                        spanned.span(),
+                        Problem::Invalid(format!(
+                            "partition label {label:?} is used twice; each partition needs its own"
+                        )),
+                    );
+                }
             }
         }
+        let esp = match &raw.esp {
+            None => None,
+            Some(esp) => {
+                let mut files = BTreeMap::new();
+                for (dest, src) in &esp.files {
+                    // TOML keys carry no span of their own here; the value's span points at the entry.
+                    let dest = ImagePath::parse(dest).or_else(|e| {
+                        self.err(src.span(), Problem::Invalid(format!("ESP path: {e}")))
+                    })?;
+                    files.insert(dest, self.image_path(src)?);
+                }
+                if files.is_empty() {
+                    return self.err(
+                        esp.size.span(),
+                        Problem::Invalid(
+                            "[disk.esp] needs files = { \"EFI/BOOT/BOOTX64.EFI\" = \"/path/in/image\" }"
+                                .into(),
+                        ),
+                    );
+                }
+                Some(EspSpec { size: self.size("ESP size", &esp.size)?, files })
+            }
+        };
         let mut formats = Vec::new();
         for f in raw.formats.unwrap_or_default() {
             let format = match f.get_ref().as_str() {
@@ -382,7 +466,7 @@ impl Context<'_> {
         if formats.is_empty() {
             formats.push(DiskFormat::Raw);
         }
-        Ok(DiskSpec { size, verity: raw.verity, formats })
+        Ok(DiskSpec { size, root, verity: raw.verity, formats, labels, esp })
     }
 
     fn layer(&self, raw: &RawLayer) -> Result<LayerSpec, RecipeError> {

@@ -40,6 +40,12 @@ impl BlobSink for MemSink {
         self.blobs.insert(descriptor.digest, fs::read(path)?);
         Ok(())
     }
+    fn cached_disk(&mut self, _key: &Digest) -> Result<Option<Descriptor>, SinkError> {
+        Ok(None)
+    }
+    fn remember_disk(&mut self, _key: &Digest, _artifact: &Descriptor) -> Result<(), SinkError> {
+        Ok(())
+    }
     fn put_referrer(&mut self, _subject: &Digest, _artifact: &Descriptor) -> Result<(), SinkError> {
         Ok(())
     }

@@ -85,10 +85,12 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "blobs": { "uploaded": sink.uploaded, "present": sink.present },
             "lock": { "path": lock_path.display().to_string(), "written": out.lock_written },
             "store": ctx.store.describe(),
-            "disk": out.disk.as_ref().map(|d| json!({
+            "disksReused": out.disks_reused,
+            "disks": out.disks.iter().map(|(p, d)| json!({
+                "platform": p.to_string(),
                 "digest": d.digest.to_string(),
                 "annotations": d.annotations,
-            })),
+            })).collect::<Vec<_>>(),
             "attestations": attested.as_ref().map(|a| json!({
                 "keyId": a.key_id.to_string(),
                 "signature": a.signature.digest.to_string(),
@@ -104,8 +106,8 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "built {name}:{tag} {} ({} layers built, {} reused; {} blobs uploaded, {} already stored)",
             out.index.digest, out.layers_built, out.layers_reused, sink.uploaded, sink.present
         ));
-        if let Some(d) = &out.disk {
-            ctx.say(format!("disk images attached as artifact {}", d.digest));
+        for (platform, d) in &out.disks {
+            ctx.say(format!("{platform} disk images attached as artifact {}", d.digest));
         }
         if let Some(a) = &attested {
             ctx.say(format!(

@@ -15,7 +15,7 @@ use crate::cli::ExportArgs;
 pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
     let (reference, root) = super::inspect::resolve(ctx, &args.reference)?;
     if let Some(dir) = &args.disk {
-        return export_disks(ctx, &reference, &root, dir);
+        return export_disks(ctx, &reference, &root, args.platform.as_deref(), dir);
     }
     let tag = match (&args.tag, &reference) {
         (Some(t), _) => {
@@ -63,50 +63,67 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the files of every disk artifact attached to the image's manifests into `dir`.
+/// Writes the files of the disk artifact attached to the image (or, for an index, to its
+/// manifest for `platform`) into `dir`.
 fn export_disks(
     ctx: &Ctx,
     reference: &Reference,
     root: &Descriptor,
+    platform: Option<&str>,
     dir: &Path,
 ) -> anyhow::Result<()> {
     let store = &ctx.store;
-    let mut manifests = vec![root.digest];
+    // (platform, disk artifact) for every manifest with disks attached.
+    let mut manifests = vec![(None, root.digest)];
     if root.media_type == media_type::IMAGE_INDEX {
         let index: ImageIndex = ctx.runtime.block_on(store.get_json(&root.digest))?;
-        manifests.extend(index.manifests.iter().map(|m| m.digest));
+        manifests.extend(index.manifests.iter().map(|m| (m.platform.clone(), m.digest)));
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut written = Vec::new();
-    for subject in manifests {
+    let mut disks = Vec::new();
+    for (p, subject) in manifests {
         for r in ctx.runtime.block_on(store.referrers(&subject))? {
-            if r.artifact_type.as_deref() != Some(DISK_ARTIFACT) {
-                continue;
-            }
-            let artifact: ImageManifest = ctx.runtime.block_on(store.get_json(&r.digest))?;
-            for layer in &artifact.layers {
-                let title = layer.annotations.get("org.opencontainers.image.title");
-                // Only plain file names: a title never chooses where outside `dir` to write.
-                let name = title.filter(|t| {
-                    !t.is_empty() && !t.contains('/') && t.as_str() != "." && t.as_str() != ".."
-                });
-                let name = name.cloned().unwrap_or_else(|| layer.digest.hex());
-                let target = dir.join(&name);
-                let size = ctx
-                    .runtime
-                    .block_on(store.copy_blob_to(&layer.digest, &target))
-                    .with_context(|| format!("writing {}", target.display()))?;
-                written.push(json!({
-                    "path": target.display().to_string(),
-                    "digest": layer.digest.to_string(),
-                    "mediaType": layer.media_type,
-                    "size": size,
-                }));
+            if r.artifact_type.as_deref() == Some(DISK_ARTIFACT) {
+                disks.push((p.as_ref().map(|p| p.to_string()), r));
             }
         }
     }
-    if written.is_empty() {
+    if disks.is_empty() {
         anyhow::bail!("{reference} has no disk images: build it from a recipe with a [disk] table");
+    }
+    let names = || disks.iter().filter_map(|(p, _)| p.clone()).collect::<Vec<_>>().join(", ");
+    let chosen = match platform {
+        Some(wanted) => {
+            let found = disks.iter().find(|(p, _)| p.as_deref() == Some(wanted));
+            found.with_context(|| {
+                format!("{reference} has no disk images for {wanted}; it has them for {}", names())
+            })?
+        }
+        None if disks.len() == 1 => &disks[0],
+        None => {
+            anyhow::bail!("{reference} has disk images for {}: choose one with --platform", names())
+        }
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    let artifact: ImageManifest = ctx.runtime.block_on(store.get_json(&chosen.1.digest))?;
+    for layer in &artifact.layers {
+        let title = layer.annotations.get("org.opencontainers.image.title");
+        // Only plain file names: a title never chooses where outside `dir` to write.
+        let name = title.filter(|t| {
+            !t.is_empty() && !t.contains('/') && t.as_str() != "." && t.as_str() != ".."
+        });
+        let name = name.cloned().unwrap_or_else(|| layer.digest.hex());
+        let target = dir.join(&name);
+        let size = ctx
+            .runtime
+            .block_on(store.copy_blob_to(&layer.digest, &target))
+            .with_context(|| format!("writing {}", target.display()))?;
+        written.push(json!({
+            "path": target.display().to_string(),
+            "digest": layer.digest.to_string(),
+            "mediaType": layer.media_type,
+            "size": size,
+        }));
     }
     if ctx.json {
         ctx.print_json(&json!({ "reference": reference.to_string(), "disks": written }))?;

@@ -1,6 +1,7 @@
-//! The `[disk]` outputs of a build: the layers flattened into an erofs root, an optional
-//! dm-verity hash partition, a GPT disk, and that disk as raw, qcow2, fixed VHD and GCE files, and an initramfs,
-//! described by an OCI 1.1 artifact manifest whose subject is the image manifest.
+//! The `[disk]` outputs of a build: the flattened root filesystem as erofs, squashfs or ext4, an
+//! optional dm-verity hash partition and FAT ESP, a GPT disk, and that disk as raw, qcow2, fixed
+//! VHD and GCE files, and an initramfs, described by an OCI 1.1 artifact manifest whose subject
+//! is the image manifest.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,54 +13,67 @@ use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest};
 use crate::compress::{compress, Compression, CompressionError};
 use crate::disk::cpio::{write_cpio, CpioError};
 use crate::disk::erofs::{write_erofs, ErofsError};
-use crate::disk::gpt::{derive_guid, write_gpt, GptError, Guid, Partition, PartitionType};
+use crate::disk::ext4::{write_ext4, Ext4Error};
+use crate::disk::fat::{write_fat, FatError};
+use crate::disk::gpt::{derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionType};
 use crate::disk::qcow2::{write_qcow2, Qcow2Error};
+use crate::disk::squashfs::{write_squashfs, SquashfsError};
 use crate::disk::verity::{salt_from, write_verity, VerityError};
 use crate::disk::vhd;
 use crate::epoch::Epoch;
 use crate::image::JsonBlob;
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::layer::{write_layer, LayerError};
-use crate::recipe::{DiskFormat, DiskSpec};
-use crate::rootfs::{flatten, RootfsError};
+use crate::recipe::{DiskFormat, DiskSpec, EspSpec, RootFs};
+use crate::rootfs::RootfsError;
 use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
 
 /// artifactType of the disk images attached to an image.
 pub const DISK_ARTIFACT: &str = "application/vnd.kiln.disk.v1";
-/// Media type of the empty config of an artifact manifest.
 /// Annotation carrying the dm-verity root hash (hex) on the artifact manifest.
 pub const ROOT_HASH_ANNOTATION: &str = "dev.kiln.disk.verity.root-hash";
 
 /// Why the disk images could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("flattening the layers: {0}")]
+    #[error("flattening the layers")]
     Rootfs(#[from] RootfsError),
-    #[error("erofs root: {0}")]
+    #[error("erofs root")]
     Erofs(#[from] ErofsError),
-    #[error("dm-verity: {0}")]
+    #[error("squashfs root")]
+    Squashfs(#[from] SquashfsError),
+    #[error("ext4 root")]
+    Ext4(#[from] Ext4Error),
+    #[error("ESP")]
+    Fat(#[from] FatError),
+    #[error(
+        "ESP file {dest} is taken from {src}, which {}",
+        match found { None => "is not in the image".to_string(), Some(what) => format!("is {what}") }
+    )]
+    EspSource { dest: ImagePath, src: ImagePath, found: Option<&'static str> },
+    #[error("dm-verity")]
     Verity(#[from] VerityError),
-    #[error("GPT disk: {0}")]
+    #[error("GPT disk")]
     Gpt(#[from] GptError),
-    #[error("qcow2: {0}")]
+    #[error("qcow2")]
     Qcow2(#[from] Qcow2Error),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("GCE image: {0}")]
+    #[error("GCE image")]
     Gce(#[from] LayerError),
-    #[error("initramfs: {0}")]
+    #[error("initramfs")]
     Cpio(#[from] CpioError),
-    #[error("initramfs: {0}")]
+    #[error("initramfs")]
     Compress(#[from] CompressionError),
-    #[error("GCE image: {0}")]
+    #[error("GCE image")]
     GceTree(#[from] TreeError),
-    #[error("GCE image: {0}")]
+    #[error("GCE image")]
     GcePath(#[from] ImagePathError),
-    #[error("serialising the disk artifact manifest: {0}")]
+    #[error("serialising the disk artifact manifest")]
     Json(#[from] serde_json::Error),
 }
 
@@ -106,10 +120,97 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Makes the disks of `spec` from `layers` in `work_dir`, for the image manifest `subject`.
+/// The root partition's filesystem image, written to a scratch file.
+struct RootImage {
+    path: PathBuf,
+    size: u64,
+    uuid: [u8; 16],
+}
+
+/// Writes `rootfs` as the filesystem `kind` into `work_dir`.
+fn write_root(
+    kind: RootFs,
+    rootfs: &Tree,
+    epoch: Epoch,
+    threads: usize,
+    work_dir: &Path,
+) -> Result<RootImage, DiskError> {
+    let path = work_dir.join(format!("root.{}", kind.name()));
+    let io_err = |source| DiskError::Io { path: path.clone(), source };
+    let (size, uuid) = match kind {
+        RootFs::Erofs => {
+            let mut out = BufWriter::new(File::create(&path).map_err(io_err)?);
+            let image = write_erofs(rootfs, epoch, &mut out)?;
+            out.flush().map_err(io_err)?;
+            (image.size, image.uuid)
+        }
+        RootFs::Squashfs => {
+            let mut out = BufWriter::new(File::create(&path).map_err(io_err)?);
+            let image = write_squashfs(rootfs, epoch, threads, &mut out)?;
+            out.flush().map_err(io_err)?;
+            (image.size, image.uuid)
+        }
+        RootFs::Ext4 => {
+            let image = write_ext4(rootfs, epoch, work_dir, &path)?;
+            (image.size, image.uuid)
+        }
+    };
+    Ok(RootImage { path, size, uuid })
+}
+
+/// The ESP's files taken from the image, as a tree of ESP paths; refuses sources that are
+/// missing or not regular files.
+pub fn esp_tree(rootfs: &Tree, spec: &EspSpec) -> Result<Tree, DiskError> {
+    let mut tree = Tree::new();
+    for (dest, src) in &spec.files {
+        let missing = || DiskError::EspSource { dest: dest.clone(), src: src.clone(), found: None };
+        let mut entry = rootfs.get(src).ok_or_else(missing)?;
+        if let EntryKind::HardLink(target) = &entry.kind {
+            entry = rootfs.get(target).ok_or_else(missing)?;
+        }
+        let EntryKind::File(content) = &entry.kind else {
+            let found = match entry.kind {
+                EntryKind::Dir => "a directory",
+                EntryKind::Symlink(_) => "a symbolic link (name the file it points to)",
+                _ => "not a regular file",
+            };
+            return Err(DiskError::EspSource {
+                dest: dest.clone(),
+                src: src.clone(),
+                found: Some(found),
+            });
+        };
+        let file = Entry { kind: EntryKind::File(content.clone()), meta: Meta::root(0o644) };
+        tree.insert(dest.clone(), file)?;
+    }
+    Ok(tree)
+}
+
+/// A seed naming the ESP's content: its paths and the digests of its files.
+fn esp_seed(esp: &Tree) -> Digest {
+    let mut listing = Vec::new();
+    for (path, entry) in esp.iter() {
+        listing.extend_from_slice(path.as_str().as_bytes());
+        listing.push(0);
+        if let EntryKind::File(content) = &entry.kind {
+            let digest = match content {
+                Content::Host { digest, .. } => *digest,
+                Content::Bytes(bytes) => Digest::of(bytes),
+            };
+            listing.extend_from_slice(digest.as_bytes());
+        }
+        listing.push(b'\n');
+    }
+    Digest::of(&listing)
+}
+
+/// Makes the disks of `spec` for `arch` from the flattened root filesystem `rootfs` in
+/// `work_dir`, for the image manifest `subject`.
+#[allow(clippy::too_many_arguments)]
 pub fn make_disks(
-    layers: &[Tree],
+    rootfs: &Tree,
     spec: &DiskSpec,
+    arch: Arch,
     epoch: Epoch,
     threads: usize,
     work_dir: &Path,
@@ -122,18 +223,32 @@ pub fn make_disks(
     let create = |path: &Path| File::create(path).map_err(io_err(path));
     let open = |path: &Path| File::open(path).map_err(io_err(path));
 
-    let rootfs = flatten(layers)?;
-    let erofs_path = work_dir.join("root.erofs");
-    let mut erofs_file = BufWriter::new(create(&erofs_path)?);
-    let erofs = write_erofs(&rootfs, epoch, &mut erofs_file)?;
-    erofs_file.flush().map_err(io_err(&erofs_path))?;
-    drop(erofs_file);
+    // The ESP comes first so that a missing boot file is reported before the long work.
+    let esp = match &spec.esp {
+        Some(esp_spec) => {
+            let tree = esp_tree(rootfs, esp_spec)?;
+            let seed = esp_seed(&tree);
+            let path = work_dir.join("esp.fat");
+            let mut out = BufWriter::new(create(&path)?);
+            let volume_id = u32::from_be_bytes([
+                seed.as_bytes()[0],
+                seed.as_bytes()[1],
+                seed.as_bytes()[2],
+                seed.as_bytes()[3],
+            ]);
+            write_fat(&tree, esp_spec.size, epoch, volume_id, "ESP", &mut out)?;
+            out.flush().map_err(io_err(&path))?;
+            Some((path, esp_spec.size, derive_guid("esp", seed.as_bytes())))
+        }
+        None => None,
+    };
 
+    let root = write_root(spec.root, rootfs, epoch, threads, work_dir)?;
     let verity_path = work_dir.join("root.verity");
     let verity = if spec.verity {
-        let data = BufReader::new(open(&erofs_path)?);
+        let data = BufReader::new(open(&root.path)?);
         let mut out = BufWriter::new(create(&verity_path)?);
-        let tree = write_verity(data, erofs.size, salt_from(&erofs.uuid), &mut out)?;
+        let tree = write_verity(data, root.size, salt_from(&root.uuid), &mut out)?;
         out.flush().map_err(io_err(&verity_path))?;
         Some(tree)
     } else {
@@ -150,29 +265,47 @@ pub fn make_disks(
             b.copy_from_slice(&v.root_hash[16..]);
             (Guid::from_be(a), Guid::from_be(b))
         }
-        None => (derive_guid("root", &erofs.uuid), derive_guid("root-verity", &erofs.uuid)),
+        None => (derive_guid("root", &root.uuid), derive_guid("root-verity", &root.uuid)),
     };
     let mut seed = root_guid.0.to_vec();
     seed.extend_from_slice(&verity_guid.0);
+    if let Some((_, _, esp_guid)) = &esp {
+        seed.extend_from_slice(&esp_guid.0);
+    }
     let disk_guid = derive_guid("disk", &seed);
 
     let raw_path = work_dir.join("disk.raw");
     {
-        let mut root_data = BufReader::new(open(&erofs_path)?);
-        let mut parts = vec![Partition {
-            kind: PartitionType::RootX86_64,
+        let label = |kind: PartitionType, chosen: &Option<String>| {
+            chosen.clone().unwrap_or_else(|| kind.default_label())
+        };
+        let mut parts = Vec::new();
+        let mut esp_data;
+        if let Some((path, size, guid)) = &esp {
+            esp_data = BufReader::new(open(path)?);
+            parts.push(Partition {
+                kind: PartitionType::Esp,
+                guid: *guid,
+                label: label(PartitionType::Esp, &spec.labels.esp),
+                size: *size,
+                data: &mut esp_data,
+            });
+        }
+        let mut root_data = BufReader::new(open(&root.path)?);
+        parts.push(Partition {
+            kind: PartitionType::Root(arch),
             guid: root_guid,
-            label: "root-x86-64".into(),
-            size: erofs.size,
+            label: label(PartitionType::Root(arch), &spec.labels.root),
+            size: root.size,
             data: &mut root_data,
-        }];
+        });
         let mut hash_data;
         if let Some(v) = &verity {
             hash_data = BufReader::new(open(&verity_path)?);
             parts.push(Partition {
-                kind: PartitionType::RootVerityX86_64,
+                kind: PartitionType::RootVerity(arch),
                 guid: verity_guid,
-                label: "root-x86-64-verity".into(),
+                label: label(PartitionType::RootVerity(arch), &spec.labels.verity),
                 size: v.hash_size,
                 data: &mut hash_data,
             });
@@ -216,7 +349,7 @@ pub fn make_disks(
             DiskFormat::Initramfs => {
                 let cpio_path = work_dir.join("initramfs.cpio");
                 let mut cpio = BufWriter::new(create(&cpio_path)?);
-                write_cpio(&rootfs, epoch, &mut cpio)?;
+                write_cpio(rootfs, epoch, &mut cpio)?;
                 cpio.flush().map_err(io_err(&cpio_path))?;
                 drop(cpio);
                 let path = work_dir.join("initramfs.cpio.gz");
@@ -234,7 +367,10 @@ pub fn make_disks(
         files.push(DiskFile { format: *format, path, descriptor });
     }
     // Intermediate files are not outputs; failing to remove them is harmless.
-    let _ = std::fs::remove_file(&erofs_path);
+    let _ = std::fs::remove_file(&root.path);
+    if let Some((path, _, _)) = &esp {
+        let _ = std::fs::remove_file(path);
+    }
     let _ = std::fs::remove_file(&verity_path);
     if !spec.formats.contains(&DiskFormat::Raw) {
         let _ = std::fs::remove_file(&raw_path);

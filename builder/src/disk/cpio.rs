@@ -32,7 +32,7 @@ pub enum CpioError {
         #[source]
         source: HostFileError,
     },
-    #[error("writing the cpio archive: {0}")]
+    #[error("writing the cpio archive")]
     Write(#[source] io::Error),
 }
 

@@ -56,7 +56,7 @@ pub enum ErofsError {
         #[source]
         source: HostFileError,
     },
-    #[error("writing the erofs image: {0}")]
+    #[error("writing the erofs image")]
     Write(#[source] io::Error),
 }
 

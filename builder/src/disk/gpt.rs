@@ -7,6 +7,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use kiln_oci::digest::Sha256;
+use kiln_oci::Platform;
 
 /// Sector size.
 pub const SECTOR: u64 = 512;
@@ -69,13 +70,45 @@ impl fmt::Display for Guid {
     }
 }
 
-/// Partition types of the Discoverable Partitions Specification (x86-64).
+/// CPU architectures whose root partitions have Discoverable Partitions Specification types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Arch {
+    X86_64,
+    Arm64,
+    Riscv64,
+}
+
+impl Arch {
+    /// The architecture of a `linux/*` OCI platform, if disks can be made for it.
+    pub fn of(platform: &Platform) -> Option<Arch> {
+        if platform.os != "linux" {
+            return None;
+        }
+        match platform.architecture.as_str() {
+            "amd64" => Some(Arch::X86_64),
+            "arm64" => Some(Arch::Arm64),
+            "riscv64" => Some(Arch::Riscv64),
+            _ => None,
+        }
+    }
+
+    /// The name the specification uses in partition names (`root-x86-64`).
+    pub fn dps_name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86-64",
+            Arch::Arm64 => "arm64",
+            Arch::Riscv64 => "riscv64",
+        }
+    }
+}
+
+/// Partition types of the Discoverable Partitions Specification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PartitionType {
-    /// Root file system for x86-64.
-    RootX86_64,
-    /// dm-verity hash data of the x86-64 root.
-    RootVerityX86_64,
+    /// Root file system.
+    Root(Arch),
+    /// dm-verity hash data of the root.
+    RootVerity(Arch),
     /// EFI System Partition.
     Esp,
 }
@@ -84,11 +117,25 @@ impl PartitionType {
     /// The type GUID.
     pub fn guid(self) -> Guid {
         let text = match self {
-            PartitionType::RootX86_64 => "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
-            PartitionType::RootVerityX86_64 => "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
+            PartitionType::Root(Arch::X86_64) => "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+            PartitionType::RootVerity(Arch::X86_64) => "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
+            PartitionType::Root(Arch::Arm64) => "b921b045-1df0-41c3-af44-4c6f280d3fae",
+            PartitionType::RootVerity(Arch::Arm64) => "df3300ce-d69f-4c92-978c-9bfb0f38d820",
+            PartitionType::Root(Arch::Riscv64) => "72ec70a6-cf74-40e6-bd49-4bda08e8f224",
+            PartitionType::RootVerity(Arch::Riscv64) => "b6ed5582-440b-4209-b8da-5ff7c419ea3d",
             PartitionType::Esp => "c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
         };
         Guid::parse(text).unwrap_or(Guid([0; 16]))
+    }
+
+    /// The partition name used when the recipe does not choose one (`root-x86-64`,
+    /// `root-x86-64-verity`, `esp`), as systemd-repart names them.
+    pub fn default_label(self) -> String {
+        match self {
+            PartitionType::Root(arch) => format!("root-{}", arch.dps_name()),
+            PartitionType::RootVerity(arch) => format!("root-{}-verity", arch.dps_name()),
+            PartitionType::Esp => "esp".into(),
+        }
     }
 }
 
@@ -139,7 +186,7 @@ pub enum GptError {
         #[source]
         source: io::Error,
     },
-    #[error("writing the disk image: {0}")]
+    #[error("writing the disk image")]
     Write(#[source] io::Error),
 }
 

@@ -21,9 +21,9 @@ const COPIED: u64 = 1 << 63;
 /// Why a qcow2 image could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum Qcow2Error {
-    #[error("reading the raw disk: {0}")]
+    #[error("reading the raw disk")]
     Read(#[source] io::Error),
-    #[error("writing the qcow2 image: {0}")]
+    #[error("writing the qcow2 image")]
     Write(#[source] io::Error),
 }
 

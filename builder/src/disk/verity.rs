@@ -23,9 +23,9 @@ pub enum VerityError {
     NotBlockAligned(u64),
     #[error("dm-verity needs at least one data block")]
     Empty,
-    #[error("reading the data to hash: {0}")]
+    #[error("reading the data to hash")]
     Read(#[source] io::Error),
-    #[error("writing the hash tree: {0}")]
+    #[error("writing the hash tree")]
     Write(#[source] io::Error),
 }
 
