@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest};
+use kiln_oci::{media_type, Descriptor, Digest, HashingWriter, ImageManifest};
 
 use crate::compress::{compress, Compression, CompressionError};
 use crate::disk::cpio::{write_cpio, CpioError};
@@ -108,12 +108,18 @@ pub fn media_type_of(format: DiskFormat) -> &'static str {
     }
 }
 
-/// The sha256 and size of a file.
-fn hash_file(path: &Path) -> Result<(Digest, u64), DiskError> {
+/// Creates the file at `path` and fills it through `write`, hashing every byte written:
+/// returns the file's sha256 and size without reading it back.
+fn write_hashed<F>(path: &Path, write: F) -> Result<(Digest, u64), DiskError>
+where
+    F: FnOnce(&mut HashingWriter<BufWriter<File>>) -> Result<(), DiskError>,
+{
     let io_err = |source| DiskError::Io { path: path.to_path_buf(), source };
-    let mut reader = HashingReader::new(BufReader::new(File::open(path).map_err(io_err)?));
-    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
-    Ok(reader.finish())
+    let mut out = HashingWriter::new(BufWriter::new(File::create(path).map_err(io_err)?));
+    write(&mut out)?;
+    let (mut file, digest, size) = out.finish();
+    file.flush().map_err(io_err)?;
+    Ok((digest, size))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -275,7 +281,7 @@ pub fn make_disks(
     let disk_guid = derive_guid("disk", &seed);
 
     let raw_path = work_dir.join("disk.raw");
-    {
+    let raw = {
         let label = |kind: PartitionType, chosen: &Option<String>| {
             chosen.clone().unwrap_or_else(|| kind.default_label())
         };
@@ -310,57 +316,60 @@ pub fn make_disks(
                 data: &mut hash_data,
             });
         }
-        let mut out = BufWriter::new(create(&raw_path)?);
-        write_gpt(spec.size, disk_guid, &mut parts, &mut out)?;
-        out.flush().map_err(io_err(&raw_path))?;
-    }
+        write_hashed(&raw_path, |out| {
+            Ok(write_gpt(spec.size, disk_guid, &mut parts, out).map(drop)?)
+        })?
+    };
 
     let mut files = Vec::new();
     for format in &spec.formats {
-        let path = match format {
-            DiskFormat::Raw => raw_path.clone(),
-            DiskFormat::Qcow2 => {
-                let path = work_dir.join("disk.qcow2");
-                let mut out = BufWriter::new(create(&path)?);
-                write_qcow2(BufReader::new(open(&raw_path)?), spec.size, &mut out)?;
-                out.flush().map_err(io_err(&path))?;
-                path
-            }
-            DiskFormat::Vhd => {
-                let path = work_dir.join("disk.vhd");
-                let mut out = BufWriter::new(create(&path)?);
-                io::copy(&mut open(&raw_path)?, &mut out).map_err(io_err(&path))?;
-                let footer = vhd::footer(spec.size, epoch, disk_guid.to_be());
-                out.write_all(&footer).map_err(io_err(&path))?;
-                out.flush().map_err(io_err(&path))?;
-                path
-            }
-            DiskFormat::Gce => {
-                let (digest, size) = hash_file(&raw_path)?;
-                let mut tree = Tree::new();
-                let content = Content::Host { path: raw_path.clone(), size, digest };
-                let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };
-                tree.insert(ImagePath::parse("disk.raw")?, entry)?;
-                let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;
-                let path = work_dir.join("disk.tar.gz");
-                std::fs::rename(&blob.path, &path).map_err(io_err(&path))?;
-                path
-            }
-            DiskFormat::Initramfs => {
-                let cpio_path = work_dir.join("initramfs.cpio");
-                let mut cpio = BufWriter::new(create(&cpio_path)?);
-                write_cpio(rootfs, epoch, &mut cpio)?;
-                cpio.flush().map_err(io_err(&cpio_path))?;
-                drop(cpio);
-                let path = work_dir.join("initramfs.cpio.gz");
-                let input = BufReader::new(open(&cpio_path)?);
-                let mut out = compress(&Compression::GZIP, threads, input, create(&path)?)?;
-                out.flush().map_err(io_err(&path))?;
-                let _ = std::fs::remove_file(&cpio_path);
-                path
-            }
-        };
-        let (digest, size) = hash_file(&path)?;
+        let (path, (digest, size)) =
+            match format {
+                DiskFormat::Raw => (raw_path.clone(), raw),
+                DiskFormat::Qcow2 => {
+                    let path = work_dir.join("disk.qcow2");
+                    let raw_data = BufReader::new(open(&raw_path)?);
+                    let hashed = write_hashed(&path, |out| {
+                        Ok(write_qcow2(raw_data, spec.size, out).map(drop)?)
+                    })?;
+                    (path, hashed)
+                }
+                DiskFormat::Vhd => {
+                    let path = work_dir.join("disk.vhd");
+                    let mut raw_data = open(&raw_path)?;
+                    let hashed = write_hashed(&path, |out| {
+                        io::copy(&mut raw_data, out).map_err(io_err(&path))?;
+                        let footer = vhd::footer(spec.size, epoch, disk_guid.to_be());
+                        out.write_all(&footer).map_err(io_err(&path))
+                    })?;
+                    (path, hashed)
+                }
+                DiskFormat::Gce => {
+                    let (digest, size) = raw;
+                    let mut tree = Tree::new();
+                    let content = Content::Host { path: raw_path.clone(), size, digest };
+                    let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };
+                    tree.insert(ImagePath::parse("disk.raw")?, entry)?;
+                    let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;
+                    let path = work_dir.join("disk.tar.gz");
+                    std::fs::rename(&blob.path, &path).map_err(io_err(&path))?;
+                    (path, (blob.digest, blob.size))
+                }
+                DiskFormat::Initramfs => {
+                    let cpio_path = work_dir.join("initramfs.cpio");
+                    let mut cpio = BufWriter::new(create(&cpio_path)?);
+                    write_cpio(rootfs, epoch, &mut cpio)?;
+                    cpio.flush().map_err(io_err(&cpio_path))?;
+                    drop(cpio);
+                    let path = work_dir.join("initramfs.cpio.gz");
+                    let input = BufReader::new(open(&cpio_path)?);
+                    let hashed = write_hashed(&path, |out| {
+                        Ok(compress(&Compression::GZIP, threads, input, out).map(drop)?)
+                    })?;
+                    let _ = std::fs::remove_file(&cpio_path);
+                    (path, hashed)
+                }
+            };
         let mut descriptor = Descriptor::new(media_type_of(*format), digest, size);
         let title = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         descriptor.annotations.insert("org.opencontainers.image.title".into(), title.into());
