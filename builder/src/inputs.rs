@@ -1,20 +1,23 @@
 //! Inputs: host files, trees and tarballs hashed and turned into a layer's [`Tree`].
 
-use std::collections::BTreeMap;
+mod scan;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_oci::{Digest, Sha256};
 use serde::{Deserialize, Serialize};
 
-use crate::hash_cache::HashCache;
+use crate::hash_cache::{FileStamp, HashCache};
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::recipe::{LayerSpec, Ownership};
 use crate::source_path::SourcePath;
 use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
+use scan::{Found, What};
 
 /// What kind of input a lock entry pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -64,19 +67,18 @@ pub struct ResolvedLayer {
 
 /// Hashes every input of `spec` and builds its tree.
 pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<ResolvedLayer, InputError> {
-    let mut b =
-        LayerBuilder { layer: spec.name.clone(), cache, tree: Tree::new(), inputs: Vec::new() };
+    let mut b = LayerBuilder { layer: spec.name.clone(), tree: Tree::new(), inputs: Vec::new() };
     for d in &spec.dirs {
         b.insert(d.dest.clone(), EntryKind::Dir, meta(&d.owner, 0o755))?;
     }
     for t in &spec.trees {
-        b.add_tree(&t.src, &t.dest, t.uid, t.gid)?;
+        b.add_tree(&t.src, &t.dest, t.uid, t.gid, cache)?;
     }
     for t in &spec.tarballs {
-        b.add_tarball(&t.src, &t.dest)?;
+        b.add_tarball(&t.src, &t.dest, cache)?;
     }
     for f in &spec.files {
-        let (content, exec) = hash_file(f.src.abs(), &metadata(f.src.abs())?, b.cache)?;
+        let (content, exec) = hash_file(f.src.abs(), cache)?;
         b.inputs.push(Input {
             kind: InputKind::File,
             src: f.src.rel().to_string(),
@@ -123,49 +125,68 @@ fn content_digest(content: &Content) -> Digest {
     }
 }
 
-/// Hashes a host file (or takes its digest from `cache`); returns its content reference and
-/// whether any execute bit is set. `md` is the file's metadata, already taken by the caller.
-fn hash_file(
+/// Bytes read from an input file at a time.
+const READ_BUF: usize = 256 * 1024;
+
+/// A host file's digest and the number of bytes it had.
+#[derive(Debug)]
+struct Hashed {
+    digest: Digest,
+    size: u64,
+    /// Read and hashed just now, with exactly the stamped size: worth remembering.
+    fresh: bool,
+}
+
+/// The digest of the file at `path` stamped `stamp`: remembered by `cache`, else read and
+/// hashed with `buf` (at least [`READ_BUF`] bytes, reused across files).
+fn hash_host(
     path: &Path,
-    md: &fs::Metadata,
-    cache: &mut HashCache,
-) -> Result<(Content, bool), InputError> {
-    let exec = md.permissions().mode() & 0o111 != 0;
-    if let Some(digest) = cache.get(path, md) {
-        return Ok((Content::Host { path: path.to_path_buf(), size: md.len(), digest }, exec));
+    stamp: &FileStamp,
+    cache: &HashCache,
+    buf: &mut [u8],
+) -> std::io::Result<Hashed> {
+    if let Some(digest) = cache.get(stamp) {
+        return Ok(Hashed { digest, size: stamp.size(), fresh: false });
     }
-    let io = |source| InputError::Io { path: path.to_path_buf(), source };
-    let mut file = fs::File::open(path).map_err(io)?;
+    let mut file = fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
+        let n = match file.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    let digest = hasher.finish();
-    if size == md.len() {
-        cache.put(path, md, digest);
+    Ok(Hashed { digest: hasher.finish(), size, fresh: size == stamp.size() })
+}
+
+/// Hashes a single host file (or takes its digest from `cache`); returns its content
+/// reference and whether any execute bit is set.
+fn hash_file(path: &Path, cache: &mut HashCache) -> Result<(Content, bool), InputError> {
+    let io = |source| InputError::Io { path: path.to_path_buf(), source };
+    let md = fs::metadata(path).map_err(io)?;
+    let exec = md.permissions().mode() & 0o111 != 0;
+    let stamp = FileStamp::of(&md);
+    let hashed = hash_host(path, &stamp, cache, &mut vec![0; READ_BUF]).map_err(io)?;
+    if hashed.fresh {
+        cache.put(stamp, hashed.digest);
     }
-    Ok((Content::Host { path: path.to_path_buf(), size, digest }, exec))
+    let content =
+        Content::Host { path: path.to_path_buf(), size: hashed.size, digest: hashed.digest };
+    Ok((content, exec))
 }
 
-fn metadata(path: &Path) -> Result<fs::Metadata, InputError> {
-    fs::metadata(path).map_err(|source| InputError::Io { path: path.to_path_buf(), source })
-}
-
-struct LayerBuilder<'c> {
+struct LayerBuilder {
     layer: String,
-    cache: &'c mut HashCache,
     tree: Tree,
     inputs: Vec<Input>,
 }
 
-impl LayerBuilder<'_> {
+impl LayerBuilder {
     fn insert(&mut self, path: ImagePath, kind: EntryKind, meta: Meta) -> Result<(), InputError> {
         self.tree
             .insert(path, Entry { kind, meta })
@@ -182,105 +203,110 @@ impl LayerBuilder<'_> {
         self.insert(path, EntryKind::Dir, meta)
     }
 
+    /// Adds the host tree `src` under `dest`. Worker threads list and hash it (see
+    /// [`scan`]); entries are added here in sorted depth-first order, so neither directory
+    /// order on disk nor thread timing matters.
     fn add_tree(
         &mut self,
         src: &SourcePath,
         dest: &ImagePath,
         uid: u32,
         gid: u32,
+        cache: &mut HashCache,
     ) -> Result<(), InputError> {
-        let mut listing = Vec::new();
-        let mut links: BTreeMap<(u64, u64), ImagePath> = BTreeMap::new();
         let owner = |mode| Meta { mode, uid, gid, xattrs: BTreeMap::new() };
         self.insert_found_dir(dest.clone(), owner(0o755))?;
-        // Depth-first with names sorted bytewise, so directory order on disk never matters.
-        let mut stack: Vec<(PathBuf, String)> = vec![(src.abs().to_path_buf(), String::new())];
-        while let Some((dir, rel_dir)) = stack.pop() {
-            let io = |source| InputError::Io { path: dir.clone(), source };
-            let mut names = Vec::new();
-            for entry in fs::read_dir(&dir).map_err(io)? {
-                names.push(entry.map_err(io)?.file_name());
-            }
-            names.sort();
-            let mut subdirs = Vec::new();
-            for name in names {
-                let host = dir.join(&name);
-                let name =
-                    name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host.clone() })?;
-                let rel =
-                    if rel_dir.is_empty() { name.to_string() } else { format!("{rel_dir}/{name}") };
-                let image = dest
-                    .join(&rel)
-                    .map_err(|source| InputError::Path { path: rel.clone(), source })?;
-                let md = fs::symlink_metadata(&host)
-                    .map_err(|source| InputError::Io { path: host.clone(), source })?;
-                let ft = md.file_type();
-                if ft.is_dir() {
-                    listing.push(format!("d 755 {rel}\n"));
-                    self.insert_found_dir(image, owner(0o755))?;
-                    subdirs.push((host, rel));
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(&host)
-                        .map_err(|source| InputError::Io { path: host.clone(), source })?;
-                    let target = target
-                        .to_str()
-                        .ok_or_else(|| InputError::NotUtf8 { path: host.clone() })?
-                        .to_string();
-                    let parent = ImagePath::parse(&rel)
-                        .ok()
-                        .and_then(|p| p.parent())
-                        .unwrap_or_else(ImagePath::root);
-                    if target.starts_with('/') || parent.join(&target).is_err() {
-                        return Err(InputError::SymlinkEscapes {
-                            path: host,
-                            target,
-                            tree: src.rel().to_string(),
-                        });
-                    }
-                    listing.push(format!("l 777 {rel}\0{target}\n"));
-                    self.insert(image, EntryKind::Symlink(target), owner(0o777))?;
-                } else if ft.is_file() {
-                    let mode = normal_mode(md.mode() & 0o111 != 0);
-                    if md.nlink() > 1 {
-                        if let Some(first) = links.get(&(md.dev(), md.ino())) {
-                            listing.push(format!("h 0 {rel}\0{}\n", first.as_str()));
-                            self.insert(image, EntryKind::HardLink(first.clone()), owner(mode))?;
-                            continue;
-                        }
-                        links.insert((md.dev(), md.ino()), image.clone());
-                    }
-                    let (content, _) = hash_file(&host, &md, self.cache)?;
-                    listing.push(format!("f {mode:o} {rel}\0{}\n", content_digest(&content)));
-                    self.insert(image, EntryKind::File(content), owner(mode))?;
-                } else {
-                    let kind = if ft.is_fifo() {
-                        "FIFOs"
-                    } else if ft.is_socket() {
-                        "sockets"
+        let (digest, learned) = scan::walk(src.abs(), cache, |walker| {
+            let mut listing = ListingHasher::default();
+            let mut links: HashMap<(u64, u64), ImagePath> = HashMap::new();
+            let mut stack: Vec<(usize, String)> = vec![(0, String::new())];
+            while let Some((id, rel_dir)) = stack.pop() {
+                let mut subdirs = Vec::new();
+                for Found { name, host, what } in walker.take(id)?.entries {
+                    let name =
+                        name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host.clone() })?;
+                    let rel = if rel_dir.is_empty() {
+                        name.to_string()
                     } else {
-                        "device nodes"
+                        format!("{rel_dir}/{name}")
                     };
-                    return Err(InputError::SpecialFile { path: host, kind });
+                    let image = dest
+                        .join(&rel)
+                        .map_err(|source| InputError::Path { path: rel.clone(), source })?;
+                    match what {
+                        What::Dir(sub) => {
+                            listing.line(&[b"d 755 ", rel.as_bytes()]);
+                            self.insert_found_dir(image, owner(0o755))?;
+                            subdirs.push((sub, rel));
+                        }
+                        What::Symlink(target) => {
+                            let target = target
+                                .to_str()
+                                .ok_or_else(|| InputError::NotUtf8 { path: host.clone() })?
+                                .to_string();
+                            let parent = ImagePath::parse(&rel)
+                                .ok()
+                                .and_then(|p| p.parent())
+                                .unwrap_or_else(ImagePath::root);
+                            if target.starts_with('/') || parent.join(&target).is_err() {
+                                return Err(InputError::SymlinkEscapes {
+                                    path: host,
+                                    target,
+                                    tree: src.rel().to_string(),
+                                });
+                            }
+                            listing.line(&[b"l 777 ", rel.as_bytes(), b"\0", target.as_bytes()]);
+                            self.insert(image, EntryKind::Symlink(target), owner(0o777))?;
+                        }
+                        What::File { exec, nlink, inode, hashed } => {
+                            let mode = normal_mode(exec);
+                            let mode_text: &[u8] = if exec { b"755" } else { b"644" };
+                            if nlink > 1 {
+                                if let Some(first) = links.get(&inode) {
+                                    listing.line(&[
+                                        b"h 0 ",
+                                        rel.as_bytes(),
+                                        b"\0",
+                                        first.as_str().as_bytes(),
+                                    ]);
+                                    let link = EntryKind::HardLink(first.clone());
+                                    self.insert(image, link, owner(mode))?;
+                                    continue;
+                                }
+                                links.insert(inode, image.clone());
+                            }
+                            let Hashed { digest, size, .. } = hashed
+                                .map_err(|source| InputError::Io { path: host.clone(), source })?;
+                            listing.file_line(mode_text, &rel, &digest);
+                            let content = Content::Host { path: host, size, digest };
+                            self.insert(image, EntryKind::File(content), owner(mode))?;
+                        }
+                        What::Special(kind) => {
+                            return Err(InputError::SpecialFile { path: host, kind })
+                        }
+                        What::Failed(source) => return Err(InputError::Io { path: host, source }),
+                    }
                 }
+                // Reverse so the stack pops subdirectories in sorted order.
+                stack.extend(subdirs.into_iter().rev());
             }
-            // Reverse so the stack pops subdirectories in sorted order.
-            stack.extend(subdirs.into_iter().rev());
+            Ok(listing.finish())
+        })?;
+        for (stamp, digest) in learned {
+            cache.put(stamp, digest);
         }
-        let mut hasher = Sha256::new();
-        for line in &listing {
-            hasher.update(line.as_bytes());
-        }
-        self.inputs.push(Input {
-            kind: InputKind::Tree,
-            src: src.rel().to_string(),
-            digest: hasher.finish(),
-        });
+        self.inputs.push(Input { kind: InputKind::Tree, src: src.rel().to_string(), digest });
         Ok(())
     }
 
-    fn add_tarball(&mut self, src: &SourcePath, dest: &ImagePath) -> Result<(), InputError> {
+    fn add_tarball(
+        &mut self,
+        src: &SourcePath,
+        dest: &ImagePath,
+        cache: &mut HashCache,
+    ) -> Result<(), InputError> {
         let tarball = src.rel().to_string();
-        let (content, _) = hash_file(src.abs(), &metadata(src.abs())?, self.cache)?;
+        let (content, _) = hash_file(src.abs(), cache)?;
         self.inputs.push(Input {
             kind: InputKind::Tarball,
             src: tarball.clone(),
@@ -305,5 +331,52 @@ impl LayerBuilder<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The digest of a tree input: sha256 over one line per entry in walk order
+/// (`d 755 rel`, `l 777 rel\0target`, `f 644 rel\0sha256:…`, `h 0 rel\0first`), the format
+/// lock files have always recorded. Lines are gathered in a buffer and hashed in batches.
+#[derive(Default)]
+struct ListingHasher {
+    hasher: Sha256,
+    buf: Vec<u8>,
+}
+
+impl ListingHasher {
+    /// Batches of about this many bytes go to the hasher at once.
+    const BATCH: usize = 64 * 1024;
+
+    /// Adds one line made of `parts` and a newline.
+    fn line(&mut self, parts: &[&[u8]]) {
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self.end_line();
+    }
+
+    /// Adds `f MODE rel\0sha256:HEX`, writing the hex without a temporary string.
+    fn file_line(&mut self, mode: &[u8], rel: &str, digest: &Digest) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for part in [b"f ", mode, b" ", rel.as_bytes(), b"\0sha256:"] {
+            self.buf.extend_from_slice(part);
+        }
+        for b in digest.as_bytes() {
+            self.buf.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+        self.end_line();
+    }
+
+    fn end_line(&mut self) {
+        self.buf.push(b'\n');
+        if self.buf.len() >= Self::BATCH {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+        }
+    }
+
+    fn finish(mut self) -> Digest {
+        self.hasher.update(&self.buf);
+        self.hasher.finish()
     }
 }

@@ -1,0 +1,258 @@
+//! The parallel half of reading an input tree: listing directories, `lstat`, reading link
+//! targets and hashing files, spread over worker threads. The caller takes each directory's
+//! listing back in its own sorted depth-first order, so thread timing never reaches a result.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, DirEntry};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+
+use kiln_oci::Digest;
+
+use super::{hash_host, Hashed, InputError, READ_BUF};
+use crate::hash_cache::{FileStamp, HashCache};
+
+/// More threads than this only contend for the same directories and disk.
+const MAX_WORKERS: usize = 8;
+
+/// One directory entry, inspected.
+pub(super) struct Found {
+    pub name: OsString,
+    pub host: PathBuf,
+    pub what: What,
+}
+
+/// What a directory entry turned out to be.
+pub(super) enum What {
+    /// A directory, whose own listing is taken with this id.
+    Dir(usize),
+    /// A symbolic link and its target.
+    Symlink(PathBuf),
+    /// A regular file; `hashed` is its content or why it could not be read.
+    File { exec: bool, nlink: u64, inode: (u64, u64), hashed: io::Result<Hashed> },
+    /// A FIFO, socket or device node (named in the plural, for the error message).
+    Special(&'static str),
+    /// `lstat` or `readlink` failed.
+    Failed(io::Error),
+}
+
+/// A directory's entries, sorted bytewise by name.
+pub(super) struct Listing {
+    pub entries: Vec<Found>,
+}
+
+/// Hands out listings; given to the caller of [`walk`].
+pub(super) struct Walker<'s> {
+    shared: &'s Shared<'s>,
+    buf: Vec<u8>,
+}
+
+impl Walker<'_> {
+    /// The listing of directory `id` (0 is the root), waiting for a worker or listing it here.
+    pub fn take(&mut self, id: usize) -> Result<Listing, InputError> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(listing) = st.done.remove(&id) {
+                return listing;
+            }
+            // Not started yet: list it here rather than wait for a worker to get to it.
+            if let Some(pos) = st.todo.iter().rposition(|(j, _)| *j == id) {
+                let (_, host) = st.todo.remove(pos);
+                drop(st);
+                self.shared.run(id, host, &mut self.buf);
+                st = self.shared.lock();
+                continue;
+            }
+            st = self.shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Reads the tree at `root` with worker threads while `consume` takes its listings; returns
+/// what `consume` returned and the digests hashed afresh (for the cache).
+pub(super) fn walk<T>(
+    root: &Path,
+    cache: &HashCache,
+    consume: impl FnOnce(&mut Walker<'_>) -> Result<T, InputError>,
+) -> Result<(T, Vec<(FileStamp, Digest)>), InputError> {
+    let shared = Shared {
+        cache,
+        state: Mutex::new(State {
+            todo: vec![(0, root.to_path_buf())],
+            done: HashMap::new(),
+            next_id: 1,
+            stop: false,
+            learned: Vec::new(),
+        }),
+        wake: Condvar::new(),
+    };
+    let workers = thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
+    let result = thread::scope(|scope| {
+        // Workers wait for work until told to stop, also when `consume` fails or panics.
+        let _stop = StopOnDrop(&shared);
+        for _ in 0..workers {
+            // Without a worker the caller lists every directory itself, only slower.
+            let _ = thread::Builder::new().spawn_scoped(scope, || shared.work());
+        }
+        consume(&mut Walker { shared: &shared, buf: vec![0; READ_BUF] })
+    })?;
+    let learned = std::mem::take(&mut shared.lock().learned);
+    Ok((result, learned))
+}
+
+struct Shared<'c> {
+    cache: &'c HashCache,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    /// Directories not listed yet, as (id, host path). The last is listed next and
+    /// subdirectories are pushed in reverse, so listing runs ahead in the caller's order.
+    todo: Vec<(usize, PathBuf)>,
+    done: HashMap<usize, Result<Listing, InputError>>,
+    next_id: usize,
+    stop: bool,
+    learned: Vec<(FileStamp, Digest)>,
+}
+
+struct StopOnDrop<'s>(&'s Shared<'s>);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lock().stop = true;
+        self.0.wake.notify_all();
+    }
+}
+
+impl Shared<'_> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent, so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn work(&self) {
+        let mut buf = vec![0; READ_BUF];
+        loop {
+            let (id, host) = {
+                let mut st = self.lock();
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    if let Some(job) = st.todo.pop() {
+                        break job;
+                    }
+                    st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            self.run(id, host, &mut buf);
+        }
+    }
+
+    /// Lists directory `id`, queues its subdirectories and publishes the listing.
+    fn run(&self, id: usize, host: PathBuf, buf: &mut [u8]) {
+        let mut learned = Vec::new();
+        // A panic must still publish a result, or the caller would wait for it forever.
+        let listed =
+            panic::catch_unwind(AssertUnwindSafe(|| list(&host, self.cache, buf, &mut learned)))
+                .unwrap_or_else(|_| {
+                    let source =
+                        io::Error::other("a tree-reading worker thread stopped unexpectedly");
+                    Err(InputError::Io { path: host.clone(), source })
+                });
+        let mut st = self.lock();
+        let listing = listed.map(|mut entries| {
+            let first = st.todo.len();
+            for found in &mut entries {
+                if let What::Dir(sub) = &mut found.what {
+                    *sub = st.next_id;
+                    st.next_id += 1;
+                    st.todo.push((*sub, found.host.clone()));
+                }
+            }
+            st.todo[first..].reverse();
+            Listing { entries }
+        });
+        st.learned.append(&mut learned);
+        st.done.insert(id, listing);
+        drop(st);
+        self.wake.notify_all();
+    }
+}
+
+/// The entries of `dir` sorted bytewise by name, each inspected (files hashed).
+fn list(
+    dir: &Path,
+    cache: &HashCache,
+    buf: &mut [u8],
+    learned: &mut Vec<(FileStamp, Digest)>,
+) -> Result<Vec<Found>, InputError> {
+    let io = |source| InputError::Io { path: dir.to_path_buf(), source };
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        entries.push((entry.file_name(), entry));
+    }
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries
+        .into_iter()
+        .map(|(name, entry)| {
+            let host = entry.path();
+            let what = inspect(&entry, &host, cache, buf, learned);
+            Found { name, host, what }
+        })
+        .collect())
+}
+
+fn inspect(
+    entry: &DirEntry,
+    host: &Path,
+    cache: &HashCache,
+    buf: &mut [u8],
+    learned: &mut Vec<(FileStamp, Digest)>,
+) -> What {
+    // The type from the directory itself spares a stat for folders and links.
+    match entry.file_type() {
+        Ok(ft) if ft.is_dir() => return What::Dir(0),
+        Ok(ft) if ft.is_symlink() => return read_link(host),
+        Ok(_) => {}
+        Err(e) => return What::Failed(e),
+    }
+    // lstat relative to the open directory, not a lookup of the whole path.
+    let md = match entry.metadata() {
+        Ok(md) => md,
+        Err(e) => return What::Failed(e),
+    };
+    let ft = md.file_type();
+    if ft.is_file() {
+        let stamp = FileStamp::of(&md);
+        let hashed = hash_host(host, &stamp, cache, buf);
+        if let Ok(Hashed { digest, fresh: true, .. }) = &hashed {
+            learned.push((stamp, *digest));
+        }
+        What::File { exec: md.mode() & 0o111 != 0, nlink: md.nlink(), inode: stamp.inode(), hashed }
+    } else if ft.is_dir() {
+        What::Dir(0)
+    } else if ft.is_symlink() {
+        read_link(host)
+    } else if ft.is_fifo() {
+        What::Special("FIFOs")
+    } else if ft.is_socket() {
+        What::Special("sockets")
+    } else {
+        What::Special("device nodes")
+    }
+}
+
+fn read_link(host: &Path) -> What {
+    match fs::read_link(host) {
+        Ok(target) => What::Symlink(target),
+        Err(e) => What::Failed(e),
+    }
+}
