@@ -44,7 +44,7 @@ const SHORT_PUNCT: &str = "$%'-_@~`!(){}^#&";
 /// Seconds since 1970 of 1980-01-01T00:00:00Z and 2107-12-31T23:59:58Z, FAT's time range.
 const FAT_EPOCH_MIN: i64 = 315_532_800;
 const FAT_EPOCH_MAX: i64 = 4_354_819_198;
-const ZEROS: [u8; 65536] = [0; 65536];
+static ZEROS: [u8; 65536] = [0; 65536];
 
 /// Why an ESP image could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -131,30 +131,30 @@ impl Geometry {
     }
 }
 
-/// Sectors per cluster for FAT32 by volume sectors (fatgen103's table); `None` below FAT32.
-fn fat32_per_cluster(total: u64) -> Option<u64> {
-    match total {
-        ..=66_600 => None,
-        ..=532_480 => Some(1),
-        ..=16_777_216 => Some(8),
-        ..=33_554_432 => Some(16),
-        ..=67_108_864 => Some(32),
-        _ => Some(64),
-    }
-}
+/// fatgen103's cluster-size tables: up to this many volume sectors, this many sectors per
+/// cluster (0: the type does not suit the volume).
+const FAT32_TABLE: [(u64, u64); 6] = [
+    (66_600, 0),
+    (532_480, 1),
+    (16_777_216, 8),
+    (33_554_432, 16),
+    (67_108_864, 32),
+    (u64::MAX, 64),
+];
+const FAT16_TABLE: [(u64, u64); 8] = [
+    (8_400, 0),
+    (32_680, 2),
+    (262_144, 4),
+    (524_288, 8),
+    (1_048_576, 16),
+    (2_097_152, 32),
+    (4_194_304, 64),
+    (u64::MAX, 0),
+];
 
-/// Sectors per cluster for FAT16 by volume sectors (fatgen103's table); `None` outside it.
-fn fat16_per_cluster(total: u64) -> Option<u64> {
-    match total {
-        ..=8_400 => None,
-        ..=32_680 => Some(2),
-        ..=262_144 => Some(4),
-        ..=524_288 => Some(8),
-        ..=1_048_576 => Some(16),
-        ..=2_097_152 => Some(32),
-        ..=4_194_304 => Some(64),
-        _ => None,
-    }
+/// Sectors per cluster for a volume of `total` sectors by one of the tables.
+fn per_cluster(table: &[(u64, u64)], total: u64) -> Option<u64> {
+    table.iter().find(|(max, _)| total <= *max).map(|row| row.1).filter(|&n| n > 0)
 }
 
 /// The smallest FAT that covers the clusters it leaves room for, with the data area aligned
@@ -184,21 +184,22 @@ fn layout(fat_type: FatType, total: u64, per_cluster: u64, root_entries: u64) ->
     }
 }
 
-/// Picks the FAT type and cluster size for `total` sectors and a root of `root_slots` entries.
+/// Picks the FAT type and cluster size for a volume of `size` bytes whose root directory needs
+/// `root_slots` entries.
 fn choose_geometry(size: u64, root_slots: u64) -> Result<Geometry, FatError> {
     let total = size / SECTOR;
     if size % SECTOR != 0 || total < MIN_SECTORS || total > u64::from(u32::MAX) {
         return Err(FatError::BadSize { size });
     }
-    if let Some(per_cluster) = fat32_per_cluster(total) {
-        let g = layout(FatType::Fat32, total, per_cluster, 0);
+    if let Some(n) = per_cluster(&FAT32_TABLE, total) {
+        let g = layout(FatType::Fat32, total, n, 0);
         if g.clusters > FAT16_MAX_CLUSTERS {
             return Ok(g);
         }
     }
     let root_entries = ROOT_ENTRIES.max(root_slots.next_multiple_of(SECTOR / DIRENT as u64));
-    if let Some(per_cluster) = fat16_per_cluster(total) {
-        let g = layout(FatType::Fat16, total, per_cluster, root_entries);
+    if let Some(n) = per_cluster(&FAT16_TABLE, total) {
+        let g = layout(FatType::Fat16, total, n, root_entries);
         if (FAT12_MAX_CLUSTERS + 1..=FAT16_MAX_CLUSTERS).contains(&g.clusters) {
             return Ok(g);
         }
@@ -889,10 +890,12 @@ mod tests {
     fn the_type_follows_the_cluster_count() {
         for sectors in [128, 4096, 8400, 8401, 16_384, 32_680, 66_600, 66_601, 131_072, 1_228_800] {
             let g = choose_geometry(sectors * SECTOR, 3).unwrap();
-            let want = match g.clusters {
-                ..=FAT12_MAX_CLUSTERS => FatType::Fat12,
-                ..=FAT16_MAX_CLUSTERS => FatType::Fat16,
-                _ => FatType::Fat32,
+            let want = if g.clusters <= FAT12_MAX_CLUSTERS {
+                FatType::Fat12
+            } else if g.clusters <= FAT16_MAX_CLUSTERS {
+                FatType::Fat16
+            } else {
+                FatType::Fat32
             };
             assert_eq!(g.fat_type, want, "{sectors} sectors");
             assert!(g.fat_sectors * SECTOR * 8 / g.fat_type.bits() >= g.clusters + 2);
