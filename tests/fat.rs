@@ -171,7 +171,7 @@ fn fat_images_of_each_type_pass_fsck_and_mtools_reads_back_the_tree() {
 }
 
 #[test]
-fn small_volumes_are_fat12() {
+fn small_and_odd_sized_volumes() {
     if !require_tool("fsck.vfat") || !require_tool("mdir") {
         return;
     }
@@ -194,6 +194,21 @@ fn small_volumes_are_fat12() {
     let mut model = model_listing(&tree, 0);
     model.sort();
     same(&disk_listing(&out, 0), &model);
+
+    // Sizes need not be whole tracks or clusters: 3 sectors over 5 MiB is FAT16 with a
+    // partial last cluster, 3 sectors over 40 MiB is FAT32.
+    for (size, expected) in [(5 * MIB + 1536, "FAT16"), (40 * MIB + 1536, "FAT32")] {
+        let image = fat_bytes(&tree, size, EPOCH);
+        assert_eq!(fs_type(&image), expected);
+        let path = ws.write("odd.img", &image);
+        let img = path.to_str().unwrap();
+        tool("fsck.vfat", &["-n", "-V", img]);
+        let listing = tool("mdir", &["-i", img, "-/", "::"]);
+        assert!(
+            listing.contains("KILN~1   CON        11 2023-11-14  22:13  kiln.conf"),
+            "{listing}"
+        );
+    }
 }
 
 /// The date and time mdir shows for `BOOTX64.EFI`.
