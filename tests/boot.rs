@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! It boots: a Debian kernel under qemu (software emulation) runs the initramfs `kiln build`
 //! made, whose init prints a marker on the serial console and powers off; and it boots
-//! kiln's qcow2 disk (erofs root, plain or through dm-verity) with a kiln cpio initramfs.
+//! kiln's qcow2 disk (erofs, squashfs or ext4 root; erofs also through dm-verity) with a kiln
+//! cpio initramfs.
 //!
 //! The tools are not installed system-wide (installing qemu-system-x86 here would replace
 //! qemu-img): `ci/boot-deps DIR` downloads qemu, seabios, a kernel and busybox-static and
@@ -130,19 +131,27 @@ fn kernel_boots_kiln_initramfs() {
     assert!(log.contains(MARKER), "no marker on the serial console:\n{log}");
 }
 
-const DISK_MARKER: &str = "KILN-EROFS-ROOT-BOOTED";
+const DISK_MARKER: &str = "KILN-DISK-ROOT-BOOTED";
 
-/// Modules the cloud kernel needs to read an erofs root on a virtio disk, in load order.
-const MODULES: [&str; 8] = [
+/// Modules the cloud kernel needs to read a virtio disk, in load order.
+const MODULES: [&str; 6] = [
     "drivers/virtio/virtio_ring",
     "drivers/virtio/virtio",
     "drivers/virtio/virtio_pci_legacy_dev",
     "drivers/virtio/virtio_pci_modern_dev",
     "drivers/virtio/virtio_pci",
     "drivers/block/virtio_blk",
-    "lib/libcrc32c",
-    "fs/erofs/erofs",
 ];
+
+/// The modules each root filesystem needs on top of [`MODULES`] (ext4 is built into the
+/// cloud kernel).
+fn fs_modules(fs: &str) -> &'static [&'static str] {
+    match fs {
+        "erofs" => &["lib/libcrc32c", "fs/erofs/erofs"],
+        "squashfs" => &["fs/squashfs/squashfs"],
+        _ => &[],
+    }
+}
 
 /// Modules dm-verity needs on top of [`MODULES`], in load order.
 const VERITY_MODULES: [&str; 4] = [
@@ -155,7 +164,23 @@ const VERITY_MODULES: [&str; 4] = [
 #[test]
 fn kernel_boots_kiln_disk_image_with_erofs_root() {
     if let Some(root) = boot_root() {
-        boot_disk(&root, false, false);
+        boot_disk(&root, "erofs", false, false);
+    }
+}
+
+#[test]
+fn kernel_boots_kiln_disk_image_with_squashfs_root() {
+    if let Some(root) = boot_root() {
+        boot_disk(&root, "squashfs", false, false);
+    }
+}
+
+#[test]
+fn kernel_boots_kiln_disk_image_with_ext4_root() {
+    if let Some(root) = boot_root() {
+        if support::require_tool("mke2fs") {
+            boot_disk(&root, "ext4", false, false);
+        }
     }
 }
 
@@ -163,7 +188,7 @@ fn kernel_boots_kiln_disk_image_with_erofs_root() {
 fn kernel_boots_kiln_disk_image_through_dm_verity() {
     if let Some(root) = boot_root() {
         if support::require_tool("veritysetup") {
-            boot_disk(&root, true, false);
+            boot_disk(&root, "erofs", true, false);
         }
     }
 }
@@ -172,7 +197,7 @@ fn kernel_boots_kiln_disk_image_through_dm_verity() {
 fn dm_verity_stops_a_corrupted_root() {
     if let Some(root) = boot_root() {
         if support::require_tool("veritysetup") {
-            boot_disk(&root, true, true);
+            boot_disk(&root, "erofs", true, true);
         }
     }
 }
@@ -188,10 +213,11 @@ fn with_libraries(program: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Builds a disk with kiln, an initramfs that mounts its erofs root (through dm-verity when
-/// `verity`), and boots them; the root's own init must print the marker. With `corrupt`, one
-/// byte of busybox on the raw disk is flipped first, and dm-verity must refuse it instead.
-fn boot_disk(root: &Path, verity: bool, corrupt: bool) {
+/// Builds a disk with kiln, an initramfs that mounts its root filesystem `fs` (through
+/// dm-verity when `verity`), and boots them; the root's own init must print the marker. With
+/// `corrupt`, one byte of busybox on the raw disk is flipped first, and dm-verity must refuse
+/// it instead.
+fn boot_disk(root: &Path, fs: &str, verity: bool, corrupt: bool) {
     // The image: busybox and an init that prints a marker; built by kiln with [disk].
     let ws = Workspace::new();
     let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
@@ -208,7 +234,8 @@ fn boot_disk(root: &Path, verity: bool, corrupt: bool) {
              /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
              /bin/busybox echo {DISK_MARKER} from $(/bin/busybox cat /proc/cmdline 2>/dev/null) > /dev/ttyS0\n\
              /bin/busybox poweroff -f\n\"\"\" }}]\n\n\
-             [disk]\nsize = \"16MiB\"\nverity = true\nformats = [\"qcow2\", \"raw\"]\n"
+             [disk]\nsize = \"16MiB\"\nroot = \"{fs}\"\nverity = true\n\
+             formats = [\"qcow2\", \"raw\"]\n"
         ),
     );
     let store = ws.store("store");
@@ -227,7 +254,7 @@ fn boot_disk(root: &Path, verity: bool, corrupt: bool) {
     put(&mut tree, "/bin/busybox", EntryKind::File(Content::Bytes(busybox.into())), 0o755);
     let mut names = Vec::new();
     let extra: &[&str] = if verity { &VERITY_MODULES } else { &[] };
-    for m in MODULES.iter().chain(extra) {
+    for m in MODULES.iter().chain(fs_modules(fs)).chain(extra) {
         let bytes = std::fs::read(modules.path().join(format!("kernel/{m}.ko"))).unwrap();
         let name = m.rsplit('/').next().unwrap();
         put(
@@ -254,10 +281,11 @@ fn boot_disk(root: &Path, verity: bool, corrupt: bool) {
          $B mkdir -p /run /tmp\n\
          DM_DISABLE_UDEV=1 /usr/sbin/veritysetup open /dev/$dev root /dev/$vdev $rh > /dev/ttyS0 2>&1\n\
          $B echo \"kiln initramfs: verity root /dev/mapper/root over /dev/$dev and /dev/$vdev\" > /dev/ttyS0\n\
-         $B mount -t erofs -o ro /dev/mapper/root /newroot\n"
+         $B mount -t {fs} -o ro /dev/mapper/root /newroot\n"
     } else {
-        "$B mount -t erofs -o ro /dev/$dev /newroot\n"
+        "$B mount -t {fs} -o ro /dev/$dev /newroot\n"
     };
+    let mount_root = mount_root.replace("{fs}", fs);
     let init = format!(
         "#!/bin/busybox sh\nB=/bin/busybox\n$B mkdir -p /dev /proc /sys /newroot\n\
          $B mount -t devtmpfs devtmpfs /dev\n$B mount -t sysfs sysfs /sys\n\
@@ -312,5 +340,5 @@ fn boot_disk(root: &Path, verity: bool, corrupt: bool) {
     if verity {
         assert!(log.contains("verity root /dev/mapper/root over /dev/vda1 and /dev/vda2"), "{log}");
     }
-    assert!(log.contains(DISK_MARKER), "no marker from the erofs root's init:\n{log}");
+    assert!(log.contains(DISK_MARKER), "no marker from the {fs} root's init:\n{log}");
 }
