@@ -210,6 +210,20 @@ fn squashfs_is_accepted_by_unsquashfs_and_holds_the_model() {
 }
 
 #[test]
+fn squashfs_of_an_empty_tree_is_valid() {
+    if !require_tool("unsquashfs") {
+        return;
+    }
+    let ws = Workspace::new();
+    let (bytes, image) = squashfs(&Tree::new(), 1);
+    assert_eq!((image.size, image.inodes), (4096, 1));
+    let path = ws.write("empty.squashfs", &bytes);
+    let listed = sh("unsquashfs", &["-lln", "-UTC", path.to_str().unwrap()]);
+    assert!(listed.trim().starts_with("drwxr-xr-x 0/0"), "{listed}");
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+}
+
+#[test]
 fn squashfs_is_reproducible_for_any_thread_count() {
     let ws = Workspace::new();
     let tree = tree(&ws);

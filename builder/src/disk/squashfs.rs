@@ -140,35 +140,22 @@ pub fn write_squashfs<W: Write + Seek>(
     let size = bytes_used.next_multiple_of(PAD);
     sink.write(&vec![0u8; (size - bytes_used) as usize])?;
 
-    let mut flags = FLAG_DUPLICATES | FLAG_ALWAYS_FRAGMENTS;
-    if model.xattr_sets.is_empty() {
-        flags |= FLAG_NO_XATTRS;
-    }
     let inodes = model.nodes.len() as u64;
-    let mut sb = Vec::with_capacity(SUPERBLOCK);
-    sb.extend_from_slice(&MAGIC.to_le_bytes());
-    sb.extend_from_slice(&(inodes as u32).to_le_bytes());
-    sb.extend_from_slice(&mtime.to_le_bytes());
-    sb.extend_from_slice(&(BLOCK as u32).to_le_bytes());
-    sb.extend_from_slice(&(fragments.len() as u32).to_le_bytes());
-    sb.extend_from_slice(&COMPRESSION_ZLIB.to_le_bytes());
-    sb.extend_from_slice(&BLOCK_LOG.to_le_bytes());
-    sb.extend_from_slice(&flags.to_le_bytes());
-    sb.extend_from_slice(&(model.ids.len() as u16).to_le_bytes());
-    sb.extend_from_slice(&4u16.to_le_bytes());
-    sb.extend_from_slice(&0u16.to_le_bytes());
-    for v in [
-        tables.root,
-        bytes_used,
-        id_table_start,
-        xattr_id_table_start,
-        inode_table_start,
-        directory_table_start,
-        fragment_table_start,
-        NONE64, // no export table
-    ] {
-        sb.extend_from_slice(&v.to_le_bytes());
-    }
+    let sb = superblock(
+        &model,
+        mtime,
+        fragments.len() as u32,
+        [
+            tables.root,
+            bytes_used,
+            id_table_start,
+            xattr_id_table_start,
+            inode_table_start,
+            directory_table_start,
+            fragment_table_start,
+            NONE64, // no export table
+        ],
+    );
     sink.hasher.update(&sb);
     let digest = sink.hasher.finish();
     let mut uuid = [0u8; 16];
@@ -180,6 +167,27 @@ pub fn write_squashfs<W: Write + Seek>(
     out.write_all(&sb).map_err(SquashfsError::Write)?;
     out.seek(SeekFrom::Start(size)).map_err(SquashfsError::Write)?;
     Ok(SquashfsImage { size, uuid, inodes })
+}
+
+/// The superblock; `places` are the root inode reference, the bytes used, and where the id,
+/// xattr id, inode, directory, fragment and export tables start, in superblock order.
+fn superblock(model: &Model<'_>, mtime: u32, fragments: u32, places: [u64; 8]) -> Vec<u8> {
+    let mut flags = FLAG_DUPLICATES | FLAG_ALWAYS_FRAGMENTS;
+    if model.xattr_sets.is_empty() {
+        flags |= FLAG_NO_XATTRS;
+    }
+    let mut sb = Vec::with_capacity(SUPERBLOCK);
+    for v in [MAGIC, model.nodes.len() as u32, mtime, BLOCK as u32, fragments] {
+        sb.extend_from_slice(&v.to_le_bytes());
+    }
+    let (major, minor) = (4u16, 0u16);
+    for v in [COMPRESSION_ZLIB, BLOCK_LOG, flags, model.ids.len() as u16, major, minor] {
+        sb.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in places {
+        sb.extend_from_slice(&v.to_le_bytes());
+    }
+    sb
 }
 
 /// The output, its position and the hash the UUID comes from.
