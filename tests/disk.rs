@@ -297,11 +297,11 @@ fn qcow2_is_accepted_by_qemu_img_and_reads_back_as_the_raw_disk() {
 
 /// A recipe with two layers (the second whites out a file of the first) and a `[disk]` table.
 fn disk_recipe(ws: &Workspace, size: &str) -> std::path::PathBuf {
-    disk_recipe_with(ws, size, "erofs")
+    disk_recipe_with(ws, size, "erofs", "")
 }
 
-/// [`disk_recipe`] with the given root filesystem.
-fn disk_recipe_with(ws: &Workspace, size: &str, root: &str) -> std::path::PathBuf {
+/// [`disk_recipe`] with the given root filesystem and extra `[disk]` lines.
+fn disk_recipe_with(ws: &Workspace, size: &str, root: &str, extra: &str) -> std::path::PathBuf {
     ws.write("recipe/app.txt", "app\n");
     ws.write(
         "recipe/recipe.toml",
@@ -314,7 +314,8 @@ fn disk_recipe_with(ws: &Workspace, size: &str, root: &str) -> std::path::PathBu
              files = [{{ src = \"app.txt\", dest = \"/usr/bin/app\", mode = 0o4755 }}]\n\
              inline = [{{ dest = \"/etc/.wh.old\", content = \"\" }}]\n\
              symlinks = [{{ dest = \"/bin/sh\", target = \"/usr/bin/app\" }}]\n\n\
-             [disk]\nsize = \"{size}\"\nroot = \"{root}\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n"
+             [disk]\nsize = \"{size}\"\nroot = \"{root}\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n\
+             {extra}"
         ),
     )
 }
@@ -458,7 +459,9 @@ fn disk_artifacts_do_not_depend_on_the_build_conditions() {
 
 fn disk_artifacts_do_not_depend_on_the_build_conditions_with(root: &str) {
     let ws = Workspace::new();
-    let recipe = disk_recipe_with(&ws, "16MiB", root);
+    // With an ESP holding a file of the image, so the FAT is covered too.
+    let esp = "[disk.esp]\nsize = \"4MiB\"\nfiles = { \"EFI/BOOT/APP.EFI\" = \"/usr/bin/app\" }\n";
+    let recipe = disk_recipe_with(&ws, "24MiB", root, esp);
     let disk =
         |report: serde_json::Value| report["disks"][0]["digest"].as_str().unwrap().to_string();
     let reference = disk(Kiln::new(&ws.store("a")).build(&recipe, &[]));
