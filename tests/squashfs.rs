@@ -262,6 +262,13 @@ fn squashfs_refuses_what_it_cannot_store() {
     let err = write(&long);
     assert!(err.contains("257 bytes") && err.contains("at most 256"), "{err}");
 
+    let mut huge = Tree::new();
+    let digest = Digest::of(b"");
+    let content = Content::Host { path: ws.path("absent"), size: 1 << 50, digest };
+    put(&mut huge, "/huge", EntryKind::File(content), meta(0o644, 0, 0));
+    let err = write(&huge);
+    assert!(err.contains("/huge is 1125899906842624 bytes"), "{err}");
+
     let mut odd = Tree::new();
     let mut m = meta(0o644, 0, 0);
     m.xattrs.insert("system.nfs4_acl".into(), b"x".to_vec());
