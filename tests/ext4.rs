@@ -326,8 +326,8 @@ fn ext4_timing_against_plain_mkfs() {
     let folder = ws.mkdir("plain");
     let mut total = 0usize;
     for i in 0..4000u64 {
-        // 40 files of 2.5 MiB and 3960 from 1 to 40 KiB: about 200 MiB.
-        let len = if i % 100 == 0 { 2_500_000 } else { 1024 * (1 + (i as usize * 7) % 40) };
+        // 40 files of 3 MB and 3960 from 1 to 40 KiB: about 200 MiB.
+        let len = if i % 100 == 0 { 3_000_000 } else { 1024 * (1 + (i as usize * 7) % 40) };
         let data = noise(i, len);
         total += len;
         let rel = format!("d{:02}/sub{}/file-{i:05}", i % 50, i % 3);
@@ -354,4 +354,47 @@ fn ext4_timing_against_plain_mkfs() {
         stats_field(&stats, "Free blocks:"),
         stats_field(&stats, "Block count:"),
     );
+}
+
+/// Trees whose size estimate is hardest: inodes rather than data decide the group count, one
+/// file spans several groups next to a hole-only file, and a directory of 20000 entries.
+/// `cargo test --test ext4 -- --ignored --nocapture ext4_awkward`
+#[test]
+#[ignore = "slow: tens of thousands of files"]
+fn ext4_awkward_trees_fit_their_computed_size() {
+    if !tools() {
+        return;
+    }
+    let ws = Workspace::new();
+    let mut many = Tree::new();
+    for i in 0..70_000 {
+        put(&mut many, &format!("/d{}/f{i}", i % 7), bytes(Vec::new()), meta(0o644, 0, 0));
+    }
+    let mut large = Tree::new();
+    let data = noise(1, 300 << 20);
+    let host = ws.write("large", &data);
+    let content = Content::Host { path: host, size: data.len() as u64, digest: Digest::of(&data) };
+    put(&mut large, "/large", EntryKind::File(content), meta(0o644, 0, 0));
+    put(&mut large, "/zeros", bytes(vec![0; 50 << 20]), meta(0o644, 0, 0));
+    let mut wide = Tree::new();
+    for i in 0..20_000 {
+        let name = format!("/wide/{}-{i}", "n".repeat(i % 200));
+        put(&mut wide, &name, bytes(noise(i as u64, i % 5000)), meta(0o644, 0, 0));
+    }
+    for (name, tree) in [("many", many), ("large", large), ("wide", wide)] {
+        let out = ws.path(name);
+        let start = Instant::now();
+        let image = write_ext4(&tree, EPOCH, &ws.mkdir(&format!("{name}.work")), &out).unwrap();
+        let took = start.elapsed();
+        sh("fsck.ext4", &["-fn", out.to_str().unwrap()]);
+        let stats = debugfs(&out, "stats");
+        eprintln!(
+            "{name}: {took:.2?}, {} MiB, {} of {} blocks free, {} of {} inodes free",
+            image.size >> 20,
+            stats_field(&stats, "Free blocks:"),
+            stats_field(&stats, "Block count:"),
+            stats_field(&stats, "Free inodes:"),
+            image.inodes,
+        );
+    }
 }
