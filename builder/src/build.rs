@@ -306,31 +306,57 @@ pub fn build(
 
 /// The cache key of a layer: everything that decides its bytes, and nothing else.
 pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest {
+    /// Bytes gathered before they go to the hasher in one call.
+    const BATCH: usize = 64 * 1024;
+    /// Length-prefixed, so no two different field sequences give the same bytes.
+    fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
+        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        buf.extend_from_slice(bytes);
+    }
     let mut h = Sha256::new();
-    h.update(
-        format!(
-            "kiln-layer format={FORMAT_VERSION} epoch={epoch} compression={}\n",
-            compression.describe()
-        )
-        .as_bytes(),
-    );
+    // Per entry only raw bytes are appended (numbers little-endian, digests as 32 bytes):
+    // formatting text for every entry dominated the time of an unchanged rebuild.
+    let mut buf = format!(
+        "kiln-layer-key 2 format={FORMAT_VERSION} epoch={epoch} compression={}\n",
+        compression.describe()
+    )
+    .into_bytes();
     for (path, entry) in tree.iter() {
         let m = &entry.meta;
-        h.update(format!("{}\0{:o}\0{}\0{}\0", path.as_str(), m.mode, m.uid, m.gid).as_bytes());
-        for (k, v) in &m.xattrs {
-            h.update(format!("x{k}\0{}\0", v.len()).as_bytes());
-            h.update(v);
+        field(&mut buf, path.as_str().as_bytes());
+        for n in [m.mode, m.uid, m.gid] {
+            buf.extend_from_slice(&n.to_le_bytes());
         }
-        let kind = match &entry.kind {
-            EntryKind::Dir => "d".to_string(),
-            EntryKind::File(Content::Host { digest, .. }) => format!("f{digest}"),
-            EntryKind::File(Content::Bytes(b)) => format!("f{}", Digest::of(b)),
-            EntryKind::Symlink(t) => format!("l{t}"),
-            EntryKind::HardLink(t) => format!("h{}", t.as_str()),
-        };
-        h.update(kind.as_bytes());
-        h.update(b"\n");
+        buf.extend_from_slice(&(m.xattrs.len() as u64).to_le_bytes());
+        for (k, v) in &m.xattrs {
+            field(&mut buf, k.as_bytes());
+            field(&mut buf, v);
+        }
+        match &entry.kind {
+            EntryKind::Dir => buf.push(b'd'),
+            EntryKind::File(Content::Host { digest, .. }) => {
+                buf.push(b'f');
+                buf.extend_from_slice(digest.as_bytes());
+            }
+            EntryKind::File(Content::Bytes(b)) => {
+                buf.push(b'f');
+                buf.extend_from_slice(Digest::of(b).as_bytes());
+            }
+            EntryKind::Symlink(t) => {
+                buf.push(b'l');
+                field(&mut buf, t.as_bytes());
+            }
+            EntryKind::HardLink(t) => {
+                buf.push(b'h');
+                field(&mut buf, t.as_str().as_bytes());
+            }
+        }
+        if buf.len() >= BATCH {
+            h.update(&buf);
+            buf.clear();
+        }
     }
+    h.update(&buf);
     h.finish()
 }
 

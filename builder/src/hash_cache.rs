@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs::Metadata;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -68,12 +69,38 @@ impl FileStamp {
 
 /// Remembered files by (device, inode), digests as raw bytes: the file stores them so,
 /// and most are never asked for.
-type Entries = HashMap<(u64, u64), (FileStamp, [u8; 32])>;
+type Entries = HashMap<(u64, u64), (FileStamp, [u8; 32]), BuildHasherDefault<InodeHasher>>;
+
+/// Hashes (device, inode) keys with a multiply and a rotate: the keys come from this
+/// machine's own file systems, not an adversary, and SipHash showed in no-op profiles.
+#[derive(Default)]
+struct InodeHasher(u64);
+
+impl Hasher for InodeHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // An odd constant from the golden ratio spreads consecutive inode numbers apart.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// File digests remembered across builds.
 pub struct HashCache {
     file: Option<PathBuf>,
-    entries: Entries,
+    /// The records of the file as read, sorted by (device, inode) and searched in place:
+    /// loading an unchanged cache costs a read and one hash, not one insert per file.
+    loaded: Vec<u8>,
+    /// Entries learned by this build, which take precedence over `loaded`.
+    added: Entries,
     now: i64,
     dirty: bool,
 }
@@ -81,21 +108,33 @@ pub struct HashCache {
 impl HashCache {
     /// A cache that remembers nothing (every input is read and hashed).
     pub fn disabled() -> HashCache {
-        HashCache { file: None, entries: HashMap::new(), now: 0, dirty: false }
+        HashCache {
+            file: None,
+            loaded: Vec::new(),
+            added: Entries::default(),
+            now: 0,
+            dirty: false,
+        }
     }
 
     /// Loads the cache kept in `file`; a missing, unreadable or damaged file gives an empty
     /// cache.
     pub fn load(file: &Path) -> HashCache {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let entries = std::fs::read(file).ok().and_then(|b| parse(&b)).unwrap_or_default();
-        HashCache { file: Some(file.to_path_buf()), entries, now, dirty: false }
+        let loaded = std::fs::read(file).ok().and_then(records).unwrap_or_default();
+        HashCache {
+            file: Some(file.to_path_buf()),
+            loaded,
+            added: Entries::default(),
+            now,
+            dirty: false,
+        }
     }
 
     /// The remembered digest of the file stamped `stamp`, if it is unchanged.
     pub fn get(&self, stamp: &FileStamp) -> Option<Digest> {
-        match self.entries.get(&stamp.inode()) {
-            Some((known, raw)) if known == stamp => digest_from_raw(raw),
+        match self.find(stamp.inode()) {
+            Some((known, raw)) if known == *stamp => digest_from_raw(&raw),
             _ => None,
         }
     }
@@ -106,7 +145,8 @@ impl HashCache {
             return;
         }
         let entry = (stamp, *digest.as_bytes());
-        if self.entries.insert(stamp.inode(), entry) != Some(entry) {
+        if self.find(stamp.inode()) != Some(entry) {
+            self.added.insert(stamp.inode(), entry);
             self.dirty = true;
         }
     }
@@ -117,12 +157,37 @@ impl HashCache {
         if !self.dirty {
             return Ok(());
         }
+        let mut all = Entries::default();
+        for r in self.loaded.chunks_exact(RECORD) {
+            let (stamp, digest) = decode(r);
+            all.insert(stamp.inode(), (stamp, digest));
+        }
+        all.extend(self.added.iter().map(|(k, v)| (*k, *v)));
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&encode(&self.entries))?;
+        tmp.write_all(&encode(&all))?;
         tmp.persist(file).map_err(|e| e.error)?;
         Ok(())
+    }
+
+    /// The entry for `inode`: learned by this build, else binary-searched in `loaded`.
+    fn find(&self, inode: (u64, u64)) -> Option<(FileStamp, [u8; 32])> {
+        if let Some(entry) = self.added.get(&inode) {
+            return Some(*entry);
+        }
+        let (mut lo, mut hi) = (0, self.loaded.len() / RECORD);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let record = &self.loaded[mid * RECORD..(mid + 1) * RECORD];
+            let key = (le_u64(&record[0..8]), le_u64(&record[8..16]));
+            match key.cmp(&inode) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(decode(record)),
+            }
+        }
+        None
     }
 }
 
@@ -147,34 +212,44 @@ fn encode(entries: &Entries) -> Vec<u8> {
     out
 }
 
-/// Reads what [`encode`] wrote; `None` for anything else (truncated, damaged, other version).
-fn parse(bytes: &[u8]) -> Option<Entries> {
+/// The records of a file [`encode`] wrote; `None` for anything else (truncated, damaged,
+/// another version).
+fn records(mut bytes: Vec<u8>) -> Option<Vec<u8>> {
     let body_len = bytes.len().checked_sub(TRAILER)?;
     let (body, sum) = bytes.split_at(body_len);
     let records = body.strip_prefix(MAGIC)?;
     if records.len() % RECORD != 0 || Digest::of(body).as_bytes()[..] != sum[..] {
         return None;
     }
-    let mut out = HashMap::with_capacity(records.len() / RECORD);
-    for r in records.chunks_exact(RECORD) {
-        let mut at = 0;
-        let mut take = |n: usize| {
-            let field = &r[at..at + n];
-            at += n;
-            field
-        };
-        let u64_at = |b: &[u8]| b.try_into().map(u64::from_le_bytes).ok();
-        let u32_at = |b: &[u8]| b.try_into().map(u32::from_le_bytes).ok();
-        let dev = u64_at(take(8))?;
-        let ino = u64_at(take(8))?;
-        let size = u64_at(take(8))?;
-        let mtime = (u64_at(take(8))? as i64, u32_at(take(4))?);
-        let ctime = (u64_at(take(8))? as i64, u32_at(take(4))?);
-        let digest: [u8; 32] = take(32).try_into().ok()?;
-        let stamp = FileStamp { dev, ino, size, mtime, ctime };
-        out.insert(stamp.inode(), (stamp, digest));
-    }
-    Some(out)
+    bytes.truncate(body_len);
+    bytes.drain(..MAGIC.len());
+    Some(bytes)
+}
+
+/// A little-endian u64 from exactly 8 bytes (callers slice records at fixed offsets).
+fn le_u64(b: &[u8]) -> u64 {
+    let mut n = [0u8; 8];
+    n.copy_from_slice(b);
+    u64::from_le_bytes(n)
+}
+
+/// One record (exactly [`RECORD`] bytes) as a stamp and raw digest.
+fn decode(r: &[u8]) -> (FileStamp, [u8; 32]) {
+    let le_u32 = |b: &[u8]| {
+        let mut n = [0u8; 4];
+        n.copy_from_slice(b);
+        u32::from_le_bytes(n)
+    };
+    let stamp = FileStamp {
+        dev: le_u64(&r[0..8]),
+        ino: le_u64(&r[8..16]),
+        size: le_u64(&r[16..24]),
+        mtime: (le_u64(&r[24..32]) as i64, le_u32(&r[32..36])),
+        ctime: (le_u64(&r[36..44]) as i64, le_u32(&r[44..48])),
+    };
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&r[48..80]);
+    (stamp, digest)
 }
 
 /// A [`Digest`] from its 32 raw bytes. kiln-oci only builds one from hex, so the bytes go
@@ -223,6 +298,15 @@ mod tests {
         c.save().unwrap();
         let c = HashCache::load(&cache_file);
         assert_eq!(c.get(&stamp(&f)), Some(Digest::of(b"abc")));
+        // A later build adds a file; the saved cache holds what was loaded and what was added.
+        let mut c = c;
+        let g = settled_file(tmp.path(), "other", b"xyz");
+        c.now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 + 10;
+        c.put(stamp(&g), Digest::of(b"xyz"));
+        c.save().unwrap();
+        let c = HashCache::load(&cache_file);
+        assert_eq!(c.get(&stamp(&f)), Some(Digest::of(b"abc")));
+        assert_eq!(c.get(&stamp(&g)), Some(Digest::of(b"xyz")));
         std::fs::write(&f, b"abd").unwrap();
         assert!(c.get(&stamp(&f)).is_none(), "a rewrite changes mtime/ctime");
         assert!(HashCache::disabled().get(&stamp(&f)).is_none());
@@ -244,7 +328,7 @@ mod tests {
         c.save().unwrap();
         let good = std::fs::read(&cache_file).unwrap();
         assert_eq!(good.len(), MAGIC.len() + 3 * RECORD + TRAILER);
-        assert_eq!(HashCache::load(&cache_file).entries.len(), 3);
+        assert_eq!(HashCache::load(&cache_file).loaded.len(), 3 * RECORD);
 
         let mut variants: Vec<Vec<u8>> = Vec::new();
         for cut in [1, RECORD, RECORD + 1, TRAILER, good.len() - 1] {
@@ -263,7 +347,7 @@ mod tests {
         for v in variants {
             std::fs::write(&cache_file, &v).unwrap();
             let c = HashCache::load(&cache_file);
-            assert!(c.entries.is_empty(), "a damaged file of {} bytes was trusted", v.len());
+            assert!(c.loaded.is_empty(), "a damaged file of {} bytes was trusted", v.len());
             assert!(c.get(&stamp(&files[0])).is_none());
         }
     }
