@@ -7,6 +7,7 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -186,11 +187,13 @@ fn ext4_child_writes_the_fixture() {
     write_ext4(&fixture(&ws), EPOCH, &work, Path::new(&out)).unwrap();
 }
 
-fn child_write(out: &Path, umask: &str, env: &[(&str, &str)], cwd: &Path) -> Vec<u8> {
+/// Runs [`ext4_child_writes_the_fixture`] in a child process with `umask`, extra environment
+/// and working directory; `prefix` runs it through another program (such as `setpriv`).
+fn child_write(out: &Path, umask: &str, env: &[(&str, &str)], cwd: &Path, prefix: &[&str]) {
     let exe = std::env::current_exe().unwrap();
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(format!("umask {umask} && exec {} \"$0\" \"$@\"", prefix.join(" ")))
         .arg(exe)
         .args(["--exact", "ext4_child_writes_the_fixture", "--ignored", "--test-threads=1"])
         .env(CHILD_OUT, out)
@@ -200,7 +203,6 @@ fn child_write(out: &Path, umask: &str, env: &[(&str, &str)], cwd: &Path) -> Vec
         .status()
         .unwrap();
     assert!(status.success());
-    fs::read(out).unwrap()
 }
 
 #[test]
@@ -212,26 +214,41 @@ fn ext4_is_reproducible_across_hosts_and_changes_with_content() {
     let tree = fixture(&ws);
     let (a, image) = write(&ws, &tree, "a.ext4");
     std::thread::sleep(Duration::from_millis(1100));
-    let b = child_write(
-        &ws.path("b.ext4"),
-        "077",
-        &[("TZ", "Pacific/Kiritimati"), ("LANG", "de_DE.UTF-8"), ("LC_ALL", "en_US.UTF-8")],
-        &ws.mkdir("cwd-b"),
-    );
+    let (b, c) = (ws.path("b.ext4"), ws.path("c.ext4"));
+    let env_b = [("TZ", "Pacific/Kiritimati"), ("LANG", "de_DE.UTF-8"), ("LC_ALL", "en_US.UTF-8")];
+    child_write(&b, "077", &env_b, &ws.mkdir("cwd-b"), &[]);
     std::thread::sleep(Duration::from_millis(1100));
-    let c = child_write(
-        &ws.path("c.ext4"),
-        "000",
-        &[("TZ", "America/St_Johns"), ("LANG", "C"), ("SOURCE_DATE_EPOCH", "1")],
-        Path::new("/"),
-    );
-    assert!(a == b, "umask 077, another TZ, locale and cwd changed the image");
-    assert!(a == c, "umask 000, another TZ and cwd changed the image");
+    let env_c = [("TZ", "America/St_Johns"), ("LANG", "C"), ("SOURCE_DATE_EPOCH", "1")];
+    child_write(&c, "000", &env_c, Path::new("/"), &[]);
+    assert!(a == fs::read(b).unwrap(), "umask 077, another TZ, locale and cwd changed the image");
+    assert!(a == fs::read(c).unwrap(), "umask 000, another TZ and cwd changed the image");
+    // Not being root (no chown, another owner for the staged copies) changes nothing either.
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    let exe = std::env::current_exe().unwrap();
+    let reachable = is_root()
+        && require_tool("setpriv")
+        && Command::new(nobody[0])
+            .args(&nobody[1..])
+            .args(["test", "-x"])
+            .arg(&exe)
+            .status()
+            .is_ok_and(|s| s.success());
+    if reachable {
+        fs::set_permissions(ws.root(), fs::Permissions::from_mode(0o755)).unwrap();
+        let shared = ws.mkdir("shared");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        child_write(&shared.join("d.ext4"), "022", &[], &shared, &nobody);
+        assert!(a == fs::read(shared.join("d.ext4")).unwrap(), "an unprivileged write differs");
+    } else {
+        eprintln!(
+            "SKIP: the unprivileged write needs root, setpriv and a test binary uid 65534 can run"
+        );
+    }
 
     let mut other = fixture(&ws);
     put(&mut other, "/extra", bytes(b"x".to_vec()), meta(0o644, 0, 0));
-    let (d, other_image) = write(&ws, &other, "d.ext4");
-    assert_ne!(a, d);
+    let (other_bytes, other_image) = write(&ws, &other, "other.ext4");
+    assert_ne!(a, other_bytes);
     assert_ne!(image.uuid, other_image.uuid, "the UUID follows the content");
     let mut owner = fixture(&ws);
     put(&mut owner, "/extra", bytes(b"x".to_vec()), meta(0o644, 1, 0));
