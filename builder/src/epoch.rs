@@ -38,18 +38,32 @@ impl Epoch {
         Ok(Epoch(v))
     }
 
+    /// The UTC calendar date and time of day of this instant.
+    pub fn utc(&self) -> UtcTime {
+        let secs = self.0.rem_euclid(86_400) as u32;
+        let (year, month, day) = civil_from_days(self.0.div_euclid(86_400));
+        UtcTime { year, month, day, hour: secs / 3600, minute: secs / 60 % 60, second: secs % 60 }
+    }
+
     /// RFC 3339 in UTC, e.g. `2023-11-14T22:13:20Z`.
     pub fn rfc3339(&self) -> String {
-        let days = self.0.div_euclid(86_400);
-        let secs = self.0.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
+        let t = self.utc();
         format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            secs / 3600,
-            (secs % 3600) / 60,
-            secs % 60
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year, t.month, t.day, t.hour, t.minute, t.second
         )
     }
+}
+
+/// A calendar date and time of day in UTC (proleptic Gregorian).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtcTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
 }
 
 impl fmt::Display for Epoch {

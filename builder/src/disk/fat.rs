@@ -544,26 +544,11 @@ struct Stamp {
 impl Stamp {
     /// The epoch in UTC, clamped into the years FAT can record.
     fn of(epoch: Epoch) -> Stamp {
-        let t = epoch.0.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX) - FAT_EPOCH_MIN;
-        let (mut days, secs) = (t / 86_400, t % 86_400);
-        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-        let mut year = 1980;
-        while days >= if leap(year) { 366 } else { 365 } {
-            days -= if leap(year) { 366 } else { 365 };
-            year += 1;
-        }
-        let february = if leap(year) { 29 } else { 28 };
-        let mut month = 1;
-        for len in [31, february, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
-            if days < len {
-                break;
-            }
-            days -= len;
-            month += 1;
-        }
-        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        let t = Epoch(epoch.0.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX)).utc();
+        let (year, month, day) = (t.year, i64::from(t.month), i64::from(t.day));
+        let (h, m, s) = (t.hour, t.minute, t.second);
         Stamp {
-            date: (((year - 1980) << 9) | (month << 5) | (days + 1)) as u16,
+            date: (((year - 1980) << 9) | (month << 5) | day) as u16,
             time: ((h << 11) | (m << 5) | (s / 2)) as u16,
             tenths: (s % 2 * 100) as u8,
         }
