@@ -135,12 +135,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes the hash device for `data` and returns it with the tree description.
+/// Writes the hash device for `data` with 2 threads and returns it with the tree description,
+/// after checking that 1 and 3 threads write the same.
 fn verity(data: &[u8], seed: &[u8]) -> (Vec<u8>, VerityTree) {
-    let mut hash = Vec::new();
-    let tree = write_verity(data, data.len() as u64, salt_from(seed), &mut hash).unwrap();
-    assert_eq!(hash.len() as u64, tree.hash_size);
-    (hash, tree)
+    let write = |threads| {
+        let mut hash = Vec::new();
+        let tree =
+            write_verity(data, data.len() as u64, salt_from(seed), threads, &mut hash).unwrap();
+        assert_eq!(hash.len() as u64, tree.hash_size);
+        (hash, tree)
+    };
+    let out = write(2);
+    assert!(write(1) == out && write(3) == out, "the thread count changed the hash tree");
+    out
 }
 
 #[test]
@@ -150,10 +157,14 @@ fn verity_hash_tree_is_accepted_by_veritysetup() {
     }
     let ws = Workspace::new();
     let erofs = erofs_bytes(&fixture(&ws));
-    // One level (the erofs image), two levels (> 128 blocks), and a single block (no tree).
-    let big: Vec<u8> =
-        (0..300 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    for (name, data) in [("erofs", erofs), ("big", big), ("one", vec![7u8; 4096])] {
+    // One level (the erofs image), two levels (> 128 blocks), several hashing batches of
+    // 8 MiB, and a single block (no tree).
+    let noise = |blocks: u32| -> Vec<u8> {
+        (0..blocks * 4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    };
+    let cases =
+        [("erofs", erofs), ("big", noise(300)), ("batches", noise(4500)), ("one", vec![7u8; 4096])];
+    for (name, data) in cases {
         let (hash, tree) = verity(&data, name.as_bytes());
         assert_eq!(
             verity(&data, name.as_bytes()),
@@ -184,7 +195,7 @@ fn verity_hash_tree_is_accepted_by_veritysetup() {
     let (_, a) = verity(&[0u8; 8192], b"seed a");
     let (_, b) = verity(&[0u8; 8192], b"seed b");
     assert_ne!(a.salt, b.salt);
-    assert!(write_verity(&[0u8; 100][..], 100, [0; 32], Vec::new()).is_err());
+    assert!(write_verity(&[0u8; 100][..], 100, [0; 32], 2, Vec::new()).is_err());
 }
 
 /// The raw disk, the erofs image and the hash tree in it.

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use kiln_oci::{media_type, Descriptor, Digest, HashingWriter, ImageManifest};
+use kiln_oci::{media_type, Descriptor, Digest, HashingReader, HashingWriter, ImageManifest};
 
 use crate::compress::{compress, Compression, CompressionError};
 use crate::disk::cpio::{write_cpio, CpioError};
@@ -106,6 +106,14 @@ pub fn media_type_of(format: DiskFormat) -> &'static str {
         DiskFormat::Gce => "application/vnd.kiln.disk.gce.v1.tar+gzip",
         DiskFormat::Initramfs => "application/vnd.kiln.initramfs.v1.cpio+gzip",
     }
+}
+
+/// The sha256 and size of a file.
+fn hash_file(path: &Path) -> Result<(Digest, u64), DiskError> {
+    let io_err = |source| DiskError::Io { path: path.to_path_buf(), source };
+    let mut reader = HashingReader::new(BufReader::new(File::open(path).map_err(io_err)?));
+    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
+    Ok(reader.finish())
 }
 
 /// Creates the file at `path` and fills it through `write`, hashing every byte written:
@@ -254,7 +262,7 @@ pub fn make_disks(
     let verity = if spec.verity {
         let data = BufReader::new(open(&root.path)?);
         let mut out = BufWriter::new(create(&verity_path)?);
-        let tree = write_verity(data, root.size, salt_from(&root.uuid), &mut out)?;
+        let tree = write_verity(data, root.size, salt_from(&root.uuid), threads, &mut out)?;
         out.flush().map_err(io_err(&verity_path))?;
         Some(tree)
     } else {
@@ -316,16 +324,30 @@ pub fn make_disks(
                 data: &mut hash_data,
             });
         }
-        write_hashed(&raw_path, |out| {
+        // The raw disk's digest is only needed when it is an output itself (raw, or inside
+        // the GCE tar); hashing 1 GiB costs about as much as writing it.
+        let mut write = |out: &mut dyn Write| -> Result<(), DiskError> {
             Ok(write_gpt(spec.size, disk_guid, &mut parts, out).map(drop)?)
-        })?
+        };
+        if spec.formats.iter().any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Gce)) {
+            Some(write_hashed(&raw_path, |out| write(out))?)
+        } else {
+            let mut out = BufWriter::new(create(&raw_path)?);
+            write(&mut out)?;
+            out.flush().map_err(io_err(&raw_path))?;
+            None
+        }
+    };
+    let raw_digest = || match raw {
+        Some(known) => Ok(known),
+        None => hash_file(&raw_path),
     };
 
     let mut files = Vec::new();
     for format in &spec.formats {
         let (path, (digest, size)) =
             match format {
-                DiskFormat::Raw => (raw_path.clone(), raw),
+                DiskFormat::Raw => (raw_path.clone(), raw_digest()?),
                 DiskFormat::Qcow2 => {
                     let path = work_dir.join("disk.qcow2");
                     let raw_data = BufReader::new(open(&raw_path)?);
@@ -345,7 +367,7 @@ pub fn make_disks(
                     (path, hashed)
                 }
                 DiskFormat::Gce => {
-                    let (digest, size) = raw;
+                    let (digest, size) = raw_digest()?;
                     let mut tree = Tree::new();
                     let content = Content::Host { path: raw_path.clone(), size, digest };
                     let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };

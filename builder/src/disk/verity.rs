@@ -16,6 +16,9 @@ const DIGEST: usize = 32;
 const PER_BLOCK: u64 = BLOCK / DIGEST as u64;
 const SUPERBLOCK: usize = 512;
 
+/// Bytes of data hashed per batch of worker threads.
+const BATCH_BYTES: usize = 8 << 20;
+
 /// Why a hash tree could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum VerityError {
@@ -27,6 +30,8 @@ pub enum VerityError {
     Read(#[source] io::Error),
     #[error("writing the hash tree")]
     Write(#[source] io::Error),
+    #[error("a hashing thread stopped before finishing its blocks")]
+    Worker,
 }
 
 /// What `veritysetup` and the kernel need to check the data.
@@ -57,6 +62,7 @@ pub fn write_verity<R: Read, W: Write>(
     mut data: R,
     data_size: u64,
     salt: [u8; 32],
+    threads: usize,
     mut out: W,
 ) -> Result<VerityTree, VerityError> {
     if data_size % BLOCK != 0 {
@@ -74,10 +80,32 @@ pub fn write_verity<R: Read, W: Write>(
     // Level 0 hashes the data; each further level hashes the one below until one block.
     let mut levels: Vec<Vec<u8>> = Vec::new();
     let mut current: Vec<u8> = Vec::with_capacity((data_blocks as usize) * DIGEST);
-    let mut buf = vec![0u8; BLOCK as usize];
-    for _ in 0..data_blocks {
-        data.read_exact(&mut buf).map_err(VerityError::Read)?;
-        current.extend_from_slice(&hash(&buf));
+    // Data blocks are read in batches and each batch is hashed by `threads` workers, each
+    // taking a contiguous run of blocks; the hashes are appended in block order, so the
+    // thread count never shows in the output.
+    let workers = threads.max(1);
+    let batch_blocks = (BATCH_BYTES / BLOCK as usize).max(workers);
+    let mut buf = vec![0u8; batch_blocks * BLOCK as usize];
+    let mut left = data_blocks as usize;
+    while left > 0 {
+        let blocks = left.min(batch_blocks);
+        let batch = &mut buf[..blocks * BLOCK as usize];
+        data.read_exact(batch).map_err(VerityError::Read)?;
+        let per_worker = blocks.div_ceil(workers) * BLOCK as usize;
+        let hashes: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .chunks(per_worker)
+                .map(|run| scope.spawn(|| run.chunks(BLOCK as usize).flat_map(hash).collect()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        for run in hashes {
+            current.extend_from_slice(&run);
+        }
+        left -= blocks;
+    }
+    if current.len() != data_blocks as usize * DIGEST {
+        return Err(VerityError::Worker);
     }
     // The kernel's level count: the smallest L with (blocks - 1) >> (7 * L) == 0.
     let mut remaining = data_blocks.saturating_sub(1);
