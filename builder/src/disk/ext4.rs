@@ -18,7 +18,7 @@
 //! No journal and no reserved GDT blocks: the image is a read-only root (often under
 //! dm-verity), where a journal is never replayed and the filesystem never grows in place.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -107,10 +107,10 @@ pub enum Ext4Error {
         source: io::Error,
     },
     #[error(
-        "mke2fs used {found} inodes where {expected} were planned; this e2fsprogs version \
-         numbers inodes differently from 1.47"
+        "reading the image back, debugfs lists an entry of directory {path} as {found:?} where \
+         {expected:?} was meant; this e2fsprogs does not build what 1.47 does"
     )]
-    InodeCount { expected: u64, found: u64 },
+    Verify { path: ImagePath, expected: String, found: String },
 }
 
 /// What was written.
@@ -130,6 +130,22 @@ struct Node<'a> {
     entry: &'a Entry,
 }
 
+/// One directory as mke2fs will fill it: its entries in name order with their inodes.
+struct Dir<'a> {
+    path: ImagePath,
+    ino: u64,
+    parent: u64,
+    entries: Vec<(&'a str, u64)>,
+}
+
+/// What mke2fs is asked to build, inode numbers included.
+struct Plan<'a> {
+    /// Inodes from [`FIRST_TREE_INO`] up.
+    nodes: Vec<Node<'a>>,
+    /// Every directory, the root first.
+    dirs: Vec<Dir<'a>>,
+}
+
 /// Writes `tree` as an ext4 image at `out` (replaced if it exists), staging it in a scratch
 /// folder under `work_dir` that is removed afterwards. Every timestamp is `epoch`.
 pub fn write_ext4(
@@ -143,79 +159,14 @@ pub fn write_ext4(
     }
     let mke2fs = find_tool("mke2fs")?;
     let debugfs = find_tool("debugfs")?;
-    let nodes = allocation_order(tree)?;
-    let (blocks, inodes) = geometry(tree, &nodes);
-    let listing = listing_digest(tree, epoch);
-    let uuid = derive_uuid(&listing, b"uuid");
-    let hash_seed = derive_uuid(&listing, b"hash seed");
-
-    let io_err = |file: &Path| {
-        let file = file.to_path_buf();
-        move |source| Ext4Error::Io { file, source }
-    };
+    let plan = plan(tree)?;
     let out = std::path::absolute(out).map_err(io_err(out))?;
     let scratch = tempfile::Builder::new()
         .prefix(".kiln-ext4-")
         .tempdir_in(work_dir)
         .map_err(io_err(work_dir))?;
-    let result = (|| {
-        let root = scratch.path().join("root");
-        stage(tree, &root)?;
-        let conf = scratch.path().join("mke2fs.conf");
-        fs::write(&conf, MKE2FS_CONF).map_err(io_err(&conf))?;
-        File::create(&out).and_then(|f| f.set_len(blocks * BLOCK)).map_err(io_err(&out))?;
-        let fake_time = epoch.0.max(1);
-        let mut args: Vec<OsString> = [
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-T",
-            "kiln-root",
-            "-b",
-            "4096",
-            "-I",
-            "256",
-            "-m",
-            "0",
-            "-o",
-            "Linux",
-            "-e",
-            "remount-ro",
-        ]
-        .map(OsString::from)
-        .to_vec();
-        args.extend(["-N".into(), inodes.to_string().into()]);
-        args.extend(["-U".into(), format_uuid(&uuid).into()]);
-        let ext = format!(
-            "hash_seed={},root_owner=0:0,no_copy_xattrs,nodiscard,lazy_itable_init=0",
-            format_uuid(&hash_seed)
-        );
-        args.extend(["-E".into(), ext.into(), "-d".into(), "root".into(), out.clone().into()]);
-        run("mke2fs", &mke2fs, &args, scratch.path(), fake_time, Some(&conf))?;
-
-        let sb = read_superblock(&out).map_err(io_err(&out))?;
-        let expected = FIRST_TREE_INO - 1 + nodes.len() as u64;
-        if sb.used_inodes != expected {
-            return Err(Ext4Error::InodeCount { expected, found: sb.used_inodes });
-        }
-        let script = fixup_script(&nodes, epoch, scratch.path())?;
-        let args = ["-w".into(), "-f".into(), script.into_os_string(), out.clone().into()];
-        run("debugfs", &debugfs, &args, scratch.path(), fake_time, None)?;
-
-        // mke2fs drops a last block group too small to be useful; the image ends with the
-        // filesystem.
-        let sb = read_superblock(&out).map_err(io_err(&out))?;
-        let size = sb.blocks * BLOCK;
-        if size < blocks * BLOCK {
-            OpenOptions::new()
-                .write(true)
-                .open(&out)
-                .and_then(|f| f.set_len(size))
-                .map_err(io_err(&out))?;
-        }
-        Ok(Ext4Image { size, uuid, inodes: sb.inodes })
-    })();
+    let tools = Tools { mke2fs, debugfs, dir: scratch.path(), fake_time: epoch.0.max(1) };
+    let result = build(&tools, tree, &plan, epoch, &out);
     let removed = scratch.close().map_err(io_err(work_dir));
     if result.is_err() {
         // A half-written image must not be mistaken for a finished one.
@@ -226,10 +177,88 @@ pub fn write_ext4(
     Ok(image)
 }
 
+/// The e2fsprogs tools and how they run: in the scratch folder, at the fake time.
+struct Tools<'a> {
+    mke2fs: PathBuf,
+    debugfs: PathBuf,
+    dir: &'a Path,
+    /// `E2FSPROGS_FAKE_TIME`, which 0 would switch off.
+    fake_time: i64,
+}
+
+/// Stages the tree, runs mke2fs and the debugfs fix-up, and checks the result.
+fn build(
+    tools: &Tools<'_>,
+    tree: &Tree,
+    plan: &Plan<'_>,
+    epoch: Epoch,
+    out: &Path,
+) -> Result<Ext4Image, Ext4Error> {
+    let (blocks, inodes) = geometry(plan);
+    let listing = listing_digest(tree, epoch);
+    let uuid = derive_uuid(&listing, b"uuid");
+    let hash_seed = derive_uuid(&listing, b"hash seed");
+    stage(tree, &tools.dir.join("root"))?;
+    let conf = tools.dir.join("mke2fs.conf");
+    fs::write(&conf, MKE2FS_CONF).map_err(io_err(&conf))?;
+    File::create(out).and_then(|f| f.set_len(blocks * BLOCK)).map_err(io_err(out))?;
+    let mut args: Vec<OsString> = [
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-T",
+        "kiln-root",
+        "-b",
+        "4096",
+        "-I",
+        "256",
+        "-m",
+        "0",
+        "-o",
+        "Linux",
+        "-e",
+        "remount-ro",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    let ext = format!(
+        "hash_seed={},root_owner=0:0,no_copy_xattrs,nodiscard,lazy_itable_init=0",
+        format_uuid(&hash_seed)
+    );
+    let more = ["-N".into(), inodes.to_string(), "-U".into(), format_uuid(&uuid), "-E".into(), ext];
+    args.extend(more.map(OsString::from));
+    args.extend(["-d".into(), "root".into(), out.into()]);
+    run(tools, "mke2fs", &args, Some(&conf), false)?;
+
+    let script = fixup_script(&plan.nodes, epoch, tools.dir)?;
+    run(tools, "debugfs", &["-w".into(), "-f".into(), script.into(), out.into()], None, false)?;
+    verify(tools, out, plan)?;
+
+    // mke2fs drops a last block group too small to be useful; the image ends with the
+    // filesystem.
+    let sb = read_superblock(out).map_err(io_err(out))?;
+    let size = sb.blocks * BLOCK;
+    if size < blocks * BLOCK {
+        OpenOptions::new()
+            .write(true)
+            .open(out)
+            .and_then(|f| f.set_len(size))
+            .map_err(io_err(out))?;
+    }
+    Ok(Ext4Image { size, uuid, inodes: sb.inodes })
+}
+
+/// Maps an I/O error to one naming `file`.
+fn io_err(file: &Path) -> impl FnOnce(io::Error) -> Ext4Error {
+    let file = file.to_path_buf();
+    move |source| Ext4Error::Io { file, source }
+}
+
 /// Inodes in the order `mke2fs -d` creates them: depth first, each directory's entries in
 /// bytewise name order; a hard-link group takes its inode where the walk first meets it.
-fn allocation_order(tree: &Tree) -> Result<Vec<Node<'_>>, Ext4Error> {
-    let mut children: BTreeMap<&str, Vec<(&str, &ImagePath)>> = BTreeMap::new();
+fn plan(tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
+    let mut children: HashMap<&str, Vec<(&str, &ImagePath)>> = HashMap::new();
     for (path, _) in tree.iter() {
         let (parent, name) = path.as_str().rsplit_once('/').unwrap_or(("", path.as_str()));
         if name.len() > NAME_MAX {
@@ -241,68 +270,77 @@ fn allocation_order(tree: &Tree) -> Result<Vec<Node<'_>>, Ext4Error> {
         list.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     }
     let mut nodes = Vec::new();
-    let mut linked: HashSet<&ImagePath> = HashSet::new();
-    let mut stack: Vec<&ImagePath> = Vec::new();
-    if let Some(list) = children.get("") {
-        stack.extend(list.iter().rev().map(|(_, p)| *p));
-    }
-    while let Some(path) = stack.pop() {
+    let mut inos: HashMap<&ImagePath, u64> = HashMap::new();
+    let mut dir_paths = vec![(ImagePath::root(), ROOT_INO, ROOT_INO)];
+    let mut stack: Vec<(&ImagePath, u64)> = Vec::new();
+    push_children(&mut stack, &children, "", ROOT_INO);
+    while let Some((path, parent)) = stack.pop() {
         let Some(entry) = tree.get(path) else {
             continue;
         };
-        match &entry.kind {
-            EntryKind::Dir => {
-                nodes.push(Node { path, entry });
-                if let Some(list) = children.get(path.as_str()) {
-                    stack.extend(list.iter().rev().map(|(_, p)| *p));
-                }
-            }
-            EntryKind::Symlink(_) => nodes.push(Node { path, entry }),
-            EntryKind::File(_) | EntryKind::HardLink(_) => {
-                let file = match &entry.kind {
-                    EntryKind::HardLink(target) => target,
-                    _ => path,
-                };
-                if linked.insert(file) {
-                    let entry = tree.get(file).unwrap_or(entry);
-                    nodes.push(Node { path: file, entry });
-                }
-            }
+        let file = match &entry.kind {
+            EntryKind::HardLink(target) => target,
+            _ => path,
+        };
+        if let Some(&ino) = inos.get(file) {
+            inos.insert(path, ino);
+            continue;
+        }
+        let ino = FIRST_TREE_INO + nodes.len() as u64;
+        inos.insert(file, ino);
+        inos.insert(path, ino);
+        nodes.push(Node { path: file, entry: tree.get(file).unwrap_or(entry) });
+        if entry.kind == EntryKind::Dir {
+            dir_paths.push((path.clone(), ino, parent));
+            push_children(&mut stack, &children, path.as_str(), ino);
         }
     }
+    let dirs = dir_paths
+        .into_iter()
+        .map(|(path, ino, parent)| {
+            let list = children.get(path.as_str()).map_or(&[][..], |v| &v[..]);
+            let entries =
+                list.iter().map(|(name, p)| (*name, inos.get(p).copied().unwrap_or(0))).collect();
+            Dir { path, ino, parent, entries }
+        })
+        .collect();
     for node in &nodes {
         check_xattrs(node)?;
     }
-    Ok(nodes)
+    Ok(Plan { nodes, dirs })
+}
+
+/// Queues a directory's entries so that they pop in name order, each with its parent's inode.
+fn push_children<'a>(
+    stack: &mut Vec<(&'a ImagePath, u64)>,
+    children: &HashMap<&str, Vec<(&'a str, &'a ImagePath)>>,
+    dir: &str,
+    ino: u64,
+) {
+    let list = children.get(dir).map_or(&[][..], |v| &v[..]);
+    stack.extend(list.iter().rev().map(|(_, p)| (*p, ino)));
 }
 
 /// Blocks and inodes for the filesystem: what the content needs, the metadata of enough
 /// block groups to hold it, and a small margin for allocation that does not pack perfectly.
-fn geometry(tree: &Tree, nodes: &[Node<'_>]) -> (u64, u64) {
-    let mut names: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (path, _) in tree.iter() {
-        let (parent, name) = path.as_str().rsplit_once('/').unwrap_or(("", path.as_str()));
-        names.entry(parent).or_default().push(name.len());
-    }
-    names.entry("").or_default().push("lost+found".len());
+fn geometry(plan: &Plan<'_>) -> (u64, u64) {
     // lost+found is made with four blocks so that e2fsck can link files into it.
     let mut data: u64 = 4;
     let mut fragmented: u64 = 0;
-    let dir = |path: &str| {
-        let blocks = dir_blocks(names.get(path).map_or(&[][..], |v| &v[..]));
+    for dir in &plan.dirs {
+        let mut lens: Vec<usize> = dir.entries.iter().map(|(name, _)| name.len()).collect();
+        if dir.ino == ROOT_INO {
+            lens.push("lost+found".len());
+        }
+        let blocks = dir_blocks(&lens);
+        data += blocks;
         // Directory blocks are allocated between their files' data, so each may be an extent.
-        (blocks, if blocks > 4 { blocks.div_ceil(340) } else { 0 })
-    };
-    let (root_blocks, root_index) = dir("");
-    data += root_blocks;
-    fragmented += root_index;
-    for node in nodes {
+        if blocks > 4 {
+            fragmented += blocks.div_ceil(340);
+        }
+    }
+    for node in &plan.nodes {
         match &node.entry.kind {
-            EntryKind::Dir => {
-                let (blocks, index) = dir(node.path.as_str());
-                data += blocks;
-                fragmented += index;
-            }
             EntryKind::File(content) => {
                 let blocks = content.size().div_ceil(BLOCK);
                 data += blocks;
@@ -312,14 +350,14 @@ fn geometry(tree: &Tree, nodes: &[Node<'_>]) -> (u64, u64) {
                 }
             }
             EntryKind::Symlink(target) => data += u64::from(target.len() >= 60),
-            EntryKind::HardLink(_) => {}
+            EntryKind::Dir | EntryKind::HardLink(_) => {}
         }
         let xattrs: usize = node.entry.meta.xattrs.iter().map(|(n, v)| xattr_entry(n, v)).sum();
         if xattrs > XATTR_INODE_SPACE {
             data += 1;
         }
     }
-    let used_inodes = FIRST_TREE_INO - 1 + nodes.len() as u64;
+    let used_inodes = FIRST_TREE_INO - 1 + plan.nodes.len() as u64;
     let inodes = used_inodes + 16;
     let mut total = data + fragmented;
     for _ in 0..8 {
@@ -504,10 +542,6 @@ fn stage(tree: &Tree, root: &Path) -> Result<(), Ext4Error> {
 /// mode, owner and all four times of every inode, then its declared xattrs. Inodes are named
 /// by number, so no path is ever quoted.
 fn fixup_script(nodes: &[Node<'_>], epoch: Epoch, dir: &Path) -> Result<PathBuf, Ext4Error> {
-    let io_err = |file: &Path| {
-        let file = file.to_path_buf();
-        move |source| Ext4Error::Io { file, source }
-    };
     let values = dir.join("xattr");
     fs::create_dir(&values).map_err(io_err(&values))?;
     let path = dir.join("fixup.debugfs");
@@ -518,13 +552,7 @@ fn fixup_script(nodes: &[Node<'_>], epoch: Epoch, dir: &Path) -> Result<PathBuf,
     script.write_all(text.as_bytes()).map_err(io_err(&path))?;
     for (ino, node) in (FIRST_TREE_INO..).zip(nodes) {
         let m = &node.entry.meta;
-        let kind = match node.entry.kind {
-            EntryKind::Dir => 0o040_000,
-            EntryKind::Symlink(_) => 0o120_000,
-            EntryKind::File(_) | EntryKind::HardLink(_) => 0o100_000,
-        };
-        let perm = if kind == 0o120_000 { 0o777 } else { m.mode & 0o7777 };
-        let mut text = inode_lines(ino, kind | perm, m.uid, m.gid, epoch);
+        let mut text = inode_lines(ino, mode_of(node.entry), m.uid, m.gid, epoch);
         for (name, value) in &m.xattrs {
             let file = values.join(value_files.to_string());
             fs::write(&file, value).map_err(io_err(&file))?;
@@ -536,6 +564,87 @@ fn fixup_script(nodes: &[Node<'_>], epoch: Epoch, dir: &Path) -> Result<PathBuf,
     }
     script.into_inner().map_err(|e| e.into_error()).map_err(io_err(&path))?;
     Ok(path)
+}
+
+/// The full `i_mode` of an entry: type bits and permissions (symlinks are always 0777).
+fn mode_of(entry: &Entry) -> u32 {
+    match entry.kind {
+        EntryKind::Dir => 0o040_000 | (entry.meta.mode & 0o7777),
+        EntryKind::Symlink(_) => 0o120_777,
+        EntryKind::File(_) | EntryKind::HardLink(_) => 0o100_000 | (entry.meta.mode & 0o7777),
+    }
+}
+
+/// Lists every directory back with `debugfs ls -p` and compares the text with what the plan
+/// meant: names, inode numbers, types, modes, owners and sizes. This is what proves that
+/// mke2fs numbered the inodes as predicted and that every fix-up landed.
+fn verify(tools: &Tools<'_>, image: &Path, plan: &Plan<'_>) -> Result<(), Ext4Error> {
+    let mut script = String::new();
+    let mut expected = String::new();
+    let mut starts: Vec<(usize, &ImagePath)> = Vec::new();
+    let line = |text: &mut String, ino: u64, name: &str| {
+        let (mode, uid, gid, size) = match ino {
+            ROOT_INO => (0o040_755, 0, 0, None),
+            LOST_FOUND_INO => (0o040_700, 0, 0, None),
+            _ => {
+                let node =
+                    usize::try_from(ino - FIRST_TREE_INO).ok().and_then(|i| plan.nodes.get(i));
+                let Some(Node { entry, .. }) = node else {
+                    return;
+                };
+                let size = match &entry.kind {
+                    EntryKind::File(content) => Some(content.size()),
+                    EntryKind::Symlink(target) => Some(target.len() as u64),
+                    EntryKind::Dir | EntryKind::HardLink(_) => None,
+                };
+                (mode_of(entry), entry.meta.uid, entry.meta.gid, size)
+            }
+        };
+        // debugfs prints owners with %d.
+        let (uid, gid) = (uid as i32, gid as i32);
+        let _ = write!(text, "/{ino}/{mode:06o}/{uid}/{gid}/{name}/");
+        let _ = match size {
+            Some(size) => writeln!(text, "{size}/"),
+            None => writeln!(text, "/"),
+        };
+    };
+    for d in &plan.dirs {
+        let _ = writeln!(script, "ls -p <{}>", d.ino);
+        starts.push((expected.len(), &d.path));
+        let _ = writeln!(expected, "debugfs: ls -p <{}>", d.ino);
+        line(&mut expected, d.ino, ".");
+        line(&mut expected, d.parent, "..");
+        if d.ino == ROOT_INO {
+            line(&mut expected, LOST_FOUND_INO, "lost+found");
+        }
+        for (name, ino) in &d.entries {
+            line(&mut expected, *ino, name);
+        }
+        expected.push('\n');
+    }
+    let path = tools.dir.join("verify.debugfs");
+    fs::write(&path, script).map_err(|source| Ext4Error::Io { file: path.clone(), source })?;
+    let found = run(tools, "debugfs", &["-f".into(), path.into(), image.into()], None, true)?;
+    let Some(at) = found
+        .iter()
+        .zip(expected.as_bytes())
+        .position(|(a, b)| a != b)
+        .or((found.len() != expected.len()).then_some(found.len().min(expected.len())))
+    else {
+        return Ok(());
+    };
+    let path = starts
+        .iter()
+        .rev()
+        .find(|(start, _)| *start <= at)
+        .map_or(ImagePath::root(), |s| s.1.clone());
+    let line_at = |text: &[u8]| {
+        let from =
+            text[..at.min(text.len())].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let to = text[from..].iter().position(|b| *b == b'\n').map_or(text.len(), |i| from + i);
+        String::from_utf8_lossy(&text[from..to]).into_owned()
+    };
+    Err(Ext4Error::Verify { path, expected: line_at(expected.as_bytes()), found: line_at(&found) })
 }
 
 /// The debugfs commands that set one inode's mode, owner and four timestamps.
@@ -581,23 +690,23 @@ fn find_tool(tool: &'static str) -> Result<PathBuf, Ext4Error> {
 /// Runs an e2fsprogs tool in `dir` with an environment of only what is pinned here, and
 /// fails on a non-zero exit or (debugfs exits 0 after failed commands) unexpected stderr.
 fn run(
+    tools: &Tools<'_>,
     tool: &'static str,
-    program: &Path,
     args: &[OsString],
-    dir: &Path,
-    fake_time: i64,
     conf: Option<&Path>,
-) -> Result<(), Ext4Error> {
+    capture: bool,
+) -> Result<Vec<u8>, Ext4Error> {
+    let program = if tool == "mke2fs" { &tools.mke2fs } else { &tools.debugfs };
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .current_dir(dir)
+        .current_dir(tools.dir)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C")
         .env("TZ", "UTC")
-        .env("E2FSPROGS_FAKE_TIME", fake_time.to_string())
+        .env("E2FSPROGS_FAKE_TIME", tools.fake_time.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if capture { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped());
     if let Some(conf) = conf {
         cmd.env("MKE2FS_CONFIG", conf);
@@ -617,13 +726,12 @@ fn run(
             stderr: complaints.join("\n"),
         });
     }
-    Ok(())
+    Ok(output.stdout)
 }
 
 /// The superblock fields the writer checks.
 struct Superblock {
     inodes: u64,
-    used_inodes: u64,
     blocks: u64,
 }
 
@@ -636,7 +744,6 @@ fn read_superblock(image: &Path) -> io::Result<Superblock> {
         |at: usize| u64::from(u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]));
     Ok(Superblock {
         inodes: u32_at(0),
-        used_inodes: u32_at(0) - u32_at(16).min(u32_at(0)),
         // 64bit feature: the high half of the block count lives at 0x150.
         blocks: u32_at(4) | (u32_at(0x150) << 32),
     })
@@ -662,10 +769,15 @@ mod tests {
         put(&mut t, "/a/b", EntryKind::File(Content::Bytes(b"2".as_slice().into())));
         put(&mut t, "/0", EntryKind::HardLink(p("/a/b")));
         put(&mut t, "/z", EntryKind::Symlink("a".into()));
-        let order: Vec<_> =
-            allocation_order(&t).unwrap().iter().map(|n| n.path.as_str().to_string()).collect();
+        let plan = plan(&t).unwrap();
+        let order: Vec<_> = plan.nodes.iter().map(|n| n.path.as_str().to_string()).collect();
         // "/0" sorts first but is a link to "/a/b", whose inode it takes.
         assert_eq!(order, ["0", "a", "a-c", "z"]);
+        let root: Vec<_> = plan.dirs[0].entries.iter().map(|(n, i)| (n.to_string(), *i)).collect();
+        let expected = [("0", 12), ("a", 13), ("a-c", 14), ("z", 15)].map(|(n, i)| (n.into(), i));
+        assert_eq!(root, expected);
+        assert_eq!(plan.dirs[1].entries, [("b", 12)]);
+        assert_eq!((plan.dirs[1].ino, plan.dirs[1].parent), (13, ROOT_INO));
     }
 
     #[test]
