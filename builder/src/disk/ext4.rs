@@ -229,10 +229,10 @@ fn build(
     let more = ["-N".into(), inodes.to_string(), "-U".into(), format_uuid(&uuid), "-E".into(), ext];
     args.extend(more.map(OsString::from));
     args.extend(["-d".into(), "root".into(), out.into()]);
-    run(tools, "mke2fs", &args, Some(&conf), false)?;
+    tools.mke2fs(&args, &conf)?;
 
     let script = fixup_script(&plan.nodes, epoch, tools.dir)?;
-    run(tools, "debugfs", &["-w".into(), "-f".into(), script.into(), out.into()], None, false)?;
+    tools.debugfs(&["-w".into(), "-f".into(), script.into(), out.into()], false)?;
     verify(tools, out, plan)?;
 
     // mke2fs drops a last block group too small to be useful; the image ends with the
@@ -587,8 +587,8 @@ fn verify(tools: &Tools<'_>, image: &Path, plan: &Plan<'_>) -> Result<(), Ext4Er
             ROOT_INO => (0o040_755, 0, 0, None),
             LOST_FOUND_INO => (0o040_700, 0, 0, None),
             _ => {
-                let node =
-                    usize::try_from(ino - FIRST_TREE_INO).ok().and_then(|i| plan.nodes.get(i));
+                let index = ino.checked_sub(FIRST_TREE_INO).and_then(|i| usize::try_from(i).ok());
+                let node = index.and_then(|i| plan.nodes.get(i));
                 let Some(Node { entry, .. }) = node else {
                     return;
                 };
@@ -624,7 +624,7 @@ fn verify(tools: &Tools<'_>, image: &Path, plan: &Plan<'_>) -> Result<(), Ext4Er
     }
     let path = tools.dir.join("verify.debugfs");
     fs::write(&path, script).map_err(|source| Ext4Error::Io { file: path.clone(), source })?;
-    let found = run(tools, "debugfs", &["-f".into(), path.into(), image.into()], None, true)?;
+    let found = tools.debugfs(&["-f".into(), path.into(), image.into()], true)?;
     let Some(at) = found
         .iter()
         .zip(expected.as_bytes())
@@ -687,46 +687,65 @@ fn find_tool(tool: &'static str) -> Result<PathBuf, Ext4Error> {
         .ok_or(Ext4Error::ToolMissing { tool })
 }
 
-/// Runs an e2fsprogs tool in `dir` with an environment of only what is pinned here, and
-/// fails on a non-zero exit or (debugfs exits 0 after failed commands) unexpected stderr.
-fn run(
-    tools: &Tools<'_>,
-    tool: &'static str,
-    args: &[OsString],
-    conf: Option<&Path>,
-    capture: bool,
-) -> Result<Vec<u8>, Ext4Error> {
-    let program = if tool == "mke2fs" { &tools.mke2fs } else { &tools.debugfs };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(tools.dir)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .env("E2FSPROGS_FAKE_TIME", tools.fake_time.to_string())
-        .stdin(Stdio::null())
-        .stdout(if capture { Stdio::piped() } else { Stdio::null() })
-        .stderr(Stdio::piped());
-    if let Some(conf) = conf {
-        cmd.env("MKE2FS_CONFIG", conf);
+impl Tools<'_> {
+    /// Runs mke2fs with the configuration at `conf`.
+    fn mke2fs(&self, args: &[OsString], conf: &Path) -> Result<(), Ext4Error> {
+        let mut cmd = self.command(&self.mke2fs);
+        cmd.args(args).env("MKE2FS_CONFIG", conf).stdout(Stdio::null());
+        let output = Self::output("mke2fs", &self.mke2fs, cmd)?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            let status = output.status.to_string();
+            return Err(Ext4Error::Tool { tool: "mke2fs", status, stderr });
+        }
+        Ok(())
     }
-    let output = cmd.output().map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => Ext4Error::ToolMissing { tool },
-        _ => Ext4Error::Io { file: program.to_path_buf(), source },
-    })?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // debugfs always names itself and its version on stderr first.
-    let complaints: Vec<&str> =
-        stderr.lines().filter(|l| !l.is_empty() && !l.starts_with("debugfs 1.")).collect();
-    if !output.status.success() || !complaints.is_empty() {
-        return Err(Ext4Error::Tool {
-            tool,
-            status: output.status.to_string(),
-            stderr: complaints.join("\n"),
-        });
+
+    /// Runs a debugfs script on `image` (read-write with `-w` in `args`) and returns what it
+    /// printed when `capture` asks for it. debugfs exits 0 even when commands fail, so any
+    /// stderr line besides its version banner is a failure.
+    fn debugfs(&self, args: &[OsString], capture: bool) -> Result<Vec<u8>, Ext4Error> {
+        let mut cmd = self.command(&self.debugfs);
+        cmd.args(args).stdout(if capture { Stdio::piped() } else { Stdio::null() });
+        let output = Self::output("debugfs", &self.debugfs, cmd)?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let complaints: Vec<&str> =
+            stderr.lines().filter(|l| !l.is_empty() && !l.starts_with("debugfs 1.")).collect();
+        if !output.status.success() || !complaints.is_empty() {
+            return Err(Ext4Error::Tool {
+                tool: "debugfs",
+                status: output.status.to_string(),
+                stderr: complaints.join("\n"),
+            });
+        }
+        Ok(output.stdout)
     }
-    Ok(output.stdout)
+
+    /// A command in the scratch folder whose environment holds only what is pinned here.
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(self.dir)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LC_ALL", "C")
+            .env("TZ", "UTC")
+            .env("E2FSPROGS_FAKE_TIME", self.fake_time.to_string())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Waits for `cmd`, telling a missing program apart from other failures to start it.
+    fn output(
+        tool: &'static str,
+        program: &Path,
+        mut cmd: Command,
+    ) -> Result<std::process::Output, Ext4Error> {
+        cmd.output().map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => Ext4Error::ToolMissing { tool },
+            _ => Ext4Error::Io { file: program.to_path_buf(), source },
+        })
+    }
 }
 
 /// The superblock fields the writer checks.
