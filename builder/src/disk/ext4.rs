@@ -808,4 +808,10 @@ mod tests {
         assert_eq!(sparse, [0, 1, 3, 5, 7, 9, 25, 27]);
         assert_eq!(format_uuid(&[0xab; 16]), "abababab-abab-abab-abab-abababababab");
     }
+
+    #[test]
+    fn a_missing_tool_says_what_to_install() {
+        let err = find_tool("kiln-no-such-e2fsprogs-tool").unwrap_err().to_string();
+        assert!(err.contains("install e2fsprogs"), "{err}");
+    }
 }
