@@ -189,3 +189,129 @@ fn a_symlinked_parent_in_a_tarball_is_refused() {
     let err = tarball_result(&bytes).unwrap_err().to_string();
     assert!(err.contains("etc"), "{err}");
 }
+
+/// A tree of `dirs` folders (some nested) with a few files each, a symlink and a hard link.
+fn wide_tree(t: &Path, dirs: usize) {
+    for d in 0..dirs {
+        let dir = t.join(format!("d{d:03}/inner{}", d % 3));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..4 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}-{f}").repeat(d * 7 + f)).unwrap();
+        }
+    }
+    fs::set_permissions(t.join("d001/inner1/f2"), fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("../d000", t.join("d002/up")).unwrap();
+    fs::hard_link(t.join("d003/inner0/f1"), t.join("d000/twin")).unwrap();
+}
+
+/// The tree digest lock files record, computed here the slow, obvious way: one line per
+/// entry, each folder's entries sorted by name, subfolders walked after their parent's lines.
+fn expected_tree_digest(root: &Path) -> kiln_oci::Digest {
+    fn walk(dir: &Path, rel: &str, out: &mut String, links: &mut Vec<(u64, String)>) {
+        use std::os::unix::fs::MetadataExt;
+        let mut names: Vec<_> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let name = name.to_str().unwrap().to_string();
+            let r = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let md = fs::symlink_metadata(dir.join(&name)).unwrap();
+            if md.is_dir() {
+                out.push_str(&format!("d 755 {r}\n"));
+                subdirs.push((dir.join(&name), r));
+            } else if md.file_type().is_symlink() {
+                let target = fs::read_link(dir.join(&name)).unwrap();
+                out.push_str(&format!("l 777 {r}\0{}\n", target.to_str().unwrap()));
+            } else if let Some((_, first)) = links.iter().find(|(ino, _)| *ino == md.ino()) {
+                out.push_str(&format!("h 0 {r}\0{first}\n"));
+            } else {
+                if md.nlink() > 1 {
+                    links.push((md.ino(), r.clone()));
+                }
+                let mode = if md.mode() & 0o111 != 0 { 755 } else { 644 };
+                let digest = kiln_oci::Digest::of(&fs::read(dir.join(&name)).unwrap());
+                out.push_str(&format!("f {mode} {r}\0{digest}\n"));
+            }
+        }
+        for (d, r) in subdirs {
+            walk(&d, &r, out, links);
+        }
+    }
+    let mut text = String::new();
+    walk(root, "", &mut text, &mut Vec::new());
+    kiln_oci::Digest::of(text.as_bytes())
+}
+
+#[test]
+fn parallel_tree_reading_keeps_the_locked_digest_and_sorted_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("tree");
+    wide_tree(&t, 120);
+    let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
+    let expected = expected_tree_digest(&t);
+    let first = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap();
+    assert_eq!(first.inputs[0].digest, expected, "the tree digest in lock files changed");
+    for _ in 0..5 {
+        let again = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap();
+        assert_eq!(again.tree, first.tree);
+        assert_eq!(again.inputs, first.inputs);
+    }
+    // The walk meets d000/twin first, so it carries the content.
+    assert_eq!(
+        first.tree.get(&p("d003/inner0/f1")).unwrap().kind,
+        EntryKind::HardLink(p("d000/twin"))
+    );
+    assert_eq!(first.tree.get(&p("d001/inner1/f2")).unwrap().meta.mode, 0o755);
+}
+
+#[test]
+fn the_first_bad_entry_in_sorted_order_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("tree");
+    wide_tree(&t, 60);
+    for bad in ["d059/inner2/zz", "d007/inner1/bad", "d031/inner1/aa"] {
+        let st = std::process::Command::new("mkfifo").arg(t.join(bad)).status().unwrap();
+        assert!(st.success());
+    }
+    let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
+    for _ in 0..5 {
+        let err = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap_err();
+        assert!(err.to_string().contains("d007/inner1/bad"), "{err}");
+    }
+}
+
+#[test]
+fn remembered_digests_give_the_same_layer_and_a_rewrite_is_seen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("tree");
+    wide_tree(&t, 20);
+    let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
+    // Files changed in the last two seconds are never remembered: let them settle.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let cache_file = tmp.path().join("cache/file-digests");
+    let mut cache = HashCache::load(&cache_file);
+    let fresh = resolve_layer(&r.layers[0], &mut cache).unwrap();
+    cache.save().unwrap();
+    assert!(cache_file.exists(), "settled files are remembered");
+    let remembered = resolve_layer(&r.layers[0], &mut HashCache::load(&cache_file)).unwrap();
+    assert_eq!(remembered.tree, fresh.tree);
+    assert_eq!(remembered.inputs, fresh.inputs);
+    // Same size, new bytes: the stamp (mtime/ctime) changed, so the file is read again.
+    let f = t.join("d005/inner2/f3");
+    let mut bytes = fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&f, &bytes).unwrap();
+    let rewritten = resolve_layer(&r.layers[0], &mut HashCache::load(&cache_file)).unwrap();
+    let digest = |l: &kiln_builder::inputs::ResolvedLayer| match &l
+        .tree
+        .get(&p("d005/inner2/f3"))
+        .unwrap()
+        .kind
+    {
+        EntryKind::File(kiln_builder::Content::Host { digest, .. }) => *digest,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(digest(&rewritten), kiln_oci::Digest::of(&bytes));
+    assert_ne!(rewritten.inputs, fresh.inputs);
+}
