@@ -160,19 +160,26 @@ pub fn write_erofs<W: Write + Seek>(
     superblock(&mut block0, nodes.len() as u64, build_time, next, [0; 16]);
     sink.write(&block0)?;
 
-    let mut meta = vec![0u8; (meta_blocks * BLOCK) as usize];
+    // The inode area is streamed in nid order (nids grow with the node order), so memory
+    // holds one inode at a time, not every inline tail of the image.
+    let mut written = 0u64;
+    let mut slot = [0u8; 64];
     for node in &nodes {
-        let at = (node.nid * 32) as usize;
+        let at = node.nid * 32;
+        sink.zeros(at - written)?;
         let isize = node.inode_size() as usize;
-        inode(&mut meta[at..at + isize], node, build_time);
-        let head = node.head_size() as usize;
-        meta[at + isize..at + head].copy_from_slice(&node.xattrs);
+        slot[..isize].fill(0);
+        inode(&mut slot[..isize], node, build_time);
+        sink.write(&slot[..isize])?;
+        sink.write(&node.xattrs)?;
+        written = at + node.head_size();
         if node.inline > 0 {
             let tail = tail_bytes(node, &nodes)?;
-            meta[at + head..at + head + tail.len()].copy_from_slice(&tail);
+            sink.write(&tail)?;
+            written += tail.len() as u64;
         }
     }
-    sink.write(&meta)?;
+    sink.zeros(meta_blocks * BLOCK - written)?;
 
     for node in &nodes {
         if node.blocks == 0 {
@@ -496,8 +503,18 @@ impl<W: Write> ByteSink for Sink<'_, W> {
 impl<W: Write> Sink<'_, W> {
     /// Zero-fills from `len` to the next block boundary.
     fn pad(&mut self, len: u64) -> Result<(), ErofsError> {
-        let pad = (len.next_multiple_of(BLOCK) - len) as usize;
-        self.write(&vec![0u8; pad])
+        self.zeros(len.next_multiple_of(BLOCK) - len)
+    }
+
+    /// Writes `len` zero bytes.
+    fn zeros(&mut self, mut len: u64) -> Result<(), ErofsError> {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
     }
 }
 
