@@ -13,7 +13,8 @@
 //! - Staged copies carry the host's ctime, atime, mtime, uid and mode; `debugfs` overwrites all
 //!   of them by inode number. Numbers are known in advance: `mke2fs -d` walks directories
 //!   depth first in bytewise name order and hands out inodes 12, 13, … in that order (11 is
-//!   lost+found), which is checked against the superblock's count before the pass.
+//!   lost+found). Reading every directory back with `debugfs ls -p` checks that prediction
+//!   and every fix-up before the image is returned.
 //!
 //! No journal and no reserved GDT blocks: the image is a read-only root (often under
 //! dm-verity), where a journal is never replayed and the filesystem never grows in place.
@@ -130,7 +131,8 @@ struct Node<'a> {
     entry: &'a Entry,
 }
 
-/// One directory as mke2fs will fill it: its entries in name order with their inodes.
+/// One directory as mke2fs will fill it: its entries in the order they are linked (the
+/// root's lost+found, then name order) with their inodes.
 struct Dir<'a> {
     path: ImagePath,
     ino: u64,
@@ -299,9 +301,10 @@ fn plan(tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
         .into_iter()
         .map(|(path, ino, parent)| {
             let list = children.get(path.as_str()).map_or(&[][..], |v| &v[..]);
-            let entries =
-                list.iter().map(|(name, p)| (*name, inos.get(p).copied().unwrap_or(0))).collect();
-            Dir { path, ino, parent, entries }
+            // mke2fs links lost+found into the root before it copies the tree in.
+            let lost_found = path.is_root().then_some(("lost+found", LOST_FOUND_INO));
+            let linked = list.iter().map(|(name, p)| (*name, inos.get(p).copied().unwrap_or(0)));
+            Dir { path, ino, parent, entries: lost_found.into_iter().chain(linked).collect() }
         })
         .collect();
     for node in &nodes {
@@ -328,11 +331,7 @@ fn geometry(plan: &Plan<'_>) -> (u64, u64) {
     let mut data: u64 = 4;
     let mut fragmented: u64 = 0;
     for dir in &plan.dirs {
-        let mut lens: Vec<usize> = dir.entries.iter().map(|(name, _)| name.len()).collect();
-        if dir.ino == ROOT_INO {
-            lens.push("lost+found".len());
-        }
-        let blocks = dir_blocks(&lens);
+        let blocks = dir_layout(&dir.entries).len() as u64;
         data += blocks;
         // Directory blocks are allocated between their files' data, so each may be an extent.
         if blocks > 4 {
@@ -401,21 +400,25 @@ fn has_super(g: u64) -> bool {
     })
 }
 
-/// Blocks of a linear directory holding entries with names of these lengths, packed the way
-/// libext2fs appends them (no entry spans blocks; each block ends in a 12-byte checksum).
-fn dir_blocks(name_lens: &[usize]) -> u64 {
+/// Where libext2fs puts the entries of a linear directory, as indices into `entries` block
+/// by block: "." and ".." open the first block, and each entry, in the order it is linked,
+/// goes to the first block with room left (a short name may fill an earlier block's tail
+/// after a longer one opened a new block). No entry spans blocks; each block ends in a
+/// 12-byte checksum.
+fn dir_layout(entries: &[(&str, u64)]) -> Vec<Vec<usize>> {
     let space = BLOCK as usize - 12;
-    let mut blocks = 1;
-    let mut used = 24; // "." and ".."
-    for len in name_lens {
-        let rec = (8 + len).next_multiple_of(4);
-        if used + rec > space {
-            blocks += 1;
-            used = 0;
+    let mut blocks: Vec<(usize, Vec<usize>)> = vec![(24, Vec::new())];
+    for (i, (name, _)) in entries.iter().enumerate() {
+        let rec = (8 + name.len()).next_multiple_of(4);
+        match blocks.iter_mut().find(|(used, _)| used + rec <= space) {
+            Some((used, list)) => {
+                *used += rec;
+                list.push(i);
+            }
+            None => blocks.push((rec, vec![i])),
         }
-        used += rec;
     }
-    blocks
+    blocks.into_iter().map(|(_, list)| list).collect()
 }
 
 /// Bytes one extended attribute takes in an inode or block (entry header, name, value).
@@ -614,11 +617,9 @@ fn verify(tools: &Tools<'_>, image: &Path, plan: &Plan<'_>) -> Result<(), Ext4Er
         let _ = writeln!(expected, "debugfs: ls -p <{}>", d.ino);
         line(&mut expected, d.ino, ".");
         line(&mut expected, d.parent, "..");
-        if d.ino == ROOT_INO {
-            line(&mut expected, LOST_FOUND_INO, "lost+found");
-        }
-        for (name, ino) in &d.entries {
-            line(&mut expected, *ino, name);
+        for i in dir_layout(&d.entries).into_iter().flatten() {
+            let (name, ino) = d.entries[i];
+            line(&mut expected, ino, name);
         }
         expected.push('\n');
     }
@@ -793,7 +794,8 @@ mod tests {
         // "/0" sorts first but is a link to "/a/b", whose inode it takes.
         assert_eq!(order, ["0", "a", "a-c", "z"]);
         let root: Vec<_> = plan.dirs[0].entries.iter().map(|(n, i)| (n.to_string(), *i)).collect();
-        let expected = [("0", 12), ("a", 13), ("a-c", 14), ("z", 15)].map(|(n, i)| (n.into(), i));
+        let expected = [("lost+found", 11), ("0", 12), ("a", 13), ("a-c", 14), ("z", 15)]
+            .map(|(n, i)| (n.into(), i));
         assert_eq!(root, expected);
         assert_eq!(plan.dirs[1].entries, [("b", 12)]);
         assert_eq!((plan.dirs[1].ino, plan.dirs[1].parent), (13, ROOT_INO));
@@ -801,9 +803,20 @@ mod tests {
 
     #[test]
     fn directory_blocks_and_sparse_groups() {
-        assert_eq!(dir_blocks(&[]), 1);
-        assert_eq!(dir_blocks(&[10; 100]), 1);
-        assert_eq!(dir_blocks(&[255; 16]), 2);
+        let names = |lens: &[usize]| lens.iter().map(|l| "n".repeat(*l)).collect::<Vec<_>>();
+        let layout = |names: &[String]| {
+            let entries: Vec<_> = names.iter().map(|n| (n.as_str(), 0)).collect();
+            dir_layout(&entries)
+        };
+        assert_eq!(layout(&[]), [Vec::<usize>::new()]);
+        assert_eq!(layout(&names(&[10; 100])).len(), 1);
+        assert_eq!(layout(&names(&[255; 16])).len(), 2);
+        // 15 names of 255 bytes (264 with their header) leave 100 bytes of block one: an
+        // 80-byte name takes 88 of them, the next long one opens block two, and a 4-byte
+        // name (12 bytes) goes back into the last 12 bytes of block one.
+        let mut lens = vec![255; 15];
+        lens.extend([80, 255, 4]);
+        assert_eq!(layout(&names(&lens)), [(0..16).chain([17]).collect::<Vec<_>>(), vec![16]]);
         let sparse: Vec<u64> = (0..30).filter(|g| has_super(*g)).collect();
         assert_eq!(sparse, [0, 1, 3, 5, 7, 9, 25, 27]);
         assert_eq!(format_uuid(&[0xab; 16]), "abababab-abab-abab-abab-abababababab");
