@@ -16,8 +16,9 @@
 //!   lost+found). Reading every directory back with `debugfs ls -p` checks that prediction
 //!   and every fix-up before the image is returned.
 //!
-//! No journal and no reserved GDT blocks: the image is a read-only root (often under
-//! dm-verity), where a journal is never replayed and the filesystem never grows in place.
+//! No journal, no reserved GDT blocks and no blocks reserved for root (`-m 0`): the image is a
+//! read-only root (often under dm-verity), where a journal is never replayed and the
+//! filesystem never grows in place; errors remount it read-only (`-e remount-ro`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -357,6 +358,7 @@ fn geometry(plan: &Plan<'_>) -> (u64, u64) {
         }
     }
     let used_inodes = FIRST_TREE_INO - 1 + plan.nodes.len() as u64;
+    // A few spare inodes for e2fsck or a later writable mount; a read-only root needs none.
     let inodes = used_inodes + 16;
     let mut total = data + fragmented;
     for _ in 0..8 {
