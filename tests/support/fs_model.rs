@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! A model tree holding every kind of entry the disk writers store, and listings of it and of a
 //! filesystem read back (extracted or mounted) in one comparable form.
 

@@ -15,7 +15,9 @@ use crate::disk::cpio::{write_cpio, CpioError};
 use crate::disk::erofs::{write_erofs, ErofsError};
 use crate::disk::ext4::{write_ext4, Ext4Error};
 use crate::disk::fat::{write_fat, FatError};
-use crate::disk::gpt::{derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionType};
+use crate::disk::gpt::{
+    derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionType, SparseFile,
+};
 use crate::disk::qcow2::{write_qcow2, Qcow2Error};
 use crate::disk::squashfs::{write_squashfs, SquashfsError};
 use crate::disk::verity::{salt_from, write_verity, VerityError};
@@ -289,7 +291,7 @@ pub fn make_disks(
     let disk_guid = derive_guid("disk", &seed);
 
     let raw_path = work_dir.join("disk.raw");
-    let raw = {
+    {
         let label = |kind: PartitionType, chosen: &Option<String>| {
             chosen.clone().unwrap_or_else(|| kind.default_label())
         };
@@ -324,24 +326,18 @@ pub fn make_disks(
                 data: &mut hash_data,
             });
         }
-        // The raw disk's digest is only needed when it is an output itself (raw, or inside
-        // the GCE tar); hashing 1 GiB costs about as much as writing it.
-        let mut write = |out: &mut dyn Write| -> Result<(), DiskError> {
-            Ok(write_gpt(spec.size, disk_guid, &mut parts, out).map(drop)?)
-        };
-        if spec.formats.iter().any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Gce)) {
-            Some(write_hashed(&raw_path, |out| write(out))?)
-        } else {
-            let mut out = BufWriter::new(create(&raw_path)?);
-            write(&mut out)?;
-            out.flush().map_err(io_err(&raw_path))?;
-            None
-        }
+        let mut out = SparseFile::new(create(&raw_path)?);
+        write_gpt(spec.size, disk_guid, &mut parts, &mut out)?;
+        out.finish(spec.size).map_err(io_err(&raw_path))?;
+    }
+    // The raw disk is hashed only where it is an output itself (raw, or inside the GCE tar).
+    let raw_hashed = if spec.formats.iter().any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Gce))
+    {
+        Some(hash_file(&raw_path)?)
+    } else {
+        None
     };
-    let raw_digest = || match raw {
-        Some(known) => Ok(known),
-        None => hash_file(&raw_path),
-    };
+    let raw_digest = || raw_hashed.map_or_else(|| hash_file(&raw_path), Ok);
 
     let mut files = Vec::new();
     for format in &spec.formats {

@@ -4,7 +4,7 @@
 //! the content with [`derive_guid`]), never from a random source.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 
 use kiln_oci::digest::Sha256;
 use kiln_oci::Platform;
@@ -180,7 +180,7 @@ pub enum GptError {
     LabelTooLong(String),
     #[error("more than {ENTRIES} partitions")]
     TooMany,
-    #[error("reading partition {label:?}: {source}")]
+    #[error("reading partition {label:?}")]
     Read {
         label: String,
         #[source]
@@ -201,8 +201,65 @@ pub struct Placed {
     pub size: u64,
 }
 
+/// Where a disk image goes. A stream writes runs of zeros out; a [`SparseFile`] leaves them
+/// as holes, so a 10 GiB disk with 1 GiB of content costs 1 GiB of writes.
+pub trait DiskSink: Write {
+    /// Appends `len` zero bytes.
+    fn zeros(&mut self, mut len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.write_all(&ZEROS[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl DiskSink for Vec<u8> {}
+impl<W: DiskSink + ?Sized> DiskSink for &mut W {
+    fn zeros(&mut self, len: u64) -> io::Result<()> {
+        (**self).zeros(len)
+    }
+}
+
+/// A disk file written front to back whose zero runs stay holes.
+pub struct SparseFile {
+    file: io::BufWriter<std::fs::File>,
+}
+
+impl SparseFile {
+    /// Writes into `file` (empty, at position 0).
+    pub fn new(file: std::fs::File) -> Self {
+        SparseFile { file: io::BufWriter::with_capacity(1 << 20, file) }
+    }
+
+    /// Flushes and sets the length to `len`, so that trailing zeros are a hole too.
+    pub fn finish(self, len: u64) -> io::Result<()> {
+        let file = self.file.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.set_len(len)
+    }
+}
+
+impl Write for SparseFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl DiskSink for SparseFile {
+    fn zeros(&mut self, len: u64) -> io::Result<()> {
+        let len = i64::try_from(len).map_err(|_| io::Error::other("zero run too long"))?;
+        // BufWriter's seek writes out what it holds first.
+        self.file.seek(io::SeekFrom::Current(len)).map(drop)
+    }
+}
+
 /// Writes a GPT disk of `disk_size` bytes holding `parts` in order; returns where each went.
-pub fn write_gpt<W: Write>(
+pub fn write_gpt<W: DiskSink>(
     disk_size: u64,
     disk_guid: Guid,
     parts: &mut [Partition<'_>],
@@ -272,13 +329,7 @@ pub fn write_gpt<W: Write>(
     w.write(&array)?;
     for (p, place) in parts.iter_mut().zip(&placed) {
         w.zeros_to(place.offset)?;
-        let copied = io::copy(&mut (&mut p.data).take(p.size), &mut w.out)
-            .map_err(|source| GptError::Read { label: p.label.clone(), source })?;
-        if copied != p.size {
-            let source = io::Error::new(io::ErrorKind::UnexpectedEof, "partition data too short");
-            return Err(GptError::Read { label: p.label.clone(), source });
-        }
-        w.at += copied;
+        w.copy_from(&mut p.data, p.size, &p.label)?;
     }
     w.zeros_to((last - ARRAY_SECTORS) * SECTOR)?;
     w.write(&array)?;
@@ -307,18 +358,41 @@ struct Counted<'a, W> {
     at: u64,
 }
 
-impl<W: Write> Counted<'_, W> {
+impl<W: DiskSink> Counted<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), GptError> {
         self.out.write_all(bytes).map_err(GptError::Write)?;
         self.at += bytes.len() as u64;
         Ok(())
     }
 
+    /// Copies exactly `len` bytes of partition `label`'s `data`, passing all-zero runs to the
+    /// sink as zeros (holes in a sparse file).
+    fn copy_from(&mut self, data: &mut dyn Read, len: u64, label: &str) -> Result<(), GptError> {
+        const RUN: usize = 64 * 1024;
+        let mut buf = vec![0u8; 16 * RUN];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            data.read_exact(&mut buf[..n])
+                .map_err(|source| GptError::Read { label: label.to_string(), source })?;
+            for run in buf[..n].chunks(RUN) {
+                if run.iter().all(|b| *b == 0) {
+                    self.out.zeros(run.len() as u64)
+                } else {
+                    self.out.write_all(run)
+                }
+                .map_err(GptError::Write)?;
+            }
+            self.at += n as u64;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
     fn zeros_to(&mut self, offset: u64) -> Result<(), GptError> {
-        let zeros = [0u8; 64 * 1024];
-        while self.at < offset {
-            let n = (offset - self.at).min(zeros.len() as u64) as usize;
-            self.write(&zeros[..n])?;
+        if self.at < offset {
+            self.out.zeros(offset - self.at).map_err(GptError::Write)?;
+            self.at = offset;
         }
         Ok(())
     }
