@@ -12,7 +12,7 @@ use std::path::Path;
 use kiln_builder::disk::cpio::write_cpio;
 use kiln_builder::disk::erofs::write_erofs;
 use kiln_builder::disk::gpt::{
-    derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionType,
+    derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionData, PartitionType,
 };
 use kiln_builder::disk::qcow2::write_qcow2;
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
@@ -216,14 +216,14 @@ fn gpt_disk(ws: &Workspace, size: u64) -> Result<Disk, GptError> {
             guid: root_guid,
             label: "root-x86-64".into(),
             size: erofs.len() as u64,
-            data: &mut a,
+            data: PartitionData::Read(&mut a),
         },
         Partition {
             kind: PartitionType::RootVerity(Arch::X86_64),
             guid: verity_guid,
             label: "root-x86-64-verity ☃".into(),
             size: hash.len() as u64,
-            data: &mut b,
+            data: PartitionData::Read(&mut b),
         },
     ];
     let mut raw = Vec::new();

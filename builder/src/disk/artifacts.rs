@@ -4,8 +4,8 @@
 //! is the image manifest.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_oci::{media_type, Descriptor, Digest, HashingReader, HashingWriter, ImageManifest};
@@ -16,7 +16,8 @@ use crate::disk::erofs::{write_erofs, ErofsError};
 use crate::disk::ext4::{write_ext4, Ext4Error};
 use crate::disk::fat::{write_fat, FatError};
 use crate::disk::gpt::{
-    derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionType, SparseFile,
+    derive_guid, partition_offset, write_gpt, Arch, GptError, Guid, Partition, PartitionData,
+    PartitionType, SparseFile,
 };
 use crate::disk::qcow2::{write_qcow2, Qcow2Error};
 use crate::disk::squashfs::{write_squashfs, SquashfsError};
@@ -136,42 +137,80 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The root partition's filesystem image, written to a scratch file.
+/// The root partition's filesystem image.
 struct RootImage {
-    path: PathBuf,
     size: u64,
     uuid: [u8; 16],
+    /// A scratch file holding it, or `None` when it was written straight into the raw disk.
+    file: Option<PathBuf>,
 }
 
-/// Writes `rootfs` as the filesystem `kind` into `work_dir`.
+/// A file seen from byte `base` on: what a filesystem writer writes at its position 0 lands at
+/// the partition's offset of the raw disk.
+struct OffsetFile {
+    file: BufWriter<File>,
+    base: u64,
+}
+
+impl Write for OffsetFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for OffsetFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let at = match pos {
+            SeekFrom::Start(n) => self.file.seek(SeekFrom::Start(self.base + n))?,
+            SeekFrom::Current(d) => self.file.seek(SeekFrom::Current(d))?,
+            SeekFrom::End(_) => {
+                return Err(io::Error::other("a partition has no end to seek from"))
+            }
+        };
+        at.checked_sub(self.base).ok_or_else(|| io::Error::other("seek before the partition"))
+    }
+}
+
+/// Writes `rootfs` as the filesystem `kind`: erofs and squashfs straight into the raw disk
+/// at `offset`, ext4 (made by mke2fs) into a scratch file in `work_dir`.
 fn write_root(
     kind: RootFs,
     rootfs: &Tree,
     epoch: Epoch,
     threads: usize,
     work_dir: &Path,
+    raw: (&Path, u64),
 ) -> Result<RootImage, DiskError> {
-    let path = work_dir.join(format!("root.{}", kind.name()));
-    let io_err = |source| DiskError::Io { path: path.clone(), source };
-    let (size, uuid) = match kind {
+    let (raw_path, offset) = raw;
+    let io_err = |source| DiskError::Io { path: raw_path.to_path_buf(), source };
+    let in_raw = || -> Result<OffsetFile, DiskError> {
+        let mut file = OpenOptions::new().write(true).open(raw_path).map_err(io_err)?;
+        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        Ok(OffsetFile { file: BufWriter::with_capacity(1 << 20, file), base: offset })
+    };
+    let image = |size, uuid| RootImage { size, uuid, file: None };
+    match kind {
         RootFs::Erofs => {
-            let mut out = BufWriter::new(File::create(&path).map_err(io_err)?);
-            let image = write_erofs(rootfs, epoch, &mut out)?;
+            let mut out = in_raw()?;
+            let root = write_erofs(rootfs, epoch, &mut out)?;
             out.flush().map_err(io_err)?;
-            (image.size, image.uuid)
+            Ok(image(root.size, root.uuid))
         }
         RootFs::Squashfs => {
-            let mut out = BufWriter::new(File::create(&path).map_err(io_err)?);
-            let image = write_squashfs(rootfs, epoch, threads, &mut out)?;
+            let mut out = in_raw()?;
+            let root = write_squashfs(rootfs, epoch, threads, &mut out)?;
             out.flush().map_err(io_err)?;
-            (image.size, image.uuid)
+            Ok(image(root.size, root.uuid))
         }
         RootFs::Ext4 => {
-            let image = write_ext4(rootfs, epoch, work_dir, &path)?;
-            (image.size, image.uuid)
+            let path = work_dir.join("root.ext4");
+            let root = write_ext4(rootfs, epoch, work_dir, &path)?;
+            Ok(RootImage { size: root.size, uuid: root.uuid, file: Some(path) })
         }
-    };
-    Ok(RootImage { path, size, uuid })
+    }
 }
 
 /// The ESP's files taken from the image, as a tree of ESP paths; refuses sources that are
@@ -259,10 +298,25 @@ pub fn make_disks(
         None => None,
     };
 
-    let root = write_root(spec.root, rootfs, epoch, threads, work_dir)?;
+    // The root goes straight to its place in the raw disk (after the ESP, if any); the GPT
+    // is written around it afterwards.
+    let raw_path = work_dir.join("disk.raw");
+    create(&raw_path)?;
+    let before: Vec<u64> = esp.iter().map(|(_, size, _)| *size).collect();
+    let root_offset = partition_offset(&before);
+    let root = write_root(spec.root, rootfs, epoch, threads, work_dir, (&raw_path, root_offset))?;
+    let root_data = || -> Result<io::Take<BufReader<File>>, DiskError> {
+        let (path, from) = match &root.file {
+            Some(path) => (path.as_path(), 0),
+            None => (raw_path.as_path(), root_offset),
+        };
+        let mut file = open(path)?;
+        file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+        Ok(BufReader::with_capacity(1 << 20, file).take(root.size))
+    };
     let verity_path = work_dir.join("root.verity");
     let verity = if spec.verity {
-        let data = BufReader::new(open(&root.path)?);
+        let data = root_data()?;
         let mut out = BufWriter::new(create(&verity_path)?);
         let tree = write_verity(data, root.size, salt_from(&root.uuid), threads, &mut out)?;
         out.flush().map_err(io_err(&verity_path))?;
@@ -290,7 +344,6 @@ pub fn make_disks(
     }
     let disk_guid = derive_guid("disk", &seed);
 
-    let raw_path = work_dir.join("disk.raw");
     {
         let label = |kind: PartitionType, chosen: &Option<String>| {
             chosen.clone().unwrap_or_else(|| kind.default_label())
@@ -304,16 +357,23 @@ pub fn make_disks(
                 guid: *guid,
                 label: label(PartitionType::Esp, &spec.labels.esp),
                 size: *size,
-                data: &mut esp_data,
+                data: PartitionData::Read(&mut esp_data),
             });
         }
-        let mut root_data = BufReader::new(open(&root.path)?);
+        let mut root_file;
+        let root_part = match &root.file {
+            Some(_) => {
+                root_file = root_data()?;
+                PartitionData::Read(&mut root_file)
+            }
+            None => PartitionData::InPlace,
+        };
         parts.push(Partition {
             kind: PartitionType::Root(arch),
             guid: root_guid,
             label: label(PartitionType::Root(arch), &spec.labels.root),
             size: root.size,
-            data: &mut root_data,
+            data: root_part,
         });
         let mut hash_data;
         if let Some(v) = &verity {
@@ -323,10 +383,11 @@ pub fn make_disks(
                 guid: verity_guid,
                 label: label(PartitionType::RootVerity(arch), &spec.labels.verity),
                 size: v.hash_size,
-                data: &mut hash_data,
+                data: PartitionData::Read(&mut hash_data),
             });
         }
-        let mut out = SparseFile::new(create(&raw_path)?);
+        let file = OpenOptions::new().write(true).open(&raw_path).map_err(io_err(&raw_path))?;
+        let mut out = SparseFile::new(file);
         write_gpt(spec.size, disk_guid, &mut parts, &mut out)?;
         out.finish(spec.size).map_err(io_err(&raw_path))?;
     }
@@ -394,7 +455,9 @@ pub fn make_disks(
         files.push(DiskFile { format: *format, path, descriptor });
     }
     // Intermediate files are not outputs; failing to remove them is harmless.
-    let _ = std::fs::remove_file(&root.path);
+    if let Some(path) = &root.file {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some((path, _, _)) = &esp {
         let _ = std::fs::remove_file(path);
     }

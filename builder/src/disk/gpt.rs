@@ -162,8 +162,23 @@ pub struct Partition<'a> {
     pub label: String,
     /// Content size in bytes; the partition is this rounded up to 4 KiB.
     pub size: u64,
-    /// Where the content is read from (exactly `size` bytes).
-    pub data: &'a mut dyn Read,
+    /// Where the content comes from.
+    pub data: PartitionData<'a>,
+}
+
+/// Where a partition's content comes from.
+pub enum PartitionData<'a> {
+    /// Read from here (exactly `size` bytes) and copied in.
+    Read(&'a mut dyn Read),
+    /// Already written at the partition's offset of the file the sink writes into (see
+    /// [`partition_offset`]); the sink steps over it, which only a [`SparseFile`] can do.
+    InPlace,
+}
+
+/// The offset at which a partition starts when the partitions before it have these content
+/// sizes: 1 MiB aligned, as [`write_gpt`] places them.
+pub fn partition_offset(before: &[u64]) -> u64 {
+    before.iter().fold(ALIGN, |at, size| (at + size.next_multiple_of(4096)).next_multiple_of(ALIGN))
 }
 
 /// Why a disk could not be written.
@@ -205,6 +220,11 @@ pub struct Placed {
 /// as holes, so a 10 GiB disk with 1 GiB of content costs 1 GiB of writes.
 pub trait DiskSink: Write {
     /// Appends `len` zero bytes.
+    /// Steps over `len` bytes already written in place; a stream cannot.
+    fn skip(&mut self, _len: u64) -> io::Result<()> {
+        Err(io::Error::other("this output cannot step over partition data written in place"))
+    }
+
     fn zeros(&mut self, mut len: u64) -> io::Result<()> {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         while len > 0 {
@@ -218,6 +238,9 @@ pub trait DiskSink: Write {
 
 impl DiskSink for Vec<u8> {}
 impl<W: DiskSink + ?Sized> DiskSink for &mut W {
+    fn skip(&mut self, len: u64) -> io::Result<()> {
+        (**self).skip(len)
+    }
     fn zeros(&mut self, len: u64) -> io::Result<()> {
         (**self).zeros(len)
     }
@@ -229,7 +252,8 @@ pub struct SparseFile {
 }
 
 impl SparseFile {
-    /// Writes into `file` (empty, at position 0).
+    /// Writes into `file` from position 0; bytes it already holds stay where the disk steps
+    /// over them.
     pub fn new(file: std::fs::File) -> Self {
         SparseFile { file: io::BufWriter::with_capacity(1 << 20, file) }
     }
@@ -251,6 +275,9 @@ impl Write for SparseFile {
 }
 
 impl DiskSink for SparseFile {
+    fn skip(&mut self, len: u64) -> io::Result<()> {
+        self.zeros(len)
+    }
     fn zeros(&mut self, len: u64) -> io::Result<()> {
         let len = i64::try_from(len).map_err(|_| io::Error::other("zero run too long"))?;
         // BufWriter's seek writes out what it holds first.
@@ -329,7 +356,13 @@ pub fn write_gpt<W: DiskSink>(
     w.write(&array)?;
     for (p, place) in parts.iter_mut().zip(&placed) {
         w.zeros_to(place.offset)?;
-        w.copy_from(&mut p.data, p.size, &p.label)?;
+        match &mut p.data {
+            PartitionData::Read(data) => w.copy_from(*data, p.size, &p.label)?,
+            PartitionData::InPlace => {
+                w.out.skip(p.size).map_err(GptError::Write)?;
+                w.at += p.size;
+            }
+        }
     }
     w.zeros_to((last - ARRAY_SECTORS) * SECTOR)?;
     w.write(&array)?;
