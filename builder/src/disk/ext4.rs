@@ -552,7 +552,11 @@ fn fixup_script(nodes: &[Node<'_>], epoch: Epoch, dir: &Path) -> Result<PathBuf,
     let path = dir.join("fixup.debugfs");
     let mut script = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
     let mut value_files = 0u64;
-    let mut text = inode_lines(ROOT_INO, 0o040_755, 0, 0, epoch);
+    // mke2fs marks the directory hash signed or unsigned after the build machine's `char`
+    // (signed on x86, unsigned on ARM); pin the x86 value so every machine writes the same
+    // superblock. mke2fs -d builds no hashed (htree) directories, so no hash depends on it.
+    let mut text = String::from("ssv flags 1\n");
+    text.push_str(&inode_lines(ROOT_INO, 0o040_755, 0, 0, epoch));
     text.push_str(&inode_lines(LOST_FOUND_INO, 0o040_700, 0, 0, epoch));
     script.write_all(text.as_bytes()).map_err(io_err(&path))?;
     for (ino, node) in (FIRST_TREE_INO..).zip(nodes) {
