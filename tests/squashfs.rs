@@ -13,7 +13,10 @@ use std::path::Path;
 use kiln_builder::disk::squashfs::{write_squashfs, SquashfsImage};
 use kiln_builder::{Content, EntryKind, Epoch, Tree};
 use kiln_oci::Digest;
-use support::fs_model::{bytes, disk_listing, fixture, meta, model_listing, put, same};
+use support::fs_model::{
+    bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
+    FIXTURE_XATTRS,
+};
 use support::{is_root, require_tool, sh, Workspace};
 
 const EPOCH: Epoch = Epoch(1_700_000_000);
@@ -115,25 +118,6 @@ fn image_lls(image: &str) -> Vec<String> {
         .collect()
 }
 
-/// xattrs of a few fixture paths under `root`, as (name, length, first bytes in hex).
-fn xattrs(root: &Path) -> String {
-    sh(
-        "python3",
-        &[
-            "-c",
-            "import os,sys\nfor p in sys.argv[1:]:\n    \
-             print(sorted((n, len(os.getxattr(p, n)), os.getxattr(p, n)[:6].hex()) \
-             for n in os.listxattr(p, follow_symlinks=False)))",
-            &format!("{}/usr/bin/tagged", root.display()),
-            &format!("{}/srv", root.display()),
-            &format!("{}/usr/bin/su", root.display()),
-        ],
-    )
-}
-
-const FIXTURE_XATTRS: &str = "[('trusted.big', 3000, 'abababababab'), \
-                              ('user.kiln.origin', 6, '726563697065')]\n[('user.dir', 0, '')]\n[]\n";
-
 fn same_inode(root: &Path, a: &str, b: &str) -> bool {
     let ino = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().ino();
     ino(a) == ino(b)
@@ -180,22 +164,16 @@ fn squashfs_is_accepted_by_unsquashfs_and_holds_the_model() {
     let out = ws.path("extracted");
     sh("unsquashfs", &["-q", "-n", "-xattrs", "-d", out.to_str().unwrap(), path]);
     same(&disk_listing(&out, 0o7777), &model);
-    assert_eq!(xattrs(&out), FIXTURE_XATTRS);
+    assert_eq!(fixture_xattrs(&out), FIXTURE_XATTRS);
     assert!(same_inode(&out, "etc/motd", "etc/motd.link"));
     assert!(!same_inode(&out, "data/big.txt", "data/copy.txt"));
 
     let mnt = ws.mkdir("mnt");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "squashfs", "-o", "loop,ro", path, mnt.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIP: the kernel could not mount the squashfs image (no loop devices here?)");
+    if !mount_ro("squashfs", Path::new(path), &mnt) {
         return;
     }
     let listing = disk_listing(&mnt, 0o7777);
-    let read_xattrs = xattrs(&mnt);
+    let read_xattrs = fixture_xattrs(&mnt);
     let linked = same_inode(&mnt, "etc/motd", "etc/motd.link");
     let nlink = fs::metadata(mnt.join("etc/motd")).unwrap().nlink();
     let subdirs = fs::metadata(mnt.join("usr")).unwrap().nlink();

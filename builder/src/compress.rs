@@ -311,7 +311,7 @@ const GRANULE: usize = 32 * 1024;
 /// True when `data` looks like noise (already compressed or encrypted bytes): its byte
 /// histogram is so flat that deflate could not gain even 1 %. Integer arithmetic only, so
 /// the decision, and thus the output bytes, is the same on every machine.
-fn incompressible(data: &[u8]) -> bool {
+pub(crate) fn incompressible(data: &[u8]) -> bool {
     let mut counts = [0u64; 256];
     for &b in data {
         counts[usize::from(b)] += 1;

@@ -134,3 +134,41 @@ pub fn disk_listing(root: &Path, mask: u32) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The extended attributes of the fixture's three tagged paths under `root`, as
+/// (name, length, first bytes in hex), one line a path.
+pub fn fixture_xattrs(root: &Path) -> String {
+    super::sh(
+        "python3",
+        &[
+            "-c",
+            "import os,sys\nfor p in sys.argv[1:]:\n    \
+             print(sorted((n, len(os.getxattr(p, n)), os.getxattr(p, n)[:6].hex()) \
+             for n in os.listxattr(p, follow_symlinks=False)))",
+            &format!("{}/usr/bin/tagged", root.display()),
+            &format!("{}/srv", root.display()),
+            &format!("{}/usr/bin/su", root.display()),
+        ],
+    )
+}
+
+/// What [`fixture_xattrs`] reads from a faithful copy of [`fixture`].
+pub const FIXTURE_XATTRS: &str = "[('trusted.big', 3000, 'abababababab'), \
+                                  ('user.kiln.origin', 6, '726563697065')]\n\
+                                  [('user.dir', 0, '')]\n[]\n";
+
+/// Mounts the `fs` image read-only on `mnt` through a loop device; false (with a skip
+/// message) where the kernel cannot, as on machines without loop devices.
+pub fn mount_ro(fs: &str, image: &Path, mnt: &Path) -> bool {
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", fs, "-o", "loop,ro"])
+        .arg(image)
+        .arg(mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIP: the kernel could not mount the {fs} image (no loop devices here?)");
+    }
+    mounted
+}
