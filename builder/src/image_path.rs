@@ -79,21 +79,6 @@ impl ImagePath {
             None => ImagePath::root(),
         })
     }
-
-    /// Every ancestor from the topmost directory down to the parent, root excluded.
-    pub fn ancestors(&self) -> Vec<ImagePath> {
-        let mut out = Vec::new();
-        let mut cur = self.parent();
-        while let Some(p) = cur {
-            if p.is_root() {
-                break;
-            }
-            cur = p.parent();
-            out.push(p);
-        }
-        out.reverse();
-        out
-    }
 }
 
 impl fmt::Display for ImagePath {
@@ -129,10 +114,11 @@ mod tests {
     }
 
     #[test]
-    fn ancestors_and_order() {
+    fn parents_and_order() {
         let p = ImagePath::parse("/a/b/c").unwrap();
-        let names: Vec<_> = p.ancestors().iter().map(|a| a.as_str().to_string()).collect();
-        assert_eq!(names, ["a", "a/b"]);
+        let parent = p.parent().unwrap();
+        assert_eq!(parent.as_str(), "a/b");
+        assert!(parent.parent().unwrap().parent().unwrap().is_root());
         // parents sort before children even when a sibling has a smaller byte after the prefix
         let mut v = [
             ImagePath::parse("a/b").unwrap(),

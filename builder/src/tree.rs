@@ -97,18 +97,24 @@ impl Tree {
         if path.is_root() {
             return Err(TreeError::Root);
         }
-        for parent in path.ancestors() {
+        // Walk up only to the nearest existing ancestor: every entry's ancestors exist and are
+        // directories, so a directory there vouches for the rest of the chain.
+        let mut missing = Vec::new();
+        let mut cur = path.parent();
+        while let Some(parent) = cur.filter(|p| !p.is_root()) {
             match self.entries.get(&parent) {
-                Some(Entry { kind: EntryKind::Dir, .. }) => {}
+                Some(Entry { kind: EntryKind::Dir, .. }) => break,
                 Some(_) => return Err(TreeError::ParentNotDir { path, parent }),
                 None => {
-                    self.entries.insert(
-                        parent.clone(),
-                        Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) },
-                    );
-                    self.implicit.insert(parent);
+                    cur = parent.parent();
+                    missing.push(parent);
                 }
             }
+        }
+        for parent in missing {
+            self.entries
+                .insert(parent.clone(), Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) });
+            self.implicit.insert(parent);
         }
         let mut entry = entry;
         if let EntryKind::HardLink(target) = &entry.kind {

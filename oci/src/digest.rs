@@ -41,6 +41,11 @@ impl Digest {
         Ok(Digest(out))
     }
 
+    /// A digest from its 32 raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+
     /// The 64 lowercase hex characters, without the algorithm prefix.
     pub fn hex(&self) -> String {
         hex::encode(self.0)
