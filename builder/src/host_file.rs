@@ -30,6 +30,20 @@ pub enum HostFileError {
     Longer { host: PathBuf, expected: u64 },
     #[error("host file {} now hashes to {found}, but was {expected} when it was hashed; the input changed, hash it again", host.display())]
     Changed { host: PathBuf, expected: Digest, found: Digest },
+    #[error("host file {} changed while the image was being written; hash the inputs again", host.display())]
+    ChangedWhileWriting { host: PathBuf },
+}
+
+/// Reads the bytes `from..from + len` of `host` without checking them. Only for a writer that
+/// then streams the whole file with [`stream`] and confirms that those bytes were the same.
+pub fn read_unchecked(host: &Path, from: u64, len: usize) -> Result<Vec<u8>, HostFileError> {
+    use std::io::{Seek, SeekFrom};
+    let read_err = |source| HostFileError::Read { host: host.to_path_buf(), source };
+    let mut file = File::open(host).map_err(read_err)?;
+    file.seek(SeekFrom::Start(from)).map_err(read_err)?;
+    let mut buf = vec![0u8; len];
+    file.read_exact(&mut buf).map_err(read_err)?;
+    Ok(buf)
 }
 
 /// A failure while streaming: the host file, or the sink the bytes went to.

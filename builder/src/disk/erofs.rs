@@ -9,7 +9,7 @@
 //! sha256 of the image bytes, so equal trees give equal images.
 
 use std::collections::HashMap;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 
 use kiln_oci::digest::Sha256;
 
@@ -22,7 +22,6 @@ const BLOCK: u64 = 4096;
 const BLOCK_BITS: u8 = 12;
 const SUPER_OFFSET: u64 = 1024;
 const MAGIC: u32 = 0xE0F5_E1E2;
-const UUID_OFFSET: u64 = SUPER_OFFSET + 48;
 /// The inode area starts at this block.
 const META_BLKADDR: u64 = 1;
 const DIRENT_SIZE: usize = 12;
@@ -123,9 +122,9 @@ impl Node<'_> {
     }
 }
 
-/// Writes `tree` as an erofs image to `out` (from its current position 0) and returns what
+/// Writes `tree` as an erofs image to `out`, front to back, and returns what
 /// was written. Every mtime is `epoch`.
-pub fn write_erofs<W: Write + Seek>(
+pub fn write_erofs<W: Write>(
     tree: &Tree,
     epoch: Epoch,
     out: &mut W,
@@ -154,16 +153,18 @@ pub fn write_erofs<W: Write + Seek>(
         return Err(ErofsError::TooLarge { blocks: next });
     }
 
-    let mut sink = Sink { out, hasher: Sha256::new() };
-    sink.hasher.update(b"kiln erofs volume uuid v1\0");
+    let uuid = volume_uuid(tree, epoch);
+    let mut sink = Sink { out };
     let mut block0 = vec![0u8; BLOCK as usize];
-    superblock(&mut block0, nodes.len() as u64, build_time, next, [0; 16]);
+    superblock(&mut block0, nodes.len() as u64, build_time, next, uuid);
     sink.write(&block0)?;
 
     // The inode area is streamed in nid order (nids grow with the node order), so memory
     // holds one inode at a time, not every inline tail of the image.
     let mut written = 0u64;
     let mut slot = [0u8; 64];
+    // Digests of the host-file tails read separately, in node order.
+    let mut tails = Vec::new();
     for node in &nodes {
         let at = node.nid * 32;
         sink.zeros(at - written)?;
@@ -174,12 +175,25 @@ pub fn write_erofs<W: Write + Seek>(
         sink.write(&node.xattrs)?;
         written = at + node.head_size();
         if node.inline > 0 {
-            let tail = tail_bytes(node, &nodes)?;
+            let tail = match &node.data {
+                // The data pass below streams this file whole and checks its digest; reading
+                // just the tail here (instead of the file twice) is safe because that pass
+                // also checks the tail it sees is the one written here.
+                Data::File(Content::Host { path: host, size, .. }) if node.blocks > 0 => {
+                    let from = size - node.inline;
+                    let tail = host_file::read_unchecked(host, from, node.inline as usize)
+                        .map_err(|source| ErofsError::Host { path: node.path.clone(), source })?;
+                    tails.push(kiln_oci::Digest::of(&tail));
+                    tail
+                }
+                _ => tail_bytes(node, &nodes)?,
+            };
             sink.write(&tail)?;
             written += tail.len() as u64;
         }
     }
     sink.zeros(meta_blocks * BLOCK - written)?;
+    let mut tails = tails.into_iter();
 
     for node in &nodes {
         if node.blocks == 0 {
@@ -188,7 +202,8 @@ pub fn write_erofs<W: Write + Seek>(
         let whole = node.size - node.inline;
         match &node.data {
             Data::File(Content::Host { path: host, size, digest }) => {
-                copy_host(&mut sink, &node.path, host, *size, digest, 0..whole)?;
+                let tail = if node.inline > 0 { tails.next() } else { None };
+                copy_host(&mut sink, &node.path, host, *size, digest, 0..whole, tail)?;
             }
             Data::File(Content::Bytes(bytes)) => sink.write(&bytes[..whole as usize])?,
             Data::Symlink(target) => sink.write(&target[..whole as usize])?,
@@ -197,15 +212,55 @@ pub fn write_erofs<W: Write + Seek>(
         sink.pad(whole)?;
     }
 
-    let digest = sink.hasher.finish();
+    Ok(ErofsImage { size: next * BLOCK, uuid, inodes: nodes.len() as u64 })
+}
+
+/// The volume UUID: a version-8 (content-derived) UUID hashed from everything that decides
+/// the image's bytes (each entry's path, kind, owner, mode, xattrs, link target or content
+/// digest, and the epoch), so it is known before the first byte is written and the image is
+/// written front to back.
+fn volume_uuid(tree: &Tree, epoch: Epoch) -> [u8; 16] {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(b"kiln erofs volume uuid v2");
+    field(&epoch.0.to_le_bytes());
+    for (path, entry) in tree.iter() {
+        let m = &entry.meta;
+        field(path.as_str().as_bytes());
+        field(&[m.mode.to_le_bytes(), m.uid.to_le_bytes(), m.gid.to_le_bytes()].concat());
+        field(&(m.xattrs.len() as u64).to_le_bytes());
+        for (name, value) in &m.xattrs {
+            field(name.as_bytes());
+            field(value);
+        }
+        match &entry.kind {
+            EntryKind::Dir => field(b"dir"),
+            EntryKind::File(content) => {
+                let digest = match content {
+                    Content::Host { digest, .. } => *digest,
+                    Content::Bytes(bytes) => kiln_oci::Digest::of(bytes),
+                };
+                field(b"file");
+                field(digest.as_bytes());
+            }
+            EntryKind::Symlink(target) => {
+                field(b"symlink");
+                field(target.as_bytes());
+            }
+            EntryKind::HardLink(target) => {
+                field(b"hardlink");
+                field(target.as_str().as_bytes());
+            }
+        }
+    }
     let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest.as_bytes()[..16]);
+    uuid.copy_from_slice(&h.finish().as_bytes()[..16]);
     uuid[6] = (uuid[6] & 0x0F) | 0x80; // RFC 9562 version 8: custom (content-derived)
     uuid[8] = (uuid[8] & 0x3F) | 0x80;
-    out.seek(SeekFrom::Start(UUID_OFFSET)).map_err(ErofsError::Write)?;
-    out.write_all(&uuid).map_err(ErofsError::Write)?;
-    out.seek(SeekFrom::Start(next * BLOCK)).map_err(ErofsError::Write)?;
-    Ok(ErofsImage { size: next * BLOCK, uuid, inodes: nodes.len() as u64 })
+    uuid
 }
 
 /// One node per inode, root first, then in path order; hard links share their file's node.
@@ -358,7 +413,7 @@ fn tail_bytes(node: &Node<'_>, nodes: &[Node<'_>]) -> Result<Vec<u8>, ErofsError
         Data::File(Content::Host { path: host, size, digest }) => {
             let mut buf = Vec::new();
             let mut sink = VecSink(&mut buf);
-            copy_host(&mut sink, &node.path, host, *size, digest, from as u64..*size)?;
+            copy_host(&mut sink, &node.path, host, *size, digest, from as u64..*size, None)?;
             buf
         }
     })
@@ -483,19 +538,17 @@ fn inode(b: &mut [u8], node: &Node<'_>, build_time: u64) {
     }
 }
 
-/// Where image bytes go: the output, hashed for the UUID.
+/// Where image bytes go: the output, or a buffer for an inline tail.
 trait ByteSink {
     fn write(&mut self, bytes: &[u8]) -> Result<(), ErofsError>;
 }
 
 struct Sink<'a, W> {
     out: &'a mut W,
-    hasher: Sha256,
 }
 
 impl<W: Write> ByteSink for Sink<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), ErofsError> {
-        self.hasher.update(bytes);
         self.out.write_all(bytes).map_err(ErofsError::Write)
     }
 }
@@ -536,8 +589,10 @@ fn copy_host(
     size: u64,
     digest: &kiln_oci::Digest,
     range: std::ops::Range<u64>,
+    tail: Option<kiln_oci::Digest>,
 ) -> Result<(), ErofsError> {
     let mut done = 0u64;
+    let mut rest = Sha256::new();
     host_file::stream(host, size, digest, |buf| {
         let (lo, hi) = (done, done + buf.len() as u64);
         done = hi;
@@ -545,10 +600,51 @@ fn copy_host(
         if from < to {
             sink.write(&buf[(from - lo) as usize..(to - lo) as usize])?;
         }
+        let after = range.end.clamp(lo, hi);
+        rest.update(&buf[(after - lo) as usize..]);
         Ok(())
     })
     .map_err(|e| match e {
         StreamError::Host(source) => ErofsError::Host { path: path.clone(), source },
         StreamError::Sink(e) => e,
-    })
+    })?;
+    // The bytes after `range` are the inline tail written earlier from a separate read.
+    match tail {
+        Some(expected) if rest.finish() != expected => Err(ErofsError::Host {
+            path: path.clone(),
+            source: HostFileError::ChangedWhileWriting { host: host.to_path_buf() },
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_that_differs_from_the_one_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("f");
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&host, &bytes).unwrap();
+        let (path, digest) = (ImagePath::parse("/f").unwrap(), kiln_oci::Digest::of(&bytes));
+        let good_tail = kiln_oci::Digest::of(&bytes[4096..]);
+        let copy = |tail| {
+            let mut out = Vec::new();
+            let result =
+                copy_host(&mut VecSink(&mut out), &path, &host, 5000, &digest, 0..4096, tail);
+            (result, out)
+        };
+        let (result, out) = copy(Some(good_tail));
+        assert!(result.is_ok());
+        assert_eq!(out, bytes[..4096]);
+        let (result, _) = copy(Some(kiln_oci::Digest::of(b"another tail")));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("/f"), "{err}");
+        assert!(matches!(
+            copy(Some(kiln_oci::Digest::of(b"x"))).0,
+            Err(ErofsError::Host { source: HostFileError::ChangedWhileWriting { .. }, .. })
+        ));
+    }
 }
