@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
-use kiln_oci::{media_type, Descriptor, Digest, HashingReader, HashingWriter, ImageManifest};
+use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest, Sha256};
 
 use crate::compress::{compress, Compression, CompressionError};
 use crate::disk::cpio::{write_cpio, CpioError};
@@ -76,6 +77,8 @@ pub enum DiskError {
     GceTree(#[from] TreeError),
     #[error("GCE image")]
     GcePath(#[from] ImagePathError),
+    #[error("the thread hashing a disk file stopped unexpectedly")]
+    HashThread,
     #[error("serialising the disk artifact manifest")]
     Json(#[from] serde_json::Error),
 }
@@ -119,18 +122,70 @@ fn hash_file(path: &Path) -> Result<(Digest, u64), DiskError> {
     Ok(reader.finish())
 }
 
-/// Creates the file at `path` and fills it through `write`, hashing every byte written:
-/// returns the file's sha256 and size without reading it back.
+/// Creates the file at `path` and fills it through `write`, hashing every byte written on a
+/// second thread (so writing and hashing use both cores): returns the file's sha256 and size
+/// without reading it back.
 fn write_hashed<F>(path: &Path, write: F) -> Result<(Digest, u64), DiskError>
 where
-    F: FnOnce(&mut HashingWriter<BufWriter<File>>) -> Result<(), DiskError>,
+    F: FnOnce(&mut dyn Write) -> Result<(), DiskError>,
 {
     let io_err = |source| DiskError::Io { path: path.to_path_buf(), source };
-    let mut out = HashingWriter::new(BufWriter::new(File::create(path).map_err(io_err)?));
-    write(&mut out)?;
-    let (mut file, digest, size) = out.finish();
-    file.flush().map_err(io_err)?;
-    Ok((digest, size))
+    let file = BufWriter::with_capacity(HASH_CHUNK, File::create(path).map_err(io_err)?);
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+        let hasher = scope.spawn(move || {
+            let (mut h, mut len) = (Sha256::new(), 0u64);
+            for chunk in rx {
+                h.update(&chunk);
+                len += chunk.len() as u64;
+            }
+            (h.finish(), len)
+        });
+        let mut tee = Tee { file, tx, pending: Vec::with_capacity(HASH_CHUNK) };
+        let written = write(&mut tee).and_then(|()| tee.finish().map_err(io_err));
+        // Dropping the sender (with `tee`) ends the hashing thread.
+        drop(tee);
+        let hashed = hasher.join().map_err(|_| DiskError::HashThread);
+        written.and(hashed)
+    })
+}
+
+/// Bytes handed to the hashing thread at a time.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// Writes to a file and passes the same bytes, in chunks, to a hashing thread.
+struct Tee {
+    file: BufWriter<File>,
+    tx: mpsc::SyncSender<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl Tee {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_CHUNK));
+        self.tx.send(chunk).map_err(|_| io::Error::other("the hashing thread stopped"))
+    }
+
+    /// Hands over what is left and flushes the file.
+    fn finish(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.file.flush()
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= HASH_CHUNK {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
