@@ -13,7 +13,7 @@ use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest, Sha
 
 use crate::compress::{compress, Compression, CompressionError};
 use crate::disk::cpio::{write_cpio, CpioError};
-use crate::disk::erofs::{write_erofs, ErofsError};
+use crate::disk::erofs::{self, write_erofs, ErofsError};
 use crate::disk::ext4::{write_ext4, Ext4Error};
 use crate::disk::fat::{write_fat, FatError};
 use crate::disk::gpt::{
@@ -22,7 +22,7 @@ use crate::disk::gpt::{
 };
 use crate::disk::qcow2::{write_qcow2, Qcow2Error};
 use crate::disk::squashfs::{write_squashfs, SquashfsError};
-use crate::disk::verity::{salt_from, write_verity, VerityError};
+use crate::disk::verity::{salt_from, write_verity, VerityError, VerityHasher};
 use crate::disk::vhd;
 use crate::epoch::Epoch;
 use crate::image::JsonBlob;
@@ -198,6 +198,25 @@ struct RootImage {
     uuid: [u8; 16],
     /// A scratch file holding it, or `None` when it was written straight into the raw disk.
     file: Option<PathBuf>,
+    /// Its dm-verity hashes, when they were taken as it was written.
+    verity: Option<VerityHasher>,
+}
+
+/// A writer that also feeds what it writes to a dm-verity hasher.
+struct VerityTee<'h, W> {
+    out: W,
+    hasher: &'h mut VerityHasher,
+}
+
+impl<W: Write> Write for VerityTee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// A file seen from byte `base` on: what a filesystem writer writes at its position 0 lands at
@@ -230,12 +249,13 @@ impl Seek for OffsetFile {
 }
 
 /// Writes `rootfs` as the filesystem `kind`: erofs and squashfs straight into the raw disk
-/// at `offset`, ext4 (made by mke2fs) into a scratch file in `work_dir`.
+/// at `offset`, ext4 (made by mke2fs) into a scratch file in `work_dir`. With `verity`, an
+/// erofs root (written front to back, its UUID known first) is hashed as it is written.
 fn write_root(
     kind: RootFs,
     rootfs: &Tree,
     epoch: Epoch,
-    threads: usize,
+    (threads, verity): (usize, bool),
     work_dir: &Path,
     raw: (&Path, u64),
 ) -> Result<RootImage, DiskError> {
@@ -246,8 +266,18 @@ fn write_root(
         file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
         Ok(OffsetFile { file: BufWriter::with_capacity(1 << 20, file), base: offset })
     };
-    let image = |size, uuid| RootImage { size, uuid, file: None };
+    let image = |size, uuid| RootImage { size, uuid, file: None, verity: None };
     match kind {
+        RootFs::Erofs if verity => {
+            let salt = salt_from(&erofs::volume_uuid(rootfs, epoch));
+            let mut hasher = VerityHasher::new(salt, threads);
+            let mut out = VerityTee { out: in_raw()?, hasher: &mut hasher };
+            let root = write_erofs(rootfs, epoch, &mut out)?;
+            out.flush().map_err(io_err)?;
+            // The hashes are used only if they cover exactly the image and its salt.
+            let taken = hasher.data_size() == root.size && salt == salt_from(&root.uuid);
+            Ok(RootImage { verity: taken.then_some(hasher), ..image(root.size, root.uuid) })
+        }
         RootFs::Erofs => {
             let mut out = in_raw()?;
             let root = write_erofs(rootfs, epoch, &mut out)?;
@@ -263,7 +293,7 @@ fn write_root(
         RootFs::Ext4 => {
             let path = work_dir.join("root.ext4");
             let root = write_ext4(rootfs, epoch, work_dir, &path)?;
-            Ok(RootImage { size: root.size, uuid: root.uuid, file: Some(path) })
+            Ok(RootImage { size: root.size, uuid: root.uuid, file: Some(path), verity: None })
         }
     }
 }
@@ -359,7 +389,14 @@ pub fn make_disks(
     create(&raw_path)?;
     let before: Vec<u64> = esp.iter().map(|(_, size, _)| *size).collect();
     let root_offset = partition_offset(&before);
-    let root = write_root(spec.root, rootfs, epoch, threads, work_dir, (&raw_path, root_offset))?;
+    let mut root = write_root(
+        spec.root,
+        rootfs,
+        epoch,
+        (threads, spec.verity),
+        work_dir,
+        (&raw_path, root_offset),
+    )?;
     let root_data = || -> Result<io::Take<BufReader<File>>, DiskError> {
         let (path, from) = match &root.file {
             Some(path) => (path.as_path(), 0),
@@ -371,9 +408,13 @@ pub fn make_disks(
     };
     let verity_path = work_dir.join("root.verity");
     let verity = if spec.verity {
-        let data = root_data()?;
         let mut out = BufWriter::new(create(&verity_path)?);
-        let tree = write_verity(data, root.size, salt_from(&root.uuid), threads, &mut out)?;
+        let tree = match root.verity.take() {
+            Some(hasher) => hasher.finish(&mut out)?,
+            None => {
+                write_verity(root_data()?, root.size, salt_from(&root.uuid), threads, &mut out)?
+            }
+        };
         out.flush().map_err(io_err(&verity_path))?;
         Some(tree)
     } else {

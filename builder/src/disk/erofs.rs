@@ -219,7 +219,7 @@ pub fn write_erofs<W: Write>(
 /// the image's bytes (each entry's path, kind, owner, mode, xattrs, link target or content
 /// digest, and the epoch), so it is known before the first byte is written and the image is
 /// written front to back.
-fn volume_uuid(tree: &Tree, epoch: Epoch) -> [u8; 16] {
+pub fn volume_uuid(tree: &Tree, epoch: Epoch) -> [u8; 16] {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update(&(bytes.len() as u64).to_le_bytes());

@@ -16,6 +16,20 @@ const DIGEST: usize = 32;
 const PER_BLOCK: u64 = BLOCK / DIGEST as u64;
 const SUPERBLOCK: usize = 512;
 
+/// sha256 primed with the salt, cloned for each block.
+fn salted(salt: &[u8; 32]) -> Sha256 {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h
+}
+
+/// The salted hash of one block.
+fn block_hash(salted: &Sha256, block: &[u8]) -> [u8; 32] {
+    let mut h = salted.clone();
+    h.update(block);
+    *h.finish().as_bytes()
+}
+
 /// Bytes of data hashed per batch of worker threads.
 const BATCH_BYTES: usize = 8 << 20;
 
@@ -63,79 +77,131 @@ pub fn write_verity<R: Read, W: Write>(
     data_size: u64,
     salt: [u8; 32],
     threads: usize,
-    mut out: W,
+    out: W,
 ) -> Result<VerityTree, VerityError> {
     if data_size % BLOCK != 0 {
         return Err(VerityError::NotBlockAligned(data_size));
     }
-    let data_blocks = data_size / BLOCK;
-    let mut salted = Sha256::new();
-    salted.update(&salt);
-    let hash = |block: &[u8]| {
-        let mut h = salted.clone();
-        h.update(block);
-        *h.finish().as_bytes()
-    };
-
-    // Level 0 hashes the data; each further level hashes the one below until one block.
-    let mut levels: Vec<Vec<u8>> = Vec::new();
-    let mut current: Vec<u8> = Vec::with_capacity((data_blocks as usize) * DIGEST);
-    // Data blocks are read in batches and each batch is hashed by `threads` workers, each
-    // taking a contiguous run of blocks; the hashes are appended in block order, so the
-    // thread count never shows in the output.
-    let workers = threads.max(1);
-    let batch_blocks = (BATCH_BYTES / BLOCK as usize).max(workers);
-    let mut buf = vec![0u8; batch_blocks * BLOCK as usize];
-    let mut left = data_blocks as usize;
+    let mut hasher = VerityHasher::new(salt, threads);
+    let mut buf = vec![0u8; BATCH_BYTES];
+    let mut left = data_size;
     while left > 0 {
-        let blocks = left.min(batch_blocks);
-        let batch = &mut buf[..blocks * BLOCK as usize];
-        data.read_exact(batch).map_err(VerityError::Read)?;
-        let per_worker = blocks.div_ceil(workers) * BLOCK as usize;
-        let hashes: Vec<Vec<u8>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = batch
+        let n = left.min(BATCH_BYTES as u64) as usize;
+        data.read_exact(&mut buf[..n]).map_err(VerityError::Read)?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    hasher.finish(out)
+}
+
+/// Builds a dm-verity hash tree from data fed to it as it is written, so the data need not
+/// be read back. Data blocks are hashed in 8 MiB batches, each by `threads` workers taking a
+/// contiguous run of blocks; the hashes are kept in block order, so the thread count never
+/// shows in the output.
+pub struct VerityHasher {
+    salt: [u8; 32],
+    workers: usize,
+    /// Data not hashed yet (less than one batch).
+    pending: Vec<u8>,
+    /// Hashes of the data blocks so far (level 0).
+    level0: Vec<u8>,
+    data_size: u64,
+}
+
+impl VerityHasher {
+    /// A hasher for data salted with `salt`.
+    pub fn new(salt: [u8; 32], threads: usize) -> Self {
+        VerityHasher {
+            salt,
+            workers: threads.max(1),
+            pending: Vec::with_capacity(BATCH_BYTES),
+            level0: Vec::new(),
+            data_size: 0,
+        }
+    }
+
+    /// How many bytes of data it has taken.
+    pub fn data_size(&self) -> u64 {
+        self.data_size
+    }
+
+    /// Takes the next bytes of the data.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.data_size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let n = bytes.len().min(BATCH_BYTES - self.pending.len());
+            self.pending.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.pending.len() == BATCH_BYTES {
+                self.hash_pending();
+            }
+        }
+    }
+
+    /// Hashes the whole blocks of `pending` (all of it: callers keep it block-aligned).
+    fn hash_pending(&mut self) {
+        let salted = salted(&self.salt);
+        let blocks = self.pending.len() / BLOCK as usize;
+        let per_worker = blocks.div_ceil(self.workers).max(1) * BLOCK as usize;
+        let hash = |block: &[u8]| block_hash(&salted, block);
+        let runs: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self.pending[..blocks * BLOCK as usize]
                 .chunks(per_worker)
-                .map(|run| scope.spawn(|| run.chunks(BLOCK as usize).flat_map(hash).collect()))
+                .map(|run| scope.spawn(move || run.chunks(BLOCK as usize).flat_map(hash).collect()))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
         });
-        for run in hashes {
-            current.extend_from_slice(&run);
+        for run in runs {
+            self.level0.extend_from_slice(&run);
         }
-        left -= blocks;
+        self.pending.clear();
     }
-    if current.len() != data_blocks as usize * DIGEST {
-        return Err(VerityError::Worker);
-    }
-    // The kernel's level count: the smallest L with (blocks - 1) >> (7 * L) == 0.
-    let mut remaining = data_blocks.saturating_sub(1);
-    while remaining > 0 {
-        remaining /= PER_BLOCK;
-        current.resize(current.len().next_multiple_of(BLOCK as usize), 0);
-        let next: Vec<u8> = current.chunks(BLOCK as usize).flat_map(hash).collect();
-        levels.push(std::mem::replace(&mut current, next));
-    }
-    // What is left is the hash of the top block (or of the only data block): the root.
-    let root_hash: [u8; 32] =
-        current.get(..DIGEST).and_then(|d| d.try_into().ok()).ok_or(VerityError::Empty)?;
 
-    let mut uuid = [0u8; 16];
-    let mut h = Sha256::new();
-    h.update(b"kiln dm-verity uuid v1\0");
-    h.update(&root_hash);
-    uuid.copy_from_slice(&h.finish().as_bytes()[..16]);
-    uuid[6] = (uuid[6] & 0x0F) | 0x80;
-    uuid[8] = (uuid[8] & 0x3F) | 0x80;
+    /// Writes the superblock and hash tree of all the data taken to `out`.
+    pub fn finish<W: Write>(mut self, mut out: W) -> Result<VerityTree, VerityError> {
+        if self.data_size % BLOCK != 0 {
+            return Err(VerityError::NotBlockAligned(self.data_size));
+        }
+        self.hash_pending();
+        let data_blocks = self.data_size / BLOCK;
+        if self.level0.len() as u64 != data_blocks * DIGEST as u64 {
+            return Err(VerityError::Worker);
+        }
+        let salt = self.salt;
+        let salted = salted(&salt);
+        let hash = |block: &[u8]| block_hash(&salted, block);
+        let mut levels: Vec<Vec<u8>> = Vec::new();
+        let mut current = std::mem::take(&mut self.level0);
+        // The kernel's level count: the smallest L with (blocks - 1) >> (7 * L) == 0.
+        let mut remaining = data_blocks.saturating_sub(1);
+        while remaining > 0 {
+            remaining /= PER_BLOCK;
+            current.resize(current.len().next_multiple_of(BLOCK as usize), 0);
+            let next: Vec<u8> = current.chunks(BLOCK as usize).flat_map(hash).collect();
+            levels.push(std::mem::replace(&mut current, next));
+        }
+        // What is left is the hash of the top block (or of the only data block): the root.
+        let root_hash: [u8; 32] =
+            current.get(..DIGEST).and_then(|d| d.try_into().ok()).ok_or(VerityError::Empty)?;
 
-    let mut sb = vec![0u8; BLOCK as usize];
-    superblock(&mut sb[..SUPERBLOCK], &uuid, data_blocks, &salt);
-    out.write_all(&sb).map_err(VerityError::Write)?;
-    let mut hash_size = BLOCK;
-    for level in levels.iter().rev() {
-        out.write_all(level).map_err(VerityError::Write)?;
-        hash_size += level.len() as u64;
+        let mut uuid = [0u8; 16];
+        let mut h = Sha256::new();
+        h.update(b"kiln dm-verity uuid v1\0");
+        h.update(&root_hash);
+        uuid.copy_from_slice(&h.finish().as_bytes()[..16]);
+        uuid[6] = (uuid[6] & 0x0F) | 0x80;
+        uuid[8] = (uuid[8] & 0x3F) | 0x80;
+
+        let mut sb = vec![0u8; BLOCK as usize];
+        superblock(&mut sb[..SUPERBLOCK], &uuid, data_blocks, &salt);
+        out.write_all(&sb).map_err(VerityError::Write)?;
+        let mut hash_size = BLOCK;
+        for level in levels.iter().rev() {
+            out.write_all(level).map_err(VerityError::Write)?;
+            hash_size += level.len() as u64;
+        }
+        Ok(VerityTree { root_hash, salt, uuid, data_blocks, hash_size })
     }
-    Ok(VerityTree { root_hash, salt, uuid, data_blocks, hash_size })
 }
 
 /// The `verity_sb` superblock cryptsetup writes and reads.
