@@ -346,7 +346,6 @@ fn esp_seed(esp: &Tree) -> Digest {
 
 /// Makes the disks of `spec` for `arch` from the flattened root filesystem `rootfs` in
 /// `work_dir`, for the image manifest `subject`.
-#[allow(clippy::too_many_arguments)]
 pub fn make_disks(
     rootfs: &Tree,
     spec: &DiskSpec,
