@@ -17,7 +17,7 @@ use support::fs_model::{
     bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
     FIXTURE_XATTRS,
 };
-use support::{is_root, require_tool, sh, Workspace};
+use support::{is_root, noise, require_tool, sh, Workspace};
 
 const EPOCH: Epoch = Epoch(1_700_000_000);
 const BLOCK: usize = 128 * 1024;
@@ -29,19 +29,6 @@ fn squashfs(tree: &Tree, threads: usize) -> (Vec<u8>, SquashfsImage) {
     assert_eq!(bytes.len() as u64, image.size);
     assert_eq!(image.size % 4096, 0);
     (bytes, image)
-}
-
-/// xorshift64 bytes, which deflate cannot shrink.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
 }
 
 fn text(len: usize) -> Vec<u8> {

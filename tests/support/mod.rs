@@ -312,3 +312,16 @@ pub fn copy_recipes(dest: &Path) -> PathBuf {
     sh("cp", &["-a", src.to_str().expect("utf-8"), target.to_str().expect("utf-8")]);
     target
 }
+
+/// `len` xorshift64 bytes from `seed`, which deflate cannot shrink.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
