@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", message(&err));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -45,6 +45,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Sign(args) => commands::sign::run(&ctx, args),
         Command::Verify(args) => commands::verify::run(&ctx, args),
     }
+}
+
+/// The error and its causes joined by ": ", each cause once: library errors that already
+/// show their source in their own message are not repeated by the chain.
+fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Scripts branch on these, so the cause is looked for anywhere in the error chain.
@@ -70,4 +87,18 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    #[test]
+    fn message_names_each_cause_once() {
+        let full = || std::io::Error::other("disk full");
+        let err = anyhow::Error::new(full()).context("writing x: disk full").context("building r");
+        assert_eq!(message(&err), "building r: writing x: disk full");
+        let err = anyhow::Error::new(full()).context("writing x").context("building r");
+        assert_eq!(message(&err), "building r: writing x: disk full");
+    }
 }
