@@ -216,13 +216,15 @@ fn with_libraries(program: &str) -> Vec<PathBuf> {
 /// Builds a disk with kiln, an initramfs that mounts its root filesystem `fs` (through
 /// dm-verity when `verity`), and boots them; the root's own init must print the marker. With
 /// `corrupt`, one byte of busybox on the raw disk is flipped first, and dm-verity must refuse
-/// it instead.
+/// it instead. Without `corrupt` only the qcow2 is asked for, so the disk that boots is the
+/// one kiln writes directly, with no raw disk behind it.
 fn boot_disk(root: &Path, fs: &str, verity: bool, corrupt: bool) {
     // The image: busybox and an init that prints a marker; built by kiln with [disk].
     let ws = Workspace::new();
     let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
     let busybox_head = busybox[..64].to_vec();
     ws.write("recipe/busybox", &busybox);
+    let formats = if corrupt { "\"qcow2\", \"raw\"" } else { "\"qcow2\"" };
     let recipe = ws.write(
         "recipe/recipe.toml",
         format!(
@@ -235,7 +237,7 @@ fn boot_disk(root: &Path, fs: &str, verity: bool, corrupt: bool) {
              /bin/busybox echo {DISK_MARKER} from $(/bin/busybox cat /proc/cmdline 2>/dev/null) > /dev/ttyS0\n\
              /bin/busybox poweroff -f\n\"\"\" }}]\n\n\
              [disk]\nsize = \"16MiB\"\nroot = \"{fs}\"\nverity = true\n\
-             formats = [\"qcow2\", \"raw\"]\n"
+             formats = [{formats}]\n"
         ),
     );
     let store = ws.store("store");

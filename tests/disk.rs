@@ -14,7 +14,8 @@ use kiln_builder::disk::erofs::write_erofs;
 use kiln_builder::disk::gpt::{
     derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionData, PartitionType,
 };
-use kiln_builder::disk::qcow2::write_qcow2;
+use kiln_builder::disk::plan::DiskPlan;
+use kiln_builder::disk::qcow2::{write_qcow2, Qcow2Layout};
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::disk::vhd;
 use kiln_builder::{compress::compress, Compression};
@@ -266,10 +267,14 @@ fn qcow2_is_accepted_by_qemu_img_and_reads_back_as_the_raw_disk() {
         return;
     }
     let ws = Workspace::new();
-    let (raw, _, _) = gpt_disk(&ws, (8 << 20) + 4096).unwrap();
+    let (raw, erofs, hash) = gpt_disk(&ws, (8 << 20) + 4096).unwrap();
+    // Only the planned content is stored: the GPTs, the root and its hash tree.
+    let plan =
+        DiskPlan::new(raw.len() as u64, None, erofs.len() as u64, Some(hash.len() as u64)).unwrap();
     let qcow2 = |raw: &[u8]| {
+        let layout = Qcow2Layout::new(raw.len() as u64, &plan.extents).unwrap();
         let mut out = Vec::new();
-        let len = write_qcow2(std::io::Cursor::new(raw), raw.len() as u64, &mut out).unwrap();
+        let len = write_qcow2(&layout, std::io::Cursor::new(raw), &mut out).unwrap();
         assert_eq!(out.len() as u64, len);
         out
     };
@@ -476,6 +481,71 @@ fn disk_artifacts_do_not_depend_on_the_build_conditions_with(root: &str) {
     // The epoch is an input: a different one gives different disks.
     let later = Kiln::new(&ws.store("b")).build(&recipe, &["--source-date-epoch", "1700000001"]);
     assert_ne!(disk(later), reference, "the epoch did not reach the {root} disk images");
+}
+
+#[test]
+fn a_qcow2_written_without_a_raw_disk_is_the_one_made_from_it() {
+    let tools = ["qemu-img", "mke2fs", "debugfs"];
+    if !tools.iter().all(|t| require_tool(t)) {
+        return;
+    }
+    for root in ["erofs", "squashfs", "ext4"] {
+        let ws = Workspace::new();
+        let esp =
+            "[disk.esp]\nsize = \"4MiB\"\nfiles = { \"EFI/BOOT/APP.EFI\" = \"/usr/bin/app\" }\n";
+        let recipe = disk_recipe_with(&ws, "24MiB", root, esp);
+        let store = ws.store("a");
+        let with_raw = Kiln::new(&store).build(&recipe, &[]);
+        let layers = |report: &serde_json::Value| {
+            let digest = report["disks"][0]["digest"].as_str().unwrap();
+            let manifest = store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&fs::read(manifest).unwrap()).unwrap();
+            manifest["layers"].as_array().unwrap().clone()
+        };
+        let file = |layer: &serde_json::Value| {
+            let digest = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+            store.join("blobs/sha256").join(digest)
+        };
+        let (raw, via_raw) = {
+            let l = layers(&with_raw);
+            (file(&l[0]), l[1]["digest"].clone())
+        };
+
+        // The same recipe asking for the qcow2 alone, built on one thread under a tight umask.
+        let text = fs::read_to_string(&recipe).unwrap();
+        let only = text.replace(
+            "formats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]",
+            "formats = [\"qcow2\"]",
+        );
+        assert_ne!(only, text);
+        fs::write(&recipe, only).unwrap();
+        let alone = Kiln::new(&store).umask("077").build(&recipe, &["--threads", "1"]);
+        assert_eq!(alone["disksReused"], 0, "{alone}");
+        let l = layers(&alone);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0]["mediaType"], "application/vnd.kiln.disk.qcow2.v1");
+        assert_eq!(l[0]["digest"], via_raw, "the {root} qcow2 depends on how it was written");
+        assert_eq!(
+            alone["disks"][0]["annotations"], with_raw["disks"][0]["annotations"],
+            "the {root} root hash differs"
+        );
+        let qcow2 = file(&l[0]);
+        sh("qemu-img", &["check", "-f", "qcow2", qcow2.to_str().unwrap()]);
+        let same = sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                qcow2.to_str().unwrap(),
+                raw.to_str().unwrap(),
+            ],
+        );
+        assert!(same.contains("Images are identical"), "{root}: {same}");
+    }
 }
 
 /// One partition of `sfdisk --json`: (type GUID, name, start sector, sectors).

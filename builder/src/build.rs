@@ -365,7 +365,7 @@ pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest
 /// changes whenever the disk writers' bytes do.
 fn disk_key(subject: &Digest, arch: Arch, spec: &DiskSpec) -> Digest {
     let mut h = Sha256::new();
-    h.update(b"kiln disk cache v1\0");
+    h.update(b"kiln disk cache v2\0");
     h.update(subject.to_string().as_bytes());
     // Debug output of these plain types is deterministic (no hash maps); a change in it only
     // costs a cache miss.

@@ -13,16 +13,17 @@ use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest, Sha
 
 use crate::compress::{compress, Compression, CompressionError};
 use crate::disk::cpio::{write_cpio, CpioError};
-use crate::disk::erofs::{self, write_erofs, ErofsError};
+use crate::disk::erofs::{self, write_erofs, ErofsError, ErofsPlan};
 use crate::disk::ext4::{write_ext4, Ext4Error};
 use crate::disk::fat::{write_fat, FatError};
 use crate::disk::gpt::{
-    derive_guid, partition_offset, write_gpt, Arch, GptError, Guid, Partition, PartitionData,
-    PartitionType, SparseFile,
+    backup_offset, derive_guid, gpt_layout, partition_offset, write_gpt, Arch, GptError,
+    PartitionData, SparseFile,
 };
-use crate::disk::qcow2::{write_qcow2, Qcow2Error};
+use crate::disk::plan::{self, partitions, DiskPlan, EspImage, Guids};
+use crate::disk::qcow2::{write_qcow2, Qcow2Error, Qcow2Layout, Qcow2Stream};
 use crate::disk::squashfs::{write_squashfs, SquashfsError};
-use crate::disk::verity::{salt_from, write_verity, VerityError, VerityHasher};
+use crate::disk::verity::{self, salt_from, write_verity, VerityError, VerityHasher, VerityTree};
 use crate::disk::vhd;
 use crate::epoch::Epoch;
 use crate::image::JsonBlob;
@@ -79,6 +80,8 @@ pub enum DiskError {
     GcePath(#[from] ImagePathError),
     #[error("the thread hashing a disk file stopped unexpectedly")]
     HashThread,
+    #[error("the {0:?} output needs the raw disk, which was not written")]
+    NoRaw(DiskFormat),
     #[error("serialising the disk artifact manifest")]
     Json(#[from] serde_json::Error),
 }
@@ -123,11 +126,11 @@ fn hash_file(path: &Path) -> Result<(Digest, u64), DiskError> {
 }
 
 /// Creates the file at `path` and fills it through `write`, hashing every byte written on a
-/// second thread (so writing and hashing use both cores): returns the file's sha256 and size
-/// without reading it back.
-fn write_hashed<F>(path: &Path, write: F) -> Result<(Digest, u64), DiskError>
+/// second thread (so writing and hashing use both cores): returns what `write` returned and
+/// the file's sha256 and size, without reading it back.
+fn write_hashed<T, F>(path: &Path, write: F) -> Result<(T, (Digest, u64)), DiskError>
 where
-    F: FnOnce(&mut dyn Write) -> Result<(), DiskError>,
+    F: FnOnce(&mut dyn Write) -> Result<T, DiskError>,
 {
     let io_err = |source| DiskError::Io { path: path.to_path_buf(), source };
     let file = BufWriter::with_capacity(HASH_CHUNK, File::create(path).map_err(io_err)?);
@@ -142,11 +145,11 @@ where
             (h.finish(), len)
         });
         let mut tee = Tee { file, tx, pending: Vec::with_capacity(HASH_CHUNK) };
-        let written = write(&mut tee).and_then(|()| tee.finish().map_err(io_err));
+        let written = write(&mut tee).and_then(|made| tee.finish().map_err(io_err).map(|()| made));
         // Dropping the sender (with `tee`) ends the hashing thread.
         drop(tee);
         let hashed = hasher.join().map_err(|_| DiskError::HashThread);
-        written.and(hashed)
+        Ok((written?, hashed?))
     })
 }
 
@@ -344,6 +347,227 @@ fn esp_seed(esp: &Tree) -> Digest {
     Digest::of(&listing)
 }
 
+/// The ESP, written to a scratch file.
+struct EspFile {
+    path: PathBuf,
+    image: EspImage,
+}
+
+/// What a disk is made of and from.
+struct DiskJob<'a> {
+    rootfs: &'a Tree,
+    spec: &'a DiskSpec,
+    arch: Arch,
+    epoch: Epoch,
+    threads: usize,
+    work_dir: &'a Path,
+    esp: Option<&'a EspFile>,
+}
+
+/// A written disk.
+struct WrittenDisk {
+    plan: DiskPlan,
+    guids: Guids,
+    verity: Option<VerityTree>,
+    /// The raw disk file, when the raw disk was written.
+    raw: Option<PathBuf>,
+    /// The qcow2 file with its digest and size, when it was written without a raw disk.
+    qcow2: Option<(PathBuf, (Digest, u64))>,
+}
+
+/// Writes the raw disk (`disk.raw`, sparse): the root in place at its offset, then the GPT
+/// and the other partitions around it.
+fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
+    let (spec, work_dir) = (job.spec, job.work_dir);
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiskError::Io { path, source }
+    };
+    let create = |path: &Path| File::create(path).map_err(io_err(path));
+    let open = |path: &Path| File::open(path).map_err(io_err(path));
+    let esp = job.esp.map(|e| &e.image);
+
+    let raw_path = work_dir.join("disk.raw");
+    create(&raw_path)?;
+    let before: Vec<u64> = esp.iter().map(|e| e.size).collect();
+    let root_offset = partition_offset(&before);
+    let mut root = write_root(
+        spec.root,
+        job.rootfs,
+        job.epoch,
+        (job.threads, spec.verity),
+        work_dir,
+        (&raw_path, root_offset),
+    )?;
+    let root_data = || -> Result<io::Take<BufReader<File>>, DiskError> {
+        let (path, from) = match &root.file {
+            Some(path) => (path.as_path(), 0),
+            None => (raw_path.as_path(), root_offset),
+        };
+        let mut file = open(path)?;
+        file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+        Ok(BufReader::with_capacity(1 << 20, file).take(root.size))
+    };
+    let verity_path = work_dir.join("root.verity");
+    let verity = if spec.verity {
+        let mut out = BufWriter::new(create(&verity_path)?);
+        let tree = match root.verity.take() {
+            Some(hasher) => hasher.finish(&mut out)?,
+            None => {
+                write_verity(root_data()?, root.size, salt_from(&root.uuid), job.threads, &mut out)?
+            }
+        };
+        out.flush().map_err(io_err(&verity_path))?;
+        Some(tree)
+    } else {
+        None
+    };
+    let guids = Guids::new(verity.as_ref(), &root.uuid, esp.map(|e| e.guid));
+    let plan = DiskPlan::new(spec.size, esp, root.size, verity.as_ref().map(|v| v.hash_size))?;
+
+    {
+        let mut parts = partitions(spec, job.arch, esp, root.size, verity.as_ref(), &guids);
+        let mut part = parts.iter_mut();
+        let mut esp_data;
+        if let (Some(esp), Some(p)) = (job.esp, esp.and_then(|_| part.next())) {
+            esp_data = BufReader::new(open(&esp.path)?);
+            p.data = PartitionData::Read(&mut esp_data);
+        }
+        let mut root_file;
+        if let (Some(_), Some(p)) = (&root.file, part.next()) {
+            root_file = root_data()?;
+            p.data = PartitionData::Read(&mut root_file);
+        }
+        let mut hash_data;
+        if let (Some(_), Some(p)) = (&verity, part.next()) {
+            hash_data = BufReader::new(open(&verity_path)?);
+            p.data = PartitionData::Read(&mut hash_data);
+        }
+        let file = OpenOptions::new().write(true).open(&raw_path).map_err(io_err(&raw_path))?;
+        let mut out = SparseFile::new(file);
+        write_gpt(spec.size, guids.disk, &mut parts, &mut out)?;
+        out.finish(spec.size).map_err(io_err(&raw_path))?;
+    }
+    // Intermediate files are not outputs; failing to remove them is harmless.
+    if let Some(path) = &root.file {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(&verity_path);
+    Ok(WrittenDisk { plan, guids, verity, raw: Some(raw_path), qcow2: None })
+}
+
+/// The root filesystem to stream into a disk.
+enum RootSource<'a> {
+    /// Written as the disk is (its size and UUID are known first).
+    Erofs(ErofsPlan<'a>),
+    /// Already written to a scratch file.
+    File { path: PathBuf, size: u64, uuid: [u8; 16] },
+}
+
+/// Writes the disk as `disk.qcow2` front to back while its content is made, with no raw disk:
+/// the root (hashed for dm-verity on the way), the hash tree, the backup GPT, the ESP and the
+/// primary GPT, each where the plan laid out its clusters.
+fn write_qcow2_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
+    let (spec, work_dir) = (job.spec, job.work_dir);
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiskError::Io { path, source }
+    };
+    let esp = job.esp.map(|e| &e.image);
+    let root = match spec.root {
+        RootFs::Erofs => RootSource::Erofs(ErofsPlan::new(job.rootfs, job.epoch)?),
+        RootFs::Squashfs => {
+            let path = work_dir.join("root.squashfs");
+            let mut out =
+                BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io_err(&path))?);
+            let image = write_squashfs(job.rootfs, job.epoch, job.threads, &mut out)?;
+            out.flush().map_err(io_err(&path))?;
+            RootSource::File { path, size: image.size, uuid: image.uuid }
+        }
+        RootFs::Ext4 => {
+            let path = work_dir.join("root.ext4");
+            let image = write_ext4(job.rootfs, job.epoch, work_dir, &path)?;
+            RootSource::File { path, size: image.size, uuid: image.uuid }
+        }
+    };
+    let (root_size, root_uuid) = match &root {
+        RootSource::Erofs(plan) => (plan.size(), plan.uuid()),
+        RootSource::File { size, uuid, .. } => (*size, *uuid),
+    };
+    let scratch = match &root {
+        RootSource::File { path, .. } => Some(path.clone()),
+        RootSource::Erofs(_) => None,
+    };
+    let hash_size = spec.verity.then(|| verity::hash_size(root_size));
+    let plan = DiskPlan::new(spec.size, esp, root_size, hash_size)?;
+    let layout = Qcow2Layout::new(spec.size, &plan.extents)?;
+
+    let path = work_dir.join("disk.qcow2");
+    let written = write_hashed(&path, |out| {
+        let mut q = Qcow2Stream::new(&layout, out)?;
+        q.seek(plan.root_offset);
+        let mut hasher = spec.verity.then(|| VerityHasher::new(salt_from(&root_uuid), job.threads));
+        {
+            let mut sink: Box<dyn Write> = match &mut hasher {
+                Some(hasher) => Box::new(VerityTee { out: &mut q, hasher }),
+                None => Box::new(&mut q),
+            };
+            match root {
+                RootSource::Erofs(plan) => {
+                    plan.write(&mut sink)?;
+                }
+                RootSource::File { path, size, .. } => {
+                    let file = File::open(&path).map_err(io_err(&path))?;
+                    let copied = io::copy(
+                        &mut BufReader::with_capacity(1 << 20, file).take(size),
+                        &mut sink,
+                    )
+                    .map_err(io_err(&path))?;
+                    if copied != size {
+                        let short = io::Error::from(io::ErrorKind::UnexpectedEof);
+                        return Err(io_err(&path)(short));
+                    }
+                }
+            }
+            sink.flush().map_err(io_err(&path))?;
+        }
+        let verity = match (hasher, plan.verity_offset) {
+            (Some(hasher), Some(at)) => {
+                q.seek(at);
+                Some(hasher.finish(&mut q)?)
+            }
+            _ => None,
+        };
+        let guids = Guids::new(verity.as_ref(), &root_uuid, esp.map(|e| e.guid));
+        let parts = partitions(spec, job.arch, esp, root_size, verity.as_ref(), &guids);
+        let gpt = gpt_layout(spec.size, guids.disk, &parts)?;
+        let write = |q: &mut Qcow2Stream<'_, _>, at, bytes: &[u8]| {
+            q.seek(at);
+            q.write_all(bytes).map_err(io_err(&path))
+        };
+        write(&mut q, backup_offset(spec.size), &gpt.backup)?;
+        if let (Some(esp), Some(at)) = (job.esp, plan.esp_offset) {
+            let mut file = File::open(&esp.path).map_err(io_err(&esp.path))?;
+            let mut buf = Vec::new();
+            for range in &esp.image.content {
+                file.seek(SeekFrom::Start(range.start)).map_err(io_err(&esp.path))?;
+                buf.resize((range.end - range.start) as usize, 0);
+                file.read_exact(&mut buf).map_err(io_err(&esp.path))?;
+                write(&mut q, at + range.start, &buf)?;
+            }
+        }
+        write(&mut q, 0, &gpt.primary)?;
+        q.finish()?;
+        Ok((guids, verity))
+    });
+    if let Some(path) = &scratch {
+        // An intermediate file, not an output; failing to remove it is harmless.
+        let _ = std::fs::remove_file(path);
+    }
+    let ((guids, verity), hashed) = written?;
+    Ok(WrittenDisk { plan, guids, verity, raw: None, qcow2: Some((path, hashed)) })
+}
+
 /// Makes the disks of `spec` for `arch` from the flattened root filesystem `rootfs` in
 /// `work_dir`, for the image manifest `subject`.
 pub fn make_disks(
@@ -377,189 +601,102 @@ pub fn make_disks(
             ]);
             write_fat(&tree, esp_spec.size, epoch, volume_id, "ESP", &mut out)?;
             out.flush().map_err(io_err(&path))?;
-            Some((path, esp_spec.size, derive_guid("esp", seed.as_bytes())))
+            drop(out);
+            let content = plan::content_ranges(&path, esp_spec.size).map_err(io_err(&path))?;
+            let guid = derive_guid("esp", seed.as_bytes());
+            Some(EspFile { path, image: EspImage { size: esp_spec.size, guid, content } })
         }
         None => None,
     };
 
-    // The root goes straight to its place in the raw disk (after the ESP, if any); the GPT
-    // is written around it afterwards.
-    let raw_path = work_dir.join("disk.raw");
-    create(&raw_path)?;
-    let before: Vec<u64> = esp.iter().map(|(_, size, _)| *size).collect();
-    let root_offset = partition_offset(&before);
-    let mut root = write_root(
-        spec.root,
-        rootfs,
-        epoch,
-        (threads, spec.verity),
-        work_dir,
-        (&raw_path, root_offset),
-    )?;
-    let root_data = || -> Result<io::Take<BufReader<File>>, DiskError> {
-        let (path, from) = match &root.file {
-            Some(path) => (path.as_path(), 0),
-            None => (raw_path.as_path(), root_offset),
-        };
-        let mut file = open(path)?;
-        file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
-        Ok(BufReader::with_capacity(1 << 20, file).take(root.size))
-    };
-    let verity_path = work_dir.join("root.verity");
-    let verity = if spec.verity {
-        let mut out = BufWriter::new(create(&verity_path)?);
-        let tree = match root.verity.take() {
-            Some(hasher) => hasher.finish(&mut out)?,
-            None => {
-                write_verity(root_data()?, root.size, salt_from(&root.uuid), threads, &mut out)?
-            }
-        };
-        out.flush().map_err(io_err(&verity_path))?;
-        Some(tree)
-    } else {
-        None
-    };
-
-    // Partition GUIDs as the Discoverable Partitions Specification suggests: with verity the
-    // root hash names the root (first half) and its hash partition (second half).
-    let (root_guid, verity_guid) = match &verity {
-        Some(v) => {
-            let mut a = [0u8; 16];
-            let mut b = [0u8; 16];
-            a.copy_from_slice(&v.root_hash[..16]);
-            b.copy_from_slice(&v.root_hash[16..]);
-            (Guid::from_be(a), Guid::from_be(b))
-        }
-        None => (derive_guid("root", &root.uuid), derive_guid("root-verity", &root.uuid)),
-    };
-    let mut seed = root_guid.0.to_vec();
-    seed.extend_from_slice(&verity_guid.0);
-    if let Some((_, _, esp_guid)) = &esp {
-        seed.extend_from_slice(&esp_guid.0);
+    // Without a raw output the raw disk is never written: the qcow2 is made directly.
+    let raw_wanted = spec
+        .formats
+        .iter()
+        .any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Vhd | DiskFormat::Gce))
+        || !spec.formats.contains(&DiskFormat::Qcow2);
+    let job = DiskJob { rootfs, spec, arch, epoch, threads, work_dir, esp: esp.as_ref() };
+    let mut disk = if raw_wanted { write_raw_disk(&job)? } else { write_qcow2_disk(&job)? };
+    if let Some(esp) = &esp {
+        // An intermediate file, not an output; failing to remove it is harmless.
+        let _ = std::fs::remove_file(&esp.path);
     }
-    let disk_guid = derive_guid("disk", &seed);
-
-    {
-        let label = |kind: PartitionType, chosen: &Option<String>| {
-            chosen.clone().unwrap_or_else(|| kind.default_label())
-        };
-        let mut parts = Vec::new();
-        let mut esp_data;
-        if let Some((path, size, guid)) = &esp {
-            esp_data = BufReader::new(open(path)?);
-            parts.push(Partition {
-                kind: PartitionType::Esp,
-                guid: *guid,
-                label: label(PartitionType::Esp, &spec.labels.esp),
-                size: *size,
-                data: PartitionData::Read(&mut esp_data),
-            });
-        }
-        let mut root_file;
-        let root_part = match &root.file {
-            Some(_) => {
-                root_file = root_data()?;
-                PartitionData::Read(&mut root_file)
-            }
-            None => PartitionData::InPlace,
-        };
-        parts.push(Partition {
-            kind: PartitionType::Root(arch),
-            guid: root_guid,
-            label: label(PartitionType::Root(arch), &spec.labels.root),
-            size: root.size,
-            data: root_part,
-        });
-        let mut hash_data;
-        if let Some(v) = &verity {
-            hash_data = BufReader::new(open(&verity_path)?);
-            parts.push(Partition {
-                kind: PartitionType::RootVerity(arch),
-                guid: verity_guid,
-                label: label(PartitionType::RootVerity(arch), &spec.labels.verity),
-                size: v.hash_size,
-                data: PartitionData::Read(&mut hash_data),
-            });
-        }
-        let file = OpenOptions::new().write(true).open(&raw_path).map_err(io_err(&raw_path))?;
-        let mut out = SparseFile::new(file);
-        write_gpt(spec.size, disk_guid, &mut parts, &mut out)?;
-        out.finish(spec.size).map_err(io_err(&raw_path))?;
-    }
+    let raw_path = disk.raw.clone();
     // The raw disk is hashed only where it is an output itself (raw, or inside the GCE tar).
-    let raw_hashed = if spec.formats.iter().any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Gce))
-    {
-        Some(hash_file(&raw_path)?)
-    } else {
-        None
+    let raw_hashed = match &raw_path {
+        Some(path)
+            if spec.formats.iter().any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Gce)) =>
+        {
+            Some(hash_file(path)?)
+        }
+        _ => None,
     };
-    let raw_digest = || raw_hashed.map_or_else(|| hash_file(&raw_path), Ok);
 
     let mut files = Vec::new();
     for format in &spec.formats {
-        let (path, (digest, size)) =
-            match format {
-                DiskFormat::Raw => (raw_path.clone(), raw_digest()?),
-                DiskFormat::Qcow2 => {
-                    let path = work_dir.join("disk.qcow2");
-                    let raw_data = BufReader::new(open(&raw_path)?);
-                    let hashed = write_hashed(&path, |out| {
-                        Ok(write_qcow2(raw_data, spec.size, out).map(drop)?)
-                    })?;
-                    (path, hashed)
-                }
-                DiskFormat::Vhd => {
-                    let path = work_dir.join("disk.vhd");
-                    let mut raw_data = open(&raw_path)?;
-                    let hashed = write_hashed(&path, |out| {
-                        io::copy(&mut raw_data, out).map_err(io_err(&path))?;
-                        let footer = vhd::footer(spec.size, epoch, disk_guid.to_be());
-                        out.write_all(&footer).map_err(io_err(&path))
-                    })?;
-                    (path, hashed)
-                }
-                DiskFormat::Gce => {
-                    let (digest, size) = raw_digest()?;
-                    let mut tree = Tree::new();
-                    let content = Content::Host { path: raw_path.clone(), size, digest };
-                    let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };
-                    tree.insert(ImagePath::parse("disk.raw")?, entry)?;
-                    let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;
-                    let path = work_dir.join("disk.tar.gz");
-                    std::fs::rename(&blob.path, &path).map_err(io_err(&path))?;
-                    (path, (blob.digest, blob.size))
-                }
-                DiskFormat::Initramfs => {
-                    let cpio_path = work_dir.join("initramfs.cpio");
-                    let mut cpio = BufWriter::new(create(&cpio_path)?);
-                    write_cpio(rootfs, epoch, &mut cpio)?;
-                    cpio.flush().map_err(io_err(&cpio_path))?;
-                    drop(cpio);
-                    let path = work_dir.join("initramfs.cpio.gz");
-                    let input = BufReader::new(open(&cpio_path)?);
-                    let hashed = write_hashed(&path, |out| {
-                        Ok(compress(&Compression::GZIP, threads, input, out).map(drop)?)
-                    })?;
-                    let _ = std::fs::remove_file(&cpio_path);
-                    (path, hashed)
-                }
-            };
+        let (path, (digest, size)) = match (format, &raw_path) {
+            (DiskFormat::Qcow2, None) => disk.qcow2.take().ok_or(DiskError::NoRaw(*format))?,
+            (DiskFormat::Qcow2, Some(raw_path)) => {
+                let path = work_dir.join("disk.qcow2");
+                let layout = Qcow2Layout::new(spec.size, &disk.plan.extents)?;
+                let raw_data = BufReader::new(open(raw_path)?);
+                let ((), hashed) =
+                    write_hashed(&path, |out| Ok(write_qcow2(&layout, raw_data, out).map(drop)?))?;
+                (path, hashed)
+            }
+            (DiskFormat::Raw, Some(raw_path)) => {
+                (raw_path.clone(), raw_hashed.map_or_else(|| hash_file(raw_path), Ok)?)
+            }
+            (DiskFormat::Vhd, Some(raw_path)) => {
+                let path = work_dir.join("disk.vhd");
+                let mut raw_data = open(raw_path)?;
+                let ((), hashed) = write_hashed(&path, |out| {
+                    io::copy(&mut raw_data, out).map_err(io_err(&path))?;
+                    let footer = vhd::footer(spec.size, epoch, disk.guids.disk.to_be());
+                    out.write_all(&footer).map_err(io_err(&path))
+                })?;
+                (path, hashed)
+            }
+            (DiskFormat::Gce, Some(raw_path)) => {
+                let (digest, size) = raw_hashed.map_or_else(|| hash_file(raw_path), Ok)?;
+                let mut tree = Tree::new();
+                let content = Content::Host { path: raw_path.clone(), size, digest };
+                let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };
+                tree.insert(ImagePath::parse("disk.raw")?, entry)?;
+                let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;
+                let path = work_dir.join("disk.tar.gz");
+                std::fs::rename(&blob.path, &path).map_err(io_err(&path))?;
+                (path, (blob.digest, blob.size))
+            }
+            (DiskFormat::Raw | DiskFormat::Vhd | DiskFormat::Gce, None) => {
+                return Err(DiskError::NoRaw(*format))
+            }
+            (DiskFormat::Initramfs, _) => {
+                let cpio_path = work_dir.join("initramfs.cpio");
+                let mut cpio = BufWriter::new(create(&cpio_path)?);
+                write_cpio(rootfs, epoch, &mut cpio)?;
+                cpio.flush().map_err(io_err(&cpio_path))?;
+                drop(cpio);
+                let path = work_dir.join("initramfs.cpio.gz");
+                let input = BufReader::new(open(&cpio_path)?);
+                let ((), hashed) = write_hashed(&path, |out| {
+                    Ok(compress(&Compression::GZIP, threads, input, out).map(drop)?)
+                })?;
+                let _ = std::fs::remove_file(&cpio_path);
+                (path, hashed)
+            }
+        };
         let mut descriptor = Descriptor::new(media_type_of(*format), digest, size);
         let title = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         descriptor.annotations.insert("org.opencontainers.image.title".into(), title.into());
         files.push(DiskFile { format: *format, path, descriptor });
     }
-    // Intermediate files are not outputs; failing to remove them is harmless.
-    if let Some(path) = &root.file {
-        let _ = std::fs::remove_file(path);
+    if let Some(path) = &raw_path {
+        if !spec.formats.contains(&DiskFormat::Raw) {
+            let _ = std::fs::remove_file(path);
+        }
     }
-    if let Some((path, _, _)) = &esp {
-        let _ = std::fs::remove_file(path);
-    }
-    let _ = std::fs::remove_file(&verity_path);
-    if !spec.formats.contains(&DiskFormat::Raw) {
-        let _ = std::fs::remove_file(&raw_path);
-    }
+    let verity = disk.verity;
 
     let empty_config = JsonBlob {
         descriptor: Descriptor::new(

@@ -5,8 +5,8 @@
 //! order. A data tail that fits beside its inode is stored inline (`FLAT_INLINE`), otherwise
 //! data is whole blocks (`FLAT_PLAIN`). Extended attributes are stored inline after their
 //! inode. Compact 32-byte inodes are used unless an owner, link count or size needs the
-//! extended 64-byte form. Every time is the epoch, and the volume UUID is derived from a
-//! sha256 of the image bytes, so equal trees give equal images.
+//! extended 64-byte form. Every time is the epoch, and the volume UUID is hashed from the
+//! tree, so equal trees give equal images.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -129,90 +129,125 @@ pub fn write_erofs<W: Write>(
     epoch: Epoch,
     out: &mut W,
 ) -> Result<ErofsImage, ErofsError> {
-    let build_time = u64::try_from(epoch.0).map_err(|_| ErofsError::NegativeEpoch(epoch.0))?;
-    let mut nodes = collect(tree)?;
-    for node in &mut nodes {
-        if let Data::Dir(entries) = &mut node.data {
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            // Every block but the last is full size.
-            let blocks = dir_blocks(entries);
-            let last = blocks.last().map_or(0, |b| b.len as u64);
-            node.size = (blocks.len() as u64).saturating_sub(1) * BLOCK + last;
-        }
-    }
-    let meta_bytes = place_inodes(&mut nodes);
-    let meta_blocks = meta_bytes.div_ceil(BLOCK);
-    let mut next = META_BLKADDR + meta_blocks;
-    for node in &mut nodes {
-        if node.blocks > 0 {
-            node.blkaddr = next;
-            next += node.blocks;
-        }
-    }
-    if next > u64::from(u32::MAX) {
-        return Err(ErofsError::TooLarge { blocks: next });
-    }
+    ErofsPlan::new(tree, epoch)?.write(out)
+}
 
-    let uuid = volume_uuid(tree, epoch);
-    let mut sink = Sink { out };
-    let mut block0 = vec![0u8; BLOCK as usize];
-    superblock(&mut block0, nodes.len() as u64, build_time, next, uuid);
-    sink.write(&block0)?;
+/// An erofs image laid out but not yet written: its size and UUID are known before the
+/// first byte, so a disk can be planned around it.
+pub struct ErofsPlan<'a> {
+    nodes: Vec<Node<'a>>,
+    meta_blocks: u64,
+    /// Blocks in the image.
+    blocks: u64,
+    uuid: [u8; 16],
+    build_time: u64,
+}
 
-    // The inode area is streamed in nid order (nids grow with the node order), so memory
-    // holds one inode at a time, not every inline tail of the image.
-    let mut written = 0u64;
-    let mut slot = [0u8; 64];
-    // Digests of the host-file tails read separately, in node order.
-    let mut tails = Vec::new();
-    for node in &nodes {
-        let at = node.nid * 32;
-        sink.zeros(at - written)?;
-        let isize = node.inode_size() as usize;
-        slot[..isize].fill(0);
-        inode(&mut slot[..isize], node, build_time);
-        sink.write(&slot[..isize])?;
-        sink.write(&node.xattrs)?;
-        written = at + node.head_size();
-        if node.inline > 0 {
-            let tail = match &node.data {
-                // The data pass below streams this file whole and checks its digest; reading
-                // just the tail here (instead of the file twice) is safe because that pass
-                // also checks the tail it sees is the one written here.
-                Data::File(Content::Host { path: host, size, .. }) if node.blocks > 0 => {
-                    let from = size - node.inline;
-                    let tail = host_file::read_unchecked(host, from, node.inline as usize)
-                        .map_err(|source| ErofsError::Host { path: node.path.clone(), source })?;
-                    tails.push(kiln_oci::Digest::of(&tail));
-                    tail
-                }
-                _ => tail_bytes(node, &nodes)?,
-            };
-            sink.write(&tail)?;
-            written += tail.len() as u64;
-        }
-    }
-    sink.zeros(meta_blocks * BLOCK - written)?;
-    let mut tails = tails.into_iter();
-
-    for node in &nodes {
-        if node.blocks == 0 {
-            continue;
-        }
-        let whole = node.size - node.inline;
-        match &node.data {
-            Data::File(Content::Host { path: host, size, digest }) => {
-                let tail = if node.inline > 0 { tails.next() } else { None };
-                copy_host(&mut sink, &node.path, host, *size, digest, 0..whole, tail)?;
+impl<'a> ErofsPlan<'a> {
+    /// Lays out `tree` with every mtime at `epoch`.
+    pub fn new(tree: &'a Tree, epoch: Epoch) -> Result<Self, ErofsError> {
+        let build_time = u64::try_from(epoch.0).map_err(|_| ErofsError::NegativeEpoch(epoch.0))?;
+        let mut nodes = collect(tree)?;
+        for node in &mut nodes {
+            if let Data::Dir(entries) = &mut node.data {
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+                // Every block but the last is full size.
+                let blocks = dir_blocks(entries);
+                let last = blocks.last().map_or(0, |b| b.len as u64);
+                node.size = (blocks.len() as u64).saturating_sub(1) * BLOCK + last;
             }
-            Data::File(Content::Bytes(bytes)) => sink.write(&bytes[..whole as usize])?,
-            Data::Symlink(target) => sink.write(&target[..whole as usize])?,
-            Data::Dir(entries) => sink.write(&dir_bytes(entries, &nodes, whole))?,
         }
-        sink.pad(whole)?;
+        let meta_bytes = place_inodes(&mut nodes);
+        let meta_blocks = meta_bytes.div_ceil(BLOCK);
+        let mut next = META_BLKADDR + meta_blocks;
+        for node in &mut nodes {
+            if node.blocks > 0 {
+                node.blkaddr = next;
+                next += node.blocks;
+            }
+        }
+        if next > u64::from(u32::MAX) {
+            return Err(ErofsError::TooLarge { blocks: next });
+        }
+        let uuid = volume_uuid(tree, epoch);
+        Ok(ErofsPlan { nodes, meta_blocks, blocks: next, uuid, build_time })
     }
 
-    Ok(ErofsImage { size: next * BLOCK, uuid, inodes: nodes.len() as u64 })
+    /// The image size in bytes.
+    pub fn size(&self) -> u64 {
+        self.blocks * BLOCK
+    }
+
+    /// The volume UUID.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
+
+    /// Writes the image to `out`, front to back.
+    pub fn write<W: Write>(self, out: &mut W) -> Result<ErofsImage, ErofsError> {
+        let ErofsPlan { nodes, meta_blocks, blocks: next, uuid, build_time } = self;
+        let mut sink = Sink { out };
+        let mut block0 = vec![0u8; BLOCK as usize];
+        superblock(&mut block0, nodes.len() as u64, build_time, next, uuid);
+        sink.write(&block0)?;
+
+        // The inode area is streamed in nid order (nids grow with the node order), so memory
+        // holds one inode at a time, not every inline tail of the image.
+        let mut written = 0u64;
+        let mut slot = [0u8; 64];
+        // Digests of the host-file tails read separately, in node order.
+        let mut tails = Vec::new();
+        for node in &nodes {
+            let at = node.nid * 32;
+            sink.zeros(at - written)?;
+            let isize = node.inode_size() as usize;
+            slot[..isize].fill(0);
+            inode(&mut slot[..isize], node, build_time);
+            sink.write(&slot[..isize])?;
+            sink.write(&node.xattrs)?;
+            written = at + node.head_size();
+            if node.inline > 0 {
+                let tail = match &node.data {
+                    // The data pass below streams this file whole and checks its digest; reading
+                    // just the tail here (instead of the file twice) is safe because that pass
+                    // also checks the tail it sees is the one written here.
+                    Data::File(Content::Host { path: host, size, .. }) if node.blocks > 0 => {
+                        let from = size - node.inline;
+                        let tail =
+                            host_file::read_unchecked(host, from, node.inline as usize).map_err(
+                                |source| ErofsError::Host { path: node.path.clone(), source },
+                            )?;
+                        tails.push(kiln_oci::Digest::of(&tail));
+                        tail
+                    }
+                    _ => tail_bytes(node, &nodes)?,
+                };
+                sink.write(&tail)?;
+                written += tail.len() as u64;
+            }
+        }
+        sink.zeros(meta_blocks * BLOCK - written)?;
+        let mut tails = tails.into_iter();
+
+        for node in &nodes {
+            if node.blocks == 0 {
+                continue;
+            }
+            let whole = node.size - node.inline;
+            match &node.data {
+                Data::File(Content::Host { path: host, size, digest }) => {
+                    let tail = if node.inline > 0 { tails.next() } else { None };
+                    copy_host(&mut sink, &node.path, host, *size, digest, 0..whole, tail)?;
+                }
+                Data::File(Content::Bytes(bytes)) => sink.write(&bytes[..whole as usize])?,
+                Data::Symlink(target) => sink.write(&target[..whole as usize])?,
+                Data::Dir(entries) => sink.write(&dir_bytes(entries, &nodes, whole))?,
+            }
+            sink.pad(whole)?;
+        }
+
+        Ok(ErofsImage { size: next * BLOCK, uuid, inodes: nodes.len() as u64 })
+    }
 }
 
 /// The volume UUID: a version-8 (content-derived) UUID hashed from everything that decides

@@ -285,32 +285,62 @@ impl DiskSink for SparseFile {
     }
 }
 
-/// Writes a GPT disk of `disk_size` bytes holding `parts` in order; returns where each went.
-pub fn write_gpt<W: DiskSink>(
-    disk_size: u64,
-    disk_guid: Guid,
-    parts: &mut [Partition<'_>],
-    mut out: W,
-) -> Result<Vec<Placed>, GptError> {
+/// Bytes the primary GPT takes at the start of the disk: protective MBR, header, array.
+pub const PRIMARY_SIZE: u64 = (2 + ARRAY_SECTORS) * SECTOR;
+
+/// Where the backup GPT (array, then header) starts on a disk of `disk_size` bytes.
+pub fn backup_offset(disk_size: u64) -> u64 {
+    disk_size.saturating_sub((ARRAY_SECTORS + 1) * SECTOR)
+}
+
+/// Where partitions with these content sizes start on a disk of `disk_size` bytes, or why
+/// they do not fit.
+pub fn place(disk_size: u64, sizes: &[u64]) -> Result<Vec<u64>, GptError> {
     if disk_size % SECTOR != 0 {
         return Err(GptError::NotSectors(disk_size));
     }
-    if parts.len() as u64 > ENTRIES {
+    if sizes.len() as u64 > ENTRIES {
         return Err(GptError::TooMany);
     }
-    let sectors = disk_size / SECTOR;
-    let mut placed = Vec::new();
-    let mut at = ALIGN;
-    for p in parts.iter() {
-        let size = p.size.next_multiple_of(4096);
-        placed.push(Placed { label: p.label.clone(), guid: p.guid, offset: at, size });
-        at = (at + size).next_multiple_of(ALIGN);
-    }
+    let offsets: Vec<u64> = (0..sizes.len()).map(|i| partition_offset(&sizes[..i])).collect();
+    let end = partition_offset(sizes);
     // The backup array and header take the last 33 sectors.
-    let needed = at + (ARRAY_SECTORS + 1) * SECTOR;
-    if needed > disk_size || sectors < 2 * (ARRAY_SECTORS + 2) {
+    let needed = end + (ARRAY_SECTORS + 1) * SECTOR;
+    if needed > disk_size || disk_size / SECTOR < 2 * (ARRAY_SECTORS + 2) {
         return Err(GptError::TooSmall { size: disk_size, needed });
     }
+    Ok(offsets)
+}
+
+/// The GPT of a disk: the bytes at its start and end, and where each partition goes.
+pub struct GptLayout {
+    pub placed: Vec<Placed>,
+    /// Protective MBR, primary header and partition array: the first [`PRIMARY_SIZE`] bytes.
+    pub primary: Vec<u8>,
+    /// Backup partition array and header: the bytes from [`backup_offset`] to the end.
+    pub backup: Vec<u8>,
+}
+
+/// Lays out a GPT disk of `disk_size` bytes holding `parts` in order (their data is not
+/// read).
+pub fn gpt_layout(
+    disk_size: u64,
+    disk_guid: Guid,
+    parts: &[Partition<'_>],
+) -> Result<GptLayout, GptError> {
+    let sizes: Vec<u64> = parts.iter().map(|p| p.size).collect();
+    let offsets = place(disk_size, &sizes)?;
+    let sectors = disk_size / SECTOR;
+    let placed: Vec<Placed> = parts
+        .iter()
+        .zip(offsets)
+        .map(|(p, offset)| Placed {
+            label: p.label.clone(),
+            guid: p.guid,
+            offset,
+            size: p.size.next_multiple_of(4096),
+        })
+        .collect();
 
     let mut array = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
     for (i, (p, place)) in parts.iter().zip(&placed).enumerate() {
@@ -349,12 +379,25 @@ pub fn write_gpt<W: DiskSink>(
         h[16..20].copy_from_slice(&crc.to_le_bytes());
         h
     };
+    let mut primary = protective_mbr(sectors);
+    primary.extend_from_slice(&header(1, last, 2));
+    primary.extend_from_slice(&array);
+    let mut backup = array;
+    backup.extend_from_slice(&header(last, 1, last - ARRAY_SECTORS));
+    Ok(GptLayout { placed, primary, backup })
+}
 
+/// Writes a GPT disk of `disk_size` bytes holding `parts` in order; returns where each went.
+pub fn write_gpt<W: DiskSink>(
+    disk_size: u64,
+    disk_guid: Guid,
+    parts: &mut [Partition<'_>],
+    mut out: W,
+) -> Result<Vec<Placed>, GptError> {
+    let layout = gpt_layout(disk_size, disk_guid, parts)?;
     let mut w = Counted { out: &mut out, at: 0 };
-    w.write(&protective_mbr(sectors))?;
-    w.write(&header(1, last, 2))?;
-    w.write(&array)?;
-    for (p, place) in parts.iter_mut().zip(&placed) {
+    w.write(&layout.primary)?;
+    for (p, place) in parts.iter_mut().zip(&layout.placed) {
         w.zeros_to(place.offset)?;
         match &mut p.data {
             PartitionData::Read(data) => w.copy_from(*data, p.size, &p.label)?,
@@ -364,10 +407,9 @@ pub fn write_gpt<W: DiskSink>(
             }
         }
     }
-    w.zeros_to((last - ARRAY_SECTORS) * SECTOR)?;
-    w.write(&array)?;
-    w.write(&header(last, 1, last - ARRAY_SECTORS))?;
-    Ok(placed)
+    w.zeros_to(backup_offset(disk_size))?;
+    w.write(&layout.backup)?;
+    Ok(layout.placed)
 }
 
 /// An MBR whose one partition (type 0xEE) covers the disk, so MBR tools leave it alone.

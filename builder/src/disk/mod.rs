@@ -6,6 +6,7 @@ pub mod erofs;
 pub mod ext4;
 pub mod fat;
 pub mod gpt;
+pub mod plan;
 pub mod qcow2;
 pub mod squashfs;
 pub mod verity;

@@ -1,14 +1,20 @@
-//! qcow2 (version 3, 64 KiB clusters, 16-bit refcounts) written from a raw disk.
+//! qcow2 (version 3, 64 KiB clusters, 16-bit refcounts), laid out before any data is written
+//! so that it can be written front to back as the disk's content is made.
 //!
 //! Layout, in this order: header cluster, refcount table, refcount blocks, L1 table, one L2
-//! table per L1 entry, then the disk's non-zero clusters in guest order. All-zero clusters
-//! are left unallocated (they read as zeros), so the file is as small as the content and
-//! depends only on the raw bytes.
+//! table per L1 entry, then the data clusters. Which guest clusters hold data, and in which
+//! order they are stored, is fixed up front by [`Qcow2Layout`] from the byte ranges the disk's
+//! content occupies, in the order that content is produced; every other cluster is left
+//! unallocated (it reads as zeros). The file thus depends only on the layout and the bytes,
+//! and [`Qcow2Stream`] (content written as it is made) and [`write_qcow2`] (content read from
+//! a raw disk) give the same file.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 
 const CLUSTER_BITS: u32 = 16;
-const CLUSTER: u64 = 1 << CLUSTER_BITS;
+/// Cluster size: the granularity at which content is stored or left out.
+pub const CLUSTER: u64 = 1 << CLUSTER_BITS;
 const MAGIC: u32 = 0x5146_49fb;
 const HEADER_LENGTH: u32 = 104;
 /// 16-bit refcounts.
@@ -21,106 +27,295 @@ const COPIED: u64 = 1 << 63;
 /// Why a qcow2 image could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum Qcow2Error {
+    #[error("disk content at bytes {start}..{end} lies outside the {size}-byte disk")]
+    Outside { start: u64, end: u64, size: u64 },
+    #[error(
+        "disk content was written to guest cluster {cluster} out of the planned order \
+         (cluster {expected:?} was due next)"
+    )]
+    OutOfOrder { cluster: u64, expected: Option<u64> },
+    #[error("the disk's content ended with {missing} planned clusters never written")]
+    Unwritten { missing: usize },
     #[error("reading the raw disk")]
     Read(#[source] io::Error),
     #[error("writing the qcow2 image")]
     Write(#[source] io::Error),
 }
 
-/// Converts `size` bytes of the raw disk `raw` (read twice: once to find the zero clusters,
-/// once to copy) into a qcow2 image on `out`; returns the image size in bytes.
-pub fn write_qcow2<R: Read + Seek, W: Write>(
-    mut raw: R,
-    size: u64,
-    mut out: W,
-) -> Result<u64, Qcow2Error> {
-    let guest_clusters = size.div_ceil(CLUSTER);
-    let mut buf = vec![0u8; CLUSTER as usize];
-    let mut used = Vec::with_capacity(guest_clusters as usize);
-    raw.seek(SeekFrom::Start(0)).map_err(Qcow2Error::Read)?;
-    for i in 0..guest_clusters {
-        read_cluster(&mut raw, &mut buf, size - i * CLUSTER)?;
-        used.push(buf.iter().any(|b| *b != 0));
-    }
-    let data_clusters = used.iter().filter(|u| **u).count() as u64;
-
-    let l1_size = guest_clusters.div_ceil(ENTRIES_PER_TABLE);
-    let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
-    // Refcount blocks count every host cluster, themselves and the table included.
-    let fixed = 1 + l1_clusters + l1_size + data_clusters;
-    let (mut rt_clusters, mut rb_count) = (1u64, 1u64);
-    loop {
-        let total = fixed + rt_clusters + rb_count;
-        let rb = total.div_ceil(REFCOUNTS_PER_BLOCK);
-        let rt = (rb * 8).div_ceil(CLUSTER);
-        if (rb, rt) == (rb_count, rt_clusters) {
-            break;
-        }
-        (rb_count, rt_clusters) = (rb, rt);
-    }
-    let total = fixed + rt_clusters + rb_count;
-    let rt_at = 1;
-    let rb_at = rt_at + rt_clusters;
-    let l1_at = rb_at + rb_count;
-    let l2_at = l1_at + l1_clusters;
-    let data_at = l2_at + l1_size;
-
-    let mut header = vec![0u8; CLUSTER as usize];
-    let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
-    put(0, &MAGIC.to_be_bytes());
-    put(4, &3u32.to_be_bytes());
-    put(20, &CLUSTER_BITS.to_be_bytes());
-    put(24, &size.to_be_bytes());
-    put(36, &(l1_size as u32).to_be_bytes());
-    put(40, &(l1_at * CLUSTER).to_be_bytes());
-    put(48, &(rt_at * CLUSTER).to_be_bytes());
-    put(56, &(rt_clusters as u32).to_be_bytes());
-    put(96, &REFCOUNT_ORDER.to_be_bytes());
-    put(100, &HEADER_LENGTH.to_be_bytes());
-    // Bytes 104..112 stay zero: the end of the (empty) header extension list.
-    out.write_all(&header).map_err(Qcow2Error::Write)?;
-
-    let mut table = vec![0u8; (rt_clusters * CLUSTER) as usize];
-    for i in 0..rb_count {
-        let at = (i * 8) as usize;
-        table[at..at + 8].copy_from_slice(&((rb_at + i) * CLUSTER).to_be_bytes());
-    }
-    out.write_all(&table).map_err(Qcow2Error::Write)?;
-
-    let mut refcounts = vec![0u8; (rb_count * CLUSTER) as usize];
-    for i in 0..total as usize {
-        refcounts[2 * i..2 * i + 2].copy_from_slice(&1u16.to_be_bytes());
-    }
-    out.write_all(&refcounts).map_err(Qcow2Error::Write)?;
-
-    let mut l1 = vec![0u8; (l1_clusters * CLUSTER) as usize];
-    for i in 0..l1_size {
-        let at = (i * 8) as usize;
-        l1[at..at + 8].copy_from_slice(&(((l2_at + i) * CLUSTER) | COPIED).to_be_bytes());
-    }
-    out.write_all(&l1).map_err(Qcow2Error::Write)?;
-
-    let mut l2 = vec![0u8; (l1_size * CLUSTER) as usize];
-    let guest = used.iter().enumerate().filter(|(_, u)| **u).map(|(i, _)| i);
-    for (host, i) in (data_at..).zip(guest) {
-        l2[i * 8..i * 8 + 8].copy_from_slice(&((host * CLUSTER) | COPIED).to_be_bytes());
-    }
-    out.write_all(&l2).map_err(Qcow2Error::Write)?;
-
-    raw.seek(SeekFrom::Start(0)).map_err(Qcow2Error::Read)?;
-    for (i, is_used) in used.iter().enumerate() {
-        read_cluster(&mut raw, &mut buf, size - i as u64 * CLUSTER)?;
-        if *is_used {
-            out.write_all(&buf).map_err(Qcow2Error::Write)?;
+impl From<Qcow2Error> for io::Error {
+    fn from(e: Qcow2Error) -> Self {
+        match e {
+            Qcow2Error::Write(e) | Qcow2Error::Read(e) => e,
+            other => io::Error::other(other),
         }
     }
-    Ok(total * CLUSTER)
 }
 
-/// Reads the next cluster into `buf`, zero-padding past the `left` bytes that remain.
-fn read_cluster<R: Read>(raw: &mut R, buf: &mut [u8], left: u64) -> Result<(), Qcow2Error> {
-    let n = left.min(CLUSTER) as usize;
-    raw.read_exact(&mut buf[..n]).map_err(Qcow2Error::Read)?;
-    buf[n..].fill(0);
-    Ok(())
+/// Where a qcow2 image stores each guest cluster, and the metadata saying so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Qcow2Layout {
+    /// Virtual disk size in bytes.
+    size: u64,
+    /// The allocated guest clusters, in the order their data is stored.
+    clusters: Vec<u64>,
+    rt_clusters: u64,
+    rb_count: u64,
+    l1_size: u64,
+    l1_clusters: u64,
+}
+
+impl Qcow2Layout {
+    /// Lays out a disk of `size` bytes whose content lies in `extents` (guest byte ranges),
+    /// stored in that order: each cluster where an extent first touches it.
+    pub fn new(size: u64, extents: &[Range<u64>]) -> Result<Self, Qcow2Error> {
+        let guest_clusters = size.div_ceil(CLUSTER);
+        let mut taken = vec![false; guest_clusters as usize];
+        let mut clusters = Vec::new();
+        for e in extents.iter().filter(|e| !e.is_empty()) {
+            if e.start > e.end || e.end > size {
+                return Err(Qcow2Error::Outside { start: e.start, end: e.end, size });
+            }
+            for c in e.start / CLUSTER..e.end.div_ceil(CLUSTER) {
+                if !std::mem::replace(&mut taken[c as usize], true) {
+                    clusters.push(c);
+                }
+            }
+        }
+        let l1_size = guest_clusters.div_ceil(ENTRIES_PER_TABLE);
+        let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
+        // Refcount blocks count every host cluster, themselves and the table included.
+        let fixed = 1 + l1_clusters + l1_size + clusters.len() as u64;
+        let (mut rt_clusters, mut rb_count) = (1u64, 1u64);
+        loop {
+            let total = fixed + rt_clusters + rb_count;
+            let rb = total.div_ceil(REFCOUNTS_PER_BLOCK);
+            let rt = (rb * 8).div_ceil(CLUSTER);
+            if (rb, rt) == (rb_count, rt_clusters) {
+                break;
+            }
+            (rb_count, rt_clusters) = (rb, rt);
+        }
+        Ok(Qcow2Layout { size, clusters, rt_clusters, rb_count, l1_size, l1_clusters })
+    }
+
+    /// Host clusters before the first data cluster.
+    fn data_at(&self) -> u64 {
+        1 + self.rt_clusters + self.rb_count + self.l1_clusters + self.l1_size
+    }
+
+    /// The size of the image file in bytes.
+    pub fn file_size(&self) -> u64 {
+        (self.data_at() + self.clusters.len() as u64) * CLUSTER
+    }
+
+    /// Writes the header, refcounts and mapping tables: everything before the data.
+    fn write_metadata<W: Write>(&self, out: &mut W) -> Result<(), Qcow2Error> {
+        let total = self.data_at() + self.clusters.len() as u64;
+        let rt_at = 1;
+        let rb_at = rt_at + self.rt_clusters;
+        let l1_at = rb_at + self.rb_count;
+        let l2_at = l1_at + self.l1_clusters;
+        let write = |out: &mut W, bytes: &[u8]| out.write_all(bytes).map_err(Qcow2Error::Write);
+
+        let mut header = vec![0u8; CLUSTER as usize];
+        let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &MAGIC.to_be_bytes());
+        put(4, &3u32.to_be_bytes());
+        put(20, &CLUSTER_BITS.to_be_bytes());
+        put(24, &self.size.to_be_bytes());
+        put(36, &(self.l1_size as u32).to_be_bytes());
+        put(40, &(l1_at * CLUSTER).to_be_bytes());
+        put(48, &(rt_at * CLUSTER).to_be_bytes());
+        put(56, &(self.rt_clusters as u32).to_be_bytes());
+        put(96, &REFCOUNT_ORDER.to_be_bytes());
+        put(100, &HEADER_LENGTH.to_be_bytes());
+        // Bytes 104..112 stay zero: the end of the (empty) header extension list.
+        write(out, &header)?;
+
+        let mut table = vec![0u8; (self.rt_clusters * CLUSTER) as usize];
+        for i in 0..self.rb_count {
+            let at = (i * 8) as usize;
+            table[at..at + 8].copy_from_slice(&((rb_at + i) * CLUSTER).to_be_bytes());
+        }
+        write(out, &table)?;
+
+        let mut refcounts = vec![0u8; (self.rb_count * CLUSTER) as usize];
+        for i in 0..total as usize {
+            refcounts[2 * i..2 * i + 2].copy_from_slice(&1u16.to_be_bytes());
+        }
+        write(out, &refcounts)?;
+
+        let mut l1 = vec![0u8; (self.l1_clusters * CLUSTER) as usize];
+        for i in 0..self.l1_size {
+            let at = (i * 8) as usize;
+            l1[at..at + 8].copy_from_slice(&(((l2_at + i) * CLUSTER) | COPIED).to_be_bytes());
+        }
+        write(out, &l1)?;
+
+        let mut l2 = vec![0u8; (self.l1_size * CLUSTER) as usize];
+        for (host, guest) in (self.data_at()..).zip(&self.clusters) {
+            let at = (guest * 8) as usize;
+            l2[at..at + 8].copy_from_slice(&((host * CLUSTER) | COPIED).to_be_bytes());
+        }
+        write(out, &l2)
+    }
+}
+
+/// Writes the qcow2 image of `layout` to `out`, reading each allocated cluster from the raw
+/// disk `raw`; returns the image size in bytes.
+pub fn write_qcow2<R: Read + Seek, W: Write>(
+    layout: &Qcow2Layout,
+    mut raw: R,
+    mut out: W,
+) -> Result<u64, Qcow2Error> {
+    layout.write_metadata(&mut out)?;
+    let mut buf = vec![0u8; CLUSTER as usize];
+    for &c in &layout.clusters {
+        let n = (layout.size - c * CLUSTER).min(CLUSTER) as usize;
+        raw.seek(SeekFrom::Start(c * CLUSTER)).map_err(Qcow2Error::Read)?;
+        raw.read_exact(&mut buf[..n]).map_err(Qcow2Error::Read)?;
+        buf[n..].fill(0);
+        out.write_all(&buf).map_err(Qcow2Error::Write)?;
+    }
+    Ok(layout.file_size())
+}
+
+/// A qcow2 image written front to back while the disk's content is made: [`Self::seek`] to
+/// a guest offset, then write. Content must arrive cluster by cluster in the layout's order
+/// (a cluster may take several writes, and bytes of it never written read as zeros).
+pub struct Qcow2Stream<'l, W: Write> {
+    layout: &'l Qcow2Layout,
+    out: W,
+    /// Index in `layout.clusters` of the next cluster to open.
+    next: usize,
+    /// The guest cluster being filled, and its bytes.
+    open: Option<u64>,
+    buf: Vec<u8>,
+    /// Guest offset of the next byte written.
+    at: u64,
+}
+
+impl<'l, W: Write> Qcow2Stream<'l, W> {
+    /// Writes the metadata of `layout` to `out` and waits for the content.
+    pub fn new(layout: &'l Qcow2Layout, mut out: W) -> Result<Self, Qcow2Error> {
+        layout.write_metadata(&mut out)?;
+        Ok(Qcow2Stream { layout, out, next: 0, open: None, buf: vec![0; CLUSTER as usize], at: 0 })
+    }
+
+    /// Moves to guest offset `at`.
+    pub fn seek(&mut self, at: u64) {
+        self.at = at;
+    }
+
+    fn close(&mut self) -> Result<(), Qcow2Error> {
+        if self.open.take().is_some() {
+            self.out.write_all(&self.buf).map_err(Qcow2Error::Write)?;
+            self.buf.fill(0);
+        }
+        Ok(())
+    }
+
+    /// Writes out the last cluster; fails if the layout planned clusters that never came.
+    pub fn finish(mut self) -> Result<W, Qcow2Error> {
+        self.close()?;
+        let missing = self.layout.clusters.len() - self.next;
+        if missing > 0 {
+            return Err(Qcow2Error::Unwritten { missing });
+        }
+        Ok(self.out)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<usize, Qcow2Error> {
+        let cluster = self.at / CLUSTER;
+        if self.open != Some(cluster) {
+            let expected = self.layout.clusters.get(self.next).copied();
+            if expected != Some(cluster) {
+                return Err(Qcow2Error::OutOfOrder { cluster, expected });
+            }
+            self.close()?;
+            self.open = Some(cluster);
+            self.next += 1;
+        }
+        let within = (self.at % CLUSTER) as usize;
+        let n = bytes.len().min(CLUSTER as usize - within);
+        if self.at + n as u64 > self.layout.size {
+            let (start, end, size) = (self.at, self.at + n as u64, self.layout.size);
+            return Err(Qcow2Error::Outside { start, end, size });
+        }
+        self.buf[within..within + n].copy_from_slice(&bytes[..n]);
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Qcow2Stream<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if bytes.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.put(bytes)?)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 MiB + 512 byte disk (the last cluster is partial) with content in three places,
+    /// produced in an order unlike the guest order.
+    fn disk() -> (Vec<u8>, Vec<Range<u64>>) {
+        let size = (1 << 20) + 512;
+        let mut raw = vec![0u8; size];
+        let extents = vec![300_000..400_000u64, (size as u64 - 600)..size as u64, 0..1000];
+        for (i, e) in extents.iter().enumerate() {
+            for (j, b) in raw[e.start as usize..e.end as usize].iter_mut().enumerate() {
+                *b = (i * 7 + j % 251 + 1) as u8;
+            }
+        }
+        (raw, extents)
+    }
+
+    #[test]
+    fn streamed_and_converted_images_are_the_same_bytes() {
+        let (raw, extents) = disk();
+        let layout = Qcow2Layout::new(raw.len() as u64, &extents).unwrap();
+        let mut converted = Vec::new();
+        let len = write_qcow2(&layout, io::Cursor::new(&raw), &mut converted).unwrap();
+        assert_eq!(len, converted.len() as u64);
+
+        let mut stream = Qcow2Stream::new(&layout, Vec::new()).unwrap();
+        for e in &extents {
+            stream.seek(e.start);
+            // Odd-sized writes, so clusters fill in pieces.
+            for piece in raw[e.start as usize..e.end as usize].chunks(9_999) {
+                stream.write_all(piece).unwrap();
+            }
+        }
+        assert_eq!(stream.finish().unwrap(), converted);
+        // Only the touched clusters are stored: 3 + 2 + 1 of 17.
+        assert_eq!(layout.file_size(), (layout.data_at() + 6) * CLUSTER);
+    }
+
+    #[test]
+    fn content_out_of_the_planned_order_or_missing_is_refused() {
+        let (raw, extents) = disk();
+        let layout = Qcow2Layout::new(raw.len() as u64, &extents).unwrap();
+        let mut stream = Qcow2Stream::new(&layout, Vec::new()).unwrap();
+        stream.seek(0);
+        let err = stream.write_all(&[1]).unwrap_err();
+        assert!(err.to_string().contains("out of the planned order"), "{err}");
+
+        let mut stream = Qcow2Stream::new(&layout, Vec::new()).unwrap();
+        stream.seek(300_000);
+        stream.write_all(&[1; 10]).unwrap();
+        let err = stream.finish().unwrap_err();
+        assert!(matches!(err, Qcow2Error::Unwritten { missing: 5 }), "{err}");
+
+        let err = Qcow2Layout::new(1000, &[500..1001]).unwrap_err();
+        assert!(err.to_string().contains("outside the 1000-byte disk"), "{err}");
+    }
 }

@@ -71,6 +71,22 @@ pub fn salt_from(seed: &[u8]) -> [u8; 32] {
     *h.finish().as_bytes()
 }
 
+/// The size of the hash device (superblock and tree) for `data_size` bytes of data, known
+/// before the data is hashed so that a disk can be laid out around it.
+pub fn hash_size(data_size: u64) -> u64 {
+    let mut size = BLOCK;
+    let mut hashes = data_size / BLOCK;
+    // Each level as [`VerityHasher::finish`] writes it: the level below's hashes, in blocks.
+    let mut remaining = hashes.saturating_sub(1);
+    while remaining > 0 {
+        remaining /= PER_BLOCK;
+        let bytes = (hashes * DIGEST as u64).next_multiple_of(BLOCK);
+        size += bytes;
+        hashes = bytes / BLOCK;
+    }
+    size
+}
+
 /// Reads `data_size` bytes of `data`, writes the superblock and hash tree to `out`.
 pub fn write_verity<R: Read, W: Write>(
     mut data: R,
@@ -216,4 +232,22 @@ fn superblock(sb: &mut [u8], uuid: &[u8; 16], data_blocks: u64, salt: &[u8; 32])
     sb[72..80].copy_from_slice(&data_blocks.to_le_bytes());
     sb[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
     sb[88..88 + salt.len()].copy_from_slice(salt);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_size_is_what_finish_writes() {
+        // Sizes around each level boundary: 1 block, one full hash block, one more, and
+        // one more than a full second level.
+        for blocks in [1u64, 2, 127, 128, 129, 4096, 128 * 128, 128 * 128 + 1] {
+            let data = vec![0x5au8; (blocks * BLOCK) as usize];
+            let mut out = Vec::new();
+            let tree = write_verity(&data[..], blocks * BLOCK, [7; 32], 2, &mut out).unwrap();
+            assert_eq!(tree.hash_size, out.len() as u64, "{blocks} blocks");
+            assert_eq!(hash_size(blocks * BLOCK), tree.hash_size, "{blocks} blocks");
+        }
+    }
 }
