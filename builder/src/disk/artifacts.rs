@@ -214,7 +214,7 @@ struct VerityTee<'h, W> {
 impl<W: Write> Write for VerityTee<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        self.hasher.update(&buf[..n]).map_err(io::Error::other)?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -273,7 +273,7 @@ fn write_root(
     match kind {
         RootFs::Erofs if verity => {
             let salt = salt_from(&erofs::volume_uuid(rootfs, epoch));
-            let mut hasher = VerityHasher::new(salt, threads);
+            let mut hasher = VerityHasher::new(salt, threads)?;
             let mut out = VerityTee { out: in_raw()?, hasher: &mut hasher };
             let root = write_erofs(rootfs, epoch, &mut out)?;
             out.flush().map_err(io_err)?;
@@ -506,7 +506,8 @@ fn write_qcow2_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
     let written = write_hashed(&path, |out| {
         let mut q = Qcow2Stream::new(&layout, out)?;
         q.seek(plan.root_offset);
-        let mut hasher = spec.verity.then(|| VerityHasher::new(salt_from(&root_uuid), job.threads));
+        let salt = salt_from(&root_uuid);
+        let mut hasher = spec.verity.then(|| VerityHasher::new(salt, job.threads)).transpose()?;
         {
             let mut sink: Box<dyn Write> = match &mut hasher {
                 Some(hasher) => Box::new(VerityTee { out: &mut q, hasher }),

@@ -6,7 +6,8 @@
 //! caller-given seed (the filesystem's content-derived UUID), never random, and the
 //! superblock UUID from the root hash, so equal data gives an equal hash device.
 
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
 use kiln_oci::digest::Sha256;
 
@@ -46,6 +47,8 @@ pub enum VerityError {
     Write(#[source] io::Error),
     #[error("a hashing thread stopped before finishing its blocks")]
     Worker,
+    #[error("keeping the lowest level of the hash tree in a scratch file")]
+    Scratch(#[source] io::Error),
 }
 
 /// What `veritysetup` and the kernel need to check the data.
@@ -98,13 +101,13 @@ pub fn write_verity<R: Read, W: Write>(
     if data_size % BLOCK != 0 {
         return Err(VerityError::NotBlockAligned(data_size));
     }
-    let mut hasher = VerityHasher::new(salt, threads);
+    let mut hasher = VerityHasher::new(salt, threads)?;
     let mut buf = vec![0u8; BATCH_BYTES];
     let mut left = data_size;
     while left > 0 {
         let n = left.min(BATCH_BYTES as u64) as usize;
         data.read_exact(&mut buf[..n]).map_err(VerityError::Read)?;
-        hasher.update(&buf[..n]);
+        hasher.update(&buf[..n])?;
         left -= n as u64;
     }
     hasher.finish(out)
@@ -113,27 +116,32 @@ pub fn write_verity<R: Read, W: Write>(
 /// Builds a dm-verity hash tree from data fed to it as it is written, so the data need not
 /// be read back. Data blocks are hashed in 8 MiB batches, each by `threads` workers taking a
 /// contiguous run of blocks; the hashes are kept in block order, so the thread count never
-/// shows in the output.
+/// shows in the output. The lowest level (32 bytes per data block) goes to an unnamed scratch
+/// file, so memory stays bounded whatever the data size; the levels above it are 128 times
+/// smaller and kept in memory.
 pub struct VerityHasher {
     salt: [u8; 32],
     workers: usize,
     /// Data not hashed yet (less than one batch).
     pending: Vec<u8>,
     /// Hashes of the data blocks so far (level 0).
-    level0: Vec<u8>,
+    level0: BufWriter<File>,
+    level0_len: u64,
     data_size: u64,
 }
 
 impl VerityHasher {
     /// A hasher for data salted with `salt`.
-    pub fn new(salt: [u8; 32], threads: usize) -> Self {
-        VerityHasher {
+    pub fn new(salt: [u8; 32], threads: usize) -> Result<Self, VerityError> {
+        let scratch = tempfile::tempfile().map_err(VerityError::Scratch)?;
+        Ok(VerityHasher {
             salt,
             workers: threads.max(1),
             pending: Vec::with_capacity(BATCH_BYTES),
-            level0: Vec::new(),
+            level0: BufWriter::with_capacity(1 << 20, scratch),
+            level0_len: 0,
             data_size: 0,
-        }
+        })
     }
 
     /// How many bytes of data it has taken.
@@ -142,20 +150,21 @@ impl VerityHasher {
     }
 
     /// Takes the next bytes of the data.
-    pub fn update(&mut self, mut bytes: &[u8]) {
+    pub fn update(&mut self, mut bytes: &[u8]) -> Result<(), VerityError> {
         self.data_size += bytes.len() as u64;
         while !bytes.is_empty() {
             let n = bytes.len().min(BATCH_BYTES - self.pending.len());
             self.pending.extend_from_slice(&bytes[..n]);
             bytes = &bytes[n..];
             if self.pending.len() == BATCH_BYTES {
-                self.hash_pending();
+                self.hash_pending()?;
             }
         }
+        Ok(())
     }
 
     /// Hashes the whole blocks of `pending` (all of it: callers keep it block-aligned).
-    fn hash_pending(&mut self) {
+    fn hash_pending(&mut self) -> Result<(), VerityError> {
         let salted = salted(&self.salt);
         let blocks = self.pending.len() / BLOCK as usize;
         let per_worker = blocks.div_ceil(self.workers).max(1) * BLOCK as usize;
@@ -168,9 +177,11 @@ impl VerityHasher {
             handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
         });
         for run in runs {
-            self.level0.extend_from_slice(&run);
+            self.level0.write_all(&run).map_err(VerityError::Scratch)?;
+            self.level0_len += run.len() as u64;
         }
         self.pending.clear();
+        Ok(())
     }
 
     /// Writes the superblock and hash tree of all the data taken to `out`.
@@ -178,18 +189,40 @@ impl VerityHasher {
         if self.data_size % BLOCK != 0 {
             return Err(VerityError::NotBlockAligned(self.data_size));
         }
-        self.hash_pending();
+        self.hash_pending()?;
         let data_blocks = self.data_size / BLOCK;
-        if self.level0.len() as u64 != data_blocks * DIGEST as u64 {
+        if self.level0_len != data_blocks * DIGEST as u64 {
             return Err(VerityError::Worker);
         }
+        let mut level0 =
+            self.level0.into_inner().map_err(|e| VerityError::Scratch(e.into_error()))?;
+        level0.seek(SeekFrom::Start(0)).map_err(VerityError::Scratch)?;
+        let mut level0 = BufReader::with_capacity(1 << 20, level0);
         let salt = self.salt;
         let salted = salted(&salt);
         let hash = |block: &[u8]| block_hash(&salted, block);
-        let mut levels: Vec<Vec<u8>> = Vec::new();
-        let mut current = std::mem::take(&mut self.level0);
+
         // The kernel's level count: the smallest L with (blocks - 1) >> (7 * L) == 0.
         let mut remaining = data_blocks.saturating_sub(1);
+        let mut levels: Vec<Vec<u8>> = Vec::new();
+        let mut current: Vec<u8> = Vec::new();
+        if remaining == 0 {
+            // One data block: its hash is the root and there is no tree.
+            current.resize(data_blocks as usize * DIGEST, 0);
+            level0.read_exact(&mut current).map_err(VerityError::Scratch)?;
+        } else {
+            // Level 1 from level 0, read back a block at a time (zero-padded at the end).
+            remaining /= PER_BLOCK;
+            let mut block = vec![0u8; BLOCK as usize];
+            let mut left = self.level0_len;
+            while left > 0 {
+                let n = left.min(BLOCK) as usize;
+                block[n..].fill(0);
+                level0.read_exact(&mut block[..n]).map_err(VerityError::Scratch)?;
+                current.extend_from_slice(&hash(&block));
+                left -= n as u64;
+            }
+        }
         while remaining > 0 {
             remaining /= PER_BLOCK;
             current.resize(current.len().next_multiple_of(BLOCK as usize), 0);
@@ -215,6 +248,14 @@ impl VerityHasher {
         for level in levels.iter().rev() {
             out.write_all(level).map_err(VerityError::Write)?;
             hash_size += level.len() as u64;
+        }
+        if data_blocks > 1 {
+            // Level 0 comes last, padded to a whole block.
+            level0.seek(SeekFrom::Start(0)).map_err(VerityError::Scratch)?;
+            let copied = io::copy(&mut level0, &mut out).map_err(VerityError::Write)?;
+            let padded = copied.next_multiple_of(BLOCK);
+            out.write_all(&vec![0u8; (padded - copied) as usize]).map_err(VerityError::Write)?;
+            hash_size += padded;
         }
         Ok(VerityTree { root_hash, salt, uuid, data_blocks, hash_size })
     }
