@@ -291,6 +291,28 @@ fn qcow2_is_accepted_by_qemu_img_and_reads_back_as_the_raw_disk() {
     let back = ws.path("back.raw");
     sh("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", p, back.to_str().unwrap()]);
     assert!(fs::read(&back).unwrap() == raw, "the qcow2 does not read back as the raw disk");
+
+    // A 64 GiB disk holding the same content (a sparse raw file): the qcow2 stays small, as
+    // it maps only the L2 tables that hold content, and qemu reads it back as the raw disk.
+    let big = 64u64 << 30;
+    let sparse = ws.path("big.raw");
+    let file = fs::File::create(&sparse).unwrap();
+    file.set_len(big).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &raw[..raw.len() - 17_408], 0).unwrap();
+    let tail = raw.len() - 16_896;
+    std::os::unix::fs::FileExt::write_all_at(&file, &raw[tail..], big - 16_896).unwrap();
+    let mut extents = plan.extents.clone();
+    extents.retain(|e| e.end <= (raw.len() - 17_408) as u64);
+    extents.push(big - 16_896..big);
+    let layout = Qcow2Layout::new(big, &extents).unwrap();
+    let image = ws.path("big.qcow2");
+    let out = fs::File::create(&image).unwrap();
+    write_qcow2(&layout, fs::File::open(&sparse).unwrap(), std::io::BufWriter::new(out)).unwrap();
+    assert!(fs::metadata(&image).unwrap().len() < 4 << 20, "empty L2 tables were stored");
+    let (i, s) = (image.to_str().unwrap(), sparse.to_str().unwrap());
+    sh("qemu-img", &["check", "-f", "qcow2", i]);
+    let same = sh("qemu-img", &["compare", "-f", "qcow2", "-F", "raw", i, s]);
+    assert!(same.contains("Images are identical"), "{same}");
 }
 
 /// A recipe with two layers (the second whites out a file of the first) and a `[disk]` table.

@@ -1,14 +1,15 @@
 //! qcow2 (version 3, 64 KiB clusters, 16-bit refcounts), laid out before any data is written
 //! so that it can be written front to back as the disk's content is made.
 //!
-//! Layout, in this order: header cluster, refcount table, refcount blocks, L1 table, one L2
-//! table per L1 entry, then the data clusters. Which guest clusters hold data, and in which
+//! Layout, in this order: header cluster, refcount table, refcount blocks, L1 table, an L2
+//! table for each L1 entry that maps any data, then the data clusters. Which guest clusters hold data, and in which
 //! order they are stored, is fixed up front by [`Qcow2Layout`] from the byte ranges the disk's
 //! content occupies, in the order that content is produced; every other cluster is left
 //! unallocated (it reads as zeros). The file thus depends only on the layout and the bytes,
 //! and [`Qcow2Stream`] (content written as it is made) and [`write_qcow2`] (content read from
 //! a raw disk) give the same file.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 
@@ -58,6 +59,8 @@ pub struct Qcow2Layout {
     size: u64,
     /// The allocated guest clusters, in the order their data is stored.
     clusters: Vec<u64>,
+    /// The L1 entries that have an L2 table (those covering an allocated cluster), ascending.
+    l2_tables: Vec<u64>,
     rt_clusters: u64,
     rb_count: u64,
     l1_size: u64,
@@ -68,23 +71,26 @@ impl Qcow2Layout {
     /// Lays out a disk of `size` bytes whose content lies in `extents` (guest byte ranges),
     /// stored in that order: each cluster where an extent first touches it.
     pub fn new(size: u64, extents: &[Range<u64>]) -> Result<Self, Qcow2Error> {
-        let guest_clusters = size.div_ceil(CLUSTER);
-        let mut taken = vec![false; guest_clusters as usize];
+        // Memory and metadata grow with the content, not with the disk's (virtual) size.
+        let mut taken = HashSet::new();
         let mut clusters = Vec::new();
         for e in extents.iter().filter(|e| !e.is_empty()) {
             if e.start > e.end || e.end > size {
                 return Err(Qcow2Error::Outside { start: e.start, end: e.end, size });
             }
             for c in e.start / CLUSTER..e.end.div_ceil(CLUSTER) {
-                if !std::mem::replace(&mut taken[c as usize], true) {
+                if taken.insert(c) {
                     clusters.push(c);
                 }
             }
         }
-        let l1_size = guest_clusters.div_ceil(ENTRIES_PER_TABLE);
+        let mut l2_tables: Vec<u64> = clusters.iter().map(|c| c / ENTRIES_PER_TABLE).collect();
+        l2_tables.sort_unstable();
+        l2_tables.dedup();
+        let l1_size = size.div_ceil(CLUSTER).div_ceil(ENTRIES_PER_TABLE);
         let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
         // Refcount blocks count every host cluster, themselves and the table included.
-        let fixed = 1 + l1_clusters + l1_size + clusters.len() as u64;
+        let fixed = 1 + l1_clusters + l2_tables.len() as u64 + clusters.len() as u64;
         let (mut rt_clusters, mut rb_count) = (1u64, 1u64);
         loop {
             let total = fixed + rt_clusters + rb_count;
@@ -95,12 +101,12 @@ impl Qcow2Layout {
             }
             (rb_count, rt_clusters) = (rb, rt);
         }
-        Ok(Qcow2Layout { size, clusters, rt_clusters, rb_count, l1_size, l1_clusters })
+        Ok(Qcow2Layout { size, clusters, l2_tables, rt_clusters, rb_count, l1_size, l1_clusters })
     }
 
     /// Host clusters before the first data cluster.
     fn data_at(&self) -> u64 {
-        1 + self.rt_clusters + self.rb_count + self.l1_clusters + self.l1_size
+        1 + self.rt_clusters + self.rb_count + self.l1_clusters + self.l2_tables.len() as u64
     }
 
     /// The size of the image file in bytes.
@@ -146,18 +152,29 @@ impl Qcow2Layout {
         write(out, &refcounts)?;
 
         let mut l1 = vec![0u8; (self.l1_clusters * CLUSTER) as usize];
-        for i in 0..self.l1_size {
-            let at = (i * 8) as usize;
-            l1[at..at + 8].copy_from_slice(&(((l2_at + i) * CLUSTER) | COPIED).to_be_bytes());
+        for (host, index) in (l2_at..).zip(&self.l2_tables) {
+            let at = (index * 8) as usize;
+            l1[at..at + 8].copy_from_slice(&((host * CLUSTER) | COPIED).to_be_bytes());
         }
         write(out, &l1)?;
 
-        let mut l2 = vec![0u8; (self.l1_size * CLUSTER) as usize];
-        for (host, guest) in (self.data_at()..).zip(&self.clusters) {
-            let at = (guest * 8) as usize;
-            l2[at..at + 8].copy_from_slice(&((host * CLUSTER) | COPIED).to_be_bytes());
+        // The L2 tables one at a time, from the (guest, host) pairs in guest order.
+        let mut mapped: Vec<(u64, u64)> =
+            self.clusters.iter().copied().zip(self.data_at()..).collect();
+        mapped.sort_unstable();
+        let mut mapped = mapped.into_iter().peekable();
+        let mut l2 = vec![0u8; CLUSTER as usize];
+        for &index in &self.l2_tables {
+            l2.fill(0);
+            while let Some((guest, host)) =
+                mapped.next_if(|(guest, _)| guest / ENTRIES_PER_TABLE == index)
+            {
+                let at = ((guest % ENTRIES_PER_TABLE) * 8) as usize;
+                l2[at..at + 8].copy_from_slice(&((host * CLUSTER) | COPIED).to_be_bytes());
+            }
+            write(out, &l2)?;
         }
-        write(out, &l2)
+        Ok(())
     }
 }
 
@@ -317,5 +334,17 @@ mod tests {
 
         let err = Qcow2Layout::new(1000, &[500..1001]).unwrap_err();
         assert!(err.to_string().contains("outside the 1000-byte disk"), "{err}");
+    }
+
+    #[test]
+    fn metadata_grows_with_the_content_not_the_disk_size() {
+        // A 1 TiB disk with content at its two ends: one L2 table for each end, and four
+        // data clusters (the last extent straddles a cluster boundary).
+        let size = 1u64 << 40;
+        let extents = [0..1000, size - 70_000..size];
+        let layout = Qcow2Layout::new(size, &extents).unwrap();
+        assert_eq!(layout.l2_tables, [0, size / CLUSTER / ENTRIES_PER_TABLE - 1]);
+        assert_eq!(layout.clusters.len(), 3);
+        assert!(layout.file_size() < 16 * CLUSTER, "{}", layout.file_size());
     }
 }
