@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod compress;
+pub mod deflate_join;
 pub mod disk;
 pub mod epoch;
 pub mod hash_cache;
