@@ -325,10 +325,8 @@ pub(crate) fn incompressible(data: &[u8]) -> bool {
         tables[0][usize::from(b)] += 1;
     }
     let n = data.len() as u64;
-    let squares: u64 = (0..256)
-        .map(|i| tables.iter().map(|t| u64::from(t[i])).sum::<u64>())
-        .map(|c| c * c)
-        .sum();
+    let squares: u64 =
+        (0..256).map(|i| tables.iter().map(|t| u64::from(t[i])).sum::<u64>()).map(|c| c * c).sum();
     // Collision probability Σp² is 1/256 for uniform bytes; within 3 % of that means
     // a Rényi entropy above ~7.96 bits per byte.
     n >= 4096 && squares * 256 * 100 < n * n * 103

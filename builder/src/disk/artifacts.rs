@@ -426,22 +426,30 @@ fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
     let plan = DiskPlan::new(spec.size, esp, root.size, verity.as_ref().map(|v| v.hash_size))?;
 
     {
+        // What is not written in place (the root, for erofs and squashfs) is copied in.
+        let mut esp_data = match job.esp {
+            Some(esp) => Some(BufReader::new(open(&esp.path)?)),
+            None => None,
+        };
+        let mut root_file = match &root.file {
+            Some(_) => Some(root_data()?),
+            None => None,
+        };
+        let mut hash_data = match &verity {
+            Some(_) => Some(BufReader::new(open(&verity_path)?)),
+            None => None,
+        };
         let mut parts = partitions(spec, job.arch, esp, root.size, verity.as_ref(), &guids);
-        let mut part = parts.iter_mut();
-        let mut esp_data;
-        if let (Some(esp), Some(p)) = (job.esp, esp.and_then(|_| part.next())) {
-            esp_data = BufReader::new(open(&esp.path)?);
-            p.data = PartitionData::Read(&mut esp_data);
-        }
-        let mut root_file;
-        if let (Some(_), Some(p)) = (&root.file, part.next()) {
-            root_file = root_data()?;
-            p.data = PartitionData::Read(&mut root_file);
-        }
-        let mut hash_data;
-        if let (Some(_), Some(p)) = (&verity, part.next()) {
-            hash_data = BufReader::new(open(&verity_path)?);
-            p.data = PartitionData::Read(&mut hash_data);
+        let root_at = usize::from(esp.is_some());
+        let sources: [(Option<&mut dyn Read>, usize); 3] = [
+            (esp_data.as_mut().map(|r| r as &mut dyn Read), 0),
+            (root_file.as_mut().map(|r| r as &mut dyn Read), root_at),
+            (hash_data.as_mut().map(|r| r as &mut dyn Read), root_at + 1),
+        ];
+        for (source, at) in sources {
+            if let (Some(source), Some(part)) = (source, parts.get_mut(at)) {
+                part.data = PartitionData::Read(source);
+            }
         }
         let file = OpenOptions::new().write(true).open(&raw_path).map_err(io_err(&raw_path))?;
         let mut out = SparseFile::new(file);
