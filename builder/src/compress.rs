@@ -243,7 +243,7 @@ fn gzip<R: Read, W: Write>(
         for _ in 0..workers {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
             scope.spawn(move || {
-                // Each worker keeps its compressor (its match finder is over a MiB).
+                // Each worker keeps one compressor and reuses its match-finder tables.
                 let mut deflater = Deflater::new(level);
                 loop {
                     let job = match job_rx.lock() {
