@@ -332,7 +332,7 @@ mod tests {
         let err = stream.finish().unwrap_err();
         assert!(matches!(err, Qcow2Error::Unwritten { missing: 5 }), "{err}");
 
-        let err = Qcow2Layout::new(1000, &[500..1001]).unwrap_err();
+        let err = Qcow2Layout::new(1000, std::slice::from_ref(&(500..1001))).unwrap_err();
         assert!(err.to_string().contains("outside the 1000-byte disk"), "{err}");
     }
 
