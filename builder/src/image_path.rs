@@ -1,5 +1,6 @@
 //! Paths inside an image: normalised, relative to the image root, never escaping it.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 /// A validated path inside the image, stored without a leading `/` (the root is empty).
@@ -69,6 +70,20 @@ impl ImagePath {
         &self.0
     }
 
+    /// The parent of the valid path `path` (as [`ImagePath::as_str`] gives it), borrowed;
+    /// `None` for the root.
+    pub(crate) fn parent_str(path: &str) -> Option<&str> {
+        if path.is_empty() {
+            return None;
+        }
+        Some(path.rfind('/').map_or("", |i| &path[..i]))
+    }
+
+    /// An ancestor of a valid path, as [`ImagePath::parent_str`] gave it: valid too.
+    pub(crate) fn from_ancestor(path: &str) -> ImagePath {
+        ImagePath(path.to_string())
+    }
+
     /// The parent directory; `None` for the root.
     pub fn parent(&self) -> Option<ImagePath> {
         if self.0.is_empty() {
@@ -78,6 +93,14 @@ impl ImagePath {
             Some(i) => ImagePath(self.0[..i].to_string()),
             None => ImagePath::root(),
         })
+    }
+}
+
+/// Maps keyed by image path can be searched with a `&str` (as `as_str` gives it): the derived
+/// order and hash are those of the inner string.
+impl Borrow<str> for ImagePath {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -1,5 +1,6 @@
 //! The file tree of one layer: what the layer writer turns into tar bytes.
 
+use std::collections::btree_map::Entry as Slot;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,16 +99,20 @@ impl Tree {
             return Err(TreeError::Root);
         }
         // Walk up only to the nearest existing ancestor: every entry's ancestors exist and are
-        // directories, so a directory there vouches for the rest of the chain.
+        // directories, so a directory there vouches for the rest of the chain. Ancestors are
+        // looked up as borrowed strings: no allocation for the common case of an existing one.
         let mut missing = Vec::new();
-        let mut cur = path.parent();
-        while let Some(parent) = cur.filter(|p| !p.is_root()) {
-            match self.entries.get(&parent) {
+        let mut cur = ImagePath::parent_str(path.as_str());
+        while let Some(parent) = cur.filter(|p| !p.is_empty()) {
+            match self.entries.get(parent) {
                 Some(Entry { kind: EntryKind::Dir, .. }) => break,
-                Some(_) => return Err(TreeError::ParentNotDir { path, parent }),
+                Some(_) => {
+                    let parent = ImagePath::from_ancestor(parent);
+                    return Err(TreeError::ParentNotDir { path, parent });
+                }
                 None => {
-                    cur = parent.parent();
-                    missing.push(parent);
+                    cur = ImagePath::parent_str(parent);
+                    missing.push(ImagePath::from_ancestor(parent));
                 }
             }
         }
@@ -130,19 +135,26 @@ impl Tree {
             }
             entry.kind = EntryKind::HardLink(file);
         }
-        if self.entries.contains_key(&path) {
-            let replace_implicit = self.implicit.contains(&path) && entry.kind == EntryKind::Dir;
-            if !replace_implicit {
-                return Err(TreeError::Duplicate { path });
-            }
-            self.implicit.remove(&path);
-        }
         let later_target = match &entry.kind {
-            EntryKind::HardLink(target) if target > &path => Some(target.clone()),
+            EntryKind::HardLink(target) if target > &path => Some((target.clone(), path.clone())),
             _ => None,
         };
-        self.entries.insert(path.clone(), entry);
-        if let Some(target) = later_target {
+        match self.entries.entry(path) {
+            Slot::Vacant(slot) => {
+                slot.insert(entry);
+            }
+            Slot::Occupied(mut slot) => {
+                // Only a directory created implicitly may be declared afterwards.
+                let replace_implicit =
+                    self.implicit.contains(slot.key()) && entry.kind == EntryKind::Dir;
+                if !replace_implicit {
+                    return Err(TreeError::Duplicate { path: slot.key().clone() });
+                }
+                self.implicit.remove(slot.key());
+                slot.insert(entry);
+            }
+        }
+        if let Some((target, path)) = later_target {
             self.move_link_content(&target, &path);
         }
         Ok(())
