@@ -11,11 +11,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Mutex};
 use std::thread;
 
 use serde::{Deserialize, Serialize};
+
+use crate::workers;
 
 /// gzip input is deflated in chunks of exactly this many bytes (the last may be shorter).
 pub const GZIP_CHUNK: usize = 1 << 20;
@@ -240,27 +241,10 @@ fn gzip<R: Read, W: Write>(
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = mpsc::channel::<Result<Deflated, CompressionError>>();
     thread::scope(|scope| {
-        for _ in 0..workers {
-            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-            scope.spawn(move || {
-                // Each worker keeps one compressor and reuses its match-finder tables.
-                let mut deflater = Deflater::new(level);
-                loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    // A panic must still answer, or the writer would wait for this chunk forever.
-                    let result =
-                        panic::catch_unwind(AssertUnwindSafe(|| deflate_chunk(&mut deflater, job)))
-                            .unwrap_or(Err(CompressionError::Worker));
-                    if done_tx.send(result).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        // Each worker keeps one compressor and reuses its match-finder tables.
+        let init = move || Deflater::new(level);
+        let panicked = || Err(CompressionError::Worker);
+        workers::start(scope, workers, &job_rx, &done_tx, init, deflate_chunk, panicked);
         drop(done_tx);
 
         output.write_all(&GZIP_HEADER).map_err(CompressionError::Write)?;

@@ -24,6 +24,7 @@ pub mod source_path;
 pub mod tar;
 pub mod tarball;
 pub mod tree;
+mod workers;
 
 pub use build::{build, BlobSink, BuildError, BuildOptions, BuildOutput, LockMode, Observer};
 pub use compress::{Compression, CompressionError};

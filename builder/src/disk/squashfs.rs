@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Seek, SeekFrom, Write};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Mutex};
 use std::thread;
 
@@ -25,6 +24,7 @@ use crate::epoch::Epoch;
 use crate::host_file::{self, HostFileError, StreamError};
 use crate::image_path::ImagePath;
 use crate::tree::{Content, EntryKind, Meta, Tree};
+use crate::workers;
 
 const MAGIC: u32 = 0x7371_7368;
 const BLOCK: usize = 128 * 1024;
@@ -441,26 +441,9 @@ fn write_data<W: Write>(
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = mpsc::channel::<Result<Done, SquashfsError>>();
     thread::scope(|scope| {
-        for _ in 0..workers {
-            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-            scope.spawn(move || {
-                let mut deflate = Compress::new(flate2::Compression::new(LEVEL), true);
-                loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    // A panic must still answer, or the writer would wait for this block forever.
-                    let result =
-                        panic::catch_unwind(AssertUnwindSafe(|| deflate_block(&mut deflate, job)))
-                            .unwrap_or(Err(SquashfsError::Worker));
-                    if done_tx.send(result).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        let init = || Compress::new(flate2::Compression::new(LEVEL), true);
+        let panicked = || Err(SquashfsError::Worker);
+        workers::start(scope, workers, &job_rx, &done_tx, init, deflate_block, panicked);
         drop(done_tx);
         let mut data = DataWriter {
             sink,
