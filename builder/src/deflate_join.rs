@@ -18,6 +18,11 @@ use JoinError::Malformed;
 /// ends byte-aligned and whatever follows is read as the next block.
 pub fn unfinish(out: &mut Vec<u8>, start: usize) -> Result<(), JoinError> {
     let last = last_block(&out[start..])?;
+    // A complete stream ends in the byte where its last block does: anything else means the
+    // walk went wrong, and cutting the stream there would lose data.
+    if last.end_bit.div_ceil(8) != (out.len() - start) as u64 {
+        return Err(Malformed("its last block does not end where the stream does"));
+    }
     let header = start as u64 * 8 + last.header_bit;
     out[(header / 8) as usize] &= !(1u8 << (header % 8));
     let end = start as u64 * 8 + last.end_bit;
@@ -410,5 +415,8 @@ mod tests {
         let mut unfinished = deflate(5, b"abc");
         unfinish(&mut unfinished, 0).unwrap();
         assert!(last_block(&unfinished).is_err(), "a stream with no final block");
+        let mut trailing = deflate(5, b"abc");
+        trailing.push(0);
+        assert!(unfinish(&mut trailing, 0).is_err(), "bytes after the final block");
     }
 }
