@@ -581,6 +581,31 @@ fn a_qcow2_written_without_a_raw_disk_is_the_one_made_from_it() {
     }
 }
 
+#[test]
+fn an_initramfs_alone_writes_no_disk() {
+    let ws = Workspace::new();
+    // 2 MiB holds no GPT with this root: a size error would mean a disk was still made.
+    let recipe = disk_recipe_with(&ws, "2MiB", "erofs", "");
+    let text = fs::read_to_string(&recipe).unwrap();
+    let only = text.replace(
+        "formats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]",
+        "formats = [\"initramfs\"]",
+    );
+    assert_ne!(only, text);
+    fs::write(&recipe, only).unwrap();
+    let store = ws.store("a");
+    let report = Kiln::new(&store).build(&recipe, &[]);
+    let disk = &report["disks"][0];
+    assert!(disk["annotations"].get("dev.kiln.disk.verity.root-hash").is_none(), "{report}");
+    let digest = disk["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.join("blobs/sha256").join(digest)).unwrap())
+            .unwrap();
+    let types: Vec<_> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].clone()).collect();
+    assert_eq!(types, ["application/vnd.kiln.initramfs.v1.cpio+gzip"]);
+}
+
 /// One partition of `sfdisk --json`: (type GUID, name, start sector, sectors).
 fn partitions(raw: &Path) -> Vec<(String, String, u64, u64)> {
     let dump: serde_json::Value =

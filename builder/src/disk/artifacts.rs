@@ -80,8 +80,8 @@ pub enum DiskError {
     GcePath(#[from] ImagePathError),
     #[error("the thread hashing a disk file stopped unexpectedly")]
     HashThread,
-    #[error("the {0:?} output needs the raw disk, which was not written")]
-    NoRaw(DiskFormat),
+    #[error("no disk was written for the {0:?} output (a bug in kiln)")]
+    Missing(DiskFormat),
     #[error("serialising the disk artifact manifest")]
     Json(#[from] serde_json::Error),
 }
@@ -618,19 +618,27 @@ pub fn make_disks(
         None => None,
     };
 
-    // Without a raw output the raw disk is never written: the qcow2 is made directly.
+    // An initramfs alone needs no disk; without a raw output the raw disk is never written
+    // (the qcow2 is made directly).
     let raw_wanted = spec
         .formats
         .iter()
-        .any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Vhd | DiskFormat::Gce))
-        || !spec.formats.contains(&DiskFormat::Qcow2);
+        .any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Vhd | DiskFormat::Gce));
     let job = DiskJob { rootfs, spec, arch, epoch, threads, work_dir, esp: esp.as_ref() };
-    let mut disk = if raw_wanted { write_raw_disk(&job)? } else { write_qcow2_disk(&job)? };
+    let mut disk = if raw_wanted {
+        Some(write_raw_disk(&job)?)
+    } else if spec.formats.contains(&DiskFormat::Qcow2) {
+        Some(write_qcow2_disk(&job)?)
+    } else {
+        None
+    };
     if let Some(esp) = &esp {
         // An intermediate file, not an output; failing to remove it is harmless.
         let _ = std::fs::remove_file(&esp.path);
     }
-    let raw_path = disk.raw.clone();
+    let raw_path = disk.as_ref().and_then(|d| d.raw.clone());
+    let mut direct_qcow2 = disk.as_mut().and_then(|d| d.qcow2.take());
+    let written = |format: DiskFormat| disk.as_ref().ok_or(DiskError::Missing(format));
     // The raw disk is hashed only where it is an output itself (raw, or inside the GCE tar).
     let raw_hashed = match &raw_path {
         Some(path)
@@ -644,10 +652,10 @@ pub fn make_disks(
     let mut files = Vec::new();
     for format in &spec.formats {
         let (path, (digest, size)) = match (format, &raw_path) {
-            (DiskFormat::Qcow2, None) => disk.qcow2.take().ok_or(DiskError::NoRaw(*format))?,
+            (DiskFormat::Qcow2, None) => direct_qcow2.take().ok_or(DiskError::Missing(*format))?,
             (DiskFormat::Qcow2, Some(raw_path)) => {
                 let path = work_dir.join("disk.qcow2");
-                let layout = Qcow2Layout::new(spec.size, &disk.plan.extents)?;
+                let layout = Qcow2Layout::new(spec.size, &written(*format)?.plan.extents)?;
                 let raw_data = BufReader::new(open(raw_path)?);
                 let ((), hashed) =
                     write_hashed(&path, |out| Ok(write_qcow2(&layout, raw_data, out).map(drop)?))?;
@@ -661,7 +669,8 @@ pub fn make_disks(
                 let mut raw_data = open(raw_path)?;
                 let ((), hashed) = write_hashed(&path, |out| {
                     io::copy(&mut raw_data, out).map_err(io_err(&path))?;
-                    let footer = vhd::footer(spec.size, epoch, disk.guids.disk.to_be());
+                    let footer =
+                        vhd::footer(spec.size, epoch, written(*format)?.guids.disk.to_be());
                     out.write_all(&footer).map_err(io_err(&path))
                 })?;
                 (path, hashed)
@@ -678,7 +687,7 @@ pub fn make_disks(
                 (path, (blob.digest, blob.size))
             }
             (DiskFormat::Raw | DiskFormat::Vhd | DiskFormat::Gce, None) => {
-                return Err(DiskError::NoRaw(*format))
+                return Err(DiskError::Missing(*format))
             }
             (DiskFormat::Initramfs, _) => {
                 let cpio_path = work_dir.join("initramfs.cpio");
@@ -705,7 +714,7 @@ pub fn make_disks(
             let _ = std::fs::remove_file(path);
         }
     }
-    let verity = disk.verity;
+    let verity = disk.and_then(|d| d.verity);
 
     let empty_config = JsonBlob {
         descriptor: Descriptor::new(
