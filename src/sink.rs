@@ -35,19 +35,21 @@ impl StoreSink<'_> {
 }
 
 impl BlobSink for StoreSink<'_> {
-    fn cached_layer(&mut self, key: &Digest) -> Result<Option<LayerRecord>, SinkError> {
-        let Some(bytes) = self.runtime.block_on(self.store.get_cache(LAYER_CACHE, key))? else {
-            return Ok(None);
-        };
+    fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError> {
+        let entries = self.runtime.block_on(self.store.get_caches(LAYER_CACHE, keys))?;
         // A cache entry is only a hint: an unreadable one, or one whose blob is gone, is a miss.
-        let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes) else {
-            return Ok(None);
-        };
-        if !self.runtime.block_on(self.store.has_blob(&record.digest))? {
-            return Ok(None);
-        }
-        self.present += 1;
-        Ok(Some(record))
+        let records: Vec<Option<LayerRecord>> = entries
+            .iter()
+            .map(|bytes| bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok()))
+            .collect();
+        let digests: Vec<Digest> = records.iter().flatten().map(|r| r.digest).collect();
+        let mut present = self.runtime.block_on(self.store.has_blobs(&digests))?.into_iter();
+        let found: Vec<Option<LayerRecord>> = records
+            .into_iter()
+            .map(|record| record.filter(|_| present.next().unwrap_or(false)))
+            .collect();
+        self.present += found.iter().flatten().count();
+        Ok(found)
     }
 
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError> {

@@ -24,8 +24,9 @@ pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 /// Where a build puts its blobs and looks up earlier layers. The builder never talks to a
 /// store itself; the caller wires one in.
 pub trait BlobSink {
-    /// A layer built before from the same key, if its blob is still available.
-    fn cached_layer(&mut self, key: &Digest) -> Result<Option<LayerRecord>, SinkError>;
+    /// For each key, the layer built before from it, if its blob is still available (all keys
+    /// at once, so a remote store can look them up concurrently).
+    fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError>;
     /// Stores a freshly written layer blob and remembers it under `key`; the blob's scratch
     /// file is the sink's to keep, move or delete.
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;
@@ -194,17 +195,23 @@ pub fn build(
     };
 
     let total = resolved.len();
+    let keys: Vec<Digest> =
+        resolved.iter().map(|l| layer_key(&l.tree, opts.epoch, &recipe.compression)).collect();
+    let cached = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
     let mut layers = Vec::with_capacity(total);
     let (mut built, mut reused) = (0, 0);
-    for (i, layer) in resolved.iter().enumerate() {
+    for (i, ((layer, key), cached)) in resolved.iter().zip(&keys).zip(cached).enumerate() {
         let bytes = layer
             .tree
             .iter()
             .map(|(_, e)| if let EntryKind::File(c) = &e.kind { c.size() } else { 0 })
             .sum();
         observer.layer_started(&layer.name, i, total, bytes);
-        let key = layer_key(&layer.tree, opts.epoch, &recipe.compression);
-        let record = match sink.cached_layer(&key).map_err(BuildError::Sink)? {
+        // A layer equal to one built earlier in this build is that layer.
+        let earlier =
+            || keys[..i].iter().zip(&layers).find(|(k, _)| *k == key).map(|(_, (_, r))| r);
+        let cached: Option<LayerRecord> = cached.or_else(|| earlier().cloned());
+        let record = match cached {
             Some(record) => {
                 reused += 1;
                 observer.layer_finished(&layer.name, true);
@@ -222,7 +229,7 @@ pub fn build(
                     name: layer.name.clone(),
                     source: Box::new(source),
                 })?;
-                sink.put_layer(&key, &blob).map_err(BuildError::Sink)?;
+                sink.put_layer(key, &blob).map_err(BuildError::Sink)?;
                 // The scratch copy is no longer needed once stored; failing to remove it is harmless.
                 let _ = std::fs::remove_file(&blob.path);
                 built += 1;

@@ -18,8 +18,8 @@ struct MemSink {
 }
 
 impl BlobSink for MemSink {
-    fn cached_layer(&mut self, key: &Digest) -> Result<Option<LayerRecord>, SinkError> {
-        Ok(self.cache.get(key).cloned())
+    fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError> {
+        Ok(keys.iter().map(|key| self.cache.get(key).cloned()).collect())
     }
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError> {
         self.blobs.insert(layer.digest, fs::read(&layer.path)?);
@@ -134,6 +134,23 @@ fn unchanged_layers_come_from_the_cache() {
     let c = build(&r, &opts(tmp.path(), 2), &mut sink, &Quiet).unwrap();
     assert_eq!((c.layers_built, c.layers_reused), (1, 1));
     assert_ne!(a.index.digest, c.index.digest);
+}
+
+#[test]
+fn a_layer_repeated_in_one_recipe_is_built_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer =
+        "[[layer]]\nname = \"{n}\"\ninline = [{ dest = \"/etc/motd\", content = \"hi\" }]\n";
+    let text = format!(
+        "epoch = 1700000000\n[image]\nname = \"b\"\nversion = \"1\"\n{}{}",
+        layer.replace("{n}", "first"),
+        layer.replace("{n}", "again"),
+    );
+    fs::write(tmp.path().join("r.toml"), text).unwrap();
+    let r = Recipe::load(&tmp.path().join("r.toml")).unwrap();
+    let mut sink = MemSink::default();
+    let out = build(&r, &opts(tmp.path(), 2), &mut sink, &Quiet).unwrap();
+    assert_eq!((out.layers_built, out.layers_reused), (1, 1));
 }
 
 #[test]

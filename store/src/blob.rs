@@ -24,8 +24,9 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
 /// How much of a local file is read per step.
 const READ_CHUNK: usize = 1024 * 1024;
-/// Existence checks in flight at once in [`Store::has_blobs`].
-const HAS_CONCURRENCY: usize = 16;
+/// Small requests (existence checks, cache reads) in flight at once in [`Store::has_blobs`]
+/// and [`Store::get_caches`].
+pub(crate) const HAS_CONCURRENCY: usize = 16;
 
 /// What a blob write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! replaceable and safe to delete, so writes overwrite.
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use kiln_oci::Digest;
 
 use crate::error::{Result, StoreError};
@@ -29,6 +30,16 @@ impl Store {
             Err(source) => return Err(StoreError::backend(&path, source)),
         };
         got.bytes().await.map(Some).map_err(|e| StoreError::backend(&path, e))
+    }
+
+    /// The cache entries for `keys` in `kind`, in order, read concurrently (on a remote store
+    /// each is a round trip).
+    pub async fn get_caches(&self, kind: &str, keys: &[Digest]) -> Result<Vec<Option<Bytes>>> {
+        futures::stream::iter(keys)
+            .map(|k| self.get_cache(kind, k))
+            .buffered(crate::blob::HAS_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// Stores `value` as the cache entry for `key` in `kind`, replacing any previous one.
