@@ -334,10 +334,20 @@ fn disk_recipe_with(ws: &Workspace, size: &str, root: &str, extra: &str) -> std:
              files = [{{ src = \"app.txt\", dest = \"/usr/bin/app\", mode = 0o4755 }}]\n\
              inline = [{{ dest = \"/etc/.wh.old\", content = \"\" }}]\n\
              symlinks = [{{ dest = \"/bin/sh\", target = \"/usr/bin/app\" }}]\n\n\
-             [disk]\nsize = \"{size}\"\nroot = \"{root}\"\nverity = true\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n\
+             [disk]\nsize = \"{size}\"\nroot = \"{root}\"\nverity = true\n{ALL_FORMATS}\n\
              {extra}"
         ),
     )
+}
+
+/// The `formats` line [`disk_recipe_with`] writes.
+const ALL_FORMATS: &str = "formats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]";
+
+/// Replaces `from` with `to` in the recipe file, which must contain it.
+fn edit_recipe(recipe: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(recipe).unwrap();
+    assert!(text.contains(from), "{from:?} is not in the recipe");
+    fs::write(recipe, text.replace(from, to)).unwrap();
 }
 
 #[test]
@@ -524,8 +534,7 @@ fn a_qcow2_written_without_a_raw_disk_is_the_one_made_from_it() {
         let ws = Workspace::new();
         let recipe = disk_recipe_with(&ws, size, root, extra);
         if !verity {
-            let text = fs::read_to_string(&recipe).unwrap();
-            fs::write(&recipe, text.replace("verity = true", "verity = false")).unwrap();
+            edit_recipe(&recipe, "verity = true", "verity = false");
         }
         let store = ws.store("a");
         let with_raw = Kiln::new(&store).build(&recipe, &[]);
@@ -546,13 +555,7 @@ fn a_qcow2_written_without_a_raw_disk_is_the_one_made_from_it() {
         };
 
         // The same recipe asking for the qcow2 alone, built on one thread under a tight umask.
-        let text = fs::read_to_string(&recipe).unwrap();
-        let only = text.replace(
-            "formats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]",
-            "formats = [\"qcow2\"]",
-        );
-        assert_ne!(only, text);
-        fs::write(&recipe, only).unwrap();
+        edit_recipe(&recipe, ALL_FORMATS, "formats = [\"qcow2\"]");
         let alone = Kiln::new(&store).umask("077").build(&recipe, &["--threads", "1"]);
         assert_eq!(alone["disksReused"], 0, "{alone}");
         let l = layers(&alone);
@@ -586,13 +589,7 @@ fn an_initramfs_alone_writes_no_disk() {
     let ws = Workspace::new();
     // 2 MiB holds no GPT with this root: a size error would mean a disk was still made.
     let recipe = disk_recipe_with(&ws, "2MiB", "erofs", "");
-    let text = fs::read_to_string(&recipe).unwrap();
-    let only = text.replace(
-        "formats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]",
-        "formats = [\"initramfs\"]",
-    );
-    assert_ne!(only, text);
-    fs::write(&recipe, only).unwrap();
+    edit_recipe(&recipe, ALL_FORMATS, "formats = [\"initramfs\"]");
     let store = ws.store("a");
     let report = Kiln::new(&store).build(&recipe, &[]);
     let disk = &report["disks"][0];

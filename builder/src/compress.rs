@@ -399,18 +399,7 @@ fn deflate_chunk(deflater: &mut Deflater, job: Job) -> Result<Deflated, Compress
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// xorshift noise: deterministic and as flat as real compressed data.
-    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::test_data::noise;
 
     fn text(len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 64);

@@ -349,14 +349,7 @@ mod tests {
 
     /// Text, runs and noise, so that streams hold fixed, dynamic and stored blocks.
     fn samples() -> Vec<Vec<u8>> {
-        let mut noise = Vec::new();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..200_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            noise.push((seed >> 24) as u8);
-        }
+        let noise = crate::test_data::noise(200_000, 0x9e37_79b9_7f4a_7c15);
         let text: Vec<u8> = (0..40_000)
             .flat_map(|i| format!("{i:06} layer digest {}\n", i * 7919 % 1000).into_bytes())
             .collect();

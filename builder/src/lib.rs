@@ -23,6 +23,8 @@ pub mod rootfs;
 pub mod source_path;
 pub mod tar;
 pub mod tarball;
+#[cfg(test)]
+mod test_data;
 pub mod tree;
 mod workers;
 

@@ -117,11 +117,24 @@ pub fn media_type_of(format: DiskFormat) -> &'static str {
     }
 }
 
+/// Turns an I/O error on `path` into a [`DiskError`].
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError {
+    let path = path.to_path_buf();
+    move |source| DiskError::Io { path, source }
+}
+
+fn create(path: &Path) -> Result<File, DiskError> {
+    File::create(path).map_err(io_err(path))
+}
+
+fn open(path: &Path) -> Result<File, DiskError> {
+    File::open(path).map_err(io_err(path))
+}
+
 /// The sha256 and size of a file.
 fn hash_file(path: &Path) -> Result<(Digest, u64), DiskError> {
-    let io_err = |source| DiskError::Io { path: path.to_path_buf(), source };
-    let mut reader = HashingReader::new(BufReader::new(File::open(path).map_err(io_err)?));
-    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
+    let mut reader = HashingReader::new(BufReader::new(open(path)?));
+    io::copy(&mut reader, &mut io::sink()).map_err(io_err(path))?;
     Ok(reader.finish())
 }
 
@@ -132,8 +145,7 @@ fn write_hashed<T, F>(path: &Path, write: F) -> Result<(T, (Digest, u64)), DiskE
 where
     F: FnOnce(&mut dyn Write) -> Result<T, DiskError>,
 {
-    let io_err = |source| DiskError::Io { path: path.to_path_buf(), source };
-    let file = BufWriter::with_capacity(HASH_CHUNK, File::create(path).map_err(io_err)?);
+    let file = BufWriter::with_capacity(HASH_CHUNK, create(path)?);
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
         let hasher = scope.spawn(move || {
@@ -145,7 +157,8 @@ where
             (h.finish(), len)
         });
         let mut tee = Tee { file, tx, pending: Vec::with_capacity(HASH_CHUNK) };
-        let written = write(&mut tee).and_then(|made| tee.finish().map_err(io_err).map(|()| made));
+        let written =
+            write(&mut tee).and_then(|made| tee.finish().map_err(io_err(path)).map(|()| made));
         // Dropping the sender (with `tee`) ends the hashing thread.
         drop(tee);
         let hashed = hasher.join().map_err(|_| DiskError::HashThread);
@@ -263,10 +276,9 @@ fn write_root(
     raw: (&Path, u64),
 ) -> Result<RootImage, DiskError> {
     let (raw_path, offset) = raw;
-    let io_err = |source| DiskError::Io { path: raw_path.to_path_buf(), source };
     let in_raw = || -> Result<OffsetFile, DiskError> {
-        let mut file = OpenOptions::new().write(true).open(raw_path).map_err(io_err)?;
-        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        let mut file = OpenOptions::new().write(true).open(raw_path).map_err(io_err(raw_path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(io_err(raw_path))?;
         Ok(OffsetFile { file: BufWriter::with_capacity(1 << 20, file), base: offset })
     };
     let image = |size, uuid| RootImage { size, uuid, file: None, verity: None };
@@ -276,7 +288,7 @@ fn write_root(
             let mut hasher = VerityHasher::new(salt, threads)?;
             let mut out = VerityTee { out: in_raw()?, hasher: &mut hasher };
             let root = write_erofs(rootfs, epoch, &mut out)?;
-            out.flush().map_err(io_err)?;
+            out.flush().map_err(io_err(raw_path))?;
             // The hashes are used only if they cover exactly the image and its salt.
             let taken = hasher.data_size() == root.size && salt == salt_from(&root.uuid);
             Ok(RootImage { verity: taken.then_some(hasher), ..image(root.size, root.uuid) })
@@ -284,13 +296,13 @@ fn write_root(
         RootFs::Erofs => {
             let mut out = in_raw()?;
             let root = write_erofs(rootfs, epoch, &mut out)?;
-            out.flush().map_err(io_err)?;
+            out.flush().map_err(io_err(raw_path))?;
             Ok(image(root.size, root.uuid))
         }
         RootFs::Squashfs => {
             let mut out = in_raw()?;
             let root = write_squashfs(rootfs, epoch, threads, &mut out)?;
-            out.flush().map_err(io_err)?;
+            out.flush().map_err(io_err(raw_path))?;
             Ok(image(root.size, root.uuid))
         }
         RootFs::Ext4 => {
@@ -379,12 +391,6 @@ struct WrittenDisk {
 /// and the other partitions around it.
 fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
     let (spec, work_dir) = (job.spec, job.work_dir);
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DiskError::Io { path, source }
-    };
-    let create = |path: &Path| File::create(path).map_err(io_err(path));
-    let open = |path: &Path| File::open(path).map_err(io_err(path));
     let esp = job.esp.map(|e| &e.image);
 
     let raw_path = work_dir.join("disk.raw");
@@ -477,10 +483,6 @@ enum RootSource<'a> {
 /// primary GPT, each where the plan laid out its clusters.
 fn write_qcow2_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
     let (spec, work_dir) = (job.spec, job.work_dir);
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DiskError::Io { path, source }
-    };
     let esp = job.esp.map(|e| &e.image);
     let root = match spec.root {
         RootFs::Erofs => RootSource::Erofs(ErofsPlan::new(job.rootfs, job.epoch)?),
@@ -588,13 +590,6 @@ pub fn make_disks(
     work_dir: &Path,
     subject: &Descriptor,
 ) -> Result<DiskOutput, DiskError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DiskError::Io { path, source }
-    };
-    let create = |path: &Path| File::create(path).map_err(io_err(path));
-    let open = |path: &Path| File::open(path).map_err(io_err(path));
-
     // The ESP comes first so that a missing boot file is reported before the long work.
     let esp = match &spec.esp {
         Some(esp_spec) => {

@@ -997,6 +997,7 @@ fn emit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::noise;
     use flate2::{Decompress, FlushDecompress};
 
     /// Splits a metadata stream into its blocks' uncompressed bytes.
@@ -1018,19 +1019,6 @@ mod tests {
             stream = &stream[2 + len..];
         }
         out
-    }
-
-    /// xorshift64 bytes: deflate cannot shrink them.
-    fn noise(len: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
     }
 
     #[test]
@@ -1055,7 +1043,7 @@ mod tests {
     #[test]
     fn incompressible_metadata_is_stored() {
         let mut m = MetaWriter::new();
-        let noise = noise(100);
+        let noise = noise(100, 1);
         m.put(&noise).unwrap();
         let (stream, _) = m.finish().unwrap();
         assert_eq!(u16::from_le_bytes([stream[0], stream[1]]), 100 | META_STORED);
@@ -1075,7 +1063,7 @@ mod tests {
             .decompress_vec(&done.bytes, &mut plain, FlushDecompress::Finish)
             .unwrap();
         assert_eq!(plain, text);
-        let noise = noise(BLOCK);
+        let noise = noise(BLOCK, 1);
         let done =
             deflate_block(&mut deflate, Job { seq: 1, data: noise.clone(), spare: Vec::new() })
                 .unwrap();
