@@ -371,16 +371,12 @@ impl Deflater {
 fn deflate_chunk(deflater: &mut Deflater, job: Job) -> Result<Deflated, CompressionError> {
     let data = &job.buf[..];
     let mut out = Vec::with_capacity(data.len() / 2 + 4096);
+    // Each granule is judged once; runs of equal verdicts become one segment.
+    let verdicts: Vec<bool> = data.chunks(GRANULE).map(incompressible).collect();
     let mut start = 0;
-    while start < data.len() {
-        let noisy = incompressible(&data[start..(start + GRANULE).min(data.len())]);
-        let mut end = (start + GRANULE).min(data.len());
-        while end < data.len()
-            && incompressible(&data[end..(end + GRANULE).min(data.len())]) == noisy
-        {
-            end = (end + GRANULE).min(data.len());
-        }
-        if noisy {
+    for run in verdicts.chunk_by(|a, b| a == b) {
+        let end = (start + run.len() * GRANULE).min(data.len());
+        if run.first() == Some(&true) {
             store_blocks(&data[start..end], &mut out);
         } else {
             deflater.segment(&data[start..end], &mut out)?;
