@@ -79,7 +79,8 @@ pub enum StoreError {
         found_size: u64,
     },
 
-    /// A file handed to `put_blob_file` has another size than the caller said.
+    /// A file handed to `put_blob_file` or `adopt_blob_file` has another size than the caller
+    /// said.
     #[error(
         "file {path} has {found_size} bytes but {expected_size} were expected; nothing was \
          published (was the file changed after it was hashed?)"

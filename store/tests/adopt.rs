@@ -1,5 +1,5 @@
 //! Adopting a finished blob file: moved into a folder store, streamed into others, refused
-//! when it is not what the caller says.
+//! when it is checkably not what the caller says.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use kiln_oci::Digest;
@@ -31,11 +31,37 @@ async fn a_folder_store_takes_the_file_over_without_copying() {
 }
 
 #[tokio::test]
-async fn a_file_that_is_not_what_was_said_is_refused_and_kept() {
+async fn a_file_of_another_size_than_said_is_refused_and_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path().join("store").to_str().unwrap()).unwrap();
     let path = file_with(tmp.path(), b"actual bytes");
     let claimed = Digest::of(b"claimed bytes");
+    let err = store.adopt_blob_file(&path, &claimed, 13).await.unwrap_err();
+    assert!(matches!(err, StoreError::FileSize { found_size: 12, .. }), "{err}");
+    assert!(path.exists());
+    assert!(!store.has_blob(&claimed).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_folder_store_trusts_the_callers_digest_but_never_serves_wrong_bytes() {
+    // The caller hashed the file as it wrote it, so a folder store does not read it again;
+    // a wrong claim is still caught by the next read, which names the key.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store").to_str().unwrap()).unwrap();
+    let path = file_with(tmp.path(), b"actual bytes");
+    let claimed = Digest::of(b"claimed byte");
+    store.adopt_blob_file(&path, &claimed, 12).await.unwrap();
+    let err = store.get_blob(&claimed).await.unwrap_err();
+    assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&claimed.hex()), "{err}");
+}
+
+#[tokio::test]
+async fn a_streamed_file_that_is_not_what_was_said_is_refused_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open("memory://").unwrap();
+    let path = file_with(tmp.path(), b"actual bytes");
+    let claimed = Digest::of(b"claimed byte");
     let err = store.adopt_blob_file(&path, &claimed, 12).await.unwrap_err();
     assert!(matches!(err, StoreError::FileMismatch { .. }), "{err}");
     assert!(path.exists());
