@@ -19,7 +19,7 @@ use kiln_builder::disk::qcow2::{write_qcow2, Qcow2Layout};
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::disk::vhd;
 use kiln_builder::{compress::compress, Compression};
-use kiln_builder::{Content, EntryKind, Epoch, Tree};
+use kiln_builder::{Content, EntryKind, Epoch, HostFile, Tree};
 use kiln_oci::Digest;
 use support::fs_model::{
     bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
@@ -95,7 +95,7 @@ fn erofs_changes_with_content_and_refuses_what_it_cannot_store() {
     // A host file that changed since it was hashed.
     let mut changed = Tree::new();
     let host = ws.write("later", b"before");
-    let content = Content::Host { path: host.clone(), size: 6, digest: Digest::of(b"before") };
+    let content = Content::Host(HostFile::new(host.clone(), 6, Digest::of(b"before")));
     put(&mut changed, "/f", EntryKind::File(content), meta(0o644, 0, 0));
     fs::write(&host, b"after!").unwrap();
     let err = write_erofs(&changed, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_builder::disk::ext4::{write_ext4, Ext4Image};
-use kiln_builder::{Content, EntryKind, Epoch, Tree};
+use kiln_builder::{Content, EntryKind, Epoch, HostFile, Tree};
 use kiln_oci::Digest;
 use support::fs_model::{
     bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
@@ -256,7 +256,7 @@ fn ext4_refuses_changed_inputs_and_unstorable_attributes_and_cleans_up() {
 
     let mut changed = Tree::new();
     let host = ws.write("later", b"before");
-    let content = Content::Host { path: host.clone(), size: 6, digest: Digest::of(b"before") };
+    let content = Content::Host(HostFile::new(host.clone(), 6, Digest::of(b"before")));
     put(&mut changed, "/f", EntryKind::File(content), meta(0o644, 0, 0));
     fs::write(&host, b"after!").unwrap();
     let err = write_ext4(&changed, EPOCH, &work, &out).unwrap_err().to_string();
@@ -326,7 +326,7 @@ fn ext4_awkward_trees_fit_their_computed_size() {
     let mut large = Tree::new();
     let data = noise(160 << 20, 1);
     let host = ws.write("large", &data);
-    let content = Content::Host { path: host, size: data.len() as u64, digest: Digest::of(&data) };
+    let content = Content::Host(HostFile::new(host, data.len() as u64, Digest::of(&data)));
     put(&mut large, "/large", EntryKind::File(content), meta(0o644, 0, 0));
     put(&mut large, "/zeros", bytes(vec![0; 20 << 20]), meta(0o644, 0, 0));
     let mut wide = Tree::new();

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use kiln_builder::disk::fat::{write_fat, FatError};
-use kiln_builder::{Content, EntryKind, Epoch, ImagePath, Meta, Tree};
+use kiln_builder::{Content, EntryKind, Epoch, HostFile, ImagePath, Meta, Tree};
 use kiln_oci::{Digest, HashingWriter};
 use support::fs_model::{bytes, disk_listing, meta, model_listing, put, same};
 use support::{require_tool, Workspace};
@@ -38,7 +38,7 @@ fn esp_tree(ws: &Workspace) -> Tree {
     let efi: Vec<u8> =
         (0..1_300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
     let host = ws.write("BOOTX64.EFI", &efi);
-    let content = Content::Host { path: host, size: efi.len() as u64, digest: Digest::of(&efi) };
+    let content = Content::Host(HostFile::new(host, efi.len() as u64, Digest::of(&efi)));
     put(&mut t, "/EFI/BOOT/BOOTX64.EFI", EntryKind::File(content), m.clone());
     let link = EntryKind::HardLink(ImagePath::parse("/EFI/BOOT/BOOTX64.EFI").unwrap());
     put(&mut t, "/EFI/systemd/systemd-bootx64.efi", link, m.clone());
@@ -263,7 +263,7 @@ fn fat_refuses_what_it_cannot_hold() {
     assert!(err.to_string().contains("EFI/BOOT/link is a symbolic link"), "{err}");
 
     // The size is checked before any byte is read, so the host file need not exist.
-    let huge = Content::Host { path: ws.path("absent"), size: 1 << 32, digest: Digest::of(b"") };
+    let huge = Content::Host(HostFile::new(ws.path("absent"), 1 << 32, Digest::of(b"")));
     let err = fat_error(&one("/huge.img", EntryKind::File(huge)), 8 * MIB, LABEL);
     assert!(matches!(err, FatError::FileTooLarge { .. }), "{err}");
     assert!(err.to_string().contains("huge.img is 4294967296 bytes"), "{err}");
@@ -316,7 +316,7 @@ fn fat_refuses_what_it_cannot_hold() {
     }
 
     let host = ws.write("later", b"before");
-    let content = Content::Host { path: host.clone(), size: 6, digest: Digest::of(b"before") };
+    let content = Content::Host(HostFile::new(host.clone(), 6, Digest::of(b"before")));
     let changed = one("/EFI/BOOT/BOOTX64.EFI", EntryKind::File(content));
     fs::write(&host, b"after!").unwrap();
     let err = fat_error(&changed, 8 * MIB, LABEL);

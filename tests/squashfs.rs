@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use kiln_builder::disk::squashfs::{write_squashfs, SquashfsImage};
-use kiln_builder::{Content, EntryKind, Epoch, Tree};
+use kiln_builder::{Content, EntryKind, Epoch, HostFile, Tree};
 use kiln_oci::Digest;
 use support::fs_model::{
     bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
@@ -49,7 +49,7 @@ fn tree(ws: &Workspace) -> Tree {
     let mut host = noise(3 * BLOCK, 11);
     host.extend(text(70_000));
     let path = ws.write("host-big", &host);
-    let content = Content::Host { path, size: host.len() as u64, digest: Digest::of(&host) };
+    let content = Content::Host(HostFile::new(path, host.len() as u64, Digest::of(&host)));
     put(&mut t, "/data/host-big", EntryKind::File(content), meta(0o755, 0, 0));
     t
 }
@@ -216,7 +216,7 @@ fn squashfs_refuses_what_it_cannot_store() {
 
     let mut changed = Tree::new();
     let host = ws.write("later", b"before");
-    let content = Content::Host { path: host.clone(), size: 6, digest: Digest::of(b"before") };
+    let content = Content::Host(HostFile::new(host.clone(), 6, Digest::of(b"before")));
     put(&mut changed, "/f", EntryKind::File(content), meta(0o644, 0, 0));
     fs::write(&host, b"after!").unwrap();
     let err = write(&changed);
@@ -229,7 +229,7 @@ fn squashfs_refuses_what_it_cannot_store() {
 
     let mut huge = Tree::new();
     let digest = Digest::of(b"");
-    let content = Content::Host { path: ws.path("absent"), size: 1 << 50, digest };
+    let content = Content::Host(HostFile::new(ws.path("absent"), 1 << 50, digest));
     put(&mut huge, "/huge", EntryKind::File(content), meta(0o644, 0, 0));
     let err = write(&huge);
     assert!(err.contains("/huge is 1125899906842624 bytes"), "{err}");

@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use std::time::Instant;
 
 use kiln_builder::compress::{compress, Compression};
-use kiln_builder::{write_layer, Content, Entry, EntryKind, ImagePath, Meta, Tree};
+use kiln_builder::{write_layer, Content, Entry, EntryKind, HostFile, ImagePath, Meta, Tree};
 use kiln_oci::HashingWriter;
 
 /// Period of the generated data: longer than any compressor window used here.
@@ -121,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     io::copy(&mut Sample::new(len), &mut file)?;
     let (_, digest, size) = file.finish();
     let mut tree = Tree::new();
-    let content = Content::Host { path: host, size, digest };
+    let content = Content::Host(HostFile::new(host, size, digest));
     tree.insert(
         ImagePath::parse("/data/input")?,
         Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) },

@@ -16,7 +16,7 @@ use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
 use crate::recipe::{DiskSpec, Recipe};
 use crate::rootfs::flatten;
-use crate::tree::{Content, EntryKind, Tree};
+use crate::tree::{EntryKind, Tree};
 
 /// An error from the code that stores blobs, kept opaque to the builder.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -341,13 +341,9 @@ pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest
         }
         match &entry.kind {
             EntryKind::Dir => buf.push(b'd'),
-            EntryKind::File(Content::Host { digest, .. }) => {
+            EntryKind::File(content) => {
                 buf.push(b'f');
-                buf.extend_from_slice(digest.as_bytes());
-            }
-            EntryKind::File(Content::Bytes(b)) => {
-                buf.push(b'f');
-                buf.extend_from_slice(Digest::of(b).as_bytes());
+                buf.extend_from_slice(content.digest().as_bytes());
             }
             EntryKind::Symlink(t) => {
                 buf.push(b'l');

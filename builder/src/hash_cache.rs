@@ -28,7 +28,8 @@ const MAGIC: &[u8] = b"kiln-hash-cache v2\n";
 const RECORD: usize = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 32;
 /// The trailing sha256 of magic and records.
 const TRAILER: usize = 32;
-/// Files changed this recently (seconds) are hashed but not remembered.
+/// Files changed this recently (seconds) are not settled: hashed, but neither remembered nor
+/// trusted unread later in the build.
 const RACY_SECONDS: i64 = 2;
 
 /// What `stat` says about a file, as far as the cache is concerned.
@@ -112,7 +113,7 @@ impl HashCache {
             file: None,
             loaded: Vec::new(),
             added: Entries::default(),
-            now: 0,
+            now: unix_now(),
             dirty: false,
         }
     }
@@ -120,13 +121,12 @@ impl HashCache {
     /// Loads the cache kept in `file`; a missing, unreadable or damaged file gives an empty
     /// cache.
     pub fn load(file: &Path) -> HashCache {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let loaded = std::fs::read(file).ok().and_then(records).unwrap_or_default();
         HashCache {
             file: Some(file.to_path_buf()),
             loaded,
             added: Entries::default(),
-            now,
+            now: unix_now(),
             dirty: false,
         }
     }
@@ -139,9 +139,17 @@ impl HashCache {
         }
     }
 
+    /// Whether a file stamped `stamp` was last changed long enough before this build began
+    /// that any later write would show in its stamp: a write sets ctime to the time of the
+    /// write, which no longer equals a ctime from seconds before (timestamps are coarse, so a
+    /// write within the same tick as the last one could otherwise leave the stamp unchanged).
+    pub fn settled(&self, stamp: &FileStamp) -> bool {
+        self.now - stamp.mtime.0.max(stamp.ctime.0) >= RACY_SECONDS
+    }
+
     /// Remembers `digest` for the file that had `stamp` when it was hashed.
     pub fn put(&mut self, stamp: FileStamp, digest: Digest) {
-        if self.file.is_none() || self.now - stamp.mtime.0.max(stamp.ctime.0) < RACY_SECONDS {
+        if self.file.is_none() || !self.settled(&stamp) {
             return;
         }
         let entry = (stamp, *digest.as_bytes());
@@ -189,6 +197,12 @@ impl HashCache {
         }
         None
     }
+}
+
+/// Seconds since 1970 by the wall clock, which only decides what is hashed again, never an
+/// output byte. A clock before 1970 makes every file unsettled.
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The file's bytes: magic, records sorted by (device, inode), sha256 of all that.
@@ -279,9 +293,11 @@ mod tests {
         let cache_file = tmp.path().join("cache");
         let mut c = HashCache::load(&cache_file);
         // ctime is "now" right after touch, so the entry is racy and not remembered.
+        assert!(!c.settled(&stamp(&f)));
         c.put(stamp(&f), Digest::of(b"abc"));
         assert!(c.get(&stamp(&f)).is_none());
         c.now += 10;
+        assert!(c.settled(&stamp(&f)));
         c.put(stamp(&f), Digest::of(b"abc"));
         c.save().unwrap();
         let c = HashCache::load(&cache_file);

@@ -1,7 +1,12 @@
 //! Reading an input file back when an output is written: exactly the bytes that were hashed,
-//! or an error. Every writer (tar, erofs, cpio) goes through here, so each refuses the same
-//! things: a path that now names a symlink or another file, and content whose size or sha256
-//! changed since the inputs were hashed.
+//! or an error. Every writer (tar, erofs, squashfs, ext4, FAT, cpio) goes through here, so
+//! each refuses the same things: a path that now names a symlink or another file, and content
+//! whose size or sha256 changed since the inputs were hashed.
+//!
+//! A file that this build has just read and hashed, and whose stamp (inode, size, mtime,
+//! ctime) still matches, is not hashed a second time: a settled file's stamp changes with
+//! any write (see [`HashCache::settled`]), so the stamp is checked before and after reading
+//! instead. Digests remembered from earlier builds are always checked by hashing.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -10,8 +15,30 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{Digest, Sha256};
 
+use crate::hash_cache::FileStamp;
+#[cfg(doc)]
+use crate::hash_cache::HashCache;
+
 /// Bytes read from a host file at a time.
 const READ_BUF: usize = 256 * 1024;
+
+/// A regular file on the host whose bytes go into an output, as it was when hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub digest: Digest,
+    /// The file's stamp when this build read and hashed it, if the file was settled then;
+    /// `None` when the digest was remembered from an earlier build or the file was racy.
+    pub hashed_as: Option<FileStamp>,
+}
+
+impl HostFile {
+    /// A file of `size` bytes hashing to `digest`, checked by hashing when it is read back.
+    pub fn new(path: PathBuf, size: u64, digest: Digest) -> HostFile {
+        HostFile { path, size, digest, hashed_as: None }
+    }
+}
 
 /// Why a host file could not be used as recorded.
 #[derive(Debug, thiserror::Error)]
@@ -53,15 +80,16 @@ pub enum StreamError<E> {
     Sink(E),
 }
 
-/// Streams exactly `size` bytes of `host` into `sink`, then checks that the file ended
-/// there and hashed to `digest`. The sink may already have taken bytes when an error is
+/// Streams exactly the `size` bytes of `file` into `sink`, then checks that the file ended
+/// there and is unchanged: by its stamp when this build hashed it (see the module docs), else
+/// by hashing it to `digest`. The sink may already have taken bytes when an error is
 /// returned, so callers discard what they were writing.
 pub fn stream<E>(
-    host: &Path,
-    size: u64,
-    digest: &Digest,
+    file: &HostFile,
     mut sink: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), StreamError<E>> {
+    let HostFile { path: host, size, digest, hashed_as } = file;
+    let size = *size;
     let fail = |e| Err(StreamError::Host(e));
     let read_err = |source| HostFileError::Read { host: host.to_path_buf(), source };
     let not_regular = || HostFileError::NotRegular { host: host.to_path_buf() };
@@ -76,7 +104,10 @@ pub fn stream<E>(
     {
         return fail(not_regular());
     }
-    let mut hasher = Sha256::new();
+    let mut check = match hashed_as {
+        Some(stamp) if *stamp == FileStamp::of(&opened) => Check::Stamp(*stamp),
+        _ => Check::Hash(Sha256::new()),
+    };
     // Sized to the file (plus the byte that checks for its end): zeroing a full buffer for
     // each of tens of thousands of small files cost more than reading them.
     let len = usize::try_from(size).map_or(READ_BUF, |s| s.saturating_add(1).min(READ_BUF));
@@ -96,7 +127,9 @@ pub fn stream<E>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return fail(read_err(e)),
         };
-        hasher.update(&buf[..n]);
+        if let Check::Hash(hasher) = &mut check {
+            hasher.update(&buf[..n]);
+        }
         sink(&buf[..n]).map_err(StreamError::Sink)?;
         done += n as u64;
     }
@@ -110,9 +143,106 @@ pub fn stream<E>(
             Err(e) => return fail(read_err(e)),
         }
     }
-    let found = hasher.finish();
-    if found != *digest {
-        return fail(HostFileError::Changed { host: host.to_path_buf(), expected: *digest, found });
+    match check {
+        Check::Hash(hasher) => {
+            let found = hasher.finish();
+            if found != *digest {
+                return fail(HostFileError::Changed {
+                    host: host.to_path_buf(),
+                    expected: *digest,
+                    found,
+                });
+            }
+        }
+        Check::Stamp(stamp) => {
+            // A write while the bytes were read shows in the stamp now.
+            let after = file.metadata().map_err(|e| StreamError::Host(read_err(e)))?;
+            if FileStamp::of(&after) != stamp {
+                return fail(HostFileError::ChangedWhileWriting { host: host.to_path_buf() });
+            }
+        }
     }
     Ok(())
+}
+
+/// How [`stream`] confirms that the bytes it read are the ones hashed.
+enum Check {
+    /// Hash them again and compare with the recorded digest.
+    Hash(Sha256),
+    /// This build hashed the file and its stamp has not changed: compare the stamp again after
+    /// reading.
+    Stamp(FileStamp),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `bytes` and the stamp it has now, as the scan would have recorded it.
+    fn hashed_file(dir: &Path, bytes: &[u8]) -> HostFile {
+        let path = dir.join("input");
+        std::fs::write(&path, bytes).unwrap();
+        let stamp = FileStamp::of(&std::fs::metadata(&path).unwrap());
+        // Later writes must land on a later timestamp tick than the one stamped.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        HostFile {
+            path,
+            size: bytes.len() as u64,
+            digest: Digest::of(bytes),
+            hashed_as: Some(stamp),
+        }
+    }
+
+    fn read_back(file: &HostFile) -> Result<Vec<u8>, HostFileError> {
+        let mut out = Vec::new();
+        stream(file, |b| {
+            out.extend_from_slice(b);
+            Ok::<_, ()>(())
+        })
+        .map_err(|e| match e {
+            StreamError::Host(e) => e,
+            StreamError::Sink(()) => unreachable!("the sink never fails"),
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_file_hashed_by_this_build_is_checked_by_its_stamp_not_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = hashed_file(dir.path(), b"settled bytes");
+        // A digest that cannot match shows that the bytes were not hashed again.
+        file.digest = Digest::of(b"other");
+        assert_eq!(read_back(&file).unwrap(), b"settled bytes");
+        file.hashed_as = None;
+        assert!(matches!(read_back(&file), Err(HostFileError::Changed { .. })));
+    }
+
+    #[test]
+    fn a_file_rewritten_since_it_was_hashed_is_hashed_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = hashed_file(dir.path(), b"before");
+        std::fs::write(&file.path, b"after!").unwrap();
+        let err = read_back(&file).unwrap_err();
+        assert!(matches!(err, HostFileError::Changed { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_written_while_it_is_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = hashed_file(dir.path(), &[7u8; 3 * READ_BUF]);
+        let mut first = true;
+        let result = stream(&file, |_| {
+            if std::mem::take(&mut first) {
+                // Same size, new bytes at the end: only the stamp can tell.
+                let mut f = std::fs::OpenOptions::new().write(true).open(&file.path)?;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(2 * READ_BUF as u64))?;
+                std::io::Write::write_all(&mut f, &[9u8; READ_BUF])?;
+            }
+            Ok::<_, io::Error>(())
+        });
+        assert!(
+            matches!(result, Err(StreamError::Host(HostFileError::ChangedWhileWriting { .. }))),
+            "{result:?}"
+        );
+    }
 }

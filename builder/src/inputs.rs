@@ -13,6 +13,7 @@ use kiln_oci::{Digest, Sha256};
 use serde::{Deserialize, Serialize};
 
 use crate::hash_cache::{FileStamp, HashCache};
+use crate::host_file::HostFile;
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::recipe::{LayerSpec, Ownership};
 use crate::source_path::SourcePath;
@@ -82,7 +83,7 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
         b.inputs.push(Input {
             kind: InputKind::File,
             src: f.src.rel().to_string(),
-            digest: content_digest(&content),
+            digest: content.digest(),
         });
         b.insert(f.dest.clone(), EntryKind::File(content), meta(&f.owner, normal_mode(exec)))?;
     }
@@ -118,13 +119,6 @@ fn normal_mode(executable: bool) -> u32 {
     }
 }
 
-fn content_digest(content: &Content) -> Digest {
-    match content {
-        Content::Host { digest, .. } => *digest,
-        Content::Bytes(b) => Digest::of(b),
-    }
-}
-
 /// Bytes read from an input file at a time.
 const READ_BUF: usize = 256 * 1024;
 
@@ -133,8 +127,16 @@ const READ_BUF: usize = 256 * 1024;
 struct Hashed {
     digest: Digest,
     size: u64,
-    /// Read and hashed just now, with exactly the stamped size: worth remembering.
-    fresh: bool,
+    /// The file's stamp if it was read and hashed just now, had exactly the stamped size and
+    /// was settled: worth remembering, and trusted unread for the rest of this build.
+    hashed_as: Option<FileStamp>,
+}
+
+impl Hashed {
+    /// The file's content as an output will read it back.
+    fn host_file(self, path: PathBuf) -> HostFile {
+        HostFile { path, size: self.size, digest: self.digest, hashed_as: self.hashed_as }
+    }
 }
 
 /// The digest of the file at `path` stamped `stamp`: remembered by `cache`, else read and
@@ -146,7 +148,7 @@ fn hash_host(
     buf: &mut [u8],
 ) -> std::io::Result<Hashed> {
     if let Some(digest) = cache.get(stamp) {
-        return Ok(Hashed { digest, size: stamp.size(), fresh: false });
+        return Ok(Hashed { digest, size: stamp.size(), hashed_as: None });
     }
     let mut file = fs::File::open(path)?;
     let mut hasher = Sha256::new();
@@ -161,7 +163,8 @@ fn hash_host(
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok(Hashed { digest: hasher.finish(), size, fresh: size == stamp.size() })
+    let whole = size == stamp.size() && cache.settled(stamp);
+    Ok(Hashed { digest: hasher.finish(), size, hashed_as: whole.then_some(*stamp) })
 }
 
 /// Hashes a single host file (or takes its digest from `cache`); returns its content
@@ -172,12 +175,10 @@ fn hash_file(path: &Path, cache: &mut HashCache) -> Result<(Content, bool), Inpu
     let exec = md.permissions().mode() & 0o111 != 0;
     let stamp = FileStamp::of(&md);
     let hashed = hash_host(path, &stamp, cache, &mut vec![0; READ_BUF]).map_err(io)?;
-    if hashed.fresh {
+    if let Some(stamp) = hashed.hashed_as {
         cache.put(stamp, hashed.digest);
     }
-    let content =
-        Content::Host { path: path.to_path_buf(), size: hashed.size, digest: hashed.digest };
-    Ok((content, exec))
+    Ok((Content::Host(hashed.host_file(path.to_path_buf())), exec))
 }
 
 struct LayerBuilder {
@@ -275,10 +276,10 @@ impl LayerBuilder {
                                 }
                                 links.insert(inode, image.clone());
                             }
-                            let Hashed { digest, size, .. } = hashed
+                            let hashed = hashed
                                 .map_err(|source| InputError::Io { path: host.clone(), source })?;
-                            listing.file_line(mode_text, &rel, &digest);
-                            let content = Content::Host { path: host, size, digest };
+                            listing.file_line(mode_text, &rel, &hashed.digest);
+                            let content = Content::Host(hashed.host_file(host));
                             self.insert(image, EntryKind::File(content), owner(mode))?;
                         }
                         What::Special(kind) => {
@@ -310,7 +311,7 @@ impl LayerBuilder {
         self.inputs.push(Input {
             kind: InputKind::Tarball,
             src: tarball.clone(),
-            digest: content_digest(&content),
+            digest: content.digest(),
         });
         let reader = crate::tarball::open(src.abs())
             .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;

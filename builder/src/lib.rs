@@ -31,6 +31,7 @@ mod workers;
 pub use build::{build, BlobSink, BuildError, BuildOptions, BuildOutput, LockMode, Observer};
 pub use compress::{Compression, CompressionError};
 pub use epoch::Epoch;
+pub use host_file::HostFile;
 pub use image::LayerRecord;
 pub use image_path::{ImagePath, ImagePathError};
 pub use layer::{write_layer, LayerBlob, LayerError};

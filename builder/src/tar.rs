@@ -119,14 +119,12 @@ fn write_entry<W: Write>(
     if let EntryKind::File(content) = &entry.kind {
         match content {
             Content::Bytes(bytes) => write_padded(out, bytes)?,
-            Content::Host { path: host, size, digest } => {
-                host_file::stream(host, *size, digest, |bytes| out.write_all(bytes)).map_err(
-                    |e| match e {
-                        StreamError::Host(source) => TarError::Host { entry: path.clone(), source },
-                        StreamError::Sink(e) => TarError::Write(e),
-                    },
-                )?;
-                write_padding(out, *size)?;
+            Content::Host(host) => {
+                host_file::stream(host, |bytes| out.write_all(bytes)).map_err(|e| match e {
+                    StreamError::Host(source) => TarError::Host { entry: path.clone(), source },
+                    StreamError::Sink(e) => TarError::Write(e),
+                })?;
+                write_padding(out, host.size)?;
             }
         }
     }

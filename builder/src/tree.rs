@@ -2,11 +2,11 @@
 
 use std::collections::btree_map::Entry as Slot;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_oci::Digest;
 
+use crate::host_file::HostFile;
 use crate::image_path::ImagePath;
 
 /// Ownership, permission bits and extended attributes of one entry.
@@ -30,9 +30,9 @@ impl Meta {
 /// Where a regular file's bytes come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
-    /// A file on the host, read when the layer is written; `size` and `digest` were taken
-    /// when the input was hashed, and the writer refuses a file that changed since.
-    Host { path: PathBuf, size: u64, digest: Digest },
+    /// A file on the host, read when the layer is written; the writer refuses a file that
+    /// changed since it was hashed.
+    Host(HostFile),
     /// Bytes held in memory (inline content, members of input tarballs).
     Bytes(Arc<[u8]>),
 }
@@ -41,8 +41,16 @@ impl Content {
     /// The number of bytes this content has.
     pub fn size(&self) -> u64 {
         match self {
-            Content::Host { size, .. } => *size,
+            Content::Host(file) => file.size,
             Content::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    /// The sha256 of the content (recorded for a host file, computed for bytes in memory).
+    pub fn digest(&self) -> Digest {
+        match self {
+            Content::Host(file) => file.digest,
+            Content::Bytes(b) => Digest::of(b),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use kiln_builder::compress::{compress, Compression, GZIP_CHUNK};
 use kiln_builder::host_file::HostFileError;
 use kiln_builder::tar::{write_tar, TarError};
-use kiln_builder::{write_layer, Content, Entry, EntryKind, ImagePath, LayerError, Meta, Tree};
+use kiln_builder::{
+    write_layer, Content, Entry, EntryKind, HostFile, ImagePath, LayerError, Meta, Tree,
+};
 use kiln_oci::Digest;
 
 const EPOCH: i64 = 1_700_000_000;
@@ -162,7 +164,7 @@ fn tar_fields_read_back_with_the_tar_crate() {
                 assert_eq!(m.kind, b'0');
                 assert_eq!(&m.data[..], &b[..], "{}", m.path);
             }
-            EntryKind::File(Content::Host { .. }) => unreachable!(),
+            EntryKind::File(Content::Host(_)) => unreachable!(),
             EntryKind::Symlink(t) => {
                 assert_eq!(m.kind, b'2');
                 assert_eq!(m.link.as_deref(), Some(t.as_str()));
@@ -432,11 +434,11 @@ fn layer_blob_matches_its_file_and_threads_do_not_matter() {
 
 fn host_tree(path: &Path, original: &[u8]) -> Tree {
     let mut t = Tree::new();
-    let content = Content::Host {
-        path: path.to_path_buf(),
-        size: original.len() as u64,
-        digest: Digest::of(original),
-    };
+    let content = Content::Host(HostFile::new(
+        path.to_path_buf(),
+        original.len() as u64,
+        Digest::of(original),
+    ));
     t.insert(p("/opt/input"), Entry { kind: EntryKind::File(content), meta: meta(0o644, 0, 0) })
         .unwrap();
     t

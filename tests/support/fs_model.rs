@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use kiln_builder::{Content, Entry, EntryKind, ImagePath, Meta, Tree};
+use kiln_builder::{Content, Entry, EntryKind, HostFile, ImagePath, Meta, Tree};
 use kiln_oci::Digest;
 
 use super::Workspace;
@@ -41,8 +41,7 @@ pub fn fixture(ws: &Workspace) -> Tree {
     put(&mut t, "/exact", bytes(vec![0x5a; 8192]), meta(0o644, 0, 0));
     let host: Vec<u8> = (0..10_000).map(|i| (i % 13) as u8).collect();
     let host_path = ws.write("host-file", &host);
-    let content =
-        Content::Host { path: host_path, size: host.len() as u64, digest: Digest::of(&host) };
+    let content = Content::Host(HostFile::new(host_path, host.len() as u64, Digest::of(&host)));
     put(&mut t, "/usr/bin/app", EntryKind::File(content), meta(0o755, 0, 0));
     let mut caps = meta(0o755, 0, 0);
     caps.xattrs.insert("user.kiln.origin".into(), b"recipe".to_vec());
@@ -83,7 +82,7 @@ pub fn model_listing(t: &Tree, mask: u32) -> Vec<String> {
             let what = match &target.kind {
                 EntryKind::Dir => "dir".to_string(),
                 EntryKind::File(Content::Bytes(b)) => format!("file {}", Digest::of(b)),
-                EntryKind::File(Content::Host { digest, .. }) => format!("file {digest}"),
+                EntryKind::File(Content::Host(host)) => format!("file {}", host.digest),
                 EntryKind::Symlink(to) => format!("symlink {to}"),
                 EntryKind::HardLink(_) => unreachable!("links point at files"),
             };

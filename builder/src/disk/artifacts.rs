@@ -26,6 +26,7 @@ use crate::disk::squashfs::{write_squashfs, SquashfsError};
 use crate::disk::verity::{self, salt_from, write_verity, VerityError, VerityHasher, VerityTree};
 use crate::disk::vhd;
 use crate::epoch::Epoch;
+use crate::host_file::HostFile;
 use crate::image::JsonBlob;
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::layer::{write_layer, LayerError};
@@ -348,11 +349,7 @@ fn esp_seed(esp: &Tree) -> Digest {
         listing.extend_from_slice(path.as_str().as_bytes());
         listing.push(0);
         if let EntryKind::File(content) = &entry.kind {
-            let digest = match content {
-                Content::Host { digest, .. } => *digest,
-                Content::Bytes(bytes) => Digest::of(bytes),
-            };
-            listing.extend_from_slice(digest.as_bytes());
+            listing.extend_from_slice(content.digest().as_bytes());
         }
         listing.push(b'\n');
     }
@@ -673,7 +670,7 @@ pub fn make_disks(
             (DiskFormat::Gce, Some(raw_path)) => {
                 let (digest, size) = raw_hashed.map_or_else(|| hash_file(raw_path), Ok)?;
                 let mut tree = Tree::new();
-                let content = Content::Host { path: raw_path.clone(), size, digest };
+                let content = Content::Host(HostFile::new(raw_path.clone(), size, digest));
                 let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };
                 tree.insert(ImagePath::parse("disk.raw")?, entry)?;
                 let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;

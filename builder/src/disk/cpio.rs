@@ -7,12 +7,9 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::path::Path;
-
-use kiln_oci::Digest;
 
 use crate::epoch::Epoch;
-use crate::host_file::{self, HostFileError, StreamError};
+use crate::host_file::{self, HostFile, HostFileError, StreamError};
 use crate::image_path::ImagePath;
 use crate::tree::{Content, EntryKind, Tree};
 
@@ -107,9 +104,7 @@ pub fn write_cpio<W: Write>(tree: &Tree, epoch: Epoch, out: W) -> Result<u64, Cp
                 out.header(path.as_str(), f, size)?;
                 match content {
                     Content::Bytes(bytes) => out.write(bytes)?,
-                    Content::Host { path: host, size, digest } => {
-                        copy_host(&mut out, path, host, *size, digest)?;
-                    }
+                    Content::Host(file) => copy_host(&mut out, path, file)?,
                 }
                 out.pad4()?;
             }
@@ -129,15 +124,13 @@ pub fn write_cpio<W: Write>(tree: &Tree, epoch: Epoch, out: W) -> Result<u64, Cp
     Ok(out.len)
 }
 
-/// Copies a host file, checking it still has the size and digest it was hashed with.
+/// Copies a host file, checking it is still what was hashed.
 fn copy_host<W: Write>(
     out: &mut Out<W>,
     path: &ImagePath,
-    host: &Path,
-    size: u64,
-    digest: &Digest,
+    file: &HostFile,
 ) -> Result<(), CpioError> {
-    host_file::stream(host, size, digest, |bytes| {
+    host_file::stream(file, |bytes| {
         out.inner.write_all(bytes)?;
         out.len += bytes.len() as u64;
         Ok(())

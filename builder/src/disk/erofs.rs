@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use kiln_oci::digest::Sha256;
 
 use crate::epoch::Epoch;
-use crate::host_file::{self, HostFileError, StreamError};
+use crate::host_file::{self, HostFile, HostFileError, StreamError};
 use crate::image_path::ImagePath;
 use crate::tree::{Content, EntryKind, Tree};
 
@@ -211,12 +211,14 @@ impl<'a> ErofsPlan<'a> {
                     // The data pass below streams this file whole and checks its digest; reading
                     // just the tail here (instead of the file twice) is safe because that pass
                     // also checks the tail it sees is the one written here.
-                    Data::File(Content::Host { path: host, size, .. }) if node.blocks > 0 => {
-                        let from = size - node.inline;
+                    Data::File(Content::Host(file)) if node.blocks > 0 => {
+                        let from = file.size - node.inline;
                         let tail =
-                            host_file::read_unchecked(host, from, node.inline as usize).map_err(
-                                |source| ErofsError::Host { path: node.path.clone(), source },
-                            )?;
+                            host_file::read_unchecked(&file.path, from, node.inline as usize)
+                                .map_err(|source| ErofsError::Host {
+                                    path: node.path.clone(),
+                                    source,
+                                })?;
                         tails.push(kiln_oci::Digest::of(&tail));
                         tail
                     }
@@ -235,9 +237,9 @@ impl<'a> ErofsPlan<'a> {
             }
             let whole = node.size - node.inline;
             match &node.data {
-                Data::File(Content::Host { path: host, size, digest }) => {
+                Data::File(Content::Host(file)) => {
                     let tail = if node.inline > 0 { tails.next() } else { None };
-                    copy_host(&mut sink, &node.path, host, *size, digest, 0..whole, tail)?;
+                    copy_host(&mut sink, &node.path, file, 0..whole, tail)?;
                 }
                 Data::File(Content::Bytes(bytes)) => sink.write(&bytes[..whole as usize])?,
                 Data::Symlink(target) => sink.write(&target[..whole as usize])?,
@@ -274,12 +276,8 @@ pub fn volume_uuid(tree: &Tree, epoch: Epoch) -> [u8; 16] {
         match &entry.kind {
             EntryKind::Dir => field(b"dir"),
             EntryKind::File(content) => {
-                let digest = match content {
-                    Content::Host { digest, .. } => *digest,
-                    Content::Bytes(bytes) => kiln_oci::Digest::of(bytes),
-                };
                 field(b"file");
-                field(digest.as_bytes());
+                field(content.digest().as_bytes());
             }
             EntryKind::Symlink(target) => {
                 field(b"symlink");
@@ -445,10 +443,10 @@ fn tail_bytes(node: &Node<'_>, nodes: &[Node<'_>]) -> Result<Vec<u8>, ErofsError
         Data::Dir(entries) => dir_bytes_all(entries, nodes)[from..].to_vec(),
         Data::Symlink(target) => target[from..].to_vec(),
         Data::File(Content::Bytes(bytes)) => bytes[from..].to_vec(),
-        Data::File(Content::Host { path: host, size, digest }) => {
+        Data::File(Content::Host(file)) => {
             let mut buf = Vec::new();
             let mut sink = VecSink(&mut buf);
-            copy_host(&mut sink, &node.path, host, *size, digest, from as u64..*size, None)?;
+            copy_host(&mut sink, &node.path, file, from as u64..file.size, None)?;
             buf
         }
     })
@@ -620,15 +618,13 @@ impl ByteSink for VecSink<'_> {
 fn copy_host(
     sink: &mut dyn ByteSink,
     path: &ImagePath,
-    host: &std::path::Path,
-    size: u64,
-    digest: &kiln_oci::Digest,
+    file: &HostFile,
     range: std::ops::Range<u64>,
     tail: Option<kiln_oci::Digest>,
 ) -> Result<(), ErofsError> {
     let mut done = 0u64;
     let mut rest = Sha256::new();
-    host_file::stream(host, size, digest, |buf| {
+    host_file::stream(file, |buf| {
         let (lo, hi) = (done, done + buf.len() as u64);
         done = hi;
         let (from, to) = (range.start.clamp(lo, hi), range.end.clamp(lo, hi));
@@ -647,7 +643,7 @@ fn copy_host(
     match tail {
         Some(expected) if rest.finish() != expected => Err(ErofsError::Host {
             path: path.clone(),
-            source: HostFileError::ChangedWhileWriting { host: host.to_path_buf() },
+            source: HostFileError::ChangedWhileWriting { host: file.path.clone() },
         }),
         _ => Ok(()),
     }
@@ -663,12 +659,12 @@ mod tests {
         let host = dir.path().join("f");
         let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&host, &bytes).unwrap();
-        let (path, digest) = (ImagePath::parse("/f").unwrap(), kiln_oci::Digest::of(&bytes));
+        let path = ImagePath::parse("/f").unwrap();
+        let file = HostFile::new(host, 5000, kiln_oci::Digest::of(&bytes));
         let good_tail = kiln_oci::Digest::of(&bytes[4096..]);
         let copy = |tail| {
             let mut out = Vec::new();
-            let result =
-                copy_host(&mut VecSink(&mut out), &path, &host, 5000, &digest, 0..4096, tail);
+            let result = copy_host(&mut VecSink(&mut out), &path, &file, 0..4096, tail);
             (result, out)
         };
         let (result, out) = copy(Some(good_tail));

@@ -450,13 +450,9 @@ fn listing_digest(tree: &Tree, epoch: Epoch) -> Digest {
         }
         match &entry.kind {
             EntryKind::Dir => field(&mut h, b"dir"),
-            EntryKind::File(Content::Host { digest, .. }) => {
+            EntryKind::File(content) => {
                 field(&mut h, b"file");
-                field(&mut h, digest.as_bytes());
-            }
-            EntryKind::File(Content::Bytes(bytes)) => {
-                field(&mut h, b"file");
-                field(&mut h, Digest::of(bytes).as_bytes());
+                field(&mut h, content.digest().as_bytes());
             }
             EntryKind::Symlink(target) => {
                 field(&mut h, b"symlink");
@@ -521,19 +517,17 @@ fn stage(tree: &Tree, root: &Path) -> Result<(), Ext4Error> {
                 let mut w = BufWriter::with_capacity(256 * 1024, file);
                 match content {
                     Content::Bytes(bytes) => w.write_all(bytes).map_err(fail(path, &staged))?,
-                    Content::Host { path: host, size, digest } => {
-                        host_file::stream(host, *size, digest, |buf| w.write_all(buf)).map_err(
-                            |e| match e {
-                                StreamError::Host(source) => {
-                                    Ext4Error::Host { path: path.clone(), source }
-                                }
-                                StreamError::Sink(source) => Ext4Error::Stage {
-                                    path: path.clone(),
-                                    staged: staged.clone(),
-                                    source,
-                                },
+                    Content::Host(host) => {
+                        host_file::stream(host, |buf| w.write_all(buf)).map_err(|e| match e {
+                            StreamError::Host(source) => {
+                                Ext4Error::Host { path: path.clone(), source }
+                            }
+                            StreamError::Sink(source) => Ext4Error::Stage {
+                                path: path.clone(),
+                                staged: staged.clone(),
+                                source,
                             },
-                        )?;
+                        })?;
                     }
                 }
                 w.into_inner().map_err(|e| e.into_error()).map_err(fail(path, &staged))?;

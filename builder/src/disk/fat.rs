@@ -317,15 +317,11 @@ pub fn write_fat<W: Write>(
         match node.content {
             None => out.write(&dir_bytes(&nodes, i, label, stamp))?,
             Some(Content::Bytes(bytes)) => out.write(bytes)?,
-            Some(Content::Host { path: host, size, digest }) => {
-                host_file::stream(host, *size, digest, |b| out.write_io(b)).map_err(
-                    |e| match e {
-                        StreamError::Host(source) => {
-                            FatError::Host { path: node.path.clone(), source }
-                        }
-                        StreamError::Sink(e) => FatError::Write(e),
-                    },
-                )?;
+            Some(Content::Host(host)) => {
+                host_file::stream(host, |b| out.write_io(b)).map_err(|e| match e {
+                    StreamError::Host(source) => FatError::Host { path: node.path.clone(), source },
+                    StreamError::Sink(e) => FatError::Write(e),
+                })?;
             }
         }
         out.zeros(node.clusters * g.cluster_bytes() - node.size)?;

@@ -349,11 +349,7 @@ fn collect(tree: &Tree) -> Result<Model<'_>, SquashfsError> {
                 if size > MAX_FILE {
                     return Err(SquashfsError::FileTooLarge { path: path.clone(), size });
                 }
-                let digest = match content {
-                    Content::Host { digest, .. } => *digest,
-                    Content::Bytes(bytes) => Digest::of(bytes),
-                };
-                let id = *by_content.entry((digest, size)).or_insert_with(|| {
+                let id = *by_content.entry((content.digest(), size)).or_insert_with(|| {
                     contents.push((path, content));
                     contents.len() - 1
                 });
@@ -546,14 +542,10 @@ impl<W: Write> DataWriter<'_, '_, W> {
         };
         match content {
             Content::Bytes(bytes) => feed(bytes, self)?,
-            Content::Host { path: host, size, digest } => {
-                host_file::stream(host, *size, digest, |bytes| feed(bytes, self)).map_err(|e| {
-                    match e {
-                        StreamError::Host(source) => {
-                            SquashfsError::Host { path: path.clone(), source }
-                        }
-                        StreamError::Sink(e) => e,
-                    }
+            Content::Host(file) => {
+                host_file::stream(file, |bytes| feed(bytes, self)).map_err(|e| match e {
+                    StreamError::Host(source) => SquashfsError::Host { path: path.clone(), source },
+                    StreamError::Sink(e) => e,
                 })?
             }
         }

@@ -233,8 +233,8 @@ fn inspect(
     if ft.is_file() {
         let stamp = FileStamp::of(&md);
         let hashed = hash_host(host, &stamp, cache, buf);
-        if let Ok(Hashed { digest, fresh: true, .. }) = &hashed {
-            learned.push((stamp, *digest));
+        if let Ok(Hashed { digest, hashed_as: Some(stamp), .. }) = &hashed {
+            learned.push((*stamp, *digest));
         }
         What::File { exec: md.mode() & 0o111 != 0, nlink: md.nlink(), inode: stamp.inode(), hashed }
     } else if ft.is_dir() {
