@@ -51,6 +51,7 @@ struct LastBlock {
 }
 
 /// LSB-first bit reader that reads past the end as zero bits; [`Bits::check`] catches that.
+#[derive(Clone, Copy)]
 struct Bits<'a> {
     data: &'a [u8],
     next: usize,
@@ -119,18 +120,19 @@ const INVALID: u32 = 3 << 8;
 const SUBTABLE: u32 = 4 << 8;
 const KIND: u32 = 0xff00;
 /// Code bits resolved by the first lookup; longer codes take a second one.
-const PRIMARY: u32 = 10;
+const PRIMARY: u32 = 12;
 
 /// A canonical Huffman code as a two-level lookup table on the next stream bits.
 struct Table {
-    primary: Vec<u32>,
+    /// Indexed by the next [`PRIMARY`] bits; a fixed size lets the masked index go unchecked.
+    primary: Box<[u32; 1 << PRIMARY]>,
     sub: Vec<u32>,
     sub_bits: u32,
 }
 
 impl Table {
     fn new() -> Self {
-        Table { primary: vec![INVALID; 1 << PRIMARY], sub: Vec::new(), sub_bits: 0 }
+        Table { primary: Box::new([INVALID; 1 << PRIMARY]), sub: Vec::new(), sub_bits: 0 }
     }
 
     /// Builds the code whose symbol `i` has length `lengths[i]` (0: unused); `entry(symbol,
@@ -196,6 +198,37 @@ impl Table {
         Ok(())
     }
 
+    /// Lets one primary lookup step over several symbols: the walk needs only how many bits
+    /// symbols take, not which symbols they are. Each primary entry that is a literal becomes
+    /// the run of literals whose codes all lie within the [`PRIMARY`] bits it is indexed by,
+    /// plus the length or end-of-block code that follows if that fits too (its kind then
+    /// becomes the entry's kind). A code that only starts within those bits is left for the
+    /// next lookup.
+    fn fuse_literal_runs(&mut self) {
+        let single = self.primary.clone();
+        for (index, entry) in self.primary.iter_mut().enumerate() {
+            if *entry & KIND != LITERAL {
+                continue;
+            }
+            let mut used = *entry & 0xff;
+            loop {
+                // The bits after `used` that this index fixes; the lookup's higher bits are
+                // zero here, so its answer counts only if its code fits in the fixed ones.
+                let next = single[index >> used];
+                let len = next & 0xff;
+                if next & KIND == SUBTABLE || next & KIND == INVALID || used + len > PRIMARY {
+                    break;
+                }
+                used += len;
+                if next & KIND != LITERAL {
+                    *entry = (next & KIND) | used;
+                    break;
+                }
+                *entry = LITERAL | used;
+            }
+        }
+    }
+
     #[inline(always)]
     fn get(&self, bits: u64) -> u32 {
         let e = self.primary[(bits as usize) & ((1 << PRIMARY) - 1)];
@@ -237,6 +270,41 @@ fn code_length_entry(symbol: usize, len: u32) -> u32 {
     ((symbol as u32) << 16) | len
 }
 
+/// Steps over the codes of a Huffman-coded block, up to and including its end-of-block code.
+/// The bit reader is taken by value, so that its fields stay in registers in this, the loop
+/// where the walk spends its time.
+#[inline(never)]
+fn skip_codes<'a>(
+    mut b: Bits<'a>,
+    litlen: &Table,
+    distance: &Table,
+) -> Result<Bits<'a>, JoinError> {
+    let limit = b.data.len() + 8;
+    loop {
+        // A symbol takes at most 15 + 5 bits and its distance 15 + 13.
+        if b.have < 48 {
+            b.refill();
+            if b.next > limit {
+                return Err(Malformed("it ends inside a block"));
+            }
+        }
+        let e = litlen.get(b.buf);
+        b.drop_bits(e & 0xff);
+        match e & KIND {
+            LITERAL => {}
+            MATCH => {
+                let d = distance.get(b.buf);
+                if d & KIND != LITERAL {
+                    return Err(Malformed("an invalid distance code"));
+                }
+                b.drop_bits(d & 0xff);
+            }
+            END => return Ok(b),
+            _ => return Err(Malformed("an invalid literal/length code")),
+        }
+    }
+}
+
 /// Walks the blocks of the complete raw deflate stream `data` to its final one.
 fn last_block(data: &[u8]) -> Result<LastBlock, JoinError> {
     let mut b = Bits::new(data);
@@ -264,6 +332,7 @@ fn last_block(data: &[u8]) -> Result<LastBlock, JoinError> {
                     fixed[144..256].fill(9);
                     fixed[256..280].fill(7);
                     litlen.build(&fixed, litlen_entry)?;
+                    litlen.fuse_literal_runs();
                     distance.build(&[5u8; 30], distance_entry)?;
                 } else {
                     let hlit = b.take(5) as usize + 257;
@@ -306,31 +375,10 @@ fn last_block(data: &[u8]) -> Result<LastBlock, JoinError> {
                         return Err(Malformed("a block without an end-of-block code"));
                     }
                     litlen.build(&lens[..hlit], litlen_entry)?;
+                    litlen.fuse_literal_runs();
                     distance.build(&lens[hlit..hlit + hdist], distance_entry)?;
                 }
-                loop {
-                    // A symbol takes at most 15 + 5 bits and its distance 15 + 13.
-                    if b.have < 48 {
-                        b.refill();
-                    }
-                    let e = litlen.get(b.buf);
-                    b.drop_bits(e & 0xff);
-                    match e & KIND {
-                        LITERAL => {}
-                        MATCH => {
-                            let d = distance.get(b.buf);
-                            if d & KIND != LITERAL {
-                                return Err(Malformed("an invalid distance code"));
-                            }
-                            b.drop_bits(d & 0xff);
-                        }
-                        END => break,
-                        _ => return Err(Malformed("an invalid literal/length code")),
-                    }
-                    if b.next > data.len() + 8 {
-                        return Err(Malformed("it ends inside a block"));
-                    }
-                }
+                b = skip_codes(b, &litlen, &distance)?;
             }
             _ => return Err(Malformed("a block of the reserved type 3")),
         }
@@ -356,7 +404,13 @@ mod tests {
         let mut mixed = text[..300_000].to_vec();
         mixed.extend_from_slice(&noise[..100_000]);
         mixed.extend(std::iter::repeat_n(b'a', 70_000));
-        vec![Vec::new(), b"x".to_vec(), b"hello hello hello".to_vec(), text, noise, mixed]
+        // Byte value k about half as often as k - 1, for k up to 16: Huffman codes near the
+        // 15-bit limit, longer than one table lookup resolves.
+        let skewed: Vec<u8> = noise
+            .chunks_exact(2)
+            .map(|p| u16::from_le_bytes([p[0], p[1]]).leading_zeros() as u8)
+            .collect();
+        vec![Vec::new(), b"x".to_vec(), b"hello hello hello".to_vec(), text, noise, mixed, skewed]
     }
 
     fn deflate(level: i32, data: &[u8]) -> Vec<u8> {
