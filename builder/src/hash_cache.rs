@@ -97,9 +97,14 @@ impl Hasher for InodeHasher {
 /// File digests remembered across builds.
 pub struct HashCache {
     file: Option<PathBuf>,
-    /// The records of the file as read, sorted by (device, inode) and searched in place:
-    /// loading an unchanged cache costs a read and one hash, not one insert per file.
+    /// The records of the file as read, sorted by (device, inode), found through `slots`:
+    /// loading an unchanged cache costs a read, one hash and an index of integers, not one
+    /// map insert per file.
     loaded: Vec<u8>,
+    /// Open-addressing index over `loaded`: a slot holds a record number plus one, or 0.
+    /// One or two probes find a record, where a binary search of 70k records took 17, each
+    /// a cache miss.
+    slots: Vec<u32>,
     /// Entries learned by this build, which take precedence over `loaded`.
     added: Entries,
     now: i64,
@@ -112,6 +117,7 @@ impl HashCache {
         HashCache {
             file: None,
             loaded: Vec::new(),
+            slots: Vec::new(),
             added: Entries::default(),
             now: unix_now(),
             dirty: false,
@@ -122,9 +128,11 @@ impl HashCache {
     /// cache.
     pub fn load(file: &Path) -> HashCache {
         let loaded = std::fs::read(file).ok().and_then(records).unwrap_or_default();
+        let slots = index(&loaded);
         HashCache {
             file: Some(file.to_path_buf()),
             loaded,
+            slots,
             added: Entries::default(),
             now: unix_now(),
             dirty: false,
@@ -179,24 +187,61 @@ impl HashCache {
         Ok(())
     }
 
-    /// The entry for `inode`: learned by this build, else binary-searched in `loaded`.
+    /// The entry for `inode`: learned by this build, else looked up in `loaded`.
     fn find(&self, inode: (u64, u64)) -> Option<(FileStamp, [u8; 32])> {
         if let Some(entry) = self.added.get(&inode) {
             return Some(*entry);
         }
-        let (mut lo, mut hi) = (0, self.loaded.len() / RECORD);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let record = &self.loaded[mid * RECORD..(mid + 1) * RECORD];
-            let key = (le_u64(&record[0..8]), le_u64(&record[8..16]));
-            match key.cmp(&inode) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(decode(record)),
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut at = slot_of(inode) & mask;
+        loop {
+            let record = self.record(self.slots[at])?;
+            if key_of(record) == inode {
+                return Some(decode(record));
             }
+            at = (at + 1) & mask;
         }
-        None
     }
+
+    /// The record a slot names; `None` for an empty slot.
+    fn record(&self, slot: u32) -> Option<&[u8]> {
+        let n = usize::try_from(slot.checked_sub(1)?).ok()?;
+        self.loaded.get(n * RECORD..(n + 1) * RECORD)
+    }
+}
+
+/// The open-addressing index of `records` (see [`HashCache::slots`]): a power of two of at
+/// least twice as many slots as records, so probe runs stay short. Empty when there are too
+/// many records to number in a u32 (a cache file of hundreds of GB), which only costs time.
+fn index(records: &[u8]) -> Vec<u32> {
+    let n = records.len() / RECORD;
+    if n == 0 || u32::try_from(n).is_err() {
+        return Vec::new();
+    }
+    let mut slots = vec![0u32; (2 * n).next_power_of_two()];
+    let mask = slots.len() - 1;
+    for (i, record) in records.chunks_exact(RECORD).enumerate() {
+        let mut at = slot_of(key_of(record)) & mask;
+        while slots[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        // i < n, which fits in a u32 (checked above), and so does i + 1 < 2^32.
+        slots[at] = i as u32 + 1;
+    }
+    slots
+}
+
+/// The (device, inode) key of a record.
+fn key_of(record: &[u8]) -> (u64, u64) {
+    (le_u64(&record[0..8]), le_u64(&record[8..16]))
+}
+
+/// Where probing for `inode` starts, before masking to the table size.
+fn slot_of(inode: (u64, u64)) -> usize {
+    let mut h = InodeHasher::default();
+    h.write_u64(inode.0);
+    h.write_u64(inode.1);
+    h.finish() as usize
 }
 
 /// Seconds since 1970 by the wall clock, which only decides what is hashed again, never an

@@ -68,7 +68,9 @@ impl Walker<'_> {
                 st = self.shared.lock();
                 continue;
             }
-            st = self.shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.awaited = Some(id);
+            st = self.shared.listed.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.awaited = None;
         }
     }
 }
@@ -88,8 +90,11 @@ pub(super) fn walk<T>(
             next_id: 1,
             stop: false,
             learned: Vec::new(),
+            idle: 0,
+            awaited: None,
         }),
-        wake: Condvar::new(),
+        work: Condvar::new(),
+        listed: Condvar::new(),
     };
     let workers = thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
     let result = thread::scope(|scope| {
@@ -108,7 +113,10 @@ pub(super) fn walk<T>(
 struct Shared<'c> {
     cache: &'c HashCache,
     state: Mutex<State>,
-    wake: Condvar,
+    /// Idle workers wait here for directories to list.
+    work: Condvar,
+    /// The caller waits here for the listing it needs next.
+    listed: Condvar,
 }
 
 struct State {
@@ -119,6 +127,11 @@ struct State {
     next_id: usize,
     stop: bool,
     learned: Vec<(FileStamp, Digest)>,
+    /// Workers waiting for work: only they are woken, and only as many as there are new
+    /// directories (a wake-up is a system call even when nobody waits).
+    idle: usize,
+    /// The listing the caller waits for, if it waits.
+    awaited: Option<usize>,
 }
 
 struct StopOnDrop<'s>(&'s Shared<'s>);
@@ -126,7 +139,7 @@ struct StopOnDrop<'s>(&'s Shared<'s>);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.lock().stop = true;
-        self.0.wake.notify_all();
+        self.0.work.notify_all();
     }
 }
 
@@ -148,7 +161,9 @@ impl Shared<'_> {
                     if let Some(job) = st.todo.pop() {
                         break job;
                     }
-                    st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st.idle += 1;
+                    st = self.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st.idle -= 1;
                 }
             };
             self.run(id, host, &mut buf);
@@ -167,8 +182,8 @@ impl Shared<'_> {
                     Err(InputError::Io { path: host.clone(), source })
                 });
         let mut st = self.lock();
+        let first = st.todo.len();
         let listing = listed.map(|mut entries| {
-            let first = st.todo.len();
             for found in &mut entries {
                 if let What::Dir(sub) = &mut found.what {
                     *sub = st.next_id;
@@ -181,8 +196,15 @@ impl Shared<'_> {
         });
         st.learned.append(&mut learned);
         st.done.insert(id, listing);
+        let wake_workers = st.idle.min(st.todo.len().saturating_sub(first));
+        let wake_caller = st.awaited == Some(id);
         drop(st);
-        self.wake.notify_all();
+        for _ in 0..wake_workers {
+            self.work.notify_one();
+        }
+        if wake_caller {
+            self.listed.notify_one();
+        }
     }
 }
 
