@@ -18,7 +18,7 @@ use crate::image_path::{ImagePath, ImagePathError};
 use crate::recipe::{LayerSpec, Ownership};
 use crate::source_path::SourcePath;
 use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
-use scan::{Found, What};
+use scan::{Found, Listing, What};
 
 /// What kind of input a lock entry pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -139,10 +139,11 @@ impl Hashed {
     }
 }
 
-/// The digest of the file at `path` stamped `stamp`: remembered by `cache`, else read and
-/// hashed with `buf` (at least [`READ_BUF`] bytes, reused across files).
+/// The digest of the file at `path()` stamped `stamp`: remembered by `cache`, else read and
+/// hashed with `buf` (at least [`READ_BUF`] bytes, reused across files). The path is only
+/// made when the file is read.
 fn hash_host(
-    path: &Path,
+    path: impl FnOnce() -> PathBuf,
     stamp: &FileStamp,
     cache: &HashCache,
     buf: &mut [u8],
@@ -150,7 +151,7 @@ fn hash_host(
     if let Some(digest) = cache.get(stamp) {
         return Ok(Hashed { digest, size: stamp.size(), hashed_as: None });
     }
-    let mut file = fs::File::open(path)?;
+    let mut file = fs::File::open(path())?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -174,7 +175,8 @@ fn hash_file(path: &Path, cache: &mut HashCache) -> Result<(Content, bool), Inpu
     let md = fs::metadata(path).map_err(io)?;
     let exec = md.permissions().mode() & 0o111 != 0;
     let stamp = FileStamp::of(&md);
-    let hashed = hash_host(path, &stamp, cache, &mut vec![0; READ_BUF]).map_err(io)?;
+    let hashed =
+        hash_host(|| path.to_path_buf(), &stamp, cache, &mut vec![0; READ_BUF]).map_err(io)?;
     if let Some(stamp) = hashed.hashed_as {
         cache.put(stamp, hashed.digest);
     }
@@ -221,16 +223,21 @@ impl LayerBuilder {
             let mut listing = ListingHasher::default();
             let mut links: HashMap<(u64, u64), ImagePath> = HashMap::new();
             let mut stack: Vec<(usize, String)> = vec![(0, String::new())];
+            // The entry's path relative to the tree, rebuilt in place for each entry.
+            let mut rel = String::new();
             while let Some((id, rel_dir)) = stack.pop() {
                 let mut subdirs = Vec::new();
-                for Found { name, host, what } in walker.take(id)?.entries {
-                    let name =
-                        name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host.clone() })?;
-                    let rel = if rel_dir.is_empty() {
-                        name.to_string()
-                    } else {
-                        format!("{rel_dir}/{name}")
-                    };
+                let Listing { dir, names, entries } = walker.take(id)?;
+                for Found { name, what } in entries {
+                    let name = Listing::name(&names, &name);
+                    let host = || dir.join(name);
+                    let name = name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host() })?;
+                    rel.clear();
+                    if !rel_dir.is_empty() {
+                        rel.push_str(&rel_dir);
+                        rel.push('/');
+                    }
+                    rel.push_str(name);
                     let image = dest
                         .join(&rel)
                         .map_err(|source| InputError::Path { path: rel.clone(), source })?;
@@ -238,12 +245,12 @@ impl LayerBuilder {
                         What::Dir(sub) => {
                             listing.line(&[b"d 755 ", rel.as_bytes()]);
                             self.insert_found_dir(image, owner(0o755))?;
-                            subdirs.push((sub, rel));
+                            subdirs.push((sub, rel.clone()));
                         }
                         What::Symlink(target) => {
                             let target = target
                                 .to_str()
-                                .ok_or_else(|| InputError::NotUtf8 { path: host.clone() })?
+                                .ok_or_else(|| InputError::NotUtf8 { path: host() })?
                                 .to_string();
                             let parent = ImagePath::parse(&rel)
                                 .ok()
@@ -251,7 +258,7 @@ impl LayerBuilder {
                                 .unwrap_or_else(ImagePath::root);
                             if target.starts_with('/') || parent.join(&target).is_err() {
                                 return Err(InputError::SymlinkEscapes {
-                                    path: host,
+                                    path: host(),
                                     target,
                                     tree: src.rel().to_string(),
                                 });
@@ -276,16 +283,18 @@ impl LayerBuilder {
                                 }
                                 links.insert(inode, image.clone());
                             }
-                            let hashed = hashed
-                                .map_err(|source| InputError::Io { path: host.clone(), source })?;
+                            let hashed =
+                                hashed.map_err(|source| InputError::Io { path: host(), source })?;
                             listing.file_line(mode_text, &rel, &hashed.digest);
-                            let content = Content::Host(hashed.host_file(host));
+                            let content = Content::Host(hashed.host_file(host()));
                             self.insert(image, EntryKind::File(content), owner(mode))?;
                         }
                         What::Special(kind) => {
-                            return Err(InputError::SpecialFile { path: host, kind })
+                            return Err(InputError::SpecialFile { path: host(), kind })
                         }
-                        What::Failed(source) => return Err(InputError::Io { path: host, source }),
+                        What::Failed(source) => {
+                            return Err(InputError::Io { path: host(), source })
+                        }
                     }
                 }
                 // Reverse so the stack pops subdirectories in sorted order.

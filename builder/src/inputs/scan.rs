@@ -3,9 +3,11 @@
 //! listing back in its own sorted depth-first order, so thread timing never reaches a result.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::fs::{self, DirEntry};
 use std::io;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -22,8 +24,8 @@ const MAX_WORKERS: usize = 8;
 
 /// One directory entry, inspected.
 pub(super) struct Found {
-    pub name: OsString,
-    pub host: PathBuf,
+    /// Where its name lies in [`Listing::names`].
+    pub name: Range<usize>,
     pub what: What,
 }
 
@@ -41,9 +43,22 @@ pub(super) enum What {
     Failed(io::Error),
 }
 
-/// A directory's entries, sorted bytewise by name.
+/// A directory's entries, sorted bytewise by name. The names share one buffer and host
+/// paths are made only where needed: allocations made on a worker and freed on the caller's
+/// thread contend for the allocator's locks, and a tree has tens of thousands of entries.
 pub(super) struct Listing {
+    /// The directory's path on the host.
+    pub dir: PathBuf,
+    /// Every entry's name, back to back.
+    pub names: Vec<u8>,
     pub entries: Vec<Found>,
+}
+
+impl Listing {
+    /// The name of the entry that lies at `range` in `names`.
+    pub fn name<'a>(names: &'a [u8], range: &Range<usize>) -> &'a OsStr {
+        OsStr::from_bytes(&names[range.clone()])
+    }
 }
 
 /// Hands out listings; given to the caller of [`walk`].
@@ -183,16 +198,16 @@ impl Shared<'_> {
                 });
         let mut st = self.lock();
         let first = st.todo.len();
-        let listing = listed.map(|mut entries| {
+        let listing = listed.map(|(names, mut entries)| {
             for found in &mut entries {
                 if let What::Dir(sub) = &mut found.what {
                     *sub = st.next_id;
                     st.next_id += 1;
-                    st.todo.push((*sub, found.host.clone()));
+                    st.todo.push((*sub, host.join(Listing::name(&names, &found.name))));
                 }
             }
             st.todo[first..].reverse();
-            Listing { entries }
+            Listing { dir: host, names, entries }
         });
         st.learned.append(&mut learned);
         st.done.insert(id, listing);
@@ -208,33 +223,38 @@ impl Shared<'_> {
     }
 }
 
-/// The entries of `dir` sorted bytewise by name, each inspected (files hashed).
+/// The names of the entries of `dir` and the entries sorted bytewise by name, each inspected
+/// (files hashed).
 fn list(
     dir: &Path,
     cache: &HashCache,
     buf: &mut [u8],
     learned: &mut Vec<(FileStamp, Digest)>,
-) -> Result<Vec<Found>, InputError> {
+) -> Result<(Vec<u8>, Vec<Found>), InputError> {
     let io = |source| InputError::Io { path: dir.to_path_buf(), source };
+    let mut names = Vec::new();
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
-        entries.push((entry.file_name(), entry));
+        let start = names.len();
+        names.extend_from_slice(entry.file_name().as_bytes());
+        entries.push((start..names.len(), entry));
     }
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Ok(entries
+    entries.sort_unstable_by(|a, b| names[a.0.clone()].cmp(&names[b.0.clone()]));
+    let found = entries
         .into_iter()
         .map(|(name, entry)| {
-            let host = entry.path();
-            let what = inspect(&entry, &host, cache, buf, learned);
-            Found { name, host, what }
+            let host = || dir.join(Listing::name(&names, &name));
+            let what = inspect(&entry, host, cache, buf, learned);
+            Found { name, what }
         })
-        .collect())
+        .collect();
+    Ok((names, found))
 }
 
 fn inspect(
     entry: &DirEntry,
-    host: &Path,
+    host: impl Fn() -> PathBuf,
     cache: &HashCache,
     buf: &mut [u8],
     learned: &mut Vec<(FileStamp, Digest)>,
@@ -242,7 +262,7 @@ fn inspect(
     // The type from the directory itself spares a stat for folders and links.
     match entry.file_type() {
         Ok(ft) if ft.is_dir() => return What::Dir(0),
-        Ok(ft) if ft.is_symlink() => return read_link(host),
+        Ok(ft) if ft.is_symlink() => return read_link(&host()),
         Ok(_) => {}
         Err(e) => return What::Failed(e),
     }
@@ -262,7 +282,7 @@ fn inspect(
     } else if ft.is_dir() {
         What::Dir(0)
     } else if ft.is_symlink() {
-        read_link(host)
+        read_link(&host())
     } else if ft.is_fifo() {
         What::Special("FIFOs")
     } else if ft.is_socket() {
