@@ -5,7 +5,7 @@
 //!
 //! A file that this build has just read and hashed, and whose stamp (inode, size, mtime,
 //! ctime) still matches, is not hashed a second time: a settled file's stamp changes with
-//! any write (see [`HashCache::settled`]), so the stamp is checked before and after reading
+//! any write (see [`crate::hash_cache::HashCache::settled`]), so the stamp is checked before and after reading
 //! instead. Digests remembered from earlier builds are always checked by hashing.
 
 use std::fs::File;
@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Digest, Sha256};
 
 use crate::hash_cache::FileStamp;
-#[cfg(doc)]
-use crate::hash_cache::HashCache;
 
 /// Bytes read from a host file at a time.
 const READ_BUF: usize = 256 * 1024;
@@ -25,8 +23,11 @@ const READ_BUF: usize = 256 * 1024;
 /// A regular file on the host whose bytes go into an output, as it was when hashed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostFile {
+    /// Where the file is on the host.
     pub path: PathBuf,
+    /// Its size in bytes when it was hashed.
     pub size: u64,
+    /// Its sha256 when it was hashed.
     pub digest: Digest,
     /// The file's stamp when this build read and hashed it, if the file was settled then;
     /// `None` when the digest was remembered from an earlier build or the file was racy.
