@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use support::{digest_of, touch_at, Kiln, Workspace};
+use support::{digest_of, noise, touch_at, Kiln, Workspace};
 
 const RECIPE: &str = r#"epoch = 1700000000
 
@@ -54,19 +54,6 @@ fn text_blob(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Deterministic incompressible bytes.
-fn noise_blob(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 /// How the inputs of one workspace are laid out on disk; the content is always the same.
 struct Layout {
     /// Create the input files in reverse order.
@@ -88,7 +75,7 @@ fn write_inputs(ws: &Workspace, sub: &str, layout: &Layout) -> PathBuf {
         ("rootfs/etc/hostname".into(), b"repro\n".to_vec(), false),
         ("rootfs/usr/bin/tool".into(), b"#!/bin/sh\nexit 0\n".to_vec(), true),
         ("rootfs/usr/share/doc/big.txt".into(), text_blob(3 << 20, 1), false),
-        ("rootfs/usr/share/doc/noise.bin".into(), noise_blob(1 << 20, 2), false),
+        ("rootfs/usr/share/doc/noise.bin".into(), noise(1 << 20, 2), false),
     ];
     for i in 0..40 {
         files.push((

@@ -3,6 +3,8 @@
 // A failed unwrap in a test is the failure report we want.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -123,17 +125,8 @@ fn on_every_backend(body: impl Fn(Shared)) {
 fn checkout(dir: &Path, big: bool) -> PathBuf {
     std::fs::create_dir_all(dir.join("files")).unwrap();
     let (name, content) = if big {
-        // xorshift: deterministic and incompressible, so the gzip layer stays ~12 MiB.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let bytes: Vec<u8> = (0..12 * 1024 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        ("big", bytes)
+        // Incompressible, so the gzip layer stays ~12 MiB.
+        ("big", support::noise(12 * 1024 * 1024, 0x9e37_79b9_7f4a_7c15))
     } else {
         ("hello", b"#!/bin/sh\necho hello\n".to_vec())
     };

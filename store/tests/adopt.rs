@@ -5,6 +5,10 @@
 use kiln_oci::Digest;
 use kiln_store::{Store, StoreError};
 
+fn folder_store(dir: &std::path::Path) -> Store {
+    Store::open(dir.join("store").to_str().unwrap()).unwrap()
+}
+
 fn file_with(dir: &std::path::Path, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.join("layer.tar.gz");
     std::fs::write(&path, bytes).unwrap();
@@ -14,7 +18,7 @@ fn file_with(dir: &std::path::Path, bytes: &[u8]) -> std::path::PathBuf {
 #[tokio::test]
 async fn a_folder_store_takes_the_file_over_without_copying() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path().join("store").to_str().unwrap()).unwrap();
+    let store = folder_store(tmp.path());
     let bytes = vec![7u8; 9 << 20];
     let digest = Digest::of(&bytes);
     let path = file_with(tmp.path(), &bytes);
@@ -33,7 +37,7 @@ async fn a_folder_store_takes_the_file_over_without_copying() {
 #[tokio::test]
 async fn a_file_of_another_size_than_said_is_refused_and_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path().join("store").to_str().unwrap()).unwrap();
+    let store = folder_store(tmp.path());
     let path = file_with(tmp.path(), b"actual bytes");
     let claimed = Digest::of(b"claimed bytes");
     let err = store.adopt_blob_file(&path, &claimed, 13).await.unwrap_err();
@@ -47,7 +51,7 @@ async fn a_folder_store_trusts_the_callers_digest_but_never_serves_wrong_bytes()
     // The caller hashed the file as it wrote it, so a folder store does not read it again;
     // a wrong claim is still caught by the next read, which names the key.
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path().join("store").to_str().unwrap()).unwrap();
+    let store = folder_store(tmp.path());
     let path = file_with(tmp.path(), b"actual bytes");
     let claimed = Digest::of(b"claimed byte");
     store.adopt_blob_file(&path, &claimed, 12).await.unwrap();
