@@ -297,8 +297,30 @@ const GRANULE: usize = 32 * 1024;
 /// histogram is so flat that deflate could not gain even 1 %. Integer arithmetic only, so
 /// the decision, and thus the output bytes, is the same on every machine.
 pub(crate) fn incompressible(data: &[u8]) -> bool {
-    // Four tables, so that runs of one byte value do not wait on the same counter.
+    /// Bytes counted between checks of the running sum.
+    const STEP: usize = 8 * 1024;
+    let n = data.len() as u128;
+    if n < 4096 {
+        return false;
+    }
+    // Collision probability Σp² is 1/256 for uniform bytes; within 3 % of that means a Rényi
+    // entropy above ~7.96 bits per byte. Counts only grow, so once the squares of a prefix's
+    // counts reach the bound the whole is compressible: text is told after a few KiB, with the
+    // same verdict as counting everything.
+    let bound = n * n * 103;
     let mut tables = [[0u32; 256]; 4];
+    for part in data.chunks(STEP) {
+        count_bytes(part, &mut tables);
+        if squared_counts(&tables) * 256 * 100 >= bound {
+            return false;
+        }
+    }
+    true
+}
+
+/// Adds each byte of `data` to the histogram, spread over four tables so that runs of one
+/// byte value do not wait on the same counter.
+fn count_bytes(data: &[u8], tables: &mut [[u32; 256]; 4]) {
     let mut quads = data.chunks_exact(4);
     for q in &mut quads {
         for (table, &b) in tables.iter_mut().zip(q) {
@@ -308,12 +330,11 @@ pub(crate) fn incompressible(data: &[u8]) -> bool {
     for &b in quads.remainder() {
         tables[0][usize::from(b)] += 1;
     }
-    let n = data.len() as u64;
-    let squares: u64 =
-        (0..256).map(|i| tables.iter().map(|t| u64::from(t[i])).sum::<u64>()).map(|c| c * c).sum();
-    // Collision probability Σp² is 1/256 for uniform bytes; within 3 % of that means
-    // a Rényi entropy above ~7.96 bits per byte.
-    n >= 4096 && squares * 256 * 100 < n * n * 103
+}
+
+/// Σ count² over the byte values of the four tables together.
+fn squared_counts(tables: &[[u32; 256]; 4]) -> u128 {
+    (0..256).map(|i| tables.iter().map(|t| u128::from(t[i])).sum::<u128>()).map(|c| c * c).sum()
 }
 
 /// Appends `data` as stored deflate blocks (each at most 65535 bytes, not final). The
@@ -332,11 +353,14 @@ fn store_blocks(data: &[u8], out: &mut Vec<u8>) {
 struct Deflater {
     level: u32,
     compressor: Option<libdeflater::Compressor>,
+    /// libdeflate's output space, zeroed once and reused: zeroing the compress bound for
+    /// every segment cost more than copying the compressed bytes out.
+    scratch: Vec<u8>,
 }
 
 impl Deflater {
     fn new(level: u32) -> Self {
-        Deflater { level, compressor: None }
+        Deflater { level, compressor: None, scratch: Vec::new() }
     }
 
     /// Appends `data` deflated as a non-final, byte-aligned part of a longer stream.
@@ -354,12 +378,15 @@ impl Deflater {
                 self.compressor.insert(libdeflater::Compressor::new(level))
             }
         };
-        let start = out.len();
-        out.resize(start + compressor.deflate_compress_bound(data.len()), 0);
+        let bound = compressor.deflate_compress_bound(data.len());
+        if self.scratch.len() < bound {
+            self.scratch.resize(bound, 0);
+        }
         let n = compressor
-            .deflate_compress(data, &mut out[start..])
+            .deflate_compress(data, &mut self.scratch[..bound])
             .map_err(|e| CompressionError::Deflate(e.to_string()))?;
-        out.truncate(start + n);
+        let start = out.len();
+        out.extend_from_slice(&self.scratch[..n]);
         Ok(crate::deflate_join::unfinish(out, start)?)
     }
 }
@@ -414,6 +441,43 @@ mod tests {
         assert!(!incompressible(&text(GRANULE)));
         assert!(!incompressible(&vec![0u8; GRANULE]));
         assert!(!incompressible(&noise(100, 7)), "too small to judge: compress it");
+    }
+
+    /// The verdict from counting every byte, with no early answer.
+    fn whole_histogram_verdict(data: &[u8]) -> bool {
+        let mut counts = [0u128; 256];
+        for &b in data {
+            counts[usize::from(b)] += 1;
+        }
+        let n = data.len() as u128;
+        let squares: u128 = counts.iter().map(|c| c * c).sum();
+        n >= 4096 && squares * 256 * 100 < n * n * 103
+    }
+
+    #[test]
+    fn the_early_answer_is_the_whole_histogram_verdict() {
+        let base = noise(3 * GRANULE, 11);
+        let mut verdicts = [0usize; 2];
+        // Every 1 in `period` bytes set to 'a' moves Σp² across the bound somewhere in this range;
+        // text at either end decides early or late; odd lengths leave remainders.
+        for period in [2, 8, 16, 24, 28, 32, 40, 48, 64, 1000] {
+            for (head, len) in [(0, GRANULE), (5000, GRANULE), (0, GRANULE - 3), (100, 9999)] {
+                let mut data = base[..len].to_vec();
+                for b in data.iter_mut().step_by(period) {
+                    *b = b'a';
+                }
+                data[..head].copy_from_slice(&text(head));
+                let mut tail_text = data.clone();
+                let tail = head.min(len / 2);
+                tail_text[len - tail..].copy_from_slice(&text(tail));
+                for sample in [data, tail_text] {
+                    let expected = whole_histogram_verdict(&sample);
+                    assert_eq!(incompressible(&sample), expected, "period {period} head {head}");
+                    verdicts[usize::from(expected)] += 1;
+                }
+            }
+        }
+        assert!(verdicts[0] > 0 && verdicts[1] > 0, "both verdicts occur: {verdicts:?}");
     }
 
     #[test]
