@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use kiln_oci::{Digest, Sha256};
@@ -94,15 +93,9 @@ pub fn stream<E>(
     let fail = |e| Err(StreamError::Host(e));
     let read_err = |source| HostFileError::Read { host: host.to_path_buf(), source };
     let not_regular = || HostFileError::NotRegular { host: host.to_path_buf() };
-    let linked = std::fs::symlink_metadata(host).map_err(|e| StreamError::Host(read_err(e)))?;
-    if !linked.file_type().is_file() {
-        return fail(not_regular());
-    }
-    let mut file = File::open(host).map_err(|e| StreamError::Host(read_err(e)))?;
+    let mut file = open_regular(host).map_err(StreamError::Host)?;
     let opened = file.metadata().map_err(|e| StreamError::Host(read_err(e)))?;
-    // The path must still name the file that lstat saw (no symlink swapped in between).
-    if !opened.file_type().is_file() || opened.dev() != linked.dev() || opened.ino() != linked.ino()
-    {
+    if !opened.file_type().is_file() {
         return fail(not_regular());
     }
     let mut check = match hashed_as {
@@ -134,18 +127,22 @@ pub fn stream<E>(
         sink(&buf[..n]).map_err(StreamError::Sink)?;
         done += n as u64;
     }
-    loop {
-        match file.read(&mut buf[..1]) {
-            Ok(0) => break,
-            Ok(_) => {
-                return fail(HostFileError::Longer { host: host.to_path_buf(), expected: size })
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return fail(read_err(e)),
-        }
-    }
     match check {
         Check::Hash(hasher) => {
+            // The file must end where it did when it was hashed.
+            loop {
+                match file.read(&mut buf[..1]) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        return fail(HostFileError::Longer {
+                            host: host.to_path_buf(),
+                            expected: size,
+                        })
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return fail(read_err(e)),
+                }
+            }
             let found = hasher.finish();
             if found != *digest {
                 return fail(HostFileError::Changed {
@@ -156,7 +153,7 @@ pub fn stream<E>(
             }
         }
         Check::Stamp(stamp) => {
-            // A write while the bytes were read shows in the stamp now.
+            // A write while the bytes were read, growth included, shows in the stamp now.
             let after = file.metadata().map_err(|e| StreamError::Host(read_err(e)))?;
             if FileStamp::of(&after) != stamp {
                 return fail(HostFileError::ChangedWhileWriting { host: host.to_path_buf() });
@@ -164,6 +161,25 @@ pub fn stream<E>(
         }
     }
     Ok(())
+}
+
+/// Opens `host` for reading as `tar` does: never through a symlink in its last component,
+/// and without blocking on a FIFO or making a terminal the controlling one, in case something
+/// other than a regular file was put there since the scan. Callers check the type on the
+/// open file, so no other path lookup can race with this one.
+fn open_regular(host: &Path) -> Result<File, HostFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(host)
+        .map_err(|source| match source.raw_os_error() {
+            // ELOOP: the last component is a symlink; ENXIO: a socket or absent device.
+            Some(libc::ELOOP | libc::ENXIO) => {
+                HostFileError::NotRegular { host: host.to_path_buf() }
+            }
+            _ => HostFileError::Read { host: host.to_path_buf(), source },
+        })
 }
 
 /// How [`stream`] confirms that the bytes it read are the ones hashed.
@@ -225,6 +241,21 @@ mod tests {
         std::fs::write(&file.path, b"after!").unwrap();
         let err = read_back(&file).unwrap_err();
         assert!(matches!(err, HostFileError::Changed { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_or_fifo_put_in_the_file_s_place_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = hashed_file(dir.path(), b"regular");
+        std::fs::remove_file(&file.path).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), b"regular").unwrap();
+        std::os::unix::fs::symlink("elsewhere", &file.path).unwrap();
+        assert!(matches!(read_back(&file), Err(HostFileError::NotRegular { .. })));
+        std::fs::remove_file(&file.path).unwrap();
+        // With no writer, opening a FIFO for reading would wait forever.
+        let made = std::process::Command::new("mkfifo").arg(&file.path).status().unwrap();
+        assert!(made.success());
+        assert!(matches!(read_back(&file), Err(HostFileError::NotRegular { .. })));
     }
 
     #[test]
