@@ -22,8 +22,6 @@ use crate::workers;
 pub const GZIP_CHUNK: usize = 1 << 20;
 /// gzip member header: deflate, no flags, mtime 0, XFL 0, OS 255 ("unknown").
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-/// Bytes read at a time when feeding zstd.
-const ZSTD_READ: usize = 1 << 20;
 
 /// A layer compressor and its parameters, as recorded in lock files:
 /// `{"algorithm":"gzip","level":5,"chunk":1048576}` or `{"algorithm":"zstd","level":3}`.
@@ -178,23 +176,48 @@ impl TryFrom<CompressionRecord> for Compression {
 pub fn compress<R: Read, W: Write>(
     compression: &Compression,
     threads: usize,
-    input: R,
-    output: W,
-) -> Result<W, CompressionError> {
-    compression.validate()?;
-    let workers = threads.max(1);
-    match *compression {
-        Compression::Gzip { level } => gzip(level, workers, input, output),
-        Compression::Zstd { level } => zstd(level, workers, input, output),
-    }
-}
-
-fn zstd<R: Read, W: Write>(
-    level: i32,
-    workers: usize,
     mut input: R,
     output: W,
 ) -> Result<W, CompressionError> {
+    let blocks = std::iter::from_fn(move || {
+        let mut buf = Vec::with_capacity(GZIP_CHUNK);
+        match read_full(&mut input, &mut buf, GZIP_CHUNK) {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(buf)),
+            Err(e) => Some(Err(e)),
+        }
+    });
+    compress_blocks(compression, threads, blocks, output)
+}
+
+/// [`compress`] for input that already comes in owned blocks, of any sizes: blocks of
+/// exactly [`GZIP_CHUNK`] bytes become gzip chunks without being copied. The bytes written
+/// depend only on the concatenated input, not on how it was cut into blocks.
+pub fn compress_blocks<I, W>(
+    compression: &Compression,
+    threads: usize,
+    blocks: I,
+    output: W,
+) -> Result<W, CompressionError>
+where
+    I: Iterator<Item = io::Result<Vec<u8>>>,
+    W: Write,
+{
+    compression.validate()?;
+    let workers = threads.max(1);
+    match *compression {
+        Compression::Gzip { level } => {
+            gzip(level, workers, Rechunk { blocks, pending: Vec::new() }, output)
+        }
+        Compression::Zstd { level } => zstd(level, workers, blocks, output),
+    }
+}
+
+fn zstd<I, W>(level: i32, workers: usize, blocks: I, output: W) -> Result<W, CompressionError>
+where
+    I: Iterator<Item = io::Result<Vec<u8>>>,
+    W: Write,
+{
     let mut enc =
         zstd::stream::write::Encoder::new(output, level).map_err(CompressionError::Zstd)?;
     // Never 0 workers: single-threaded mode writes different bytes.
@@ -202,18 +225,39 @@ fn zstd<R: Read, W: Write>(
     enc.multithread(workers).map_err(CompressionError::Zstd)?;
     enc.include_checksum(true).map_err(CompressionError::Zstd)?;
     enc.include_contentsize(false).map_err(CompressionError::Zstd)?;
-    let mut buf = vec![0u8; ZSTD_READ];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CompressionError::Read(e)),
-        };
+    for block in blocks {
+        let block = block.map_err(CompressionError::Read)?;
         // Plain writes only: an explicit flush would end a zstd job early and change bytes.
-        enc.write_all(&buf[..n]).map_err(CompressionError::Write)?;
+        enc.write_all(&block).map_err(CompressionError::Write)?;
     }
     enc.finish().map_err(CompressionError::Write)
+}
+
+/// Cuts blocks of any sizes into [`GZIP_CHUNK`]-byte chunks (the last may be shorter),
+/// passing a block of exactly that size on as it is.
+struct Rechunk<I> {
+    blocks: I,
+    pending: Vec<u8>,
+}
+
+impl<I: Iterator<Item = io::Result<Vec<u8>>>> Iterator for Rechunk<I> {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.pending.len() >= GZIP_CHUNK {
+                let rest = self.pending.split_off(GZIP_CHUNK);
+                return Some(Ok(std::mem::replace(&mut self.pending, rest)));
+            }
+            match self.blocks.next() {
+                None if self.pending.is_empty() => return None,
+                None => return Some(Ok(std::mem::take(&mut self.pending))),
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(block)) if self.pending.is_empty() => self.pending = block,
+                Some(Ok(block)) => self.pending.extend_from_slice(&block),
+            }
+        }
+    }
 }
 
 /// One chunk to deflate.
@@ -230,12 +274,16 @@ struct Deflated {
     crc: crc32fast::Hasher,
 }
 
-fn gzip<R: Read, W: Write>(
+fn gzip<I, W>(
     level: u32,
     workers: usize,
-    mut input: R,
+    mut chunks: I,
     mut output: W,
-) -> Result<W, CompressionError> {
+) -> Result<W, CompressionError>
+where
+    I: Iterator<Item = io::Result<Vec<u8>>>,
+    W: Write,
+{
     let max_in_flight = 2 * workers;
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers);
     let job_rx = Mutex::new(job_rx);
@@ -251,11 +299,14 @@ fn gzip<R: Read, W: Write>(
         let mut crc = crc32fast::Hasher::new();
         let (mut sent, mut written, mut eof) = (0u64, 0u64, false);
         let mut ready: BTreeMap<u64, Deflated> = BTreeMap::new();
+        // One chunk of lookahead tells the last chunk (which ends the stream) from the others;
+        // empty input is one empty last chunk.
+        let mut next = chunks.next().transpose().map_err(CompressionError::Read)?;
         while !eof || written < sent {
             while !eof && sent - written < max_in_flight as u64 {
-                let mut buf = Vec::with_capacity(GZIP_CHUNK);
-                let n = read_full(&mut input, &mut buf, GZIP_CHUNK)?;
-                eof = n < GZIP_CHUNK;
+                let buf = next.take().unwrap_or_default();
+                next = chunks.next().transpose().map_err(CompressionError::Read)?;
+                eof = next.is_none();
                 let job = Job { index: sent, buf, last: eof };
                 job_tx.send(job).map_err(|_| CompressionError::Worker)?;
                 sent += 1;
@@ -279,14 +330,10 @@ fn gzip<R: Read, W: Write>(
 
 /// Appends up to `want` bytes from `input` to `buf`, stopping early only at end of input.
 /// `take` + `read_to_end` fills the spare capacity without zeroing it first.
-fn read_full<R: Read>(
-    input: &mut R,
-    buf: &mut Vec<u8>,
-    want: usize,
-) -> Result<usize, CompressionError> {
+fn read_full<R: Read>(input: &mut R, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
     let start = buf.len();
     buf.reserve(want);
-    input.by_ref().take(want as u64).read_to_end(buf).map_err(CompressionError::Read)?;
+    input.by_ref().take(want as u64).read_to_end(buf)?;
     Ok(buf.len() - start)
 }
 
@@ -478,6 +525,35 @@ mod tests {
             }
         }
         assert!(verdicts[0] > 0 && verdicts[1] > 0, "both verdicts occur: {verdicts:?}");
+    }
+
+    #[test]
+    fn blocks_of_any_size_give_the_bytes_of_their_concatenation() {
+        let mut input = text(GZIP_CHUNK + 300_000);
+        input.extend(noise(GZIP_CHUNK + 5, 9));
+        let cuts: [&[usize]; 4] = [
+            &[GZIP_CHUNK, GZIP_CHUNK],
+            &[1, GZIP_CHUNK, 0, 77_777],
+            &[GZIP_CHUNK - 1, 2, 3 * GZIP_CHUNK],
+            &[usize::MAX],
+        ];
+        for compression in [Compression::GZIP, Compression::ZSTD] {
+            for data in [&input[..], &[]] {
+                let whole = compress(&compression, 2, data, Vec::new()).unwrap();
+                for sizes in cuts {
+                    let mut rest = data;
+                    let mut blocks = Vec::new();
+                    for &size in sizes.iter().cycle().take(16) {
+                        let (block, tail) = rest.split_at(size.min(rest.len()));
+                        blocks.push(Ok(block.to_vec()));
+                        rest = tail;
+                    }
+                    assert!(rest.is_empty());
+                    let cut = compress_blocks(&compression, 2, blocks.into_iter(), Vec::new());
+                    assert_eq!(cut.unwrap(), whole, "{compression} cut as {sizes:?}");
+                }
+            }
+        }
     }
 
     #[test]

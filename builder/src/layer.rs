@@ -4,21 +4,22 @@
 //! compressor, so producing the tar (reading and hashing inputs) overlaps compression and
 //! memory stays bounded whatever the layer's size.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread;
 
 use kiln_oci::{Digest, HashingWriter};
 
-use crate::compress::{compress, Compression, CompressionError};
+use crate::compress::{compress_blocks, Compression, CompressionError, GZIP_CHUNK};
 use crate::tar::{write_tar, TarError};
 use crate::tree::Tree;
 
-/// Size of the blocks handed from the tar writer to the compressor.
-const PIPE_BLOCK: usize = 256 * 1024;
+/// Size of the blocks handed from the tar writer to the compressor: gzip's chunk, so that
+/// each block becomes a chunk without being copied again.
+const PIPE_BLOCK: usize = GZIP_CHUNK;
 /// Blocks that may wait in the pipe.
-const PIPE_DEPTH: usize = 8;
+const PIPE_DEPTH: usize = 4;
 /// Buffer of the output file.
 const OUT_BUF: usize = 1 << 20;
 
@@ -85,7 +86,7 @@ pub fn write_layer(
             pipe.close().map_err(TarError::Write)?;
             Ok(diff_id)
         });
-        let compressed = compress(compression, threads, PipeReader::new(rx), out);
+        let compressed = compress_blocks(compression, threads, rx.into_iter().map(Ok), out);
         match producer.join() {
             Ok(produced) => (compressed, produced),
             Err(panic) => std::panic::resume_unwind(panic),
@@ -149,33 +150,5 @@ impl Write for PipeWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         self.send_block()
-    }
-}
-
-/// The compressor's end of the pipe; end of input once the writer is dropped.
-struct PipeReader {
-    rx: Receiver<Vec<u8>>,
-    block: Vec<u8>,
-    pos: usize,
-}
-
-impl PipeReader {
-    fn new(rx: Receiver<Vec<u8>>) -> Self {
-        PipeReader { rx, block: Vec::new(), pos: 0 }
-    }
-}
-
-impl Read for PipeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.block.len() {
-            match self.rx.recv() {
-                Ok(block) => (self.block, self.pos) = (block, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.block.len() - self.pos);
-        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
