@@ -14,6 +14,7 @@ use kiln_oci::{Digest, HashingWriter};
 use crate::compress::{compress_blocks, Compression, CompressionError, GZIP_CHUNK};
 use crate::tar::{write_tar, TarError};
 use crate::tree::Tree;
+use crate::writeback::Writeback;
 
 /// Size of the blocks handed from the tar writer to the compressor: gzip's chunk, so that
 /// each block becomes a chunk without being copied again.
@@ -76,6 +77,7 @@ pub fn write_layer(
         .tempfile_in(out_dir)
         .map_err(output_err)?;
     let file = temp.as_file().try_clone().map_err(output_err)?;
+    let file = Writeback::new(file).map_err(output_err)?;
     let out = HashingWriter::new(BufWriter::with_capacity(OUT_BUF, file));
 
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
@@ -99,8 +101,7 @@ pub fn write_layer(
 
     let (buffered, digest, size) = out.finish();
     let file = buffered.into_inner().map_err(|e| output_err(e.into_error()))?;
-    file.sync_all().map_err(output_err)?;
-    drop(file);
+    drop(file.finish().map_err(output_err)?);
     let ext = match compression {
         Compression::Gzip { .. } => "tar.gz",
         Compression::Zstd { .. } => "tar.zst",

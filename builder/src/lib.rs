@@ -27,6 +27,7 @@ pub mod tarball;
 mod test_data;
 pub mod tree;
 mod workers;
+mod writeback;
 
 pub use build::{build, BlobSink, BuildError, BuildOptions, BuildOutput, LockMode, Observer};
 pub use compress::{Compression, CompressionError};
