@@ -162,8 +162,25 @@ pub fn build(
         None => HashCache::disabled(),
     };
     let (resolved, current) = resolve(recipe, opts.epoch, &mut cache)?;
+    // Saving the cache overlaps the rest of the build instead of delaying the first layer.
     // Losing the cache only costs time on the next build, so a failure to save it is ignored.
-    let _ = cache.save();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = cache.save();
+        });
+        build_resolved(recipe, opts, sink, observer, resolved, current)
+    })
+}
+
+/// The part of [`build`] after the inputs are hashed: lock check, layers, image, disks.
+fn build_resolved(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    sink: &mut dyn BlobSink,
+    observer: &dyn Observer,
+    resolved: Vec<ResolvedLayer>,
+    current: Lock,
+) -> Result<BuildOutput, BuildError> {
     let lock_path = Lock::path_for(&recipe.file);
     let existing = Lock::read(&lock_path)?;
     if opts.lock_mode == LockMode::Locked {
