@@ -60,6 +60,22 @@ impl ImagePath {
         ImagePath::parse(&format!("{}/{}", self.0, rel))
     }
 
+    /// `self` with the one component `name` appended: a directory entry's name needs no
+    /// parsing. Anything but a plain name (empty, `.`, `..`, or with a `/` or NUL) goes
+    /// through [`ImagePath::join`].
+    pub fn child(&self, name: &str) -> Result<Self, ImagePathError> {
+        if matches!(name, "" | "." | "..") || name.contains(['/', '\0']) {
+            return self.join(name);
+        }
+        let mut path = String::with_capacity(self.0.len() + 1 + name.len());
+        if !self.0.is_empty() {
+            path.push_str(&self.0);
+            path.push('/');
+        }
+        path.push_str(name);
+        Ok(ImagePath(path))
+    }
+
     /// True for the image root.
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
@@ -134,6 +150,24 @@ mod tests {
         }
         assert!(ImagePath::parse("a\0b").is_err());
         assert!(ImagePath::parse("").is_err());
+    }
+
+    #[test]
+    fn a_child_is_what_join_gives() {
+        let root = ImagePath::root();
+        let dir = ImagePath::parse("/usr/lib").unwrap();
+        for base in [&root, &dir] {
+            for name in ["x", "a b", "é.so", ".hidden", "..x", "", ".", "..", "a/../b", "a\0b"] {
+                let (child, joined) = (base.child(name), base.join(name));
+                match (&child, &joined) {
+                    (Ok(c), Ok(j)) => assert_eq!(c, j, "{base} {name:?}"),
+                    (Err(c), Err(j)) => assert_eq!(c.to_string(), j.to_string()),
+                    _ => panic!("{base} {name:?}: {child:?} against {joined:?}"),
+                }
+            }
+        }
+        assert_eq!(dir.child("x").unwrap().as_str(), "usr/lib/x");
+        assert_eq!(root.child("x").unwrap().as_str(), "x");
     }
 
     #[test]

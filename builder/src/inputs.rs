@@ -222,10 +222,11 @@ impl LayerBuilder {
         let (digest, learned) = scan::walk(src.abs(), cache, |walker| {
             let mut listing = ListingHasher::default();
             let mut links: HashMap<(u64, u64), ImagePath> = HashMap::new();
-            let mut stack: Vec<(usize, String)> = vec![(0, String::new())];
+            // Directories to take, with their paths relative to the tree and in the image.
+            let mut stack: Vec<(usize, String, ImagePath)> = vec![(0, String::new(), dest.clone())];
             // The entry's path relative to the tree, rebuilt in place for each entry.
             let mut rel = String::new();
-            while let Some((id, rel_dir)) = stack.pop() {
+            while let Some((id, rel_dir, image_dir)) = stack.pop() {
                 let mut subdirs = Vec::new();
                 let Listing { dir, names, entries } = walker.take(id)?;
                 for Found { name, what } in entries {
@@ -238,14 +239,14 @@ impl LayerBuilder {
                         rel.push('/');
                     }
                     rel.push_str(name);
-                    let image = dest
-                        .join(&rel)
+                    let image = image_dir
+                        .child(name)
                         .map_err(|source| InputError::Path { path: rel.clone(), source })?;
                     match what {
                         What::Dir(sub) => {
                             listing.line(&[b"d 755 ", rel.as_bytes()]);
-                            self.insert_found_dir(image, owner(0o755))?;
-                            subdirs.push((sub, rel.clone()));
+                            self.insert_found_dir(image.clone(), owner(0o755))?;
+                            subdirs.push((sub, rel.clone(), image));
                         }
                         What::Symlink(target) => {
                             let target = target

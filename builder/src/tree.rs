@@ -1,7 +1,7 @@
 //! The file tree of one layer: what the layer writer turns into tar bytes.
 
 use std::collections::btree_map::Entry as Slot;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use kiln_oci::Digest;
@@ -93,6 +93,10 @@ pub struct Tree {
     /// Parent directories created implicitly (0755, root), which an explicit declaration
     /// may still replace.
     implicit: std::collections::BTreeSet<ImagePath>,
+    /// Every directory entry's path. A directory stays one (only an implicit directory is
+    /// ever replaced, and only by a declared one), so finding an entry's parent here spares
+    /// the map search, which compares long shared path prefixes at every level.
+    dirs: HashSet<ImagePath>,
 }
 
 impl Tree {
@@ -111,6 +115,9 @@ impl Tree {
         // looked up as borrowed strings: no allocation for the common case of an existing one.
         let mut missing = Vec::new();
         let mut cur = ImagePath::parent_str(path.as_str());
+        if cur.is_some_and(|p| self.dirs.contains(p)) {
+            cur = None;
+        }
         while let Some(parent) = cur.filter(|p| !p.is_empty()) {
             match self.entries.get(parent) {
                 Some(Entry { kind: EntryKind::Dir, .. }) => break,
@@ -127,6 +134,7 @@ impl Tree {
         for parent in missing {
             self.entries
                 .insert(parent.clone(), Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) });
+            self.dirs.insert(parent.clone());
             self.implicit.insert(parent);
         }
         let mut entry = entry;
@@ -147,6 +155,7 @@ impl Tree {
             EntryKind::HardLink(target) if target > &path => Some((target.clone(), path.clone())),
             _ => None,
         };
+        let dir = (entry.kind == EntryKind::Dir).then(|| path.clone());
         match self.entries.entry(path) {
             Slot::Vacant(slot) => {
                 slot.insert(entry);
@@ -161,6 +170,9 @@ impl Tree {
                 self.implicit.remove(slot.key());
                 slot.insert(entry);
             }
+        }
+        if let Some(dir) = dir {
+            self.dirs.insert(dir);
         }
         if let Some((target, path)) = later_target {
             self.move_link_content(&target, &path);
@@ -235,6 +247,20 @@ mod tests {
             Err(TreeError::Duplicate { .. })
         ));
         assert!(matches!(t.insert(p("/a/b/c/d"), file(b"y")), Err(TreeError::ParentNotDir { .. })));
+    }
+
+    #[test]
+    fn a_directory_refused_over_a_file_does_not_become_a_parent() {
+        let mut t = Tree::new();
+        t.insert(p("/etc/conf"), file(b"x")).unwrap();
+        let dir = Entry { kind: EntryKind::Dir, meta: Meta::root(0o755) };
+        assert!(matches!(t.insert(p("/etc/conf"), dir), Err(TreeError::Duplicate { .. })));
+        assert!(matches!(
+            t.insert(p("/etc/conf/x"), file(b"y")),
+            Err(TreeError::ParentNotDir { .. })
+        ));
+        t.insert(p("/etc/more/x"), file(b"z")).unwrap();
+        assert!(t.is_implicit(&p("/etc/more")));
     }
 
     #[test]
