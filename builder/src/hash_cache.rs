@@ -9,8 +9,9 @@
 //! Entries are keyed by (device, inode) rather than by path: an inode whose size, mtime and
 //! ctime are unchanged holds the same bytes under any name, and a file replaced by another
 //! (rename, delete and create) gets a new ctime. The file is fixed-size binary records
-//! ended by the sha256 of everything before it, so loading is a copy and one hash, not text
-//! parsing.
+//! ended by the crc32 of everything before it, so loading is a copy and one checksum, not
+//! text parsing. A checksum against accidental damage is enough: a wrong digest taken from
+//! here cannot reach an image, since writers check remembered digests by hashing and fail.
 
 use std::collections::HashMap;
 use std::fs::Metadata;
@@ -22,12 +23,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_oci::Digest;
 
-/// First bytes of a cache file; a file written by an older kiln (text, "v1") is ignored.
-const MAGIC: &[u8] = b"kiln-hash-cache v2\n";
+/// First bytes of a cache file; a file written by an older kiln (text "v1", or "v2" ended by
+/// a sha256, which took longer to check than the rest of loading) is ignored.
+const MAGIC: &[u8] = b"kiln-hash-cache v3\n";
 /// One record: dev, ino, size, mtime s, mtime ns, ctime s, ctime ns, digest.
 const RECORD: usize = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 32;
-/// The trailing sha256 of magic and records.
-const TRAILER: usize = 32;
+/// The trailing crc32 (little-endian) of magic and records.
+const TRAILER: usize = 4;
 /// Files changed this recently (seconds) are not settled: hashed, but neither remembered nor
 /// trusted unread later in the build.
 const RACY_SECONDS: i64 = 2;
@@ -250,7 +252,7 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The file's bytes: magic, records sorted by (device, inode), sha256 of all that.
+/// The file's bytes: magic, records sorted by (device, inode), crc32 of all that.
 fn encode(entries: &Entries) -> Vec<u8> {
     let mut sorted: Vec<_> = entries.values().collect();
     sorted.sort_unstable_by_key(|(s, _)| s.inode());
@@ -266,8 +268,8 @@ fn encode(entries: &Entries) -> Vec<u8> {
         out.extend_from_slice(&s.ctime.1.to_le_bytes());
         out.extend_from_slice(d);
     }
-    let sum = Digest::of(&out);
-    out.extend_from_slice(sum.as_bytes());
+    let sum = crc32fast::hash(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
     out
 }
 
@@ -277,7 +279,7 @@ fn records(mut bytes: Vec<u8>) -> Option<Vec<u8>> {
     let body_len = bytes.len().checked_sub(TRAILER)?;
     let (body, sum) = bytes.split_at(body_len);
     let records = body.strip_prefix(MAGIC)?;
-    if records.len() % RECORD != 0 || Digest::of(body).as_bytes()[..] != sum[..] {
+    if records.len() % RECORD != 0 || crc32fast::hash(body).to_le_bytes()[..] != sum[..] {
         return None;
     }
     bytes.truncate(body_len);
