@@ -192,6 +192,22 @@ fn locked_build_with_changed_input_names_the_input() {
 }
 
 #[test]
+fn locked_build_after_a_chmod_of_an_input_names_the_input() {
+    let ws = Workspace::new();
+    let app = ws.write("recipe/files/app", "#!/bin/sh\necho v1\n");
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o755)).expect("chmod +x");
+    // No mode in the recipe: the host's execute bit makes the image's 0755.
+    let r = recipe(&ws, "files = [{ src = \"files/app\", dest = \"/app\" }]");
+    let store = ws.store("store");
+    Kiln::new(&store).run(&["lock", r.to_str().expect("utf-8")]).ok();
+
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o644)).expect("chmod -x");
+    let run = Kiln::new(&store).run(&["build", "--locked", r.to_str().expect("utf-8")]);
+    run.fails_with(EXIT_LOCK_MISMATCH).stderr_has(&["files/app", "not executable now"]);
+    assert!(blobs(&store).is_empty(), "a --locked mismatch wrote blobs");
+}
+
+#[test]
 fn locked_build_with_wrong_digest_in_lock_names_the_input() {
     let ws = Workspace::new();
     let app = ws.write("recipe/files/app", "#!/bin/sh\necho v1\n");

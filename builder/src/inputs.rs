@@ -35,6 +35,11 @@ pub struct Input {
     pub kind: InputKind,
     pub src: String,
     pub digest: Digest,
+    /// For a single file: whether it is executable on the host, the one host permission that
+    /// can reach the image (0755 rather than 0644 where the recipe sets no mode). Trees pin
+    /// their modes in their digest. Written only when true, so other entries read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
 }
 
 /// Why an input could not be read or is not allowed.
@@ -84,6 +89,7 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             kind: InputKind::File,
             src: f.src.rel().to_string(),
             digest: content.digest(),
+            executable: exec,
         });
         b.insert(f.dest.clone(), EntryKind::File(content), meta(&f.owner, normal_mode(exec)))?;
     }
@@ -306,7 +312,12 @@ impl LayerBuilder {
         for (stamp, digest) in learned {
             cache.put(stamp, digest);
         }
-        self.inputs.push(Input { kind: InputKind::Tree, src: src.rel().to_string(), digest });
+        self.inputs.push(Input {
+            kind: InputKind::Tree,
+            src: src.rel().to_string(),
+            digest,
+            executable: false,
+        });
         Ok(())
     }
 
@@ -322,6 +333,7 @@ impl LayerBuilder {
             kind: InputKind::Tarball,
             src: tarball.clone(),
             digest: content.digest(),
+            executable: false,
         });
         let reader = crate::tarball::open(src.abs())
             .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;

@@ -57,6 +57,8 @@ pub enum LockDifference {
     Compression { locked: String, found: String },
     #[error("input {src} changed (locked {locked}, now {found})")]
     Input { src: String, locked: Digest, found: Digest },
+    #[error("input {src} is {} now, but was {} when locked (the image gets mode {})", if *.found { "executable" } else { "not executable" }, if *.found { "not" } else { "executable" }, if *.found { "0755" } else { "0644" })]
+    Executable { src: String, found: bool },
     #[error("input {src} is not in the lock")]
     Unlocked { src: String },
     #[error("locked input {src} is no longer used by the recipe")]
@@ -146,6 +148,12 @@ impl Lock {
                     locked: l.digest,
                     found: input.digest,
                 }),
+                Some(l) if l.executable != input.executable => {
+                    out.push(LockDifference::Executable {
+                        src: input.src.clone(),
+                        found: input.executable,
+                    })
+                }
                 Some(_) => {}
             }
         }

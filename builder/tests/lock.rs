@@ -62,6 +62,47 @@ fn every_difference_is_named() {
 }
 
 #[test]
+fn the_execute_bit_of_a_file_input_is_pinned() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The execute bit decides the mode of a file input whose recipe sets none.
+    fs::write(tmp.path().join("g"), b"same bytes").unwrap();
+    let recipe = with_second_file(tmp.path(), &setup(tmp.path(), "\n"));
+    let (locked, _) = build::lock(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
+    let text = fs::read_to_string(tmp.path().join("r.lock")).unwrap();
+    assert!(!text.contains("executable"), "written only when true:\n{text}");
+
+    set_executable(&tmp.path().join("g"));
+    let (_, current) = build::resolve(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
+    let diffs = locked.differences(&current);
+    assert_eq!(diffs, [LockDifference::Executable { src: "g".into(), found: true }]);
+    let message = diffs[0].to_string();
+    assert!(message.contains("input g is executable now") && message.contains("0755"), "{message}");
+
+    let (relocked, _) = build::lock(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
+    let text = fs::read_to_string(tmp.path().join("r.lock")).unwrap();
+    assert!(
+        text.contains("src = \"g\"\ndigest = ") && text.contains("executable = true"),
+        "{text}"
+    );
+    assert_eq!(Lock::read(&tmp.path().join("r.lock")).unwrap(), Some(relocked));
+}
+
+/// `recipe` with a second file input, `g`, whose mode is left to the host.
+fn with_second_file(dir: &Path, recipe: &Recipe) -> Recipe {
+    let text = fs::read_to_string(&recipe.file).unwrap().replace(
+        "files = [{ src = \"f\", dest = \"/f\" }]",
+        "files = [{ src = \"f\", dest = \"/f\" }, { src = \"g\", dest = \"/g\" }]",
+    );
+    fs::write(dir.join("r.toml"), text).unwrap();
+    Recipe::load(&dir.join("r.toml")).unwrap()
+}
+
+fn set_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
 fn malformed_and_future_locks_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("x.lock");
