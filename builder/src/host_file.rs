@@ -5,8 +5,9 @@
 //!
 //! A file that this build has just read and hashed, and whose stamp (inode, size, mtime,
 //! ctime) still matches, is not hashed a second time: a settled file's stamp changes with
-//! any write (see [`crate::hash_cache::HashCache::settled`]), so the stamp is checked before and after reading
-//! instead. Digests remembered from earlier builds are always checked by hashing.
+//! any write (see [`crate::hash_cache::HashCache::settled`]), so the stamp is checked before
+//! and after reading instead. Digests remembered from earlier builds are always checked by
+//! hashing.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -163,23 +164,25 @@ pub fn stream<E>(
     Ok(())
 }
 
-/// Opens `host` for reading as `tar` does: never through a symlink in its last component,
-/// and without blocking on a FIFO or making a terminal the controlling one, in case something
-/// other than a regular file was put there since the scan. Callers check the type on the
-/// open file, so no other path lookup can race with this one.
-fn open_regular(host: &Path) -> Result<File, HostFileError> {
+/// Opens the host input `host` for reading as `tar` does: never through a symlink in its last
+/// component, and without blocking on a FIFO or making a terminal the controlling one, in
+/// case something other than a regular file was put there since the scan. Callers that need
+/// a regular file check the type on the open file, so no other path lookup races with this.
+pub(crate) fn open_input(host: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(host)
-        .map_err(|source| match source.raw_os_error() {
-            // ELOOP: the last component is a symlink; ENXIO: a socket or absent device.
-            Some(libc::ELOOP | libc::ENXIO) => {
-                HostFileError::NotRegular { host: host.to_path_buf() }
-            }
-            _ => HostFileError::Read { host: host.to_path_buf(), source },
-        })
+}
+
+/// [`open_input`] for [`stream`], whose errors say what was found instead of a file.
+fn open_regular(host: &Path) -> Result<File, HostFileError> {
+    open_input(host).map_err(|source| match source.raw_os_error() {
+        // ELOOP: the last component is a symlink; ENXIO: a socket or absent device.
+        Some(libc::ELOOP | libc::ENXIO) => HostFileError::NotRegular { host: host.to_path_buf() },
+        _ => HostFileError::Read { host: host.to_path_buf(), source },
+    })
 }
 
 /// How [`stream`] confirms that the bytes it read are the ones hashed.

@@ -157,7 +157,9 @@ fn hash_host(
     if let Some(digest) = cache.get(stamp) {
         return Ok(Hashed { digest, size: stamp.size(), hashed_as: None });
     }
-    let mut file = fs::File::open(path())?;
+    // At most one byte past the stamped size: enough to see that the file grew, and no
+    // endless read should a device have been put in its place since the scan.
+    let mut file = crate::host_file::open_input(&path())?.take(stamp.size().saturating_add(1));
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -401,5 +403,33 @@ impl ListingHasher {
     fn finish(mut self) -> Digest {
         self.hasher.update(&self.buf);
         self.hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stamp of a regular file of `len` bytes, standing for what the scan saw.
+    fn stamp_of_file(dir: &Path, len: usize) -> FileStamp {
+        let path = dir.join("seen");
+        fs::write(&path, vec![b'x'; len]).unwrap();
+        FileStamp::of(&fs::metadata(&path).unwrap())
+    }
+
+    #[test]
+    fn a_fifo_or_device_put_where_a_file_was_seen_is_read_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = stamp_of_file(dir.path(), 5);
+        let cache = HashCache::disabled();
+        let mut buf = vec![0; READ_BUF];
+        // Opening a FIFO with no writer would block; reading /dev/zero would never end.
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let hashed = hash_host(|| fifo.clone(), &stamp, &cache, &mut buf).unwrap();
+        assert_eq!((hashed.size, hashed.hashed_as), (0, None));
+        let zero = PathBuf::from("/dev/zero");
+        let hashed = hash_host(|| zero.clone(), &stamp, &cache, &mut buf).unwrap();
+        assert_eq!((hashed.size, hashed.hashed_as), (6, None));
     }
 }
