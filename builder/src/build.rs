@@ -315,9 +315,9 @@ fn build_resolved(
     if lock_written {
         current.write(&lock_path)?;
     }
-    // Freeing the trees (an allocation or two per input file) took a tenth of an unchanged
-    // rebuild of 70k files; nothing needs to wait for it. Should no thread start, the closure
-    // and the trees are dropped here.
+    // Freeing the trees (an allocation or two per input file) took about 5 % of the wall time
+    // of an unchanged 70k-file rebuild, all of it after the work was done; nothing needs to
+    // wait for it. Should no thread start, the closure and the trees are dropped here.
     let _ = std::thread::Builder::new().spawn(move || drop((resolved, rootfs)));
     Ok(BuildOutput {
         index: index.descriptor,
