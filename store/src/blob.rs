@@ -26,7 +26,7 @@ const PARTS_IN_FLIGHT: usize = 4;
 const READ_CHUNK: usize = 1024 * 1024;
 /// Small requests (existence checks, cache reads) in flight at once in [`Store::has_blobs`]
 /// and [`Store::get_caches`].
-pub(crate) const HAS_CONCURRENCY: usize = 16;
+pub(crate) const SMALL_REQUESTS_IN_FLIGHT: usize = 16;
 
 /// What a blob write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl Store {
     pub async fn has_blobs(&self, digests: &[Digest]) -> Result<Vec<bool>> {
         futures::stream::iter(digests)
             .map(|d| self.has_blob(d))
-            .buffered(HAS_CONCURRENCY)
+            .buffered(SMALL_REQUESTS_IN_FLIGHT)
             .try_collect()
             .await
     }

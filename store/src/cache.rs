@@ -37,7 +37,7 @@ impl Store {
     pub async fn get_caches(&self, kind: &str, keys: &[Digest]) -> Result<Vec<Option<Bytes>>> {
         futures::stream::iter(keys)
             .map(|k| self.get_cache(kind, k))
-            .buffered(crate::blob::HAS_CONCURRENCY)
+            .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
             .try_collect()
             .await
     }
