@@ -4,7 +4,7 @@
 //! compressor, so producing the tar (reading and hashing inputs) overlaps compression and
 //! memory stays bounded whatever the layer's size.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread;
@@ -21,8 +21,6 @@ use crate::writeback::Writeback;
 const PIPE_BLOCK: usize = GZIP_CHUNK;
 /// Blocks that may wait in the pipe.
 const PIPE_DEPTH: usize = 4;
-/// Buffer of the output file.
-const OUT_BUF: usize = 1 << 20;
 
 /// A compressed layer written to disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +76,7 @@ pub fn write_layer(
         .map_err(output_err)?;
     let file = temp.as_file().try_clone().map_err(output_err)?;
     let file = Writeback::new(file).map_err(output_err)?;
-    let out = HashingWriter::new(BufWriter::with_capacity(OUT_BUF, file));
+    let out = HashingWriter::new(file);
 
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
     let (compressed, produced) = thread::scope(|scope| {
@@ -99,8 +97,7 @@ pub fn write_layer(
     let out = compressed.map_err(compress_err)?;
     let diff_id = produced?;
 
-    let (buffered, digest, size) = out.finish();
-    let file = buffered.into_inner().map_err(|e| output_err(e.into_error()))?;
+    let (file, digest, size) = out.finish();
     drop(file.finish().map_err(output_err)?);
     let ext = match compression {
         Compression::Gzip { .. } => "tar.gz",

@@ -1,50 +1,104 @@
-//! Writing a large file that must be on disk before it is published: a background thread
-//! flushes what has been written so far every [`STEP`] bytes, so the final fsync waits only
-//! for the last few MiB instead of the whole file (about 0.3 s for a 550 MiB layer here,
-//! with both cores otherwise idle).
+//! Writing a large file that must be on disk before it is published, without passing it
+//! through the page cache where the file system allows.
+//!
+//! Measured here (ext4 in a VM): copying a 550 MiB layer into the page cache cost 0.7 to 1.4
+//! CPU-seconds of kernel time, a tenth of a whole build, while the same bytes written with
+//! `O_DIRECT` from aligned buffers cost 0.05. A background thread does the writing, so the
+//! wait for the disk overlaps compression. Where the file system refuses `O_DIRECT` the
+//! thread writes through the page cache instead and flushes every [`STEP`] bytes, so that the
+//! final fsync waits only for the last few MiB.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::{self, JoinHandle};
 
-/// Bytes written between background flushes.
+use rustix::fs::OFlags;
+
+/// Alignment of direct writes in memory and in the file: the largest logical block size in
+/// common use, so every device's requirement is met.
+const ALIGN: usize = 4096;
+/// Bytes handed to the writing thread at a time (a multiple of [`ALIGN`]).
+const BLOCK: usize = 4 << 20;
+/// Bytes written through the page cache between flushes.
 const STEP: u64 = 32 << 20;
 
-/// A file whose data goes to disk while it is written; [`Writeback::finish`] makes it durable.
+/// A file written on a background thread; [`Writeback::finish`] makes it durable.
 pub(crate) struct Writeback {
     file: File,
-    /// Bytes written since the last flush was asked for.
-    unflushed: u64,
-    requests: SyncSender<()>,
-    /// Flushes on a duplicate of `file`, returning the first error. Its errors are reported
-    /// by `finish`, not left to the final fsync: the duplicate shares the open file, and an
-    /// fsync error is reported to an open file only once.
-    flusher: JoinHandle<io::Result<()>>,
+    /// The block being filled.
+    block: Block,
+    /// Full blocks, to the writing thread.
+    full: SyncSender<Block>,
+    /// Written blocks, back for reuse.
+    empty: Receiver<Block>,
+    /// Writes on a duplicate of `file` and returns the first error. Its errors are reported
+    /// by `finish` (or the next write), not left to the final fsync: the duplicate shares the
+    /// open file, and an fsync error is reported to an open file only once.
+    writer: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl Writeback {
-    /// Starts the flushing thread for `file`.
+    /// Starts the writing thread for `file`, which must be empty and open for writing.
     pub(crate) fn new(file: File) -> io::Result<Self> {
-        let duplicate = file.try_clone()?;
-        // One request may wait while a flush runs; more would only repeat it.
-        let (requests, asked) = sync_channel::<()>(1);
-        let flusher = thread::Builder::new().name("kiln-writeback".into()).spawn(move || {
-            for () in asked {
-                duplicate.sync_data()?;
-            }
-            Ok(())
-        })?;
-        Ok(Writeback { file, unflushed: 0, requests, flusher })
+        Self::start(file, true)
     }
 
-    /// Waits for the background flushes, then syncs the whole file (data and metadata).
-    pub(crate) fn finish(self) -> io::Result<File> {
-        let Writeback { file, requests, flusher, .. } = self;
-        drop(requests);
-        flusher
-            .join()
-            .map_err(|_| io::Error::other("the thread flushing the file to disk panicked"))??;
+    /// As [`Writeback::new`], but always through the page cache, as where `O_DIRECT` is
+    /// refused.
+    #[cfg(test)]
+    fn buffered(file: File) -> io::Result<Self> {
+        Self::start(file, false)
+    }
+
+    fn start(file: File, try_direct: bool) -> io::Result<Self> {
+        let duplicate = file.try_clone()?;
+        let (full, to_write) = sync_channel::<Block>(1);
+        let (written, empty) = sync_channel::<Block>(2);
+        // Two blocks in all: one filled here while the other is written.
+        written.send(Block::new()).map_err(|_| io::Error::other("block queue closed"))?;
+        let writer = thread::Builder::new()
+            .name("kiln-writeback".into())
+            .spawn(move || write_blocks(duplicate, try_direct, to_write, written))?;
+        Ok(Writeback { file, block: Block::new(), full, empty, writer: Some(writer) })
+    }
+
+    /// Hands the current block to the writing thread and takes an empty one.
+    fn send(&mut self) -> io::Result<()> {
+        let next = match self.empty.recv() {
+            Ok(block) => block,
+            Err(_) => return Err(self.writer_error()),
+        };
+        let block = std::mem::replace(&mut self.block, next);
+        if self.full.send(block).is_err() {
+            return Err(self.writer_error());
+        }
+        Ok(())
+    }
+
+    /// The error that stopped the writing thread.
+    fn writer_error(&mut self) -> io::Error {
+        let stopped = || io::Error::other("the thread writing the file stopped");
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => io::Error::other("the thread writing the file panicked"),
+            Some(Ok(Ok(()))) | None => stopped(),
+        }
+    }
+
+    /// Writes what is left, waits for the writing thread, then syncs the whole file (data and
+    /// metadata).
+    pub(crate) fn finish(mut self) -> io::Result<File> {
+        if self.block.len > 0 {
+            self.send()?;
+        }
+        let Writeback { file, full, writer, .. } = self;
+        drop(full);
+        match writer.map(JoinHandle::join) {
+            Some(Ok(result)) => result?,
+            Some(Err(_)) => return Err(io::Error::other("the thread writing the file panicked")),
+            None => return Err(io::Error::other("the thread writing the file stopped")),
+        }
         file.sync_all()?;
         Ok(file)
     }
@@ -52,40 +106,148 @@ impl Writeback {
 
 impl Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.unflushed += n as u64;
-        // When the queue is full a flush is running already; the next write asks again.
-        if self.unflushed >= STEP && self.requests.try_send(()).is_ok() {
-            self.unflushed = 0;
+        let n = self.block.fill(buf);
+        if self.block.len == BLOCK {
+            self.send()?;
         }
         Ok(n)
     }
 
+    /// Bytes reach the file in whole blocks; only [`Writeback::finish`] writes a partial one.
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        Ok(())
     }
+}
+
+/// A buffer of [`BLOCK`] bytes starting at an [`ALIGN`]ed address, as direct I/O requires.
+struct Block {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Block {
+    fn new() -> Self {
+        let mem = vec![0u8; BLOCK + ALIGN];
+        // Should the offset be unknowable, direct writes fail and the page cache is used.
+        let start = mem.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Block { mem, start, len: 0 }
+    }
+
+    /// Copies as much of `buf` as fits; returns how much that was.
+    fn fill(&mut self, buf: &[u8]) -> usize {
+        let n = buf.len().min(BLOCK - self.len);
+        let at = self.start + self.len;
+        self.mem[at..at + n].copy_from_slice(&buf[..n]);
+        self.len += n;
+        n
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+}
+
+/// The writing thread: writes each block in order and sends it back empty.
+fn write_blocks(
+    mut file: File,
+    try_direct: bool,
+    to_write: Receiver<Block>,
+    written: SyncSender<Block>,
+) -> io::Result<()> {
+    // A file system without direct I/O refuses the flag (or the first write): then the page
+    // cache it is.
+    let mut direct = try_direct && set_direct(&file, true).is_ok();
+    let mut unflushed = 0u64;
+    for mut block in to_write {
+        // Only the last block can be partial; its unaligned length needs the page cache.
+        if direct && block.len % ALIGN != 0 {
+            set_direct(&file, false)?;
+            direct = false;
+        }
+        let mut rest = block.bytes();
+        while !rest.is_empty() {
+            match file.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    set_direct(&file, false)?;
+                    direct = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !direct {
+            unflushed += block.len as u64;
+            if unflushed >= STEP {
+                file.sync_data()?;
+                unflushed = 0;
+            }
+        }
+        block.len = 0;
+        // Once the last block is written nobody takes blocks back.
+        let _ = written.send(block);
+    }
+    Ok(())
+}
+
+/// Turns `O_DIRECT` on or off for `file`.
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    let flags = if on { flags | OFlags::DIRECT } else { flags - OFlags::DIRECT };
+    rustix::fs::fcntl_setfl(file, flags)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn what_is_written_is_in_the_file_after_finish() {
+    /// Both ways of writing: direct (where this file system allows) and through the cache.
+    const MODES: [(&str, fn(File) -> io::Result<Writeback>); 2] =
+        [("direct", Writeback::new), ("buffered", Writeback::buffered)];
+
+    /// Writes `pieces` through a Writeback made by `start` and returns the file's bytes.
+    fn written(start: fn(File) -> io::Result<Writeback>, pieces: &[&[u8]]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
-        let mut w = Writeback::new(File::create(&path).unwrap()).unwrap();
-        let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
-        // Enough steps that flushes are asked for while others run.
-        let blocks = 3 * (STEP as usize >> 20) + 1;
-        for _ in 0..blocks {
-            w.write_all(&block).unwrap();
+        let mut w = start(File::create(&path).unwrap()).unwrap();
+        for piece in pieces {
+            w.write_all(piece).unwrap();
         }
-        w.write_all(b"tail").unwrap();
         let file = w.finish().unwrap();
-        assert_eq!(file.metadata().unwrap().len(), (blocks << 20) as u64 + 4);
         let back = std::fs::read(&path).unwrap();
-        assert!(back.chunks(1 << 20).take(blocks).all(|c| c == block));
-        assert!(back.ends_with(b"tail"));
+        assert_eq!(file.metadata().unwrap().len(), back.len() as u64);
+        back
+    }
+
+    #[test]
+    fn what_is_written_is_in_the_file_after_finish() {
+        // Pieces of odd sizes, so blocks fill across piece boundaries, and an unaligned end.
+        let data: Vec<u8> = (0..(STEP as usize * 2 + 12345)).map(|i| (i % 251) as u8).collect();
+        let mut pieces = Vec::new();
+        let mut rest = &data[..];
+        for size in [1usize, 4095, 4097, 1 << 20, 3 << 20, 7].iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at((*size).min(rest.len()));
+            pieces.push(piece);
+            rest = tail;
+        }
+        for (mode, start) in MODES {
+            assert!(written(start, &pieces) == data, "{mode}");
+        }
+    }
+
+    #[test]
+    fn aligned_and_empty_files_keep_their_length() {
+        let block = vec![7u8; BLOCK];
+        for (mode, start) in MODES {
+            assert_eq!(written(start, &[&block, &block]).len(), 2 * BLOCK, "{mode}");
+            assert_eq!(written(start, &[&block[..ALIGN]]).len(), ALIGN, "{mode}");
+            assert!(written(start, &[]).is_empty(), "{mode}");
+        }
     }
 }
