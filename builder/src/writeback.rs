@@ -204,12 +204,15 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Makes a Writeback one way or the other.
+    type Start = fn(File) -> io::Result<Writeback>;
+
     /// Both ways of writing: direct (where this file system allows) and through the cache.
-    const MODES: [(&str, fn(File) -> io::Result<Writeback>); 2] =
+    const MODES: [(&str, Start); 2] =
         [("direct", Writeback::new), ("buffered", Writeback::buffered)];
 
     /// Writes `pieces` through a Writeback made by `start` and returns the file's bytes.
-    fn written(start: fn(File) -> io::Result<Writeback>, pieces: &[&[u8]]) -> Vec<u8> {
+    fn written(start: Start, pieces: &[&[u8]]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         let mut w = start(File::create(&path).unwrap()).unwrap();
