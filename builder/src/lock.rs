@@ -13,7 +13,7 @@ pub const LOCK_VERSION: u32 = 1;
 
 /// Version of kiln's output bytes (tar layout, JSON shapes). Bumped whenever a change makes
 /// the same inputs give different digests, so that such a change is always deliberate.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The contents of a `.lock` file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
