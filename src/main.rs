@@ -14,6 +14,12 @@ use kiln_store::StoreError;
 
 use cli::{Cli, Command, StoreCommand};
 
+/// Scanning an input tree allocates on worker threads and frees on the caller's: with glibc's
+/// allocator, malloc and free were a tenth of an unchanged rebuild's CPU time, and with
+/// mimalloc the unchanged rebuild of ci/bench's 70k files takes 0.10-0.11 s, not 0.11-0.13 s.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An input differs from the lock, or there is none (with --locked).
 const EXIT_LOCK: u8 = 3;
 /// A stored blob does not match its digest.
