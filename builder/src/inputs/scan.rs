@@ -3,18 +3,19 @@
 //! listing back in its own sorted depth-first order, so thread timing never reaches a result.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, DirEntry};
+use std::ffi::{OsStr, OsString};
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use kiln_oci::Digest;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 
 use super::{hash_host, Hashed, InputError, READ_BUF};
 use crate::hash_cache::{FileStamp, HashCache};
@@ -223,29 +224,42 @@ impl Shared<'_> {
     }
 }
 
+/// Bytes of directory entries read per `getdents` call.
+const DIR_BUF: usize = 32 * 1024;
+
 /// The names of the entries of `dir` and the entries sorted bytewise by name, each inspected
-/// (files hashed).
+/// (files hashed). Entries are read into a buffer and `lstat`ed by name relative to the open
+/// directory: no allocation per entry, and no lookup of the whole path.
 fn list(
     dir: &Path,
     cache: &HashCache,
     buf: &mut [u8],
     learned: &mut Vec<(FileStamp, Digest)>,
 ) -> Result<(Vec<u8>, Vec<Found>), InputError> {
-    let io = |source| InputError::Io { path: dir.to_path_buf(), source };
+    let io = |source: io::Error| InputError::Io { path: dir.to_path_buf(), source };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| io(e.into()))?;
     let mut names = Vec::new();
     let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
+    let mut space = [MaybeUninit::<u8>::uninit(); DIR_BUF];
+    let mut raw = RawDir::new(&fd, &mut space);
+    while let Some(entry) = raw.next() {
+        let entry = entry.map_err(|e| io(e.into()))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
         let start = names.len();
-        names.extend_from_slice(entry.file_name().as_bytes());
-        entries.push((start..names.len(), entry));
+        names.extend_from_slice(name);
+        entries.push((start..names.len(), entry.file_type()));
     }
     entries.sort_unstable_by(|a, b| names[a.0.clone()].cmp(&names[b.0.clone()]));
     let found = entries
         .into_iter()
-        .map(|(name, entry)| {
-            let host = || dir.join(Listing::name(&names, &name));
-            let what = inspect(&entry, host, cache, buf, learned);
+        .map(|(name, kind)| {
+            let at = Listing::name(&names, &name);
+            let host = || dir.join(at);
+            let what = inspect(&fd, at, kind, host, cache, buf, learned);
             Found { name, what }
         })
         .collect();
@@ -253,48 +267,45 @@ fn list(
 }
 
 fn inspect(
-    entry: &DirEntry,
+    dir: &OwnedFd,
+    name: &OsStr,
+    kind: FileType,
     host: impl Fn() -> PathBuf,
     cache: &HashCache,
     buf: &mut [u8],
     learned: &mut Vec<(FileStamp, Digest)>,
 ) -> What {
     // The type from the directory itself spares a stat for folders and links.
-    match entry.file_type() {
-        Ok(ft) if ft.is_dir() => return What::Dir(0),
-        Ok(ft) if ft.is_symlink() => return read_link(&host()),
-        Ok(_) => {}
-        Err(e) => return What::Failed(e),
+    match kind {
+        FileType::Directory => return What::Dir(0),
+        FileType::Symlink => return read_link(dir, name),
+        _ => {}
     }
-    // lstat relative to the open directory, not a lookup of the whole path.
-    let md = match entry.metadata() {
-        Ok(md) => md,
-        Err(e) => return What::Failed(e),
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(e) => return What::Failed(e.into()),
     };
-    let ft = md.file_type();
-    if ft.is_file() {
-        let stamp = FileStamp::of(&md);
-        let hashed = hash_host(host, &stamp, cache, buf);
-        if let Ok(Hashed { digest, hashed_as: Some(stamp), .. }) = &hashed {
-            learned.push((*stamp, *digest));
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => {
+            let stamp = FileStamp::of_stat(&st);
+            let hashed = hash_host(host, &stamp, cache, buf);
+            if let Ok(Hashed { digest, hashed_as: Some(stamp), .. }) = &hashed {
+                learned.push((*stamp, *digest));
+            }
+            let nlink = u64::try_from(st.st_nlink).unwrap_or(u64::MAX);
+            What::File { exec: st.st_mode & 0o111 != 0, nlink, inode: stamp.inode(), hashed }
         }
-        What::File { exec: md.mode() & 0o111 != 0, nlink: md.nlink(), inode: stamp.inode(), hashed }
-    } else if ft.is_dir() {
-        What::Dir(0)
-    } else if ft.is_symlink() {
-        read_link(&host())
-    } else if ft.is_fifo() {
-        What::Special("FIFOs")
-    } else if ft.is_socket() {
-        What::Special("sockets")
-    } else {
-        What::Special("device nodes")
+        FileType::Directory => What::Dir(0),
+        FileType::Symlink => read_link(dir, name),
+        FileType::Fifo => What::Special("FIFOs"),
+        FileType::Socket => What::Special("sockets"),
+        _ => What::Special("device nodes"),
     }
 }
 
-fn read_link(host: &Path) -> What {
-    match fs::read_link(host) {
-        Ok(target) => What::Symlink(target),
-        Err(e) => What::Failed(e),
+fn read_link(dir: &OwnedFd, name: &OsStr) -> What {
+    match rustix::fs::readlinkat(dir, name, Vec::new()) {
+        Ok(target) => What::Symlink(PathBuf::from(OsString::from_vec(target.into_bytes()))),
+        Err(e) => What::Failed(e.into()),
     }
 }
