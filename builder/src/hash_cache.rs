@@ -61,6 +61,8 @@ impl FileStamp {
 
     /// The stamp of a file from `stat` as the kernel gives it; equal to [`FileStamp::of`] of
     /// the same file's metadata.
+    // The conversions are needed where the fields are narrower (32-bit targets).
+    #[allow(clippy::useless_conversion)]
     pub fn of_stat(st: &rustix::fs::Stat) -> FileStamp {
         // The field types differ between architectures; every value fits where it goes, and
         // one that did not would only give a stamp that never matches.
