@@ -15,7 +15,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use kiln_oci::Digest;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Stat};
 
 use super::{hash_host, Hashed, InputError, READ_BUF};
 use crate::hash_cache::{FileStamp, HashCache};
@@ -292,8 +292,12 @@ fn inspect(
             if let Ok(Hashed { digest, hashed_as: Some(stamp), .. }) = &hashed {
                 learned.push((*stamp, *digest));
             }
-            let nlink = u64::try_from(st.st_nlink).unwrap_or(u64::MAX);
-            What::File { exec: st.st_mode & 0o111 != 0, nlink, inode: stamp.inode(), hashed }
+            What::File {
+                exec: st.st_mode & 0o111 != 0,
+                nlink: link_count(&st),
+                inode: stamp.inode(),
+                hashed,
+            }
         }
         FileType::Directory => What::Dir(0),
         FileType::Symlink => read_link(dir, name),
@@ -301,6 +305,13 @@ fn inspect(
         FileType::Socket => What::Special("sockets"),
         _ => What::Special("device nodes"),
     }
+}
+
+/// The number of hard links `stat` reports.
+// The conversion is needed where the field is narrower (32-bit targets).
+#[allow(clippy::useless_conversion)]
+fn link_count(st: &Stat) -> u64 {
+    u64::try_from(st.st_nlink).unwrap_or(u64::MAX)
 }
 
 fn read_link(dir: &OwnedFd, name: &OsStr) -> What {
