@@ -11,12 +11,13 @@ use crate::disk::gpt::Arch;
 use crate::epoch::Epoch;
 use crate::hash_cache::HashCache;
 use crate::image::{self, JsonBlob, LayerRecord};
+use crate::image_path::ImagePath;
 use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
 use crate::recipe::{DiskSpec, Recipe};
 use crate::rootfs::flatten;
-use crate::tree::{EntryKind, Tree};
+use crate::tree::{Entry, EntryKind, Tree};
 
 /// An error from the code that stores blobs, kept opaque to the builder.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -334,6 +335,37 @@ fn build_resolved(
 
 /// The cache key of a layer: everything that decides its bytes, and nothing else.
 pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest {
+    // The entries are hashed as two halves, on two threads where one can be started, and the
+    // key hashes the halves' digests: hashing 70k entries was 7 ms of an unchanged rebuild's
+    // 110, all of it after the inputs were read. The halves are cut by entry count alone, so
+    // the key never depends on threads.
+    let entries: Vec<(&ImagePath, &Entry)> = tree.iter().collect();
+    let (first, second) = entries.split_at(entries.len().div_ceil(2));
+    let (a, b) = std::thread::scope(|scope| {
+        let other = std::thread::Builder::new().spawn_scoped(scope, || entries_digest(second));
+        let a = entries_digest(first);
+        let b = match other.map(|handle| handle.join()) {
+            Ok(Ok(b)) => b,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => entries_digest(second),
+        };
+        (a, b)
+    });
+    let mut h = Sha256::new();
+    h.update(
+        format!(
+            "kiln-layer-key 3 format={FORMAT_VERSION} epoch={epoch} compression={}\n",
+            compression.describe()
+        )
+        .as_bytes(),
+    );
+    h.update(a.as_bytes());
+    h.update(b.as_bytes());
+    h.finish()
+}
+
+/// The digest of a run of tree entries, as [`layer_key`] combines them.
+fn entries_digest(entries: &[(&ImagePath, &Entry)]) -> Digest {
     /// Bytes gathered before they go to the hasher in one call.
     const BATCH: usize = 64 * 1024;
     /// Length-prefixed, so no two different field sequences give the same bytes.
@@ -344,12 +376,8 @@ pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest
     let mut h = Sha256::new();
     // Per entry only raw bytes are appended (numbers little-endian, digests as 32 bytes):
     // formatting text for every entry dominated the time of an unchanged rebuild.
-    let mut buf = format!(
-        "kiln-layer-key 2 format={FORMAT_VERSION} epoch={epoch} compression={}\n",
-        compression.describe()
-    )
-    .into_bytes();
-    for (path, entry) in tree.iter() {
+    let mut buf = Vec::with_capacity(BATCH + 4096);
+    for (path, entry) in entries {
         let m = &entry.meta;
         field(&mut buf, path.as_str().as_bytes());
         for n in [m.mode, m.uid, m.gid] {
@@ -395,4 +423,51 @@ fn disk_key(subject: &Digest, arch: Arch, spec: &DiskSpec) -> Digest {
     // costs a cache miss.
     h.update(format!("\0{arch:?}\0{spec:?}").as_bytes());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Meta;
+
+    fn file(bytes: &[u8]) -> Entry {
+        Entry {
+            kind: EntryKind::File(crate::tree::Content::Bytes(bytes.into())),
+            meta: Meta::root(0o644),
+        }
+    }
+
+    fn tree(names: &[&str], changed: Option<(&str, Entry)>) -> Tree {
+        let mut t = Tree::new();
+        for name in names {
+            let path = ImagePath::parse(&format!("/d/{name}")).unwrap();
+            let entry = match &changed {
+                Some((which, entry)) if which == name => entry.clone(),
+                _ => file(name.as_bytes()),
+            };
+            t.insert(path, entry).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn the_key_covers_every_entry_and_nothing_of_the_insertion_order() {
+        let names = ["a", "b", "c", "d", "e", "f", "g"];
+        let key = |t: &Tree| layer_key(t, Epoch(0), &Compression::GZIP);
+        let base = key(&tree(&names, None));
+        let mut reversed = names;
+        reversed.reverse();
+        assert_eq!(key(&tree(&reversed, None)), base);
+        // A change in either half, in content or in metadata, is a different key.
+        for name in ["a", "g"] {
+            assert_ne!(key(&tree(&names, Some((name, file(b"other"))))), base, "{name}");
+            let mut owned = file(name.as_bytes());
+            owned.meta.uid = 1;
+            assert_ne!(key(&tree(&names, Some((name, owned)))), base, "{name}");
+        }
+        assert_ne!(key(&tree(&names[..6], None)), base);
+        let t = tree(&names, None);
+        assert_ne!(layer_key(&t, Epoch(1), &Compression::GZIP), base);
+        assert_ne!(layer_key(&t, Epoch(0), &Compression::ZSTD), base);
+    }
 }
