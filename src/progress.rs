@@ -44,12 +44,12 @@ impl Observer for Progress {
         self.step("hashing inputs".into());
     }
 
-    fn layer_started(&self, name: &str, index: usize, total: usize, bytes: u64) {
-        self.step(format!(
-            "layer {}/{total} {name} ({:.1} MiB)",
-            index + 1,
-            bytes as f64 / 1048576.0
-        ));
+    fn layer_started(&self, name: &str, index: usize, total: usize, bytes: Option<u64>) {
+        let what = match bytes {
+            Some(bytes) => format!("{:.1} MiB", bytes as f64 / 1048576.0),
+            None => "cached".to_string(),
+        };
+        self.step(format!("layer {}/{total} {name} ({what})", index + 1));
     }
 }
 

@@ -11,13 +11,12 @@ use crate::disk::gpt::Arch;
 use crate::epoch::Epoch;
 use crate::hash_cache::HashCache;
 use crate::image::{self, JsonBlob, LayerRecord};
-use crate::image_path::ImagePath;
 use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
 use crate::recipe::{DiskSpec, Recipe};
 use crate::rootfs::flatten;
-use crate::tree::{Entry, EntryKind, Tree};
+use crate::tree::{EntryKind, Tree};
 
 /// An error from the code that stores blobs, kept opaque to the builder.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,8 +48,9 @@ pub trait BlobSink {
 pub trait Observer {
     /// Inputs of all layers are being hashed.
     fn hashing(&self) {}
-    /// Layer `index` of `total` starts; `bytes` is its uncompressed content size.
-    fn layer_started(&self, _name: &str, _index: usize, _total: usize, _bytes: u64) {}
+    /// Layer `index` of `total` starts; `bytes` is the content size of a layer to be
+    /// written, `None` for one found in the cache.
+    fn layer_started(&self, _name: &str, _index: usize, _total: usize, _bytes: Option<u64>) {}
     /// A layer finished, either written or reused from the cache.
     fn layer_finished(&self, _name: &str, _reused: bool) {}
 }
@@ -194,16 +194,39 @@ fn build_resolved(
         }
     }
 
-    // The disks' inputs are checked before anything is stored, so that a bad `[disk]` table
-    // (a whiteout escaping the root, a missing ESP file, no disk platform) leaves the store
-    // as it was.
+    let total = resolved.len();
+    let keys: Vec<Digest> =
+        resolved.iter().map(|l| layer_key(&l.digest, opts.epoch, &recipe.compression)).collect();
+    let found = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
+
+    // Trees are made only for layers to be written, or for every layer when disks are made.
+    // All of them, and the disks' inputs, are checked before anything is stored, so that a
+    // bad layer or `[disk]` table (a path declared twice, a whiteout escaping the root, a
+    // missing ESP file, no disk platform) leaves the store as it was.
+    if recipe.disk.is_some() && !recipe.platforms.iter().any(|p| Arch::of(p).is_some()) {
+        return Err(BuildError::DiskPlatform);
+    }
+    let mut plans = Vec::with_capacity(total);
+    let mut disk_trees = Vec::new();
+    for (i, (layer, found)) in resolved.iter().zip(found).enumerate() {
+        // A layer equal to one earlier in this build is that layer.
+        let earlier = keys[..i].iter().position(|k| *k == keys[i]);
+        let plan = match (found, earlier) {
+            (Some(record), _) => Plan::Cached(record),
+            (None, Some(j)) => Plan::Earlier(j),
+            (None, None) => Plan::Write(layer.tree()?),
+        };
+        if recipe.disk.is_some() {
+            disk_trees.push(match &plan {
+                Plan::Write(tree) => tree.clone(),
+                Plan::Cached(_) | Plan::Earlier(_) => layer.tree()?,
+            });
+        }
+        plans.push((layer.name.clone(), plan));
+    }
     let rootfs = match &recipe.disk {
         Some(spec) => {
-            if !recipe.platforms.iter().any(|p| Arch::of(p).is_some()) {
-                return Err(BuildError::DiskPlatform);
-            }
-            let trees: Vec<Tree> = resolved.iter().map(|l| l.tree.clone()).collect();
-            let rootfs = flatten(&trees).map_err(DiskError::from)?;
+            let rootfs = flatten(&disk_trees).map_err(DiskError::from)?;
             if let Some(esp) = &spec.esp {
                 esp_tree(&rootfs, esp)?;
             }
@@ -211,47 +234,38 @@ fn build_resolved(
         }
         None => None,
     };
+    drop(disk_trees);
 
-    let total = resolved.len();
-    let keys: Vec<Digest> =
-        resolved.iter().map(|l| layer_key(&l.tree, opts.epoch, &recipe.compression)).collect();
-    let cached = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
-    let mut layers = Vec::with_capacity(total);
+    let mut layers: Vec<(String, LayerRecord)> = Vec::with_capacity(total);
     let (mut built, mut reused) = (0, 0);
-    for (i, ((layer, key), cached)) in resolved.iter().zip(&keys).zip(cached).enumerate() {
-        let bytes = layer
-            .tree
-            .iter()
-            .map(|(_, e)| if let EntryKind::File(c) = &e.kind { c.size() } else { 0 })
-            .sum();
-        observer.layer_started(&layer.name, i, total, bytes);
-        // A layer equal to one built earlier in this build is that layer.
-        let earlier =
-            || keys[..i].iter().zip(&layers).find(|(k, _)| *k == key).map(|(_, (_, r))| r);
-        let cached: Option<LayerRecord> = cached.or_else(|| earlier().cloned());
-        let record = match cached {
-            Some(record) => {
-                reused += 1;
-                observer.layer_finished(&layer.name, true);
-                record
-            }
-            None => {
+    for (i, (key, (name, plan))) in keys.iter().zip(&plans).enumerate() {
+        let bytes = match plan {
+            Plan::Write(tree) => Some(
+                tree.iter()
+                    .map(|(_, e)| if let EntryKind::File(c) = &e.kind { c.size() } else { 0 })
+                    .sum(),
+            ),
+            Plan::Cached(_) | Plan::Earlier(_) => None,
+        };
+        observer.layer_started(name, i, total, bytes);
+        let record = match plan {
+            Plan::Cached(record) => record.clone(),
+            Plan::Earlier(j) => layers[*j].1.clone(),
+            Plan::Write(tree) => {
                 let blob = layer::write_layer(
-                    &layer.tree,
+                    tree,
                     opts.epoch.0,
                     &recipe.compression,
                     opts.threads,
                     &opts.work_dir,
                 )
                 .map_err(|source| BuildError::Layer {
-                    name: layer.name.clone(),
+                    name: name.clone(),
                     source: Box::new(source),
                 })?;
                 sink.put_layer(key, &blob).map_err(BuildError::Sink)?;
                 // The scratch copy is no longer needed once stored; failing to remove it is harmless.
                 let _ = std::fs::remove_file(&blob.path);
-                built += 1;
-                observer.layer_finished(&layer.name, false);
                 LayerRecord {
                     media_type: blob.media_type.to_string(),
                     digest: blob.digest,
@@ -260,7 +274,14 @@ fn build_resolved(
                 }
             }
         };
-        layers.push((layer.name.clone(), record));
+        let written = matches!(plan, Plan::Write(_));
+        if written {
+            built += 1;
+        } else {
+            reused += 1;
+        }
+        observer.layer_finished(name, !written);
+        layers.push((name.clone(), record));
     }
 
     let json_err = |what| move |source| BuildError::Json { what, source };
@@ -316,10 +337,11 @@ fn build_resolved(
     if lock_written {
         current.write(&lock_path)?;
     }
-    // Freeing the trees (an allocation or two per input file) took about 5 % of the wall time
-    // of an unchanged 70k-file rebuild, all of it after the work was done; nothing needs to
-    // wait for it. Should no thread start, the closure and the trees are dropped here.
-    let _ = std::thread::Builder::new().spawn(move || drop((resolved, rootfs)));
+    // Freeing what the scan kept and the trees made (allocations per input file) took about
+    // 5 % of the wall time of a 70k-file rebuild when every tree was made, all of it after
+    // the work was done; nothing needs to wait for it. Should no thread start, the closure
+    // and what it holds are dropped here.
+    let _ = std::thread::Builder::new().spawn(move || drop((resolved, plans, rootfs)));
     Ok(BuildOutput {
         index: index.descriptor,
         manifests,
@@ -333,82 +355,30 @@ fn build_resolved(
     })
 }
 
-/// The cache key of a layer: everything that decides its bytes, and nothing else.
-pub fn layer_key(tree: &Tree, epoch: Epoch, compression: &Compression) -> Digest {
-    // The entries are hashed as two halves, on two threads where one can be started, and the
-    // key hashes the halves' digests: hashing 70k entries was 7 ms of an unchanged rebuild's
-    // 110, all of it after the inputs were read. The halves are cut by entry count alone, so
-    // the key never depends on threads.
-    let entries: Vec<(&ImagePath, &Entry)> = tree.iter().collect();
-    let (first, second) = entries.split_at(entries.len().div_ceil(2));
-    let (a, b) = std::thread::scope(|scope| {
-        let other = std::thread::Builder::new().spawn_scoped(scope, || entries_digest(second));
-        let a = entries_digest(first);
-        let b = match other.map(|handle| handle.join()) {
-            Ok(Ok(b)) => b,
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-            Err(_) => entries_digest(second),
-        };
-        (a, b)
-    });
+/// Where a layer's blob comes from.
+enum Plan {
+    /// The cache: built before from the same key.
+    Cached(LayerRecord),
+    /// An earlier layer of this build with the same key.
+    Earlier(usize),
+    /// Written now from this tree.
+    Write(Tree),
+}
+
+/// The cache key of a layer: everything that decides its bytes, and nothing else. The
+/// layer's digest names its declaration and every input's content, which make its tree; the
+/// output format, epoch and compressor make the bytes from the tree. Keyed so, an unchanged
+/// layer is found without making its tree at all.
+pub fn layer_key(layer: &Digest, epoch: Epoch, compression: &Compression) -> Digest {
     let mut h = Sha256::new();
     h.update(
         format!(
-            "kiln-layer-key 3 format={FORMAT_VERSION} epoch={epoch} compression={}\n",
+            "kiln-layer-key 4 format={FORMAT_VERSION} epoch={epoch} compression={}\n",
             compression.describe()
         )
         .as_bytes(),
     );
-    h.update(a.as_bytes());
-    h.update(b.as_bytes());
-    h.finish()
-}
-
-/// The digest of a run of tree entries, as [`layer_key`] combines them.
-fn entries_digest(entries: &[(&ImagePath, &Entry)]) -> Digest {
-    /// Bytes gathered before they go to the hasher in one call.
-    const BATCH: usize = 64 * 1024;
-    /// Length-prefixed, so no two different field sequences give the same bytes.
-    fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
-        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        buf.extend_from_slice(bytes);
-    }
-    let mut h = Sha256::new();
-    // Per entry only raw bytes are appended (numbers little-endian, digests as 32 bytes):
-    // formatting text for every entry dominated the time of an unchanged rebuild.
-    let mut buf = Vec::with_capacity(BATCH + 4096);
-    for (path, entry) in entries {
-        let m = &entry.meta;
-        field(&mut buf, path.as_str().as_bytes());
-        for n in [m.mode, m.uid, m.gid] {
-            buf.extend_from_slice(&n.to_le_bytes());
-        }
-        buf.extend_from_slice(&(m.xattrs.len() as u64).to_le_bytes());
-        for (k, v) in &m.xattrs {
-            field(&mut buf, k.as_bytes());
-            field(&mut buf, v);
-        }
-        match &entry.kind {
-            EntryKind::Dir => buf.push(b'd'),
-            EntryKind::File(content) => {
-                buf.push(b'f');
-                buf.extend_from_slice(content.digest().as_bytes());
-            }
-            EntryKind::Symlink(t) => {
-                buf.push(b'l');
-                field(&mut buf, t.as_bytes());
-            }
-            EntryKind::HardLink(t) => {
-                buf.push(b'h');
-                field(&mut buf, t.as_str().as_bytes());
-            }
-        }
-        if buf.len() >= BATCH {
-            h.update(&buf);
-            buf.clear();
-        }
-    }
-    h.update(&buf);
+    h.update(layer.as_bytes());
     h.finish()
 }
 
@@ -423,51 +393,4 @@ fn disk_key(subject: &Digest, arch: Arch, spec: &DiskSpec) -> Digest {
     // costs a cache miss.
     h.update(format!("\0{arch:?}\0{spec:?}").as_bytes());
     h.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tree::Meta;
-
-    fn file(bytes: &[u8]) -> Entry {
-        Entry {
-            kind: EntryKind::File(crate::tree::Content::Bytes(bytes.into())),
-            meta: Meta::root(0o644),
-        }
-    }
-
-    fn tree(names: &[&str], changed: Option<(&str, Entry)>) -> Tree {
-        let mut t = Tree::new();
-        for name in names {
-            let path = ImagePath::parse(&format!("/d/{name}")).unwrap();
-            let entry = match &changed {
-                Some((which, entry)) if which == name => entry.clone(),
-                _ => file(name.as_bytes()),
-            };
-            t.insert(path, entry).unwrap();
-        }
-        t
-    }
-
-    #[test]
-    fn the_key_covers_every_entry_and_nothing_of_the_insertion_order() {
-        let names = ["a", "b", "c", "d", "e", "f", "g"];
-        let key = |t: &Tree| layer_key(t, Epoch(0), &Compression::GZIP);
-        let base = key(&tree(&names, None));
-        let mut reversed = names;
-        reversed.reverse();
-        assert_eq!(key(&tree(&reversed, None)), base);
-        // A change in either half, in content or in metadata, is a different key.
-        for name in ["a", "g"] {
-            assert_ne!(key(&tree(&names, Some((name, file(b"other"))))), base, "{name}");
-            let mut owned = file(name.as_bytes());
-            owned.meta.uid = 1;
-            assert_ne!(key(&tree(&names, Some((name, owned)))), base, "{name}");
-        }
-        assert_ne!(key(&tree(&names[..6], None)), base);
-        let t = tree(&names, None);
-        assert_ne!(layer_key(&t, Epoch(1), &Compression::GZIP), base);
-        assert_ne!(layer_key(&t, Epoch(0), &Compression::ZSTD), base);
-    }
 }

@@ -5,6 +5,7 @@ mod scan;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
+use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::host_file::HostFile;
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::recipe::{LayerSpec, Ownership};
 use crate::source_path::SourcePath;
+use crate::tarball::Member;
 use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
 use scan::{Found, Listing, What};
 
@@ -63,48 +65,165 @@ pub enum InputError {
     Path { path: String, source: ImagePathError },
 }
 
-/// The tree of one layer and the inputs it read.
+/// One layer's inputs, hashed, and what its tree is made from.
 #[derive(Debug)]
 pub struct ResolvedLayer {
     pub name: String,
-    pub tree: Tree,
     pub inputs: Vec<Input>,
+    /// sha256 over the layer's declaration with every input named by its digest: all that
+    /// its tree is made from, and nothing of where the inputs lie on this machine.
+    pub digest: Digest,
+    /// The additions that make the tree, in declaration order.
+    steps: Vec<Step>,
 }
 
-/// Hashes every input of `spec` and builds its tree.
+/// One addition to a layer's tree.
+#[derive(Debug)]
+enum Step {
+    Insert(ImagePath, EntryKind, Meta),
+    /// A hard link declared in the recipe, taking the metadata of its target.
+    HardLink {
+        dest: ImagePath,
+        target: ImagePath,
+    },
+    Tree(ScannedTree),
+    Tarball {
+        dest: ImagePath,
+        members: Vec<Member>,
+    },
+}
+
+impl ResolvedLayer {
+    /// Builds the layer's tree from what resolving it kept: nothing is read from disk, and
+    /// only a layer that is written (or flattened into disks) needs it.
+    pub fn tree(&self) -> Result<Tree, InputError> {
+        let mut b = LayerBuilder { layer: &self.name, tree: Tree::new() };
+        for step in &self.steps {
+            match step {
+                Step::Insert(path, kind, meta) => {
+                    b.insert(path.clone(), kind.clone(), meta.clone())?
+                }
+                Step::HardLink { dest, target } => {
+                    let meta = b.tree.get(target).map_or(Meta::root(0o644), |e| e.meta.clone());
+                    b.insert(dest.clone(), EntryKind::HardLink(target.clone()), meta)?;
+                }
+                Step::Tree(scanned) => b.add_scanned(scanned)?,
+                Step::Tarball { dest, members } => b.add_members(dest, members)?,
+            }
+        }
+        Ok(b.tree)
+    }
+}
+
+/// Hashes every input of `spec` and records how its tree is made.
 pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<ResolvedLayer, InputError> {
-    let mut b = LayerBuilder { layer: spec.name.clone(), tree: Tree::new(), inputs: Vec::new() };
+    let mut steps = Vec::new();
+    let mut inputs = Vec::new();
+    let mut declared = Declaration::default();
     for d in &spec.dirs {
-        b.insert(d.dest.clone(), EntryKind::Dir, meta(&d.owner, 0o755))?;
+        declared.item(b"dir", &d.dest, Some(&d.owner), &[]);
+        steps.push(Step::Insert(d.dest.clone(), EntryKind::Dir, meta(&d.owner, 0o755)));
     }
     for t in &spec.trees {
-        b.add_tree(&t.src, &t.dest, t.uid, t.gid, cache)?;
+        let (digest, scanned) = scan_tree(&t.src, &t.dest, t.uid, t.gid, cache)?;
+        declared.item(b"tree", &t.dest, None, &[&t.uid.to_le_bytes(), &t.gid.to_le_bytes()]);
+        declared.digest(&digest);
+        inputs.push(Input {
+            kind: InputKind::Tree,
+            src: t.src.rel().to_string(),
+            digest,
+            executable: false,
+        });
+        steps.push(Step::Tree(scanned));
     }
     for t in &spec.tarballs {
-        b.add_tarball(&t.src, &t.dest, cache)?;
+        let (content, _) = hash_file(t.src.abs(), cache)?;
+        let tarball = t.src.rel().to_string();
+        declared.item(b"tarball", &t.dest, None, &[]);
+        declared.digest(&content.digest());
+        inputs.push(Input {
+            kind: InputKind::Tarball,
+            src: tarball.clone(),
+            digest: content.digest(),
+            executable: false,
+        });
+        let reader = crate::tarball::open(t.src.abs())
+            .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;
+        let members = crate::tarball::read_members(reader, &tarball)?;
+        steps.push(Step::Tarball { dest: t.dest.clone(), members });
     }
     for f in &spec.files {
         let (content, exec) = hash_file(f.src.abs(), cache)?;
-        b.inputs.push(Input {
+        declared.item(b"file", &f.dest, Some(&f.owner), &[&[u8::from(exec)]]);
+        declared.digest(&content.digest());
+        inputs.push(Input {
             kind: InputKind::File,
             src: f.src.rel().to_string(),
             digest: content.digest(),
             executable: exec,
         });
-        b.insert(f.dest.clone(), EntryKind::File(content), meta(&f.owner, normal_mode(exec)))?;
+        let meta = meta(&f.owner, normal_mode(exec));
+        steps.push(Step::Insert(f.dest.clone(), EntryKind::File(content), meta));
     }
     for i in &spec.inline {
+        declared.item(b"inline", &i.dest, Some(&i.owner), &[i.content.as_bytes()]);
         let content = Content::Bytes(Arc::from(i.content.as_bytes()));
-        b.insert(i.dest.clone(), EntryKind::File(content), meta(&i.owner, 0o644))?;
+        steps.push(Step::Insert(i.dest.clone(), EntryKind::File(content), meta(&i.owner, 0o644)));
     }
-    for s in &spec.symlinks {
-        b.insert(s.dest.clone(), EntryKind::Symlink(s.target.clone()), meta(&s.owner, 0o777))?;
+    for l in &spec.symlinks {
+        declared.item(b"symlink", &l.dest, Some(&l.owner), &[l.target.as_bytes()]);
+        let kind = EntryKind::Symlink(l.target.clone());
+        steps.push(Step::Insert(l.dest.clone(), kind, meta(&l.owner, 0o777)));
     }
     for h in &spec.hardlinks {
-        let target_meta = b.tree.get(&h.target).map_or(Meta::root(0o644), |e| e.meta.clone());
-        b.insert(h.dest.clone(), EntryKind::HardLink(h.target.clone()), target_meta)?;
+        declared.item(b"hardlink", &h.dest, None, &[h.target.as_str().as_bytes()]);
+        steps.push(Step::HardLink { dest: h.dest.clone(), target: h.target.clone() });
     }
-    Ok(ResolvedLayer { name: b.layer, tree: b.tree, inputs: b.inputs })
+    Ok(ResolvedLayer { name: spec.name.clone(), inputs, digest: declared.finish(), steps })
+}
+
+/// The bytes [`ResolvedLayer::digest`] hashes: each declaration's kind, destination,
+/// ownership and other fields, length-prefixed so that no two declarations read alike, and
+/// each input's digest in place of its path.
+#[derive(Default)]
+struct Declaration(Vec<u8>);
+
+impl Declaration {
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn item(&mut self, kind: &[u8], dest: &ImagePath, owner: Option<&Ownership>, rest: &[&[u8]]) {
+        self.field(kind);
+        self.field(dest.as_str().as_bytes());
+        match owner {
+            Some(o) => {
+                let mode = o.mode.map_or([0; 5], |m| {
+                    let [a, b, c, d] = m.to_le_bytes();
+                    [1, a, b, c, d]
+                });
+                self.field(&mode);
+                self.field(&o.uid.to_le_bytes());
+                self.field(&o.gid.to_le_bytes());
+            }
+            None => self.field(b""),
+        }
+        for part in rest {
+            self.field(part);
+        }
+    }
+
+    fn digest(&mut self, digest: &Digest) {
+        self.field(digest.as_bytes());
+    }
+
+    fn finish(self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"kiln layer declaration 1\n");
+        h.update(&self.0);
+        h.finish()
+    }
 }
 
 fn meta(owner: &Ownership, default_mode: u32) -> Meta {
@@ -140,7 +259,7 @@ struct Hashed {
 
 impl Hashed {
     /// The file's content as an output will read it back.
-    fn host_file(self, path: PathBuf) -> HostFile {
+    fn host_file(&self, path: PathBuf) -> HostFile {
         HostFile { path, size: self.size, digest: self.digest, hashed_as: self.hashed_as }
     }
 }
@@ -191,17 +310,159 @@ fn hash_file(path: &Path, cache: &mut HashCache) -> Result<(Content, bool), Inpu
     Ok((Content::Host(hashed.host_file(path.to_path_buf())), exec))
 }
 
-struct LayerBuilder {
-    layer: String,
-    tree: Tree,
-    inputs: Vec<Input>,
+/// A host tree as the scan found it, every entry checked: what
+/// [`LayerBuilder::add_scanned`] adds to a tree.
+#[derive(Debug)]
+struct ScannedTree {
+    dest: ImagePath,
+    uid: u32,
+    gid: u32,
+    /// Each directory's entries by listing id (0 is the tree's root).
+    dirs: HashMap<usize, Scanned>,
 }
 
-impl LayerBuilder {
+/// One directory of a [`ScannedTree`], entries sorted bytewise by name.
+#[derive(Debug)]
+struct Scanned {
+    /// The directory's path on the host.
+    dir: PathBuf,
+    /// Every entry's name, back to back.
+    names: Vec<u8>,
+    entries: Vec<(Range<usize>, Kept)>,
+}
+
+/// A checked directory entry.
+#[derive(Debug)]
+enum Kept {
+    /// A directory, whose entries are under this listing id.
+    Dir(usize),
+    Symlink(String),
+    File {
+        exec: bool,
+        hashed: Hashed,
+    },
+    /// A further name of a file met earlier in the walk, whose image path is `first`.
+    HardLink {
+        exec: bool,
+        first: ImagePath,
+    },
+}
+
+/// Lists and hashes the host tree `src` for a layer that puts it at `dest`: returns the
+/// tree's digest (its listing, hashed as [`ListingHasher`] says) and the checked entries.
+/// Worker threads list and hash (see [`scan`]); the listings are taken here in sorted
+/// depth-first order, so neither directory order on disk nor thread timing matters.
+fn scan_tree(
+    src: &SourcePath,
+    dest: &ImagePath,
+    uid: u32,
+    gid: u32,
+    cache: &mut HashCache,
+) -> Result<(Digest, ScannedTree), InputError> {
+    let ((digest, dirs), learned) = scan::walk(src.abs(), cache, |walker| {
+        let mut listing = ListingHasher::default();
+        let mut dirs = HashMap::new();
+        let mut links: HashMap<(u64, u64), ImagePath> = HashMap::new();
+        // Directories to take, with their paths relative to the tree and in the image.
+        let mut stack: Vec<(usize, String, ImagePath)> = vec![(0, String::new(), dest.clone())];
+        // The entry's path relative to the tree, rebuilt in place for each entry.
+        let mut rel = String::new();
+        while let Some((id, rel_dir, image_dir)) = stack.pop() {
+            let mut subdirs = Vec::new();
+            let Listing { dir, names, entries } = walker.take(id)?;
+            let mut kept = Vec::with_capacity(entries.len());
+            for Found { name: range, what } in entries {
+                let name = Listing::name(&names, &range);
+                let host = || dir.join(name);
+                let name = name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host() })?;
+                rel.clear();
+                if !rel_dir.is_empty() {
+                    rel.push_str(&rel_dir);
+                    rel.push('/');
+                }
+                rel.push_str(name);
+                let image = |image_dir: &ImagePath| {
+                    image_dir
+                        .child(name)
+                        .map_err(|source| InputError::Path { path: rel.clone(), source })
+                };
+                let entry = match what {
+                    What::Dir(sub) => {
+                        listing.line(&[b"d 755 ", rel.as_bytes()]);
+                        subdirs.push((sub, rel.clone(), image(&image_dir)?));
+                        Kept::Dir(sub)
+                    }
+                    What::Symlink(target) => {
+                        let target = target
+                            .to_str()
+                            .ok_or_else(|| InputError::NotUtf8 { path: host() })?
+                            .to_string();
+                        let parent = ImagePath::parse(&rel)
+                            .ok()
+                            .and_then(|p| p.parent())
+                            .unwrap_or_else(ImagePath::root);
+                        if target.starts_with('/') || parent.join(&target).is_err() {
+                            return Err(InputError::SymlinkEscapes {
+                                path: host(),
+                                target,
+                                tree: src.rel().to_string(),
+                            });
+                        }
+                        listing.line(&[b"l 777 ", rel.as_bytes(), b"\0", target.as_bytes()]);
+                        Kept::Symlink(target)
+                    }
+                    What::File { exec, nlink, inode, hashed } => {
+                        let mode_text: &[u8] = if exec { b"755" } else { b"644" };
+                        let first = if nlink > 1 { links.get(&inode) } else { None };
+                        if let Some(first) = first {
+                            let first = first.clone();
+                            listing.line(&[
+                                b"h 0 ",
+                                rel.as_bytes(),
+                                b"\0",
+                                first.as_str().as_bytes(),
+                            ]);
+                            Kept::HardLink { exec, first }
+                        } else {
+                            if nlink > 1 {
+                                links.insert(inode, image(&image_dir)?);
+                            }
+                            let hashed =
+                                hashed.map_err(|source| InputError::Io { path: host(), source })?;
+                            listing.file_line(mode_text, &rel, &hashed.digest);
+                            Kept::File { exec, hashed }
+                        }
+                    }
+                    What::Special(kind) => {
+                        return Err(InputError::SpecialFile { path: host(), kind })
+                    }
+                    What::Failed(source) => return Err(InputError::Io { path: host(), source }),
+                };
+                kept.push((range, entry));
+            }
+            // Reverse so the stack pops subdirectories in sorted order.
+            stack.extend(subdirs.into_iter().rev());
+            dirs.insert(id, Scanned { dir, names, entries: kept });
+        }
+        Ok((listing.finish(), dirs))
+    })?;
+    for (stamp, digest) in learned {
+        cache.put(stamp, digest);
+    }
+    Ok((digest, ScannedTree { dest: dest.clone(), uid, gid, dirs }))
+}
+
+/// Makes a layer's tree, step by step.
+struct LayerBuilder<'a> {
+    layer: &'a str,
+    tree: Tree,
+}
+
+impl LayerBuilder<'_> {
     fn insert(&mut self, path: ImagePath, kind: EntryKind, meta: Meta) -> Result<(), InputError> {
         self.tree
             .insert(path, Entry { kind, meta })
-            .map_err(|source| InputError::Tree { layer: self.layer.clone(), source })
+            .map_err(|source| InputError::Tree { layer: self.layer.to_string(), source })
     }
 
     /// Directories found in trees and tarballs yield to one declared in the recipe.
@@ -214,145 +475,61 @@ impl LayerBuilder {
         self.insert(path, EntryKind::Dir, meta)
     }
 
-    /// Adds the host tree `src` under `dest`. Worker threads list and hash it (see
-    /// [`scan`]); entries are added here in sorted depth-first order, so neither directory
-    /// order on disk nor thread timing matters.
-    fn add_tree(
-        &mut self,
-        src: &SourcePath,
-        dest: &ImagePath,
-        uid: u32,
-        gid: u32,
-        cache: &mut HashCache,
-    ) -> Result<(), InputError> {
-        let owner = |mode| Meta { mode, uid, gid, xattrs: BTreeMap::new() };
+    /// Adds a scanned host tree, in the order it was walked.
+    fn add_scanned(&mut self, scanned: &ScannedTree) -> Result<(), InputError> {
+        let ScannedTree { dest, uid, gid, dirs } = scanned;
+        let owner = |mode| Meta { mode, uid: *uid, gid: *gid, xattrs: BTreeMap::new() };
         self.insert_found_dir(dest.clone(), owner(0o755))?;
-        let (digest, learned) = scan::walk(src.abs(), cache, |walker| {
-            let mut listing = ListingHasher::default();
-            let mut links: HashMap<(u64, u64), ImagePath> = HashMap::new();
-            // Directories to take, with their paths relative to the tree and in the image.
-            let mut stack: Vec<(usize, String, ImagePath)> = vec![(0, String::new(), dest.clone())];
-            // The entry's path relative to the tree, rebuilt in place for each entry.
-            let mut rel = String::new();
-            while let Some((id, rel_dir, image_dir)) = stack.pop() {
-                let mut subdirs = Vec::new();
-                let Listing { dir, names, entries } = walker.take(id)?;
-                for Found { name, what } in entries {
-                    let name = Listing::name(&names, &name);
-                    let host = || dir.join(name);
-                    let name = name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host() })?;
-                    rel.clear();
-                    if !rel_dir.is_empty() {
-                        rel.push_str(&rel_dir);
-                        rel.push('/');
+        let mut stack = vec![(0, dest.clone())];
+        while let Some((id, image_dir)) = stack.pop() {
+            let Some(Scanned { dir, names, entries }) = dirs.get(&id) else { continue };
+            let mut subdirs = Vec::new();
+            for (range, kept) in entries {
+                let name = Listing::name(names, range);
+                let host = || dir.join(name);
+                let name = name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host() })?;
+                let image = image_dir.child(name).map_err(|source| InputError::Path {
+                    path: format!("{image_dir}/{name}"),
+                    source,
+                })?;
+                match kept {
+                    Kept::Dir(sub) => {
+                        self.insert_found_dir(image.clone(), owner(0o755))?;
+                        subdirs.push((*sub, image));
                     }
-                    rel.push_str(name);
-                    let image = image_dir
-                        .child(name)
-                        .map_err(|source| InputError::Path { path: rel.clone(), source })?;
-                    match what {
-                        What::Dir(sub) => {
-                            listing.line(&[b"d 755 ", rel.as_bytes()]);
-                            self.insert_found_dir(image.clone(), owner(0o755))?;
-                            subdirs.push((sub, rel.clone(), image));
-                        }
-                        What::Symlink(target) => {
-                            let target = target
-                                .to_str()
-                                .ok_or_else(|| InputError::NotUtf8 { path: host() })?
-                                .to_string();
-                            let parent = ImagePath::parse(&rel)
-                                .ok()
-                                .and_then(|p| p.parent())
-                                .unwrap_or_else(ImagePath::root);
-                            if target.starts_with('/') || parent.join(&target).is_err() {
-                                return Err(InputError::SymlinkEscapes {
-                                    path: host(),
-                                    target,
-                                    tree: src.rel().to_string(),
-                                });
-                            }
-                            listing.line(&[b"l 777 ", rel.as_bytes(), b"\0", target.as_bytes()]);
-                            self.insert(image, EntryKind::Symlink(target), owner(0o777))?;
-                        }
-                        What::File { exec, nlink, inode, hashed } => {
-                            let mode = normal_mode(exec);
-                            let mode_text: &[u8] = if exec { b"755" } else { b"644" };
-                            if nlink > 1 {
-                                if let Some(first) = links.get(&inode) {
-                                    listing.line(&[
-                                        b"h 0 ",
-                                        rel.as_bytes(),
-                                        b"\0",
-                                        first.as_str().as_bytes(),
-                                    ]);
-                                    let link = EntryKind::HardLink(first.clone());
-                                    self.insert(image, link, owner(mode))?;
-                                    continue;
-                                }
-                                links.insert(inode, image.clone());
-                            }
-                            let hashed =
-                                hashed.map_err(|source| InputError::Io { path: host(), source })?;
-                            listing.file_line(mode_text, &rel, &hashed.digest);
-                            let content = Content::Host(hashed.host_file(host()));
-                            self.insert(image, EntryKind::File(content), owner(mode))?;
-                        }
-                        What::Special(kind) => {
-                            return Err(InputError::SpecialFile { path: host(), kind })
-                        }
-                        What::Failed(source) => {
-                            return Err(InputError::Io { path: host(), source })
-                        }
+                    Kept::Symlink(target) => {
+                        self.insert(image, EntryKind::Symlink(target.clone()), owner(0o777))?
+                    }
+                    Kept::File { exec, hashed } => {
+                        let content = Content::Host(hashed.host_file(host()));
+                        self.insert(image, EntryKind::File(content), owner(normal_mode(*exec)))?;
+                    }
+                    Kept::HardLink { exec, first } => {
+                        let link = EntryKind::HardLink(first.clone());
+                        self.insert(image, link, owner(normal_mode(*exec)))?
                     }
                 }
-                // Reverse so the stack pops subdirectories in sorted order.
-                stack.extend(subdirs.into_iter().rev());
             }
-            Ok(listing.finish())
-        })?;
-        for (stamp, digest) in learned {
-            cache.put(stamp, digest);
+            stack.extend(subdirs.into_iter().rev());
         }
-        self.inputs.push(Input {
-            kind: InputKind::Tree,
-            src: src.rel().to_string(),
-            digest,
-            executable: false,
-        });
         Ok(())
     }
 
-    fn add_tarball(
-        &mut self,
-        src: &SourcePath,
-        dest: &ImagePath,
-        cache: &mut HashCache,
-    ) -> Result<(), InputError> {
-        let tarball = src.rel().to_string();
-        let (content, _) = hash_file(src.abs(), cache)?;
-        self.inputs.push(Input {
-            kind: InputKind::Tarball,
-            src: tarball.clone(),
-            digest: content.digest(),
-            executable: false,
-        });
-        let reader = crate::tarball::open(src.abs())
-            .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;
-        let members = crate::tarball::read_members(reader, &tarball)?;
+    /// Adds a tarball's members under `dest`.
+    fn add_members(&mut self, dest: &ImagePath, members: &[Member]) -> Result<(), InputError> {
         for m in members {
             let path = dest
                 .join(m.path.as_str())
                 .map_err(|source| InputError::Path { path: m.path.to_string(), source })?;
-            match m.kind {
-                EntryKind::Dir => self.insert_found_dir(path, m.meta)?,
+            match &m.kind {
+                EntryKind::Dir => self.insert_found_dir(path, m.meta.clone())?,
                 EntryKind::HardLink(target) => {
                     let target = dest
                         .join(target.as_str())
                         .map_err(|source| InputError::Path { path: target.to_string(), source })?;
-                    self.insert(path, EntryKind::HardLink(target), m.meta)?
+                    self.insert(path, EntryKind::HardLink(target), m.meta.clone())?
                 }
-                kind => self.insert(path, kind, m.meta)?,
+                kind => self.insert(path, kind.clone(), m.meta.clone())?,
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use crate::inputs::InputError;
 use crate::tree::{Content, EntryKind, Meta};
 
 /// One accepted member of a tarball, with its path relative to where it is unpacked.
+#[derive(Debug)]
 pub struct Member {
     pub path: ImagePath,
     pub kind: EntryKind,

@@ -34,7 +34,7 @@ fn trees_keep_links_and_normalise_modes() {
     symlink("../data", t.join("bin/rel")).unwrap();
     let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/opt\", uid = 7 }]");
     let layer = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap();
-    let tree = &layer.tree;
+    let tree = &layer.tree().unwrap();
     let tool = tree.get(&p("opt/bin/tool")).unwrap();
     assert_eq!(tool.meta.mode, 0o755, "setuid from the host never leaks in");
     assert_eq!(tool.meta.uid, 7);
@@ -76,7 +76,10 @@ fn tree_error(setup: impl FnOnce(&Path)) -> String {
     fs::create_dir_all(&t).unwrap();
     setup(&t);
     let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
-    resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap_err().to_string()
+    resolve_layer(&r.layers[0], &mut HashCache::disabled())
+        .and_then(|layer| layer.tree())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -147,7 +150,10 @@ fn tarball_result(bytes: &[u8]) -> Result<kiln_builder::inputs::ResolvedLayer, I
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join("in.tar"), bytes).unwrap();
     let r = recipe(tmp.path(), "tarballs = [{ src = \"in.tar\", dest = \"/srv\" }]");
-    resolve_layer(&r.layers[0], &mut HashCache::disabled())
+    // Some members are refused as the tarball is read, others only as its tree is made.
+    let layer = resolve_layer(&r.layers[0], &mut HashCache::disabled())?;
+    layer.tree()?;
+    Ok(layer)
 }
 
 #[test]
@@ -156,8 +162,9 @@ fn tarball_members_are_unpacked() {
     bytes.truncate(1024);
     bytes.extend(raw_tar(b"app/link", b'2', b"run", b""));
     let layer = tarball_result(&bytes).unwrap();
-    assert!(matches!(layer.tree.get(&p("srv/app/run")).unwrap().kind, EntryKind::File(_)));
-    assert_eq!(layer.tree.get(&p("srv/app/link")).unwrap().kind, EntryKind::Symlink("run".into()));
+    let tree = layer.tree().unwrap();
+    assert!(matches!(tree.get(&p("srv/app/run")).unwrap().kind, EntryKind::File(_)));
+    assert_eq!(tree.get(&p("srv/app/link")).unwrap().kind, EntryKind::Symlink("run".into()));
     assert_eq!(layer.inputs[0].kind, InputKind::Tarball);
 }
 
@@ -254,15 +261,16 @@ fn parallel_tree_reading_keeps_the_locked_digest_and_sorted_order() {
     assert_eq!(first.inputs[0].digest, expected, "the tree digest in lock files changed");
     for _ in 0..5 {
         let again = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap();
-        assert_eq!(again.tree, first.tree);
+        assert_eq!(again.tree().unwrap(), first.tree().unwrap());
+        assert_eq!(again.digest, first.digest);
         assert_eq!(again.inputs, first.inputs);
     }
     // The walk meets d000/twin first, so it carries the content.
     assert_eq!(
-        first.tree.get(&p("d003/inner0/f1")).unwrap().kind,
+        first.tree().unwrap().get(&p("d003/inner0/f1")).unwrap().kind,
         EntryKind::HardLink(p("d000/twin"))
     );
-    assert_eq!(first.tree.get(&p("d001/inner1/f2")).unwrap().meta.mode, 0o755);
+    assert_eq!(first.tree().unwrap().get(&p("d001/inner1/f2")).unwrap().meta.mode, 0o755);
 }
 
 #[test]
@@ -295,15 +303,16 @@ fn remembered_digests_give_the_same_layer_and_a_rewrite_is_seen() {
     cache.save().unwrap();
     assert!(cache_file.exists(), "settled files are remembered");
     let remembered = resolve_layer(&r.layers[0], &mut HashCache::load(&cache_file)).unwrap();
-    assert_eq!(without_stamps(&remembered.tree), without_stamps(&fresh.tree));
+    assert_eq!(without_stamps(&remembered.tree().unwrap()), without_stamps(&fresh.tree().unwrap()));
+    assert_eq!(remembered.digest, fresh.digest);
     assert_eq!(remembered.inputs, fresh.inputs);
     // Only a file read by this very build is trusted unread later on, by its stamp.
     let hashed_as = |t: &Tree| match &t.get(&p("d005/inner2/f3")).unwrap().kind {
         EntryKind::File(kiln_builder::Content::Host(host)) => host.hashed_as,
         other => panic!("{other:?}"),
     };
-    assert!(hashed_as(&fresh.tree).is_some());
-    assert!(hashed_as(&remembered.tree).is_none());
+    assert!(hashed_as(&fresh.tree().unwrap()).is_some());
+    assert!(hashed_as(&remembered.tree().unwrap()).is_none());
     // Same size, new bytes: the stamp (mtime/ctime) changed, so the file is read again.
     let f = t.join("d005/inner2/f3");
     let mut bytes = fs::read(&f).unwrap();
@@ -311,7 +320,8 @@ fn remembered_digests_give_the_same_layer_and_a_rewrite_is_seen() {
     fs::write(&f, &bytes).unwrap();
     let rewritten = resolve_layer(&r.layers[0], &mut HashCache::load(&cache_file)).unwrap();
     let digest = |l: &kiln_builder::inputs::ResolvedLayer| match &l
-        .tree
+        .tree()
+        .unwrap()
         .get(&p("d005/inner2/f3"))
         .unwrap()
         .kind
@@ -334,4 +344,66 @@ fn without_stamps(tree: &Tree) -> Vec<(ImagePath, kiln_builder::Entry)> {
             (path.clone(), entry)
         })
         .collect()
+}
+
+/// A layer declaring one of everything, over inputs written into `dir`.
+fn everything(dir: &Path, name: &str, edit: (&str, &str)) -> kiln_builder::inputs::ResolvedLayer {
+    fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+    fs::write(dir.join("rootfs/etc/os-release"), b"ID=kiln\n").unwrap();
+    fs::write(dir.join("app"), b"#!/bin/sh\n").unwrap();
+    fs::write(dir.join("base.tar"), raw_tar(b"opt/x", b'0', b"", b"x")).unwrap();
+    let body = [
+        "dirs = [{ dest = \"/var/lib/app\", mode = 0o750, uid = 1000, gid = 1000 }]",
+        "files = [{ src = \"app\", dest = \"/usr/bin/app\", mode = 0o755 }]",
+        "inline = [{ dest = \"/etc/motd\", content = \"hello\" }]",
+        "symlinks = [{ dest = \"/bin/sh\", target = \"busybox\" }]",
+        "hardlinks = [{ dest = \"/usr/bin/app2\", target = \"/usr/bin/app\" }]",
+        "trees = [{ src = \"rootfs\", dest = \"/\", uid = 0 }]",
+        "tarballs = [{ src = \"base.tar\", dest = \"/srv\" }]",
+    ]
+    .join("\n")
+    .replace(edit.0, edit.1);
+    let text =
+        format!("[image]\nname = \"t\"\nversion = \"1\"\n[[layer]]\nname = \"{name}\"\n{body}\n");
+    fs::write(dir.join("r.toml"), text).unwrap();
+    let r = Recipe::load(&dir.join("r.toml")).unwrap();
+    resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap()
+}
+
+#[test]
+fn a_layer_digest_names_every_declared_field_and_input_but_no_host_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = everything(&tmp.path().join("one"), "l", ("", ""));
+    // Another checkout, another layer name: the same layer.
+    let moved = everything(&tmp.path().join("elsewhere/two"), "renamed", ("", ""));
+    assert_eq!(moved.digest, base.digest);
+    let blob = |layer: &kiln_builder::inputs::ResolvedLayer| {
+        let gzip = kiln_builder::compress::Compression::GZIP;
+        kiln_builder::write_layer(&layer.tree().unwrap(), 0, &gzip, 1, tmp.path()).unwrap().digest
+    };
+    assert_eq!(blob(&moved), blob(&base));
+    let edits = [
+        ("mode = 0o750", "mode = 0o751"),
+        ("uid = 1000", "uid = 1001"),
+        ("gid = 1000 }", "gid = 1002 }"),
+        ("/var/lib/app", "/var/lib/ap"),
+        ("mode = 0o755", "mode = 0o700"),
+        ("\"hello\"", "\"hello!\""),
+        ("\"busybox\"", "\"toybox\""),
+        ("dest = \"/usr/bin/app2\"", "dest = \"/usr/bin/app3\""),
+        ("uid = 0 }", "uid = 5 }"),
+        ("dest = \"/srv\"", "dest = \"/opt\""),
+        ("src = \"rootfs\", dest = \"/\"", "src = \"rootfs\", dest = \"/r\""),
+    ];
+    for (i, edit) in edits.into_iter().enumerate() {
+        let changed = everything(&tmp.path().join(format!("edit{i}")), "l", edit);
+        assert_ne!(changed.digest, base.digest, "{edit:?}");
+    }
+    // A changed input, with the declaration as it was.
+    let dir = tmp.path().join("content");
+    everything(&dir, "l", ("", ""));
+    fs::write(dir.join("rootfs/etc/os-release"), b"ID=other\n").unwrap();
+    let r = Recipe::load(&dir.join("r.toml")).unwrap();
+    let changed = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap();
+    assert_ne!(changed.digest, base.digest);
 }
