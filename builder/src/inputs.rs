@@ -1,4 +1,5 @@
-//! Inputs: host files, trees and tarballs hashed and turned into a layer's [`Tree`].
+//! Inputs: host files, trees and tarballs hashed, and a layer's [`Tree`] made from them when
+//! the layer is to be written.
 
 mod scan;
 
