@@ -187,17 +187,19 @@ pub fn compress<R: Read, W: Write>(
             Err(e) => Some(Err(e)),
         }
     });
-    compress_blocks(compression, threads, blocks, output)
+    compress_blocks(compression, threads, blocks, output, &drop)
 }
 
 /// [`compress`] for input that already comes in owned blocks, of any sizes: blocks of
 /// exactly [`GZIP_CHUNK`] bytes become gzip chunks without being copied. The bytes written
-/// depend only on the concatenated input, not on how it was cut into blocks.
+/// depend only on the concatenated input, not on how it was cut into blocks. Each block
+/// whose bytes are compressed is handed to `spent`, so that its memory can be filled again.
 pub fn compress_blocks<I, W>(
     compression: &Compression,
     threads: usize,
     blocks: I,
     output: W,
+    spent: &dyn Fn(Vec<u8>),
 ) -> Result<W, CompressionError>
 where
     I: Iterator<Item = io::Result<Vec<u8>>>,
@@ -207,13 +209,19 @@ where
     let workers = threads.max(1);
     match *compression {
         Compression::Gzip { level } => {
-            gzip(level, workers, Rechunk { blocks, pending: Vec::new() }, output)
+            gzip(level, workers, Rechunk { blocks, pending: Vec::new() }, output, spent)
         }
-        Compression::Zstd { level } => zstd(level, workers, blocks, output),
+        Compression::Zstd { level } => zstd(level, workers, blocks, output, spent),
     }
 }
 
-fn zstd<I, W>(level: i32, workers: usize, blocks: I, output: W) -> Result<W, CompressionError>
+fn zstd<I, W>(
+    level: i32,
+    workers: usize,
+    blocks: I,
+    output: W,
+    spent: &dyn Fn(Vec<u8>),
+) -> Result<W, CompressionError>
 where
     I: Iterator<Item = io::Result<Vec<u8>>>,
     W: Write,
@@ -229,6 +237,7 @@ where
         let block = block.map_err(CompressionError::Read)?;
         // Plain writes only: an explicit flush would end a zstd job early and change bytes.
         enc.write_all(&block).map_err(CompressionError::Write)?;
+        spent(block);
     }
     enc.finish().map_err(CompressionError::Write)
 }
@@ -265,13 +274,17 @@ struct Job {
     index: u64,
     buf: Vec<u8>,
     last: bool,
+    /// Memory for the deflated bytes, from a chunk written before (faulting in fresh pages
+    /// for every chunk showed in profiles).
+    out: Vec<u8>,
 }
 
-/// A deflated chunk with the crc32 of its input.
+/// A deflated chunk with the crc32 of its input, and the input's memory.
 struct Deflated {
     index: u64,
     bytes: Vec<u8>,
     crc: crc32fast::Hasher,
+    input: Vec<u8>,
 }
 
 fn gzip<I, W>(
@@ -279,6 +292,7 @@ fn gzip<I, W>(
     workers: usize,
     mut chunks: I,
     mut output: W,
+    spent: &dyn Fn(Vec<u8>),
 ) -> Result<W, CompressionError>
 where
     I: Iterator<Item = io::Result<Vec<u8>>>,
@@ -299,6 +313,7 @@ where
         let mut crc = crc32fast::Hasher::new();
         let (mut sent, mut written, mut eof) = (0u64, 0u64, false);
         let mut ready: BTreeMap<u64, Deflated> = BTreeMap::new();
+        let mut spare: Vec<Vec<u8>> = Vec::new();
         // One chunk of lookahead tells the last chunk (which ends the stream) from the others;
         // empty input is one empty last chunk.
         let mut next = chunks.next().transpose().map_err(CompressionError::Read)?;
@@ -307,7 +322,8 @@ where
                 let buf = next.take().unwrap_or_default();
                 next = chunks.next().transpose().map_err(CompressionError::Read)?;
                 eof = next.is_none();
-                let job = Job { index: sent, buf, last: eof };
+                let out = spare.pop().unwrap_or_default();
+                let job = Job { index: sent, buf, last: eof, out };
                 job_tx.send(job).map_err(|_| CompressionError::Worker)?;
                 sent += 1;
             }
@@ -317,6 +333,8 @@ where
                 output.write_all(&chunk.bytes).map_err(CompressionError::Write)?;
                 crc.combine(&chunk.crc);
                 written += 1;
+                spare.push(chunk.bytes);
+                spent(chunk.input);
             }
         }
         drop(job_tx);
@@ -451,7 +469,9 @@ impl Deflater {
 /// depends on the bytes alone, never on threads.
 fn deflate_chunk(deflater: &mut Deflater, job: Job) -> Result<Deflated, CompressionError> {
     let data = &job.buf[..];
-    let mut out = Vec::with_capacity(data.len() / 2 + 4096);
+    let mut out = job.out;
+    out.clear();
+    out.reserve(data.len() / 2 + 4096);
     // Each granule is judged once; runs of equal verdicts become one segment.
     let verdicts: Vec<bool> = data.chunks(GRANULE).map(incompressible).collect();
     let mut start = 0;
@@ -470,7 +490,7 @@ fn deflate_chunk(deflater: &mut Deflater, job: Job) -> Result<Deflated, Compress
     }
     let mut crc = crc32fast::Hasher::new();
     crc.update(data);
-    Ok(Deflated { index: job.index, bytes: out, crc })
+    Ok(Deflated { index: job.index, bytes: out, crc, input: job.buf })
 }
 
 #[cfg(test)]
@@ -559,8 +579,18 @@ mod tests {
                         rest = tail;
                     }
                     assert!(rest.is_empty());
-                    let cut = compress_blocks(&compression, 2, blocks.into_iter(), Vec::new());
+                    // Every byte comes back in a spent block, for the caller to reuse.
+                    let spent = std::cell::Cell::new(0);
+                    let give_back = |block: Vec<u8>| spent.set(spent.get() + block.len());
+                    let cut = compress_blocks(
+                        &compression,
+                        2,
+                        blocks.into_iter(),
+                        Vec::new(),
+                        &give_back,
+                    );
                     assert_eq!(cut.unwrap(), whole, "{compression} cut as {sizes:?}");
+                    assert_eq!(spent.get(), data.len(), "{compression} cut as {sizes:?}");
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::thread;
 
 use kiln_oci::{Digest, HashingWriter};
@@ -79,14 +79,23 @@ pub fn write_layer(
     let out = HashingWriter::new(file);
 
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
+    // Blocks go back to the tar writer once compressed: fresh memory for every block cost
+    // the kernel a page clearing each time.
+    let (give_back, spare) = channel::<Vec<u8>>();
+    let spent = move |mut block: Vec<u8>| {
+        block.clear();
+        // The tar writer may be done already; the block is then freed.
+        let _ = give_back.send(block);
+    };
     let (compressed, produced) = thread::scope(|scope| {
         let producer = scope.spawn(move || -> Result<Digest, TarError> {
-            let hashed = write_tar(tree, epoch, HashingWriter::new(PipeWriter::new(tx)))?;
+            let pipe = PipeWriter::new(tx, spare);
+            let hashed = write_tar(tree, epoch, HashingWriter::new(pipe))?;
             let (pipe, diff_id, _) = hashed.finish();
             pipe.close().map_err(TarError::Write)?;
             Ok(diff_id)
         });
-        let compressed = compress_blocks(compression, threads, rx.into_iter().map(Ok), out);
+        let compressed = compress_blocks(compression, threads, rx.into_iter().map(Ok), out, &spent);
         match producer.join() {
             Ok(produced) => (compressed, produced),
             Err(panic) => std::panic::resume_unwind(panic),
@@ -112,19 +121,22 @@ pub fn write_layer(
 /// The tar writer's end of the pipe: collects bytes into blocks and sends them.
 struct PipeWriter {
     tx: SyncSender<Vec<u8>>,
+    /// Blocks the compressor is done with, empty.
+    spare: Receiver<Vec<u8>>,
     block: Vec<u8>,
 }
 
 impl PipeWriter {
-    fn new(tx: SyncSender<Vec<u8>>) -> Self {
-        PipeWriter { tx, block: Vec::with_capacity(PIPE_BLOCK) }
+    fn new(tx: SyncSender<Vec<u8>>, spare: Receiver<Vec<u8>>) -> Self {
+        PipeWriter { tx, spare, block: Vec::with_capacity(PIPE_BLOCK) }
     }
 
     fn send_block(&mut self) -> io::Result<()> {
         if self.block.is_empty() {
             return Ok(());
         }
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(PIPE_BLOCK));
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(PIPE_BLOCK));
+        let block = std::mem::replace(&mut self.block, next);
         self.tx.send(block).map_err(|_| {
             io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped reading")
         })
