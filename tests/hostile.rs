@@ -294,3 +294,23 @@ fn unreadable_input_is_named() {
     let r = recipe(&ws, "files = [{ src = \"files/secret\", dest = \"/x\" }]");
     rejects(&ws, &r, Some(EXIT_ERROR), &["files/secret"]);
 }
+
+#[test]
+fn a_path_declared_twice_is_named_and_nothing_is_stored_or_locked() {
+    let ws = Workspace::new();
+    ws.write("recipe/rootfs/etc/motd", "from the tree\n");
+    // The first layer is fine; the second declares /etc/motd twice. Layers are checked
+    // before any is stored, so not even the first one's blob is written.
+    let text = "[image]\nname = \"hostile\"\nversion = \"1.0.0\"\n\n\
+                [[layer]]\nname = \"fine\"\ninline = [{ dest = \"/ok\", content = \"ok\" }]\n\n\
+                [[layer]]\nname = \"twice\"\ntrees = [{ src = \"rootfs\", dest = \"/\" }]\n\
+                inline = [{ dest = \"/etc/motd\", content = \"again\" }]\n";
+    let r = ws.write("recipe/recipe.toml", text);
+    rejects(&ws, &r, Some(EXIT_ERROR), &["twice", "/etc/motd", "declared twice"]);
+    let store = ws.store("lock-store");
+    Kiln::new(&store)
+        .run(&["lock", r.to_str().expect("utf-8")])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["/etc/motd", "declared twice"]);
+    assert!(!ws.path("recipe/recipe.lock").exists(), "a lock was written for a bad recipe");
+}

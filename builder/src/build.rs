@@ -141,7 +141,12 @@ pub fn lock(
     epoch: Epoch,
     cache: &mut HashCache,
 ) -> Result<(Lock, bool), BuildError> {
-    let (_, lock) = resolve(recipe, epoch, cache)?;
+    let (layers, lock) = resolve(recipe, epoch, cache)?;
+    // A build makes a tree only for a layer it writes; a lock is written only for layers
+    // that can be made (no path declared twice, no file where a folder must be).
+    for layer in &layers {
+        layer.tree()?;
+    }
     let path = Lock::path_for(&recipe.file);
     let changed = Lock::read(&path)?.as_ref() != Some(&lock);
     if changed {
