@@ -253,4 +253,19 @@ mod tests {
             assert!(written(start, &[]).is_empty(), "{mode}");
         }
     }
+
+    #[test]
+    fn a_failed_write_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        File::create(&path).unwrap();
+        for (mode, start) in MODES {
+            // Open for reading only: every write fails.
+            let mut w = start(File::open(&path).unwrap()).unwrap();
+            let block = vec![1u8; BLOCK];
+            let written = (0..4).try_for_each(|_| w.write_all(&block));
+            let finished = w.finish();
+            assert!(written.is_err() || finished.is_err(), "{mode}");
+        }
+    }
 }
