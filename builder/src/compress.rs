@@ -368,12 +368,16 @@ const MIN_JUDGED: usize = 1024;
 /// histogram is so flat that deflate could not gain even 1 %. Integer arithmetic only, so
 /// the decision, and thus the output bytes, is the same on every machine.
 pub(crate) fn incompressible(data: &[u8]) -> bool {
-    /// Bytes counted before the first check of the running sum.
+    /// Bytes looked at before the first check of the running sum (even, so that every part
+    /// starts on a counted byte).
     const STEP: usize = GRANULE / 2;
     if data.len() < MIN_JUDGED {
         return false;
     }
-    let n = data.len() as u128;
+    // Only the bytes at even offsets are counted: half the work, and still plenty to tell
+    // noise from anything deflate can shrink by 1 %; a granule of noise misjudged as
+    // compressible (a few in a thousand) is only deflated for nothing.
+    let n = data.len().div_ceil(2) as u128;
     // (Σc² − n) / (n(n − 1)) estimates the collision probability Σp² without the bias that
     // small samples have (noise's Σc² exceeds n²/256 by about n). Σp² is 1/256 for uniform
     // bytes; within 3 % of that means a Rényi entropy above ~7.96 bits per byte. Counts only
@@ -390,16 +394,16 @@ pub(crate) fn incompressible(data: &[u8]) -> bool {
     true
 }
 
-/// Adds each byte of `data` to the histogram, spread over four tables so that runs of one
-/// byte value do not wait on the same counter.
+/// Adds the bytes at even offsets of `data` to the histogram, spread over four tables so
+/// that runs of one byte value do not wait on the same counter.
 fn count_bytes(data: &[u8], tables: &mut [[u32; 256]; 4]) {
-    let mut quads = data.chunks_exact(4);
-    for q in &mut quads {
-        for (table, &b) in tables.iter_mut().zip(q) {
+    let mut octets = data.chunks_exact(8);
+    for o in &mut octets {
+        for (table, &b) in tables.iter_mut().zip(o.iter().step_by(2)) {
             table[usize::from(b)] += 1;
         }
     }
-    for &b in quads.remainder() {
+    for &b in octets.remainder().iter().step_by(2) {
         tables[0][usize::from(b)] += 1;
     }
 }
@@ -517,13 +521,13 @@ mod tests {
         assert!(!incompressible(&noise(100, 7)), "too small to judge: compress it");
     }
 
-    /// The verdict from counting every byte, with no early answer.
+    /// The verdict from counting every byte at an even offset, with no early answer.
     fn whole_histogram_verdict(data: &[u8]) -> bool {
         let mut counts = [0u128; 256];
-        for &b in data {
+        for &b in data.iter().step_by(2) {
             counts[usize::from(b)] += 1;
         }
-        let n = data.len() as u128;
+        let n = data.len().div_ceil(2) as u128;
         let squares: u128 = counts.iter().map(|c| c * c).sum();
         // Σp² estimated without bias, below 1.03 / 256.
         data.len() >= MIN_JUDGED && (squares - n) * 256 * 100 < n * (n - 1) * 103
