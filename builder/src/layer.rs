@@ -79,8 +79,8 @@ pub fn write_layer(
     let out = HashingWriter::new(file);
 
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
-    // Blocks go back to the tar writer once compressed: with fresh memory for every block,
-    // the kernel's page clearing was 3 % of a cold build's CPU.
+    // Blocks go back to the tar writer once compressed instead of being freed and allocated
+    // anew: 1.4 % less CPU for a cold build with mimalloc (10.10 against 9.96 CPU-seconds).
     let (give_back, spare) = channel::<Vec<u8>>();
     let spent = move |mut block: Vec<u8>| {
         block.clear();
