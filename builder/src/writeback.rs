@@ -78,11 +78,9 @@ impl Writeback {
 
     /// The error that stopped the writing thread.
     fn writer_error(&mut self) -> io::Error {
-        let stopped = || io::Error::other("the thread writing the file stopped");
-        match self.writer.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => e,
-            Some(Err(_)) => io::Error::other("the thread writing the file panicked"),
-            Some(Ok(Ok(()))) | None => stopped(),
+        match join(self.writer.take()) {
+            Err(e) => e,
+            Ok(()) => io::Error::other("the thread writing the file stopped"),
         }
     }
 
@@ -94,13 +92,18 @@ impl Writeback {
         }
         let Writeback { file, full, writer, .. } = self;
         drop(full);
-        match writer.map(JoinHandle::join) {
-            Some(Ok(result)) => result?,
-            Some(Err(_)) => return Err(io::Error::other("the thread writing the file panicked")),
-            None => return Err(io::Error::other("the thread writing the file stopped")),
-        }
+        join(writer)?;
         file.sync_all()?;
         Ok(file)
+    }
+}
+
+/// Waits for the writing thread and returns what it returned.
+fn join(writer: Option<JoinHandle<io::Result<()>>>) -> io::Result<()> {
+    match writer.map(JoinHandle::join) {
+        Some(Ok(result)) => result,
+        Some(Err(_)) => Err(io::Error::other("the thread writing the file panicked")),
+        None => Err(io::Error::other("the thread writing the file stopped")),
     }
 }
 
