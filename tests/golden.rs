@@ -2,7 +2,7 @@
 //!
 //! A failure here means kiln's output bytes changed (tar layout, compressor backend or
 //! version, JSON serialisation, a default). That must be a deliberate, versioned decision:
-//! bump the output-format version, note it in the changelog, and only then update the pins.
+//! bump the output-format version, note it in CHANGELOG.md, and only then update the pins.
 
 mod support;
 

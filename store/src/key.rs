@@ -1,4 +1,4 @@
-//! The store's key layout, in one place (see DESIGN.md, "The store").
+//! The store's key layout, in one place (see docs/design.md, "The store").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,6 +1,6 @@
 //! kiln's content-addressed store over any `object_store` backend.
 //!
-//! Keys (see DESIGN.md, "The store"):
+//! Keys (see docs/design.md, "The store"):
 //!
 //! - `blobs/sha256/<hex>`: write-once blobs, re-hashed on every read;
 //! - `refs/<name>/<tag>`: the canonical JSON descriptor a tag points at (tags move);
