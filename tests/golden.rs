@@ -74,7 +74,10 @@ fn golden_digest_does_not_depend_on_threads() {
 /// filesystem alone, the same for every root. The raw disk pins
 /// the GPT, the ESP, the root and the verity partition; each other format pins its writer.
 /// ext4 roots are made by the host's mke2fs: their pins hold for e2fsprogs 1.47.0.
-const GOLDEN_DISKS: [(&str, &str, [(&str, &str); 5]); 3] = [
+/// (root filesystem, ESP size, each exported file with its sha256).
+type DiskPins = (&'static str, &'static str, [(&'static str, &'static str); 5]);
+
+const GOLDEN_DISKS: [DiskPins; 3] = [
     (
         "erofs",
         "4MiB",
