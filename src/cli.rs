@@ -86,9 +86,11 @@ pub struct VerifyArgs {
     /// Rebuild from the recipe, lock and epoch recorded in the provenance and compare.
     #[arg(long)]
     pub rebuild: bool,
-    /// The folder holding the recipe's input files [default: the recorded recipe's folder]
+    /// The checkout holding the recipe the provenance names (its path is recorded relative
+    /// to this root) [default: the git checkout holding the current folder, else the current
+    /// folder]
     #[arg(long, value_name = "DIR", requires = "rebuild")]
-    pub recipe_dir: Option<PathBuf>,
+    pub source_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +167,10 @@ pub struct BuildArgs {
     /// Sign the image with this private key and attach an SBOM and signed provenance.
     #[arg(long, value_name = "KEY")]
     pub sign: Option<PathBuf>,
+    /// The root the provenance names the recipe relative to [default: the git checkout
+    /// holding the recipe, else the recipe's folder]
+    #[arg(long, value_name = "DIR", requires = "sign")]
+    pub source_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -307,8 +307,14 @@ fn every_kind_of_tampering_is_caught_with_its_own_message() {
 
 #[test]
 fn rebuild_reproduces_every_example_recipe_and_names_a_changed_path() {
+    if !require_tool("git") {
+        return;
+    }
     let ws = Workspace::new();
     copy_recipes(ws.root());
+    // The workspace is a checkout (with no commit yet): provenance names recipes relative to
+    // its top level, and a rebuild from inside it finds them there.
+    sh("git", &["init", "-q", ws.root().to_str().unwrap()]);
     let store = ws.store("store");
     let kiln = Kiln::new(&store).cwd(ws.root());
     let mut log = Vec::new();
@@ -334,22 +340,21 @@ fn rebuild_reproduces_every_example_recipe_and_names_a_changed_path() {
     let human = kiln.run(&["verify", "hello:1.0.0", "--key", &public, "--rebuild"]).ok();
     assert!(human.stdout.contains("reproduced: identical digest"), "{human}");
 
-    // Without the recipe folder, the rebuild says where to point it.
-    let elsewhere = ws.mkdir("elsewhere");
-    let lost = Kiln::new(&store).cwd(&elsewhere);
+    // Outside the checkout, the rebuild says where to point it.
+    let elsewhere = Workspace::new();
+    let lost = Kiln::new(&store).cwd(elsewhere.root());
     let run = lost
         .run(&["verify", "hello:1.0.0", "--key", &public, "--rebuild"])
         .fails_with(EXIT_INTEGRITY);
-    assert!(run.stdout.contains("--recipe-dir"), "{run}");
-    let dir = ws.path("recipes");
+    assert!(run.stdout.contains("--source-root"), "{run}");
     lost.run(&[
         "verify",
         "hello:1.0.0",
         "--key",
         &public,
         "--rebuild",
-        "--recipe-dir",
-        dir.to_str().unwrap(),
+        "--source-root",
+        ws.root().to_str().unwrap(),
     ])
     .ok();
 

@@ -5,7 +5,7 @@
 //! makes and reads P-256 and Ed25519 keys, [`simple_signing`] and [`dsse`] are the signed
 //! formats, [`sbom`] and [`provenance`] the documents, [`artifact`] attaches them to an image
 //! as OCI 1.1 referrers, [`publish`] produces them for a stored image, [`contents`] reads
-//! layers back, [`verify`] audits an image and [`compare`] explains why a rebuild differs.
+//! layers back, [`source`] names the recipe without the host's paths, [`verify`] audits an image and [`compare`] explains why a rebuild differs.
 
 pub mod artifact;
 pub mod compare;
@@ -16,6 +16,7 @@ pub mod provenance;
 pub mod publish;
 pub mod sbom;
 pub mod simple_signing;
+pub mod source;
 pub mod verify;
 
 pub use key::{KeyError, KeyId, KeyType, PrivateKey, PublicKey};

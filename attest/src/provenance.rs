@@ -14,6 +14,8 @@ pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// kiln's build type: a recipe built with its lock at a fixed epoch.
 pub const BUILD_TYPE: &str = "https://kiln.invalid/build-types/recipe/v1";
+/// The name of the resolved dependency that records the source checkout's commit.
+pub const SOURCE_NAME: &str = "source";
 /// kiln's builder id.
 pub const BUILDER_ID: &str = "https://kiln.invalid/builder";
 
@@ -101,7 +103,8 @@ pub struct ExternalParameters {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecipeParameter {
-    /// The path given on the command line.
+    /// The recipe's path relative to its source root (see [`crate::source`]), `/`-separated:
+    /// never a host path, so every checkout of the same sources records the same path.
     pub path: String,
     /// sha256 of the file's bytes, stored as a blob.
     pub digest: Digest,
@@ -151,6 +154,8 @@ pub struct BuildFacts {
     pub platforms: Vec<String>,
     /// Every locked input.
     pub inputs: Vec<Dependency>,
+    /// The commit of the clean git checkout the recipe was built from, if any.
+    pub source_commit: Option<String>,
     /// The output format version.
     pub format: u32,
     /// The compressor with its implementation and parameters.
@@ -159,7 +164,7 @@ pub struct BuildFacts {
 
 /// The statement for the image `subject` built as `facts` say.
 pub fn statement(facts: &BuildFacts, subject: &Digest) -> Statement {
-    let resolved_dependencies = facts
+    let mut resolved_dependencies: Vec<ResourceDescriptor> = facts
         .inputs
         .iter()
         .map(|i| ResourceDescriptor {
@@ -168,6 +173,14 @@ pub fn statement(facts: &BuildFacts, subject: &Digest) -> Statement {
             digest: BTreeMap::from([("sha256".to_string(), i.digest.hex())]),
         })
         .collect();
+    // The checkout by commit alone: its location and remote are the host's business.
+    if let Some(commit) = &facts.source_commit {
+        resolved_dependencies.push(ResourceDescriptor {
+            name: Some(SOURCE_NAME.to_string()),
+            uri: None,
+            digest: BTreeMap::from([("gitCommit".to_string(), commit.clone())]),
+        });
+    }
     Statement {
         kind: STATEMENT_TYPE.into(),
         subject: vec![ResourceDescriptor::named(&facts.name, subject)],

@@ -34,8 +34,15 @@ fn hash_cache_file() -> Option<std::path::PathBuf> {
 
 pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     let recipe = Recipe::load(&args.recipe)?;
-    // Read the key first, so a wrong path fails before a long build.
+    // Read the key and place the recipe first, so a wrong path fails before a long build.
     let key = args.sign.as_deref().map(kiln_attest::PrivateKey::read).transpose()?;
+    let source = match &key {
+        Some(_) => Some(
+            kiln_attest::source::locate(&args.recipe, args.source_root.as_deref())
+                .context("naming the recipe for its provenance")?,
+        ),
+        None => None,
+    };
     let (name, tag) = image_ref(&recipe)?;
     let epoch = epoch(args.epoch.source_date_epoch, &recipe)?;
     let threads = match args.threads {
@@ -61,12 +68,16 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     progress.finish();
 
     let lock_path = kiln_builder::Lock::path_for(&recipe.file);
-    let attested = key
-        .as_ref()
-        .map(|key| {
-            super::sign::attest_build(ctx, key, &args.recipe, &recipe, &lock_path, &out, epoch)
-        })
-        .transpose()?;
+    let attested = match (&key, &source) {
+        (Some(key), Some(source)) => {
+            // Placed again now that the build may have written the lock: a commit is recorded
+            // only for a checkout that is still clean.
+            let source = kiln_attest::source::locate(&args.recipe, Some(&source.root))
+                .context("naming the recipe for its provenance")?;
+            Some(super::sign::attest_build(ctx, key, &source, &recipe, &lock_path, &out, epoch)?)
+        }
+        _ => None,
+    };
     if ctx.json {
         let manifests: Vec<_> = out
             .manifests
@@ -96,6 +107,11 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
                 "signature": a.signature.digest.to_string(),
                 "sboms": a.sboms.iter().map(|d| d.digest.to_string()).collect::<Vec<_>>(),
                 "provenance": a.provenance.digest.to_string(),
+                "source": {
+                    "root": a.source.root.display().to_string(),
+                    "recipe": a.source.recipe,
+                    "commit": a.source.commit,
+                },
             })),
         }))?;
     } else {

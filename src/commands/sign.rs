@@ -50,13 +50,15 @@ pub struct BuildAttestations {
     pub key_id: kiln_attest::KeyId,
     pub sboms: Vec<Descriptor>,
     pub provenance: Descriptor,
+    /// Where the provenance says the recipe lives.
+    pub source: kiln_attest::source::Source,
 }
 
 /// Signs and attests a fresh build of `recipe` whose lock file is `lock_path`.
 pub fn attest_build(
     ctx: &Ctx,
     key: &PrivateKey,
-    recipe_arg: &std::path::Path,
+    source: &kiln_attest::source::Source,
     recipe: &kiln_builder::Recipe,
     lock_path: &std::path::Path,
     out: &kiln_builder::BuildOutput,
@@ -79,7 +81,7 @@ pub fn attest_build(
     let facts = BuildFacts {
         name: recipe.name.clone(),
         recipe: RecipeParameter {
-            path: recipe_arg.display().to_string(),
+            path: source.recipe.clone(),
             digest: kiln_oci::Digest::of(&recipe_bytes),
             normalized_digest: recipe.digest,
         },
@@ -87,6 +89,7 @@ pub fn attest_build(
         epoch: epoch.0,
         platforms: out.manifests.iter().map(|(p, _)| p.to_string()).collect(),
         inputs,
+        source_commit: source.commit.clone(),
         format: out.lock.format,
         compressor: recipe.compression.describe(),
     };
@@ -118,6 +121,7 @@ pub fn attest_build(
                 key_id,
                 sboms,
                 provenance,
+                source: source.clone(),
             })
         })
         .context("attaching signature, SBOM and provenance")

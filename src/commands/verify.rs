@@ -1,10 +1,11 @@
 //! `kiln verify`: an auditor's check of one image, from the store alone, and optionally a
 //! rebuild from the recorded recipe, lock and epoch into a scratch in-memory store.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use kiln_attest::compare::Difference;
+use kiln_attest::source;
 use kiln_attest::verify::{Recorded, Status};
 use kiln_attest::PublicKey;
 use kiln_builder::{BuildOptions, Epoch, Lock, LockMode, Recipe};
@@ -39,7 +40,8 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
             "no verified provenance records a recipe and lock to rebuild from".to_string(),
         )),
         (Some(recorded), true) => Some(
-            rebuild(ctx, recorded, args.recipe_dir.as_deref(), &root).map_err(|e| format!("{e:#}")),
+            rebuild(ctx, recorded, args.source_root.as_deref(), &root)
+                .map_err(|e| format!("{e:#}")),
         ),
     };
     let rebuild_ok = matches!(rebuild, None | Some(Ok((_, None))));
@@ -109,35 +111,34 @@ fn describe(d: &Difference) -> String {
     }
 }
 
-/// Rebuilds from `recorded` in a scratch folder into a `memory://` store; returns the rebuilt
+/// Rebuilds from `recorded` into a `memory://` store, with the input files of the checkout
+/// at `source_root` (whose recipe and lock must be the recorded ones); returns the rebuilt
 /// digest and the first difference from `root`, if any.
 fn rebuild(
     ctx: &Ctx,
     recorded: &Recorded,
-    recipe_dir: Option<&Path>,
+    source_root: Option<&Path>,
     root: &Descriptor,
 ) -> anyhow::Result<(String, Option<Difference>)> {
     let params = &recorded.statement.predicate.build_definition.external_parameters;
-    let recorded_path = PathBuf::from(&params.recipe.path);
-    let dir = match recipe_dir {
-        Some(d) => d.to_path_buf(),
-        None => match recorded_path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        },
+    let checkout = source::checkout(source_root).context("finding the checkout to rebuild from")?;
+    let recipe_path = source::find_recorded(
+        &checkout,
+        &params.recipe.path,
+        &params.recipe.normalized_digest,
+        &params.lock,
+    )
+    .context("cannot rebuild")?;
+    let dir = match recipe_path.parent() {
+        Some(p) => p.to_path_buf(),
+        None => checkout.clone(),
     };
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "cannot rebuild: the recipe folder {} is not here, and the recipe's input files live \
-             there; pass --recipe-dir pointing at a checkout of it",
-            dir.display()
-        );
-    }
     let scratch = tempfile::tempdir().context("creating a scratch folder")?;
-    let name = recorded_path.file_name().map_or_else(|| "recipe.toml".into(), |n| n.to_os_string());
+    let name = recipe_path.file_name().map_or_else(|| "recipe.toml".into(), |n| n.to_os_string());
     let file = scratch.path().join(name);
-    // The recorded recipe and lock are written to the scratch folder, so the rebuild uses
-    // exactly them and never touches the lock beside the recipe.
+    // The recorded recipe and lock (which the checkout's match, or the checkout has no lock)
+    // are written to the scratch folder, so the rebuild uses exactly them and never touches
+    // the checkout.
     std::fs::write(&file, &recorded.recipe).context("writing the recorded recipe")?;
     std::fs::write(Lock::path_for(&file), &recorded.lock).context("writing the recorded lock")?;
     let text =
@@ -156,7 +157,7 @@ fn rebuild(
     let mut sink = StoreSink { store: &memory, runtime: &ctx.runtime, uploaded: 0, present: 0 };
     let progress = crate::progress::Progress::new(false);
     let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)
-        .with_context(|| format!("rebuilding {} from {}", params.recipe.path, dir.display()))?;
+        .with_context(|| format!("rebuilding {}", recipe_path.display()))?;
     let difference = ctx
         .runtime
         .block_on(kiln_attest::compare::first_difference(&ctx.store, root, &memory, &out.index))
