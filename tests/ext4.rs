@@ -19,7 +19,7 @@ use support::fs_model::{
     bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
     FIXTURE_XATTRS,
 };
-use support::{is_root, noise, require_tool, sh, Workspace};
+use support::{is_root, noise, require_tool, sh, Kiln, Workspace};
 
 const EPOCH: Epoch = Epoch(1_700_000_000);
 /// Set in a child run of this test binary: where the child writes its image.
@@ -350,4 +350,57 @@ fn ext4_awkward_trees_fit_their_computed_size() {
             image.inodes,
         );
     }
+}
+
+/// The host's e2fsprogs version as `mke2fs -V` prints it on stderr (`mke2fs 1.47.0 (…)`).
+fn host_e2fsprogs() -> String {
+    let out = Command::new("mke2fs").arg("-V").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    stderr.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn the_lock_pins_the_e2fsprogs_version_of_an_ext4_root() {
+    if !tools() {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write("r/app.txt", "hello\n");
+    let head = "[image]\nname = \"e2fs\"\nversion = \"1\"\n[[layer]]\nname = \"a\"\n\
+                files = [{ src = \"app.txt\", dest = \"/app.txt\" }]\n";
+    let recipe =
+        ws.write("r/ext4.toml", format!("{head}[disk]\nsize = \"16MiB\"\nroot = \"ext4\"\n"));
+    let erofs = ws.write("r/erofs.toml", format!("{head}[disk]\nsize = \"16MiB\"\n"));
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    let host = host_e2fsprogs();
+
+    kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
+    let lock = fs::read_to_string(ws.path("r/ext4.lock")).unwrap();
+    assert!(lock.contains(&format!("e2fsprogs = \"{host}\"")), "{lock}");
+    kiln.run(&["lock", erofs.to_str().unwrap()]).ok();
+    let lock = fs::read_to_string(ws.path("r/erofs.lock")).unwrap();
+    assert!(!lock.contains("e2fsprogs"), "only ext4 roots depend on e2fsprogs:\n{lock}");
+
+    // Another e2fsprogs first on PATH: every build refuses, naming both versions, before
+    // anything is stored; only `kiln lock` accepts the change.
+    let bin = ws.mkdir("other-e2fsprogs");
+    let fake =
+        ws.write("other-e2fsprogs/mke2fs", "#!/bin/sh\necho 'mke2fs 1.46.5 (30-Dec-2021)' >&2\n");
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let other = Kiln::new(&store).env("PATH", &path);
+    for extra in [&[][..], &["--locked"][..]] {
+        let mut args = vec!["build", recipe.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        other.run(&args).fails_with(support::EXIT_LOCK_MISMATCH).stderr_has(&[
+            "e2fsprogs changed",
+            &format!("locked {host}"),
+            "host has 1.46.5",
+        ]);
+    }
+    assert!(support::blobs(&store).is_empty(), "a refused build stored blobs");
+    other.run(&["lock", recipe.to_str().unwrap()]).ok();
+    let lock = fs::read_to_string(ws.path("r/ext4.lock")).unwrap();
+    assert!(lock.contains("e2fsprogs = \"1.46.5\""), "{lock}");
 }

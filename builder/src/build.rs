@@ -7,6 +7,7 @@ use kiln_oci::{Descriptor, Digest, Platform, Sha256};
 
 use crate::compress::Compression;
 use crate::disk::artifacts::{esp_tree, make_disks, DiskError};
+use crate::disk::ext4::e2fsprogs_version;
 use crate::disk::gpt::Arch;
 use crate::epoch::Epoch;
 use crate::hash_cache::HashCache;
@@ -14,7 +15,7 @@ use crate::image::{self, JsonBlob, LayerRecord};
 use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
-use crate::recipe::{DiskSpec, Recipe};
+use crate::recipe::{DiskSpec, Recipe, RootFs};
 use crate::rootfs::flatten;
 use crate::tree::{EntryKind, Tree};
 
@@ -131,7 +132,13 @@ pub fn resolve(
         .map(|l| inputs::resolve_layer(l, cache))
         .collect::<Result<Vec<_>, _>>()?;
     let all_inputs = layers.iter().flat_map(|l| l.inputs.iter().cloned()).collect();
-    let lock = Lock::new(recipe.digest, epoch.0, recipe.compression, all_inputs);
+    let e2fsprogs = match &recipe.disk {
+        Some(spec) if spec.root == RootFs::Ext4 => {
+            Some(e2fsprogs_version().map_err(DiskError::from)?)
+        }
+        _ => None,
+    };
+    let lock = Lock::new(recipe.digest, epoch.0, recipe.compression, e2fsprogs, all_inputs);
     Ok((layers, lock))
 }
 
@@ -189,6 +196,9 @@ fn build_resolved(
 ) -> Result<BuildOutput, BuildError> {
     let lock_path = Lock::path_for(&recipe.file);
     let existing = Lock::read(&lock_path)?;
+    if let Some(difference) = existing.as_ref().and_then(|l| l.host_tool_difference(&current)) {
+        return Err(BuildError::LockMismatch { lock: lock_path, differences: vec![difference] });
+    }
     if opts.lock_mode == LockMode::Locked {
         let Some(locked) = &existing else {
             return Err(BuildError::NoLock { recipe: recipe.file.clone(), lock: lock_path });
@@ -308,7 +318,7 @@ fn build_resolved(
     if let (Some(spec), Some(rootfs)) = (&recipe.disk, &rootfs) {
         let targets = manifests.iter().filter_map(|(p, d)| Arch::of(p).map(|arch| (p, arch, d)));
         for (platform, arch, subject) in targets {
-            let key = disk_key(&subject.digest, arch, spec);
+            let key = disk_key(&subject.digest, arch, spec, current.e2fsprogs.as_deref());
             let artifact = match sink.cached_disk(&key).map_err(BuildError::Sink)? {
                 Some(artifact) => {
                     disks_reused += 1;
@@ -388,14 +398,14 @@ pub fn layer_key(layer: &Digest, epoch: Epoch, compression: &Compression) -> Dig
 }
 
 /// The cache key of one platform's disks: the image manifest (which names every layer and the
-/// config, and so the epoch), the architecture and the `[disk]` table. The version string
-/// changes whenever the disk writers' bytes do.
-fn disk_key(subject: &Digest, arch: Arch, spec: &DiskSpec) -> Digest {
+/// config, and so the epoch), the architecture, the `[disk]` table and, for an ext4 root, the
+/// host's e2fsprogs version. The version string changes whenever the disk writers' bytes do.
+fn disk_key(subject: &Digest, arch: Arch, spec: &DiskSpec, e2fsprogs: Option<&str>) -> Digest {
     let mut h = Sha256::new();
-    h.update(b"kiln disk cache v2\0");
+    h.update(b"kiln disk cache v3\0");
     h.update(subject.to_string().as_bytes());
     // Debug output of these plain types is deterministic (no hash maps); a change in it only
     // costs a cache miss.
-    h.update(format!("\0{arch:?}\0{spec:?}").as_bytes());
+    h.update(format!("\0{arch:?}\0{spec:?}\0{e2fsprogs:?}").as_bytes());
     h.finish()
 }

@@ -25,6 +25,10 @@ pub struct Lock {
     pub recipe: Digest,
     pub epoch: i64,
     pub compression: Compression,
+    /// The host's e2fsprogs version, for recipes with an ext4 root: mke2fs makes that
+    /// filesystem, and its version decides the bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2fsprogs: Option<String>,
     #[serde(default, rename = "input")]
     pub inputs: Vec<Input>,
 }
@@ -55,6 +59,12 @@ pub enum LockDifference {
     Format { locked: u32, found: u32 },
     #[error("the compression changed (locked {locked}, now {found})")]
     Compression { locked: String, found: String },
+    #[error(
+        "e2fsprogs changed (locked {locked}, this host has {found}): its mke2fs makes the ext4 \
+         root, and its version decides the bytes; install e2fsprogs {locked} to reproduce the \
+         locked image"
+    )]
+    E2fsprogs { locked: String, found: String },
     #[error("input {src} changed (locked {locked}, now {found})")]
     Input { src: String, locked: Digest, found: Digest },
     #[error("input {src} is {} now, but was {} when locked (the image gets mode {})", if *.found { "executable" } else { "not executable" }, if *.found { "not" } else { "executable" }, if *.found { "0755" } else { "0644" })]
@@ -76,11 +86,20 @@ impl Lock {
         recipe: Digest,
         epoch: i64,
         compression: Compression,
+        e2fsprogs: Option<String>,
         mut inputs: Vec<Input>,
     ) -> Lock {
         inputs.sort();
         inputs.dedup();
-        Lock { version: LOCK_VERSION, format: FORMAT_VERSION, recipe, epoch, compression, inputs }
+        Lock {
+            version: LOCK_VERSION,
+            format: FORMAT_VERSION,
+            recipe,
+            epoch,
+            compression,
+            e2fsprogs,
+            inputs,
+        }
     }
 
     /// Reads a lock file; `Ok(None)` when there is none.
@@ -122,6 +141,18 @@ impl Lock {
         Ok(())
     }
 
+    /// How the host tools that decide output bytes differ from the locked ones, if they do.
+    /// Unlike an input, a host tool is not changed by editing the recipe's folder, so a build
+    /// refuses this difference even when it may rewrite the lock: only `kiln lock` accepts it.
+    pub fn host_tool_difference(&self, current: &Lock) -> Option<LockDifference> {
+        match (&self.e2fsprogs, &current.e2fsprogs) {
+            (Some(locked), Some(found)) if locked != found => {
+                Some(LockDifference::E2fsprogs { locked: locked.clone(), found: found.clone() })
+            }
+            _ => None,
+        }
+    }
+
     /// Every difference between this lock and `current`, in a stable order.
     pub fn differences(&self, current: &Lock) -> Vec<LockDifference> {
         let mut out = Vec::new();
@@ -139,6 +170,9 @@ impl Lock {
                 locked: self.compression.describe(),
                 found: current.compression.describe(),
             });
+        }
+        if let Some(difference) = self.host_tool_difference(current) {
+            out.push(difference);
         }
         for input in &current.inputs {
             match self.inputs.iter().find(|l| l.kind == input.kind && l.src == input.src) {

@@ -678,6 +678,30 @@ fn check_xattrs(node: &Node<'_>) -> Result<(), Ext4Error> {
     }
 }
 
+/// The version of the host's e2fsprogs (`1.47.0`), which decides an ext4 root's bytes: the
+/// lock records it and the disk cache key includes it.
+pub fn e2fsprogs_version() -> Result<String, Ext4Error> {
+    let mke2fs = find_tool("mke2fs")?;
+    let mut cmd = Command::new(&mke2fs);
+    cmd.arg("-V").env_clear().env("LC_ALL", "C").stdin(Stdio::null()).stdout(Stdio::null());
+    cmd.stderr(Stdio::piped());
+    let output = Tools::output("mke2fs", &mke2fs, cmd)?;
+    // mke2fs prints "mke2fs 1.47.0 (5-Feb-2023)" and the library versions on stderr.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("mke2fs "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|v| output.status.success() && v.starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
+        .ok_or_else(|| Ext4Error::Tool {
+            tool: "mke2fs",
+            status: output.status.to_string(),
+            stderr: format!("no version in the output of `mke2fs -V`: {}", stderr.trim()),
+        })
+}
+
 /// Finds an e2fsprogs tool on PATH or in the sbin folders a non-root PATH often lacks.
 fn find_tool(tool: &'static str) -> Result<PathBuf, Ext4Error> {
     let path = std::env::var_os("PATH").unwrap_or_default();
