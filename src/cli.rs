@@ -81,8 +81,13 @@ pub struct VerifyArgs {
     /// NAME:TAG, NAME@sha256:HEX or sha256:HEX
     pub reference: String,
     /// A trusted public key (SPKI PEM); repeatable. Signatures by other keys are not accepted.
-    #[arg(long, value_name = "PUB", required = true)]
+    /// Without one, only integrity is audited (blobs, diff_ids, SBOM file lists).
+    #[arg(long, value_name = "PUB")]
     pub key: Vec<PathBuf>,
+    /// Attestations whose absence fails the audit: sbom, provenance (comma-separated). Without
+    /// this, a missing one is reported as a note.
+    #[arg(long, value_name = "KIND", value_delimiter = ',', requires = "key")]
+    pub require: Vec<kiln_attest::verify::Requirement>,
     /// Rebuild from the recipe, lock and epoch recorded in the provenance and compare.
     #[arg(long)]
     pub rebuild: bool,

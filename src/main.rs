@@ -86,6 +86,11 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(LayoutError::Store(StoreError::DigestMismatch { .. })) = cause.downcast_ref() {
             return EXIT_INTEGRITY;
         }
+        if let Some(kiln_attest::AttestError::Store(StoreError::DigestMismatch { .. })) =
+            cause.downcast_ref()
+        {
+            return EXIT_INTEGRITY;
+        }
         if cause.downcast_ref::<commands::verify::VerifyFailed>().is_some() {
             return EXIT_INTEGRITY;
         }

@@ -366,3 +366,122 @@ fn rebuild_reproduces_every_example_recipe_and_names_a_changed_path() {
     assert!(run.stdout.contains("first differing layer 1"), "{run}");
     assert!(run.stdout.contains("first differing path /etc/motd"), "{run}");
 }
+
+#[test]
+fn every_integrity_failure_in_verify_exits_4_naming_the_blob() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    let (key, public) = keygen(&kiln, ws.root(), "auditor", "p256", &mut Vec::new());
+    let root = support::digest_of(&kiln.build(&recipes.join("hello.toml"), &["--sign", &key]));
+    let inspect = kiln.run(&["--json", "inspect", "hello:1.0.0"]).ok().json();
+    let manifest_digest = inspect["manifests"][0]["descriptor"]["digest"].as_str().unwrap();
+    let manifest = blob_json(&store, manifest_digest);
+    let mut blobs: Vec<(String, String)> = vec![
+        ("index".into(), root.clone()),
+        ("manifest".into(), manifest_digest.into()),
+        ("config".into(), manifest["config"]["digest"].as_str().unwrap().into()),
+        ("layer".into(), manifest["layers"][0]["digest"].as_str().unwrap().into()),
+    ];
+    let artifacts = [
+        (root.as_str(), "application/vnd.dev.cosign.artifact.sig.v1+json"),
+        (root.as_str(), "application/vnd.in-toto+json"),
+        (manifest_digest, "application/spdx+json"),
+    ];
+    for (subject, kind) in artifacts {
+        let (_, desc) = referrer_of(&store, subject, kind);
+        let digest = desc["digest"].as_str().unwrap();
+        blobs.push((format!("{kind} manifest"), digest.into()));
+        let m = blob_json(&store, digest);
+        for layer in m["layers"].as_array().unwrap() {
+            let media = layer["mediaType"].as_str().unwrap();
+            blobs.push((format!("{kind} layer {media}"), layer["digest"].as_str().unwrap().into()));
+        }
+        blobs.push(("artifact config".into(), m["config"]["digest"].as_str().unwrap().into()));
+    }
+    blobs.sort();
+    blobs.dedup();
+    assert!(blobs.len() >= 12, "{blobs:?}");
+    for (n, (what, digest)) in blobs.iter().enumerate() {
+        for damage in ["flip", "delete"] {
+            let s = copy_store(&ws, &store, &format!("{damage}-{n}"));
+            let path = blob_path(&s, digest);
+            if damage == "flip" {
+                let mut bytes = fs::read(&path).unwrap();
+                bytes[0] ^= 1;
+                fs::write(&path, bytes).unwrap();
+            } else {
+                fs::remove_file(&path).unwrap();
+            }
+            let run = Kiln::new(&s)
+                .run(&["verify", "hello:1.0.0", "--key", &public])
+                .fails_with(EXIT_INTEGRITY);
+            assert!(run.stdout.contains(&format!("{digest}: blob")), "{damage} {what}:\n{run}");
+            assert!(run.stdout.contains("FAIL blob"), "{damage} {what}:\n{run}");
+            // An integrity audit without keys sees it too.
+            Kiln::new(&s).run(&["verify", "hello:1.0.0"]).fails_with(EXIT_INTEGRITY);
+            fs::remove_dir_all(&s).unwrap();
+        }
+    }
+
+    // A referrer entry that is not a descriptor.
+    let s = copy_store(&ws, &store, "entry");
+    let dir = s.join("referrers").join(root.trim_start_matches("sha256:"));
+    fs::write(dir.join("0".repeat(64)), "not json").unwrap();
+    let run =
+        Kiln::new(&s).run(&["verify", "hello:1.0.0", "--key", &public]).fails_with(EXIT_INTEGRITY);
+    assert!(run.stdout.contains(&format!("the referrers of {root} cannot be read")), "{run}");
+}
+
+#[test]
+fn verify_checks_what_is_there_and_requires_what_it_is_told() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    let (key, public) = keygen(&kiln, ws.root(), "signer", "ed25519", &mut Vec::new());
+
+    // Signed after a build without --sign: the signature verifies, the rest is noted missing.
+    kiln.build(&recipes.join("hello.toml"), &[]);
+    let run = kiln.run(&["verify", "hello:1.0.0"]).ok();
+    assert!(run.stdout.contains("signatures were not checked"), "{run}");
+    kiln.run(&["sign", "hello:1.0.0", "--key", &key]).ok();
+    let run = kiln.run(&["verify", "hello:1.0.0", "--key", &public]).ok();
+    assert!(run.stdout.contains("note provenance no provenance is attached"), "{run}");
+    assert!(run.stdout.contains("note sbom       no SBOM is attached"), "{run}");
+    assert!(run.stdout.contains("verified: 1 signer(s)"), "{run}");
+    let run = kiln
+        .run(&["verify", "hello:1.0.0", "--key", &public, "--require", "sbom,provenance"])
+        .fails_with(EXIT_INTEGRITY);
+    assert!(run.stdout.contains("FAIL provenance no provenance is attached"), "{run}");
+    assert!(run.stdout.contains("FAIL sbom       no SBOM is attached"), "{run}");
+    kiln.run(&["verify", "hello:1.0.0", "--require", "sbom"]).fails_with(support::EXIT_USAGE);
+    kiln.run(&["verify", "hello:1.0.0", "--key", &public, "--require", "sbomb"])
+        .fails_with(support::EXIT_USAGE);
+
+    // Built with --sign: everything required is there and bound.
+    let hello = support::digest_of(&kiln.build(&recipes.join("hello.toml"), &["--sign", &key]));
+    let args = ["verify", "hello:1.0.0", "--key", &public, "--require", "sbom,provenance"];
+    let run = kiln.run(&args).ok();
+    assert!(run.stdout.contains("is the one the signed provenance names"), "{run}");
+
+    // An SBOM re-stored with an added package and new creators no longer passes.
+    let inspect = kiln.run(&["--json", "inspect", "hello:1.0.0"]).ok().json();
+    let manifest_digest = inspect["manifests"][0]["descriptor"]["digest"].as_str().unwrap();
+    let (entry, desc) = referrer_of(&store, manifest_digest, "application/spdx+json");
+    let mut m = blob_json(&store, desc["digest"].as_str().unwrap());
+    let mut doc = blob_json(&store, m["layers"][0]["digest"].as_str().unwrap());
+    doc["packages"].as_array_mut().unwrap().push(serde_json::json!({
+        "SPDXID": "SPDXRef-Package-extra", "name": "extra", "versionInfo": "1",
+        "downloadLocation": "NOASSERTION", "filesAnalyzed": false,
+    }));
+    doc["creationInfo"]["creators"] = serde_json::json!(["Tool: someone-else"]);
+    let (d, size) = put_blob(&store, &serde_json::to_vec(&doc).unwrap());
+    m["layers"][0]["digest"] = d.into();
+    m["layers"][0]["size"] = size.into();
+    reattach(&store, manifest_digest, &entry, &m);
+    let run = kiln.run(&["verify", "hello:1.0.0", "--key", &public]).fails_with(EXIT_INTEGRITY);
+    assert!(run.stdout.contains("is not one the signed provenance names"), "{run}");
+    assert!(run.stdout.contains(&hello), "{run}");
+}

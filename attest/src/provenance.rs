@@ -16,6 +16,8 @@ pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 pub const BUILD_TYPE: &str = "https://kiln.invalid/build-types/recipe/v1";
 /// The name of the resolved dependency that records the source checkout's commit.
 pub const SOURCE_NAME: &str = "source";
+/// The name of a byproduct that is an SBOM document.
+pub const SBOM_BYPRODUCT: &str = "sbom";
 /// kiln's builder id.
 pub const BUILDER_ID: &str = "https://kiln.invalid/builder";
 
@@ -118,6 +120,10 @@ pub struct RecipeParameter {
 pub struct RunDetails {
     /// The builder.
     pub builder: Builder,
+    /// What the build made beside the image: each SBOM document, named
+    /// [`SBOM_BYPRODUCT`], so the signature over this statement vouches for them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub byproducts: Vec<ResourceDescriptor>,
 }
 
 /// `runDetails.builder`.
@@ -156,6 +162,8 @@ pub struct BuildFacts {
     pub inputs: Vec<Dependency>,
     /// The commit of the clean git checkout the recipe was built from, if any.
     pub source_commit: Option<String>,
+    /// The digests of the SBOM documents made for the image.
+    pub sboms: Vec<Digest>,
     /// The output format version.
     pub format: u32,
     /// The compressor with its implementation and parameters.
@@ -205,6 +213,11 @@ pub fn statement(facts: &BuildFacts, subject: &Digest) -> Statement {
                         ("compressor".to_string(), facts.compressor.clone()),
                     ]),
                 },
+                byproducts: facts
+                    .sboms
+                    .iter()
+                    .map(|d| ResourceDescriptor::named(SBOM_BYPRODUCT, d))
+                    .collect(),
             },
         },
     }

@@ -77,6 +77,15 @@ pub async fn sign(
     Ok((desc, key_id))
 }
 
+/// An SBOM attached to a platform manifest.
+#[derive(Clone, Debug)]
+pub struct AttachedSbom {
+    /// The SBOM artifact's manifest.
+    pub artifact: Descriptor,
+    /// The SPDX document's digest, which the provenance names to bind it.
+    pub document: kiln_oci::Digest,
+}
+
 /// Attaches an SPDX SBOM to every platform manifest of `root`, listing the files read back
 /// from its layers. `created` is the build's epoch as RFC 3339.
 pub async fn attach_sboms(
@@ -85,7 +94,7 @@ pub async fn attach_sboms(
     name: &str,
     version: Option<&str>,
     created: &str,
-) -> Result<Vec<Descriptor>, AttestError> {
+) -> Result<Vec<AttachedSbom>, AttestError> {
     let mut out = Vec::new();
     for desc in manifests(store, root).await? {
         let manifest: ImageManifest = store.get_json(&desc.digest).await?;
@@ -97,15 +106,14 @@ pub async fn attach_sboms(
             created,
             files: &files,
         });
-        let part = Part {
-            media_type: artifact::SBOM_ARTIFACT,
-            bytes: kiln_oci::to_canonical_json(&doc)?,
-            annotations: BTreeMap::new(),
-        };
-        out.push(
+        let bytes = kiln_oci::to_canonical_json(&doc)?;
+        let document = kiln_oci::Digest::of(&bytes);
+        let part =
+            Part { media_type: artifact::SBOM_ARTIFACT, bytes, annotations: BTreeMap::new() };
+        let artifact =
             artifact::attach(store, &desc, artifact::SBOM_ARTIFACT, vec![part], BTreeMap::new())
-                .await?,
-        );
+                .await?;
+        out.push(AttachedSbom { artifact, document });
     }
     Ok(out)
 }

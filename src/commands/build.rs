@@ -105,7 +105,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "attestations": attested.as_ref().map(|a| json!({
                 "keyId": a.key_id.to_string(),
                 "signature": a.signature.digest.to_string(),
-                "sboms": a.sboms.iter().map(|d| d.digest.to_string()).collect::<Vec<_>>(),
+                "sboms": a.sboms.iter().map(|s| s.artifact.digest.to_string()).collect::<Vec<_>>(),
                 "provenance": a.provenance.digest.to_string(),
                 "source": {
                     "root": a.source.root.display().to_string(),

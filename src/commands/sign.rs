@@ -48,7 +48,7 @@ pub fn run(ctx: &Ctx, args: &SignArgs) -> anyhow::Result<()> {
 pub struct BuildAttestations {
     pub signature: Descriptor,
     pub key_id: kiln_attest::KeyId,
-    pub sboms: Vec<Descriptor>,
+    pub sboms: Vec<kiln_attest::publish::AttachedSbom>,
     pub provenance: Descriptor,
     /// Where the provenance says the recipe lives.
     pub source: kiln_attest::source::Source,
@@ -90,6 +90,7 @@ pub fn attest_build(
         platforms: out.manifests.iter().map(|(p, _)| p.to_string()).collect(),
         inputs,
         source_commit: source.commit.clone(),
+        sboms: Vec::new(),
         format: out.lock.format,
         compressor: recipe.compression.describe(),
     };
@@ -107,6 +108,8 @@ pub fn attest_build(
                 &epoch.rfc3339(),
             )
             .await?;
+            // The provenance names each SBOM document, so its signature binds them.
+            let facts = BuildFacts { sboms: sboms.iter().map(|s| s.document).collect(), ..facts };
             let provenance = kiln_attest::publish::attach_provenance(
                 store,
                 root,

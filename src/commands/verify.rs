@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use kiln_attest::compare::Difference;
 use kiln_attest::source;
-use kiln_attest::verify::{Recorded, Status};
+use kiln_attest::verify::{Policy, Recorded, Status};
 use kiln_attest::PublicKey;
 use kiln_builder::{BuildOptions, Epoch, Lock, LockMode, Recipe};
 use kiln_oci::Descriptor;
@@ -28,10 +28,11 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| PublicKey::read(p).context("reading a --key"))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let policy = Policy { keys, require: args.require.iter().copied().collect() };
     let (reference, root) = super::inspect::resolve(ctx, &args.reference)?;
     let report = ctx
         .runtime
-        .block_on(kiln_attest::verify::verify(&ctx.store, &root, &keys))
+        .block_on(kiln_attest::verify::verify(&ctx.store, &root, &policy))
         .with_context(|| format!("verifying {reference}"))?;
 
     let rebuild = match (&report.recorded, args.rebuild) {
@@ -60,6 +61,7 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
             "digest": root.digest.to_string(),
             "passed": passed,
             "signers": report.signers,
+            "signaturesChecked": report.signatures_checked,
             "findings": report.findings,
             "rebuild": rebuild_json,
         }))?;
@@ -84,7 +86,9 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
         }
         let failed = report.findings.iter().filter(|f| f.status == Status::Fail).count()
             + usize::from(!rebuild_ok);
-        if passed {
+        if passed && !report.signatures_checked {
+            ctx.say("integrity verified; signatures were not checked (give --key)");
+        } else if passed {
             ctx.say(format!("verified: {} signer(s), every check holds", report.signers.len()));
         } else {
             ctx.say(format!("NOT verified: {failed} problem(s)"));

@@ -132,6 +132,19 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl StoreError {
+    /// Whether this says that stored content is wrong or missing (an integrity failure, exit
+    /// code 4), rather than that the store could not be used. A new variant about bad stored
+    /// content belongs here.
+    pub fn is_integrity_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DigestMismatch { .. }
+                | StoreError::NotFound { .. }
+                | StoreError::Json { .. }
+                | StoreError::ReferrerKey { .. }
+        )
+    }
+
     /// Wraps a backend error for `key`, turning a missing object into [`StoreError::NotFound`].
     pub(crate) fn backend(key: &object_store::path::Path, source: object_store::Error) -> Self {
         match source {

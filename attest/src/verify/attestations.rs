@@ -1,247 +1,109 @@
-//! The audit of one stored image, offline: every blob re-hashed, every layer's diff_id
-//! recomputed, every signature and DSSE envelope checked against the auditor's keys, the
-//! provenance's subject and the SBOMs' files compared with the image itself.
-//!
-//! Problems are findings, not errors: the audit goes on and reports all it sees. Only a
-//! failing store (not a wrong blob) ends it early.
+//! What refers to the image: signatures, provenance and SBOMs checked against the auditor's
+//! keys, and every other referrer blob re-hashed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use bytes::Bytes;
-use kiln_oci::{Descriptor, Digest, ImageConfig, ImageManifest};
-use kiln_store::{Store, StoreError};
-use serde::Serialize;
+use kiln_oci::{Descriptor, Digest, ImageManifest};
+use kiln_store::Store;
 
+use super::{blob, json, Policy, Recorded, Report, Requirement};
 use crate::artifact::{self, Attached};
-use crate::contents::{self, LayerContents};
 use crate::dsse::{Envelope, ENVELOPE_MEDIA_TYPE};
 use crate::provenance::{self, Statement};
 use crate::sbom::Document;
 use crate::simple_signing::Payload;
-use crate::{publish, AttestError, KeyId, PublicKey};
+use crate::{AttestError, KeyId, PublicKey};
 
-/// How a finding bears on the verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Checked and holds.
-    Ok,
-    /// Checked and does not hold: the image fails verification.
-    Fail,
-    /// Seen but not relied on (a signature by a key the auditor did not give).
-    Note,
-}
-
-/// One thing the audit checked.
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    /// The verdict.
-    pub status: Status,
-    /// What was checked: `blob`, `diff_id`, `signature`, `provenance`, `sbom`.
-    pub check: &'static str,
-    /// What was found, naming digests and paths.
-    pub message: String,
-}
-
-/// What a verified provenance records, for a rebuild.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    /// The statement.
-    pub statement: Statement,
-    /// The recipe file's bytes.
-    pub recipe: Bytes,
-    /// The lock file's bytes.
-    pub lock: Bytes,
-}
-
-/// The audit's result.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    /// The audited image.
-    pub image: Digest,
-    /// Every finding, in the order checked.
-    pub findings: Vec<Finding>,
-    /// Keys whose signatures over the image were accepted.
-    pub signers: Vec<KeyId>,
-    /// The provenance, when one verified with a given key.
-    #[serde(skip)]
-    pub recorded: Option<Recorded>,
-}
-
-impl Report {
-    /// True when no finding failed.
-    pub fn passed(&self) -> bool {
-        self.findings.iter().all(|f| f.status != Status::Fail)
-    }
-
-    fn add(&mut self, status: Status, check: &'static str, message: String) {
-        self.findings.push(Finding { status, check, message });
-    }
-    fn ok(&mut self, check: &'static str, message: String) {
-        self.add(Status::Ok, check, message);
-    }
-    fn fail(&mut self, check: &'static str, message: String) {
-        self.add(Status::Fail, check, message);
-    }
-}
-
-/// Reads a blob; a missing or corrupt one becomes a failed finding and `None`.
-async fn blob(
-    store: &Store,
-    report: &mut Report,
-    what: &str,
-    digest: &Digest,
-) -> Result<Option<Bytes>, AttestError> {
-    match store.get_blob(digest).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e @ (StoreError::DigestMismatch { .. } | StoreError::NotFound { .. })) => {
-            report.fail("blob", format!("{what} {digest}: {e}"));
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Decodes JSON read by [`blob`]; malformed JSON becomes a failed finding.
-fn json<T: serde::de::DeserializeOwned>(
-    report: &mut Report,
-    check: &'static str,
-    what: &str,
-    bytes: &[u8],
-) -> Option<T> {
-    match serde_json::from_slice(bytes) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            report.fail(check, format!("{what} is not valid JSON of the expected shape: {e}"));
-            None
-        }
-    }
-}
-
-/// The key among `keys` that made `signature` over `message`.
-fn signer(keys: &[PublicKey], message: &[u8], signature: &[u8]) -> Option<KeyId> {
-    keys.iter().find(|k| k.verify(message, signature)).and_then(|k| k.key_id().ok())
-}
-
-/// Audits the image at `root` against the auditor's `keys`.
-pub async fn verify(
-    store: &Store,
-    root: &Descriptor,
-    keys: &[PublicKey],
-) -> Result<Report, AttestError> {
-    let mut report =
-        Report { image: root.digest, findings: Vec::new(), signers: Vec::new(), recorded: None };
-    if blob(store, &mut report, "image", &root.digest).await?.is_none() {
-        return Ok(report);
-    }
-    report.ok("blob", format!("image {} re-hashed", root.digest));
-    let manifests = publish::manifests(store, root).await?;
-    for desc in &manifests {
-        let Some(layers) = check_manifest(store, &mut report, desc).await? else { continue };
-        check_sboms(store, &mut report, desc, &contents::image_files(&layers)).await?;
-    }
-    check_signatures(store, &mut report, root, keys).await?;
-    check_provenance(store, &mut report, root, keys).await?;
-    Ok(report)
-}
-
-/// Re-hashes a manifest, its config and layers and recomputes every diff_id; returns the
-/// layers read back when all of them could be.
-async fn check_manifest(
-    store: &Store,
-    report: &mut Report,
-    desc: &Descriptor,
-) -> Result<Option<Vec<LayerContents>>, AttestError> {
-    let Some(bytes) = blob(store, report, "manifest", &desc.digest).await? else { return Ok(None) };
-    let Some(manifest) =
-        json::<ImageManifest>(report, "blob", &format!("manifest {}", desc.digest), &bytes)
-    else {
-        return Ok(None);
-    };
-    let config_digest = manifest.config.digest;
-    let Some(bytes) = blob(store, report, "config", &config_digest).await? else { return Ok(None) };
-    let Some(config) =
-        json::<ImageConfig>(report, "blob", &format!("config {config_digest}"), &bytes)
-    else {
-        return Ok(None);
-    };
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        report.fail(
-            "diff_id",
-            format!(
-                "config {config_digest} lists {} diff_ids for {} layers",
-                config.rootfs.diff_ids.len(),
-                manifest.layers.len()
-            ),
-        );
-    }
-    let mut layers = Vec::new();
-    let mut whole = true;
-    for (i, layer) in manifest.layers.iter().enumerate() {
-        let read = match crate::publish::fetch_layer(store, layer).await {
-            Ok(read) => read,
-            Err(AttestError::Store(
-                e @ (StoreError::DigestMismatch { .. } | StoreError::NotFound { .. }),
-            )) => {
-                report.fail("blob", format!("layer {i} {}: {e}", layer.digest));
-                whole = false;
-                continue;
-            }
-            Err(AttestError::Contents(e)) => {
-                report.fail("diff_id", format!("layer {i}: {e}"));
-                whole = false;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        match config.rootfs.diff_ids.get(i) {
-            Some(want) if *want == read.diff_id => {
-                report.ok(
-                    "diff_id",
-                    format!("layer {i} {} decompresses to diff_id {want}", layer.digest),
-                );
-            }
-            Some(want) => report.fail(
-                "diff_id",
-                format!(
-                "layer {i} {} decompresses to {}, but config {config_digest} says diff_id {want}",
-                layer.digest, read.diff_id
-            ),
-            ),
-            None => {}
-        }
-        layers.push(read);
-    }
-    report.ok("blob", format!("manifest {} and config {config_digest} re-hashed", desc.digest));
-    Ok(whole.then_some(layers))
-}
-
-/// Reads the referrers of `subject`, failing any whose manifest names another subject
-/// (an artifact copied from another image).
-async fn attached(
+/// Every artifact that refers to `subject`, its manifest read once; a listing or manifest
+/// that cannot be read is a failed finding.
+pub(super) async fn referrers(
     store: &Store,
     report: &mut Report,
     subject: &Digest,
-    artifact_type: &str,
 ) -> Result<Vec<Attached>, AttestError> {
-    let mut out = Vec::new();
-    for a in artifact::referrers(store, subject).await? {
-        if a.artifact_type() != artifact_type {
-            continue;
+    let listed = match store.referrers(subject).await {
+        Ok(listed) => listed,
+        Err(e) if e.is_integrity_failure() => {
+            report.fail("blob", format!("the referrers of {subject} cannot be read: {e}"));
+            return Ok(Vec::new());
         }
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for descriptor in listed {
+        let what = "referrer manifest";
+        let Some(bytes) = blob(store, report, what, &descriptor.digest).await? else { continue };
+        let Some(manifest) =
+            json::<ImageManifest>(report, "blob", &format!("{what} {}", descriptor.digest), &bytes)
+        else {
+            continue;
+        };
+        out.push(Attached { descriptor, manifest });
+    }
+    Ok(out)
+}
+
+/// The artifacts of `artifact_type` among `all`, failing any whose manifest names another
+/// subject than `subject` (an artifact copied from another image).
+fn of_type<'a>(
+    report: &mut Report,
+    all: &'a [Attached],
+    subject: &Digest,
+    artifact_type: &str,
+) -> Vec<&'a Attached> {
+    let check = check_of(artifact_type);
+    let mut out = Vec::new();
+    for a in all.iter().filter(|a| a.artifact_type() == artifact_type) {
         match a.subject() {
             Some(s) if s == *subject => out.push(a),
-            other => report.fail(check_of(artifact_type), format!(
-                "{} artifact {} is listed for {subject} but its subject is {}: copied from another image?",
-                check_of(artifact_type),
+            other => report.fail(check, format!(
+                "{check} artifact {} is listed for {subject} but its subject is {}: copied from another image?",
                 a.descriptor.digest,
                 other.map_or_else(|| "missing".to_string(), |d| d.to_string())
             )),
         }
     }
-    Ok(out)
+    out
+}
+
+/// Re-hashes every config and layer of `artifacts` that no other check read (disk images,
+/// and whatever else refers to the image).
+pub(super) async fn check_remaining_blobs(
+    store: &Store,
+    report: &mut Report,
+    artifacts: &[Attached],
+) -> Result<(), AttestError> {
+    let mut count = 0usize;
+    for a in artifacts {
+        let parts = std::iter::once(&a.manifest.config).chain(&a.manifest.layers);
+        for part in parts {
+            if !report.read.insert(part.digest) {
+                continue;
+            }
+            match store.verify_blob(&part.digest).await {
+                Ok(_) => count += 1,
+                Err(e) if e.is_integrity_failure() => report.fail(
+                    "blob",
+                    format!(
+                        "referrer {} {} {}: {e}",
+                        a.descriptor.digest, part.media_type, part.digest
+                    ),
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if count > 0 {
+        report.ok("blob", format!("{count} more referrer blob(s) re-hashed"));
+    }
+    Ok(())
+}
+
+/// The key among `keys` that made `signature` over `message`.
+fn signer(keys: &[PublicKey], message: &[u8], signature: &[u8]) -> Option<KeyId> {
+    keys.iter().find(|k| k.verify(message, signature)).and_then(|k| k.key_id().ok())
 }
 
 fn check_of(artifact_type: &str) -> &'static str {
@@ -252,14 +114,22 @@ fn check_of(artifact_type: &str) -> &'static str {
     }
 }
 
-async fn check_signatures(
+pub(super) async fn check_signatures(
     store: &Store,
     report: &mut Report,
     root: &Descriptor,
-    keys: &[PublicKey],
+    artifacts: &[Attached],
+    policy: &Policy,
 ) -> Result<(), AttestError> {
+    let signatures = of_type(report, artifacts, &root.digest, artifact::SIGNATURE_ARTIFACT);
+    let keys = &policy.keys;
+    if keys.is_empty() {
+        report
+            .note("signature", format!("{} signature(s) attached, not checked", signatures.len()));
+        return Ok(());
+    }
     let given: Vec<KeyId> = keys.iter().filter_map(|k| k.key_id().ok()).collect();
-    for sig in attached(store, report, &root.digest, artifact::SIGNATURE_ARTIFACT).await? {
+    for sig in signatures {
         let at = sig.descriptor.digest;
         let Some(layer) = sig.manifest.layers.first() else {
             report.fail("signature", format!("signature {at} has no payload layer"));
@@ -312,7 +182,7 @@ async fn check_signatures(
             None if given.iter().any(|g| g.to_string() == claimed) => report.fail("signature", format!(
                 "signature {at} claims key {claimed} but does not verify with it: the signature or payload was altered"
             )),
-            None => report.add(Status::Note, "signature", format!(
+            None => report.note("signature", format!(
                 "signature {at} is by a key that was not given ({}); not accepted",
                 if claimed.is_empty() { "unnamed" } else { &claimed }
             )),
@@ -328,16 +198,35 @@ async fn check_signatures(
     Ok(())
 }
 
-async fn check_provenance(
+/// Checks the provenance attached to `root`; returns the SBOM documents that a verified
+/// provenance names, when one names any.
+pub(super) async fn check_provenance(
     store: &Store,
     report: &mut Report,
     root: &Descriptor,
-    keys: &[PublicKey],
-) -> Result<(), AttestError> {
-    let all = attached(store, report, &root.digest, artifact::ATTESTATION_ARTIFACT).await?;
+    artifacts: &[Attached],
+    policy: &Policy,
+) -> Result<Option<BTreeSet<Digest>>, AttestError> {
+    let all = of_type(report, artifacts, &root.digest, artifact::ATTESTATION_ARTIFACT);
+    let required = policy.requires(Requirement::Provenance);
     if all.is_empty() {
-        report.fail("provenance", format!("no provenance is attached to {}", root.digest));
+        report.missing(
+            required,
+            "provenance",
+            format!("no provenance is attached to {}", root.digest),
+        );
     }
+    let keys = &policy.keys;
+    if keys.is_empty() {
+        if !all.is_empty() {
+            report.note(
+                "provenance",
+                format!("{} provenance document(s) attached, not checked", all.len()),
+            );
+        }
+        return Ok(None);
+    }
+    let mut named: Option<BTreeSet<Digest>> = None;
     for att in all {
         let at = att.descriptor.digest;
         let layer = |media: &str| {
@@ -444,22 +333,48 @@ async fn check_provenance(
                 params.recipe.path, params.recipe.digest, params.epoch
             ),
         );
+        let sboms = statement
+            .predicate
+            .run_details
+            .byproducts
+            .iter()
+            .filter(|b| b.name.as_deref() == Some(provenance::SBOM_BYPRODUCT));
+        for sbom in sboms.filter_map(|b| b.sha256()) {
+            named.get_or_insert_with(BTreeSet::new).insert(sbom);
+        }
         if let (Some(recipe), Some(lock)) = (recipe, lock) {
             report.recorded.get_or_insert(Recorded { statement, recipe, lock });
         }
     }
-    Ok(())
+    if required && report.recorded.is_none() {
+        report.fail(
+            "provenance",
+            format!("no provenance of {} verifies with a given key", root.digest),
+        );
+    }
+    Ok(named)
 }
 
-async fn check_sboms(
+/// Checks the SBOMs attached to `manifest`: the files they list against `files` (the image's,
+/// when all its layers could be read), and each document against the SBOMs a verified
+/// provenance names (`named`).
+pub(super) async fn check_sboms(
     store: &Store,
     report: &mut Report,
     manifest: &Descriptor,
-    files: &BTreeMap<String, Digest>,
+    files: Option<&BTreeMap<String, Digest>>,
+    artifacts: &[Attached],
+    named: Option<&BTreeSet<Digest>>,
+    policy: &Policy,
 ) -> Result<(), AttestError> {
-    let all = attached(store, report, &manifest.digest, artifact::SBOM_ARTIFACT).await?;
+    let all = of_type(report, artifacts, &manifest.digest, artifact::SBOM_ARTIFACT);
+    let required = policy.requires(Requirement::Sbom);
     if all.is_empty() {
-        report.fail("sbom", format!("no SBOM is attached to manifest {}", manifest.digest));
+        report.missing(
+            required,
+            "sbom",
+            format!("no SBOM is attached to manifest {}", manifest.digest),
+        );
     }
     for sbom in all {
         let at = sbom.descriptor.digest;
@@ -473,6 +388,8 @@ async fn check_sboms(
         let Some(doc) = json::<Document>(report, "sbom", &format!("SBOM {at}"), &bytes) else {
             continue;
         };
+        bound(report, at, layer.digest, named, required && !policy.keys.is_empty());
+        let Some(files) = files else { continue };
         let listed = doc.file_digests();
         let before = report.findings.len();
         for (path, digest) in files {
@@ -504,4 +421,37 @@ async fn check_sboms(
         }
     }
     Ok(())
+}
+
+/// Judges whether the SBOM document `document` (of artifact `at`) is the one a signed
+/// provenance names: a document re-stored with another package list is not.
+fn bound(
+    report: &mut Report,
+    at: Digest,
+    document: Digest,
+    named: Option<&BTreeSet<Digest>>,
+    required: bool,
+) {
+    match named {
+        Some(n) if n.contains(&document) => report.ok(
+            "sbom",
+            format!("SBOM {at} document {document} is the one the signed provenance names"),
+        ),
+        Some(_) => report.fail(
+            "sbom",
+            format!(
+                "SBOM {at} document {document} is not one the signed provenance names: it was \
+                 altered or replaced"
+            ),
+        ),
+        None if required => report.fail(
+            "sbom",
+            format!("SBOM {at} is bound to no signed provenance, so nothing vouches for it"),
+        ),
+        None if report.signatures_checked => report.note(
+            "sbom",
+            format!("SBOM {at} is bound to no signed provenance, so nothing vouches for it"),
+        ),
+        None => {}
+    }
 }
