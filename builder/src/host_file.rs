@@ -169,18 +169,20 @@ pub fn stream<E>(
 /// case something other than a regular file was put there since the scan. Callers that need
 /// a regular file check the type on the open file, so no other path lookup races with this.
 pub(crate) fn open_input(host: &Path) -> io::Result<File> {
+    use rustix::fs::OFlags;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
         .open(host)
 }
 
 /// [`open_input`] for [`stream`], whose errors say what was found instead of a file.
 fn open_regular(host: &Path) -> Result<File, HostFileError> {
-    open_input(host).map_err(|source| match source.raw_os_error() {
+    use rustix::io::Errno;
+    open_input(host).map_err(|source| match rustix::io::Errno::from_io_error(&source) {
         // ELOOP: the last component is a symlink; ENXIO: a socket or absent device.
-        Some(libc::ELOOP | libc::ENXIO) => HostFileError::NotRegular { host: host.to_path_buf() },
+        Some(Errno::LOOP | Errno::NXIO) => HostFileError::NotRegular { host: host.to_path_buf() },
         _ => HostFileError::Read { host: host.to_path_buf(), source },
     })
 }

@@ -174,7 +174,10 @@ fn write_blocks(
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e)
+                    if direct
+                        && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                {
                     set_direct(&file, false)?;
                     direct = false;
                 }
