@@ -328,3 +328,105 @@ fn every_example_recipe_builds_and_skopeo_reads_it() {
         assert!(!info["Layers"].as_array().expect("Layers").is_empty(), "{}", recipe.display());
     }
 }
+
+#[test]
+fn export_writes_referrers_that_skopeo_and_umoci_step_over() {
+    if !require_tool("skopeo") || !require_tool("umoci") {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write("r/motd", "hello\n");
+    let recipe = ws.write(
+        "r/r.toml",
+        "[image]\nname = \"refs\"\nversion = \"1\"\n[[layer]]\nname = \"a\"\n\
+         files = [{ src = \"motd\", dest = \"/etc/motd\" }]\n\
+         [disk]\nsize = \"8MiB\"\nformats = [\"initramfs\"]\n",
+    );
+    let kiln = Kiln::new(&ws.store("store")).umask("022");
+    let key = ws.path("k");
+    kiln.run(&["keygen", "--out", key.to_str().expect("utf-8")]).ok();
+    let key = format!("{}.key", key.display());
+    let root = support::digest_of(&kiln.build(&recipe, &["--sign", &key]));
+    let layout = ws.path("layout");
+    let report = kiln
+        .run(&["--json", "export", "refs:1", "--oci-layout", layout.to_str().expect("utf-8")])
+        .ok()
+        .json();
+    assert_layout_blobs_verify(&layout);
+    for file in ["index.json", "oci-layout", "blobs/sha256"] {
+        let mode = fs::metadata(layout.join(file)).expect("layout file").mode() & 0o777;
+        let want = if file.starts_with("blobs") { 0o755 } else { 0o644 };
+        assert_eq!(mode, want, "{file} under umask 022: {mode:o}");
+    }
+    for blob in fs::read_dir(layout.join("blobs/sha256")).expect("blobs") {
+        let mode = blob.expect("blob").metadata().expect("blob").mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+
+    // index.json: the image under its tag, then each artifact untagged; every blob of every
+    // artifact is in the layout.
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("JSON");
+    let entries = index["manifests"].as_array().expect("manifests");
+    let tagged: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["annotations"]["org.opencontainers.image.ref.name"].is_string())
+        .collect();
+    assert_eq!(tagged.len(), 1, "{index:#}");
+    assert_eq!(tagged[0]["digest"], root.as_str());
+    let mut types: Vec<&str> = entries.iter().filter_map(|e| e["artifactType"].as_str()).collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "application/spdx+json",
+            "application/vnd.dev.cosign.artifact.sig.v1+json",
+            "application/vnd.in-toto+json",
+            "application/vnd.kiln.disk.v1",
+        ],
+        "{index:#}"
+    );
+    assert_eq!(report["referrersListed"], 4, "{report}");
+    let blob = |d: &Value| layout.join("blobs/sha256").join(&d.as_str().expect("digest")[7..]);
+    for e in entries.iter().filter(|e| e["artifactType"].is_string()) {
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(blob(&e["digest"])).expect("artifact manifest"))
+                .expect("JSON");
+        assert!(manifest["subject"]["digest"].is_string(), "{manifest:#}");
+        assert!(blob(&manifest["config"]["digest"]).exists());
+        for layer in manifest["layers"].as_array().expect("layers") {
+            assert!(blob(&layer["digest"]).exists(), "{layer}");
+        }
+    }
+
+    // A second export into the same layout lists nothing twice.
+    let again = kiln
+        .run(&["--json", "export", "refs:1", "--oci-layout", layout.to_str().expect("utf-8")])
+        .ok()
+        .json();
+    assert_eq!(again["referrersListed"], 0, "{again}");
+
+    // The tools still read the image by its tag.
+    let src = format!("oci:{}:1", layout.display());
+    let info = skopeo_json(&["inspect", &src]);
+    assert_eq!(info["Digest"].as_str().map(|d| d.len()), Some(71), "{info}");
+    let bundle = ws.path("bundle");
+    let image = format!("{}:1", layout.display());
+    let mut args = vec!["unpack"];
+    if !is_root() {
+        args.push("--rootless");
+    }
+    args.extend(["--image", &image, bundle.to_str().expect("utf-8")]);
+    sh("umoci", &args);
+    assert_eq!(fs::read(bundle.join("rootfs/etc/motd")).expect("motd"), b"hello\n");
+
+    // The archive holds the same files.
+    let archive = ws.path("image.tar");
+    kiln.run(&["export", "refs:1", "--oci-archive", archive.to_str().expect("utf-8")]).ok();
+    let listed = sh("tar", &["-tvf", archive.to_str().expect("utf-8")]);
+    let count = listed.lines().filter(|l| l.contains("blobs/sha256/")).count();
+    let files = fs::read_dir(layout.join("blobs/sha256")).expect("blobs").count();
+    assert_eq!(count, files + 1, "{listed}");
+    assert!(listed.lines().all(|l| !l.contains("index.json") || l.starts_with("-rw-r--r--")));
+}

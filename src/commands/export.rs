@@ -56,6 +56,7 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
             "tag": tag,
             "blobsWritten": report.blobs,
             "bytesWritten": report.bytes,
+            "referrersListed": report.referrers,
         }))?;
     } else {
         ctx.say(format!("exported {reference} to {kind}:{}:{tag}", target.display()));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{media_type, to_canonical_json, Descriptor, Digest, ImageIndex};
 
-use crate::walk::image_blobs;
+use crate::walk::{image_blobs, image_referrers};
 use crate::{Store, StoreError};
 
 /// The annotation that names a tag inside an OCI layout's `index.json`.
@@ -33,10 +33,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
 pub struct ExportReport {
     pub blobs: usize,
     pub bytes: u64,
+    /// Artifact manifests newly listed in `index.json`.
+    pub referrers: usize,
 }
 
 /// Writes the image at `root` and every blob it references into the layout folder `dir`,
-/// tagged `tag`. An existing layout keeps its other tags; blobs already there are re-verified.
+/// tagged `tag`, with every artifact that refers to it (signatures, SBOMs, provenance, disks):
+/// their blobs too, and their manifests listed untagged in `index.json`, so tools that read
+/// referrers find them and tools that read a tag see only the image. An existing layout keeps
+/// its other entries; blobs already there are re-verified.
 pub async fn export_layout(
     store: &Store,
     root: &Descriptor,
@@ -61,8 +66,11 @@ pub async fn export_layout(
         Err(e) => return Err(io_err(&index_path)(e)),
     };
 
-    let mut report = ExportReport { blobs: 0, bytes: 0 };
-    for desc in image_blobs(store, root).await? {
+    let mut report = ExportReport { blobs: 0, bytes: 0, referrers: 0 };
+    let mut blobs = image_blobs(store, root).await?;
+    let (referrers, added) = image_referrers(store, &blobs).await?;
+    blobs.extend(added);
+    for desc in blobs {
         let target = blobs_dir.join(desc.digest.hex());
         if target.exists() && file_digest(&target)? == desc.digest {
             continue;
@@ -75,6 +83,16 @@ pub async fn export_layout(
     let mut entry = root.clone();
     entry.annotations.insert(REF_NAME.into(), tag.to_string());
     index.manifests.push(entry);
+    for artifact in referrers {
+        let listed = index
+            .manifests
+            .iter()
+            .any(|d| d.digest == artifact.digest && !d.annotations.contains_key(REF_NAME));
+        if !listed {
+            index.manifests.push(artifact);
+            report.referrers += 1;
+        }
+    }
     write_file(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let bytes = to_canonical_json(&index)
         .map_err(|e| LayoutError::NotALayout { path: dir.to_path_buf(), reason: e.to_string() })?;
@@ -150,8 +168,13 @@ fn append_file<W: Write>(
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    // Created like the blobs, 0666 less the umask, not a temporary file's private 0600.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
     tmp.write_all(bytes).map_err(io_err(path))?;
     tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
     Ok(())
