@@ -19,6 +19,9 @@ Environment:
                       credentials and settings of s3://, gs:// and az:// stores (AWS_ENDPOINT,
                       AWS_REGION, AWS_ALLOW_HTTP, ...); --store-option KEY=VALUE overrides them
   SOURCE_DATE_EPOCH   timestamp for every file and document, unless --source-date-epoch is given
+  KILN_TRUST_CACHE    ':'-separated public keys whose build cache entries `kiln build` trusts
+                      (same as --trust-cache)
+  KILN_CACHE_KEY      private key that signs the cache entries `kiln build` writes (--cache-key)
   NO_COLOR            disables colour";
 
 /// kiln bakes bit-for-bit reproducible OCI images from declarative recipes.
@@ -176,6 +179,14 @@ pub struct BuildArgs {
     /// holding the recipe, else the recipe's folder]
     #[arg(long, value_name = "DIR", requires = "sign")]
     pub source_root: Option<PathBuf>,
+    /// Sign the build cache entries this build writes with this private key [default: the
+    /// --sign key; without either, entries are written unsigned].
+    #[arg(long, value_name = "KEY", env = "KILN_CACHE_KEY")]
+    pub cache_key: Option<PathBuf>,
+    /// Use only build cache entries signed by this public key (SPKI PEM); repeatable, or a
+    /// ':'-separated list. Other entries are ignored and their layers rebuilt.
+    #[arg(long, value_name = "PUB", env = "KILN_TRUST_CACHE", value_delimiter = ':')]
+    pub trust_cache: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

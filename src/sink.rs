@@ -1,5 +1,6 @@
 //! The builder's blob sink backed by a kiln store.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -8,6 +9,7 @@ use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::LayerBlob;
 use kiln_builder::LayerRecord;
 use kiln_oci::{Descriptor, Digest, ImageManifest};
+use kiln_store::cache::{CacheLookup, CacheRecord, CacheSigner, CacheTrust, Refusal};
 use kiln_store::Store;
 use tokio::runtime::Runtime;
 
@@ -20,11 +22,32 @@ const DISK_CACHE: &str = "disk";
 pub struct StoreSink<'a> {
     pub store: &'a Store,
     pub runtime: &'a Runtime,
+    /// Signs the cache entries this build writes.
+    pub cache_signer: Option<&'a dyn CacheSigner>,
+    /// When set, only cache entries signed by one of these keys are used.
+    pub cache_trust: Option<&'a dyn CacheTrust>,
     pub uploaded: usize,
     pub present: usize,
+    /// For each layer cache key hit: the trusted key that vouched for its entry, if any.
+    pub vouchers: BTreeMap<Digest, Option<Digest>>,
+    /// Cache entries found but not used, as `cache/<kind>/<hex>` with the reason.
+    pub refused: Vec<(String, Refusal)>,
 }
 
-impl StoreSink<'_> {
+impl<'a> StoreSink<'a> {
+    pub fn new(store: &'a Store, runtime: &'a Runtime) -> StoreSink<'a> {
+        StoreSink {
+            store,
+            runtime,
+            cache_signer: None,
+            cache_trust: None,
+            uploaded: 0,
+            present: 0,
+            vouchers: BTreeMap::new(),
+            refused: Vec::new(),
+        }
+    }
+
     fn count(&mut self, uploaded: bool) {
         if uploaded {
             self.uploaded += 1;
@@ -32,23 +55,61 @@ impl StoreSink<'_> {
             self.present += 1;
         }
     }
+
+    /// The usable record of one lookup; a refusal is remembered and is a miss.
+    fn hit(&mut self, kind: &str, key: &Digest, lookup: CacheLookup) -> Option<CacheRecord> {
+        match lookup {
+            CacheLookup::Miss => None,
+            CacheLookup::Hit { record, vouched_by } => {
+                if kind == LAYER_CACHE {
+                    self.vouchers.insert(*key, vouched_by);
+                }
+                Some(*record)
+            }
+            CacheLookup::Refused(refusal) => {
+                self.refused.push((format!("cache/{kind}/{}", key.hex()), refusal));
+                None
+            }
+        }
+    }
+
+    fn remember(&mut self, record: CacheRecord) -> Result<(), SinkError> {
+        let signer = self.cache_signer;
+        self.runtime.block_on(self.store.put_cache_entry(record, signer))?;
+        Ok(())
+    }
 }
 
 impl BlobSink for StoreSink<'_> {
     fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError> {
-        let entries = self.runtime.block_on(self.store.get_caches(LAYER_CACHE, keys))?;
-        // A cache entry is only a hint: an unreadable one, or one whose blob is gone, is a miss.
-        let records: Vec<Option<LayerRecord>> = entries
-            .iter()
-            .map(|bytes| bytes.as_ref().and_then(|b| serde_json::from_slice(b).ok()))
-            .collect();
-        let digests: Vec<Digest> = records.iter().flatten().map(|r| r.digest).collect();
-        let mut present = self.runtime.block_on(self.store.has_blobs(&digests))?.into_iter();
-        let found: Vec<Option<LayerRecord>> = records
-            .into_iter()
-            .map(|record| record.filter(|_| present.next().unwrap_or(false)))
-            .collect();
-        self.present += found.iter().flatten().count();
+        let lookups =
+            self.runtime.block_on(self.store.cache_lookups(LAYER_CACHE, keys, self.cache_trust))?;
+        let mut found = Vec::with_capacity(keys.len());
+        for (key, lookup) in keys.iter().zip(lookups) {
+            let record = self.hit(LAYER_CACHE, key, lookup);
+            let layer = match record {
+                Some(CacheRecord { output, diff_id: Some(diff_id), .. }) => {
+                    self.present += 1;
+                    Some(LayerRecord {
+                        media_type: output.media_type,
+                        digest: output.digest,
+                        diff_id,
+                        size: output.size,
+                    })
+                }
+                Some(CacheRecord { diff_id: None, .. }) => {
+                    self.vouchers.remove(key);
+                    let error = "a layer entry without a diff_id".to_string();
+                    self.refused.push((
+                        format!("cache/{LAYER_CACHE}/{}", key.hex()),
+                        Refusal::Malformed { error },
+                    ));
+                    None
+                }
+                None => None,
+            };
+            found.push(layer);
+        }
         Ok(found)
     }
 
@@ -60,15 +121,12 @@ impl BlobSink for StoreSink<'_> {
             layer.size,
         ))?;
         self.count(outcome.uploaded);
-        let record = LayerRecord {
-            media_type: layer.media_type.to_string(),
-            digest: layer.digest,
-            diff_id: layer.diff_id,
-            size: layer.size,
-        };
-        let bytes = kiln_oci::to_canonical_json(&record)?;
-        self.runtime.block_on(self.store.put_cache(LAYER_CACHE, key, Bytes::from(bytes)))?;
-        Ok(())
+        self.remember(CacheRecord {
+            kind: LAYER_CACHE.to_string(),
+            key: *key,
+            output: Descriptor::new(layer.media_type, layer.digest, layer.size),
+            diff_id: Some(layer.diff_id),
+        })
     }
 
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
@@ -96,13 +154,17 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn cached_disk(&mut self, key: &Digest) -> Result<Option<Descriptor>, SinkError> {
-        let Some(bytes) = self.runtime.block_on(self.store.get_cache(DISK_CACHE, key))? else {
+        let lookups = self.runtime.block_on(self.store.cache_lookups(
+            DISK_CACHE,
+            std::slice::from_ref(key),
+            self.cache_trust,
+        ))?;
+        let Some(record) = lookups.into_iter().next().and_then(|l| self.hit(DISK_CACHE, key, l))
+        else {
             return Ok(None);
         };
-        // As with layers, the entry is a hint: it counts only if every blob is still stored.
-        let Ok(artifact) = serde_json::from_slice::<Descriptor>(&bytes) else {
-            return Ok(None);
-        };
+        let artifact = record.output;
+        // As with layers, the entry counts only if every blob it leads to is still stored.
         let Ok(manifest) =
             self.runtime.block_on(self.store.get_json::<ImageManifest>(&artifact.digest))
         else {
@@ -120,9 +182,12 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn remember_disk(&mut self, key: &Digest, artifact: &Descriptor) -> Result<(), SinkError> {
-        let bytes = kiln_oci::to_canonical_json(artifact)?;
-        self.runtime.block_on(self.store.put_cache(DISK_CACHE, key, Bytes::from(bytes)))?;
-        Ok(())
+        self.remember(CacheRecord {
+            kind: DISK_CACHE.to_string(),
+            key: *key,
+            output: artifact.clone(),
+            diff_id: None,
+        })
     }
 
     fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError> {

@@ -403,3 +403,133 @@ fn signatures_and_attestations_travel_with_copy_and_survive_gc() {
         shared.assert_clean(&target);
     });
 }
+
+impl Shared {
+    /// The object at `key`, read behind kiln's back.
+    fn read(&self, key: &str) -> Vec<u8> {
+        match &self.backend {
+            Backend::Folder(root) => std::fs::read(root.join(key)).unwrap(),
+            Backend::S3(server) => {
+                let raw = server.raw(&self.location);
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async { raw.get(&Key::from(key)).await.unwrap().bytes().await })
+                    .unwrap()
+                    .to_vec()
+            }
+        }
+    }
+
+    /// A fresh key pair `NAME.key`, `NAME.pub` in the scratch space.
+    fn keygen(&self, name: &str) -> (String, String) {
+        let key = self.tmp.path().join(name);
+        self.json("keys", &["keygen", "--out", key.to_str().unwrap(), "--json"]);
+        (format!("{}.key", key.display()), format!("{}.pub", key.display()))
+    }
+}
+
+/// Every layer cache entry with its key, ordered by the blob it names.
+fn layer_entries(shared: &Shared) -> Vec<(String, Value)> {
+    let mut entries: Vec<(String, Value)> = cache_keys(shared)
+        .into_iter()
+        .map(|key| {
+            let entry: Value = serde_json::from_slice(&shared.read(&key)).unwrap();
+            (key, entry)
+        })
+        .collect();
+    entries.sort_by_key(|(_, e)| e["record"]["output"]["digest"].as_str().unwrap().to_string());
+    entries
+}
+
+fn cache_keys(shared: &Shared) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let raw: std::sync::Arc<dyn ObjectStore> = match &shared.backend {
+        Backend::Folder(root) => std::sync::Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(root).unwrap(),
+        ),
+        Backend::S3(server) => server.raw(&shared.location),
+    };
+    let prefix = Key::from("cache/layer");
+    let metas: Vec<_> = rt.block_on(futures_collect(raw.list(Some(&prefix)))).into_iter().collect();
+    let mut keys: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+    keys.sort();
+    keys
+}
+
+async fn futures_collect(
+    stream: futures::stream::BoxStream<'_, object_store::Result<object_store::ObjectMeta>>,
+) -> Vec<object_store::ObjectMeta> {
+    use futures::TryStreamExt;
+    stream.try_collect().await.unwrap()
+}
+
+#[test]
+fn a_poisoned_cache_never_reaches_a_trusted_build() {
+    on_every_backend(|shared| {
+        let recipes = support::copy_recipes(shared.tmp.path());
+        let golden = recipes.join("golden.toml");
+        let golden = golden.to_str().unwrap();
+        let (key, public) = shared.keygen("runner");
+        let (other_key, _) = shared.keygen("stranger");
+        let clean = shared.json("a", &["build", golden, "--sign", &key, "--json"]);
+        let trusted = ["--sign", &key, "--trust-cache", &public, "--json"];
+        let build_trusted = |runner: &str| {
+            let mut args = vec!["build", golden];
+            args.extend(trusted);
+            shared.json(runner, &args)
+        };
+        let reused = build_trusted("b");
+        assert_eq!(reused["layers"], serde_json::json!({"built": 0, "reused": 2}), "{reused}");
+        assert_eq!(reused["digest"], clean["digest"]);
+        let key_id = reused["cache"]["layers"][0]["vouchedBy"].clone();
+        assert!(key_id.is_string(), "{reused}");
+
+        // The attack of the issue: swap the two entries' bytes. Each now names the other key.
+        let entries = layer_entries(&shared);
+        assert_eq!(entries.len(), 2);
+        let (a, b) = (shared.read(&entries[0].0), shared.read(&entries[1].0));
+        shared.overwrite(&entries[0].0, b);
+        shared.overwrite(&entries[1].0, a);
+        let swapped = build_trusted("c");
+        assert_eq!(swapped["digest"], clean["digest"], "{swapped}");
+        assert_eq!(swapped["layers"]["built"], 2, "{swapped}");
+
+        // A careful attacker rewrites the records to match their keys, unsigned or signed
+        // by a key that is not trusted, or edits the size or diff_id of a signed entry.
+        let entries = layer_entries(&shared);
+        let forge = |edit: &dyn Fn(&mut Value, &Value)| {
+            for (i, (path, entry)) in entries.iter().enumerate() {
+                let mut forged = entry.clone();
+                edit(&mut forged, &entries[1 - i].1);
+                shared.overwrite(path, serde_json::to_vec(&forged).unwrap());
+            }
+            let rebuilt = build_trusted("d");
+            assert_eq!(rebuilt["digest"], clean["digest"], "{rebuilt}");
+            assert_eq!(rebuilt["layers"]["built"], 2, "{rebuilt}");
+            let ignored = rebuilt["cache"]["ignored"].as_array().unwrap().len();
+            assert_eq!(ignored, 2, "{rebuilt}");
+        };
+        forge(&|e, other| {
+            e["record"]["output"] = other["record"]["output"].clone();
+            e["record"]["diffId"] = other["record"]["diffId"].clone();
+            e["signatures"] = serde_json::json!([]);
+        });
+        forge(&|e, _| {
+            let size = e["record"]["output"]["size"].as_u64().unwrap();
+            e["record"]["output"]["size"] = (size + 1).into();
+        });
+        forge(&|e, other| e["record"]["diffId"] = other["record"]["diffId"].clone());
+        // Entries written by a runner with another key are rebuilt, not used.
+        for (path, _) in &entries {
+            shared.overwrite(path, b"{}".to_vec());
+        }
+        let stranger = shared.json("e", &["build", golden, "--cache-key", &other_key, "--json"]);
+        assert_eq!(stranger["layers"]["built"], 2, "{stranger}");
+        for (_, entry) in layer_entries(&shared) {
+            assert_ne!(entry["signatures"][0]["keyid"], key_id, "{entry}");
+        }
+        let rebuilt = build_trusted("f");
+        assert_eq!(rebuilt["layers"]["built"], 2, "{rebuilt}");
+        assert_eq!(rebuilt["digest"], clean["digest"]);
+        shared.assert_clean(&shared.location);
+    });
+}

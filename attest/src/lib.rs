@@ -2,12 +2,13 @@
 //! them all offline.
 //!
 //! A crate of its own so that the builder and the store stay free of cryptography: [`key`]
-//! makes and reads P-256 and Ed25519 keys, [`simple_signing`] and [`dsse`] are the signed
+//! makes and reads P-256 and Ed25519 keys, [`cache_trust`] signs and trusts build cache entries, [`simple_signing`] and [`dsse`] are the signed
 //! formats, [`sbom`] and [`provenance`] the documents, [`artifact`] attaches them to an image
 //! as OCI 1.1 referrers, [`publish`] produces them for a stored image, [`contents`] reads
 //! layers back, [`source`] names the recipe without the host's paths, [`verify`] audits an image and [`compare`] explains why a rebuild differs.
 
 pub mod artifact;
+pub mod cache_trust;
 pub mod compare;
 pub mod contents;
 pub mod dsse;

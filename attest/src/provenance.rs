@@ -85,6 +85,37 @@ pub struct BuildDefinition {
     pub external_parameters: ExternalParameters,
     /// Every input with its digest.
     pub resolved_dependencies: Vec<ResourceDescriptor>,
+    /// How the builder was set up for this build: which layers it took from the build cache
+    /// rather than making them, and on whose word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_parameters: Option<InternalParameters>,
+}
+
+/// `buildDefinition.internalParameters`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InternalParameters {
+    /// The keys whose cache entries the build trusted; empty when it trusted any well-formed
+    /// entry.
+    pub trusted_cache_keys: Vec<Digest>,
+    /// Layers whose blobs came from the build cache, in layer order.
+    pub cached_layers: Vec<CachedLayer>,
+}
+
+/// A layer taken from the build cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedLayer {
+    /// The layer's name in the recipe.
+    pub name: String,
+    /// The layer blob's digest.
+    pub digest: Digest,
+    /// The cache key the entry was found under.
+    pub cache_key: Digest,
+    /// The trusted key whose signature on the entry was checked; absent when no keys were
+    /// trusted (the entry was only checked for being well formed and its blob's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouched_by: Option<Digest>,
 }
 
 /// What the build was given.
@@ -168,6 +199,9 @@ pub struct BuildFacts {
     pub format: u32,
     /// The compressor with its implementation and parameters.
     pub compressor: String,
+    /// How the build cache was used; `None` when nothing came from it and no keys were
+    /// trusted.
+    pub cache: Option<InternalParameters>,
 }
 
 /// The statement for the image `subject` built as `facts` say.
@@ -203,6 +237,7 @@ pub fn statement(facts: &BuildFacts, subject: &Digest) -> Statement {
                     platforms: facts.platforms.clone(),
                 },
                 resolved_dependencies,
+                internal_parameters: facts.cache.clone(),
             },
             run_details: RunDetails {
                 builder: Builder {

@@ -92,6 +92,17 @@ pub struct BuildOutput {
     pub disks: Vec<(Platform, Descriptor)>,
     /// How many of `disks` were found in the cache instead of being made.
     pub disks_reused: usize,
+    /// The layers taken from the cache, in layer order.
+    pub cache_hits: Vec<CacheHit>,
+}
+
+/// A layer whose blob was found in the cache rather than written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheHit {
+    /// Its position in [`BuildOutput::layers`].
+    pub layer: usize,
+    /// The cache key it was found under (see [`layer_key`]).
+    pub key: Digest,
 }
 
 /// Why a build failed.
@@ -252,6 +263,7 @@ fn build_resolved(
     drop(disk_trees);
 
     let mut layers: Vec<(String, LayerRecord)> = Vec::with_capacity(total);
+    let mut cache_hits = Vec::new();
     let (mut built, mut reused) = (0, 0);
     for (i, (key, (name, plan))) in keys.iter().zip(&plans).enumerate() {
         let bytes = match plan {
@@ -264,7 +276,10 @@ fn build_resolved(
         };
         observer.layer_started(name, i, total, bytes);
         let record = match plan {
-            Plan::Cached(record) => record.clone(),
+            Plan::Cached(record) => {
+                cache_hits.push(CacheHit { layer: i, key: *key });
+                record.clone()
+            }
             Plan::Earlier(j) => layers[*j].1.clone(),
             Plan::Write(tree) => {
                 let blob = layer::write_layer(
@@ -367,6 +382,7 @@ fn build_resolved(
         lock_written,
         disks,
         disks_reused,
+        cache_hits,
     })
 }
 

@@ -29,7 +29,9 @@ pub mod tree;
 mod workers;
 mod writeback;
 
-pub use build::{build, BlobSink, BuildError, BuildOptions, BuildOutput, LockMode, Observer};
+pub use build::{
+    build, BlobSink, BuildError, BuildOptions, BuildOutput, CacheHit, LockMode, Observer,
+};
 pub use compress::{Compression, CompressionError};
 pub use epoch::Epoch;
 pub use host_file::HostFile;

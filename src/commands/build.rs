@@ -43,6 +43,23 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let cache_signer = match args.cache_key.as_deref().or(args.sign.as_deref()) {
+        Some(path) => Some(kiln_attest::cache_trust::CacheSigningKey::new(
+            kiln_attest::PrivateKey::read(path)?,
+        )?),
+        None => None,
+    };
+    let cache_trust = if args.trust_cache.is_empty() {
+        None
+    } else {
+        let keys = args
+            .trust_cache
+            .iter()
+            .map(|p| kiln_attest::PublicKey::read(p))
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading --trust-cache keys")?;
+        Some(kiln_attest::cache_trust::TrustedCacheKeys::new(keys)?)
+    };
     let (name, tag) = image_ref(&recipe)?;
     let epoch = epoch(args.epoch.source_date_epoch, &recipe)?;
     let threads = match args.threads {
@@ -59,9 +76,17 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         hash_cache: if args.rehash { None } else { hash_cache_file() },
     };
     let progress = Progress::new(!ctx.quiet && !ctx.json);
-    let mut sink = StoreSink { store: &ctx.store, runtime: &ctx.runtime, uploaded: 0, present: 0 };
+    let mut sink = StoreSink::new(&ctx.store, &ctx.runtime);
+    sink.cache_signer = cache_signer.as_ref().map(|k| k as &dyn kiln_store::cache::CacheSigner);
+    sink.cache_trust = cache_trust.as_ref().map(|k| k as &dyn kiln_store::cache::CacheTrust);
     let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)
         .with_context(|| format!("building {}", recipe.file.display()))?;
+    for (entry, refusal) in &sink.refused {
+        if !ctx.quiet {
+            eprintln!("warning: ignored build cache entry {entry}: {refusal}");
+        }
+    }
+    let cache_use = cache_use(&out, &sink, cache_trust.as_ref());
     ctx.runtime
         .block_on(ctx.store.set_ref(&name, &tag, &out.index))
         .with_context(|| format!("tagging {name}:{tag}"))?;
@@ -74,7 +99,8 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             // only for a checkout that is still clean.
             let source = kiln_attest::source::locate(&args.recipe, Some(&source.root))
                 .context("naming the recipe for its provenance")?;
-            Some(super::sign::attest_build(ctx, key, &source, &recipe, &lock_path, &out, epoch)?)
+            let cache = cache_use.clone();
+            Some(super::sign::attest_build(ctx, key, &source, &recipe, &out, epoch, cache)?)
         }
         _ => None,
     };
@@ -94,6 +120,13 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "manifests": manifests,
             "layers": { "built": out.layers_built, "reused": out.layers_reused },
             "blobs": { "uploaded": sink.uploaded, "present": sink.present },
+            "cache": {
+                "layers": cache_use.as_ref().map(|c| c.cached_layers.clone()).unwrap_or_default(),
+                "ignored": sink.refused.iter().map(|(entry, refusal)| json!({
+                    "entry": entry,
+                    "refusal": refusal,
+                })).collect::<Vec<_>>(),
+            },
             "lock": { "path": lock_path.display().to_string(), "written": out.lock_written },
             "store": ctx.store.describe(),
             "disksReused": out.disks_reused,
@@ -136,4 +169,31 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the provenance says about the build cache: the trusted keys, and each layer taken
+/// from the cache with the key that vouched for its entry.
+fn cache_use(
+    out: &kiln_builder::BuildOutput,
+    sink: &StoreSink,
+    trust: Option<&kiln_attest::cache_trust::TrustedCacheKeys>,
+) -> Option<kiln_attest::provenance::InternalParameters> {
+    let trusted_cache_keys: Vec<_> =
+        trust.map(|t| t.key_ids().into_iter().map(|id| id.0).collect()).unwrap_or_default();
+    let cached_layers: Vec<_> = out
+        .cache_hits
+        .iter()
+        .filter_map(|hit| {
+            let (name, record) = out.layers.get(hit.layer)?;
+            Some(kiln_attest::provenance::CachedLayer {
+                name: name.clone(),
+                digest: record.digest,
+                cache_key: hit.key,
+                vouched_by: sink.vouchers.get(&hit.key).copied().flatten(),
+            })
+        })
+        .collect();
+    (!trusted_cache_keys.is_empty() || !cached_layers.is_empty()).then_some(
+        kiln_attest::provenance::InternalParameters { trusted_cache_keys, cached_layers },
+    )
 }

@@ -54,20 +54,21 @@ pub struct BuildAttestations {
     pub source: kiln_attest::source::Source,
 }
 
-/// Signs and attests a fresh build of `recipe` whose lock file is `lock_path`.
+/// Signs and attests a fresh build of `recipe` (its lock file beside it), recording `cache`.
 pub fn attest_build(
     ctx: &Ctx,
     key: &PrivateKey,
     source: &kiln_attest::source::Source,
     recipe: &kiln_builder::Recipe,
-    lock_path: &std::path::Path,
     out: &kiln_builder::BuildOutput,
     epoch: kiln_builder::Epoch,
+    cache: Option<kiln_attest::provenance::InternalParameters>,
 ) -> anyhow::Result<BuildAttestations> {
     use kiln_attest::provenance::{BuildFacts, Dependency, RecipeParameter};
     let recipe_bytes = std::fs::read(&recipe.file)
         .with_context(|| format!("reading {} again to keep it", recipe.file.display()))?;
-    let lock_bytes = std::fs::read(lock_path)
+    let lock_path = kiln_builder::Lock::path_for(&recipe.file);
+    let lock_bytes = std::fs::read(&lock_path)
         .with_context(|| format!("reading {} to keep it", lock_path.display()))?;
     let inputs = out
         .lock
@@ -93,6 +94,7 @@ pub fn attest_build(
         sboms: Vec::new(),
         format: out.lock.format,
         compressor: recipe.compression.describe(),
+        cache,
     };
     let store = &ctx.store;
     let root = &out.index;

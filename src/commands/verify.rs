@@ -158,7 +158,7 @@ fn rebuild(
         hash_cache: None,
     };
     let memory = Store::open("memory://")?;
-    let mut sink = StoreSink { store: &memory, runtime: &ctx.runtime, uploaded: 0, present: 0 };
+    let mut sink = StoreSink::new(&memory, &ctx.runtime);
     let progress = crate::progress::Progress::new(false);
     let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)
         .with_context(|| format!("rebuilding {}", recipe_path.display()))?;

@@ -48,6 +48,9 @@ pub enum Problem {
     /// An index or manifest is present but does not decode.
     #[serde(rename_all = "camelCase")]
     BadDocument { digest: Digest, error: String },
+    /// A build cache entry that no build would use, or that contradicts a stored image.
+    #[serde(rename_all = "camelCase")]
+    BadCacheEntry { key: String, problem: crate::cache::check::EntryProblem },
 }
 
 impl fmt::Display for Problem {
@@ -64,6 +67,9 @@ impl fmt::Display for Problem {
             }
             Problem::BadDocument { digest, error } => {
                 write!(f, "blob {digest} is not a valid index or manifest: {error}")
+            }
+            Problem::BadCacheEntry { key, problem } => {
+                write!(f, "bad cache entry {key}: {problem}")
             }
         }
     }
@@ -154,6 +160,9 @@ impl Store {
                 }
                 Err(e) => report.problems.push(Problem::BadRef { key, error: e.to_string() }),
             }
+        }
+        for bad in self.check_cache().await? {
+            report.problems.push(Problem::BadCacheEntry { key: bad.key, problem: bad.problem });
         }
         report.problems.sort_by_key(|p| format!("{p:?}"));
         report.problems.dedup();

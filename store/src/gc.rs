@@ -23,6 +23,7 @@ use kiln_oci::Digest;
 use object_store::path::Path as Key;
 use serde::Serialize;
 
+use crate::cache::open_entry;
 use crate::error::{Result, StoreError};
 use crate::inventory::Listed;
 use crate::{key, Store};
@@ -56,12 +57,6 @@ pub struct GcReport {
     pub uploads_deleted: u64,
     pub upload_bytes_deleted: u64,
     pub cache_entries_deleted: u64,
-}
-
-/// The one field gc reads from a cache entry.
-#[derive(serde::Deserialize)]
-struct CacheOutput {
-    digest: Digest,
 }
 
 /// Every `sha256:<64 hex>` mentioned in `bytes`, whatever the document's shape.
@@ -225,18 +220,22 @@ impl Store {
         Ok(stale)
     }
 
-    /// Cache entries that name a blob that is gone (or, in a dry run, about to be).
+    /// Cache entries no build would use: not well formed (an older format, a stray key), or
+    /// naming a blob that is gone (or, in a dry run, about to be) or stored with another size.
     async fn dangling_cache_entries(&self, gone: &HashSet<Digest>) -> Result<Vec<Key>> {
         let entries = self.list_under(key::CACHE).await?;
         let verdicts: Vec<Option<Key>> = futures::stream::iter(entries)
             .map(|entry| async move {
                 let Some(bytes) = self.read_object(&entry.key).await? else { return Ok(None) };
-                // Entries describe their output blob by a top-level `digest` (other digests
-                // in them, such as a layer's diff_id, name no blob). Other shapes are kept.
-                let Ok(CacheOutput { digest }) = serde_json::from_slice(&bytes) else {
-                    return Ok(None);
+                let opened = crate::cache::check::parse_key(&entry.key)
+                    .and_then(|(kind, key)| open_entry(&kind, &key, &bytes, None).ok());
+                let dangling = match opened {
+                    None => true,
+                    Some((record, _)) => {
+                        gone.contains(&record.output.digest)
+                            || self.output_stored(&record.output).await?.is_err()
+                    }
                 };
-                let dangling = gone.contains(&digest) || !self.has_blob(&digest).await?;
                 Ok::<_, crate::StoreError>(dangling.then_some(entry.key))
             })
             .buffer_unordered(READ_CONCURRENCY)

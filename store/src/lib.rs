@@ -13,7 +13,7 @@
 
 mod adopt;
 mod blob;
-mod cache;
+pub mod cache;
 pub mod check;
 pub mod copy;
 pub mod error;

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use kiln_oci::{media_type, Descriptor, Digest};
+use kiln_store::cache::{
+    CacheLookup, CacheRecord, CacheSigner, CacheTrust, EntrySignature, Refusal,
+};
 use kiln_store::{NameError, Reference, RepoName, Store, StoreError, Tag};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -309,20 +312,118 @@ async fn has_blobs_keeps_order(f: Fixture) {
     assert_eq!(f.store.has_blobs(&digests).await.unwrap(), want);
 }
 
-async fn cache_round_trip(f: Fixture) {
-    let key = Digest::of(b"inputs");
-    assert_eq!(f.store.get_cache("layer", &key).await.unwrap(), None);
-    f.store.put_cache("layer", &key, Bytes::from_static(b"one")).await.unwrap();
-    f.store.put_cache("layer", &key, Bytes::from_static(b"two")).await.unwrap();
-    assert_eq!(f.store.get_cache("layer", &key).await.unwrap(), Some(Bytes::from_static(b"two")));
-    assert_eq!(f.keys().await, vec![format!("cache/layer/{}", key.hex())]);
+/// A stand-in signer: its "signature" is the digest of its name and the payload, which only
+/// [`TestTrust`] checks. Real keys are kiln-attest's; the store only carries signatures.
+struct TestSigner(&'static str);
+
+impl TestSigner {
+    fn id(&self) -> Digest {
+        Digest::of(self.0.as_bytes())
+    }
+    fn sig(&self, payload: &[u8]) -> String {
+        Digest::of(&[self.0.as_bytes(), payload].concat()).to_string()
+    }
+}
+
+impl CacheSigner for TestSigner {
+    fn sign_entry(&self, payload: &[u8]) -> EntrySignature {
+        EntrySignature { keyid: self.id(), sig: self.sig(payload) }
+    }
+}
+
+struct TestTrust(TestSigner);
+
+impl CacheTrust for TestTrust {
+    fn vouches(&self, signature: &EntrySignature, payload: &[u8]) -> bool {
+        signature.keyid == self.0.id() && signature.sig == self.0.sig(payload)
+    }
+}
+
+fn layer_record(key: &Digest, blob: &kiln_store::PutOutcome) -> CacheRecord {
+    CacheRecord {
+        kind: "layer".into(),
+        key: *key,
+        output: Descriptor::new(media_type::LAYER_TAR_GZIP, blob.digest, blob.size),
+        diff_id: Some(Digest::of(b"tar")),
+    }
+}
+
+async fn lookup(f: &Fixture, key: &Digest, trust: Option<&dyn CacheTrust>) -> CacheLookup {
+    f.store.cache_lookups("layer", std::slice::from_ref(key), trust).await.unwrap().remove(0)
+}
+
+async fn cache_entries_are_checked_before_use(f: Fixture) {
+    let (k1, k2) = (Digest::of(b"inputs 1"), Digest::of(b"inputs 2"));
+    assert_eq!(lookup(&f, &k1, None).await, CacheLookup::Miss);
+    let b1 = f.store.put_blob(Bytes::from_static(b"layer one")).await.unwrap();
+    let b2 = f.store.put_blob(Bytes::from_static(b"layer two!")).await.unwrap();
+    let ours = TestSigner("ours");
+    f.store.put_cache_entry(layer_record(&k1, &b1), Some(&ours)).await.unwrap();
+    f.store.put_cache_entry(layer_record(&k2, &b2), None).await.unwrap();
+    let trust = TestTrust(TestSigner("ours"));
+
+    // Without trusted keys any well-formed entry about its key counts; with them, only signed.
+    let hit = |record, vouched_by| CacheLookup::Hit { record: Box::new(record), vouched_by };
+    assert_eq!(lookup(&f, &k1, None).await, hit(layer_record(&k1, &b1), None));
+    assert_eq!(lookup(&f, &k1, Some(&trust)).await, hit(layer_record(&k1, &b1), Some(ours.id())));
+    assert_eq!(
+        lookup(&f, &k2, Some(&trust)).await,
+        CacheLookup::Refused(Refusal::Untrusted { signatures: 0 })
+    );
+    let theirs = TestSigner("theirs");
+    f.store.put_cache_entry(layer_record(&k2, &b2), Some(&theirs)).await.unwrap();
+    assert_eq!(
+        lookup(&f, &k2, Some(&trust)).await,
+        CacheLookup::Refused(Refusal::Untrusted { signatures: 1 })
+    );
+
+    // Swapping two entries' bytes: each now describes the other key.
+    let (p1, p2) = (
+        Key::from(format!("cache/layer/{}", k1.hex())),
+        Key::from(format!("cache/layer/{}", k2.hex())),
+    );
+    let e1 = f.raw.get(&p1).await.unwrap().bytes().await.unwrap();
+    let e2 = f.raw.get(&p2).await.unwrap().bytes().await.unwrap();
+    f.raw.put(&p1, e2.into()).await.unwrap();
+    f.raw.put(&p2, e1.into()).await.unwrap();
+    for (key, other) in [(&k1, k2), (&k2, k1)] {
+        let want = Refusal::WrongKey { found_kind: "layer".into(), found: other };
+        assert_eq!(lookup(&f, key, None).await, CacheLookup::Refused(want));
+    }
+
+    // A wrong size, a missing blob, or bytes that are no entry: refused, trusted or not.
+    let mut wrong = layer_record(&k1, &b1);
+    wrong.output.size += 1;
+    f.store.put_cache_entry(wrong, Some(&ours)).await.unwrap();
+    let want = Refusal::WrongSize { digest: b1.digest, recorded: b1.size + 1, stored: b1.size };
+    assert_eq!(lookup(&f, &k1, Some(&trust)).await, CacheLookup::Refused(want));
+    let mut missing = layer_record(&k1, &b1);
+    missing.output.digest = Digest::of(b"never stored");
+    f.store.put_cache_entry(missing, None).await.unwrap();
+    let want = Refusal::MissingBlob { digest: Digest::of(b"never stored") };
+    assert_eq!(lookup(&f, &k1, None).await, CacheLookup::Refused(want));
+    f.raw.put(&p1, Bytes::from(format!("{{\"digest\":\"{}\"}}", b1.digest)).into()).await.unwrap();
+    assert!(matches!(lookup(&f, &k1, None).await, CacheLookup::Refused(Refusal::Malformed { .. })));
+
+    // A signature covers the whole record: editing its diff_id breaks it.
+    f.store.put_cache_entry(layer_record(&k1, &b1), Some(&ours)).await.unwrap();
+    let edited = String::from_utf8(f.raw.get(&p1).await.unwrap().bytes().await.unwrap().to_vec())
+        .unwrap()
+        .replace(&Digest::of(b"tar").to_string(), &Digest::of(b"other tar").to_string());
+    f.raw.put(&p1, Bytes::from(edited).into()).await.unwrap();
+    assert_eq!(
+        lookup(&f, &k1, Some(&trust)).await,
+        CacheLookup::Refused(Refusal::Untrusted { signatures: 1 })
+    );
+
     for bad in ["", "Layer", "a/b", "..", "x_y"] {
         assert!(matches!(
-            f.store.put_cache(bad, &key, Bytes::new()).await,
+            f.store.cache_lookups(bad, &[k1], None).await,
             Err(StoreError::InvalidCacheKind { .. })
         ));
+        let record = CacheRecord { kind: bad.into(), ..layer_record(&k1, &b1) };
         assert!(matches!(
-            f.store.get_cache(bad, &key).await,
+            f.store.put_cache_entry(record, None).await,
             Err(StoreError::InvalidCacheKind { .. })
         ));
     }
@@ -388,7 +489,8 @@ conformance!(
     copy_blob_to_file,
     refs_set_get_list_overwrite,
     resolve_digest_reads_the_blob,
-    cache_round_trip,
+    cache_entries_are_checked_before_use,
+    check_reports_bad_cache_entries,
     empty_store,
     has_blobs_keeps_order,
     concurrent_puts_of_same_content,

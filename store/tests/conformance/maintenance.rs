@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kiln_oci::{media_type, to_canonical_json, Descriptor, Digest, ImageManifest};
+use kiln_store::cache::check::{BadEntry, EntryProblem};
+use kiln_store::cache::{CacheRecord, Refusal};
 use kiln_store::check::NoProgress;
 use kiln_store::copy::copy_image;
 use kiln_store::{GcOptions, Problem, Reference, Store, StoreError};
@@ -76,10 +78,13 @@ pub async fn gc_deletes_exactly_the_unreachable_past_grace(f: Fixture) {
     let referrer = format!("referrers/{}/{}", kept.digest.hex(), signature.digest.hex());
     f.raw.put(&Key::from(referrer.as_str()), Bytes::from_static(b"{}").into()).await.unwrap();
     // Cache entries: one whose blob survives, one whose blob gc removes.
-    let live = format!("{{\"digest\":\"{}\"}}", Digest::of(b"kept layer"));
-    let dead = format!("{{\"digest\":\"{}\"}}", Digest::of(b"dropped layer"));
-    f.store.put_cache("layer", &Digest::of(b"k1"), Bytes::from(live)).await.unwrap();
-    f.store.put_cache("layer", &Digest::of(b"k2"), Bytes::from(dead)).await.unwrap();
+    for (key, layer) in [(b"k1", &b"kept layer"[..]), (b"k2", b"dropped layer")] {
+        let output =
+            Descriptor::new(media_type::LAYER_TAR_GZIP, Digest::of(layer), layer.len() as u64);
+        let record =
+            CacheRecord { kind: "layer".into(), key: Digest::of(key), output, diff_id: None };
+        f.store.put_cache_entry(record, None).await.unwrap();
+    }
     f.raw.put(&Key::from("uploads/stale"), Bytes::from_static(b"partial").into()).await.unwrap();
 
     // Everything is younger than an hour: an in-flight build's uploads survive.
@@ -145,4 +150,77 @@ pub async fn copy_sends_only_what_the_target_lacks(f: Fixture) {
     }
     assert_eq!(fresh.get_ref(&name, &tag).await.unwrap(), None);
     assert!(fresh.check(&NoProgress).await.unwrap().problems.is_empty());
+}
+
+pub async fn check_reports_bad_cache_entries(f: Fixture) {
+    let layer = b"a layer".to_vec();
+    let manifest = image(&f.store, std::slice::from_ref(&layer)).await;
+    let Reference::Tagged { name, tag } = tagged("app:3") else { unreachable!() };
+    f.store.set_ref(&name, &tag, &manifest).await.unwrap();
+    let m: ImageManifest = f.store.get_json(&manifest.digest).await.unwrap();
+    let output = m.layers[0].clone();
+    let entry = |key: &[u8], output: &Descriptor, diff_id| CacheRecord {
+        kind: "layer".into(),
+        key: Digest::of(key),
+        output: output.clone(),
+        diff_id: Some(diff_id),
+    };
+    // The config `image` writes records no diff_ids, so give it one for this layer.
+    let good_diff = Digest::of(b"tar of a layer");
+    let config = format!(
+        "{{\"architecture\":\"amd64\",\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{good_diff}\"]}}}}"
+    );
+    let config = f.store.put_blob(Bytes::from(config)).await.unwrap();
+    let with_diff = ImageManifest {
+        config: Descriptor::new(media_type::IMAGE_CONFIG, config.digest, config.size),
+        ..m.clone()
+    };
+    let bytes = to_canonical_json(&with_diff).unwrap();
+    let root = f.store.put_blob(Bytes::from(bytes)).await.unwrap();
+    let root = Descriptor::new(media_type::IMAGE_MANIFEST, root.digest, root.size);
+    f.store.set_ref(&name, &tag, &root).await.unwrap();
+
+    f.store.put_cache_entry(entry(b"good", &output, good_diff), None).await.unwrap();
+    f.store.put_cache_entry(entry(b"diff", &output, Digest::of(b"x")), None).await.unwrap();
+    let mut sized = output.clone();
+    sized.size += 7;
+    f.store.put_cache_entry(entry(b"size", &sized, good_diff), None).await.unwrap();
+    f.raw.put(&Key::from("cache/layer/nothex"), Bytes::from_static(b"{}").into()).await.unwrap();
+    assert!(f
+        .store
+        .check(&NoProgress)
+        .await
+        .unwrap()
+        .problems
+        .iter()
+        .all(|p| matches!(p, Problem::BadCacheEntry { .. })));
+
+    let bad = f.store.check_cache().await.unwrap();
+    let key = |k: &[u8]| format!("cache/layer/{}", Digest::of(k).hex());
+    let mut want = vec![
+        BadEntry {
+            key: key(b"diff"),
+            problem: EntryProblem::WrongDiffId {
+                layer: output.digest,
+                recorded: Digest::of(b"x"),
+                config: config.digest,
+                found: good_diff,
+            },
+        },
+        BadEntry {
+            key: key(b"size"),
+            problem: EntryProblem::Refused(Refusal::WrongSize {
+                digest: output.digest,
+                recorded: output.size + 7,
+                stored: output.size,
+            }),
+        },
+        BadEntry { key: "cache/layer/nothex".into(), problem: EntryProblem::StrayKey },
+    ];
+    want.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(bad, want);
+    assert_eq!(f.store.check(&NoProgress).await.unwrap().problems.len(), 3);
+    f.store.remove_cache_entries(&bad).await.unwrap();
+    assert!(f.store.check_cache().await.unwrap().is_empty());
+    assert!(f.store.check(&NoProgress).await.unwrap().is_clean());
 }

@@ -1,0 +1,234 @@
+//! Build cache entries under `cache/<kind>/<key-hex>`: what output was made from an input key.
+//!
+//! An entry is a hint, never an authority: anyone who can write `cache/` can write one. So an
+//! entry names the key it was computed from (a swapped or renamed entry is refused), the full
+//! descriptor of its output (its size is checked against the stored blob with one HEAD before
+//! use) and, for a layer, its diff_id; and it may carry signatures by the runners that wrote it.
+//! A reader given trusted keys ([`CacheTrust`]) uses only entries one of them signed, so a
+//! writer of `cache/` without a trusted private key can only cause rebuilds. The signing itself
+//! lives outside the store ([`CacheSigner`] and [`CacheTrust`] are implemented by kiln-attest),
+//! which keeps the store free of cryptography.
+//!
+//! Entries are replaceable and safe to delete, so writes overwrite.
+
+pub mod check;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use kiln_oci::{Descriptor, Digest};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::{key, Store};
+
+/// The payload type signed entries are signed under (the DSSE pre-authentication encoding
+/// binds it, so a signature over anything else never verifies as an entry's).
+pub const PAYLOAD_TYPE: &str = "application/vnd.kiln.cache-entry.v1+json";
+
+/// What an entry promises: `output` was made from `key` (and, for a layer, has `diff_id`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheRecord {
+    /// The cache kind (`layer`, `disk`, ...), the entry's folder.
+    pub kind: String,
+    /// The digest of everything the output was computed from: the entry's name.
+    pub key: Digest,
+    /// The stored blob the entry stands for.
+    pub output: Descriptor,
+    /// For a layer: the digest of its uncompressed tar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<Digest>,
+}
+
+impl CacheRecord {
+    /// The canonical JSON bytes that signatures cover.
+    pub fn payload(&self) -> Result<Vec<u8>> {
+        kiln_oci::to_canonical_json(self).map_err(|source| StoreError::Json {
+            key: key::cache(&self.kind, &self.key).to_string(),
+            source,
+        })
+    }
+}
+
+/// One signature over an entry's [`CacheRecord::payload`] under [`PAYLOAD_TYPE`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySignature {
+    /// The signer's key id (sha256 of its public key's SPKI DER).
+    pub keyid: Digest,
+    /// The signature, as the signer encodes it (base64 for kiln's keys).
+    pub sig: String,
+}
+
+/// The stored form of an entry.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredEntry {
+    record: CacheRecord,
+    #[serde(default)]
+    signatures: Vec<EntrySignature>,
+}
+
+/// Signs entries as they are written.
+pub trait CacheSigner: Send + Sync {
+    /// A signature over `payload` (a [`CacheRecord::payload`]) under [`PAYLOAD_TYPE`].
+    fn sign_entry(&self, payload: &[u8]) -> EntrySignature;
+}
+
+/// Decides which signatures to believe.
+pub trait CacheTrust: Send + Sync {
+    /// Whether `signature` is a trusted key's valid signature over `payload`.
+    fn vouches(&self, signature: &EntrySignature, payload: &[u8]) -> bool;
+}
+
+/// Why an entry was not used. Every refusal is a miss for the build (the output is made
+/// again and the entry replaced); `store check` reports the ones that are damage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "camelCase")]
+pub enum Refusal {
+    /// Not an entry at all (bad JSON, unknown fields, an older format).
+    #[error("not a well-formed cache entry: {error}")]
+    Malformed { error: String },
+    /// The entry was made from another key or kind than its name says (a swapped entry).
+    #[error("the entry describes {found_kind} key {found}, not this one")]
+    #[serde(rename_all = "camelCase")]
+    WrongKey { found_kind: String, found: Digest },
+    /// Trusted keys were given, and no signature on the entry is by one of them.
+    #[error("no trusted key signed it ({signatures} signature(s) by other keys or invalid)")]
+    Untrusted { signatures: usize },
+    /// The blob the entry names is not stored.
+    #[error("its blob {digest} is not in the store")]
+    MissingBlob { digest: Digest },
+    /// The blob is stored with another size than the entry records.
+    #[error("it records {recorded} bytes for {digest}, the store holds {stored}")]
+    WrongSize { digest: Digest, recorded: u64, stored: u64 },
+}
+
+/// What a cache lookup found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// No entry.
+    Miss,
+    /// A usable entry; `vouched_by` is the trusted key that signed it, when trust was asked.
+    Hit { record: Box<CacheRecord>, vouched_by: Option<Digest> },
+    /// An entry that must not be used.
+    Refused(Refusal),
+}
+
+/// Accepts `[a-z0-9-]+`, so a kind is always one plain key segment.
+fn check_kind(kind: &str) -> Result<()> {
+    let ok = !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidCacheKind { kind: kind.to_string() })
+    }
+}
+
+/// Decodes the entry stored as `cache/<kind>/<key>` and checks that it is about that key;
+/// with `trust`, also that a trusted key signed it (returning that key's id).
+pub fn open_entry(
+    kind: &str,
+    key: &Digest,
+    bytes: &[u8],
+    trust: Option<&dyn CacheTrust>,
+) -> std::result::Result<(CacheRecord, Option<Digest>), Refusal> {
+    let entry: StoredEntry =
+        serde_json::from_slice(bytes).map_err(|e| Refusal::Malformed { error: e.to_string() })?;
+    let record = entry.record;
+    if record.kind != kind || record.key != *key {
+        return Err(Refusal::WrongKey { found_kind: record.kind, found: record.key });
+    }
+    let Some(trust) = trust else { return Ok((record, None)) };
+    // Signatures cover the canonical form, so re-encoding the decoded record is exact.
+    let payload = kiln_oci::to_canonical_json(&record)
+        .map_err(|e| Refusal::Malformed { error: e.to_string() })?;
+    match entry.signatures.iter().find(|s| trust.vouches(s, &payload)) {
+        Some(signature) => Ok((record, Some(signature.keyid))),
+        None => Err(Refusal::Untrusted { signatures: entry.signatures.len() }),
+    }
+}
+
+impl Store {
+    /// Looks up `keys` in `kind`, in order, concurrently (on a remote store each is a round
+    /// trip). A hit is an entry that is well formed, about its key, signed by a trusted key
+    /// when `trust` is given, and whose blob is stored with the size it records (one HEAD).
+    pub async fn cache_lookups(
+        &self,
+        kind: &str,
+        keys: &[Digest],
+        trust: Option<&dyn CacheTrust>,
+    ) -> Result<Vec<CacheLookup>> {
+        check_kind(kind)?;
+        futures::stream::iter(keys)
+            .map(|k| self.cache_lookup(kind, k, trust))
+            .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    async fn cache_lookup(
+        &self,
+        kind: &str,
+        key: &Digest,
+        trust: Option<&dyn CacheTrust>,
+    ) -> Result<CacheLookup> {
+        let Some(bytes) = self.read_object(&key::cache(kind, key)).await? else {
+            return Ok(CacheLookup::Miss);
+        };
+        let (record, vouched_by) = match open_entry(kind, key, &bytes, trust) {
+            Ok(opened) => opened,
+            Err(refusal) => return Ok(CacheLookup::Refused(refusal)),
+        };
+        if let Err(refusal) = self.output_stored(&record.output).await? {
+            return Ok(CacheLookup::Refused(refusal));
+        }
+        Ok(CacheLookup::Hit { record: Box::new(record), vouched_by })
+    }
+
+    /// Whether the blob `output` names is stored with its size (one HEAD, no read).
+    pub(crate) async fn output_stored(
+        &self,
+        output: &Descriptor,
+    ) -> Result<std::result::Result<(), Refusal>> {
+        let blob = key::blob(&output.digest);
+        let stored = match self.inner.head(&blob).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Err(Refusal::MissingBlob { digest: output.digest }))
+            }
+            Err(source) => return Err(StoreError::backend(&blob, source)),
+        };
+        if stored != output.size {
+            return Ok(Err(Refusal::WrongSize {
+                digest: output.digest,
+                recorded: output.size,
+                stored,
+            }));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Stores `record` under its kind and key, signed by `signer` if given, replacing any
+    /// previous entry.
+    pub async fn put_cache_entry(
+        &self,
+        record: CacheRecord,
+        signer: Option<&dyn CacheSigner>,
+    ) -> Result<()> {
+        check_kind(&record.kind)?;
+        let path = key::cache(&record.kind, &record.key);
+        let signatures = match signer {
+            Some(signer) => vec![signer.sign_entry(&record.payload()?)],
+            None => Vec::new(),
+        };
+        let bytes = kiln_oci::to_canonical_json(&StoredEntry { record, signatures })
+            .map_err(|source| StoreError::Json { key: path.to_string(), source })?;
+        self.inner
+            .put(&path, Bytes::from(bytes).into())
+            .await
+            .map_err(|e| StoreError::backend(&path, e))?;
+        Ok(())
+    }
+}
