@@ -126,6 +126,12 @@ pub enum StoreError {
     /// A cache kind is not `[a-z0-9-]+`.
     #[error("cache kind {kind:?} must be non-empty lowercase letters, digits and '-'")]
     InvalidCacheKind { kind: String },
+
+    /// An object is larger than the document or record kiln expected to read there.
+    #[error(
+        "{key} is larger than {limit} bytes, more than any document or record kiln reads there"
+    )]
+    TooLarge { key: String, limit: u64 },
 }
 
 /// Result with [`StoreError`].
