@@ -10,8 +10,9 @@ Exit codes:
   1  error (bad recipe, unreadable input, store failure, ...)
   2  usage error (unknown flag, missing argument)
   3  an input differs from the lock file (with --locked), or there is no lock file
-  4  integrity failure: a stored blob does not match its digest, or `kiln verify` found
-     a problem (signature, provenance, SBOM, rebuild)
+  4  integrity failure: a stored blob does not match its digest, `kiln verify` found
+     a problem (signature, provenance, SBOM, rebuild), or a channel's history or a release
+     record was tampered with
 
 Environment:
   KILN_STORE          store location (same as --store)
@@ -77,11 +78,129 @@ pub enum Command {
     Sign(SignArgs),
     /// Audit an image: blobs, diff_ids, signatures, provenance and SBOM; optionally rebuild it.
     Verify(VerifyArgs),
+    /// Write an image's release record (kiln.release/v1); its digest is the release id.
+    Release(ReleaseArgs),
+    /// Render a release, or a channel's head, for a provisioner (json, tfvars, k8s, env).
+    Pin(PinArgs),
+    /// Attach a signed approval of a release for one channel.
+    Approve(ApproveArgs),
+    /// Promote a release into a channel by policy, optionally copying it into another store.
+    Promote(PromoteArgs),
+    /// Point a channel back at a release it held before.
+    Rollback(RollbackArgs),
+    /// Revoke a release: pins, promotions and verification refuse it from then on.
+    Revoke(RevokeArgs),
+    /// Show a channel's entries after verifying the whole chain and every signature.
+    History(HistoryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// NAME:TAG, NAME@sha256:HEX or sha256:HEX of an image built with --sign (its provenance
+    /// names the recipe, lock and epoch)
+    pub reference: String,
+    /// Also sign the release with this private key.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    /// A release id (sha256:HEX) or CHANNEL/NAME for the channel's head
+    pub target: String,
+    /// json, tfvars, k8s or env
+    #[arg(long, value_name = "FORMAT")]
+    pub format: String,
+    /// The registry repository the image is pushed to [default: the image name]
+    #[arg(long, value_name = "REPO")]
+    pub repository: Option<String>,
+    /// Write the pin to FILE atomically instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// With CHANNEL/NAME: the head entry must be signed by one of these keys; repeatable.
+    #[arg(long, value_name = "PUB")]
+    pub key: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApproveArgs {
+    /// The release id (sha256:HEX)
+    pub release: String,
+    /// The channel the approval is for.
+    #[arg(long = "for", value_name = "CHANNEL")]
+    pub channel: String,
+    /// The approver's private key.
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PromoteArgs {
+    /// The release id (sha256:HEX)
+    pub release: String,
+    /// The channel to promote into.
+    #[arg(long, value_name = "CHANNEL")]
+    pub to: String,
+    /// The promoter's private key (listed for the channel in the policy).
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// The policy file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Copy the release into this store and append the entry there.
+    #[arg(long, value_name = "LOCATION")]
+    pub to_store: Option<String>,
+    /// Why, recorded in the signed entry.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// CHANNEL/NAME
+    pub channel: String,
+    /// The release id to go back to (it must have been in the channel).
+    #[arg(long, value_name = "RELEASE")]
+    pub to: String,
+    /// The private key (listed for the channel in the policy).
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// The policy file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Why, recorded in the signed entry.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    /// The release id (sha256:HEX)
+    pub release: String,
+    /// The revoker's private key.
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// Why, recorded in the signed revocation.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// CHANNEL/NAME
+    pub channel: String,
+    /// A key trusted to sign entries (SPKI PEM); repeatable [default: the policy's keys for
+    /// the channel]
+    #[arg(long, value_name = "PUB")]
+    pub key: Vec<PathBuf>,
+    /// The policy whose channel keys to trust when no --key is given.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// NAME:TAG, NAME@sha256:HEX or sha256:HEX
+    /// NAME:TAG, NAME@sha256:HEX, sha256:HEX, or a release id (sha256:HEX)
     pub reference: String,
     /// A trusted public key (SPKI PEM); repeatable. Signatures by other keys are not accepted.
     /// Without one, only integrity is audited (blobs, diff_ids, SBOM file lists).
@@ -99,6 +218,12 @@ pub struct VerifyArgs {
     /// folder]
     #[arg(long, value_name = "DIR", requires = "rebuild")]
     pub source_root: Option<PathBuf>,
+    /// For a release id: also check that the release is or was in CHANNEL/NAME.
+    #[arg(long, value_name = "CHANNEL/NAME", requires = "policy")]
+    pub channel: Option<String>,
+    /// With --channel: the policy whose keys for that channel sign its entries.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +312,9 @@ pub struct BuildArgs {
     /// ':'-separated list. Other entries are ignored and their layers rebuilt.
     #[arg(long, value_name = "PUB", env = "KILN_TRUST_CACHE", value_delimiter = ':')]
     pub trust_cache: Vec<PathBuf>,
+    /// Also write the image's release record, signed with the --sign key.
+    #[arg(long, requires = "sign")]
+    pub release: bool,
 }
 
 #[derive(Args, Debug)]

@@ -51,6 +51,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => commands::keygen::run(&ctx, args),
         Command::Sign(args) => commands::sign::run(&ctx, args),
         Command::Verify(args) => commands::verify::run(&ctx, args),
+        Command::Release(args) => commands::release::run(&ctx, args),
+        Command::Pin(args) => commands::pin::run(&ctx, args),
+        Command::Approve(args) => commands::approve::run(&ctx, args),
+        Command::Promote(args) => commands::promote::run(&ctx, cli, args),
+        Command::Rollback(args) => commands::rollback::run(&ctx, args),
+        Command::Revoke(args) => commands::revoke::run(&ctx, args),
+        Command::History(args) => commands::history::run(&ctx, args),
     }
 }
 
@@ -95,6 +102,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return EXIT_INTEGRITY;
         }
         if cause.downcast_ref::<commands::store::StoreProblems>().is_some() {
+            return EXIT_INTEGRITY;
+        }
+        if cause.downcast_ref::<kiln_release::ReleaseError>().is_some_and(|e| e.is_integrity()) {
             return EXIT_INTEGRITY;
         }
     }

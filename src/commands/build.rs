@@ -104,6 +104,15 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // --release requires --sign (clap enforces it), so the record can name the provenance.
+    let released = match (&key, args.release) {
+        (Some(key), true) => Some(
+            ctx.runtime
+                .block_on(kiln_release::record::release(&ctx.store, &out.index, Some(key)))
+                .context("writing the release record")?,
+        ),
+        _ => None,
+    };
     if ctx.json {
         let manifests: Vec<_> = out
             .manifests
@@ -146,6 +155,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
                     "commit": a.source.commit,
                 },
             })),
+            "release": released,
         }))?;
     } else {
         if out.lock_written {
@@ -166,6 +176,9 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
                 a.sboms.len(),
                 a.provenance.digest
             ));
+        }
+        if let Some(r) = &released {
+            ctx.say(format!("release {} of {} {}", r.release, r.name, r.version));
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use crate::cli::{Cli, CopyArgs};
 
 /// Opens `location`, giving it the `--store-option`s only if it is a bucket, so that one
 /// command can copy between a bucket and a local folder.
-fn open(location: &str, options: &[(String, String)]) -> anyhow::Result<Store> {
+pub fn open(location: &str, options: &[(String, String)]) -> anyhow::Result<Store> {
     let bucket = matches!(Location::parse(location), Ok(Location::Bucket(_)));
     let options = if bucket { options } else { &[] };
     Store::open_with_options(location, options).with_context(|| format!("opening store {location}"))

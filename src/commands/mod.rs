@@ -1,13 +1,20 @@
 //! One module per subcommand; each prints a human report or JSON.
 
+pub mod approve;
 pub mod build;
 pub mod copy;
 pub mod export;
 pub mod gc;
+pub mod history;
 pub mod images;
 pub mod inspect;
 pub mod keygen;
 pub mod lock;
+pub mod pin;
+pub mod promote;
+pub mod release;
+pub mod revoke;
+pub mod rollback;
 pub mod sign;
 pub mod store;
 pub mod verify;

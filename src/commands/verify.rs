@@ -29,6 +29,9 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
         .map(|p| PublicKey::read(p).context("reading a --key"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let policy = Policy { keys, require: args.require.iter().copied().collect() };
+    if super::release::verify(ctx, args, &policy)? {
+        return Ok(());
+    }
     let (reference, root) = super::inspect::resolve(ctx, &args.reference)?;
     let report = ctx
         .runtime

@@ -1,0 +1,59 @@
+//! `kiln verify RELEASE`: the image verified as `kiln verify` does, the record checked against
+//! the store, the release not revoked and, given a channel, the release is or was in it.
+
+use kiln_attest::verify::{Finding, Policy};
+use kiln_attest::{KeyId, PublicKey};
+use kiln_oci::{Descriptor, Digest};
+use kiln_store::Store;
+use serde::Serialize;
+
+use crate::channel::ChannelRef;
+use crate::history::{self, Standing};
+use crate::{record, revocation, Result};
+
+/// What verifying a release found.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verified {
+    pub release: Digest,
+    pub image: Digest,
+    /// True when every check holds.
+    pub passed: bool,
+    /// Keys whose signatures over the image were accepted.
+    pub signers: Vec<KeyId>,
+    /// The image audit's findings.
+    pub findings: Vec<Finding>,
+    /// Bytes of configs and disks re-hashed for the record.
+    pub record_bytes_rehashed: u64,
+    /// Where the release stands in the channel asked about.
+    pub channel: Option<Standing>,
+}
+
+/// Verifies release `id` under the auditor's `policy`, and its standing in `channel` whose
+/// entries must be signed by `channel_keys`.
+pub async fn verify(
+    store: &Store,
+    id: &Digest,
+    policy: &Policy,
+    channel: Option<(&ChannelRef, &[PublicKey])>,
+) -> Result<Verified> {
+    let loaded = record::load(store, id).await?;
+    revocation::revoked(store, id).await?;
+    let image = &loaded.release.image;
+    let root = Descriptor::new(&image.media_type, image.digest, image.size);
+    let report = kiln_attest::verify::verify(store, &root, policy).await?;
+    let rehashed = record::check(store, &loaded).await?;
+    let channel = match channel {
+        Some((ch, ch_keys)) => Some(history::standing(store, ch, id, ch_keys).await?),
+        None => None,
+    };
+    Ok(Verified {
+        release: *id,
+        image: image.digest,
+        passed: report.passed(),
+        signers: report.signers,
+        findings: report.findings,
+        record_bytes_rehashed: rehashed,
+        channel,
+    })
+}

@@ -1,0 +1,57 @@
+//! `kiln history`: a channel's entries, after verifying the chain and every signature.
+
+use anyhow::Context as _;
+use kiln_attest::PublicKey;
+use kiln_release::channel::ChannelRef;
+use kiln_release::policy::Policy;
+
+use super::Ctx;
+use crate::cli::HistoryArgs;
+
+/// The keys trusted to sign entries of `channel`: `--key`s, else the policy's keys for it.
+pub fn entry_keys(
+    keys: &[std::path::PathBuf],
+    policy: Option<&std::path::Path>,
+    channel: &ChannelRef,
+) -> anyhow::Result<Vec<PublicKey>> {
+    if !keys.is_empty() {
+        return keys.iter().map(|p| PublicKey::read(p).context("reading a --key")).collect();
+    }
+    let Some(path) = policy else {
+        anyhow::bail!(
+            "give the keys trusted to sign {channel}: --key PUB (repeatable) or --policy FILE"
+        );
+    };
+    Ok(Policy::load(path)?.channel(&channel.channel)?.keys.clone())
+}
+
+pub fn run(ctx: &Ctx, args: &HistoryArgs) -> anyhow::Result<()> {
+    let channel: ChannelRef = args.channel.parse()?;
+    let keys = entry_keys(&args.key, args.policy.as_deref(), &channel)?;
+    let history = ctx
+        .runtime
+        .block_on(kiln_release::history::history(&ctx.store, &channel, &keys))
+        .with_context(|| format!("reading the history of {channel}"))?;
+    if ctx.json {
+        return ctx.print_json(&history);
+    }
+    ctx.say(format!(
+        "{} ({} entries, chain and signatures verified)",
+        history.channel,
+        history.entries.len()
+    ));
+    for e in &history.entries {
+        ctx.say(format!(
+            "{:>5}  {}  {:<8}  {}  {:<12}  key {}  {}",
+            e.seq, e.time, e.action, e.release, e.version, e.actor, e.reason
+        ));
+    }
+    if history.hint_behind > 0 {
+        ctx.say(format!(
+            "note: the HEAD hint is {} entr{} behind (a writer stopped before moving it); the next append moves it",
+            history.hint_behind,
+            if history.hint_behind == 1 { "y" } else { "ies" }
+        ));
+    }
+    Ok(())
+}

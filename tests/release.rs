@@ -1,0 +1,610 @@
+//! Releases, pins, channels and promotion, end to end through the real `kiln` binary: the
+//! record is reproducible, pins feed terraform, kustomize and bash, a release goes dev →
+//! staging → prod from a folder store to SeaweedFS with nothing rebuilt, the policy refuses
+//! what it should with nothing appended, racing and killed promoters leave a chain that
+//! verifies, and tampering with a channel is detected.
+// A failed unwrap in a test is the failure report we want.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use support::require_tool;
+use tempfile::TempDir;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// A finished kiln run.
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    args: Vec<String>,
+}
+
+impl Out {
+    fn ok(self) -> Out {
+        assert_eq!(self.code, Some(0), "kiln {:?}:\n{}\n{}", self.args, self.stdout, self.stderr);
+        self
+    }
+    fn fails_with(self, code: i32, needles: &[&str]) -> Out {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "kiln {:?}:\n{}\n{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "kiln {:?}: stderr lacks {n:?}:\n{}",
+                self.args,
+                self.stderr
+            );
+        }
+        self
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("kiln {:?}: not JSON ({e}):\n{}", self.args, self.stdout))
+    }
+}
+
+/// A workspace: keys, a recipe with disks, a policy, a folder store, and the S3 server when
+/// there is one.
+struct Lab {
+    tmp: TempDir,
+    store: String,
+    s3: Option<&'static kiln_s3_test_server::S3Server>,
+}
+
+/// The keys of the lab: name → (private, public) paths.
+const KEYS: &[&str] = &["build", "ci", "qa", "release", "alice", "bob", "carol", "mallory"];
+
+impl Lab {
+    fn new() -> Lab {
+        let tmp = tempfile::Builder::new().prefix("kiln-release-").tempdir().unwrap();
+        let store = format!("file://{}", tmp.path().join("store").display());
+        let lab = Lab { tmp, store, s3: None };
+        std::fs::create_dir_all(lab.path("keys")).unwrap();
+        for k in KEYS {
+            let out = lab.path(&format!("keys/{k}"));
+            lab.run(&["keygen", "--out", out.to_str().unwrap(), "--type", "ed25519"]).ok();
+        }
+        lab.write_policy("policy.toml", "ci", 2);
+        lab
+    }
+
+    fn with_s3(mut self) -> Lab {
+        self.s3 = kiln_s3_test_server::server();
+        self
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.path(&format!("keys/{name}.key")).display().to_string()
+    }
+
+    fn public(&self, name: &str) -> String {
+        self.path(&format!("keys/{name}.pub")).display().to_string()
+    }
+
+    /// A policy: dev by `dev_key`, staging after dev by qa, prod after staging by release
+    /// with `approvals` of alice, bob and carol.
+    fn write_policy(&self, file: &str, dev_key: &str, approvals: u32) -> String {
+        let text = format!(
+            "# who may move releases where\nsigners = [\"keys/build.pub\"]\n\n\
+             [channels.dev]\nkeys = [\"keys/{dev_key}.pub\"]\n\n\
+             [channels.staging]\nafter = \"dev\"\nkeys = [\"keys/qa.pub\"]\n\n\
+             [channels.prod]\nafter = \"staging\"\nkeys = [\"keys/release.pub\"]\n\
+             approvals = {approvals}\napprovers = [\"keys/alice.pub\", \"keys/bob.pub\", \"keys/carol.pub\"]\n"
+        );
+        let path = self.path(file);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    fn command(&self, store: &str, args: &[&str]) -> Command {
+        let home = self.path("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut cmd = Command::new(KILN);
+        cmd.arg("--store").arg(store).args(args);
+        cmd.env("HOME", &home)
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env_remove("KILN_STORE")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for var in ["AWS_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+            cmd.env_remove(var);
+        }
+        if let Some(s3) = self.s3 {
+            cmd.envs(s3.env());
+        }
+        cmd
+    }
+
+    fn run_at(&self, store: &str, args: &[&str]) -> Out {
+        let out = self.command(store, args).output().unwrap();
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        self.run_at(&self.store, args)
+    }
+
+    /// Writes a recipe with a small verity disk (raw and qcow2) whose motd says `motd`.
+    fn recipe(&self, motd: &str) -> String {
+        let dir = self.path(&format!("recipe-{motd}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("app.txt"), format!("app {motd}\n")).unwrap();
+        let recipe = dir.join("vm.toml");
+        std::fs::write(
+            &recipe,
+            format!(
+                "epoch = 1700000000\n[image]\nname = \"vm\"\nversion = \"{motd}\"\n\n\
+                 [[layer]]\nname = \"app\"\n\
+                 files = [{{ src = \"app.txt\", dest = \"/usr/bin/app\", mode = 0o755 }}]\n\
+                 inline = [{{ dest = \"/etc/motd\", content = \"{motd}\\n\" }}]\n\n\
+                 [disk]\nsize = \"8MiB\"\nroot = \"erofs\"\nverity = true\nformats = [\"raw\", \"qcow2\"]\n"
+            ),
+        )
+        .unwrap();
+        recipe.display().to_string()
+    }
+
+    /// Builds, signs and releases `motd`'s recipe into `store`; returns the build report.
+    fn build_release(&self, store: &str, motd: &str) -> Value {
+        let recipe = self.recipe(motd);
+        self.run_at(store, &["--json", "build", &recipe, "--sign", &self.key("build"), "--release"])
+            .ok()
+            .json()
+    }
+
+    fn promote(&self, store: &str, release: &str, to: &str, key: &str, extra: &[&str]) -> Out {
+        let policy = self.path("policy.toml").display().to_string();
+        let key = self.key(key);
+        let mut args =
+            vec!["--json", "promote", release, "--to", to, "--key", &key, "--policy", &policy];
+        args.extend_from_slice(extra);
+        self.run_at(store, &args)
+    }
+
+    fn approve(&self, store: &str, release: &str, channel: &str, key: &str) {
+        self.run_at(store, &["approve", release, "--for", channel, "--key", &self.key(key)]).ok();
+    }
+
+    /// `kiln history --json` with the policy's keys.
+    fn history(&self, store: &str, channel: &str) -> Out {
+        let policy = self.path("policy.toml").display().to_string();
+        self.run_at(store, &["--json", "history", channel, "--policy", &policy])
+    }
+
+    fn entries(&self, store: &str, channel: &str) -> usize {
+        self.history(store, channel).ok().json()["entries"].as_array().unwrap().len()
+    }
+
+    /// The folder behind a `file://` store.
+    fn folder(&self, store: &str) -> PathBuf {
+        PathBuf::from(store.strip_prefix("file://").unwrap())
+    }
+}
+
+fn release_of(build: &Value) -> String {
+    build["release"]["release"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_release_record_names_everything_by_digest_and_is_reproducible() {
+    let lab = Lab::new();
+    let build = lab.build_release(&lab.store, "one");
+    let published = &build["release"];
+    let record = &published["record"];
+    assert_eq!(record["schema"], "kiln.release/v1");
+    assert_eq!(record["name"], "vm");
+    assert_eq!(record["version"], "one");
+    assert_eq!(record["image"]["digest"], build["digest"]);
+    assert_eq!(record["sourceDateEpoch"], 1700000000);
+    assert_eq!(record["builder"]["name"], "kiln");
+    assert!(record["builder"]["format"].as_str().is_some_and(|f| !f.is_empty()));
+    let platform = &record["platforms"][0];
+    assert_eq!(platform["platform"], "linux/amd64");
+    assert_eq!(platform["manifest"]["digest"], build["manifests"][0]["digest"]);
+    let disks = platform["disks"].as_array().unwrap();
+    let formats: Vec<&str> = disks.iter().map(|d| d["format"].as_str().unwrap()).collect();
+    assert_eq!(formats, ["qcow2", "raw"]);
+    for d in disks {
+        assert_eq!(d["verityRootHash"].as_str().unwrap().len(), 64, "{d}");
+        let blob =
+            lab.folder(&lab.store).join("blobs/sha256").join(&d["digest"].as_str().unwrap()[7..]);
+        assert_eq!(std::fs::metadata(blob).unwrap().len(), d["size"].as_u64().unwrap());
+    }
+    assert_eq!(platform["sboms"].as_array().unwrap().len(), 1);
+    assert_eq!(record["signatures"].as_array().unwrap().len(), 1);
+    assert_eq!(record["provenance"].as_array().unwrap().len(), 1);
+    assert!(record["recipe"].as_str().unwrap().starts_with("sha256:"));
+    assert!(record["lock"].as_str().unwrap().starts_with("sha256:"));
+    assert!(published["signature"].as_str().unwrap().starts_with("sha256:"));
+
+    // `kiln release` on the same image gives the same id; so does a build into another store.
+    let again = lab.run(&["--json", "release", "vm:one"]).ok().json();
+    assert_eq!(again["release"], published["release"]);
+    let other = format!("file://{}", lab.path("other").display());
+    let rebuilt = lab.build_release(&other, "one");
+    assert_eq!(rebuilt["release"]["release"], published["release"]);
+
+    // An image without provenance cannot name its recipe, lock and epoch.
+    let plain = lab.path("plain.toml");
+    std::fs::write(&plain, "[image]\nname = \"plain\"\nversion = \"1\"\n").unwrap();
+    lab.run(&["build", plain.to_str().unwrap()]).ok();
+    lab.run(&["release", "plain:1"]).fails_with(1, &["has no provenance", "--sign"]);
+}
+
+/// Promotes a fresh release of `motd` into dev, staging and (with alice's and bob's
+/// approvals) prod, all in the lab's folder store; returns the build report.
+fn through_prod(lab: &Lab, motd: &str) -> Value {
+    let build = lab.build_release(&lab.store, motd);
+    let release = release_of(&build);
+    lab.promote(&lab.store, &release, "dev", "ci", &[]).ok();
+    lab.promote(&lab.store, &release, "staging", "qa", &[]).ok();
+    lab.approve(&lab.store, &release, "prod", "alice");
+    lab.approve(&lab.store, &release, "prod", "bob");
+    lab.promote(&lab.store, &release, "prod", "release", &["--reason", "CHG-1"]).ok();
+    build
+}
+
+#[test]
+fn pins_feed_terraform_kustomize_and_bash() {
+    let lab = Lab::new();
+    let build = through_prod(&lab, "one");
+    let release = release_of(&build);
+    let index = build["digest"].as_str().unwrap();
+    let repo = "registry.example.com/team/vm";
+
+    // json: the record, the image reference and each disk's object, which hashes to its digest.
+    let json = lab.run(&["pin", "prod/vm", "--format", "json", "--repository", repo]).ok().json();
+    assert_eq!(json["release"], release.as_str());
+    assert_eq!(json["imageRef"], format!("{repo}@{index}"));
+    for disk in json["disks"].as_array().unwrap() {
+        let url = disk["url"].as_str().unwrap();
+        let path = url.strip_prefix("file://").unwrap();
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(kiln_oci::Digest::of(&bytes).to_string(), disk["digest"].as_str().unwrap());
+    }
+    // Pinning the release id gives the same pin as the channel.
+    let by_id = lab.run(&["pin", &release, "--format", "json", "--repository", repo]).ok();
+    assert_eq!(by_id.json(), json);
+
+    // tfvars: terraform applies a configuration with no providers fed by the pin.
+    if require_tool("terraform") {
+        let tf = lab.path("tf");
+        std::fs::create_dir_all(&tf).unwrap();
+        std::fs::write(tf.join("main.tf"), TERRAFORM_CONFIG).unwrap();
+        let pin = tf.join("release.auto.tfvars.json");
+        lab.run(&[
+            "pin",
+            "prod/vm",
+            "--format",
+            "tfvars",
+            "--repository",
+            repo,
+            "-o",
+            pin.to_str().unwrap(),
+        ])
+        .ok();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(&tf).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 2, "the atomic write left {leftovers:?}");
+        let terraform = |args: &[&str]| {
+            let out = Command::new("terraform")
+                .args(args)
+                .current_dir(&tf)
+                .env("HOME", &tf)
+                .env("TF_IN_AUTOMATION", "1")
+                .env("TF_CLI_CONFIG_FILE", tf.join("none.tfrc"))
+                .env("TF_DATA_DIR", tf.join(".terraform"))
+                .env("CHECKPOINT_DISABLE", "1")
+                .env_remove("TF_CLI_ARGS")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "terraform {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        std::fs::write(tf.join("none.tfrc"), "").unwrap();
+        terraform(&["init", "-input=false", "-backend=false"]);
+        terraform(&["apply", "-auto-approve", "-input=false", "-lock=false"]);
+        let outputs: Value = serde_json::from_str(&terraform(&["output", "-json"])).unwrap();
+        assert_eq!(outputs["image_ref"]["value"], format!("{repo}@{index}"));
+        assert_eq!(outputs["release"]["value"], release.as_str());
+        let disk =
+            &json["disks"].as_array().unwrap().iter().find(|d| d["format"] == "raw").unwrap();
+        assert_eq!(outputs["raw_disk"]["value"], disk["digest"]);
+        assert_eq!(outputs["manifest"]["value"], build["manifests"][0]["digest"]);
+    }
+
+    // k8s: kustomize renders the Deployment's image by digest.
+    if require_tool("kubectl") {
+        let k = lab.path("k8s");
+        std::fs::create_dir_all(&k).unwrap();
+        std::fs::write(k.join("deployment.yaml"), DEPLOYMENT).unwrap();
+        let pin = lab.run(&["pin", "prod/vm", "--format", "k8s", "--repository", repo]).ok().stdout;
+        std::fs::write(
+            k.join("kustomization.yaml"),
+            format!("resources:\n- deployment.yaml\n{pin}"),
+        )
+        .unwrap();
+        let out = Command::new("kubectl").args(["kustomize"]).arg(&k).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        assert!(rendered.contains(&format!("image: {repo}@{index}")), "{rendered}");
+    }
+
+    // env: bash sources it.
+    let env = lab.path("release.env");
+    lab.run(&["pin", "prod/vm", "--format", "env", "-o", env.to_str().unwrap()]).ok();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". '{}' && echo \"$KILN_IMAGE_DIGEST $KILN_IMAGE_REF $KILN_RELEASE\"",
+            env.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{index} vm@{index} {release}")
+    );
+
+    // Bad input: a format that does not exist, a bad repository, a digest that is no release.
+    lab.run(&["pin", "prod/vm", "--format", "yaml"])
+        .fails_with(1, &["pin format \"yaml\" does not exist"]);
+    lab.run(&["pin", "prod/vm", "--format", "env", "--repository", "a b"])
+        .fails_with(1, &["repository"]);
+    lab.run(&["pin", index, "--format", "env"]).fails_with(1, &["is not a kiln release"]);
+    lab.run(&["pin", "nosuch/vm", "--format", "env"]).fails_with(1, &["no entries"]);
+
+    // A revoked release is never rendered, by id or through a channel.
+    lab.run(&["revoke", &release, "--key", &lab.key("release"), "--reason", "CVE-1"]).ok();
+    lab.run(&["pin", "prod/vm", "--format", "env"]).fails_with(1, &["revoked", "CVE-1"]);
+    lab.run(&["pin", &release, "--format", "json"]).fails_with(1, &["revoked"]);
+}
+
+const TERRAFORM_CONFIG: &str = r#"
+variable "kiln_release" {
+  type = object({
+    release      = string
+    name         = string
+    version      = string
+    image_digest = string
+    image_ref    = string
+    platforms    = map(object({ manifest = string, config = string }))
+    disks = list(object({
+      platform         = string
+      format           = string
+      digest           = string
+      size             = number
+      url              = string
+      verity_root_hash = string
+    }))
+  })
+}
+output "release" { value = var.kiln_release.release }
+output "image_ref" { value = var.kiln_release.image_ref }
+output "manifest" { value = var.kiln_release.platforms["linux/amd64"].manifest }
+output "raw_disk" { value = one([for d in var.kiln_release.disks : d.digest if d.format == "raw"]) }
+"#;
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: vm\nspec:\n  \
+selector:\n    matchLabels: {app: vm}\n  template:\n    metadata:\n      labels: {app: vm}\n    \
+spec:\n      containers:\n      - name: vm\n        image: vm\n";
+
+#[test]
+fn dev_staging_prod_across_a_folder_and_seaweedfs_with_nothing_rebuilt() {
+    let lab = Lab::new().with_s3();
+    let Some(s3) = lab.s3 else { return };
+    let build = lab.build_release(&lab.store, "one");
+    let release = release_of(&build);
+    let index = build["digest"].as_str().unwrap();
+    lab.promote(&lab.store, &release, "dev", "ci", &[]).ok();
+    // staging lives in a second folder store, prod on SeaweedFS.
+    let staging = format!("file://{}", lab.path("staging").display());
+    let copied =
+        lab.promote(&lab.store, &release, "staging", "qa", &["--to-store", &staging]).ok().json();
+    assert!(copied["copied"]["copied"].as_u64().unwrap() > 0, "{copied}");
+    lab.approve(&staging, &release, "prod", "alice");
+    lab.approve(&staging, &release, "prod", "carol");
+    // The staging store has the staging channel; dev history stays where it was.
+    let staging_policy = lab.path("policy.toml").display().to_string();
+    lab.run_at(&staging, &["history", "staging/vm", "--policy", &staging_policy]).ok();
+    // prod is checked against staging's history in the staging store, then lands on S3.
+    let prod = s3.fresh_location();
+    let report = lab.promote(&staging, &release, "prod", "release", &["--to-store", &prod]);
+    // staging's store lacks dev's history, but prod only needs staging.
+    let report = report.ok().json();
+    assert_eq!(report["channel"], "prod/vm");
+    assert_eq!(report["seq"], 1);
+    assert_eq!(report["approvals"].as_array().unwrap().len(), 2);
+
+    // On S3 the prod pin names the dev build's digests byte for byte.
+    let pin = lab.run_at(&prod, &["pin", "prod/vm", "--format", "json"]).ok().json();
+    let dev_pin = lab.run(&["pin", &release, "--format", "json"]).ok().json();
+    assert_eq!(pin["record"], dev_pin["record"]);
+    assert_eq!(pin["release"], release.as_str());
+    assert_eq!(pin["record"]["image"]["digest"], index);
+    for disk in pin["disks"].as_array().unwrap() {
+        assert!(disk["url"].as_str().unwrap().starts_with(&prod), "{disk}");
+    }
+    // Signatures, SBOM, provenance, approvals and disks are all there: verify passes on S3,
+    // the release verifies against the prod channel, the store checks clean.
+    lab.run_at(&prod, &["verify", index, "--key", &lab.public("build")]).ok();
+    let verified = lab
+        .run_at(
+            &prod,
+            &[
+                "--json",
+                "verify",
+                &release,
+                "--key",
+                &lab.public("build"),
+                "--channel",
+                "prod/vm",
+                "--policy",
+                &staging_policy,
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(verified["passed"], true, "{verified}");
+    lab.run_at(&prod, &["store", "check"]).ok();
+    let history = lab.history(&prod, "prod/vm").ok().json();
+    assert_eq!(history["entries"][0]["release"], release.as_str());
+    assert_eq!(history["entries"][0]["reason"], "");
+
+    // Promoting again into a store that already has everything uploads no blob.
+    let again =
+        lab.promote(&staging, &release, "prod", "release", &["--to-store", &prod]).ok().json();
+    assert_eq!(again["copied"]["copied"], 0, "{again}");
+    assert_eq!(again["seq"], 2);
+    assert_eq!(again["previous"], report["entry"]);
+}
+
+#[test]
+fn the_policy_refuses_with_a_clear_message_and_appends_nothing() {
+    let lab = Lab::new();
+    let one_build = through_prod(&lab, "one");
+    let two = lab.build_release(&lab.store, "two");
+    let (one, two) = (release_of(&one_build), release_of(&two));
+    let store = lab.store.clone();
+    let counts = || ["dev/vm", "staging/vm", "prod/vm"].map(|c| lab.entries(&store, c));
+    let before = counts();
+    assert_eq!(before, [1, 1, 1]);
+
+    // Skipping staging.
+    lab.promote(&store, &two, "dev", "ci", &[]).ok();
+    lab.approve(&store, &two, "prod", "alice");
+    lab.approve(&store, &two, "prod", "bob");
+    lab.promote(&store, &two, "prod", "release", &[]).fails_with(
+        1,
+        &["refused", "prod comes after staging", "never held this release", "nothing was appended"],
+    );
+    lab.promote(&store, &two, "staging", "qa", &[]).ok();
+    // A promoter key the policy does not list.
+    lab.promote(&store, &two, "prod", "mallory", &[]).fails_with(1, &["may not promote into prod"]);
+    lab.promote(&store, &two, "staging", "ci", &[])
+        .fails_with(1, &["may not promote into staging"]);
+    // Too few approvals: a fresh release with one approval, a duplicate of it, an approval
+    // for another channel, one for another release, one by a key that is no approver.
+    let three = release_of(&lab.build_release(&store, "three"));
+    lab.promote(&store, &three, "dev", "ci", &[]).ok();
+    lab.promote(&store, &three, "staging", "qa", &[]).ok();
+    lab.approve(&store, &three, "prod", "alice");
+    lab.approve(&store, &three, "prod", "alice");
+    lab.approve(&store, &three, "staging", "bob");
+    lab.approve(&store, &three, "prod", "mallory");
+    lab.promote(&store, &three, "prod", "release", &[]).fails_with(
+        1,
+        &[
+            "1 approval(s) by distinct approver keys of the policy, 2 needed",
+            "is for channel staging, not prod",
+            "not signed by an approver key",
+        ],
+    );
+    // An approval copied from another release does not count for this one.
+    let approval_of_one = std::fs::read_dir(lab.folder(&store).join("referrers").join(&one[7..]))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| {
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            v["artifactType"] == "application/vnd.kiln.approval.v1"
+        })
+        .unwrap();
+    std::fs::copy(
+        approval_of_one.path(),
+        lab.folder(&store).join("referrers").join(&three[7..]).join(approval_of_one.file_name()),
+    )
+    .unwrap();
+    lab.promote(&store, &three, "prod", "release", &[])
+        .fails_with(1, &["not this one", "2 needed"]);
+    // A revoked release is refused everywhere, even with everything else in order.
+    lab.promote(&store, &two, "prod", "release", &[]).ok();
+    lab.run(&["revoke", &two, "--key", &lab.key("release"), "--reason", "bad build"]).ok();
+    lab.run(&["revoke", &two, "--key", &lab.key("release"), "--reason", "again"])
+        .fails_with(1, &["bad build"]);
+    lab.promote(&store, &two, "dev", "ci", &[]).fails_with(1, &["revoked", "bad build"]);
+    let policy = lab.path("policy.toml").display().to_string();
+    lab.run(&[
+        "rollback",
+        "prod/vm",
+        "--to",
+        &two,
+        "--key",
+        &lab.key("release"),
+        "--policy",
+        &policy,
+    ])
+    .fails_with(1, &["revoked"]);
+    // Rolling back to a release the channel never held is refused; to one it held works.
+    lab.run(&[
+        "rollback",
+        "prod/vm",
+        "--to",
+        &three,
+        "--key",
+        &lab.key("release"),
+        "--policy",
+        &policy,
+    ])
+    .fails_with(1, &["never held this release"]);
+    lab.run(&[
+        "rollback",
+        "prod/vm",
+        "--to",
+        &one,
+        "--key",
+        &lab.key("release"),
+        "--policy",
+        &policy,
+        "--reason",
+        "revert",
+    ])
+    .ok();
+    let pin = lab.run(&["pin", "prod/vm", "--format", "json"]).ok().json();
+    assert_eq!(pin["release"], one.as_str());
+    assert_eq!(counts(), [3, 3, 3]);
+
+    // Bad input: an unknown channel, a malformed policy (line and column), a digest that is
+    // not a release, a malformed channel name.
+    lab.promote(&store, &one, "qa", "ci", &[])
+        .fails_with(1, &["channel \"qa\" is not in policy", "dev, prod, staging"]);
+    let broken = lab.path("broken.toml");
+    std::fs::write(&broken, "[channels.dev]\nkeys = [\"keys/ci.pub\"\n").unwrap();
+    let broken = broken.display().to_string();
+    lab.run(&["promote", &one, "--to", "dev", "--key", &lab.key("ci"), "--policy", &broken])
+        .fails_with(1, &["is malformed", "line 2, column"]);
+    let index = one_build["digest"].as_str().unwrap();
+    lab.promote(&store, index, "dev", "ci", &[])
+        .fails_with(1, &["is not a kiln release", "image.index.v1+json, not a release"]);
+    lab.promote(&store, &one, "Dev!", "ci", &[]).fails_with(1, &["not a valid channel name"]);
+    assert_eq!(counts(), [3, 3, 3]);
+}
