@@ -16,7 +16,7 @@ use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
 use crate::recipe::{DiskSpec, Recipe, RootFs};
-use crate::rootfs::flatten;
+use crate::rootfs::{Rootfs, RootfsError};
 use crate::tree::{EntryKind, Tree};
 
 /// An error from the code that stores blobs, kept opaque to the builder.
@@ -101,7 +101,7 @@ pub struct BuildOutput {
 pub struct CacheHit {
     /// Its position in [`BuildOutput::layers`].
     pub layer: usize,
-    /// The cache key it was found under (see [`layer_key`]).
+    /// The cache key it was found under (see [`layer_keys`]).
     pub key: Digest,
 }
 
@@ -122,6 +122,8 @@ pub enum BuildError {
     Sink(SinkError),
     #[error("serialising {what}")]
     Json { what: &'static str, source: serde_json::Error },
+    #[error(transparent)]
+    Layers(#[from] RootfsError),
     #[error("[disk]")]
     Disk(#[from] DiskError),
     #[error(
@@ -221,38 +223,44 @@ fn build_resolved(
     }
 
     let total = resolved.len();
-    let keys: Vec<Digest> =
-        resolved.iter().map(|l| layer_key(&l.digest, opts.epoch, &recipe.compression)).collect();
+    let keys = layer_keys(&resolved, opts.epoch, &recipe.compression);
     let found = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
 
-    // Trees are made only for layers to be written, or for every layer when disks are made.
-    // All of them, and the disks' inputs, are checked before anything is stored, so that a
-    // bad layer or `[disk]` table (a path declared twice, a whiteout escaping the root, a
-    // missing ESP file, no disk platform) leaves the store as it was.
+    // Trees are made only for layers to be written and the layers below them (whose
+    // directories a written layer's implicit parents take their metadata from), or for every
+    // layer when disks are made. All of them, and the disks' inputs, are checked before
+    // anything is stored, so that a bad layer or `[disk]` table (a path declared twice, a
+    // whiteout escaping the root, a missing ESP file, no disk platform) leaves the store as
+    // it was.
     if recipe.disk.is_some() && !recipe.platforms.iter().any(|p| Arch::of(p).is_some()) {
         return Err(BuildError::DiskPlatform);
     }
+    let needed = if recipe.disk.is_some() {
+        total
+    } else {
+        found.iter().rposition(Option::is_none).map_or(0, |i| i + 1)
+    };
+    let mut lower = Rootfs::default();
     let mut plans = Vec::with_capacity(total);
-    let mut disk_trees = Vec::new();
     for (i, (layer, found)) in resolved.iter().zip(found).enumerate() {
-        // A layer equal to one earlier in this build is that layer.
-        let earlier = keys[..i].iter().position(|k| *k == keys[i]);
-        let plan = match (found, earlier) {
-            (Some(record), _) => Plan::Cached(record),
-            (None, Some(j)) => Plan::Earlier(j),
-            (None, None) => Plan::Write(layer.tree()?),
+        let tree = if i < needed {
+            let mut tree = layer.tree()?;
+            tree.inherit_implicit(|path| lower.dir_meta(path));
+            lower.push(&tree)?;
+            Some(tree)
+        } else {
+            None
         };
-        if recipe.disk.is_some() {
-            disk_trees.push(match &plan {
-                Plan::Write(tree) => tree.clone(),
-                Plan::Cached(_) | Plan::Earlier(_) => layer.tree()?,
-            });
-        }
+        let plan = match found {
+            Some(record) => Plan::Cached(record),
+            // Every layer to write is below `needed`, so its tree was made above.
+            None => Plan::Write(tree.map_or_else(|| layer.tree(), Ok)?),
+        };
         plans.push((layer.name.clone(), plan));
     }
     let rootfs = match &recipe.disk {
         Some(spec) => {
-            let rootfs = flatten(&disk_trees).map_err(DiskError::from)?;
+            let rootfs = lower.finish()?;
             if let Some(esp) = &spec.esp {
                 esp_tree(&rootfs, esp)?;
             }
@@ -260,8 +268,6 @@ fn build_resolved(
         }
         None => None,
     };
-    drop(disk_trees);
-
     let mut layers: Vec<(String, LayerRecord)> = Vec::with_capacity(total);
     let mut cache_hits = Vec::new();
     let (mut built, mut reused) = (0, 0);
@@ -272,7 +278,7 @@ fn build_resolved(
                     .map(|(_, e)| if let EntryKind::File(c) = &e.kind { c.size() } else { 0 })
                     .sum(),
             ),
-            Plan::Cached(_) | Plan::Earlier(_) => None,
+            Plan::Cached(_) => None,
         };
         observer.layer_started(name, i, total, bytes);
         let record = match plan {
@@ -280,7 +286,6 @@ fn build_resolved(
                 cache_hits.push(CacheHit { layer: i, key: *key });
                 record.clone()
             }
-            Plan::Earlier(j) => layers[*j].1.clone(),
             Plan::Write(tree) => {
                 let blob = layer::write_layer(
                     tree,
@@ -390,27 +395,36 @@ fn build_resolved(
 enum Plan {
     /// The cache: built before from the same key.
     Cached(LayerRecord),
-    /// An earlier layer of this build with the same key.
-    Earlier(usize),
     /// Written now from this tree.
     Write(Tree),
 }
 
-/// The cache key of a layer: everything that decides its bytes, and nothing else. The
-/// layer's digest names its declaration and every input's content, which make its tree; the
-/// output format, epoch and compressor make the bytes from the tree. Keyed so, an unchanged
-/// layer is found without making its tree at all.
-pub fn layer_key(layer: &Digest, epoch: Epoch, compression: &Compression) -> Digest {
+/// The cache keys of a build's layers: everything that decides each layer's bytes. A layer's
+/// digest names its declaration and every input's content, which make its tree; the digests
+/// of the layers below it decide the metadata of its implicit parent directories (see
+/// [`Tree::inherit_implicit`]); the output format, epoch and compressor make the bytes from
+/// the tree. Keyed so, an unchanged layer is found without making its tree at all, and a
+/// change below a layer rebuilds it, as in any layered build.
+pub fn layer_keys(
+    layers: &[ResolvedLayer],
+    epoch: Epoch,
+    compression: &Compression,
+) -> Vec<Digest> {
     let mut h = Sha256::new();
     h.update(
         format!(
-            "kiln-layer-key 4 format={FORMAT_VERSION} epoch={epoch} compression={}\n",
+            "kiln-layer-key 5 format={FORMAT_VERSION} epoch={epoch} compression={}\n",
             compression.describe()
         )
         .as_bytes(),
     );
-    h.update(layer.as_bytes());
-    h.finish()
+    layers
+        .iter()
+        .map(|layer| {
+            h.update(layer.digest.as_bytes());
+            h.clone().finish()
+        })
+        .collect()
 }
 
 /// The cache key of one platform's disks: the image manifest (which names every layer and the

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::image_path::ImagePath;
-use crate::tree::{Entry, EntryKind, Tree, TreeError};
+use crate::tree::{Entry, EntryKind, Meta, Tree, TreeError};
 
 /// The prefix that marks a whiteout entry.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -47,8 +47,35 @@ enum Change<'a> {
 
 /// Flattens `layers` (bottom first) into one tree with whiteouts applied.
 pub fn flatten(layers: &[Tree]) -> Result<Tree, RootfsError> {
-    let mut map: BTreeMap<ImagePath, Entry> = BTreeMap::new();
-    for (layer, tree) in layers.iter().enumerate() {
+    let mut rootfs = Rootfs::default();
+    for tree in layers {
+        rootfs.push(tree)?;
+    }
+    rootfs.finish()
+}
+
+/// Layers flattened so far, one [`Rootfs::push`] at a time, so that each layer can be given
+/// what the layers below it hold (see [`Tree::inherit_implicit`]) before it is pushed.
+#[derive(Debug, Default)]
+pub struct Rootfs {
+    map: BTreeMap<ImagePath, Entry>,
+    layers: usize,
+}
+
+impl Rootfs {
+    /// The metadata of the directory at `path` in the layers pushed so far, if there is one.
+    pub fn dir_meta(&self, path: &ImagePath) -> Option<&Meta> {
+        match self.map.get(path) {
+            Some(Entry { kind: EntryKind::Dir, meta }) => Some(meta),
+            _ => None,
+        }
+    }
+
+    /// Applies the next layer up.
+    pub fn push(&mut self, tree: &Tree) -> Result<(), RootfsError> {
+        let layer = self.layers;
+        self.layers += 1;
+        let map = &mut self.map;
         let changes = tree
             .iter()
             .map(|(path, entry)| classify(layer, path, entry))
@@ -58,7 +85,7 @@ pub fn flatten(layers: &[Tree]) -> Result<Tree, RootfsError> {
         for change in &changes {
             match change {
                 Change::Delete(path) => doomed.push(path.clone()),
-                Change::Opaque(dir) => doomed.extend(children(&map, dir)),
+                Change::Opaque(dir) => doomed.extend(children(map, dir)),
                 Change::Put(path, entry) => {
                     let both_dirs = entry.kind == EntryKind::Dir
                         && matches!(map.get(*path), Some(Entry { kind: EntryKind::Dir, .. }));
@@ -69,12 +96,14 @@ pub fn flatten(layers: &[Tree]) -> Result<Tree, RootfsError> {
                 Change::Skip => {}
             }
         }
-        remove_all(&mut map, &doomed);
+        remove_all(map, &doomed);
         for change in changes {
             let Change::Put(path, entry) = change else {
                 continue;
             };
             match (map.get_mut(path), &entry.kind) {
+                // A directory over a directory takes only its metadata, and an implicit one
+                // has the lower directory's (see `Tree::inherit_implicit`).
                 (Some(lower), EntryKind::Dir) => {
                     if !tree.is_implicit(path) {
                         lower.meta = entry.meta.clone();
@@ -85,13 +114,18 @@ pub fn flatten(layers: &[Tree]) -> Result<Tree, RootfsError> {
                 }
             }
         }
+        Ok(())
     }
-    let mut out = Tree::new();
-    for (path, entry) in map {
-        out.insert(path, entry)
-            .map_err(|source| RootfsError::Tree { layer: layers.len(), source })?;
+
+    /// The flattened tree.
+    pub fn finish(self) -> Result<Tree, RootfsError> {
+        let mut out = Tree::new();
+        for (path, entry) in self.map {
+            out.insert(path, entry)
+                .map_err(|source| RootfsError::Tree { layer: self.layers, source })?;
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// Reads one entry of layer `layer` as a change to the layers below it.
@@ -258,11 +292,19 @@ mod tests {
     }
 
     #[test]
-    fn implicit_parents_keep_lower_metadata() {
-        let lower = tree(vec![("/srv", dir(0o750))]);
-        let upper = tree(vec![("/srv/x", file(b"x"))]);
-        let flat = flatten(&[lower, upper]).unwrap();
-        assert_eq!(listing(&flat), ["srv dir 750", "srv/x file x"]);
+    fn implicit_parents_take_lower_metadata_before_they_are_pushed() {
+        let lower = tree(vec![("/srv", dir(0o750)), ("/tmp", dir(0o1777))]);
+        let mut upper = tree(vec![("/srv/x", file(b"x")), ("/opt/y", file(b"y"))]);
+        let mut rootfs = Rootfs::default();
+        rootfs.push(&lower).unwrap();
+        upper.inherit_implicit(|p| rootfs.dir_meta(p));
+        assert_eq!(listing(&upper), ["opt dir 755", "opt/y file y", "srv dir 750", "srv/x file x"]);
+        rootfs.push(&upper).unwrap();
+        let flat = rootfs.finish().unwrap();
+        assert_eq!(
+            listing(&flat),
+            ["opt dir 755", "opt/y file y", "srv dir 750", "srv/x file x", "tmp dir 1777"]
+        );
     }
 
     #[test]

@@ -211,6 +211,18 @@ impl Tree {
         self.implicit.contains(path)
     }
 
+    /// Gives each implicit parent directory the metadata `lower` has for a directory at its
+    /// path. A directory entry in a layer replaces the attributes of the directory below it
+    /// (OCI image spec), so a parent this layer only needs must carry what the lower layers
+    /// made it, or it would reset their owner and mode (as docker and buildkit avoid too).
+    pub fn inherit_implicit<'a>(&mut self, lower: impl Fn(&ImagePath) -> Option<&'a Meta>) {
+        for path in &self.implicit {
+            if let (Some(meta), Some(entry)) = (lower(path), self.entries.get_mut(path)) {
+                entry.meta = meta.clone();
+            }
+        }
+    }
+
     /// Number of entries, implicit parents included.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -130,14 +130,21 @@ fn unchanged_layers_come_from_the_cache() {
     let b = build(&r, &opts(tmp.path(), 2), &mut sink, &Quiet).unwrap();
     assert_eq!((b.layers_built, b.layers_reused), (0, 2));
     assert_eq!(a.index.digest, b.index.digest);
-    fs::write(tmp.path().join("app"), b"#!/bin/sh\necho changed\n").unwrap();
-    let c = build(&r, &opts(tmp.path(), 2), &mut sink, &Quiet).unwrap();
+    // A change in the top layer rebuilds it alone; one below rebuilds every layer above it
+    // too, whose implicit parent directories take their metadata from the layers below.
+    let top = r.file.with_file_name("top.toml");
+    fs::write(&top, fs::read_to_string(&r.file).unwrap().replace("\"hi\"", "\"ho\"")).unwrap();
+    let top = Recipe::load(&top).unwrap();
+    let c = build(&top, &opts(tmp.path(), 2), &mut sink, &Quiet).unwrap();
     assert_eq!((c.layers_built, c.layers_reused), (1, 1));
     assert_ne!(a.index.digest, c.index.digest);
+    fs::write(tmp.path().join("app"), b"#!/bin/sh\necho changed\n").unwrap();
+    let d = build(&r, &opts(tmp.path(), 2), &mut sink, &Quiet).unwrap();
+    assert_eq!((d.layers_built, d.layers_reused), (2, 0));
 }
 
 #[test]
-fn a_layer_repeated_in_one_recipe_is_built_once() {
+fn a_layer_repeated_in_one_recipe_is_one_blob() {
     let tmp = tempfile::tempdir().unwrap();
     let layer =
         "[[layer]]\nname = \"{n}\"\ninline = [{ dest = \"/etc/motd\", content = \"hi\" }]\n";
@@ -150,7 +157,8 @@ fn a_layer_repeated_in_one_recipe_is_built_once() {
     let r = Recipe::load(&tmp.path().join("r.toml")).unwrap();
     let mut sink = MemSink::default();
     let out = build(&r, &opts(tmp.path(), 2), &mut sink, &Quiet).unwrap();
-    assert_eq!((out.layers_built, out.layers_reused), (1, 1));
+    assert_eq!(out.layers[0].1, out.layers[1].1);
+    assert_eq!(sink.blobs.len(), 4, "one layer blob, config, manifest and index");
 }
 
 #[test]
