@@ -8,11 +8,13 @@
 
 mod support;
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::require_tool;
+use support::{require_tool, EXIT_INTEGRITY};
 use tempfile::TempDir;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -552,6 +554,9 @@ fn the_policy_refuses_with_a_clear_message_and_appends_nothing() {
     lab.run(&["revoke", &two, "--key", &lab.key("release"), "--reason", "again"])
         .fails_with(1, &["bad build"]);
     lab.promote(&store, &two, "dev", "ci", &[]).fails_with(1, &["revoked", "bad build"]);
+    let build_pub = lab.public("build");
+    lab.run(&["verify", &two, "--key", &build_pub])
+        .fails_with(EXIT_INTEGRITY, &["revoked", "bad build"]);
     let policy = lab.path("policy.toml").display().to_string();
     lab.run(&[
         "rollback",
@@ -607,4 +612,284 @@ fn the_policy_refuses_with_a_clear_message_and_appends_nothing() {
         .fails_with(1, &["is not a kiln release", "image.index.v1+json, not a release"]);
     lab.promote(&store, &one, "Dev!", "ci", &[]).fails_with(1, &["not a valid channel name"]);
     assert_eq!(counts(), [3, 3, 3]);
+}
+
+/// The entries of `history --json` as (seq, release).
+fn chain(history: &Value) -> Vec<(u64, String)> {
+    history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["release"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// One racing promotion: the release, and its seq and attempts when it landed.
+type Attempt = (String, Option<(u64, u64)>);
+
+/// Two processes promote different releases into one channel 50 times each: every attempt
+/// lands as exactly one entry or fails cleanly, and the chain verifies with no gap or fork.
+fn race(lab: &Lab, store: &str) {
+    let one = release_of(&lab.build_release(store, "one"));
+    let two = release_of(&lab.build_release(store, "two"));
+    let outcomes: Vec<Vec<Attempt>> = std::thread::scope(|s| {
+        let racers: Vec<_> = [&one, &two]
+            .into_iter()
+            .map(|release| {
+                s.spawn(move || {
+                    (0..50)
+                        .map(|_| {
+                            let out = lab.promote(store, release, "dev", "ci", &[]);
+                            match out.code {
+                                Some(0) => {
+                                    let report = out.json();
+                                    let seq = report["seq"].as_u64().unwrap();
+                                    (
+                                        release.clone(),
+                                        Some((seq, report["attempts"].as_u64().unwrap())),
+                                    )
+                                }
+                                _ => {
+                                    // A clean failure says what happened and that a retry helps.
+                                    assert!(out.stderr.contains("retry"), "{}", out.stderr);
+                                    (release.clone(), None)
+                                }
+                            }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let history = lab.history(store, "dev/vm").ok().json();
+    let entries = chain(&history);
+    let mut landed: Vec<(u64, String)> = outcomes
+        .iter()
+        .flatten()
+        .filter_map(|(release, seq)| seq.map(|(s, _)| (s, release.clone())))
+        .collect();
+    landed.sort();
+    assert_eq!(entries, landed, "every success is exactly one entry, and nothing else is");
+    let n = entries.len() as u64;
+    assert!(entries.iter().map(|e| e.0).eq(1..=n), "no gap, no fork");
+    let retries: u64 = outcomes.iter().flatten().filter_map(|(_, s)| s.map(|(_, a)| a - 1)).sum();
+    eprintln!("{store}: {n} of 100 racing promotions landed, {retries} seqs lost to the other writer and retried");
+}
+
+#[test]
+fn racing_promoters_each_land_one_entry_or_fail_cleanly() {
+    let lab = Lab::new().with_s3();
+    race(&lab, &lab.store);
+    if let Some(s3) = lab.s3 {
+        race(&lab, &s3.fresh_location());
+    }
+}
+
+/// Starts `cmd`, SIGKILLs it after `delay` if it still runs; returns whether it was killed.
+fn kill_after(mut cmd: Command, delay: Duration) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(delay);
+    // An error only means the process already exited.
+    if child.kill().is_err() {
+        eprintln!("promote finished before its kill point");
+    }
+    child.wait().unwrap().signal().is_some()
+}
+
+#[test]
+fn sigkill_during_promote_leaves_a_chain_that_verifies_and_a_rerun_completes() {
+    let lab = Lab::new();
+    let release = release_of(&lab.build_release(&lab.store, "one"));
+    let policy = lab.path("policy.toml").display().to_string();
+    let key = lab.key("ci");
+    let promote = |target: &str| {
+        lab.command(
+            &lab.store,
+            &[
+                "promote",
+                &release,
+                "--to",
+                "dev",
+                "--key",
+                &key,
+                "--policy",
+                &policy,
+                "--to-store",
+                target,
+            ],
+        )
+    };
+    // Kill points spread over one uninterrupted promotion into an empty store; the timing
+    // only chooses where to kill and is never asserted on.
+    let start = Instant::now();
+    let timed = format!("file://{}", lab.path("timed").display());
+    assert!(promote(&timed).status().unwrap().success());
+    let span = start.elapsed().as_millis() as u64;
+    let shared = format!("file://{}", lab.path("shared").display());
+    let mut interrupted = 0;
+    for i in 0..20u64 {
+        // Half the kills hit a cold store (mostly the copy), half one that already has the
+        // release and a growing chain (mostly verification and the append).
+        let target = if i % 2 == 0 {
+            format!("file://{}", lab.path(&format!("cold-{i}")).display())
+        } else {
+            shared.clone()
+        };
+        interrupted +=
+            usize::from(kill_after(promote(&target), Duration::from_millis(span * i / 20)));
+        lab.history(&target, "dev/vm").ok();
+        let check = lab.run_at(&target, &["store", "check"]);
+        assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
+        // The rerun completes and the chain still verifies.
+        lab.promote(&lab.store, &release, "dev", "ci", &["--to-store", &target]).ok();
+        let history = lab.history(&target, "dev/vm").ok().json();
+        assert!(chain(&history).iter().all(|(_, r)| *r == release));
+    }
+    eprintln!("{interrupted} of 20 promotions were interrupted by SIGKILL");
+    let pin = lab.run_at(&shared, &["pin", "dev/vm", "--format", "json"]).ok().json();
+    assert_eq!(pin["release"], release.as_str());
+}
+
+#[test]
+fn tampering_with_a_channel_is_detected_and_names_the_entry() {
+    let lab = Lab::new();
+    let one = release_of(&through_prod(&lab, "one"));
+    let two = release_of(&lab.build_release(&lab.store, "two"));
+    lab.promote(&lab.store, &two, "dev", "ci", &[]).ok();
+    lab.promote(&lab.store, &one, "dev", "ci", &["--reason", "back"]).ok();
+    let policy = lab.path("policy.toml").display().to_string();
+    let build_pub = lab.public("build");
+    // Each case works on its own copy of the store; `edit` changes the copy's dev/vm channel.
+    let case = |name: &str, edit: &dyn Fn(&PathBuf), needles: &[&str]| {
+        let copy = lab.path(&format!("tampered-{name}"));
+        let out =
+            Command::new("cp").arg("-a").arg(lab.folder(&lab.store)).arg(&copy).status().unwrap();
+        assert!(out.success());
+        edit(&copy.join("log/dev/vm"));
+        let store = format!("file://{}", copy.display());
+        lab.history(&store, "dev/vm").fails_with(EXIT_INTEGRITY, needles);
+        lab.run_at(
+            &store,
+            &["verify", &one, "--key", &build_pub, "--channel", "dev/vm", "--policy", &policy],
+        )
+        .fails_with(EXIT_INTEGRITY, needles);
+        store
+    };
+    let read = |p: &PathBuf| std::fs::read(p).unwrap();
+    // An entry edited: its reason changed inside the signed payload.
+    case(
+        "edited",
+        &|log| {
+            let entry = log.join("3");
+            let mut envelope: Value = serde_json::from_slice(&read(&entry)).unwrap();
+            let payload = base64_decode(envelope["payload"].as_str().unwrap());
+            let payload = String::from_utf8(payload).unwrap().replace("\"back\"", "\"ok\"");
+            envelope["payload"] = base64_encode(payload.as_bytes()).into();
+            std::fs::write(&entry, serde_json::to_vec(&envelope).unwrap()).unwrap();
+        },
+        &["at entry 3", "signature does not verify"],
+    );
+    // An entry deleted.
+    case("deleted", &|log| std::fs::remove_file(log.join("2")).unwrap(), &["entry 2 is missing"]);
+    // Two entries swapped.
+    case(
+        "reordered",
+        &|log| {
+            let (a, b) = (read(&log.join("2")), read(&log.join("3")));
+            std::fs::write(log.join("2"), b).unwrap();
+            std::fs::write(log.join("3"), a).unwrap();
+        },
+        &["at entry 2", "moved or reordered"],
+    );
+    // The head hint pointing forwards, or at an entry it misnames.
+    case(
+        "hint-forward",
+        &|log| {
+            std::fs::write(log.join("HEAD"), format!("{{\"seq\":9,\"entry\":\"{one}\"}}")).unwrap()
+        },
+        &["at entry 9", "HEAD names entry 9, but the newest entry is 3"],
+    );
+    let stale = case(
+        "hint-backward",
+        &|log| {
+            std::fs::write(log.join("HEAD"), format!("{{\"seq\":1,\"entry\":\"{one}\"}}")).unwrap()
+        },
+        &["at entry 1", "HEAD names entry 1 as"],
+    );
+    // Even so, pin finds the real head: a hint is never trusted alone.
+    let pin = lab.run_at(&stale, &["pin", "dev/vm", "--format", "json"]).ok().json();
+    assert_eq!(pin["release"], one.as_str());
+    // An entry re-signed by a key the policy does not list: the tail of the chain is replaced
+    // by a promotion under a policy where mallory may promote.
+    let forged = lab.path("tampered-forged");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(lab.folder(&lab.store))
+        .arg(&forged)
+        .status()
+        .unwrap()
+        .success());
+    for f in ["3", "HEAD"] {
+        std::fs::remove_file(forged.join("log/dev/vm").join(f)).unwrap();
+    }
+    let forged = format!("file://{}", forged.display());
+    let mallory_policy = lab.write_policy("mallory.toml", "mallory", 2);
+    let key = lab.key("mallory");
+    lab.run_at(
+        &forged,
+        &["promote", &two, "--to", "dev", "--key", &key, "--policy", &mallory_policy],
+    )
+    .ok();
+    lab.history(&forged, "dev/vm")
+        .fails_with(EXIT_INTEGRITY, &["at entry 3", "does not verify with any trusted key"]);
+    // A head hint that is merely behind (a writer killed before moving it) is not tampering.
+    let behind = lab.path("behind");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(lab.folder(&lab.store))
+        .arg(&behind)
+        .status()
+        .unwrap()
+        .success());
+    let first = kiln_oci::Digest::of(&read(&behind.join("log/dev/vm/1")));
+    std::fs::write(behind.join("log/dev/vm/HEAD"), format!("{{\"seq\":1,\"entry\":\"{first}\"}}"))
+        .unwrap();
+    let behind = format!("file://{}", behind.display());
+    assert_eq!(lab.history(&behind, "dev/vm").ok().json()["hintBehind"], 2);
+    // The next append moves it.
+    lab.promote(&behind, &two, "dev", "ci", &[]).ok();
+    assert_eq!(lab.history(&behind, "dev/vm").ok().json()["hintBehind"], 0);
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn gc_keeps_a_release_its_approvals_and_its_image_even_untagged() {
+    let lab = Lab::new();
+    let build = lab.build_release(&lab.store, "one");
+    let release = release_of(&build);
+    lab.approve(&lab.store, &release, "prod", "alice");
+    // Without its tag, the image is kept by its release alone.
+    std::fs::remove_file(lab.folder(&lab.store).join("refs/vm/one")).unwrap();
+    let gc = lab.run(&["--json", "gc", "--grace", "0s"]).ok().json();
+    assert_eq!(gc["blobsDeleted"], 0, "{gc}");
+    lab.run(&["verify", &release, "--key", &lab.public("build"), "--require", "sbom,provenance"])
+        .ok();
+    lab.run(&["pin", &release, "--format", "json"]).ok();
+    lab.run(&["store", "check"]).ok();
+    // The release's signature and the approval.
+    let referrers = std::fs::read_dir(lab.folder(&lab.store).join("referrers").join(&release[7..]))
+        .unwrap()
+        .count();
+    assert_eq!(referrers, 2);
 }

@@ -60,7 +60,13 @@ pub fn verify(ctx: &Ctx, args: &VerifyArgs, policy: &Policy) -> anyhow::Result<b
             policy,
             channel.as_ref().map(|c| (c, channel_keys.as_slice())),
         ))
-        .with_context(|| format!("verifying release {id}"))?;
+        .map_err(|e| match e {
+            // A revoked release fails verification like any other finding (exit 4).
+            e @ kiln_release::ReleaseError::Revoked { .. } => {
+                super::verify::VerifyFailed(format!("release {id} ({e})")).into()
+            }
+            e => anyhow::Error::new(e).context(format!("verifying release {id}")),
+        })?;
     if ctx.json {
         ctx.print_json(&verified)?;
     } else {
