@@ -10,6 +10,7 @@ use kiln_builder::layer::LayerBlob;
 use kiln_builder::LayerRecord;
 use kiln_oci::{Descriptor, Digest, ImageManifest};
 use kiln_store::cache::{CacheLookup, CacheRecord, CacheSigner, CacheTrust, Refusal};
+use kiln_store::lease::Lease;
 use kiln_store::Store;
 use tokio::runtime::Runtime;
 
@@ -26,6 +27,8 @@ pub struct StoreSink<'a> {
     pub cache_signer: Option<&'a dyn CacheSigner>,
     /// When set, only cache entries signed by one of these keys are used.
     pub cache_trust: Option<&'a dyn CacheTrust>,
+    /// Names every blob before it is used, so a concurrent gc keeps it.
+    pub lease: Option<&'a Lease>,
     pub uploaded: usize,
     pub present: usize,
     /// For each layer cache key hit: the trusted key that vouched for its entry, if any.
@@ -41,6 +44,7 @@ impl<'a> StoreSink<'a> {
             runtime,
             cache_signer: None,
             cache_trust: None,
+            lease: None,
             uploaded: 0,
             present: 0,
             vouchers: BTreeMap::new(),
@@ -73,6 +77,14 @@ impl<'a> StoreSink<'a> {
         }
     }
 
+    /// Leases `blobs` before they are looked at or written.
+    fn lease(&self, blobs: &[Digest]) -> Result<(), SinkError> {
+        if let Some(lease) = self.lease {
+            self.runtime.block_on(lease.add(blobs))?;
+        }
+        Ok(())
+    }
+
     fn remember(&mut self, record: CacheRecord) -> Result<(), SinkError> {
         let signer = self.cache_signer;
         self.runtime.block_on(self.store.put_cache_entry(record, signer))?;
@@ -82,8 +94,12 @@ impl<'a> StoreSink<'a> {
 
 impl BlobSink for StoreSink<'_> {
     fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError> {
-        let lookups =
-            self.runtime.block_on(self.store.cache_lookups(LAYER_CACHE, keys, self.cache_trust))?;
+        let lookups = self.runtime.block_on(self.store.cache_lookups(
+            LAYER_CACHE,
+            keys,
+            self.cache_trust,
+            self.lease,
+        ))?;
         let mut found = Vec::with_capacity(keys.len());
         for (key, lookup) in keys.iter().zip(lookups) {
             let record = self.hit(LAYER_CACHE, key, lookup);
@@ -114,6 +130,7 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError> {
+        self.lease(&[layer.digest])?;
         // The scratch file is the builder's to give away: a folder store renames it into place.
         let outcome = self.runtime.block_on(self.store.adopt_blob_file(
             &layer.path,
@@ -132,6 +149,7 @@ impl BlobSink for StoreSink<'_> {
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
         // An unchanged rebuild finds its config, manifests and index already stored: one HEAD
         // each, and no PUT (a create-only PUT of a present blob is still a request).
+        self.lease(&[blob.descriptor.digest])?;
         if self.runtime.block_on(self.store.has_blob(&blob.descriptor.digest))? {
             self.count(false);
             return Ok(());
@@ -143,6 +161,7 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
+        self.lease(&[descriptor.digest])?;
         // Disk files are scratch files too: a folder store renames them into place.
         let outcome = self.runtime.block_on(self.store.adopt_blob_file(
             path,
@@ -158,6 +177,7 @@ impl BlobSink for StoreSink<'_> {
             DISK_CACHE,
             std::slice::from_ref(key),
             self.cache_trust,
+            self.lease,
         ))?;
         let Some(record) = lookups.into_iter().next().and_then(|l| self.hit(DISK_CACHE, key, l))
         else {
@@ -172,6 +192,7 @@ impl BlobSink for StoreSink<'_> {
         };
         let mut digests = vec![manifest.config.digest];
         digests.extend(manifest.layers.iter().map(|l| l.digest));
+        self.lease(&digests)?;
         let present = self.runtime.block_on(self.store.has_blobs(&digests))?;
         if present.iter().all(|p| *p) {
             self.present += 1 + digests.len();

@@ -533,3 +533,52 @@ fn a_poisoned_cache_never_reaches_a_trusted_build() {
         shared.assert_clean(&shared.location);
     });
 }
+
+/// A recipe of `layers` small layers of distinct noise, in `dir`.
+fn layered(dir: &Path, layers: usize) -> PathBuf {
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    let mut recipe = String::from(
+        "epoch = 1700000000\n\n[image]\nname = \"layered\"\nversion = \"1.0.0\"\n\
+         platforms = [\"linux/amd64\"]\n",
+    );
+    for i in 0..layers {
+        std::fs::write(dir.join(format!("files/{i}")), support::noise(64 * 1024, i as u64 + 7))
+            .unwrap();
+        recipe.push_str(&format!(
+            "\n[[layer]]\nname = \"l{i}\"\nfiles = [{{ src = \"files/{i}\", dest = \"/{i}\" }}]\n"
+        ));
+    }
+    let path = dir.join("layered.toml");
+    std::fs::write(&path, recipe).unwrap();
+    path
+}
+
+#[test]
+fn gc_racing_a_build_never_takes_what_the_build_references() {
+    on_every_backend(|shared| {
+        let recipe = layered(&shared.tmp.path().join("checkout"), 5);
+        let recipe = recipe.to_str().unwrap();
+        for trial in 0..30 {
+            let store = shared.sibling(&format!("race-{trial}"));
+            let mut build = shared
+                .command("builder", &["--store", &store, "build", recipe, "--rehash", "--json"])
+                .spawn()
+                .unwrap();
+            // Collect with no grace, over and over, for as long as the build runs.
+            let mut collections = 0;
+            let status = loop {
+                let gc = shared.run("collector", &["--store", &store, "gc", "--grace", "0s"]);
+                assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+                collections += 1;
+                if let Some(status) = build.try_wait().unwrap() {
+                    break status;
+                }
+            };
+            let out = build.wait_with_output().unwrap();
+            assert!(status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(collections > 0);
+            // The tag is set to a complete image.
+            shared.assert_clean(&store);
+        }
+    });
+}

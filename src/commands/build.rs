@@ -76,7 +76,12 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         hash_cache: if args.rehash { None } else { hash_cache_file() },
     };
     let progress = Progress::new(!ctx.quiet && !ctx.json);
+    let lease = ctx
+        .runtime
+        .block_on(ctx.store.lease())
+        .with_context(|| format!("taking a lease in {}", ctx.store.describe()))?;
     let mut sink = StoreSink::new(&ctx.store, &ctx.runtime);
+    sink.lease = Some(&lease);
     sink.cache_signer = cache_signer.as_ref().map(|k| k as &dyn kiln_store::cache::CacheSigner);
     sink.cache_trust = cache_trust.as_ref().map(|k| k as &dyn kiln_store::cache::CacheTrust);
     let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)
@@ -180,6 +185,12 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         if let Some(r) = &released {
             ctx.say(format!("release {} of {} {}", r.release, r.name, r.version));
         }
+    }
+    // The tag now holds what the lease held. A lease left behind only keeps blobs a little
+    // longer: it expires, and gc drops it at once when this process is gone.
+    drop(sink);
+    if let Err(e) = ctx.runtime.block_on(lease.release()) {
+        eprintln!("warning: cannot release the store lease: {:#}", anyhow::Error::new(e));
     }
     Ok(())
 }

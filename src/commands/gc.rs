@@ -22,14 +22,17 @@ pub fn run(ctx: &Ctx, args: &GcArgs) -> anyhow::Result<()> {
     } else {
         let verb = if report.dry_run { "would delete" } else { "deleted" };
         ctx.say(format!(
-            "{verb} {} blobs ({} bytes), {} staging uploads ({} bytes) and {} cache entries; \
-             kept {} reachable blobs and {} younger than {}",
+            "{verb} {} blobs ({} bytes), {} staging uploads ({} bytes), {} cache entries and {} \
+             dead lease records; kept {} reachable or leased blobs ({} live leases) and {} \
+             younger than {}",
             report.blobs_deleted,
             report.bytes_deleted,
             report.uploads_deleted,
             report.upload_bytes_deleted,
             report.cache_entries_deleted,
+            report.lease_records_deleted,
             report.reachable,
+            report.leases_live,
             report.blobs_kept_young,
             humantime::format_duration(args.grace),
         ));

@@ -45,6 +45,10 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
     let referrers = collect_referrers(from, &mut blobs).await?;
 
     let digests: Vec<Digest> = blobs.iter().map(|d| d.digest).collect();
+    // Leased before they are looked for, so a gc of the target keeps what this copy finds
+    // there or sends until the tag references it.
+    let lease = to.lease().await?;
+    lease.add(&digests).await?;
     let have = to.has_blobs(&digests).await?;
     let missing: Vec<&Descriptor> =
         blobs.iter().zip(&have).filter(|(_, have)| !**have).map(|(d, _)| d).collect();
@@ -86,6 +90,7 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
         to.set_ref(name, tag, &root).await?;
         report.tagged = Some(format!("{name}:{tag}"));
     }
+    lease.release().await?;
     Ok(report)
 }
 

@@ -2,8 +2,8 @@
 //! unreachable blobs, stale staging uploads and dangling cache entries older than a grace
 //! period.
 //!
-//! Roots are refs, and every key under `log/` and `referrers/` (channel history, signatures,
-//! attestations): any `sha256:<hex>` those documents mention, and the digests their keys
+//! Roots are refs, live leases (see [`crate::lease`]), and every key under `log/` and
+//! `referrers/` (channel history, signatures, attestations): any `sha256:<hex>` those documents mention, and the digests their keys
 //! name. From a root, any blob that looks like a JSON document (index, manifest, release
 //! record, ...) is read (verified) and the digests it mentions are marked in turn, so new
 //! document kinds are followed without teaching gc about them.
@@ -57,6 +57,10 @@ pub struct GcReport {
     pub uploads_deleted: u64,
     pub upload_bytes_deleted: u64,
     pub cache_entries_deleted: u64,
+    /// Leases of builds and copies in flight, whose blobs were kept.
+    pub leases_live: u64,
+    /// Records of expired leases, or of leases whose holder is known dead, deleted.
+    pub lease_records_deleted: u64,
 }
 
 /// Every `sha256:<64 hex>` mentioned in `bytes`, whatever the document's shape.
@@ -99,9 +103,20 @@ impl Store {
             .collect();
         let sizes: std::collections::HashMap<Digest, u64> =
             blobs.iter().map(|(d, e)| (*d, e.size)).collect();
-        let mut marked = self.mark(&sizes).await?;
-        // A ref set while marking (a build finishing) protects its image too.
-        marked.extend(self.mark(&sizes).await?);
+        let uploads = self.list_under(key::UPLOADS).await?;
+        let parts = self.stale_part_files(cutoff)?;
+        // Leases are read after blobs and uploads are listed: what is uploaded later is not in
+        // the listings, and what was uploaded earlier was leased before its upload began.
+        let leases = self.read_leases().await?;
+        let mut leased: HashSet<Digest> = leases.blobs.iter().copied().collect();
+        let mut marked = self.mark(&sizes, &leases.blobs).await?;
+        // A ref set or a lease taken while marking (a build finishing or starting) protects
+        // its blobs too.
+        let leases = self.read_leases().await?;
+        leased.extend(leases.blobs.iter().copied());
+        marked.extend(self.mark(&sizes, &leases.blobs).await?);
+        report.leases_live = leases.live;
+        report.lease_records_deleted = leases.dead.len() as u64;
 
         let mut doomed = Vec::new();
         let mut gone = HashSet::new();
@@ -117,15 +132,20 @@ impl Store {
                 report.blobs_kept_young += 1;
             }
         }
-        for entry in self.list_under(key::UPLOADS).await? {
-            if old(&entry) {
+        // An upload of a leased blob is in flight: its writer is about to publish it.
+        let in_flight = |name: &str| key::upload_digest(name).is_some_and(|d| leased.contains(&d));
+        for entry in uploads {
+            let name = entry.key.filename().unwrap_or_default();
+            if old(&entry) && !in_flight(name) {
                 report.uploads_deleted += 1;
                 report.upload_bytes_deleted += entry.size;
                 doomed.push(entry.key);
             }
         }
-        let parts = self.stale_part_files(cutoff)?;
-        for (path, size) in &parts {
+        let parts = parts
+            .iter()
+            .filter(|(path, _)| !path.file_name().and_then(|n| n.to_str()).is_some_and(&in_flight));
+        for (path, size) in parts {
             report.uploads_deleted += 1;
             report.upload_bytes_deleted += size;
             if !options.dry_run {
@@ -134,6 +154,7 @@ impl Store {
             }
         }
         if !options.dry_run {
+            doomed.extend(leases.dead);
             self.delete_all(doomed).await?;
         }
 
@@ -149,8 +170,9 @@ impl Store {
     async fn mark(
         &self,
         sizes: &std::collections::HashMap<Digest, u64>,
+        leased: &[Digest],
     ) -> Result<HashSet<Digest>> {
-        let mut pending: Vec<Digest> = Vec::new();
+        let mut pending: Vec<Digest> = leased.to_vec();
         for prefix in [key::REFS, key::LOG, key::REFERRERS] {
             let entries = self.list_under(prefix).await?;
             for entry in &entries {
@@ -170,12 +192,22 @@ impl Store {
         while !pending.is_empty() {
             let fresh: Vec<Digest> =
                 pending.drain(..).filter(|d| marked.insert(*d)).collect::<Vec<_>>();
-            // Only present, document-sized blobs can mention other blobs.
-            let documents =
-                fresh.into_iter().filter(|d| sizes.get(d).is_some_and(|s| *s <= DOCUMENT_LIMIT));
-            let children: Vec<Vec<Digest>> = futures::stream::iter(documents)
+            let children: Vec<Vec<Digest>> = futures::stream::iter(fresh)
                 .map(|digest| async move {
-                    let bytes = self.get_blob(&digest).await?;
+                    // Only present, document-sized blobs can mention other blobs. One stored
+                    // since the listing (the index of a build that set its tag meanwhile) is
+                    // looked at too, or its children, which are listed, would be taken.
+                    let size = match sizes.get(&digest) {
+                        Some(size) => Some(*size),
+                        None => self.blob_size(&digest).await?,
+                    };
+                    if size.is_none_or(|s| s > DOCUMENT_LIMIT) {
+                        return Ok(Vec::new());
+                    }
+                    let bytes = match self.get_blob(&digest).await {
+                        Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+                        read => read?,
+                    };
                     let looks_like_json =
                         bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
                     Ok::<_, crate::StoreError>(if looks_like_json {
@@ -190,6 +222,16 @@ impl Store {
             pending.extend(children.into_iter().flatten());
         }
         Ok(marked)
+    }
+
+    /// The size of a stored blob, `None` when it is not stored.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let key = key::blob(digest);
+        match self.inner.head(&key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(StoreError::backend(&key, source)),
+        }
     }
 
     /// In a folder store, the `uploads/<key>#<n>` part files of multipart uploads that were

@@ -18,6 +18,8 @@ pub(crate) const UPLOADS: &str = "uploads";
 pub(crate) const CACHE: &str = "cache";
 /// Prefix of channel logs (write-once entries naming digests).
 pub(crate) const LOG: &str = "log";
+/// Prefix of leases: `leases/<id>/<n>`, what writers in flight are about to reference.
+pub(crate) const LEASES: &str = "leases";
 /// Prefix of referrers: `referrers/<subject-hex>/<artifact-hex>`.
 pub(crate) const REFERRERS: &str = "referrers";
 
@@ -45,6 +47,11 @@ pub(crate) fn reference(name: &RepoName, tag: &Tag) -> Path {
 /// `cache/<kind>/<key-hex>`: replaceable build cache entries.
 pub(crate) fn cache(kind: &str, key: &Digest) -> Path {
     Path::from(format!("cache/{kind}/{}", key.hex()))
+}
+
+/// The digest a staging upload's name (`<hex>-...`, or a part file `<hex>-...#<n>`) is for.
+pub(crate) fn upload_digest(name: &str) -> Option<Digest> {
+    Digest::from_hex(name.get(..64)?).ok()
 }
 
 /// A fresh `uploads/<hex>-<pid>-<nanos>-<n>` staging key, unique across processes and

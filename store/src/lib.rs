@@ -6,7 +6,8 @@
 //! - `refs/<name>/<tag>`: the canonical JSON descriptor a tag points at (tags move);
 //! - `cache/<kind>/<key-hex>`: build cache entries, replaceable and safe to delete;
 //! - `uploads/...`: staging for large uploads, published to `blobs/` only once verified;
-//! - `log/...` and `referrers/...`: write-once records that gc treats as roots.
+//! - `log/...` and `referrers/...`: write-once records that gc treats as roots;
+//! - `leases/<id>/<n>`: what builds and copies in flight are about to reference (see [`lease`]).
 //!
 //! Open one with [`Store::open`] on a folder path, `file:///abs/path`, `memory://`,
 //! `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
@@ -19,9 +20,11 @@ pub mod copy;
 mod document;
 pub mod error;
 pub mod gc;
+pub mod holder;
 mod inventory;
 mod key;
 pub mod layout;
+pub mod lease;
 pub mod location;
 pub mod log;
 mod referrers;

@@ -349,7 +349,7 @@ fn layer_record(key: &Digest, blob: &kiln_store::PutOutcome) -> CacheRecord {
 }
 
 async fn lookup(f: &Fixture, key: &Digest, trust: Option<&dyn CacheTrust>) -> CacheLookup {
-    f.store.cache_lookups("layer", std::slice::from_ref(key), trust).await.unwrap().remove(0)
+    f.store.cache_lookups("layer", std::slice::from_ref(key), trust, None).await.unwrap().remove(0)
 }
 
 async fn cache_entries_are_checked_before_use(f: Fixture) {
@@ -418,7 +418,7 @@ async fn cache_entries_are_checked_before_use(f: Fixture) {
 
     for bad in ["", "Layer", "a/b", "..", "x_y"] {
         assert!(matches!(
-            f.store.cache_lookups(bad, &[k1], None).await,
+            f.store.cache_lookups(bad, &[k1], None, None).await,
             Err(StoreError::InvalidCacheKind { .. })
         ));
         let record = CacheRecord { kind: bad.into(), ..layer_record(&k1, &b1) };
@@ -491,6 +491,7 @@ conformance!(
     resolve_digest_reads_the_blob,
     cache_entries_are_checked_before_use,
     check_reports_bad_cache_entries,
+    gc_keeps_what_a_live_lease_names,
     empty_store,
     has_blobs_keeps_order,
     concurrent_puts_of_same_content,

@@ -19,6 +19,7 @@ use kiln_oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
+use crate::lease::Lease;
 use crate::{key, Store};
 
 /// The payload type signed entries are signed under (the DSSE pre-authentication encoding
@@ -154,21 +155,46 @@ impl Store {
     /// Looks up `keys` in `kind`, in order, concurrently (on a remote store each is a round
     /// trip). A hit is an entry that is well formed, about its key, signed by a trusted key
     /// when `trust` is given, and whose blob is stored with the size it records (one HEAD).
+    /// With a `lease`, the blobs the entries name are leased before their HEAD, so a hit's
+    /// blob is kept by gc from then on.
     pub async fn cache_lookups(
         &self,
         kind: &str,
         keys: &[Digest],
         trust: Option<&dyn CacheTrust>,
+        lease: Option<&Lease>,
     ) -> Result<Vec<CacheLookup>> {
         check_kind(kind)?;
-        futures::stream::iter(keys)
-            .map(|k| self.cache_lookup(kind, k, trust))
+        let opened: Vec<CacheLookup> = futures::stream::iter(keys)
+            .map(|k| self.open_cache_entry(kind, k, trust))
+            .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        if let Some(lease) = lease {
+            let named: Vec<Digest> = opened
+                .iter()
+                .filter_map(|l| match l {
+                    CacheLookup::Hit { record, .. } => Some(record.output.digest),
+                    _ => None,
+                })
+                .collect();
+            lease.add(&named).await?;
+        }
+        futures::stream::iter(opened)
+            .map(|lookup| async move {
+                let CacheLookup::Hit { record, .. } = &lookup else { return Ok(lookup) };
+                Ok(match self.output_stored(&record.output).await? {
+                    Ok(()) => lookup,
+                    Err(refusal) => CacheLookup::Refused(refusal),
+                })
+            })
             .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
             .try_collect()
             .await
     }
 
-    async fn cache_lookup(
+    /// The entry for `key`, opened but its blob not yet checked.
+    async fn open_cache_entry(
         &self,
         kind: &str,
         key: &Digest,
@@ -177,14 +203,10 @@ impl Store {
         let Some(bytes) = self.read_object(&key::cache(kind, key)).await? else {
             return Ok(CacheLookup::Miss);
         };
-        let (record, vouched_by) = match open_entry(kind, key, &bytes, trust) {
-            Ok(opened) => opened,
-            Err(refusal) => return Ok(CacheLookup::Refused(refusal)),
-        };
-        if let Err(refusal) = self.output_stored(&record.output).await? {
-            return Ok(CacheLookup::Refused(refusal));
-        }
-        Ok(CacheLookup::Hit { record: Box::new(record), vouched_by })
+        Ok(match open_entry(kind, key, &bytes, trust) {
+            Ok((record, vouched_by)) => CacheLookup::Hit { record: Box::new(record), vouched_by },
+            Err(refusal) => CacheLookup::Refused(refusal),
+        })
     }
 
     /// Whether the blob `output` names is stored with its size (one HEAD, no read).

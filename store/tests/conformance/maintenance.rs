@@ -224,3 +224,43 @@ pub async fn check_reports_bad_cache_entries(f: Fixture) {
     assert!(f.store.check_cache().await.unwrap().is_empty());
     assert!(f.store.check(&NoProgress).await.unwrap().is_clean());
 }
+
+pub async fn gc_keeps_what_a_live_lease_names(f: Fixture) {
+    let leased = f.store.put_blob(Bytes::from_static(b"fresh layer")).await.unwrap();
+    let loose = f.store.put_blob(Bytes::from_static(b"loose blob")).await.unwrap();
+    let lease = f.store.lease().await.unwrap();
+    lease.add(&[leased.digest]).await.unwrap();
+    let now = GcOptions { grace: Duration::ZERO, dry_run: false };
+    let report = f.store.gc(now).await.unwrap();
+    assert_eq!((report.blobs_deleted, report.reachable, report.leases_live), (1, 1, 1));
+    assert!(f.store.has_blob(&leased.digest).await.unwrap());
+    assert!(!f.store.has_blob(&loose.digest).await.unwrap());
+
+    // Released, the lease leaves nothing behind and protects nothing.
+    lease.release().await.unwrap();
+    let report = f.store.gc(now).await.unwrap();
+    assert_eq!((report.blobs_deleted, report.leases_live), (1, 0));
+    assert_eq!(f.keys().await, Vec::<String>::new());
+
+    // A lease whose holder died on this machine, and an expired one, are dropped at once.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let me = kiln_store::holder::Holder::current().unwrap();
+    let dead = kiln_store::holder::Holder { pid, start: me.start + 1, ..me };
+    let kept = f.store.put_blob(Bytes::from_static(b"named by dead leases")).await.unwrap();
+    let far = 4_000_000_000u64;
+    let records = [
+        (
+            "leases/dead/0",
+            serde_json::json!({"expires": far, "holder": dead, "blobs": [kept.digest]}),
+        ),
+        ("leases/old/0", serde_json::json!({"expires": 1, "blobs": [kept.digest]})),
+    ];
+    for (key, record) in records {
+        f.raw.put(&Key::from(key), serde_json::to_vec(&record).unwrap().into()).await.unwrap();
+    }
+    let report = f.store.gc(now).await.unwrap();
+    assert_eq!((report.blobs_deleted, report.lease_records_deleted), (1, 2), "{report:?}");
+    assert_eq!(f.keys().await, Vec::<String>::new());
+}

@@ -1,0 +1,73 @@
+//! Which process holds something (a lease, an upload, a scratch folder), recorded so that a
+//! later run on the same machine can tell that the holder died (SIGKILL, power loss) and clean
+//! up after it at once, instead of waiting for an expiry.
+//!
+//! A process is named by the kernel's boot id, its pid and its start time (in clock ticks
+//! since boot, from `/proc/<pid>/stat`): a pid reused by a later process has another start
+//! time, and after a reboot every holder of the old boot is dead. A holder on another machine
+//! (another boot id) is never judged dead here; its expiry decides.
+
+use serde::{Deserialize, Serialize};
+
+/// A process, as recorded in what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// `/proc/sys/kernel/random/boot_id` of its machine.
+    pub boot: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot.
+    pub start: u64,
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string())
+}
+
+/// The start time of process `pid`, or `None` when there is no such process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; field 22 is the start
+    // time, the 20th after the closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+impl Holder {
+    /// This process; `None` where `/proc` does not say (then only expiries apply).
+    pub fn current() -> Option<Holder> {
+        let pid = std::process::id();
+        Some(Holder { boot: boot_id()?, pid, start: start_time(pid)? })
+    }
+
+    /// True only when the holder ran on this machine since its last boot and is gone.
+    pub fn is_dead(&self) -> bool {
+        boot_id().is_some_and(|boot| boot == self.boot) && start_time(self.pid) != Some(self.start)
+    }
+
+    /// A name for files and keys, unique among processes of all boots of all machines.
+    pub fn file_name(&self) -> String {
+        format!("{}-{}-{}", &self.boot, self.pid, self.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_finished_child_is_dead() {
+        let me = Holder::current().unwrap();
+        assert!(!me.is_dead());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = start_time(pid);
+        child.wait().unwrap();
+        if let Some(start) = start {
+            assert!(Holder { pid, start, ..me.clone() }.is_dead());
+        }
+        assert!(Holder { start: me.start + 1, ..me.clone() }.is_dead(), "a reused pid");
+        assert!(!Holder { boot: "another machine".into(), pid, start: 0 }.is_dead());
+    }
+}
