@@ -113,7 +113,26 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::message;
+    use super::{exit_code, message, EXIT_INTEGRITY};
+    use kiln_builder::BuildError;
+    use kiln_oci::Digest;
+    use kiln_store::StoreError;
+
+    #[test]
+    fn a_store_failure_through_the_build_sink_keeps_its_cause_and_exit_code() {
+        let corrupt = StoreError::DigestMismatch {
+            key: "blobs/sha256/ab".to_string(),
+            expected: Digest::of(b"a"),
+            found: Digest::of(b"b"),
+        };
+        let err = anyhow::Error::new(BuildError::Sink(Box::new(corrupt))).context("building r");
+        assert_eq!(exit_code(&err), EXIT_INTEGRITY);
+        let text = message(&err);
+        assert!(
+            text.starts_with("building r: storing blobs: blob blobs/sha256/ab is corrupt"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn message_names_each_cause_once() {

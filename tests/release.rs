@@ -62,7 +62,7 @@ impl Out {
 struct Lab {
     tmp: TempDir,
     store: String,
-    s3: Option<&'static kiln_s3_test_server::S3Server>,
+    s3: Option<&'static kiln_test_servers::Server>,
 }
 
 /// The keys of the lab: name → (private, public) paths.
@@ -83,7 +83,7 @@ impl Lab {
     }
 
     fn with_s3(mut self) -> Lab {
-        self.s3 = kiln_s3_test_server::server();
+        self.s3 = kiln_test_servers::s3();
         self
     }
 

@@ -1,5 +1,7 @@
 //! A store shared by many CI runners, driven through the real `kiln` binary: one test body per
-//! behaviour, run on a `file://` folder and on a real S3 server (SeaweedFS on 127.0.0.1).
+//! behaviour, run on a `file://` folder and on real servers on 127.0.0.1: SeaweedFS (S3) and
+//! Azurite (Azure Blob Storage). GCS has its own tests in tests/gcs.rs: its emulator answers
+//! reads but not the uploads kiln makes.
 // A failed unwrap in a test is the failure report we want.
 #![allow(clippy::unwrap_used)]
 
@@ -21,7 +23,7 @@ const EXIT_INTEGRITY: i32 = 4;
 /// Where the store under test lives.
 enum Backend {
     Folder(PathBuf),
-    S3(&'static kiln_s3_test_server::S3Server),
+    Cloud(&'static kiln_test_servers::Server),
 }
 
 /// One store plus scratch space; `kiln` runs get the store and an isolated environment.
@@ -39,17 +41,21 @@ impl Shared {
         Shared { backend: Backend::Folder(root), location, tmp }
     }
 
-    fn s3() -> Option<Shared> {
-        let server = kiln_s3_test_server::server()?;
+    fn cloud(server: Option<&'static kiln_test_servers::Server>) -> Option<Shared> {
+        let server = server?;
         let location = server.fresh_location();
-        Some(Shared { backend: Backend::S3(server), location, tmp: tempfile::tempdir().unwrap() })
+        Some(Shared {
+            backend: Backend::Cloud(server),
+            location,
+            tmp: tempfile::tempdir().unwrap(),
+        })
     }
 
     /// Another empty store on the same backend.
     fn sibling(&self, name: &str) -> String {
         match &self.backend {
             Backend::Folder(_) => format!("file://{}", self.tmp.path().join(name).display()),
-            Backend::S3(server) => server.fresh_location(),
+            Backend::Cloud(server) => server.fresh_location(),
         }
     }
 
@@ -67,10 +73,12 @@ impl Shared {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for var in ["AWS_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
-            cmd.env_remove(var);
+        for (var, _) in std::env::vars() {
+            if ["AWS_", "AZURE_", "GOOGLE_"].iter().any(|p| var.starts_with(p)) {
+                cmd.env_remove(var);
+            }
         }
-        if let Backend::S3(server) = &self.backend {
+        if let Backend::Cloud(server) = &self.backend {
             cmd.envs(server.env());
         }
         cmd
@@ -103,7 +111,7 @@ impl Shared {
     fn overwrite(&self, key: &str, bytes: Vec<u8>) {
         match &self.backend {
             Backend::Folder(root) => std::fs::write(root.join(key), bytes).unwrap(),
-            Backend::S3(server) => {
+            Backend::Cloud(server) => {
                 let raw = server.raw(&self.location);
                 let rt = tokio::runtime::Runtime::new().unwrap();
                 rt.block_on(raw.put(&Key::from(key), bytes.into())).unwrap();
@@ -112,11 +120,13 @@ impl Shared {
     }
 }
 
-/// Runs `body` on a folder store and, when the server is available, on S3.
+/// Runs `body` on a folder store and, when their servers are available, on S3 and Azure.
 fn on_every_backend(body: impl Fn(Shared)) {
     body(Shared::folder());
-    if let Some(shared) = Shared::s3() {
-        body(shared);
+    for server in [kiln_test_servers::s3(), kiln_test_servers::azure()] {
+        if let Some(shared) = Shared::cloud(server) {
+            body(shared);
+        }
     }
 }
 
@@ -409,7 +419,7 @@ impl Shared {
     fn read(&self, key: &str) -> Vec<u8> {
         match &self.backend {
             Backend::Folder(root) => std::fs::read(root.join(key)).unwrap(),
-            Backend::S3(server) => {
+            Backend::Cloud(server) => {
                 let raw = server.raw(&self.location);
                 let rt = tokio::runtime::Runtime::new().unwrap();
                 rt.block_on(async { raw.get(&Key::from(key)).await.unwrap().bytes().await })
@@ -446,7 +456,7 @@ fn cache_keys(shared: &Shared) -> Vec<String> {
         Backend::Folder(root) => std::sync::Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(root).unwrap(),
         ),
-        Backend::S3(server) => server.raw(&shared.location),
+        Backend::Cloud(server) => server.raw(&shared.location),
     };
     let prefix = Key::from("cache/layer");
     let metas: Vec<_> = rt.block_on(futures_collect(raw.list(Some(&prefix)))).into_iter().collect();

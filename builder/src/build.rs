@@ -118,8 +118,8 @@ pub enum BuildError {
     LockMismatch { lock: PathBuf, differences: Vec<LockDifference> },
     #[error("layer {name:?}")]
     Layer { name: String, source: Box<LayerError> },
-    #[error("storing blobs: {0}")]
-    Sink(SinkError),
+    #[error("storing blobs")]
+    Sink(#[source] SinkError),
     #[error("serialising {what}")]
     Json { what: &'static str, source: serde_json::Error },
     #[error(transparent)]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use kiln_oci::Digest;
 
+use crate::explain::BackendFailure;
 use crate::reference::NameError;
 
 /// What went wrong in a store operation.
@@ -40,9 +41,12 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
-    /// The object store backend failed for `key`.
-    #[error("store operation on {key} failed")]
+    /// The object store backend failed for `key`; for a cloud store the source is explained
+    /// by a [`crate::explain::BackendFailure`].
+    #[error("{operation} {key} failed")]
     Backend {
+        /// What kiln was doing: "reading", "writing", "listing"...
+        operation: &'static str,
         key: String,
         #[source]
         source: object_store::Error,
@@ -155,7 +159,22 @@ impl StoreError {
     pub(crate) fn backend(key: &object_store::path::Path, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => StoreError::NotFound { key: key.to_string() },
-            source => StoreError::Backend { key: key.to_string(), source },
+            source => {
+                let operation = std::error::Error::source(&source)
+                    .and_then(|cause| cause.downcast_ref::<BackendFailure>())
+                    .map_or("accessing", BackendFailure::operation);
+                StoreError::Backend { operation, key: key.to_string(), source }
+            }
+        }
+    }
+
+    /// The explained cloud failure behind this error, if it is one.
+    pub fn backend_failure(&self) -> Option<&BackendFailure> {
+        match self {
+            StoreError::Backend { source, .. } | StoreError::Connect { source, .. } => {
+                std::error::Error::source(source)?.downcast_ref()
+            }
+            _ => None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod check;
 pub mod copy;
 mod document;
 pub mod error;
+pub mod explain;
 pub mod gc;
 pub mod holder;
 mod inventory;

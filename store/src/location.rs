@@ -19,6 +19,7 @@ use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Result, StoreError};
+use crate::explain::Explaining;
 
 /// A cloud store: which service, which bucket (or container), and a key prefix inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +43,15 @@ pub enum Service {
 }
 
 impl Service {
+    /// The service's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::S3 => "S3",
+            Service::Gcs => "GCS",
+            Service::Azure => "Azure",
+        }
+    }
+
     fn scheme(self) -> &'static str {
         match self {
             Service::S3 => "s3",
@@ -67,17 +77,21 @@ pub enum Location {
 /// blob, short enough that a hung connection is retried within minutes.
 const PUBLISH_TIMEOUT: &str = "120s";
 
+/// kiln's own store option (object_store has no config key for it): how often a request that
+/// failed with a 5xx answer, a connection error or a timeout is retried.
+const MAX_RETRIES: &str = "max_retries";
+
 /// Retries on 5xx answers, connection errors and timeouts: exponential backoff from 100 ms to
-/// 15 s, at most 10 attempts and 3 minutes per request (object_store's own defaults, stated
-/// here so that they are a decision rather than an accident).
-fn retry_config() -> RetryConfig {
+/// 15 s, at most `max_retries` (default 10) retries and 3 minutes per request (object_store's
+/// own defaults, stated here so that they are a decision rather than an accident).
+fn retry_config(max_retries: usize) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
             base: 2.0,
         },
-        max_retries: 10,
+        max_retries,
         retry_timeout: Duration::from_secs(180),
     }
 }
@@ -170,8 +184,24 @@ impl Location {
             }
         };
         let connect_err = |source| StoreError::Connect { location: self.to_string(), source };
+        let mut max_retries = 10;
+        let mut backend_options = Vec::with_capacity(options.len());
+        for (key, value) in options {
+            if key == MAX_RETRIES {
+                max_retries = value.trim().parse().map_err(|_| {
+                    self.bad_option(key, "expected a whole number of retries, e.g. 0 or 10")
+                })?;
+            } else {
+                backend_options.push((key.clone(), value.clone()));
+            }
+        }
+        let options = backend_options.as_slice();
+        let retry = retry_config(max_retries);
         let store: Arc<dyn ObjectStore> = match bucket.service {
-            Service::S3 => Arc::new(self.s3(&bucket.name, options)?.build().map_err(connect_err)?),
+            Service::S3 => {
+                let builder = self.s3(&bucket.name, options)?.with_retry(retry);
+                Arc::new(builder.build().map_err(connect_err)?)
+            }
             Service::Gcs => {
                 let mut builder =
                     GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket.name);
@@ -180,7 +210,7 @@ impl Location {
                         key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
                     builder = builder.with_config(key, value);
                 }
-                Arc::new(builder.with_retry(retry_config()).build().map_err(connect_err)?)
+                Arc::new(builder.with_retry(retry).build().map_err(connect_err)?)
             }
             Service::Azure => {
                 let mut builder =
@@ -190,9 +220,11 @@ impl Location {
                         key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
                     builder = builder.with_config(key, value);
                 }
-                Arc::new(builder.with_retry(retry_config()).build().map_err(connect_err)?)
+                Arc::new(builder.with_retry(retry).build().map_err(connect_err)?)
             }
         };
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(Explaining::new(store, bucket.service, &bucket.name));
         if bucket.prefix.is_empty() {
             Ok(store)
         } else {
@@ -237,7 +269,7 @@ impl Location {
         if builder.get_config_value(&AmazonS3ConfigKey::CopyIfNotExists).is_none() {
             builder = builder.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
         }
-        Ok(builder.with_retry(retry_config()))
+        Ok(builder)
     }
 
     fn bad_option(&self, key: &str, reason: &str) -> StoreError {
@@ -324,6 +356,11 @@ mod tests {
             s3.connect(&opt("aws_conditional_put", "disabled")),
             Err(StoreError::InvalidOption { .. })
         ));
+        assert!(matches!(
+            s3.connect(&opt("max_retries", "many")),
+            Err(StoreError::InvalidOption { .. })
+        ));
+        assert!(s3.connect(&opt("max_retries", "0")).is_ok());
         assert!(matches!(
             Location::Memory.connect(&opt("aws_region", "x")),
             Err(StoreError::InvalidOption { .. })

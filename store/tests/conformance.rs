@@ -11,6 +11,7 @@ use kiln_store::cache::{
     CacheLookup, CacheRecord, CacheSigner, CacheTrust, EntrySignature, Refusal,
 };
 use kiln_store::{NameError, Reference, RepoName, Store, StoreError, Tag};
+use kiln_test_servers::Server;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as Key;
@@ -25,6 +26,8 @@ use maintenance::*;
 struct Fixture {
     store: Store,
     raw: Arc<dyn ObjectStore>,
+    /// The server of a cloud backend.
+    server: Option<&'static Server>,
     /// Set for the folder backend: the store's root on disk.
     root: Option<std::path::PathBuf>,
     /// Scratch space for local files; also holds the folder store.
@@ -35,7 +38,7 @@ impl Fixture {
     fn memory() -> Fixture {
         let raw: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let store = Store::from_object_store(raw.clone(), "memory://");
-        Fixture { store, raw, root: None, tmp: tempfile::tempdir().unwrap() }
+        Fixture { store, raw, server: None, root: None, tmp: tempfile::tempdir().unwrap() }
     }
 
     fn folder() -> Fixture {
@@ -43,17 +46,23 @@ impl Fixture {
         let root = tmp.path().join("store");
         let store = Store::open(root.to_str().unwrap()).unwrap();
         let raw: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
-        Fixture { store, raw, root: Some(root), tmp }
+        Fixture { store, raw, server: None, root: Some(root), tmp }
     }
 
-    /// A fresh prefix in the shared S3 test server's bucket; `None` when it is unavailable
+    /// A fresh prefix in a shared test server's bucket; `None` when it is unavailable
     /// outside CI (the harness says why).
-    fn s3() -> Option<Fixture> {
-        let server = kiln_s3_test_server::server()?;
+    fn cloud(server: Option<&'static Server>) -> Option<Fixture> {
+        let server = server?;
         let location = server.fresh_location();
         let store = Store::open_with_options(&location, &server.options()).unwrap();
         let raw = server.raw(&location);
-        Some(Fixture { store, raw, root: None, tmp: tempfile::tempdir().unwrap() })
+        Some(Fixture {
+            store,
+            raw,
+            server: Some(server),
+            root: None,
+            tmp: tempfile::tempdir().unwrap(),
+        })
     }
 
     /// Another, empty store on the same kind of backend.
@@ -64,8 +73,7 @@ impl Fixture {
             return Store::open(self.tmp.path().join(format!("sibling-{n}")).to_str().unwrap())
                 .unwrap();
         }
-        if self.store.describe().starts_with("s3://") {
-            let server = kiln_s3_test_server::server().unwrap();
+        if let Some(server) = self.server {
             return Store::open_with_options(&server.fresh_location(), &server.options()).unwrap();
         }
         Store::open("memory://").unwrap()
@@ -470,7 +478,17 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    if let Some(fixture) = super::Fixture::s3() {
+                    if let Some(fixture) = super::Fixture::cloud(kiln_test_servers::s3()) {
+                        super::$test(fixture).await
+                    }
+                }
+            )*
+        }
+        mod azure {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    if let Some(fixture) = super::Fixture::cloud(kiln_test_servers::azure()) {
                         super::$test(fixture).await
                     }
                 }
