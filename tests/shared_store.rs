@@ -359,6 +359,10 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
         // Whatever was left behind, no blob holds anything but the content its key names, and
         // no tag points at an incomplete image.
         for location in &killed {
+            // A run killed before it opened its folder store left nothing to check.
+            if location.strip_prefix("file://").is_some_and(|p| !Path::new(p).exists()) {
+                continue;
+            }
             let (_, report) = shared.check(location);
             let problems = report["problems"].as_array().unwrap();
             assert!(problems.is_empty(), "after the kill, {location}: {report}");

@@ -207,3 +207,17 @@ fn gcs_failures_say_what_failed_and_what_to_do() {
     );
     unreachable(server, with(&server.env(), "GOOGLE_SERVICE_ACCOUNT_KEY", &key), &endpoint);
 }
+
+#[test]
+fn checking_a_store_folder_that_does_not_exist_says_so_and_creates_nothing() {
+    let ws = Workspace::new();
+    let missing = ws.path("no/such/store");
+    let location = missing.to_str().unwrap();
+    let run = kiln(&ws, location, &[], &["store", "check"]).fails_with(support::EXIT_ERROR);
+    run.stderr_has(&[&format!("store folder {location} does not exist"), "check the path"]);
+    assert!(!ws.path("no").exists(), "store check created {}", missing.display());
+    let url = format!("file://{location}");
+    kiln(&ws, &url, &[], &["--json", "store", "check"])
+        .fails_with(support::EXIT_ERROR)
+        .stderr_has(&["does not exist"]);
+}

@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use kiln_store::Store;
 use tokio::runtime::Runtime;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, StoreCommand};
 
 /// What every command needs: the store, a runtime to drive it, and output settings.
 pub struct Ctx {
@@ -46,8 +46,12 @@ impl Ctx {
             Command::Copy(_) => Vec::new(),
             _ => store_options(cli)?,
         };
-        let store = Store::open_with_options(&location, &options)
-            .with_context(|| format!("opening store {location}"))?;
+        // Checking a store that is not there must say so, not create an empty one.
+        let store = match cli.command {
+            Command::Store(StoreCommand::Check) => Store::open_existing(&location, &options),
+            _ => Store::open_with_options(&location, &options),
+        }
+        .with_context(|| format!("opening store {location}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

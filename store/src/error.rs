@@ -33,6 +33,10 @@ pub enum StoreError {
     #[error("store location {location:?} is invalid: {reason}")]
     InvalidLocation { location: String, reason: String },
 
+    /// A store that must exist (one being checked) is a folder that does not.
+    #[error("store folder {path} does not exist; check the path (a build into it creates it)")]
+    NoSuchFolder { path: PathBuf },
+
     /// The store folder could not be created or canonicalised.
     #[error("cannot open store folder {path}")]
     OpenFolder {

@@ -65,12 +65,23 @@ impl Store {
     /// [`Store::open`] with backend options (object_store config keys such as
     /// `aws_endpoint`), which override the environment.
     pub fn open_with_options(location: &str, options: &[(String, String)]) -> Result<Store> {
-        let location = Location::parse(location)?;
+        Store::connect(Location::parse(location)?, options)
+    }
+
+    fn connect(location: Location, options: &[(String, String)]) -> Result<Store> {
         let folder = match &location {
             Location::Folder(path) => Some(path.clone()),
             _ => None,
         };
         Ok(Store { inner: location.connect(options)?, description: location.to_string(), folder })
+    }
+
+    /// [`Store::open_with_options`] for a store that must already exist, such as one being
+    /// checked: a folder that does not exist is an error instead of being created. (A missing
+    /// bucket or container shows on the first request.)
+    pub fn open_existing(location: &str, options: &[(String, String)]) -> Result<Store> {
+        let location = Location::parse_existing(location)?;
+        Store::connect(location, options)
     }
 
     /// Wraps an already built backend; `description` is what [`Store::describe`] shows.

@@ -99,6 +99,26 @@ fn retry_config(max_retries: usize) -> RetryConfig {
 impl Location {
     /// Parses `location`, creating and canonicalising a folder if it names one.
     pub fn parse(location: &str) -> Result<Location> {
+        Location::parse_folder_with(location, Location::folder)
+    }
+
+    /// [`Location::parse`] for a store that must already exist: a folder that does not is
+    /// [`StoreError::NoSuchFolder`], and none is created.
+    pub fn parse_existing(location: &str) -> Result<Location> {
+        Location::parse_folder_with(location, |path| {
+            if path.is_dir() {
+                Location::folder(path)
+            } else {
+                Err(StoreError::NoSuchFolder { path: path.to_path_buf() })
+            }
+        })
+    }
+
+    /// Parses `location`, turning a folder path into a [`Location`] with `folder`.
+    fn parse_folder_with(
+        location: &str,
+        folder: impl FnOnce(&Path) -> Result<Location>,
+    ) -> Result<Location> {
         let invalid = |reason: &str| StoreError::InvalidLocation {
             location: location.to_string(),
             reason: reason.to_string(),
@@ -108,7 +128,7 @@ impl Location {
         }
         // Only "scheme://" marks a URL: a bare "a:b" is a legal folder name on Unix.
         let Some((scheme, _)) = location.split_once("://") else {
-            return Location::folder(Path::new(location));
+            return folder(Path::new(location));
         };
         let url = Url::parse(location).map_err(|e| invalid(&e.to_string()))?;
         let service = match url.scheme() {
@@ -119,7 +139,7 @@ impl Location {
                 let path = url
                     .to_file_path()
                     .map_err(|()| invalid("a file URL needs an absolute path: file:///abs/path"))?;
-                return Location::folder(&path);
+                return folder(&path);
             }
             "memory" => {
                 if url.has_host() || !matches!(url.path(), "" | "/") {
@@ -384,6 +404,13 @@ mod tests {
         let relative =
             format!("{up}{}", tmp.path().join("a/c").display().to_string().trim_start_matches('/'));
         assert_eq!(Location::parse(&relative)?, from_path);
+        let absent = tmp.path().join("absent");
+        assert!(matches!(
+            Location::parse_existing(&absent.to_string_lossy()),
+            Err(StoreError::NoSuchFolder { .. })
+        ));
+        assert!(!absent.exists());
+        assert_eq!(Location::parse_existing(&nested.to_string_lossy())?, from_path);
         let shown = from_path.to_string();
         assert!(shown.starts_with("file:///") && shown.ends_with("/a/c"), "{shown}");
         Ok(())
