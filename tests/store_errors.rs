@@ -201,6 +201,21 @@ fn gcs_failures_say_what_failed_and_what_to_do() {
             "invalid uploadType",
         ]);
 
+    // The emulator checks no credentials; a key that is not one is refused before any request.
+    let bad_key = r#"{"disable_oauth":false,"client_email":"kiln@example.invalid","private_key":"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n","private_key_id":"1"}"#;
+    kiln(
+        &ws,
+        &server.fresh_location(),
+        &with(&server.env(), "GOOGLE_SERVICE_ACCOUNT_KEY", bad_key),
+        &["build", recipe.to_str().unwrap()],
+    )
+    .fails_with(support::EXIT_ERROR)
+    .stderr_has(&[
+        "cannot configure the store at gs://",
+        "check its credentials and settings",
+        "Invalid RSA key",
+    ]);
+
     let endpoint = format!("http://127.0.0.1:{}", refused_port());
     let key = format!(
         r#"{{"gcs_base_url":"{endpoint}","disable_oauth":true,"client_email":"","private_key":"","private_key_id":""}}"#

@@ -22,7 +22,10 @@ pub enum StoreError {
     InvalidOption { location: String, key: String, reason: String },
 
     /// The backend for a location could not be configured (missing credentials, bad region...).
-    #[error("cannot configure the store at {location}")]
+    #[error(
+        "cannot configure the store at {location}; check its credentials and settings (the \
+         environment variables and --store-option keys for it)"
+    )]
     Connect {
         location: String,
         #[source]
