@@ -57,7 +57,19 @@ pub fn read_layer<'a, R: Read + 'a>(
     digest: Digest,
     bytes: R,
 ) -> Result<LayerContents, ContentsError> {
-    let raw: Box<dyn Read + 'a> = match media {
+    let mut raw = HashingReader::new(decompressor(media, digest, bytes)?);
+    let entries = list_entries(digest, &mut raw)?;
+    let (diff_id, _) = raw.finish();
+    Ok(LayerContents { diff_id, entries })
+}
+
+/// The uncompressed tar stream of a layer blob streamed from `bytes`.
+pub fn decompressor<'a, R: Read + 'a>(
+    media: &str,
+    digest: Digest,
+    bytes: R,
+) -> Result<Box<dyn Read + 'a>, ContentsError> {
+    Ok(match media {
         media_type::LAYER_TAR => Box::new(bytes),
         media_type::LAYER_TAR_GZIP => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
         media_type::LAYER_TAR_ZSTD => Box::new(
@@ -65,10 +77,17 @@ pub fn read_layer<'a, R: Read + 'a>(
                 .map_err(|source| ContentsError::Tar { digest, source })?,
         ),
         other => return Err(ContentsError::MediaType(other.to_string())),
-    };
+    })
+}
+
+/// Lists the entries of the uncompressed tar stream `tar` of layer `digest`, hashing each
+/// regular file, and reads the stream to its end (the end-of-archive blocks and padding
+/// belong to the diff_id too).
+pub fn list_entries<R: Read>(digest: Digest, tar: R) -> Result<Vec<LayerEntry>, ContentsError> {
     let err = |source| ContentsError::Tar { digest, source };
-    let mut archive = tar::Archive::new(HashingReader::new(raw));
+    let mut archive = tar::Archive::new(tar);
     let mut entries = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
     for entry in archive.entries().map_err(err)? {
         let mut entry = entry.map_err(err)?;
         let header = entry.header();
@@ -82,7 +101,6 @@ pub fn read_layer<'a, R: Read + 'a>(
         let link = entry.link_name().map_err(err)?.map(|l| l.to_string_lossy().into_owned());
         let (kind, size, digest) = if kind.is_file() {
             let mut h = Sha256::new();
-            let mut buf = vec![0u8; 64 * 1024];
             let mut size = 0u64;
             loop {
                 let n = entry.read(&mut buf).map_err(err)?;
@@ -104,11 +122,9 @@ pub fn read_layer<'a, R: Read + 'a>(
         };
         entries.push(LayerEntry { path, kind, mode, uid, gid, size, digest, link });
     }
-    // The tar's end-of-archive blocks and padding belong to the diff_id too.
     let mut rest = archive.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink()).map_err(err)?;
-    let (diff_id, _) = rest.finish();
-    Ok(LayerContents { diff_id, entries })
+    Ok(entries)
 }
 
 /// The regular files of a stack of layers, bottom first, as `path → sha256`: later layers

@@ -18,6 +18,7 @@ pub mod publish;
 pub mod sbom;
 pub mod simple_signing;
 pub mod source;
+pub mod stored_layer;
 pub mod verify;
 
 pub use key::{KeyError, KeyId, KeyType, PrivateKey, PublicKey};
@@ -40,9 +41,6 @@ pub enum AttestError {
     /// A document could not be serialised.
     #[error("cannot serialise an attestation: {0}")]
     Json(#[from] serde_json::Error),
-    /// A scratch file for reading a layer could not be used.
-    #[error("scratch file for layer {digest}: {source}")]
-    Scratch { digest: kiln_oci::Digest, source: std::io::Error },
     /// The descriptor names something that is not an image.
     #[error("{digest} is a {media_type}, not an image index or manifest")]
     NotAnImage { digest: kiln_oci::Digest, media_type: String },

@@ -14,7 +14,9 @@ use crate::dsse::{Envelope, ENVELOPE_MEDIA_TYPE};
 use crate::provenance::{self, BuildFacts};
 use crate::sbom::{self, SbomInput};
 use crate::simple_signing::Payload;
+use crate::stored_layer;
 use crate::{AttestError, KeyId, PrivateKey};
+use futures::{StreamExt as _, TryStreamExt as _};
 
 /// The platform manifests of an image: the root itself, or every manifest of an index.
 pub async fn manifests(store: &Store, root: &Descriptor) -> Result<Vec<Descriptor>, AttestError> {
@@ -28,27 +30,23 @@ pub async fn manifests(store: &Store, root: &Descriptor) -> Result<Vec<Descripto
     }
 }
 
-/// Reads every layer of `manifest` back from the store, bottom first.
+/// Reads every layer of `manifest` back from the store, bottom first, as many at once as
+/// there are cores.
 pub async fn read_layers(
     store: &Store,
     manifest: &ImageManifest,
 ) -> Result<Vec<LayerContents>, AttestError> {
-    let mut out = Vec::with_capacity(manifest.layers.len());
-    for layer in &manifest.layers {
-        out.push(fetch_layer(store, layer).await?);
-    }
-    Ok(out)
+    futures::stream::iter(&manifest.layers)
+        .map(|layer| stored_layer::read(store, layer))
+        .buffered(layers_at_once())
+        .try_collect()
+        .await
 }
 
-/// Reads one layer back through a scratch file, which the store fills while verifying the
-/// digest, so a layer of any size is streamed rather than held in memory.
-pub async fn fetch_layer(store: &Store, layer: &Descriptor) -> Result<LayerContents, AttestError> {
-    let scratch = |source| AttestError::Scratch { digest: layer.digest, source };
-    let tmp = tempfile::NamedTempFile::new().map_err(scratch)?;
-    store.copy_blob_to(&layer.digest, tmp.path()).await?;
-    let file = std::fs::File::open(tmp.path()).map_err(scratch)?;
-    let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-    Ok(contents::read_layer(&layer.media_type, layer.digest, reader)?)
+/// How many layers to read at once: each keeps about two cores busy, but layers of
+/// different sizes finish at different times.
+pub fn layers_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Signs `root` as `reference` (the repository name cosign records) and attaches the

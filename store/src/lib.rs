@@ -14,6 +14,7 @@
 
 mod adopt;
 mod blob;
+mod blob_stream;
 pub mod cache;
 pub mod check;
 pub mod copy;

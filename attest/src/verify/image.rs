@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt as _;
 use kiln_oci::{Descriptor, Digest, ImageConfig, ImageManifest};
 use kiln_store::Store;
 
@@ -38,11 +39,19 @@ pub(super) async fn check_manifest(
             ),
         );
     }
+    for layer in &manifest.layers {
+        report.read.insert(layer.digest);
+    }
+    // Layers are read side by side; their findings are reported in layer order.
+    let reads: Vec<_> = futures::stream::iter(&manifest.layers)
+        .map(|layer| crate::stored_layer::read(store, layer))
+        .buffered(crate::publish::layers_at_once())
+        .collect()
+        .await;
     let mut layers = Vec::new();
     let mut whole = true;
-    for (i, layer) in manifest.layers.iter().enumerate() {
-        report.read.insert(layer.digest);
-        let read = match crate::publish::fetch_layer(store, layer).await {
+    for (i, (layer, read)) in manifest.layers.iter().zip(reads).enumerate() {
+        let read = match read {
             Ok(read) => read,
             Err(AttestError::Store(e)) if e.is_integrity_failure() => {
                 report.fail("blob", format!("layer {i} {}: {e}", layer.digest));

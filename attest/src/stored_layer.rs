@@ -1,0 +1,205 @@
+//! A stored layer read in one pass: the blob streams from the store (which hashes it), is
+//! decompressed and hashed again for the diff_id on one thread, and its tar entries are listed
+//! and their files hashed on another, so the three run side by side and each byte is read
+//! once. The store's verdict on the blob comes last and wins over anything made from it.
+
+use std::io::Read;
+use std::sync::mpsc;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures::StreamExt as _;
+use kiln_oci::{Descriptor, Digest, Sha256};
+use kiln_store::Store;
+use tokio::sync::oneshot;
+
+use crate::contents::{self, ContentsError, LayerContents, LayerEntry};
+use crate::AttestError;
+
+/// Chunks waiting between two stages; with the store's chunks and [`TAR_CHUNK`] this bounds a
+/// layer's buffers to a few tens of MiB.
+const CHUNKS_IN_FLIGHT: usize = 8;
+/// How much decompressed tar one chunk carries to the listing thread.
+const TAR_CHUNK: usize = 1024 * 1024;
+
+/// Reads `layer` from `store`: its blob verified, its diff_id recomputed and its entries listed.
+pub async fn read(store: &Store, layer: &Descriptor) -> Result<LayerContents, AttestError> {
+    let digest = layer.digest;
+    let mut stream = store.blob_stream(&digest).await?;
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    let (tar_tx, tar_rx) = mpsc::sync_channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    let (inflated_tx, inflated) = oneshot::channel();
+    let (listed_tx, listed) = oneshot::channel();
+    let media = layer.media_type.clone();
+    std::thread::spawn(move || {
+        let input = Chunks::new(move || raw_rx.blocking_recv());
+        // The receiver is gone only when the reading task was dropped: nobody wants the result.
+        let _ = inflated_tx.send(inflate(&media, digest, input, &tar_tx));
+    });
+    std::thread::spawn(move || {
+        let input = Chunks::new(move || tar_rx.recv().ok());
+        let _ = listed_tx.send(contents::list_entries(digest, input));
+    });
+
+    // The whole blob is read even when decompressing stopped early, so that a damaged blob is
+    // reported as damaged rather than as a bad tar.
+    let mut sink = Some(raw_tx);
+    let mut damaged = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => {
+                if let Some(tx) = &sink {
+                    if tx.send(chunk).await.is_err() {
+                        sink = None;
+                    }
+                }
+            }
+            Err(e) => {
+                damaged = Some(e);
+                break;
+            }
+        }
+    }
+    drop(sink);
+    let inflated = inflated.await;
+    let listed = listed.await;
+    if let Some(e) = damaged {
+        return Err(e.into());
+    }
+    let gone = |what: &str| ContentsError::Tar {
+        digest,
+        source: std::io::Error::other(format!("the {what} thread stopped")),
+    };
+    let diff_id = inflated.map_err(|_| gone("decompressing"))??;
+    let entries: Vec<LayerEntry> = listed.map_err(|_| gone("listing"))??;
+    let diff_id = diff_id.ok_or_else(|| gone("listing"))?;
+    Ok(LayerContents { diff_id, entries })
+}
+
+/// Decompresses `input` as `media` says into chunks sent to `tar`, returning the diff_id, or
+/// `None` when the listing thread stopped taking chunks (its error says why).
+fn inflate<R: Read>(
+    media: &str,
+    digest: Digest,
+    input: R,
+    tar: &mpsc::SyncSender<Bytes>,
+) -> Result<Option<Digest>, ContentsError> {
+    let mut raw = contents::decompressor(media, digest, input)?;
+    let mut hasher = Sha256::new();
+    loop {
+        let mut buf = BytesMut::zeroed(TAR_CHUNK);
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = raw
+                .read(&mut buf[filled..])
+                .map_err(|source| ContentsError::Tar { digest, source })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(Some(hasher.finish()));
+        }
+        buf.truncate(filled);
+        hasher.update(&buf);
+        if tar.send(buf.freeze()).is_err() {
+            return Ok(None);
+        }
+    }
+}
+
+/// A reader over chunks handed over by another thread; `next` gives `None` at the end.
+struct Chunks<F> {
+    next: F,
+    current: Bytes,
+}
+
+impl<F: FnMut() -> Option<Bytes>> Chunks<F> {
+    fn new(next: F) -> Self {
+        Chunks { next, current: Bytes::new() }
+    }
+}
+
+impl<F: FnMut() -> Option<Bytes>> Read for Chunks<F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match (self.next)() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::Write as _;
+
+    use kiln_oci::media_type;
+
+    use super::*;
+
+    /// A gzip tar layer of `files` whose contents are large enough to span several chunks.
+    fn layer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            tar.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn files() -> Vec<(&'static str, Vec<u8>)> {
+        let big: Vec<u8> = (0..3 * TAR_CHUNK as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        vec![("a/big", big), ("b", b"small".to_vec()), ("c/empty", Vec::new())]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_pass_reads_what_the_plain_reader_reads() {
+        let store = Store::open("memory://").unwrap();
+        let bytes = layer(&files());
+        let put = store.put_blob(Bytes::from(bytes.clone())).await.unwrap();
+        let desc = Descriptor::new(media_type::LAYER_TAR_GZIP, put.digest, put.size);
+        let got = read(&store, &desc).await.unwrap();
+        let want =
+            contents::read_layer(media_type::LAYER_TAR_GZIP, put.digest, &bytes[..]).unwrap();
+        assert_eq!(got.diff_id, want.diff_id);
+        assert_eq!(got.entries, want.entries);
+        assert_eq!(got.entries.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_blob_is_reported_as_damaged_not_as_a_bad_tar() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(folder.path().to_str().unwrap()).unwrap();
+        let bytes = layer(&files());
+        let put = store.put_blob(Bytes::from(bytes.clone())).await.unwrap();
+        let path = folder.path().join("blobs/sha256").join(put.digest.hex());
+        for at in [12, bytes.len() / 2, bytes.len() - 3] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x40;
+            std::fs::write(&path, &damaged).unwrap();
+            let desc = Descriptor::new(media_type::LAYER_TAR_GZIP, put.digest, put.size);
+            match read(&store, &desc).await {
+                Err(AttestError::Store(kiln_store::StoreError::DigestMismatch { .. })) => {}
+                other => panic!("byte {at}: {other:?}"),
+            }
+        }
+    }
+}
