@@ -791,6 +791,12 @@ fn tampering_with_a_channel_is_detected_and_names_the_entry() {
         },
         &["at entry 3", "signature does not verify"],
     );
+    // An entry replaced by something far larger than any entry, which is never read whole.
+    case(
+        "oversized",
+        &|log| std::fs::write(log.join("2"), vec![b' '; 1 << 20]).unwrap(),
+        &["at entry 2", "larger than"],
+    );
     // An entry deleted.
     case("deleted", &|log| std::fs::remove_file(log.join("2")).unwrap(), &["entry 2 is missing"]);
     // Two entries swapped.

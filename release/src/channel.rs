@@ -190,8 +190,13 @@ fn tampered(ch: &ChannelRef, seq: u64, reason: impl Into<String>) -> ReleaseErro
 /// Reads entry `seq`, checking that it is an entry of this channel at this seq. Its signature
 /// is not checked here (that needs the auditor's keys; see [`verify_signature`]).
 pub async fn read_entry(store: &Store, ch: &ChannelRef, seq: u64) -> Result<Option<Stored>> {
-    let Some(bytes) = store.log_read(&ch.entry_key(seq), ENTRY_LIMIT).await? else {
-        return Ok(None);
+    let bytes = match store.log_read(&ch.entry_key(seq), ENTRY_LIMIT).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(kiln_store::StoreError::TooLarge { limit, .. }) => {
+            return Err(tampered(ch, seq, format!("the entry is larger than {limit} bytes")))
+        }
+        Err(e) => return Err(e.into()),
     };
     let Opened { statement: entry, envelope } =
         signed::open::<Entry>(&bytes, ENTRY_PAYLOAD_TYPE).map_err(|r| tampered(ch, seq, r))?;
