@@ -287,25 +287,23 @@ pub async fn head(store: &Store, ch: &ChannelRef) -> Result<Option<Stored>> {
 
 /// The highest-numbered entry found by listing the channel.
 async fn last_listed(store: &Store, ch: &ChannelRef) -> Result<Option<Stored>> {
-    let (seqs, _) = list(store, ch).await?;
+    let seqs = list(store, ch).await?;
     match seqs.last() {
         Some(&seq) => read_entry(store, ch, seq).await,
         None => Ok(None),
     }
 }
 
-/// The entry seqs present (sorted) and whether a hint exists; a key that is neither an
-/// entry nor the hint is evidence of tampering.
-async fn list(store: &Store, ch: &ChannelRef) -> Result<(Vec<u64>, bool)> {
+/// The entry seqs present, sorted; a key that is neither an entry nor the hint is evidence of
+/// tampering.
+async fn list(store: &Store, ch: &ChannelRef) -> Result<Vec<u64>> {
     let prefix = ch.to_string();
     let mut seqs = Vec::new();
-    let mut hint = false;
     for key in store.log_list(&prefix).await? {
         let Some(leaf) = key.strip_prefix(&prefix).and_then(|k| k.strip_prefix('/')) else {
             continue;
         };
         if leaf == "HEAD" {
-            hint = true;
             continue;
         }
         // Deeper keys belong to a longer image name sharing this prefix (prod/a and prod/a/b).
@@ -318,7 +316,7 @@ async fn list(store: &Store, ch: &ChannelRef) -> Result<(Vec<u64>, bool)> {
         }
     }
     seqs.sort_unstable();
-    Ok((seqs, hint))
+    Ok(seqs)
 }
 
 /// Every entry of the channel, in order, each signature checked against `keys` and each link
@@ -327,7 +325,10 @@ async fn list(store: &Store, ch: &ChannelRef) -> Result<(Vec<u64>, bool)> {
 /// [`ReleaseError::Tampered`] naming the entry. A hint behind the head is normal (a writer
 /// stopped between its entry and the hint) and is returned as such.
 pub async fn audit(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result<Audit> {
-    let (seqs, has_hint) = list(store, ch).await?;
+    // The hint is read before listing: a writer moves it only after its entry exists, so an
+    // append racing this audit can never make the hint look ahead of the listed entries.
+    let hint = read_hint(store, ch).await?;
+    let seqs = list(store, ch).await?;
     if let Some((i, &seq)) = seqs.iter().enumerate().find(|(i, s)| **s != *i as u64 + 1) {
         return Err(tampered(
             ch,
@@ -350,7 +351,6 @@ pub async fn audit(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result
         check_link(ch, prev, e)?;
         prev = Some(e);
     }
-    let hint = if has_hint { read_hint(store, ch).await? } else { None };
     let hint_behind = match (&hint, entries.last()) {
         (Some(h), Some(last)) if h.seq > last.entry.seq => {
             return Err(tampered(

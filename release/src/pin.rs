@@ -207,6 +207,16 @@ pub fn render(
 ) -> Result<Vec<u8>> {
     check_repository(repository)?;
     let r = &loaded.release;
+    // The record comes from the store: its name and version reach YAML, shell and HCL only
+    // once they are known to be a valid repository name and tag.
+    let valid = r.name.parse::<kiln_store::RepoName>().is_ok()
+        && (r.version.is_empty() || r.version.parse::<kiln_store::Tag>().is_ok());
+    if !valid {
+        return Err(ReleaseError::NotARelease {
+            digest: loaded.id,
+            reason: format!("its name {:?} or version {:?} is malformed", r.name, r.version),
+        });
+    }
     let image_ref = format!("{repository}@{}", r.image.digest);
     let disks = disks(loaded, store_url);
     Ok(match format {
@@ -254,8 +264,8 @@ pub fn render(
             out
         }
         Format::K8s => {
-            // Every value is a digest or a checked repository/name: no YAML quoting needed,
-            // but quoted anyway so a name like `on` or `1e3` stays a string.
+            // Every value is a digest, a checked repository, name or tag: none needs escaping,
+            // but each is quoted so a name like `on` or `1e3` stays a string.
             format!(
                 "# kiln release {id} ({name} {version})\nimages:\n- name: \"{name}\"\n  newName: \"{repository}\"\n  digest: \"{digest}\"\n",
                 id = loaded.id,
