@@ -1,14 +1,13 @@
 //! A stored layer read in one pass: the blob streams from the store (which hashes it), is
-//! decompressed and hashed again for the diff_id on one thread, and its tar entries are listed
-//! and their files hashed on another, so the three run side by side and each byte is read
-//! once. The store's verdict on the blob comes last and wins over anything made from it.
+//! decompressed on one thread, and hashed for the diff_id, its tar entries listed and their
+//! files hashed on another, so the three run side by side and each byte is read once. The store's verdict on the blob comes last and wins over anything made from it.
 
 use std::io::Read;
 use std::sync::mpsc;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures::StreamExt as _;
-use kiln_oci::{Descriptor, Digest, Sha256};
+use kiln_oci::{Descriptor, Digest, HashingReader};
 use kiln_store::Store;
 use tokio::sync::oneshot;
 
@@ -36,8 +35,9 @@ pub async fn read(store: &Store, layer: &Descriptor) -> Result<LayerContents, At
         let _ = inflated_tx.send(inflate(&media, digest, input, &tar_tx));
     });
     std::thread::spawn(move || {
-        let input = Chunks::new(move || tar_rx.recv().ok());
-        let _ = listed_tx.send(contents::list_entries(digest, input));
+        let mut input = HashingReader::new(Chunks::new(move || tar_rx.recv().ok()));
+        let listed = contents::list_entries(digest, &mut input);
+        let _ = listed_tx.send(listed.map(|entries| (entries, input.finish().0)));
     });
 
     // The whole blob is read even when decompressing stopped early, so that a damaged blob is
@@ -69,22 +69,23 @@ pub async fn read(store: &Store, layer: &Descriptor) -> Result<LayerContents, At
         digest,
         source: std::io::Error::other(format!("the {what} thread stopped")),
     };
-    let diff_id = inflated.map_err(|_| gone("decompressing"))??;
-    let entries: Vec<LayerEntry> = listed.map_err(|_| gone("listing"))??;
-    let diff_id = diff_id.ok_or_else(|| gone("listing"))?;
+    let finished = inflated.map_err(|_| gone("decompressing"))??;
+    let (entries, diff_id): (Vec<LayerEntry>, Digest) = listed.map_err(|_| gone("listing"))??;
+    if !finished {
+        return Err(gone("listing").into());
+    }
     Ok(LayerContents { diff_id, entries })
 }
 
-/// Decompresses `input` as `media` says into chunks sent to `tar`, returning the diff_id, or
-/// `None` when the listing thread stopped taking chunks (its error says why).
+/// Decompresses `input` as `media` says into chunks sent to `tar`; false when the listing
+/// thread stopped taking chunks (its error says why).
 fn inflate<R: Read>(
     media: &str,
     digest: Digest,
     input: R,
     tar: &mpsc::SyncSender<Bytes>,
-) -> Result<Option<Digest>, ContentsError> {
+) -> Result<bool, ContentsError> {
     let mut raw = contents::decompressor(media, digest, input)?;
-    let mut hasher = Sha256::new();
     loop {
         let mut buf = BytesMut::zeroed(TAR_CHUNK);
         let mut filled = 0;
@@ -98,12 +99,11 @@ fn inflate<R: Read>(
             filled += n;
         }
         if filled == 0 {
-            return Ok(Some(hasher.finish()));
+            return Ok(true);
         }
         buf.truncate(filled);
-        hasher.update(&buf);
         if tar.send(buf.freeze()).is_err() {
-            return Ok(None);
+            return Ok(false);
         }
     }
 }
