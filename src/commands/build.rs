@@ -67,7 +67,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let work = tempfile::tempdir().context("creating a scratch folder")?;
+    let work = kiln_store::scratch::Scratch::create().context("creating a scratch folder")?;
     let opts = BuildOptions {
         epoch,
         threads,

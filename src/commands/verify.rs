@@ -140,7 +140,7 @@ fn rebuild(
         Some(p) => p.to_path_buf(),
         None => checkout.clone(),
     };
-    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
+    let scratch = kiln_store::scratch::Scratch::create().context("creating a scratch folder")?;
     let name = recipe_path.file_name().map_or_else(|| "recipe.toml".into(), |n| n.to_os_string());
     let file = scratch.path().join(name);
     // The recorded recipe and lock (which the checkout's match, or the checkout has no lock)

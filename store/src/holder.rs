@@ -46,9 +46,19 @@ impl Holder {
         boot_id().is_some_and(|boot| boot == self.boot) && start_time(self.pid) != Some(self.start)
     }
 
-    /// A name for files and keys, unique among processes of all boots of all machines.
+    /// A name for files and keys, unique among processes of all boots of all machines:
+    /// `<boot>-<pid>-<start>`.
     pub fn file_name(&self) -> String {
         format!("{}-{}-{}", &self.boot, self.pid, self.start)
+    }
+
+    /// The holder a [`Holder::file_name`] names.
+    pub fn from_file_name(name: &str) -> Option<Holder> {
+        let mut parts = name.rsplitn(3, '-');
+        let start = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        let boot = parts.next()?.to_string();
+        Some(Holder { boot, pid, start })
     }
 }
 
@@ -69,5 +79,6 @@ mod tests {
         }
         assert!(Holder { start: me.start + 1, ..me.clone() }.is_dead(), "a reused pid");
         assert!(!Holder { boot: "another machine".into(), pid, start: 0 }.is_dead());
+        assert_eq!(Holder::from_file_name(&me.file_name()), Some(me));
     }
 }

@@ -31,6 +31,7 @@ pub mod location;
 pub mod log;
 mod referrers;
 mod refs;
+pub mod scratch;
 mod walk;
 
 use std::sync::Arc;
