@@ -17,11 +17,11 @@ use crate::{key, Store};
 /// Files this size or larger go through a staged multipart upload instead of one put.
 pub(crate) const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// Multipart part size; above S3's 5 MiB minimum, small enough to keep memory flat.
-const PART_SIZE: usize = 8 * 1024 * 1024;
+pub(crate) const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploading at once; with [`PART_SIZE`] this bounds an upload's buffers to ~40 MiB
 /// (4 parts plus the one filling). Measured on loopback SeaweedFS, 1 GiB: 2 in flight pushed
 /// at 59 % of boto3's rate, 4 at 78 %.
-const PARTS_IN_FLIGHT: usize = 4;
+pub(crate) const PARTS_IN_FLIGHT: usize = 4;
 /// How much of a local file is read per step.
 const READ_CHUNK: usize = 1024 * 1024;
 /// Small requests (existence checks, cache reads) in flight at once in [`Store::has_blobs`]
@@ -132,22 +132,15 @@ impl Store {
         S: futures::Stream<Item = Result<Bytes>> + Unpin,
     {
         let staging = key::upload(expected);
-        let upload = self.inner.put_multipart(&staging).await.map_err(backend_err(&staging))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let (found, found_size) = match send_chunks(chunks, &staging, &mut writer).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                // Best effort: the original error is the one worth reporting.
-                let _ = writer.abort().await;
-                return Err(e);
+        let sent = match &self.multipart {
+            Some(multipart) => {
+                self.send_recorded(multipart, chunks, &staging, expected, size).await?
             }
+            None => self.send_unrecorded(chunks, &staging, expected, size).await?,
         };
-        // What was hashed is exactly what was sent, so a source changed mid-read is caught here.
-        if found != *expected || found_size != size {
-            let _ = writer.abort().await;
+        if let Err((found, found_size)) = sent {
             return Err(mismatch(found, found_size));
         }
-        writer.finish().await.map_err(backend_err(&staging))?;
         let published = self.publish(&staging, expected, size).await;
         let cleaned = match self.inner.delete(&staging).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -156,6 +149,41 @@ impl Store {
         let uploaded = published?;
         cleaned?;
         Ok(uploaded)
+    }
+
+    /// Sends `chunks` to `staging` through object_store's own multipart writer (a folder store,
+    /// whose interrupted uploads are part files that gc finds on disk). Completed only when the
+    /// bytes are `expected` of `size`; otherwise aborted and what was sent returned.
+    async fn send_unrecorded<S>(
+        &self,
+        chunks: S,
+        staging: &Key,
+        expected: &Digest,
+        size: u64,
+    ) -> Result<std::result::Result<(), (Digest, u64)>>
+    where
+        S: futures::Stream<Item = Result<Bytes>> + Unpin,
+    {
+        let upload = self.inner.put_multipart(staging).await.map_err(backend_err(staging))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let (found, found_size) = match send_chunks(chunks, staging, &mut writer).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    eprintln!("warning: cannot abort the upload to {staging}: {abort}");
+                }
+                return Err(e);
+            }
+        };
+        // What was hashed is exactly what was sent, so a source changed mid-read is caught here.
+        if found != *expected || found_size != size {
+            if let Err(abort) = writer.abort().await {
+                eprintln!("warning: cannot abort the upload to {staging}: {abort}");
+            }
+            return Ok(Err((found, found_size)));
+        }
+        writer.finish().await.map_err(backend_err(staging))?;
+        Ok(Ok(()))
     }
 
     /// Copies a completed staging object to its blob key once its size proves it whole.

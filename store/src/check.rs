@@ -48,6 +48,10 @@ pub enum Problem {
     /// An index or manifest is present but does not decode.
     #[serde(rename_all = "camelCase")]
     BadDocument { digest: Digest, error: String },
+    /// A multipart upload was started and never completed or aborted (a killed writer, or
+    /// one still running); `kiln gc` aborts it once older than its grace.
+    #[serde(rename_all = "camelCase")]
+    UnfinishedUpload { marker: String, upload_id: String },
     /// A build cache entry that no build would use, or that contradicts a stored image.
     #[serde(rename_all = "camelCase")]
     BadCacheEntry { key: String, problem: crate::cache::check::EntryProblem },
@@ -67,6 +71,9 @@ impl fmt::Display for Problem {
             }
             Problem::BadDocument { digest, error } => {
                 write!(f, "blob {digest} is not a valid index or manifest: {error}")
+            }
+            Problem::UnfinishedUpload { marker, upload_id } => {
+                write!(f, "unfinished multipart upload {upload_id:?} recorded by {marker}")
             }
             Problem::BadCacheEntry { key, problem } => {
                 write!(f, "bad cache entry {key}: {problem}")
@@ -160,6 +167,12 @@ impl Store {
                 }
                 Err(e) => report.problems.push(Problem::BadRef { key, error: e.to_string() }),
             }
+        }
+        for upload in self.unfinished_uploads().await? {
+            report.problems.push(Problem::UnfinishedUpload {
+                marker: upload.marker,
+                upload_id: upload.upload_id,
+            });
         }
         for bad in self.check_cache().await? {
             report.problems.push(Problem::BadCacheEntry { key: bad.key, problem: bad.problem });

@@ -1,6 +1,6 @@
 //! Garbage collection: mark every blob reachable from the store's roots, then sweep the
-//! unreachable blobs, stale staging uploads and dangling cache entries older than a grace
-//! period.
+//! unreachable blobs, stale staging uploads (aborting the multipart uploads recorded under
+//! `uploads/`) and dangling cache entries older than a grace period.
 //!
 //! Roots are refs, live leases (see [`crate::lease`]), and every key under `log/` and
 //! `referrers/` (channel history, signatures, attestations): any `sha256:<hex>` those documents mention, and the digests their keys
@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::cache::open_entry;
 use crate::error::{Result, StoreError};
 use crate::inventory::Listed;
+use crate::upload::MARKER_SUFFIX;
 use crate::{key, Store};
 
 /// Blobs up to this size are read during marking when they look like JSON; larger ones are
@@ -57,6 +58,9 @@ pub struct GcReport {
     pub uploads_deleted: u64,
     pub upload_bytes_deleted: u64,
     pub cache_entries_deleted: u64,
+    /// Multipart uploads recorded under `uploads/` and never finished, aborted (their parts
+    /// freed).
+    pub multipart_uploads_aborted: u64,
     /// Leases of builds and copies in flight, whose blobs were kept.
     pub leases_live: u64,
     /// Records of expired leases, or of leases whose holder is known dead, deleted.
@@ -134,12 +138,25 @@ impl Store {
         }
         // An upload of a leased blob is in flight: its writer is about to publish it.
         let in_flight = |name: &str| key::upload_digest(name).is_some_and(|d| leased.contains(&d));
+        let mut markers = Vec::new();
         for entry in uploads {
             let name = entry.key.filename().unwrap_or_default();
-            if old(&entry) && !in_flight(name) {
+            if !old(&entry) || in_flight(name) {
+                continue;
+            }
+            if name.ends_with(MARKER_SUFFIX) {
+                // The recorded multipart upload of a writer that never finished.
+                report.multipart_uploads_aborted += 1;
+                markers.push(entry.key);
+            } else {
                 report.uploads_deleted += 1;
                 report.upload_bytes_deleted += entry.size;
                 doomed.push(entry.key);
+            }
+        }
+        if !options.dry_run {
+            for marker in &markers {
+                self.abort_recorded(marker).await?;
             }
         }
         let parts = parts
@@ -236,8 +253,8 @@ impl Store {
 
     /// In a folder store, the `uploads/<key>#<n>` part files of multipart uploads that were
     /// interrupted (a killed process) and are older than `cutoff`. object_store hides them
-    /// from listings, so they are found on disk. (A bucket keeps such parts as incomplete
-    /// multipart uploads, which a lifecycle rule aborts; they are never visible as objects.)
+    /// from listings, so they are found on disk. (A bucket's multipart uploads are recorded
+    /// by markers instead, see [`crate::upload`].)
     fn stale_part_files(&self, cutoff: SystemTime) -> Result<Vec<(PathBuf, u64)>> {
         let Some(folder) = &self.folder else { return Ok(Vec::new()) };
         let dir = folder.join(key::UPLOADS);

@@ -32,6 +32,7 @@ pub mod log;
 mod referrers;
 mod refs;
 pub mod scratch;
+mod upload;
 mod walk;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct Store {
     /// The folder of a local store: gc also removes the part files an interrupted multipart
     /// upload leaves there, which the object listing does not show.
     folder: Option<std::path::PathBuf>,
+    /// The backend's multipart uploads, driven by id (buckets and memory).
+    multipart: Option<upload::Multipart>,
 }
 
 impl Store {
@@ -75,7 +78,13 @@ impl Store {
             Location::Folder(path) => Some(path.clone()),
             _ => None,
         };
-        Ok(Store { inner: location.connect(options)?, description: location.to_string(), folder })
+        let connected = location.connect(options)?;
+        Ok(Store {
+            inner: connected.objects,
+            description: location.to_string(),
+            folder,
+            multipart: connected.multipart,
+        })
     }
 
     /// [`Store::open_with_options`] for a store that must already exist, such as one being
@@ -88,7 +97,7 @@ impl Store {
 
     /// Wraps an already built backend; `description` is what [`Store::describe`] shows.
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Store {
-        Store { inner, description: description.into(), folder: None }
+        Store { inner, description: description.into(), folder: None, multipart: None }
     }
 
     /// Where this store lives, for messages (`file:///...`, `memory://`, `s3://...`).

@@ -13,6 +13,7 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
@@ -20,6 +21,14 @@ use url::Url;
 
 use crate::error::{Result, StoreError};
 use crate::explain::Explaining;
+use crate::upload::Multipart;
+
+/// A connected backend: its objects, and direct access to its multipart uploads where it has
+/// them (so an upload can be recorded by id, and aborted by id after a crash).
+pub(crate) struct Connected {
+    pub objects: Arc<dyn ObjectStore>,
+    pub multipart: Option<Multipart>,
+}
 
 /// A cloud store: which service, which bucket (or container), and a key prefix inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,7 +190,7 @@ impl Location {
 
     /// Builds the object store backend for this location, applying `options` (object_store
     /// config keys and values) on top of the environment. Local stores take no options.
-    pub(crate) fn connect(&self, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
+    pub(crate) fn connect(&self, options: &[(String, String)]) -> Result<Connected> {
         let bucket = match self {
             Location::Bucket(bucket) => bucket,
             local => {
@@ -197,9 +206,14 @@ impl Location {
                             })?
                             // Removes the directories a deleted staging upload leaves behind.
                             .with_automatic_cleanup(true);
-                        Ok(Arc::new(fs))
+                        // Its multipart uploads are part files, found on disk (see gc).
+                        Ok(Connected { objects: Arc::new(fs), multipart: None })
                     }
-                    _ => Ok(Arc::new(InMemory::new())),
+                    _ => {
+                        let memory = Arc::new(InMemory::new());
+                        let multipart = Some(Multipart::new(memory.clone(), ""));
+                        Ok(Connected { objects: memory, multipart })
+                    }
                 };
             }
         };
@@ -217,38 +231,44 @@ impl Location {
         }
         let options = backend_options.as_slice();
         let retry = retry_config(max_retries);
-        let store: Arc<dyn ObjectStore> = match bucket.service {
-            Service::S3 => {
-                let builder = self.s3(&bucket.name, options)?.with_retry(retry);
-                Arc::new(builder.build().map_err(connect_err)?)
-            }
-            Service::Gcs => {
-                let mut builder =
-                    GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket.name);
-                for (key, value) in options {
-                    let key: GoogleConfigKey =
-                        key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
-                    builder = builder.with_config(key, value);
+        let (store, multipart): (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) =
+            match bucket.service {
+                Service::S3 => {
+                    let builder = self.s3(&bucket.name, options)?.with_retry(retry);
+                    let s3 = Arc::new(builder.build().map_err(connect_err)?);
+                    (s3.clone(), s3)
                 }
-                Arc::new(builder.with_retry(retry).build().map_err(connect_err)?)
-            }
-            Service::Azure => {
-                let mut builder =
-                    MicrosoftAzureBuilder::from_env().with_container_name(&bucket.name);
-                for (key, value) in options {
-                    let key: AzureConfigKey =
-                        key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
-                    builder = builder.with_config(key, value);
+                Service::Gcs => {
+                    let mut builder =
+                        GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket.name);
+                    for (key, value) in options {
+                        let key: GoogleConfigKey =
+                            key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
+                        builder = builder.with_config(key, value);
+                    }
+                    let gcs = Arc::new(builder.with_retry(retry).build().map_err(connect_err)?);
+                    (gcs.clone(), gcs)
                 }
-                Arc::new(builder.with_retry(retry).build().map_err(connect_err)?)
-            }
-        };
+                Service::Azure => {
+                    let mut builder =
+                        MicrosoftAzureBuilder::from_env().with_container_name(&bucket.name);
+                    for (key, value) in options {
+                        let key: AzureConfigKey =
+                            key.parse().map_err(|e| self.bad_option(key, &format!("{e}")))?;
+                        builder = builder.with_config(key, value);
+                    }
+                    let azure = Arc::new(builder.with_retry(retry).build().map_err(connect_err)?);
+                    (azure.clone(), azure)
+                }
+            };
         let store: Arc<dyn ObjectStore> =
             Arc::new(Explaining::new(store, bucket.service, &bucket.name));
+        let multipart = Some(Multipart::new(multipart, &bucket.prefix));
         if bucket.prefix.is_empty() {
-            Ok(store)
+            Ok(Connected { objects: store, multipart })
         } else {
-            Ok(Arc::new(PrefixStore::new(store, Key::from(bucket.prefix.as_str()))))
+            let objects = Arc::new(PrefixStore::new(store, Key::from(bucket.prefix.as_str())));
+            Ok(Connected { objects, multipart })
         }
     }
 

@@ -510,6 +510,7 @@ conformance!(
     cache_entries_are_checked_before_use,
     check_reports_bad_cache_entries,
     gc_keeps_what_a_live_lease_names,
+    unfinished_multipart_uploads_are_reported_and_aborted,
     empty_store,
     has_blobs_keeps_order,
     concurrent_puts_of_same_content,

@@ -264,3 +264,31 @@ pub async fn gc_keeps_what_a_live_lease_names(f: Fixture) {
     assert_eq!((report.blobs_deleted, report.lease_records_deleted), (1, 2), "{report:?}");
     assert_eq!(f.keys().await, Vec::<String>::new());
 }
+
+pub async fn unfinished_multipart_uploads_are_reported_and_aborted(f: Fixture) {
+    // A copy whose large source blob turns out corrupt sends parts, then aborts: nothing of it
+    // stays in the target, not even a record.
+    let big = pattern(9 * 1024 * 1024 + 5);
+    let manifest = image(&f.store, std::slice::from_ref(&big)).await;
+    f.corrupt(&blob_key(&Digest::of(&big))).await;
+    let target = f.sibling();
+    assert!(copy_image(&f.store, &target, &Reference::Digest(manifest.digest)).await.is_err());
+    let now = GcOptions { grace: Duration::ZERO, dry_run: false };
+    let report = target.gc(now).await.unwrap();
+    assert_eq!((report.uploads_deleted, report.multipart_uploads_aborted), (0, 0), "{report:?}");
+
+    // The record a killed writer leaves: reported by check, aborted by gc, and gone.
+    let marker = format!("uploads/{}-1-2-3.multipart", Digest::of(b"x").hex());
+    let record =
+        serde_json::json!({"key": marker.trim_end_matches(".multipart"), "uploadId": "gone"});
+    f.raw
+        .put(&Key::from(marker.as_str()), serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+    let problems = f.store.check(&NoProgress).await.unwrap().problems;
+    let want = Problem::UnfinishedUpload { marker: marker.clone(), upload_id: "gone".into() };
+    assert!(problems.contains(&want), "{problems:?}");
+    let report = f.store.gc(now).await.unwrap();
+    assert_eq!(report.multipart_uploads_aborted, 1, "{report:?}");
+    assert!(!f.keys().await.contains(&marker));
+}

@@ -1,0 +1,257 @@
+//! Multipart uploads that are recorded before any part is sent, so that nothing a killed
+//! writer started stays in the bucket unseen.
+//!
+//! An incomplete multipart upload is no object: listings do not show it, yet its parts take
+//! space until aborted. So before sending parts, a writer creates the upload by id (through
+//! object_store's [`MultipartStore`], which S3, GCS, Azure and memory stores implement) and
+//! writes a marker `uploads/<staging-name>.multipart` holding that id; the marker goes once
+//! the upload is completed or aborted. gc aborts the uploads of markers older than its grace
+//! (unless a live lease names the blob), and `store check` reports every marker. Folder stores
+//! have no upload ids: their interrupted uploads are part files, which gc finds on disk.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{StreamExt, TryStreamExt};
+use kiln_oci::{Digest, Sha256};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::PutPayload;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::holder::Holder;
+use crate::Store;
+
+/// What marks a key under `uploads/` as a marker rather than a staging object.
+pub(crate) const MARKER_SUFFIX: &str = ".multipart";
+
+/// A backend's multipart uploads, addressed by id.
+#[derive(Clone)]
+pub(crate) struct Multipart {
+    store: Arc<dyn MultipartStore>,
+    /// The store's key prefix in the bucket, which [`MultipartStore`] does not apply.
+    prefix: String,
+}
+
+impl std::fmt::Debug for Multipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multipart").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Multipart {
+    pub(crate) fn new(store: Arc<dyn MultipartStore>, prefix: &str) -> Multipart {
+        Multipart { store, prefix: prefix.to_string() }
+    }
+
+    /// `key` of the store as the bucket names it.
+    fn path(&self, key: &Key) -> Key {
+        if self.prefix.is_empty() {
+            key.clone()
+        } else {
+            Key::from(format!("{}/{key}", self.prefix))
+        }
+    }
+}
+
+/// What a marker records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Marker {
+    /// The staging key the upload writes, inside the store.
+    key: String,
+    /// The backend's id of the upload.
+    upload_id: String,
+    /// Who started it, when `/proc` could say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<Holder>,
+}
+
+/// An upload a marker records: its marker's key and the upload id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnfinishedUpload {
+    /// The marker, `uploads/<name>.multipart`.
+    pub marker: String,
+    /// The upload's id, as the backend names it; empty when the marker does not decode.
+    pub upload_id: String,
+}
+
+/// Exactly `n` bytes from the front of `queue` (which holds at least that many).
+fn take(queue: &mut VecDeque<Bytes>, mut n: usize) -> PutPayload {
+    let mut part = Vec::new();
+    while n > 0 {
+        let Some(mut front) = queue.pop_front() else { break };
+        if front.len() > n {
+            let rest = front.split_off(n);
+            queue.push_front(rest);
+        }
+        n -= front.len();
+        part.push(front);
+    }
+    part.into_iter().collect()
+}
+
+impl Store {
+    /// Sends `chunks` to `staging` as a recorded multipart upload, hashing what is sent. It is
+    /// completed only when the bytes are `expected` of `size`; otherwise aborted, and what was
+    /// sent returned as `Err((digest, size))`.
+    pub(crate) async fn send_recorded<S>(
+        &self,
+        multipart: &Multipart,
+        chunks: S,
+        staging: &Key,
+        expected: &Digest,
+        size: u64,
+    ) -> Result<std::result::Result<(), (Digest, u64)>>
+    where
+        S: futures::Stream<Item = Result<Bytes>> + Unpin,
+    {
+        let path = multipart.path(staging);
+        let upload_id = multipart
+            .store
+            .create_multipart(&path)
+            .await
+            .map_err(|e| StoreError::backend(staging, e))?;
+        let marker_key = Key::from(format!("{staging}{MARKER_SUFFIX}"));
+        let marker = Marker {
+            key: staging.to_string(),
+            upload_id: upload_id.clone(),
+            holder: Holder::current(),
+        };
+        let recorded = match serde_json::to_vec(&marker) {
+            Ok(bytes) => self.create(&marker_key, Bytes::from(bytes)).await.map(|_| ()),
+            Err(source) => Err(StoreError::Json { key: marker_key.to_string(), source }),
+        };
+        let sent = match recorded {
+            Ok(()) => send_parts(multipart, chunks, &path, staging, &upload_id).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match sent {
+            Ok((found, found_size, parts)) if found == *expected && found_size == size => {
+                multipart
+                    .store
+                    .complete_multipart(&path, &upload_id, parts)
+                    .await
+                    .map_err(|e| StoreError::backend(staging, e))?;
+                Ok(Ok(()))
+            }
+            Ok((found, found_size, _)) => {
+                abort(multipart, &path, &upload_id).await;
+                Ok(Err((found, found_size)))
+            }
+            Err(e) => {
+                abort(multipart, &path, &upload_id).await;
+                Err(e)
+            }
+        };
+        // The upload is finished one way or the other; a marker left behind only makes gc
+        // try an abort that finds nothing.
+        if let Err(e) = self.inner.delete(&marker_key).await {
+            eprintln!("warning: cannot remove upload marker {marker_key}: {e}");
+        }
+        outcome
+    }
+
+    /// Every upload marker under `uploads/`, with its upload id.
+    pub(crate) async fn unfinished_uploads(&self) -> Result<Vec<UnfinishedUpload>> {
+        let mut found = Vec::new();
+        for entry in self.list_under(crate::key::UPLOADS).await? {
+            if !entry.key.as_ref().ends_with(MARKER_SUFFIX) {
+                continue;
+            }
+            let Some(bytes) = self.read_object(&entry.key).await? else { continue };
+            let upload_id =
+                serde_json::from_slice::<Marker>(&bytes).map(|m| m.upload_id).unwrap_or_default();
+            found.push(UnfinishedUpload { marker: entry.key.to_string(), upload_id });
+        }
+        found.sort_by(|a, b| a.marker.cmp(&b.marker));
+        Ok(found)
+    }
+
+    /// Aborts the upload `marker` records and deletes the marker.
+    pub(crate) async fn abort_recorded(&self, marker: &Key) -> Result<()> {
+        if let (Some(multipart), Some(bytes)) = (&self.multipart, self.read_object(marker).await?) {
+            // A marker that does not decode names no upload that can be aborted.
+            if let Ok(m) = serde_json::from_slice::<Marker>(&bytes) {
+                let staging = Key::from(m.key.as_str());
+                match multipart.store.abort_multipart(&multipart.path(&staging), &m.upload_id).await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(source) => return Err(StoreError::backend(&staging, source)),
+                }
+            }
+        }
+        match self.inner.delete(marker).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StoreError::backend(marker, source)),
+        }
+    }
+}
+
+/// Aborts an upload after a failure; the failure is the error worth reporting, so a failed
+/// abort is only warned about (the marker stays for gc).
+async fn abort(multipart: &Multipart, path: &Key, upload_id: &str) {
+    if let Err(e) = multipart.store.abort_multipart(path, &upload_id.to_string()).await {
+        eprintln!("warning: cannot abort multipart upload {upload_id} of {path}: {e}");
+    }
+}
+
+/// Sends `chunks` as parts of [`crate::blob::PART_SIZE`] bytes, a bounded number in flight,
+/// returning the digest and size of what was sent and the parts in order.
+async fn send_parts<S>(
+    multipart: &Multipart,
+    mut chunks: S,
+    path: &Key,
+    staging: &Key,
+    upload_id: &str,
+) -> Result<(Digest, u64, Vec<PartId>)>
+where
+    S: futures::Stream<Item = Result<Bytes>> + Unpin,
+{
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut queue = VecDeque::new();
+    let mut queued = 0usize;
+    let mut parts: Vec<Option<PartId>> = Vec::new();
+    let mut in_flight = FuturesUnordered::new();
+    let send = |index: usize, payload: PutPayload| {
+        let store = multipart.store.clone();
+        let (path, id) = (path.clone(), upload_id.to_string());
+        async move { store.put_part(&path, &id, index, payload).await.map(|part| (index, part)) }
+    };
+    let mut done = false;
+    while !done {
+        match chunks.try_next().await? {
+            Some(chunk) => {
+                hasher.update(&chunk);
+                len += chunk.len() as u64;
+                queued += chunk.len();
+                queue.push_back(chunk);
+            }
+            None => done = true,
+        }
+        while queued >= crate::blob::PART_SIZE || (done && queued > 0) {
+            let n = queued.min(crate::blob::PART_SIZE);
+            queued -= n;
+            // Back-pressure: a fast source waits for a part slot.
+            while in_flight.len() >= crate::blob::PARTS_IN_FLIGHT {
+                let next: Option<object_store::Result<(usize, PartId)>> = in_flight.next().await;
+                let Some(sent) = next else { break };
+                let (index, part) = sent.map_err(|e| StoreError::backend(staging, e))?;
+                parts[index] = Some(part);
+            }
+            parts.push(None);
+            in_flight.push(send(parts.len() - 1, take(&mut queue, n)));
+        }
+    }
+    while let Some(sent) = in_flight.next().await {
+        let (index, part) = sent.map_err(|e| StoreError::backend(staging, e))?;
+        parts[index] = Some(part);
+    }
+    let parts = parts.into_iter().flatten().collect();
+    Ok((hasher.finish(), len, parts))
+}
