@@ -51,6 +51,31 @@ impl Shared {
         })
     }
 
+    /// The keys of the multipart uploads in progress under `location`, listed through the S3
+    /// API (ListMultipartUploads, signed by curl); `None` on other backends.
+    fn multipart_uploads(&self, location: &str) -> Option<Vec<String>> {
+        let Backend::Cloud(server) = &self.backend else { return None };
+        let env: std::collections::HashMap<String, String> = server.env().into_iter().collect();
+        let (key, secret) = (env.get("AWS_ACCESS_KEY_ID")?, env.get("AWS_SECRET_ACCESS_KEY")?);
+        let region = env.get("AWS_REGION").map_or("us-east-1", String::as_str);
+        let prefix = location.strip_prefix(&format!("s3://{}/", server.bucket))?;
+        let url = format!("{}/{}?prefix={prefix}%2F&uploads=", server.endpoint, server.bucket);
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "--aws-sigv4", &format!("aws:amz:{region}:s3")])
+            .args(["--user", &format!("{key}:{secret}"), &url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        let xml = String::from_utf8(out.stdout).unwrap();
+        assert!(xml.contains("ListMultipartUploadsResult"), "{xml}");
+        let uploads = xml
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|u| Some(u.split_once("<Key>")?.1.split_once("</Key>")?.0.to_string()))
+            .collect();
+        Some(uploads)
+    }
+
     /// Another empty store on the same backend.
     fn sibling(&self, name: &str) -> String {
         match &self.backend {
@@ -357,7 +382,8 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
         }
         eprintln!("{interrupted} of 20 runs were interrupted by SIGKILL on {}", shared.location);
         // Whatever was left behind, no blob holds anything but the content its key names, and
-        // no tag points at an incomplete image.
+        // no tag points at an incomplete image; an upload cut short is reported as such.
+        let mut recorded = 0;
         for location in &killed {
             // A run killed before it opened its folder store left nothing to check.
             if location.strip_prefix("file://").is_some_and(|p| !Path::new(p).exists()) {
@@ -365,12 +391,20 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
             }
             let (_, report) = shared.check(location);
             let problems = report["problems"].as_array().unwrap();
-            assert!(problems.is_empty(), "after the kill, {location}: {report}");
+            let unfinished = problems.iter().filter(|p| p["kind"] == "unfinishedUpload").count();
+            assert_eq!(unfinished, problems.len(), "after the kill, {location}: {report}");
+            if let Some(uploads) = shared.multipart_uploads(location) {
+                assert!(uploads.len() >= unfinished, "{location}: {uploads:?} {report}");
+            }
+            recorded += unfinished;
         }
-        // gc clears what the kills left in staging, including part files a folder store's
-        // listing hides.
-        for location in &killed {
-            shared.json("gc", &["--store", location, "gc", "--grace", "0s", "--json"]);
+        eprintln!("{recorded} recorded multipart uploads were left by the kills");
+        // gc clears what the kills left: staging objects, part files a folder store's listing
+        // hides, multipart uploads a bucket keeps unseen, leases of the dead processes and
+        // their scratch folders. Nothing unreferenced remains.
+        for (i, location) in killed.iter().enumerate() {
+            let runner = format!("k{}", i / 2);
+            shared.json(&runner, &["--store", location, "gc", "--grace", "0s", "--json"]);
             if let Some(path) = location.strip_prefix("file://") {
                 let uploads = Path::new(path).join("uploads");
                 let left: Vec<_> = std::fs::read_dir(&uploads)
@@ -378,6 +412,33 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
                     .unwrap_or_default();
                 assert!(left.is_empty(), "{left:?}");
             }
+            if let Some(uploads) = shared.multipart_uploads(location) {
+                // Known gap: publishing copies the staging object to the blob key through a
+                // one-part multipart copy inside object_store, whose id kiln never sees; a
+                // kill during that copy leaves it. Every upload kiln starts is aborted.
+                let staging: Vec<_> = uploads.iter().filter(|k| !k.contains("/blobs/")).collect();
+                assert!(staging.is_empty(), "{location}: {uploads:?}");
+            }
+            let scratch = shared.tmp.path().join(format!("runner-{runner}/tmp/kiln-scratch"));
+            let left: Vec<_> = std::fs::read_dir(&scratch)
+                .map(|d| d.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "scratch left by a killed run: {left:?}");
+            let again = shared.json(
+                &runner,
+                &["--store", location, "gc", "--grace", "0s", "--dry-run", "--json"],
+            );
+            for count in [
+                "blobsDeleted",
+                "uploadsDeleted",
+                "multipartUploadsAborted",
+                "cacheEntriesDeleted",
+                "leaseRecordsDeleted",
+                "leasesLive",
+            ] {
+                assert_eq!(again[count], 0, "{location}: {again}");
+            }
+            shared.assert_clean(location);
         }
         // Rerunning on the interrupted stores completes.
         for pair in killed.chunks(2).take(3) {

@@ -7,6 +7,10 @@ use super::Ctx;
 use crate::cli::GcArgs;
 
 pub fn run(ctx: &Ctx, args: &GcArgs) -> anyhow::Result<()> {
+    // Local leftovers of killed runs go too: scratch folders of processes that are gone.
+    if !args.dry_run {
+        kiln_store::scratch::remove_dead_folders();
+    }
     let options = GcOptions { grace: args.grace, dry_run: args.dry_run };
     let report = ctx
         .runtime

@@ -174,7 +174,19 @@ impl Store {
                 upload_id: upload.upload_id,
             });
         }
+        let corrupt: HashSet<Digest> = report
+            .problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::CorruptBlob { expected, .. } => Some(*expected),
+                _ => None,
+            })
+            .collect();
         for bad in self.check_cache().await? {
+            // An entry is not at fault for its blob's corruption, reported once above.
+            if bad.problem.blob().is_some_and(|d| corrupt.contains(&d)) {
+                continue;
+            }
             report.problems.push(Problem::BadCacheEntry { key: bad.key, problem: bad.problem });
         }
         report.problems.sort_by_key(|p| format!("{p:?}"));

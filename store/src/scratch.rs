@@ -56,6 +56,12 @@ impl Drop for Scratch {
     }
 }
 
+/// Removes the scratch folders of dead processes under `$TMPDIR` (as `kiln gc` does, besides
+/// every new scratch folder).
+pub fn remove_dead_folders() {
+    remove_dead(&std::env::temp_dir().join(SCRATCH));
+}
+
 /// Removes the scratch folders in `base` whose process is known dead. Folders of live
 /// processes, of other machines sharing the folder, and of other users are left alone.
 fn remove_dead(base: &Path) {

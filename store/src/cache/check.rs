@@ -56,6 +56,17 @@ struct RootFs {
     diff_ids: Vec<Digest>,
 }
 
+impl EntryProblem {
+    /// The blob whose state the problem is about, when it is one of its blob.
+    pub fn blob(&self) -> Option<Digest> {
+        match self {
+            EntryProblem::Refused(Refusal::MissingBlob { digest })
+            | EntryProblem::Refused(Refusal::WrongSize { digest, .. }) => Some(*digest),
+            _ => None,
+        }
+    }
+}
+
 /// `(kind, key)` of a `cache/<kind>/<hex>` key.
 pub(crate) fn parse_key(key: &object_store::path::Path) -> Option<(String, Digest)> {
     let mut parts = key.parts();
