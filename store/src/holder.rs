@@ -2,17 +2,20 @@
 //! later run on the same machine can tell that the holder died (SIGKILL, power loss) and clean
 //! up after it at once, instead of waiting for an expiry.
 //!
-//! A process is named by the kernel's boot id, its pid and its start time (in clock ticks
-//! since boot, from `/proc/<pid>/stat`): a pid reused by a later process has another start
-//! time, and after a reboot every holder of the old boot is dead. A holder on another machine
-//! (another boot id) is never judged dead here; its expiry decides.
+//! A process is named by the kernel's boot id with its pid namespace, its pid and its start
+//! time (in clock ticks since boot, from `/proc/<pid>/stat`): a pid reused by a later process
+//! has another start time, and after a reboot every holder of the old boot is dead. A holder
+//! on another machine (another boot id), or in another pid namespace of this one (another
+//! container, whose pids this process cannot see), is never judged dead here; its expiry
+//! decides.
 
 use serde::{Deserialize, Serialize};
 
 /// A process, as recorded in what it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    /// `/proc/sys/kernel/random/boot_id` of its machine.
+    /// `/proc/sys/kernel/random/boot_id` of its machine, then `.` and the inode of its pid
+    /// namespace: where its pid means something.
     pub boot: String,
     /// Its process id.
     pub pid: u32,
@@ -20,9 +23,13 @@ pub struct Holder {
     pub start: u64,
 }
 
+/// The boot id and the pid namespace this process sees pids in (`<boot id>.<inode>`).
 fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_string())
+    // The link reads `pid:[4026531836]`.
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let namespace = namespace.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?;
+    Some(format!("{}.{namespace}", id.trim()))
 }
 
 /// The start time of process `pid`, or `None` when there is no such process.
@@ -79,6 +86,12 @@ mod tests {
         }
         assert!(Holder { start: me.start + 1, ..me.clone() }.is_dead(), "a reused pid");
         assert!(!Holder { boot: "another machine".into(), pid, start: 0 }.is_dead());
+        // This machine, but another pid namespace (another container): its pids are not ours
+        // to look up, so even a pid that is free here does not make it dead.
+        let (boot, namespace) = me.boot.rsplit_once('.').unwrap();
+        assert!(namespace.parse::<u64>().is_ok(), "{}", me.boot);
+        let elsewhere = format!("{boot}.1");
+        assert!(!Holder { boot: elsewhere, pid, start: start.unwrap_or(0) }.is_dead());
         assert_eq!(Holder::from_file_name(&me.file_name()), Some(me));
     }
 }
