@@ -247,8 +247,17 @@ pub struct SignArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
-    /// Re-hash every blob and walk every ref; exit 4 listing each problem found.
-    Check,
+    /// Re-hash every blob, walk every ref and referrer checking every descriptor's size;
+    /// exit 4 listing each problem found.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also set right what was found: drop refs and referrer entries that lead to missing,
+    /// corrupt or wrongly sized blobs, and move corrupt blobs to quarantine/.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 #[derive(Args, Debug)]
@@ -297,6 +306,10 @@ pub struct BuildArgs {
     /// (kept in $XDG_CACHE_HOME/kiln/file-digests, keyed by size, times and inode).
     #[arg(long)]
     pub rehash: bool,
+    /// Re-hash every blob taken from the store (cached layers, disk images, blobs already
+    /// stored), not only those whose size or date is off; corrupt ones are replaced.
+    #[arg(long)]
+    pub verify_cache: bool,
     /// Sign the image with this private key and attach an SBOM and signed provenance.
     #[arg(long, value_name = "KEY")]
     pub sign: Option<PathBuf>,

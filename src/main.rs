@@ -8,6 +8,7 @@ mod sink;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kiln_attest::AttestError;
 use kiln_builder::BuildError;
 use kiln_store::layout::LayoutError;
 use kiln_store::StoreError;
@@ -45,7 +46,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Images => commands::images::run(&ctx),
         Command::Inspect(args) => commands::inspect::run(&ctx, args),
         Command::Export(args) => commands::export::run(&ctx, args),
-        Command::Store(StoreCommand::Check) => commands::store::check(&ctx),
+        Command::Store(StoreCommand::Check(args)) => commands::store::check(&ctx, args),
         Command::Gc(args) => commands::gc::run(&ctx, args),
         Command::Copy(args) => commands::copy::run(&ctx, cli, args),
         Command::Keygen(args) => commands::keygen::run(&ctx, args),
@@ -86,16 +87,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         {
             return EXIT_LOCK;
         }
-        if let Some(StoreError::DigestMismatch { .. }) = cause.downcast_ref() {
-            return EXIT_INTEGRITY;
-        }
-        // An export wraps store errors transparently, so look inside it too.
-        if let Some(LayoutError::Store(StoreError::DigestMismatch { .. })) = cause.downcast_ref() {
-            return EXIT_INTEGRITY;
-        }
-        if let Some(kiln_attest::AttestError::Store(StoreError::DigestMismatch { .. })) =
-            cause.downcast_ref()
-        {
+        if is_integrity(cause) {
             return EXIT_INTEGRITY;
         }
         if cause.downcast_ref::<commands::verify::VerifyFailed>().is_some() {
@@ -109,6 +101,22 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+/// Whether `cause` is stored bytes that are not what their digest or descriptor promises,
+/// also where a library wraps that transparently or as an opaque sink error (which the chain
+/// does not look into). A missing blob or ref is not: it exits 1, unless `verify` reports it.
+fn is_integrity(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let store = if let Some(LayoutError::Store(e)) = cause.downcast_ref() {
+        Some(e)
+    } else if let Some(AttestError::Store(e)) = cause.downcast_ref() {
+        Some(e)
+    } else if let Some(BuildError::Sink(e)) = cause.downcast_ref() {
+        e.downcast_ref::<StoreError>()
+    } else {
+        cause.downcast_ref::<StoreError>()
+    };
+    matches!(store, Some(StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. }))
 }
 
 #[cfg(test)]

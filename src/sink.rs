@@ -11,7 +11,7 @@ use kiln_builder::LayerRecord;
 use kiln_oci::{Descriptor, Digest, ImageManifest};
 use kiln_store::cache::{CacheLookup, CacheRecord, CacheSigner, CacheTrust, Refusal};
 use kiln_store::lease::Lease;
-use kiln_store::Store;
+use kiln_store::{Quarantined, Reuse, Store, Wanted};
 use tokio::runtime::Runtime;
 
 /// Cache kind under which layer records are kept.
@@ -19,7 +19,9 @@ const LAYER_CACHE: &str = "layer";
 /// Cache kind under which disk artifact descriptors are kept.
 const DISK_CACHE: &str = "disk";
 
-/// Stores blobs and counts what was uploaded versus already present.
+/// Stores blobs and counts what was uploaded versus already present. Whatever it takes from
+/// the store is judged first (see `kiln_store::heal`), and corrupt blobs it finds are moved
+/// aside and written again from verified bytes.
 pub struct StoreSink<'a> {
     pub store: &'a Store,
     pub runtime: &'a Runtime,
@@ -29,12 +31,16 @@ pub struct StoreSink<'a> {
     pub cache_trust: Option<&'a dyn CacheTrust>,
     /// Names every blob before it is used, so a concurrent gc keeps it.
     pub lease: Option<&'a Lease>,
+    /// Re-hash every blob taken from the store, not only those whose size or date is off.
+    pub verify_cache: bool,
     pub uploaded: usize,
     pub present: usize,
     /// For each layer cache key hit: the trusted key that vouched for its entry, if any.
     pub vouchers: BTreeMap<Digest, Option<Digest>>,
     /// Cache entries found but not used, as `cache/<kind>/<hex>` with the reason.
     pub refused: Vec<(String, Refusal)>,
+    /// Corrupt blobs found and quarantined; each was then written again, verified.
+    pub healed: Vec<Quarantined>,
 }
 
 impl<'a> StoreSink<'a> {
@@ -45,10 +51,12 @@ impl<'a> StoreSink<'a> {
             cache_signer: None,
             cache_trust: None,
             lease: None,
+            verify_cache: false,
             uploaded: 0,
             present: 0,
             vouchers: BTreeMap::new(),
             refused: Vec::new(),
+            healed: Vec::new(),
         }
     }
 
@@ -71,6 +79,9 @@ impl<'a> StoreSink<'a> {
                 Some(*record)
             }
             CacheLookup::Refused(refusal) => {
+                if let Refusal::CorruptBlob { quarantined } = &refusal {
+                    self.healed.push(quarantined.clone());
+                }
                 self.refused.push((format!("cache/{kind}/{}", key.hex()), refusal));
                 None
             }
@@ -82,6 +93,37 @@ impl<'a> StoreSink<'a> {
         if let Some(lease) = self.lease {
             self.runtime.block_on(lease.add(blobs))?;
         }
+        Ok(())
+    }
+
+    /// Judges `wanted`, keeping the quarantined; true for each blob that can be used.
+    fn usable(&mut self, wanted: &[Wanted]) -> Result<Vec<bool>, SinkError> {
+        let verdicts = self.runtime.block_on(self.store.check_reuse(wanted, self.verify_cache))?;
+        Ok(verdicts
+            .into_iter()
+            .map(|verdict| match verdict {
+                Reuse::Sound => true,
+                Reuse::Quarantined(q) => {
+                    self.healed.push(q);
+                    false
+                }
+                Reuse::Missing | Reuse::WrongRecord { .. } => false,
+            })
+            .collect())
+    }
+
+    /// Stores the scratch file at `path` as `digest` of `size` bytes, unless a sound blob is
+    /// already there (then the file is the caller's to delete). A folder store renames the
+    /// file into place.
+    fn put_scratch(&mut self, path: &Path, digest: &Digest, size: u64) -> Result<(), SinkError> {
+        self.lease(&[*digest])?;
+        let wanted = Wanted { digest: *digest, size, vouched: None };
+        if self.usable(&[wanted])?.first() == Some(&true) {
+            self.present += 1;
+            return Ok(());
+        }
+        let outcome = self.runtime.block_on(self.store.adopt_blob_file(path, digest, size))?;
+        self.count(outcome.uploaded);
         Ok(())
     }
 
@@ -99,6 +141,7 @@ impl BlobSink for StoreSink<'_> {
             keys,
             self.cache_trust,
             self.lease,
+            self.verify_cache,
         ))?;
         let mut found = Vec::with_capacity(keys.len());
         for (key, lookup) in keys.iter().zip(lookups) {
@@ -130,14 +173,7 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError> {
-        self.lease(&[layer.digest])?;
-        // The scratch file is the builder's to give away: a folder store renames it into place.
-        let outcome = self.runtime.block_on(self.store.adopt_blob_file(
-            &layer.path,
-            &layer.digest,
-            layer.size,
-        ))?;
-        self.count(outcome.uploaded);
+        self.put_scratch(&layer.path, &layer.digest, layer.size)?;
         self.remember(CacheRecord {
             kind: LAYER_CACHE.to_string(),
             key: *key,
@@ -147,29 +183,19 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
-        // An unchanged rebuild finds its config, manifests and index already stored: one HEAD
-        // each, and no PUT (a create-only PUT of a present blob is still a request).
+        // An unchanged rebuild finds its config, manifests and index already stored: one GET
+        // each (they are small, so reading costs what a HEAD would), compared with the bytes
+        // just made, and no PUT.
         self.lease(&[blob.descriptor.digest])?;
-        if self.runtime.block_on(self.store.has_blob(&blob.descriptor.digest))? {
-            self.count(false);
-            return Ok(());
-        }
-        let outcome =
-            self.runtime.block_on(self.store.put_blob(Bytes::from(blob.bytes.clone())))?;
-        self.count(outcome.uploaded);
+        let put =
+            self.runtime.block_on(self.store.put_blob_checked(Bytes::from(blob.bytes.clone())))?;
+        self.healed.extend(put.healed);
+        self.count(put.outcome.uploaded);
         Ok(())
     }
 
     fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
-        self.lease(&[descriptor.digest])?;
-        // Disk files are scratch files too: a folder store renames them into place.
-        let outcome = self.runtime.block_on(self.store.adopt_blob_file(
-            path,
-            &descriptor.digest,
-            descriptor.size,
-        ))?;
-        self.count(outcome.uploaded);
-        Ok(())
+        self.put_scratch(path, &descriptor.digest, descriptor.size)
     }
 
     fn cached_disk(&mut self, key: &Digest) -> Result<Option<Descriptor>, SinkError> {
@@ -178,24 +204,27 @@ impl BlobSink for StoreSink<'_> {
             std::slice::from_ref(key),
             self.cache_trust,
             self.lease,
+            self.verify_cache,
         ))?;
         let Some(record) = lookups.into_iter().next().and_then(|l| self.hit(DISK_CACHE, key, l))
         else {
             return Ok(None);
         };
         let artifact = record.output;
-        // As with layers, the entry counts only if every blob it leads to is still stored.
+        // As with layers, the entry counts only if every blob it leads to is still stored,
+        // whole. A damaged artifact manifest is a miss, and is healed when it is put again.
         let Ok(manifest) =
-            self.runtime.block_on(self.store.get_json::<ImageManifest>(&artifact.digest))
+            self.runtime.block_on(self.store.get_described_json::<ImageManifest>(&artifact))
         else {
             return Ok(None);
         };
-        let mut digests = vec![manifest.config.digest];
-        digests.extend(manifest.layers.iter().map(|l| l.digest));
-        self.lease(&digests)?;
-        let present = self.runtime.block_on(self.store.has_blobs(&digests))?;
-        if present.iter().all(|p| *p) {
-            self.present += 1 + digests.len();
+        let wanted: Vec<Wanted> = std::iter::once(&manifest.config)
+            .chain(&manifest.layers)
+            .map(|d| Wanted { digest: d.digest, size: d.size, vouched: None })
+            .collect();
+        self.lease(&wanted.iter().map(|w| w.digest).collect::<Vec<_>>())?;
+        if self.usable(&wanted)?.iter().all(|usable| *usable) {
+            self.present += 1 + wanted.len();
             Ok(Some(artifact))
         } else {
             Ok(None)

@@ -84,8 +84,13 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     sink.lease = Some(&lease);
     sink.cache_signer = cache_signer.as_ref().map(|k| k as &dyn kiln_store::cache::CacheSigner);
     sink.cache_trust = cache_trust.as_ref().map(|k| k as &dyn kiln_store::cache::CacheTrust);
-    let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)
-        .with_context(|| format!("building {}", recipe.file.display()))?;
+    sink.verify_cache = args.verify_cache;
+    let built = kiln_builder::build(&recipe, &opts, &mut sink, &progress);
+    // Blobs healed before a failure were still replaced: say so either way.
+    for healed in &sink.healed {
+        eprintln!("healed: {healed}; rewritten from verified bytes");
+    }
+    let out = built.with_context(|| format!("building {}", recipe.file.display()))?;
     for (entry, refusal) in &sink.refused {
         if !ctx.quiet {
             eprintln!("warning: ignored build cache entry {entry}: {refusal}");
@@ -133,7 +138,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "epoch": epoch.0,
             "manifests": manifests,
             "layers": { "built": out.layers_built, "reused": out.layers_reused },
-            "blobs": { "uploaded": sink.uploaded, "present": sink.present },
+            "blobs": { "uploaded": sink.uploaded, "present": sink.present, "healed": sink.healed },
             "cache": {
                 "layers": cache_use.as_ref().map(|c| c.cached_layers.clone()).unwrap_or_default(),
                 "ignored": sink.refused.iter().map(|(entry, refusal)| json!({

@@ -26,7 +26,7 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
             let version = root.annotations.get("org.opencontainers.image.version").cloned();
             let from_index = ctx
                 .runtime
-                .block_on(ctx.store.get_json::<kiln_oci::ImageIndex>(&root.digest))
+                .block_on(ctx.store.get_described_json::<kiln_oci::ImageIndex>(&root))
                 .ok()
                 .and_then(|i| i.annotations.get("org.opencontainers.image.version").cloned());
             version.or(from_index).unwrap_or_else(|| "latest".to_string())
@@ -77,7 +77,7 @@ fn export_disks(
     // (platform, disk artifact) for every manifest with disks attached.
     let mut manifests = vec![(None, root.digest)];
     if root.media_type == media_type::IMAGE_INDEX {
-        let index: ImageIndex = ctx.runtime.block_on(store.get_json(&root.digest))?;
+        let index: ImageIndex = ctx.runtime.block_on(store.get_described_json(root))?;
         manifests.extend(index.manifests.iter().map(|m| (m.platform.clone(), m.digest)));
     }
     let mut disks = Vec::new();
@@ -106,7 +106,7 @@ fn export_disks(
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
-    let artifact: ImageManifest = ctx.runtime.block_on(store.get_json(&chosen.1.digest))?;
+    let artifact: ImageManifest = ctx.runtime.block_on(store.get_described_json(&chosen.1))?;
     for layer in &artifact.layers {
         let title = layer.annotations.get("org.opencontainers.image.title");
         // Only plain file names: a title never chooses where outside `dir` to write.
@@ -117,7 +117,7 @@ fn export_disks(
         let target = dir.join(&name);
         let size = ctx
             .runtime
-            .block_on(store.copy_blob_to(&layer.digest, &target))
+            .block_on(store.copy_described_to(layer, &target))
             .with_context(|| format!("writing {}", target.display()))?;
         written.push(json!({
             "path": target.display().to_string(),

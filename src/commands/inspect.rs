@@ -25,7 +25,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
     let mut index_json = serde_json::Value::Null;
     match root.media_type.as_str() {
         media_type::IMAGE_INDEX => {
-            let index: ImageIndex = ctx.runtime.block_on(store.get_json(&root.digest))?;
+            let index: ImageIndex = ctx.runtime.block_on(store.get_described_json(&root))?;
             manifests.extend(index.manifests.iter().cloned());
             index_json = serde_json::to_value(&index)?;
         }
@@ -34,8 +34,9 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
     }
     let mut per_platform = Vec::new();
     for m in &manifests {
-        let manifest: ImageManifest = ctx.runtime.block_on(store.get_json(&m.digest))?;
-        let config: ImageConfig = ctx.runtime.block_on(store.get_json(&manifest.config.digest))?;
+        let manifest: ImageManifest = ctx.runtime.block_on(store.get_described_json(m))?;
+        let config: ImageConfig =
+            ctx.runtime.block_on(store.get_described_json(&manifest.config))?;
         per_platform.push((m.clone(), manifest, config));
     }
 

@@ -48,7 +48,7 @@ impl Ctx {
         };
         // Checking a store that is not there must say so, not create an empty one.
         let store = match cli.command {
-            Command::Store(StoreCommand::Check) => Store::open_existing(&location, &options),
+            Command::Store(StoreCommand::Check(_)) => Store::open_existing(&location, &options),
             _ => Store::open_with_options(&location, &options),
         }
         .with_context(|| format!("opening store {location}"))?;

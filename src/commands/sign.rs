@@ -14,7 +14,7 @@ pub fn repository(ctx: &Ctx, reference: &Reference, root: &Descriptor) -> anyhow
     match reference {
         Reference::Tagged { name, .. } | Reference::Pinned { name, .. } => Ok(name.to_string()),
         Reference::Digest(_) => {
-            let index: ImageIndex = ctx.runtime.block_on(ctx.store.get_json(&root.digest))?;
+            let index: ImageIndex = ctx.runtime.block_on(ctx.store.get_described_json(root))?;
             Ok(index.annotations.get("org.opencontainers.image.title").cloned().unwrap_or_default())
         }
     }

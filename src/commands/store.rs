@@ -4,9 +4,10 @@ use std::io::IsTerminal;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kiln_store::CheckProgress;
+use kiln_store::{CheckProgress, CheckReport};
 
 use super::Ctx;
+use crate::cli::CheckArgs;
 
 /// The check found problems; `main` maps this to the integrity exit code.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,16 @@ impl CheckProgress for CheckBar {
     }
 }
 
-pub fn check(ctx: &Ctx) -> anyhow::Result<()> {
+/// `kiln --json store check` prints the check's report with the store and its verdict.
+#[derive(serde::Serialize)]
+struct CheckOutput<'a> {
+    store: &'a str,
+    clean: bool,
+    #[serde(flatten)]
+    report: &'a CheckReport,
+}
+
+pub fn check(ctx: &Ctx, args: &CheckArgs) -> anyhow::Result<()> {
     let target = if !ctx.quiet && !ctx.json && std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {
@@ -43,42 +53,58 @@ pub fn check(ctx: &Ctx) -> anyhow::Result<()> {
         bar.set_style(style);
     }
     let progress = CheckBar(bar);
-    let report = ctx
-        .runtime
-        .block_on(ctx.store.check(&progress))
-        .with_context(|| format!("checking {}", ctx.store.describe()))?;
+    let store = &ctx.store;
+    let report = if args.repair {
+        ctx.runtime.block_on(store.repair(&progress))
+    } else {
+        ctx.runtime.block_on(store.check(&progress))
+    };
+    let report = report.with_context(|| format!("checking {}", store.describe()))?;
     progress.0.finish_and_clear();
 
     if ctx.json {
-        ctx.print_json(&serde_json::json!({
-            "store": ctx.store.describe(),
-            "clean": report.is_clean(),
-            "blobs": report.blobs,
-            "bytes": report.bytes,
-            "refs": report.refs,
-            "problems": report.problems,
-        }))?;
+        let clean = report.is_clean();
+        ctx.print_json(&CheckOutput { store: store.describe(), clean, report: &report })?;
     } else {
         for problem in &report.problems {
             eprintln!("problem: {problem}");
         }
+        if let Some(repair) = &report.repair {
+            for q in &repair.quarantined {
+                eprintln!("repaired: {q}");
+            }
+            for key in repair.refs_dropped.iter().chain(&repair.referrers_dropped) {
+                eprintln!("repaired: deleted {key}");
+            }
+            for key in &repair.changed_since {
+                eprintln!("left: {key} changed since it was checked; check again");
+            }
+            for problem in &repair.left {
+                eprintln!("left: {problem}");
+            }
+        }
         ctx.say(format!(
-            "checked {} blobs ({} bytes) and {} refs in {}: {}",
+            "checked {} blobs ({} bytes), {} refs and {} referrers in {}: {}",
             report.blobs,
             report.bytes,
             report.refs,
-            ctx.store.describe(),
-            if report.is_clean() {
-                "clean".to_string()
-            } else {
-                format!("{} problem(s)", report.problems.len())
+            report.referrers,
+            store.describe(),
+            match (&report.repair, report.is_clean()) {
+                (_, true) => "clean".to_string(),
+                (None, false) => format!("{} problem(s)", report.problems.len()),
+                (Some(r), false) => format!(
+                    "{} problem(s), {} left after repair",
+                    report.problems.len(),
+                    r.left.len()
+                ),
             }
         ));
     }
-    if report.is_clean() {
+    if report.is_settled() {
         Ok(())
     } else {
-        Err(StoreProblems { store: ctx.store.describe().to_string(), count: report.problems.len() }
-            .into())
+        let count = report.repair.as_ref().map_or(report.problems.len(), |r| r.left.len());
+        Err(StoreProblems { store: store.describe().to_string(), count }.into())
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use kiln_oci::{Digest, Sha256};
+use kiln_oci::{Descriptor, Digest, Sha256};
 use object_store::path::Path as Key;
 use object_store::{PutMode, WriteMultipart};
 use serde::de::DeserializeOwned;
@@ -53,6 +53,16 @@ fn check(key: &Key, expected: &Digest, found: Digest) -> Result<()> {
         Ok(())
     } else {
         Err(StoreError::DigestMismatch { key: key.to_string(), expected: *expected, found })
+    }
+}
+
+/// Fails with [`StoreError::SizeMismatch`] unless the blob at `key` has the `expected` size
+/// its descriptor gives.
+fn check_size(key: &Key, expected: u64, found: u64) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(StoreError::SizeMismatch { key: key.to_string(), expected, found })
     }
 }
 
@@ -232,6 +242,26 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Reads the blob `desc` describes, refusing it unless it has exactly `desc.size` bytes
+    /// and hashes to `desc.digest`. The size the backend reports is compared before a byte is
+    /// read, so a descriptor cannot make kiln load more than it says.
+    pub async fn get_described(&self, desc: &Descriptor) -> Result<Bytes> {
+        let key = key::blob(&desc.digest);
+        let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
+        check_size(&key, desc.size, got.meta.size)?;
+        let bytes = got.bytes().await.map_err(backend_err(&key))?;
+        check(&key, &desc.digest, Digest::of(&bytes))?;
+        check_size(&key, desc.size, bytes.len() as u64)?;
+        Ok(bytes)
+    }
+
+    /// [`Store::get_described`], decoded as JSON (indexes, manifests, configs).
+    pub async fn get_described_json<T: DeserializeOwned>(&self, desc: &Descriptor) -> Result<T> {
+        let bytes = self.get_described(desc).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|source| StoreError::Json { key: key::blob(&desc.digest).to_string(), source })
+    }
+
     /// Re-reads a blob, hashing it as it streams, and returns its size; fails with
     /// [`StoreError::DigestMismatch`] if the bytes are not what the key names.
     pub async fn verify_blob(&self, digest: &Digest) -> Result<u64> {
@@ -270,12 +300,31 @@ impl Store {
     /// Streams a blob into the file `target`, hashing as it goes, and returns its size. On any
     /// failure after `target` was created, including a digest mismatch, `target` is removed.
     pub async fn copy_blob_to(&self, digest: &Digest, target: &Path) -> Result<u64> {
+        self.copy_to(digest, None, target).await
+    }
+
+    /// [`Store::copy_blob_to`] for the blob `desc` describes, refused (before `target` is
+    /// created) unless it has `desc.size` bytes.
+    pub async fn copy_described_to(&self, desc: &Descriptor, target: &Path) -> Result<u64> {
+        self.copy_to(&desc.digest, Some(desc.size), target).await
+    }
+
+    async fn copy_to(&self, digest: &Digest, size: Option<u64>, target: &Path) -> Result<u64> {
         let key = key::blob(digest);
         // Fetch first, so a missing blob leaves an existing `target` untouched.
         let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
+        if let Some(size) = size {
+            check_size(&key, size, got.meta.size)?;
+        }
         let file = tokio::fs::File::create(target).await.map_err(local_err(target))?;
         let result = stream_blob(got.into_stream(), &key, file, target).await;
-        let result = result.and_then(|(found, len)| check(&key, digest, found).map(|()| len));
+        let result = result.and_then(|(found, len)| {
+            check(&key, digest, found)?;
+            if let Some(size) = size {
+                check_size(&key, size, len)?;
+            }
+            Ok(len)
+        });
         if result.is_err() {
             // Never leave a partial or wrong copy behind; the copy error is the one to report.
             let _ = tokio::fs::remove_file(target).await;

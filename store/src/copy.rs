@@ -149,7 +149,7 @@ async fn collect_referrers(
 /// upload in bounded memory. Returns whether it was written, and its size.
 async fn copy_blob(from: &Store, to: &Store, desc: &Descriptor) -> Result<(bool, u64)> {
     if desc.size < MULTIPART_THRESHOLD {
-        let bytes = from.get_blob(&desc.digest).await?;
+        let bytes = from.get_described(desc).await?;
         let size = bytes.len() as u64;
         return Ok((to.put_blob(bytes).await?.uploaded, size));
     }
@@ -158,7 +158,7 @@ async fn copy_blob(from: &Store, to: &Store, desc: &Descriptor) -> Result<(bool,
     let mismatch = |found, found_size| {
         if found == desc.digest {
             // Right content, wrong descriptor size: the referencing manifest is wrong.
-            StoreError::IncompleteUpload { key: source, expected: desc.size, found: found_size }
+            StoreError::SizeMismatch { key: source, expected: desc.size, found: found_size }
         } else {
             StoreError::DigestMismatch { key: source, expected: desc.digest, found }
         }

@@ -70,6 +70,14 @@ pub enum StoreError {
     )]
     DigestMismatch { key: String, expected: Digest, found: Digest },
 
+    /// A blob has another size than the descriptor that names it: the blob or the
+    /// descriptor is wrong, and either way the image cannot be trusted.
+    #[error(
+        "blob {key} has {found} bytes but its descriptor says {expected}; the blob or the \
+         descriptor is damaged (`kiln store check` tells which)"
+    )]
+    SizeMismatch { key: String, expected: u64, found: u64 },
+
     /// A staged upload did not arrive whole, so it was not published.
     #[error(
         "upload staged at {key} has {found} bytes, expected {expected}; nothing was published, \
@@ -156,6 +164,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::DigestMismatch { .. }
+                | StoreError::SizeMismatch { .. }
                 | StoreError::NotFound { .. }
                 | StoreError::Json { .. }
                 | StoreError::ReferrerKey { .. }

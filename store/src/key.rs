@@ -22,10 +22,18 @@ pub(crate) const LOG: &str = "log";
 pub(crate) const LEASES: &str = "leases";
 /// Prefix of referrers: `referrers/<subject-hex>/<artifact-hex>`.
 pub(crate) const REFERRERS: &str = "referrers";
+/// Prefix of corrupt blobs moved aside.
+pub(crate) const QUARANTINE: &str = "quarantine/sha256";
 
 /// `blobs/sha256/<hex>`: write-once, verified on read.
 pub(crate) fn blob(digest: &Digest) -> Path {
     Path::from(format!("{BLOBS}/{}", digest.hex()))
+}
+
+/// `quarantine/sha256/<hex>`: bytes found corrupt under `blobs/sha256/<hex>`, kept for
+/// inspection and never read as a blob.
+pub(crate) fn quarantine(digest: &Digest) -> Path {
+    Path::from(format!("{QUARANTINE}/{}", digest.hex()))
 }
 
 /// The digest a `blobs/sha256/<hex>` key names, or `None` for any other key.

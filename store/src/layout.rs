@@ -72,10 +72,10 @@ pub async fn export_layout(
     blobs.extend(added);
     for desc in blobs {
         let target = blobs_dir.join(desc.digest.hex());
-        if target.exists() && file_digest(&target)? == desc.digest {
+        if file_matches(&target, &desc)? {
             continue;
         }
-        report.bytes += store.copy_blob_to(&desc.digest, &target).await?;
+        report.bytes += store.copy_described_to(&desc, &target).await?;
         report.blobs += 1;
     }
 
@@ -178,6 +178,16 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     tmp.write_all(bytes).map_err(io_err(path))?;
     tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
     Ok(())
+}
+
+/// Whether the layout already holds exactly the blob `desc` describes at `path`.
+fn file_matches(path: &Path, desc: &Descriptor) -> Result<bool, LayoutError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == desc.size => Ok(file_digest(path)? == desc.digest),
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
 }
 
 fn file_digest(path: &Path) -> Result<Digest, LayoutError> {

@@ -7,7 +7,9 @@
 //! - `cache/<kind>/<key-hex>`: build cache entries, replaceable and safe to delete;
 //! - `uploads/...`: staging for large uploads, published to `blobs/` only once verified;
 //! - `log/...` and `referrers/...`: write-once records that gc treats as roots;
-//! - `leases/<id>/<n>`: what builds and copies in flight are about to reference (see [`lease`]).
+//! - `leases/<id>/<n>`: what builds and copies in flight are about to reference (see [`lease`]);
+//! - `quarantine/sha256/<hex>`: bytes found corrupt under a blob key, moved aside so a
+//!   verified write can take the key (see [`heal`]).
 //!
 //! Open one with [`Store::open`] on a folder path, `file:///abs/path`, `memory://`,
 //! `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
@@ -22,6 +24,7 @@ mod document;
 pub mod error;
 pub mod explain;
 pub mod gc;
+pub mod heal;
 pub mod holder;
 mod inventory;
 mod key;
@@ -31,6 +34,7 @@ pub mod location;
 pub mod log;
 mod referrers;
 mod refs;
+pub mod repair;
 pub mod scratch;
 mod upload;
 mod walk;
@@ -44,8 +48,10 @@ pub use check::{CheckProgress, CheckReport, Problem};
 pub use copy::CopyReport;
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcReport};
+pub use heal::{CheckedPut, Quarantined, Reuse, Wanted};
 pub use kiln_oci::reference::{self, NameError, Reference, RepoName, Tag};
 pub use location::{parse_option, Location};
+pub use repair::RepairReport;
 pub use walk::image_blobs;
 
 /// A handle on one store; cheap to clone and share between tasks.

@@ -5,7 +5,8 @@ use kiln_oci::{media_type, Descriptor, ImageIndex, ImageManifest};
 
 use crate::{Store, StoreError};
 
-/// Every blob of the image at `root`, `root` first, each once, parents before children.
+/// Every blob of the image at `root`, `root` first, each once, parents before children. Each
+/// index and manifest is read through its descriptor, so a wrong size anywhere is refused.
 pub async fn image_blobs(store: &Store, root: &Descriptor) -> Result<Vec<Descriptor>, StoreError> {
     let mut out: Vec<Descriptor> = Vec::new();
     let mut pending = vec![root.clone()];
@@ -16,11 +17,11 @@ pub async fn image_blobs(store: &Store, root: &Descriptor) -> Result<Vec<Descrip
         let mut children = Vec::new();
         match desc.media_type.as_str() {
             media_type::IMAGE_INDEX => {
-                let index: ImageIndex = store.get_json(&desc.digest).await?;
+                let index: ImageIndex = store.get_described_json(&desc).await?;
                 children.extend(index.manifests);
             }
             media_type::IMAGE_MANIFEST => {
-                let manifest: ImageManifest = store.get_json(&desc.digest).await?;
+                let manifest: ImageManifest = store.get_described_json(&desc).await?;
                 children.push(manifest.config);
                 children.extend(manifest.layers);
             }

@@ -248,7 +248,7 @@ async fn refs_set_get_list_overwrite(f: Fixture) {
     let name: RepoName = "kiln/base".parse().unwrap();
     let other: RepoName = "kiln/app".parse().unwrap();
     let (v1, v2): (Tag, Tag) = ("1.0".parse().unwrap(), "2.0".parse().unwrap());
-    let d1 = Descriptor::new(media_type::IMAGE_MANIFEST, Digest::of(b"m1"), 10);
+    let d1 = Descriptor::new(media_type::IMAGE_MANIFEST, Digest::of(b"m1"), 2);
     let d2 = Descriptor::new(media_type::IMAGE_INDEX, Digest::of(b"m2"), 20);
 
     assert_eq!(f.store.get_ref(&name, &v1).await.unwrap(), None);
@@ -274,7 +274,10 @@ async fn refs_set_get_list_overwrite(f: Fixture) {
     let raw = f.raw.get(&Key::from("refs/kiln/base/2.0")).await.unwrap().bytes().await.unwrap();
     assert_eq!(raw, kiln_oci::to_canonical_json(&d1).unwrap());
 
+    // Resolving a tag proves its descriptor against the blob.
     let tagged: Reference = "kiln/base:2.0".parse().unwrap();
+    assert!(matches!(f.store.resolve(&tagged).await, Err(StoreError::NotFound { .. })));
+    f.store.put_blob(Bytes::from_static(b"m1")).await.unwrap();
     assert_eq!(f.store.resolve(&tagged).await.unwrap(), d1);
     let absent: Reference = "kiln/base:9".parse().unwrap();
     assert!(matches!(f.store.resolve(&absent).await, Err(StoreError::NotFound { .. })));
@@ -357,7 +360,11 @@ fn layer_record(key: &Digest, blob: &kiln_store::PutOutcome) -> CacheRecord {
 }
 
 async fn lookup(f: &Fixture, key: &Digest, trust: Option<&dyn CacheTrust>) -> CacheLookup {
-    f.store.cache_lookups("layer", std::slice::from_ref(key), trust, None).await.unwrap().remove(0)
+    f.store
+        .cache_lookups("layer", std::slice::from_ref(key), trust, None, false)
+        .await
+        .unwrap()
+        .remove(0)
 }
 
 async fn cache_entries_are_checked_before_use(f: Fixture) {
@@ -426,7 +433,7 @@ async fn cache_entries_are_checked_before_use(f: Fixture) {
 
     for bad in ["", "Layer", "a/b", "..", "x_y"] {
         assert!(matches!(
-            f.store.cache_lookups(bad, &[k1], None, None).await,
+            f.store.cache_lookups(bad, &[k1], None, None, false).await,
             Err(StoreError::InvalidCacheKind { .. })
         ));
         let record = CacheRecord { kind: bad.into(), ..layer_record(&k1, &b1) };

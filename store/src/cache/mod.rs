@@ -13,12 +13,15 @@
 
 pub mod check;
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kiln_oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
+use crate::heal::{Quarantined, Reuse, Wanted};
 use crate::lease::Lease;
 use crate::{key, Store};
 
@@ -103,6 +106,9 @@ pub enum Refusal {
     /// The blob is stored with another size than the entry records.
     #[error("it records {recorded} bytes for {digest}, the store holds {stored}")]
     WrongSize { digest: Digest, recorded: u64, stored: u64 },
+    /// The blob did not hash to its digest; it was moved aside (see [`crate::heal`]).
+    #[error("its blob was corrupt: {quarantined}")]
+    CorruptBlob { quarantined: Quarantined },
 }
 
 /// What a cache lookup found.
@@ -154,18 +160,21 @@ pub fn open_entry(
 impl Store {
     /// Looks up `keys` in `kind`, in order, concurrently (on a remote store each is a round
     /// trip). A hit is an entry that is well formed, about its key, signed by a trusted key
-    /// when `trust` is given, and whose blob is stored with the size it records (one HEAD).
-    /// With a `lease`, the blobs the entries name are leased before their HEAD, so a hit's
-    /// blob is kept by gc from then on.
+    /// when `trust` is given, and whose blob is stored with the size it records and not
+    /// written after the entry (one HEAD). A blob failing that, or every blob when `content`
+    /// is set, is re-hashed, and quarantined if corrupt ([`Store::check_reuse`]). With a
+    /// `lease`, the blobs the entries name are leased before their HEAD, so a hit's blob is
+    /// kept by gc from then on.
     pub async fn cache_lookups(
         &self,
         kind: &str,
         keys: &[Digest],
         trust: Option<&dyn CacheTrust>,
         lease: Option<&Lease>,
+        content: bool,
     ) -> Result<Vec<CacheLookup>> {
         check_kind(kind)?;
-        let opened: Vec<CacheLookup> = futures::stream::iter(keys)
+        let opened: Vec<(CacheLookup, Option<SystemTime>)> = futures::stream::iter(keys)
             .map(|k| self.open_cache_entry(kind, k, trust))
             .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
             .try_collect()
@@ -173,40 +182,66 @@ impl Store {
         if let Some(lease) = lease {
             let named: Vec<Digest> = opened
                 .iter()
-                .filter_map(|l| match l {
+                .filter_map(|(l, _)| match l {
                     CacheLookup::Hit { record, .. } => Some(record.output.digest),
                     _ => None,
                 })
                 .collect();
             lease.add(&named).await?;
         }
-        futures::stream::iter(opened)
-            .map(|lookup| async move {
-                let CacheLookup::Hit { record, .. } = &lookup else { return Ok(lookup) };
-                Ok(match self.output_stored(&record.output).await? {
-                    Ok(()) => lookup,
-                    Err(refusal) => CacheLookup::Refused(refusal),
-                })
+        // One judgement over every hit's blob: HEADs concurrently, re-hashes where needed.
+        let wanted: Vec<Wanted> = opened
+            .iter()
+            .filter_map(|(lookup, written)| match lookup {
+                CacheLookup::Hit { record, .. } => Some(Wanted {
+                    digest: record.output.digest,
+                    size: record.output.size,
+                    vouched: *written,
+                }),
+                _ => None,
             })
-            .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
-            .try_collect()
-            .await
+            .collect();
+        let mut verdicts = self.check_reuse(&wanted, content).await?.into_iter();
+        Ok(opened
+            .into_iter()
+            .map(|(lookup, _)| {
+                let CacheLookup::Hit { record, .. } = &lookup else { return lookup };
+                let (digest, recorded) = (record.output.digest, record.output.size);
+                let refusal = match verdicts.next() {
+                    Some(Reuse::Sound) => return lookup,
+                    None | Some(Reuse::Missing) => Refusal::MissingBlob { digest },
+                    Some(Reuse::WrongRecord { size }) => {
+                        Refusal::WrongSize { digest, recorded, stored: size }
+                    }
+                    Some(Reuse::Quarantined(quarantined)) => Refusal::CorruptBlob { quarantined },
+                };
+                CacheLookup::Refused(refusal)
+            })
+            .collect())
     }
 
-    /// The entry for `key`, opened but its blob not yet checked.
+    /// The entry for `key`, opened but its blob not yet checked, with when it was written
+    /// (the backend's clock): a blob written after the entry was replaced since.
     async fn open_cache_entry(
         &self,
         kind: &str,
         key: &Digest,
         trust: Option<&dyn CacheTrust>,
-    ) -> Result<CacheLookup> {
-        let Some(bytes) = self.read_object(&key::cache(kind, key)).await? else {
-            return Ok(CacheLookup::Miss);
+    ) -> Result<(CacheLookup, Option<SystemTime>)> {
+        let path = key::cache(kind, key);
+        let (bytes, written) = match self.inner.get(&path).await {
+            Ok(got) => {
+                let written = got.meta.last_modified.into();
+                (got.bytes().await.map_err(|e| StoreError::backend(&path, e))?, written)
+            }
+            Err(object_store::Error::NotFound { .. }) => return Ok((CacheLookup::Miss, None)),
+            Err(source) => return Err(StoreError::backend(&path, source)),
         };
-        Ok(match open_entry(kind, key, &bytes, trust) {
+        let lookup = match open_entry(kind, key, &bytes, trust) {
             Ok((record, vouched_by)) => CacheLookup::Hit { record: Box::new(record), vouched_by },
             Err(refusal) => CacheLookup::Refused(refusal),
-        })
+        };
+        Ok((lookup, Some(written)))
     }
 
     /// Whether the blob `output` names is stored with its size (one HEAD, no read).

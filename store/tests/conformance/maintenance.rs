@@ -76,7 +76,9 @@ pub async fn gc_deletes_exactly_the_unreachable_past_grace(f: Fixture) {
     f.raw.put(&Key::from("log/prod/app/1"), Bytes::from(log_entry).into()).await.unwrap();
     let signature = f.store.put_blob(Bytes::from_static(b"signature")).await.unwrap();
     let referrer = format!("referrers/{}/{}", kept.digest.hex(), signature.digest.hex());
-    f.raw.put(&Key::from(referrer.as_str()), Bytes::from_static(b"{}").into()).await.unwrap();
+    let entry = Descriptor::new("application/octet-stream", signature.digest, signature.size);
+    let entry = Bytes::from(to_canonical_json(&entry).unwrap());
+    f.raw.put(&Key::from(referrer.as_str()), entry.into()).await.unwrap();
     // Cache entries: one whose blob survives, one whose blob gc removes.
     for (key, layer) in [(b"k1", &b"kept layer"[..]), (b"k2", b"dropped layer")] {
         let output =

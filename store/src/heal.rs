@@ -1,0 +1,168 @@
+//! Healing what a build takes from the store. A blob a build reuses (a cached layer, a disk
+//! artifact's files) or finds already stored instead of uploading it is checked before it is
+//! trusted: cheaply every time (existence, size and date, from one HEAD each, concurrently),
+//! and by content when asked to or when the cheap check fails. A blob proven corrupt is moved
+//! aside to `quarantine/sha256/<hex>`, which frees its key for a verified, create-only write:
+//! damaged bytes are never overwritten by unverified ones, nor trusted again.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use kiln_oci::Digest;
+use serde::Serialize;
+
+use crate::blob::{PutOutcome, SMALL_REQUESTS_IN_FLIGHT};
+use crate::error::{Result, StoreError};
+use crate::{key, Store};
+
+/// Blobs re-hashed at once while judging reuse; each streams, so memory stays flat.
+const CONTENT_CHECKS_IN_FLIGHT: usize = 4;
+
+/// A blob a build means to take from the store.
+#[derive(Clone, Copy, Debug)]
+pub struct Wanted {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// The size the record asking for it gives.
+    pub size: u64,
+    /// When that record was written (the backend's clock), if it is a stored record: a blob
+    /// written after the record that vouches for it was replaced since, and is re-hashed.
+    pub vouched: Option<SystemTime>,
+}
+
+/// What the check of a wanted blob concluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// Present with the wanted size (and, when it was read, the right content): use it.
+    Sound,
+    /// Not in the store.
+    Missing,
+    /// The blob is sound but has another size than wanted: the record asking for it is
+    /// wrong, and the blob is left alone.
+    WrongRecord {
+        /// The blob's real size.
+        size: u64,
+    },
+    /// The blob was corrupt and has been moved aside; its key is free for a verified write.
+    Quarantined(Quarantined),
+}
+
+/// A corrupt blob moved out of `blobs/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantined {
+    /// The blob key the bytes were under.
+    pub key: String,
+    /// Where they are now, kept for inspection; safe to delete.
+    pub quarantine: String,
+    /// What the bytes hash to.
+    pub found: Digest,
+}
+
+impl std::fmt::Display for Quarantined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} held {} and was moved to {}", self.key, self.found, self.quarantine)
+    }
+}
+
+/// What writing a small blob found under its key.
+#[derive(Clone, Debug)]
+pub struct CheckedPut {
+    /// What the write did.
+    pub outcome: PutOutcome,
+    /// The corrupt bytes the write replaced, if any.
+    pub healed: Option<Quarantined>,
+}
+
+impl Store {
+    /// The size and write time of the blob, or `None` when it is not stored: one HEAD.
+    async fn stat_blob(&self, digest: &Digest) -> Result<Option<(u64, SystemTime)>> {
+        let key = key::blob(digest);
+        match self.inner.head(&key).await {
+            Ok(meta) => Ok(Some((meta.size, meta.last_modified.into()))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(StoreError::backend(&key, source)),
+        }
+    }
+
+    /// Judges each of `wanted`, in order: one HEAD each, concurrently, and a re-hash of those
+    /// whose size or date is off, or of all of them when `content` is set. Corrupt blobs are
+    /// quarantined on the way.
+    pub async fn check_reuse(&self, wanted: &[Wanted], content: bool) -> Result<Vec<Reuse>> {
+        let stats: Vec<Option<(u64, SystemTime)>> = futures::stream::iter(wanted)
+            .map(|w| self.stat_blob(&w.digest))
+            .buffered(SMALL_REQUESTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        futures::stream::iter(wanted.iter().zip(stats))
+            .map(|(w, stat)| async move {
+                let Some((size, written)) = stat else { return Ok(Reuse::Missing) };
+                let replaced = w.vouched.is_some_and(|vouched| written > vouched);
+                if size == w.size && !replaced && !content {
+                    return Ok(Reuse::Sound);
+                }
+                self.judge(w).await
+            })
+            .buffered(CONTENT_CHECKS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    /// Re-hashes a wanted blob and quarantines it if it is corrupt.
+    async fn judge(&self, wanted: &Wanted) -> Result<Reuse> {
+        match self.verify_blob(&wanted.digest).await {
+            Ok(size) if size == wanted.size => Ok(Reuse::Sound),
+            Ok(size) => Ok(Reuse::WrongRecord { size }),
+            Err(StoreError::DigestMismatch { found, .. }) => {
+                Ok(Reuse::Quarantined(self.quarantine_blob(&wanted.digest, found).await?))
+            }
+            Err(StoreError::NotFound { .. }) => Ok(Reuse::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the blob `digest`, whose bytes hash to `found`, to `quarantine/sha256/<hex>`
+    /// (replacing bytes quarantined there before). A blob already gone was moved by someone
+    /// else, which is as good.
+    pub async fn quarantine_blob(&self, digest: &Digest, found: Digest) -> Result<Quarantined> {
+        let from = key::blob(digest);
+        let to = key::quarantine(digest);
+        match self.inner.rename(&from, &to).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => return Err(StoreError::backend(&from, source)),
+        }
+        Ok(Quarantined { key: from.to_string(), quarantine: to.to_string(), found })
+    }
+
+    /// Stores a small blob (a config, manifest or index) whose bytes the caller holds. What is
+    /// already under its key is read and compared, which costs one request as a HEAD would:
+    /// equal bytes are kept, other bytes are corrupt and quarantined, then replaced by these.
+    pub async fn put_blob_checked(&self, bytes: Bytes) -> Result<CheckedPut> {
+        let digest = Digest::of(&bytes);
+        let size = bytes.len() as u64;
+        let key = key::blob(&digest);
+        let present = PutOutcome { digest, size, uploaded: false };
+        let healed = match self.inner.get(&key).await {
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(source) => return Err(StoreError::backend(&key, source)),
+            Ok(got) if got.meta.size == size => {
+                let stored = got.bytes().await.map_err(|e| StoreError::backend(&key, e))?;
+                if stored == bytes {
+                    return Ok(CheckedPut { outcome: present, healed: None });
+                }
+                Some(self.quarantine_blob(&digest, Digest::of(&stored)).await?)
+            }
+            // Another size: never held in memory, only hashed as it streams.
+            Ok(_) => match self.judge(&Wanted { digest, size, vouched: None }).await? {
+                Reuse::Quarantined(quarantined) => Some(quarantined),
+                Reuse::Missing => None,
+                Reuse::Sound | Reuse::WrongRecord { .. } => {
+                    return Ok(CheckedPut { outcome: present, healed: None })
+                }
+            },
+        };
+        let outcome = self.put_blob(bytes).await?;
+        Ok(CheckedPut { outcome, healed })
+    }
+}
