@@ -93,7 +93,7 @@ impl Attached {
 pub async fn referrers(store: &Store, subject: &Digest) -> Result<Vec<Attached>, AttestError> {
     let mut out = Vec::new();
     for descriptor in store.referrers(subject).await? {
-        let manifest: ImageManifest = store.get_json(&descriptor.digest).await?;
+        let manifest: ImageManifest = store.get_described_json(&descriptor).await?;
         out.push(Attached { descriptor, manifest });
     }
     Ok(out)

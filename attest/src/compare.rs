@@ -40,8 +40,8 @@ pub async fn first_difference(
         if da.digest == db.digest {
             continue;
         }
-        let xa: ImageManifest = store_a.get_json(&da.digest).await?;
-        let xb: ImageManifest = store_b.get_json(&db.digest).await?;
+        let xa: ImageManifest = store_a.get_described_json(da).await?;
+        let xb: ImageManifest = store_b.get_described_json(db).await?;
         for (l, (la, lb)) in xa.layers.iter().zip(&xb.layers).enumerate() {
             if la.digest == lb.digest {
                 continue;

@@ -22,7 +22,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 pub async fn manifests(store: &Store, root: &Descriptor) -> Result<Vec<Descriptor>, AttestError> {
     match root.media_type.as_str() {
         media_type::IMAGE_INDEX => {
-            let index: ImageIndex = store.get_json(&root.digest).await?;
+            let index: ImageIndex = store.get_described_json(root).await?;
             Ok(index.manifests)
         }
         media_type::IMAGE_MANIFEST => Ok(vec![root.clone()]),
@@ -95,7 +95,7 @@ pub async fn attach_sboms(
 ) -> Result<Vec<AttachedSbom>, AttestError> {
     let mut out = Vec::new();
     for desc in manifests(store, root).await? {
-        let manifest: ImageManifest = store.get_json(&desc.digest).await?;
+        let manifest: ImageManifest = store.get_described_json(&desc).await?;
         let files = contents::image_files(&read_layers(store, &manifest).await?);
         let doc = sbom::document(&SbomInput {
             name,

@@ -74,19 +74,17 @@ impl Store {
         Ok(refs)
     }
 
-    /// The descriptor a reference stands for. A tag's descriptor is proven against the blob
-    /// it names (digest and size), so no caller starts from a damaged ref. A digest (bare or
-    /// pinned) is described from its blob: `mediaType` from the JSON, size from the bytes.
+    /// The descriptor a reference stands for. A tag's is the ref's, as stored: every read
+    /// through it checks the blob's size as well as its digest. A digest (bare or pinned) is
+    /// described from its blob: `mediaType` from the JSON, size from the bytes.
     pub async fn resolve(&self, reference: &Reference) -> Result<Descriptor> {
         let digest = match reference {
             Reference::Tagged { name, tag } => {
                 let key = key::reference(name, tag);
-                let root = self
+                return self
                     .read_ref(&key)
                     .await?
-                    .ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
-                self.get_described(&root).await?;
-                return Ok(root);
+                    .ok_or_else(|| StoreError::NotFound { key: key.to_string() });
             }
             Reference::Pinned { digest, .. } | Reference::Digest(digest) => digest,
         };

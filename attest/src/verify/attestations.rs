@@ -34,7 +34,7 @@ pub(super) async fn referrers(
     let mut out = Vec::new();
     for descriptor in listed {
         let what = "referrer manifest";
-        let Some(bytes) = blob(store, report, what, &descriptor.digest).await? else { continue };
+        let Some(bytes) = blob(store, report, what, &descriptor).await? else { continue };
         let Some(manifest) =
             json::<ImageManifest>(report, "blob", &format!("{what} {}", descriptor.digest), &bytes)
         else {
@@ -135,7 +135,7 @@ pub(super) async fn check_signatures(
             report.fail("signature", format!("signature {at} has no payload layer"));
             continue;
         };
-        let Some(payload) = blob(store, report, "signature payload", &layer.digest).await? else {
+        let Some(payload) = blob(store, report, "signature payload", layer).await? else {
             continue;
         };
         let Some(claims) =
@@ -229,14 +229,12 @@ pub(super) async fn check_provenance(
     let mut named: Option<BTreeSet<Digest>> = None;
     for att in all {
         let at = att.descriptor.digest;
-        let layer = |media: &str| {
-            att.manifest.layers.iter().find(|l| l.media_type == media).map(|l| l.digest)
-        };
-        let Some(env_digest) = layer(ENVELOPE_MEDIA_TYPE) else {
+        let layer = |media: &str| att.manifest.layers.iter().find(|l| l.media_type == media);
+        let Some(envelope) = layer(ENVELOPE_MEDIA_TYPE) else {
             report.fail("provenance", format!("provenance {at} has no DSSE envelope layer"));
             continue;
         };
-        let Some(bytes) = blob(store, report, "provenance envelope", &env_digest).await? else {
+        let Some(bytes) = blob(store, report, "provenance envelope", envelope).await? else {
             continue;
         };
         let Some(envelope) =
@@ -302,8 +300,8 @@ pub(super) async fn check_provenance(
         }
         let params = &statement.predicate.build_definition.external_parameters;
         let recipe = match layer(artifact::RECIPE_LAYER) {
-            Some(d) if d == params.recipe.digest => {
-                blob(store, report, "recorded recipe", &d).await?
+            Some(d) if d.digest == params.recipe.digest => {
+                blob(store, report, "recorded recipe", d).await?
             }
             _ => {
                 report.fail(
@@ -317,7 +315,7 @@ pub(super) async fn check_provenance(
             }
         };
         let lock = match layer(artifact::LOCK_LAYER) {
-            Some(d) if d == params.lock => blob(store, report, "recorded lock", &d).await?,
+            Some(d) if d.digest == params.lock => blob(store, report, "recorded lock", d).await?,
             _ => {
                 report.fail(
                     "provenance",
@@ -382,7 +380,7 @@ pub(super) async fn check_sboms(
             report.fail("sbom", format!("SBOM {at} has no document layer"));
             continue;
         };
-        let Some(bytes) = blob(store, report, "SBOM document", &layer.digest).await? else {
+        let Some(bytes) = blob(store, report, "SBOM document", layer).await? else {
             continue;
         };
         let Some(doc) = json::<Document>(report, "sbom", &format!("SBOM {at}"), &bytes) else {

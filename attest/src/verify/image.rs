@@ -16,14 +16,16 @@ pub(super) async fn check_manifest(
     report: &mut Report,
     desc: &Descriptor,
 ) -> Result<Option<BTreeMap<String, Digest>>, AttestError> {
-    let Some(bytes) = blob(store, report, "manifest", &desc.digest).await? else { return Ok(None) };
+    let Some(bytes) = blob(store, report, "manifest", desc).await? else { return Ok(None) };
     let Some(manifest) =
         json::<ImageManifest>(report, "blob", &format!("manifest {}", desc.digest), &bytes)
     else {
         return Ok(None);
     };
     let config_digest = manifest.config.digest;
-    let Some(bytes) = blob(store, report, "config", &config_digest).await? else { return Ok(None) };
+    let Some(bytes) = blob(store, report, "config", &manifest.config).await? else {
+        return Ok(None);
+    };
     let Some(config) =
         json::<ImageConfig>(report, "blob", &format!("config {config_digest}"), &bytes)
     else {

@@ -143,15 +143,17 @@ impl Report {
     }
 }
 
-/// Reads a blob; a missing or corrupt one becomes a failed finding and `None`.
+/// Reads the blob a descriptor names, checking its size as well as its digest; a missing,
+/// corrupt or wrongly sized one becomes a failed finding and `None`.
 async fn blob(
     store: &Store,
     report: &mut Report,
     what: &str,
-    digest: &Digest,
+    desc: &Descriptor,
 ) -> Result<Option<Bytes>, AttestError> {
+    let digest = &desc.digest;
     report.read.insert(*digest);
-    match store.get_blob(digest).await {
+    match store.get_described(desc).await {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.is_integrity_failure() => {
             report.fail("blob", format!("{what} {digest}: {e}"));
@@ -191,7 +193,7 @@ pub async fn verify(
         recorded: None,
         read: BTreeSet::new(),
     };
-    let Some(bytes) = blob(store, &mut report, "image", &root.digest).await? else {
+    let Some(bytes) = blob(store, &mut report, "image", root).await? else {
         return Ok(report);
     };
     let manifests = match root.media_type.as_str() {
