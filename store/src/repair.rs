@@ -2,7 +2,8 @@
 //! without a recipe. Refs and referrer entries that lead to a missing, corrupt, wrongly sized
 //! or undecodable blob are dropped (their images are unusable; rebuilding or copying them
 //! again sets them anew), so are build cache entries no build would use, and corrupt blobs
-//! are moved to `quarantine/`, freeing their keys for a verified write. Problems only a person can judge (stray keys, unreadable blobs) are
+//! are moved to `quarantine/`, freeing their keys for a verified write. Problems only a
+//! person can judge (stray keys, unreadable blobs) and unfinished uploads (gc's to abort) are
 //! left and listed.
 
 use serde::Serialize;

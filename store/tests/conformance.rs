@@ -21,6 +21,9 @@ use tempfile::TempDir;
 #[path = "conformance/maintenance.rs"]
 mod maintenance;
 use maintenance::*;
+#[path = "conformance/heal.rs"]
+mod heal;
+use heal::*;
 
 /// A store plus raw access to its backend, so tests can look behind the API.
 struct Fixture {
@@ -521,6 +524,10 @@ conformance!(
     check_reports_corrupt_and_missing_blobs,
     gc_deletes_exactly_the_unreachable_past_grace,
     copy_sends_only_what_the_target_lacks,
+    reads_by_descriptor_check_the_size,
+    reuse_is_judged_by_size_date_and_on_demand_content,
+    a_checked_put_replaces_corrupt_bytes,
+    check_reads_descriptor_sizes_and_referrers_and_repair_settles_them,
 );
 
 #[test]
