@@ -46,6 +46,9 @@ pub enum Cause {
     Denied,
     /// No connection could be made (refused, unresolvable, timed out).
     Unreachable,
+    /// No credentials were configured, and the cloud's metadata service, which the client
+    /// asks next, did not give any.
+    NoCredentials,
     /// Anything else the server answered.
     Other,
 }
@@ -75,6 +78,9 @@ pub struct BackendFailure {
 impl BackendFailure {
     /// What the user was doing, for a message: "writing", "reading", "listing"...
     pub fn operation(&self) -> &'static str {
+        if self.cause == Cause::NoCredentials {
+            return "getting credentials for";
+        }
         if self.listing {
             return "listing";
         }
@@ -89,10 +95,7 @@ impl BackendFailure {
     }
 
     fn noun(&self) -> &'static str {
-        match self.service {
-            Service::Azure => "container",
-            Service::S3 | Service::Gcs => "bucket",
-        }
+        self.service.bucket_noun()
     }
 
     fn hint(&self) -> String {
@@ -103,6 +106,18 @@ impl BackendFailure {
                 "create the {noun} {bucket}, or fix the store location (or the endpoint, if it \
                  names the wrong server)"
             ),
+            (Cause::NoCredentials, Service::S3) => "set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (or --store-option aws_access_key_id=...), or run where \
+                 the instance metadata service gives a role"
+                .to_string(),
+            (Cause::NoCredentials, Service::Azure) => "set AZURE_STORAGE_ACCOUNT_NAME with \
+                 AZURE_STORAGE_ACCOUNT_KEY or a SAS token (or --store-option ...), or run where \
+                 a managed identity is available"
+                .to_string(),
+            (Cause::NoCredentials, Service::Gcs) => "set GOOGLE_SERVICE_ACCOUNT or \
+                 GOOGLE_APPLICATION_CREDENTIALS (or --store-option google_service_account=...), \
+                 or run where the metadata server gives a service account"
+                .to_string(),
             (Cause::Denied, Service::S3) => format!(
                 "check the AWS_* credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
                  AWS_SESSION_TOKEN, or --store-option aws_access_key_id=...) and that they may \
@@ -142,6 +157,17 @@ impl fmt::Display for BackendFailure {
                 write!(f, "the {} {} does not exist on {server}", self.noun(), self.bucket)?
             }
             (Cause::Unreachable, _) => write!(f, "cannot connect to {server}")?,
+            (Cause::NoCredentials, status) => {
+                let service = self.service.name();
+                write!(f, "no {service} credentials are configured, and the metadata service")?;
+                if let Some(endpoint) = &self.endpoint {
+                    write!(f, " at {endpoint}")?;
+                }
+                match status {
+                    Some(status) => write!(f, " answered {status}")?,
+                    None => write!(f, " gave none")?,
+                }
+            }
             (_, Some(status)) => write!(f, "{server} answered {status}")?,
             (_, None) => write!(f, "{server} failed")?,
         }
@@ -207,7 +233,9 @@ impl Context {
         let status_code = facts.status.as_deref().and_then(|s| s.get(..3)).unwrap_or_default();
         let code = facts.code.as_deref().unwrap_or_default();
         let writing = matches!(facts.method.as_deref(), Some("PUT" | "POST"));
-        let cause = if MISSING_BUCKET_CODES.contains(&code)
+        let cause = if facts.metadata_service {
+            Cause::NoCredentials
+        } else if MISSING_BUCKET_CODES.contains(&code)
             // A create-only write cannot miss its object: a bare 404 means no bucket.
             || (status_code == "404" && writing && facts.code.is_none())
         {
@@ -245,7 +273,15 @@ struct Facts {
     code: Option<String>,
     message: Option<String>,
     unreachable: bool,
+    /// The request went to a cloud metadata service, which a client asks for credentials only
+    /// when none were configured.
+    metadata_service: bool,
 }
+
+/// Hosts of the cloud metadata services credential providers fall back to (AWS EC2 and ECS,
+/// Azure IMDS, GCE).
+const METADATA_HOSTS: &[&str] =
+    &["169.254.169.254", "169.254.170.2", "[fd00:ec2::254]", "metadata.google.internal"];
 
 impl Facts {
     fn of(error: &(dyn std::error::Error + 'static)) -> Facts {
@@ -271,8 +307,12 @@ impl Facts {
                 if method.chars().all(|c| c.is_ascii_uppercase()) {
                     self.method = Some(method.to_string());
                     self.listing |= url.contains("list-type=") || url.contains("comp=list");
-                    self.endpoint =
-                        url::Url::parse(url).ok().map(|u| u.origin().ascii_serialization());
+                    let parsed = url::Url::parse(url).ok();
+                    self.metadata_service = parsed
+                        .as_ref()
+                        .and_then(|u| u.host_str())
+                        .is_some_and(|host| METADATA_HOSTS.contains(&host));
+                    self.endpoint = parsed.map(|u| u.origin().ascii_serialization());
                 }
             }
         }
@@ -479,5 +519,24 @@ mod tests {
         assert!(facts.listing);
         assert_eq!(facts.message.as_deref(), Some("invalid uploadType"));
         assert_eq!(facts.code, None);
+    }
+
+    #[test]
+    fn a_failed_credentials_lookup_is_not_blamed_on_the_store() {
+        let context = Context { service: Service::S3, bucket: "b".into() };
+        // What object_store's S3 client says when no credentials are set and the EC2 metadata
+        // service refuses its token request.
+        let source: Box<dyn std::error::Error + Send + Sync> = "Generic S3 error: Error \
+            performing PUT http://169.254.169.254/latest/api/token in 1ms - Server returned \
+            non-2xx status code: 403 Forbidden: "
+            .into();
+        let failure = context.failure(source);
+        assert_eq!(failure.cause, Cause::NoCredentials);
+        assert_eq!(failure.operation(), "getting credentials for");
+        let text = failure.to_string();
+        assert!(text.starts_with("no S3 credentials are configured"), "{text}");
+        assert!(text.contains("http://169.254.169.254 answered 403 Forbidden"), "{text}");
+        assert!(text.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "{text}");
+        assert!(!text.contains("S3 server"), "{text}");
     }
 }

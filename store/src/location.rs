@@ -61,6 +61,14 @@ impl Service {
         }
     }
 
+    /// What the service calls the top-level folder of a store: a bucket or a container.
+    pub fn bucket_noun(self) -> &'static str {
+        match self {
+            Service::Azure => "container",
+            Service::S3 | Service::Gcs => "bucket",
+        }
+    }
+
     fn scheme(self) -> &'static str {
         match self {
             Service::S3 => "s3",
@@ -167,7 +175,12 @@ impl Location {
             }
         };
         let name = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
-            invalid(&format!("name the bucket: {}://BUCKET/PREFIX", service.scheme()))
+            let noun = service.bucket_noun();
+            invalid(&format!(
+                "name the {noun}: {}://{}/PREFIX",
+                service.scheme(),
+                noun.to_ascii_uppercase()
+            ))
         })?;
         if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
             return Err(invalid("put options in --store-option KEY=VALUE, not in the URL"));
