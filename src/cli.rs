@@ -109,8 +109,8 @@ pub struct PinArgs {
     /// A release id (sha256:HEX) or CHANNEL/NAME for the channel's head
     pub target: String,
     /// json, tfvars, k8s or env
-    #[arg(long, value_name = "FORMAT")]
-    pub format: String,
+    #[arg(long, value_name = "FORMAT", value_parser = str::parse::<kiln_release::pin::Format>)]
+    pub format: kiln_release::pin::Format,
     /// The registry repository the image is pushed to [default: the image name]
     #[arg(long, value_name = "REPO")]
     pub repository: Option<String>,

@@ -379,8 +379,9 @@ fn pins_feed_terraform_kustomize_and_bash() {
     );
 
     // Bad input: a format that does not exist, a bad repository, a digest that is no release.
+    // An unknown format is a usage error, like any bad flag value.
     lab.run(&["pin", "prod/vm", "--format", "yaml"])
-        .fails_with(1, &["pin format \"yaml\" does not exist"]);
+        .fails_with(2, &["pin format \"yaml\" does not exist"]);
     lab.run(&["pin", "prod/vm", "--format", "env", "--repository", "a b"])
         .fails_with(1, &["repository"]);
     lab.run(&["pin", index, "--format", "env"]).fails_with(1, &["is not a kiln release"]);

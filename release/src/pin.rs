@@ -45,6 +45,17 @@ impl FromStr for Format {
     }
 }
 
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Json => "json",
+            Format::Tfvars => "tfvars",
+            Format::K8s => "k8s",
+            Format::Env => "env",
+        })
+    }
+}
+
 /// What to pin: a release id or a channel's head.
 #[derive(Clone, Debug)]
 pub enum Target {

@@ -2,13 +2,12 @@
 
 use anyhow::Context as _;
 use kiln_attest::PublicKey;
-use kiln_release::pin::{self, Format, Target};
+use kiln_release::pin::{self, Target};
 
 use super::Ctx;
 use crate::cli::PinArgs;
 
 pub fn run(ctx: &Ctx, args: &PinArgs) -> anyhow::Result<()> {
-    let format: Format = args.format.parse()?;
     let target: Target = args.target.parse()?;
     let keys = args
         .key
@@ -20,7 +19,7 @@ pub fn run(ctx: &Ctx, args: &PinArgs) -> anyhow::Result<()> {
         .block_on(pin::resolve(&ctx.store, &target, &keys))
         .with_context(|| format!("resolving {} in {}", args.target, ctx.store.describe()))?;
     let repository = args.repository.clone().unwrap_or_else(|| loaded.release.name.clone());
-    let bytes = pin::render(format, &loaded, &repository, ctx.store.describe())?;
+    let bytes = pin::render(args.format, &loaded, &repository, ctx.store.describe())?;
     let Some(path) = &args.output else {
         use std::io::Write as _;
         return std::io::stdout().write_all(&bytes).context("writing the pin to stdout");
@@ -28,7 +27,7 @@ pub fn run(ctx: &Ctx, args: &PinArgs) -> anyhow::Result<()> {
     pin::write_atomic(path, &bytes)?;
     let written = pin::Written {
         release: loaded.id,
-        format: args.format.clone(),
+        format: args.format.to_string(),
         path: path.display().to_string(),
         bytes: bytes.len() as u64,
     };
