@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::tarball::{tar, tar_gz, Member};
+use support::tarball::{header_with, pax, tar, tar_gz, Member};
 use support::{blobs, is_root, sh, Kiln, Workspace, EXIT_ERROR, EXIT_LOCK_MISMATCH};
 
 /// A recipe with one layer whose body is `layer`, written as `ws/recipe/recipe.toml`.
@@ -20,10 +20,14 @@ fn recipe(ws: &Workspace, layer: &str) -> PathBuf {
 }
 
 /// Builds `recipe` into a fresh store, asserts failure with `code` (or any non-zero code),
-/// that stderr names every `needle`, and that the store holds no blob.
+/// that stderr names every `needle`, that the store holds no blob and no cache entry, and
+/// that kiln left nothing in its temporary folder.
 fn rejects(ws: &Workspace, recipe: &Path, code: Option<i32>, needles: &[&str]) -> String {
     let store = ws.store("store");
-    let run = Kiln::new(&store).run(&["build", recipe.to_str().expect("utf-8")]);
+    let tmp = ws.mkdir("tmp");
+    let run = Kiln::new(&store)
+        .env("TMPDIR", tmp.to_str().expect("utf-8"))
+        .run(&["build", recipe.to_str().expect("utf-8")]);
     let run = match code {
         Some(c) => run.fails_with(c),
         None => run.fails(),
@@ -31,6 +35,14 @@ fn rejects(ws: &Workspace, recipe: &Path, code: Option<i32>, needles: &[&str]) -
     let run = run.stderr_has(needles);
     let written = blobs(&store);
     assert!(written.is_empty(), "a failed build wrote blobs: {written:?}\n{run}");
+    let cached = store.join("cache");
+    assert!(
+        fs::read_dir(&cached).map_or(true, |mut d| d.next().is_none()),
+        "a failed build left cache entries in {}\n{run}",
+        cached.display()
+    );
+    let left: Vec<_> = fs::read_dir(&tmp).expect("tmp").map(|e| e.expect("entry").path()).collect();
+    assert!(left.is_empty(), "a failed build left temporary files: {left:?}\n{run}");
     run.stderr
 }
 
@@ -313,4 +325,181 @@ fn a_path_declared_twice_is_named_and_nothing_is_stored_or_locked() {
         .fails_with(EXIT_ERROR)
         .stderr_has(&["/etc/motd", "declared twice"]);
     assert!(!ws.path("recipe/recipe.lock").exists(), "a lock was written for a bad recipe");
+}
+
+/// A 10-byte file member whose header is changed by `edit`, after the records of `pax_records`.
+fn lying_member(pax_records: &[(&str, &str)], edit: impl FnOnce(&mut [u8; 512])) -> Vec<u8> {
+    let mut raw = if pax_records.is_empty() { Vec::new() } else { pax(pax_records) };
+    raw.extend_from_slice(&header_with("liar", b'0', 0o644, 10, "", edit));
+    raw.extend_from_slice(b"ten bytes!");
+    raw.extend(std::iter::repeat_n(0u8, 502));
+    raw
+}
+
+#[test]
+fn tarball_sizes_that_disagree_with_the_data_are_refused() {
+    // GNU base-256: a 0x80 marker, then the size big-endian in the field's other 11 bytes.
+    let base256 = |h: &mut [u8; 512]| {
+        h[124..136].fill(0);
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&(1u64 << 62).to_be_bytes());
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "pax-huge.tar.gz",
+            lying_member(&[("size", "1000000000000000000")], |_| {}),
+            "declares 1000000000000000000 bytes",
+        ),
+        ("gnu-huge.tar.gz", lying_member(&[], base256), "declares 4611686018427387904 bytes"),
+        ("pax-negative.tar.gz", lying_member(&[("size", "-5")], |_| {}), "PAX size \"-5\""),
+        ("pax-uid.tar.gz", lying_member(&[("uid", "4294967295")], |_| {}), "uid 4294967295"),
+        ("pax-gid.tar.gz", lying_member(&[("gid", "99999999999")], |_| {}), "gid 99999999999"),
+    ];
+    for (name, member, needle) in cases {
+        let ws = Workspace::new();
+        let mut bytes = tar(&[Member::File { name: "ok", content: b"fine" }]);
+        bytes.truncate(bytes.len() - 1024);
+        bytes.extend_from_slice(&member);
+        let r = tarball_recipe(&ws, gzip(&bytes), name);
+        rejects(&ws, &r, Some(EXIT_ERROR), &[name, "liar", needle]);
+    }
+    // A member cut short by the end of the archive.
+    let ws = Workspace::new();
+    let mut bytes = tar(&[Member::File { name: "liar", content: &[7u8; 5000] }]);
+    bytes.truncate(512 + 3000);
+    let r = tarball_recipe(&ws, bytes, "cut.tar");
+    rejects(&ws, &r, Some(EXIT_ERROR), &["cut.tar", "liar", "declares 5000 bytes"]);
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
+}
+
+#[test]
+fn damaged_gzip_is_refused() {
+    let good = tar_gz(&[Member::File { name: "etc/motd", content: b"hello\n" }]);
+    let mut bad_crc = good.clone();
+    let at = bad_crc.len() - 8;
+    bad_crc[at] ^= 0xff;
+    let no_trailer = good[..good.len() - 8].to_vec();
+    let cut = good[..good.len() / 2].to_vec();
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"not gzip at all");
+    for (name, bytes) in [
+        ("crc.tar.gz", bad_crc),
+        ("trailer.tar.gz", no_trailer),
+        ("cut.tar.gz", cut),
+        ("trailing.tar.gz", trailing),
+    ] {
+        let ws = Workspace::new();
+        let r = tarball_recipe(&ws, bytes, name);
+        rejects(&ws, &r, Some(EXIT_ERROR), &[name]);
+    }
+}
+
+/// Runs `kiln ARGS` alone under a python3 parent and returns kiln's exit code and peak
+/// resident set in KiB (`getrusage(RUSAGE_CHILDREN)` after it was waited for).
+fn peak_rss(kiln_args: &[&str], tmp: &Path, store: &Path, cache: &Path) -> (i32, u64, String) {
+    let script = "import resource, subprocess, sys\n\
+                  p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n\
+                  sys.stderr.buffer.write(p.stdout + p.stderr)\n\
+                  print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(support::KILN)
+        .arg("--store")
+        .arg(store)
+        .args(kiln_args)
+        .env("TMPDIR", tmp)
+        .env("XDG_CACHE_HOME", cache)
+        .env_remove("KILN_STORE")
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut fields = stdout.split_whitespace();
+    let code = fields.next().and_then(|c| c.parse().ok()).expect("exit code");
+    let rss = fields.next().and_then(|c| c.parse().ok()).expect("max rss");
+    (code, rss, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A .tar.gz holding one member, `zeros`, of `gib` GiB of zeros: gzip members of 64 MiB of
+/// zeros back to back (one gzip stream to a reader), so it is small and quick to make.
+fn zero_bomb(gib: u64) -> Vec<u8> {
+    let size = gib << 30;
+    let mut out = gzip(&header_with("zeros", b'0', 0o644, 0, "", |h| {
+        h[124..136].fill(0);
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+    }));
+    let chunk = gzip(&vec![0u8; 64 << 20]);
+    for _ in 0..(size >> 26) {
+        out.extend_from_slice(&chunk);
+    }
+    out.extend_from_slice(&gzip(&[0u8; 1024]));
+    out
+}
+
+#[test]
+fn a_gzip_bomb_streams_with_bounded_memory() {
+    const GIB: u64 = 10;
+    let ws = Workspace::new();
+    let bomb = zero_bomb(GIB);
+    assert!(bomb.len() < 16 << 20, "the bomb is {} bytes", bomb.len());
+    ws.write("recipe/vendor/bomb.tar.gz", &bomb);
+    let text = "[image]\nname = \"bomb\"\nversion = \"1\"\ncompression = \"zstd\"\n\
+                [[layer]]\nname = \"l\"\ntarballs = [{ src = \"vendor/bomb.tar.gz\", dest = \"/\" }]\n";
+    let r = ws.write("recipe/recipe.toml", text);
+    let tmp = ws.mkdir("tmp");
+    let store = ws.store("store");
+    let (code, rss_kib, stderr) = peak_rss(
+        &["--json", "build", r.to_str().expect("utf-8")],
+        &tmp,
+        &store,
+        &ws.mkdir("cache"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    eprintln!("peak RSS for a {GIB} GiB member: {} MiB", rss_kib >> 10);
+    assert!(rss_kib <= 256 << 10, "peak RSS {rss_kib} KiB for a {GIB} GiB member");
+    let left: Vec<_> = fs::read_dir(&tmp).expect("tmp").map(|e| e.expect("entry").path()).collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+#[test]
+fn a_disk_too_small_or_an_esp_larger_than_the_disk_stores_nothing() {
+    let layer = "inline = [{ dest = \"/boot/efi.bin\", content = \"efi\" }, \
+                 { dest = \"/etc/motd\", content = \"hi\" }]\n";
+    let ws = Workspace::new();
+    let r = recipe(&ws, &format!("{layer}[disk]\nsize = \"1MiB\"\n"));
+    rejects(&ws, &r, Some(EXIT_ERROR), &["raise [disk] size"]);
+    let ws = Workspace::new();
+    let r = recipe(
+        &ws,
+        &format!(
+            "{layer}[disk]\nsize = \"8MiB\"\n[disk.esp]\nsize = \"16MiB\"\n\
+             files = {{ \"EFI/BOOT/BOOTX64.EFI\" = \"/boot/efi.bin\" }}\n"
+        ),
+    );
+    rejects(&ws, &r, Some(EXIT_ERROR), &["[disk]"]);
+}
+
+#[test]
+fn an_unknown_key_in_a_locked_input_is_refused() {
+    let ws = Workspace::new();
+    ws.write("recipe/motd", "hi\n");
+    let r = recipe(&ws, "files = [{ src = \"motd\", dest = \"/etc/motd\" }]");
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    kiln.run(&["lock", r.to_str().expect("utf-8")]).ok();
+    let lock = ws.path("recipe/recipe.lock");
+    let text = fs::read_to_string(&lock).expect("lock");
+    assert!(text.contains("[[input]]\n"), "{text}");
+    fs::write(&lock, text.replace("[[input]]\n", "[[input]]\nmode = 420\n")).expect("edit lock");
+    kiln.run(&["build", "--locked", r.to_str().expect("utf-8")])
+        .fails()
+        .stderr_has(&["recipe.lock", "unknown field `mode`"]);
+    assert!(blobs(&store).is_empty());
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Descriptor, Digest, Platform, Sha256};
 
 use crate::compress::Compression;
-use crate::disk::artifacts::{esp_tree, make_disks, DiskError};
+use crate::disk::artifacts::{esp_tree, make_disks, DiskError, DiskOutput};
 use crate::disk::ext4::e2fsprogs_version;
 use crate::disk::gpt::Arch;
 use crate::epoch::Epoch;
@@ -268,8 +268,12 @@ fn build_resolved(
         }
         None => None,
     };
+    // Everything is made in the scratch folder first and stored only once the whole build,
+    // disks included, has succeeded: a disk too small for its root, or any other late
+    // failure, leaves the store as it was.
     let mut layers: Vec<(String, LayerRecord)> = Vec::with_capacity(total);
     let mut cache_hits = Vec::new();
+    let mut written_layers: Vec<(&Digest, LayerBlob)> = Vec::new();
     let (mut built, mut reused) = (0, 0);
     for (i, (key, (name, plan))) in keys.iter().zip(&plans).enumerate() {
         let bytes = match plan {
@@ -284,6 +288,7 @@ fn build_resolved(
         let record = match plan {
             Plan::Cached(record) => {
                 cache_hits.push(CacheHit { layer: i, key: *key });
+                reused += 1;
                 record.clone()
             }
             Plan::Write(tree) => {
@@ -298,79 +303,111 @@ fn build_resolved(
                     name: name.clone(),
                     source: Box::new(source),
                 })?;
-                sink.put_layer(key, &blob).map_err(BuildError::Sink)?;
-                // The scratch copy is no longer needed once stored; failing to remove it is harmless.
-                let _ = std::fs::remove_file(&blob.path);
-                LayerRecord {
+                let mut blob = blob;
+                if written_layers.iter().any(|(_, b)| b.digest == blob.digest) {
+                    // The same bytes as an earlier layer, in the same scratch file: the sink
+                    // takes each file it is given, so this one gets a name of its own.
+                    let own = opts.work_dir.join(format!("layer-{i}.again"));
+                    std::fs::hard_link(&blob.path, &own).map_err(|source| BuildError::Layer {
+                        name: name.clone(),
+                        source: Box::new(LayerError::Output {
+                            dir: opts.work_dir.clone(),
+                            source,
+                        }),
+                    })?;
+                    blob.path = own;
+                }
+                built += 1;
+                let record = LayerRecord {
                     media_type: blob.media_type.to_string(),
                     digest: blob.digest,
                     diff_id: blob.diff_id,
                     size: blob.size,
-                }
+                };
+                written_layers.push((key, blob));
+                record
             }
         };
-        let written = matches!(plan, Plan::Write(_));
-        if written {
-            built += 1;
-        } else {
-            reused += 1;
-        }
-        observer.layer_finished(name, !written);
+        observer.layer_finished(name, matches!(plan, Plan::Cached(_)));
         layers.push((name.clone(), record));
     }
 
     let json_err = |what| move |source| BuildError::Json { what, source };
+    let mut documents = Vec::new();
     let mut manifests = Vec::new();
     for platform in &recipe.platforms {
         let config = image::config(recipe, opts.epoch, platform, &layers)
             .map_err(json_err("image config"))?;
-        sink.put_json(&config).map_err(BuildError::Sink)?;
         let manifest = image::manifest(recipe, opts.epoch, &config.descriptor, &layers)
             .map_err(json_err("manifest"))?;
-        sink.put_json(&manifest).map_err(BuildError::Sink)?;
-        manifests.push((platform.clone(), manifest.descriptor));
+        manifests.push((platform.clone(), manifest.descriptor.clone()));
+        documents.extend([config, manifest]);
     }
     let index = image::index(recipe, opts.epoch, &manifests).map_err(json_err("image index"))?;
-    sink.put_json(&index).map_err(BuildError::Sink)?;
 
-    let mut disks = Vec::new();
-    let mut disks_reused = 0;
+    // Each platform's disks, found in the cache or made in a scratch folder of their own.
+    let mut disk_work = Vec::new();
     if let (Some(spec), Some(rootfs)) = (&recipe.disk, &rootfs) {
         let targets = manifests.iter().filter_map(|(p, d)| Arch::of(p).map(|arch| (p, arch, d)));
-        for (platform, arch, subject) in targets {
+        for (i, (platform, arch, subject)) in targets.enumerate() {
             let key = disk_key(&subject.digest, arch, spec, current.e2fsprogs.as_deref());
-            let artifact = match sink.cached_disk(&key).map_err(BuildError::Sink)? {
-                Some(artifact) => {
-                    disks_reused += 1;
-                    artifact
-                }
+            let made = match sink.cached_disk(&key).map_err(BuildError::Sink)? {
+                Some(artifact) => Disks::Cached(artifact),
                 None => {
-                    let out = make_disks(
-                        rootfs,
-                        spec,
-                        arch,
-                        opts.epoch,
-                        opts.threads,
-                        &opts.work_dir,
-                        subject,
-                    )?;
-                    for file in &out.files {
-                        sink.put_file(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
-                    }
-                    sink.put_json(&out.empty_config).map_err(BuildError::Sink)?;
-                    sink.put_json(&out.manifest).map_err(BuildError::Sink)?;
-                    sink.remember_disk(&key, &out.manifest.descriptor).map_err(BuildError::Sink)?;
-                    out.manifest.descriptor
+                    let dir = opts.work_dir.join(format!("disk-{i}"));
+                    std::fs::create_dir(&dir)
+                        .map_err(|source| DiskError::Io { path: dir.clone(), source })?;
+                    let out =
+                        make_disks(rootfs, spec, arch, opts.epoch, opts.threads, &dir, subject)?;
+                    Disks::Made(Box::new(out))
                 }
             };
-            sink.put_referrer(&subject.digest, &artifact).map_err(BuildError::Sink)?;
-            disks.push((platform.clone(), artifact));
+            disk_work.push((platform.clone(), subject.digest, key, made));
         }
+    }
+
+    for (key, blob) in &written_layers {
+        sink.put_layer(key, blob).map_err(BuildError::Sink)?;
+    }
+    // Scratch copies are removed once all are stored: two layers with the same bytes share
+    // one. They are no longer needed; failing to remove one is harmless.
+    for (_, blob) in &written_layers {
+        let _ = std::fs::remove_file(&blob.path);
+    }
+    for document in &documents {
+        sink.put_json(document).map_err(BuildError::Sink)?;
+    }
+    sink.put_json(&index).map_err(BuildError::Sink)?;
+    let mut disks = Vec::new();
+    let mut disks_reused = 0;
+    for (platform, subject, key, made) in disk_work {
+        let artifact = match made {
+            Disks::Cached(artifact) => {
+                disks_reused += 1;
+                artifact
+            }
+            Disks::Made(out) => {
+                for file in &out.files {
+                    sink.put_file(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
+                }
+                sink.put_json(&out.empty_config).map_err(BuildError::Sink)?;
+                sink.put_json(&out.manifest).map_err(BuildError::Sink)?;
+                sink.remember_disk(&key, &out.manifest.descriptor).map_err(BuildError::Sink)?;
+                out.manifest.descriptor
+            }
+        };
+        sink.put_referrer(&subject, &artifact).map_err(BuildError::Sink)?;
+        disks.push((platform, artifact));
     }
 
     let lock_written = existing.as_ref() != Some(&current);
     if lock_written {
         current.write(&lock_path)?;
+    }
+    // Tarballs' spooled contents are removed now: the process may end before that thread.
+    let mut resolved = resolved;
+    for layer in &mut resolved {
+        layer.remove_spools();
     }
     // Freeing what the scan kept and the trees made (allocations per input file) took about
     // 5 % of the wall time of a 70k-file rebuild when every tree was made, all of it after
@@ -389,6 +426,14 @@ fn build_resolved(
         disks_reused,
         cache_hits,
     })
+}
+
+/// One platform's disks before they are stored.
+enum Disks {
+    /// Found in the cache: the artifact manifest.
+    Cached(Descriptor),
+    /// Made now, in the scratch folder.
+    Made(Box<DiskOutput>),
 }
 
 /// Where a layer's blob comes from.

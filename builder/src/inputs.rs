@@ -19,7 +19,7 @@ use crate::host_file::HostFile;
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::recipe::{LayerSpec, Ownership};
 use crate::source_path::SourcePath;
-use crate::tarball::Member;
+use crate::tarball::{Member, Spool};
 use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
 use scan::{Found, Listing, What};
 
@@ -34,6 +34,7 @@ pub enum InputKind {
 
 /// One pinned input: a path relative to the recipe and the digest of what it holds.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Input {
     pub kind: InputKind,
     pub src: String,
@@ -91,10 +92,21 @@ enum Step {
     Tarball {
         dest: ImagePath,
         members: Vec<Member>,
+        /// Holds the members' contents for as long as the layer may be written.
+        spool: Option<Spool>,
     },
 }
 
 impl ResolvedLayer {
+    /// Removes the folders holding tarballs' contents; the layer's tree cannot be made after.
+    pub fn remove_spools(&mut self) {
+        for step in &mut self.steps {
+            if let Step::Tarball { spool, .. } = step {
+                drop(spool.take());
+            }
+        }
+    }
+
     /// Builds the layer's tree from what resolving it kept: nothing is read from disk, and
     /// only a layer that is written (or flattened into disks) needs it.
     pub fn tree(&self) -> Result<Tree, InputError> {
@@ -109,7 +121,7 @@ impl ResolvedLayer {
                     b.insert(dest.clone(), EntryKind::HardLink(target.clone()), meta)?;
                 }
                 Step::Tree(scanned) => b.add_scanned(scanned)?,
-                Step::Tarball { dest, members } => b.add_members(dest, members)?,
+                Step::Tarball { dest, members, .. } => b.add_members(dest, members)?,
             }
         }
         Ok(b.tree)
@@ -150,8 +162,8 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
         });
         let reader = crate::tarball::open(t.src.abs())
             .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;
-        let members = crate::tarball::read_members(reader, &tarball)?;
-        steps.push(Step::Tarball { dest: t.dest.clone(), members });
+        let (members, spool) = crate::tarball::read_members(reader, &tarball)?;
+        steps.push(Step::Tarball { dest: t.dest.clone(), members, spool: Some(spool) });
     }
     for f in &spec.files {
         let (content, exec) = hash_file(f.src.abs(), cache)?;

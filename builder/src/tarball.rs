@@ -1,11 +1,15 @@
 //! Reading existing tarballs (plain, gzip or zstd) as layer inputs, refusing anything that
-//! could write outside the image root or create devices.
+//! could write outside the image root or create devices, and anything damaged: a member whose
+//! data is not its declared size, a size or id that is not a number, a compressed stream that
+//! fails its checksum or has no end.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
-use std::sync::Arc;
+use std::rc::Rc;
 
+use crate::host_file::HostFile;
 use crate::image_path::ImagePath;
 use crate::inputs::InputError;
 use crate::tree::{Content, EntryKind, Meta};
@@ -60,32 +64,134 @@ fn member_path(raw: &[u8], tarball: &str) -> Result<ImagePath, InputError> {
     ImagePath::parse(name).map_err(|e| bad(&e.to_string()))
 }
 
-/// Reads and validates every member.
-pub fn read_members(reader: Box<dyn Read>, tarball: &str) -> Result<Vec<Member>, InputError> {
+/// The most bytes the tar reader may take between two members: headers and the extension
+/// records (GNU long names, PAX) that it holds in memory. Real ones are a few KiB.
+const METADATA_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// Bytes copied from a member to its spool file at a time.
+const COPY_BUF: usize = 256 * 1024;
+
+/// The largest id a member may have: `u32::MAX` means "no id" to the kernel.
+const MAX_ID: u64 = u32::MAX as u64 - 1;
+
+/// Members' contents, each in its own file in a folder removed when this is dropped: a
+/// tarball is read once, in its own order, while a layer is written in path order.
+#[derive(Debug)]
+pub struct Spool {
+    dir: tempfile::TempDir,
+    files: usize,
+}
+
+impl Spool {
+    fn new() -> io::Result<Spool> {
+        Ok(Spool { dir: tempfile::Builder::new().prefix("kiln-tarball-").tempdir()?, files: 0 })
+    }
+
+    /// Copies the next `declared` bytes of `data` to a new spool file, hashing them; runs of
+    /// zeros become holes, so a member of zeros takes no disk. Returns the file, or `Short`
+    /// with the bytes found when `data` ends before `declared`.
+    fn take(&mut self, data: &mut impl Read, declared: u64) -> io::Result<Spooled> {
+        use std::io::{Seek, SeekFrom, Write};
+        let path = self.dir.path().join(self.files.to_string());
+        self.files += 1;
+        let mut file = File::create_new(&path)?;
+        let mut hasher = kiln_oci::Sha256::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut done = 0u64;
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = &buf[..n];
+            hasher.update(chunk);
+            if chunk.iter().all(|&b| b == 0) {
+                file.seek(SeekFrom::Current(n as i64))?;
+            } else {
+                file.write_all(chunk)?;
+            }
+            done += n as u64;
+        }
+        if done != declared {
+            return Ok(Spooled::Short { found: done });
+        }
+        file.set_len(done)?;
+        Ok(Spooled::File(HostFile::new(path, done, hasher.finish())))
+    }
+}
+
+enum Spooled {
+    File(HostFile),
+    Short { found: u64 },
+}
+
+/// A reader that fails once `left` bytes were read: the tar reader reads headers and
+/// extension records through it with a budget, member data without one.
+struct Budget<R> {
+    inner: R,
+    left: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(io::Error::other(format!(
+                "a header or extension record (long name, PAX) is larger than {} MiB",
+                METADATA_BUDGET >> 20
+            )));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
+/// Reads and validates every member, with memory bounded whatever the sizes: file contents
+/// go to a [`Spool`], and each member's data must have exactly its declared size. The
+/// stream is read to its end, so a compressed tarball's checksum and length are checked.
+pub fn read_members(
+    reader: Box<dyn Read>,
+    tarball: &str,
+) -> Result<(Vec<Member>, Spool), InputError> {
     let io_err = |source| InputError::Tarball { tarball: tarball.to_string(), source };
-    let mut archive = tar::Archive::new(reader);
+    let mut spool = Spool::new().map_err(io_err)?;
+    let left = Rc::new(Cell::new(METADATA_BUDGET));
+    let mut archive = tar::Archive::new(Budget { inner: reader, left: left.clone() });
     let mut out = Vec::new();
-    for entry in archive.entries().map_err(io_err)? {
+    let mut entries = archive.entries().map_err(io_err)?;
+    loop {
+        left.set(METADATA_BUDGET);
+        let Some(entry) = entries.next() else { break };
         let mut entry = entry.map_err(io_err)?;
+        left.set(u64::MAX);
         let raw_path = entry.path_bytes().into_owned();
-        let path = member_path(&raw_path, tarball)?;
-        let header = entry.header();
-        let mode = header.mode().map_err(io_err)? & 0o7777;
-        let uid = u32::try_from(header.uid().map_err(io_err)?).unwrap_or(u32::MAX);
-        let gid = u32::try_from(header.gid().map_err(io_err)?).unwrap_or(u32::MAX);
-        let meta = Meta { mode, uid, gid, xattrs: Default::default() };
         let refuse = |problem: &str| InputError::TarMember {
             tarball: tarball.to_string(),
             member: String::from_utf8_lossy(&raw_path).into_owned(),
             problem: problem.to_string(),
         };
+        let path = member_path(&raw_path, tarball)?;
+        let (uid, gid) = member_ids(&mut entry).map_err(|problem| refuse(&problem))?;
+        let header = entry.header();
+        let mode = header.mode().map_err(io_err)? & 0o7777;
+        let meta = Meta { mode, uid, gid, xattrs: Default::default() };
         let entry_type = header.entry_type();
+        let declared = entry.size();
         let kind = if entry_type.is_dir() {
             EntryKind::Dir
         } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
-            let mut data = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut data).map_err(io_err)?;
-            EntryKind::File(Content::Bytes(Arc::from(data)))
+            match spool.take(&mut entry, declared).map_err(io_err)? {
+                Spooled::File(file) => EntryKind::File(Content::Host(file)),
+                Spooled::Short { found } => {
+                    return Err(refuse(&format!(
+                        "declares {declared} bytes, but the archive ends after {found}"
+                    )))
+                }
+            }
         } else if entry_type.is_symlink() {
             let target =
                 entry.link_name_bytes().ok_or_else(|| refuse("is a symlink without a target"))?;
@@ -108,10 +214,49 @@ pub fn read_members(reader: Box<dyn Read>, tarball: &str) -> Result<Vec<Member>,
         } else {
             return Err(refuse("has a member type kiln does not unpack"));
         };
+        if !matches!(kind, EntryKind::File(_)) {
+            // Any data a directory or link carries is skipped, but must be there.
+            let found = io::copy(&mut entry, &mut io::sink()).map_err(io_err)?;
+            if found != declared {
+                return Err(refuse(&format!(
+                    "declares {declared} bytes, but the archive ends after {found}"
+                )));
+            }
+        }
         if path.is_root() {
             continue;
         }
         out.push(Member { path, kind, meta });
     }
-    Ok(out)
+    // Whatever follows the end-of-archive blocks is read too: a gzip or zstd stream is
+    // checked (CRC, length) only at its end.
+    left.set(u64::MAX);
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(io_err)?;
+    Ok((out, spool))
+}
+
+/// A member's owner ids, checked: a PAX record must be a decimal number and every id must be
+/// one Linux can give a file (at most 2^32 - 2), never clamped.
+fn member_ids<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(u32, u32), String> {
+    if let Some(pax) = entry.pax_extensions().map_err(|e| e.to_string())? {
+        for ext in pax {
+            let ext = ext.map_err(|e| e.to_string())?;
+            let key = ext.key().map_err(|_| "has a PAX record with a non-UTF-8 key".to_string())?;
+            if matches!(key, "size" | "uid" | "gid") {
+                let value = ext.value().unwrap_or("");
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("has a PAX {key} {value:?} that is not a number"));
+                }
+            }
+        }
+    }
+    let header = entry.header();
+    let id = |what: &str, id: io::Result<u64>| -> Result<u32, String> {
+        let id = id.map_err(|e| format!("has an unreadable {what}: {e}"))?;
+        if id > MAX_ID {
+            return Err(format!("has {what} {id}, above the largest Linux allows ({MAX_ID})"));
+        }
+        u32::try_from(id).map_err(|_| format!("has {what} {id}"))
+    };
+    Ok((id("uid", header.uid())?, id("gid", header.gid())?))
 }
