@@ -95,12 +95,20 @@ fn source_reached_through_a_symlink_out_of_the_folder_is_rejected() {
 }
 
 #[test]
-fn symlink_in_tree_pointing_outside_it_is_rejected() {
+fn symlink_in_tree_climbing_out_of_it_is_rejected_and_an_absolute_one_kept() {
     let ws = Workspace::new();
     ws.write("recipe/tree/ok.txt", "fine\n");
-    std::os::unix::fs::symlink("/etc/passwd", ws.path("recipe/tree/evil")).expect("ln -s");
-    let r = recipe(&ws, "trees = [{ src = \"tree\", dest = \"/\" }]");
-    rejects(&ws, &r, Some(EXIT_ERROR), &["evil", "/etc/passwd"]);
+    std::os::unix::fs::symlink("/usr/share/zoneinfo/Etc/UTC", ws.path("recipe/tree/localtime"))
+        .expect("ln -s");
+    let r = recipe(&ws, "trees = [{ src = \"tree\", dest = \"/etc\" }]");
+    let store = ws.store("kept");
+    Kiln::new(&store).run(&["build", r.to_str().expect("utf-8")]).ok();
+    let layer = blobs(&store)
+        .into_iter()
+        .find(|b| fs::read(b).expect("blob").starts_with(&[0x1f, 0x8b]))
+        .expect("a gzip layer");
+    let listing = sh("tar", &["-tvzf", layer.to_str().expect("utf-8")]);
+    assert!(listing.contains("etc/localtime -> /usr/share/zoneinfo/Etc/UTC"), "{listing}");
 
     let ws = Workspace::new();
     ws.write("recipe/tree/sub/ok.txt", "fine\n");
@@ -502,4 +510,47 @@ fn an_unknown_key_in_a_locked_input_is_refused() {
         .fails()
         .stderr_has(&["recipe.lock", "unknown field `mode`"]);
     assert!(blobs(&store).is_empty());
+}
+
+#[test]
+fn names_linux_cannot_create_are_refused_with_the_path() {
+    let long_name = "n".repeat(256);
+    let ws = Workspace::new();
+    let r = recipe(&ws, &format!("inline = [{{ dest = \"/etc/{long_name}\", content = \"x\" }}]"));
+    rejects(&ws, &r, Some(EXIT_ERROR), &[&format!("/etc/{long_name}"), "256 bytes"]);
+
+    let deep: String = (0..17).map(|i| format!("/{}", format!("{i:02}").repeat(120))).collect();
+    let ws = Workspace::new();
+    let r = recipe(&ws, &format!("inline = [{{ dest = \"{deep}\", content = \"x\" }}]"));
+    rejects(&ws, &r, Some(EXIT_ERROR), &["4096", &deep[..40]]);
+
+    // A tarball member named through a PAX `path` record.
+    let ws = Workspace::new();
+    let member = format!("usr/{long_name}");
+    let mut raw = pax(&[("path", &member)]);
+    raw.extend_from_slice(&header_with("short", b'0', 0o644, 0, "", |_| {}));
+    let r = tarball_recipe(&ws, gzip(&tar(&[Member::Raw(raw)])), "long.tar.gz");
+    rejects(&ws, &r, Some(EXIT_ERROR), &["long.tar.gz", &member, "256 bytes"]);
+}
+
+#[test]
+fn more_layers_than_runtimes_stack_are_refused_with_the_line() {
+    let layers: String = (0..128)
+        .map(|i| {
+            format!(
+                "[[layer]]\nname = \"l{i}\"\ninline = [{{ dest = \"/{i}\", content = \"\" }}]\n"
+            )
+        })
+        .collect();
+    let ws = Workspace::new();
+    let r = ws.write(
+        "recipe/recipe.toml",
+        format!("[image]\nname = \"deep\"\nversion = \"1\"\n{layers}"),
+    );
+    // Three lines of [image], 127 layers of three lines, then the 128th layer and its name.
+    rejects(&ws, &r, Some(EXIT_ERROR), &["at most 127 layers", "recipe.toml:386:8"]);
+    let ok: String = layers.lines().take(127 * 3).map(|l| format!("{l}\n")).collect();
+    let r =
+        ws.write("recipe/recipe.toml", format!("[image]\nname = \"deep\"\nversion = \"1\"\n{ok}"));
+    Kiln::new(&ws.store("ok")).run(&["build", r.to_str().expect("utf-8")]).ok();
 }

@@ -310,10 +310,7 @@ fn build_resolved(
                     let own = opts.work_dir.join(format!("layer-{i}.again"));
                     std::fs::hard_link(&blob.path, &own).map_err(|source| BuildError::Layer {
                         name: name.clone(),
-                        source: Box::new(LayerError::Output {
-                            dir: opts.work_dir.clone(),
-                            source,
-                        }),
+                        source: Box::new(LayerError::Output { dir: opts.work_dir.clone(), source }),
                     })?;
                     blob.path = own;
                 }

@@ -19,6 +19,34 @@ pub enum ImagePathError {
     Nul(String),
     #[error("path {0:?} is empty; use \"/\" for the root")]
     Empty(String),
+    #[error("path {0:?} has a name of {1} bytes; Linux allows at most {NAME_MAX}")]
+    NameTooLong(String, usize),
+    #[error("path {0:?} is {1} bytes long; Linux allows at most {PATH_MAX} with its final NUL")]
+    PathTooLong(String, usize),
+}
+
+/// The longest file name Linux file systems take, in bytes.
+pub const NAME_MAX: usize = 255;
+/// The longest path Linux system calls take, in bytes, counting its final NUL.
+pub const PATH_MAX: usize = 4096;
+
+/// Refuses a path (without its leading `/`) that Linux could not create when the image is
+/// unpacked: a name longer than [`NAME_MAX`] or the whole longer than [`PATH_MAX`].
+fn check_lengths(path: &str, last_only: bool) -> Result<(), ImagePathError> {
+    let absolute = path.len() + 2;
+    if absolute > PATH_MAX {
+        return Err(ImagePathError::PathTooLong(format!("/{path}"), absolute - 1));
+    }
+    let mut names = path.rsplit('/');
+    let long = if last_only {
+        names.next().filter(|n| n.len() > NAME_MAX)
+    } else {
+        names.find(|n| n.len() > NAME_MAX)
+    };
+    match long {
+        Some(name) => Err(ImagePathError::NameTooLong(format!("/{path}"), name.len())),
+        None => Ok(()),
+    }
 }
 
 impl ImagePath {
@@ -48,7 +76,9 @@ impl ImagePath {
                 c => parts.push(c),
             }
         }
-        Ok(ImagePath(parts.join("/")))
+        let path = parts.join("/");
+        check_lengths(&path, false)?;
+        Ok(ImagePath(path))
     }
 
     /// Parses a path that is relative to a directory inside the image (such as a symlink
@@ -73,6 +103,7 @@ impl ImagePath {
             path.push('/');
         }
         path.push_str(name);
+        check_lengths(&path, true)?;
         Ok(ImagePath(path))
     }
 

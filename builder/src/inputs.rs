@@ -53,7 +53,7 @@ pub enum InputError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {kind} are not allowed in a tree; declare devices in the recipe instead")]
     SpecialFile { path: PathBuf, kind: &'static str },
-    #[error("{path}: symlink target {target:?} leaves the tree {tree}; only relative links inside a tree are kept (use `symlinks` in the recipe for others)")]
+    #[error("{path}: relative symlink target {target:?} leaves the tree {tree}; make it absolute, or declare it in `symlinks`")]
     SymlinkEscapes { path: PathBuf, target: String, tree: String },
     #[error("{path}: file name is not valid UTF-8")]
     NotUtf8 { path: PathBuf },
@@ -414,7 +414,10 @@ fn scan_tree(
                             .ok()
                             .and_then(|p| p.parent())
                             .unwrap_or_else(ImagePath::root);
-                        if target.starts_with('/') || parent.join(&target).is_err() {
+                        // Links are never followed, so an absolute target is only the link's
+                        // content, resolved in the image's root (a distribution root has
+                        // dozens). A relative one must stay inside the tree.
+                        if !target.starts_with('/') && parent.join(&target).is_err() {
                             return Err(InputError::SymlinkEscapes {
                                 path: host(),
                                 target,

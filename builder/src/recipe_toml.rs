@@ -67,6 +67,9 @@ struct RawImage {
     compression: Option<S<String>>,
 }
 
+/// The most layers a recipe may have.
+pub const MAX_LAYERS: usize = 127;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLayer {
@@ -330,6 +333,19 @@ impl Context<'_> {
                 }
             },
         };
+        // overlayfs, which container runtimes stack layers with, takes at most 128 lower
+        // directories, and runtimes refuse images near that depth ("max depth exceeded"):
+        // an image with more layers builds but does not run, so it is refused here.
+        if let Some(extra) = raw.layer.get(MAX_LAYERS) {
+            return self.err(
+                extra.name.span(),
+                Problem::Invalid(format!(
+                    "a recipe has at most {MAX_LAYERS} layers (container runtimes stack no more); \
+                     this is layer {}",
+                    MAX_LAYERS + 1
+                )),
+            );
+        }
         let mut layers = Vec::new();
         for layer in &raw.layer {
             layers.push(self.layer(layer)?);

@@ -83,9 +83,7 @@ fn tree_error(setup: impl FnOnce(&Path)) -> String {
 }
 
 #[test]
-fn tree_symlinks_that_escape_are_refused() {
-    let msg = tree_error(|t| symlink("/etc/passwd", t.join("evil")).unwrap());
-    assert!(msg.contains("evil") && msg.contains("/etc/passwd"), "{msg}");
+fn tree_symlinks_that_climb_out_are_refused() {
     let msg = tree_error(|t| {
         fs::create_dir(t.join("d")).unwrap();
         symlink("../../outside", t.join("d/up")).unwrap()
