@@ -386,6 +386,9 @@ fn pins_feed_terraform_kustomize_and_bash() {
         .fails_with(1, &["repository"]);
     lab.run(&["pin", index, "--format", "env"]).fails_with(1, &["is not a kiln release"]);
     lab.run(&["pin", "nosuch/vm", "--format", "env"]).fails_with(1, &["no entries"]);
+    let policy = lab.path("policy.toml").display().to_string();
+    let empty = lab.run(&["history", "prod/nothing", "--policy", &policy]).ok();
+    assert!(empty.stdout.contains("prod/nothing: no entries"), "{}", empty.stdout);
 
     // A revoked release is never rendered, by id or through a channel.
     lab.run(&["revoke", &release, "--key", &lab.key("release"), "--reason", "CVE-1"]).ok();

@@ -35,6 +35,12 @@ pub fn run(ctx: &Ctx, args: &HistoryArgs) -> anyhow::Result<()> {
     if ctx.json {
         return ctx.print_json(&history);
     }
+    if history.entries.is_empty() {
+        // Not "0 entries, verified": a mistyped channel or image name must not read as an
+        // audit that passed.
+        ctx.say(format!("{}: no entries (nothing was promoted into it)", history.channel));
+        return Ok(());
+    }
     ctx.say(format!(
         "{} ({} entries, chain and signatures verified)",
         history.channel,
