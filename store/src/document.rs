@@ -5,6 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 use kiln_oci::Digest;
+use object_store::path::Path as Key;
+use object_store::GetResult;
 
 use crate::error::{Result, StoreError};
 use crate::{key, Store};
@@ -16,18 +18,7 @@ impl Store {
     pub async fn get_blob_bounded(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
         let key = key::blob(digest);
         let got = self.inner.get(&key).await.map_err(|e| StoreError::backend(&key, e))?;
-        let too_large = || StoreError::TooLarge { key: key.to_string(), limit };
-        if got.meta.size > limit {
-            return Err(too_large());
-        }
-        let mut stream = got.into_stream();
-        let mut out = BytesMut::new();
-        while let Some(chunk) = stream.try_next().await.map_err(|e| StoreError::backend(&key, e))? {
-            if (out.len() + chunk.len()) as u64 > limit {
-                return Err(too_large());
-            }
-            out.extend_from_slice(&chunk);
-        }
+        let out = read_bounded(&key, got, limit).await?;
         let found = Digest::of(&out);
         if found != *digest {
             return Err(StoreError::DigestMismatch {
@@ -36,8 +27,26 @@ impl Store {
                 found,
             });
         }
-        Ok(out.freeze())
+        Ok(out)
     }
+}
+
+/// The whole object `got` (at `key`), refused with [`StoreError::TooLarge`] when its size says
+/// it has more than `limit` bytes, or as soon as more than that arrives.
+pub(crate) async fn read_bounded(key: &Key, got: GetResult, limit: u64) -> Result<Bytes> {
+    let too_large = || StoreError::TooLarge { key: key.to_string(), limit };
+    if got.meta.size > limit {
+        return Err(too_large());
+    }
+    let mut stream = got.into_stream();
+    let mut out = BytesMut::new();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| StoreError::backend(key, e))? {
+        if (out.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 //! channels). Every read is bounded: an object larger than the caller's limit is refused
 //! before it is held in memory.
 
-use bytes::{Bytes, BytesMut};
-use futures::TryStreamExt;
+use bytes::Bytes;
 use object_store::path::Path as Key;
 
 use crate::error::{Result, StoreError};
@@ -57,19 +56,7 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(source) => return Err(StoreError::backend(&key, source)),
         };
-        let too_large = || StoreError::TooLarge { key: key.to_string(), limit };
-        if got.meta.size > limit {
-            return Err(too_large());
-        }
-        let mut stream = got.into_stream();
-        let mut out = BytesMut::new();
-        while let Some(chunk) = stream.try_next().await.map_err(|e| StoreError::backend(&key, e))? {
-            if (out.len() + chunk.len()) as u64 > limit {
-                return Err(too_large());
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(Some(out.freeze()))
+        crate::document::read_bounded(&key, got, limit).await.map(Some)
     }
 
     /// The keys under `log/<rel>/`, relative to `log/`, sorted. For audits that must see
