@@ -102,6 +102,11 @@ pub struct ReleaseArgs {
     /// Also sign the release with this private key.
     #[arg(long, value_name = "KEY")]
     pub sign: Option<PathBuf>,
+    /// A key trusted to have signed the image's provenance (SPKI PEM); repeatable. The record
+    /// takes recipe, lock and epoch only from a provenance that verifies with one [default:
+    /// the public half of --sign]
+    #[arg(long, value_name = "PUB")]
+    pub key: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

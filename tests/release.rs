@@ -244,7 +244,8 @@ fn the_release_record_names_everything_by_digest_and_is_reproducible() {
     assert!(published["signature"].as_str().unwrap().starts_with("sha256:"));
 
     // `kiln release` on the same image gives the same id; so does a build into another store.
-    let again = lab.run(&["--json", "release", "vm:one"]).ok().json();
+    let again =
+        lab.run(&["--json", "release", "vm:one", "--key", &lab.public("build")]).ok().json();
     assert_eq!(again["release"], published["release"]);
     let other = format!("file://{}", lab.path("other").display());
     let rebuilt = lab.build_release(&other, "one");
@@ -254,7 +255,51 @@ fn the_release_record_names_everything_by_digest_and_is_reproducible() {
     let plain = lab.path("plain.toml");
     std::fs::write(&plain, "[image]\nname = \"plain\"\nversion = \"1\"\n").unwrap();
     lab.run(&["build", plain.to_str().unwrap()]).ok();
-    lab.run(&["release", "plain:1"]).fails_with(1, &["has no provenance", "--sign"]);
+    lab.run(&["release", "plain:1", "--key", &lab.public("build")])
+        .fails_with(1, &["has no provenance", "--sign"]);
+}
+
+#[test]
+fn a_release_trusts_only_a_verified_provenance_and_verify_checks_its_signature() {
+    let lab = Lab::new();
+    let build = lab.build_release(&lab.store, "one");
+    let release = release_of(&build);
+    let build_pub = lab.public("build");
+
+    // The record takes recipe, lock and epoch only from a provenance that verifies: with no
+    // key to check it by, or with a key that did not sign it, `kiln release` refuses.
+    let other = format!("file://{}", lab.path("other").display());
+    let recipe = lab.recipe("one");
+    lab.run_at(&other, &["build", &recipe, "--sign", &lab.key("mallory")]).ok();
+    lab.run_at(&other, &["release", "vm:one", "--key", &build_pub]).fails_with(
+        1,
+        &["no provenance of image", "can be trusted", "does not verify with any given key"],
+    );
+    lab.run_at(&other, &["release", "vm:one"]).fails_with(1, &["give the key that signed"]);
+    lab.run_at(&other, &["release", "vm:one", "--key", &lab.public("mallory")]).ok();
+
+    // verify checks the release's own signature with the keys given, and says so when none is.
+    let verified = lab.run(&["--json", "verify", &release, "--key", &build_pub]).ok().json();
+    assert_eq!(verified["releaseSigners"].as_array().unwrap().len(), 1, "{verified}");
+    let unkeyed = lab.run(&["verify", &release]).ok();
+    assert!(unkeyed.stdout.contains("was not checked: no --key given"), "{}", unkeyed.stdout);
+    // Without its signature the release no longer verifies with a key, though the image does.
+    let referrers = lab.folder(&lab.store).join("referrers").join(&release[7..]);
+    for e in std::fs::read_dir(&referrers).unwrap() {
+        let path = e.unwrap().path();
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        if v["artifactType"] == "application/vnd.dev.cosign.artifact.sig.v1+json" {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let unsigned =
+        lab.run(&["verify", &release, "--key", &build_pub]).fails_with(EXIT_INTEGRITY, &[]);
+    assert!(
+        unsigned.stdout.contains(&format!("no signature over {release}")),
+        "{}",
+        unsigned.stdout
+    );
+    lab.run(&["verify", build["digest"].as_str().unwrap(), "--key", &build_pub]).ok();
 }
 
 /// Promotes a fresh release of `motd` into dev, staging and (with alice's and bob's

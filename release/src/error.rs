@@ -33,6 +33,12 @@ pub enum ReleaseError {
          and epoch; build it with --sign KEY"
     )]
     NoProvenance { image: Digest },
+    /// No attached provenance verifies, so nothing in one can be trusted.
+    #[error(
+        "no provenance of image {image} can be trusted, so a release cannot take its recipe, \
+         lock and epoch from one: {detail}"
+    )]
+    ProvenanceUntrusted { image: Digest, detail: String },
     /// The image is not an index or manifest.
     #[error("{digest} is a {media_type}, not an image index or manifest")]
     NotAnImage { digest: Digest, media_type: String },

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use kiln_attest::artifact::{self, Part};
 use kiln_attest::dsse::{Envelope, ENVELOPE_MEDIA_TYPE};
 use kiln_attest::provenance::Statement;
+use kiln_attest::PublicKey;
 use kiln_builder::disk::artifacts::{DISK_ARTIFACT, ROOT_HASH_ANNOTATION};
 use kiln_oci::{media_type, Descriptor, Digest, ImageIndex, ImageManifest};
 use kiln_store::{Store, StoreError};
@@ -145,9 +146,22 @@ fn disk_format(media: &str) -> Option<&'static str> {
     })
 }
 
+/// Which provenance a record may take its recipe, lock, epoch and builder from: never one
+/// merely found attached, since anyone who can write to the store can attach one.
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// A provenance whose DSSE envelope verifies with one of these keys and whose statement's
+    /// subject is the image.
+    Keys(&'a [PublicKey]),
+    /// One of these provenance artifacts: those a record names, when the record is checked
+    /// against the store (their signatures are the image audit's to check).
+    Named(&'a [Digest]),
+}
+
 /// Describes the stored image at `root` as a release record, reading (and verifying) its
-/// index, manifests and referrers.
-pub async fn describe(store: &Store, root: &Descriptor) -> Result<Release> {
+/// index, manifests and referrers, and taking the build's facts from the first provenance
+/// (by digest) that `trust` admits.
+pub async fn describe(store: &Store, root: &Descriptor, trust: Trust<'_>) -> Result<Release> {
     let annotations = match root.media_type.as_str() {
         media_type::IMAGE_INDEX => store.get_json::<ImageIndex>(&root.digest).await?.annotations,
         media_type::IMAGE_MANIFEST => {
@@ -206,6 +220,7 @@ pub async fn describe(store: &Store, root: &Descriptor) -> Result<Release> {
     let mut signatures = Vec::new();
     let mut provenance = Vec::new();
     let mut statement = None;
+    let mut refused = Vec::new();
     for a in artifact::referrers(store, &root.digest).await? {
         match a.artifact_type() {
             artifact::SIGNATURE_ARTIFACT => signatures.push(a.descriptor.digest),
@@ -213,14 +228,27 @@ pub async fn describe(store: &Store, root: &Descriptor) -> Result<Release> {
                 provenance.push(a.descriptor.digest);
                 // Referrers come sorted by digest, so the first statement is always the same.
                 if statement.is_none() {
-                    statement = read_statement(store, &a.manifest).await?;
+                    match read_statement(store, &a, root, trust).await? {
+                        Ok(s) => statement = Some(s),
+                        Err(why) => refused.push(format!("{}: {why}", a.descriptor.digest)),
+                    }
                 }
             }
             _ => {}
         }
     }
-    let statement: Statement =
-        statement.ok_or(ReleaseError::NoProvenance { image: root.digest })?;
+    let statement: Statement = match statement {
+        Some(s) => s,
+        None if provenance.is_empty() => {
+            return Err(ReleaseError::NoProvenance { image: root.digest })
+        }
+        None => {
+            return Err(ReleaseError::ProvenanceUntrusted {
+                image: root.digest,
+                detail: refused.join("; "),
+            })
+        }
+    };
     let params = &statement.predicate.build_definition.external_parameters;
     let versions = &statement.predicate.run_details.builder.version;
     let get = |k: &str| versions.get(k).cloned().unwrap_or_default();
@@ -244,15 +272,60 @@ pub async fn describe(store: &Store, root: &Descriptor) -> Result<Release> {
     })
 }
 
-/// The statement inside a provenance artifact's envelope (its signature is checked by
-/// verification, not here: the record only names what is attached).
-async fn read_statement(store: &Store, manifest: &ImageManifest) -> Result<Option<Statement>> {
-    let Some(layer) = manifest.layers.iter().find(|l| l.media_type == ENVELOPE_MEDIA_TYPE) else {
-        return Ok(None);
+/// The statement of provenance artifact `a` of `root`, if `trust` admits it; else why not.
+async fn read_statement(
+    store: &Store,
+    a: &artifact::Attached,
+    root: &Descriptor,
+    trust: Trust<'_>,
+) -> Result<std::result::Result<Statement, String>> {
+    if let Trust::Named(named) = trust {
+        if !named.contains(&a.descriptor.digest) {
+            return Ok(Err("not a provenance the record names".to_string()));
+        }
+    }
+    if a.subject() != Some(root.digest) {
+        return Ok(Err("its manifest's subject is another image".to_string()));
+    }
+    let Some(layer) = a.manifest.layers.iter().find(|l| l.media_type == ENVELOPE_MEDIA_TYPE) else {
+        return Ok(Err("it has no DSSE envelope".to_string()));
     };
-    let bytes = store.get_blob_bounded(&layer.digest, ENVELOPE_LIMIT).await?;
-    let envelope: Envelope = serde_json::from_slice(&bytes)?;
-    Ok(serde_json::from_slice(&envelope.payload_bytes()?).ok())
+    if layer.size > ENVELOPE_LIMIT {
+        return Ok(Err(format!("its envelope is larger than {ENVELOPE_LIMIT} bytes")));
+    }
+    let bytes = store.get_described(layer).await?;
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(&bytes) else {
+        return Ok(Err("its envelope is not a DSSE envelope".to_string()));
+    };
+    if envelope.payload_type != kiln_attest::provenance::PAYLOAD_TYPE {
+        return Ok(Err(format!("its payloadType is {:?}", envelope.payload_type)));
+    }
+    if let Trust::Keys(keys) = trust {
+        if !keys.iter().any(|k| envelope.verified_by(k).unwrap_or(false)) {
+            return Ok(Err(format!(
+                "its signature does not verify with any given key ({})",
+                key_ids(keys)
+            )));
+        }
+    }
+    let Ok(statement) = serde_json::from_slice::<Statement>(&envelope.payload_bytes()?) else {
+        return Ok(Err("its statement is malformed".to_string()));
+    };
+    if !statement.subject.iter().any(|s| s.sha256() == Some(root.digest)) {
+        return Ok(Err(format!("its statement's subject is not image {}", root.digest)));
+    }
+    Ok(Ok(statement))
+}
+
+/// Key ids for a message.
+fn key_ids(keys: &[PublicKey]) -> String {
+    if keys.is_empty() {
+        return "none was given".to_string();
+    }
+    keys.iter()
+        .map(|k| k.key_id().map_or_else(|e| e.to_string(), |id| id.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The record's canonical bytes.
@@ -341,7 +414,7 @@ pub async fn check(store: &Store, loaded: &Loaded) -> Result<u64> {
     let r = &loaded.release;
     let fail = |detail: String| ReleaseError::Unverified { release: loaded.id, detail };
     let root = Descriptor::new(&r.image.media_type, r.image.digest, r.image.size);
-    let now = match describe(store, &root).await {
+    let now = match describe(store, &root, Trust::Named(&r.provenance)).await {
         Ok(now) => now,
         Err(ReleaseError::Store(
             e @ (StoreError::DigestMismatch { .. } | StoreError::NotFound { .. }),
@@ -429,14 +502,17 @@ pub struct Published {
     pub record: Release,
 }
 
-/// Describes the image at `root`, stores its record and, with `key`, signs the release
-/// (a cosign signature over the release manifest, attached as its referrer).
+/// Describes the image at `root`, taking the build's facts only from a provenance that
+/// verifies with one of `provenance_keys`, stores its record and, with `key`, signs the
+/// release (a cosign signature over the release manifest, attached as its referrer).
 pub async fn release(
     store: &Store,
     root: &Descriptor,
+    provenance_keys: &[PublicKey],
     key: Option<&kiln_attest::PrivateKey>,
 ) -> Result<Published> {
-    let loaded = publish(store, &describe(store, root).await?).await?;
+    let loaded =
+        publish(store, &describe(store, root, Trust::Keys(provenance_keys)).await?).await?;
     let (signature, key_id) = match key {
         Some(key) => {
             let (sig, id) =

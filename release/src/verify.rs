@@ -1,7 +1,8 @@
-//! `kiln verify RELEASE`: the image verified as `kiln verify` does, the record checked against
-//! the store, the release not revoked and, given a channel, the release is or was in it.
+//! `kiln verify RELEASE`: the image verified as `kiln verify` does, the release's own
+//! signature checked with the auditor's keys, the record checked against the store, the
+//! release not revoked and, given a channel, the release is or was in it.
 
-use kiln_attest::verify::{Finding, Policy};
+use kiln_attest::verify::{Finding, Policy, Status};
 use kiln_attest::{KeyId, PublicKey};
 use kiln_oci::{Descriptor, Digest};
 use kiln_store::Store;
@@ -21,7 +22,9 @@ pub struct Verified {
     pub passed: bool,
     /// Keys whose signatures over the image were accepted.
     pub signers: Vec<KeyId>,
-    /// The image audit's findings.
+    /// Keys whose signatures over the release (its artifact manifest) were accepted.
+    pub release_signers: Vec<KeyId>,
+    /// The image audit's findings, then the release signature's (check `release`).
     pub findings: Vec<Finding>,
     /// Bytes of configs and disks re-hashed for the record.
     pub record_bytes_rehashed: u64,
@@ -42,6 +45,22 @@ pub async fn verify(
     let image = &loaded.release.image;
     let root = Descriptor::new(&image.media_type, image.digest, image.size);
     let report = kiln_attest::verify::verify(store, &root, policy).await?;
+    let mut findings = report.findings;
+    let release_signers = if policy.keys.is_empty() {
+        findings.push(Finding {
+            status: Status::Note,
+            check: "release",
+            message: format!("the signature over release {id} was not checked: no --key given"),
+        });
+        Vec::new()
+    } else {
+        // The same keys the image's signatures are checked with: whoever may sign the image
+        // may sign its release.
+        let signed =
+            kiln_attest::verify::verify_signatures(store, &loaded.descriptor, &policy.keys).await?;
+        findings.extend(signed.findings.into_iter().map(|f| Finding { check: "release", ..f }));
+        signed.signers
+    };
     let rehashed = record::check(store, &loaded).await?;
     let channel = match channel {
         Some((ch, ch_keys)) => Some(history::standing(store, ch, id, ch_keys).await?),
@@ -50,9 +69,10 @@ pub async fn verify(
     Ok(Verified {
         release: *id,
         image: image.digest,
-        passed: report.passed(),
+        passed: findings.iter().all(|f| f.status != Status::Fail),
         signers: report.signers,
-        findings: report.findings,
+        release_signers,
+        findings,
         record_bytes_rehashed: rehashed,
         channel,
     })

@@ -118,7 +118,12 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     let released = match (&key, args.release) {
         (Some(key), true) => Some(
             ctx.runtime
-                .block_on(kiln_release::record::release(&ctx.store, &out.index, Some(key)))
+                .block_on(kiln_release::record::release(
+                    &ctx.store,
+                    &out.index,
+                    &[key.public()],
+                    Some(key),
+                ))
                 .context("writing the release record")?,
         ),
         _ => None,
