@@ -97,6 +97,38 @@ fn default_store_is_under_xdg_data_home() {
 }
 
 #[test]
+fn a_stale_lock_rewritten_by_a_build_is_announced() {
+    let ws = Workspace::new();
+    ws.write("recipe/files/app", "v1\n");
+    let recipe = ws.write(
+        "recipe/recipe.toml",
+        "[image]\nname = \"stale\"\nversion = \"1\"\n\n[[layer]]\nname = \"app\"\n\
+         files = [{ src = \"files/app\", dest = \"/app\" }]\n",
+    );
+    let kiln = Kiln::new(&ws.store("store"));
+    let r = recipe.to_str().unwrap();
+    let first = kiln.run(&["--json", "build", r]).ok();
+    assert_eq!(first.json()["lock"]["written"], true);
+    assert_eq!(first.json()["lock"]["stale"], serde_json::json!([]));
+    assert!(!first.stderr.contains("stale"), "a new lock is not a stale one:\n{first}");
+
+    ws.write("recipe/files/app", "v2\n");
+    let rewritten = kiln.run(&["--json", "build", r]).ok();
+    let rewritten = rewritten.stderr_has(&["notice:", "recipe.lock was stale and is rewritten", "input files/app changed"]);
+    let report = rewritten.json();
+    assert_eq!(report["lock"]["written"], true);
+    let stale = report["lock"]["stale"].as_array().unwrap();
+    assert_eq!(stale.len(), 1, "{report}");
+    assert!(stale[0].as_str().unwrap().starts_with("input files/app changed"), "{report}");
+
+    let again = kiln.run(&["build", r]).ok();
+    assert!(!again.stderr.contains("stale"), "an up-to-date lock is not stale:\n{again}");
+    ws.write("recipe/files/app", "v3\n");
+    let quiet = kiln.run(&["-q", "build", r]).ok();
+    assert!(quiet.stderr.is_empty(), "{quiet}");
+}
+
+#[test]
 fn build_writes_the_lock_beside_the_recipe() {
     let ws = Workspace::new();
     let recipes = copy_recipes(ws.root());

@@ -87,6 +87,9 @@ pub struct BuildOutput {
     pub lock: Lock,
     /// True when the lock file was created or changed by this build.
     pub lock_written: bool,
+    /// How the lock file found beside the recipe differed from the inputs, when this build
+    /// rewrote it (empty when there was no lock, or it matched).
+    pub lock_stale: Vec<LockDifference>,
     /// The disk artifact manifests, one per platform disks are made for, when the recipe
     /// has `[disk]`.
     pub disks: Vec<(Platform, Descriptor)>,
@@ -398,6 +401,7 @@ fn build_resolved(
     }
 
     let lock_written = existing.as_ref() != Some(&current);
+    let lock_stale = existing.as_ref().map(|l| l.differences(&current)).unwrap_or_default();
     if lock_written {
         current.write(&lock_path)?;
     }
@@ -419,6 +423,7 @@ fn build_resolved(
         layers_reused: reused,
         lock: current,
         lock_written,
+        lock_stale,
         disks,
         disks_reused,
         cache_hits,

@@ -101,8 +101,17 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         .block_on(ctx.store.set_ref(&name, &tag, &out.index))
         .with_context(|| format!("tagging {name}:{tag}"))?;
     progress.finish();
-
     let lock_path = kiln_builder::Lock::path_for(&recipe.file);
+    // A stale lock is rewritten without --locked; say so even under --json, since a lock
+    // that silently moves hides an input change from review.
+    if !out.lock_stale.is_empty() && !ctx.quiet {
+        eprintln!(
+            "notice: {} was stale and is rewritten:\n  {}\n(build with --locked to refuse a stale lock)",
+            lock_path.display(),
+            out.lock_stale.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n  ")
+        );
+    }
+
     let attested = match (&key, &source) {
         (Some(key), Some(source)) => {
             // Placed again now that the build may have written the lock: a commit is recorded
@@ -151,7 +160,11 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
                     "refusal": refusal,
                 })).collect::<Vec<_>>(),
             },
-            "lock": { "path": lock_path.display().to_string(), "written": out.lock_written },
+            "lock": {
+                "path": lock_path.display().to_string(),
+                "written": out.lock_written,
+                "stale": out.lock_stale.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            },
             "store": ctx.store.describe(),
             "disksReused": out.disks_reused,
             "disks": out.disks.iter().map(|(p, d)| json!({
@@ -173,7 +186,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "release": released,
         }))?;
     } else {
-        if out.lock_written {
+        if out.lock_written && out.lock_stale.is_empty() {
             eprintln!("wrote {}", lock_path.display());
         }
         ctx.say(format!(
