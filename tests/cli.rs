@@ -114,7 +114,11 @@ fn a_stale_lock_rewritten_by_a_build_is_announced() {
 
     ws.write("recipe/files/app", "v2\n");
     let rewritten = kiln.run(&["--json", "build", r]).ok();
-    let rewritten = rewritten.stderr_has(&["notice:", "recipe.lock was stale and is rewritten", "input files/app changed"]);
+    let rewritten = rewritten.stderr_has(&[
+        "notice:",
+        "recipe.lock was stale and is rewritten",
+        "input files/app changed",
+    ]);
     let report = rewritten.json();
     assert_eq!(report["lock"]["written"], true);
     let stale = report["lock"]["stale"].as_array().unwrap();

@@ -343,13 +343,56 @@ fn a_path_declared_twice_is_named_and_nothing_is_stored_or_locked() {
                 [[layer]]\nname = \"twice\"\ntrees = [{ src = \"rootfs\", dest = \"/\" }]\n\
                 inline = [{ dest = \"/etc/motd\", content = \"again\" }]\n";
     let r = ws.write("recipe/recipe.toml", text);
-    rejects(&ws, &r, Some(EXIT_ERROR), &["twice", "/etc/motd", "declared twice"]);
+    // The second declaration of the path is the one named, by line and column.
+    rejects(
+        &ws,
+        &r,
+        Some(EXIT_ERROR),
+        &["recipe.toml:12:20: layer \"twice\"", "/etc/motd", "declared twice"],
+    );
     let store = ws.store("lock-store");
     Kiln::new(&store)
         .run(&["lock", r.to_str().expect("utf-8")])
         .fails_with(EXIT_ERROR)
         .stderr_has(&["/etc/motd", "declared twice"]);
     assert!(!ws.path("recipe/recipe.lock").exists(), "a lock was written for a bad recipe");
+}
+
+#[test]
+fn layer_level_mistakes_name_the_line_and_column() {
+    // Each mistake is found only when the layer's tree is made, yet named where the recipe
+    // declares it: a hard link to nothing, a file under a file, a tree or a tarball
+    // putting something where the recipe already put something else.
+    let ws = Workspace::new();
+    ws.write("recipe/rootfs/etc/motd", "from the tree\n");
+    ws.write("recipe/vendor/t.tar.gz", tar_gz(&[Member::File { name: "etc", content: b"x" }]));
+    for (layer, needle) in [
+        (
+            "inline = [{ dest = \"/x\", content = \"x\" }]\nhardlinks = [\n  { dest = \"/y\", target = \"/x\" },\n  { dest = \"/z\", target = \"/nope\" },\n]",
+            "recipe.toml:10:12: layer \"l\": hard link /z points at /nope",
+        ),
+        (
+            "inline = [{ dest = \"/a\", content = \"x\" }, { dest = \"/a/c\", content = \"y\" }]",
+            "recipe.toml:7:52: layer \"l\": /a/c needs /a to be a directory",
+        ),
+        (
+            "dirs = [{ dest = \"/etc/motd\" }]\ntrees = [{ src = \"rootfs\", dest = \"/\" }]",
+            "recipe.toml:8:18: layer \"l\": /etc/motd is declared twice",
+        ),
+        (
+            "dirs = [{ dest = \"/etc\" }]\ntarballs = [{ src = \"vendor/t.tar.gz\" }]",
+            "recipe.toml:8:21: layer \"l\": /etc is declared twice",
+        ),
+    ] {
+        let r = recipe(&ws, layer);
+        rejects(&ws, &r, Some(EXIT_ERROR), &[needle]);
+        fs::remove_dir_all(ws.path("store")).ok();
+        fs::remove_dir_all(ws.path("tmp")).ok();
+    }
+    // An epoch no tar header can hold is refused where it is written, before any layer.
+    let text = "epoch = 8589934592\n[image]\nname = \"e\"\nversion = \"1\"\n";
+    let r = ws.write("recipe/recipe.toml", text);
+    rejects(&ws, &r, Some(EXIT_ERROR), &["recipe.toml:1:9: epoch must be", "8589934591"]);
 }
 
 /// A 10-byte file member whose header is changed by `edit`, after the records of `pax_records`.

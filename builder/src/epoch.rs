@@ -11,10 +11,13 @@ pub struct Epoch(pub i64);
 
 /// Why an epoch value was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("epoch {0:?} is not a whole number of seconds since 1970 (≥ 0)")]
+#[error("epoch {0:?} is not a whole number of seconds since 1970 from 0 to {max}", max = Epoch::MAX.0)]
 pub struct EpochError(pub String);
 
 impl Epoch {
+    /// The latest epoch: the largest mtime the 11 octal digits of a tar header hold.
+    pub const MAX: Epoch = Epoch(0o777_7777_7777);
+
     /// Picks the epoch: an explicit value, else `SOURCE_DATE_EPOCH`, else the recipe's, else 0.
     pub fn resolve(
         explicit: Option<i64>,
@@ -32,7 +35,7 @@ impl Epoch {
     }
 
     fn checked(v: i64) -> Result<Epoch, EpochError> {
-        if v < 0 {
+        if !(0..=Self::MAX.0).contains(&v) {
             return Err(EpochError(v.to_string()));
         }
         Ok(Epoch(v))

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash_cache::{FileStamp, HashCache};
 use crate::host_file::HostFile;
 use crate::image_path::{ImagePath, ImagePathError};
-use crate::recipe::{LayerSpec, Ownership};
+use crate::recipe::{LayerSpec, Location, Ownership};
 use crate::source_path::SourcePath;
 use crate::tarball::{Member, Spool};
 use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
@@ -61,8 +61,8 @@ pub enum InputError {
     TarMember { tarball: String, member: String, problem: String },
     #[error("tarball {tarball}: {source}")]
     Tarball { tarball: String, source: std::io::Error },
-    #[error("layer {layer:?}: {source}")]
-    Tree { layer: String, source: TreeError },
+    #[error("{at}: layer {layer:?}: {source}")]
+    Tree { at: Location, layer: String, source: TreeError },
     #[error("{path}: {source}")]
     Path { path: String, source: ImagePathError },
 }
@@ -75,8 +75,9 @@ pub struct ResolvedLayer {
     /// sha256 over the layer's declaration with every input named by its digest: all that
     /// its tree is made from, and nothing of where the inputs lie on this machine.
     pub digest: Digest,
-    /// The additions that make the tree, in declaration order.
-    steps: Vec<Step>,
+    /// The additions that make the tree, in declaration order, each with where the recipe
+    /// declares it.
+    steps: Vec<(Location, Step)>,
 }
 
 /// One addition to a layer's tree.
@@ -100,7 +101,7 @@ enum Step {
 impl ResolvedLayer {
     /// Removes the folders holding tarballs' contents; the layer's tree cannot be made after.
     pub fn remove_spools(&mut self) {
-        for step in &mut self.steps {
+        for (_, step) in &mut self.steps {
             if let Step::Tarball { spool, .. } = step {
                 drop(spool.take());
             }
@@ -110,8 +111,9 @@ impl ResolvedLayer {
     /// Builds the layer's tree from what resolving it kept: nothing is read from disk, and
     /// only a layer that is written (or flattened into disks) needs it.
     pub fn tree(&self) -> Result<Tree, InputError> {
-        let mut b = LayerBuilder { layer: &self.name, tree: Tree::new() };
-        for step in &self.steps {
+        let mut tree = Tree::new();
+        for (at, step) in &self.steps {
+            let mut b = LayerBuilder { layer: &self.name, at, tree };
             match step {
                 Step::Insert(path, kind, meta) => {
                     b.insert(path.clone(), kind.clone(), meta.clone())?
@@ -123,8 +125,9 @@ impl ResolvedLayer {
                 Step::Tree(scanned) => b.add_scanned(scanned)?,
                 Step::Tarball { dest, members, .. } => b.add_members(dest, members)?,
             }
+            tree = b.tree;
         }
-        Ok(b.tree)
+        Ok(tree)
     }
 }
 
@@ -135,7 +138,8 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
     let mut declared = Declaration::default();
     for d in &spec.dirs {
         declared.item(b"dir", &d.dest, Some(&d.owner), &[]);
-        steps.push(Step::Insert(d.dest.clone(), EntryKind::Dir, meta(&d.owner, 0o755)));
+        let step = Step::Insert(d.dest.clone(), EntryKind::Dir, meta(&d.owner, 0o755));
+        steps.push((d.at.clone(), step));
     }
     for t in &spec.trees {
         let (digest, scanned) = scan_tree(&t.src, &t.dest, t.uid, t.gid, cache)?;
@@ -147,7 +151,7 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             digest,
             executable: false,
         });
-        steps.push(Step::Tree(scanned));
+        steps.push((t.at.clone(), Step::Tree(scanned)));
     }
     for t in &spec.tarballs {
         let (content, _) = hash_file(t.src.abs(), cache)?;
@@ -163,7 +167,8 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
         let reader = crate::tarball::open(t.src.abs())
             .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;
         let (members, spool) = crate::tarball::read_members(reader, &tarball)?;
-        steps.push(Step::Tarball { dest: t.dest.clone(), members, spool: Some(spool) });
+        let step = Step::Tarball { dest: t.dest.clone(), members, spool: Some(spool) };
+        steps.push((t.at.clone(), step));
     }
     for f in &spec.files {
         let (content, exec) = hash_file(f.src.abs(), cache)?;
@@ -176,21 +181,23 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             executable: exec,
         });
         let meta = meta(&f.owner, normal_mode(exec));
-        steps.push(Step::Insert(f.dest.clone(), EntryKind::File(content), meta));
+        steps.push((f.at.clone(), Step::Insert(f.dest.clone(), EntryKind::File(content), meta)));
     }
     for i in &spec.inline {
         declared.item(b"inline", &i.dest, Some(&i.owner), &[i.content.as_bytes()]);
         let content = Content::Bytes(Arc::from(i.content.as_bytes()));
-        steps.push(Step::Insert(i.dest.clone(), EntryKind::File(content), meta(&i.owner, 0o644)));
+        let step = Step::Insert(i.dest.clone(), EntryKind::File(content), meta(&i.owner, 0o644));
+        steps.push((i.at.clone(), step));
     }
     for l in &spec.symlinks {
         declared.item(b"symlink", &l.dest, Some(&l.owner), &[l.target.as_bytes()]);
         let kind = EntryKind::Symlink(l.target.clone());
-        steps.push(Step::Insert(l.dest.clone(), kind, meta(&l.owner, 0o777)));
+        steps.push((l.at.clone(), Step::Insert(l.dest.clone(), kind, meta(&l.owner, 0o777))));
     }
     for h in &spec.hardlinks {
         declared.item(b"hardlink", &h.dest, None, &[h.target.as_str().as_bytes()]);
-        steps.push(Step::HardLink { dest: h.dest.clone(), target: h.target.clone() });
+        let step = Step::HardLink { dest: h.dest.clone(), target: h.target.clone() };
+        steps.push((h.at.clone(), step));
     }
     Ok(ResolvedLayer { name: spec.name.clone(), inputs, digest: declared.finish(), steps })
 }
@@ -471,14 +478,18 @@ fn scan_tree(
 /// Makes a layer's tree, step by step.
 struct LayerBuilder<'a> {
     layer: &'a str,
+    /// Where the recipe declares the step being added.
+    at: &'a Location,
     tree: Tree,
 }
 
 impl LayerBuilder<'_> {
     fn insert(&mut self, path: ImagePath, kind: EntryKind, meta: Meta) -> Result<(), InputError> {
-        self.tree
-            .insert(path, Entry { kind, meta })
-            .map_err(|source| InputError::Tree { layer: self.layer.to_string(), source })
+        self.tree.insert(path, Entry { kind, meta }).map_err(|source| InputError::Tree {
+            at: self.at.clone(),
+            layer: self.layer.to_string(),
+            source,
+        })
     }
 
     /// Directories found in trees and tarballs yield to one declared in the recipe.

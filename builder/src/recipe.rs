@@ -182,6 +182,8 @@ pub struct LayerSpec {
 pub struct DirSpec {
     pub dest: ImagePath,
     pub owner: Ownership,
+    /// Where the recipe declares it, for errors found when the layer is made.
+    pub at: Location,
 }
 
 /// A host file copied into the image.
@@ -190,6 +192,8 @@ pub struct FileSpec {
     pub src: SourcePath,
     pub dest: ImagePath,
     pub owner: Ownership,
+    /// Where the recipe declares it, for errors found when the layer is made.
+    pub at: Location,
 }
 
 /// A file whose content is written in the recipe.
@@ -198,6 +202,8 @@ pub struct InlineSpec {
     pub dest: ImagePath,
     pub content: String,
     pub owner: Ownership,
+    /// Where the recipe declares it, for errors found when the layer is made.
+    pub at: Location,
 }
 
 /// A symbolic link.
@@ -206,6 +212,8 @@ pub struct SymlinkSpec {
     pub dest: ImagePath,
     pub target: String,
     pub owner: Ownership,
+    /// Where the recipe declares it, for errors found when the layer is made.
+    pub at: Location,
 }
 
 /// A hard link to a regular file declared in the same layer.
@@ -213,6 +221,8 @@ pub struct SymlinkSpec {
 pub struct HardlinkSpec {
     pub dest: ImagePath,
     pub target: ImagePath,
+    /// Where the recipe declares it, for errors found when the layer is made.
+    pub at: Location,
 }
 
 /// A host directory copied recursively.
@@ -222,6 +232,8 @@ pub struct TreeSpec {
     pub dest: ImagePath,
     pub uid: u32,
     pub gid: u32,
+    /// Where the recipe declares it, for errors found when the layer is made.
+    pub at: Location,
 }
 
 /// An existing tarball (plain, gzip or zstd) unpacked into the layer.
@@ -229,6 +241,8 @@ pub struct TreeSpec {
 pub struct TarballSpec {
     pub src: SourcePath,
     pub dest: ImagePath,
+    /// Where the recipe declares it, for errors found when the layer is made.
+    pub at: Location,
 }
 
 /// The `[config]` table: what a runtime reads.
@@ -278,7 +292,8 @@ impl Recipe {
         })?;
         let dir = std::fs::canonicalize(dir)
             .map_err(|source| RecipeError::Read { path: dir.to_path_buf(), source })?;
-        let cx = recipe_toml::Context { dir: &dir, at: &at };
+        let locate = |offset: usize| Location::at(file, &normalised, offset);
+        let cx = recipe_toml::Context { dir: &dir, at: &at, locate: &locate };
         let model = cx.validate(raw)?;
         Ok(Recipe {
             file: file.to_path_buf(),

@@ -7,11 +7,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::compress::Compression;
+use crate::epoch::Epoch;
 use crate::image_path::ImagePath;
 use crate::recipe::{
     ConfigSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec, InlineSpec,
-    LayerSpec, Ownership, PartitionLabels, Problem, RecipeError, RootFs, SymlinkSpec, TarballSpec,
-    TreeSpec,
+    LayerSpec, Location, Ownership, PartitionLabels, Problem, RecipeError, RootFs, SymlinkSpec,
+    TarballSpec, TreeSpec,
 };
 use crate::source_path::SourcePath;
 
@@ -210,6 +211,8 @@ pub(crate) struct Model {
 pub(crate) struct Context<'a> {
     pub dir: &'a Path,
     pub at: &'a dyn Fn(usize, Problem) -> RecipeError,
+    /// The location of a byte offset, kept with declarations for errors found later.
+    pub locate: &'a dyn Fn(usize) -> Location,
 }
 
 impl Context<'_> {
@@ -279,11 +282,15 @@ impl Context<'_> {
     pub(crate) fn validate(&self, raw: RawRecipe) -> Result<Model, RecipeError> {
         let epoch = match raw.epoch {
             None => None,
-            Some(e) if *e.get_ref() >= 0 => Some(*e.get_ref()),
+            Some(e) if (0..=Epoch::MAX.0).contains(e.get_ref()) => Some(*e.get_ref()),
             Some(e) => {
                 return self.err(
                     e.span(),
-                    Problem::Invalid("epoch must be seconds since 1970, ≥ 0".into()),
+                    Problem::Invalid(format!(
+                        "epoch must be seconds since 1970 from 0 to {} (the latest time a tar \
+                         header holds)",
+                        Epoch::MAX.0
+                    )),
                 );
             }
         };
@@ -498,6 +505,7 @@ impl Context<'_> {
         };
         for d in &raw.dirs {
             spec.dirs.push(DirSpec {
+                at: (self.locate)(d.dest.span().start),
                 dest: self.image_path(&d.dest)?,
                 owner: self.owner(&d.mode, &d.uid, &d.gid)?,
             });
@@ -511,6 +519,7 @@ impl Context<'_> {
                 );
             }
             spec.files.push(FileSpec {
+                at: (self.locate)(f.dest.span().start),
                 src,
                 dest: self.image_path(&f.dest)?,
                 owner: self.owner(&f.mode, &f.uid, &f.gid)?,
@@ -518,6 +527,7 @@ impl Context<'_> {
         }
         for i in &raw.inline {
             spec.inline.push(InlineSpec {
+                at: (self.locate)(i.dest.span().start),
                 dest: self.image_path(&i.dest)?,
                 content: i.content.clone(),
                 owner: self.owner(&i.mode, &i.uid, &i.gid)?,
@@ -525,6 +535,7 @@ impl Context<'_> {
         }
         for s in &raw.symlinks {
             spec.symlinks.push(SymlinkSpec {
+                at: (self.locate)(s.dest.span().start),
                 dest: self.image_path(&s.dest)?,
                 target: self.non_empty("symlink target", &s.target)?,
                 owner: self.owner(&None, &s.uid, &s.gid)?,
@@ -532,6 +543,7 @@ impl Context<'_> {
         }
         for h in &raw.hardlinks {
             spec.hardlinks.push(HardlinkSpec {
+                at: (self.locate)(h.dest.span().start),
                 dest: self.image_path(&h.dest)?,
                 target: self.image_path(&h.target)?,
             });
@@ -545,6 +557,7 @@ impl Context<'_> {
                 );
             }
             spec.trees.push(TreeSpec {
+                at: (self.locate)(t.src.span().start),
                 src,
                 dest: self.image_path(&t.dest)?,
                 uid: self.id("uid", &t.uid)?,
@@ -559,7 +572,11 @@ impl Context<'_> {
                     Problem::Invalid(format!("tarball {src} is not a regular file")),
                 );
             }
-            spec.tarballs.push(TarballSpec { src, dest: self.image_path(&t.dest)? });
+            spec.tarballs.push(TarballSpec {
+                at: (self.locate)(t.src.span().start),
+                src,
+                dest: self.image_path(&t.dest)?,
+            });
         }
         Ok(spec)
     }
