@@ -192,6 +192,45 @@ fn a_descriptor_with_a_wrong_size_is_an_integrity_failure_everywhere() {
     }
 }
 
+/// Stores `doc` as a blob and returns its digest and size.
+fn put_json_blob(store: &TestStore, doc: &Value) -> (String, u64) {
+    let bytes = serde_json::to_vec(doc).unwrap();
+    let digest = kiln_oci::Digest::of(&bytes).to_string();
+    store.put(&blob_key(&digest), bytes.clone());
+    (digest, bytes.len() as u64)
+}
+
+#[test]
+fn verify_refuses_a_layer_whose_descriptor_size_lies_though_its_bytes_hash_right() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let store = TestStore::folder(ws.root(), "store");
+    let built = store.kiln(&["--json", "build", recipes.join("golden.toml").to_str().unwrap()]);
+    let index_digest = built.ok().json()["digest"].as_str().unwrap().to_string();
+    // A manifest naming the real layer bytes with one byte fewer, reached by a new index
+    // from the ref: every blob on the way hashes right.
+    let mut index = json_blob(&store, &index_digest);
+    let mut manifest = json_blob(&store, index["manifests"][0]["digest"].as_str().unwrap());
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    manifest["layers"][0]["size"] = (size - 1).into();
+    let (digest, size) = put_json_blob(&store, &manifest);
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    let (digest, size) = put_json_blob(&store, &index);
+    let mut root: Value = serde_json::from_slice(&store.get("refs/golden/1.0.0").unwrap()).unwrap();
+    root["digest"] = digest.into();
+    root["size"] = size.into();
+    store.put("refs/golden/1.0.0", serde_json::to_vec(&root).unwrap());
+
+    let verify = store.kiln(&["verify", "golden:1.0.0"]).fails_with(EXIT_INTEGRITY);
+    let says = format!(
+        "has {size_found} bytes but its descriptor says {size_said}",
+        size_found = manifest["layers"][0]["size"].as_u64().unwrap() + 1,
+        size_said = manifest["layers"][0]["size"]
+    );
+    assert!(verify.stdout.contains(&says), "{verify}");
+}
+
 #[test]
 fn repair_quarantines_corrupt_blobs_and_drops_what_leads_to_missing_ones() {
     let ws = Workspace::new();

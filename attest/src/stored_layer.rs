@@ -23,7 +23,7 @@ const TAR_CHUNK: usize = 1024 * 1024;
 /// Reads `layer` from `store`: its blob verified, its diff_id recomputed and its entries listed.
 pub async fn read(store: &Store, layer: &Descriptor) -> Result<LayerContents, AttestError> {
     let digest = layer.digest;
-    let mut stream = store.blob_stream(&digest).await?;
+    let mut stream = store.blob_stream(layer).await?;
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
     let (tar_tx, tar_rx) = mpsc::sync_channel::<Bytes>(CHUNKS_IN_FLIGHT);
     let (inflated_tx, inflated) = oneshot::channel();
@@ -182,6 +182,22 @@ mod tests {
         assert_eq!(got.diff_id, want.diff_id);
         assert_eq!(got.entries, want.entries);
         assert_eq!(got.entries.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_descriptor_whose_size_lies_is_refused_though_the_bytes_hash_right() {
+        let store = Store::open("memory://").unwrap();
+        let bytes = layer(&files());
+        let put = store.put_blob(Bytes::from(bytes)).await.unwrap();
+        for size in [put.size - 1, put.size + 1, 1] {
+            let desc = Descriptor::new(media_type::LAYER_TAR_GZIP, put.digest, size);
+            match read(&store, &desc).await {
+                Err(AttestError::Store(e @ kiln_store::StoreError::SizeMismatch { .. })) => {
+                    assert!(e.is_integrity_failure());
+                }
+                other => panic!("size {size}: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

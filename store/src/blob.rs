@@ -58,7 +58,7 @@ fn check(key: &Key, expected: &Digest, found: Digest) -> Result<()> {
 
 /// Fails with [`StoreError::SizeMismatch`] unless the blob at `key` has the `expected` size
 /// its descriptor gives.
-fn check_size(key: &Key, expected: u64, found: u64) -> Result<()> {
+pub(crate) fn check_size(key: &Key, expected: u64, found: u64) -> Result<()> {
     if found == expected {
         Ok(())
     } else {
