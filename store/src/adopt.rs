@@ -2,6 +2,7 @@
 //! copied, so a freshly built 1 GiB layer is written to disk once, not twice, and read back
 //! not at all.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use kiln_oci::Digest;
@@ -9,6 +10,9 @@ use kiln_oci::Digest;
 use crate::blob::PutOutcome;
 use crate::error::{Result, StoreError};
 use crate::{key, Store};
+
+/// The mode of a blob file adopted into a folder store.
+const BLOB_MODE: u32 = 0o644;
 
 impl Store {
     /// Stores the file at `path`, which the caller hashed as it wrote it and says is
@@ -42,6 +46,10 @@ impl Store {
             std::fs::remove_file(path).map_err(local)?;
             return Ok(PutOutcome { digest: *expected, size, uploaded: false });
         }
+        // A scratch file is private to its writer (0600); a stored blob is readable by all,
+        // whatever the umask, like the files of an OCI layout.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(BLOB_MODE))
+            .map_err(local)?;
         let staging = key::upload(expected);
         let staged = folder.join(staging.as_ref());
         if let Some(dir) = staged.parent() {

@@ -90,3 +90,20 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] })
         .collect()
 }
+
+#[tokio::test]
+async fn an_adopted_blob_is_readable_by_all_whatever_mode_its_file_had() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = folder_store(tmp.path());
+    for (n, mode) in [0o600, 0o640, 0o777].into_iter().enumerate() {
+        let bytes = format!("layer {n}").into_bytes();
+        let digest = Digest::of(&bytes);
+        let path = file_with(tmp.path(), &bytes);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        store.adopt_blob_file(&path, &digest, bytes.len() as u64).await.unwrap();
+        let stored = tmp.path().join("store/blobs/sha256").join(digest.hex());
+        let stored_mode = std::fs::metadata(&stored).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(stored_mode, 0o644, "a file of mode {mode:o}");
+    }
+}
