@@ -122,3 +122,41 @@ fn same_size_edit_with_restored_mtime_is_noticed() {
     // The edited layer and the one above it (built on top of it) are rebuilt.
     assert_eq!(second["layers"], json!({ "built": 2, "reused": 1 }), "{second:#}");
 }
+
+/// The bytes of every layer cache entry in `store`, by key.
+fn cache_entries(store: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut entries: Vec<_> = std::fs::read_dir(store.join("cache/layer"))
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn a_build_without_a_signing_key_keeps_the_signed_cache_entries() {
+    let (ws, recipe) = workspace();
+    let kiln = Kiln::new(&ws.store("s"));
+    let keygen = |name: &str| {
+        let out = ws.path(name);
+        kiln.run(&["keygen", "--out", out.to_str().unwrap()]).ok();
+        (format!("{}.key", out.display()), format!("{}.pub", out.display()))
+    };
+    let (key, public) = keygen("runner");
+    let (_, other_public) = keygen("other");
+    kiln.build(&recipe, &["--cache-key", &key]);
+    let signed = cache_entries(&ws.store("s"));
+    assert_eq!(signed.len(), 3);
+
+    // Trusting another key, the build refuses every entry and rebuilds every layer, but has
+    // no key to sign entries with: the signed ones stay.
+    let distrustful = kiln.build(&recipe, &["--trust-cache", &other_public]);
+    assert_eq!(distrustful["layers"], json!({ "built": 3, "reused": 0 }), "{distrustful:#}");
+    assert_eq!(cache_entries(&ws.store("s")), signed);
+    let trusting = kiln.build(&recipe, &["--trust-cache", &public]);
+    assert_eq!(trusting["layers"], json!({ "built": 0, "reused": 3 }), "{trusting:#}");
+}

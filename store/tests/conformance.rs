@@ -414,7 +414,7 @@ async fn cache_entries_are_checked_before_use(f: Fixture) {
     assert_eq!(lookup(&f, &k1, Some(&trust)).await, CacheLookup::Refused(want));
     let mut missing = layer_record(&k1, &b1);
     missing.output.digest = Digest::of(b"never stored");
-    f.store.put_cache_entry(missing, None).await.unwrap();
+    f.store.put_cache_entry(missing, Some(&ours)).await.unwrap();
     let want = Refusal::MissingBlob { digest: Digest::of(b"never stored") };
     assert_eq!(lookup(&f, &k1, None).await, CacheLookup::Refused(want));
     f.raw.put(&p1, Bytes::from(format!("{{\"digest\":\"{}\"}}", b1.digest)).into()).await.unwrap();
@@ -442,6 +442,47 @@ async fn cache_entries_are_checked_before_use(f: Fixture) {
             Err(StoreError::InvalidCacheKind { .. })
         ));
     }
+}
+
+async fn an_unsigned_cache_entry_never_replaces_a_signed_one(f: Fixture) {
+    let (k1, k2) = (Digest::of(b"inputs 1"), Digest::of(b"inputs 2"));
+    let b1 = f.store.put_blob(Bytes::from_static(b"layer one")).await.unwrap();
+    let b2 = f.store.put_blob(Bytes::from_static(b"layer two!")).await.unwrap();
+    let ours = TestSigner("ours");
+    let trust = TestTrust(TestSigner("ours"));
+    let hit = |record, vouched_by| CacheLookup::Hit { record: Box::new(record), vouched_by };
+    let path = |k: &Digest| Key::from(format!("cache/layer/{}", k.hex()));
+    let raw = f.raw.clone();
+    let stored = |k: Digest| {
+        let raw = raw.clone();
+        async move { raw.get(&path(&k)).await.unwrap().bytes().await.unwrap() }
+    };
+
+    // A signed entry stays, whatever the unsigned writer records (even another blob).
+    f.store.put_cache_entry(layer_record(&k1, &b1), Some(&ours)).await.unwrap();
+    let signed = stored(k1).await;
+    f.store.put_cache_entry(layer_record(&k1, &b1), None).await.unwrap();
+    let mut other = layer_record(&k1, &b1);
+    other.output = Descriptor::new(media_type::LAYER_TAR_GZIP, b2.digest, b2.size);
+    f.store.put_cache_entry(other.clone(), None).await.unwrap();
+    assert_eq!(stored(k1).await, signed);
+    assert_eq!(lookup(&f, &k1, Some(&trust)).await, hit(layer_record(&k1, &b1), Some(ours.id())));
+
+    // Unsigned replaces unsigned, a signed entry about another key, or bytes that are no
+    // entry; and a signed writer replaces anything.
+    f.store.put_cache_entry(layer_record(&k2, &b2), None).await.unwrap();
+    let mut unsigned_b1 = layer_record(&k2, &b1);
+    unsigned_b1.diff_id = Some(Digest::of(b"other tar"));
+    f.store.put_cache_entry(unsigned_b1.clone(), None).await.unwrap();
+    assert_eq!(lookup(&f, &k2, None).await, hit(unsigned_b1, None));
+    f.raw.put(&path(&k2), signed.clone().into()).await.unwrap();
+    f.store.put_cache_entry(layer_record(&k2, &b2), None).await.unwrap();
+    assert_eq!(lookup(&f, &k2, None).await, hit(layer_record(&k2, &b2), None));
+    f.raw.put(&path(&k2), Bytes::from_static(b"{}").into()).await.unwrap();
+    f.store.put_cache_entry(layer_record(&k2, &b2), None).await.unwrap();
+    assert_eq!(lookup(&f, &k2, None).await, hit(layer_record(&k2, &b2), None));
+    f.store.put_cache_entry(other.clone(), Some(&ours)).await.unwrap();
+    assert_eq!(lookup(&f, &k1, Some(&trust)).await, hit(other, Some(ours.id())));
 }
 
 async fn concurrent_puts_of_same_content(f: Fixture) {
@@ -515,6 +556,7 @@ conformance!(
     refs_set_get_list_overwrite,
     resolve_digest_reads_the_blob,
     cache_entries_are_checked_before_use,
+    an_unsigned_cache_entry_never_replaces_a_signed_one,
     check_reports_bad_cache_entries,
     gc_keeps_what_a_live_lease_names,
     unfinished_multipart_uploads_are_reported_and_aborted,

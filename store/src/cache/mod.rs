@@ -9,7 +9,8 @@
 //! lives outside the store ([`CacheSigner`] and [`CacheTrust`] are implemented by kiln-attest),
 //! which keeps the store free of cryptography.
 //!
-//! Entries are replaceable and safe to delete, so writes overwrite.
+//! Entries are replaceable and safe to delete, so writes overwrite, except that an unsigned
+//! entry never replaces a signed one ([`Store::put_cache_entry`]).
 
 pub mod check;
 
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kiln_oci::{Descriptor, Digest};
+use object_store::PutMode;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -120,6 +122,16 @@ pub enum CacheLookup {
     Hit { record: Box<CacheRecord>, vouched_by: Option<Digest> },
     /// An entry that must not be used.
     Refused(Refusal),
+}
+
+/// Whether the stored entry `bytes` is about `record`'s kind and key and carries a signature
+/// (whoever made it: the store cannot check signatures, a reader with trusted keys does).
+fn signed_entry_about(bytes: &[u8], record: &CacheRecord) -> bool {
+    serde_json::from_slice::<StoredEntry>(bytes).is_ok_and(|stored| {
+        !stored.signatures.is_empty()
+            && stored.record.kind == record.kind
+            && stored.record.key == record.key
+    })
 }
 
 /// Accepts `[a-z0-9-]+`, so a kind is always one plain key segment.
@@ -267,8 +279,13 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Stores `record` under its kind and key, signed by `signer` if given, replacing any
-    /// previous entry.
+    /// Stores `record` under its kind and key, signed by `signer` if given. A signed entry
+    /// replaces any previous one. An unsigned one never replaces a signed entry about the
+    /// same key: a build without a signing key must not strip the signatures other builds
+    /// trust (a signed entry that went bad is deleted by gc or replaced by a signed build).
+    /// It is written create-only where none is stored, so a signed entry written meanwhile
+    /// wins; an unsigned entry signed while this one was written can still be replaced, and
+    /// is written again by the next signed build.
     pub async fn put_cache_entry(
         &self,
         record: CacheRecord,
@@ -280,12 +297,21 @@ impl Store {
             Some(signer) => vec![signer.sign_entry(&record.payload()?)],
             None => Vec::new(),
         };
+        let mode = if signatures.is_empty() {
+            match self.read_object(&path).await? {
+                None => PutMode::Create,
+                Some(stored) if signed_entry_about(&stored, &record) => return Ok(()),
+                Some(_) => PutMode::Overwrite,
+            }
+        } else {
+            PutMode::Overwrite
+        };
         let bytes = kiln_oci::to_canonical_json(&StoredEntry { record, signatures })
             .map_err(|source| StoreError::Json { key: path.to_string(), source })?;
-        self.inner
-            .put(&path, Bytes::from(bytes).into())
-            .await
-            .map_err(|e| StoreError::backend(&path, e))?;
-        Ok(())
+        match self.inner.put_opts(&path, Bytes::from(bytes).into(), mode.into()).await {
+            // Another build stored an entry for the key meanwhile: it is kept.
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(StoreError::backend(&path, e)),
+        }
     }
 }
