@@ -48,6 +48,13 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// The bucket's list of multipart uploads in progress could not be read.
+    #[error(
+        "cannot list the multipart uploads in progress in {bucket}: {reason}; gc needs \
+         s3:ListBucketMultipartUploads and s3:AbortMultipartUpload on the bucket"
+    )]
+    ListUploads { bucket: String, reason: String },
+
     /// The object store backend failed for `key`; for a cloud store the source is explained
     /// by a [`crate::explain::BackendFailure`].
     #[error("{operation} {key} failed")]

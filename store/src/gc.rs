@@ -1,6 +1,7 @@
 //! Garbage collection: mark every blob reachable from the store's roots, then sweep the
 //! unreachable blobs, stale staging uploads (aborting the multipart uploads recorded under
-//! `uploads/`) and dangling cache entries older than a grace period.
+//! `uploads/`, and on S3 those the bucket lists that no record names) and dangling cache
+//! entries older than a grace period.
 //!
 //! Roots are refs, live leases (see [`crate::lease`]), and every key under `log/` and
 //! `referrers/` (channel history, signatures, attestations): any `sha256:<hex>` those documents mention, and the digests their keys
@@ -58,8 +59,9 @@ pub struct GcReport {
     pub uploads_deleted: u64,
     pub upload_bytes_deleted: u64,
     pub cache_entries_deleted: u64,
-    /// Multipart uploads recorded under `uploads/` and never finished, aborted (their parts
-    /// freed).
+    /// Multipart uploads never finished, aborted (their parts freed): those recorded under
+    /// `uploads/`, and on S3 those the bucket lists that no record names (a writer killed
+    /// before recording it, or while publishing).
     pub multipart_uploads_aborted: u64,
     /// Leases of builds and copies in flight, whose blobs were kept.
     pub leases_live: u64,
@@ -108,6 +110,9 @@ impl Store {
         let sizes: std::collections::HashMap<Digest, u64> =
             blobs.iter().map(|(d, e)| (*d, e.size)).collect();
         let uploads = self.list_under(key::UPLOADS).await?;
+        let recorded: HashSet<String> =
+            self.unfinished_uploads().await?.into_iter().map(|u| u.upload_id).collect();
+        let unrecorded = self.unrecorded_uploads(&recorded).await?;
         let parts = self.stale_part_files(cutoff)?;
         // Leases are read after blobs and uploads are listed: what is uploaded later is not in
         // the listings, and what was uploaded earlier was leased before its upload began.
@@ -154,9 +159,18 @@ impl Store {
                 doomed.push(entry.key);
             }
         }
+        // Uploads a killed writer started but never recorded, or a publishing copy's.
+        let unrecorded: Vec<_> = unrecorded
+            .into_iter()
+            .filter(|u| u.upload.initiated < cutoff && !leased.contains(&u.digest))
+            .collect();
+        report.multipart_uploads_aborted += unrecorded.len() as u64;
         if !options.dry_run {
             for marker in &markers {
                 self.abort_recorded(marker).await?;
+            }
+            for upload in &unrecorded {
+                self.abort_unrecorded(upload).await?;
             }
         }
         let parts = parts

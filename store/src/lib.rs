@@ -35,6 +35,7 @@ pub mod log;
 mod referrers;
 mod refs;
 pub mod repair;
+mod s3_uploads;
 pub mod scratch;
 mod upload;
 mod walk;

@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::error::{Result, StoreError};
 use crate::explain::Explaining;
+use crate::s3_uploads::S3Uploads;
 use crate::upload::Multipart;
 
 /// A connected backend: its objects, and direct access to its multipart uploads where it has
@@ -244,11 +245,13 @@ impl Location {
         }
         let options = backend_options.as_slice();
         let retry = retry_config(max_retries);
+        let mut listing = None;
         let (store, multipart): (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) =
             match bucket.service {
                 Service::S3 => {
                     let builder = self.s3(&bucket.name, options)?.with_retry(retry);
-                    let s3 = Arc::new(builder.build().map_err(connect_err)?);
+                    let s3 = Arc::new(builder.clone().build().map_err(connect_err)?);
+                    listing = Some(S3Uploads::new(&builder, s3.clone(), &bucket.name)?);
                     (s3.clone(), s3)
                 }
                 Service::Gcs => {
@@ -276,7 +279,11 @@ impl Location {
             };
         let store: Arc<dyn ObjectStore> =
             Arc::new(Explaining::new(store, bucket.service, &bucket.name));
-        let multipart = Some(Multipart::new(multipart, &bucket.prefix));
+        let multipart = Multipart::new(multipart, &bucket.prefix);
+        let multipart = Some(match listing {
+            Some(listing) => multipart.with_listing(listing),
+            None => multipart,
+        });
         if bucket.prefix.is_empty() {
             Ok(Connected { objects: store, multipart })
         } else {

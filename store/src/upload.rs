@@ -9,7 +9,7 @@
 //! (unless a live lease names the blob), and `store check` reports every marker. Folder stores
 //! have no upload ids: their interrupted uploads are part files, which gc finds on disk.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
 use crate::holder::Holder;
-use crate::Store;
+use crate::s3_uploads::{InProgress, S3Uploads};
+use crate::{key, Store};
 
 /// What marks a key under `uploads/` as a marker rather than a staging object.
 pub(crate) const MARKER_SUFFIX: &str = ".multipart";
@@ -34,6 +35,8 @@ pub(crate) struct Multipart {
     store: Arc<dyn MultipartStore>,
     /// The store's key prefix in the bucket, which [`MultipartStore`] does not apply.
     prefix: String,
+    /// The server's own list of uploads in progress, where kiln can read it (S3).
+    listing: Option<S3Uploads>,
 }
 
 impl std::fmt::Debug for Multipart {
@@ -44,7 +47,12 @@ impl std::fmt::Debug for Multipart {
 
 impl Multipart {
     pub(crate) fn new(store: Arc<dyn MultipartStore>, prefix: &str) -> Multipart {
-        Multipart { store, prefix: prefix.to_string() }
+        Multipart { store, prefix: prefix.to_string(), listing: None }
+    }
+
+    /// Also finds the uploads no marker records through the server's list.
+    pub(crate) fn with_listing(self, listing: S3Uploads) -> Multipart {
+        Multipart { listing: Some(listing), ..self }
     }
 
     /// `key` of the store as the bucket names it.
@@ -78,6 +86,14 @@ pub struct UnfinishedUpload {
     pub marker: String,
     /// The upload's id, as the backend names it; empty when the marker does not decode.
     pub upload_id: String,
+}
+
+/// A multipart upload in progress that no marker records.
+#[derive(Clone, Debug)]
+pub(crate) struct Unrecorded {
+    /// The blob it writes, or stages.
+    pub digest: Digest,
+    pub upload: InProgress,
 }
 
 /// Exactly `n` bytes from the front of `queue` (which holds at least that many).
@@ -170,6 +186,49 @@ impl Store {
         }
         found.sort_by(|a, b| a.marker.cmp(&b.marker));
         Ok(found)
+    }
+
+    /// The multipart uploads in progress in the store that no marker records, where the
+    /// backend can list them (S3): each with the key it writes inside the store and the
+    /// digest that key names. `recorded` are the upload ids markers hold.
+    pub(crate) async fn unrecorded_uploads(
+        &self,
+        recorded: &HashSet<String>,
+    ) -> Result<Vec<Unrecorded>> {
+        let Some(multipart) = &self.multipart else { return Ok(Vec::new()) };
+        let Some(listing) = &multipart.listing else { return Ok(Vec::new()) };
+        let prefix = if multipart.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", multipart.prefix)
+        };
+        let mut found = Vec::new();
+        for upload in listing.list(&prefix).await? {
+            if recorded.contains(&upload.upload_id) {
+                continue;
+            }
+            let inside = upload.key.as_ref().strip_prefix(&prefix).map(Key::from);
+            // Staging objects and published blobs name their digest; anything else under
+            // the prefix is not kiln's.
+            let digest = inside.as_ref().and_then(|key| {
+                key::parse_blob(key)
+                    .or_else(|| key.as_ref().strip_prefix("uploads/").and_then(key::upload_digest))
+            });
+            if let Some(digest) = digest {
+                found.push(Unrecorded { digest, upload });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Aborts an upload no marker records.
+    pub(crate) async fn abort_unrecorded(&self, upload: &Unrecorded) -> Result<()> {
+        let Some(multipart) = &self.multipart else { return Ok(()) };
+        let key = &upload.upload.key;
+        match multipart.store.abort_multipart(key, &upload.upload.upload_id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StoreError::backend(key, source)),
+        }
     }
 
     /// Aborts the upload `marker` records and deletes the marker.

@@ -560,6 +560,7 @@ conformance!(
     check_reports_bad_cache_entries,
     gc_keeps_what_a_live_lease_names,
     unfinished_multipart_uploads_are_reported_and_aborted,
+    multipart_uploads_no_record_names_are_aborted,
     empty_store,
     has_blobs_keeps_order,
     concurrent_puts_of_same_content,

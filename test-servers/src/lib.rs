@@ -192,6 +192,33 @@ impl Server {
         self.env().into_iter().map(|(name, value)| (name.to_ascii_lowercase(), value)).collect()
     }
 
+    /// The keys of the multipart uploads in progress under `location`, listed through the S3
+    /// API (ListMultipartUploads, signed by curl, not by kiln); `None` on other services.
+    ///
+    /// # Panics
+    /// When curl fails or the server's answer is not a listing.
+    pub fn multipart_uploads(&self, location: &str) -> Option<Vec<String>> {
+        let env: std::collections::HashMap<String, String> = self.env().into_iter().collect();
+        let (key, secret) = (env.get("AWS_ACCESS_KEY_ID")?, env.get("AWS_SECRET_ACCESS_KEY")?);
+        let region = env.get("AWS_REGION").map_or("us-east-1", String::as_str);
+        let prefix = location.strip_prefix(&format!("s3://{}/", self.bucket))?;
+        let url = format!("{}/{}?prefix={prefix}%2F&uploads=", self.endpoint, self.bucket);
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-f", "--aws-sigv4", &format!("aws:amz:{region}:s3")])
+            .args(["--user", &format!("{key}:{secret}"), &url])
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        let xml = String::from_utf8_lossy(&out.stdout);
+        assert!(xml.contains("ListMultipartUploadsResult"), "{xml}");
+        let uploads = xml
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|u| Some(u.split_once("<Key>")?.1.split_once("</Key>")?.0.to_string()))
+            .collect();
+        Some(uploads)
+    }
+
     /// Direct access to the objects under `location` (from [`Server::fresh_location`]),
     /// bypassing kiln, to look at or tamper with them.
     pub fn raw(&self, location: &str) -> Arc<dyn ObjectStore> {

@@ -1,0 +1,201 @@
+//! The multipart uploads in progress in an S3 bucket, as ListMultipartUploads reports them.
+//!
+//! A writer records its upload under `uploads/` (see [`crate::upload`]) only after the server
+//! has created it and answered with its id, and publishing a blob goes through a multipart copy
+//! whose id object_store never shows: a process killed in either window leaves an upload no
+//! marker names, whose parts take space until aborted. The server's own list is the only way
+//! to find those, and object_store does not expose it, so this asks for it directly, signed
+//! with the credentials object_store resolved.
+
+use std::time::SystemTime;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::{
+    ClientConfigKey, ClientOptions, HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector,
+};
+use object_store::path::Path as Key;
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{Result, StoreError};
+
+/// Uploads asked for per request; the most S3 returns.
+const PAGE: &str = "1000";
+
+/// How to list one bucket's multipart uploads.
+#[derive(Clone)]
+pub(crate) struct S3Uploads {
+    s3: std::sync::Arc<AmazonS3>,
+    client: HttpClient,
+    /// The bucket's URL, without a trailing slash.
+    bucket_url: Url,
+    region: String,
+}
+
+impl std::fmt::Debug for S3Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Uploads").field("bucket_url", &self.bucket_url.as_str()).finish()
+    }
+}
+
+/// One upload in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InProgress {
+    /// The key it writes, as the bucket names it (with the store's prefix).
+    pub key: Key,
+    pub upload_id: String,
+    /// When the server created it, by the server's clock.
+    pub initiated: SystemTime,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListResult {
+    #[serde(default)]
+    is_truncated: bool,
+    #[serde(default)]
+    next_key_marker: Option<String>,
+    #[serde(default)]
+    next_upload_id_marker: Option<String>,
+    #[serde(default, rename = "Upload")]
+    uploads: Vec<Upload>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Upload {
+    key: String,
+    upload_id: String,
+    initiated: String,
+}
+
+impl S3Uploads {
+    /// The lister for the bucket `builder` connects to, through `s3` (its credentials).
+    pub(crate) fn new(
+        builder: &AmazonS3Builder,
+        s3: std::sync::Arc<AmazonS3>,
+        bucket: &str,
+    ) -> Result<S3Uploads> {
+        let config = |key| builder.get_config_value(&key);
+        let region = config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+        let virtual_hosted =
+            config(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| is_true(&v));
+        // The same addressing object_store uses: a virtual-hosted endpoint already names the
+        // bucket; a path-style one is followed by it.
+        let bucket_url = match config(AmazonS3ConfigKey::Endpoint) {
+            Some(endpoint) if virtual_hosted => endpoint,
+            Some(endpoint) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+            None if virtual_hosted => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+            None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        };
+        let bucket_url = Url::parse(bucket_url.trim_end_matches('/')).map_err(|e| {
+            StoreError::InvalidOption {
+                location: format!("s3://{bucket}"),
+                key: "aws_endpoint".into(),
+                reason: format!("not a URL: {e}"),
+            }
+        })?;
+        let mut options = ClientOptions::new();
+        for key in [ClientConfigKey::AllowHttp, ClientConfigKey::Timeout] {
+            if let Some(value) = config(AmazonS3ConfigKey::Client(key)) {
+                options = options.with_config(key, value);
+            }
+        }
+        let client = ReqwestConnector::default()
+            .connect(&options)
+            .map_err(|source| StoreError::Connect { location: format!("s3://{bucket}"), source })?;
+        Ok(S3Uploads { s3, client, bucket_url, region })
+    }
+
+    /// Every upload in progress whose key starts with `prefix`.
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<InProgress>> {
+        let failed = |reason: String| StoreError::ListUploads {
+            bucket: self.bucket_url.to_string(),
+            reason,
+        };
+        let credential = self
+            .s3
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| failed(format!("no credentials: {e}")))?;
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut url = self.bucket_url.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("max-uploads", PAGE).append_pair("prefix", prefix);
+                if let Some((key, id)) = &markers {
+                    query.append_pair("key-marker", key).append_pair("upload-id-marker", id);
+                }
+                query.append_pair("uploads", "");
+            }
+            let mut request = http::Request::builder()
+                .method(http::Method::GET)
+                .uri(url.as_str())
+                .body(HttpRequestBody::empty())
+                .map_err(|e| failed(e.to_string()))?;
+            AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
+            let response = self.client.execute(request).await.map_err(|e| failed(e.to_string()))?;
+            let status = response.status();
+            let body = response.into_body().bytes().await.map_err(|e| failed(e.to_string()))?;
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+                return Err(failed(format!("{status}: {text}")));
+            }
+            let page: ListResult = quick_xml::de::from_reader(body.as_ref())
+                .map_err(|e| failed(format!("unreadable answer: {e}")))?;
+            for upload in page.uploads {
+                let initiated = chrono::DateTime::parse_from_rfc3339(&upload.initiated)
+                    .map_err(|e| failed(format!("initiated {:?}: {e}", upload.initiated)))?;
+                found.push(InProgress {
+                    key: Key::from(upload.key),
+                    upload_id: upload.upload_id,
+                    initiated: SystemTime::from(initiated),
+                });
+            }
+            match (page.is_truncated, page.next_key_marker, page.next_upload_id_marker) {
+                (true, Some(key), Some(id))
+                    if markers.as_ref() != Some(&(key.clone(), id.clone())) =>
+                {
+                    markers = Some((key, id));
+                }
+                (true, ..) => return Err(failed("a truncated listing with no way on".into())),
+                (false, ..) => return Ok(found),
+            }
+        }
+    }
+}
+
+fn is_true(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_listing() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <NextKeyMarker>p/uploads/x</NextKeyMarker><NextUploadIdMarker>id2</NextUploadIdMarker>
+  <MaxUploads>2</MaxUploads><IsTruncated>true</IsTruncated>
+  <Upload><Key>p/uploads/a</Key><UploadId>id1</UploadId>
+    <Initiator><ID>i</ID></Initiator><StorageClass>STANDARD</StorageClass>
+    <Initiated>2026-12-06T08:00:00.000Z</Initiated></Upload>
+  <Upload><Key>p/blobs/sha256/ab</Key><UploadId>id2</UploadId>
+    <Initiated>2026-12-06T08:00:01Z</Initiated></Upload>
+</ListMultipartUploadsResult>"#;
+        let page: ListResult = quick_xml::de::from_str(xml).unwrap();
+        assert!(page.is_truncated);
+        assert_eq!(page.next_upload_id_marker.as_deref(), Some("id2"));
+        let keys: Vec<_> = page.uploads.iter().map(|u| u.key.as_str()).collect();
+        assert_eq!(keys, ["p/uploads/a", "p/blobs/sha256/ab"]);
+        let empty = r#"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>"#;
+        let page: ListResult = quick_xml::de::from_str(empty).unwrap();
+        assert!(page.uploads.is_empty() && !page.is_truncated);
+    }
+}
