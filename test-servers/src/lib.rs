@@ -1,11 +1,13 @@
 //! Real object storage servers for tests, on 127.0.0.1: SeaweedFS (S3), Azurite (Azure Blob
-//! Storage) and fake-gcs-server (Google Cloud Storage). Each is started once per test process
-//! by its `ci/<service>-server` script on first use and stopped by the script's watchdog when
-//! the process exits.
+//! Storage) and fake-gcs-server (Google Cloud Storage); and OCI registries (see [`registry`]).
+//! Each is started once per test process by its `ci/<service>-server` script on first use and
+//! stopped by the script's watchdog when the process exits.
 //!
 //! Each caller gets its own key prefix in one shared bucket (or container), so tests never see
 //! each other's objects. In CI (`CI=true`) a server that cannot be started fails the test
 //! loudly; elsewhere the accessor returns `None` and the caller skips with the reason printed.
+
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
