@@ -395,6 +395,15 @@ fn layer_level_mistakes_name_the_line_and_column() {
     rejects(&ws, &r, Some(EXIT_ERROR), &["recipe.toml:1:9: epoch must be", "8589934591"]);
 }
 
+#[test]
+fn a_tree_cannot_both_keep_host_owners_and_set_one() {
+    let ws = Workspace::new();
+    ws.write("recipe/rootfs/etc/motd", "hi\n");
+    let r =
+        recipe(&ws, "trees = [{ src = \"rootfs\", dest = \"/\", host-metadata = true, uid = 5 }]");
+    rejects(&ws, &r, Some(EXIT_ERROR), &["recipe.toml:7:68:", "host-metadata = true"]);
+}
+
 /// A 10-byte file member whose header is changed by `edit`, after the records of `pax_records`.
 fn lying_member(pax_records: &[(&str, &str)], edit: impl FnOnce(&mut [u8; 512])) -> Vec<u8> {
     let mut raw = if pax_records.is_empty() { Vec::new() } else { pax(pax_records) };

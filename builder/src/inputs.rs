@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,11 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::hash_cache::{FileStamp, HashCache};
 use crate::host_file::HostFile;
 use crate::image_path::{ImagePath, ImagePathError};
-use crate::recipe::{LayerSpec, Location, Ownership};
-use crate::source_path::SourcePath;
+use crate::recipe::{LayerSpec, Location, Ownership, TreeSpec};
 use crate::tarball::{Member, Spool};
 use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
-use scan::{Found, Listing, What};
+use scan::{Found, HostMeta, Listing, What};
 
 /// What kind of input a lock entry pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -44,6 +43,10 @@ pub struct Input {
     /// their modes in their digest. Written only when true, so other entries read as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub executable: bool,
+    /// For a tree: its digest pins each entry's host mode and numeric owner too (the recipe
+    /// says `host-metadata = true`). Written only when true.
+    #[serde(default, rename = "host-metadata", skip_serializing_if = "std::ops::Not::not")]
+    pub host_metadata: bool,
 }
 
 /// Why an input could not be read or is not allowed.
@@ -142,14 +145,19 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
         steps.push((d.at.clone(), step));
     }
     for t in &spec.trees {
-        let (digest, scanned) = scan_tree(&t.src, &t.dest, t.uid, t.gid, cache)?;
-        declared.item(b"tree", &t.dest, None, &[&t.uid.to_le_bytes(), &t.gid.to_le_bytes()]);
+        let (digest, scanned) = scan_tree(t, cache)?;
+        let ids = [t.uid.to_le_bytes(), t.gid.to_le_bytes()];
+        // Only a tree that keeps host metadata says so, so other declarations hash as before.
+        let host: &[&[u8]] = if t.host_metadata { &[b"host-metadata"] } else { &[] };
+        let fields: Vec<&[u8]> = ids.iter().map(|i| &i[..]).chain(host.iter().copied()).collect();
+        declared.item(b"tree", &t.dest, None, &fields);
         declared.digest(&digest);
         inputs.push(Input {
             kind: InputKind::Tree,
             src: t.src.rel().to_string(),
             digest,
             executable: false,
+            host_metadata: t.host_metadata,
         });
         steps.push((t.at.clone(), Step::Tree(scanned)));
     }
@@ -163,6 +171,7 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             src: tarball.clone(),
             digest: content.digest(),
             executable: false,
+            host_metadata: false,
         });
         let reader = crate::tarball::open(t.src.abs())
             .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;
@@ -179,6 +188,7 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             src: f.src.rel().to_string(),
             digest: content.digest(),
             executable: exec,
+            host_metadata: false,
         });
         let meta = meta(&f.owner, normal_mode(exec));
         steps.push((f.at.clone(), Step::Insert(f.dest.clone(), EntryKind::File(content), meta)));
@@ -337,6 +347,8 @@ struct ScannedTree {
     dest: ImagePath,
     uid: u32,
     gid: u32,
+    /// The tree folder's own mode and owner, when the tree keeps the host's.
+    root: Option<HostMeta>,
     /// Each directory's entries by listing id (0 is the tree's root).
     dirs: HashMap<usize, Scanned>,
 }
@@ -348,7 +360,8 @@ struct Scanned {
     dir: PathBuf,
     /// Every entry's name, back to back.
     names: Vec<u8>,
-    entries: Vec<(Range<usize>, Kept)>,
+    /// Each entry, with its host mode and owner when the tree keeps them.
+    entries: Vec<(Range<usize>, Kept, Option<HostMeta>)>,
 }
 
 /// A checked directory entry.
@@ -372,15 +385,26 @@ enum Kept {
 /// tree's digest (its listing, hashed as [`ListingHasher`] says) and the checked entries.
 /// Worker threads list and hash (see [`scan`]); the listings are taken here in sorted
 /// depth-first order, so neither directory order on disk nor thread timing matters.
-fn scan_tree(
-    src: &SourcePath,
-    dest: &ImagePath,
-    uid: u32,
-    gid: u32,
-    cache: &mut HashCache,
-) -> Result<(Digest, ScannedTree), InputError> {
-    let ((digest, dirs), learned) = scan::walk(src.abs(), cache, |walker| {
+fn scan_tree(spec: &TreeSpec, cache: &mut HashCache) -> Result<(Digest, ScannedTree), InputError> {
+    let TreeSpec { src, dest, uid, gid, host_metadata, .. } = spec;
+    let root = if *host_metadata {
+        let md = fs::symlink_metadata(src.abs())
+            .map_err(|source| InputError::Io { path: src.abs().to_path_buf(), source })?;
+        Some(HostMeta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid() })
+    } else {
+        None
+    };
+    let ((digest, dirs), learned) = scan::walk(src.abs(), cache, *host_metadata, |walker| {
         let mut listing = ListingHasher::default();
+        // A tree that keeps host metadata hashes its mode and owner beside each entry's
+        // path, after a first line no normalised listing can have.
+        let meta_text = |host: Option<HostMeta>, normal: &str| match host {
+            Some(h) => format!("{:o} {}:{}", h.mode, h.uid, h.gid),
+            None => normal.to_string(),
+        };
+        if let Some(root) = root {
+            listing.line(&[b"host metadata\n. ", meta_text(Some(root), "").as_bytes()]);
+        }
         let mut dirs = HashMap::new();
         let mut links: HashMap<(u64, u64), ImagePath> = HashMap::new();
         // Directories to take, with their paths relative to the tree and in the image.
@@ -391,7 +415,7 @@ fn scan_tree(
             let mut subdirs = Vec::new();
             let Listing { dir, names, entries } = walker.take(id)?;
             let mut kept = Vec::with_capacity(entries.len());
-            for Found { name: range, what } in entries {
+            for Found { name: range, what, host: meta } in entries {
                 let name = Listing::name(&names, &range);
                 let host = || dir.join(name);
                 let name = name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host() })?;
@@ -408,7 +432,12 @@ fn scan_tree(
                 };
                 let entry = match what {
                     What::Dir(sub) => {
-                        listing.line(&[b"d 755 ", rel.as_bytes()]);
+                        listing.line(&[
+                            b"d ",
+                            meta_text(meta, "755").as_bytes(),
+                            b" ",
+                            rel.as_bytes(),
+                        ]);
                         subdirs.push((sub, rel.clone(), image(&image_dir)?));
                         Kept::Dir(sub)
                     }
@@ -431,11 +460,19 @@ fn scan_tree(
                                 tree: src.rel().to_string(),
                             });
                         }
-                        listing.line(&[b"l 777 ", rel.as_bytes(), b"\0", target.as_bytes()]);
+                        let mode = meta_text(meta.map(|m| HostMeta { mode: 0o777, ..m }), "777");
+                        listing.line(&[
+                            b"l ",
+                            mode.as_bytes(),
+                            b" ",
+                            rel.as_bytes(),
+                            b"\0",
+                            target.as_bytes(),
+                        ]);
                         Kept::Symlink(target)
                     }
                     What::File { exec, nlink, inode, hashed } => {
-                        let mode_text: &[u8] = if exec { b"755" } else { b"644" };
+                        let mode_text = meta_text(meta, if exec { "755" } else { "644" });
                         let first = if nlink > 1 { links.get(&inode) } else { None };
                         if let Some(first) = first {
                             let first = first.clone();
@@ -452,7 +489,7 @@ fn scan_tree(
                             }
                             let hashed =
                                 hashed.map_err(|source| InputError::Io { path: host(), source })?;
-                            listing.file_line(mode_text, &rel, &hashed.digest);
+                            listing.file_line(mode_text.as_bytes(), &rel, &hashed.digest);
                             Kept::File { exec, hashed }
                         }
                     }
@@ -461,7 +498,7 @@ fn scan_tree(
                     }
                     What::Failed(source) => return Err(InputError::Io { path: host(), source }),
                 };
-                kept.push((range, entry));
+                kept.push((range, entry, meta));
             }
             // Reverse so the stack pops subdirectories in sorted order.
             stack.extend(subdirs.into_iter().rev());
@@ -472,7 +509,7 @@ fn scan_tree(
     for (stamp, digest) in learned {
         cache.put(stamp, digest);
     }
-    Ok((digest, ScannedTree { dest: dest.clone(), uid, gid, dirs }))
+    Ok((digest, ScannedTree { dest: dest.clone(), uid: *uid, gid: *gid, root, dirs }))
 }
 
 /// Makes a layer's tree, step by step.
@@ -504,14 +541,18 @@ impl LayerBuilder<'_> {
 
     /// Adds a scanned host tree, in the order it was walked.
     fn add_scanned(&mut self, scanned: &ScannedTree) -> Result<(), InputError> {
-        let ScannedTree { dest, uid, gid, dirs } = scanned;
-        let owner = |mode| Meta { mode, uid: *uid, gid: *gid, xattrs: BTreeMap::new() };
-        self.insert_found_dir(dest.clone(), owner(0o755))?;
+        let ScannedTree { dest, uid, gid, root, dirs } = scanned;
+        // The host's mode and owner where the tree keeps them, else `mode` and the tree's ids.
+        let owner = |host: &Option<HostMeta>, mode| match host {
+            Some(h) => Meta { mode: h.mode, uid: h.uid, gid: h.gid, xattrs: BTreeMap::new() },
+            None => Meta { mode, uid: *uid, gid: *gid, xattrs: BTreeMap::new() },
+        };
+        self.insert_found_dir(dest.clone(), owner(root, 0o755))?;
         let mut stack = vec![(0, dest.clone())];
         while let Some((id, image_dir)) = stack.pop() {
             let Some(Scanned { dir, names, entries }) = dirs.get(&id) else { continue };
             let mut subdirs = Vec::new();
-            for (range, kept) in entries {
+            for (range, kept, kept_meta) in entries {
                 let name = Listing::name(names, range);
                 let host = || dir.join(name);
                 let name = name.to_str().ok_or_else(|| InputError::NotUtf8 { path: host() })?;
@@ -521,19 +562,21 @@ impl LayerBuilder<'_> {
                 })?;
                 match kept {
                     Kept::Dir(sub) => {
-                        self.insert_found_dir(image.clone(), owner(0o755))?;
+                        self.insert_found_dir(image.clone(), owner(kept_meta, 0o755))?;
                         subdirs.push((*sub, image));
                     }
                     Kept::Symlink(target) => {
-                        self.insert(image, EntryKind::Symlink(target.clone()), owner(0o777))?
+                        let meta = owner(&kept_meta.map(|h| HostMeta { mode: 0o777, ..h }), 0o777);
+                        self.insert(image, EntryKind::Symlink(target.clone()), meta)?
                     }
                     Kept::File { exec, hashed } => {
                         let content = Content::Host(hashed.host_file(host()));
-                        self.insert(image, EntryKind::File(content), owner(normal_mode(*exec)))?;
+                        let meta = owner(kept_meta, normal_mode(*exec));
+                        self.insert(image, EntryKind::File(content), meta)?;
                     }
                     Kept::HardLink { exec, first } => {
                         let link = EntryKind::HardLink(first.clone());
-                        self.insert(image, link, owner(normal_mode(*exec)))?
+                        self.insert(image, link, owner(kept_meta, normal_mode(*exec)))?
                     }
                 }
             }

@@ -67,6 +67,12 @@ pub enum LockDifference {
     E2fsprogs { locked: String, found: String },
     #[error("input {src} changed (locked {locked}, now {found})")]
     Input { src: String, locked: Digest, found: Digest },
+    #[error(
+        "input {src} changed (locked {locked}, now {found}): this tree keeps the host's modes \
+         and owners, so a chmod or chown, or a copy unpacked by another user or on another \
+         machine with other owners, changes it as an edit would"
+    )]
+    HostTree { src: String, locked: Digest, found: Digest },
     #[error("input {src} is {} now, but was {} when locked (the image gets mode {})", if *.found { "executable" } else { "not executable" }, if *.found { "not" } else { "executable" }, if *.found { "0755" } else { "0644" })]
     Executable { src: String, found: bool },
     #[error("input {src} is not in the lock")]
@@ -177,6 +183,13 @@ impl Lock {
         for input in &current.inputs {
             match self.inputs.iter().find(|l| l.kind == input.kind && l.src == input.src) {
                 None => out.push(LockDifference::Unlocked { src: input.src.clone() }),
+                Some(l) if l.digest != input.digest && input.host_metadata => {
+                    out.push(LockDifference::HostTree {
+                        src: input.src.clone(),
+                        locked: l.digest,
+                        found: input.digest,
+                    })
+                }
                 Some(l) if l.digest != input.digest => out.push(LockDifference::Input {
                     src: input.src.clone(),
                     locked: l.digest,

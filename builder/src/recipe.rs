@@ -232,6 +232,9 @@ pub struct TreeSpec {
     pub dest: ImagePath,
     pub uid: u32,
     pub gid: u32,
+    /// Keep each entry's permission bits (special bits included) and numeric owner as the
+    /// host has them, instead of 0755/0644 and `uid`/`gid`: for a root filesystem.
+    pub host_metadata: bool,
     /// Where the recipe declares it, for errors found when the layer is made.
     pub at: Location,
 }

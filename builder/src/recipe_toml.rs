@@ -143,6 +143,8 @@ struct RawTree {
     dest: S<String>,
     uid: Option<S<i64>>,
     gid: Option<S<i64>>,
+    #[serde(rename = "host-metadata")]
+    host_metadata: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -556,12 +558,24 @@ impl Context<'_> {
                     Problem::Invalid(format!("tree source {src} is not a directory")),
                 );
             }
+            let host_metadata = t.host_metadata.as_ref().is_some_and(|h| *h.get_ref());
+            if let (true, Some(id)) = (host_metadata, t.uid.as_ref().or(t.gid.as_ref())) {
+                return self.err(
+                    id.span(),
+                    Problem::Invalid(
+                        "uid and gid give a whole tree one owner; with host-metadata = true \
+                         each entry keeps the owner it has on the host, so give one or the other"
+                            .into(),
+                    ),
+                );
+            }
             spec.trees.push(TreeSpec {
                 at: (self.locate)(t.src.span().start),
                 src,
                 dest: self.image_path(&t.dest)?,
                 uid: self.id("uid", &t.uid)?,
                 gid: self.id("gid", &t.gid)?,
+                host_metadata,
             });
         }
         for t in &raw.tarballs {

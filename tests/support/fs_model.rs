@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use kiln_builder::{Content, Entry, EntryKind, HostFile, ImagePath, Meta, Tree};
@@ -118,6 +118,15 @@ pub fn disk_listing(root: &Path, mask: u32) -> Vec<String> {
                 "dir".to_string()
             } else if md.file_type().is_symlink() {
                 format!("symlink {}", fs::read_link(&path).unwrap().to_str().unwrap())
+            } else if md.file_type().is_char_device() || md.file_type().is_block_device() {
+                // Never read: a device's content is not the node's.
+                let kind = if md.file_type().is_char_device() { "char" } else { "block" };
+                let dev = md.rdev();
+                let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
+                let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
+                format!("{kind} {major}:{minor}")
+            } else if md.file_type().is_fifo() {
+                "fifo".to_string()
             } else {
                 format!("file {}", Digest::of(&fs::read(&path).unwrap()))
             };

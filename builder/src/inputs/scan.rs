@@ -28,6 +28,22 @@ pub(super) struct Found {
     /// Where its name lies in [`Listing::names`].
     pub name: Range<usize>,
     pub what: What,
+    /// Its permission bits and numeric owner, read only for a tree that keeps them.
+    pub host: Option<HostMeta>,
+}
+
+/// An entry's permission bits (setuid, setgid and sticky included) and numeric owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HostMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl HostMeta {
+    pub(crate) fn of(st: &Stat) -> HostMeta {
+        HostMeta { mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid }
+    }
 }
 
 /// What a directory entry turned out to be.
@@ -96,10 +112,12 @@ impl Walker<'_> {
 pub(super) fn walk<T>(
     root: &Path,
     cache: &HashCache,
+    keep_host_meta: bool,
     consume: impl FnOnce(&mut Walker<'_>) -> Result<T, InputError>,
 ) -> Result<(T, Vec<(FileStamp, Digest)>), InputError> {
     let shared = Shared {
         cache,
+        keep_host_meta,
         state: Mutex::new(State {
             todo: vec![(0, root.to_path_buf())],
             done: HashMap::new(),
@@ -128,6 +146,8 @@ pub(super) fn walk<T>(
 
 struct Shared<'c> {
     cache: &'c HashCache,
+    /// Read every entry's mode and owner too.
+    keep_host_meta: bool,
     state: Mutex<State>,
     /// Idle workers wait here for directories to list.
     work: Condvar,
@@ -190,13 +210,13 @@ impl Shared<'_> {
     fn run(&self, id: usize, host: PathBuf, buf: &mut [u8]) {
         let mut learned = Vec::new();
         // A panic must still publish a result, or the caller would wait for it forever.
-        let listed =
-            panic::catch_unwind(AssertUnwindSafe(|| list(&host, self.cache, buf, &mut learned)))
-                .unwrap_or_else(|_| {
-                    let source =
-                        io::Error::other("a tree-reading worker thread stopped unexpectedly");
-                    Err(InputError::Io { path: host.clone(), source })
-                });
+        let listed = panic::catch_unwind(AssertUnwindSafe(|| {
+            list(&host, self.cache, self.keep_host_meta, buf, &mut learned)
+        }))
+        .unwrap_or_else(|_| {
+            let source = io::Error::other("a tree-reading worker thread stopped unexpectedly");
+            Err(InputError::Io { path: host.clone(), source })
+        });
         let mut st = self.lock();
         let first = st.todo.len();
         let listing = listed.map(|(names, mut entries)| {
@@ -233,6 +253,7 @@ const DIR_BUF: usize = 32 * 1024;
 fn list(
     dir: &Path,
     cache: &HashCache,
+    keep_host_meta: bool,
     buf: &mut [u8],
     learned: &mut Vec<(FileStamp, Digest)>,
 ) -> Result<(Vec<u8>, Vec<Found>), InputError> {
@@ -259,33 +280,40 @@ fn list(
         .map(|(name, kind)| {
             let at = Listing::name(&names, &name);
             let host = || dir.join(at);
-            let what = inspect(&fd, at, kind, host, cache, buf, learned);
-            Found { name, what }
+            let (what, host) = inspect(&fd, at, kind, keep_host_meta, host, cache, buf, learned);
+            Found { name, what, host }
         })
         .collect();
     Ok((names, found))
 }
 
+// One argument per thing an entry is inspected with; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn inspect(
     dir: &OwnedFd,
     name: &OsStr,
     kind: FileType,
+    keep_host_meta: bool,
     host: impl Fn() -> PathBuf,
     cache: &HashCache,
     buf: &mut [u8],
     learned: &mut Vec<(FileStamp, Digest)>,
-) -> What {
-    // The type from the directory itself spares a stat for folders and links.
-    match kind {
-        FileType::Directory => return What::Dir(0),
-        FileType::Symlink => return read_link(dir, name),
-        _ => {}
+) -> (What, Option<HostMeta>) {
+    // The type from the directory itself spares a stat for folders and links, unless their
+    // modes and owners are kept.
+    if !keep_host_meta {
+        match kind {
+            FileType::Directory => return (What::Dir(0), None),
+            FileType::Symlink => return (read_link(dir, name), None),
+            _ => {}
+        }
     }
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
-        Err(e) => return What::Failed(e.into()),
+        Err(e) => return (What::Failed(e.into()), None),
     };
-    match FileType::from_raw_mode(st.st_mode) {
+    let meta = keep_host_meta.then(|| HostMeta::of(&st));
+    let what = match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => {
             let stamp = FileStamp::of_stat(&st);
             let hashed = hash_host(host, &stamp, cache, buf);
@@ -304,7 +332,8 @@ fn inspect(
         FileType::Fifo => What::Special("FIFOs"),
         FileType::Socket => What::Special("sockets"),
         _ => What::Special("device nodes"),
-    }
+    };
+    (what, meta)
 }
 
 /// The number of hard links `stat` reports.

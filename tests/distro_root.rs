@@ -1,0 +1,136 @@
+#![allow(clippy::unwrap_used)]
+//! Root filesystems: a tree imported with `host-metadata = true` keeps every entry's mode
+//! (setuid, setgid and sticky bits included) and numeric owner, and the lock pins them, so a
+//! chown is a lock change. `umoci unpack` of the image and the initramfs kiln flattens from the
+//! same recipe hold exactly the host tree.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use support::fs_model::disk_listing;
+use support::{is_root, require_tool, sh, Kiln, Workspace, EXIT_LOCK_MISMATCH};
+
+/// Builds `recipe` (with `[disk] formats = ["initramfs"]` added) and returns the folder
+/// `umoci unpack` made of the image and the folder the initramfs extracts to.
+fn unpack_both(ws: &Workspace, kiln: &Kiln, store: &Path, recipe: &Path) -> (PathBuf, PathBuf) {
+    let report = kiln.build(recipe, &[]);
+    let name = report["name"].as_str().unwrap().to_string();
+    let layout = ws.path(&format!("layout-{name}"));
+    kiln.run(&["export", &format!("{name}:1"), "--oci-layout", layout.to_str().unwrap()]).ok();
+    let bundle = ws.path(&format!("bundle-{name}"));
+    let image = format!("{}:1", layout.display());
+    sh("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+
+    let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let disk = report["disks"][0]["digest"].as_str().expect("a disk artifact");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(disk)).unwrap()).unwrap();
+    let initramfs = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let extracted = ws.mkdir(&format!("initramfs-{name}"));
+    let script = format!(
+        "cd {} && gzip -dc {} | cpio -idm --quiet --no-absolute-filenames",
+        extracted.display(),
+        initramfs.display()
+    );
+    sh("sh", &["-c", &script]);
+    (bundle.join("rootfs"), extracted)
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A small root filesystem with what a normalising import would break: a shadow file
+/// readable by group 42 only, a sticky /tmp, a setuid program, a user's private home, a link
+/// owned by that user, a hard link and an absolute symlink.
+fn small_root(ws: &Workspace) -> PathBuf {
+    let root = ws.mkdir("recipe/rootfs");
+    let shadow = ws.write("recipe/rootfs/etc/shadow", "root:*:19000:0:99999:7:::\n");
+    chmod(&shadow, 0o640);
+    lchown(&shadow, Some(0), Some(42)).unwrap();
+    let tmp = ws.mkdir("recipe/rootfs/tmp");
+    chmod(&tmp, 0o1777);
+    let passwd = ws.write("recipe/rootfs/usr/bin/passwd", "#!/bin/sh\n");
+    chmod(&passwd, 0o4755);
+    fs::hard_link(&passwd, root.join("usr/bin/chfn")).unwrap();
+    let home = ws.mkdir("recipe/rootfs/home/u");
+    let profile = ws.write("recipe/rootfs/home/u/.profile", "PS1='$ '\n");
+    chmod(&profile, 0o600);
+    lchown(&profile, Some(1000), Some(1000)).unwrap();
+    symlink("/etc/shadow", home.join("link")).unwrap();
+    lchown(home.join("link"), Some(1000), Some(1000)).unwrap();
+    chmod(&home, 0o700);
+    lchown(&home, Some(1000), Some(1000)).unwrap();
+    let sbin = ws.mkdir("recipe/rootfs/usr/local/sbin");
+    chmod(&sbin, 0o2775);
+    lchown(&sbin, Some(0), Some(50)).unwrap();
+    root
+}
+
+fn recipe(ws: &Workspace, name: &str, tree_options: &str) -> PathBuf {
+    ws.write(
+        &format!("recipe/{name}.toml"),
+        format!(
+            "[image]\nname = \"{name}\"\nversion = \"1\"\n\n[[layer]]\nname = \"root\"\n\
+             trees = [{{ src = \"rootfs\", dest = \"/\"{tree_options} }}]\n\n\
+             [disk]\nsize = \"8MiB\"\nformats = [\"initramfs\"]\n"
+        ),
+    )
+}
+
+#[test]
+fn a_tree_with_host_metadata_keeps_modes_and_owners_and_the_lock_pins_them() {
+    if !require_tool("umoci") || !require_tool("cpio") || !require_tool("gzip") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIP: only root can give files other owners, and keep them unpacking");
+        return;
+    }
+    let ws = Workspace::new();
+    let root = small_root(&ws);
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+
+    let kept = recipe(&ws, "kept", ", host-metadata = true");
+    let (oci, disk) = unpack_both(&ws, &kiln, &store, &kept);
+    let host = disk_listing(&root, 0o7777);
+    assert_eq!(disk_listing(&oci, 0o7777), host, "umoci unpack differs from the host tree");
+    assert_eq!(disk_listing(&disk, 0o7777), host, "the initramfs differs from the host tree");
+    assert!(host.iter().any(|l| l.starts_with("etc/shadow 640 0:42 file")), "{host:#?}");
+    for line in ["tmp 1777 0:0 dir", "home/u 700 1000:1000 dir", "usr/local/sbin 2775 0:50 dir"] {
+        assert!(host.contains(&line.to_string()), "{line} not in {host:#?}");
+    }
+    assert!(host.iter().any(|l| l.starts_with("usr/bin/passwd 4755 0:0 file")), "{host:#?}");
+    assert!(host.iter().any(|l| l.starts_with("home/u/link 777 1000:1000 symlink /etc/shadow")));
+
+    // Without the option the same tree is normalised: a plain checkout's import.
+    let normal = recipe(&ws, "normal", "");
+    let (oci, _) = unpack_both(&ws, &kiln, &store, &normal);
+    let listing = disk_listing(&oci, 0o7777);
+    for line in ["tmp 755 0:0 dir", "home/u 755 0:0 dir"] {
+        assert!(listing.contains(&line.to_string()), "{line} not in {listing:#?}");
+    }
+    assert!(listing.iter().any(|l| l.starts_with("etc/shadow 644 0:0 file")), "{listing:#?}");
+
+    // The lock pins what was read: a chown or a chmod alone refuses a --locked build.
+    let lock = fs::read_to_string(ws.path("recipe/kept.lock")).unwrap();
+    assert!(lock.contains("host-metadata = true"), "{lock}");
+    let k = kept.to_str().unwrap();
+    kiln.run(&["build", "--locked", k]).ok();
+    lchown(ws.path("recipe/rootfs/etc/shadow"), Some(0), Some(0)).unwrap();
+    kiln.run(&["build", "--locked", k])
+        .fails_with(EXIT_LOCK_MISMATCH)
+        .stderr_has(&["input rootfs changed", "keeps the host's modes and owners"]);
+    lchown(ws.path("recipe/rootfs/etc/shadow"), Some(0), Some(42)).unwrap();
+    kiln.run(&["build", "--locked", k]).ok();
+    chmod(&ws.path("recipe/rootfs/tmp"), 0o755);
+    kiln.run(&["build", "--locked", k]).fails_with(EXIT_LOCK_MISMATCH).stderr_has(&["rootfs"]);
+    // A normalised tree does not see owners at all.
+    kiln.run(&["build", "--locked", normal.to_str().unwrap()]).ok();
+    lchown(ws.path("recipe/rootfs/etc/shadow"), Some(0), Some(7)).unwrap();
+    kiln.run(&["build", "--locked", normal.to_str().unwrap()]).ok();
+}
