@@ -60,6 +60,15 @@ impl<'a> StoreSink<'a> {
         }
     }
 
+    /// Forgets what a build that is about to run again counted and found in the cache; what
+    /// was healed stays healed.
+    pub fn start_over(&mut self) {
+        self.uploaded = 0;
+        self.present = 0;
+        self.vouchers.clear();
+        self.refused.clear();
+    }
+
     fn count(&mut self, uploaded: bool) {
         if uploaded {
             self.uploaded += 1;

@@ -638,3 +638,66 @@ fn gc_racing_a_build_never_takes_what_the_build_references() {
         }
     });
 }
+
+/// Whether any lease record under the folder store `root` names `digest`.
+fn leased(root: &Path, digest: &str) -> bool {
+    let hex = digest.trim_start_matches("sha256:");
+    let Ok(leases) = std::fs::read_dir(root.join("leases")) else { return false };
+    leases.flatten().any(|lease| {
+        std::fs::read_dir(lease.path()).into_iter().flatten().flatten().any(|record| {
+            std::fs::read_to_string(record.path()).is_ok_and(|text| text.contains(hex))
+        })
+    })
+}
+
+#[test]
+fn a_build_looks_again_after_a_gc_sweep_it_may_have_raced_and_remakes_what_went() {
+    // A gc that read the leases before the build leased an old layer may delete that layer
+    // after the build found it present. Here a sweep record stands for such a gc in
+    // progress, and the layer is deleted while the build waits for the sweep to end.
+    let shared = Shared::folder();
+    let Backend::Folder(root) = &shared.backend else { unreachable!() };
+    let recipe = layered(&shared.tmp.path().join("checkout"), 2);
+    let recipe = recipe.to_str().unwrap();
+    let first = shared.json("a", &["build", recipe, "--json"]);
+    let index = first["digest"].as_str().unwrap().to_string();
+    let index_json: Value = serde_json::from_slice(
+        &shared.read(&format!("blobs/sha256/{}", index.trim_start_matches("sha256:"))),
+    )
+    .unwrap();
+    let manifest = index_json["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &shared.read(&format!("blobs/sha256/{}", manifest.trim_start_matches("sha256:"))),
+    )
+    .unwrap();
+    let layer = manifest["layers"][1]["digest"].as_str().unwrap();
+    let layer = root.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+
+    let expires =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let sweep = root.join("sweeps/a-gc-in-progress");
+    std::fs::create_dir_all(sweep.parent().unwrap()).unwrap();
+    std::fs::write(&sweep, format!(r#"{{"expires":{expires}}}"#)).unwrap();
+    let mut build = shared.command("b", &["build", recipe, "--json"]).spawn().unwrap();
+    // The index is leased after every layer was found present, before the build looks again.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !leased(root, &index) {
+        if Instant::now() > deadline || build.try_wait().unwrap().is_some() {
+            build.kill().unwrap();
+            panic!("the build never leased its index: {:?}", build.wait_with_output());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&layer).unwrap();
+    std::fs::remove_file(&sweep).unwrap();
+
+    let out = build.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("deleted blobs it reused"), "{stderr}");
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(second["digest"], first["digest"]);
+    assert_eq!(second["layers"], serde_json::json!({"built": 1, "reused": 1}), "{second}");
+    assert!(layer.exists());
+    shared.assert_clean(&shared.location);
+}

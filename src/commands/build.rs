@@ -85,12 +85,40 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     sink.cache_signer = cache_signer.as_ref().map(|k| k as &dyn kiln_store::cache::CacheSigner);
     sink.cache_trust = cache_trust.as_ref().map(|k| k as &dyn kiln_store::cache::CacheTrust);
     sink.verify_cache = args.verify_cache;
-    let built = kiln_builder::build(&recipe, &opts, &mut sink, &progress);
-    // Blobs healed before a failure were still replaced: say so either way.
-    for healed in &sink.healed {
-        eprintln!("healed: {healed}; rewritten from verified bytes");
-    }
-    let out = built.with_context(|| format!("building {}", recipe.file.display()))?;
+    // Every blob of the image is leased by now. A gc that read the leases before the lease
+    // was written may still have deleted one the build found present: once such gc runs are
+    // over, the image's blobs are looked at again, and what is gone is made again (see
+    // kiln_store::sweep).
+    let mut told = 0;
+    let mut again = false;
+    let out = loop {
+        let built = kiln_builder::build(&recipe, &opts, &mut sink, &progress);
+        // Blobs healed before a failure were still replaced: say so either way.
+        for healed in &sink.healed[told..] {
+            eprintln!("healed: {healed}; rewritten from verified bytes");
+        }
+        told = sink.healed.len();
+        let out = built.with_context(|| format!("building {}", recipe.file.display()))?;
+        let missing =
+            ctx.runtime.block_on(ctx.store.confirm_image(&out.index)).with_context(|| {
+                format!("checking the blobs of {} before tagging it", out.index.digest)
+            })?;
+        if missing.is_empty() {
+            break out;
+        }
+        let missing = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        if again {
+            anyhow::bail!(
+                "blobs of the image were deleted by a gc running beside the build, twice ({missing}); \
+                 nothing was tagged; build again"
+            );
+        }
+        eprintln!(
+            "warning: a gc running beside the build deleted blobs it reused ({missing}); building again"
+        );
+        sink.start_over();
+        again = true;
+    };
     for (entry, refusal) in &sink.refused {
         if !ctx.quiet {
             eprintln!("warning: ignored build cache entry {entry}: {refusal}");

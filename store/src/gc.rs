@@ -120,8 +120,13 @@ impl Store {
         let mut leased: HashSet<Digest> = leases.blobs.iter().copied().collect();
         let mut marked = self.mark(&sizes, &leases.blobs).await?;
         // A ref set or a lease taken while marking (a build finishing or starting) protects
-        // its blobs too.
+        // its blobs too. A lease taken after this last read does not: the sweep record
+        // written first tells its build to look again once this gc is done (see
+        // [`crate::sweep`]).
+        let sweep = if options.dry_run { None } else { Some(self.begin_sweep().await?) };
         let leases = self.read_leases().await?;
+        #[cfg(test)]
+        tests::pause_after_last_lease_read().await;
         leased.extend(leases.blobs.iter().copied());
         marked.extend(self.mark(&sizes, &leases.blobs).await?);
         report.leases_live = leases.live;
@@ -186,6 +191,7 @@ impl Store {
         }
         if !options.dry_run {
             doomed.extend(leases.dead);
+            doomed.extend(self.read_sweeps().await?.1);
             self.delete_all(doomed).await?;
         }
 
@@ -193,6 +199,9 @@ impl Store {
         report.cache_entries_deleted = dangling.len() as u64;
         if !options.dry_run {
             self.delete_all(dangling).await?;
+        }
+        if let Some(sweep) = sweep {
+            sweep.end().await?;
         }
         Ok(report)
     }
@@ -320,7 +329,102 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use kiln_oci::{media_type, Descriptor, ImageManifest};
+    use tokio::sync::{oneshot, Mutex};
+
     use super::*;
+
+    /// Where a gc run under [`PAUSE`] says it has read the leases for the last time, and what
+    /// lets it go on.
+    type Pause = Arc<Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>>;
+
+    tokio::task_local! {
+        static PAUSE: Pause;
+    }
+
+    /// Called by gc after its last read of the leases: in a gc run under [`PAUSE`], says so
+    /// and waits to be let go on; elsewhere does nothing.
+    pub(super) async fn pause_after_last_lease_read() {
+        let Ok(pause) = PAUSE.try_with(Arc::clone) else { return };
+        let Some((reached, go)) = pause.lock().await.take() else { return };
+        reached.send(()).unwrap();
+        go.await.unwrap();
+    }
+
+    /// Stores `bytes` in the folder store at `root`, dated two hours back.
+    async fn old_blob(store: &Store, root: &std::path::Path, bytes: &[u8]) -> Descriptor {
+        let put = store.put_blob(Bytes::copy_from_slice(bytes)).await.unwrap();
+        let path = root.join("blobs/sha256").join(put.digest.hex());
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(7200)).unwrap();
+        Descriptor::new(media_type::LAYER_TAR_GZIP, put.digest, put.size)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_leased_after_the_last_lease_read_is_kept_or_seen_gone_before_tagging() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
+        let config = old_blob(&store, tmp.path(), b"{}").await;
+        let layer = old_blob(&store, tmp.path(), b"an old layer nothing references").await;
+        let options = GcOptions { grace: Duration::from_secs(3600), dry_run: false };
+
+        // A gc has listed the old layer as unreferenced and read the leases for the last
+        // time; only then does a build lease the layer and find it present.
+        let (reached_tx, reached) = oneshot::channel();
+        let (go, go_rx) = oneshot::channel();
+        let pause: Pause = Arc::new(Mutex::new(Some((reached_tx, go_rx))));
+        let collector = store.clone();
+        let gc = tokio::spawn(PAUSE.scope(pause, async move { collector.gc(options).await }));
+        reached.await.unwrap();
+        let lease = store.lease().await.unwrap();
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: media_type::IMAGE_MANIFEST.to_string(),
+            artifact_type: None,
+            config: config.clone(),
+            layers: vec![layer.clone()],
+            subject: None,
+            annotations: Default::default(),
+        };
+        let manifest = Bytes::from(kiln_oci::to_canonical_json(&manifest).unwrap());
+        let manifest = Descriptor::new(media_type::IMAGE_MANIFEST, Digest::of(&manifest), {
+            let size = manifest.len() as u64;
+            lease.add(&[config.digest, layer.digest, Digest::of(&manifest)]).await.unwrap();
+            store.put_blob(manifest).await.unwrap();
+            size
+        });
+        assert!(store.has_blob(&layer.digest).await.unwrap());
+
+        // Before tagging, the build sees the sweep in progress and looks again once it is
+        // over, whenever the gc goes on: the layer is found gone, so it would be made again.
+        let sweeps = store.sweeps_in_progress().await.unwrap();
+        assert_eq!(sweeps.len(), 1, "the gc announced its sweep");
+        let confirming = {
+            let store = store.clone();
+            let manifest = manifest.clone();
+            tokio::spawn(async move {
+                store.wait_for_sweeps(&sweeps).await.unwrap();
+                store.confirm_image(&manifest).await.unwrap()
+            })
+        };
+        go.send(()).unwrap();
+        let report = gc.await.unwrap().unwrap();
+        assert_eq!((report.blobs_deleted, report.leases_live), (2, 0), "{report:?}");
+        assert_eq!(confirming.await.unwrap(), vec![config.digest, layer.digest]);
+
+        // Written again under the same lease, the blobs are kept by every later gc.
+        old_blob(&store, tmp.path(), b"{}").await;
+        old_blob(&store, tmp.path(), b"an old layer nothing references").await;
+        let report = store.gc(options).await.unwrap();
+        assert_eq!((report.blobs_deleted, report.leases_live), (0, 1), "{report:?}");
+        assert_eq!(store.confirm_image(&manifest).await.unwrap(), Vec::<Digest>::new());
+        assert!(store.sweeps_in_progress().await.unwrap().is_empty());
+        lease.release().await.unwrap();
+    }
 
     #[test]
     fn finds_digests_anywhere() {

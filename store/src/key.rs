@@ -20,6 +20,8 @@ pub(crate) const CACHE: &str = "cache";
 pub(crate) const LOG: &str = "log";
 /// Prefix of leases: `leases/<id>/<n>`, what writers in flight are about to reference.
 pub(crate) const LEASES: &str = "leases";
+/// Prefix of sweeps: `sweeps/<id>`, the deletions of gc runs in progress.
+pub(crate) const SWEEPS: &str = "sweeps";
 /// Prefix of referrers: `referrers/<subject-hex>/<artifact-hex>`.
 pub(crate) const REFERRERS: &str = "referrers";
 /// Prefix of corrupt blobs moved aside.

@@ -28,7 +28,7 @@ use crate::{key, Store};
 /// How long a lease record keeps what it names without renewal.
 pub const TTL: Duration = Duration::from_secs(120);
 /// How often a held lease is renewed; a third of [`TTL`], so two renewals may fail in a row.
-const RENEW_EVERY: Duration = Duration::from_secs(40);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(40);
 /// Lease records read at once by gc.
 const READ_CONCURRENCY: usize = 16;
 
@@ -45,7 +45,7 @@ struct Record {
     blobs: Vec<Digest>,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

@@ -37,6 +37,7 @@ mod refs;
 pub mod repair;
 mod s3_uploads;
 pub mod scratch;
+pub mod sweep;
 mod upload;
 mod walk;
 
