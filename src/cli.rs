@@ -201,6 +201,10 @@ pub struct HistoryArgs {
     /// The policy whose channel keys to trust when no --key is given.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// A checkpoint an earlier audit reported (SEQ@sha256:HEX): fail unless the chain still
+    /// holds that entry, so a channel rewound past it is detected.
+    #[arg(long, value_name = "SEQ@DIGEST", value_parser = str::parse::<kiln_release::channel::Seen>)]
+    pub seen: Option<kiln_release::channel::Seen>,
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +233,10 @@ pub struct VerifyArgs {
     /// With --channel: the policy whose keys for that channel sign its entries.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// With --channel: a checkpoint an earlier audit reported (SEQ@sha256:HEX); fail unless
+    /// the chain still holds that entry.
+    #[arg(long, value_name = "SEQ@DIGEST", requires = "channel", value_parser = str::parse::<kiln_release::channel::Seen>)]
+    pub seen: Option<kiln_release::channel::Seen>,
 }
 
 #[derive(Args, Debug)]

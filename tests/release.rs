@@ -805,8 +805,12 @@ fn sigkill_during_promote_leaves_a_chain_that_verifies_and_a_rerun_completes() {
 fn tampering_with_a_channel_is_detected_and_names_the_entry() {
     let lab = Lab::new();
     let one = release_of(&through_prod(&lab, "one"));
+    // The signed checkpoint of dev/vm when it had one entry, as someone reading the bucket
+    // then could have kept it.
+    let first_checkpoint = std::fs::read(lab.folder(&lab.store).join("log/dev/vm/HEAD")).unwrap();
     let two = release_of(&lab.build_release(&lab.store, "two"));
     lab.promote(&lab.store, &two, "dev", "ci", &[]).ok();
+    let second_checkpoint = std::fs::read(lab.folder(&lab.store).join("log/dev/vm/HEAD")).unwrap();
     lab.promote(&lab.store, &one, "dev", "ci", &["--reason", "back"]).ok();
     let policy = lab.path("policy.toml").display().to_string();
     let build_pub = lab.public("build");
@@ -858,24 +862,97 @@ fn tampering_with_a_channel_is_detected_and_names_the_entry() {
         },
         &["at entry 2", "moved or reordered"],
     );
-    // The head hint pointing forwards, or at an entry it misnames.
+    // The checkpoint replaced by hand: pointing forwards, or backwards.
+    let entry_digest =
+        |log: &PathBuf, seq: u32| kiln_oci::Digest::of(&read(&log.join(seq.to_string())));
     case(
         "hint-forward",
         &|log| {
             std::fs::write(log.join("HEAD"), format!("{{\"seq\":9,\"entry\":\"{one}\"}}")).unwrap()
         },
-        &["at entry 9", "HEAD names entry 9, but the newest entry is 3"],
+        &["HEAD is not a signed checkpoint"],
     );
     let stale = case(
         "hint-backward",
         &|log| {
             std::fs::write(log.join("HEAD"), format!("{{\"seq\":1,\"entry\":\"{one}\"}}")).unwrap()
         },
-        &["at entry 1", "HEAD names entry 1 as"],
+        &["HEAD is not a signed checkpoint"],
     );
-    // Even so, pin finds the real head: a hint is never trusted alone.
-    let pin = lab.run_at(&stale, &["pin", "dev/vm", "--format", "json"]).ok().json();
-    assert_eq!(pin["release"], one.as_str());
+    // pin refuses it too, rather than trusting it; so does an append, which would hide it.
+    lab.run_at(&stale, &["pin", "dev/vm", "--format", "json"])
+        .fails_with(EXIT_INTEGRITY, &["HEAD is not a signed checkpoint"]);
+    lab.promote(&stale, &two, "dev", "ci", &[])
+        .fails_with(EXIT_INTEGRITY, &["HEAD is not a signed checkpoint"]);
+    // The newest entry deleted: with the checkpoint left, rewound by hand, or deleted too.
+    case(
+        "tail-deleted",
+        &|log| std::fs::remove_file(log.join("3")).unwrap(),
+        &["at entry 3", "entry 3 is missing: deleted"],
+    );
+    let rewound = case(
+        "tail-deleted-head-rewound",
+        &|log| {
+            std::fs::remove_file(log.join("3")).unwrap();
+            let second = entry_digest(log, 2);
+            std::fs::write(log.join("HEAD"), format!("{{\"seq\":2,\"entry\":\"{second}\"}}"))
+                .unwrap();
+        },
+        &["HEAD is not a signed checkpoint"],
+    );
+    lab.promote(&rewound, &two, "dev", "ci", &[])
+        .fails_with(EXIT_INTEGRITY, &["HEAD is not a signed checkpoint"]);
+    case(
+        "tail-and-head-deleted",
+        &|log| {
+            std::fs::remove_file(log.join("3")).unwrap();
+            std::fs::remove_file(log.join("HEAD")).unwrap();
+        },
+        &["at entry 2", "HEAD (the signed checkpoint) is missing although 2 entries exist"],
+    );
+    // The one rewind a store alone cannot show: the tail deleted and a checkpoint kept from
+    // back then put back. An auditor who kept the checkpoint of an earlier audit sees it.
+    let replayed = lab.path("tampered-replayed");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(lab.folder(&lab.store))
+        .arg(&replayed)
+        .status()
+        .unwrap()
+        .success());
+    let before = lab.history(&lab.store, "dev/vm").ok().json();
+    let kept = format!(
+        "{}@{}",
+        before["checkpoint"]["seq"].as_u64().unwrap(),
+        before["checkpoint"]["entry"].as_str().unwrap()
+    );
+    assert_eq!(before["checkpoint"]["seq"], 3);
+    for f in ["2", "3"] {
+        std::fs::remove_file(replayed.join("log/dev/vm").join(f)).unwrap();
+    }
+    std::fs::write(replayed.join("log/dev/vm/HEAD"), &first_checkpoint).unwrap();
+    let replayed = format!("file://{}", replayed.display());
+    assert_eq!(chain(&lab.history(&replayed, "dev/vm").ok().json()).len(), 1);
+    lab.run_at(&replayed, &["history", "dev/vm", "--policy", &policy, "--seen", &kept]).fails_with(
+        EXIT_INTEGRITY,
+        &["at entry 3", "but the channel now ends at entry 1: rewound"],
+    );
+    lab.run_at(
+        &replayed,
+        &[
+            "verify",
+            &one,
+            "--key",
+            &build_pub,
+            "--channel",
+            "dev/vm",
+            "--policy",
+            &policy,
+            "--seen",
+            &kept,
+        ],
+    )
+    .fails_with(EXIT_INTEGRITY, &["rewound"]);
     // An entry re-signed by a key the policy does not list: the tail of the chain is replaced
     // by a promotion under a policy where mallory may promote.
     let forged = lab.path("tampered-forged");
@@ -886,11 +963,18 @@ fn tampering_with_a_channel_is_detected_and_names_the_entry() {
         .status()
         .unwrap()
         .success());
-    for f in ["3", "HEAD"] {
-        std::fs::remove_file(forged.join("log/dev/vm").join(f)).unwrap();
-    }
+    std::fs::remove_file(forged.join("log/dev/vm/3")).unwrap();
+    std::fs::write(forged.join("log/dev/vm/HEAD"), &second_checkpoint).unwrap();
     let forged = format!("file://{}", forged.display());
-    let mallory_policy = lab.write_policy("mallory.toml", "mallory", 2);
+    // mallory's policy trusts the entries so far, and mallory.
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "keys = [\"keys/ci.pub\"]",
+        "keys = [\"keys/ci.pub\", \"keys/mallory.pub\"]",
+        1,
+    );
+    let mallory_policy = lab.path("mallory.toml");
+    std::fs::write(&mallory_policy, text).unwrap();
+    let mallory_policy = mallory_policy.display().to_string();
     let key = lab.key("mallory");
     lab.run_at(
         &forged,
@@ -899,7 +983,7 @@ fn tampering_with_a_channel_is_detected_and_names_the_entry() {
     .ok();
     lab.history(&forged, "dev/vm")
         .fails_with(EXIT_INTEGRITY, &["at entry 3", "does not verify with any trusted key"]);
-    // A head hint that is merely behind (a writer killed before moving it) is not tampering.
+    // A checkpoint that is merely behind (a writer killed before moving it) is not tampering.
     let behind = lab.path("behind");
     assert!(Command::new("cp")
         .arg("-a")
@@ -908,9 +992,7 @@ fn tampering_with_a_channel_is_detected_and_names_the_entry() {
         .status()
         .unwrap()
         .success());
-    let first = kiln_oci::Digest::of(&read(&behind.join("log/dev/vm/1")));
-    std::fs::write(behind.join("log/dev/vm/HEAD"), format!("{{\"seq\":1,\"entry\":\"{first}\"}}"))
-        .unwrap();
+    std::fs::write(behind.join("log/dev/vm/HEAD"), &first_checkpoint).unwrap();
     let behind = format!("file://{}", behind.display());
     assert_eq!(lab.history(&behind, "dev/vm").ok().json()["hintBehind"], 2);
     // The next append moves it.

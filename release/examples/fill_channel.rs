@@ -23,11 +23,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let actor = key.public().key_id()?.0;
     let policy = Policy::load(Path::new(policy))?;
     let n: u64 = n.parse()?;
+    let trusted = policy.channel(&ch.channel)?.keys.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         for i in 0..n {
             let reason = format!("bench {i}");
-            channel::append(&store, &ch, &key, |head| {
+            channel::append(&store, &ch, &key, &trusted, |head| {
                 Ok(channel::next_entry(
                     &ch,
                     head,

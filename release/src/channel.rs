@@ -5,10 +5,18 @@
 //! a reason and the digest of the policy in force.
 //!
 //! Appending entry N+1 is a create-only put: on every backend exactly one writer gets it, and
-//! the others re-read the head and try N+2, with no lock service. `HEAD` is an overwritable
-//! hint (`{"seq":N,"entry":"sha256:…"}`) so the newest entry is found with a few reads whatever
-//! the history's length: read the hint, then probe forward until an entry is missing. The hint
-//! is never trusted alone: a hint naming a missing entry sends the reader to the full listing.
+//! the others re-read the head and try N+2, with no lock service. `HEAD` is an overwritable,
+//! signed checkpoint (`{"seq":N,"entry":"sha256:…"}` in a DSSE envelope) so the newest entry is
+//! found with a few reads whatever the history's length: read the checkpoint, then probe
+//! forward until an entry is missing.
+//!
+//! The checkpoint is also what makes a deleted tail visible. Kiln never deletes an entry or the
+//! checkpoint, writes entry N only after a checkpoint of at least N-1 exists, and writes the
+//! checkpoint of N only after entry N exists. So a checkpoint naming a missing entry, or none
+//! at all beside two or more entries, is tampering; and someone without a channel key cannot
+//! sign a checkpoint that rewinds the channel. What stays invisible is a rewind to a state the
+//! bucket really was in: the tail deleted and a checkpoint saved earlier put back (see
+//! docs/releases.md); an auditor who kept a checkpoint can check that the chain still holds it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,8 +39,12 @@ pub const ENTRY_PAYLOAD_TYPE: &str = "application/vnd.kiln.channel-entry.v1+json
 pub const ENTRY_SCHEMA: &str = "kiln.channel-entry/v1";
 /// An entry is a few hundred bytes plus the reason.
 const ENTRY_LIMIT: u64 = 64 * 1024;
-/// The hint is one small JSON object.
-const HINT_LIMIT: u64 = 1024;
+/// payloadType of the signed `HEAD` checkpoint.
+pub const CHECKPOINT_PAYLOAD_TYPE: &str = "application/vnd.kiln.channel-head.v1+json";
+/// The checkpoint statement's `schema`.
+pub const CHECKPOINT_SCHEMA: &str = "kiln.channel-head/v1";
+/// The checkpoint is one small statement and a signature.
+const CHECKPOINT_LIMIT: u64 = 16 * 1024;
 /// Appends re-tried after losing the next seq to another writer.
 const APPEND_ATTEMPTS: u32 = 64;
 /// Entries read at once by a full audit.
@@ -175,12 +187,34 @@ pub struct Stored {
     pub envelope: Envelope,
 }
 
-/// The `HEAD` hint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Hint {
+/// The signed `HEAD` checkpoint: entry `seq` of the channel is `entry`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Checkpoint {
+    /// [`CHECKPOINT_SCHEMA`].
+    pub schema: String,
+    pub channel: String,
+    pub name: String,
+    pub seq: u64,
+    /// Digest of entry `seq`'s stored bytes.
+    pub entry: Digest,
+}
+
+/// A checkpoint as read from the store.
+struct ReadCheckpoint {
+    checkpoint: Checkpoint,
+    envelope: Envelope,
+}
+
+/// The checkpoint an audit found, for the auditor to keep: a later audit given it
+/// (`--seen SEQ@DIGEST`) detects a rewind past it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSeen {
     pub seq: u64,
     pub entry: Digest,
+    /// The key id that signed it.
+    pub signer: Digest,
 }
 
 fn tampered(ch: &ChannelRef, seq: u64, reason: impl Into<String>) -> ReleaseError {
@@ -257,41 +291,143 @@ fn check_link(ch: &ChannelRef, prev: Option<&Stored>, next: &Stored) -> Result<(
     Ok(())
 }
 
-/// Reads the hint; a missing or malformed one is no hint (it only ever saves reads).
-async fn read_hint(store: &Store, ch: &ChannelRef) -> Result<Option<Hint>> {
-    Ok(match store.log_read(&ch.hint_key(), HINT_LIMIT).await {
-        Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
-        Ok(None) | Err(kiln_store::StoreError::TooLarge { .. }) => None,
+/// Reads the checkpoint. One that is not a checkpoint of this channel is tampering: kiln only
+/// ever writes whole, signed checkpoints there.
+async fn read_checkpoint(store: &Store, ch: &ChannelRef) -> Result<Option<ReadCheckpoint>> {
+    let bytes = match store.log_read(&ch.hint_key(), CHECKPOINT_LIMIT).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(kiln_store::StoreError::TooLarge { limit, .. }) => {
+            return Err(tampered(ch, 0, format!("HEAD is larger than {limit} bytes")))
+        }
         Err(e) => return Err(e.into()),
+    };
+    let bad = |why: String| tampered(ch, 0, format!("HEAD is not a signed checkpoint: {why}"));
+    let Opened { statement, envelope } =
+        signed::open::<Checkpoint>(&bytes, CHECKPOINT_PAYLOAD_TYPE).map_err(bad)?;
+    let checkpoint: Checkpoint = statement;
+    if checkpoint.schema != CHECKPOINT_SCHEMA
+        || checkpoint.channel != ch.channel.to_string()
+        || checkpoint.name != ch.name.to_string()
+        || checkpoint.seq == 0
+    {
+        return Err(tampered(
+            ch,
+            checkpoint.seq,
+            format!(
+                "HEAD is a checkpoint of {}/{} entry {} ({}), not of this channel",
+                checkpoint.channel, checkpoint.name, checkpoint.seq, checkpoint.schema
+            ),
+        ));
+    }
+    Ok(Some(ReadCheckpoint { checkpoint, envelope }))
+}
+
+/// The key id among `keys` that signed the checkpoint, or tampering.
+fn checkpoint_signer(ch: &ChannelRef, cp: &ReadCheckpoint, keys: &[PublicKey]) -> Result<Digest> {
+    signed::signer(&cp.envelope, keys).ok_or_else(|| {
+        tampered(
+            ch,
+            cp.checkpoint.seq,
+            format!(
+                "HEAD (a checkpoint naming entry {}) is not signed by any trusted key: \
+                 rewritten, perhaps to hide deleted entries",
+                cp.checkpoint.seq
+            ),
+        )
     })
 }
 
-/// The channel's newest entry, or `None` for an empty channel: from the hint, probing
-/// forward, with each probed entry's link to its predecessor checked. A few reads whatever
-/// the history's length; the full listing only when the hint names a missing entry.
-pub async fn head(store: &Store, ch: &ChannelRef) -> Result<Option<Stored>> {
-    let mut current = match read_hint(store, ch).await? {
-        Some(hint) if hint.seq > 0 => match read_entry(store, ch, hint.seq).await? {
-            Some(found) => Some(found),
-            None => last_listed(store, ch).await?,
-        },
-        _ => None,
-    };
-    loop {
-        let next_seq = current.as_ref().map_or(1, |c| c.entry.seq + 1);
-        let Some(next) = read_entry(store, ch, next_seq).await? else { return Ok(current) };
-        check_link(ch, current.as_ref(), &next)?;
-        current = Some(next);
+/// Fails unless the entry the checkpoint names is there, with the digest it names.
+fn check_checkpointed(ch: &ChannelRef, cp: &Checkpoint, found: Option<&Stored>) -> Result<()> {
+    match found {
+        None => Err(tampered(
+            ch,
+            cp.seq,
+            format!(
+                "HEAD names entry {} as {}, but entry {} is missing: deleted",
+                cp.seq, cp.entry, cp.seq
+            ),
+        )),
+        Some(e) if e.digest != cp.entry => Err(tampered(
+            ch,
+            cp.seq,
+            format!("HEAD names entry {} as {}, but it is {}", cp.seq, cp.entry, e.digest),
+        )),
+        Some(_) => Ok(()),
     }
 }
 
-/// The highest-numbered entry found by listing the channel.
-async fn last_listed(store: &Store, ch: &ChannelRef) -> Result<Option<Stored>> {
-    let seqs = list(store, ch).await?;
-    match seqs.last() {
-        Some(&seq) => read_entry(store, ch, seq).await,
-        None => Ok(None),
+/// The evidence of a missing checkpoint: entry 2 or later exists only after a checkpoint did.
+fn no_checkpoint(ch: &ChannelRef, newest: u64) -> ReleaseError {
+    tampered(
+        ch,
+        newest,
+        format!(
+            "HEAD (the signed checkpoint) is missing although {newest} entries exist: deleted, \
+             perhaps with the newest entries"
+        ),
+    )
+}
+
+/// The channel's newest entry, or `None` for an empty channel, and the seq its checkpoint
+/// names: from the checkpoint, probing forward, with each probed entry's link to its
+/// predecessor checked. A few reads whatever the history's length. With `keys`, the
+/// checkpoint and every entry read must be signed by one of them.
+async fn find_head(
+    store: &Store,
+    ch: &ChannelRef,
+    keys: &[PublicKey],
+) -> Result<(Option<Stored>, u64)> {
+    match find_head_once(store, ch, keys).await? {
+        Ok(found) => Ok(found),
+        // A checkpoint may have been written between our read of it and our probing (entry 2
+        // or later is only ever written after a checkpoint exists): read again.
+        Err(_) => {
+            find_head_once(store, ch, keys).await?.map_err(|newest| no_checkpoint(ch, newest))
+        }
     }
+}
+
+/// One try of [`find_head`]; `Err(newest)` when no checkpoint was found beside 2 or more
+/// entries.
+async fn find_head_once(
+    store: &Store,
+    ch: &ChannelRef,
+    keys: &[PublicKey],
+) -> Result<std::result::Result<(Option<Stored>, u64), u64>> {
+    let checkpoint = read_checkpoint(store, ch).await?;
+    let mut current = match &checkpoint {
+        Some(cp) => {
+            if !keys.is_empty() {
+                checkpoint_signer(ch, cp, keys)?;
+            }
+            let found = read_entry(store, ch, cp.checkpoint.seq).await?;
+            check_checkpointed(ch, &cp.checkpoint, found.as_ref())?;
+            found
+        }
+        None => None,
+    };
+    loop {
+        if let (Some(c), false) = (&current, keys.is_empty()) {
+            verify_signature(ch, c, keys)?;
+        }
+        let next_seq = current.as_ref().map_or(1, |c| c.entry.seq + 1);
+        let Some(next) = read_entry(store, ch, next_seq).await? else { break };
+        check_link(ch, current.as_ref(), &next)?;
+        current = Some(next);
+    }
+    let newest = current.as_ref().map_or(0, |c| c.entry.seq);
+    Ok(match checkpoint {
+        Some(cp) => Ok((current, cp.checkpoint.seq)),
+        None if newest < 2 => Ok((current, 0)),
+        None => Err(newest),
+    })
+}
+
+/// The channel's newest entry, or `None` for an empty channel (see [`find_head`]).
+pub async fn head(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result<Option<Stored>> {
+    Ok(find_head(store, ch, keys).await?.0)
 }
 
 /// The entry seqs present, sorted; a key that is neither an entry nor the hint is evidence of
@@ -320,15 +456,30 @@ async fn list(store: &Store, ch: &ChannelRef) -> Result<Vec<u64>> {
 }
 
 /// Every entry of the channel, in order, each signature checked against `keys` and each link
-/// to its predecessor, and the hint checked against them: a gap, a fork, an edit, a
-/// re-signature by an unknown key or a hint naming a missing or different entry is
-/// [`ReleaseError::Tampered`] naming the entry. A hint behind the head is normal (a writer
-/// stopped between its entry and the hint) and is returned as such.
-pub async fn audit(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result<Audit> {
-    // The hint is read before listing: a writer moves it only after its entry exists, so an
-    // append racing this audit can never make the hint look ahead of the listed entries.
-    let hint = read_hint(store, ch).await?;
+/// to its predecessor, and the checkpoint checked against them: a gap, a fork, an edit, a
+/// re-signature by an unknown key, a checkpoint not signed by one of `keys`, naming a missing
+/// or different entry, or missing beside two or more entries, is [`ReleaseError::Tampered`]
+/// naming the entry. A checkpoint behind the head is normal (a writer stopped between its
+/// entry and the checkpoint) and is returned as such. With `seen` (a checkpoint the auditor
+/// kept from an earlier audit), the chain must still hold that entry.
+pub async fn audit(
+    store: &Store,
+    ch: &ChannelRef,
+    keys: &[PublicKey],
+    seen: Option<&Seen>,
+) -> Result<Audit> {
+    // The checkpoint is read before listing: a writer moves it only after its entry exists,
+    // so an append racing this audit can never make it look ahead of the listed entries.
+    let mut checkpoint = read_checkpoint(store, ch).await?;
     let seqs = list(store, ch).await?;
+    if checkpoint.is_none() && seqs.len() >= 2 {
+        // Entry 2 or later is only written after a checkpoint exists: one written since our
+        // first read is there now.
+        checkpoint = read_checkpoint(store, ch).await?;
+        if checkpoint.is_none() {
+            return Err(no_checkpoint(ch, seqs.len() as u64));
+        }
+    }
     if let Some((i, &seq)) = seqs.iter().enumerate().find(|(i, s)| **s != *i as u64 + 1) {
         return Err(tampered(
             ch,
@@ -336,7 +487,7 @@ pub async fn audit(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result
             format!("entry {} is missing (entry {seq} exists)", i + 1),
         ));
     }
-    let entries: Vec<Stored> = futures::stream::iter(seqs.iter().copied())
+    let mut entries: Vec<Stored> = futures::stream::iter(seqs.iter().copied())
         .map(|seq| async move {
             read_entry(store, ch, seq)
                 .await?
@@ -345,41 +496,81 @@ pub async fn audit(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
+    if let Some(cp) = &checkpoint {
+        // Only a checkpoint re-read after the listing can be ahead of it: the entries it
+        // covers were appended since, and are read now.
+        let mut next = entries.len() as u64 + 1;
+        while next <= cp.checkpoint.seq {
+            match read_entry(store, ch, next).await? {
+                Some(e) => entries.push(e),
+                None => break,
+            }
+            next += 1;
+        }
+    }
     verify_signatures(ch, &entries, keys)?;
     let mut prev: Option<&Stored> = None;
     for e in &entries {
         check_link(ch, prev, e)?;
         prev = Some(e);
     }
-    let hint_behind = match (&hint, entries.last()) {
-        (Some(h), Some(last)) if h.seq > last.entry.seq => {
-            return Err(tampered(
-                ch,
-                h.seq,
-                format!("HEAD names entry {}, but the newest entry is {}", h.seq, last.entry.seq),
-            ))
+    let newest = entries.last().map_or(0, |l| l.entry.seq);
+    let checkpoint = match &checkpoint {
+        Some(cp) => {
+            let signer = checkpoint_signer(ch, cp, keys)?;
+            let at = cp.checkpoint.seq;
+            check_checkpointed(ch, &cp.checkpoint, entries.get((at - 1) as usize))?;
+            Some(CheckpointSeen { seq: at, entry: cp.checkpoint.entry, signer })
         }
-        (Some(h), None) => {
-            return Err(tampered(
-                ch,
-                h.seq,
-                format!("HEAD names entry {}, but the channel is empty", h.seq),
-            ))
-        }
-        (Some(h), Some(last)) => {
-            let at = &entries[(h.seq.max(1) - 1) as usize];
-            if h.seq == 0 || at.digest != h.entry {
-                return Err(tampered(
-                    ch,
-                    h.seq,
-                    format!("HEAD names entry {} as {}, but it is {}", h.seq, h.entry, at.digest),
-                ));
-            }
-            last.entry.seq - h.seq
-        }
-        (None, last) => last.map_or(0, |l| l.entry.seq),
+        None => None,
     };
-    Ok(Audit { entries, hint_behind })
+    if let Some(seen) = seen {
+        let found = entries.get((seen.seq.max(1) - 1) as usize);
+        if seen.seq == 0 || found.map(|e| e.digest) != Some(seen.entry) {
+            return Err(tampered(
+                ch,
+                seen.seq,
+                format!(
+                    "an earlier audit saw entry {} as {}, but the channel now {}: rewound",
+                    seen.seq,
+                    seen.entry,
+                    match found {
+                        Some(e) => format!("has {} there", e.digest),
+                        None => format!("ends at entry {newest}"),
+                    }
+                ),
+            ));
+        }
+    }
+    let hint_behind = newest - checkpoint.as_ref().map_or(0, |c| c.seq);
+    Ok(Audit { entries, hint_behind, checkpoint })
+}
+
+/// An entry an auditor saw before, `SEQ@sha256:HEX` (a checkpoint `history` reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub seq: u64,
+    pub entry: Digest,
+}
+
+impl FromStr for Seen {
+    type Err = ReleaseError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: String| ReleaseError::InvalidName {
+            what: "SEQ@DIGEST",
+            text: s.to_string(),
+            reason,
+        };
+        let (seq, entry) = s
+            .split_once('@')
+            .ok_or_else(|| bad("write the entry's seq, @ and its digest".to_string()))?;
+        let seq = seq.parse::<u64>().map_err(|e| bad(format!("seq: {e}")))?;
+        let entry = entry.parse().map_err(|e: kiln_oci::DigestError| bad(e.to_string()))?;
+        if seq == 0 {
+            return Err(bad("entries count from 1".to_string()));
+        }
+        Ok(Seen { seq, entry })
+    }
 }
 
 /// Checks every entry's signature, on all cores (the bulk of an audit's CPU time); the
@@ -414,8 +605,10 @@ fn verify_signatures(ch: &ChannelRef, entries: &[Stored], keys: &[PublicKey]) ->
 pub struct Audit {
     /// Every entry, seq 1 first.
     pub entries: Vec<Stored>,
-    /// How many entries the hint is behind the head (0 when current).
+    /// How many entries the checkpoint is behind the head (0 when current).
     pub hint_behind: u64,
+    /// The signed checkpoint, verified.
+    pub checkpoint: Option<CheckpointSeen>,
 }
 
 /// What an append did.
@@ -431,26 +624,33 @@ pub struct Appended {
 
 /// Appends the entry `make(seq, previous)` signed by `key`, taking the next free seq: if
 /// another writer takes it first, re-reads the head and makes the entry again (so `make` can
-/// re-check anything that depends on the head).
+/// re-check anything that depends on the head). The checkpoint and the entries read to find
+/// the head must be signed by one of `trusted`, so that nothing is appended after a rewound
+/// or forged tail; a checkpoint behind the head is moved to it before the new entry is
+/// written, so that entry 2 or later never exists without a checkpoint.
 pub async fn append(
     store: &Store,
     ch: &ChannelRef,
     key: &PrivateKey,
+    trusted: &[PublicKey],
     mut make: impl FnMut(Option<&Stored>) -> Result<Entry>,
 ) -> Result<Appended> {
     for attempt in 1..=APPEND_ATTEMPTS {
-        let head = head(store, ch).await?;
+        let (head, checkpointed) = find_head(store, ch, trusted).await?;
+        if let Some(h) = head.as_ref().filter(|h| h.entry.seq > checkpointed) {
+            store
+                .log_hint(&ch.hint_key(), checkpoint_bytes(ch, h.entry.seq, h.digest, key)?)
+                .await?;
+        }
         let entry = make(head.as_ref())?;
         let bytes = signed::seal(ENTRY_PAYLOAD_TYPE, &entry, key)?;
         let digest = Digest::of(&bytes);
         match store.log_create(&ch.entry_key(entry.seq), Bytes::from(bytes)).await? {
             Created::Written => {
-                let hint = serde_json::to_vec(&Hint { seq: entry.seq, entry: digest })?;
-                let hint_error = store
-                    .log_hint(&ch.hint_key(), Bytes::from(hint))
-                    .await
-                    .err()
-                    .map(|e| chain(&e));
+                let hint_error = match checkpoint_bytes(ch, entry.seq, digest, key) {
+                    Ok(cp) => store.log_hint(&ch.hint_key(), cp).await.err().map(|e| chain(&e)),
+                    Err(e) => Some(chain(&e)),
+                };
                 return Ok(Appended { entry, digest, attempts: attempt, hint_error });
             }
             Created::Taken => {
@@ -461,6 +661,18 @@ pub async fn append(
         }
     }
     Err(ReleaseError::Contended { channel: ch.to_string(), attempts: APPEND_ATTEMPTS })
+}
+
+/// The stored bytes of the checkpoint "entry `seq` of `ch` is `entry`", signed by `key`.
+fn checkpoint_bytes(ch: &ChannelRef, seq: u64, entry: Digest, key: &PrivateKey) -> Result<Bytes> {
+    let checkpoint = Checkpoint {
+        schema: CHECKPOINT_SCHEMA.to_string(),
+        channel: ch.channel.to_string(),
+        name: ch.name.to_string(),
+        seq,
+        entry,
+    };
+    Ok(Bytes::from(signed::seal(CHECKPOINT_PAYLOAD_TYPE, &checkpoint, key)?))
 }
 
 /// The statement for the entry after `head`.

@@ -7,7 +7,7 @@ use kiln_oci::Digest;
 use kiln_store::Store;
 use serde::Serialize;
 
-use crate::channel::{self, Action, ChannelRef};
+use crate::channel::{self, Action, ChannelRef, CheckpointSeen, Seen};
 use crate::{revocation, ReleaseError, Result};
 
 /// One entry as `kiln history` shows it.
@@ -38,13 +38,22 @@ pub struct History {
     pub head: Option<Digest>,
     /// Every entry, oldest first.
     pub entries: Vec<HistoryEntry>,
-    /// How many entries the head hint lags (a writer stopped between entry and hint).
+    /// How many entries the checkpoint lags (a writer stopped between entry and checkpoint).
     pub hint_behind: u64,
+    /// The signed checkpoint found: keep it, and a later audit given it (`--seen SEQ@DIGEST`)
+    /// detects a rewind past it.
+    pub checkpoint: Option<CheckpointSeen>,
 }
 
-/// Reads and verifies `ch` against `keys`; see [`channel::audit`] for what is detected.
-pub async fn history(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result<History> {
-    let audit = channel::audit(store, ch, keys).await?;
+/// Reads and verifies `ch` against `keys` (and an entry seen before); see [`channel::audit`]
+/// for what is detected.
+pub async fn history(
+    store: &Store,
+    ch: &ChannelRef,
+    keys: &[PublicKey],
+    seen: Option<&Seen>,
+) -> Result<History> {
+    let audit = channel::audit(store, ch, keys, seen).await?;
     let entries: Vec<HistoryEntry> = audit
         .entries
         .into_iter()
@@ -65,6 +74,7 @@ pub async fn history(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Resu
         head: entries.last().map(|e| e.release),
         entries,
         hint_behind: audit.hint_behind,
+        checkpoint: audit.checkpoint,
     })
 }
 
@@ -81,15 +91,16 @@ pub struct Standing {
 }
 
 /// Fails unless `release` is not revoked and is, or was, in `ch` (whose chain must verify
-/// with `keys`).
+/// with `keys`, and still hold the entry `seen` when given).
 pub async fn standing(
     store: &Store,
     ch: &ChannelRef,
     release: &Digest,
     keys: &[PublicKey],
+    seen: Option<&Seen>,
 ) -> Result<Standing> {
     revocation::revoked(store, release).await?;
-    let h = history(store, ch, keys).await?;
+    let h = history(store, ch, keys, seen).await?;
     let entries: Vec<u64> =
         h.entries.iter().filter(|e| e.release == *release).map(|e| e.seq).collect();
     if entries.is_empty() {

@@ -5,7 +5,7 @@
 //! - `k8s`: a kustomize `images:` entry with `newName` and `digest`;
 //! - `env`: `KEY='value'` lines for shells and CI.
 //!
-//! A revoked release is never rendered. Resolving `CHANNEL/NAME` reads the head hint, the
+//! A revoked release is never rendered. Resolving `CHANNEL/NAME` reads the checkpoint, the
 //! head entry, one probe past it, the revocation and the release: a handful of requests
 //! whatever the channel's length.
 
@@ -78,21 +78,19 @@ impl FromStr for Target {
     }
 }
 
-/// Resolves `target` to a release that is not revoked. For a channel, the head entry's
-/// signature is checked against `keys` when any are given.
+/// Resolves `target` to a release that is not revoked. For a channel, the checkpoint's and
+/// the head entry's signatures are checked against `keys` when any are given.
 pub async fn resolve(store: &Store, target: &Target, keys: &[PublicKey]) -> Result<Loaded> {
     let id = match target {
         Target::Release(d) => *d,
         Target::Channel(ch) => {
+            // With keys, the checkpoint and the entries read must be signed by one of them.
             let head =
-                channel::head(store, ch).await?.ok_or_else(|| ReleaseError::InvalidName {
+                channel::head(store, ch, keys).await?.ok_or_else(|| ReleaseError::InvalidName {
                     what: "channel",
                     text: ch.to_string(),
                     reason: "it has no entries: nothing was promoted into it".to_string(),
                 })?;
-            if !keys.is_empty() {
-                channel::verify_signature(ch, &head, keys)?;
-            }
             head.entry.release
         }
     };

@@ -87,7 +87,8 @@ pub async fn promote(req: &Request<'_>) -> Result<Report> {
     let ch = channel_of(&loaded, &req.channel)?;
     if let Some(after) = &rules.after {
         let earlier = ChannelRef { channel: after.clone(), name: ch.name.clone() };
-        let audit = channel::audit(req.from, &earlier, &req.policy.channel(after)?.keys).await?;
+        let audit =
+            channel::audit(req.from, &earlier, &req.policy.channel(after)?.keys, None).await?;
         if !audit.entries.iter().any(|e| e.entry.release == req.release) {
             return Err(refuse(format!(
                 "the policy says {} comes after {after}, and {earlier} never held this release",
@@ -121,7 +122,7 @@ pub async fn promote(req: &Request<'_>) -> Result<Report> {
     };
     let target = req.to.unwrap_or(req.from);
     let version = loaded.release.version.clone();
-    let appended = channel::append(target, &ch, req.key, |head| {
+    let appended = channel::append(target, &ch, req.key, &rules.keys, |head| {
         Ok(channel::next_entry(
             &ch,
             head,
@@ -208,12 +209,12 @@ pub async fn rollback(
     }
     revocation::revoked(store, &release).await?;
     let loaded = record::load(store, &release).await?;
-    let audit = channel::audit(store, ch, &rules.keys).await?;
+    let audit = channel::audit(store, ch, &rules.keys, None).await?;
     if !audit.entries.iter().any(|e| e.entry.release == release) {
         return Err(refuse(format!("{ch} never held this release, so it cannot roll back to it")));
     }
     let version = loaded.release.version.clone();
-    let appended = channel::append(store, ch, key, |head| {
+    let appended = channel::append(store, ch, key, &rules.keys, |head| {
         if head.is_some_and(|h| h.entry.release == release) {
             return Err(refuse(format!("{ch} already points at it")));
         }

@@ -8,7 +8,7 @@ use kiln_oci::{Descriptor, Digest};
 use kiln_store::Store;
 use serde::Serialize;
 
-use crate::channel::ChannelRef;
+use crate::channel::{ChannelRef, Seen};
 use crate::history::{self, Standing};
 use crate::{record, revocation, Result};
 
@@ -32,13 +32,20 @@ pub struct Verified {
     pub channel: Option<Standing>,
 }
 
-/// Verifies release `id` under the auditor's `policy`, and its standing in `channel` whose
-/// entries must be signed by `channel_keys`.
+/// Where an audit checks a release's standing: a channel, the keys its entries must be signed
+/// by, and an entry an earlier audit saw.
+pub struct ChannelCheck<'a> {
+    pub channel: &'a ChannelRef,
+    pub keys: &'a [PublicKey],
+    pub seen: Option<&'a Seen>,
+}
+
+/// Verifies release `id` under the auditor's `policy`, and its standing in `channel`.
 pub async fn verify(
     store: &Store,
     id: &Digest,
     policy: &Policy,
-    channel: Option<(&ChannelRef, &[PublicKey])>,
+    channel: Option<ChannelCheck<'_>>,
 ) -> Result<Verified> {
     let loaded = record::load(store, id).await?;
     revocation::revoked(store, id).await?;
@@ -63,7 +70,7 @@ pub async fn verify(
     };
     let rehashed = record::check(store, &loaded).await?;
     let channel = match channel {
-        Some((ch, ch_keys)) => Some(history::standing(store, ch, id, ch_keys).await?),
+        Some(c) => Some(history::standing(store, c.channel, id, c.keys, c.seen).await?),
         None => None,
     };
     Ok(Verified {

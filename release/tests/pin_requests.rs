@@ -115,7 +115,7 @@ fn pinning_a_channel_costs_the_same_few_requests_at_any_length() {
         let mut length = 0;
         for target in [10, 2000] {
             while length < target {
-                channel::append(&store, &ch, &key, |head| {
+                channel::append(&store, &ch, &key, &[], |head| {
                     Ok(channel::next_entry(&ch, head, Action::Promote, id, "1", actor, "", id))
                 })
                 .await
@@ -128,7 +128,7 @@ fn pinning_a_channel_costs_the_same_few_requests_at_any_length() {
             assert_eq!(loaded.id, id);
             requests_at.push(counting.requests.load(Ordering::Relaxed) - before);
         }
-        // Hint, head entry, one probe past it, the revocation, the release manifest and record.
+        // Checkpoint, head entry, one probe past it, the revocation, the release manifest and record.
         assert_eq!(requests_at, [6, 6], "requests at 10 and 2000 entries");
     });
 }

@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, args: &HistoryArgs) -> anyhow::Result<()> {
     let keys = entry_keys(&args.key, args.policy.as_deref(), &channel)?;
     let history = ctx
         .runtime
-        .block_on(kiln_release::history::history(&ctx.store, &channel, &keys))
+        .block_on(kiln_release::history::history(&ctx.store, &channel, &keys, args.seen.as_ref()))
         .with_context(|| format!("reading the history of {channel}"))?;
     if ctx.json {
         return ctx.print_json(&history);
@@ -50,6 +50,12 @@ pub fn run(ctx: &Ctx, args: &HistoryArgs) -> anyhow::Result<()> {
         ctx.say(format!(
             "{:>5}  {}  {:<8}  {}  {:<12}  key {}  {}",
             e.seq, e.time, e.action, e.release, e.version, e.actor, e.reason
+        ));
+    }
+    if let Some(cp) = &history.checkpoint {
+        ctx.say(format!(
+            "checkpoint {}@{} signed by key {} (keep it: --seen {}@{} detects a rewind past it)",
+            cp.seq, cp.entry, cp.signer, cp.seq, cp.entry
         ));
     }
     if history.hint_behind > 0 {

@@ -73,7 +73,11 @@ pub fn verify(ctx: &Ctx, args: &VerifyArgs, policy: &Policy) -> anyhow::Result<b
             &ctx.store,
             &id,
             policy,
-            channel.as_ref().map(|c| (c, channel_keys.as_slice())),
+            channel.as_ref().map(|c| kiln_release::verify::ChannelCheck {
+                channel: c,
+                keys: &channel_keys,
+                seen: args.seen.as_ref(),
+            }),
         ))
         .map_err(|e| match e {
             // A revoked release fails verification like any other finding (exit 4).
