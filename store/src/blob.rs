@@ -126,10 +126,11 @@ impl Store {
     }
 
     /// Uploads a large blob from `chunks` without ever exposing a partial or wrong object
-    /// under its key. Multipart uploads cannot be create-only, so the parts go to a private
-    /// staging key while being hashed; only when what was sent is exactly `expected` of `size`
-    /// bytes is the staging object copied, create-only, to the blob key. Otherwise the upload
-    /// is aborted and `mismatch(found, found_size)` reported. Memory stays bounded by
+    /// under its key. On S3 the parts go to the blob's own key while being hashed, and the
+    /// upload is completed, create-only, only when what was sent is exactly `expected` of
+    /// `size` bytes. Elsewhere multipart uploads cannot be create-only, so the parts go to a
+    /// private staging key, which is then copied create-only to the blob key. Otherwise the
+    /// upload is aborted and `mismatch(found, found_size)` reported. Memory stays bounded by
     /// [`PART_SIZE`] × [`PARTS_IN_FLIGHT`] whatever the blob's size.
     pub(crate) async fn put_blob_staged<S>(
         &self,
@@ -143,9 +144,20 @@ impl Store {
     {
         let staging = key::upload(expected);
         let sent = match &self.multipart {
-            Some(multipart) => {
-                self.send_recorded(multipart, chunks, &staging, expected, size).await?
+            Some(multipart) if multipart.writes_in_place() => {
+                let blob = key::blob(expected);
+                return match self
+                    .send_recorded(multipart, chunks, &blob, &staging, expected, size)
+                    .await?
+                {
+                    Ok(created) => Ok(created),
+                    Err((found, found_size)) => Err(mismatch(found, found_size)),
+                };
             }
+            Some(multipart) => self
+                .send_recorded(multipart, chunks, &staging, &staging, expected, size)
+                .await?
+                .map(|_| ()),
             None => self.send_unrecorded(chunks, &staging, expected, size).await?,
         };
         if let Err((found, found_size)) = sent {

@@ -4,8 +4,9 @@
 //! create-only, and the tag is set last so it never points at an incomplete image.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kiln_oci::{media_type, Descriptor, Digest};
 use serde::Serialize;
 
@@ -52,11 +53,33 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
     let have = to.has_blobs(&digests).await?;
     let missing: Vec<&Descriptor> =
         blobs.iter().zip(&have).filter(|(_, have)| !**have).map(|(d, _)| d).collect();
-    let sent: Vec<(bool, u64)> = futures::stream::iter(missing)
-        .map(|desc| copy_blob(from, to, desc))
+    // After a failure no new blob starts, but those in flight finish (or abort) their
+    // uploads: dropping them midway would leave their upload records behind.
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<Option<(bool, u64)>>> = futures::stream::iter(missing)
+        .map(|desc| {
+            let failed = &failed;
+            async move {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let sent = copy_blob(from, to, desc).await;
+                failed.fetch_or(sent.is_err(), Ordering::Relaxed);
+                sent.map(Some)
+            }
+        })
         .buffer_unordered(COPY_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let sent: Vec<(bool, u64)> = match results.into_iter().collect::<Result<Vec<_>>>() {
+        Ok(sent) => sent.into_iter().flatten().collect(),
+        Err(e) => {
+            if let Err(release) = lease.release().await {
+                eprintln!("warning: cannot release the copy's lease: {release}");
+            }
+            return Err(e);
+        }
+    };
 
     let mut report = CopyReport {
         digest: root.digest,

@@ -48,6 +48,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// A blob's multipart upload could not be completed.
+    #[error("cannot complete the upload of {key}: {reason}; run the command again")]
+    Complete { key: String, reason: String },
+
     /// The bucket's list of multipart uploads in progress could not be read.
     #[error(
         "cannot list the multipart uploads in progress in {bucket}: {reason}; gc needs \

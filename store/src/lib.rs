@@ -35,7 +35,7 @@ pub mod log;
 mod referrers;
 mod refs;
 pub mod repair;
-mod s3_uploads;
+mod s3_multipart;
 pub mod scratch;
 pub mod sweep;
 mod upload;

@@ -21,7 +21,7 @@ use url::Url;
 
 use crate::error::{Result, StoreError};
 use crate::explain::Explaining;
-use crate::s3_uploads::S3Uploads;
+use crate::s3_multipart::S3Multipart;
 use crate::upload::Multipart;
 
 /// A connected backend: its objects, and direct access to its multipart uploads where it has
@@ -251,7 +251,7 @@ impl Location {
                 Service::S3 => {
                     let builder = self.s3(&bucket.name, options)?.with_retry(retry);
                     let s3 = Arc::new(builder.clone().build().map_err(connect_err)?);
-                    listing = Some(S3Uploads::new(&builder, s3.clone(), &bucket.name)?);
+                    listing = Some(S3Multipart::new(&builder, s3.clone(), &bucket.name)?);
                     (s3.clone(), s3)
                 }
                 Service::Gcs => {
@@ -281,7 +281,7 @@ impl Location {
             Arc::new(Explaining::new(store, bucket.service, &bucket.name));
         let multipart = Multipart::new(multipart, &bucket.prefix);
         let multipart = Some(match listing {
-            Some(listing) => multipart.with_listing(listing),
+            Some(s3) => multipart.with_s3(s3),
             None => multipart,
         });
         if bucket.prefix.is_empty() {
@@ -295,15 +295,12 @@ impl Location {
     /// The S3 builder: environment, then options, then what kiln's blob protocol needs.
     ///
     /// - Create-only puts use `If-None-Match: *` ([`S3ConditionalPut::ETagMatch`]).
-    /// - Staged multipart uploads are published with a create-only server-side copy: a
-    ///   one-part multipart upload copying the staging object, completed with
+    /// - Large blobs go up in parts straight to their own key and are completed create-only
+    ///   (see [`crate::s3_multipart`]): the key sees either nothing or the whole verified
+    ///   object, and the bytes cross the wire and are stored once.
+    /// - Server-side copies are create-only through a one-part multipart copy completed with
     ///   `If-None-Match: *` ([`S3CopyIfNotExists::Multipart`]), unless the options or
-    ///   `AWS_COPY_IF_NOT_EXISTS` chose another way (e.g. R2's header). The bytes never
-    ///   leave the server and the blob key sees either nothing or the whole verified object.
-    ///   S3 caps one copied part at 5 GiB, so larger blobs are refused by the server (with
-    ///   an error, never a partial blob); streaming them back through a create-only
-    ///   multipart upload needs a conditional CompleteMultipartUpload that object_store 0.12
-    ///   only exposes through this copy.
+    ///   `AWS_COPY_IF_NOT_EXISTS` chose another way (e.g. R2's header).
     /// - Requests time out after [`PUBLISH_TIMEOUT`] (and are retried), not 30 s.
     /// - Path-style requests unless `aws_virtual_hosted_style_request` says otherwise (the
     ///   object_store default, and what custom endpoints usually need); plain http only

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
 use crate::holder::Holder;
-use crate::s3_uploads::{InProgress, S3Uploads};
+use crate::s3_multipart::{Completed, InProgress, S3Multipart};
 use crate::{key, Store};
 
 /// What marks a key under `uploads/` as a marker rather than a staging object.
@@ -35,8 +35,8 @@ pub(crate) struct Multipart {
     store: Arc<dyn MultipartStore>,
     /// The store's key prefix in the bucket, which [`MultipartStore`] does not apply.
     prefix: String,
-    /// The server's own list of uploads in progress, where kiln can read it (S3).
-    listing: Option<S3Uploads>,
+    /// On S3: create-only completion and the server's own list of uploads in progress.
+    s3: Option<S3Multipart>,
 }
 
 impl std::fmt::Debug for Multipart {
@@ -47,12 +47,18 @@ impl std::fmt::Debug for Multipart {
 
 impl Multipart {
     pub(crate) fn new(store: Arc<dyn MultipartStore>, prefix: &str) -> Multipart {
-        Multipart { store, prefix: prefix.to_string(), listing: None }
+        Multipart { store, prefix: prefix.to_string(), s3: None }
     }
 
-    /// Also finds the uploads no marker records through the server's list.
-    pub(crate) fn with_listing(self, listing: S3Uploads) -> Multipart {
-        Multipart { listing: Some(listing), ..self }
+    /// Uploads to S3: blobs are completed create-only in place, and the uploads no marker
+    /// records are found through the server's list.
+    pub(crate) fn with_s3(self, s3: S3Multipart) -> Multipart {
+        Multipart { s3: Some(s3), ..self }
+    }
+
+    /// Whether a blob's parts can go straight to its own key (see [`crate::s3_multipart`]).
+    pub(crate) fn writes_in_place(&self) -> bool {
+        self.s3.is_some()
     }
 
     /// `key` of the store as the bucket names it.
@@ -112,29 +118,32 @@ fn take(queue: &mut VecDeque<Bytes>, mut n: usize) -> PutPayload {
 }
 
 impl Store {
-    /// Sends `chunks` to `staging` as a recorded multipart upload, hashing what is sent. It is
-    /// completed only when the bytes are `expected` of `size`; otherwise aborted, and what was
-    /// sent returned as `Err((digest, size))`.
+    /// Sends `chunks` to `target` as a multipart upload recorded under `uploads/<record>`,
+    /// hashing what is sent. It is completed only when the bytes are `expected` of `size`;
+    /// otherwise aborted, and what was sent returned as `Err((digest, size))`. Where the
+    /// backend [writes in place](Multipart::writes_in_place), `target` is the blob's own key
+    /// and the completion is create-only: `Ok(Ok(false))` when the blob was already there.
     pub(crate) async fn send_recorded<S>(
         &self,
         multipart: &Multipart,
         chunks: S,
-        staging: &Key,
+        target: &Key,
+        record: &Key,
         expected: &Digest,
         size: u64,
-    ) -> Result<std::result::Result<(), (Digest, u64)>>
+    ) -> Result<std::result::Result<bool, (Digest, u64)>>
     where
         S: futures::Stream<Item = Result<Bytes>> + Unpin,
     {
-        let path = multipart.path(staging);
+        let path = multipart.path(target);
         let upload_id = multipart
             .store
             .create_multipart(&path)
             .await
-            .map_err(|e| StoreError::backend(staging, e))?;
-        let marker_key = Key::from(format!("{staging}{MARKER_SUFFIX}"));
+            .map_err(|e| StoreError::backend(target, e))?;
+        let marker_key = Key::from(format!("{record}{MARKER_SUFFIX}"));
         let marker = Marker {
-            key: staging.to_string(),
+            key: target.to_string(),
             upload_id: upload_id.clone(),
             holder: Holder::current(),
         };
@@ -143,17 +152,12 @@ impl Store {
             Err(source) => Err(StoreError::Json { key: marker_key.to_string(), source }),
         };
         let sent = match recorded {
-            Ok(()) => send_parts(multipart, chunks, &path, staging, &upload_id).await,
+            Ok(()) => send_parts(multipart, chunks, &path, target, &upload_id).await,
             Err(e) => Err(e),
         };
         let outcome = match sent {
             Ok((found, found_size, parts)) if found == *expected && found_size == size => {
-                multipart
-                    .store
-                    .complete_multipart(&path, &upload_id, parts)
-                    .await
-                    .map_err(|e| StoreError::backend(staging, e))?;
-                Ok(Ok(()))
+                self.complete(multipart, target, &upload_id, parts, size).await.map(Ok)
             }
             Ok((found, found_size, _)) => {
                 abort(multipart, &path, &upload_id).await;
@@ -170,6 +174,45 @@ impl Store {
             eprintln!("warning: cannot remove upload marker {marker_key}: {e}");
         }
         outcome
+    }
+
+    /// Completes an upload of verified bytes: create-only where it writes in place (whether
+    /// it created the object), plainly to a staging key.
+    async fn complete(
+        &self,
+        multipart: &Multipart,
+        target: &Key,
+        upload_id: &str,
+        parts: Vec<PartId>,
+        size: u64,
+    ) -> Result<bool> {
+        let path = multipart.path(target);
+        let Some(s3) = &multipart.s3 else {
+            multipart
+                .store
+                .complete_multipart(&path, &upload_id.to_string(), parts)
+                .await
+                .map_err(|e| StoreError::backend(target, e))?;
+            return Ok(true);
+        };
+        match s3.complete_create_only(&path, upload_id, &parts).await? {
+            Completed::Created => Ok(true),
+            Completed::Exists => {
+                abort(multipart, &path, upload_id).await;
+                Ok(false)
+            }
+            // An attempt whose answer was lost completed it, or another writer's object is
+            // there: either way the blob is whole if it has the size (reads verify the rest).
+            Completed::Unknown => match self.inner.head(target).await {
+                Ok(meta) if meta.size == size => Ok(false),
+                Ok(meta) => Err(StoreError::IncompleteUpload {
+                    key: target.to_string(),
+                    expected: size,
+                    found: meta.size,
+                }),
+                Err(source) => Err(StoreError::backend(target, source)),
+            },
+        }
     }
 
     /// Every upload marker under `uploads/`, with its upload id.
@@ -196,7 +239,7 @@ impl Store {
         recorded: &HashSet<String>,
     ) -> Result<Vec<Unrecorded>> {
         let Some(multipart) = &self.multipart else { return Ok(Vec::new()) };
-        let Some(listing) = &multipart.listing else { return Ok(Vec::new()) };
+        let Some(listing) = &multipart.s3 else { return Ok(Vec::new()) };
         let prefix = if multipart.prefix.is_empty() {
             String::new()
         } else {

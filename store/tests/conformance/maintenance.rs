@@ -151,7 +151,8 @@ pub async fn copy_sends_only_what_the_target_lacks(f: Fixture) {
         other => panic!("{other:?}"),
     }
     assert_eq!(fresh.get_ref(&name, &tag).await.unwrap(), None);
-    assert!(fresh.check(&NoProgress).await.unwrap().problems.is_empty());
+    let problems = fresh.check(&NoProgress).await.unwrap().problems;
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 pub async fn check_reports_bad_cache_entries(f: Fixture) {

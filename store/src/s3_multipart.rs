@@ -1,11 +1,15 @@
-//! The multipart uploads in progress in an S3 bucket, as ListMultipartUploads reports them.
+//! The two S3 multipart requests kiln needs and object_store does not expose, signed with the
+//! credentials object_store resolved.
 //!
-//! A writer records its upload under `uploads/` (see [`crate::upload`]) only after the server
-//! has created it and answered with its id, and publishing a blob goes through a multipart copy
-//! whose id object_store never shows: a process killed in either window leaves an upload no
-//! marker names, whose parts take space until aborted. The server's own list is the only way
-//! to find those, and object_store does not expose it, so this asks for it directly, signed
-//! with the credentials object_store resolved.
+//! - **Create-only completion** (`CompleteMultipartUpload` with `If-None-Match: *`): a large
+//!   blob is uploaded in parts straight to its own key and completed only once kiln has hashed
+//!   exactly the expected bytes, and only if no object is there yet. Each part's bytes are
+//!   checked by the server against the SHA-256 its signed request names (SigV4 payload
+//!   signing). So the bytes cross the wire once and are stored once, with no staging copy.
+//! - **ListMultipartUploads**: a writer records its upload under `uploads/` (see
+//!   [`crate::upload`]) only after the server has created it and answered with its id, so a
+//!   process killed in that window leaves an upload no marker names, whose parts take space
+//!   until aborted. The server's own list is the only way to find those.
 
 use std::time::SystemTime;
 
@@ -13,8 +17,9 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthori
 use object_store::client::{
     ClientConfigKey, ClientOptions, HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector,
 };
+use object_store::multipart::PartId;
 use object_store::path::Path as Key;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::{Result, StoreError};
@@ -24,7 +29,7 @@ const PAGE: &str = "1000";
 
 /// How to list one bucket's multipart uploads.
 #[derive(Clone)]
-pub(crate) struct S3Uploads {
+pub(crate) struct S3Multipart {
     s3: std::sync::Arc<AmazonS3>,
     client: HttpClient,
     /// The bucket's URL, without a trailing slash.
@@ -32,9 +37,9 @@ pub(crate) struct S3Uploads {
     region: String,
 }
 
-impl std::fmt::Debug for S3Uploads {
+impl std::fmt::Debug for S3Multipart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Uploads").field("bucket_url", &self.bucket_url.as_str()).finish()
+        f.debug_struct("S3Multipart").field("bucket_url", &self.bucket_url.as_str()).finish()
     }
 }
 
@@ -69,13 +74,13 @@ struct Upload {
     initiated: String,
 }
 
-impl S3Uploads {
-    /// The lister for the bucket `builder` connects to, through `s3` (its credentials).
+impl S3Multipart {
+    /// The requests for the bucket `builder` connects to, through `s3` (its credentials).
     pub(crate) fn new(
         builder: &AmazonS3Builder,
         s3: std::sync::Arc<AmazonS3>,
         bucket: &str,
-    ) -> Result<S3Uploads> {
+    ) -> Result<S3Multipart> {
         let config = |key| builder.get_config_value(&key);
         let region = config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
         let virtual_hosted =
@@ -104,7 +109,7 @@ impl S3Uploads {
         let client = ReqwestConnector::default()
             .connect(&options)
             .map_err(|source| StoreError::Connect { location: format!("s3://{bucket}"), source })?;
-        Ok(S3Uploads { s3, client, bucket_url, region })
+        Ok(S3Multipart { s3, client, bucket_url, region })
     }
 
     /// Every upload in progress whose key starts with `prefix`.
@@ -165,6 +170,130 @@ impl S3Uploads {
                 (false, ..) => return Ok(found),
             }
         }
+    }
+}
+
+/// The body of a CompleteMultipartUpload.
+#[derive(Serialize)]
+#[serde(rename = "CompleteMultipartUpload")]
+struct Completion {
+    #[serde(rename = "Part")]
+    parts: Vec<CompletedPart>,
+}
+
+#[derive(Serialize)]
+struct CompletedPart {
+    #[serde(rename = "PartNumber")]
+    number: usize,
+    #[serde(rename = "ETag")]
+    e_tag: String,
+    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
+    checksum_sha256: Option<String>,
+}
+
+/// What object_store keeps of a part when it asks the server for checksums (with
+/// `aws_checksum_algorithm`); otherwise a part's id is its ETag alone.
+#[derive(Deserialize)]
+struct PartMetadata {
+    e_tag: String,
+    checksum_sha256: Option<String>,
+}
+
+impl Completion {
+    fn of(parts: &[PartId]) -> Completion {
+        let parts = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let (e_tag, checksum_sha256) =
+                    match quick_xml::de::from_str::<PartMetadata>(&part.content_id) {
+                        Ok(meta) => (meta.e_tag, meta.checksum_sha256),
+                        Err(_) => (part.content_id.clone(), None),
+                    };
+                CompletedPart { number: i + 1, e_tag, checksum_sha256 }
+            })
+            .collect();
+        Completion { parts }
+    }
+}
+
+/// How a create-only completion ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// The object now exists, made by this upload.
+    Created,
+    /// An object was already there (another writer's); this upload is left to abort.
+    Exists,
+    /// The server no longer knows the upload: an earlier attempt whose answer was lost may
+    /// have completed it. The caller looks at the key.
+    Unknown,
+}
+
+/// Attempts at a completion the server failed (5xx, a conflict, a dropped connection).
+const COMPLETE_ATTEMPTS: u32 = 4;
+
+impl S3Multipart {
+    /// Completes `upload_id` of `key` (as the bucket names it) from `parts`, only if no object
+    /// exists at `key`.
+    pub(crate) async fn complete_create_only(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        parts: &[PartId],
+    ) -> Result<Completed> {
+        let failed = |reason: String| StoreError::Complete { key: key.to_string(), reason };
+        let body = quick_xml::se::to_string(&Completion::of(parts))
+            .map_err(|e| failed(format!("cannot write the part list: {e}")))?;
+        let mut url = self.bucket_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| failed("the bucket URL cannot take a key".into()))?
+            .extend(key.parts().map(|p| p.as_ref().to_string()));
+        url.query_pairs_mut().append_pair("uploadId", upload_id);
+        let mut last = String::new();
+        for attempt in 0..COMPLETE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            let credential = self
+                .s3
+                .credentials()
+                .get_credential()
+                .await
+                .map_err(|e| failed(format!("no credentials: {e}")))?;
+            let mut request = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(url.as_str())
+                .header("If-None-Match", "*")
+                .header("Content-Type", "application/xml")
+                .body(HttpRequestBody::from(body.clone()))
+                .map_err(|e| failed(e.to_string()))?;
+            AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
+            let response = match self.client.execute(request).await {
+                Ok(response) => response,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let status = response.status();
+            let answer = match response.into_body().bytes().await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let text = String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned();
+            match status.as_u16() {
+                // S3 may answer 200 and then report an error in the body.
+                200 if !text.contains("<Error>") => return Ok(Completed::Created),
+                412 => return Ok(Completed::Exists),
+                404 if text.contains("NoSuchUpload") => return Ok(Completed::Unknown),
+                200 | 409 | 500..=599 => last = format!("{status}: {text}"),
+                _ => return Err(failed(format!("{status}: {text}"))),
+            }
+        }
+        Err(failed(last))
     }
 }
 
