@@ -146,8 +146,32 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             // only for a checkout that is still clean.
             let source = kiln_attest::source::locate(&args.recipe, Some(&source.root))
                 .context("naming the recipe for its provenance")?;
-            let cache = cache_use.clone();
-            Some(super::sign::attest_build(ctx, key, &source, &recipe, &out, epoch, cache)?)
+            // Attached through the lease, and checked as the image was, since nothing refers
+            // to the new artifacts before their referrer entries are written.
+            let leased = ctx.store.leased(&lease);
+            let attest = || {
+                let cache = cache_use.clone();
+                super::sign::attest_build(ctx, &leased, key, &source, &recipe, &out, epoch, cache)
+            };
+            let mut attested = attest()?;
+            let mut missing = confirm_attestations(ctx, &attested)?;
+            if !missing.is_empty() {
+                eprintln!(
+                    "warning: a gc running beside the build deleted blobs of its attestations \
+                     ({}); attaching them again",
+                    missing.join(", ")
+                );
+                attested = attest()?;
+                missing = confirm_attestations(ctx, &attested)?;
+            }
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "blobs of the attestations were deleted by a gc running beside the build, \
+                     twice ({}); sign the image again with kiln sign",
+                    missing.join(", ")
+                );
+            }
+            Some(attested)
         }
         _ => None,
     };
@@ -156,7 +180,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         (Some(key), true) => Some(
             ctx.runtime
                 .block_on(kiln_release::record::release(
-                    &ctx.store,
+                    &ctx.store.leased(&lease),
                     &out.index,
                     &[key.public()],
                     Some(key),
@@ -244,6 +268,26 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         eprintln!("warning: cannot release the store lease: {:#}", anyhow::Error::new(e));
     }
     Ok(())
+}
+
+/// The blobs of the signature, SBOM and provenance artifacts that are not stored, once the
+/// gc sweeps in progress are over (see kiln_store::sweep).
+fn confirm_attestations(
+    ctx: &Ctx,
+    attested: &super::sign::BuildAttestations,
+) -> anyhow::Result<Vec<String>> {
+    let artifacts = std::iter::once(&attested.signature)
+        .chain(attested.sboms.iter().map(|s| &s.artifact))
+        .chain(std::iter::once(&attested.provenance));
+    let mut missing = Vec::new();
+    for artifact in artifacts {
+        let gone = ctx
+            .runtime
+            .block_on(ctx.store.confirm_image(artifact))
+            .with_context(|| format!("checking the blobs of artifact {}", artifact.digest))?;
+        missing.extend(gone.iter().map(ToString::to_string));
+    }
+    Ok(missing)
 }
 
 /// What the provenance says about the build cache: the trusted keys, and each layer taken

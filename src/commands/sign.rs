@@ -54,9 +54,12 @@ pub struct BuildAttestations {
     pub source: kiln_attest::source::Source,
 }
 
-/// Signs and attests a fresh build of `recipe` (its lock file beside it), recording `cache`.
+/// Signs and attests a fresh build of `recipe` (its lock file beside it) into `store`,
+/// recording `cache`.
+#[allow(clippy::too_many_arguments)]
 pub fn attest_build(
     ctx: &Ctx,
+    store: &kiln_store::Store,
     key: &PrivateKey,
     source: &kiln_attest::source::Source,
     recipe: &kiln_builder::Recipe,
@@ -96,7 +99,6 @@ pub fn attest_build(
         compressor: recipe.compression.describe(),
         cache,
     };
-    let store = &ctx.store;
     let root = &out.index;
     ctx.runtime
         .block_on(async {

@@ -67,10 +67,12 @@ pub(crate) fn check_size(key: &Key, expected: u64, found: u64) -> Result<()> {
 }
 
 impl Store {
-    /// Stores `bytes` under their digest unless already present; never overwrites.
+    /// Stores `bytes` under their digest unless already present; never overwrites. Through
+    /// a [`Store::leased`] handle, the blob is named in the lease first.
     pub async fn put_blob(&self, bytes: Bytes) -> Result<PutOutcome> {
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
+        self.lease_blob(&digest).await?;
         let uploaded = self.create(&key::blob(&digest), bytes).await?;
         Ok(PutOutcome { digest, size, uploaded })
     }

@@ -142,6 +142,7 @@ impl Store {
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
         let key = key::blob(&digest);
+        self.lease_blob(&digest).await?;
         let present = PutOutcome { digest, size, uploaded: false };
         let healed = match self.inner.get(&key).await {
             Err(object_store::Error::NotFound { .. }) => None,
@@ -162,7 +163,7 @@ impl Store {
                 }
             },
         };
-        let outcome = self.put_blob(bytes).await?;
-        Ok(CheckedPut { outcome, healed })
+        let uploaded = self.create(&key, bytes).await?;
+        Ok(CheckedPut { outcome: PutOutcome { uploaded, ..present }, healed })
     }
 }

@@ -58,7 +58,7 @@ pub struct Lease {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     store: Store,
     id: String,
     next: AtomicU64,
@@ -66,7 +66,7 @@ struct Shared {
 }
 
 impl Shared {
-    async fn write(&self, blobs: Vec<Digest>) -> Result<()> {
+    pub(crate) async fn write(&self, blobs: Vec<Digest>) -> Result<()> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let key = Key::from(format!("{}/{}/{n}", key::LEASES, self.id));
         let record =
@@ -114,6 +114,21 @@ pub(crate) struct Leases {
 }
 
 impl Store {
+    /// This store, through a handle whose blob writes ([`Store::put_blob`],
+    /// [`Store::put_blob_checked`]) first name the blob in `lease`: for writers that do not
+    /// lease themselves (attaching signatures, SBOMs and provenance).
+    pub fn leased(&self, lease: &Lease) -> Store {
+        Store { lease: Some(lease.shared.clone()), ..self.clone() }
+    }
+
+    /// Names `digest` in this handle's lease, if it has one, before it is written.
+    pub(crate) async fn lease_blob(&self, digest: &Digest) -> Result<()> {
+        match &self.lease {
+            Some(lease) => lease.write(vec![*digest]).await,
+            None => Ok(()),
+        }
+    }
+
     /// Takes a new lease, renewed in the background (on the current tokio runtime) until it
     /// is released or dropped.
     pub async fn lease(&self) -> Result<Lease> {

@@ -66,6 +66,8 @@ pub struct Store {
     folder: Option<std::path::PathBuf>,
     /// The backend's multipart uploads, driven by id (buckets and memory).
     multipart: Option<upload::Multipart>,
+    /// The lease that names every blob this handle writes ([`Store::leased`]).
+    lease: Option<Arc<lease::Shared>>,
 }
 
 impl Store {
@@ -92,6 +94,7 @@ impl Store {
             description: location.to_string(),
             folder,
             multipart: connected.multipart,
+            lease: None,
         })
     }
 
@@ -105,7 +108,7 @@ impl Store {
 
     /// Wraps an already built backend; `description` is what [`Store::describe`] shows.
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Store {
-        Store { inner, description: description.into(), folder: None, multipart: None }
+        Store { inner, description: description.into(), folder: None, multipart: None, lease: None }
     }
 
     /// Where this store lives, for messages (`file:///...`, `memory://`, `s3://...`).

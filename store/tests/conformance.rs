@@ -559,6 +559,7 @@ conformance!(
     an_unsigned_cache_entry_never_replaces_a_signed_one,
     check_reports_bad_cache_entries,
     gc_keeps_what_a_live_lease_names,
+    a_leased_handle_names_every_blob_it_writes,
     unfinished_multipart_uploads_are_reported_and_aborted,
     multipart_uploads_no_record_names_are_aborted,
     empty_store,

@@ -268,6 +268,41 @@ pub async fn gc_keeps_what_a_live_lease_names(f: Fixture) {
     assert_eq!(f.keys().await, Vec::<String>::new());
 }
 
+pub async fn a_leased_handle_names_every_blob_it_writes(f: Fixture) {
+    // Attaching signatures, SBOMs and provenance writes blobs nothing refers to until the
+    // referrer entry is written; through a leased handle, gc keeps them meanwhile.
+    let lease = f.store.lease().await.unwrap();
+    let leased = f.store.leased(&lease);
+    let payload = leased.put_blob(Bytes::from_static(b"signature payload")).await.unwrap();
+    let sbom = leased.put_blob_checked(Bytes::from_static(b"{\"sbom\":1}")).await.unwrap();
+    let loose = f.store.put_blob(Bytes::from_static(b"loose blob")).await.unwrap();
+    let now = GcOptions { grace: Duration::ZERO, dry_run: false };
+    let report = f.store.gc(now).await.unwrap();
+    assert_eq!((report.blobs_deleted, report.leases_live), (1, 1), "{report:?}");
+    assert!(f.store.has_blob(&payload.digest).await.unwrap());
+    assert!(f.store.has_blob(&sbom.outcome.digest).await.unwrap());
+    assert!(!f.store.has_blob(&loose.digest).await.unwrap());
+    lease.release().await.unwrap();
+
+    // Sweep records of a gc that died or expired are dropped with what they protected.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let me = kiln_store::holder::Holder::current().unwrap();
+    let dead = kiln_store::holder::Holder { pid, start: me.start + 1, ..me };
+    let records = [
+        ("sweeps/dead", serde_json::json!({"expires": 4_000_000_000u64, "holder": dead})),
+        ("sweeps/old", serde_json::json!({"expires": 1})),
+    ];
+    for (key, record) in records {
+        f.raw.put(&Key::from(key), serde_json::to_vec(&record).unwrap().into()).await.unwrap();
+    }
+    assert_eq!(f.store.sweeps_in_progress().await.unwrap(), Vec::new());
+    let report = f.store.gc(now).await.unwrap();
+    assert_eq!(report.blobs_deleted, 2, "{report:?}");
+    assert_eq!(f.keys().await, Vec::<String>::new());
+}
+
 pub async fn unfinished_multipart_uploads_are_reported_and_aborted(f: Fixture) {
     // A copy whose large source blob turns out corrupt sends parts, then aborts: nothing of it
     // stays in the target, not even a record.
