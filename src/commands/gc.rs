@@ -26,11 +26,13 @@ pub fn run(ctx: &Ctx, args: &GcArgs) -> anyhow::Result<()> {
     } else {
         let verb = if report.dry_run { "would delete" } else { "deleted" };
         ctx.say(format!(
-            "{verb} {} blobs ({} bytes), {} staging uploads ({} bytes), {} cache entries and {} \
-             dead lease records; kept {} reachable or leased blobs ({} live leases) and {} \
-             younger than {}",
+            "{verb} {} blobs ({} bytes), {} quarantined blobs ({} bytes), {} staging uploads \
+             ({} bytes), {} cache entries and {} dead lease records; kept {} reachable or leased \
+             blobs ({} live leases) and {} younger than {}",
             report.blobs_deleted,
             report.bytes_deleted,
+            report.quarantined_deleted,
+            report.quarantined_bytes_deleted,
             report.uploads_deleted,
             report.upload_bytes_deleted,
             report.cache_entries_deleted,

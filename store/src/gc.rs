@@ -1,5 +1,5 @@
 //! Garbage collection: mark every blob reachable from the store's roots, then sweep the
-//! unreachable blobs, stale staging uploads (aborting the multipart uploads recorded under
+//! unreachable blobs, quarantined corrupt bytes, stale staging uploads (aborting the multipart uploads recorded under
 //! `uploads/`, and on S3 those the bucket lists that no record names) and dangling cache
 //! entries older than a grace period.
 //!
@@ -67,6 +67,9 @@ pub struct GcReport {
     pub leases_live: u64,
     /// Records of expired leases, or of leases whose holder is known dead, deleted.
     pub lease_records_deleted: u64,
+    /// Corrupt blobs moved to `quarantine/` more than the grace period ago, deleted.
+    pub quarantined_deleted: u64,
+    pub quarantined_bytes_deleted: u64,
 }
 
 /// Every `sha256:<64 hex>` mentioned in `bytes`, whatever the document's shape.
@@ -110,6 +113,7 @@ impl Store {
         let sizes: std::collections::HashMap<Digest, u64> =
             blobs.iter().map(|(d, e)| (*d, e.size)).collect();
         let uploads = self.list_under(key::UPLOADS).await?;
+        let quarantined = self.list_under(key::QUARANTINE).await?;
         let recorded: HashSet<String> =
             self.unfinished_uploads().await?.into_iter().map(|u| u.upload_id).collect();
         let unrecorded = self.unrecorded_uploads(&recorded).await?;
@@ -145,6 +149,12 @@ impl Store {
             } else {
                 report.blobs_kept_young += 1;
             }
+        }
+        // Corrupt bytes are kept for inspection for the grace period, then go.
+        for entry in quarantined.into_iter().filter(old) {
+            report.quarantined_deleted += 1;
+            report.quarantined_bytes_deleted += entry.size;
+            doomed.push(entry.key);
         }
         // An upload of a leased blob is in flight: its writer is about to publish it.
         let in_flight = |name: &str| key::upload_digest(name).is_some_and(|d| leased.contains(&d));

@@ -123,13 +123,25 @@ impl Store {
     }
 
     /// Moves the blob `digest`, whose bytes hash to `found`, to `quarantine/sha256/<hex>`
-    /// (replacing bytes quarantined there before). A blob already gone was moved by someone
+    /// (replacing bytes quarantined there before), where gc deletes it after its grace. A blob already gone was moved by someone
     /// else, which is as good.
     pub async fn quarantine_blob(&self, digest: &Digest, found: Digest) -> Result<Quarantined> {
         let from = key::blob(digest);
         let to = key::quarantine(digest);
         match self.inner.rename(&from, &to).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Ok(()) => {
+                // A folder keeps the blob's date through the rename; gc ages quarantined bytes
+                // from when they were moved aside, as a bucket's copy does.
+                if let Some(folder) = &self.folder {
+                    let path = folder.join(to.as_ref());
+                    std::fs::File::options()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|file| file.set_modified(SystemTime::now()))
+                        .map_err(|source| StoreError::LocalFile { path, source })?;
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
             Err(source) => return Err(StoreError::backend(&from, source)),
         }
         Ok(Quarantined { key: from.to_string(), quarantine: to.to_string(), found })

@@ -303,6 +303,35 @@ pub async fn a_leased_handle_names_every_blob_it_writes(f: Fixture) {
     assert_eq!(f.keys().await, Vec::<String>::new());
 }
 
+pub async fn gc_empties_the_quarantine_after_the_grace(f: Fixture) {
+    let bytes = Bytes::from_static(b"a layer that will rot");
+    let put = f.store.put_blob(bytes.clone()).await.unwrap();
+    f.corrupt(&blob_key(&put.digest)).await;
+    if let Some(root) = &f.root {
+        // Long stored before it was found corrupt: the quarantine's age starts at the move.
+        let path = root.join(blob_key(&put.digest));
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200)).unwrap();
+    }
+    let wanted = kiln_store::Wanted { digest: put.digest, size: put.size, vouched: None };
+    let verdict = f.store.check_reuse(&[wanted], true).await.unwrap();
+    assert!(matches!(verdict[..], [kiln_store::Reuse::Quarantined(_)]), "{verdict:?}");
+    let quarantined = format!("quarantine/sha256/{}", put.digest.hex());
+    assert_eq!(f.keys().await, vec![quarantined.clone()]);
+
+    let hour = GcOptions { grace: Duration::from_secs(3600), dry_run: false };
+    let report = f.store.gc(hour).await.unwrap();
+    assert_eq!(report.quarantined_deleted, 0, "{report:?}");
+    assert_eq!(f.keys().await, vec![quarantined]);
+    let dry = GcOptions { grace: Duration::ZERO, dry_run: true };
+    let report = f.store.gc(dry).await.unwrap();
+    assert_eq!((report.quarantined_deleted, report.quarantined_bytes_deleted), (1, put.size));
+    let now = GcOptions { grace: Duration::ZERO, dry_run: false };
+    let report = f.store.gc(now).await.unwrap();
+    assert_eq!((report.quarantined_deleted, report.quarantined_bytes_deleted), (1, put.size));
+    assert_eq!(f.keys().await, Vec::<String>::new());
+}
+
 pub async fn unfinished_multipart_uploads_are_reported_and_aborted(f: Fixture) {
     // A copy whose large source blob turns out corrupt sends parts, then aborts: nothing of it
     // stays in the target, not even a record.
