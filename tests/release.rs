@@ -663,6 +663,82 @@ fn the_policy_refuses_with_a_clear_message_and_appends_nothing() {
     assert_eq!(counts(), [3, 3, 3]);
 }
 
+#[test]
+fn an_audit_rechecks_each_entry_against_the_policy_it_records() {
+    let lab = Lab::new();
+    let one = release_of(&through_prod(&lab, "one"));
+    let strict = lab.path("policy.toml").display().to_string();
+    let history = lab.history(&lab.store, "prod/vm").ok().json();
+    assert_eq!(history["policies"][0]["current"], true, "{history}");
+    assert_eq!(history["notes"].as_array().unwrap().len(), 0, "{history}");
+    // An auditor holding a laxer policy (no approvals for prod) is told the entries were
+    // written under another one, and each is re-checked against its own.
+    let lax = lab.write_policy("lax.toml", "ci", 0);
+    let audit = |store: &str, needles: &[&str]| {
+        let history = lab.run_at(store, &["history", "prod/vm", "--policy", &lax]);
+        let verify = lab.run_at(
+            store,
+            &[
+                "verify",
+                &one,
+                "--key",
+                &lab.public("build"),
+                "--channel",
+                "prod/vm",
+                "--policy",
+                &lax,
+            ],
+        );
+        if needles.is_empty() {
+            return history.ok().stdout + &verify.ok().stdout;
+        }
+        history.fails_with(EXIT_INTEGRITY, needles);
+        verify.fails_with(EXIT_INTEGRITY, needles);
+        String::new()
+    };
+    let said = audit(&lab.store, &[]);
+    assert!(said.contains("not the policy file given"), "{said}");
+    let json = lab.run(&["--json", "history", "prod/vm", "--policy", &lax]).ok().json();
+    assert_eq!(json["policies"][0]["current"], false, "{json}");
+    let copy = |name: &str| {
+        let dir = lab.path(name);
+        assert!(Command::new("cp")
+            .arg("-a")
+            .arg(lab.folder(&lab.store))
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success());
+        dir
+    };
+    // One of the two approvals prod needed under the recorded policy is gone: the laxer file
+    // would not need it, the audit still does.
+    let unapproved = copy("unapproved");
+    let referrers = unapproved.join("referrers").join(&one[7..]);
+    let approval = std::fs::read_dir(&referrers)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["artifactType"] == "application/vnd.kiln.approval.v1"
+        })
+        .unwrap();
+    std::fs::remove_file(approval).unwrap();
+    audit(
+        &format!("file://{}", unapproved.display()),
+        &["at entry 1", "needs 2 approvals by distinct approvers", "holds 1"],
+    );
+    // The recorded policy itself gone: nothing to re-check against.
+    let unrecorded = copy("unrecorded");
+    let digest = json["entries"][0]["policy"].as_str().unwrap();
+    std::fs::remove_file(unrecorded.join("log/_policies").join(&digest[7..])).unwrap();
+    audit(
+        &format!("file://{}", unrecorded.display()),
+        &["at entry 1", "is not recorded in the store"],
+    );
+    lab.run_at(&lab.store, &["history", "prod/vm", "--policy", &strict]).ok();
+}
+
 /// The entries of `history --json` as (seq, release).
 fn chain(history: &Value) -> Vec<(u64, String)> {
     history["entries"]

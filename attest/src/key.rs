@@ -234,13 +234,16 @@ impl PublicKey {
     pub fn read(path: &Path) -> Result<PublicKey, KeyError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
-        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(&text) {
-            return Ok(PublicKey::P256(k));
+        PublicKey::from_pem(&text)
+            .ok_or_else(|| KeyError::NotPublicKey { path: path.to_path_buf() })
+    }
+
+    /// Parses an SPKI PEM public key of either type, as [`PublicKey::spki_pem`] writes it.
+    pub fn from_pem(text: &str) -> Option<PublicKey> {
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(text) {
+            return Some(PublicKey::P256(k));
         }
-        if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(&text) {
-            return Ok(PublicKey::Ed25519(k));
-        }
-        Err(KeyError::NotPublicKey { path: path.to_path_buf() })
+        ed25519_dalek::VerifyingKey::from_public_key_pem(text).ok().map(PublicKey::Ed25519)
     }
 
     /// Writes the public key to `path` as SPKI PEM; an existing file is an error.

@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trusted = policy.channel(&ch.channel)?.keys.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        policy.record(&store).await?;
         for i in 0..n {
             let reason = format!("bench {i}");
             channel::append(&store, &ch, &key, &trusted, |head| {

@@ -16,14 +16,19 @@
 //! ```
 //!
 //! Key paths are relative to the policy file. The policy's digest, recorded in every entry,
-//! is the sha256 of its canonical JSON with keys resolved to key ids, so it changes when a
-//! key file's content does, and not when a comment does.
+//! is the sha256 of its document (`kiln.policy/v1`): its canonical JSON with keys resolved to
+//! key ids, and each key's SPKI PEM by id, so it changes when a key file's content does, and
+//! not when a comment does. Promotion stores that document at `log/_policies/<hex>`, so an
+//! audit re-checks every entry against the policy it was written under, whatever policy file
+//! the auditor holds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use kiln_attest::PublicKey;
 use kiln_oci::Digest;
+use kiln_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelName;
@@ -34,8 +39,15 @@ use crate::{ReleaseError, Result};
 struct PolicyFile {
     #[serde(default)]
     signers: Vec<String>,
+    #[serde(default)]
+    revokers: Vec<String>,
     channels: BTreeMap<String, ChannelFile>,
 }
+
+/// The document's `schema`.
+pub const POLICY_SCHEMA: &str = "kiln.policy/v1";
+/// A policy document is a few keys and rules.
+const POLICY_LIMIT: u64 = 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,24 +74,33 @@ pub struct ChannelPolicy {
 
 /// A loaded policy.
 pub struct Policy {
+    /// The file it was read from, or where in the store it was recorded.
     pub path: PathBuf,
-    /// sha256 of the canonical JSON of the resolved policy.
+    /// sha256 of [`Policy::document`].
     pub digest: Digest,
+    /// The canonical JSON document (`kiln.policy/v1`) the digest is of.
+    pub document: Vec<u8>,
     /// Keys whose image signatures and provenance promotion accepts.
     pub signers: Vec<PublicKey>,
+    /// Keys that may revoke a release.
+    pub revokers: Vec<PublicKey>,
     pub channels: BTreeMap<ChannelName, ChannelPolicy>,
 }
 
-/// The resolved policy as hashed: key ids instead of paths.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Resolved {
+/// The policy as stored and hashed: key ids instead of paths, and each key's PEM by id.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Document {
+    schema: String,
     signers: Vec<Digest>,
+    revokers: Vec<Digest>,
     channels: BTreeMap<String, ResolvedChannel>,
+    /// SPKI PEM of every key named above, by key id.
+    keys: BTreeMap<String, String>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ResolvedChannel {
     after: Option<String>,
     keys: Vec<Digest>,
@@ -117,8 +138,24 @@ impl Policy {
             ids.dedup();
             Ok(ids)
         };
+        let mut pems = BTreeMap::new();
+        let mut remember = |keys: &[PublicKey]| -> Result<()> {
+            for k in keys {
+                pems.insert(crate::signed::key_id(k)?.to_string(), k.spki_pem()?);
+            }
+            Ok(())
+        };
         let signers = read_keys("signers", &file.signers)?;
-        let mut resolved = Resolved { signers: ids(&signers)?, channels: BTreeMap::new() };
+        remember(&signers)?;
+        let revokers = read_keys("revokers", &file.revokers)?;
+        remember(&revokers)?;
+        let mut resolved = Document {
+            schema: POLICY_SCHEMA.to_string(),
+            signers: ids(&signers)?,
+            revokers: ids(&revokers)?,
+            channels: BTreeMap::new(),
+            keys: BTreeMap::new(),
+        };
         let mut channels = BTreeMap::new();
         for (name, c) in &file.channels {
             let channel: ChannelName =
@@ -139,6 +176,8 @@ impl Policy {
                 )));
             }
             let approvers = read_keys(&format!("[channels.{name}] approvers"), &c.approvers)?;
+            remember(&keys)?;
+            remember(&approvers)?;
             let approver_ids = ids(&approvers)?;
             if approver_ids.len() < c.approvals as usize {
                 return Err(invalid(format!(
@@ -159,8 +198,82 @@ impl Policy {
             channels
                 .insert(channel, ChannelPolicy { after, keys, approvals: c.approvals, approvers });
         }
-        let digest = Digest::of(&kiln_oci::to_canonical_json(&resolved)?);
-        Ok(Policy { path: path.to_path_buf(), digest, signers, channels })
+        resolved.keys = pems;
+        let document = kiln_oci::to_canonical_json(&resolved)?;
+        let digest = Digest::of(&document);
+        Ok(Policy { path: path.to_path_buf(), digest, document, signers, revokers, channels })
+    }
+
+    /// The policy whose document is `bytes`; `Err` says why they are not one.
+    fn from_document(bytes: &[u8]) -> std::result::Result<Policy, String> {
+        let doc: Document =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a policy document: {e}"))?;
+        if doc.schema != POLICY_SCHEMA {
+            return Err(format!("its schema is {:?}, not {POLICY_SCHEMA:?}", doc.schema));
+        }
+        let digest = Digest::of(bytes);
+        let key = |id: &Digest| -> std::result::Result<PublicKey, String> {
+            let pem = doc.keys.get(&id.to_string()).ok_or(format!("key {id} is not in it"))?;
+            let k = PublicKey::from_pem(pem).ok_or(format!("key {id} is not a public key"))?;
+            match crate::signed::key_id(&k) {
+                Ok(found) if found == *id => Ok(k),
+                _ => Err(format!("the key given as {id} has another id")),
+            }
+        };
+        let keys = |ids: &[Digest]| ids.iter().map(key).collect::<std::result::Result<Vec<_>, _>>();
+        let mut channels = BTreeMap::new();
+        for (name, c) in &doc.channels {
+            let channel: ChannelName =
+                name.parse().map_err(|e| format!("channel {name:?}: {e}"))?;
+            let after = match &c.after {
+                Some(a) => Some(a.parse().map_err(|e| format!("after {a:?}: {e}"))?),
+                None => None,
+            };
+            channels.insert(
+                channel,
+                ChannelPolicy {
+                    after,
+                    keys: keys(&c.keys)?,
+                    approvals: c.approvals,
+                    approvers: keys(&c.approvers)?,
+                },
+            );
+        }
+        Ok(Policy {
+            path: PathBuf::from(format!("log/{}", key_of(&digest))),
+            digest,
+            document: bytes.to_vec(),
+            signers: keys(&doc.signers)?,
+            revokers: keys(&doc.revokers)?,
+            channels,
+        })
+    }
+
+    /// Stores this policy's document in `store` (create-only; it is content-addressed), so
+    /// that audits can re-check the entries written under it.
+    pub async fn record(&self, store: &Store) -> Result<()> {
+        store.log_create(&key_of(&self.digest), Bytes::from(self.document.clone())).await?;
+        Ok(())
+    }
+
+    /// The policy recorded in `store` under `digest`: `Ok(None)` when it is not there,
+    /// `Ok(Err(why))` when what is there is not that policy.
+    pub async fn recorded(
+        store: &Store,
+        digest: &Digest,
+    ) -> Result<Option<std::result::Result<Policy, String>>> {
+        let bytes = match store.log_read(&key_of(digest), POLICY_LIMIT).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(kiln_store::StoreError::TooLarge { limit, .. }) => {
+                return Ok(Some(Err(format!("it is larger than {limit} bytes"))))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if Digest::of(&bytes) != *digest {
+            return Ok(Some(Err(format!("its bytes hash to {}", Digest::of(&bytes)))));
+        }
+        Ok(Some(Policy::from_document(&bytes)))
     }
 
     /// The rules of `channel`, or [`ReleaseError::UnknownChannel`].
@@ -172,8 +285,15 @@ impl Policy {
         })
     }
 
-    /// Every key that may write entries of any channel (for auditing revocations).
-    pub fn all_keys(&self) -> Vec<PublicKey> {
-        self.channels.values().flat_map(|c| c.keys.iter().cloned()).collect()
+    /// Whether `key_id` may write entries of `channel`.
+    pub fn may_write(&self, channel: &ChannelName, key_id: &Digest) -> bool {
+        self.channels.get(channel).is_some_and(|c| {
+            c.keys.iter().any(|k| crate::signed::key_id(k).ok().as_ref() == Some(key_id))
+        })
     }
+}
+
+/// Where a policy document is stored, under `log/`.
+fn key_of(digest: &Digest) -> String {
+    format!("_policies/{}", digest.hex())
 }

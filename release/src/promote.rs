@@ -121,6 +121,8 @@ pub async fn promote(req: &Request<'_>) -> Result<Report> {
         None => None,
     };
     let target = req.to.unwrap_or(req.from);
+    // Audits re-check each entry against the policy it names: that policy must be there.
+    req.policy.record(target).await?;
     let version = loaded.release.version.clone();
     let appended = channel::append(target, &ch, req.key, &rules.keys, |head| {
         Ok(channel::next_entry(
@@ -214,6 +216,7 @@ pub async fn rollback(
         return Err(refuse(format!("{ch} never held this release, so it cannot roll back to it")));
     }
     let version = loaded.release.version.clone();
+    policy.record(store).await?;
     let appended = channel::append(store, ch, key, &rules.keys, |head| {
         if head.is_some_and(|h| h.entry.release == release) {
             return Err(refuse(format!("{ch} already points at it")));

@@ -38,6 +38,8 @@ pub struct ChannelCheck<'a> {
     pub channel: &'a ChannelRef,
     pub keys: &'a [PublicKey],
     pub seen: Option<&'a Seen>,
+    /// The auditor's policy file, compared with the policies the entries record.
+    pub policy: Option<&'a crate::policy::Policy>,
 }
 
 /// Verifies release `id` under the auditor's `policy`, and its standing in `channel`.
@@ -70,7 +72,7 @@ pub async fn verify(
     };
     let rehashed = record::check(store, &loaded).await?;
     let channel = match channel {
-        Some(c) => Some(history::standing(store, c.channel, id, c.keys, c.seen).await?),
+        Some(c) => Some(history::standing(store, c.channel, id, c.keys, c.seen, c.policy).await?),
         None => None,
     };
     Ok(Verified {

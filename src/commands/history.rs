@@ -11,26 +11,33 @@ use crate::cli::HistoryArgs;
 /// The keys trusted to sign entries of `channel`: `--key`s, else the policy's keys for it.
 pub fn entry_keys(
     keys: &[std::path::PathBuf],
-    policy: Option<&std::path::Path>,
+    policy: Option<&Policy>,
     channel: &ChannelRef,
 ) -> anyhow::Result<Vec<PublicKey>> {
     if !keys.is_empty() {
         return keys.iter().map(|p| PublicKey::read(p).context("reading a --key")).collect();
     }
-    let Some(path) = policy else {
+    let Some(policy) = policy else {
         anyhow::bail!(
             "give the keys trusted to sign {channel}: --key PUB (repeatable) or --policy FILE"
         );
     };
-    Ok(Policy::load(path)?.channel(&channel.channel)?.keys.clone())
+    Ok(policy.channel(&channel.channel)?.keys.clone())
 }
 
 pub fn run(ctx: &Ctx, args: &HistoryArgs) -> anyhow::Result<()> {
     let channel: ChannelRef = args.channel.parse()?;
-    let keys = entry_keys(&args.key, args.policy.as_deref(), &channel)?;
+    let policy = args.policy.as_deref().map(Policy::load).transpose()?;
+    let keys = entry_keys(&args.key, policy.as_ref(), &channel)?;
     let history = ctx
         .runtime
-        .block_on(kiln_release::history::history(&ctx.store, &channel, &keys, args.seen.as_ref()))
+        .block_on(kiln_release::history::history(
+            &ctx.store,
+            &channel,
+            &keys,
+            args.seen.as_ref(),
+            policy.as_ref(),
+        ))
         .with_context(|| format!("reading the history of {channel}"))?;
     if ctx.json {
         return ctx.print_json(&history);
@@ -57,6 +64,23 @@ pub fn run(ctx: &Ctx, args: &HistoryArgs) -> anyhow::Result<()> {
             "checkpoint {}@{} signed by key {} (keep it: --seen {}@{} detects a rewind past it)",
             cp.seq, cp.entry, cp.signer, cp.seq, cp.entry
         ));
+    }
+    for p in &history.policies {
+        let entries = match (p.entries.first(), p.entries.last()) {
+            (Some(a), Some(b)) if a != b => format!("entries {a}..{b} ({})", p.entries.len()),
+            _ => format!("entry {}", p.entries.first().copied().unwrap_or_default()),
+        };
+        match p.current {
+            Some(false) => ctx.say(format!(
+                "note: {entries} were written under policy {}, not the policy file given ({}); each was re-checked against its own",
+                p.digest,
+                policy.as_ref().map_or_else(String::new, |c| c.digest.to_string())
+            )),
+            _ => ctx.say(format!("{entries} re-checked against policy {}", p.digest)),
+        }
+    }
+    for n in &history.notes {
+        ctx.say(format!("note: {n}"));
     }
     if history.hint_behind > 0 {
         ctx.say(format!(

@@ -63,8 +63,10 @@ pub fn verify(ctx: &Ctx, args: &VerifyArgs, policy: &Policy) -> anyhow::Result<b
         Err(e) => return Err(e).context("verifying the release"),
     };
     let channel = args.channel.as_deref().map(str::parse::<ChannelRef>).transpose()?;
+    let channel_policy =
+        args.policy.as_deref().map(kiln_release::policy::Policy::load).transpose()?;
     let channel_keys = match &channel {
-        Some(ch) => super::history::entry_keys(&[], args.policy.as_deref(), ch)?,
+        Some(ch) => super::history::entry_keys(&[], channel_policy.as_ref(), ch)?,
         None => Vec::new(),
     };
     let verified = ctx
@@ -77,6 +79,7 @@ pub fn verify(ctx: &Ctx, args: &VerifyArgs, policy: &Policy) -> anyhow::Result<b
                 channel: c,
                 keys: &channel_keys,
                 seen: args.seen.as_ref(),
+                policy: channel_policy.as_ref(),
             }),
         ))
         .map_err(|e| match e {
@@ -108,6 +111,15 @@ pub fn verify(ctx: &Ctx, args: &VerifyArgs, policy: &Policy) -> anyhow::Result<b
                 "  ok   channel    in {} at entries {:?}, {now}",
                 s.channel, s.entries
             ));
+            for p in s.policies.iter().filter(|p| p.current == Some(false)) {
+                ctx.say(format!(
+                    "  note channel    entries {:?} were written under policy {}, not the policy file given; each was re-checked against its own",
+                    p.entries, p.digest
+                ));
+            }
+            for n in &s.notes {
+                ctx.say(format!("  note channel    {n}"));
+            }
         }
     }
     if !verified.passed {
