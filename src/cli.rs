@@ -72,6 +72,10 @@ pub enum Command {
     Gc(GcArgs),
     /// Copy an image, its blobs and its referrers from one store to another.
     Copy(CopyArgs),
+    /// Push an image and every artifact referring to it to a registry.
+    Push(PushArgs),
+    /// Pull an image by digest, and every artifact referring to it, from a registry.
+    Pull(PullArgs),
     /// Make a signing key pair: NAME.key (PKCS#8, mode 0600) and NAME.pub (SPKI).
     Keygen(KeygenArgs),
     /// Sign an image (cosign simple signing) and attach the signature in the store.
@@ -294,6 +298,52 @@ pub struct CopyArgs {
     /// The store to copy into.
     #[arg(long, value_name = "LOCATION")]
     pub to: String,
+}
+
+/// How registries are reached.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Reach HOST[:PORT] over plain HTTP instead of HTTPS; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure: Vec<String>,
+    /// Trust the CA certificates in FILE (PEM) for registries, besides the system's.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn options(&self) -> kiln_registry::Options {
+        kiln_registry::Options {
+            insecure: self.insecure.clone(),
+            ca: self.ca.clone(),
+            docker_config: None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// NAME:TAG, NAME@sha256:HEX or sha256:HEX
+    pub reference: String,
+    /// HOST[:PORT]/REPO[:TAG] [default tag: the reference's]
+    pub destination: String,
+    /// First sign the image for the destination repository with this private key (the
+    /// signature names HOST[:PORT]/REPO, so policies checking the repository accept it).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// HOST[:PORT]/REPO@sha256:HEX
+    pub source: String,
+    /// Tag the pulled image NAME:TAG in the store.
+    #[arg(long, value_name = "NAME:TAG")]
+    pub tag: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]

@@ -49,6 +49,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Store(StoreCommand::Check(args)) => commands::store::check(&ctx, args),
         Command::Gc(args) => commands::gc::run(&ctx, args),
         Command::Copy(args) => commands::copy::run(&ctx, cli, args),
+        Command::Push(args) => commands::push::run(&ctx, args),
+        Command::Pull(args) => commands::pull::run(&ctx, args),
         Command::Keygen(args) => commands::keygen::run(&ctx, args),
         Command::Sign(args) => commands::sign::run(&ctx, args),
         Command::Verify(args) => commands::verify::run(&ctx, args),
@@ -94,6 +96,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return EXIT_INTEGRITY;
         }
         if cause.downcast_ref::<commands::store::StoreProblems>().is_some() {
+            return EXIT_INTEGRITY;
+        }
+        if cause.downcast_ref::<kiln_registry::RegistryError>().is_some_and(|e| e.is_integrity()) {
             return EXIT_INTEGRITY;
         }
         if cause.downcast_ref::<kiln_release::ReleaseError>().is_some_and(|e| e.is_integrity()) {

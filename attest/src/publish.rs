@@ -75,6 +75,25 @@ pub async fn sign(
     Ok((desc, key_id))
 }
 
+/// Signs `root` and, when it is an index, each of its platform manifests as `reference` (a
+/// registry repository such as `registry.example/team/app`). containers/image policies
+/// (skopeo, podman, CRI-O) check the signature of every manifest they copy or run, not only
+/// the index's. Returns each signature's descriptor, the root's first.
+pub async fn sign_for_repository(
+    store: &Store,
+    root: &Descriptor,
+    reference: &str,
+    key: &PrivateKey,
+) -> Result<Vec<Descriptor>, AttestError> {
+    let mut signed = vec![sign(store, root, reference, key).await?.0];
+    if root.media_type == media_type::IMAGE_INDEX {
+        for manifest in manifests(store, root).await? {
+            signed.push(sign(store, &manifest, reference, key).await?.0);
+        }
+    }
+    Ok(signed)
+}
+
 /// An SBOM attached to a platform manifest.
 #[derive(Clone, Debug)]
 pub struct AttachedSbom {

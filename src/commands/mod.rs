@@ -12,6 +12,8 @@ pub mod keygen;
 pub mod lock;
 pub mod pin;
 pub mod promote;
+pub mod pull;
+pub mod push;
 pub mod release;
 pub mod revoke;
 pub mod rollback;

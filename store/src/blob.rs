@@ -127,6 +127,44 @@ impl Store {
         Ok(outcome(self.put_blob_staged(chunks, expected, size, mismatch).await?))
     }
 
+    /// Stores the blob `expected` of `size` bytes arriving as `chunks` from outside the store
+    /// (a registry): kept only when the bytes are exactly that blob; otherwise nothing is
+    /// stored and `mismatch(found, found_size)` is the error. Memory stays bounded whatever
+    /// the size, and a stream longer than `size` is cut off. Returns whether it was written.
+    pub async fn put_blob_stream<S>(
+        &self,
+        chunks: S,
+        expected: &Digest,
+        size: u64,
+        mismatch: impl FnOnce(Digest, u64) -> StoreError,
+    ) -> Result<bool>
+    where
+        S: futures::Stream<Item = Result<Bytes>> + Unpin,
+    {
+        if size >= MULTIPART_THRESHOLD {
+            return self.put_blob_staged(chunks, expected, size, mismatch).await;
+        }
+        let mut chunks = chunks;
+        let mut hasher = Sha256::new();
+        let mut bytes = bytes::BytesMut::new();
+        let mut read = 0u64;
+        while let Some(chunk) = chunks.try_next().await? {
+            read += chunk.len() as u64;
+            if read > size {
+                // Hash no further: the blob is already not what was promised.
+                hasher.update(&chunk);
+                return Err(mismatch(hasher.finish(), read));
+            }
+            hasher.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        let found = hasher.finish();
+        if found != *expected || read != size {
+            return Err(mismatch(found, read));
+        }
+        self.create(&key::blob(expected), bytes.freeze()).await
+    }
+
     /// Uploads a large blob from `chunks` without ever exposing a partial or wrong object
     /// under its key. On S3 the parts go to the blob's own key while being hashed, and the
     /// upload is completed, create-only, only when what was sent is exactly `expected` of

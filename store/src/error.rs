@@ -70,6 +70,15 @@ pub enum StoreError {
         source: object_store::Error,
     },
 
+    /// A blob arriving from outside the store (a registry) could not be read, or was not
+    /// what it was asked for by; nothing of it was stored.
+    #[error("storing a blob from {from}")]
+    Incoming {
+        from: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// Nothing is stored under `key`.
     #[error("{key} is not in the store")]
     NotFound { key: String },

@@ -54,7 +54,7 @@ pub use heal::{CheckedPut, Quarantined, Reuse, Wanted};
 pub use kiln_oci::reference::{self, NameError, Reference, RepoName, Tag};
 pub use location::{parse_option, Location};
 pub use repair::RepairReport;
-pub use walk::image_blobs;
+pub use walk::{image_blobs, image_referrers};
 
 /// A handle on one store; cheap to clone and share between tasks.
 #[derive(Clone, Debug)]

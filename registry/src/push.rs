@@ -1,0 +1,174 @@
+//! `kiln push`: an image from the store into a registry repository, with every artifact
+//! that refers to it. Blobs go first, and only those the registry lacks (asked with HEAD,
+//! several at a time); then manifests, children before parents, as the exact stored bytes;
+//! then the root under its tag; then the referrers indexes. A second push of the same image
+//! sends nothing.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use kiln_attest::artifact::{SIGNATURE_ARTIFACT, SIMPLE_SIGNING_LAYER};
+use kiln_oci::{media_type, Descriptor, Digest, ImageManifest, Tag};
+use kiln_store::{image_blobs, image_referrers, Store};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::referrers;
+use crate::repository::Repository;
+
+/// Blobs checked and sent at once.
+const BLOBS_IN_FLIGHT: usize = 4;
+/// Upload sessions tried per blob.
+const UPLOAD_ATTEMPTS: u32 = 3;
+/// Blobs at most this large are read whole from the store before sending; larger ones
+/// stream, so memory stays bounded.
+const WHOLE_BLOB: u64 = 8 * 1024 * 1024;
+
+/// What a push did (`kiln push --json`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushReport {
+    /// `HOST/REPO[:TAG]` pushed to.
+    pub destination: String,
+    /// The pushed image's root digest (its manifest or index).
+    pub digest: Digest,
+    /// Config and layer blobs of the image and its referrers.
+    pub blobs: u64,
+    /// Of those, the ones sent (the registry lacked them).
+    pub blobs_uploaded: u64,
+    /// Bytes of the blobs sent.
+    pub bytes_uploaded: u64,
+    /// Manifests and indexes of the image and its referrers.
+    pub manifests: u64,
+    /// Manifests, tags and referrers documents written (none when all were there).
+    pub manifests_uploaded: u64,
+    /// Artifacts referring to the image (signatures, SBOM, provenance, releases, ...).
+    pub referrers: u64,
+}
+
+fn is_manifest(desc: &Descriptor) -> bool {
+    matches!(desc.media_type.as_str(), media_type::IMAGE_INDEX | media_type::IMAGE_MANIFEST)
+}
+
+/// Pushes the image at `root` in `store`, and its referrers, to `repo`, tagging the root
+/// `tag` if given.
+pub async fn push(
+    store: &Store,
+    root: &Descriptor,
+    repo: &Repository,
+    tag: Option<&Tag>,
+) -> Result<PushReport> {
+    let image = image_blobs(store, root).await?;
+    let (artifacts, added) = image_referrers(store, &image).await?;
+    let all: Vec<Descriptor> = image.into_iter().chain(added).collect();
+    let (manifests, blobs): (Vec<&Descriptor>, Vec<&Descriptor>) =
+        all.iter().partition(|d| is_manifest(d));
+
+    let sent: Vec<Option<u64>> = futures::stream::iter(blobs.iter().copied())
+        .map(|desc| push_blob(store, repo, desc))
+        .buffer_unordered(BLOBS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let mut report = PushReport {
+        destination: match tag {
+            Some(tag) => format!("{}:{tag}", repo.describe()),
+            None => repo.describe(),
+        },
+        digest: root.digest,
+        blobs: blobs.len() as u64,
+        blobs_uploaded: sent.iter().flatten().count() as u64,
+        bytes_uploaded: sent.iter().flatten().sum(),
+        manifests: manifests.len() as u64,
+        manifests_uploaded: 0,
+        referrers: artifacts.len() as u64,
+    };
+
+    // Parents come before children in the walk: send them in reverse, so whatever a
+    // manifest names is in the registry when it arrives.
+    for desc in manifests.iter().rev() {
+        if repo.manifest_digest(&desc.digest.to_string()).await?.is_none() {
+            let bytes = store.get_described(desc).await?;
+            repo.put_manifest(&desc.digest.to_string(), &desc.media_type, bytes).await?;
+            report.manifests_uploaded += 1;
+        }
+    }
+    if let Some(tag) = tag {
+        if repo.manifest_digest(tag.as_str()).await? != Some(root.digest) {
+            let bytes = store.get_described(root).await?;
+            repo.put_manifest(tag.as_str(), &root.media_type, bytes).await?;
+            report.manifests_uploaded += 1;
+        }
+    }
+    report.manifests_uploaded += push_referrers(store, repo, root, &artifacts).await?;
+    Ok(report)
+}
+
+/// Lists every artifact in its subject's referrers: through the fallback index where the
+/// registry has no referrers API (where it has one, it indexed them as they arrived), and
+/// signatures also in cosign's signature manifest. Returns the documents written.
+async fn push_referrers(
+    store: &Store,
+    repo: &Repository,
+    root: &Descriptor,
+    artifacts: &[Descriptor],
+) -> Result<u64> {
+    let mut by_subject: BTreeMap<Digest, Vec<Descriptor>> = BTreeMap::new();
+    let mut signatures: BTreeMap<Digest, Vec<Descriptor>> = BTreeMap::new();
+    for artifact in artifacts {
+        let manifest: ImageManifest = store.get_described_json(artifact).await?;
+        let Some(subject) = manifest.subject else { continue };
+        by_subject.entry(subject.digest).or_default().push(artifact.clone());
+        if manifest.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT) {
+            let layers =
+                manifest.layers.into_iter().filter(|l| l.media_type == SIMPLE_SIGNING_LAYER);
+            signatures.entry(subject.digest).or_default().extend(layers);
+        }
+    }
+    let mut written = 0;
+    let has_api = repo.referrers_api(&root.digest).await?.is_some();
+    if !has_api {
+        for (subject, entries) in &by_subject {
+            written += u64::from(referrers::add_to_fallback(repo, subject, entries).await?);
+        }
+    }
+    for (subject, layers) in &signatures {
+        written += u64::from(referrers::add_signatures(repo, subject, layers).await?);
+    }
+    Ok(written)
+}
+
+/// Sends one blob unless the registry has it; returns its size when sent.
+async fn push_blob(store: &Store, repo: &Repository, desc: &Descriptor) -> Result<Option<u64>> {
+    if repo.has_blob(&desc.digest).await? {
+        return Ok(None);
+    }
+    if desc.size <= WHOLE_BLOB {
+        let bytes = store.get_described(desc).await?;
+        upload_bytes(repo, &desc.digest, bytes).await?;
+    } else {
+        let location = repo.start_upload().await?;
+        // The store checks the bytes as they stream and ends the stream with an error if
+        // they are not the blob, which aborts the upload: the registry verifies the digest
+        // too, so a corrupt stored blob never lands there.
+        let stream = store.blob_stream(desc).await?;
+        let body = reqwest::Body::wrap_stream(stream);
+        repo.finish_upload(&location, &desc.digest, desc.size, body).await?;
+    }
+    Ok(Some(desc.size))
+}
+
+/// Sends a blob held in memory, in a new upload session each time a registry fails it
+/// with a 5xx or a dropped connection.
+pub(crate) async fn upload_bytes(repo: &Repository, digest: &Digest, bytes: Bytes) -> Result<()> {
+    let size = bytes.len() as u64;
+    let mut attempt = 1;
+    loop {
+        let location = repo.start_upload().await?;
+        let body = reqwest::Body::from(bytes.clone());
+        match repo.finish_upload(&location, digest, size, body).await {
+            Err(e) if attempt < UPLOAD_ATTEMPTS && e.is_transient() => attempt += 1,
+            done => return done,
+        }
+    }
+}

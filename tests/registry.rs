@@ -1,0 +1,223 @@
+#![allow(clippy::unwrap_used)]
+//! Registries: kiln pushes to and pulls from Debian's docker-registry (distribution 2.8, no
+//! referrers API) on 127.0.0.1, and skopeo, curl and openssl, which kiln did not write,
+//! check what landed there.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use kiln_test_servers::registry::{self, Registry};
+use serde_json::Value;
+use support::{require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_INTEGRITY};
+
+/// A signed image `app:1` whose one layer holds `content`, built into `ws`'s store `s`.
+/// Returns kiln on that store and the image's digest.
+fn signed_image(ws: &Workspace, content: &str) -> (Kiln, String) {
+    ws.write("app/files/hello.sh", format!("#!/bin/sh\necho {content}\n"));
+    let recipe = ws.write(
+        "app/app.toml",
+        "epoch = 1700000000\n[image]\nname = \"app\"\nversion = \"1\"\n\
+         [[layer]]\nname = \"bin\"\nfiles = [{ src = \"files/hello.sh\", dest = \"/bin/hello\", mode = 0o755 }]\n",
+    );
+    let kiln = kiln_at(ws, &ws.store("s"));
+    kiln.run(&["keygen", "--out", ws.path("key").to_str().unwrap()]).ok();
+    let report = kiln.build(&recipe, &["--sign", ws.path("key.key").to_str().unwrap()]);
+    (kiln, support::digest_of(&report))
+}
+
+/// kiln on `store` with a Docker config folder of its own (empty unless a test writes one).
+fn kiln_at(ws: &Workspace, store: &Path) -> Kiln {
+    let config = ws.mkdir("docker-config");
+    Kiln::new(store).env("DOCKER_CONFIG", config.to_str().unwrap())
+}
+
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn skopeo_creds(reg: &Registry) -> Vec<String> {
+    match &reg.credentials {
+        Some((user, password)) => vec!["--creds".to_string(), format!("{user}:{password}")],
+        None => vec!["--no-creds".to_string()],
+    }
+}
+
+/// Push, check with skopeo, push again (nothing sent), pull into a new store (the same
+/// blobs and referrers, verified), on `reg`.
+fn push_pull_round_trip(reg: &Registry, ws: &Workspace, kiln: &Kiln, digest: &str) {
+    let repo = format!("{}/{}", reg.host, reg.fresh_repo());
+    let insecure = ["--insecure-registry", reg.host.as_str()];
+    let dest = format!("{repo}:1");
+    let mut args = vec!["--json", "push", "app:1", dest.as_str()];
+    args.extend(insecure);
+    let first = kiln.run(&args).ok().json();
+    assert_eq!(first["digest"], digest);
+    assert!(first["blobsUploaded"].as_u64().unwrap() > 0, "{first}");
+    // The image, its signature, SBOM and provenance.
+    assert_eq!(first["referrers"], 3, "{first}");
+
+    let creds = skopeo_creds(reg);
+    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
+    let mut inspect = vec!["inspect", "--raw", "--tls-verify=false"];
+    inspect.extend(&creds);
+    let docker_ref = format!("docker://{dest}");
+    inspect.push(&docker_ref);
+    let raw = sh("skopeo", &inspect);
+    assert_eq!(kiln_oci::Digest::of(raw.as_bytes()).to_string(), digest);
+    let layout = ws.path("skopeo-layout");
+    let target = format!("oci:{}:x", layout.display());
+    let mut copy = vec!["copy", "--all", "-q", "--src-tls-verify=false"];
+    copy.extend(creds.iter().map(|c| if *c == "--creds" { "--src-creds" } else { c }));
+    copy.retain(|a| *a != "--no-creds");
+    copy.extend([docker_ref.as_str(), target.as_str()]);
+    sh("skopeo", &copy);
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest);
+
+    let second = kiln.run(&args).ok().json();
+    assert_eq!(second["blobsUploaded"], 0, "{second}");
+    assert_eq!(second["bytesUploaded"], 0, "{second}");
+    assert_eq!(second["manifestsUploaded"], 0, "{second}");
+
+    let pulled_store = ws.store("pulled");
+    let pulled = kiln_at(ws, &pulled_store);
+    let config = ws.path("docker-config");
+    let pulled = pulled.env("DOCKER_CONFIG", config.to_str().unwrap());
+    let source = format!("{repo}@{digest}");
+    let mut pull = vec!["--json", "pull", source.as_str(), "--tag", "app:1"];
+    pull.extend(insecure);
+    let report = pulled.run(&pull).ok().json();
+    assert_eq!(report["referrers"], 3, "{report}");
+    let original = ws.store("s");
+    assert_eq!(tree(&original.join("blobs")), tree(&pulled_store.join("blobs")));
+    assert_eq!(tree(&original.join("referrers")), tree(&pulled_store.join("referrers")));
+    for blob in tree(&pulled_store.join("blobs")) {
+        assert_eq!(
+            fs::read(original.join("blobs").join(&blob)).unwrap(),
+            fs::read(pulled_store.join("blobs").join(&blob)).unwrap()
+        );
+    }
+    pulled.run(&["store", "check"]).ok();
+    let key = ws.path("key.pub");
+    pulled.run(&["verify", "app:1", "--key", key.to_str().unwrap()]).ok();
+}
+
+#[test]
+fn push_is_what_skopeo_reads_a_second_push_sends_nothing_and_pull_brings_it_all_back() {
+    if !require_tool("skopeo") {
+        return;
+    }
+    let Some(reg) = registry::open() else { return };
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "open");
+    push_pull_round_trip(reg, &ws, &kiln, &digest);
+}
+
+#[test]
+fn basic_auth_from_the_docker_config_and_a_clear_refusal_without_it() {
+    if !require_tool("skopeo") {
+        return;
+    }
+    let Some(reg) = registry::with_auth() else { return };
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "auth");
+    let repo = format!("{}/{}", reg.host, reg.fresh_repo());
+
+    // No credentials: a 401 that says what to do, and nothing lands.
+    let refused = kiln
+        .run(&["push", "app:1", &repo, "--insecure-registry", &reg.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&[&reg.host, "401", "config.json"]);
+    assert!(!refused.stderr.contains(registry::PASSWORD));
+
+    // Wrong credentials are refused too, and the password is never printed.
+    let (user, password) = reg.credentials.clone().unwrap();
+    let auth = |user: &str, password: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    };
+    let config = ws.path("docker-config/config.json");
+    fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#, reg.host, auth(&user, "wrong")),
+    )
+    .unwrap();
+    kiln.run(&["push", "app:1", &repo, "--insecure-registry", &reg.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["refused", "401"]);
+
+    fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#, reg.host, auth(&user, &password)),
+    )
+    .unwrap();
+    push_pull_round_trip(reg, &ws, &kiln, &digest);
+}
+
+#[test]
+fn a_registry_blob_that_is_not_its_digest_is_refused_and_nothing_is_kept() {
+    let reg = match Registry::start("corrupt", false) {
+        Ok(reg) => reg,
+        Err(why) if support::in_ci() => panic!("{why}"),
+        Err(why) => return eprintln!("SKIP: {why}"),
+    };
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "corrupt");
+    let repo = format!("{}/{}", reg.host, reg.fresh_repo());
+    kiln.run(&["push", "app:1", &repo, "--insecure-registry", &reg.host]).ok();
+
+    // Flip one byte of the layer in the registry's storage: same size, other digest.
+    let manifests = sh("sh", &["-c", &format!("ls {}/blobs/sha256", ws.store("s").display())]);
+    let layer = manifests
+        .lines()
+        .find(|hex| {
+            let bytes = fs::read(ws.store("s").join("blobs/sha256").join(hex)).unwrap();
+            bytes.starts_with(&[0x1f, 0x8b])
+        })
+        .unwrap()
+        .to_string();
+    let data = reg.blob_data(&layer);
+    let mut bytes = fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&data, bytes).unwrap();
+
+    let pulled_store = ws.store("pulled");
+    let pulled = kiln_at(&ws, &pulled_store);
+    let source = format!("{repo}@{digest}");
+    pulled
+        .run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &reg.host])
+        .fails_with(EXIT_INTEGRITY)
+        .stderr_has(&[&layer, "nothing of it was kept"]);
+    assert!(!pulled_store.join("blobs/sha256").join(&layer).exists());
+    assert!(!pulled_store.join("refs").exists(), "a failed pull set a tag");
+    pulled.run(&["store", "check"]).ok();
+    let leftovers = tree(&pulled_store);
+    assert!(leftovers.iter().all(|p| p.starts_with("blobs")), "{leftovers:?}");
+}
+
+#[test]
+fn pull_refuses_a_tag_and_a_reference_naming_no_registry() {
+    let ws = Workspace::new();
+    let kiln = kiln_at(&ws, &ws.store("s"));
+    kiln.run(&["pull", "127.0.0.1:1/app:1"]).fails_with(EXIT_ERROR).stderr_has(&["by digest"]);
+    let unhosted = format!("team/app@sha256:{}", "0".repeat(64));
+    kiln.run(&["pull", &unhosted]).fails_with(EXIT_ERROR).stderr_has(&["not a registry host"]);
+}
