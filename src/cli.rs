@@ -290,14 +290,21 @@ pub struct GcArgs {
 
 #[derive(Args, Debug)]
 pub struct CopyArgs {
-    /// NAME:TAG (tagged in the target too), NAME@sha256:HEX or sha256:HEX
+    /// NAME:TAG (tagged in the target too), NAME@sha256:HEX or sha256:HEX; from a registry,
+    /// sha256:HEX
     pub reference: String,
-    /// The store to copy from (any store location; --store-option applies to buckets).
+    /// The store to copy from (any store location; --store-option applies to buckets), or a
+    /// registry repository, docker://HOST[:PORT]/REPO.
     #[arg(long, value_name = "LOCATION")]
     pub from: String,
-    /// The store to copy into.
+    /// The store to copy into, or a registry repository, docker://HOST[:PORT]/REPO[:TAG].
     #[arg(long, value_name = "LOCATION")]
     pub to: String,
+    /// Into a registry: first sign the image for the destination repository with this key.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// How registries are reached.

@@ -221,3 +221,126 @@ fn pull_refuses_a_tag_and_a_reference_naming_no_registry() {
     let unhosted = format!("team/app@sha256:{}", "0".repeat(64));
     kiln.run(&["pull", &unhosted]).fails_with(EXIT_ERROR).stderr_has(&["not a registry host"]);
 }
+
+/// The repositories that signatures in cosign's `sha256-<hex>.sig` manifest of `digest` at
+/// `repo` vouch for, each signature checked by openssl with `key` (a PEM public key) over
+/// its payload, and the payload checked to name `digest`: what cosign verify does.
+fn cosign_signed_repositories(reg: &Registry, repo: &str, digest: &str, key: &Path) -> Vec<String> {
+    let tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    let raw = sh(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/{repo}:{tag}", reg.host)],
+    );
+    let manifest: Value = serde_json::from_str(&raw).unwrap();
+    let ws = Workspace::new();
+    let mut out = Vec::new();
+    for (i, layer) in manifest["layers"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(layer["mediaType"], "application/vnd.dev.cosign.simplesigning.v1+json");
+        let blob = layer["digest"].as_str().unwrap();
+        let payload = ws.path(&format!("payload-{i}"));
+        sh(
+            "curl",
+            &[
+                "-sSf",
+                "-o",
+                payload.to_str().unwrap(),
+                &format!("http://{}/v2/{repo}/blobs/{blob}", reg.host),
+            ],
+        );
+        let signature =
+            layer["annotations"]["dev.cosignproject.cosign/signature"].as_str().unwrap();
+        let signature = base64::engine::general_purpose::STANDARD.decode(signature).unwrap();
+        let signature_file = ws.write(&format!("signature-{i}"), signature);
+        let verified = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify", key.to_str().unwrap(), "-signature"])
+            .arg(&signature_file)
+            .arg(&payload)
+            .output()
+            .unwrap();
+        if !verified.status.success() {
+            continue;
+        }
+        let claims: Value = serde_json::from_slice(&fs::read(&payload).unwrap()).unwrap();
+        assert_eq!(claims["critical"]["image"]["docker-manifest-digest"], digest);
+        out.push(claims["critical"]["identity"]["docker-reference"].as_str().unwrap().to_string());
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn registry_to_registry_copy_keeps_every_referrer_and_signs_for_the_new_repository() {
+    if !(require_tool("skopeo") && require_tool("openssl") && require_tool("curl")) {
+        return;
+    }
+    let Some(first) = registry::open() else { return };
+    let second = match Registry::start("second", false) {
+        Ok(reg) => reg,
+        Err(why) if support::in_ci() => panic!("{why}"),
+        Err(why) => return eprintln!("SKIP: {why}"),
+    };
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "relay");
+    let from_repo = first.fresh_repo();
+    let to_repo = second.fresh_repo();
+    let key = ws.path("key.pub");
+    kiln.run(&["push", "app:1", &format!("{}/{from_repo}", first.host)])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["https://", &first.host]);
+    kiln.run(&[
+        "push",
+        "app:1",
+        &format!("{}/{from_repo}", first.host),
+        "--insecure-registry",
+        &first.host,
+    ])
+    .ok();
+    // The build's signature names the image by its name only.
+    assert_eq!(cosign_signed_repositories(first, &from_repo, &digest, &key), ["app"]);
+
+    let report = kiln
+        .run(&[
+            "--json",
+            "copy",
+            &digest,
+            "--from",
+            &format!("docker://{}/{from_repo}", first.host),
+            "--to",
+            &format!("docker://{}/{to_repo}:1", second.host),
+            "--sign",
+            ws.path("key.key").to_str().unwrap(),
+            "--insecure-registry",
+            &first.host,
+            "--insecure-registry",
+            &second.host,
+        ])
+        .ok()
+        .json();
+    assert_eq!(report["pulled"]["referrers"], 3, "{report}");
+    // The three it had, plus the new repository's signatures of the index and its manifest.
+    assert_eq!(report["pushed"]["referrers"], 5, "{report}");
+    let new_name = format!("{}/{to_repo}", second.host);
+    assert_eq!(
+        cosign_signed_repositories(&second, &to_repo, &digest, &key),
+        [new_name.clone(), "app".to_string()]
+    );
+
+    let pulled = kiln_at(&ws, &ws.store("from-second"));
+    let report = pulled
+        .run(&[
+            "--json",
+            "pull",
+            &format!("{new_name}@{digest}"),
+            "--tag",
+            "app:1",
+            "--insecure-registry",
+            &second.host,
+        ])
+        .ok()
+        .json();
+    assert_eq!(report["referrers"], 5, "{report}");
+    pulled
+        .run(&["verify", "app:1", "--key", key.to_str().unwrap(), "--require", "sbom,provenance"])
+        .ok();
+    pulled.run(&["store", "check"]).ok();
+}

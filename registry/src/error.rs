@@ -105,6 +105,17 @@ pub enum RegistryError {
     )]
     IndexContention { url: String, attempts: u32 },
 
+    /// The scratch store of a registry-to-registry copy could not be made.
+    #[error("cannot make a scratch store for the copy in the temporary folder")]
+    Scratch {
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Signing for the destination failed.
+    #[error(transparent)]
+    Attest(#[from] kiln_attest::AttestError),
+
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -132,7 +143,7 @@ impl RegistryError {
     pub fn is_integrity(&self) -> bool {
         match self {
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => true,
-            RegistryError::Store(e) => {
+            RegistryError::Store(e) | RegistryError::Attest(kiln_attest::AttestError::Store(e)) => {
                 matches!(e, StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })
             }
             _ => false,

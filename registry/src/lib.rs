@@ -6,6 +6,7 @@
 //! Written on reqwest rather than a client crate: see docs/design.md, "Registries".
 
 pub mod client;
+pub mod copy;
 pub mod credentials;
 pub mod error;
 pub mod pull;
