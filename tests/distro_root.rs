@@ -134,3 +134,74 @@ fn a_tree_with_host_metadata_keeps_modes_and_owners_and_the_lock_pins_them() {
     lchown(ws.path("recipe/rootfs/etc/shadow"), Some(0), Some(7)).unwrap();
     kiln.run(&["build", "--locked", normal.to_str().unwrap()]).ok();
 }
+
+/// Makes a device node or FIFO at `path` with `mknod`.
+fn mknod(path: &Path, args: &[&str]) {
+    let mut all = vec![path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    sh("mknod", &all);
+}
+
+#[test]
+fn devices_come_only_from_an_input_that_says_so() {
+    if !require_tool("umoci") || !require_tool("cpio") || !require_tool("tar") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIP: only root can make device nodes");
+        return;
+    }
+    let ws = Workspace::new();
+    let root = ws.mkdir("recipe/rootfs");
+    ws.write("recipe/rootfs/etc/motd", "hi\n");
+    ws.mkdir("recipe/rootfs/dev");
+    ws.mkdir("recipe/rootfs/run");
+    mknod(&root.join("dev/null"), &["-m", "666", "c", "1", "3"]);
+    mknod(&root.join("dev/loop0"), &["-m", "660", "b", "7", "0"]);
+    lchown(root.join("dev/loop0"), Some(0), Some(6)).unwrap();
+    mknod(&root.join("run/initctl"), &["-m", "600", "p"]);
+    let tarball = ws.path("recipe/root.tar.gz");
+    sh(
+        "tar",
+        &["--numeric-owner", "-czf", tarball.to_str().unwrap(), "-C", root.to_str().unwrap(), "."],
+    );
+    let host = disk_listing(&root, 0o7777);
+    assert!(host.contains(&"dev/null 666 0:0 char 1:3".to_string()), "{host:#?}");
+
+    // Refused by default, naming the path and the option, with nothing stored.
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    let tree = recipe(&ws, "tree", ", host-metadata = true");
+    kiln.run(&["build", tree.to_str().unwrap()])
+        .fails_with(1)
+        .stderr_has(&["rootfs/dev/loop0 is a device node", "devices = true"]);
+    let tar_recipe = |name: &str, options: &str| {
+        ws.write(
+            &format!("recipe/{name}.toml"),
+            format!(
+                "[image]\nname = \"{name}\"\nversion = \"1\"\n\n[[layer]]\nname = \"root\"\n\
+                 tarballs = [{{ src = \"root.tar.gz\", dest = \"/\"{options} }}]\n\n\
+                 [disk]\nsize = \"8MiB\"\nformats = [\"initramfs\"]\n"
+            ),
+        )
+    };
+    let tar = tar_recipe("tar", "");
+    kiln.run(&["build", tar.to_str().unwrap()]).fails_with(1).stderr_has(&[
+        "root.tar.gz",
+        "\"./dev/loop0\" is a device node",
+        "devices = true",
+    ]);
+    assert!(support::blobs(&store).is_empty(), "a refused build stored blobs");
+
+    // Allowed, they reach the image and the disk as they are on the host.
+    let tree = recipe(&ws, "tree-devices", ", host-metadata = true, devices = true");
+    let (oci, disk) = unpack_both(&ws, &kiln, &store, &tree);
+    assert_eq!(disk_listing(&oci, 0o7777), host, "umoci unpack differs from the host tree");
+    assert_eq!(disk_listing(&disk, 0o7777), host, "the initramfs differs from the host tree");
+    let lock = fs::read_to_string(ws.path("recipe/tree-devices.lock")).unwrap();
+    assert!(lock.contains("devices = true"), "{lock}");
+    let tar = tar_recipe("tar-devices", ", devices = true");
+    let (oci, disk) = unpack_both(&ws, &kiln, &store, &tar);
+    assert_eq!(disk_listing(&oci, 0o7777), host, "umoci unpack differs from the host tree");
+    assert_eq!(disk_listing(&disk, 0o7777), host, "the initramfs differs from the host tree");
+}

@@ -142,7 +142,7 @@ fn fifo_in_tree_is_rejected() {
     let fifo = ws.path("recipe/tree/pipe");
     sh("mkfifo", &[fifo.to_str().expect("utf-8")]);
     let r = recipe(&ws, "trees = [{ src = \"tree\", dest = \"/\" }]");
-    rejects(&ws, &r, Some(EXIT_ERROR), &["pipe"]);
+    rejects(&ws, &r, Some(EXIT_ERROR), &["tree/pipe is a FIFO", "devices = true"]);
 }
 
 #[test]
@@ -159,7 +159,7 @@ fn device_node_in_tree_is_rejected() {
         return;
     }
     let r = recipe(&ws, "trees = [{ src = \"tree\", dest = \"/\" }]");
-    rejects(&ws, &r, Some(EXIT_ERROR), &["null"]);
+    rejects(&ws, &r, Some(EXIT_ERROR), &["tree/null is a device node", "devices = true"]);
 }
 
 fn tarball_recipe(ws: &Workspace, bytes: Vec<u8>, name: &str) -> PathBuf {

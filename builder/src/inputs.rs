@@ -19,7 +19,7 @@ use crate::host_file::HostFile;
 use crate::image_path::{ImagePath, ImagePathError};
 use crate::recipe::{LayerSpec, Location, Ownership, TreeSpec};
 use crate::tarball::{Member, Spool};
-use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
+use crate::tree::{Content, Device, Entry, EntryKind, Meta, Tree, TreeError};
 use scan::{Found, HostMeta, Listing, What};
 
 /// What kind of input a lock entry pins.
@@ -47,6 +47,10 @@ pub struct Input {
     /// says `host-metadata = true`). Written only when true.
     #[serde(default, rename = "host-metadata", skip_serializing_if = "std::ops::Not::not")]
     pub host_metadata: bool,
+    /// For a tree or tarball: device nodes and FIFOs are imported (the recipe says
+    /// `devices = true`). Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub devices: bool,
 }
 
 /// Why an input could not be read or is not allowed.
@@ -54,8 +58,10 @@ pub struct Input {
 pub enum InputError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {kind} are not allowed in a tree; declare devices in the recipe instead")]
-    SpecialFile { path: PathBuf, kind: &'static str },
+    #[error("{path} is a {kind}: a tree imports device nodes and FIFOs only when it says `devices = true`")]
+    Device { path: PathBuf, kind: &'static str },
+    #[error("{path} is a socket, which no image can hold")]
+    Socket { path: PathBuf },
     #[error("{path}: relative symlink target {target:?} leaves the tree {tree}; make it absolute, or declare it in `symlinks`")]
     SymlinkEscapes { path: PathBuf, target: String, tree: String },
     #[error("{path}: file name is not valid UTF-8")]
@@ -147,9 +153,12 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
     for t in &spec.trees {
         let (digest, scanned) = scan_tree(t, cache)?;
         let ids = [t.uid.to_le_bytes(), t.gid.to_le_bytes()];
-        // Only a tree that keeps host metadata says so, so other declarations hash as before.
+        // Only a tree that keeps host metadata or devices says so, so other declarations hash
+        // as before.
         let host: &[&[u8]] = if t.host_metadata { &[b"host-metadata"] } else { &[] };
-        let fields: Vec<&[u8]> = ids.iter().map(|i| &i[..]).chain(host.iter().copied()).collect();
+        let devices: &[&[u8]] = if t.devices { &[b"devices"] } else { &[] };
+        let fields: Vec<&[u8]> =
+            ids.iter().map(|i| &i[..]).chain(host.iter().chain(devices).copied()).collect();
         declared.item(b"tree", &t.dest, None, &fields);
         declared.digest(&digest);
         inputs.push(Input {
@@ -158,13 +167,15 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             digest,
             executable: false,
             host_metadata: t.host_metadata,
+            devices: t.devices,
         });
         steps.push((t.at.clone(), Step::Tree(scanned)));
     }
     for t in &spec.tarballs {
         let (content, _) = hash_file(t.src.abs(), cache)?;
         let tarball = t.src.rel().to_string();
-        declared.item(b"tarball", &t.dest, None, &[]);
+        let devices: &[&[u8]] = if t.devices { &[b"devices"] } else { &[] };
+        declared.item(b"tarball", &t.dest, None, devices);
         declared.digest(&content.digest());
         inputs.push(Input {
             kind: InputKind::Tarball,
@@ -172,10 +183,11 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             digest: content.digest(),
             executable: false,
             host_metadata: false,
+            devices: t.devices,
         });
         let reader = crate::tarball::open(t.src.abs())
             .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;
-        let (members, spool) = crate::tarball::read_members(reader, &tarball)?;
+        let (members, spool) = crate::tarball::read_members(reader, &tarball, t.devices)?;
         let step = Step::Tarball { dest: t.dest.clone(), members, spool: Some(spool) };
         steps.push((t.at.clone(), step));
     }
@@ -189,6 +201,7 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
             digest: content.digest(),
             executable: exec,
             host_metadata: false,
+            devices: false,
         });
         let meta = meta(&f.owner, normal_mode(exec));
         steps.push((f.at.clone(), Step::Insert(f.dest.clone(), EntryKind::File(content), meta)));
@@ -374,6 +387,8 @@ enum Kept {
         exec: bool,
         hashed: Hashed,
     },
+    /// A device node or FIFO, from a tree that allows them.
+    Device(Device),
     /// A further name of a file met earlier in the walk, whose image path is `first`.
     HardLink {
         exec: bool,
@@ -386,7 +401,7 @@ enum Kept {
 /// Worker threads list and hash (see [`scan`]); the listings are taken here in sorted
 /// depth-first order, so neither directory order on disk nor thread timing matters.
 fn scan_tree(spec: &TreeSpec, cache: &mut HashCache) -> Result<(Digest, ScannedTree), InputError> {
-    let TreeSpec { src, dest, uid, gid, host_metadata, .. } = spec;
+    let TreeSpec { src, dest, uid, gid, host_metadata, devices, .. } = spec;
     let root = if *host_metadata {
         let md = fs::symlink_metadata(src.abs())
             .map_err(|source| InputError::Io { path: src.abs().to_path_buf(), source })?;
@@ -493,9 +508,24 @@ fn scan_tree(spec: &TreeSpec, cache: &mut HashCache) -> Result<(Digest, ScannedT
                             Kept::File { exec, hashed }
                         }
                     }
-                    What::Special(kind) => {
-                        return Err(InputError::SpecialFile { path: host(), kind })
+                    What::Device(device) if *devices => {
+                        let mode = meta_text(meta, "644");
+                        let what = device.describe();
+                        listing.line(&[
+                            b"n ",
+                            mode.as_bytes(),
+                            b" ",
+                            rel.as_bytes(),
+                            b"\0",
+                            what.as_bytes(),
+                        ]);
+                        Kept::Device(device)
                     }
+                    What::Device(device) => {
+                        let kind = if device == Device::Fifo { "FIFO" } else { "device node" };
+                        return Err(InputError::Device { path: host(), kind });
+                    }
+                    What::Socket => return Err(InputError::Socket { path: host() }),
                     What::Failed(source) => return Err(InputError::Io { path: host(), source }),
                 };
                 kept.push((range, entry, meta));
@@ -577,6 +607,10 @@ impl LayerBuilder<'_> {
                     Kept::HardLink { exec, first } => {
                         let link = EntryKind::HardLink(first.clone());
                         self.insert(image, link, owner(kept_meta, normal_mode(*exec)))?
+                    }
+                    Kept::Device(device) => {
+                        let meta = owner(kept_meta, 0o644);
+                        self.insert(image, EntryKind::Device(*device), meta)?
                     }
                 }
             }

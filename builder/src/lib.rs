@@ -41,4 +41,4 @@ pub use layer::{write_layer, LayerBlob, LayerError};
 pub use lock::Lock;
 pub use recipe::{Recipe, RecipeError};
 pub use tar::{write_tar, TarError};
-pub use tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
+pub use tree::{Content, Device, Entry, EntryKind, Meta, Tree, TreeError};

@@ -235,6 +235,8 @@ pub struct TreeSpec {
     /// Keep each entry's permission bits (special bits included) and numeric owner as the
     /// host has them, instead of 0755/0644 and `uid`/`gid`: for a root filesystem.
     pub host_metadata: bool,
+    /// Import device nodes and FIFOs (refused otherwise).
+    pub devices: bool,
     /// Where the recipe declares it, for errors found when the layer is made.
     pub at: Location,
 }
@@ -244,6 +246,8 @@ pub struct TreeSpec {
 pub struct TarballSpec {
     pub src: SourcePath,
     pub dest: ImagePath,
+    /// Import device nodes and FIFOs (refused otherwise).
+    pub devices: bool,
     /// Where the recipe declares it, for errors found when the layer is made.
     pub at: Location,
 }

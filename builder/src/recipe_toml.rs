@@ -145,6 +145,8 @@ struct RawTree {
     gid: Option<S<i64>>,
     #[serde(rename = "host-metadata")]
     host_metadata: Option<S<bool>>,
+    #[serde(default)]
+    devices: bool,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +155,8 @@ struct RawTarball {
     src: S<String>,
     #[serde(default = "root_dest")]
     dest: S<String>,
+    #[serde(default)]
+    devices: bool,
 }
 
 /// Bytes in `"64MiB"`, `"1GiB"`, `"512KiB"`, `"1048576"` (binary units only).
@@ -576,6 +580,7 @@ impl Context<'_> {
                 uid: self.id("uid", &t.uid)?,
                 gid: self.id("gid", &t.gid)?,
                 host_metadata,
+                devices: t.devices,
             });
         }
         for t in &raw.tarballs {
@@ -590,6 +595,7 @@ impl Context<'_> {
                 at: (self.locate)(t.src.span().start),
                 src,
                 dest: self.image_path(&t.dest)?,
+                devices: t.devices,
             });
         }
         Ok(spec)

@@ -250,6 +250,7 @@ mod tests {
                     EntryKind::File(Content::Host { .. }) => "host".to_string(),
                     EntryKind::Symlink(t) => format!("-> {t}"),
                     EntryKind::HardLink(t) => format!("link {}", t.as_str()),
+                    EntryKind::Device(d) => d.describe(),
                 };
                 format!("{} {what}", path.as_str())
             })

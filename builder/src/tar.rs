@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use crate::host_file::{self, HostFileError, StreamError};
 use crate::image_path::ImagePath;
-use crate::tree::{Content, Entry, EntryKind, Tree};
+use crate::tree::{Content, Device, Entry, EntryKind, Tree};
 
 const BLOCK: usize = 512;
 const NAME_LEN: usize = 100;
@@ -62,6 +62,9 @@ fn write_entry<W: Write>(
         EntryKind::File(content) => (b'0', None, content.size()),
         EntryKind::Symlink(target) => (b'2', Some(target.as_str()), 0),
         EntryKind::HardLink(target) => (b'1', Some(target.as_str()), 0),
+        EntryKind::Device(Device::Char { .. }) => (b'3', None, 0),
+        EntryKind::Device(Device::Block { .. }) => (b'4', None, 0),
+        EntryKind::Device(Device::Fifo) => (b'6', None, 0),
     };
     let name = match entry.kind {
         EntryKind::Dir => format!("{}/", path.as_str()),
@@ -99,6 +102,12 @@ fn write_entry<W: Write>(
     header.put_octal(MODE, u64::from(meta.mode & 0o7777));
     header.put_octal(MTIME, mtime);
     header.set_typeflag(typeflag);
+    if let EntryKind::Device(device) = &entry.kind {
+        // Linux's limits (checked when the device was read) fit the 7 octal digits.
+        let (major, minor) = device.major_minor();
+        header.put_octal(DEVMAJOR, major.into());
+        header.put_octal(DEVMINOR, minor.into());
+    }
 
     if !pax.is_empty() {
         let base = path.as_str().rsplit('/').next().unwrap_or_default();

@@ -1,5 +1,6 @@
 //! Reading existing tarballs (plain, gzip or zstd) as layer inputs, refusing anything that
-//! could write outside the image root or create devices, and anything damaged: a member whose
+//! could write outside the image root, devices unless the recipe allows them, and anything
+//! damaged: a member whose
 //! data is not its declared size, a size or id that is not a number, a compressed stream that
 //! fails its checksum or has no end.
 
@@ -12,7 +13,7 @@ use std::rc::Rc;
 use crate::host_file::HostFile;
 use crate::image_path::ImagePath;
 use crate::inputs::InputError;
-use crate::tree::{Content, EntryKind, Meta};
+use crate::tree::{Content, Device, EntryKind, Meta};
 
 /// One accepted member of a tarball, with its path relative to where it is unpacked.
 #[derive(Debug)]
@@ -156,6 +157,7 @@ impl<R: Read> Read for Budget<R> {
 pub fn read_members(
     reader: Box<dyn Read>,
     tarball: &str,
+    devices: bool,
 ) -> Result<(Vec<Member>, Spool), InputError> {
     let io_err = |source| InputError::Tarball { tarball: tarball.to_string(), source };
     let mut spool = Spool::new().map_err(io_err)?;
@@ -205,10 +207,35 @@ pub fn read_members(
             let target =
                 entry.link_name_bytes().ok_or_else(|| refuse("is a hard link without a target"))?;
             EntryKind::HardLink(member_path(&target, tarball)?)
-        } else if entry_type.is_character_special() || entry_type.is_block_special() {
-            return Err(refuse("is a device node; declare devices in the recipe instead"));
-        } else if entry_type.is_fifo() {
-            return Err(refuse("is a FIFO, which images do not carry"));
+        } else if entry_type.is_character_special()
+            || entry_type.is_block_special()
+            || entry_type.is_fifo()
+        {
+            if !devices {
+                let kind = if entry_type.is_fifo() { "FIFO" } else { "device node" };
+                return Err(refuse(&format!(
+                    "is a {kind}: a tarball imports device nodes and FIFOs only when it says \
+                     `devices = true`"
+                )));
+            }
+            if entry_type.is_fifo() {
+                // A FIFO has no numbers; GNU tar leaves their fields blank.
+                EntryKind::Device(Device::Fifo)
+            } else {
+                let number = |n: io::Result<Option<u32>>| {
+                    n.map_err(|e| refuse(&format!("has unreadable device numbers: {e}")))
+                        .map(Option::unwrap_or_default)
+                };
+                let (major, minor) =
+                    (number(header.device_major())?, number(header.device_minor())?);
+                let (major, minor) = Device::numbers(major.into(), minor.into())
+                    .map_err(|e| refuse(&format!("has {e}")))?;
+                EntryKind::Device(if entry_type.is_block_special() {
+                    Device::Block { major, minor }
+                } else {
+                    Device::Char { major, minor }
+                })
+            }
         } else if entry_type.is_gnu_sparse() {
             return Err(refuse("is a sparse file, which kiln does not unpack"));
         } else {

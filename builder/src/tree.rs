@@ -64,6 +64,73 @@ pub enum EntryKind {
     Symlink(String),
     /// A hard link to an earlier regular file of the same layer.
     HardLink(ImagePath),
+    /// A device node or FIFO, taken only from an input that says `devices = true`.
+    Device(Device),
+}
+
+/// A device node's kind and numbers, or a FIFO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Char { major: u32, minor: u32 },
+    Block { major: u32, minor: u32 },
+    Fifo,
+}
+
+/// Why device numbers were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("device numbers {major}:{minor} are beyond Linux's (major below 4096, minor below 2^20)")]
+pub struct DeviceNumbersError {
+    pub major: u64,
+    pub minor: u64,
+}
+
+impl Device {
+    /// The largest major number Linux has.
+    pub const MAX_MAJOR: u32 = (1 << 12) - 1;
+    /// The largest minor number Linux has.
+    pub const MAX_MINOR: u32 = (1 << 20) - 1;
+
+    /// Checks numbers read from an input against Linux's limits, which every format
+    /// kiln writes can hold.
+    pub fn numbers(major: u64, minor: u64) -> Result<(u32, u32), DeviceNumbersError> {
+        match (u32::try_from(major), u32::try_from(minor)) {
+            (Ok(a), Ok(i)) if a <= Self::MAX_MAJOR && i <= Self::MAX_MINOR => Ok((a, i)),
+            _ => Err(DeviceNumbersError { major, minor }),
+        }
+    }
+
+    /// Major and minor number (0 and 0 for a FIFO).
+    pub fn major_minor(self) -> (u32, u32) {
+        match self {
+            Device::Char { major, minor } | Device::Block { major, minor } => (major, minor),
+            Device::Fifo => (0, 0),
+        }
+    }
+
+    /// The file type bits of `st_mode` (`S_IFCHR`, `S_IFBLK`, `S_IFIFO`).
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Device::Char { .. } => 0o020_000,
+            Device::Block { .. } => 0o060_000,
+            Device::Fifo => 0o010_000,
+        }
+    }
+
+    /// The device number in Linux's 32-bit encoding (`new_encode_dev`), as erofs and
+    /// squashfs store it.
+    pub fn encoded(self) -> u32 {
+        let (major, minor) = self.major_minor();
+        (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+    }
+
+    /// A short name for messages and digests.
+    pub fn describe(self) -> String {
+        match self {
+            Device::Char { major, minor } => format!("char {major}:{minor}"),
+            Device::Block { major, minor } => format!("block {major}:{minor}"),
+            Device::Fifo => "fifo".to_string(),
+        }
+    }
 }
 
 /// One path in a layer.

@@ -85,6 +85,7 @@ pub fn model_listing(t: &Tree, mask: u32) -> Vec<String> {
                 EntryKind::File(Content::Host(host)) => format!("file {}", host.digest),
                 EntryKind::Symlink(to) => format!("symlink {to}"),
                 EntryKind::HardLink(_) => unreachable!("links point at files"),
+                EntryKind::Device(device) => device.describe(),
             };
             let mode = if matches!(target.kind, EntryKind::Symlink(_)) {
                 0o777

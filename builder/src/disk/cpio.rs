@@ -108,6 +108,11 @@ pub fn write_cpio<W: Write>(tree: &Tree, epoch: Epoch, out: W) -> Result<u64, Cp
                 }
                 out.pad4()?;
             }
+            EntryKind::Device(device) => {
+                let (major, minor) = device.major_minor();
+                let f = [next, device.type_bits() | perm, m.uid, m.gid, 1, mtime, major, minor];
+                out.header(path.as_str(), f, 0)?;
+            }
             EntryKind::HardLink(target) => {
                 let ino = inos.get(target).copied().unwrap_or(next);
                 let links = nlink.get(target).copied().unwrap_or(1);

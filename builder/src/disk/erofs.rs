@@ -16,7 +16,7 @@ use kiln_oci::digest::Sha256;
 use crate::epoch::Epoch;
 use crate::host_file::{self, HostFile, HostFileError, StreamError};
 use crate::image_path::ImagePath;
-use crate::tree::{Content, EntryKind, Tree};
+use crate::tree::{Content, Device, EntryKind, Tree};
 
 const BLOCK: u64 = 4096;
 const BLOCK_BITS: u8 = 12;
@@ -30,6 +30,9 @@ const LAYOUT_FLAT_PLAIN: u16 = 0;
 const LAYOUT_FLAT_INLINE: u16 = 2;
 const FT_REG: u8 = 1;
 const FT_DIR: u8 = 2;
+const FT_CHRDEV: u8 = 3;
+const FT_BLKDEV: u8 = 4;
+const FT_FIFO: u8 = 5;
 const FT_SYMLINK: u8 = 7;
 const S_IFREG: u32 = 0o100_000;
 const S_IFDIR: u32 = 0o040_000;
@@ -75,6 +78,8 @@ enum Data<'a> {
     Dir(Vec<Dirent>),
     File(&'a Content),
     Symlink(&'a [u8]),
+    /// A device node or FIFO: no data, its encoded device number in the inode.
+    Device(u32),
 }
 
 struct Dirent {
@@ -244,6 +249,7 @@ impl<'a> ErofsPlan<'a> {
                 Data::File(Content::Bytes(bytes)) => sink.write(&bytes[..whole as usize])?,
                 Data::Symlink(target) => sink.write(&target[..whole as usize])?,
                 Data::Dir(entries) => sink.write(&dir_bytes(entries, &nodes, whole))?,
+                Data::Device(_) => {}
             }
             sink.pad(whole)?;
         }
@@ -286,6 +292,10 @@ pub fn volume_uuid(tree: &Tree, epoch: Epoch) -> [u8; 16] {
             EntryKind::HardLink(target) => {
                 field(b"hardlink");
                 field(target.as_str().as_bytes());
+            }
+            EntryKind::Device(device) => {
+                field(b"device");
+                field(device.describe().as_bytes());
             }
         }
     }
@@ -355,6 +365,21 @@ fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, ErofsError> {
                 };
                 nodes[file].nlink += 1;
                 (file, FT_REG)
+            }
+            EntryKind::Device(device) => {
+                nodes.push(Node {
+                    mode: device.type_bits() | (m & 0o7777),
+                    nlink: 1,
+                    data: Data::Device(device.encoded()),
+                    xattrs,
+                    ..dir_node(path.clone(), 0, uid, gid)
+                });
+                let file_type = match device {
+                    Device::Char { .. } => FT_CHRDEV,
+                    Device::Block { .. } => FT_BLKDEV,
+                    Device::Fifo => FT_FIFO,
+                };
+                (nodes.len() - 1, file_type)
             }
         };
         index.insert(path, node);
@@ -442,6 +467,7 @@ fn tail_bytes(node: &Node<'_>, nodes: &[Node<'_>]) -> Result<Vec<u8>, ErofsError
     Ok(match &node.data {
         Data::Dir(entries) => dir_bytes_all(entries, nodes)[from..].to_vec(),
         Data::Symlink(target) => target[from..].to_vec(),
+        Data::Device(_) => Vec::new(),
         Data::File(Content::Bytes(bytes)) => bytes[from..].to_vec(),
         Data::File(Content::Host(file)) => {
             let mut buf = Vec::new();
@@ -548,7 +574,11 @@ fn inode(b: &mut [u8], node: &Node<'_>, build_time: u64) {
         n => ((n - XATTR_HEADER) / 4 + 1) as u16,
     };
     put16(b, 2, icount);
-    let raw_blkaddr = node.blkaddr as u32;
+    // The inode's union holds the device number of a device node, else the data's block.
+    let raw_blkaddr = match node.data {
+        Data::Device(rdev) => rdev,
+        _ => node.blkaddr as u32,
+    };
     if node.extended() {
         put16(b, 0, 1 | (layout << 1));
         put16(b, 4, node.mode as u16);

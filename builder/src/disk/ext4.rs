@@ -35,7 +35,8 @@ use kiln_oci::Digest;
 use crate::epoch::Epoch;
 use crate::host_file::{self, HostFileError, StreamError};
 use crate::image_path::ImagePath;
-use crate::tree::{Content, Entry, EntryKind, Tree};
+use crate::tree::{Content, Device, Entry, EntryKind, Tree};
+use rustix::fs::{FileType, Mode};
 
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
@@ -350,7 +351,7 @@ fn geometry(plan: &Plan<'_>) -> (u64, u64) {
                 }
             }
             EntryKind::Symlink(target) => data += u64::from(target.len() >= 60),
-            EntryKind::Dir | EntryKind::HardLink(_) => {}
+            EntryKind::Dir | EntryKind::HardLink(_) | EntryKind::Device(_) => {}
         }
         let xattrs: usize = node.entry.meta.xattrs.iter().map(|(n, v)| xattr_entry(n, v)).sum();
         if xattrs > XATTR_INODE_SPACE {
@@ -462,6 +463,10 @@ fn listing_digest(tree: &Tree, epoch: Epoch) -> Digest {
                 field(&mut h, b"hardlink");
                 field(&mut h, target.as_str().as_bytes());
             }
+            EntryKind::Device(device) => {
+                field(&mut h, b"device");
+                field(&mut h, device.describe().as_bytes());
+            }
         }
     }
     h.finish()
@@ -506,6 +511,18 @@ fn stage(tree: &Tree, root: &Path) -> Result<(), Ext4Error> {
             }
             EntryKind::HardLink(target) => {
                 fs::hard_link(root.join(target.as_str()), &staged).map_err(fail(path, &staged))?;
+            }
+            EntryKind::Device(device) => {
+                // mke2fs copies the node with its numbers (making a device node takes root).
+                let (major, minor) = device.major_minor();
+                let file_type = match device {
+                    Device::Char { .. } => FileType::CharacterDevice,
+                    Device::Block { .. } => FileType::BlockDevice,
+                    Device::Fifo => FileType::Fifo,
+                };
+                let dev = rustix::fs::makedev(major, minor);
+                rustix::fs::mknodat(rustix::fs::CWD, &staged, file_type, Mode::RUSR, dev)
+                    .map_err(|e| fail(path, &staged)(e.into()))?;
             }
             EntryKind::File(content) => {
                 let file = OpenOptions::new()
@@ -575,6 +592,7 @@ fn mode_of(entry: &Entry) -> u32 {
         EntryKind::Dir => 0o040_000 | (entry.meta.mode & 0o7777),
         EntryKind::Symlink(_) => 0o120_777,
         EntryKind::File(_) | EntryKind::HardLink(_) => 0o100_000 | (entry.meta.mode & 0o7777),
+        EntryKind::Device(device) => device.type_bits() | (entry.meta.mode & 0o7777),
     }
 }
 
@@ -598,6 +616,7 @@ fn verify(tools: &Tools<'_>, image: &Path, plan: &Plan<'_>) -> Result<(), Ext4Er
                 let size = match &entry.kind {
                     EntryKind::File(content) => Some(content.size()),
                     EntryKind::Symlink(target) => Some(target.len() as u64),
+                    EntryKind::Device(_) => Some(0),
                     EntryKind::Dir | EntryKind::HardLink(_) => None,
                 };
                 (mode_of(entry), entry.meta.uid, entry.meta.gid, size)

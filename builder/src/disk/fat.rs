@@ -356,6 +356,12 @@ fn collect(tree: &Tree) -> Result<Vec<Node<'_>>, FatError> {
             EntryKind::Symlink(_) => {
                 return Err(FatError::Unsupported { path: path.clone(), kind: "symbolic link" })
             }
+            EntryKind::Device(_) => {
+                return Err(FatError::Unsupported {
+                    path: path.clone(),
+                    kind: "device node or FIFO",
+                })
+            }
         };
         let size = content.map_or(0, Content::size);
         if size > u64::from(u32::MAX) {

@@ -23,7 +23,7 @@ use crate::compress::incompressible;
 use crate::epoch::Epoch;
 use crate::host_file::{self, HostFileError, StreamError};
 use crate::image_path::ImagePath;
-use crate::tree::{Content, EntryKind, Meta, Tree};
+use crate::tree::{Content, Device, EntryKind, Meta, Tree};
 use crate::workers;
 
 const MAGIC: u32 = 0x7371_7368;
@@ -59,9 +59,15 @@ const MAX_FILE: u64 = (i32::MAX as u64) * BLOCK as u64;
 const T_DIR: u16 = 1;
 const T_FILE: u16 = 2;
 const T_SYMLINK: u16 = 3;
+const T_BLKDEV: u16 = 4;
+const T_CHRDEV: u16 = 5;
+const T_FIFO: u16 = 6;
 const T_LDIR: u16 = 8;
 const T_LFILE: u16 = 9;
 const T_LSYMLINK: u16 = 10;
+const T_LBLKDEV: u16 = 11;
+const T_LCHRDEV: u16 = 12;
+const T_LFIFO: u16 = 13;
 
 /// Why a squashfs image could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +220,7 @@ enum Kind<'a> {
     /// The index of the file's content in `Model::contents` and its size.
     File(usize, u64),
     Symlink(&'a [u8]),
+    Device(Device),
 }
 
 struct Node<'a> {
@@ -368,6 +375,10 @@ fn collect(tree: &Tree) -> Result<Model<'_>, SquashfsError> {
                 };
                 nodes[file].nlink += 1;
                 file
+            }
+            EntryKind::Device(device) => {
+                nodes.push(interner.node(path, &entry.meta, Kind::Device(*device), 1)?);
+                nodes.len() - 1
             }
         };
         index.insert(path, node);
@@ -859,6 +870,25 @@ impl Tables {
                         put32(&mut b, &[node.xattr]);
                     }
                 }
+                Kind::Device(device) => {
+                    let extended = node.xattr != NONE32;
+                    let kind = match (device, extended) {
+                        (Device::Block { .. }, false) => T_BLKDEV,
+                        (Device::Char { .. }, false) => T_CHRDEV,
+                        (Device::Fifo, false) => T_FIFO,
+                        (Device::Block { .. }, true) => T_LBLKDEV,
+                        (Device::Char { .. }, true) => T_LCHRDEV,
+                        (Device::Fifo, true) => T_LFIFO,
+                    };
+                    header(&mut b, kind);
+                    put32(&mut b, &[node.nlink]);
+                    if *device != Device::Fifo {
+                        put32(&mut b, &[device.encoded()]);
+                    }
+                    if extended {
+                        put32(&mut b, &[node.xattr]);
+                    }
+                }
             }
             refs[i] = inodes.reference();
             inodes.put(&b)?;
@@ -912,6 +942,9 @@ fn entry_type(node: &Node<'_>) -> u16 {
         Kind::Dir(_) => T_DIR,
         Kind::File(..) => T_FILE,
         Kind::Symlink(_) => T_SYMLINK,
+        Kind::Device(Device::Block { .. }) => T_BLKDEV,
+        Kind::Device(Device::Char { .. }) => T_CHRDEV,
+        Kind::Device(Device::Fifo) => T_FIFO,
     }
 }
 

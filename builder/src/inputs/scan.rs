@@ -19,6 +19,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Stat};
 
 use super::{hash_host, Hashed, InputError, READ_BUF};
 use crate::hash_cache::{FileStamp, HashCache};
+use crate::tree::Device;
 
 /// More threads than this only contend for the same directories and disk.
 const MAX_WORKERS: usize = 8;
@@ -54,8 +55,10 @@ pub(super) enum What {
     Symlink(PathBuf),
     /// A regular file; `hashed` is its content or why it could not be read.
     File { exec: bool, nlink: u64, inode: (u64, u64), hashed: io::Result<Hashed> },
-    /// A FIFO, socket or device node (named in the plural, for the error message).
-    Special(&'static str),
+    /// A device node or FIFO.
+    Device(Device),
+    /// A socket, which no image can hold.
+    Socket,
     /// `lstat` or `readlink` failed.
     Failed(io::Error),
 }
@@ -329,9 +332,21 @@ fn inspect(
         }
         FileType::Directory => What::Dir(0),
         FileType::Symlink => read_link(dir, name),
-        FileType::Fifo => What::Special("FIFOs"),
-        FileType::Socket => What::Special("sockets"),
-        _ => What::Special("device nodes"),
+        FileType::Fifo => What::Device(Device::Fifo),
+        FileType::Socket => What::Socket,
+        kind @ (FileType::CharacterDevice | FileType::BlockDevice) => {
+            let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+            let (major, minor) = match Device::numbers(major.into(), minor.into()) {
+                Ok(numbers) => numbers,
+                Err(e) => return (What::Failed(io::Error::other(e)), None),
+            };
+            if kind == FileType::BlockDevice {
+                What::Device(Device::Block { major, minor })
+            } else {
+                What::Device(Device::Char { major, minor })
+            }
+        }
+        FileType::Unknown => What::Failed(io::Error::other("a file type kiln does not know")),
     };
     (what, meta)
 }
