@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
+use kiln_attest::known_layers::{DiffIdCheck, KnownLayers};
+use kiln_attest::AttestError;
 use kiln_builder::build::{BlobSink, SinkError};
 use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::LayerBlob;
@@ -33,6 +35,8 @@ pub struct StoreSink<'a> {
     pub lease: Option<&'a Lease>,
     /// Re-hash every blob taken from the store, not only those whose size or date is off.
     pub verify_cache: bool,
+    /// The diff_ids of layer blobs this runner computed, so a cached layer's is checked once.
+    pub known_layers: KnownLayers,
     pub uploaded: usize,
     pub present: usize,
     /// For each layer cache key hit: the trusted key that vouched for its entry, if any.
@@ -52,6 +56,7 @@ impl<'a> StoreSink<'a> {
             cache_trust: None,
             lease: None,
             verify_cache: false,
+            known_layers: KnownLayers::none(),
             uploaded: 0,
             present: 0,
             vouchers: BTreeMap::new(),
@@ -136,6 +141,66 @@ impl<'a> StoreSink<'a> {
         Ok(())
     }
 
+    /// Without trusted keys a layer entry's diff_id is the word of anyone who can write the
+    /// cache; with `--verify-cache` it is checked anyway. Each cached layer's blob must
+    /// decompress to the recorded diff_id (read once per runner, see
+    /// kiln_attest::known_layers); an entry whose does not is refused and its layer built.
+    fn check_diff_ids(
+        &mut self,
+        keys: &[Digest],
+        found: &mut [Option<LayerRecord>],
+    ) -> Result<(), SinkError> {
+        let hits: Vec<(usize, (Descriptor, Digest))> = found
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let r = r.as_ref()?;
+                Some((i, (Descriptor::new(r.media_type.clone(), r.digest, r.size), r.diff_id)))
+            })
+            .collect();
+        let layers: Vec<(Descriptor, Digest)> = hits.iter().map(|(_, l)| l.clone()).collect();
+        let checks = self.runtime.block_on(self.known_layers.check_all(
+            self.store,
+            &layers,
+            self.verify_cache,
+        ));
+        for ((i, (layer, recorded)), check) in hits.into_iter().zip(checks) {
+            let digest = layer.digest;
+            let refusal = match check {
+                Ok(DiffIdCheck::Matches) => continue,
+                Ok(DiffIdCheck::Differs { found }) => {
+                    Refusal::WrongDiffId { digest, recorded, found }
+                }
+                Err(AttestError::Contents(e)) => {
+                    Refusal::UnreadableLayer { digest, error: e.to_string() }
+                }
+                Err(AttestError::Store(e)) if e.is_integrity_failure() => {
+                    // Its size and date looked right, its bytes are not the blob: judged by
+                    // content, so that corrupt bytes are moved aside.
+                    let wanted = Wanted { digest, size: layer.size, vouched: None };
+                    let verdict = self.runtime.block_on(self.store.check_reuse(&[wanted], true))?;
+                    match verdict.into_iter().next() {
+                        Some(Reuse::Quarantined(quarantined)) => {
+                            self.healed.push(quarantined.clone());
+                            Refusal::CorruptBlob { quarantined }
+                        }
+                        Some(Reuse::WrongRecord { size }) => {
+                            Refusal::WrongSize { digest, recorded: layer.size, stored: size }
+                        }
+                        Some(Reuse::Missing) | None => Refusal::MissingBlob { digest },
+                        Some(Reuse::Sound) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.vouchers.remove(&keys[i]);
+            self.present -= 1;
+            self.refused.push((format!("cache/{LAYER_CACHE}/{}", keys[i].hex()), refusal));
+            found[i] = None;
+        }
+        Ok(())
+    }
+
     fn remember(&mut self, record: CacheRecord) -> Result<(), SinkError> {
         let signer = self.cache_signer;
         self.runtime.block_on(self.store.put_cache_entry(record, signer))?;
@@ -178,11 +243,17 @@ impl BlobSink for StoreSink<'_> {
             };
             found.push(layer);
         }
+        if self.cache_trust.is_none() || self.verify_cache {
+            self.check_diff_ids(keys, &mut found)?;
+        }
         Ok(found)
     }
 
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError> {
         self.put_scratch(&layer.path, &layer.digest, layer.size)?;
+        if let Err(e) = self.known_layers.remember(&layer.digest, &layer.diff_id) {
+            kiln_attest::known_layers::warn_unkept(None, &e);
+        }
         self.remember(CacheRecord {
             kind: LAYER_CACHE.to_string(),
             key: *key,

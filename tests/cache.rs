@@ -162,3 +162,32 @@ fn a_build_without_a_signing_key_keeps_the_signed_cache_entries() {
     let trusting = kiln.build(&recipe, &["--trust-cache", &public]);
     assert_eq!(trusting["layers"], json!({ "built": 0, "reused": 3 }), "{trusting:#}");
 }
+
+#[test]
+fn a_cache_entry_with_a_wrong_diff_id_is_rebuilt_not_used() {
+    let (ws, recipe) = workspace();
+    let store = ws.store("s");
+    let runner = Kiln::new(&store);
+    let first = runner.build(&recipe, &[]);
+    // Without trusted keys, anyone who can write cache/ can edit an entry: here one layer's
+    // entry takes another layer's diff_id, which would make a config that lies about it.
+    let poison = || {
+        let entries = cache_entries(&store);
+        let mut entry: Value = serde_json::from_slice(&entries[0].1).unwrap();
+        let other: Value = serde_json::from_slice(&entries[1].1).unwrap();
+        entry["record"]["diffId"] = other["record"]["diffId"].clone();
+        std::fs::write(&entries[0].0, serde_json::to_vec(&entry).unwrap()).unwrap();
+    };
+    // The runner that built the layer, and one that never saw it, both refuse the entry.
+    for kiln in [runner, Kiln::new(&store)] {
+        poison();
+        let again = kiln.build(&recipe, &[]);
+        assert_eq!(digest_of(&again), digest_of(&first), "{again:#}");
+        assert_eq!(again["layers"], json!({ "built": 1, "reused": 2 }), "{again:#}");
+        let ignored = &again["cache"]["ignored"];
+        assert_eq!(ignored.as_array().unwrap().len(), 1, "{again:#}");
+        assert_eq!(ignored[0]["refusal"]["reason"], "wrongDiffId", "{again:#}");
+        let clean = kiln.build(&recipe, &[]);
+        assert_eq!(clean["layers"], json!({ "built": 0, "reused": 3 }), "{clean:#}");
+    }
+}

@@ -13,6 +13,7 @@ pub mod compare;
 pub mod contents;
 pub mod dsse;
 pub mod key;
+pub mod known_layers;
 pub mod provenance;
 pub mod publish;
 pub mod sbom;

@@ -77,6 +77,44 @@ pub async fn read(store: &Store, layer: &Descriptor) -> Result<LayerContents, At
     Ok(LayerContents { diff_id, entries })
 }
 
+/// Recomputes the diff_id of `layer` from the store in one pass, the blob verified on the way,
+/// without listing its entries: what a build checks a cached layer with.
+pub async fn diff_id(store: &Store, layer: &Descriptor) -> Result<Digest, AttestError> {
+    let digest = layer.digest;
+    let mut stream = store.blob_stream(layer).await?;
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    let (hashed_tx, hashed) = oneshot::channel();
+    let media = layer.media_type.clone();
+    std::thread::spawn(move || {
+        let input = Chunks::new(move || raw_rx.blocking_recv());
+        let hash = || {
+            let mut tar = HashingReader::new(contents::decompressor(&media, digest, input)?);
+            std::io::copy(&mut tar, &mut std::io::sink())
+                .map_err(|source| ContentsError::Tar { digest, source })?;
+            Ok::<_, ContentsError>(tar.finish().0)
+        };
+        // The receiver is gone only when the reading task was dropped: nobody wants the result.
+        let _ = hashed_tx.send(hash());
+    });
+    // Read to the end even when decompressing stopped early, so that a damaged blob is
+    // reported as damaged rather than as a bad tar.
+    let mut sink = Some(raw_tx);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if let Some(tx) = &sink {
+            if tx.send(chunk).await.is_err() {
+                sink = None;
+            }
+        }
+    }
+    drop(sink);
+    let hashed = hashed.await.map_err(|_| ContentsError::Tar {
+        digest,
+        source: std::io::Error::other("the decompressing thread stopped"),
+    })?;
+    Ok(hashed?)
+}
+
 /// Decompresses `input` as `media` says into chunks sent to `tar`; false when the listing
 /// thread stopped taking chunks (its error says why).
 fn inflate<R: Read>(
@@ -182,6 +220,19 @@ mod tests {
         assert_eq!(got.diff_id, want.diff_id);
         assert_eq!(got.entries, want.entries);
         assert_eq!(got.entries.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_diff_id_alone_is_what_the_full_read_finds() {
+        let store = Store::open("memory://").unwrap();
+        let bytes = layer(&files());
+        let put = store.put_blob(Bytes::from(bytes)).await.unwrap();
+        let desc = Descriptor::new(media_type::LAYER_TAR_GZIP, put.digest, put.size);
+        let full = read(&store, &desc).await.unwrap();
+        assert_eq!(diff_id(&store, &desc).await.unwrap(), full.diff_id);
+        let not_gzip = store.put_blob(Bytes::from_static(b"not a gzip stream")).await.unwrap();
+        let desc = Descriptor::new(media_type::LAYER_TAR_GZIP, not_gzip.digest, not_gzip.size);
+        assert!(matches!(diff_id(&store, &desc).await, Err(AttestError::Contents(_))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

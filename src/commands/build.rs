@@ -1,6 +1,7 @@
 //! `kiln build`: recipe → image in the store, tagged NAME:VERSION.
 
 use anyhow::Context as _;
+use kiln_attest::known_layers::KnownLayers;
 use kiln_builder::{BuildOptions, Epoch, LockMode, Recipe};
 use kiln_store::{RepoName, Tag};
 use serde_json::json;
@@ -24,12 +25,17 @@ pub fn image_ref(recipe: &Recipe) -> anyhow::Result<(RepoName, Tag)> {
     Ok((name, tag))
 }
 
-/// `$XDG_CACHE_HOME/kiln/file-digests`, else `~/.cache/kiln/file-digests`.
-fn hash_cache_file() -> Option<std::path::PathBuf> {
+/// `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`: what this runner keeps between builds.
+fn runner_cache() -> Option<std::path::PathBuf> {
     let non_empty = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     let base =
         non_empty("XDG_CACHE_HOME").or_else(|| non_empty("HOME").map(|h| h.join(".cache")))?;
-    Some(base.join("kiln/file-digests"))
+    Some(base.join("kiln"))
+}
+
+/// The input file digests this runner remembers.
+fn hash_cache_file() -> Option<std::path::PathBuf> {
+    Some(runner_cache()?.join("file-digests"))
 }
 
 pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
@@ -85,6 +91,8 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     sink.cache_signer = cache_signer.as_ref().map(|k| k as &dyn kiln_store::cache::CacheSigner);
     sink.cache_trust = cache_trust.as_ref().map(|k| k as &dyn kiln_store::cache::CacheTrust);
     sink.verify_cache = args.verify_cache;
+    sink.known_layers = runner_cache()
+        .map_or_else(KnownLayers::none, |dir| KnownLayers::at(dir.join("layer-diff-ids")));
     // Every blob of the image is leased by now. A gc that read the leases before the lease
     // was written may still have deleted one the build found present: once such gc runs are
     // over, the image's blobs are looked at again, and what is gone is made again (see

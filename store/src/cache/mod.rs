@@ -108,6 +108,12 @@ pub enum Refusal {
     /// The blob is stored with another size than the entry records.
     #[error("it records {recorded} bytes for {digest}, the store holds {stored}")]
     WrongSize { digest: Digest, recorded: u64, stored: u64 },
+    /// The layer blob decompresses to another diff_id than the entry records.
+    #[error("it records diff_id {recorded} for {digest}, which decompresses to {found}")]
+    WrongDiffId { digest: Digest, recorded: Digest, found: Digest },
+    /// The blob the entry names cannot be read as a layer of its media type.
+    #[error("its blob {digest} is not a readable layer: {error}")]
+    UnreadableLayer { digest: Digest, error: String },
     /// The blob did not hash to its digest; it was moved aside (see [`crate::heal`]).
     #[error("its blob was corrupt: {quarantined}")]
     CorruptBlob { quarantined: Quarantined },
