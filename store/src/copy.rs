@@ -109,6 +109,20 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
             .ok_or_else(|| StoreError::NotFound { key: entry.to_string() })?;
         to.create(entry, bytes).await?;
     }
+    // A gc of the target that read the leases before this copy's lease may have deleted a
+    // blob found there: once the sweeps in progress are over no gc can take a leased blob,
+    // so what is gone then is sent again (see crate::sweep).
+    let sweeps = to.sweeps_in_progress().await?;
+    to.wait_for_sweeps(&sweeps).await?;
+    let there = to.has_blobs(&digests).await?;
+    for desc in blobs.iter().zip(there).filter(|(_, there)| !there).map(|(d, _)| d) {
+        let (uploaded, size) = copy_blob(from, to, desc).await?;
+        if uploaded {
+            report.copied += 1;
+            report.present = report.present.saturating_sub(1);
+            report.bytes_copied += size;
+        }
+    }
     if let Reference::Tagged { name, tag } = reference {
         to.set_ref(name, tag, &root).await?;
         report.tagged = Some(format!("{name}:{tag}"));

@@ -561,6 +561,7 @@ conformance!(
     gc_keeps_what_a_live_lease_names,
     a_leased_handle_names_every_blob_it_writes,
     gc_empties_the_quarantine_after_the_grace,
+    copy_sends_again_what_a_gc_it_raced_took,
     unfinished_multipart_uploads_are_reported_and_aborted,
     multipart_uploads_no_record_names_are_aborted,
     empty_store,

@@ -332,6 +332,34 @@ pub async fn gc_empties_the_quarantine_after_the_grace(f: Fixture) {
     assert_eq!(f.keys().await, Vec::<String>::new());
 }
 
+pub async fn copy_sends_again_what_a_gc_it_raced_took(f: Fixture) {
+    // The target holds one layer already, unreferenced; a sweep record stands for a gc that
+    // read the leases before the copy's lease and deletes that layer after the copy saw it.
+    let source = f.sibling();
+    let manifest = image(&source, &[b"kept layer".to_vec()]).await;
+    let Reference::Tagged { name, tag } = tagged("app:3") else { unreachable!() };
+    source.set_ref(&name, &tag, &manifest).await.unwrap();
+    let layer = f.store.put_blob(Bytes::from_static(b"kept layer")).await.unwrap();
+    let sweep = Key::from("sweeps/a-gc-in-progress");
+    let record = serde_json::json!({"expires": 4_000_000_000u64});
+    f.raw.put(&sweep, serde_json::to_vec(&record).unwrap().into()).await.unwrap();
+    let reference = tagged("app:3");
+    let copying = copy_image(&source, &f.store, &reference);
+    let gc = async {
+        // The manifest is sent after the copy found the layer there.
+        while !f.store.has_blob(&manifest.digest).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f.raw.delete(&Key::from(blob_key(&layer.digest))).await.unwrap();
+        f.raw.delete(&sweep).await.unwrap();
+    };
+    let (report, ()) = futures::join!(copying, gc);
+    let report = report.unwrap();
+    assert_eq!((report.blobs, report.copied, report.present), (3, 3, 0), "{report:?}");
+    assert!(f.store.has_blob(&layer.digest).await.unwrap());
+    assert!(f.store.check(&NoProgress).await.unwrap().is_clean());
+}
+
 pub async fn unfinished_multipart_uploads_are_reported_and_aborted(f: Fixture) {
     // A copy whose large source blob turns out corrupt sends parts, then aborts: nothing of it
     // stays in the target, not even a record.
