@@ -7,6 +7,7 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use kiln_test_servers::registry::{self, Registry};
@@ -343,4 +344,208 @@ fn registry_to_registry_copy_keeps_every_referrer_and_signs_for_the_new_reposito
         .run(&["verify", "app:1", "--key", key.to_str().unwrap(), "--require", "sbom,provenance"])
         .ok();
     pulled.run(&["store", "check"]).ok();
+}
+
+mod fake_registry;
+
+use fake_registry::{Answer, Fake};
+
+/// A blob's digest and bytes.
+type Blob = (String, Vec<u8>);
+
+/// An image the fake serves: manifest bytes, its digest, and the config and layer blobs.
+fn fake_image() -> (Vec<u8>, String, Vec<Blob>) {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let layer = support::noise(200_000, 17);
+    let digest = |b: &[u8]| kiln_oci::Digest::of(b).to_string();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest(&layer), "size": layer.len()}],
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = digest(&manifest);
+    (manifest, manifest_digest, vec![(digest(&config), config), (digest(&layer), layer)])
+}
+
+/// A fake serving `fake_image()` as repository `r`; `layer(n)` answers the layer's n-th GET.
+fn image_server(layer: impl Fn(usize, &[u8]) -> Answer + Send + Sync + 'static) -> (Fake, String) {
+    let (manifest, digest, blobs) = fake_image();
+    let layer_digest = blobs[1].0.clone();
+    let root = digest.clone();
+    let fake = Fake::start(move |request, n| {
+        let target = request.target.as_str();
+        if request.method != "GET" && request.method != "HEAD" {
+            return Answer::status(405);
+        }
+        if target == "/v2/" {
+            return Answer::status(200);
+        }
+        if target == format!("/v2/r/manifests/{root}") {
+            return Answer::body(200, manifest.clone())
+                .with("Content-Type", "application/vnd.oci.image.manifest.v1+json");
+        }
+        if target == format!("/v2/r/blobs/{layer_digest}") {
+            return layer(n, &blobs[1].1);
+        }
+        match blobs.iter().find(|(d, _)| target == format!("/v2/r/blobs/{d}")) {
+            Some((_, bytes)) => Answer::body(200, bytes.clone()),
+            None => Answer::status(404),
+        }
+    });
+    (fake, digest)
+}
+
+#[test]
+fn a_connection_cut_mid_blob_is_fetched_again_and_one_always_cut_fails_keeping_nothing() {
+    let ws = Workspace::new();
+    let (fake, digest) = image_server(|n, bytes| {
+        if n == 0 {
+            Answer::Cut { body: bytes.to_vec(), sent: bytes.len() / 2 }
+        } else {
+            Answer::body(200, bytes.to_vec())
+        }
+    });
+    let store = ws.store("once");
+    let kiln = kiln_at(&ws, &store);
+    let source = format!("{}/r@{digest}", fake.host);
+    kiln.run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &fake.host]).ok();
+    let layer = &fake_image().2[1];
+    assert_eq!(fake.count("GET", &format!("/v2/r/blobs/{}", layer.0)), 2);
+    let stored = store.join("blobs/sha256").join(layer.0.trim_start_matches("sha256:"));
+    assert_eq!(fs::read(stored).unwrap(), layer.1);
+    kiln.run(&["store", "check"]).ok();
+
+    let (fake, digest) =
+        image_server(|_, bytes| Answer::Cut { body: bytes.to_vec(), sent: bytes.len() / 2 });
+    let store = ws.store("always");
+    let kiln = kiln_at(&ws, &store);
+    let source = format!("{}/r@{digest}", fake.host);
+    kiln.run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &fake.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&[&format!("/v2/r/blobs/{}", layer.0)]);
+    assert_eq!(fake.count("GET", &format!("/v2/r/blobs/{}", layer.0)), 3);
+    assert!(!store.join("blobs/sha256").join(layer.0.trim_start_matches("sha256:")).exists());
+    assert!(!store.join("refs").exists());
+    kiln.run(&["store", "check"]).ok();
+}
+
+#[test]
+fn a_manifest_over_4_mib_is_refused_before_it_is_read() {
+    let ws = Workspace::new();
+    let big = vec![b' '; 4 * 1024 * 1024 + 1];
+    let digest = kiln_oci::Digest::of(&big).to_string();
+    let fake = Fake::start(move |request, _| match request.target.as_str() {
+        "/v2/" => Answer::status(200),
+        _ => Answer::body(200, big.clone()),
+    });
+    let kiln = kiln_at(&ws, &ws.store("s"));
+    let source = format!("{}/r@{digest}", fake.host);
+    kiln.run(&["pull", &source, "--insecure-registry", &fake.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["larger than 4194304 bytes"]);
+    assert!(support::blobs(&ws.store("s")).is_empty());
+}
+
+#[test]
+fn a_500_on_upload_is_retried_then_reported() {
+    let ws = Workspace::new();
+    ws.write("app/files/hello.sh", "#!/bin/sh\necho 500\n");
+    let recipe = ws.write(
+        "app/app.toml",
+        "epoch = 1700000000\n[image]\nname = \"app\"\nversion = \"1\"\n\
+         [[layer]]\nname = \"bin\"\nfiles = [{ src = \"files/hello.sh\", dest = \"/bin/hello\" }]\n",
+    );
+    let kiln = kiln_at(&ws, &ws.store("s"));
+    kiln.build(&recipe, &[]);
+    let fake = Fake::start(|request, _| match (request.method.as_str(), request.target.as_str()) {
+        (_, "/v2/") => Answer::status(200),
+        ("POST", "/v2/r/blobs/uploads/") => {
+            Answer::status(202).with("Location", "/v2/r/blobs/uploads/session")
+        }
+        ("PUT", t) if t.starts_with("/v2/r/blobs/uploads/session") => {
+            Answer::body(500, "storage down")
+        }
+        _ => Answer::status(404),
+    });
+    let dest = format!("{}/r:1", fake.host);
+    kiln.run(&["push", "app:1", &dest, "--insecure-registry", &fake.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["answered 500", "storage down"]);
+    assert_eq!(fake.most_repeats("PUT"), 3, "{:?}", fake.requests());
+    assert_eq!(fake.count("PUT", "/v2/r/manifests/"), 0, "a manifest went up before its blobs");
+}
+
+#[test]
+fn bearer_tokens_come_from_the_realm_with_the_docker_config_credentials() {
+    let ws = Workspace::new();
+    let (inner, digest) = image_server(|_, bytes| Answer::body(200, bytes.to_vec()));
+    let inner = Arc::new(inner);
+    let realm_host = Arc::new(Mutex::new(String::new()));
+    let (proxy_inner, realm) = (inner.clone(), realm_host.clone());
+    // A gate in front of the image server: a bearer token for every /v2/ request, handed
+    // out by /token to basic auth as user:secret.
+    let gate = Fake::start(move |request, _| {
+        let realm = realm.lock().unwrap().clone();
+        if request.target.starts_with("/token") {
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("user:secret")
+            );
+            if request.header("authorization") != Some(expected.as_str()) {
+                return Answer::status(401);
+            }
+            assert!(request.target.contains("scope=repository%3Ar%3Apull"), "{}", request.target);
+            return Answer::body(200, r#"{"token": "t0k3n"}"#);
+        }
+        if request.header("authorization") != Some("Bearer t0k3n") {
+            let challenge = format!(
+                r#"Bearer realm="http://{realm}/token",service="fake",scope="repository:r:pull""#
+            );
+            return Answer::status(401).with("WWW-Authenticate", &challenge);
+        }
+        proxy(&proxy_inner, request)
+    });
+    *realm_host.lock().unwrap() = gate.host.clone();
+
+    let kiln = kiln_at(&ws, &ws.store("anonymous"));
+    let source = format!("{}/r@{digest}", gate.host);
+    kiln.run(&["pull", &source, "--insecure-registry", &gate.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&[&gate.host, "requires credentials and kiln has none"]);
+
+    let auth = base64::engine::general_purpose::STANDARD.encode("user:secret");
+    ws.write(
+        "docker-config/config.json",
+        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, gate.host),
+    );
+    let kiln = kiln_at(&ws, &ws.store("authorised"));
+    kiln.run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &gate.host]).ok();
+    // The anonymous run's refused request, then one token reused for every later request.
+    assert_eq!(gate.count("GET", "/token"), 2, "{:?}", gate.requests());
+    kiln.run(&["store", "check"]).ok();
+}
+
+/// Forwards a GET or HEAD to `to` with curl and relays its answer.
+fn proxy(to: &Fake, request: &fake_registry::Request) -> Answer {
+    let url = format!("http://{}{}", to.host, request.target);
+    let mut args = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];
+    if request.method == "HEAD" {
+        args.push("-I");
+    }
+    args.push(&url);
+    let out = std::process::Command::new("curl").args(&args).output().unwrap();
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|b| *b == b'\n').unwrap();
+    let status: u16 = String::from_utf8_lossy(&body[split + 1..]).parse().unwrap();
+    body.truncate(split);
+    if request.method == "HEAD" {
+        return Answer::status(status);
+    }
+    Answer::body(status, body)
 }

@@ -19,8 +19,9 @@ use crate::repository::Repository;
 
 /// Blobs checked and sent at once.
 const BLOBS_IN_FLIGHT: usize = 4;
-/// Upload sessions tried per blob.
+/// Upload sessions tried per blob, the wait before the next growing by this much each time.
 const UPLOAD_ATTEMPTS: u32 = 3;
+const UPLOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 /// Blobs at most this large are read whole from the store before sending; larger ones
 /// stream, so memory stays bounded.
 const WHOLE_BLOB: u64 = 8 * 1024 * 1024;
@@ -167,7 +168,10 @@ pub(crate) async fn upload_bytes(repo: &Repository, digest: &Digest, bytes: Byte
         let location = repo.start_upload().await?;
         let body = reqwest::Body::from(bytes.clone());
         match repo.finish_upload(&location, digest, size, body).await {
-            Err(e) if attempt < UPLOAD_ATTEMPTS && e.is_transient() => attempt += 1,
+            Err(e) if attempt < UPLOAD_ATTEMPTS && e.is_transient() => {
+                tokio::time::sleep(UPLOAD_BACKOFF * attempt).await;
+                attempt += 1;
+            }
             done => return done,
         }
     }

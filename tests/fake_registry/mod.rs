@@ -1,0 +1,157 @@
+//! A registry that misbehaves on purpose, for what a real one will not do on demand (a
+//! manifest over the size limit, 500s, a connection cut mid-blob, a bearer token server).
+//! It listens on 127.0.0.1 on a port the kernel picks, answers each request on a connection
+//! of its own (`Connection: close`) from a handler, and logs every request. Its thread ends
+//! with the test process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// One request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, e.g. `/v2/r/blobs/sha256:...`.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What to answer.
+pub enum Answer {
+    /// A whole answer.
+    Full { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    /// Headers announcing `body.len()` bytes, then only the first `sent` of them, then the
+    /// connection closes.
+    Cut { body: Vec<u8>, sent: usize },
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer::Full { status, headers: Vec::new(), body: Vec::new() }
+    }
+
+    pub fn body(status: u16, body: impl Into<Vec<u8>>) -> Answer {
+        Answer::Full { status, headers: Vec::new(), body: body.into() }
+    }
+
+    pub fn with(mut self, name: &str, value: &str) -> Answer {
+        if let Answer::Full { headers, .. } = &mut self {
+            headers.push((name.to_string(), value.to_string()));
+        }
+        self
+    }
+}
+
+type Handler = dyn Fn(&Request, usize) -> Answer + Send + Sync;
+
+/// A running fake: its address and the requests it has answered.
+pub struct Fake {
+    pub host: String,
+    log: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Fake {
+    /// Starts a fake answering each request with `handler(request, n)`, where `n` counts the
+    /// earlier requests with the same method and target.
+    pub fn start(handler: impl Fn(&Request, usize) -> Answer + Send + Sync + 'static) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let log: Arc<Mutex<Vec<Request>>> = Arc::default();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let shared = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (log, handler) = (shared.clone(), handler.clone());
+                std::thread::spawn(move || serve(stream, &log, &*handler));
+            }
+        });
+        Fake { host, log }
+    }
+
+    /// The most times one target was asked for with `method`.
+    pub fn most_repeats(&self, method: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        let targets: Vec<&str> =
+            log.iter().filter(|r| r.method == method).map(|r| r.target.as_str()).collect();
+        targets.iter().map(|t| targets.iter().filter(|u| *u == t).count()).max().unwrap_or(0)
+    }
+
+    /// The requests answered so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many requests had this method and a target starting with `prefix`.
+    pub fn count(&self, method: &str, prefix: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|r| r.method == method && r.target.starts_with(prefix)).count()
+    }
+}
+
+fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.trim_end().split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    let request = Request { method, target, headers };
+    // The body, if any, is read and dropped, so the client is never cut off while sending.
+    let length = request.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0u64);
+    std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink()).unwrap_or(0);
+    let n = {
+        let mut log = log.lock().unwrap();
+        let n = log.iter().filter(|r| r.method == request.method && r.target == request.target);
+        let n = n.count();
+        log.push(request.clone());
+        n
+    };
+    let mut stream = stream;
+    let answer = handler(&request, n);
+    let (status, headers, body, sent) = match answer {
+        Answer::Full { status, headers, body } => {
+            let sent = body.len();
+            (status, headers, body, sent)
+        }
+        Answer::Cut { body, sent } => (200, Vec::new(), body, sent),
+    };
+    let mut head =
+        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    // The client may hang up first (it refuses a manifest by its length): said, not failed.
+    let mut written = stream.write_all(head.as_bytes());
+    if written.is_ok() && request_has_body(&line) {
+        written = stream.write_all(&body[..sent]).and_then(|()| stream.flush());
+    }
+    if let Err(e) = written {
+        eprintln!("fake registry: the client hung up on {line:?}: {e}");
+    }
+}
+
+/// HEAD answers carry no body.
+fn request_has_body(request_line: &str) -> bool {
+    !request_line.starts_with("HEAD ")
+}
