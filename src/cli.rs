@@ -186,9 +186,12 @@ pub struct RollbackArgs {
 pub struct RevokeArgs {
     /// The release id (sha256:HEX)
     pub release: String,
-    /// The revoker's private key.
+    /// The revoker's private key (one the policy lists in `revokers`).
     #[arg(long, value_name = "KEY")]
     pub key: PathBuf,
+    /// The policy whose `revokers` may revoke.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
     /// Why, recorded in the signed revocation.
     #[arg(long, value_name = "TEXT")]
     pub reason: String,

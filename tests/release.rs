@@ -103,7 +103,8 @@ impl Lab {
     /// with `approvals` of alice, bob and carol.
     fn write_policy(&self, file: &str, dev_key: &str, approvals: u32) -> String {
         let text = format!(
-            "# who may move releases where\nsigners = [\"keys/build.pub\"]\n\n\
+            "# who may move releases where\nsigners = [\"keys/build.pub\"]\n\
+             revokers = [\"keys/release.pub\"]\n\n\
              [channels.dev]\nkeys = [\"keys/{dev_key}.pub\"]\n\n\
              [channels.staging]\nafter = \"dev\"\nkeys = [\"keys/qa.pub\"]\n\n\
              [channels.prod]\nafter = \"staging\"\nkeys = [\"keys/release.pub\"]\n\
@@ -436,7 +437,18 @@ fn pins_feed_terraform_kustomize_and_bash() {
     assert!(empty.stdout.contains("prod/nothing: no entries"), "{}", empty.stdout);
 
     // A revoked release is never rendered, by id or through a channel.
-    lab.run(&["revoke", &release, "--key", &lab.key("release"), "--reason", "CVE-1"]).ok();
+    let policy = lab.path("policy.toml").display().to_string();
+    lab.run(&[
+        "revoke",
+        &release,
+        "--key",
+        &lab.key("release"),
+        "--policy",
+        &policy,
+        "--reason",
+        "CVE-1",
+    ])
+    .ok();
     lab.run(&["pin", "prod/vm", "--format", "env"]).fails_with(1, &["revoked", "CVE-1"]);
     lab.run(&["pin", &release, "--format", "json"]).fails_with(1, &["revoked"]);
 }
@@ -599,9 +611,21 @@ fn the_policy_refuses_with_a_clear_message_and_appends_nothing() {
         .fails_with(1, &["not this one", "2 needed"]);
     // A revoked release is refused everywhere, even with everything else in order.
     lab.promote(&store, &two, "prod", "release", &[]).ok();
-    lab.run(&["revoke", &two, "--key", &lab.key("release"), "--reason", "bad build"]).ok();
-    lab.run(&["revoke", &two, "--key", &lab.key("release"), "--reason", "again"])
-        .fails_with(1, &["bad build"]);
+    let policy = lab.path("policy.toml").display().to_string();
+    let revoke = |release: &str, key: &str, reason: &str| {
+        lab.run(&[
+            "revoke",
+            release,
+            "--key",
+            &lab.key(key),
+            "--policy",
+            &policy,
+            "--reason",
+            reason,
+        ])
+    };
+    revoke(&two, "release", "bad build").ok();
+    revoke(&two, "release", "again").fails_with(1, &["bad build"]);
     lab.promote(&store, &two, "dev", "ci", &[]).fails_with(1, &["revoked", "bad build"]);
     let build_pub = lab.public("build");
     lab.run(&["verify", &two, "--key", &build_pub])
@@ -737,6 +761,66 @@ fn an_audit_rechecks_each_entry_against_the_policy_it_records() {
         &["at entry 1", "is not recorded in the store"],
     );
     lab.run_at(&lab.store, &["history", "prod/vm", "--policy", &strict]).ok();
+}
+
+#[test]
+fn revocations_need_a_revoker_key_and_deleting_one_is_detected() {
+    let lab = Lab::new();
+    let one = release_of(&lab.build_release(&lab.store, "one"));
+    let two = release_of(&lab.build_release(&lab.store, "two"));
+    let policy = lab.path("policy.toml").display().to_string();
+    let revoke = |store: &str, release: &str, key: &str, policy: &str, reason: &str| {
+        lab.run_at(
+            store,
+            &["revoke", release, "--key", &lab.key(key), "--policy", policy, "--reason", reason],
+        )
+    };
+    let copy = |name: &str| {
+        let dir = lab.path(name);
+        assert!(Command::new("cp")
+            .arg("-a")
+            .arg(lab.folder(&lab.store))
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success());
+        format!("file://{}", dir.display())
+    };
+    // A key the policy does not list as a revoker cannot revoke.
+    revoke(&lab.store, &one, "mallory", &policy, "no").fails_with(1, &["may not revoke"]);
+    lab.run(&["pin", &one, "--format", "json"]).ok();
+    // With a policy file of its own it can write one; an audit under the real policy refuses
+    // it (pins, which check no key, still treat the release as revoked).
+    let forged = copy("forged-revocation");
+    let mallory_policy = lab.path("mallory-revokes.toml");
+    std::fs::write(
+        &mallory_policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("revokers = [\"keys/release.pub\"]", "revokers = [\"keys/mallory.pub\"]"),
+    )
+    .unwrap();
+    revoke(&forged, &one, "mallory", mallory_policy.to_str().unwrap(), "forged").ok();
+    lab.promote(&forged, &one, "dev", "ci", &[])
+        .fails_with(EXIT_INTEGRITY, &["at entry 1", "does not verify with any trusted key"]);
+    lab.run_at(&forged, &["pin", &one, "--format", "json"]).fails_with(1, &["revoked", "forged"]);
+
+    revoke(&lab.store, &one, "release", &policy, "CVE-1").ok();
+    revoke(&lab.store, &two, "release", &policy, "CVE-2").ok();
+    lab.promote(&lab.store, &two, "dev", "ci", &[]).fails_with(1, &["revoked", "CVE-2"]);
+    // The newest revocation deleted: pin, promote and verify see the log was cut.
+    let cut = copy("cut-revocation");
+    std::fs::remove_file(lab.folder(&cut).join("log/_revocations/all/2")).unwrap();
+    lab.run_at(&cut, &["pin", &two, "--format", "json"])
+        .fails_with(EXIT_INTEGRITY, &["entry 2 is missing: deleted"]);
+    lab.promote(&cut, &two, "dev", "ci", &[])
+        .fails_with(EXIT_INTEGRITY, &["entry 2 is missing: deleted"]);
+    // The oldest deleted: a gap for an audit, and the checkpoint still lists it for a pin.
+    let gap = copy("gap-revocation");
+    std::fs::remove_file(lab.folder(&gap).join("log/_revocations/all/1")).unwrap();
+    lab.run_at(&gap, &["pin", &one, "--format", "json"]).fails_with(1, &["revoked"]);
+    lab.promote(&gap, &one, "dev", "ci", &[])
+        .fails_with(EXIT_INTEGRITY, &["entry 1 is missing (entry 2 exists)"]);
 }
 
 /// The entries of `history --json` as (seq, release).

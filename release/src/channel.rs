@@ -18,6 +18,7 @@
 //! bucket really was in: the tail deleted and a checkpoint saved earlier put back (see
 //! docs/releases.md); an auditor who kept a checkpoint can check that the chain still holds it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -126,6 +127,16 @@ impl fmt::Display for ChannelRef {
 }
 
 impl ChannelRef {
+    /// The revocation log: kept like a channel, under a name no channel can have.
+    pub(crate) fn revocations() -> Result<ChannelRef> {
+        let name = "all".parse().map_err(|e: kiln_store::NameError| ReleaseError::InvalidName {
+            what: "revocation log name",
+            text: "all".to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(ChannelRef { channel: ChannelName("_revocations".to_string()), name })
+    }
+
     fn entry_key(&self, seq: u64) -> String {
         format!("{self}/{seq}")
     }
@@ -142,6 +153,8 @@ pub enum Action {
     Promote,
     /// The channel goes back to a release it held before.
     Rollback,
+    /// The release is revoked (entries of the revocation log only).
+    Revoke,
 }
 
 impl fmt::Display for Action {
@@ -149,6 +162,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Promote => "promote",
             Action::Rollback => "rollback",
+            Action::Revoke => "revoke",
         })
     }
 }
@@ -198,6 +212,19 @@ pub struct Checkpoint {
     pub seq: u64,
     /// Digest of entry `seq`'s stored bytes.
     pub entry: Digest,
+    /// In the revocation log: every release revoked up to entry `seq`, with the entry that
+    /// revoked it, so one read tells whether a release is revoked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked: BTreeMap<Digest, u64>,
+}
+
+/// What finding the head found.
+struct Head {
+    newest: Option<Stored>,
+    /// The seq the checkpoint names (0 without one).
+    checkpointed: u64,
+    /// Every release revoked up to the newest entry (see [`Checkpoint::revoked`]).
+    revoked: BTreeMap<Digest, u64>,
 }
 
 /// A checkpoint as read from the store.
@@ -374,11 +401,7 @@ fn no_checkpoint(ch: &ChannelRef, newest: u64) -> ReleaseError {
 /// names: from the checkpoint, probing forward, with each probed entry's link to its
 /// predecessor checked. A few reads whatever the history's length. With `keys`, the
 /// checkpoint and every entry read must be signed by one of them.
-async fn find_head(
-    store: &Store,
-    ch: &ChannelRef,
-    keys: &[PublicKey],
-) -> Result<(Option<Stored>, u64)> {
+async fn find_head(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result<Head> {
     match find_head_once(store, ch, keys).await? {
         Ok(found) => Ok(found),
         // A checkpoint may have been written between our read of it and our probing (entry 2
@@ -395,7 +418,7 @@ async fn find_head_once(
     store: &Store,
     ch: &ChannelRef,
     keys: &[PublicKey],
-) -> Result<std::result::Result<(Option<Stored>, u64), u64>> {
+) -> Result<std::result::Result<Head, u64>> {
     let checkpoint = read_checkpoint(store, ch).await?;
     let mut current = match &checkpoint {
         Some(cp) => {
@@ -408,6 +431,7 @@ async fn find_head_once(
         }
         None => None,
     };
+    let mut revoked = checkpoint.as_ref().map(|c| c.checkpoint.revoked.clone()).unwrap_or_default();
     loop {
         if let (Some(c), false) = (&current, keys.is_empty()) {
             verify_signature(ch, c, keys)?;
@@ -415,19 +439,28 @@ async fn find_head_once(
         let next_seq = current.as_ref().map_or(1, |c| c.entry.seq + 1);
         let Some(next) = read_entry(store, ch, next_seq).await? else { break };
         check_link(ch, current.as_ref(), &next)?;
+        if next.entry.action == Action::Revoke {
+            revoked.entry(next.entry.release).or_insert(next.entry.seq);
+        }
         current = Some(next);
     }
     let newest = current.as_ref().map_or(0, |c| c.entry.seq);
     Ok(match checkpoint {
-        Some(cp) => Ok((current, cp.checkpoint.seq)),
-        None if newest < 2 => Ok((current, 0)),
+        Some(cp) => Ok(Head { newest: current, checkpointed: cp.checkpoint.seq, revoked }),
+        None if newest < 2 => Ok(Head { newest: current, checkpointed: 0, revoked }),
         None => Err(newest),
     })
 }
 
 /// The channel's newest entry, or `None` for an empty channel (see [`find_head`]).
 pub async fn head(store: &Store, ch: &ChannelRef, keys: &[PublicKey]) -> Result<Option<Stored>> {
-    Ok(find_head(store, ch, keys).await?.0)
+    Ok(find_head(store, ch, keys).await?.newest)
+}
+
+/// Every release the log `ch` revokes, with the entry that revoked it: from the checkpoint
+/// and the entries after it, a few reads however long the log (see [`find_head`]).
+pub async fn revoked(store: &Store, ch: &ChannelRef) -> Result<BTreeMap<Digest, u64>> {
+    Ok(find_head(store, ch, &[]).await?.revoked)
 }
 
 /// The entry seqs present, sorted; a key that is neither an entry nor the hint is evidence of
@@ -520,6 +553,21 @@ pub async fn audit(
             let signer = checkpoint_signer(ch, cp, keys)?;
             let at = cp.checkpoint.seq;
             check_checkpointed(ch, &cp.checkpoint, entries.get((at - 1) as usize))?;
+            let mut revoked = BTreeMap::new();
+            for e in entries.iter().take(at as usize).filter(|e| e.entry.action == Action::Revoke) {
+                revoked.entry(e.entry.release).or_insert(e.entry.seq);
+            }
+            if revoked != cp.checkpoint.revoked {
+                return Err(tampered(
+                    ch,
+                    at,
+                    format!(
+                        "HEAD lists {} revoked release(s), the entries up to {at} revoke {}",
+                        cp.checkpoint.revoked.len(),
+                        revoked.len()
+                    ),
+                ));
+            }
             Some(CheckpointSeen { seq: at, entry: cp.checkpoint.entry, signer })
         }
         None => None,
@@ -636,10 +684,14 @@ pub async fn append(
     mut make: impl FnMut(Option<&Stored>) -> Result<Entry>,
 ) -> Result<Appended> {
     for attempt in 1..=APPEND_ATTEMPTS {
-        let (head, checkpointed) = find_head(store, ch, trusted).await?;
+        let Head { newest: head, checkpointed, mut revoked } =
+            find_head(store, ch, trusted).await?;
         if let Some(h) = head.as_ref().filter(|h| h.entry.seq > checkpointed) {
             store
-                .log_hint(&ch.hint_key(), checkpoint_bytes(ch, h.entry.seq, h.digest, key)?)
+                .log_hint(
+                    &ch.hint_key(),
+                    checkpoint_bytes(ch, h.entry.seq, h.digest, &revoked, key)?,
+                )
                 .await?;
         }
         let entry = make(head.as_ref())?;
@@ -647,7 +699,10 @@ pub async fn append(
         let digest = Digest::of(&bytes);
         match store.log_create(&ch.entry_key(entry.seq), Bytes::from(bytes)).await? {
             Created::Written => {
-                let hint_error = match checkpoint_bytes(ch, entry.seq, digest, key) {
+                if entry.action == Action::Revoke {
+                    revoked.entry(entry.release).or_insert(entry.seq);
+                }
+                let hint_error = match checkpoint_bytes(ch, entry.seq, digest, &revoked, key) {
                     Ok(cp) => store.log_hint(&ch.hint_key(), cp).await.err().map(|e| chain(&e)),
                     Err(e) => Some(chain(&e)),
                 };
@@ -664,13 +719,20 @@ pub async fn append(
 }
 
 /// The stored bytes of the checkpoint "entry `seq` of `ch` is `entry`", signed by `key`.
-fn checkpoint_bytes(ch: &ChannelRef, seq: u64, entry: Digest, key: &PrivateKey) -> Result<Bytes> {
+fn checkpoint_bytes(
+    ch: &ChannelRef,
+    seq: u64,
+    entry: Digest,
+    revoked: &BTreeMap<Digest, u64>,
+    key: &PrivateKey,
+) -> Result<Bytes> {
     let checkpoint = Checkpoint {
         schema: CHECKPOINT_SCHEMA.to_string(),
         channel: ch.channel.to_string(),
         name: ch.name.to_string(),
         seq,
         entry,
+        revoked: revoked.clone(),
     };
     Ok(Bytes::from(signed::seal(CHECKPOINT_PAYLOAD_TYPE, &checkpoint, key)?))
 }

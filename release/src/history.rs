@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::channel::{self, Action, ChannelRef, CheckpointSeen, Seen};
 use crate::policy::Policy;
-use crate::{approval, revocation, ReleaseError, Result};
+use crate::{approval, signed, ReleaseError, Result};
 
 /// One entry as `kiln history` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -120,6 +120,7 @@ async fn recheck(
     let mut tallies: BTreeMap<(Digest, Digest), usize> = BTreeMap::new();
     // Per earlier channel, the releases it held (None: its history is not in this store).
     let mut earlier: BTreeMap<(Digest, String), Option<Vec<Digest>>> = BTreeMap::new();
+    let revocations = *ch == ChannelRef::revocations()?;
     for (i, stored) in entries.iter().enumerate() {
         let e = &stored.entry;
         let policy = match policies.entry(e.policy) {
@@ -156,6 +157,16 @@ async fn recheck(
         let under = |why: String| {
             tampered(e.seq, format!("under the policy it names ({}), {why}", e.policy))
         };
+        if revocations {
+            let may = policy.revokers.iter().any(|k| signed::key_id(k).ok() == Some(e.actor));
+            if e.action != Action::Revoke || !may {
+                return Err(under(format!(
+                    "it is a {} by key {}, and only its revokers may write revocations",
+                    e.action, e.actor
+                )));
+            }
+            continue;
+        }
         let Some(rules) = policy.channels.get(&ch.channel) else {
             return Err(under(format!("there is no channel {}", ch.channel)));
         };
@@ -163,6 +174,9 @@ async fn recheck(
             return Err(under(format!("its signer {} may not write to {}", e.actor, ch.channel)));
         }
         match e.action {
+            Action::Revoke => {
+                return Err(tampered(e.seq, "a revocation written into a channel".to_string()))
+            }
             Action::Rollback => {
                 if !entries[..i].iter().any(|p| p.entry.release == e.release) {
                     return Err(tampered(
@@ -242,7 +256,7 @@ pub struct Standing {
     pub notes: Vec<String>,
 }
 
-/// Fails unless `release` is not revoked and is, or was, in `ch` (whose chain must verify
+/// Fails unless `release` is, or was, in `ch` (whose chain must verify
 /// with `keys`, still hold the entry `seen` when given, and re-check under the policies its
 /// entries record).
 pub async fn standing(
@@ -253,7 +267,6 @@ pub async fn standing(
     seen: Option<&Seen>,
     current: Option<&Policy>,
 ) -> Result<Standing> {
-    revocation::revoked(store, release).await?;
     let h = history(store, ch, keys, seen, current).await?;
     let entries: Vec<u64> =
         h.entries.iter().filter(|e| e.release == *release).map(|e| e.seq).collect();

@@ -8,7 +8,8 @@
 //! - [`policy`]: who may promote into which channel, after which channel, with how many
 //!   approvals;
 //! - [`approval`]: signed approvals attached to a release;
-//! - [`revocation`]: signed revocations that pins, promotions and verification honour;
+//! - [`revocation`]: the revocation log, signed by the policy's revokers, that pins,
+//!   promotions and verification honour;
 //! - [`promote`]: promotion and rollback by policy;
 //! - [`history`]: a channel's verified history for auditors;
 //! - [`verify`]: a release verified end to end, optionally against a channel.

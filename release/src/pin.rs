@@ -6,8 +6,8 @@
 //! - `env`: `KEY='value'` lines for shells and CI.
 //!
 //! A revoked release is never rendered. Resolving `CHANNEL/NAME` reads the checkpoint, the
-//! head entry, one probe past it, the revocation and the release: a handful of requests
-//! whatever the channel's length.
+//! head entry, one probe past it, the revocation log's checkpoint, the entry it names and a
+//! probe, and the release: a handful of requests whatever the channel's length.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

@@ -71,9 +71,9 @@ pub async fn promote(req: &Request<'_>) -> Result<Report> {
         channel: req.channel.to_string(),
         reason,
     };
-    revocation::revoked(req.from, &req.release).await?;
+    revocation::audited(req.from, &req.release, &req.policy.revokers).await?;
     if let Some(to) = req.to {
-        revocation::revoked(to, &req.release).await?;
+        revocation::audited(to, &req.release, &req.policy.revokers).await?;
     }
     let rules = req.policy.channel(&req.channel)?;
     let actor = signed::key_id(&req.key.public())?;
@@ -209,7 +209,7 @@ pub async fn rollback(
             key_ids(&rules.keys)
         )));
     }
-    revocation::revoked(store, &release).await?;
+    revocation::audited(store, &release, &policy.revokers).await?;
     let loaded = record::load(store, &release).await?;
     let audit = channel::audit(store, ch, &rules.keys, None).await?;
     if !audit.entries.iter().any(|e| e.entry.release == release) {

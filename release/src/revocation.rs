@@ -1,91 +1,125 @@
-//! Revocations: a signed statement "key K revokes release R because …", written create-only at
-//! `log/_revoked/<release-hex>` (`_` keeps it apart from channel names). One read tells
-//! whether a release is revoked, so pins stay cheap. Anything stored there revokes: an
-//! unreadable revocation is refused, never ignored.
+//! Revocations: entries of one append-only log, `log/_revocations/all/<seq>`, kept exactly like
+//! a channel (create-only entries chained by digest, each signed by its actor and naming the
+//! policy in force, and a signed checkpoint), so deleting a revocation is detected as deleting
+//! a channel entry is. Only a key the policy lists as a `revokers` key may write one, and an
+//! audit re-checks that against the policy each entry records.
+//!
+//! The checkpoint lists every release revoked up to its entry, so whether a release is revoked
+//! takes a few reads however long the log: the checkpoint, the entry it names and a probe past
+//! it (and, for a revoked release, its entry, to say by whom and why).
 
-use bytes::Bytes;
-use kiln_attest::PrivateKey;
+use kiln_attest::{PrivateKey, PublicKey};
 use kiln_oci::Digest;
-use kiln_store::log::Created;
 use kiln_store::Store;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::signed::{self, Opened};
-use crate::{ReleaseError, Result};
+use crate::channel::{self, Action, ChannelRef};
+use crate::policy::Policy;
+use crate::record::Loaded;
+use crate::{signed, ReleaseError, Result};
 
-/// payloadType of a revocation.
-pub const REVOCATION_PAYLOAD_TYPE: &str = "application/vnd.kiln.revocation.v1+json";
-/// The statement's `schema`.
-pub const REVOCATION_SCHEMA: &str = "kiln.revocation/v1";
-const REVOCATION_LIMIT: u64 = 64 * 1024;
-
-/// The signed statement.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Revocation {
-    pub schema: String,
+/// What `kiln revoke` appended.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revoked {
     pub release: Digest,
     pub actor: Digest,
     pub time: String,
     pub reason: String,
+    /// The entry's seq in the revocation log.
+    pub seq: u64,
+    /// Digest of the entry's stored bytes.
+    pub entry: Digest,
+    pub policy: Digest,
 }
 
-fn key_of(release: &Digest) -> String {
-    format!("_revoked/{}", release.hex())
-}
-
-/// Revokes `release`. If it was already revoked, the first revocation stands and is
-/// returned as [`ReleaseError::Revoked`].
+/// Revokes `release` with `key`, which `policy` must list among its revokers. A release
+/// already revoked is [`ReleaseError::Revoked`], naming the revocation that stands.
 pub async fn revoke(
     store: &Store,
-    release: &Digest,
+    release: &Loaded,
     key: &PrivateKey,
+    policy: &Policy,
     reason: &str,
-) -> Result<Revocation> {
-    let statement = Revocation {
-        schema: REVOCATION_SCHEMA.to_string(),
-        release: *release,
-        actor: signed::key_id(&key.public())?,
-        time: signed::now(),
-        reason: reason.to_string(),
-    };
-    let bytes = signed::seal(REVOCATION_PAYLOAD_TYPE, &statement, key)?;
-    match store.log_create(&key_of(release), Bytes::from(bytes)).await? {
-        Created::Written => Ok(statement),
-        Created::Taken => {
-            revoked(store, release).await?;
-            Err(ReleaseError::Revoked {
-                release: *release,
-                actor: "unknown".to_string(),
-                time: "unknown".to_string(),
-                reason: "its revocation vanished while being read".to_string(),
-            })
-        }
+) -> Result<Revoked> {
+    let actor = signed::key_id(&key.public())?;
+    if !policy.revokers.iter().any(|k| signed::key_id(k).ok() == Some(actor)) {
+        return Err(ReleaseError::Refused {
+            release: release.id,
+            channel: "the revocation log".to_string(),
+            reason: format!(
+                "key {actor} may not revoke: policy {} lists {} revoker key(s)",
+                policy.path.display(),
+                policy.revokers.len()
+            ),
+        });
+    }
+    revoked(store, &release.id).await?;
+    let log = ChannelRef::revocations()?;
+    policy.record(store).await?;
+    let appended = channel::append(store, &log, key, &policy.revokers, |head| {
+        Ok(channel::next_entry(
+            &log,
+            head,
+            Action::Revoke,
+            release.id,
+            &release.release.version,
+            actor,
+            reason,
+            policy.digest,
+        ))
+    })
+    .await?;
+    Ok(Revoked {
+        release: release.id,
+        actor,
+        time: appended.entry.time,
+        reason: appended.entry.reason,
+        seq: appended.entry.seq,
+        entry: appended.digest,
+        policy: policy.digest,
+    })
+}
+
+/// `Ok(())` when the revocation log does not revoke `release`, else [`ReleaseError::Revoked`]
+/// saying by whom and why. Signatures are not checked (no keys): an unsigned revocation
+/// still revokes here, and [`audited`] is the check that trusts only revokers.
+pub async fn revoked(store: &Store, release: &Digest) -> Result<()> {
+    let log = ChannelRef::revocations()?;
+    let Some(&seq) = channel::revoked(store, &log).await?.get(release) else { return Ok(()) };
+    let entry = channel::read_entry(store, &log, seq).await?;
+    Err(revoked_by(release, seq, entry.as_ref().map(|e| &e.entry)))
+}
+
+/// Audits the whole revocation log with `revokers` (chain, signatures, checkpoint, and each
+/// entry against the policy it records) and fails if it revokes `release`.
+pub async fn audited(store: &Store, release: &Digest, revokers: &[PublicKey]) -> Result<()> {
+    let log = ChannelRef::revocations()?;
+    let history = crate::history::history(store, &log, revokers, None, None).await?;
+    match history.entries.iter().find(|e| e.release == *release) {
+        None => Ok(()),
+        Some(e) => Err(ReleaseError::Revoked {
+            release: *release,
+            actor: e.actor.to_string(),
+            time: e.time.clone(),
+            reason: e.reason.clone(),
+        }),
     }
 }
 
-/// `Ok(())` when `release` is not revoked, else [`ReleaseError::Revoked`] saying by whom and
-/// why (an unreadable revocation still revokes).
-pub async fn revoked(store: &Store, release: &Digest) -> Result<()> {
-    let bytes = match store.log_read(&key_of(release), REVOCATION_LIMIT).await {
-        Ok(None) => return Ok(()),
-        Ok(Some(bytes)) => bytes,
-        Err(kiln_store::StoreError::TooLarge { .. }) => Bytes::new(),
-        Err(e) => return Err(e.into()),
-    };
-    let unreadable = |why: String| ReleaseError::Revoked {
-        release: *release,
-        actor: "unknown".to_string(),
-        time: "unknown".to_string(),
-        reason: format!("its revocation entry is unreadable ({why}); treated as revoked"),
-    };
-    let Opened { statement, .. } =
-        signed::open::<Revocation>(&bytes, REVOCATION_PAYLOAD_TYPE).map_err(unreadable)?;
-    let statement: Revocation = statement;
-    Err(ReleaseError::Revoked {
-        release: *release,
-        actor: statement.actor.to_string(),
-        time: statement.time,
-        reason: statement.reason,
-    })
+fn revoked_by(release: &Digest, seq: u64, entry: Option<&channel::Entry>) -> ReleaseError {
+    match entry {
+        Some(e) => ReleaseError::Revoked {
+            release: *release,
+            actor: e.actor.to_string(),
+            time: e.time.clone(),
+            reason: e.reason.clone(),
+        },
+        None => ReleaseError::Revoked {
+            release: *release,
+            actor: "unknown".to_string(),
+            time: "unknown".to_string(),
+            reason: format!("revocation log entry {seq} (unreadable)"),
+        },
+    }
 }

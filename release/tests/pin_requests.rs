@@ -12,7 +12,9 @@ use kiln_attest::{KeyType, PrivateKey};
 use kiln_oci::{media_type, Digest};
 use kiln_release::channel::{self, Action, ChannelRef};
 use kiln_release::pin::{self, Target};
+use kiln_release::policy::Policy;
 use kiln_release::record::{self, Blob, BuiltBy, Release};
+use kiln_release::revocation;
 use kiln_store::Store;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -113,7 +115,22 @@ fn pinning_a_channel_costs_the_same_few_requests_at_any_length() {
         let ch: ChannelRef = "prod/app".parse().unwrap();
         let mut requests_at = Vec::new();
         let mut length = 0;
-        for target in [10, 2000] {
+        for target in [10, 2000, 2000] {
+            if requests_at.len() == 2 {
+                // The last count is with a revocation log (of another release) to consult.
+                let other = Release { version: "2".to_string(), ..release.clone() };
+                let other = record::publish(&store, &other).await.unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                key.public().write(&dir.path().join("k.pub")).unwrap();
+                let policy = dir.path().join("policy.toml");
+                std::fs::write(
+                    &policy,
+                    "revokers = [\"k.pub\"]\n[channels.prod]\nkeys = [\"k.pub\"]\n",
+                )
+                .unwrap();
+                let policy = Policy::load(&policy).unwrap();
+                revocation::revoke(&store, &other, &key, &policy, "test").await.unwrap();
+            }
             while length < target {
                 channel::append(&store, &ch, &key, &[], |head| {
                     Ok(channel::next_entry(&ch, head, Action::Promote, id, "1", actor, "", id))
@@ -128,7 +145,13 @@ fn pinning_a_channel_costs_the_same_few_requests_at_any_length() {
             assert_eq!(loaded.id, id);
             requests_at.push(counting.requests.load(Ordering::Relaxed) - before);
         }
-        // Checkpoint, head entry, one probe past it, the revocation, the release manifest and record.
-        assert_eq!(requests_at, [6, 6], "requests at 10 and 2000 entries");
+        // The channel's checkpoint, head entry and one probe past it; the revocation log's
+        // checkpoint and a probe (with revocations, the entry its checkpoint names too); the
+        // release manifest and record.
+        assert_eq!(
+            requests_at,
+            [7, 7, 8],
+            "requests at 10 and 2000 entries, then with a revocation"
+        );
     });
 }
