@@ -2,7 +2,9 @@
 //! Root filesystems: a tree imported with `host-metadata = true` keeps every entry's mode
 //! (setuid, setgid and sticky bits included) and numeric owner, and the lock pins them, so a
 //! chown is a lock change. `umoci unpack` of the image and the initramfs kiln flattens from the
-//! same recipe hold exactly the host tree.
+//! same recipe hold exactly the host tree. Device nodes and FIFOs come only from an input that
+//! says `devices = true`. A real Debian root made by debootstrap (`ci/debian-root`, cached in
+//! `KILN_DEBIAN_ROOT`) imports the same as a tree and as a tarball, and runs bash in a chroot.
 
 mod support;
 
@@ -17,26 +19,33 @@ use support::{is_root, require_tool, sh, Kiln, Workspace, EXIT_LOCK_MISMATCH};
 /// `umoci unpack` made of the image and the folder the initramfs extracts to.
 fn unpack_both(ws: &Workspace, kiln: &Kiln, store: &Path, recipe: &Path) -> (PathBuf, PathBuf) {
     let report = kiln.build(recipe, &[]);
-    let name = report["name"].as_str().unwrap().to_string();
-    let layout = ws.path(&format!("layout-{name}"));
-    kiln.run(&["export", &format!("{name}:1"), "--oci-layout", layout.to_str().unwrap()]).ok();
-    let bundle = ws.path(&format!("bundle-{name}"));
-    let image = format!("{}:1", layout.display());
-    sh("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+    let rootfs = umoci_unpack(ws, kiln, &report);
 
     let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
     let disk = report["disks"][0]["digest"].as_str().expect("a disk artifact");
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(blob(disk)).unwrap()).unwrap();
     let initramfs = blob(manifest["layers"][0]["digest"].as_str().unwrap());
-    let extracted = ws.mkdir(&format!("initramfs-{name}"));
+    let extracted = ws.mkdir(&format!("initramfs-{}", report["name"].as_str().unwrap()));
     let script = format!(
         "cd {} && gzip -dc {} | cpio -idm --quiet --no-absolute-filenames",
         extracted.display(),
         initramfs.display()
     );
     sh("sh", &["-c", &script]);
-    (bundle.join("rootfs"), extracted)
+    (rootfs, extracted)
+}
+
+/// Exports the image a build `report` names and returns the root filesystem `umoci unpack`
+/// makes of it.
+fn umoci_unpack(ws: &Workspace, kiln: &Kiln, report: &serde_json::Value) -> PathBuf {
+    let name = report["name"].as_str().unwrap().to_string();
+    let layout = ws.path(&format!("layout-{name}"));
+    kiln.run(&["export", &format!("{name}:1"), "--oci-layout", layout.to_str().unwrap()]).ok();
+    let bundle = ws.path(&format!("bundle-{name}"));
+    let image = format!("{}:1", layout.display());
+    sh("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+    bundle.join("rootfs")
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -204,4 +213,77 @@ fn devices_come_only_from_an_input_that_says_so() {
     let (oci, disk) = unpack_both(&ws, &kiln, &store, &tar);
     assert_eq!(disk_listing(&oci, 0o7777), host, "umoci unpack differs from the host tree");
     assert_eq!(disk_listing(&disk, 0o7777), host, "the initramfs differs from the host tree");
+}
+
+/// The Debian minbase root `ci/debian-root` made, or `None` (a skip locally, a failure in CI).
+fn debian_root() -> Option<PathBuf> {
+    let root = std::env::var_os("KILN_DEBIAN_ROOT").map(PathBuf::from);
+    match root {
+        Some(r) if r.join("etc/debian_version").is_file() => Some(r),
+        _ => {
+            assert!(!support::in_ci(), "KILN_DEBIAN_ROOT is not set up: run ci/debian-root DIR");
+            eprintln!("SKIP: set KILN_DEBIAN_ROOT to a folder made by ci/debian-root");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_debian_root_imports_the_same_as_a_tree_and_as_a_tarball_and_runs_bash() {
+    let Some(cached) = debian_root() else {
+        return;
+    };
+    if !require_tool("umoci") || !require_tool("tar") || !require_tool("chroot") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIP: a root filesystem's owners and device nodes are copied only by root");
+        return;
+    }
+    let ws = Workspace::new();
+    ws.mkdir("recipe");
+    let root = ws.path("recipe/rootfs");
+    sh("cp", &["-a", cached.to_str().unwrap(), root.to_str().unwrap()]);
+    let tarball = ws.path("recipe/root.tar");
+    let (tarball, root_str) = (tarball.to_str().unwrap(), root.to_str().unwrap());
+    sh("tar", &["--numeric-owner", "-cf", tarball, "-C", root_str, "."]);
+    let host = disk_listing(&root, 0o7777);
+    for want in ["etc/shadow 640 0:42 file", "tmp 1777 0:0 dir", "usr/bin/passwd 4755 0:0 file"] {
+        assert!(host.iter().any(|l| l.starts_with(want)), "{want}: not in the Debian root");
+    }
+    assert!(host.iter().any(|l| l.starts_with("dev/null 666 0:0 char 1:3")));
+    assert!(host.iter().any(|l| l.ends_with("symlink /usr/share/zoneinfo/Etc/UTC")));
+
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    for (name, input) in [
+        (
+            "debian-tree",
+            "trees = [{ src = \"rootfs\", dest = \"/\", host-metadata = true, devices = true }]",
+        ),
+        ("debian-tarball", "tarballs = [{ src = \"root.tar\", dest = \"/\", devices = true }]"),
+    ] {
+        let recipe = ws.write(
+            &format!("recipe/{name}.toml"),
+            format!("[image]\nname = \"{name}\"\nversion = \"1\"\n\n[[layer]]\nname = \"root\"\n{input}\n"),
+        );
+        let report = kiln.build(&recipe, &[]);
+        let unpacked = umoci_unpack(&ws, &kiln, &report);
+        let listing = disk_listing(&unpacked, 0o7777);
+        if listing != host {
+            let missing: Vec<_> = host.iter().filter(|l| !listing.contains(l)).take(10).collect();
+            let extra: Vec<_> = listing.iter().filter(|l| !host.contains(l)).take(10).collect();
+            panic!("{name}: umoci unpack differs from the root\nhost only: {missing:#?}\nimage only: {extra:#?}");
+        }
+        let ran = sh(
+            "chroot",
+            &[
+                unpacked.to_str().unwrap(),
+                "/bin/bash",
+                "-c",
+                "echo KILN-CHROOT $(id -u) $(stat -c %a /usr/bin/passwd)",
+            ],
+        );
+        assert_eq!(ran.trim(), "KILN-CHROOT 0 4755", "{name}");
+    }
 }
