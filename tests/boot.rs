@@ -344,3 +344,105 @@ fn boot_disk(root: &Path, fs: &str, verity: bool, corrupt: bool) {
     }
     assert!(log.contains(DISK_MARKER), "no marker from the {fs} root's init:\n{log}");
 }
+
+const DEBIAN_MARKER: &str = "KILN-DEBIAN-ROOT-BOOTED";
+
+/// The Debian minbase root `ci/debian-root` made, or `None` (a skip locally, a failure in CI).
+fn debian_root() -> Option<PathBuf> {
+    let root = std::env::var_os("KILN_DEBIAN_ROOT").map(PathBuf::from);
+    match root {
+        Some(r) if r.join("etc/debian_version").is_file() => Some(r),
+        _ => {
+            assert!(!in_ci(), "KILN_DEBIAN_ROOT is not set up: run ci/debian-root DIR");
+            eprintln!("SKIP: set KILN_DEBIAN_ROOT to a folder made by ci/debian-root");
+            None
+        }
+    }
+}
+
+/// A Debian root made by debootstrap, imported as a tree keeping host modes, owners and
+/// device nodes, boots from kiln's qcow2 disk (erofs root): the initramfs mounts the root
+/// partition and hands over to the root's own bash, which prints a marker with the Debian
+/// version and the mode of `passwd`.
+#[test]
+fn kernel_boots_a_debian_root_kiln_imported() {
+    let (Some(root), Some(debian)) = (boot_root(), debian_root()) else {
+        return;
+    };
+    if !support::is_root() {
+        eprintln!("SKIP: a root filesystem's owners and device nodes are copied only by root");
+        return;
+    }
+    let ws = Workspace::new();
+    ws.mkdir("recipe");
+    let rootfs = ws.path("recipe/rootfs");
+    support::sh("cp", &["-a", debian.to_str().unwrap(), rootfs.to_str().unwrap()]);
+    let recipe = ws.write(
+        "recipe/recipe.toml",
+        "[image]\nname = \"debian\"\nversion = \"1\"\n\n[[layer]]\nname = \"root\"\n\
+         trees = [{ src = \"rootfs\", dest = \"/\", host-metadata = true, devices = true }]\n\n\
+         [disk]\nsize = \"512MiB\"\nroot = \"erofs\"\nformats = [\"qcow2\"]\n",
+    );
+    let store = ws.store("store");
+    let report = support::Kiln::new(&store).build(&recipe, &[]);
+    let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let disk = report["disks"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(disk)).unwrap()).unwrap();
+    let qcow2 = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+
+    let modules = std::fs::read_dir(root.join("lib/modules")).unwrap().next().unwrap().unwrap();
+    let mut tree = Tree::new();
+    let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
+    put(&mut tree, "/bin/busybox", EntryKind::File(Content::Bytes(busybox.into())), 0o755);
+    let mut names = Vec::new();
+    for m in MODULES.iter().chain(fs_modules("erofs")) {
+        let bytes = std::fs::read(modules.path().join(format!("kernel/{m}.ko"))).unwrap();
+        let name = m.rsplit('/').next().unwrap();
+        let path = format!("/lib/modules/{name}.ko");
+        put(&mut tree, &path, EntryKind::File(Content::Bytes(bytes.into())), 0o644);
+        names.push(name);
+    }
+    // The root's own bash takes over as pid 1; when it exits the kernel panics and, with
+    // panic=-1 and -no-reboot, qemu ends.
+    let init = format!(
+        "#!/bin/busybox sh\nB=/bin/busybox\n$B mkdir -p /dev /sys /newroot\n\
+         $B mount -t devtmpfs devtmpfs /dev\n$B mount -t sysfs sysfs /sys\n\
+         for m in {}; do $B insmod /lib/modules/$m.ko; done\n\
+         dev=\nfor i in 1 2 3 4 5 6 7 8 9 10; do\n\
+           for u in /sys/class/block/*/uevent; do\n\
+             if $B grep -q '^PARTNAME=root-x86-64$' $u; then dev=$($B sed -n 's/^DEVNAME=//p' $u); fi\n\
+           done\n  [ -n \"$dev\" ] && break\n  $B sleep 1\ndone\n\
+         $B echo \"kiln initramfs: root-x86-64 is /dev/$dev\" > /dev/ttyS0\n\
+         $B mount -t erofs -o ro /dev/$dev /newroot\n$B umount /sys\n\
+         $B mount --move /dev /newroot/dev\n\
+         exec $B switch_root /newroot /bin/bash -c \
+           'echo {DEBIAN_MARKER} $(cat /etc/debian_version) $(stat -c %a /usr/bin/passwd) > /dev/ttyS0'\n",
+        names.join(" ")
+    );
+    put(&mut tree, "/init", EntryKind::File(Content::Bytes(init.into_bytes().into())), 0o755);
+    let mut cpio = Vec::new();
+    write_cpio(&tree, Epoch(0), &mut cpio).unwrap();
+    let gz = compress(&Compression::GZIP, 1, &cpio[..], Vec::new()).unwrap();
+    let initrd = ws.write("initramfs.cpio.gz", &gz);
+
+    let kernel = kernel(&root);
+    let drive = format!("file={},format=qcow2,if=virtio,readonly=on", qcow2.display());
+    let log = qemu(
+        &root,
+        &[
+            "-kernel",
+            kernel.to_str().unwrap(),
+            "-initrd",
+            initrd.to_str().unwrap(),
+            "-drive",
+            &drive,
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+        ],
+        Duration::from_secs(240),
+    );
+    let version = std::fs::read_to_string(debian.join("etc/debian_version")).unwrap();
+    let want = format!("{DEBIAN_MARKER} {} 4755", version.trim());
+    assert!(log.contains(&want), "no {want:?} from the Debian root's bash:\n{log}");
+}
