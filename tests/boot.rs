@@ -288,11 +288,13 @@ fn boot_disk(root: &Path, fs: &str, verity: bool, corrupt: bool) {
         "$B mount -t {fs} -o ro /dev/$dev /newroot\n"
     };
     let mount_root = mount_root.replace("{fs}", fs);
+    // The partition is waited for up to 90 s: on a loaded machine, with the other boots of
+    // this file running in parallel, the virtio disk has taken more than 10 s to appear.
     let init = format!(
         "#!/bin/busybox sh\nB=/bin/busybox\n$B mkdir -p /dev /proc /sys /newroot\n\
          $B mount -t devtmpfs devtmpfs /dev\n$B mount -t sysfs sysfs /sys\n\
          for m in {}; do $B insmod /lib/modules/$m.ko; done\n\
-         dev=\nfor i in 1 2 3 4 5 6 7 8 9 10; do\n\
+         dev=\nfor i in $($B seq 90); do\n\
            for u in /sys/class/block/*/uevent; do\n\
              if $B grep -q '^PARTNAME=root-x86-64$' $u; then dev=$($B sed -n 's/^DEVNAME=//p' $u); fi\n\
            done\n  [ -n \"$dev\" ] && break\n  $B sleep 1\ndone\n\
@@ -405,11 +407,13 @@ fn kernel_boots_a_debian_root_kiln_imported() {
     }
     // The root's own bash takes over as pid 1; when it exits the kernel panics and, with
     // panic=-1 and -no-reboot, qemu ends.
+    // The partition is waited for up to 90 s: on a loaded machine, with the other boots of
+    // this file running in parallel, the virtio disk has taken more than 10 s to appear.
     let init = format!(
         "#!/bin/busybox sh\nB=/bin/busybox\n$B mkdir -p /dev /sys /newroot\n\
          $B mount -t devtmpfs devtmpfs /dev\n$B mount -t sysfs sysfs /sys\n\
          for m in {}; do $B insmod /lib/modules/$m.ko; done\n\
-         dev=\nfor i in 1 2 3 4 5 6 7 8 9 10; do\n\
+         dev=\nfor i in $($B seq 90); do\n\
            for u in /sys/class/block/*/uevent; do\n\
              if $B grep -q '^PARTNAME=root-x86-64$' $u; then dev=$($B sed -n 's/^DEVNAME=//p' $u); fi\n\
            done\n  [ -n \"$dev\" ] && break\n  $B sleep 1\ndone\n\
