@@ -174,7 +174,7 @@ fn basic_auth_from_the_docker_config_and_a_clear_refusal_without_it() {
 
 #[test]
 fn a_registry_blob_that_is_not_its_digest_is_refused_and_nothing_is_kept() {
-    let reg = match Registry::start("corrupt", false) {
+    let reg = match Registry::start("corrupt", false, false) {
         Ok(reg) => reg,
         Err(why) if support::in_ci() => panic!("{why}"),
         Err(why) => return eprintln!("SKIP: {why}"),
@@ -275,7 +275,7 @@ fn registry_to_registry_copy_keeps_every_referrer_and_signs_for_the_new_reposito
         return;
     }
     let Some(first) = registry::open() else { return };
-    let second = match Registry::start("second", false) {
+    let second = match Registry::start("second", false, false) {
         Ok(reg) => reg,
         Err(why) if support::in_ci() => panic!("{why}"),
         Err(why) => return eprintln!("SKIP: {why}"),
@@ -340,10 +340,82 @@ fn registry_to_registry_copy_keeps_every_referrer_and_signs_for_the_new_reposito
         .ok()
         .json();
     assert_eq!(report["referrers"], 5, "{report}");
-    pulled
+    // verify says which repository each signature vouches for.
+    let verified = pulled
         .run(&["verify", "app:1", "--key", key.to_str().unwrap(), "--require", "sbom,provenance"])
         .ok();
+    assert!(
+        verified.stdout.contains(&format!("for repository {new_name:?}")),
+        "{}",
+        verified.stdout
+    );
+    assert!(verified.stdout.contains("for repository \"app\""), "{}", verified.stdout);
     pulled.run(&["store", "check"]).ok();
+}
+
+/// A registry as `--insecure-registry` never names it: HTTPS, with a certificate from a CA
+/// only `--registry-ca` makes kiln trust; and credentials from a credential helper.
+#[test]
+fn https_with_registry_ca_and_credentials_from_a_helper() {
+    if !(require_tool("openssl") && require_tool("curl")) {
+        return;
+    }
+    let reg = match Registry::start("tls", true, true) {
+        Ok(reg) => reg,
+        Err(why) if support::in_ci() => panic!("{why}"),
+        Err(why) => return eprintln!("SKIP: {why}"),
+    };
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "tls");
+    let bin = ws.mkdir("bin");
+    // A credential helper as docker-credential-pass or -secretservice are: given the host on
+    // stdin, it prints the credential as JSON.
+    let (user, password) = reg.credentials.clone().unwrap();
+    let helper = ws.write(
+        "bin/docker-credential-kilntest",
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread host\n[ \"$host\" = {} ] || \
+             {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$host\"\n",
+            reg.host
+        ),
+    );
+    sh("chmod", &["+x", helper.to_str().unwrap()]);
+    ws.write(
+        "docker-config/config.json",
+        format!(r#"{{"credHelpers": {{"{}": "kilntest"}}}}"#, reg.host),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let kiln = kiln.env("PATH", &path);
+    let dest = format!("{}/{}:1", reg.host, reg.fresh_repo());
+
+    kiln.run(&["push", "app:1", &dest])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&[&reg.host, "invalid peer certificate: UnknownIssuer"]);
+    let ca = reg.ca.clone().unwrap();
+    let report = kiln
+        .run(&["--json", "push", "app:1", &dest, "--registry-ca", ca.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(report["digest"], digest);
+    let raw = sh(
+        "curl",
+        &[
+            "-sSf",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-u",
+            &format!("{user}:{password}"),
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json",
+            &format!(
+                "https://{}/v2/{}/manifests/1",
+                reg.host,
+                dest.split_once('/').unwrap().1.trim_end_matches(":1")
+            ),
+        ],
+    );
+    assert_eq!(kiln_oci::Digest::of(raw.as_bytes()).to_string(), digest);
 }
 
 mod fake_registry;

@@ -21,6 +21,8 @@ pub struct Registry {
     pub storage: PathBuf,
     /// The basic-auth credentials it requires, if any.
     pub credentials: Option<(String, String)>,
+    /// For a registry speaking HTTPS: the PEM file of the CA that signed its certificate.
+    pub ca: Option<PathBuf>,
 }
 
 /// The process-wide open registry.
@@ -29,7 +31,7 @@ pub struct Registry {
 /// When `CI=true` and the registry cannot be started: in CI a missing server is a failure.
 pub fn open() -> Option<&'static Registry> {
     static REGISTRY: OnceLock<Result<Registry, String>> = OnceLock::new();
-    available(REGISTRY.get_or_init(|| Registry::start("open", false)))
+    available(REGISTRY.get_or_init(|| Registry::start("open", false, false)))
 }
 
 /// The process-wide registry requiring basic auth as [`USER`]:[`PASSWORD`].
@@ -38,7 +40,7 @@ pub fn open() -> Option<&'static Registry> {
 /// When `CI=true` and the registry cannot be started.
 pub fn with_auth() -> Option<&'static Registry> {
     static REGISTRY: OnceLock<Result<Registry, String>> = OnceLock::new();
-    available(REGISTRY.get_or_init(|| Registry::start("auth", true)))
+    available(REGISTRY.get_or_init(|| Registry::start("auth", true, false)))
 }
 
 fn available(started: &'static Result<Registry, String>) -> Option<&'static Registry> {
@@ -55,8 +57,9 @@ fn available(started: &'static Result<Registry, String>) -> Option<&'static Regi
 }
 
 impl Registry {
-    /// Starts another registry for this process; `name` tells its state folder apart.
-    pub fn start(name: &str, auth: bool) -> Result<Registry, String> {
+    /// Starts another registry for this process, requiring basic auth as [`USER`]:[`PASSWORD`]
+    /// with `auth`, speaking HTTPS with `tls`; `name` tells its state folder apart.
+    pub fn start(name: &str, auth: bool, tls: bool) -> Result<Registry, String> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -66,6 +69,9 @@ impl Registry {
         command.arg(&script).arg("start").arg(&dir).args(["--parent", &pid.to_string()]);
         if auth {
             command.args(["--auth", &format!("{USER}:{PASSWORD}")]);
+        }
+        if tls {
+            command.arg("--tls");
         }
         let out = command.output().map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if !out.status.success() {
@@ -88,6 +94,7 @@ impl Registry {
             host: get("KILN_TEST_REGISTRY")?,
             storage: PathBuf::from(get("KILN_TEST_REGISTRY_STORAGE")?),
             credentials: auth.then(|| (USER.to_string(), PASSWORD.to_string())),
+            ca: if tls { Some(PathBuf::from(get("KILN_TEST_REGISTRY_CA")?)) } else { None },
         })
     }
 

@@ -176,7 +176,13 @@ pub(super) async fn check_signatures(
             .unwrap_or_default();
         match signer(keys, &payload, &raw) {
             Some(id) => {
-                report.ok("signature", format!("signature {at} by key {id} verifies"));
+                // A simple-signing payload vouches for the digest under one repository name;
+                // containers/image policies compare it with where the image is pulled from.
+                let repository = &claims.critical.identity.docker_reference;
+                report.ok(
+                    "signature",
+                    format!("signature {at} by key {id} verifies, for repository {repository:?}"),
+                );
                 report.signers.push(id);
             }
             None if given.iter().any(|g| g.to_string() == claimed) => report.fail("signature", format!(
