@@ -167,6 +167,38 @@ fn tarball_members_are_unpacked() {
 }
 
 #[test]
+fn tarball_devices_need_the_option_and_linux_numbers() {
+    // A character device with the given octal major and minor fields.
+    let device = |major: &[u8; 7], minor: &[u8; 7]| {
+        let mut bytes = raw_tar(b"dev/x", b'3', b"", b"");
+        bytes[329..336].copy_from_slice(major);
+        bytes[337..344].copy_from_slice(minor);
+        bytes[148..156].copy_from_slice(b"        ");
+        let sum: u32 = bytes[..512].iter().map(|&b| u32::from(b)).sum();
+        bytes[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        bytes
+    };
+    let with_devices = |bytes: &[u8]| {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("in.tar"), bytes).unwrap();
+        let text = "tarballs = [{ src = \"in.tar\", dest = \"/\", devices = true }]";
+        let r = recipe(tmp.path(), text);
+        let layer = resolve_layer(&r.layers[0], &mut HashCache::disabled())?;
+        assert!(layer.inputs[0].devices, "the lock records devices = true");
+        layer.tree()
+    };
+    let ok = device(b"0000001", b"0000454");
+    let err = tarball_result(&ok).unwrap_err().to_string();
+    assert!(err.contains("dev/x") && err.contains("devices = true"), "{err}");
+    let tree = with_devices(&ok).unwrap();
+    let want = EntryKind::Device(kiln_builder::Device::Char { major: 1, minor: 300 });
+    assert_eq!(tree.get(&p("dev/x")).unwrap().kind, want);
+    // Major 4096 is beyond Linux's 12 bits.
+    let err = with_devices(&device(b"0010000", b"0000001")).unwrap_err().to_string();
+    assert!(err.contains("dev/x") && err.contains("4096:1"), "{err}");
+}
+
+#[test]
 fn hostile_tarballs_are_refused() {
     let cases: [(&[u8], u8, &[u8], &str); 6] = [
         (b"../escape", b'0', b"", "climbs out"),
