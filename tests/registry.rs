@@ -621,3 +621,72 @@ fn proxy(to: &Fake, request: &fake_registry::Request) -> Answer {
     }
     Answer::body(status, body)
 }
+
+#[test]
+fn pull_uses_the_referrers_api_where_the_registry_has_one() {
+    let ws = Workspace::new();
+    let (manifest, root, mut blobs) = fake_image();
+    let note = b"a note about the image".to_vec();
+    let empty = b"{}".to_vec();
+    let digest = |b: &[u8]| kiln_oci::Digest::of(b).to_string();
+    let artifact = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.note",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest(&empty), "size": 2},
+        "layers": [{"mediaType": "text/plain", "digest": digest(&note), "size": note.len()}],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": root, "size": manifest.len()},
+        "annotations": {"org.example.kind": "note"},
+    }))
+    .unwrap();
+    let artifact_digest = digest(&artifact);
+    let listing = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": artifact_digest, "size": artifact.len(),
+                       "artifactType": "application/vnd.example.note",
+                       "annotations": {"org.example.kind": "note"}}],
+    }))
+    .unwrap();
+    blobs.push((digest(&note), note));
+    blobs.push((digest(&empty), empty));
+    let manifests = [(root.clone(), manifest), (artifact_digest.clone(), artifact)];
+    let subject = root.clone();
+    let fake = Fake::start(move |request, _| {
+        let target = request.target.as_str();
+        if target == "/v2/" {
+            return Answer::status(200);
+        }
+        if target == format!("/v2/r/referrers/{subject}") {
+            return Answer::body(200, listing.clone());
+        }
+        if target.starts_with("/v2/r/referrers/") {
+            return Answer::body(200, r#"{"schemaVersion":2,"manifests":[]}"#);
+        }
+        for (d, bytes) in &manifests {
+            if target == format!("/v2/r/manifests/{d}") {
+                return Answer::body(200, bytes.clone());
+            }
+        }
+        match blobs.iter().find(|(d, _)| target == format!("/v2/r/blobs/{d}")) {
+            Some((_, bytes)) => Answer::body(200, bytes.clone()),
+            None => Answer::status(404),
+        }
+    });
+    let store = ws.store("s");
+    let kiln = kiln_at(&ws, &store);
+    let source = format!("{}/r@{root}", fake.host);
+    let report =
+        kiln.run(&["--json", "pull", &source, "--insecure-registry", &fake.host]).ok().json();
+    assert_eq!(report["referrers"], 1, "{report}");
+    assert_eq!(fake.count("GET", "/v2/r/manifests/sha256-"), 0, "the fallback tag was read");
+    let entry = store
+        .join("referrers")
+        .join(root.trim_start_matches("sha256:"))
+        .join(artifact_digest.trim_start_matches("sha256:"));
+    let entry: Value = serde_json::from_slice(&fs::read(entry).unwrap()).unwrap();
+    assert_eq!(entry["artifactType"], "application/vnd.example.note");
+    assert_eq!(entry["annotations"]["org.example.kind"], "note");
+    kiln.run(&["store", "check"]).ok();
+}
