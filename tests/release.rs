@@ -806,8 +806,32 @@ fn revocations_need_a_revoker_key_and_deleting_one_is_detected() {
     lab.run_at(&forged, &["pin", &one, "--format", "json"]).fails_with(1, &["revoked", "forged"]);
 
     revoke(&lab.store, &one, "release", &policy, "CVE-1").ok();
+    // A promotion records the revocation log's newest entry it saw.
+    lab.promote(&lab.store, &two, "dev", "ci", &[]).ok();
     revoke(&lab.store, &two, "release", &policy, "CVE-2").ok();
     lab.promote(&lab.store, &two, "dev", "ci", &[]).fails_with(1, &["revoked", "CVE-2"]);
+    // The whole revocation log deleted: it looks like nothing was ever revoked, and a pin,
+    // which reads only the log, renders the release again; but the channel's entry saw a
+    // revocation the log no longer has.
+    let wiped = copy("wiped-revocations");
+    std::fs::remove_dir_all(lab.folder(&wiped).join("log/_revocations")).unwrap();
+    lab.run_at(&wiped, &["pin", &one, "--format", "json"]).ok();
+    lab.history(&wiped, "dev/vm")
+        .fails_with(EXIT_INTEGRITY, &["at entry 1", "revocations were deleted"]);
+    lab.run_at(
+        &wiped,
+        &[
+            "verify",
+            &two,
+            "--key",
+            &lab.public("build"),
+            "--channel",
+            "dev/vm",
+            "--policy",
+            &policy,
+        ],
+    )
+    .fails_with(EXIT_INTEGRITY, &["revocations were deleted"]);
     // The newest revocation deleted: pin, promote and verify see the log was cut.
     let cut = copy("cut-revocation");
     std::fs::remove_file(lab.folder(&cut).join("log/_revocations/all/2")).unwrap();

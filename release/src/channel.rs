@@ -190,6 +190,19 @@ pub struct Entry {
     pub reason: String,
     /// Digest of the policy in force.
     pub policy: Digest,
+    /// The revocation log's newest entry when this entry was written (promotions and
+    /// rollbacks, once anything was revoked): an audit of the channel checks it is still
+    /// there, so deleting revocations shows even when the log itself is cut back whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocations: Option<LogPoint>,
+}
+
+/// An entry of a log, by seq and the digest of its stored bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogPoint {
+    pub seq: u64,
+    pub entry: Digest,
 }
 
 /// An entry as read from the store.
@@ -762,6 +775,7 @@ pub fn next_entry(
         time: signed::now(),
         reason: reason.to_string(),
         policy,
+        revocations: None,
     }
 }
 

@@ -2,8 +2,9 @@
 //! re-checking every entry against the policy it records (read from the store by digest):
 //! its signer may write to the channel, a promotion had the approvals and (when that channel's
 //! history is in the same store) the earlier channel it needed, a rollback went back to a
-//! release the channel held. And the check `kiln verify RELEASE --channel CHANNEL/NAME`
-//! makes: the release is the channel's head or was in it, and is not revoked.
+//! release the channel held, and the revocation log still holds the entry it saw. And the
+//! check `kiln verify RELEASE --channel CHANNEL/NAME` makes: the release is the channel's head
+//! or was in it.
 
 use std::collections::BTreeMap;
 
@@ -120,7 +121,10 @@ async fn recheck(
     let mut tallies: BTreeMap<(Digest, Digest), usize> = BTreeMap::new();
     // Per earlier channel, the releases it held (None: its history is not in this store).
     let mut earlier: BTreeMap<(Digest, String), Option<Vec<Digest>>> = BTreeMap::new();
-    let revocations = *ch == ChannelRef::revocations()?;
+    let revocation_log = ChannelRef::revocations()?;
+    let revocations = *ch == revocation_log;
+    // Points of the revocation log already found still there.
+    let mut seen_revocations = Vec::new();
     for (i, stored) in entries.iter().enumerate() {
         let e = &stored.entry;
         let policy = match policies.entry(e.policy) {
@@ -157,6 +161,22 @@ async fn recheck(
         let under = |why: String| {
             tampered(e.seq, format!("under the policy it names ({}), {why}", e.policy))
         };
+        if let Some(point) = e.revocations.filter(|_| !revocations) {
+            if !seen_revocations.contains(&point) {
+                let found = channel::read_entry(store, &revocation_log, point.seq).await?;
+                if found.map(|f| f.digest) != Some(point.entry) {
+                    return Err(tampered(
+                        e.seq,
+                        format!(
+                            "when it was written the revocation log's newest entry was {} ({}), \
+                             which is no longer there: revocations were deleted",
+                            point.seq, point.entry
+                        ),
+                    ));
+                }
+                seen_revocations.push(point);
+            }
+        }
         if revocations {
             let may = policy.revokers.iter().any(|k| signed::key_id(k).ok() == Some(e.actor));
             if e.action != Action::Revoke || !may {

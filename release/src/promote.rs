@@ -71,9 +71,9 @@ pub async fn promote(req: &Request<'_>) -> Result<Report> {
         channel: req.channel.to_string(),
         reason,
     };
-    revocation::audited(req.from, &req.release, &req.policy.revokers).await?;
+    let mut revocations = revocation::audited(req.from, &req.release, &req.policy.revokers).await?;
     if let Some(to) = req.to {
-        revocation::audited(to, &req.release, &req.policy.revokers).await?;
+        revocations = revocation::audited(to, &req.release, &req.policy.revokers).await?;
     }
     let rules = req.policy.channel(&req.channel)?;
     let actor = signed::key_id(&req.key.public())?;
@@ -125,7 +125,7 @@ pub async fn promote(req: &Request<'_>) -> Result<Report> {
     req.policy.record(target).await?;
     let version = loaded.release.version.clone();
     let appended = channel::append(target, &ch, req.key, &rules.keys, |head| {
-        Ok(channel::next_entry(
+        let mut entry = channel::next_entry(
             &ch,
             head,
             Action::Promote,
@@ -134,7 +134,10 @@ pub async fn promote(req: &Request<'_>) -> Result<Report> {
             actor,
             req.reason,
             req.policy.digest,
-        ))
+        );
+        // The target store's revocation log is the one its channel audits check.
+        entry.revocations = revocations;
+        Ok(entry)
     })
     .await?;
     Ok(Report {
@@ -209,7 +212,7 @@ pub async fn rollback(
             key_ids(&rules.keys)
         )));
     }
-    revocation::audited(store, &release, &policy.revokers).await?;
+    let revocations = revocation::audited(store, &release, &policy.revokers).await?;
     let loaded = record::load(store, &release).await?;
     let audit = channel::audit(store, ch, &rules.keys, None).await?;
     if !audit.entries.iter().any(|e| e.entry.release == release) {
@@ -221,7 +224,7 @@ pub async fn rollback(
         if head.is_some_and(|h| h.entry.release == release) {
             return Err(refuse(format!("{ch} already points at it")));
         }
-        Ok(channel::next_entry(
+        let mut entry = channel::next_entry(
             ch,
             head,
             Action::Rollback,
@@ -230,7 +233,9 @@ pub async fn rollback(
             actor,
             reason,
             policy.digest,
-        ))
+        );
+        entry.revocations = revocations;
+        Ok(entry)
     })
     .await?;
     Ok(Report {

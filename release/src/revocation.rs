@@ -13,7 +13,7 @@ use kiln_oci::Digest;
 use kiln_store::Store;
 use serde::Serialize;
 
-use crate::channel::{self, Action, ChannelRef};
+use crate::channel::{self, Action, ChannelRef, LogPoint};
 use crate::policy::Policy;
 use crate::record::Loaded;
 use crate::{signed, ReleaseError, Result};
@@ -92,12 +92,17 @@ pub async fn revoked(store: &Store, release: &Digest) -> Result<()> {
 }
 
 /// Audits the whole revocation log with `revokers` (chain, signatures, checkpoint, and each
-/// entry against the policy it records) and fails if it revokes `release`.
-pub async fn audited(store: &Store, release: &Digest, revokers: &[PublicKey]) -> Result<()> {
+/// entry against the policy it records) and fails if it revokes `release`; else returns the
+/// log's newest entry, for the channel entry about to be written to record.
+pub async fn audited(
+    store: &Store,
+    release: &Digest,
+    revokers: &[PublicKey],
+) -> Result<Option<LogPoint>> {
     let log = ChannelRef::revocations()?;
     let history = crate::history::history(store, &log, revokers, None, None).await?;
     match history.entries.iter().find(|e| e.release == *release) {
-        None => Ok(()),
+        None => Ok(history.entries.last().map(|e| LogPoint { seq: e.seq, entry: e.digest })),
         Some(e) => Err(ReleaseError::Revoked {
             release: *release,
             actor: e.actor.to_string(),

@@ -53,7 +53,9 @@ pub async fn verify(
     // With the auditor's policy, only revocations by its revokers count, and the whole log
     // must verify; without one, anything in the log revokes.
     match channel.as_ref().and_then(|c| c.policy) {
-        Some(p) => revocation::audited(store, id, &p.revokers).await?,
+        Some(p) => {
+            revocation::audited(store, id, &p.revokers).await?;
+        }
         None => revocation::revoked(store, id).await?,
     }
     let image = &loaded.release.image;
