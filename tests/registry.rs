@@ -690,3 +690,43 @@ fn pull_uses_the_referrers_api_where_the_registry_has_one() {
     assert_eq!(entry["annotations"]["org.example.kind"], "note");
     kiln.run(&["store", "check"]).ok();
 }
+
+#[test]
+fn a_copy_within_one_registry_mounts_the_blobs_instead_of_sending_them() {
+    if !require_tool("skopeo") {
+        return;
+    }
+    let Some(reg) = registry::open() else { return };
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "mount");
+    let (from, to) = (reg.fresh_repo(), reg.fresh_repo());
+    kiln.run(&["push", "app:1", &format!("{}/{from}", reg.host), "--insecure-registry", &reg.host])
+        .ok();
+    let report = kiln
+        .run(&[
+            "--json",
+            "copy",
+            &digest,
+            "--from",
+            &format!("docker://{}/{from}", reg.host),
+            "--to",
+            &format!("docker://{}/{to}:1", reg.host),
+            "--insecure-registry",
+            &reg.host,
+        ])
+        .ok()
+        .json();
+    let pushed = &report["pushed"];
+    assert_eq!(pushed["blobsUploaded"], 0, "{report}");
+    assert_eq!(pushed["blobsMounted"], pushed["blobs"], "{report}");
+    let raw = sh(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/{to}:1", reg.host)],
+    );
+    assert_eq!(kiln_oci::Digest::of(raw.as_bytes()).to_string(), digest);
+    let pulled = kiln_at(&ws, &ws.store("pulled"));
+    let source = format!("{}/{to}@{digest}", reg.host);
+    let report =
+        pulled.run(&["--json", "pull", &source, "--insecure-registry", &reg.host]).ok().json();
+    assert_eq!(report["referrers"], 3, "{report}");
+}

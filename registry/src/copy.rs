@@ -1,6 +1,7 @@
 //! Copying an image from one registry repository to another (the same registry or
 //! another): pulled into a temporary folder store, every byte verified on the way, optionally
-//! signed for the destination repository, then pushed with every referrer. Nothing is
+//! signed for the destination repository, then pushed with every referrer (on the same
+//! registry, blobs are mounted from the source repository instead of sent). Nothing is
 //! streamed from registry to registry unverified.
 
 use kiln_attest::PrivateKey;
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{RegistryError, Result};
 use crate::pull::{pull, PullReport};
-use crate::push::{push, PushReport};
+use crate::push::{push_mounting, PushReport};
 use crate::repository::Repository;
 
 /// What a registry-to-registry copy did (`kiln copy --json` between registries).
@@ -40,7 +41,10 @@ pub async fn between_registries(
     if let Some(key) = sign {
         kiln_attest::publish::sign_for_repository(&store, &root, &to.describe(), key).await?;
     }
-    let pushed = push(&store, &root, to, tag).await?;
+    // On the same registry, blobs are linked from the source repository, not sent again.
+    let same_registry = from.client().host() == to.client().host();
+    let mount_from = same_registry.then(|| from.name());
+    let pushed = push_mounting(&store, &root, to, tag, mount_from).await?;
     if let Err(e) = scratch.close() {
         eprintln!("warning: cannot remove the copy's scratch store {location}: {e}");
     }

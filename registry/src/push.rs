@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kiln_attest::artifact::{SIGNATURE_ARTIFACT, SIMPLE_SIGNING_LAYER};
-use kiln_oci::{media_type, Descriptor, Digest, ImageManifest, Tag};
+use kiln_oci::{media_type, Descriptor, Digest, ImageManifest, RepoName, Tag};
 use kiln_store::{image_blobs, image_referrers, Store};
 use serde::Serialize;
 
@@ -38,6 +38,8 @@ pub struct PushReport {
     pub blobs: u64,
     /// Of those, the ones sent (the registry lacked them).
     pub blobs_uploaded: u64,
+    /// Of those, the ones linked from another repository of the same registry instead.
+    pub blobs_mounted: u64,
     /// Bytes of the blobs sent.
     pub bytes_uploaded: u64,
     /// Manifests and indexes of the image and its referrers.
@@ -60,14 +62,26 @@ pub async fn push(
     repo: &Repository,
     tag: Option<&Tag>,
 ) -> Result<PushReport> {
+    push_mounting(store, root, repo, tag, None).await
+}
+
+/// [`push`], asking the registry to mount each missing blob from repository `mount_from`
+/// on the same registry before sending it.
+pub async fn push_mounting(
+    store: &Store,
+    root: &Descriptor,
+    repo: &Repository,
+    tag: Option<&Tag>,
+    mount_from: Option<&RepoName>,
+) -> Result<PushReport> {
     let image = image_blobs(store, root).await?;
     let (artifacts, added) = image_referrers(store, &image).await?;
     let all: Vec<Descriptor> = image.into_iter().chain(added).collect();
     let (manifests, blobs): (Vec<&Descriptor>, Vec<&Descriptor>) =
         all.iter().partition(|d| is_manifest(d));
 
-    let sent: Vec<Option<u64>> = futures::stream::iter(blobs.iter().copied())
-        .map(|desc| push_blob(store, repo, desc))
+    let sent: Vec<Sent> = futures::stream::iter(blobs.iter().copied())
+        .map(|desc| push_blob(store, repo, desc, mount_from))
         .buffer_unordered(BLOBS_IN_FLIGHT)
         .try_collect()
         .await?;
@@ -78,8 +92,9 @@ pub async fn push(
         },
         digest: root.digest,
         blobs: blobs.len() as u64,
-        blobs_uploaded: sent.iter().flatten().count() as u64,
-        bytes_uploaded: sent.iter().flatten().sum(),
+        blobs_uploaded: sent.iter().filter(|s| matches!(s, Sent::Uploaded(_))).count() as u64,
+        blobs_mounted: sent.iter().filter(|s| matches!(s, Sent::Mounted)).count() as u64,
+        bytes_uploaded: sent.iter().map(|s| if let Sent::Uploaded(n) = s { *n } else { 0 }).sum(),
         manifests: manifests.len() as u64,
         manifests_uploaded: 0,
         referrers: artifacts.len() as u64,
@@ -139,16 +154,41 @@ async fn push_referrers(
     Ok(written)
 }
 
-/// Sends one blob unless the registry has it; returns its size when sent.
-async fn push_blob(store: &Store, repo: &Repository, desc: &Descriptor) -> Result<Option<u64>> {
+/// What became of one blob.
+enum Sent {
+    /// The registry had it.
+    Present,
+    /// Linked from another repository.
+    Mounted,
+    /// Sent: this many bytes.
+    Uploaded(u64),
+}
+
+/// Sends one blob unless the registry has it or mounts it.
+async fn push_blob(
+    store: &Store,
+    repo: &Repository,
+    desc: &Descriptor,
+    mount_from: Option<&RepoName>,
+) -> Result<Sent> {
     if repo.has_blob(&desc.digest).await? {
-        return Ok(None);
+        return Ok(Sent::Present);
+    }
+    let mut session = None;
+    if let Some(from) = mount_from {
+        match repo.mount(&desc.digest, from).await? {
+            None => return Ok(Sent::Mounted),
+            Some(location) => session = Some(location),
+        }
     }
     if desc.size <= WHOLE_BLOB {
         let bytes = store.get_described(desc).await?;
-        upload_bytes(repo, &desc.digest, bytes).await?;
+        upload_bytes_in(repo, &desc.digest, bytes, session).await?;
     } else {
-        let location = repo.start_upload().await?;
+        let location = match session {
+            Some(location) => location,
+            None => repo.start_upload().await?,
+        };
         // The store checks the bytes as they stream and ends the stream with an error if
         // they are not the blob, which aborts the upload: the registry verifies the digest
         // too, so a corrupt stored blob never lands there.
@@ -156,16 +196,29 @@ async fn push_blob(store: &Store, repo: &Repository, desc: &Descriptor) -> Resul
         let body = reqwest::Body::wrap_stream(stream);
         repo.finish_upload(&location, &desc.digest, desc.size, body).await?;
     }
-    Ok(Some(desc.size))
+    Ok(Sent::Uploaded(desc.size))
 }
 
 /// Sends a blob held in memory, in a new upload session each time a registry fails it
 /// with a 5xx or a dropped connection.
 pub(crate) async fn upload_bytes(repo: &Repository, digest: &Digest, bytes: Bytes) -> Result<()> {
+    upload_bytes_in(repo, digest, bytes, None).await
+}
+
+/// [`upload_bytes`], first in `session` if the registry already opened one.
+async fn upload_bytes_in(
+    repo: &Repository,
+    digest: &Digest,
+    bytes: Bytes,
+    mut session: Option<reqwest::Url>,
+) -> Result<()> {
     let size = bytes.len() as u64;
     let mut attempt = 1;
     loop {
-        let location = repo.start_upload().await?;
+        let location = match session.take() {
+            Some(location) => location,
+            None => repo.start_upload().await?,
+        };
         let body = reqwest::Body::from(bytes.clone());
         match repo.finish_upload(&location, digest, size, body).await {
             Err(e) if attempt < UPLOAD_ATTEMPTS && e.is_transient() => {

@@ -48,6 +48,11 @@ impl Repository {
         &self.client
     }
 
+    /// The repository's name within its registry.
+    pub fn name(&self) -> &RepoName {
+        &self.name
+    }
+
     /// `HOST/REPO`.
     pub fn describe(&self) -> String {
         format!("{}/{}", self.client.host(), self.name)
@@ -83,6 +88,24 @@ impl Repository {
             return Err(unexpected(&Method::POST, &url, response).await);
         }
         self.location(&url, &response)
+    }
+
+    /// Asks the registry to link blob `digest` from repository `from` on the same registry
+    /// (a cross-repository mount), so its bytes need not be sent. Returns `None` when it was
+    /// mounted, else the upload session the registry opened instead.
+    pub async fn mount(&self, digest: &Digest, from: &RepoName) -> Result<Option<Url>> {
+        let mut url = self.url("blobs/uploads/")?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from.as_str());
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let response = self.client.send(Method::POST, &url, headers, Some(Bytes::new())).await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(None),
+            StatusCode::ACCEPTED => Ok(Some(self.location(&url, &response)?)),
+            _ => Err(unexpected(&Method::POST, &url, response).await),
+        }
     }
 
     /// Finishes the upload at `location` with the whole blob as one body.
