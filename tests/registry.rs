@@ -730,3 +730,35 @@ fn a_copy_within_one_registry_mounts_the_blobs_instead_of_sending_them() {
         pulled.run(&["--json", "pull", &source, "--insecure-registry", &reg.host]).ok().json();
     assert_eq!(report["referrers"], 3, "{report}");
 }
+
+#[test]
+fn blobs_larger_than_a_part_stream_both_ways_unchanged() {
+    let Some(reg) = registry::open() else { return };
+    let ws = Workspace::new();
+    // Noise does not compress: the layer is over the 8 MiB kiln streams instead of holding.
+    ws.write("big/files/noise.bin", support::noise(9 * 1024 * 1024, 3));
+    let recipe = ws.write(
+        "big/big.toml",
+        "epoch = 1700000000\n[image]\nname = \"big\"\nversion = \"1\"\n\
+         [[layer]]\nname = \"noise\"\nfiles = [{ src = \"files/noise.bin\", dest = \"/noise.bin\" }]\n",
+    );
+    let kiln = kiln_at(&ws, &ws.store("s"));
+    let digest = support::digest_of(&kiln.build(&recipe, &[]));
+    let repo = format!("{}/{}", reg.host, reg.fresh_repo());
+    let pushed =
+        kiln.run(&["--json", "push", "big:1", &repo, "--insecure-registry", &reg.host]).ok().json();
+    assert!(pushed["bytesUploaded"].as_u64().unwrap() > 9 * 1024 * 1024, "{pushed}");
+    let pulled_store = ws.store("pulled");
+    let pulled = kiln_at(&ws, &pulled_store);
+    let source = format!("{repo}@{digest}");
+    pulled.run(&["pull", &source, "--tag", "big:1", "--insecure-registry", &reg.host]).ok();
+    let original = ws.store("s");
+    for blob in tree(&original.join("blobs")) {
+        assert_eq!(
+            fs::read(original.join("blobs").join(&blob)).unwrap(),
+            fs::read(pulled_store.join("blobs").join(&blob)).unwrap()
+        );
+    }
+    pulled.run(&["store", "check"]).ok();
+    assert!(tree(&pulled_store).iter().all(|p| !p.starts_with("uploads")));
+}
