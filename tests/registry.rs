@@ -445,8 +445,11 @@ fn fake_image() -> (Vec<u8>, String, Vec<Blob>) {
     (manifest, manifest_digest, vec![(digest(&config), config), (digest(&layer), layer)])
 }
 
-/// A fake serving `fake_image()` as repository `r`; `layer(n)` answers the layer's n-th GET.
-fn image_server(layer: impl Fn(usize, &[u8]) -> Answer + Send + Sync + 'static) -> (Fake, String) {
+/// A fake serving `fake_image()` as repository `r`; `layer(request, n, bytes)` answers the
+/// layer's n-th GET.
+fn image_server(
+    layer: impl Fn(&fake_registry::Request, usize, &[u8]) -> Answer + Send + Sync + 'static,
+) -> (Fake, String) {
     let (manifest, digest, blobs) = fake_image();
     let layer_digest = blobs[1].0.clone();
     let root = digest.clone();
@@ -463,7 +466,7 @@ fn image_server(layer: impl Fn(usize, &[u8]) -> Answer + Send + Sync + 'static) 
                 .with("Content-Type", "application/vnd.oci.image.manifest.v1+json");
         }
         if target == format!("/v2/r/blobs/{layer_digest}") {
-            return layer(n, &blobs[1].1);
+            return layer(request, n, &blobs[1].1);
         }
         match blobs.iter().find(|(d, _)| target == format!("/v2/r/blobs/{d}")) {
             Some((_, bytes)) => Answer::body(200, bytes.clone()),
@@ -474,13 +477,14 @@ fn image_server(layer: impl Fn(usize, &[u8]) -> Answer + Send + Sync + 'static) 
 }
 
 #[test]
-fn a_connection_cut_mid_blob_is_fetched_again_and_one_always_cut_fails_keeping_nothing() {
+fn a_connection_cut_mid_blob_resumes_where_it_stopped_and_one_always_cut_fails_keeping_nothing() {
     let ws = Workspace::new();
-    let (fake, digest) = image_server(|n, bytes| {
+    let (fake, digest) = image_server(|request, n, bytes| {
+        let answer = Answer::range(request, bytes);
         if n == 0 {
-            Answer::Cut { body: bytes.to_vec(), sent: bytes.len() / 2 }
+            answer.cut()
         } else {
-            Answer::body(200, bytes.to_vec())
+            answer
         }
     });
     let store = ws.store("once");
@@ -488,20 +492,27 @@ fn a_connection_cut_mid_blob_is_fetched_again_and_one_always_cut_fails_keeping_n
     let source = format!("{}/r@{digest}", fake.host);
     kiln.run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &fake.host]).ok();
     let layer = &fake_image().2[1];
-    assert_eq!(fake.count("GET", &format!("/v2/r/blobs/{}", layer.0)), 2);
+    let layer_path = format!("/v2/r/blobs/{}", layer.0);
+    let gets: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.target == layer_path)
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    // The second asks for the rest only: the first half is not fetched again.
+    assert_eq!(gets[1].header("range"), Some(format!("bytes={}-", layer.1.len() / 2).as_str()));
     let stored = store.join("blobs/sha256").join(layer.0.trim_start_matches("sha256:"));
     assert_eq!(fs::read(stored).unwrap(), layer.1);
     kiln.run(&["store", "check"]).ok();
 
-    let (fake, digest) =
-        image_server(|_, bytes| Answer::Cut { body: bytes.to_vec(), sent: bytes.len() / 2 });
+    let (fake, digest) = image_server(|request, _, bytes| Answer::range(request, bytes).cut());
     let store = ws.store("always");
     let kiln = kiln_at(&ws, &store);
     let source = format!("{}/r@{digest}", fake.host);
     kiln.run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &fake.host])
         .fails_with(EXIT_ERROR)
-        .stderr_has(&[&format!("/v2/r/blobs/{}", layer.0)]);
-    assert_eq!(fake.count("GET", &format!("/v2/r/blobs/{}", layer.0)), 3);
+        .stderr_has(&[&layer_path]);
+    assert_eq!(fake.count("GET", &layer_path), 3);
     assert!(!store.join("blobs/sha256").join(layer.0.trim_start_matches("sha256:")).exists());
     assert!(!store.join("refs").exists());
     kiln.run(&["store", "check"]).ok();
@@ -556,7 +567,7 @@ fn a_500_on_upload_is_retried_then_reported() {
 #[test]
 fn bearer_tokens_come_from_the_realm_with_the_docker_config_credentials() {
     let ws = Workspace::new();
-    let (inner, digest) = image_server(|_, bytes| Answer::body(200, bytes.to_vec()));
+    let (inner, digest) = image_server(|_, _, bytes| Answer::body(200, bytes.to_vec()));
     let inner = Arc::new(inner);
     let realm_host = Arc::new(Mutex::new(String::new()));
     let (proxy_inner, realm) = (inner.clone(), realm_host.clone());

@@ -17,7 +17,7 @@ use crate::repository::{Fetched, Repository, DOCKER_MANIFEST, DOCKER_MANIFEST_LI
 
 /// Blobs fetched at once.
 const BLOBS_IN_FLIGHT: usize = 4;
-/// Fetches tried per blob when the connection drops.
+/// Requests per blob: the first, then resumptions after dropped connections.
 const FETCH_ATTEMPTS: u32 = 3;
 
 /// What a pull did (`kiln pull --json`).
@@ -240,43 +240,78 @@ async fn fetch_blob(store: &Store, repo: &Repository, desc: &Descriptor) -> Resu
         return Ok(None);
     }
     let url = repo.blob_url(&desc.digest)?.to_string();
-    let mut attempt = 1;
-    loop {
-        let response = repo.get_blob(&desc.digest).await?;
-        let chunks = response.bytes_stream().map_err({
-            let url = url.clone();
-            move |e| StoreError::Incoming {
-                from: url.clone(),
-                source: Box::new(RegistryError::Http {
-                    method: "GET".to_string(),
-                    url: url.clone(),
-                    source: e,
-                }),
-            }
-        });
-        let mismatch = |found, found_size| {
-            let source = if found_size != desc.size {
-                RegistryError::SizeMismatch {
-                    url: url.clone(),
-                    expected: desc.size,
-                    found: found_size,
-                }
-            } else {
-                RegistryError::DigestMismatch { url: url.clone(), expected: desc.digest, found }
-            };
-            StoreError::Incoming { from: url.clone(), source: Box::new(source) }
+    let chunks = resumable(repo.clone(), desc.digest, url.clone());
+    let mismatch = |found, found_size| {
+        let source = if found_size != desc.size {
+            RegistryError::SizeMismatch { url: url.clone(), expected: desc.size, found: found_size }
+        } else {
+            RegistryError::DigestMismatch { url: url.clone(), expected: desc.digest, found }
         };
-        match store.put_blob_stream(chunks, &desc.digest, desc.size, mismatch).await {
-            Ok(_) => return Ok(Some(desc.size)),
-            Err(StoreError::Incoming { source, .. })
-                if attempt < FETCH_ATTEMPTS
-                    && source
-                        .downcast_ref::<RegistryError>()
-                        .is_some_and(RegistryError::is_transient) =>
-            {
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
+        StoreError::Incoming { from: url.clone(), source: Box::new(source) }
+    };
+    store.put_blob_stream(chunks, &desc.digest, desc.size, mismatch).await?;
+    Ok(Some(desc.size))
+}
+
+/// Where a blob download stands.
+struct Download {
+    repo: Repository,
+    digest: Digest,
+    url: String,
+    /// Bytes received so far; a dropped connection resumes from here.
+    offset: u64,
+    /// Requests made so far.
+    requests: u32,
+    body: Option<futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
+    /// Set once an error was yielded: the stream ends there.
+    failed: bool,
+}
+
+/// The bytes of blob `digest`, resumed with a range request from where they stopped when the
+/// connection drops (up to [`FETCH_ATTEMPTS`] requests in all).
+fn resumable(
+    repo: Repository,
+    digest: Digest,
+    url: String,
+) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>> {
+    let start = Download { repo, digest, url, offset: 0, requests: 0, body: None, failed: false };
+    futures::stream::unfold(start, |mut d| async move {
+        if d.failed {
+            return None;
         }
-    }
+        loop {
+            let body = match d.body.as_mut() {
+                Some(body) => body,
+                None => {
+                    d.requests += 1;
+                    match d.repo.get_blob_from(&d.digest, d.offset).await {
+                        Ok(response) => d.body.insert(response.bytes_stream().boxed()),
+                        Err(e) => {
+                            d.failed = true;
+                            let from = d.url.clone();
+                            return Some((
+                                Err(StoreError::Incoming { from, source: Box::new(e) }),
+                                d,
+                            ));
+                        }
+                    }
+                }
+            };
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    d.offset += chunk.len() as u64;
+                    return Some((Ok(chunk), d));
+                }
+                None => return None,
+                Some(Err(_)) if d.requests < FETCH_ATTEMPTS => d.body = None,
+                Some(Err(source)) => {
+                    d.failed = true;
+                    let (from, url) = (d.url.clone(), d.url.clone());
+                    let source = RegistryError::Http { method: "GET".to_string(), url, source };
+                    return Some((Err(StoreError::Incoming { from, source: Box::new(source) }), d));
+                }
+            }
+        }
+    })
+    .boxed()
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kiln_oci::{media_type, Digest, RepoName};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use crate::client::{read_limited, unexpected, Client};
@@ -144,11 +146,35 @@ impl Repository {
         })
     }
 
-    /// Starts reading blob `digest`; the caller checks what arrives.
-    pub async fn get_blob(&self, digest: &Digest) -> Result<Response> {
+    /// Starts reading blob `digest` from byte `offset` on (a range request past 0); the
+    /// caller checks what arrives.
+    pub async fn get_blob_from(&self, digest: &Digest, offset: u64) -> Result<Response> {
         let url = self.blob_url(digest)?;
-        let response = self.client.send(Method::GET, &url, HeaderMap::new(), None).await?;
-        if !response.status().is_success() {
+        let mut headers = HeaderMap::new();
+        if offset > 0 {
+            headers.insert(
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|_| {
+                    RegistryError::InvalidReference {
+                        reference: url.to_string(),
+                        reason: "bad range".to_string(),
+                    }
+                })?,
+            );
+        }
+        let response = self.client.send(Method::GET, &url, headers, None).await?;
+        let status = response.status();
+        let resumed = response
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(&format!("bytes {offset}-")));
+        let ok = if offset == 0 {
+            status.is_success()
+        } else {
+            status == StatusCode::PARTIAL_CONTENT && resumed
+        };
+        if !ok {
             return Err(unexpected(&Method::GET, &url, response).await);
         }
         Ok(response)

@@ -29,7 +29,7 @@ pub enum Answer {
     Full { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
     /// Headers announcing `body.len()` bytes, then only the first `sent` of them, then the
     /// connection closes.
-    Cut { body: Vec<u8>, sent: usize },
+    Cut { status: u16, headers: Vec<(String, String)>, body: Vec<u8>, sent: usize },
 }
 
 impl Answer {
@@ -42,10 +42,39 @@ impl Answer {
     }
 
     pub fn with(mut self, name: &str, value: &str) -> Answer {
-        if let Answer::Full { headers, .. } = &mut self {
-            headers.push((name.to_string(), value.to_string()));
+        match &mut self {
+            Answer::Full { headers, .. } | Answer::Cut { headers, .. } => {
+                headers.push((name.to_string(), value.to_string()))
+            }
         }
         self
+    }
+
+    /// `bytes` from the offset a `Range: bytes=N-` header asks for (206), else whole (200).
+    pub fn range(request: &Request, bytes: &[u8]) -> Answer {
+        let from = request
+            .header("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<usize>().ok());
+        match from {
+            Some(from) => Answer::body(206, bytes[from..].to_vec()).with(
+                "Content-Range",
+                &format!("bytes {from}-{}/{}", bytes.len() - 1, bytes.len()),
+            ),
+            None => Answer::body(200, bytes.to_vec()),
+        }
+    }
+
+    /// This answer, cut off after half its body.
+    pub fn cut(self) -> Answer {
+        match self {
+            Answer::Full { status, headers, body } => {
+                let sent = body.len() / 2;
+                Answer::Cut { status, headers, body, sent }
+            }
+            cut => cut,
+        }
     }
 }
 
@@ -133,7 +162,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
             let sent = body.len();
             (status, headers, body, sent)
         }
-        Answer::Cut { body, sent } => (200, Vec::new(), body, sent),
+        Answer::Cut { status, headers, body, sent } => (status, headers, body, sent),
     };
     let mut head =
         format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
