@@ -614,6 +614,102 @@ fn bearer_tokens_come_from_the_realm_with_the_docker_config_credentials() {
     kiln.run(&["store", "check"]).ok();
 }
 
+#[test]
+fn a_large_upload_resumes_from_what_the_registry_holds_after_a_dropped_connection() {
+    let ws = Workspace::new();
+    ws.write("big/files/noise.bin", support::noise(20 * 1024 * 1024, 5));
+    let recipe = ws.write(
+        "big/big.toml",
+        "epoch = 1700000000\n[image]\nname = \"big\"\nversion = \"1\"\n\
+         [[layer]]\nname = \"noise\"\nfiles = [{ src = \"files/noise.bin\", dest = \"/noise.bin\" }]\n",
+    );
+    let kiln = kiln_at(&ws, &ws.store("s"));
+    kiln.build(&recipe, &[]);
+    // Every upload session's bytes, by session; the second PATCH of the big layer keeps only
+    // its first half and drops the connection without an answer.
+    let sessions: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let patches = Arc::new(Mutex::new(0usize));
+    let state = (sessions.clone(), patches.clone());
+    let fake = Fake::start(move |request, _| {
+        let (sessions, patches) = (&state.0, &state.1);
+        let target = request.target.as_str();
+        let session = |t: &str| -> Option<usize> {
+            t.strip_prefix("/v2/r/blobs/uploads/s")?.split('?').next()?.parse().ok()
+        };
+        match (request.method.as_str(), target) {
+            (_, "/v2/") => Answer::status(200),
+            ("POST", "/v2/r/blobs/uploads/") => {
+                let mut sessions = sessions.lock().unwrap();
+                sessions.push(Vec::new());
+                Answer::status(202)
+                    .with("Location", &format!("/v2/r/blobs/uploads/s{}", sessions.len() - 1))
+            }
+            ("PATCH", t) => {
+                let id = session(t).unwrap();
+                let mut sessions = sessions.lock().unwrap();
+                let start: usize = request
+                    .header("content-range")
+                    .unwrap()
+                    .split('-')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if start != sessions[id].len() {
+                    return Answer::status(416);
+                }
+                let mut patches = patches.lock().unwrap();
+                *patches += 1;
+                if *patches == 2 {
+                    let half = request.body.len() / 2;
+                    sessions[id].extend_from_slice(&request.body[..half]);
+                    return Answer::Drop;
+                }
+                sessions[id].extend_from_slice(&request.body);
+                let held = sessions[id].len();
+                Answer::status(202)
+                    .with("Location", &format!("/v2/r/blobs/uploads/s{id}"))
+                    .with("Range", &format!("0-{}", held - 1))
+            }
+            ("GET", t) if session(t).is_some() => {
+                let held = sessions.lock().unwrap()[session(t).unwrap()].len();
+                Answer::status(204)
+                    .with("Location", t)
+                    .with("Range", &format!("0-{}", held.saturating_sub(1)))
+            }
+            ("PUT", t) if session(t).is_some() => {
+                let held = &sessions.lock().unwrap()[session(t).unwrap()];
+                let mut whole = held.clone();
+                whole.extend_from_slice(&request.body);
+                let digest = kiln_oci::Digest::of(&whole).to_string();
+                if t.contains(&format!("digest={}", digest.replace(':', "%3A"))) {
+                    Answer::status(201)
+                } else {
+                    Answer::body(400, format!("digest invalid: got {digest}"))
+                }
+            }
+            ("PUT", t) if t.starts_with("/v2/r/manifests/") => Answer::status(201),
+            _ => Answer::status(404),
+        }
+    });
+    let dest = format!("{}/r:1", fake.host);
+    let report = kiln
+        .run(&["--json", "push", "big:1", &dest, "--insecure-registry", &fake.host])
+        .ok()
+        .json();
+    assert!(report["bytesUploaded"].as_u64().unwrap() > 20 * 1024 * 1024, "{report}");
+    // Three chunks, the dropped one resumed from its middle: four PATCHes, one status query.
+    let patches: Vec<_> =
+        fake.requests().into_iter().filter(|r| r.method == "PATCH").map(|r| r.headers).collect();
+    assert_eq!(patches.len(), 4, "{patches:?}");
+    let statuses = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.target.contains("/uploads/"))
+        .count();
+    assert_eq!(statuses, 1);
+}
+
 /// Forwards a GET or HEAD to `to` with curl and relays its answer.
 fn proxy(to: &Fake, request: &fake_registry::Request) -> Answer {
     let url = format!("http://{}{}", to.host, request.target);

@@ -14,6 +14,7 @@ pub mod push;
 pub mod reference;
 pub mod referrers;
 pub mod repository;
+pub mod upload;
 
 pub use client::{Client, Options};
 pub use error::{RegistryError, Result};

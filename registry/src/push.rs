@@ -14,8 +14,8 @@ use kiln_store::{image_blobs, image_referrers, Store};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::referrers;
 use crate::repository::Repository;
+use crate::{referrers, upload};
 
 /// Blobs checked and sent at once.
 const BLOBS_IN_FLIGHT: usize = 4;
@@ -190,11 +190,10 @@ async fn push_blob(
             None => repo.start_upload().await?,
         };
         // The store checks the bytes as they stream and ends the stream with an error if
-        // they are not the blob, which aborts the upload: the registry verifies the digest
+        // they are not the blob, which cancels the upload: the registry verifies the digest
         // too, so a corrupt stored blob never lands there.
         let stream = store.blob_stream(desc).await?;
-        let body = reqwest::Body::wrap_stream(stream);
-        repo.finish_upload(&location, &desc.digest, desc.size, body).await?;
+        upload::upload_chunked(repo, location, &desc.digest, stream).await?;
     }
     Ok(Sent::Uploaded(desc.size))
 }

@@ -110,6 +110,59 @@ impl Repository {
         }
     }
 
+    /// Sends `bytes` as the part of the upload at `location` that starts at byte `start`,
+    /// once; returns where the upload continues.
+    pub async fn patch_upload(&self, location: &Url, start: u64, bytes: Bytes) -> Result<Url> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        let last = start + bytes.len() as u64 - 1;
+        let range = HeaderValue::from_str(&format!("{start}-{last}")).map_err(|_| {
+            RegistryError::InvalidReference {
+                reference: location.to_string(),
+                reason: "bad content range".to_string(),
+            }
+        })?;
+        headers.insert(CONTENT_RANGE, range);
+        let body = reqwest::Body::from(bytes);
+        let response = self.client.send_stream(Method::PATCH, location, headers, body).await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(unexpected(&Method::PATCH, location, response).await);
+        }
+        self.location(location, &response)
+    }
+
+    /// How many bytes the upload at `location` holds, and where it continues.
+    pub async fn upload_status(&self, location: &Url) -> Result<(Url, u64)> {
+        let response = self.client.send(Method::GET, location, HeaderMap::new(), None).await?;
+        if response.status() != StatusCode::NO_CONTENT {
+            return Err(unexpected(&Method::GET, location, response).await);
+        }
+        // `Range: 0-N` means bytes 0 to N arrived; none, or `0-0` on an empty upload in
+        // some registries, is read from the end given.
+        let have = response
+            .headers()
+            .get(RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(_, last)| last.parse::<u64>().ok())
+            .map_or(0, |last| last + 1);
+        let next = match response.headers().get(LOCATION) {
+            Some(_) => self.location(location, &response)?,
+            None => location.clone(),
+        };
+        Ok((next, have))
+    }
+
+    /// Abandons the upload at `location`.
+    pub async fn cancel_upload(&self, location: &Url) -> Result<()> {
+        let response = self.client.send(Method::DELETE, location, HeaderMap::new(), None).await?;
+        if !response.status().is_success() {
+            return Err(unexpected(&Method::DELETE, location, response).await);
+        }
+        Ok(())
+    }
+
     /// Finishes the upload at `location` with the whole blob as one body.
     pub async fn finish_upload(
         &self,

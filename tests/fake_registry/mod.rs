@@ -15,6 +15,7 @@ pub struct Request {
     /// Path and query, e.g. `/v2/r/blobs/sha256:...`.
     pub target: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -30,6 +31,8 @@ pub enum Answer {
     /// Headers announcing `body.len()` bytes, then only the first `sent` of them, then the
     /// connection closes.
     Cut { status: u16, headers: Vec<(String, String)>, body: Vec<u8>, sent: usize },
+    /// No answer: the connection closes.
+    Drop,
 }
 
 impl Answer {
@@ -46,6 +49,7 @@ impl Answer {
             Answer::Full { headers, .. } | Answer::Cut { headers, .. } => {
                 headers.push((name.to_string(), value.to_string()))
             }
+            Answer::Drop => {}
         }
         self
     }
@@ -144,10 +148,14 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
-    let request = Request { method, target, headers };
-    // The body, if any, is read and dropped, so the client is never cut off while sending.
+    let mut request = Request { method, target, headers, body: Vec::new() };
+    // The body, if any, is read whole, so the client is never cut off while sending.
     let length = request.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0u64);
-    std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink()).unwrap_or(0);
+    let mut body = Vec::new();
+    if let Err(e) = (&mut reader).take(length).read_to_end(&mut body) {
+        eprintln!("fake registry: reading the body of {line:?}: {e}");
+    }
+    request.body = body;
     let n = {
         let mut log = log.lock().unwrap();
         let n = log.iter().filter(|r| r.method == request.method && r.target == request.target);
@@ -163,6 +171,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
             (status, headers, body, sent)
         }
         Answer::Cut { status, headers, body, sent } => (status, headers, body, sent),
+        Answer::Drop => return,
     };
     let mut head =
         format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
