@@ -379,6 +379,12 @@ fn layer_level_mistakes_name_the_line_and_column() {
             "dirs = [{ dest = \"/etc/motd\" }]\ntrees = [{ src = \"rootfs\", dest = \"/\" }]",
             "recipe.toml:8:18: layer \"l\": /etc/motd is declared twice",
         ),
+        // Mistakes the TOML parser or the recipe's validation sees name their place too.
+        (
+            "dirs = [{ dest = \"/tmp\", mode = 0o17777 }]",
+            "recipe.toml:7:33: mode 0o17777 has bits outside 0o7777",
+        ),
+        ("dirs = [{ dest = \"/tmp\" }]\nbogus = 1", "recipe.toml:8:1: unknown field `bogus`"),
         (
             "dirs = [{ dest = \"/etc\" }]\ntarballs = [{ src = \"vendor/t.tar.gz\" }]",
             "recipe.toml:8:21: layer \"l\": /etc is declared twice",
