@@ -189,11 +189,9 @@ async fn push_blob(
             Some(location) => location,
             None => repo.start_upload().await?,
         };
-        // The store checks the bytes as they stream and ends the stream with an error if
-        // they are not the blob, which cancels the upload: the registry verifies the digest
-        // too, so a corrupt stored blob never lands there.
-        let stream = store.blob_stream(desc).await?;
-        upload::upload_chunked(repo, location, &desc.digest, stream).await?;
+        // The store checks the bytes as they stream; a corrupt stored blob cancels the
+        // upload, and the registry verifies the digest too, so it never lands there.
+        upload::upload_resumable(store, repo, location, desc).await?;
     }
     Ok(Sent::Uploaded(desc.size))
 }

@@ -110,13 +110,19 @@ impl Repository {
         }
     }
 
-    /// Sends `bytes` as the part of the upload at `location` that starts at byte `start`,
-    /// once; returns where the upload continues.
-    pub async fn patch_upload(&self, location: &Url, start: u64, bytes: Bytes) -> Result<Url> {
+    /// Sends `len` bytes from `body` as the part of the upload at `location` that starts at
+    /// byte `start`, once; returns where the upload continues.
+    pub async fn patch_upload(
+        &self,
+        location: &Url,
+        start: u64,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<Url> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        let last = start + bytes.len() as u64 - 1;
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        let last = start + len.saturating_sub(1);
         let range = HeaderValue::from_str(&format!("{start}-{last}")).map_err(|_| {
             RegistryError::InvalidReference {
                 reference: location.to_string(),
@@ -124,7 +130,6 @@ impl Repository {
             }
         })?;
         headers.insert(CONTENT_RANGE, range);
-        let body = reqwest::Body::from(bytes);
         let response = self.client.send_stream(Method::PATCH, location, headers, body).await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(unexpected(&Method::PATCH, location, response).await);

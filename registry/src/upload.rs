@@ -1,98 +1,112 @@
-//! Chunked, resumable blob uploads: a large blob goes up as `PATCH`es of [`CHUNK`] bytes,
-//! each held in memory until the registry has taken it. When a `PATCH` fails (a dropped
-//! connection, a 5xx), the upload's status says how much arrived, and the rest of the chunk
-//! is sent from there, so a dropped connection costs at most one chunk, never the blob.
+//! Resumable uploads of large blobs: the blob streams from the store in one `PATCH`; when
+//! that fails (a dropped connection, a 5xx), the upload's status says how much arrived and
+//! the rest is sent from there in another `PATCH`. Each attempt re-reads the blob from the
+//! store's verifying stream and skips what the registry holds, so every byte is still checked
+//! against the blob's digest and size, and a stored blob found corrupt cancels the session.
 
-use bytes::{Bytes, BytesMut};
-use futures::{Stream, TryStreamExt};
-use kiln_oci::Digest;
-use kiln_store::StoreError;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kiln_oci::Descriptor;
+use kiln_store::{Store, StoreError};
 use reqwest::Url;
 
 use crate::error::{RegistryError, Result};
 use crate::repository::Repository;
 
-/// The size of each `PATCH`.
-pub const CHUNK: usize = 8 * 1024 * 1024;
-/// Status-checked resumptions allowed per chunk.
+/// Resumptions allowed per blob.
 const RESUMES: u32 = 3;
 /// The wait before a resumption, growing by this much each time.
 const BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Sends blob `digest` from `chunks` into the upload session at `location`, chunk by chunk,
-/// then completes it; the registry checks the digest. If `chunks` ends with an error (the
-/// store found its copy corrupt), the session is cancelled and nothing is completed.
-pub async fn upload_chunked<S>(
+/// Sends the blob `desc` from `store` into the upload session at `location` and completes it;
+/// the registry checks the digest too.
+pub async fn upload_resumable(
+    store: &Store,
     repo: &Repository,
     location: Url,
-    digest: &Digest,
-    chunks: S,
-) -> Result<()>
-where
-    S: Stream<Item = Result<Bytes, StoreError>> + Unpin,
-{
-    let mut chunks = chunks;
-    let mut location = location;
-    let mut offset = 0u64;
-    let mut buffer = BytesMut::new();
-    loop {
-        let next = match chunks.try_next().await {
-            Ok(next) => next,
-            Err(e) => {
-                if let Err(cancel) = repo.cancel_upload(&location).await {
-                    eprintln!("warning: cannot cancel the upload session {location}: {cancel}");
-                }
+    desc: &Descriptor,
+) -> Result<()> {
+    let (mut location, mut have, mut resumes) = (location, 0u64, 0);
+    while have < desc.size {
+        // The store's own error, if its copy turns out corrupt while streaming: that ends
+        // the upload, where a failed request would be resumed.
+        let corrupt: Arc<Mutex<Option<StoreError>>> = Arc::default();
+        let body = skip(store.blob_stream(desc).await?, have, corrupt.clone());
+        let sent = repo
+            .patch_upload(&location, have, desc.size - have, reqwest::Body::wrap_stream(body))
+            .await;
+        let stored_error = corrupt.lock().ok().and_then(|mut slot| slot.take());
+        match (sent, stored_error) {
+            (_, Some(e)) => {
+                cancel(repo, &location).await;
                 return Err(e.into());
             }
-        };
-        let done = next.is_none();
-        if let Some(bytes) = next {
-            buffer.extend_from_slice(&bytes);
-        }
-        while buffer.len() >= CHUNK || (done && !buffer.is_empty()) {
-            let chunk = buffer.split_to(CHUNK.min(buffer.len())).freeze();
-            let len = chunk.len() as u64;
-            location = send_chunk(repo, location, offset, chunk).await?;
-            offset += len;
-        }
-        if done {
-            break;
-        }
-    }
-    repo.finish_upload(&location, digest, 0, reqwest::Body::from(Bytes::new())).await
-}
-
-/// Sends `chunk`, which starts at byte `offset` of the blob; returns where the upload
-/// continues.
-async fn send_chunk(repo: &Repository, location: Url, offset: u64, chunk: Bytes) -> Result<Url> {
-    let end = offset + chunk.len() as u64;
-    let (mut location, mut from) = (location, offset);
-    let mut resumes = 0;
-    loop {
-        let rest = chunk.slice((from - offset) as usize..);
-        match repo.patch_upload(&location, from, rest).await {
-            Ok(next) => return Ok(next),
-            Err(e) if e.is_transient() && resumes < RESUMES => {
+            (Ok(next), None) => {
+                location = next;
+                have = desc.size;
+            }
+            (Err(e), None) if e.is_transient() && resumes < RESUMES => {
                 resumes += 1;
                 tokio::time::sleep(BACKOFF * resumes).await;
-                let (next, have) = repo.upload_status(&location).await?;
-                if have < offset || have > end {
+                let (next, held) = repo.upload_status(&location).await?;
+                if held > desc.size {
+                    cancel(repo, &next).await;
                     return Err(RegistryError::Status {
                         method: "GET".to_string(),
-                        url: location.to_string(),
+                        url: next.to_string(),
                         status: 204,
-                        body: format!(
-                            "the upload holds {have} bytes, but {offset} to {end} were being sent"
-                        ),
+                        body: format!("the upload holds {held} bytes of a {}-byte blob", desc.size),
                     });
                 }
                 location = next;
-                from = have;
-                if have == end {
-                    return Ok(location);
-                }
+                have = held;
             }
-            Err(e) => return Err(e),
+            (Err(e), None) => {
+                cancel(repo, &location).await;
+                return Err(e);
+            }
         }
     }
+    repo.finish_upload(&location, &desc.digest, 0, reqwest::Body::from(Bytes::new())).await
+}
+
+async fn cancel(repo: &Repository, location: &Url) {
+    if let Err(e) = repo.cancel_upload(location).await {
+        eprintln!("warning: cannot cancel the upload session {location}: {e}");
+    }
+}
+
+/// `stream` without its first `offset` bytes; an error it yields is kept in `corrupt` and
+/// ends the body.
+fn skip(
+    stream: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+    offset: u64,
+    corrupt: Arc<Mutex<Option<StoreError>>>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let mut skipped = 0u64;
+    stream.filter_map(move |item| {
+        let out = match item {
+            Ok(chunk) => {
+                let len = chunk.len() as u64;
+                if skipped + len <= offset {
+                    skipped += len;
+                    None
+                } else {
+                    let from = (offset.saturating_sub(skipped)) as usize;
+                    skipped += len;
+                    Some(Ok(chunk.slice(from..)))
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if let Ok(mut slot) = corrupt.lock() {
+                    *slot = Some(e);
+                }
+                Some(Err(std::io::Error::other(message)))
+            }
+        };
+        futures::future::ready(out)
+    })
 }
