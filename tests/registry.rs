@@ -873,3 +873,63 @@ fn blobs_larger_than_a_part_stream_both_ways_unchanged() {
     pulled.run(&["store", "check"]).ok();
     assert!(tree(&pulled_store).iter().all(|p| !p.starts_with("uploads")));
 }
+
+#[test]
+fn the_independent_check_refuses_another_key_and_finds_nothing_on_an_unsigned_image() {
+    if !(require_tool("skopeo") && require_tool("openssl") && require_tool("curl")) {
+        return;
+    }
+    let Some(reg) = registry::open() else { return };
+    let ws = Workspace::new();
+    ws.write("app/files/hello.sh", "#!/bin/sh\necho unsigned\n");
+    let recipe = ws.write(
+        "app/app.toml",
+        "epoch = 1700000000\n[image]\nname = \"app\"\nversion = \"1\"\n\
+         [[layer]]\nname = \"bin\"\nfiles = [{ src = \"files/hello.sh\", dest = \"/bin/hello\" }]\n",
+    );
+    let kiln = kiln_at(&ws, &ws.store("s"));
+    let digest = support::digest_of(&kiln.build(&recipe, &[]));
+    kiln.run(&["keygen", "--out", ws.path("ours").to_str().unwrap()]).ok();
+    kiln.run(&["keygen", "--out", ws.path("theirs").to_str().unwrap()]).ok();
+
+    let unsigned = reg.fresh_repo();
+    kiln.run(&[
+        "push",
+        "app:1",
+        &format!("{}/{unsigned}", reg.host),
+        "--insecure-registry",
+        &reg.host,
+    ])
+    .ok();
+    let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    let status = sh(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{}/v2/{unsigned}/manifests/{sig_tag}", reg.host),
+        ],
+    );
+    assert_eq!(status, "404", "an unsigned image has a signature manifest");
+
+    let signed = reg.fresh_repo();
+    let theirs = ws.path("theirs.key");
+    kiln.run(&[
+        "push",
+        "app:1",
+        &format!("{}/{signed}", reg.host),
+        "--sign",
+        theirs.to_str().unwrap(),
+        "--insecure-registry",
+        &reg.host,
+    ])
+    .ok();
+    assert!(cosign_signed_repositories(reg, &signed, &digest, &ws.path("ours.pub")).is_empty());
+    assert_eq!(
+        cosign_signed_repositories(reg, &signed, &digest, &ws.path("theirs.pub")),
+        [format!("{}/{signed}", reg.host)]
+    );
+}
