@@ -379,11 +379,20 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
             recorded += unfinished;
         }
         eprintln!("{recorded} recorded multipart uploads were left by the kills");
+        // A gc killed partway through its own sweep leaves nothing the next one cannot finish.
+        // Its kill points are spread over twice a dry run (which marks but deletes nothing).
+        let start = Instant::now();
+        shared.json("t", &["--store", &killed[0], "gc", "--grace", "0s", "--dry-run", "--json"]);
+        let gc_ms = 2 * start.elapsed().as_millis() as u64;
+        let mut gcs_interrupted = 0;
         // gc clears what the kills left: staging objects, part files a folder store's listing
         // hides, multipart uploads a bucket keeps unseen, leases of the dead processes and
         // their scratch folders. Nothing unreferenced remains.
         for (i, location) in killed.iter().enumerate() {
             let runner = format!("k{}", i / 2);
+            let gc = shared.command(&runner, &["--store", location, "gc", "--grace", "0s"]);
+            gcs_interrupted +=
+                usize::from(kill_after(gc, Duration::from_millis(points.next_below(gc_ms))));
             shared.json(&runner, &["--store", location, "gc", "--grace", "0s", "--json"]);
             if let Some(path) = location.strip_prefix("file://") {
                 let uploads = Path::new(path).join("uploads");
@@ -418,6 +427,7 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
             }
             shared.assert_clean(location);
         }
+        eprintln!("{gcs_interrupted} of {} gc runs were interrupted by SIGKILL", killed.len());
         // Rerunning on the interrupted stores completes.
         for pair in killed.chunks(2).take(3) {
             let rebuilt = shared.json("final", &["--store", &pair[0], "build", recipe, "--json"]);
