@@ -372,10 +372,11 @@ fn sigkill_at_twenty_points_leaves_no_bad_blob_and_the_rerun_completes() {
             let (_, report) = shared.check(location);
             let problems = report["problems"].as_array().unwrap();
             let unfinished = problems.iter().filter(|p| p["kind"] == "unfinishedUpload").count();
+            // Markers and uploads in progress need not match: a kill between creating an
+            // upload and recording it leaves an upload no marker names, and one between
+            // completing or aborting an upload and deleting its marker leaves a marker whose
+            // upload is gone. gc clears both (below).
             assert_eq!(unfinished, problems.len(), "after the kill, {location}: {report}");
-            if let Some(uploads) = shared.multipart_uploads(location) {
-                assert!(uploads.len() >= unfinished, "{location}: {uploads:?} {report}");
-            }
             recorded += unfinished;
         }
         eprintln!("{recorded} recorded multipart uploads were left by the kills");
