@@ -118,12 +118,6 @@ impl S3Multipart {
             bucket: self.bucket_url.to_string(),
             reason,
         };
-        let credential = self
-            .s3
-            .credentials()
-            .get_credential()
-            .await
-            .map_err(|e| failed(format!("no credentials: {e}")))?;
         let mut found = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
@@ -136,15 +130,10 @@ impl S3Multipart {
                 }
                 query.append_pair("uploads", "");
             }
-            let mut request = http::Request::builder()
-                .method(http::Method::GET)
-                .uri(url.as_str())
-                .body(HttpRequestBody::empty())
+            let (status, body) = self
+                .send(http::Method::GET, &url, &[], HttpRequestBody::empty())
+                .await
                 .map_err(|e| failed(e.to_string()))?;
-            AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
-            let response = self.client.execute(request).await.map_err(|e| failed(e.to_string()))?;
-            let status = response.status();
-            let body = response.into_body().bytes().await.map_err(|e| failed(e.to_string()))?;
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
                 return Err(failed(format!("{status}: {text}")));
@@ -254,34 +243,15 @@ impl S3Multipart {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
             }
-            let credential = self
-                .s3
-                .credentials()
-                .get_credential()
-                .await
-                .map_err(|e| failed(format!("no credentials: {e}")))?;
-            let mut request = http::Request::builder()
-                .method(http::Method::POST)
-                .uri(url.as_str())
-                .header("If-None-Match", "*")
-                .header("Content-Type", "application/xml")
-                .body(HttpRequestBody::from(body.clone()))
-                .map_err(|e| failed(e.to_string()))?;
-            AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
-            let response = match self.client.execute(request).await {
-                Ok(response) => response,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let status = response.status();
-            let answer = match response.into_body().bytes().await {
+            let headers = [("If-None-Match", "*"), ("Content-Type", "application/xml")];
+            let body = HttpRequestBody::from(body.clone());
+            let (status, answer) = match self.send(http::Method::POST, &url, &headers, body).await {
                 Ok(answer) => answer,
-                Err(e) => {
-                    last = e.to_string();
+                Err(Unsent::Transport(e)) => {
+                    last = e;
                     continue;
                 }
+                Err(e) => return Err(failed(e.to_string())),
             };
             let text = String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned();
             match status.as_u16() {
@@ -294,6 +264,48 @@ impl S3Multipart {
             }
         }
         Err(failed(last))
+    }
+}
+
+/// Why a signed request got no answer.
+#[derive(Debug, thiserror::Error)]
+enum Unsent {
+    #[error("no credentials: {0}")]
+    Credentials(String),
+    #[error("{0}")]
+    Request(String),
+    /// The connection failed or dropped; worth another attempt.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl S3Multipart {
+    /// Sends one request signed with the current credentials: the server's status and body.
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: HttpRequestBody,
+    ) -> std::result::Result<(http::StatusCode, bytes::Bytes), Unsent> {
+        let credential = self
+            .s3
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| Unsent::Credentials(e.to_string()))?;
+        let mut request = http::Request::builder().method(method).uri(url.as_str());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut request = request.body(body).map_err(|e| Unsent::Request(e.to_string()))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
+        let response =
+            self.client.execute(request).await.map_err(|e| Unsent::Transport(e.to_string()))?;
+        let status = response.status();
+        let body =
+            response.into_body().bytes().await.map_err(|e| Unsent::Transport(e.to_string()))?;
+        Ok((status, body))
     }
 }
 
