@@ -6,6 +6,11 @@
 
 mod support;
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use support::{copy_recipes, digest_of, Kiln, Workspace};
 
 // Pinned once the first builds were checked with skopeo and umoci (tests/oci_tools.rs).
@@ -68,20 +73,28 @@ fn golden_digest_does_not_depend_on_threads() {
     assert_eq!(digest_of(&two), GOLDEN_ZSTD);
 }
 
-/// Each disk file `kiln export --disk` writes for recipes/golden.toml with a `[disk]` table
-/// (dm-verity, a FAT ESP holding a file of the image, every format), per root filesystem:
-/// (root, ESP size, [(file, sha256)]). The ESP sizes give FAT12 and FAT32; the initramfs is the root
-/// filesystem alone, the same for every root. The raw disk pins
-/// the GPT, the ESP, the root and the verity partition; each other format pins its writer.
-/// ext4 roots are made by the host's mke2fs: their pins hold for e2fsprogs 1.47.0.
-/// (root filesystem, ESP size, each exported file with its sha256).
-type DiskPins = (&'static str, &'static str, [(&'static str, &'static str); 5]);
+/// The disk files `kiln export --disk` writes for recipes/golden.toml with a `[disk]` table
+/// (dm-verity, a FAT ESP holding a file of the image, every format), for one root filesystem
+/// and ESP size. The raw disk pins the GPT, the ESP, the root and the verity partition
+/// together, each other file its own writer (qcow2, VHD, the GCE tar.gz, the initramfs's gzip
+/// cpio, the same for every root); each partition is also pinned alone, so a failure names the
+/// writer whose bytes moved. The ESP sizes give FAT12 (4 MiB), FAT16 (16 MiB) and FAT32
+/// (34 MiB). ext4 roots are made by the host's e2fsprogs: their pins hold for
+/// [`GOLDEN_E2FSPROGS`] only.
+struct DiskGolden {
+    root: &'static str,
+    esp_size: &'static str,
+    /// Each exported file with its sha256.
+    files: [(&'static str, &'static str); 5],
+    /// Each GPT partition of `disk.raw`, by name, with the sha256 of its bytes.
+    partitions: [(&'static str, &'static str); 3],
+}
 
-const GOLDEN_DISKS: [DiskPins; 3] = [
-    (
-        "erofs",
-        "4MiB",
-        [
+const GOLDEN_DISKS: [DiskGolden; 4] = [
+    DiskGolden {
+        root: "erofs",
+        esp_size: "4MiB",
+        files: [
             ("disk.qcow2", "5e55b91be5a5567b49f591d4acbf468e60cc7a451b23d608b3942008b44a7ba7"),
             ("disk.raw", "50543d56e99858a7f5f24317556c262e5c73ba5655e3fd27a8c2ecb9a8e4c9c9"),
             ("disk.tar.gz", "de80b35c7bfd09d54f634a1cb3aa06d1c697ea835bd4adaf7c8717721a94d0b7"),
@@ -91,11 +104,19 @@ const GOLDEN_DISKS: [DiskPins; 3] = [
                 "1b80be84f1cecc6dc29fb5ce2e37c6bd9284556503289c2b6d625712d615091d",
             ),
         ],
-    ),
-    (
-        "squashfs",
-        "34MiB",
-        [
+        partitions: [
+            ("esp", "a19bba1f04e3b417891c04ede0035ee2ec11dd88d58e4847c334b8f54e3c69af"),
+            ("root-x86-64", "d45b9494dbd991f2b34514c1aa31a8b92a586a8903949a0cb1404c7e9b723dcd"),
+            (
+                "root-x86-64-verity",
+                "6d4082d70e04c30f272ddc6a20b7e9664de4e924a359121be9157049eb4a1b0e",
+            ),
+        ],
+    },
+    DiskGolden {
+        root: "squashfs",
+        esp_size: "34MiB",
+        files: [
             ("disk.qcow2", "28bea4997ce6bc9f628968089767976c8356ca263dbb563a9ab38099b6f1e28d"),
             ("disk.raw", "3067d07bca47fb100c387b81364f039928f436d1eecbe9e026f95a6474e60e9c"),
             ("disk.tar.gz", "e73a99861d80a84e642ff09c7e283144bc53aacdd7769c9d3eb41a18124370b9"),
@@ -105,11 +126,19 @@ const GOLDEN_DISKS: [DiskPins; 3] = [
                 "1b80be84f1cecc6dc29fb5ce2e37c6bd9284556503289c2b6d625712d615091d",
             ),
         ],
-    ),
-    (
-        "ext4",
-        "4MiB",
-        [
+        partitions: [
+            ("esp", "bdc9630a97d11be104531c30adec714520e375f9d04728c2128372d35facefa9"),
+            ("root-x86-64", "93be5eb40b7a696d15de13c5fc9cf9fb4c71052ec2004f0f45086babad755f4d"),
+            (
+                "root-x86-64-verity",
+                "e9dfce1a9290eda01d11afefc9fd3d1af6a7dff4744ad6b665735974cf0adadc",
+            ),
+        ],
+    },
+    DiskGolden {
+        root: "ext4",
+        esp_size: "4MiB",
+        files: [
             ("disk.qcow2", "7c19ddb68e28911a5503a6de8f3b7b0523038793e9fb57c0f816ef6de585369c"),
             ("disk.raw", "fc91fa25205b89a3bd699bfccc21065052a94afa369badb250e6545db76502cb"),
             ("disk.tar.gz", "3a4185694081ea2dcbeeb0cc66e516d9a34ec4c09c584b0aeff9fcf6176fa0b1"),
@@ -119,54 +148,267 @@ const GOLDEN_DISKS: [DiskPins; 3] = [
                 "1b80be84f1cecc6dc29fb5ce2e37c6bd9284556503289c2b6d625712d615091d",
             ),
         ],
-    ),
+        partitions: [
+            ("esp", "a19bba1f04e3b417891c04ede0035ee2ec11dd88d58e4847c334b8f54e3c69af"),
+            ("root-x86-64", "7dfe33cb4acebd43b7764a64204e1bd0568a0bca56f30d4425f891321d324426"),
+            (
+                "root-x86-64-verity",
+                "e1a8cc94f8d415fb412604b297b4a659ebd62ed5528addb20e958d8390b6d338",
+            ),
+        ],
+    },
+    DiskGolden {
+        root: "erofs",
+        esp_size: "16MiB",
+        files: [
+            ("disk.qcow2", "bd639412e2eb9bf73c6d6c4414fb933aa990685a52a2a9cae1af406b281ae776"),
+            ("disk.raw", "f35f7b04d2f6b7283bb9d8049f0f2c6d628c8f0150ff167d5ead5bab901b2397"),
+            ("disk.tar.gz", "5938f5fdc62ac55e8714a4d082afa9813cdb83de3adb70ec596c1e152bb6404f"),
+            ("disk.vhd", "c9b5807b65c45c7006662571186c948f08340873f8ee96877fef721340df8da8"),
+            (
+                "initramfs.cpio.gz",
+                "1b80be84f1cecc6dc29fb5ce2e37c6bd9284556503289c2b6d625712d615091d",
+            ),
+        ],
+        partitions: [
+            ("esp", "cac1aa612fe5d78401ef0ed2ee1287e99fbd5616db21eb31acfd4b42b12c6694"),
+            ("root-x86-64", "d45b9494dbd991f2b34514c1aa31a8b92a586a8903949a0cb1404c7e9b723dcd"),
+            (
+                "root-x86-64-verity",
+                "6d4082d70e04c30f272ddc6a20b7e9664de4e924a359121be9157049eb4a1b0e",
+            ),
+        ],
+    },
 ];
 
-/// The e2fsprogs version the ext4 pins were made with.
+/// The e2fsprogs version the ext4 pins were made with (`mke2fs -V`, `debugfs -V`).
 const GOLDEN_E2FSPROGS: &str = "1.47.0";
+
+/// The e2fsprogs version a tool reports (`mke2fs 1.47.0 (5-Feb-2023)` on stderr).
+fn e2fsprogs_of(tool: &str) -> String {
+    let out = Command::new(tool).arg("-V").output().expect("an e2fsprogs tool runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no version in `{tool} -V`: {stderr}"))
+        .to_string()
+}
+
+/// Whether the ext4 pins can be checked here; panics naming both versions when this host's
+/// e2fsprogs is not the one they hold for.
+fn ext4_ready() -> bool {
+    if !support::require_tool("mke2fs") || !support::require_tool("debugfs") {
+        return false;
+    }
+    for tool in ["mke2fs", "debugfs"] {
+        let host = e2fsprogs_of(tool);
+        assert_eq!(
+            host, GOLDEN_E2FSPROGS,
+            "the ext4 golden digests hold for e2fsprogs {GOLDEN_E2FSPROGS}, and this host's \
+             {tool} is e2fsprogs {host}: install e2fsprogs {GOLDEN_E2FSPROGS} to check them"
+        );
+    }
+    true
+}
+
+/// Writes recipes/golden.toml with the `[disk]` table of `golden` beside the copied recipes.
+fn golden_disk_recipe(recipes: &Path, golden: &DiskGolden) -> PathBuf {
+    let recipe = recipes.join(format!("golden-disk-{}-{}.toml", golden.root, golden.esp_size));
+    let base = fs::read_to_string(recipes.join("golden.toml")).expect("golden.toml");
+    let disk = format!(
+        "\n[disk]\nsize = \"96MiB\"\nroot = \"{}\"\nverity = true\n\
+         formats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n\
+         [disk.esp]\nsize = \"{}\"\n\
+         files = {{ \"EFI/BOOT/BOOTX64.EFI\" = \"/usr/local/bin/app\" }}\n",
+        golden.root, golden.esp_size
+    );
+    fs::write(&recipe, base + &disk).expect("writing the disk recipe");
+    recipe
+}
+
+/// Builds `recipe`, exports its disks into `out` and returns each file's sha256, by name.
+fn build_and_export(
+    kiln: &Kiln,
+    recipe: &Path,
+    extra: &[&str],
+    out: &Path,
+) -> Vec<(String, String)> {
+    let report = kiln.build(recipe, extra);
+    assert_eq!(digest_of(&report), GOLDEN_GZIP, "[disk] changed the image itself");
+    kiln.run(&["export", "golden:1.0.0", "--disk", out.to_str().expect("utf-8")]).ok();
+    let mut found: Vec<(String, String)> = fs::read_dir(out)
+        .expect("exported disks")
+        .map(|entry| {
+            let path = entry.expect("disk entry").path();
+            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            let bytes = fs::read(&path).expect("reading a disk file");
+            (name, kiln_oci::Digest::of(&bytes).hex())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The sha256 of each partition of a raw GPT disk, by partition name, in table order; read
+/// from the primary header and its entries as the UEFI specification lays them out.
+fn partition_digests(raw: &Path) -> Vec<(String, String)> {
+    const SECTOR: usize = 512;
+    let disk = fs::read(raw).expect("reading disk.raw");
+    let u32_at = |at: usize| u32::from_le_bytes(disk[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(disk[at..at + 8].try_into().expect("8 bytes"));
+    let header = SECTOR;
+    assert_eq!(&disk[header..header + 8], b"EFI PART", "no GPT header in {}", raw.display());
+    let entries = usize::try_from(u64_at(header + 72)).expect("entry LBA") * SECTOR;
+    let count = u32_at(header + 80) as usize;
+    let size = u32_at(header + 84) as usize;
+    (0..count)
+        .map(|i| entries + i * size)
+        .filter(|&entry| disk[entry..entry + 16].iter().any(|&b| b != 0))
+        .map(|entry| {
+            let first = usize::try_from(u64_at(entry + 32)).expect("first LBA") * SECTOR;
+            let last = usize::try_from(u64_at(entry + 40)).expect("last LBA") * SECTOR;
+            let name: Vec<u16> = disk[entry + 56..entry + 128]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&c| c != 0)
+                .collect();
+            let bytes = &disk[first..last + SECTOR];
+            (String::from_utf16(&name).expect("UTF-16 name"), kiln_oci::Digest::of(bytes).hex())
+        })
+        .collect()
+}
+
+/// Compares what a build exported with the pins of `golden`, partitions first so that a
+/// failure names the writer.
+fn assert_pinned(golden: &DiskGolden, files: &[(String, String)], out: &Path, conditions: &str) {
+    let partitions = partition_digests(&out.join("disk.raw"));
+    let pinned: Vec<(String, String)> =
+        golden.partitions.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect();
+    assert_eq!(
+        partitions, pinned,
+        "{conditions}: partitions of the {} disk with a {} ESP changed (esp: FAT; root-*: {}; \
+         *-verity: dm-verity)",
+        golden.root, golden.esp_size, golden.root
+    );
+    let pinned: Vec<(String, String)> =
+        golden.files.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect();
+    assert_eq!(
+        files, pinned,
+        "{conditions}: the {} disk files with a {} ESP changed",
+        golden.root, golden.esp_size
+    );
+}
 
 #[test]
 fn golden_disk_digests_are_pinned() {
-    if !support::require_tool("mke2fs") || !support::require_tool("debugfs") {
-        return;
-    }
-    // mke2fs prints its version on stderr.
-    let e2fsprogs = std::process::Command::new("mke2fs").arg("-V").output().expect("mke2fs runs");
-    let e2fsprogs = String::from_utf8_lossy(&e2fsprogs.stderr).into_owned();
-    for (root, esp_size, pinned) in GOLDEN_DISKS {
-        if root == "ext4" && !e2fsprogs.contains(GOLDEN_E2FSPROGS) {
-            panic!(
-                "the ext4 pins hold for e2fsprogs {GOLDEN_E2FSPROGS}; this host has {e2fsprogs}"
-            );
+    for golden in &GOLDEN_DISKS {
+        if golden.root == "ext4" && !ext4_ready() {
+            continue;
         }
         let ws = Workspace::new();
         let recipes = copy_recipes(ws.root());
-        let recipe = recipes.join(format!("golden-disk-{root}.toml"));
-        let base = std::fs::read_to_string(recipes.join("golden.toml")).expect("golden.toml");
-        let disk = format!(
-            "\n[disk]\nsize = \"96MiB\"\nroot = \"{root}\"\nverity = true\n\
-             formats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"initramfs\"]\n\
-             [disk.esp]\nsize = \"{esp_size}\"\n\
-             files = {{ \"EFI/BOOT/BOOTX64.EFI\" = \"/usr/local/bin/app\" }}\n"
-        );
-        std::fs::write(&recipe, base + &disk).expect("writing the disk recipe");
+        let recipe = golden_disk_recipe(&recipes, golden);
         let kiln = Kiln::new(&ws.store("store"));
-        let report = kiln.build(&recipe, &[]);
-        assert_eq!(digest_of(&report), GOLDEN_GZIP, "[disk] changed the image itself");
         let out = ws.path("disks");
-        kiln.run(&["export", "golden:1.0.0", "--disk", out.to_str().expect("utf-8")]).ok();
-        let mut found: Vec<(String, String)> = std::fs::read_dir(&out)
-            .expect("exported disks")
-            .map(|entry| {
-                let path = entry.expect("disk entry").path();
-                let name = path.file_name().expect("name").to_string_lossy().into_owned();
-                let bytes = std::fs::read(&path).expect("reading a disk file");
-                (name, kiln_oci::Digest::of(&bytes).hex())
-            })
-            .collect();
-        found.sort();
-        let expected: Vec<(String, String)> =
-            pinned.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect();
-        assert_eq!(found, expected, "the {root} disk files' bytes changed");
+        let files = build_and_export(&kiln, &recipe, &[], &out);
+        assert_pinned(golden, &files, &out, "a plain build");
+        if golden.root == "ext4" {
+            let lock = fs::read_to_string(recipe.with_extension("lock")).expect("the lock");
+            assert!(
+                lock.contains(&format!("e2fsprogs = \"{GOLDEN_E2FSPROGS}\"")),
+                "the lock of an ext4 root records its e2fsprogs:\n{lock}"
+            );
+        }
+    }
+}
+
+/// Copies the recipes folder as [`copy_recipes`] does, but creating every file in reverse
+/// order, with other permission bits (execute bits kept) and times in 2030, so directory
+/// order, inode numbers, modes and times of the inputs all differ from a plain checkout.
+fn copy_recipes_shuffled(dest: &Path) -> PathBuf {
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<PathBuf> =
+            fs::read_dir(dir).expect("read folder").map(|e| e.expect("entry").path()).collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let target = dest.join("recipes-shuffled");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    all.reverse();
+    for file in &all {
+        let rel = file.strip_prefix(&src).expect("under recipes/");
+        let to = target.join(rel);
+        fs::create_dir_all(to.parent().expect("a parent")).expect("create folders");
+        fs::copy(file, &to).expect("copy an input");
+        let executable = fs::metadata(file).expect("stat").permissions().mode() & 0o100 != 0;
+        let mode = if executable { 0o700 } else { 0o600 };
+        fs::set_permissions(&to, fs::Permissions::from_mode(mode)).expect("chmod an input");
+    }
+    support::sh(
+        "find",
+        &[
+            target.to_str().expect("utf-8"),
+            "-exec",
+            "touch",
+            "-h",
+            "-d",
+            "2030-12-31 23:59:59",
+            "{}",
+            "+",
+        ],
+    );
+    target
+}
+
+/// The pins hold whatever the environment: each root is built from inputs laid out
+/// differently (creation order, modes, times), under another umask, time zone and locale,
+/// from another working folder, on one thread, with the scratch files on another file
+/// system (tmpfs, whose directory order differs from a disk's).
+#[test]
+fn golden_disk_digests_hold_under_varied_conditions() {
+    let shm = Path::new("/dev/shm");
+    for (golden, umask, tz, locale) in [
+        (&GOLDEN_DISKS[0], "077", "Pacific/Kiritimati", "tr_TR.UTF-8"),
+        (&GOLDEN_DISKS[1], "000", "America/St_Johns", "C"),
+        (&GOLDEN_DISKS[2], "077", "Asia/Kathmandu", "de_DE.UTF-8"),
+        (&GOLDEN_DISKS[2], "000", "UTC", "C.UTF-8"),
+    ] {
+        if golden.root == "ext4" && !ext4_ready() {
+            continue;
+        }
+        let ws = Workspace::new();
+        let recipes = copy_recipes_shuffled(ws.root());
+        let recipe = golden_disk_recipe(&recipes, golden);
+        let scratch = if shm.is_dir() {
+            tempfile::Builder::new().prefix("kiln-golden-tmp-").tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("kiln-golden-tmp-").tempdir_in(ws.root())
+        }
+        .expect("a scratch folder");
+        let elsewhere = ws.mkdir("elsewhere");
+        let kiln = Kiln::new(&ws.store("store"))
+            .umask(umask)
+            .env("TZ", tz)
+            .env("LC_ALL", locale)
+            .env("LANG", locale)
+            .env("TMPDIR", scratch.path().to_str().expect("utf-8"))
+            .cwd(&elsewhere);
+        let out = ws.path("disks");
+        let files = build_and_export(&kiln, &recipe, &["--threads", "1"], &out);
+        let conditions = format!(
+            "shuffled inputs, umask {umask}, TZ={tz}, LC_ALL={locale}, one thread, TMPDIR on {}",
+            scratch.path().display()
+        );
+        assert_pinned(golden, &files, &out, &conditions);
     }
 }
