@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The whole chain on real Debian packages: the signed repository `ci/debian-repo` makes
 //! (`KILN_DEBIAN_REPO`) is verified, resolved for amd64 and arm64, and every chosen `.deb`
 //! is checked against its index and read member by member.
