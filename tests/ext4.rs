@@ -383,11 +383,7 @@ fn the_lock_pins_the_e2fsprogs_version_of_an_ext4_root() {
 
     // Another e2fsprogs first on PATH: every build refuses, naming both versions, before
     // anything is stored; only `kiln lock` accepts the change.
-    let bin = ws.mkdir("other-e2fsprogs");
-    let fake =
-        ws.write("other-e2fsprogs/mke2fs", "#!/bin/sh\necho 'mke2fs 1.46.5 (30-Dec-2021)' >&2\n");
-    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let path = fake_e2fsprogs(&ws, "other-e2fsprogs", &["mke2fs", "debugfs"], "1.46.5");
     let other = Kiln::new(&store).env("PATH", &path);
     for extra in [&[][..], &["--locked"][..]] {
         let mut args = vec!["build", recipe.to_str().unwrap()];
@@ -402,4 +398,104 @@ fn the_lock_pins_the_e2fsprogs_version_of_an_ext4_root() {
     other.run(&["lock", recipe.to_str().unwrap()]).ok();
     let lock = fs::read_to_string(ws.path("r/ext4.lock")).unwrap();
     assert!(lock.contains("e2fsprogs = \"1.46.5\""), "{lock}");
+}
+
+/// A folder holding `tools` that print e2fsprogs `version` for `-V` (as e2fsprogs does, on
+/// stderr), and a PATH that finds them first.
+fn fake_e2fsprogs(ws: &Workspace, dir: &str, tools: &[&str], version: &str) -> String {
+    let bin = ws.mkdir(dir);
+    for tool in tools {
+        let fake = ws.write(
+            &format!("{dir}/{tool}"),
+            format!(
+                "#!/bin/sh\necho '{tool} {version} (30-Dec-2021)' >&2\n\
+                 printf '\\tUsing EXT2FS Library version {version}\\n' >&2\n"
+            ),
+        );
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+/// A lock written before kiln recorded e2fsprogs: a plain build records the host's version
+/// and says so; `--locked` refuses (exit 3) until it is recorded.
+#[test]
+fn a_lock_without_the_e2fsprogs_version_gets_it_recorded() {
+    if !tools() {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write("r/app.txt", "hello\n");
+    let recipe = ws.write(
+        "r/ext4.toml",
+        "[image]\nname = \"old\"\nversion = \"1\"\n[[layer]]\nname = \"a\"\n\
+         files = [{ src = \"app.txt\", dest = \"/app.txt\" }]\n\
+         [disk]\nsize = \"16MiB\"\nroot = \"ext4\"\n",
+    );
+    let recipe = recipe.to_str().unwrap();
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    let host = host_e2fsprogs();
+    kiln.run(&["lock", recipe]).ok();
+    let lock_path = ws.path("r/ext4.lock");
+    let recorded = fs::read_to_string(&lock_path).unwrap();
+    let old: String = recorded
+        .lines()
+        .filter(|l| !l.starts_with("e2fsprogs"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(old, recorded, "{recorded}");
+
+    fs::write(&lock_path, &old).unwrap();
+    kiln.run(&["build", recipe, "--locked"]).fails_with(support::EXIT_LOCK_MISMATCH).stderr_has(&[
+        "records no e2fsprogs version",
+        &format!("e2fsprogs {host}"),
+        "kiln lock",
+    ]);
+    assert!(support::blobs(&store).is_empty(), "a refused build stored blobs");
+    assert_eq!(fs::read_to_string(&lock_path).unwrap(), old, "--locked rewrote the lock");
+
+    let report = kiln.build(Path::new(recipe), &[]);
+    assert_eq!(report["lock"]["written"], true, "{report}");
+    let stale = report["lock"]["stale"].to_string();
+    assert!(stale.contains("records no e2fsprogs version"), "{stale}");
+    assert_eq!(fs::read_to_string(&lock_path).unwrap(), recorded, "the version is recorded");
+    kiln.run(&["build", recipe, "--locked"]).ok();
+
+    // `kiln lock` records it too.
+    fs::write(&lock_path, &old).unwrap();
+    kiln.run(&["lock", recipe]).ok();
+    assert_eq!(fs::read_to_string(&lock_path).unwrap(), recorded);
+}
+
+/// mke2fs and debugfs of different e2fsprogs versions: no version can be recorded, so
+/// locking and building refuse (exit 1), naming each tool's version and path.
+#[test]
+fn mixed_e2fsprogs_versions_are_refused() {
+    if !tools() {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write("r/app.txt", "hello\n");
+    let recipe = ws.write(
+        "r/ext4.toml",
+        "[image]\nname = \"mixed\"\nversion = \"1\"\n[[layer]]\nname = \"a\"\n\
+         files = [{ src = \"app.txt\", dest = \"/app.txt\" }]\n\
+         [disk]\nsize = \"16MiB\"\nroot = \"ext4\"\n",
+    );
+    let recipe = recipe.to_str().unwrap();
+    let store = ws.store("store");
+    let host = host_e2fsprogs();
+    let path = fake_e2fsprogs(&ws, "other-debugfs", &["debugfs"], "1.46.5");
+    let mixed = Kiln::new(&store).env("PATH", &path);
+    for args in [&["lock", recipe][..], &["build", recipe][..]] {
+        mixed.run(args).fails_with(support::EXIT_ERROR).stderr_has(&[
+            "more than one version",
+            &format!("mke2fs {host}"),
+            "debugfs 1.46.5",
+            "other-debugfs/debugfs",
+        ]);
+    }
+    assert!(!ws.path("r/ext4.lock").exists(), "a lock was written");
+    assert!(support::blobs(&store).is_empty(), "a refused build stored blobs");
 }

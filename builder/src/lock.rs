@@ -65,6 +65,12 @@ pub enum LockDifference {
          locked image"
     )]
     E2fsprogs { locked: String, found: String },
+    #[error(
+        "the lock records no e2fsprogs version (locks written before kiln recorded it do not), \
+         and the ext4 root is made by this host's e2fsprogs {found}, whose version decides its \
+         bytes; `kiln lock`, or a build without --locked, records it"
+    )]
+    E2fsprogsUnrecorded { found: String },
     #[error("input {src} changed (locked {locked}, now {found})")]
     Input { src: String, locked: Digest, found: Digest },
     #[error(
@@ -179,6 +185,12 @@ impl Lock {
         }
         if let Some(difference) = self.host_tool_difference(current) {
             out.push(difference);
+        }
+        // A lock from before e2fsprogs was recorded: a build without --locked records the
+        // host's version (and says so), `--locked` refuses until `kiln lock` has recorded it,
+        // since the lock cannot vouch for ext4 bytes made by a version it does not name.
+        if let (None, Some(found)) = (&self.e2fsprogs, &current.e2fsprogs) {
+            out.push(LockDifference::E2fsprogsUnrecorded { found: found.clone() });
         }
         for input in &current.inputs {
             match self.inputs.iter().find(|l| l.kind == input.kind && l.src == input.src) {

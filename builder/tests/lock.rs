@@ -115,3 +115,35 @@ fn malformed_and_future_locks_are_refused() {
     assert!(Lock::read(&path).unwrap_err().to_string().contains("version 99"));
     assert!(Lock::read(&tmp.path().join("absent.lock")).unwrap().is_none());
 }
+
+#[test]
+fn e2fsprogs_differences_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("r.lock");
+    let text = format!(
+        "version = 1\nformat = {}\nrecipe = \"sha256:{}\"\nepoch = 0\n\
+         [compression]\nalgorithm = \"gzip\"\nlevel = 5\nchunk = 1048576\n",
+        kiln_builder::lock::FORMAT_VERSION,
+        "0".repeat(64)
+    );
+    fs::write(&path, text).unwrap();
+    // A lock written before kiln recorded e2fsprogs reads as one that names none.
+    let old = Lock::read(&path).unwrap().unwrap();
+    assert_eq!(old.e2fsprogs, None);
+    let host = Lock { e2fsprogs: Some("1.47.0".into()), ..old.clone() };
+    let other = Lock { e2fsprogs: Some("1.46.5".into()), ..old.clone() };
+
+    // Recorded by a build that may rewrite the lock, refused by --locked.
+    assert_eq!(old.host_tool_difference(&host), None);
+    assert_eq!(
+        old.differences(&host),
+        [LockDifference::E2fsprogsUnrecorded { found: "1.47.0".into() }]
+    );
+    // Another version is refused by every build, naming both.
+    let changed = LockDifference::E2fsprogs { locked: "1.47.0".into(), found: "1.46.5".into() };
+    assert_eq!(host.host_tool_difference(&other), Some(changed.clone()));
+    assert_eq!(host.differences(&other), [changed]);
+    assert!(host.differences(&host).is_empty());
+    // Only an ext4 root depends on e2fsprogs.
+    assert!(old.differences(&old).is_empty());
+}

@@ -78,6 +78,12 @@ const MKE2FS_CONF: &str = "[defaults]
 pub enum Ext4Error {
     #[error("{tool} was not found on PATH, in /usr/sbin or in /sbin; install e2fsprogs")]
     ToolMissing { tool: &'static str },
+    #[error(
+        "this host's e2fsprogs is of more than one version ({found}): mke2fs and debugfs both \
+         write the ext4 root, so the one version the lock records must be theirs and their \
+         libext2fs's; install one e2fsprogs, or put one first on PATH"
+    )]
+    MixedVersions { found: String },
     #[error("{tool} failed ({status}): {stderr}")]
     Tool { tool: &'static str, status: String, stderr: String },
     #[error("{path}: the name is {len} bytes long; ext4 allows at most {NAME_MAX}")]
@@ -697,28 +703,71 @@ fn check_xattrs(node: &Node<'_>) -> Result<(), Ext4Error> {
     }
 }
 
-/// The version of the host's e2fsprogs (`1.47.0`), which decides an ext4 root's bytes: the
-/// lock records it and the disk cache key includes it.
+/// The version of the host's e2fsprogs, which decides the bytes of an ext4 root: the one
+/// `mke2fs -V` and `debugfs -V` both print, with the libext2fs each runs on. Both tools write
+/// the image, so a host whose two tools (or their libraries) are of different versions is
+/// refused: one version in the lock must name everything that made the bytes.
 pub fn e2fsprogs_version() -> Result<String, Ext4Error> {
-    let mke2fs = find_tool("mke2fs")?;
-    let mut cmd = Command::new(&mke2fs);
+    let mke2fs = tool_version("mke2fs")?;
+    let debugfs = tool_version("debugfs")?;
+    let parts = [&mke2fs, &debugfs];
+    let agree = parts.iter().all(|part| {
+        part.version == mke2fs.version
+            && part.library.as_ref().is_none_or(|library| *library == mke2fs.version)
+    });
+    if agree {
+        Ok(mke2fs.version)
+    } else {
+        Err(Ext4Error::MixedVersions {
+            found: parts.iter().map(|part| part.to_string()).collect::<Vec<_>>().join(", "),
+        })
+    }
+}
+
+/// What one e2fsprogs tool says it is.
+struct ToolVersion {
+    tool: &'static str,
+    program: PathBuf,
+    version: String,
+    /// The libext2fs version it runs on, when it names one.
+    library: Option<String>,
+}
+
+impl std::fmt::Display for ToolVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({}", self.tool, self.version, self.program.display())?;
+        if let Some(library) = &self.library {
+            write!(f, ", libext2fs {library}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Runs `TOOL -V`, which prints `TOOL 1.47.0 (5-Feb-2023)` and `Using EXT2FS Library version
+/// 1.47.0` on stderr.
+fn tool_version(tool: &'static str) -> Result<ToolVersion, Ext4Error> {
+    let program = find_tool(tool)?;
+    let mut cmd = Command::new(&program);
     cmd.arg("-V").env_clear().env("LC_ALL", "C").stdin(Stdio::null()).stdout(Stdio::null());
     cmd.stderr(Stdio::piped());
-    let output = Tools::output("mke2fs", &mke2fs, cmd)?;
-    // mke2fs prints "mke2fs 1.47.0 (5-Feb-2023)" and the library versions on stderr.
+    let output = Tools::output(tool, &program, cmd)?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    stderr
+    let version = stderr
         .lines()
         .next()
-        .and_then(|line| line.strip_prefix("mke2fs "))
+        .and_then(|line| line.strip_prefix(tool))
         .and_then(|rest| rest.split_whitespace().next())
         .filter(|v| output.status.success() && v.starts_with(|c: char| c.is_ascii_digit()))
         .map(str::to_string)
         .ok_or_else(|| Ext4Error::Tool {
-            tool: "mke2fs",
+            tool,
             status: output.status.to_string(),
-            stderr: format!("no version in the output of `mke2fs -V`: {}", stderr.trim()),
-        })
+            stderr: format!("no version in the output of `{tool} -V`: {}", stderr.trim()),
+        })?;
+    let library = stderr.lines().find_map(|line| {
+        line.trim().strip_prefix("Using EXT2FS Library version ").map(|v| v.trim().to_string())
+    });
+    Ok(ToolVersion { tool, program, version, library })
 }
 
 /// Finds an e2fsprogs tool on PATH or in the sbin folders a non-root PATH often lacks.
