@@ -15,10 +15,8 @@ use kiln_store::StoreError;
 
 use cli::{Cli, Command, StoreCommand};
 
-/// Scanning an input tree allocates on worker threads and frees on others: with glibc's
-/// allocator, malloc and free were a tenth of an unchanged rebuild's CPU time, and with
-/// mimalloc the unchanged rebuild of ci/bench's 70k files takes 0.094 s, not 0.105 s
-/// (medians of 30).
+/// Scanning an input tree allocates on worker threads and frees on others, which glibc's
+/// allocator handles slowly enough to show in an unchanged rebuild (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

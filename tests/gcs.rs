@@ -1,5 +1,5 @@
 //! kiln reading a GCS store from fake-gcs-server on 127.0.0.1. The emulator refuses the XML API
-//! uploads kiln's GCS client makes (README.md, "Google Cloud Storage"), so the store is built
+//! uploads kiln's GCS client makes (docs/commands.md, "Stores"), so the store is built
 //! in a folder and uploaded through the emulator's JSON API; everything kiln does from there
 //! goes through its GCS client.
 // A failed unwrap in a test is the failure report we want.

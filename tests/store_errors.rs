@@ -189,8 +189,8 @@ fn gcs_failures_say_what_failed_and_what_to_do() {
         Missing { code: None, check: Some(&[&listing]), build: true, read: false },
     );
 
-    // It does not implement the XML API upload kiln's GCS client makes (README.md, "Google
-    // Cloud Storage"): the refusal is reported with the request, status and server message.
+    // It does not implement the XML API upload kiln's GCS client makes (docs/commands.md,
+    // "Stores"): the refusal is reported with the request, status and server message.
     let ws = Workspace::new();
     let recipe = recipe(&ws);
     kiln(&ws, &server.fresh_location(), &server.env(), &["build", recipe.to_str().unwrap()])

@@ -410,9 +410,9 @@ fn build_resolved(
     for layer in &mut resolved {
         layer.remove_spools();
     }
-    // Freeing what the scan kept and the trees made (allocations per input file) took about
-    // 5 % of the wall time of a 70k-file rebuild when every tree was made, all of it after
-    // the work was done; nothing needs to wait for it. Should no thread start, the closure
+    // Freeing what the scan kept and the trees made (allocations per input file) is a visible
+    // share of a large rebuild, all of it after the work is done; nothing needs to wait for
+    // it. Should no thread start, the closure
     // and what it holds are dropped here.
     let _ = std::thread::Builder::new().spawn(move || drop((resolved, plans, rootfs)));
     Ok(BuildOutput {

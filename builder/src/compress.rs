@@ -41,9 +41,9 @@ impl Default for Compression {
 }
 
 impl Compression {
-    /// gzip at level 5: measured on ci/bench's text, libdeflate level 5 compresses 1.7 %
-    /// smaller than zlib-rs level 4 with a quarter less CPU (66 vs 49 MB per CPU-second), and
-    /// smaller than umoci's default gzip; level 6 gains 2 % more for 40 % more time.
+    /// gzip at level 5: the level where libdeflate's layers are still smaller than umoci's
+    /// default gzip, and the one after which each level costs far more time than it saves
+    /// (docs/performance.md has the figures).
     pub const GZIP: Compression = Compression::Gzip { level: 5 };
     /// zstd at level 3.
     pub const ZSTD: Compression = Compression::Zstd { level: 3 };
@@ -356,9 +356,8 @@ fn read_full<R: Read>(input: &mut R, buf: &mut Vec<u8>, want: usize) -> io::Resu
 }
 
 /// Granule at which a chunk is judged compressible or not: small enough that a file of noise
-/// in a tar stream is stored apart from the member headers around it. Measured on ci/bench's
-/// tree with 32 KiB granules, 120 MB of noise with headers went through libdeflate at about
-/// 120 MB/s (as slow as text) to save under 1 %.
+/// in a tar stream is stored apart from the member headers around it; with larger granules,
+/// noise next to a header went through libdeflate, as slow as text, to save almost nothing.
 const GRANULE: usize = 4 * 1024;
 
 /// Below this many bytes a verdict is noise itself: such data is compressed.

@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kiln_oci::Digest;
 
 /// First bytes of a cache file; a file written by an older kiln (text "v1", or "v2" ended by
-/// a sha256, which was about a third of the time loading took) is ignored.
+/// a sha256, whose checking slowed every load) is ignored.
 const MAGIC: &[u8] = b"kiln-hash-cache v3\n";
 /// One record: dev, ino, size, mtime s, mtime ns, ctime s, ctime ns, digest.
 const RECORD: usize = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 32;

@@ -80,7 +80,7 @@ pub fn write_layer(
 
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
     // Blocks go back to the tar writer once compressed instead of being freed and allocated
-    // anew: 1.4 % less CPU for a cold build with mimalloc (10.10 against 9.96 CPU-seconds).
+    // anew, which saves the allocator's work on every block.
     let (give_back, spare) = channel::<Vec<u8>>();
     let spent = move |mut block: Vec<u8>| {
         block.clear();

@@ -1,9 +1,9 @@
 //! Writing a large file that must be on disk before it is published, without passing it
 //! through the page cache where the file system allows.
 //!
-//! Measured here (ext4 in a VM): copying a 550 MiB layer into the page cache cost 0.7 to 1.4
-//! CPU-seconds of kernel time, a tenth of a whole build, while the same bytes written with
-//! `O_DIRECT` from aligned buffers cost 0.05. A background thread does the writing, so the
+//! Copying a large layer into the page cache costs a noticeable share of a build's CPU time
+//! in the kernel, where the same bytes written with `O_DIRECT` from aligned buffers cost
+//! almost none (docs/performance.md). A background thread does the writing, so the
 //! wait for the disk overlaps compression. Where the file system refuses `O_DIRECT` the
 //! thread writes through the page cache instead and flushes every [`STEP`] bytes, so that the
 //! final fsync waits only for the last few MiB.

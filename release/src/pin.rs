@@ -123,7 +123,7 @@ pub struct JsonPin {
     pub disks: Vec<DiskPin>,
 }
 
-/// The Terraform variable `kiln_release` (see README for its `variable` block).
+/// The Terraform variable `kiln_release` (see docs/releases.md for its `variable` block).
 #[derive(Clone, Debug, Serialize)]
 pub struct TfRelease {
     pub release: Digest,

@@ -19,8 +19,8 @@ pub(crate) const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// Multipart part size; above S3's 5 MiB minimum, small enough to keep memory flat.
 pub(crate) const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploading at once; with [`PART_SIZE`] this bounds an upload's buffers to ~40 MiB
-/// (4 parts plus the one filling). Measured on loopback SeaweedFS, 1 GiB: 2 in flight pushed
-/// at 59 % of boto3's rate, 4 at 78 %.
+/// (4 parts plus the one filling). Fewer in flight left an S3 push well behind boto3's rate
+/// (docs/performance.md).
 pub(crate) const PARTS_IN_FLIGHT: usize = 4;
 /// How much of a local file is read per step.
 const READ_CHUNK: usize = 1024 * 1024;

@@ -47,11 +47,8 @@ const NONE64: u64 = u64::MAX;
 const NAME_MAX: usize = 256;
 /// Entries one directory header may cover.
 const DIR_COUNT: usize = 256;
-/// Deflate level for data and metadata. Measured on `ci/gen-bench-tree.py` at scale 0.25
-/// (17k files, 296 MiB; 2 threads): `mksquashfs -comp gzip -reproducible` (level 9) wrote
-/// 140.8 MB in 19.3 CPU-seconds; this writer wrote 141.6 MB at level 9 (10.6 s), 142.2 MB at
-/// 6 (7.4 s), 143.8 MB at 5 (4.9 s) and 144.6 MB at 4 (4.5 s). Level 5 is the knee: 2 %
-/// larger than mksquashfs for a quarter of its CPU time.
+/// Deflate level for data and metadata: the knee, where an image only slightly larger than
+/// `mksquashfs`'s level 9 costs a fraction of its CPU time (docs/performance.md).
 const LEVEL: u32 = 5;
 /// Block indexes must fit the kernel's 32-bit signed block numbers.
 const MAX_FILE: u64 = (i32::MAX as u64) * BLOCK as u64;
