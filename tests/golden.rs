@@ -420,3 +420,199 @@ fn golden_disk_digests_hold_under_varied_conditions() {
         assert_pinned(golden, &files, &out, &conditions);
     }
 }
+
+/// A recipe whose root filesystem reaches the writers' rarer branches: device nodes and a FIFO
+/// (from a tarball with `devices = true`), setuid and sticky modes, files of several blocks,
+/// a tail smaller than a block, an empty file, a folder of 300 entries, a deep path, a long
+/// symlink target and a 255-byte name, hard links; a GPT disk without an ESP.
+const RICH_RECIPE: &str = r#"epoch = 1700000000
+
+[image]
+name = "rich"
+version = "1.0.0"
+
+[[layer]]
+name = "special"
+tarballs = [{ src = "special.tar", dest = "/", devices = true }]
+
+[[layer]]
+name = "tree"
+trees = [{ src = "tree", dest = "/srv" }]
+
+[disk]
+size = "64MiB"
+root = "ROOT"
+verity = true
+formats = ["raw", "initramfs"]
+"#;
+
+/// The pins of [`RICH_RECIPE`] for one root filesystem.
+struct RichGolden {
+    root: &'static str,
+    /// Each partition of `disk.raw`, by name, with its sha256.
+    partitions: [(&'static str, &'static str); 2],
+    /// Each exported file with its sha256.
+    files: [(&'static str, &'static str); 2],
+}
+
+const RICH_DISKS: [RichGolden; 3] = [
+    RichGolden {
+        root: "erofs",
+        partitions: [
+            ("root-x86-64", "cf1221f62c8be98f13226e84c033453c0fe8e2001bf5bedfac495d55318e03d7"),
+            (
+                "root-x86-64-verity",
+                "bfb69a3d91e8ebb7a95b05f6c5ba247848ed92d3dad9931094dc89860786c0b8",
+            ),
+        ],
+        files: [
+            ("disk.raw", "7752eb4dc63c0f56a466ed8776e4584addb875aba992819f691af7a671039c69"),
+            (
+                "initramfs.cpio.gz",
+                "eea9eefab1f12988caa3c3fa831ca8524cdd87da5d9051897c51f9cd7370d59a",
+            ),
+        ],
+    },
+    RichGolden {
+        root: "squashfs",
+        partitions: [
+            ("root-x86-64", "d799add29857ff4048f507e6c1dada2387bcf8bc7c7eb352c02de87725f18709"),
+            (
+                "root-x86-64-verity",
+                "751fdf884ccd5fe64644bfd53687d2a83f71be3ad43c6688a996335b23ced7b6",
+            ),
+        ],
+        files: [
+            ("disk.raw", "6be3155f4228dd9ef1cee03b0a83e349166af402b93ef6af5f8fff61746308b5"),
+            (
+                "initramfs.cpio.gz",
+                "eea9eefab1f12988caa3c3fa831ca8524cdd87da5d9051897c51f9cd7370d59a",
+            ),
+        ],
+    },
+    RichGolden {
+        root: "ext4",
+        partitions: [
+            ("root-x86-64", "9fa745aedb753a0df7dfccd06e5c2819c7d0219e5c77f7810273209355e4db0a"),
+            (
+                "root-x86-64-verity",
+                "82c7d70a0ba45707bed49169e63082aff16e1c291d26b4ac7d51fdeca3e57958",
+            ),
+        ],
+        files: [
+            ("disk.raw", "0fc66b7668978ca3a09253a8ff7f1c14a268c9c6c5ac1b7b1cfcb51fe029c067"),
+            (
+                "initramfs.cpio.gz",
+                "eea9eefab1f12988caa3c3fa831ca8524cdd87da5d9051897c51f9cd7370d59a",
+            ),
+        ],
+    },
+];
+
+/// Deterministic text of `len` bytes that compresses like prose.
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 8] =
+        ["kiln ", "oven ", "bake ", "layer ", "digest ", "tar ", "\n", "disk "];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        out.extend_from_slice(WORDS[(state >> 61) as usize].as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A ustar header for a device node or FIFO (`typeflag` 3, 4 or 6).
+fn special_member(name: &str, typeflag: u8, mode: u64, gid: u64, dev: (u64, u64)) -> Vec<u8> {
+    support::tarball::header_with(name, typeflag, mode, 0, "", |h| {
+        h[116..124].copy_from_slice(format!("{gid:07o}\0").as_bytes());
+        h[329..337].copy_from_slice(format!("{:07o}\0", dev.0).as_bytes());
+        h[337..345].copy_from_slice(format!("{:07o}\0", dev.1).as_bytes());
+    })
+    .to_vec()
+}
+
+/// Writes [`RICH_RECIPE`] for `root` and its inputs into `dir`, returning the recipe.
+fn rich_recipe(dir: &Path, root: &str) -> PathBuf {
+    use support::tarball::{header_with, tar, Member};
+    let setuid = header_with("usr/bin/su", b'0', 0o4755, 0, "", |_| {}).to_vec();
+    let sticky = header_with("tmp/", b'5', 0o1777, 0, "", |_| {}).to_vec();
+    let special = tar(&[
+        Member::Dir { name: "dev/" },
+        Member::Raw(special_member("dev/null", b'3', 0o666, 0, (1, 3))),
+        Member::Raw(special_member("dev/loop300", b'4', 0o660, 6, (7, 300))),
+        Member::Dir { name: "run/" },
+        Member::Raw(special_member("run/initctl", b'6', 0o600, 0, (0, 0))),
+        Member::Raw(sticky),
+        Member::Dir { name: "usr/" },
+        Member::Dir { name: "usr/bin/" },
+        Member::Raw(setuid),
+    ]);
+    fs::create_dir_all(dir).expect("recipe folder");
+    fs::write(dir.join("special.tar"), special).expect("special.tar");
+    let tree = dir.join("tree");
+    let write = |rel: &str, content: &[u8]| {
+        let path = tree.join(rel);
+        fs::create_dir_all(path.parent().expect("a parent")).expect("tree folders");
+        fs::write(&path, content).expect("a tree file");
+        path
+    };
+    write("big.txt", &text(300 * 1024 + 77, 1));
+    write("tail.txt", &text(5000, 2));
+    write("empty", b"");
+    let tool = write("bin/tool", b"#!/bin/sh\nexit 0\n");
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).expect("chmod");
+    for i in 0..300 {
+        write(&format!("many/entry-{i:03}"), &text(i * 13, i as u64 + 10));
+    }
+    write("a/b/c/d/e/f/g/h/deep.txt", b"deep\n");
+    write(&"n".repeat(255), b"a name of 255 bytes\n");
+    write("docs/café-naïve-日本語.txt", "unicode\n".as_bytes());
+    fs::hard_link(tree.join("tail.txt"), tree.join("tail-link.txt")).expect("hard link");
+    std::os::unix::fs::symlink("big.txt", tree.join("short-link")).expect("symlink");
+    let long_target = format!("a/b/c/d/e/f/g/h/{}/../deep.txt", "x".repeat(80));
+    std::os::unix::fs::symlink(long_target, tree.join("long-link")).expect("symlink");
+    let recipe = dir.join("rich.toml");
+    fs::write(&recipe, RICH_RECIPE.replace("ROOT", root)).expect("rich.toml");
+    recipe
+}
+
+#[test]
+fn golden_disk_digests_of_a_richer_tree_are_pinned() {
+    for RichGolden { root, partitions, files } in RICH_DISKS {
+        if root == "ext4" {
+            // Device nodes reach an ext4 root through files staged on the host.
+            if !support::is_root() {
+                assert!(!support::in_ci(), "the ext4 pins of the rich tree need root");
+                eprintln!("SKIP: the ext4 pins of the rich tree need root");
+                continue;
+            }
+            if !ext4_ready() {
+                continue;
+            }
+        }
+        let ws = Workspace::new();
+        let recipe = rich_recipe(&ws.path("rich"), root);
+        let kiln = Kiln::new(&ws.store("store"));
+        kiln.build(&recipe, &[]);
+        let out = ws.path("disks");
+        kiln.run(&["export", "rich:1.0.0", "--disk", out.to_str().expect("utf-8")]).ok();
+        let found = partition_digests(&out.join("disk.raw"));
+        let pinned: Vec<(String, String)> =
+            partitions.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect();
+        let mut exported: Vec<(String, String)> = fs::read_dir(&out)
+            .expect("exported disks")
+            .map(|entry| {
+                let path = entry.expect("disk entry").path();
+                let name = path.file_name().expect("name").to_string_lossy().into_owned();
+                (name, kiln_oci::Digest::of(&fs::read(&path).expect("a disk file")).hex())
+            })
+            .collect();
+        exported.sort();
+        assert_eq!(found, pinned, "the {root} root or its dm-verity tree of the rich tree changed");
+        let pinned: Vec<(String, String)> =
+            files.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect();
+        assert_eq!(exported, pinned, "the {root} disk files of the rich tree changed");
+    }
+}
