@@ -96,7 +96,7 @@ pub fn azure() -> Option<&'static Server> {
 }
 
 /// The process-wide fake-gcs-server. It answers reads and listings of GCS's XML API but not
-/// its writes (see README.md, "Google Cloud Storage"); put objects with [`Server::seed`].
+/// its writes (see docs/commands.md, "Stores"); put objects with [`Server::seed`].
 ///
 /// # Panics
 /// When `CI=true` and the server cannot be started.
