@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_builder::compress::compress;
 use kiln_builder::disk::cpio::write_cpio;
-use kiln_builder::{Compression, Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
+use kiln_compress::compress;
+use kiln_compress::Compression;
+use kiln_tree::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
 use support::{in_ci, Workspace};
 
 const MARKER: &str = "KILN-INITRAMFS-BOOTED";
@@ -305,7 +306,7 @@ fn boot_disk(root: &Path, fs: &str, verity: bool, corrupt: bool) {
     );
     put(&mut tree, "/init", EntryKind::File(Content::Bytes(init.into_bytes().into())), 0o755);
     let mut cpio = Vec::new();
-    write_cpio(&tree, Epoch(0), &mut cpio).unwrap();
+    write_cpio(&tree, Epoch::new(0).unwrap(), &mut cpio).unwrap();
     let gz = compress(&Compression::GZIP, 1, &cpio[..], Vec::new()).unwrap();
     let initrd = ws.write("initramfs.cpio.gz", &gz);
 
@@ -426,7 +427,7 @@ fn kernel_boots_a_debian_root_kiln_imported() {
     );
     put(&mut tree, "/init", EntryKind::File(Content::Bytes(init.into_bytes().into())), 0o755);
     let mut cpio = Vec::new();
-    write_cpio(&tree, Epoch(0), &mut cpio).unwrap();
+    write_cpio(&tree, Epoch::new(0).unwrap(), &mut cpio).unwrap();
     let gz = compress(&Compression::GZIP, 1, &cpio[..], Vec::new()).unwrap();
     let initrd = ws.write("initramfs.cpio.gz", &gz);
 

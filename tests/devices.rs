@@ -9,11 +9,12 @@ use kiln_builder::disk::cpio::write_cpio;
 use kiln_builder::disk::erofs::write_erofs;
 use kiln_builder::disk::ext4::write_ext4;
 use kiln_builder::disk::squashfs::write_squashfs;
-use kiln_builder::{write_tar, Device, EntryKind, Epoch, Tree};
+use kiln_builder::write_tar;
+use kiln_tree::{Device, EntryKind, Epoch, Tree};
 use support::fs_model::{bytes, disk_listing, meta, put};
 use support::{is_root, require_tool, sh, Workspace};
 
-const EPOCH: Epoch = Epoch(1_700_000_000);
+const EPOCH: Epoch = Epoch::saturating(1_700_000_000);
 
 fn tree() -> Tree {
     let mut t = Tree::new();
@@ -67,7 +68,7 @@ fn tar_and_cpio_carry_devices_and_fifos() {
         return;
     }
     let ws = Workspace::new();
-    let tar = ws.write("layer.tar", write_tar(&tree(), EPOCH.0, Vec::new()).unwrap());
+    let tar = ws.write("layer.tar", write_tar(&tree(), EPOCH, Vec::new()).unwrap());
     let out = ws.mkdir("tar");
     sh("tar", &["--numeric-owner", "-xpf", tar.to_str().unwrap(), "-C", out.to_str().unwrap()]);
     assert_eq!(disk_listing(&out, 0o7777), expected());

@@ -18,9 +18,9 @@ use kiln_builder::disk::plan::DiskPlan;
 use kiln_builder::disk::qcow2::{write_qcow2, Qcow2Layout};
 use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
 use kiln_builder::disk::vhd;
-use kiln_builder::{compress::compress, Compression};
-use kiln_builder::{Content, EntryKind, Epoch, HostFile, ImagePath, Tree};
+use kiln_compress::{compress, Compression};
 use kiln_oci::Digest;
+use kiln_tree::{Content, EntryKind, Epoch, HostFile, ImagePath, Tree};
 use support::fs_model::{
     bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
     FIXTURE_XATTRS,
@@ -29,7 +29,7 @@ use support::{is_root, require_tool, sh, Kiln, Workspace};
 
 fn erofs_bytes(tree: &Tree) -> Vec<u8> {
     let mut cursor = std::io::Cursor::new(Vec::new());
-    let image = write_erofs(tree, Epoch(1_700_000_000), &mut cursor).unwrap();
+    let image = write_erofs(tree, Epoch::new(1_700_000_000).unwrap(), &mut cursor).unwrap();
     let bytes = cursor.into_inner();
     assert_eq!(bytes.len() as u64, image.size);
     assert_eq!(&bytes[1024 + 48..1024 + 64], &image.uuid);
@@ -98,14 +98,16 @@ fn erofs_changes_with_content_and_refuses_what_it_cannot_store() {
     let content = Content::Host(HostFile::new(host.clone(), 6, Digest::of(b"before")));
     put(&mut changed, "/f", EntryKind::File(content), meta(0o644, 0, 0));
     fs::write(&host, b"after!").unwrap();
-    let err = write_erofs(&changed, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();
+    let err = write_erofs(&changed, Epoch::new(0).unwrap(), &mut std::io::Cursor::new(Vec::new()))
+        .unwrap_err();
     assert!(err.to_string().contains("when it was hashed"), "{err}");
 
     let mut odd = Tree::new();
     let mut m = meta(0o644, 0, 0);
     m.xattrs.insert("system.nfs4_acl".into(), b"x".to_vec());
     put(&mut odd, "/f", bytes(Vec::new()), m);
-    let err = write_erofs(&odd, Epoch(0), &mut std::io::Cursor::new(Vec::new())).unwrap_err();
+    let err = write_erofs(&odd, Epoch::new(0).unwrap(), &mut std::io::Cursor::new(Vec::new()))
+        .unwrap_err();
     assert!(err.to_string().contains("\"system.nfs4_acl\""), "{err}");
 
     // A name erofs could not store never reaches it: image paths refuse it.
@@ -245,7 +247,7 @@ fn gpt_raw_and_vhd_are_accepted_by_partitioning_tools_and_qemu() {
     // Fixed VHD: raw + footer; qemu reads it back as the same disk.
     let guid = Guid::parse("0b4c5d2e-0000-4000-8000-000000000001").unwrap();
     let mut vhd = raw.clone();
-    vhd.extend_from_slice(&vhd::footer(size, Epoch(1_700_000_000), guid.to_be()));
+    vhd.extend_from_slice(&vhd::footer(size, Epoch::new(1_700_000_000).unwrap(), guid.to_be()));
     let vhd_path = ws.write("disk.vhd", &vhd);
     let v = vhd_path.to_str().unwrap();
     let info = sh("qemu-img", &["info", "--output=json", "-f", "vpc", v]);
@@ -760,7 +762,7 @@ fn initramfs_cpio_unpacks_to_the_model() {
     tree = plain;
     let archive = |tree: &Tree| {
         let mut raw = Vec::new();
-        let len = write_cpio(tree, Epoch(1_700_000_000), &mut raw).unwrap();
+        let len = write_cpio(tree, Epoch::new(1_700_000_000).unwrap(), &mut raw).unwrap();
         assert_eq!(raw.len() as u64, len);
         compress(&Compression::GZIP, 2, &raw[..], Vec::new()).unwrap()
     };

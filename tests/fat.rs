@@ -12,13 +12,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use kiln_builder::disk::fat::{write_fat, FatError};
-use kiln_builder::{Content, EntryKind, Epoch, HostFile, ImagePath, Meta, Tree};
 use kiln_oci::{Digest, HashingWriter};
+use kiln_tree::{Content, EntryKind, Epoch, HostFile, ImagePath, Meta, Tree};
 use support::fs_model::{bytes, disk_listing, meta, model_listing, put, same};
 use support::{require_tool, Workspace};
 
 const MIB: u64 = 1024 * 1024;
-const EPOCH: Epoch = Epoch(1_700_000_000); // 2023-11-14T22:13:20Z
+const EPOCH: Epoch = Epoch::saturating(1_700_000_000); // 2023-11-14T22:13:20Z
 const SERIAL: u32 = 0x1234_ABCD;
 const LABEL: &str = "KILN ESP";
 const LONG_NAME: &str =
@@ -228,7 +228,7 @@ fn fat_is_reproducible_and_the_epoch_moves_only_timestamps() {
     let tree = esp_tree(&ws);
     let a = fat_bytes(&tree, 64 * MIB, EPOCH);
     assert!(a == fat_bytes(&tree, 64 * MIB, EPOCH), "two writes differ");
-    let b = fat_bytes(&tree, 64 * MIB, Epoch(EPOCH.0 + 86_400 * 400 + 3_661));
+    let b = fat_bytes(&tree, 64 * MIB, Epoch::new(EPOCH.seconds() + 86_400 * 400 + 3_661).unwrap());
     assert!(a != b, "a new epoch must show in the timestamps");
     // Directory entries are 32-byte aligned: only their time and date fields may move.
     let timestamp_fields = [13, 14, 15, 16, 17, 18, 19, 22, 23, 24, 25];
@@ -238,9 +238,9 @@ fn fat_is_reproducible_and_the_epoch_moves_only_timestamps() {
     assert_eq!(shown_time(&ws, &a, "a.img"), "2023-11-14 22:13");
     assert_eq!(shown_time(&ws, &b, "b.img"), "2024-12-18 23:14");
     // FAT records 1980 to 2107 only.
-    let early = fat_bytes(&tree, 64 * MIB, Epoch(0));
+    let early = fat_bytes(&tree, 64 * MIB, Epoch::new(0).unwrap());
     assert_eq!(shown_time(&ws, &early, "early.img"), "1980-01-01 0:00");
-    let late = fat_bytes(&tree, 64 * MIB, Epoch(i64::MAX));
+    let late = fat_bytes(&tree, 64 * MIB, Epoch::MAX);
     assert_eq!(shown_time(&ws, &late, "late.img"), "2107-12-31 23:59");
 }
 

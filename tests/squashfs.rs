@@ -11,15 +11,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use kiln_builder::disk::squashfs::{write_squashfs, SquashfsImage};
-use kiln_builder::{Content, EntryKind, Epoch, HostFile, Tree};
 use kiln_oci::Digest;
+use kiln_tree::{Content, EntryKind, Epoch, HostFile, Tree};
 use support::fs_model::{
     bytes, disk_listing, fixture, fixture_xattrs, meta, model_listing, mount_ro, put, same,
     FIXTURE_XATTRS,
 };
 use support::{is_root, noise, require_tool, sh, Workspace};
 
-const EPOCH: Epoch = Epoch(1_700_000_000);
+const EPOCH: Epoch = Epoch::saturating(1_700_000_000);
 const BLOCK: usize = 128 * 1024;
 
 fn squashfs(tree: &Tree, threads: usize) -> (Vec<u8>, SquashfsImage) {
@@ -211,7 +211,7 @@ fn squashfs_refuses_what_it_cannot_store() {
     let ws = Workspace::new();
     let write = |tree: &Tree| {
         let mut cursor = std::io::Cursor::new(Vec::new());
-        write_squashfs(tree, Epoch(0), 2, &mut cursor).unwrap_err().to_string()
+        write_squashfs(tree, Epoch::new(0).unwrap(), 2, &mut cursor).unwrap_err().to_string()
     };
 
     let mut changed = Tree::new();
@@ -224,7 +224,7 @@ fn squashfs_refuses_what_it_cannot_store() {
 
     // A name squashfs could not store (over 256 bytes) never reaches it: image paths refuse
     // names over 255 bytes, which no Linux filesystem can create.
-    let err = kiln_builder::ImagePath::parse(&format!("/d/{}", "n".repeat(257))).unwrap_err();
+    let err = kiln_tree::ImagePath::parse(&format!("/d/{}", "n".repeat(257))).unwrap_err();
     assert!(err.to_string().contains("at most 255"), "{err}");
 
     let mut huge = Tree::new();
@@ -242,6 +242,7 @@ fn squashfs_refuses_what_it_cannot_store() {
     assert!(err.contains("\"system.nfs4_acl\""), "{err}");
 
     let mut cursor = std::io::Cursor::new(Vec::new());
-    let err = write_squashfs(&Tree::new(), Epoch(1 << 32), 1, &mut cursor).unwrap_err();
+    let err =
+        write_squashfs(&Tree::new(), Epoch::new(1 << 32).unwrap(), 1, &mut cursor).unwrap_err();
     assert!(err.to_string().contains("32-bit"), "{err}");
 }

@@ -10,9 +10,10 @@
 use std::io::{self, Read};
 use std::time::Instant;
 
-use kiln_builder::compress::{compress, Compression};
-use kiln_builder::{write_layer, Content, Entry, EntryKind, HostFile, ImagePath, Meta, Tree};
+use kiln_builder::write_layer;
+use kiln_compress::{compress, Compression};
 use kiln_oci::HashingWriter;
+use kiln_tree::{Content, Entry, EntryKind, Epoch, HostFile, ImagePath, Meta, Tree};
 
 /// Period of the generated data: longer than any compressor window used here.
 const PERIOD: usize = 8 << 20;
@@ -130,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     for compression in [Compression::GZIP, Compression::ZSTD] {
         let start = Instant::now();
-        let blob = write_layer(&tree, 0, &compression, 2, dir.path())?;
+        let blob = write_layer(&tree, Epoch::ZERO, &compression, 2, dir.path())?;
         let secs = start.elapsed().as_secs_f64();
         println!(
             "write_layer {compression}, 2 threads: {:.1} MB/s, {}",
@@ -167,7 +168,7 @@ fn walk(data: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
         let mut copies = streams.clone();
         let start = Instant::now();
         for stream in &mut copies {
-            kiln_builder::deflate_join::unfinish(stream, 0)?;
+            kiln_compress::deflate_join::unfinish(stream, 0)?;
         }
         best = best.min(start.elapsed().as_secs_f64());
     }

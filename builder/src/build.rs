@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{Descriptor, Digest, Platform, Sha256};
 
-use crate::compress::Compression;
+use kiln_compress::Compression;
+use kiln_tree::tree::{EntryKind, Tree};
+use kiln_tree::Epoch;
+
 use crate::disk::artifacts::{esp_tree, make_disks, DiskError, DiskOutput};
 use crate::disk::ext4::e2fsprogs_version;
 use crate::disk::gpt::Arch;
-use crate::epoch::Epoch;
 use crate::hash_cache::HashCache;
 use crate::image::{self, JsonBlob, LayerRecord};
 use crate::inputs::{self, InputError, ResolvedLayer};
@@ -17,7 +19,6 @@ use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
 use crate::recipe::{DiskSpec, Recipe, RootFs};
 use crate::rootfs::{Rootfs, RootfsError};
-use crate::tree::{EntryKind, Tree};
 
 /// An error from the code that stores blobs, kept opaque to the builder.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -154,7 +155,7 @@ pub fn resolve(
         }
         _ => None,
     };
-    let lock = Lock::new(recipe.digest, epoch.0, recipe.compression, e2fsprogs, all_inputs);
+    let lock = Lock::new(recipe.digest, epoch, recipe.compression, e2fsprogs, all_inputs);
     Ok((layers, lock))
 }
 
@@ -297,7 +298,7 @@ fn build_resolved(
             Plan::Write(tree) => {
                 let blob = layer::write_layer(
                     tree,
-                    opts.epoch.0,
+                    opts.epoch,
                     &recipe.compression,
                     opts.threads,
                     &opts.work_dir,

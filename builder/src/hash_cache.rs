@@ -14,78 +14,25 @@
 //! here cannot reach an image, since writers check remembered digests by hashing and fail.
 
 use std::collections::HashMap;
-use std::fs::Metadata;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_oci::Digest;
+use kiln_tree::stamp::{FileStamp, STAMP_BYTES};
 
 /// First bytes of a cache file; a file written by an older kiln (text "v1", or "v2" ended by
 /// a sha256, whose checking slowed every load) is ignored.
 const MAGIC: &[u8] = b"kiln-hash-cache v3\n";
-/// One record: dev, ino, size, mtime s, mtime ns, ctime s, ctime ns, digest.
-const RECORD: usize = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 32;
+/// One record: the stamp's bytes (dev, ino, size, mtime s, mtime ns, ctime s, ctime ns),
+/// then the digest.
+const RECORD: usize = STAMP_BYTES + 32;
 /// The trailing crc32 (little-endian) of magic and records.
 const TRAILER: usize = 4;
 /// Files changed this recently (seconds) are not settled: hashed, but neither remembered nor
 /// trusted unread later in the build.
 const RACY_SECONDS: i64 = 2;
-
-/// What `stat` says about a file, as far as the cache is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, u32),
-    ctime: (i64, u32),
-}
-
-impl FileStamp {
-    /// The stamp of a file from its metadata (as taken by `stat`/`lstat`).
-    pub fn of(md: &Metadata) -> FileStamp {
-        // Nanoseconds are always below 10^9, so the conversions cannot fail in practice;
-        // an impossible value only turns into a stamp that never matches.
-        let ns = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        FileStamp {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.len(),
-            mtime: (md.mtime(), ns(md.mtime_nsec())),
-            ctime: (md.ctime(), ns(md.ctime_nsec())),
-        }
-    }
-
-    /// The stamp of a file from `stat` as the kernel gives it; equal to [`FileStamp::of`] of
-    /// the same file's metadata.
-    // The conversions are needed where the fields are narrower (32-bit targets).
-    #[allow(clippy::useless_conversion)]
-    pub fn of_stat(st: &rustix::fs::Stat) -> FileStamp {
-        // The field types differ between architectures; every value fits where it goes, and
-        // one that did not would only give a stamp that never matches.
-        let ns = |n| u32::try_from(n).unwrap_or(u32::MAX);
-        FileStamp {
-            dev: u64::try_from(st.st_dev).unwrap_or(u64::MAX),
-            ino: u64::try_from(st.st_ino).unwrap_or(u64::MAX),
-            size: u64::try_from(st.st_size).unwrap_or(u64::MAX),
-            mtime: (i64::from(st.st_mtime), ns(st.st_mtime_nsec)),
-            ctime: (i64::from(st.st_ctime), ns(st.st_ctime_nsec)),
-        }
-    }
-
-    /// The file's size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The file's (device, inode) pair, which names it on this machine.
-    pub fn inode(&self) -> (u64, u64) {
-        (self.dev, self.ino)
-    }
-}
 
 /// Remembered files by (device, inode), digests as raw bytes: the file stores them so,
 /// and most are never asked for.
@@ -171,7 +118,7 @@ impl HashCache {
     /// write, which no longer equals a ctime from seconds before (timestamps are coarse, so a
     /// write within the same tick as the last one could otherwise leave the stamp unchanged).
     pub fn settled(&self, stamp: &FileStamp) -> bool {
-        self.now - stamp.mtime.0.max(stamp.ctime.0) >= RACY_SECONDS
+        self.now - stamp.changed_at() >= RACY_SECONDS
     }
 
     /// Remembers `digest` for the file that had `stamp` when it was hashed.
@@ -276,13 +223,7 @@ fn encode(entries: &Entries) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAGIC.len() + sorted.len() * RECORD + TRAILER);
     out.extend_from_slice(MAGIC);
     for (s, d) in sorted {
-        out.extend_from_slice(&s.dev.to_le_bytes());
-        out.extend_from_slice(&s.ino.to_le_bytes());
-        out.extend_from_slice(&s.size.to_le_bytes());
-        out.extend_from_slice(&s.mtime.0.to_le_bytes());
-        out.extend_from_slice(&s.mtime.1.to_le_bytes());
-        out.extend_from_slice(&s.ctime.0.to_le_bytes());
-        out.extend_from_slice(&s.ctime.1.to_le_bytes());
+        out.extend_from_slice(&s.to_bytes());
         out.extend_from_slice(d);
     }
     let sum = crc32fast::hash(&out);
@@ -313,21 +254,11 @@ fn le_u64(b: &[u8]) -> u64 {
 
 /// One record (exactly [`RECORD`] bytes) as a stamp and raw digest.
 fn decode(r: &[u8]) -> (FileStamp, [u8; 32]) {
-    let le_u32 = |b: &[u8]| {
-        let mut n = [0u8; 4];
-        n.copy_from_slice(b);
-        u32::from_le_bytes(n)
-    };
-    let stamp = FileStamp {
-        dev: le_u64(&r[0..8]),
-        ino: le_u64(&r[8..16]),
-        size: le_u64(&r[16..24]),
-        mtime: (le_u64(&r[24..32]) as i64, le_u32(&r[32..36])),
-        ctime: (le_u64(&r[36..44]) as i64, le_u32(&r[44..48])),
-    };
+    let mut stamp = [0u8; STAMP_BYTES];
+    stamp.copy_from_slice(&r[..STAMP_BYTES]);
     let mut digest = [0u8; 32];
-    digest.copy_from_slice(&r[48..80]);
-    (stamp, digest)
+    digest.copy_from_slice(&r[STAMP_BYTES..RECORD]);
+    (FileStamp::from_bytes(&stamp), digest)
 }
 
 #[cfg(test)]
@@ -348,19 +279,6 @@ mod tests {
 
     fn stamp(f: &Path) -> FileStamp {
         FileStamp::of(&std::fs::metadata(f).unwrap())
-    }
-
-    #[test]
-    fn a_stamp_from_stat_equals_one_from_metadata() {
-        // The scan stamps files from `stat`, the writers from an open file's metadata: were
-        // the two ever to differ, every file would be hashed twice.
-        let dir = tempfile::tempdir().unwrap();
-        let f = settled_file(dir.path(), "f", b"some bytes");
-        let st =
-            rustix::fs::statat(rustix::fs::CWD, &f, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
-        let opened = std::fs::File::open(&f).unwrap().metadata().unwrap();
-        assert_eq!(FileStamp::of_stat(&st), FileStamp::of(&opened));
-        assert_eq!(FileStamp::of_stat(&st), stamp(&f));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use kiln_oci::{
     ImageIndex, ImageManifest, Platform, RootFs, RuntimeConfig,
 };
 
-use crate::epoch::Epoch;
+use kiln_tree::Epoch;
+
 use crate::recipe::Recipe;
 
 /// A layer as the image sees it: its compressed blob and its uncompressed digest.

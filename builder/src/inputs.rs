@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_oci::{Digest, Sha256};
+use kiln_tree::host_file::HostFile;
+use kiln_tree::image_path::{ImagePath, ImagePathError};
+use kiln_tree::stamp::FileStamp;
+use kiln_tree::tree::{Content, Device, Entry, EntryKind, Meta, Tree, TreeError};
 use serde::{Deserialize, Serialize};
 
-use crate::hash_cache::{FileStamp, HashCache};
-use crate::host_file::HostFile;
-use crate::image_path::{ImagePath, ImagePathError};
+use crate::hash_cache::HashCache;
 use crate::recipe::{LayerSpec, Location, Ownership, TreeSpec};
 use crate::tarball::{Member, Spool};
-use crate::tree::{Content, Device, Entry, EntryKind, Meta, Tree, TreeError};
 use scan::{Found, HostMeta, Listing, What};
 
 /// What kind of input a lock entry pins.
@@ -321,7 +322,7 @@ fn hash_host(
     }
     // At most one byte past the stamped size: enough to see that the file grew, and no
     // endless read should a device have been put in its place since the scan.
-    let mut file = crate::host_file::open_input(&path())?.take(stamp.size().saturating_add(1));
+    let mut file = kiln_tree::host_file::open_input(&path())?.take(stamp.size().saturating_add(1));
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {

@@ -11,9 +11,11 @@ use std::thread;
 
 use kiln_oci::{Digest, HashingWriter};
 
-use crate::compress::{compress_blocks, Compression, CompressionError, GZIP_CHUNK};
+use kiln_compress::{compress_blocks, Compression, CompressionError, GZIP_CHUNK};
+use kiln_tree::tree::Tree;
+use kiln_tree::Epoch;
+
 use crate::tar::{write_tar, TarError};
-use crate::tree::Tree;
 use crate::writeback::Writeback;
 
 /// Size of the blocks handed from the tar writer to the compressor: gzip's chunk, so that
@@ -60,7 +62,7 @@ pub enum LayerError {
 /// to `threads` threads, to a new file in `out_dir`. The bytes do not depend on `threads`.
 pub fn write_layer(
     tree: &Tree,
-    epoch: i64,
+    epoch: Epoch,
     compression: &Compression,
     threads: usize,
     out_dir: &Path,

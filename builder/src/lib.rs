@@ -1,19 +1,14 @@
 //! Turns kiln recipes into reproducible OCI image blobs.
 //!
-//! The flow: [`recipe`] parses TOML, [`inputs`] hashes files into a [`tree::Tree`] per layer,
+//! The flow: [`recipe`] parses TOML, [`inputs`] hashes files into a [`kiln_tree::Tree`] per layer,
 //! [`lock`] pins those digests, [`layer`] writes each tree as a compressed tarball, and
 //! [`image`] assembles configs, manifests and the index. [`build`] ties them together over a
 //! [`build::BlobSink`] that the caller backs with a store.
 
 pub mod build;
-pub mod compress;
-pub mod deflate_join;
 pub mod disk;
-pub mod epoch;
 pub mod hash_cache;
-pub mod host_file;
 pub mod image;
-pub mod image_path;
 pub mod inputs;
 pub mod layer;
 pub mod lock;
@@ -25,20 +20,13 @@ pub mod tar;
 pub mod tarball;
 #[cfg(test)]
 mod test_data;
-pub mod tree;
-mod workers;
 mod writeback;
 
 pub use build::{
     build, BlobSink, BuildError, BuildOptions, BuildOutput, CacheHit, LockMode, Observer,
 };
-pub use compress::{Compression, CompressionError};
-pub use epoch::Epoch;
-pub use host_file::HostFile;
 pub use image::LayerRecord;
-pub use image_path::{ImagePath, ImagePathError};
 pub use layer::{write_layer, LayerBlob, LayerError};
 pub use lock::Lock;
 pub use recipe::{Recipe, RecipeError};
 pub use tar::{write_tar, TarError};
-pub use tree::{Content, Device, Entry, EntryKind, Meta, Tree, TreeError};

@@ -3,9 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use kiln_oci::Digest;
+use kiln_tree::Epoch;
 use serde::{Deserialize, Serialize};
 
-use crate::compress::Compression;
+use kiln_compress::Compression;
+
 use crate::inputs::Input;
 
 /// Version of the lock file's own layout.
@@ -23,7 +25,7 @@ pub struct Lock {
     pub format: u32,
     /// sha256 of the recipe text with line endings normalised.
     pub recipe: Digest,
-    pub epoch: i64,
+    pub epoch: Epoch,
     pub compression: Compression,
     /// The host's e2fsprogs version, for recipes with an ext4 root: mke2fs makes that
     /// filesystem, and its version decides the bytes.
@@ -54,7 +56,7 @@ pub enum LockDifference {
     #[error("the recipe changed (locked {locked}, now {found})")]
     Recipe { locked: Digest, found: Digest },
     #[error("the epoch changed (locked {locked}, now {found})")]
-    Epoch { locked: i64, found: i64 },
+    Epoch { locked: Epoch, found: Epoch },
     #[error("the output format changed (locked {locked}, this kiln writes {found})")]
     Format { locked: u32, found: u32 },
     #[error("the compression changed (locked {locked}, now {found})")]
@@ -96,7 +98,7 @@ impl Lock {
     /// Builds a lock from resolved values; inputs are sorted and deduplicated.
     pub fn new(
         recipe: Digest,
-        epoch: i64,
+        epoch: Epoch,
         compression: Compression,
         e2fsprogs: Option<String>,
         mut inputs: Vec<Input>,

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{Digest, Platform};
 
-use crate::compress::Compression;
-use crate::image_path::{ImagePath, ImagePathError};
+use kiln_compress::Compression;
+use kiln_tree::image_path::{ImagePath, ImagePathError};
+use kiln_tree::Epoch;
+
 use crate::recipe_toml::{self, RawRecipe};
 use crate::source_path::{SourcePath, SourcePathError};
 
@@ -78,7 +80,7 @@ pub struct Recipe {
     pub dir: PathBuf,
     /// sha256 of the recipe text with CRLF line endings normalised to LF.
     pub digest: Digest,
-    pub epoch: Option<i64>,
+    pub epoch: Option<Epoch>,
     pub name: String,
     pub version: String,
     pub platforms: Vec<Platform>,

@@ -6,9 +6,10 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::compress::Compression;
-use crate::epoch::Epoch;
-use crate::image_path::ImagePath;
+use kiln_compress::Compression;
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::Epoch;
+
 use crate::recipe::{
     ConfigSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec, InlineSpec,
     LayerSpec, Location, Ownership, PartitionLabels, Problem, RecipeError, RootFs, SymlinkSpec,
@@ -202,7 +203,7 @@ struct RawConfig {
 
 /// The validated parts of a recipe, before the file-level fields are added.
 pub(crate) struct Model {
-    pub epoch: Option<i64>,
+    pub epoch: Option<Epoch>,
     pub name: String,
     pub version: String,
     pub platforms: Vec<kiln_oci::Platform>,
@@ -288,17 +289,19 @@ impl Context<'_> {
     pub(crate) fn validate(&self, raw: RawRecipe) -> Result<Model, RecipeError> {
         let epoch = match raw.epoch {
             None => None,
-            Some(e) if (0..=Epoch::MAX.0).contains(e.get_ref()) => Some(*e.get_ref()),
-            Some(e) => {
-                return self.err(
-                    e.span(),
-                    Problem::Invalid(format!(
-                        "epoch must be seconds since 1970 from 0 to {} (the latest time a tar \
-                         header holds)",
-                        Epoch::MAX.0
-                    )),
-                );
-            }
+            Some(e) => match Epoch::new(*e.get_ref()) {
+                Ok(epoch) => Some(epoch),
+                Err(_) => {
+                    return self.err(
+                        e.span(),
+                        Problem::Invalid(format!(
+                            "epoch must be seconds since 1970 from 0 to {} (the latest time a \
+                             tar header holds)",
+                            Epoch::MAX
+                        )),
+                    );
+                }
+            },
         };
         let platforms = match &raw.image.platforms {
             None => vec![kiln_oci::Platform {

@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::image_path::ImagePath;
-use crate::tree::{Entry, EntryKind, Meta, Tree, TreeError};
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Entry, EntryKind, Meta, Tree, TreeError};
 
 /// The prefix that marks a whiteout entry.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -217,7 +217,7 @@ fn remove_all(map: &mut BTreeMap<ImagePath, Entry>, paths: &[ImagePath]) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::tree::{Content, Meta};
+    use kiln_tree::tree::{Content, Meta};
 
     fn p(s: &str) -> ImagePath {
         ImagePath::parse(s).unwrap()

@@ -7,9 +7,10 @@
 
 use std::io::{self, Write};
 
-use crate::host_file::{self, HostFileError, StreamError};
-use crate::image_path::ImagePath;
-use crate::tree::{Content, Device, Entry, EntryKind, Tree};
+use kiln_tree::host_file::{self, HostFileError, StreamError};
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, Device, Entry, EntryKind, Tree};
+use kiln_tree::Epoch;
 
 const BLOCK: usize = 512;
 const NAME_LEN: usize = 100;
@@ -26,8 +27,6 @@ const PAX_DIR: &str = "PaxHeaders/";
 /// Why a tar stream could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum TarError {
-    #[error("epoch {0} cannot be stored as a tar mtime (it must be 0 ..= {SIZE_MAX})")]
-    Epoch(i64),
     #[error("{entry}: xattr name {name:?} cannot be written as a PAX record (it holds '=', NUL or newline, or is empty)")]
     XattrName { entry: ImagePath, name: String },
     #[error("{entry}: {source}")]
@@ -41,9 +40,9 @@ pub enum TarError {
 }
 
 /// Writes the tar stream of `tree` to `out`, entries in tree order, every mtime `epoch`.
-pub fn write_tar<W: Write>(tree: &Tree, epoch: i64, mut out: W) -> Result<W, TarError> {
-    let mtime =
-        u64::try_from(epoch).ok().filter(|m| *m <= SIZE_MAX).ok_or(TarError::Epoch(epoch))?;
+pub fn write_tar<W: Write>(tree: &Tree, epoch: Epoch, mut out: W) -> Result<W, TarError> {
+    // Epoch::MAX is the largest number the header's mtime field holds.
+    let mtime = epoch.unsigned_seconds();
     for (path, entry) in tree.iter() {
         write_entry(&mut out, path, entry, mtime)?;
     }
@@ -357,9 +356,9 @@ mod tests {
     }
 
     #[test]
-    fn refuses_epochs_tar_cannot_hold() {
-        assert!(matches!(write_tar(&Tree::new(), -1, Vec::new()), Err(TarError::Epoch(-1))));
-        let empty = write_tar(&Tree::new(), 0, Vec::new()).unwrap();
+    fn the_latest_epoch_fits_the_mtime_field() {
+        let empty = write_tar(&Tree::new(), Epoch::ZERO, Vec::new()).unwrap();
         assert_eq!(empty, vec![0u8; 1024]);
+        assert_eq!(Epoch::MAX.unsigned_seconds(), SIZE_MAX);
     }
 }

@@ -10,10 +10,11 @@ use std::io::{self, BufReader, Read};
 use std::path::Path;
 use std::rc::Rc;
 
-use crate::host_file::HostFile;
-use crate::image_path::ImagePath;
+use kiln_tree::host_file::HostFile;
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, Device, EntryKind, Meta};
+
 use crate::inputs::InputError;
-use crate::tree::{Content, Device, EntryKind, Meta};
 
 /// One accepted member of a tarball, with its path relative to where it is unpacked.
 #[derive(Debug)]

@@ -8,8 +8,9 @@ use std::path::Path;
 use kiln_builder::build::{BlobSink, SinkError};
 use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::LayerBlob;
-use kiln_builder::{build, BuildOptions, Epoch, LayerRecord, LockMode, Observer, Recipe};
+use kiln_builder::{build, BuildOptions, LayerRecord, LockMode, Observer, Recipe};
 use kiln_oci::{Descriptor, Digest, ImageIndex, ImageManifest};
+use kiln_tree::Epoch;
 
 #[derive(Default)]
 struct MemSink {
@@ -69,7 +70,7 @@ fn recipe(dir: &Path, platforms: &str) -> Recipe {
 
 fn opts(work: &Path, threads: usize) -> BuildOptions {
     BuildOptions {
-        epoch: Epoch(1_700_000_000),
+        epoch: Epoch::new(1_700_000_000).unwrap(),
         threads,
         work_dir: work.to_path_buf(),
         lock_mode: LockMode::Update,

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use kiln_builder::hash_cache::HashCache;
 use kiln_builder::inputs::{resolve_layer, InputError, InputKind};
-use kiln_builder::{EntryKind, ImagePath, Recipe, Tree};
+use kiln_builder::Recipe;
+use kiln_tree::{EntryKind, ImagePath, Tree};
 
 fn recipe(dir: &Path, layer: &str) -> Recipe {
     let text =
@@ -191,7 +192,7 @@ fn tarball_devices_need_the_option_and_linux_numbers() {
     let err = tarball_result(&ok).unwrap_err().to_string();
     assert!(err.contains("dev/x") && err.contains("devices = true"), "{err}");
     let tree = with_devices(&ok).unwrap();
-    let want = EntryKind::Device(kiln_builder::Device::Char { major: 1, minor: 300 });
+    let want = EntryKind::Device(kiln_tree::Device::Char { major: 1, minor: 300 });
     assert_eq!(tree.get(&p("dev/x")).unwrap().kind, want);
     // Major 4096 is beyond Linux's 12 bits.
     let err = with_devices(&device(b"0010000", b"0000001")).unwrap_err().to_string();
@@ -338,7 +339,7 @@ fn remembered_digests_give_the_same_layer_and_a_rewrite_is_seen() {
     assert_eq!(remembered.inputs, fresh.inputs);
     // Only a file read by this very build is trusted unread later on, by its stamp.
     let hashed_as = |t: &Tree| match &t.get(&p("d005/inner2/f3")).unwrap().kind {
-        EntryKind::File(kiln_builder::Content::Host(host)) => host.hashed_as,
+        EntryKind::File(kiln_tree::Content::Host(host)) => host.hashed_as,
         other => panic!("{other:?}"),
     };
     assert!(hashed_as(&fresh.tree().unwrap()).is_some());
@@ -356,7 +357,7 @@ fn remembered_digests_give_the_same_layer_and_a_rewrite_is_seen() {
         .unwrap()
         .kind
     {
-        EntryKind::File(kiln_builder::Content::Host(host)) => host.digest,
+        EntryKind::File(kiln_tree::Content::Host(host)) => host.digest,
         other => panic!("{other:?}"),
     };
     assert_eq!(digest(&rewritten), kiln_oci::Digest::of(&bytes));
@@ -364,11 +365,11 @@ fn remembered_digests_give_the_same_layer_and_a_rewrite_is_seen() {
 }
 
 /// The entries of `tree` without what this build knew of how its host files were hashed.
-fn without_stamps(tree: &Tree) -> Vec<(ImagePath, kiln_builder::Entry)> {
+fn without_stamps(tree: &Tree) -> Vec<(ImagePath, kiln_tree::Entry)> {
     tree.iter()
         .map(|(path, entry)| {
             let mut entry = entry.clone();
-            if let EntryKind::File(kiln_builder::Content::Host(host)) = &mut entry.kind {
+            if let EntryKind::File(kiln_tree::Content::Host(host)) = &mut entry.kind {
                 host.hashed_as = None;
             }
             (path.clone(), entry)
@@ -408,8 +409,16 @@ fn a_layer_digest_names_every_declared_field_and_input_but_no_host_path() {
     let moved = everything(&tmp.path().join("elsewhere/two"), "renamed", ("", ""));
     assert_eq!(moved.digest, base.digest);
     let blob = |layer: &kiln_builder::inputs::ResolvedLayer| {
-        let gzip = kiln_builder::compress::Compression::GZIP;
-        kiln_builder::write_layer(&layer.tree().unwrap(), 0, &gzip, 1, tmp.path()).unwrap().digest
+        let gzip = kiln_compress::Compression::GZIP;
+        kiln_builder::write_layer(
+            &layer.tree().unwrap(),
+            kiln_tree::Epoch::ZERO,
+            &gzip,
+            1,
+            tmp.path(),
+        )
+        .unwrap()
+        .digest
     };
     assert_eq!(blob(&moved), blob(&base));
     let edits = [

@@ -7,15 +7,14 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use kiln_builder::compress::{compress, Compression, GZIP_CHUNK};
-use kiln_builder::host_file::HostFileError;
 use kiln_builder::tar::{write_tar, TarError};
-use kiln_builder::{
-    write_layer, Content, Entry, EntryKind, HostFile, ImagePath, LayerError, Meta, Tree,
-};
+use kiln_builder::{write_layer, LayerError};
+use kiln_compress::{compress, Compression, GZIP_CHUNK};
 use kiln_oci::Digest;
+use kiln_tree::host_file::HostFileError;
+use kiln_tree::{Content, Entry, EntryKind, Epoch, HostFile, ImagePath, Meta, Tree};
 
-const EPOCH: i64 = 1_700_000_000;
+const EPOCH: Epoch = Epoch::saturating(1_700_000_000);
 
 fn p(s: &str) -> ImagePath {
     ImagePath::parse(s).unwrap()
@@ -156,7 +155,7 @@ fn tar_fields_read_back_with_the_tar_crate() {
         assert_eq!(m.mode, entry.meta.mode, "{}", m.path);
         assert_eq!(m.uid, u64::from(entry.meta.uid), "{}", m.path);
         assert_eq!(m.gid, u64::from(entry.meta.gid), "{}", m.path);
-        assert_eq!(m.mtime, EPOCH as u64, "{}", m.path);
+        assert_eq!(m.mtime, EPOCH.unsigned_seconds(), "{}", m.path);
         assert_eq!(m.xattrs, entry.meta.xattrs, "{}", m.path);
         match &entry.kind {
             EntryKind::Dir => assert_eq!(m.kind, b'5'),
@@ -240,7 +239,8 @@ fn same_tree_same_bytes() {
     let a = write_tar(&feature_tree(), EPOCH, Vec::new()).unwrap();
     let b = write_tar(&feature_tree(), EPOCH, Vec::new()).unwrap();
     assert_eq!(a, b);
-    let c = write_tar(&feature_tree(), EPOCH + 1, Vec::new()).unwrap();
+    let c =
+        write_tar(&feature_tree(), Epoch::new(EPOCH.seconds() + 1).unwrap(), Vec::new()).unwrap();
     assert_ne!(a, c);
 }
 

@@ -7,7 +7,8 @@ use std::path::Path;
 use kiln_builder::build;
 use kiln_builder::hash_cache::HashCache;
 use kiln_builder::lock::LockDifference;
-use kiln_builder::{Epoch, Lock, Recipe};
+use kiln_builder::{Lock, Recipe};
+use kiln_tree::Epoch;
 
 fn setup(dir: &Path, newline: &str) -> Recipe {
     fs::create_dir_all(dir.join("t")).unwrap();
@@ -24,17 +25,20 @@ fn lock_is_written_beside_the_recipe_and_is_the_same_for_crlf() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let (lock_a, written) =
-        build::lock(&setup(a.path(), "\n"), Epoch(9), &mut HashCache::disabled()).unwrap();
+        build::lock(&setup(a.path(), "\n"), Epoch::new(9).unwrap(), &mut HashCache::disabled())
+            .unwrap();
     assert!(written);
     let (lock_b, _) =
-        build::lock(&setup(b.path(), "\r\n"), Epoch(9), &mut HashCache::disabled()).unwrap();
+        build::lock(&setup(b.path(), "\r\n"), Epoch::new(9).unwrap(), &mut HashCache::disabled())
+            .unwrap();
     assert_eq!(lock_a, lock_b);
     let text_a = fs::read_to_string(a.path().join("r.lock")).unwrap();
     assert_eq!(text_a, fs::read_to_string(b.path().join("r.lock")).unwrap());
     assert!(text_a.contains("src = \"f\"") && text_a.contains("kind = \"tree\""), "{text_a}");
     assert_eq!(Lock::read(&a.path().join("r.lock")).unwrap(), Some(lock_a));
     let (_, again) =
-        build::lock(&setup(a.path(), "\n"), Epoch(9), &mut HashCache::disabled()).unwrap();
+        build::lock(&setup(a.path(), "\n"), Epoch::new(9).unwrap(), &mut HashCache::disabled())
+            .unwrap();
     assert!(!again, "an unchanged lock is not rewritten");
 }
 
@@ -42,10 +46,12 @@ fn lock_is_written_beside_the_recipe_and_is_the_same_for_crlf() {
 fn every_difference_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = setup(tmp.path(), "\n");
-    let (locked, _) = build::lock(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
+    let (locked, _) =
+        build::lock(&recipe, Epoch::new(1).unwrap(), &mut HashCache::disabled()).unwrap();
     fs::write(tmp.path().join("f"), b"two").unwrap();
     fs::write(tmp.path().join("t/y"), b"new").unwrap();
-    let (_, current) = build::resolve(&recipe, Epoch(2), &mut HashCache::disabled()).unwrap();
+    let (_, current) =
+        build::resolve(&recipe, Epoch::new(2).unwrap(), &mut HashCache::disabled()).unwrap();
     let diffs = locked.differences(&current);
     assert!(
         diffs.iter().any(|d| matches!(d, LockDifference::Input { src, .. } if src == "f")),
@@ -56,7 +62,7 @@ fn every_difference_is_named() {
         "{diffs:?}"
     );
     assert!(
-        diffs.iter().any(|d| matches!(d, LockDifference::Epoch { locked: 1, found: 2 })),
+        diffs.iter().any(|d| matches!(d, LockDifference::Epoch { locked, found } if locked.seconds() == 1 && found.seconds() == 2)),
         "{diffs:?}"
     );
 }
@@ -67,18 +73,21 @@ fn the_execute_bit_of_a_file_input_is_pinned() {
     // The execute bit decides the mode of a file input whose recipe sets none.
     fs::write(tmp.path().join("g"), b"same bytes").unwrap();
     let recipe = with_second_file(tmp.path(), &setup(tmp.path(), "\n"));
-    let (locked, _) = build::lock(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
+    let (locked, _) =
+        build::lock(&recipe, Epoch::new(1).unwrap(), &mut HashCache::disabled()).unwrap();
     let text = fs::read_to_string(tmp.path().join("r.lock")).unwrap();
     assert!(!text.contains("executable"), "written only when true:\n{text}");
 
     set_executable(&tmp.path().join("g"));
-    let (_, current) = build::resolve(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
+    let (_, current) =
+        build::resolve(&recipe, Epoch::new(1).unwrap(), &mut HashCache::disabled()).unwrap();
     let diffs = locked.differences(&current);
     assert_eq!(diffs, [LockDifference::Executable { src: "g".into(), found: true }]);
     let message = diffs[0].to_string();
     assert!(message.contains("input g is executable now") && message.contains("0755"), "{message}");
 
-    let (relocked, _) = build::lock(&recipe, Epoch(1), &mut HashCache::disabled()).unwrap();
+    let (relocked, _) =
+        build::lock(&recipe, Epoch::new(1).unwrap(), &mut HashCache::disabled()).unwrap();
     let text = fs::read_to_string(tmp.path().join("r.lock")).unwrap();
     assert!(
         text.contains("src = \"g\"\ndigest = ") && text.contains("executable = true"),
@@ -109,7 +118,8 @@ fn malformed_and_future_locks_are_refused() {
     fs::write(&path, "version = \n").unwrap();
     assert!(Lock::read(&path).unwrap_err().to_string().contains("malformed"));
     let recipe = setup(tmp.path(), "\n");
-    let (lock, _) = build::lock(&recipe, Epoch(0), &mut HashCache::disabled()).unwrap();
+    let (lock, _) =
+        build::lock(&recipe, Epoch::new(0).unwrap(), &mut HashCache::disabled()).unwrap();
     let future = lock.to_text().unwrap().replace("version = 1", "version = 99");
     fs::write(&path, future).unwrap();
     assert!(Lock::read(&path).unwrap_err().to_string().contains("version 99"));

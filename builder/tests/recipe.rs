@@ -65,7 +65,7 @@ stop-signal = "SIGINT"
 "org.example" = "yes"
 "#;
     let r = Recipe::load(&write(tmp.path(), "full.toml", text)).unwrap();
-    assert_eq!(r.epoch, Some(5));
+    assert_eq!(r.epoch.map(kiln_tree::Epoch::seconds), Some(5));
     assert_eq!(r.platforms.len(), 2);
     assert_eq!(r.platforms[1].to_string(), "linux/arm64/v8");
     assert_eq!(r.layers[0].dirs[0].owner.mode, Some(0o1777));

@@ -2,8 +2,9 @@
 
 use anyhow::Context as _;
 use kiln_attest::known_layers::KnownLayers;
-use kiln_builder::{BuildOptions, Epoch, LockMode, Recipe};
+use kiln_builder::{BuildOptions, LockMode, Recipe};
 use kiln_store::{RepoName, Tag};
+use kiln_tree::Epoch;
 use serde_json::json;
 
 use super::Ctx;
@@ -209,7 +210,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             "digest": out.index.digest.to_string(),
             "mediaType": out.index.media_type,
             "size": out.index.size,
-            "epoch": epoch.0,
+            "epoch": epoch.seconds(),
             "manifests": manifests,
             "layers": { "built": out.layers_built, "reused": out.layers_reused },
             "blobs": { "uploaded": sink.uploaded, "present": sink.present, "healed": sink.healed },

@@ -64,7 +64,7 @@ pub fn attest_build(
     source: &kiln_attest::source::Source,
     recipe: &kiln_builder::Recipe,
     out: &kiln_builder::BuildOutput,
-    epoch: kiln_builder::Epoch,
+    epoch: kiln_tree::Epoch,
     cache: Option<kiln_attest::provenance::InternalParameters>,
 ) -> anyhow::Result<BuildAttestations> {
     use kiln_attest::provenance::{BuildFacts, Dependency, RecipeParameter};
@@ -90,7 +90,7 @@ pub fn attest_build(
             normalized_digest: recipe.digest,
         },
         lock: kiln_oci::Digest::of(&lock_bytes),
-        epoch: epoch.0,
+        epoch: epoch.seconds(),
         platforms: out.manifests.iter().map(|(p, _)| p.to_string()).collect(),
         inputs,
         source_commit: source.commit.clone(),

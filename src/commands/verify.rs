@@ -8,9 +8,10 @@ use kiln_attest::compare::Difference;
 use kiln_attest::source;
 use kiln_attest::verify::{Policy, Recorded, Status};
 use kiln_attest::PublicKey;
-use kiln_builder::{BuildOptions, Epoch, Lock, LockMode, Recipe};
+use kiln_builder::{BuildOptions, Lock, LockMode, Recipe};
 use kiln_oci::Descriptor;
 use kiln_store::Store;
+use kiln_tree::Epoch;
 use serde_json::json;
 
 use super::Ctx;
@@ -154,7 +155,7 @@ fn rebuild(
     let work = scratch.path().join("work");
     std::fs::create_dir(&work).context("creating a scratch folder")?;
     let opts = BuildOptions {
-        epoch: Epoch(params.epoch),
+        epoch: Epoch::new(params.epoch).context("the recorded epoch")?,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         work_dir: work,
         lock_mode: LockMode::Update,

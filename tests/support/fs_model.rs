@@ -7,8 +7,8 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use kiln_builder::{Content, Entry, EntryKind, HostFile, ImagePath, Meta, Tree};
 use kiln_oci::Digest;
+use kiln_tree::{Content, Entry, EntryKind, HostFile, ImagePath, Meta, Tree};
 
 use super::Workspace;
 

@@ -11,7 +11,12 @@ use std::sync::mpsc;
 
 use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest, Sha256};
 
-use crate::compress::{compress, Compression, CompressionError};
+use kiln_compress::{compress, Compression, CompressionError};
+use kiln_tree::host_file::HostFile;
+use kiln_tree::image_path::{ImagePath, ImagePathError};
+use kiln_tree::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
+use kiln_tree::Epoch;
+
 use crate::disk::cpio::{write_cpio, CpioError};
 use crate::disk::erofs::{self, write_erofs, ErofsError, ErofsPlan};
 use crate::disk::ext4::{write_ext4, Ext4Error};
@@ -25,14 +30,10 @@ use crate::disk::qcow2::{write_qcow2, Qcow2Error, Qcow2Layout, Qcow2Stream};
 use crate::disk::squashfs::{write_squashfs, SquashfsError};
 use crate::disk::verity::{self, salt_from, write_verity, VerityError, VerityHasher, VerityTree};
 use crate::disk::vhd;
-use crate::epoch::Epoch;
-use crate::host_file::HostFile;
 use crate::image::JsonBlob;
-use crate::image_path::{ImagePath, ImagePathError};
 use crate::layer::{write_layer, LayerError};
 use crate::recipe::{DiskFormat, DiskSpec, EspSpec, RootFs};
 use crate::rootfs::RootfsError;
-use crate::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
 
 /// artifactType of the disk images attached to an image.
 pub const DISK_ARTIFACT: &str = "application/vnd.kiln.disk.v1";
@@ -673,7 +674,7 @@ pub fn make_disks(
                 let content = Content::Host(HostFile::new(raw_path.clone(), size, digest));
                 let entry = Entry { kind: EntryKind::File(content), meta: Meta::root(0o644) };
                 tree.insert(ImagePath::parse("disk.raw")?, entry)?;
-                let blob = write_layer(&tree, epoch.0, &Compression::GZIP, threads, work_dir)?;
+                let blob = write_layer(&tree, epoch, &Compression::GZIP, threads, work_dir)?;
                 let path = work_dir.join("disk.tar.gz");
                 std::fs::rename(&blob.path, &path).map_err(io_err(&path))?;
                 (path, (blob.digest, blob.size))

@@ -1,5 +1,5 @@
 //! The root filesystem as a cpio archive in the "newc" format the kernel unpacks as an
-//! initramfs (compress it with [`crate::compress`] for `initrd=`).
+//! initramfs (compress it with [`kiln_compress`] for `initrd=`).
 //!
 //! Entries come in path order (parents first), inode numbers count from 1 in that order,
 //! every mtime is the epoch, and a hard-link group carries its data on its first entry (the
@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::epoch::Epoch;
-use crate::host_file::{self, HostFile, HostFileError, StreamError};
-use crate::image_path::ImagePath;
-use crate::tree::{Content, EntryKind, Tree};
+use kiln_tree::host_file::{self, HostFile, HostFileError, StreamError};
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, EntryKind, Tree};
+use kiln_tree::Epoch;
 
 const MAGIC: &str = "070701";
 const TRAILER: &str = "TRAILER!!!";
@@ -22,7 +22,7 @@ pub enum CpioError {
     #[error("{path} is {size} bytes; cpio newc stores at most 4 GiB - 1 per file")]
     TooLarge { path: ImagePath, size: u64 },
     #[error("the epoch {0} does not fit cpio's 32-bit mtime")]
-    Epoch(i64),
+    Epoch(Epoch),
     #[error("{path}: {source}")]
     Host {
         path: ImagePath,
@@ -69,7 +69,7 @@ impl<W: Write> Out<W> {
 
 /// Writes `tree` as a newc archive to `out`; returns the bytes written.
 pub fn write_cpio<W: Write>(tree: &Tree, epoch: Epoch, out: W) -> Result<u64, CpioError> {
-    let mtime = u32::try_from(epoch.0).map_err(|_| CpioError::Epoch(epoch.0))?;
+    let mtime = u32::try_from(epoch.seconds()).map_err(|_| CpioError::Epoch(epoch))?;
     // Link counts and inode numbers: a hard link shares its file's.
     let mut nlink: HashMap<&ImagePath, u32> = HashMap::new();
     for (_, entry) in tree.iter() {

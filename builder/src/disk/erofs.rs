@@ -13,10 +13,10 @@ use std::io::{self, Write};
 
 use kiln_oci::digest::Sha256;
 
-use crate::epoch::Epoch;
-use crate::host_file::{self, HostFile, HostFileError, StreamError};
-use crate::image_path::ImagePath;
-use crate::tree::{Content, Device, EntryKind, Tree};
+use kiln_tree::host_file::{self, HostFile, HostFileError, StreamError};
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, Device, EntryKind, Tree};
+use kiln_tree::Epoch;
 
 const BLOCK: u64 = 4096;
 const BLOCK_BITS: u8 = 12;
@@ -48,8 +48,6 @@ pub enum ErofsError {
          and POSIX ACL attributes, with names up to 255 bytes and values up to 64 KiB"
     )]
     Xattr { path: ImagePath, name: String },
-    #[error("the epoch {0} is before 1970, which erofs cannot record")]
-    NegativeEpoch(i64),
     #[error("the filesystem needs {blocks} blocks of 4 KiB, more than erofs addresses (2^32)")]
     TooLarge { blocks: u64 },
     #[error("{path}: {source}")]
@@ -151,7 +149,7 @@ pub struct ErofsPlan<'a> {
 impl<'a> ErofsPlan<'a> {
     /// Lays out `tree` with every mtime at `epoch`.
     pub fn new(tree: &'a Tree, epoch: Epoch) -> Result<Self, ErofsError> {
-        let build_time = u64::try_from(epoch.0).map_err(|_| ErofsError::NegativeEpoch(epoch.0))?;
+        let build_time = epoch.unsigned_seconds();
         let mut nodes = collect(tree)?;
         for node in &mut nodes {
             if let Data::Dir(entries) = &mut node.data {
@@ -269,7 +267,7 @@ pub fn volume_uuid(tree: &Tree, epoch: Epoch) -> [u8; 16] {
         h.update(bytes);
     };
     field(b"kiln erofs volume uuid v2");
-    field(&epoch.0.to_le_bytes());
+    field(&epoch.seconds().to_le_bytes());
     for (path, entry) in tree.iter() {
         let m = &entry.meta;
         field(path.as_str().as_bytes());

@@ -32,10 +32,10 @@ use std::process::{Command, Stdio};
 use kiln_oci::digest::Sha256;
 use kiln_oci::Digest;
 
-use crate::epoch::Epoch;
-use crate::host_file::{self, HostFileError, StreamError};
-use crate::image_path::ImagePath;
-use crate::tree::{Content, Device, Entry, EntryKind, Tree};
+use kiln_tree::host_file::{self, HostFileError, StreamError};
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, Device, Entry, EntryKind, Tree};
+use kiln_tree::Epoch;
 use rustix::fs::{FileType, Mode};
 
 const BLOCK: u64 = 4096;
@@ -50,6 +50,8 @@ const FIRST_TREE_INO: u64 = 12;
 const NAME_MAX: usize = 255;
 /// The latest second ext4's 34-bit timestamps (256-byte inodes) can record, in 2446.
 const MAX_TIME: i64 = (1 << 34) - (1 << 31) - 1;
+// Every epoch fits, so the writer need not check one.
+const _: () = assert!(Epoch::MAX.seconds() <= MAX_TIME);
 /// Usable bytes of one extended attribute block (32-byte header, 4-byte end marker).
 const XATTR_BLOCK_SPACE: usize = BLOCK as usize - 32 - 4;
 /// Usable extended attribute bytes inside a 256-byte inode with 32 extra bytes.
@@ -94,8 +96,6 @@ pub enum Ext4Error {
          fitting in one 4 KiB block"
     )]
     Xattr { path: ImagePath, name: String },
-    #[error("the epoch {0} is outside what ext4 timestamps record (0 to {MAX_TIME})")]
-    Epoch(i64),
     #[error("{path}: {source}")]
     Host {
         path: ImagePath,
@@ -164,9 +164,6 @@ pub fn write_ext4(
     work_dir: &Path,
     out: &Path,
 ) -> Result<Ext4Image, Ext4Error> {
-    if !(0..=MAX_TIME).contains(&epoch.0) {
-        return Err(Ext4Error::Epoch(epoch.0));
-    }
     let mke2fs = find_tool("mke2fs")?;
     let debugfs = find_tool("debugfs")?;
     let plan = plan(tree)?;
@@ -175,7 +172,7 @@ pub fn write_ext4(
         .prefix(".kiln-ext4-")
         .tempdir_in(work_dir)
         .map_err(io_err(work_dir))?;
-    let tools = Tools { mke2fs, debugfs, dir: scratch.path(), fake_time: epoch.0.max(1) };
+    let tools = Tools { mke2fs, debugfs, dir: scratch.path(), fake_time: epoch.seconds().max(1) };
     let result = build(&tools, tree, &plan, epoch, &out);
     let removed = scratch.close().map_err(io_err(work_dir));
     if result.is_err() {
@@ -445,7 +442,7 @@ fn listing_digest(tree: &Tree, epoch: Epoch) -> Digest {
         h.update(bytes);
     };
     field(&mut h, b"kiln ext4 listing v1");
-    field(&mut h, &epoch.0.to_le_bytes());
+    field(&mut h, &epoch.seconds().to_le_bytes());
     for (path, entry) in tree.iter() {
         field(&mut h, path.as_str().as_bytes());
         let m = &entry.meta;
@@ -678,7 +675,7 @@ fn inode_lines(ino: u64, mode: u32, uid: u32, gid: u32, epoch: Epoch) -> String 
     let mut text = format!("sif <{ino}> mode 0{mode:o}\nsif <{ino}> uid {uid}\n");
     let _ = writeln!(text, "sif <{ino}> gid {gid}");
     for field in ["atime", "mtime", "ctime", "crtime"] {
-        let _ = writeln!(text, "sif <{ino}> {field} @{}", epoch.0);
+        let _ = writeln!(text, "sif <{ino}> {field} @{}", epoch);
     }
     text
 }
@@ -864,7 +861,7 @@ fn read_superblock(image: &Path) -> io::Result<Superblock> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Meta;
+    use kiln_tree::tree::Meta;
 
     fn p(s: &str) -> ImagePath {
         ImagePath::parse(s).unwrap()

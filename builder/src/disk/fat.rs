@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
 
-use crate::epoch::Epoch;
-use crate::host_file::{self, HostFileError, StreamError};
-use crate::image_path::ImagePath;
-use crate::tree::{Content, Entry, EntryKind, Tree};
+use kiln_tree::host_file::{self, HostFileError, StreamError};
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, Entry, EntryKind, Tree};
+use kiln_tree::Epoch;
 
 const SECTOR: u64 = 512;
 const MEDIA: u8 = 0xF8;
@@ -42,8 +42,8 @@ const LFN_LAST: u8 = 0x40;
 /// Punctuation allowed in short names besides A-Z and 0-9.
 const SHORT_PUNCT: &str = "$%'-_@~`!(){}^#&";
 /// Seconds since 1970 of 1980-01-01T00:00:00Z and 2107-12-31T23:59:58Z, FAT's time range.
-const FAT_EPOCH_MIN: i64 = 315_532_800;
-const FAT_EPOCH_MAX: i64 = 4_354_819_198;
+const FAT_EPOCH_MIN: Epoch = Epoch::saturating(315_532_800);
+const FAT_EPOCH_MAX: Epoch = Epoch::saturating(4_354_819_198);
 static ZEROS: [u8; 65536] = [0; 65536];
 
 /// Why an ESP image could not be written.
@@ -546,7 +546,7 @@ struct Stamp {
 impl Stamp {
     /// The epoch in UTC, clamped into the years FAT can record.
     fn of(epoch: Epoch) -> Stamp {
-        let t = Epoch(epoch.0.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX)).utc();
+        let t = epoch.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX).utc();
         let (year, month, day) = (t.year, i64::from(t.month), i64::from(t.day));
         let (h, m, s) = (t.hour, t.minute, t.second);
         Stamp {
@@ -793,7 +793,7 @@ impl<W: Write> Out<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Meta;
+    use kiln_tree::tree::Meta;
 
     fn names(list: &[&str]) -> Vec<(String, bool)> {
         let mut tree = Tree::new();
@@ -859,14 +859,14 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_and_clamped() {
-        let s = Stamp::of(Epoch(1_700_000_001)); // 2023-11-14T22:13:21Z
+        let s = Stamp::of(Epoch::new(1_700_000_001).unwrap()); // 2023-11-14T22:13:21Z
         assert_eq!(s.date, ((2023 - 1980) << 9) | (11 << 5) | 14);
         assert_eq!(s.time, (22 << 11) | (13 << 5) | 10);
         assert_eq!(s.tenths, 100);
-        let leap = Stamp::of(Epoch(951_782_400)); // 2000-02-29
+        let leap = Stamp::of(Epoch::new(951_782_400).unwrap()); // 2000-02-29
         assert_eq!(leap.date, (20 << 9) | (2 << 5) | 29);
-        assert_eq!(Stamp::of(Epoch(0)).date, (1 << 5) | 1);
-        let last = Stamp::of(Epoch(i64::MAX));
+        assert_eq!(Stamp::of(Epoch::new(0).unwrap()).date, (1 << 5) | 1);
+        let last = Stamp::of(Epoch::MAX);
         assert_eq!(
             (last.date, last.time),
             ((127 << 9) | (12 << 5) | 31, (23 << 11) | (59 << 5) | 29)

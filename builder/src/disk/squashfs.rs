@@ -19,12 +19,12 @@ use std::thread;
 use flate2::{Compress, FlushCompress, Status};
 use kiln_oci::{Digest, Sha256};
 
-use crate::compress::incompressible;
-use crate::epoch::Epoch;
-use crate::host_file::{self, HostFileError, StreamError};
-use crate::image_path::ImagePath;
-use crate::tree::{Content, Device, EntryKind, Meta, Tree};
-use crate::workers;
+use kiln_compress::incompressible;
+use kiln_compress::workers;
+use kiln_tree::host_file::{self, HostFileError, StreamError};
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, Device, EntryKind, Meta, Tree};
+use kiln_tree::Epoch;
 
 const MAGIC: u32 = 0x7371_7368;
 const BLOCK: usize = 128 * 1024;
@@ -79,7 +79,7 @@ pub enum SquashfsError {
     )]
     Xattr { path: ImagePath, name: String },
     #[error("the epoch {0} does not fit squashfs's 32-bit unsigned timestamps")]
-    Epoch(i64),
+    Epoch(Epoch),
     #[error("the tree has {0} distinct owner and group ids; squashfs stores at most 65535")]
     TooManyIds(usize),
     #[error("{path}: {source}")]
@@ -115,7 +115,7 @@ pub fn write_squashfs<W: Write + Seek>(
     threads: usize,
     out: &mut W,
 ) -> Result<SquashfsImage, SquashfsError> {
-    let mtime = u32::try_from(epoch.0).map_err(|_| SquashfsError::Epoch(epoch.0))?;
+    let mtime = u32::try_from(epoch.seconds()).map_err(|_| SquashfsError::Epoch(epoch))?;
     let model = collect(tree)?;
     let mut sink = Sink { out, pos: 0, hasher: Sha256::new() };
     sink.hasher.update(b"kiln squashfs volume uuid v1\0");

@@ -2,7 +2,7 @@
 //! itself because qemu-img's carries the wall-clock time and a random UUID; here the time is
 //! the build epoch and the UUID comes from the content.
 
-use crate::epoch::Epoch;
+use kiln_tree::Epoch;
 
 /// Footer size.
 pub const FOOTER: usize = 512;
@@ -16,7 +16,7 @@ pub fn footer(disk_size: u64, epoch: Epoch, uuid: [u8; 16]) -> [u8; FOOTER] {
     f[8..12].copy_from_slice(&2u32.to_be_bytes()); // features: reserved bit, always set
     f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
     f[16..24].copy_from_slice(&u64::MAX.to_be_bytes()); // no dynamic header
-    let stamp = u32::try_from((epoch.0 - VHD_EPOCH).max(0)).unwrap_or(u32::MAX);
+    let stamp = u32::try_from((epoch.seconds() - VHD_EPOCH).max(0)).unwrap_or(u32::MAX);
     f[24..28].copy_from_slice(&stamp.to_be_bytes());
     f[28..32].copy_from_slice(b"kiln");
     f[32..36].copy_from_slice(&0x0001_0000u32.to_be_bytes());

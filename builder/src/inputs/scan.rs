@@ -15,11 +15,12 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use kiln_oci::Digest;
+use kiln_tree::stamp::FileStamp;
+use kiln_tree::tree::Device;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Stat};
 
 use super::{hash_host, Hashed, InputError, READ_BUF};
-use crate::hash_cache::{FileStamp, HashCache};
-use crate::tree::Device;
+use crate::hash_cache::HashCache;
 
 /// More threads than this only contend for the same directories and disk.
 const MAX_WORKERS: usize = 8;

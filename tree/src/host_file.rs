@@ -4,9 +4,9 @@
 //! whose size or sha256 changed since the inputs were hashed.
 //!
 //! A file that this build has just read and hashed, and whose stamp (inode, size, mtime,
-//! ctime) still matches, is not hashed a second time: a settled file's stamp changes with
-//! any write (see [`crate::hash_cache::HashCache::settled`]), so the stamp is checked before
-//! and after reading instead. Digests remembered from earlier builds are always checked by
+//! ctime) still matches, is not hashed a second time: a settled file's stamp (one last changed
+//! seconds before it was hashed) changes with any write, so the stamp is checked before and
+//! after reading instead. Digests remembered from earlier builds are always checked by
 //! hashing.
 
 use std::fs::File;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_oci::{Digest, Sha256};
 
-use crate::hash_cache::FileStamp;
+use crate::stamp::FileStamp;
 
 /// Bytes read from a host file at a time.
 const READ_BUF: usize = 256 * 1024;
@@ -168,7 +168,7 @@ pub fn stream<E>(
 /// component, and without blocking on a FIFO or making a terminal the controlling one, in
 /// case something other than a regular file was put there since the scan. Callers that need
 /// a regular file check the type on the open file, so no other path lookup races with this.
-pub(crate) fn open_input(host: &Path) -> io::Result<File> {
+pub fn open_input(host: &Path) -> io::Result<File> {
     use rustix::fs::OFlags;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

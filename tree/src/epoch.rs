@@ -3,11 +3,14 @@
 use std::fmt;
 
 /// Seconds since 1970-01-01 UTC used for every timestamp in an image.
+///
+/// Always within `0..=Epoch::MAX`, checked once where the value comes in, so every writer can
+/// take it as it is.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
-#[serde(transparent)]
-pub struct Epoch(pub i64);
+#[serde(try_from = "i64", into = "i64")]
+pub struct Epoch(i64);
 
 /// Why an epoch value was refused.
 #[derive(Debug, thiserror::Error)]
@@ -15,30 +18,55 @@ pub struct Epoch(pub i64);
 pub struct EpochError(pub String);
 
 impl Epoch {
+    /// 1970-01-01T00:00:00Z, the epoch when nothing chooses one.
+    pub const ZERO: Epoch = Epoch(0);
     /// The latest epoch: the largest mtime the 11 octal digits of a tar header hold.
     pub const MAX: Epoch = Epoch(0o777_7777_7777);
+
+    /// `seconds` since 1970, if within `0..=Epoch::MAX`.
+    pub fn new(seconds: i64) -> Result<Epoch, EpochError> {
+        if !(0..=Self::MAX.0).contains(&seconds) {
+            return Err(EpochError(seconds.to_string()));
+        }
+        Ok(Epoch(seconds))
+    }
+
+    /// The epoch nearest to `seconds` within `0..=Epoch::MAX`: for constants and for formats
+    /// whose own range is narrower.
+    pub const fn saturating(seconds: i64) -> Epoch {
+        if seconds < 0 {
+            Epoch(0)
+        } else if seconds > Self::MAX.0 {
+            Self::MAX
+        } else {
+            Epoch(seconds)
+        }
+    }
 
     /// Picks the epoch: an explicit value, else `SOURCE_DATE_EPOCH`, else the recipe's, else 0.
     pub fn resolve(
         explicit: Option<i64>,
         env: Option<&str>,
-        recipe: Option<i64>,
+        recipe: Option<Epoch>,
     ) -> Result<Epoch, EpochError> {
         if let Some(v) = explicit {
-            return Epoch::checked(v);
+            return Epoch::new(v);
         }
         if let Some(raw) = env.filter(|s| !s.is_empty()) {
             let v = raw.trim().parse::<i64>().map_err(|_| EpochError(raw.to_string()))?;
-            return Epoch::checked(v);
+            return Epoch::new(v);
         }
-        Ok(Epoch(recipe.unwrap_or(0)))
+        Ok(recipe.unwrap_or(Epoch::ZERO))
     }
 
-    fn checked(v: i64) -> Result<Epoch, EpochError> {
-        if !(0..=Self::MAX.0).contains(&v) {
-            return Err(EpochError(v.to_string()));
-        }
-        Ok(Epoch(v))
+    /// Seconds since 1970.
+    pub const fn seconds(self) -> i64 {
+        self.0
+    }
+
+    /// Seconds since 1970, unsigned (an epoch is never before 1970).
+    pub const fn unsigned_seconds(self) -> u64 {
+        self.0.unsigned_abs()
     }
 
     /// The UTC calendar date and time of day of this instant.
@@ -67,6 +95,20 @@ pub struct UtcTime {
     pub hour: u32,
     pub minute: u32,
     pub second: u32,
+}
+
+impl TryFrom<i64> for Epoch {
+    type Error = EpochError;
+
+    fn try_from(seconds: i64) -> Result<Epoch, EpochError> {
+        Epoch::new(seconds)
+    }
+}
+
+impl From<Epoch> for i64 {
+    fn from(epoch: Epoch) -> i64 {
+        epoch.0
+    }
 }
 
 impl fmt::Display for Epoch {
@@ -102,11 +144,21 @@ mod tests {
 
     #[test]
     fn precedence_is_flag_env_recipe_zero() {
-        assert_eq!(Epoch::resolve(Some(5), Some("7"), Some(9)).unwrap(), Epoch(5));
-        assert_eq!(Epoch::resolve(None, Some("7"), Some(9)).unwrap(), Epoch(7));
-        assert_eq!(Epoch::resolve(None, None, Some(9)).unwrap(), Epoch(9));
+        assert_eq!(Epoch::resolve(Some(5), Some("7"), Some(Epoch(9))).unwrap(), Epoch(5));
+        assert_eq!(Epoch::resolve(None, Some("7"), Some(Epoch(9))).unwrap(), Epoch(7));
+        assert_eq!(Epoch::resolve(None, None, Some(Epoch(9))).unwrap(), Epoch(9));
         assert_eq!(Epoch::resolve(None, None, None).unwrap(), Epoch(0));
         assert!(Epoch::resolve(None, Some("yesterday"), None).is_err());
         assert!(Epoch::resolve(Some(-1), None, None).is_err());
+        assert!(Epoch::resolve(Some(Epoch::MAX.0 + 1), None, None).is_err());
+    }
+
+    #[test]
+    fn a_negative_or_too_late_epoch_cannot_be_read() {
+        assert_eq!(serde_json::from_str::<Epoch>("5").unwrap(), Epoch(5));
+        assert!(serde_json::from_str::<Epoch>("-1").is_err());
+        assert!(serde_json::from_str::<Epoch>("8589934592").is_err());
+        assert_eq!(Epoch::saturating(-5), Epoch::ZERO);
+        assert_eq!(Epoch::saturating(i64::MAX), Epoch::MAX);
     }
 }

@@ -10,7 +10,7 @@ use std::thread::Scope;
 /// Starts `count` threads in `scope`. Each makes its state with `init`, then answers every job
 /// it takes from `jobs` with `work(state, job)` on `done` (`panicked()` if that panicked),
 /// until `jobs` is closed or `done` has no receiver left.
-pub(crate) fn start<'scope, 'env, J, R, S>(
+pub fn start<'scope, 'env, J, R, S>(
     scope: &'scope Scope<'scope, 'env>,
     count: usize,
     jobs: &'scope Mutex<Receiver<J>>,

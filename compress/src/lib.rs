@@ -16,7 +16,10 @@ use std::thread;
 
 use serde::{Deserialize, Serialize};
 
-use crate::workers;
+pub mod deflate_join;
+#[cfg(test)]
+mod test_data;
+pub mod workers;
 
 /// gzip input is deflated in chunks of exactly this many bytes (the last may be shorter).
 pub const GZIP_CHUNK: usize = 1 << 20;
@@ -366,7 +369,7 @@ const MIN_JUDGED: usize = 1024;
 /// True when `data` looks like noise (already compressed or encrypted bytes): its byte
 /// histogram is so flat that deflate could not gain even 1 %. Integer arithmetic only, so
 /// the decision, and thus the output bytes, is the same on every machine.
-pub(crate) fn incompressible(data: &[u8]) -> bool {
+pub fn incompressible(data: &[u8]) -> bool {
     /// Bytes looked at before the first check of the running sum (even, so that every part
     /// starts on a counted byte).
     const STEP: usize = GRANULE / 2;
