@@ -374,7 +374,7 @@ pub struct BuildArgs {
     pub epoch: EpochArg,
     /// Compression threads (the output bytes do not depend on this). [default: all cores]
     #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    pub threads: Option<std::num::NonZeroUsize>,
     /// Read and hash every input file, ignoring digests remembered from earlier builds
     /// (kept in $XDG_CACHE_HOME/kiln/file-digests, keyed by size, times and inode).
     #[arg(long)]

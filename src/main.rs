@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use kiln_attest::AttestError;
 use kiln_builder::BuildError;
+use kiln_registry::RegistryError;
+use kiln_release::ReleaseError;
 use kiln_store::layout::LayoutError;
 use kiln_store::StoreError;
 
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", message(&err));
+            eprintln!("error: {err:#}");
             ExitCode::from(exit_code(&err))
         }
     }
@@ -62,23 +64,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The error and its causes joined by ": ", each cause once: library errors that already
-/// show their source in their own message are not repeated by the chain.
-fn message(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
-}
-
 /// Scripts branch on these, so the cause is looked for anywhere in the error chain.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -90,41 +75,26 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if is_integrity(cause) {
             return EXIT_INTEGRITY;
         }
-        if cause.downcast_ref::<commands::verify::VerifyFailed>().is_some() {
-            return EXIT_INTEGRITY;
-        }
-        if cause.downcast_ref::<commands::store::StoreProblems>().is_some() {
-            return EXIT_INTEGRITY;
-        }
-        if cause.downcast_ref::<kiln_registry::RegistryError>().is_some_and(|e| e.is_integrity()) {
-            return EXIT_INTEGRITY;
-        }
-        if cause.downcast_ref::<kiln_release::ReleaseError>().is_some_and(|e| e.is_integrity()) {
-            return EXIT_INTEGRITY;
-        }
     }
     1
 }
 
-/// Whether `cause` is stored bytes that are not what their digest or descriptor promises,
-/// also where a library wraps that transparently or as an opaque sink error (which the chain
-/// does not look into). A missing blob or ref is not: it exits 1, unless `verify` reports it.
+/// Whether `cause` is stored bytes that are not what their digest or descriptor promises, or
+/// an audit that failed. Libraries wrap store errors transparently, so each is asked. A
+/// missing blob or ref is not: it exits 1, unless `verify` reports it.
 fn is_integrity(cause: &(dyn std::error::Error + 'static)) -> bool {
-    let store = if let Some(LayoutError::Store(e)) = cause.downcast_ref() {
-        Some(e)
-    } else if let Some(AttestError::Store(e)) = cause.downcast_ref() {
-        Some(e)
-    } else if let Some(BuildError::Sink(e)) = cause.downcast_ref() {
-        e.downcast_ref::<StoreError>()
-    } else {
-        cause.downcast_ref::<StoreError>()
-    };
-    matches!(store, Some(StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. }))
+    cause.downcast_ref::<StoreError>().is_some_and(StoreError::is_corrupt)
+        || cause.downcast_ref::<LayoutError>().is_some_and(LayoutError::is_integrity)
+        || cause.downcast_ref::<AttestError>().is_some_and(AttestError::is_integrity)
+        || cause.downcast_ref::<RegistryError>().is_some_and(RegistryError::is_integrity)
+        || cause.downcast_ref::<ReleaseError>().is_some_and(ReleaseError::is_integrity)
+        || cause.downcast_ref::<commands::verify::VerifyFailed>().is_some()
+        || cause.downcast_ref::<commands::store::StoreProblems>().is_some()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{exit_code, message, EXIT_INTEGRITY};
+    use super::{exit_code, EXIT_INTEGRITY};
     use kiln_builder::BuildError;
     use kiln_oci::Digest;
     use kiln_store::StoreError;
@@ -138,19 +108,10 @@ mod tests {
         };
         let err = anyhow::Error::new(BuildError::Sink(Box::new(corrupt))).context("building r");
         assert_eq!(exit_code(&err), EXIT_INTEGRITY);
-        let text = message(&err);
+        let text = format!("{err:#}");
         assert!(
             text.starts_with("building r: storing blobs: blob blobs/sha256/ab is corrupt"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn message_names_each_cause_once() {
-        let full = || std::io::Error::other("disk full");
-        let err = anyhow::Error::new(full()).context("writing x: disk full").context("building r");
-        assert_eq!(message(&err), "building r: writing x: disk full");
-        let err = anyhow::Error::new(full()).context("writing x").context("building r");
-        assert_eq!(message(&err), "building r: writing x: disk full");
     }
 }

@@ -172,7 +172,7 @@ impl<'a> StoreSink<'a> {
                     Refusal::WrongDiffId { digest, recorded, found }
                 }
                 Err(AttestError::Contents(e)) => {
-                    Refusal::UnreadableLayer { digest, error: e.to_string() }
+                    Refusal::UnreadableLayer { digest, error: kiln_store::one_line(&e) }
                 }
                 Err(AttestError::Store(e)) if e.is_integrity_failure() => {
                     // Its size and date looked right, its bytes are not the blob: judged by

@@ -47,7 +47,7 @@ pub enum ContentsError {
     #[error("layer media type {0} is not a tar, tar+gzip or tar+zstd layer")]
     MediaType(String),
     /// Decompressing or reading the tar failed.
-    #[error("layer {digest} cannot be read as a tar: {source}")]
+    #[error("layer {digest} cannot be read as a tar")]
     Tar { digest: Digest, source: std::io::Error },
 }
 

@@ -56,10 +56,10 @@ pub enum KeyError {
     #[error("cannot get random bytes for a new key: {0}")]
     Random(String),
     /// A key file could not be read.
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}")]
     Read { path: PathBuf, source: std::io::Error },
     /// A key file could not be created or written (it is never overwritten).
-    #[error("cannot write key file {path}: {source}")]
+    #[error("cannot write key file {path}")]
     Write { path: PathBuf, source: std::io::Error },
     /// The file is not a PKCS#8 P-256 or Ed25519 private key in PEM form.
     #[error("{path} is not a PKCS#8 PEM private key of type P-256 or Ed25519")]

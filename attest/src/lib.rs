@@ -24,6 +24,13 @@ pub mod verify;
 
 pub use key::{KeyError, KeyId, KeyType, PrivateKey, PublicKey};
 
+impl AttestError {
+    /// Whether this is stored bytes that are not what their digest or descriptor promises.
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, AttestError::Store(e) if e.is_corrupt())
+    }
+}
+
 /// Why an attestation could not be made or read.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
@@ -40,7 +47,7 @@ pub enum AttestError {
     #[error(transparent)]
     Contents(#[from] contents::ContentsError),
     /// A document could not be serialised.
-    #[error("cannot serialise an attestation: {0}")]
+    #[error("cannot serialise an attestation")]
     Json(#[from] serde_json::Error),
     /// The descriptor names something that is not an image.
     #[error("{digest} is a {media_type}, not an image index or manifest")]

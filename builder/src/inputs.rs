@@ -57,7 +57,7 @@ pub struct Input {
 /// Why an input could not be read or is not allowed.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is a {kind}: a tree imports device nodes and FIFOs only when it says `devices = true`")]
     Device { path: PathBuf, kind: &'static str },
@@ -69,11 +69,11 @@ pub enum InputError {
     NotUtf8 { path: PathBuf },
     #[error("tarball {tarball}: member {member:?} {problem}")]
     TarMember { tarball: String, member: String, problem: String },
-    #[error("tarball {tarball}: {source}")]
+    #[error("tarball {tarball}")]
     Tarball { tarball: String, source: std::io::Error },
-    #[error("{at}: layer {layer:?}: {source}")]
+    #[error("{at}: layer {layer:?}")]
     Tree { at: Location, layer: String, source: TreeError },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Path { path: String, source: ImagePathError },
 }
 

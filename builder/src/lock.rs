@@ -38,9 +38,9 @@ pub struct Lock {
 /// Why a lock file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot read lock file {path}: {source}")]
+    #[error("cannot read lock file {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write lock file {path}: {source}")]
+    #[error("cannot write lock file {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("lock file {path} is malformed: {message}; delete it and run `kiln lock` again")]
     Malformed { path: PathBuf, message: String },

@@ -48,15 +48,15 @@ impl fmt::Display for Location {
 pub enum Problem {
     #[error("{0}")]
     Toml(String),
-    #[error("image path: {0}")]
+    #[error("image path")]
     ImagePath(#[from] ImagePathError),
-    #[error("source path: {0}")]
+    #[error("source path")]
     SourcePath(#[from] SourcePathError),
     #[error("mode {0:#o} has bits outside 0o7777; give permission bits like 0o755")]
     Mode(i64),
     #[error("{what} {value} is out of range (0 to 4294967294)")]
     Id { what: &'static str, value: i64 },
-    #[error("platform: {0}")]
+    #[error("platform")]
     Platform(#[from] kiln_oci::descriptor::PlatformError),
     #[error("{0}")]
     Invalid(String),
@@ -65,10 +65,14 @@ pub enum Problem {
 /// A recipe that failed to load: where, and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
-    #[error("cannot read recipe {path}: {source}")]
+    #[error("cannot read recipe {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{location}: {problem}")]
-    At { location: Location, problem: Problem },
+    #[error("{location}")]
+    At {
+        location: Location,
+        #[source]
+        problem: Problem,
+    },
 }
 
 /// A validated recipe.
@@ -410,8 +414,15 @@ mod tests {
             ),
             ("size = \"1GiB\"\nformats = [\"raw\", \"raw\"]\n", "listed twice"),
         ] {
-            let err = parse(&format!("{HEAD}[disk]\n{body}")).unwrap_err().to_string();
-            assert!(err.contains(needle), "{body:?}: {err}");
+            let err = parse(&format!("{HEAD}[disk]\n{body}")).unwrap_err();
+            // The message and its causes, as the command line prints them.
+            let mut text = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            assert!(text.contains(needle), "{body:?}: {text}");
         }
     }
 }

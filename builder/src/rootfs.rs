@@ -25,7 +25,7 @@ pub enum RootfsError {
          directory; a whiteout may only name a sibling, so this layer is refused"
     )]
     WhiteoutEscapes { layer: usize, path: ImagePath, name: String },
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Tree {
         layer: usize,
         #[source]

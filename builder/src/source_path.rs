@@ -19,7 +19,7 @@ pub enum SourcePathError {
     Absolute(String),
     #[error("{0:?} leaves the recipe's folder; keep inputs beside the recipe")]
     Escapes(String),
-    #[error("{path:?} cannot be read: {source}")]
+    #[error("{path:?} cannot be read")]
     Missing { path: String, source: std::io::Error },
 }
 

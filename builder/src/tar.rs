@@ -29,7 +29,7 @@ const PAX_DIR: &str = "PaxHeaders/";
 pub enum TarError {
     #[error("{entry}: xattr name {name:?} cannot be written as a PAX record (it holds '=', NUL or newline, or is empty)")]
     XattrName { entry: ImagePath, name: String },
-    #[error("{entry}: {source}")]
+    #[error("{entry}")]
     Host {
         entry: ImagePath,
         #[source]

@@ -10,6 +10,17 @@ use kiln_builder::inputs::{resolve_layer, InputError, InputKind};
 use kiln_builder::Recipe;
 use kiln_tree::{EntryKind, ImagePath, Tree};
 
+/// An error and its causes, as the command line prints them.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
 fn recipe(dir: &Path, layer: &str) -> Recipe {
     let text =
         format!("[image]\nname = \"t\"\nversion = \"1\"\n[[layer]]\nname = \"l\"\n{layer}\n");
@@ -77,10 +88,10 @@ fn tree_error(setup: impl FnOnce(&Path)) -> String {
     fs::create_dir_all(&t).unwrap();
     setup(&t);
     let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
-    resolve_layer(&r.layers[0], &mut HashCache::disabled())
+    let err = resolve_layer(&r.layers[0], &mut HashCache::disabled())
         .and_then(|layer| layer.tree())
-        .unwrap_err()
-        .to_string()
+        .unwrap_err();
+    chain(&err)
 }
 
 #[test]
@@ -189,13 +200,13 @@ fn tarball_devices_need_the_option_and_linux_numbers() {
         layer.tree()
     };
     let ok = device(b"0000001", b"0000454");
-    let err = tarball_result(&ok).unwrap_err().to_string();
+    let err = chain(&tarball_result(&ok).unwrap_err());
     assert!(err.contains("dev/x") && err.contains("devices = true"), "{err}");
     let tree = with_devices(&ok).unwrap();
     let want = EntryKind::Device(kiln_tree::Device::Char { major: 1, minor: 300 });
     assert_eq!(tree.get(&p("dev/x")).unwrap().kind, want);
     // Major 4096 is beyond Linux's 12 bits.
-    let err = with_devices(&device(b"0010000", b"0000001")).unwrap_err().to_string();
+    let err = chain(&with_devices(&device(b"0010000", b"0000001")).unwrap_err());
     assert!(err.contains("dev/x") && err.contains("4096:1"), "{err}");
 }
 
@@ -210,7 +221,7 @@ fn hostile_tarballs_are_refused() {
         (b"hl", b'1', b"../../etc/shadow", "climbs out"),
     ];
     for (name, kind, link, needle) in cases {
-        let err = tarball_result(&raw_tar(name, kind, link, b"x")).unwrap_err().to_string();
+        let err = chain(&tarball_result(&raw_tar(name, kind, link, b"x")).unwrap_err());
         assert!(
             err.contains(needle) && err.contains("in.tar"),
             "{}: {err}",
@@ -224,7 +235,7 @@ fn a_symlinked_parent_in_a_tarball_is_refused() {
     let mut bytes = raw_tar(b"etc", b'2', b"/etc", b"");
     bytes.truncate(512);
     bytes.extend(raw_tar(b"etc/passwd", b'0', b"", b"root::0:0::/:/bin/sh\n"));
-    let err = tarball_result(&bytes).unwrap_err().to_string();
+    let err = chain(&tarball_result(&bytes).unwrap_err());
     assert!(err.contains("etc"), "{err}");
 }
 
@@ -316,7 +327,7 @@ fn the_first_bad_entry_in_sorted_order_is_reported() {
     let r = recipe(tmp.path(), "trees = [{ src = \"tree\", dest = \"/\" }]");
     for _ in 0..5 {
         let err = resolve_layer(&r.layers[0], &mut HashCache::disabled()).unwrap_err();
-        assert!(err.to_string().contains("d007/inner1/bad"), "{err}");
+        assert!(chain(&err).contains("d007/inner1/bad"), "{err}");
     }
 }
 

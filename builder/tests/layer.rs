@@ -502,7 +502,9 @@ fn host_files_are_streamed_and_checked() {
         }
         other => panic!("{other:?}"),
     }
-    let message = std::error::Error::source(&err).unwrap().to_string();
+    // The changed file's host path is named in the chain of causes.
+    let tar = std::error::Error::source(&err).unwrap();
+    let message = tar.source().unwrap().to_string();
     assert!(message.contains(host.to_str().unwrap()), "{message}");
 
     std::fs::remove_file(&host).unwrap();

@@ -18,7 +18,13 @@ fn error_of(text: &str) -> (RecipeError, String) {
     fs::write(tmp.path().join("a.txt"), b"a").unwrap();
     let path = write(tmp.path(), "r.toml", text);
     let err = Recipe::load(&path).unwrap_err();
-    let msg = err.to_string();
+    // The message and its causes, as the command line prints them.
+    let mut msg = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        msg = format!("{msg}: {c}");
+        cause = c.source();
+    }
     (err, msg)
 }
 

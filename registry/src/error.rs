@@ -143,9 +143,8 @@ impl RegistryError {
     pub fn is_integrity(&self) -> bool {
         match self {
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => true,
-            RegistryError::Store(e) | RegistryError::Attest(kiln_attest::AttestError::Store(e)) => {
-                matches!(e, StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })
-            }
+            RegistryError::Store(e) => e.is_corrupt(),
+            RegistryError::Attest(e) => e.is_integrity(),
             _ => false,
         }
     }

@@ -74,7 +74,10 @@ pub async fn upload_resumable(
 
 async fn cancel(repo: &Repository, location: &Url) {
     if let Err(e) = repo.cancel_upload(location).await {
-        eprintln!("warning: cannot cancel the upload session {location}: {e}");
+        eprintln!(
+            "warning: cannot cancel the upload session {location}: {}",
+            kiln_store::one_line(&e)
+        );
     }
 }
 

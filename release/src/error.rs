@@ -94,12 +94,12 @@ impl ReleaseError {
     /// Whether this is evidence of corruption or tampering (exit code 4), rather than bad
     /// input or a refusal.
     pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            ReleaseError::Tampered { .. }
-                | ReleaseError::Unverified { .. }
-                | ReleaseError::Store(kiln_store::StoreError::DigestMismatch { .. })
-        )
+        match self {
+            ReleaseError::Tampered { .. } | ReleaseError::Unverified { .. } => true,
+            ReleaseError::Store(e) => e.is_corrupt(),
+            ReleaseError::Attest(e) => e.is_integrity(),
+            _ => false,
+        }
     }
 }
 

@@ -70,8 +70,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     let (name, tag) = image_ref(&recipe)?;
     let epoch = epoch(args.epoch.source_date_epoch, &recipe)?;
     let threads = match args.threads {
-        Some(0) => anyhow::bail!("--threads must be at least 1"),
-        Some(n) => n,
+        Some(n) => n.get(),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let work = kiln_store::scratch::Scratch::create().context("creating a scratch folder")?;

@@ -13,7 +13,7 @@ use object_store::path::Path as Key;
 use serde::Serialize;
 
 use crate::cache::check::BadEntry;
-use crate::error::{Result, StoreError};
+use crate::error::{one_line, Result, StoreError};
 use crate::repair::RepairReport;
 use crate::{key, Store};
 
@@ -133,18 +133,6 @@ impl CheckReport {
     }
 }
 
-/// Renders an error with its causes on one line.
-fn chain(err: &StoreError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A root (ref or referrer entry) that leads to a problem, with the bytes it held when
 /// checked, so a repair drops it only if nobody changed it since.
 #[derive(Clone, Debug)]
@@ -252,7 +240,9 @@ impl Store {
                 // Deleted since it was listed (gc, or a racing writer's cleanup): not a problem
                 // of the blob; the walks below say whether anything needed it.
                 Err(StoreError::NotFound { .. }) => {}
-                Err(e) => report.problems.push(Problem::UnreadableBlob { key, error: chain(&e) }),
+                Err(e) => {
+                    report.problems.push(Problem::UnreadableBlob { key, error: one_line(&e) })
+                }
             }
         }
         Ok(found)
@@ -273,7 +263,7 @@ impl Store {
                     }
                 }
                 Err(e) => {
-                    problems.push(Problem::BadRef { key, error: e.to_string() });
+                    problems.push(Problem::BadRef { key, error: one_line(&e) });
                     findings.damaged_refs.push(damaged);
                 }
             }
@@ -330,7 +320,8 @@ impl Store {
         let named = match self.get_described_json::<ImageManifest>(artifact).await {
             Ok(manifest) => manifest.subject.map(|s| s.digest),
             Err(e) => {
-                problems.push(Problem::BadDocument { digest: artifact.digest, error: chain(&e) });
+                problems
+                    .push(Problem::BadDocument { digest: artifact.digest, error: one_line(&e) });
                 return false;
             }
         };
@@ -398,7 +389,8 @@ impl Store {
                     pending.extend(children.into_iter().rev().map(|c| (c, by.clone())));
                 }
                 Err(e) => {
-                    problems.push(Problem::BadDocument { digest: desc.digest, error: chain(&e) });
+                    problems
+                        .push(Problem::BadDocument { digest: desc.digest, error: one_line(&e) });
                     whole = false;
                 }
             }

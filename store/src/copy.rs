@@ -11,7 +11,7 @@ use kiln_oci::{media_type, Descriptor, Digest};
 use serde::Serialize;
 
 use crate::blob::MULTIPART_THRESHOLD;
-use crate::error::{Result, StoreError};
+use crate::error::{one_line, Result, StoreError};
 use crate::reference::Reference;
 use crate::walk::image_blobs;
 use crate::{key, Store};
@@ -75,7 +75,7 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
         Ok(sent) => sent.into_iter().flatten().collect(),
         Err(e) => {
             if let Err(release) = lease.release().await {
-                eprintln!("warning: cannot release the copy's lease: {release}");
+                eprintln!("warning: cannot release the copy's lease: {}", one_line(&release));
             }
             return Err(e);
         }

@@ -29,7 +29,7 @@ pub enum StoreError {
     Connect {
         location: String,
         #[source]
-        source: object_store::Error,
+        source: BackendError,
     },
 
     /// The location string is not a usable path or URL.
@@ -67,7 +67,7 @@ pub enum StoreError {
         operation: &'static str,
         key: String,
         #[source]
-        source: object_store::Error,
+        source: BackendError,
     },
 
     /// A blob arriving from outside the store (a registry) could not be read, or was not
@@ -173,6 +173,90 @@ pub enum StoreError {
     TooLarge { key: String, limit: u64 },
 }
 
+/// An `object_store` error as a link of kiln's error chain. object_store (and the HTTP
+/// errors under it) end their messages with the text of their cause and also chain that
+/// cause, so a printed chain would say each cause twice: this link and the links it chains
+/// say only their own part. The error itself stays available for matching.
+#[derive(Debug)]
+pub struct BackendError {
+    error: object_store::Error,
+    own: Link,
+}
+
+/// One cause of a [`BackendError`], saying only what its own cause does not.
+#[derive(Debug)]
+struct Link {
+    text: String,
+    next: Option<Box<Link>>,
+}
+
+impl BackendError {
+    pub fn new(error: object_store::Error) -> Self {
+        let mut texts = vec![error.to_string()];
+        let mut cause = std::error::Error::source(&error);
+        while let Some(c) = cause {
+            texts.push(c.to_string());
+            cause = c.source();
+        }
+        // From the deepest cause up, each link keeps what its cause does not already say.
+        let mut next: Option<Box<Link>> = None;
+        let mut below = String::new();
+        for text in texts.into_iter().rev() {
+            let own = match text.strip_suffix(below.as_str()) {
+                Some(head) if !below.is_empty() => head.trim_end_matches([':', ' ', '-']),
+                _ => text.as_str(),
+            };
+            if !own.is_empty() && next.as_ref().is_none_or(|n| n.text != own) {
+                next = Some(Box::new(Link { text: own.to_string(), next }));
+            }
+            below = text;
+        }
+        let own = next.map_or_else(|| Link { text: below, next: None }, |link| *link);
+        BackendError { error, own }
+    }
+
+    /// The object_store error.
+    pub fn error(&self) -> &object_store::Error {
+        &self.error
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.own.text)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.own.next.as_deref().map(|l| l as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Link {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.next.as_deref().map(|l| l as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// An error with its causes on one line, for reports that keep an error as text.
+pub fn one_line(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Result with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -191,6 +275,12 @@ impl StoreError {
         )
     }
 
+    /// Whether this is stored bytes that are not what their digest or a descriptor promises
+    /// (exit code 4). A missing blob or ref is not: the user may have named the wrong thing.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })
+    }
+
     /// Wraps a backend error for `key`, turning a missing object into [`StoreError::NotFound`].
     pub(crate) fn backend(key: &object_store::path::Path, source: object_store::Error) -> Self {
         match source {
@@ -199,7 +289,11 @@ impl StoreError {
                 let operation = std::error::Error::source(&source)
                     .and_then(|cause| cause.downcast_ref::<BackendFailure>())
                     .map_or("accessing", BackendFailure::operation);
-                StoreError::Backend { operation, key: key.to_string(), source }
+                StoreError::Backend {
+                    operation,
+                    key: key.to_string(),
+                    source: BackendError::new(source),
+                }
             }
         }
     }
@@ -208,7 +302,7 @@ impl StoreError {
     pub fn backend_failure(&self) -> Option<&BackendFailure> {
         match self {
             StoreError::Backend { source, .. } | StoreError::Connect { source, .. } => {
-                std::error::Error::source(source)?.downcast_ref()
+                std::error::Error::source(source.error())?.downcast_ref()
             }
             _ => None,
         }

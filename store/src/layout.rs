@@ -18,10 +18,17 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub enum LayoutError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not an OCI image layout ({reason}); choose an empty or new folder")]
     NotALayout { path: PathBuf, reason: String },
+}
+
+impl LayoutError {
+    /// Whether this is stored bytes that are not what their digest or descriptor promises.
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, LayoutError::Store(e) if e.is_corrupt())
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {

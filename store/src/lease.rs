@@ -21,7 +21,7 @@ use kiln_oci::Digest;
 use object_store::path::Path as Key;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StoreError};
+use crate::error::{one_line, Result, StoreError};
 use crate::holder::Holder;
 use crate::{key, Store};
 
@@ -145,7 +145,11 @@ impl Store {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
                 if let Err(e) = renewing.write(Vec::new()).await {
-                    eprintln!("warning: cannot renew store lease {}: {e}", renewing.id);
+                    eprintln!(
+                        "warning: cannot renew store lease {}: {}",
+                        renewing.id,
+                        one_line(&e)
+                    );
                 }
             }
         });

@@ -48,7 +48,7 @@ use object_store::ObjectStore;
 pub use blob::PutOutcome;
 pub use check::{CheckProgress, CheckReport, Problem};
 pub use copy::CopyReport;
-pub use error::{Result, StoreError};
+pub use error::{one_line, BackendError, Result, StoreError};
 pub use gc::{GcOptions, GcReport};
 pub use heal::{CheckedPut, Quarantined, Reuse, Wanted};
 pub use kiln_oci::reference::{self, NameError, Reference, RepoName, Tag};

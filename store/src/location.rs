@@ -19,7 +19,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
 
-use crate::error::{Result, StoreError};
+use crate::error::{BackendError, Result, StoreError};
 use crate::explain::Explaining;
 use crate::s3_multipart::S3Multipart;
 use crate::upload::Multipart;
@@ -216,7 +216,7 @@ impl Location {
                         let fs = LocalFileSystem::new_with_prefix(path)
                             .map_err(|source| StoreError::Connect {
                                 location: self.to_string(),
-                                source,
+                                source: BackendError::new(source),
                             })?
                             // Removes the directories a deleted staging upload leaves behind.
                             .with_automatic_cleanup(true);
@@ -231,7 +231,10 @@ impl Location {
                 };
             }
         };
-        let connect_err = |source| StoreError::Connect { location: self.to_string(), source };
+        let connect_err = |source| StoreError::Connect {
+            location: self.to_string(),
+            source: BackendError::new(source),
+        };
         let mut max_retries = 10;
         let mut backend_options = Vec::with_capacity(options.len());
         for (key, value) in options {

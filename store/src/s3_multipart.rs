@@ -22,7 +22,7 @@ use object_store::path::Path as Key;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::error::{Result, StoreError};
+use crate::error::{BackendError, Result, StoreError};
 
 /// Uploads asked for per request; the most S3 returns.
 const PAGE: &str = "1000";
@@ -106,9 +106,12 @@ impl S3Multipart {
                 options = options.with_config(key, value);
             }
         }
-        let client = ReqwestConnector::default()
-            .connect(&options)
-            .map_err(|source| StoreError::Connect { location: format!("s3://{bucket}"), source })?;
+        let client = ReqwestConnector::default().connect(&options).map_err(|source| {
+            StoreError::Connect {
+                location: format!("s3://{bucket}"),
+                source: BackendError::new(source),
+            }
+        })?;
         Ok(S3Multipart { s3, client, bucket_url, region })
     }
 

@@ -25,7 +25,7 @@ use object_store::path::Path as Key;
 use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StoreError};
+use crate::error::{one_line, Result, StoreError};
 use crate::holder::Holder;
 use crate::lease::{unix_now, RENEW_EVERY, TTL};
 use crate::{key, Store};
@@ -114,7 +114,7 @@ impl Store {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = put {
-                    eprintln!("warning: cannot renew gc sweep record {renewed}: {e}");
+                    eprintln!("warning: cannot renew gc sweep record {renewed}: {}", one_line(&e));
                 }
             }
         });

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use kiln_oci::{Descriptor, Digest, ImageManifest};
-use kiln_store::Store;
+use kiln_store::{one_line, Store};
 
 use super::{blob, json, Policy, Recorded, Report, Requirement};
 use crate::artifact::{self, Attached};
@@ -26,7 +26,10 @@ pub(super) async fn referrers(
     let listed = match store.referrers(subject).await {
         Ok(listed) => listed,
         Err(e) if e.is_integrity_failure() => {
-            report.fail("blob", format!("the referrers of {subject} cannot be read: {e}"));
+            report.fail(
+                "blob",
+                format!("the referrers of {subject} cannot be read: {}", one_line(&e)),
+            );
             return Ok(Vec::new());
         }
         Err(e) => return Err(e.into()),
@@ -87,8 +90,11 @@ pub(super) async fn check_remaining_blobs(
                 Err(e) if e.is_integrity_failure() => report.fail(
                     "blob",
                     format!(
-                        "referrer {} {} {}: {e}",
-                        a.descriptor.digest, part.media_type, part.digest
+                        "referrer {} {} {}: {}",
+                        a.descriptor.digest,
+                        part.media_type,
+                        part.digest,
+                        one_line(&e)
                     ),
                 ),
                 Err(e) => return Err(e.into()),

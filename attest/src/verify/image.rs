@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt as _;
 use kiln_oci::{Descriptor, Digest, ImageConfig, ImageManifest};
-use kiln_store::Store;
+use kiln_store::{one_line, Store};
 
 use super::{blob, json, Report};
 use crate::{contents, AttestError};
@@ -56,12 +56,12 @@ pub(super) async fn check_manifest(
         let read = match read {
             Ok(read) => read,
             Err(AttestError::Store(e)) if e.is_integrity_failure() => {
-                report.fail("blob", format!("layer {i} {}: {e}", layer.digest));
+                report.fail("blob", format!("layer {i} {}: {}", layer.digest, one_line(&e)));
                 whole = false;
                 continue;
             }
             Err(AttestError::Contents(e)) => {
-                report.fail("diff_id", format!("layer {i}: {e}"));
+                report.fail("diff_id", format!("layer {i}: {}", one_line(&e)));
                 whole = false;
                 continue;
             }

@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use kiln_oci::{media_type, Descriptor, Digest, ImageIndex};
-use kiln_store::Store;
+use kiln_store::{one_line, Store};
 use serde::Serialize;
 
 use crate::provenance::Statement;
@@ -156,7 +156,7 @@ async fn blob(
     match store.get_described(desc).await {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.is_integrity_failure() => {
-            report.fail("blob", format!("{what} {digest}: {e}"));
+            report.fail("blob", format!("{what} {digest}: {}", one_line(&e)));
             Ok(None)
         }
         Err(e) => Err(e.into()),

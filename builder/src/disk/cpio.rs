@@ -23,7 +23,7 @@ pub enum CpioError {
     TooLarge { path: ImagePath, size: u64 },
     #[error("the epoch {0} does not fit cpio's 32-bit mtime")]
     Epoch(Epoch),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Host {
         path: ImagePath,
         #[source]

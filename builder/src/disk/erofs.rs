@@ -50,7 +50,7 @@ pub enum ErofsError {
     Xattr { path: ImagePath, name: String },
     #[error("the filesystem needs {blocks} blocks of 4 KiB, more than erofs addresses (2^32)")]
     TooLarge { blocks: u64 },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Host {
         path: ImagePath,
         #[source]

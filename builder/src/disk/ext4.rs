@@ -96,20 +96,20 @@ pub enum Ext4Error {
          fitting in one 4 KiB block"
     )]
     Xattr { path: ImagePath, name: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Host {
         path: ImagePath,
         #[source]
         source: HostFileError,
     },
-    #[error("staging {path} at {}: {source}", staged.display())]
+    #[error("staging {path} at {}", staged.display())]
     Stage {
         path: ImagePath,
         staged: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{}: {source}", file.display())]
+    #[error("{}", file.display())]
     Io {
         file: PathBuf,
         #[source]

@@ -68,13 +68,13 @@ pub enum FatError {
     BadSize { size: u64 },
     #[error("the ESP content needs {needed} bytes, the ESP has {size}")]
     NoSpace { needed: u64, size: u64 },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Host {
         path: ImagePath,
         #[source]
         source: HostFileError,
     },
-    #[error("writing the FAT image: {0}")]
+    #[error("writing the FAT image")]
     Write(#[source] io::Error),
 }
 

@@ -82,7 +82,7 @@ pub enum SquashfsError {
     Epoch(Epoch),
     #[error("the tree has {0} distinct owner and group ids; squashfs stores at most 65535")]
     TooManyIds(usize),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Host {
         path: ImagePath,
         #[source]
@@ -92,7 +92,7 @@ pub enum SquashfsError {
     Deflate(String),
     #[error("a squashfs compression worker thread stopped unexpectedly")]
     Worker,
-    #[error("writing the squashfs image: {0}")]
+    #[error("writing the squashfs image")]
     Write(#[source] io::Error),
 }
 
