@@ -179,7 +179,7 @@ pub enum StoreError {
 /// say only their own part. The error itself stays available for matching.
 #[derive(Debug)]
 pub struct BackendError {
-    error: object_store::Error,
+    error: Box<object_store::Error>,
     own: Link,
 }
 
@@ -212,7 +212,7 @@ impl BackendError {
             below = text;
         }
         let own = next.map_or_else(|| Link { text: below, next: None }, |link| *link);
-        BackendError { error, own }
+        BackendError { error: Box::new(error), own }
     }
 
     /// The object_store error.
