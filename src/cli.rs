@@ -407,6 +407,9 @@ pub struct BuildArgs {
 pub struct LockArgs {
     /// The recipe file (TOML).
     pub recipe: PathBuf,
+    /// Resolve Debian packages again from the repositories, instead of keeping the locked ones.
+    #[arg(long)]
+    pub update: bool,
     #[command(flatten)]
     pub epoch: EpochArg,
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kiln_attest::AttestError;
+use kiln_builder::inputs::InputError;
 use kiln_builder::BuildError;
 use kiln_registry::RegistryError;
 use kiln_release::ReleaseError;
@@ -90,6 +91,10 @@ fn is_integrity(cause: &(dyn std::error::Error + 'static)) -> bool {
         || cause.downcast_ref::<ReleaseError>().is_some_and(ReleaseError::is_integrity)
         || cause.downcast_ref::<commands::verify::VerifyFailed>().is_some()
         || cause.downcast_ref::<commands::store::StoreProblems>().is_some()
+        || matches!(
+            cause.downcast_ref::<BuildError>(),
+            Some(BuildError::Input(InputError::Package(e))) if e.is_integrity()
+        )
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use kiln_builder::Observer;
 /// A spinner that shows what the build is doing.
 pub struct Progress {
     bar: ProgressBar,
+    /// Print notices (maintainer scripts skipped) on stderr.
+    notices: bool,
 }
 
 impl Progress {
@@ -25,7 +27,13 @@ impl Progress {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar }
+        Progress { bar, notices: false }
+    }
+
+    /// Also prints the build's notices on stderr (unless `-q`).
+    pub fn with_notices(mut self, on: bool) -> Progress {
+        self.notices = on;
+        self
     }
 
     /// Shows `message`.
@@ -50,6 +58,15 @@ impl Observer for Progress {
             None => "cached".to_string(),
         };
         self.step(format!("layer {}/{total} {name} ({what})", index + 1));
+    }
+
+    fn scripts_skipped(&self, package: &str, scripts: &[&str]) {
+        if self.notices {
+            let list = scripts.join(", ");
+            self.bar.suspend(|| {
+                eprintln!("notice: package {package}: maintainer scripts not run: {list}")
+            });
+        }
     }
 }
 

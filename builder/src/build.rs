@@ -17,6 +17,7 @@ use crate::image::{self, JsonBlob, LayerRecord};
 use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
+use crate::packages::{PackageError, Resolution};
 use crate::recipe::{DiskSpec, Recipe, RootFs};
 use crate::rootfs::{Rootfs, RootfsError};
 
@@ -55,6 +56,8 @@ pub trait Observer {
     fn layer_started(&self, _name: &str, _index: usize, _total: usize, _bytes: Option<u64>) {}
     /// A layer finished, either written or reused from the cache.
     fn layer_finished(&self, _name: &str, _reused: bool) {}
+    /// A Debian package was installed without running the maintainer scripts it has.
+    fn scripts_skipped(&self, _package: &str, _scripts: &[&str]) {}
 }
 
 /// How the lock file is treated.
@@ -137,16 +140,45 @@ pub enum BuildError {
     DiskPlatform,
 }
 
-/// Hashes every input and returns the layers plus the lock they amount to.
+/// Hashes every input and returns the layers plus the lock they amount to; Debian packages
+/// come from the lock beside the recipe where it holds them, else are resolved.
 pub fn resolve(
     recipe: &Recipe,
     epoch: Epoch,
     cache: &mut HashCache,
 ) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
+    resolve_with(recipe, epoch, cache, Resolution::Reuse)
+}
+
+/// [`resolve`], choosing when Debian packages are resolved again.
+pub fn resolve_with(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+    resolution: Resolution,
+) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
+    let lock_path = Lock::path_for(&recipe.file);
+    let existing = Lock::read(&lock_path)?;
+    let (repositories, packages) =
+        match crate::packages::plan(recipe, existing.as_ref(), resolution) {
+            Ok(planned) => planned,
+            // Only a `--locked` build refuses to resolve: it fails as for any input not locked.
+            Err(PackageError::NotLocked { layer }) => {
+                return Err(match existing {
+                    None => BuildError::NoLock { recipe: recipe.file.clone(), lock: lock_path },
+                    Some(_) => BuildError::LockMismatch {
+                        lock: lock_path,
+                        differences: vec![LockDifference::Packages { layer }],
+                    },
+                })
+            }
+            Err(e) => return Err(InputError::from(e).into()),
+        };
+    let mut debian = inputs::Debian { locked: packages.clone(), ..Default::default() };
     let layers = recipe
         .layers
         .iter()
-        .map(|l| inputs::resolve_layer(l, cache))
+        .map(|l| inputs::resolve_layer_with(l, cache, &mut debian))
         .collect::<Result<Vec<_>, _>>()?;
     let all_inputs = layers.iter().flat_map(|l| l.inputs.iter().cloned()).collect();
     let e2fsprogs = match &recipe.disk {
@@ -155,7 +187,9 @@ pub fn resolve(
         }
         _ => None,
     };
-    let lock = Lock::new(recipe.digest, epoch, recipe.compression, e2fsprogs, all_inputs);
+    let mut lock = Lock::new(recipe.digest, epoch, recipe.compression, e2fsprogs, all_inputs);
+    lock.repositories = repositories;
+    lock.packages = packages;
     Ok((layers, lock))
 }
 
@@ -165,7 +199,17 @@ pub fn lock(
     epoch: Epoch,
     cache: &mut HashCache,
 ) -> Result<(Lock, bool), BuildError> {
-    let (layers, lock) = resolve(recipe, epoch, cache)?;
+    lock_with(recipe, epoch, cache, Resolution::Reuse)
+}
+
+/// [`lock`], choosing when Debian packages are resolved again (`kiln lock --update`).
+pub fn lock_with(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+    resolution: Resolution,
+) -> Result<(Lock, bool), BuildError> {
+    let (layers, lock) = resolve_with(recipe, epoch, cache, resolution)?;
     // A build makes a tree only for a layer it writes; a lock is written only for layers
     // that can be made (no path declared twice, no file where a folder must be).
     for layer in &layers {
@@ -191,7 +235,16 @@ pub fn build(
         Some(file) => HashCache::load(file),
         None => HashCache::disabled(),
     };
-    let (resolved, current) = resolve(recipe, opts.epoch, &mut cache)?;
+    let resolution = match opts.lock_mode {
+        LockMode::Locked => Resolution::LockedOnly,
+        LockMode::Update => Resolution::Reuse,
+    };
+    let (resolved, current) = resolve_with(recipe, opts.epoch, &mut cache, resolution)?;
+    for layer in &resolved {
+        for (package, scripts) in &layer.skipped_scripts {
+            observer.scripts_skipped(package, scripts);
+        }
+    }
     // Saving the cache overlaps the rest of the build instead of delaying the first layer.
     // Losing the cache only costs time on the next build, so a failure to save it is ignored.
     std::thread::scope(|scope| {

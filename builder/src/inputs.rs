@@ -19,6 +19,8 @@ use kiln_tree::tree::{Content, Device, Entry, EntryKind, Meta, Tree, TreeError};
 use serde::{Deserialize, Serialize};
 
 use crate::hash_cache::HashCache;
+use crate::lock::LockedPackages;
+use crate::packages::{self, DatabaseFile, PackageError, Unpacked};
 use crate::recipe::{LayerSpec, Location, Ownership, TreeSpec};
 use crate::tarball::{Member, Spool};
 use scan::{Found, HostMeta, Listing, What};
@@ -30,6 +32,7 @@ pub enum InputKind {
     File,
     Tree,
     Tarball,
+    Deb,
 }
 
 /// One pinned input: a path relative to the recipe and the digest of what it holds.
@@ -75,6 +78,14 @@ pub enum InputError {
     Tree { at: Location, layer: String, source: TreeError },
     #[error("{path}")]
     Path { path: String, source: ImagePathError },
+    #[error(transparent)]
+    Package(Box<PackageError>),
+}
+
+impl From<PackageError> for InputError {
+    fn from(e: PackageError) -> Self {
+        InputError::Package(Box::new(e))
+    }
 }
 
 /// One layer's inputs, hashed, and what its tree is made from.
@@ -88,6 +99,9 @@ pub struct ResolvedLayer {
     /// The additions that make the tree, in declaration order, each with where the recipe
     /// declares it.
     steps: Vec<(Location, Step)>,
+    /// The Debian packages installed, each with the maintainer scripts it has and that were
+    /// not run.
+    pub skipped_scripts: Vec<(String, Vec<&'static str>)>,
 }
 
 /// One addition to a layer's tree.
@@ -106,13 +120,28 @@ enum Step {
         /// Holds the members' contents for as long as the layer may be written.
         spool: Option<Spool>,
     },
+    /// Debian packages and the dpkg database that records them.
+    Packages {
+        unpacked: Vec<Unpacked>,
+        database: Vec<DatabaseFile>,
+        spool: Option<Spool>,
+    },
+}
+
+/// What installing Debian packages into layers needs: the lock's packages per layer and
+/// the dpkg status of the layers below.
+#[derive(Debug, Default)]
+pub struct Debian {
+    pub locked: Vec<LockedPackages>,
+    /// Each package installed so far, with its status paragraph.
+    pub status: BTreeMap<String, String>,
 }
 
 impl ResolvedLayer {
     /// Removes the folders holding tarballs' contents; the layer's tree cannot be made after.
     pub fn remove_spools(&mut self) {
         for (_, step) in &mut self.steps {
-            if let Step::Tarball { spool, .. } = step {
+            if let Step::Tarball { spool, .. } | Step::Packages { spool, .. } = step {
                 drop(spool.take());
             }
         }
@@ -134,6 +163,7 @@ impl ResolvedLayer {
                 }
                 Step::Tree(scanned) => b.add_scanned(scanned)?,
                 Step::Tarball { dest, members, .. } => b.add_members(dest, members)?,
+                Step::Packages { unpacked, database, .. } => b.add_packages(unpacked, database)?,
             }
             tree = b.tree;
         }
@@ -143,6 +173,16 @@ impl ResolvedLayer {
 
 /// Hashes every input of `spec` and records how its tree is made.
 pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<ResolvedLayer, InputError> {
+    resolve_layer_with(spec, cache, &mut Debian::default())
+}
+
+/// [`resolve_layer`] for a layer that may install Debian packages: locked ones are fetched
+/// and checked against the lock, local `.deb` files hashed, and all unpacked.
+pub fn resolve_layer_with(
+    spec: &LayerSpec,
+    cache: &mut HashCache,
+    debian: &mut Debian,
+) -> Result<ResolvedLayer, InputError> {
     let mut steps = Vec::new();
     let mut inputs = Vec::new();
     let mut declared = Declaration::default();
@@ -223,7 +263,59 @@ pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<Resolved
         let step = Step::HardLink { dest: h.dest.clone(), target: h.target.clone() };
         steps.push((h.at.clone(), step));
     }
-    Ok(ResolvedLayer { name: spec.name.clone(), inputs, digest: declared.finish(), steps })
+    let mut skipped_scripts = Vec::new();
+    if !spec.packages.is_empty() || !spec.debs.is_empty() {
+        let mut spool = packages::spool()?;
+        let mut unpacked = Vec::new();
+        if !spec.packages.is_empty() {
+            let locked = debian
+                .locked
+                .iter()
+                .find(|l| l.layer == spec.name)
+                .ok_or_else(|| PackageError::NotLocked { layer: spec.name.clone() })?;
+            for p in &locked.chosen {
+                let fields = [p.name.as_bytes(), p.version.as_bytes(), p.architecture.as_bytes()];
+                declared.item(b"package", &ImagePath::root(), None, &fields);
+                declared.digest(&p.sha256);
+                unpacked.push(packages::unpack_locked(p, &mut spool)?);
+            }
+        }
+        for d in &spec.debs {
+            let (content, _) = hash_file(d.src.abs(), cache)?;
+            declared.item(b"deb", &ImagePath::root(), None, &[]);
+            declared.digest(&content.digest());
+            let src = d.src.rel().to_string();
+            inputs.push(Input {
+                kind: InputKind::Deb,
+                src: src.clone(),
+                digest: content.digest(),
+                executable: false,
+                host_metadata: false,
+                devices: false,
+            });
+            unpacked.push(packages::unpack_file(d.src.abs(), &src, &mut spool)?);
+        }
+        skipped_scripts = unpacked
+            .iter()
+            .filter(|u| !u.skipped_scripts.is_empty())
+            .map(|u| (u.name.clone(), u.skipped_scripts.clone()))
+            .collect();
+        let database = packages::database(&unpacked, &mut debian.status)?;
+        let at = spec
+            .packages
+            .first()
+            .map(|p| p.at.clone())
+            .or_else(|| spec.debs.first().map(|d| d.at.clone()))
+            .unwrap_or_else(|| Location::at(Path::new(""), "", 0));
+        steps.push((at, Step::Packages { unpacked, database, spool: Some(spool) }));
+    }
+    Ok(ResolvedLayer {
+        name: spec.name.clone(),
+        inputs,
+        digest: declared.finish(),
+        steps,
+        skipped_scripts,
+    })
 }
 
 /// The bytes [`ResolvedLayer::digest`] hashes: each declaration's kind, destination,
@@ -616,6 +708,51 @@ impl LayerBuilder<'_> {
                 }
             }
             stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
+
+    /// Adds packages' members, then the dpkg database. A path two packages ship must be the
+    /// same directory, or the same link or file with the same metadata; anything else is an
+    /// error naming both packages.
+    fn add_packages(
+        &mut self,
+        unpacked: &[Unpacked],
+        database: &[DatabaseFile],
+    ) -> Result<(), InputError> {
+        let mut owner: HashMap<ImagePath, &str> = HashMap::new();
+        for p in unpacked {
+            for m in &p.members {
+                if let Some(first) = owner.get(&m.path) {
+                    let same = self.tree.get(&m.path).is_some_and(|e| {
+                        e.meta == m.meta
+                            && match (&e.kind, &m.kind) {
+                                (EntryKind::File(a), EntryKind::File(b)) => {
+                                    a.digest() == b.digest()
+                                }
+                                (a, b) => a == b,
+                            }
+                    });
+                    if same || matches!(m.kind, EntryKind::Dir) {
+                        continue;
+                    }
+                    return Err(PackageError::Clash {
+                        a: first.to_string(),
+                        b: p.label.clone(),
+                        path: m.path.to_string(),
+                    }
+                    .into());
+                }
+                owner.insert(m.path.clone(), &p.label);
+                match &m.kind {
+                    EntryKind::Dir => self.insert_found_dir(m.path.clone(), m.meta.clone())?,
+                    kind => self.insert(m.path.clone(), kind.clone(), m.meta.clone())?,
+                }
+            }
+        }
+        for (path, bytes) in database {
+            let content = EntryKind::File(Content::Bytes(bytes.clone()));
+            self.insert(path.clone(), content, Meta::root(0o644))?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod image;
 pub mod inputs;
 pub mod layer;
 pub mod lock;
+pub mod packages;
 pub mod recipe;
 mod recipe_toml;
 pub mod rootfs;

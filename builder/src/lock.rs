@@ -33,6 +33,57 @@ pub struct Lock {
     pub e2fsprogs: Option<String>,
     #[serde(default, rename = "input")]
     pub inputs: Vec<Input>,
+    /// The Debian repositories packages were resolved from, each with the digest of the
+    /// signed release it was resolved against.
+    #[serde(default, rename = "repository", skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<LockedRepository>,
+    /// Each layer's Debian packages: what it asked for and the closure chosen.
+    #[serde(default, rename = "packages", skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<LockedPackages>,
+}
+
+/// A repository as it was when packages were resolved from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedRepository {
+    pub url: String,
+    pub suite: String,
+    /// The signed release file that was verified (`InRelease` or `Release`).
+    pub release: String,
+    /// sha256 of that file as fetched.
+    pub digest: Digest,
+}
+
+/// One layer's packages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackages {
+    pub layer: String,
+    pub architecture: String,
+    /// The layer's `packages`, as the recipe gives them.
+    pub requested: Vec<String>,
+    /// The chosen closure, sorted by name.
+    #[serde(rename = "package")]
+    pub chosen: Vec<LockedPackage>,
+}
+
+/// One chosen package: exactly which file a build fetches and what it must hash to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// The source package and its version.
+    pub source: String,
+    #[serde(rename = "source-version")]
+    pub source_version: String,
+    /// The repository's url, as in a `[[repository]]` entry.
+    pub repository: String,
+    /// The `.deb`'s path under the repository's root.
+    pub path: String,
+    pub size: u64,
+    pub sha256: Digest,
 }
 
 /// Why a lock file could not be used.
@@ -87,6 +138,10 @@ pub enum LockDifference {
     Unlocked { src: String },
     #[error("locked input {src} is no longer used by the recipe")]
     Unused { src: String },
+    #[error("the Debian packages of layer {layer:?} changed")]
+    Packages { layer: String },
+    #[error("the Debian repositories changed")]
+    Repositories,
 }
 
 impl Lock {
@@ -113,6 +168,8 @@ impl Lock {
             compression,
             e2fsprogs,
             inputs,
+            repositories: Vec::new(),
+            packages: Vec::new(),
         }
     }
 
@@ -221,6 +278,17 @@ impl Lock {
         for l in &self.inputs {
             if !current.inputs.iter().any(|c| c.kind == l.kind && c.src == l.src) {
                 out.push(LockDifference::Unused { src: l.src.clone() });
+            }
+        }
+        if self.repositories != current.repositories {
+            out.push(LockDifference::Repositories);
+        }
+        let layers: std::collections::BTreeSet<&str> =
+            self.packages.iter().chain(&current.packages).map(|p| p.layer.as_str()).collect();
+        for layer in layers {
+            let find = |lock: &Lock| lock.packages.iter().find(|p| p.layer == layer).cloned();
+            if find(self) != find(current) {
+                out.push(LockDifference::Packages { layer: layer.to_string() });
             }
         }
         out

@@ -94,6 +94,8 @@ pub struct Recipe {
     pub annotations: BTreeMap<String, String>,
     /// The optional `[disk]` table: also make disk images from the image's root filesystem.
     pub disk: Option<DiskSpec>,
+    /// The Debian repositories layers' `packages` come from.
+    pub repositories: Vec<RepositorySpec>,
 }
 
 /// The `[disk]` table.
@@ -181,6 +183,38 @@ pub struct LayerSpec {
     pub hardlinks: Vec<HardlinkSpec>,
     pub trees: Vec<TreeSpec>,
     pub tarballs: Vec<TarballSpec>,
+    /// Debian packages from the recipe's repositories, with their dependency closure.
+    pub packages: Vec<PackageSpec>,
+    /// Local `.deb` files, installed without their dependencies.
+    pub debs: Vec<DebSpec>,
+}
+
+/// A Debian package a layer asks for: `name` or `name (op version)`.
+#[derive(Clone, Debug)]
+pub struct PackageSpec {
+    pub request: String,
+    pub at: Location,
+}
+
+/// A local `.deb` file a layer installs.
+#[derive(Clone, Debug)]
+pub struct DebSpec {
+    pub src: SourcePath,
+    pub at: Location,
+}
+
+/// A `[[repository]]` table: a signed Debian repository and the key that signs it.
+#[derive(Clone, Debug)]
+pub struct RepositorySpec {
+    /// `file:///absolute/path` of the repository's root (the folder holding `dists/`).
+    pub url: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    /// The architectures to use; empty means the recipe's platform's.
+    pub architectures: Vec<String>,
+    /// The OpenPGP public key file (armored or binary) in the recipe's folder.
+    pub key: SourcePath,
+    pub at: Location,
 }
 
 /// A directory to create.
@@ -321,6 +355,7 @@ impl Recipe {
             config: model.config,
             annotations: model.annotations,
             disk: model.disk,
+            repositories: model.repositories,
         })
     }
 }

@@ -11,9 +11,9 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::Epoch;
 
 use crate::recipe::{
-    ConfigSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec, InlineSpec,
-    LayerSpec, Location, Ownership, PartitionLabels, Problem, RecipeError, RootFs, SymlinkSpec,
-    TarballSpec, TreeSpec,
+    ConfigSpec, DebSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec,
+    InlineSpec, LayerSpec, Location, Ownership, PackageSpec, PartitionLabels, Problem, RecipeError,
+    RepositorySpec, RootFs, SymlinkSpec, TarballSpec, TreeSpec,
 };
 use crate::source_path::SourcePath;
 
@@ -31,6 +31,25 @@ pub(crate) struct RawRecipe {
     #[serde(default)]
     annotations: BTreeMap<String, String>,
     disk: Option<RawDisk>,
+    #[serde(default)]
+    repository: Vec<RawRepository>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    url: S<String>,
+    suite: S<String>,
+    components: Vec<S<String>>,
+    #[serde(default)]
+    architectures: Vec<S<String>>,
+    key: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeb {
+    src: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +109,10 @@ struct RawLayer {
     trees: Vec<RawTree>,
     #[serde(default)]
     tarballs: Vec<RawTarball>,
+    #[serde(default)]
+    packages: Vec<S<String>>,
+    #[serde(default)]
+    debs: Vec<RawDeb>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +235,7 @@ pub(crate) struct Model {
     pub config: ConfigSpec,
     pub annotations: BTreeMap<String, String>,
     pub disk: Option<DiskSpec>,
+    pub repositories: Vec<RepositorySpec>,
 }
 
 /// What validation needs: the recipe folder and a way to turn a span into an error.
@@ -366,6 +390,26 @@ impl Context<'_> {
         for layer in &raw.layer {
             layers.push(self.layer(layer)?);
         }
+        let repositories =
+            raw.repository.iter().map(|r| self.repository(r)).collect::<Result<Vec<_>, _>>()?;
+        if let Some(first) = raw.layer.iter().find(|l| !l.packages.is_empty()) {
+            if repositories.is_empty() {
+                return self.err(
+                    first.packages[0].span(),
+                    Problem::Invalid("packages need a [[repository]] to come from".into()),
+                );
+            }
+            if platforms.len() != 1 {
+                return self.err(
+                    first.packages[0].span(),
+                    Problem::Invalid(
+                        "a recipe with packages builds one platform; list only one in \
+                         [image] platforms"
+                            .into(),
+                    ),
+                );
+            }
+        }
         Ok(Model {
             epoch,
             name: self.checked::<kiln_oci::RepoName>(&raw.image.name)?,
@@ -376,6 +420,61 @@ impl Context<'_> {
             config: self.config(raw.config)?,
             annotations: raw.annotations,
             disk: raw.disk.map(|d| self.disk(d)).transpose()?,
+            repositories,
+        })
+    }
+
+    fn repository(&self, raw: &RawRepository) -> Result<RepositorySpec, RecipeError> {
+        let url = raw.url.get_ref();
+        let Some(path) = url.strip_prefix("file://").filter(|p| p.starts_with('/')) else {
+            return self.err(
+                raw.url.span(),
+                Problem::Invalid(format!(
+                    "repository url {url:?} is not file:///absolute/path (the only kind kiln \
+                     fetches from so far)"
+                )),
+            );
+        };
+        if path.split('/').any(|c| c == "..") {
+            return self
+                .err(raw.url.span(), Problem::Invalid("repository url climbs with \"..\"".into()));
+        }
+        let word = |what: &str, v: &S<String>| -> Result<String, RecipeError> {
+            let text = v.get_ref();
+            if text.is_empty()
+                || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+            {
+                return self.err(
+                    v.span(),
+                    Problem::Invalid(format!("{what} {text:?} is not a plain name")),
+                );
+            }
+            Ok(text.clone())
+        };
+        if raw.components.is_empty() {
+            return self
+                .err(raw.suite.span(), Problem::Invalid("a repository needs components".into()));
+        }
+        let key = self.source(&raw.key)?;
+        if !key.abs().is_file() {
+            return self
+                .err(raw.key.span(), Problem::Invalid(format!("key {key} is not a regular file")));
+        }
+        Ok(RepositorySpec {
+            url: url.trim_end_matches('/').to_string(),
+            suite: word("suite", &raw.suite)?,
+            components: raw
+                .components
+                .iter()
+                .map(|c| word("component", c))
+                .collect::<Result<_, _>>()?,
+            architectures: raw
+                .architectures
+                .iter()
+                .map(|a| word("architecture", a))
+                .collect::<Result<_, _>>()?,
+            key,
+            at: (self.locate)(raw.url.span().start),
         })
     }
 
@@ -511,6 +610,8 @@ impl Context<'_> {
             hardlinks: Vec::new(),
             trees: Vec::new(),
             tarballs: Vec::new(),
+            packages: Vec::new(),
+            debs: Vec::new(),
         };
         for d in &raw.dirs {
             spec.dirs.push(DirSpec {
@@ -600,6 +701,35 @@ impl Context<'_> {
                 dest: self.image_path(&t.dest)?,
                 devices: t.devices,
             });
+        }
+        for p in &raw.packages {
+            if let Err(e) = kiln_deb::relation::parse_relations(p.get_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    if r.len() == 1 && r[0].0.len() == 1 {
+                        Ok(())
+                    } else {
+                        Err("name one package".into())
+                    }
+                })
+            {
+                return self
+                    .err(p.span(), Problem::Invalid(format!("package {:?}: {e}", p.get_ref())));
+            }
+            spec.packages.push(PackageSpec {
+                request: p.get_ref().clone(),
+                at: (self.locate)(p.span().start),
+            });
+        }
+        for d in &raw.debs {
+            let src = self.source(&d.src)?;
+            if !src.abs().is_file() {
+                return self.err(
+                    d.src.span(),
+                    Problem::Invalid(format!("deb {src} is not a regular file")),
+                );
+            }
+            spec.debs.push(DebSpec { at: (self.locate)(d.src.span().start), src });
         }
         Ok(spec)
     }

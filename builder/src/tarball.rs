@@ -85,14 +85,14 @@ pub struct Spool {
 }
 
 impl Spool {
-    fn new() -> io::Result<Spool> {
+    pub(crate) fn new() -> io::Result<Spool> {
         Ok(Spool { dir: tempfile::Builder::new().prefix("kiln-tarball-").tempdir()?, files: 0 })
     }
 
     /// Copies the next `declared` bytes of `data` to a new spool file, hashing them; runs of
     /// zeros become holes, so a member of zeros takes no disk. Returns the file, or `Short`
     /// with the bytes found when `data` ends before `declared`.
-    fn take(&mut self, data: &mut impl Read, declared: u64) -> io::Result<Spooled> {
+    pub(crate) fn take(&mut self, data: &mut impl Read, declared: u64) -> io::Result<Spooled> {
         use std::io::{Seek, SeekFrom, Write};
         let path = self.dir.path().join(self.files.to_string());
         self.files += 1;
@@ -124,7 +124,7 @@ impl Spool {
     }
 }
 
-enum Spooled {
+pub(crate) enum Spooled {
     File(HostFile),
     Short { found: u64 },
 }

@@ -81,7 +81,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         lock_mode: if args.locked { LockMode::Locked } else { LockMode::Update },
         hash_cache: if args.rehash { None } else { hash_cache_file() },
     };
-    let progress = Progress::new(!ctx.quiet && !ctx.json);
+    let progress = Progress::new(!ctx.quiet && !ctx.json).with_notices(!ctx.quiet);
     let lease = ctx
         .runtime
         .block_on(ctx.store.lease())

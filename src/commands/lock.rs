@@ -1,6 +1,7 @@
 //! `kiln lock`: pin every input's digest beside the recipe.
 
 use kiln_builder::hash_cache::HashCache;
+use kiln_builder::packages::Resolution;
 use kiln_builder::Recipe;
 use serde_json::json;
 
@@ -11,7 +12,9 @@ pub fn run(ctx: &Ctx, args: &LockArgs) -> anyhow::Result<()> {
     let recipe = Recipe::load(&args.recipe)?;
     super::build::image_ref(&recipe)?;
     let epoch = super::build::epoch(args.epoch.source_date_epoch, &recipe)?;
-    let (lock, changed) = kiln_builder::build::lock(&recipe, epoch, &mut HashCache::disabled())?;
+    let resolution = if args.update { Resolution::Update } else { Resolution::Reuse };
+    let (lock, changed) =
+        kiln_builder::build::lock_with(&recipe, epoch, &mut HashCache::disabled(), resolution)?;
     let path = kiln_builder::Lock::path_for(&recipe.file);
     if ctx.json {
         ctx.print_json(&json!({

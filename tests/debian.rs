@@ -1,0 +1,307 @@
+#![allow(clippy::unwrap_used)]
+//! Debian packages from a signed repository of real packages (`ci/debian-repo`, cached in
+//! `KILN_DEBIAN_REPO`): locked, built, unpacked by umoci, run in a chroot and listed by
+//! dpkg-query; a plain build never resolves again; hostile repositories and package files are
+//! refused with nothing stored. No network: the repository is a folder.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use support::{
+    blobs, digest_of, is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_INTEGRITY,
+    EXIT_LOCK_MISMATCH,
+};
+
+/// The folder `ci/debian-repo` made, or `None` (a skip locally, a failure in CI).
+fn fixture() -> Option<PathBuf> {
+    match std::env::var_os("KILN_DEBIAN_REPO") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            assert!(!support::in_ci(), "KILN_DEBIAN_REPO is not set up: run ci/debian-repo DIR");
+            eprintln!("SKIP: set KILN_DEBIAN_REPO to a folder made by ci/debian-repo");
+            None
+        }
+    }
+}
+
+/// A repository of the test's own: the fixture's indexes copied (so a test may damage
+/// them) and its package files linked one by one (so a test may replace one).
+fn repo_copy(ws: &Workspace, fixture: &Path) -> PathBuf {
+    let repo = ws.mkdir("repo");
+    sh("cp", &["-r", fixture.join("repo/dists").to_str().unwrap(), repo.to_str().unwrap()]);
+    let pool = ws.mkdir("repo/pool/main");
+    for entry in fs::read_dir(fixture.join("repo/pool/main")).unwrap() {
+        let entry = entry.unwrap();
+        symlink(entry.path(), pool.join(entry.file_name())).unwrap();
+    }
+    repo
+}
+
+/// A recipe in `ws/recipe` asking for `packages` from `repo`, trusting the fixture's key.
+fn recipe(ws: &Workspace, fixture: &Path, repo: &Path, platform: &str, layer: &str) -> PathBuf {
+    ws.mkdir("recipe");
+    fs::copy(fixture.join("key.asc"), ws.path("recipe/key.asc")).unwrap();
+    ws.write(
+        "recipe/debs.toml",
+        format!(
+            r#"[image]
+name = "debs"
+version = "1"
+platforms = ["{platform}"]
+
+[[repository]]
+url = "file://{}"
+suite = "kiln"
+components = ["main"]
+key = "key.asc"
+
+[[layer]]
+name = "base"
+{layer}
+"#,
+            repo.display()
+        ),
+    )
+}
+
+const PACKAGES: &str = r#"packages = ["busybox-static", "ca-certificates"]"#;
+
+fn lock_text(recipe: &Path) -> String {
+    fs::read_to_string(recipe.with_extension("lock")).unwrap()
+}
+
+#[test]
+fn packages_lock_build_run_in_a_chroot_and_are_listed_by_dpkg_query() {
+    let Some(fixture) = fixture() else { return };
+    if !require_tool("umoci") || !require_tool("dpkg-query") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
+    let store = ws.store("s");
+    let kiln = Kiln::new(&store);
+    kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
+    let lock = lock_text(&recipe);
+    for needed in ["busybox-static", "ca-certificates", "openssl", "libssl3", "libc6", "debconf"] {
+        assert!(lock.contains(&format!("name = \"{needed}\"")), "{needed} not locked:\n{lock}");
+    }
+    assert!(lock.contains("release = \"InRelease\""), "{lock}");
+    assert!(!lock.contains("cdebconf"), "the first alternative, debconf, is chosen:\n{lock}");
+
+    let report = kiln
+        .run(&["--json", "build", recipe.to_str().unwrap()])
+        .ok()
+        .stderr_has(&["notice: package libc6: maintainer scripts not run: preinst, postinst"])
+        .json();
+    let layout = ws.path("layout");
+    kiln.run(&["export", "debs:1", "--oci-layout", layout.to_str().unwrap()]).ok();
+    let bundle = ws.path("bundle");
+    sh(
+        "umoci",
+        &["unpack", "--image", &format!("{}:1", layout.display()), bundle.to_str().unwrap()],
+    );
+    let rootfs = bundle.join("rootfs");
+
+    // Every locked package, with its locked version, as dpkg sees it.
+    let listed =
+        sh("dpkg-query", &[&format!("--admindir={}/var/lib/dpkg", rootfs.display()), "-W"]);
+    let locked: toml::Value = toml::from_str(&lock).unwrap();
+    let chosen = locked["packages"][0]["package"].as_array().unwrap();
+    assert_eq!(listed.lines().count(), chosen.len(), "{listed}");
+    for p in chosen {
+        let (name, version) = (p["name"].as_str().unwrap(), p["version"].as_str().unwrap());
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split(['\t', ':']).next() == Some(name) && l.ends_with(version)),
+            "{name} {version} not in dpkg-query's list:\n{listed}"
+        );
+        assert!(rootfs.join(format!("var/lib/dpkg/status.d/{name}")).is_file(), "{name}");
+    }
+    assert!(rootfs.join("var/lib/dpkg/info/ca-certificates.md5sums").is_file());
+    // Setuid bits and modes as packaged, times at the epoch.
+    let busybox = fs::metadata(rootfs.join("bin/busybox")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&busybox.permissions()) & 0o7777, 0o755);
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&busybox), 0);
+    if is_root() {
+        let out =
+            std::process::Command::new("chroot").arg(&rootfs).arg("/bin/busybox").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("BusyBox v1."), "{text}");
+    } else {
+        assert!(!support::in_ci(), "CI runs as root, and the chroot needs it");
+        eprintln!("SKIP: the chroot needs root");
+    }
+    assert!(!digest_of(&report).is_empty());
+}
+
+#[test]
+fn a_plain_build_never_resolves_again_and_lock_update_does() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let kiln = Kiln::new(&ws.store("s"));
+    kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
+    let locked = lock_text(&recipe);
+    // Without its indexes the repository can no longer be resolved against, but the locked
+    // package files are still there: build and lock use the lock.
+    fs::remove_dir_all(repo.join("dists")).unwrap();
+    let first = kiln.build(&recipe, &["--locked"]);
+    kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
+    assert_eq!(lock_text(&recipe), locked);
+    kiln.run(&["lock", "--update", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["neither dists/kiln/InRelease nor dists/kiln/Release"]);
+    assert_eq!(lock_text(&recipe), locked, "a failed update leaves the lock");
+    // The same lock builds the same image in another store.
+    let again = Kiln::new(&ws.store("t")).build(&recipe, &["--locked"]);
+    assert_eq!(digest_of(&first), digest_of(&again));
+}
+
+#[test]
+fn the_same_lock_gives_the_same_image_under_varied_conditions() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
+    Kiln::new(&ws.store("lock")).run(&["lock", recipe.to_str().unwrap()]).ok();
+    let a = Kiln::new(&ws.store("a")).build(&recipe, &["--locked"]);
+    let b = Kiln::new(&ws.store("b"))
+        .umask("077")
+        .env("TZ", "Pacific/Kiritimati")
+        .env("LC_ALL", "C")
+        .cwd(&ws.mkdir("elsewhere"))
+        .build(&recipe, &["--locked", "--threads", "1"]);
+    assert_eq!(digest_of(&a), digest_of(&b));
+}
+
+#[test]
+fn arm64_resolves_and_installs_arm64_packages() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/arm64", PACKAGES);
+    let kiln = Kiln::new(&ws.store("s"));
+    kiln.build(&recipe, &[]);
+    let lock = lock_text(&recipe);
+    assert!(lock.contains("architecture = \"arm64\""), "{lock}");
+    assert!(!lock.contains("architecture = \"amd64\""), "{lock}");
+}
+
+#[test]
+fn a_release_signed_by_another_key_is_refused_and_nothing_stored() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    fs::copy(fixture.join("other-InRelease"), repo.join("dists/kiln/InRelease")).unwrap();
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
+    let store = ws.store("s");
+    for command in ["lock", "build"] {
+        Kiln::new(&store)
+            .run(&[command, recipe.to_str().unwrap()])
+            .fails_with(EXIT_ERROR)
+            .stderr_has(&[
+                "dists/kiln/InRelease does not verify",
+                "no signature on it was made by a trusted key",
+            ]);
+    }
+    assert!(blobs(&store).is_empty());
+    assert!(!recipe.with_extension("lock").exists());
+}
+
+#[test]
+fn an_index_whose_hash_differs_from_the_release_is_refused() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let index = repo.join("dists/kiln/main/binary-amd64/Packages.xz");
+    let mut bytes = fs::read(&index).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last / 2] ^= 1;
+    fs::write(&index, bytes).unwrap();
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
+    let store = ws.store("s");
+    Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).fails_with(EXIT_ERROR).stderr_has(
+        &["dists/kiln/main/binary-amd64/Packages.xz is", "but the signed release says"],
+    );
+    assert!(blobs(&store).is_empty());
+}
+
+#[test]
+fn a_package_file_that_differs_from_the_lock_is_refused_and_nothing_stored() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let store = ws.store("s");
+    Kiln::new(&ws.store("lock")).run(&["lock", recipe.to_str().unwrap()]).ok();
+    let pool = repo.join("pool/main");
+    let deb = fs::read_dir(&pool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.to_str().unwrap().contains("busybox-static")
+                && p.to_str().unwrap().ends_with("_amd64.deb")
+        })
+        .unwrap();
+    let mut bytes = fs::read(&deb).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::remove_file(&deb).unwrap();
+    fs::write(&deb, bytes).unwrap();
+    Kiln::new(&store)
+        .run(&["build", "--locked", recipe.to_str().unwrap()])
+        .fails_with(EXIT_INTEGRITY)
+        .stderr_has(&["pool/main/busybox-static_", "but the lock says"]);
+    assert!(blobs(&store).is_empty());
+}
+
+#[test]
+fn local_debs_install_and_two_shipping_one_path_differently_is_an_error_naming_both() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let pool = fixture.join("repo/pool/main");
+    let find = |arch: &str| {
+        fs::read_dir(&pool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                name.starts_with("busybox-static_") && name.ends_with(&format!("_{arch}.deb"))
+            })
+            .unwrap()
+    };
+    ws.mkdir("recipe");
+    fs::copy(find("amd64"), ws.path("recipe/busybox-amd64.deb")).unwrap();
+    fs::copy(find("arm64"), ws.path("recipe/busybox-arm64.deb")).unwrap();
+    let one = ws.write(
+        "recipe/one.toml",
+        "[image]\nname = \"one\"\nversion = \"1\"\n\n[[layer]]\nname = \"base\"\ndebs = [{ src = \"busybox-amd64.deb\" }]\n",
+    );
+    let kiln = Kiln::new(&ws.store("s"));
+    kiln.build(&one, &[]);
+    assert!(lock_text(&one).contains("kind = \"deb\""));
+    let two = ws.write(
+        "recipe/two.toml",
+        "[image]\nname = \"two\"\nversion = \"1\"\n\n[[layer]]\nname = \"base\"\ndebs = [{ src = \"busybox-amd64.deb\" }, { src = \"busybox-arm64.deb\" }]\n",
+    );
+    kiln.run(&["build", two.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["packages busybox-amd64.deb and busybox-arm64.deb both ship /bin/busybox"]);
+}
+
+#[test]
+fn a_locked_build_of_packages_without_a_lock_is_a_lock_error() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
+    Kiln::new(&ws.store("s"))
+        .run(&["build", "--locked", recipe.to_str().unwrap()])
+        .fails_with(EXIT_LOCK_MISMATCH);
+}
