@@ -5,11 +5,11 @@ use kiln_attest::known_layers::KnownLayers;
 use kiln_builder::{BuildOptions, LockMode, Recipe};
 use kiln_store::{RepoName, Tag};
 use kiln_tree::Epoch;
-use serde_json::json;
 
 use super::Ctx;
 use crate::cli::BuildArgs;
 use crate::progress::Progress;
+use crate::report;
 use crate::sink::StoreSink;
 
 /// Resolves the epoch from the flag, `SOURCE_DATE_EPOCH` and the recipe.
@@ -198,53 +198,64 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         _ => None,
     };
     if ctx.json {
-        let manifests: Vec<_> = out
-            .manifests
-            .iter()
-            .map(|(p, d)| json!({ "platform": p.to_string(), "digest": d.digest.to_string() }))
-            .collect();
-        ctx.print_json(&json!({
-            "name": name.to_string(),
-            "tag": tag.to_string(),
-            "digest": out.index.digest.to_string(),
-            "mediaType": out.index.media_type,
-            "size": out.index.size,
-            "epoch": epoch.seconds(),
-            "manifests": manifests,
-            "layers": { "built": out.layers_built, "reused": out.layers_reused },
-            "blobs": { "uploaded": sink.uploaded, "present": sink.present, "healed": sink.healed },
-            "cache": {
-                "layers": cache_use.as_ref().map(|c| c.cached_layers.clone()).unwrap_or_default(),
-                "ignored": sink.refused.iter().map(|(entry, refusal)| json!({
-                    "entry": entry,
-                    "refusal": refusal,
-                })).collect::<Vec<_>>(),
+        ctx.print_json(&report::Build {
+            name: name.clone(),
+            tag: tag.clone(),
+            digest: out.index.digest,
+            media_type: out.index.media_type.clone(),
+            size: out.index.size,
+            epoch,
+            manifests: out
+                .manifests
+                .iter()
+                .map(|(p, d)| report::PlatformManifest { platform: p.clone(), digest: d.digest })
+                .collect(),
+            layers: report::LayerCounts { built: out.layers_built, reused: out.layers_reused },
+            blobs: report::BlobCounts {
+                uploaded: sink.uploaded,
+                present: sink.present,
+                healed: sink.healed.clone(),
             },
-            "lock": {
-                "path": lock_path.display().to_string(),
-                "written": out.lock_written,
-                "stale": out.lock_stale.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            cache: report::CacheUse {
+                layers: cache_use.as_ref().map(|c| c.cached_layers.clone()).unwrap_or_default(),
+                ignored: sink
+                    .refused
+                    .iter()
+                    .map(|(entry, refusal)| report::IgnoredEntry {
+                        entry: entry.clone(),
+                        refusal: refusal.clone(),
+                    })
+                    .collect(),
             },
-            "store": ctx.store.describe(),
-            "disksReused": out.disks_reused,
-            "disks": out.disks.iter().map(|(p, d)| json!({
-                "platform": p.to_string(),
-                "digest": d.digest.to_string(),
-                "annotations": d.annotations,
-            })).collect::<Vec<_>>(),
-            "attestations": attested.as_ref().map(|a| json!({
-                "keyId": a.key_id.to_string(),
-                "signature": a.signature.digest.to_string(),
-                "sboms": a.sboms.iter().map(|s| s.artifact.digest.to_string()).collect::<Vec<_>>(),
-                "provenance": a.provenance.digest.to_string(),
-                "source": {
-                    "root": a.source.root.display().to_string(),
-                    "recipe": a.source.recipe,
-                    "commit": a.source.commit,
+            lock: report::LockState {
+                path: lock_path.clone(),
+                written: out.lock_written,
+                stale: out.lock_stale.iter().map(ToString::to_string).collect(),
+            },
+            store: ctx.store.describe().to_string(),
+            disks_reused: out.disks_reused,
+            disks: out
+                .disks
+                .iter()
+                .map(|(p, d)| report::BuiltDisks {
+                    platform: p.clone(),
+                    digest: d.digest,
+                    annotations: d.annotations.clone(),
+                })
+                .collect(),
+            attestations: attested.as_ref().map(|a| report::Attestations {
+                key_id: a.key_id,
+                signature: a.signature.digest,
+                sboms: a.sboms.iter().map(|s| s.artifact.digest).collect(),
+                provenance: a.provenance.digest,
+                source: report::SourceReport {
+                    root: a.source.root.clone(),
+                    recipe: a.source.recipe.clone(),
+                    commit: a.source.commit.clone(),
                 },
-            })),
-            "release": released,
-        }))?;
+            }),
+            release: released.clone(),
+        })?;
     } else {
         if out.lock_written && out.lock_stale.is_empty() {
             eprintln!("wrote {}", lock_path.display());

@@ -118,12 +118,11 @@ fn store_to_store(
             || format!("copying {reference} from {} to {}", from.describe(), to.describe()),
         )?;
     if ctx.json {
-        let mut value = serde_json::to_value(&report)?;
-        if let Some(map) = value.as_object_mut() {
-            map.insert("from".into(), from.describe().into());
-            map.insert("to".into(), to.describe().into());
-        }
-        ctx.print_json(&value)?;
+        ctx.print_json(&crate::report::Copy {
+            from: from.describe(),
+            to: to.describe(),
+            report: &report,
+        })?;
     } else {
         ctx.say(format!(
             "copied {reference} ({}) from {} to {}: {} blobs sent ({} bytes), {} already there, \

@@ -7,21 +7,19 @@ use kiln_builder::disk::artifacts::DISK_ARTIFACT;
 use kiln_oci::{media_type, Descriptor, ImageIndex, ImageManifest};
 use kiln_store::layout;
 use kiln_store::Reference;
-use serde_json::json;
 
 use super::Ctx;
 use crate::cli::ExportArgs;
+use crate::report::{self, ExportFormat};
 
 pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
     let (reference, root) = super::inspect::resolve(ctx, &args.reference)?;
     if let Some(dir) = &args.disk {
         return export_disks(ctx, &reference, &root, args.platform.as_deref(), dir);
     }
-    let tag = match (&args.tag, &reference) {
-        (Some(t), _) => {
-            t.parse::<kiln_store::Tag>().with_context(|| format!("--tag {t:?}"))?.to_string()
-        }
-        (None, Reference::Tagged { tag, .. }) => tag.to_string(),
+    let tag: kiln_store::Tag = match (&args.tag, &reference) {
+        (Some(t), _) => t.parse().with_context(|| format!("--tag {t:?}"))?,
+        (None, Reference::Tagged { tag, .. }) => tag.clone(),
         (None, _) => {
             let version = root.annotations.get("org.opencontainers.image.version").cloned();
             let from_index = ctx
@@ -29,35 +27,38 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<()> {
                 .block_on(ctx.store.get_described_json::<kiln_oci::ImageIndex>(&root))
                 .ok()
                 .and_then(|i| i.annotations.get("org.opencontainers.image.version").cloned());
-            version.or(from_index).unwrap_or_else(|| "latest".to_string())
+            let version = version.or(from_index).unwrap_or_else(|| "latest".to_string());
+            version.parse().with_context(|| {
+                format!("the image's version {version:?} is not a tag; give --tag TAG")
+            })?
         }
     };
     let (kind, target, report) = if let Some(dir) = &args.oci_layout {
         let r = ctx
             .runtime
-            .block_on(layout::export_layout(&ctx.store, &root, &tag, dir))
+            .block_on(layout::export_layout(&ctx.store, &root, tag.as_str(), dir))
             .with_context(|| format!("exporting {reference} to {}", dir.display()))?;
-        ("oci-layout", dir, r)
+        (ExportFormat::Layout, dir, r)
     } else if let Some(file) = &args.oci_archive {
         let r = ctx
             .runtime
-            .block_on(layout::export_archive(&ctx.store, &root, &tag, file))
+            .block_on(layout::export_archive(&ctx.store, &root, tag.as_str(), file))
             .with_context(|| format!("exporting {reference} to {}", file.display()))?;
-        ("oci-archive", file, r)
+        (ExportFormat::Archive, file, r)
     } else {
         anyhow::bail!("give --oci-layout DIR or --oci-archive FILE");
     };
     if ctx.json {
-        ctx.print_json(&json!({
-            "reference": reference.to_string(),
-            "digest": root.digest.to_string(),
-            "format": kind,
-            "path": target.display().to_string(),
-            "tag": tag,
-            "blobsWritten": report.blobs,
-            "bytesWritten": report.bytes,
-            "referrersListed": report.referrers,
-        }))?;
+        ctx.print_json(&report::Export {
+            reference,
+            digest: root.digest,
+            format: kind,
+            path: target.clone(),
+            tag,
+            blobs_written: report.blobs,
+            bytes_written: report.bytes,
+            referrers_listed: report.referrers,
+        })?;
     } else {
         ctx.say(format!("exported {reference} to {kind}:{}:{tag}", target.display()));
     }
@@ -119,22 +120,18 @@ fn export_disks(
             .runtime
             .block_on(store.copy_described_to(layer, &target))
             .with_context(|| format!("writing {}", target.display()))?;
-        written.push(json!({
-            "path": target.display().to_string(),
-            "digest": layer.digest.to_string(),
-            "mediaType": layer.media_type,
-            "size": size,
-        }));
+        written.push(report::ExportedDisk {
+            path: target,
+            digest: layer.digest,
+            media_type: layer.media_type.clone(),
+            size,
+        });
     }
     if ctx.json {
-        ctx.print_json(&json!({ "reference": reference.to_string(), "disks": written }))?;
+        ctx.print_json(&report::DiskExport { reference: reference.clone(), disks: written })?;
     } else {
         for w in &written {
-            ctx.say(format!(
-                "wrote {} {}",
-                w["path"].as_str().unwrap_or_default(),
-                w["digest"].as_str().unwrap_or_default()
-            ));
+            ctx.say(format!("wrote {} {}", w.path.display(), w.digest));
         }
     }
     Ok(())

@@ -17,12 +17,11 @@ pub fn run(ctx: &Ctx, args: &GcArgs) -> anyhow::Result<()> {
         .block_on(ctx.store.gc(options))
         .with_context(|| format!("collecting garbage in {}", ctx.store.describe()))?;
     if ctx.json {
-        let mut value = serde_json::to_value(&report)?;
-        if let Some(map) = value.as_object_mut() {
-            map.insert("store".into(), ctx.store.describe().into());
-            map.insert("graceSeconds".into(), args.grace.as_secs().into());
-        }
-        ctx.print_json(&value)?;
+        ctx.print_json(&crate::report::Gc {
+            store: ctx.store.describe(),
+            grace_seconds: args.grace.as_secs(),
+            report: &report,
+        })?;
     } else {
         let verb = if report.dry_run { "would delete" } else { "deleted" };
         ctx.say(format!(

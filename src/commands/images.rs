@@ -1,7 +1,5 @@
 //! `kiln images`: the tags in the store.
 
-use serde_json::json;
-
 use super::Ctx;
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
@@ -9,9 +7,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json {
         let list: Vec<_> = refs
             .iter()
-            .map(|(name, tag, d)| {
-                json!({ "name": name.to_string(), "tag": tag.to_string(), "digest": d.digest.to_string(),
-                        "mediaType": d.media_type, "size": d.size })
+            .map(|(name, tag, d)| crate::report::Image {
+                name: name.clone(),
+                tag: tag.clone(),
+                digest: d.digest,
+                media_type: d.media_type.clone(),
+                size: d.size,
             })
             .collect();
         return ctx.print_json(&list);

@@ -3,7 +3,6 @@
 use anyhow::Context as _;
 use kiln_oci::{media_type, Descriptor, ImageConfig, ImageIndex, ImageManifest};
 use kiln_store::Reference;
-use serde_json::json;
 
 use super::Ctx;
 use crate::cli::InspectArgs;
@@ -22,12 +21,12 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
     let (reference, root) = resolve(ctx, &args.reference)?;
     let store = &ctx.store;
     let mut manifests: Vec<Descriptor> = Vec::new();
-    let mut index_json = serde_json::Value::Null;
+    let mut index_doc = None;
     match root.media_type.as_str() {
         media_type::IMAGE_INDEX => {
             let index: ImageIndex = ctx.runtime.block_on(store.get_described_json(&root))?;
             manifests.extend(index.manifests.iter().cloned());
-            index_json = serde_json::to_value(&index)?;
+            index_doc = Some(index);
         }
         media_type::IMAGE_MANIFEST => manifests.push(root.clone()),
         other => anyhow::bail!("{reference} is a {other}, not an image"),
@@ -50,21 +49,23 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
     }
 
     if ctx.json {
-        let refs: Vec<_> = referrers
-            .iter()
-            .map(|(subject, r)| json!({ "subject": subject.to_string(), "descriptor": r }))
-            .collect();
-        let list: Vec<_> = per_platform
-            .iter()
-            .map(|(d, manifest, config)| json!({ "descriptor": d, "manifest": manifest, "config": config }))
-            .collect();
-        return ctx.print_json(&json!({
-            "reference": reference.to_string(),
-            "descriptor": root,
-            "index": index_json,
-            "manifests": list,
-            "referrers": refs,
-        }));
+        return ctx.print_json(&crate::report::Inspect {
+            reference,
+            descriptor: root,
+            index: index_doc,
+            manifests: per_platform
+                .into_iter()
+                .map(|(descriptor, manifest, config)| crate::report::InspectedManifest {
+                    descriptor,
+                    manifest,
+                    config,
+                })
+                .collect(),
+            referrers: referrers
+                .into_iter()
+                .map(|(subject, descriptor)| crate::report::Referrer { subject, descriptor })
+                .collect(),
+        });
     }
     ctx.say(format!("{reference}\n  digest     {}\n  mediaType  {}", root.digest, root.media_type));
     for (d, manifest, config) in &per_platform {

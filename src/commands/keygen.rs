@@ -2,7 +2,6 @@
 
 use anyhow::Context as _;
 use kiln_attest::PrivateKey;
-use serde_json::json;
 
 use super::Ctx;
 use crate::cli::KeygenArgs;
@@ -18,12 +17,12 @@ pub fn run(ctx: &Ctx, args: &KeygenArgs) -> anyhow::Result<()> {
     key.write(&private).context("writing the private key")?;
     key.public().write(&public).context("writing the public key")?;
     if ctx.json {
-        return ctx.print_json(&json!({
-            "type": args.key_type.to_string(),
-            "keyId": id.to_string(),
-            "private": private.display().to_string(),
-            "public": public.display().to_string(),
-        }));
+        return ctx.print_json(&crate::report::Keygen {
+            key_type: args.key_type,
+            key_id: id,
+            private,
+            public,
+        });
     }
     ctx.say(format!(
         "{} key {id}\n  private {} (mode 0600, keep it secret)\n  public  {}",

@@ -3,7 +3,6 @@
 use kiln_builder::hash_cache::HashCache;
 use kiln_builder::packages::Resolution;
 use kiln_builder::Recipe;
-use serde_json::json;
 
 use super::Ctx;
 use crate::cli::LockArgs;
@@ -17,13 +16,13 @@ pub fn run(ctx: &Ctx, args: &LockArgs) -> anyhow::Result<()> {
         kiln_builder::build::lock_with(&recipe, epoch, &mut HashCache::disabled(), resolution)?;
     let path = kiln_builder::Lock::path_for(&recipe.file);
     if ctx.json {
-        ctx.print_json(&json!({
-            "lock": path.display().to_string(),
-            "written": changed,
-            "recipe": lock.recipe.to_string(),
-            "epoch": lock.epoch,
-            "inputs": lock.inputs,
-        }))?;
+        ctx.print_json(&crate::report::Lock {
+            lock: path.clone(),
+            written: changed,
+            recipe: lock.recipe,
+            epoch: lock.epoch,
+            inputs: lock.inputs.clone(),
+        })?;
     } else if changed {
         ctx.say(format!("wrote {} ({} inputs)", path.display(), lock.inputs.len()));
     } else {

@@ -4,7 +4,6 @@ use anyhow::Context as _;
 use kiln_attest::PrivateKey;
 use kiln_oci::{Descriptor, ImageIndex};
 use kiln_store::Reference;
-use serde_json::json;
 
 use super::Ctx;
 use crate::cli::SignArgs;
@@ -29,12 +28,12 @@ pub fn run(ctx: &Ctx, args: &SignArgs) -> anyhow::Result<()> {
         .block_on(kiln_attest::publish::sign(&ctx.store, &root, &name, &key))
         .with_context(|| format!("signing {reference}"))?;
     if ctx.json {
-        return ctx.print_json(&json!({
-            "reference": reference.to_string(),
-            "digest": root.digest.to_string(),
-            "keyId": key_id.to_string(),
-            "signature": artifact.digest.to_string(),
-        }));
+        return ctx.print_json(&crate::report::Sign {
+            reference,
+            digest: root.digest,
+            key_id,
+            signature: artifact.digest,
+        });
     }
     ctx.say(format!(
         "signed {reference} {} with key {key_id}\n  signature {}",

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kiln_store::{CheckProgress, CheckReport};
+use kiln_store::CheckProgress;
 
 use super::Ctx;
 use crate::cli::CheckArgs;
@@ -31,15 +31,6 @@ impl CheckProgress for CheckBar {
     }
 }
 
-/// `kiln --json store check` prints the check's report with the store and its verdict.
-#[derive(serde::Serialize)]
-struct CheckOutput<'a> {
-    store: &'a str,
-    clean: bool,
-    #[serde(flatten)]
-    report: &'a CheckReport,
-}
-
 pub fn check(ctx: &Ctx, args: &CheckArgs) -> anyhow::Result<()> {
     let target = if !ctx.quiet && !ctx.json && std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
@@ -64,7 +55,7 @@ pub fn check(ctx: &Ctx, args: &CheckArgs) -> anyhow::Result<()> {
 
     if ctx.json {
         let clean = report.is_clean();
-        ctx.print_json(&CheckOutput { store: store.describe(), clean, report: &report })?;
+        ctx.print_json(&crate::report::Check { store: store.describe(), clean, report: &report })?;
     } else {
         for problem in &report.problems {
             eprintln!("problem: {problem}");

@@ -12,7 +12,6 @@ use kiln_builder::{BuildOptions, Lock, LockMode, Recipe};
 use kiln_oci::Descriptor;
 use kiln_store::Store;
 use kiln_tree::Epoch;
-use serde_json::json;
 
 use super::Ctx;
 use crate::cli::VerifyArgs;
@@ -53,22 +52,29 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
     let passed = report.passed() && rebuild_ok;
 
     if ctx.json {
-        let rebuild_json = rebuild.as_ref().map(|r| match r {
-            Ok((digest, None)) => json!({ "reproduced": true, "digest": digest }),
-            Ok((digest, Some(d))) => {
-                json!({ "reproduced": false, "digest": digest, "difference": d })
-            }
-            Err(e) => json!({ "reproduced": false, "error": e }),
+        let rebuild = rebuild.as_ref().map(|r| match r {
+            Ok((digest, difference)) => crate::report::Rebuild {
+                reproduced: difference.is_none(),
+                digest: Some(*digest),
+                difference: difference.clone(),
+                error: None,
+            },
+            Err(e) => crate::report::Rebuild {
+                reproduced: false,
+                digest: None,
+                difference: None,
+                error: Some(e.clone()),
+            },
         });
-        ctx.print_json(&json!({
-            "reference": reference.to_string(),
-            "digest": root.digest.to_string(),
-            "passed": passed,
-            "signers": report.signers,
-            "signaturesChecked": report.signatures_checked,
-            "findings": report.findings,
-            "rebuild": rebuild_json,
-        }))?;
+        ctx.print_json(&crate::report::Verify {
+            reference: reference.clone(),
+            digest: root.digest,
+            passed,
+            signers: &report.signers,
+            signatures_checked: report.signatures_checked,
+            findings: &report.findings,
+            rebuild,
+        })?;
     } else {
         ctx.say(format!("verify {reference} {}", root.digest));
         for f in &report.findings {
@@ -127,7 +133,7 @@ fn rebuild(
     recorded: &Recorded,
     source_root: Option<&Path>,
     root: &Descriptor,
-) -> anyhow::Result<(String, Option<Difference>)> {
+) -> anyhow::Result<(kiln_oci::Digest, Option<Difference>)> {
     let params = &recorded.statement.predicate.build_definition.external_parameters;
     let checkout = source::checkout(source_root).context("finding the checkout to rebuild from")?;
     let recipe_path = source::find_recorded(
@@ -170,5 +176,5 @@ fn rebuild(
         .runtime
         .block_on(kiln_attest::compare::first_difference(&ctx.store, root, &memory, &out.index))
         .context("comparing the rebuild with the image")?;
-    Ok((out.index.digest.to_string(), difference))
+    Ok((out.index.digest, difference))
 }
