@@ -100,7 +100,7 @@ fn erofs_changes_with_content_and_refuses_what_it_cannot_store() {
     fs::write(&host, b"after!").unwrap();
     let err = write_erofs(&changed, Epoch::new(0).unwrap(), &mut std::io::Cursor::new(Vec::new()))
         .unwrap_err();
-    assert!(err.to_string().contains("when it was hashed"), "{err}");
+    assert!(support::chain(&err).contains("when it was hashed"), "{err}");
 
     let mut odd = Tree::new();
     let mut m = meta(0o644, 0, 0);
@@ -108,11 +108,11 @@ fn erofs_changes_with_content_and_refuses_what_it_cannot_store() {
     put(&mut odd, "/f", bytes(Vec::new()), m);
     let err = write_erofs(&odd, Epoch::new(0).unwrap(), &mut std::io::Cursor::new(Vec::new()))
         .unwrap_err();
-    assert!(err.to_string().contains("\"system.nfs4_acl\""), "{err}");
+    assert!(support::chain(&err).contains("\"system.nfs4_acl\""), "{err}");
 
     // A name erofs could not store never reaches it: image paths refuse it.
     let err = ImagePath::parse(&format!("/{}", "n".repeat(256))).unwrap_err();
-    assert!(err.to_string().contains("at most 255"), "{err}");
+    assert!(support::chain(&err).contains("at most 255"), "{err}");
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -259,7 +259,7 @@ fn gpt_raw_and_vhd_are_accepted_by_partitioning_tools_and_qemu() {
 
     // Too small a disk for the content is a clear error.
     let err = gpt_disk(&ws, 2 << 20).unwrap_err();
-    assert!(err.to_string().contains("raise [disk] size"), "{err}");
+    assert!(support::chain(&err).contains("raise [disk] size"), "{err}");
 }
 
 #[test]

@@ -260,7 +260,7 @@ fn ext4_refuses_changed_inputs_and_unstorable_attributes_and_cleans_up() {
     let content = Content::Host(HostFile::new(host.clone(), 6, Digest::of(b"before")));
     put(&mut changed, "/f", EntryKind::File(content), meta(0o644, 0, 0));
     fs::write(&host, b"after!").unwrap();
-    let err = write_ext4(&changed, EPOCH, &work, &out).unwrap_err().to_string();
+    let err = support::chain(&write_ext4(&changed, EPOCH, &work, &out).unwrap_err());
     assert!(err.contains("/f") && err.contains("when it was hashed"), "{err}");
     assert_eq!(fs::read_dir(&work).unwrap().count(), 0, "scratch folder left after an error");
     assert!(!out.exists(), "a partial image was left behind");
@@ -270,7 +270,7 @@ fn ext4_refuses_changed_inputs_and_unstorable_attributes_and_cleans_up() {
         let mut m = meta(0o644, 0, 0);
         m.xattrs.insert(name.into(), b"x".to_vec());
         put(&mut odd, "/odd", bytes(Vec::new()), m);
-        let err = write_ext4(&odd, EPOCH, &work, &out).unwrap_err().to_string();
+        let err = support::chain(&write_ext4(&odd, EPOCH, &work, &out).unwrap_err());
         assert!(err.contains("/odd") && err.contains(&format!("{name:?}")), "{err}");
     }
     let mut big = Tree::new();
@@ -278,12 +278,12 @@ fn ext4_refuses_changed_inputs_and_unstorable_attributes_and_cleans_up() {
     m.xattrs.insert("user.a".into(), vec![1; 3000]);
     m.xattrs.insert("user.b".into(), vec![2; 3000]);
     put(&mut big, "/big", bytes(Vec::new()), m);
-    let err = write_ext4(&big, EPOCH, &work, &out).unwrap_err().to_string();
+    let err = support::chain(&write_ext4(&big, EPOCH, &work, &out).unwrap_err());
     assert!(err.contains("/big") && err.contains("4 KiB"), "{err}");
 
     // A name ext4 could not store never reaches it: image paths refuse it.
     let err = kiln_tree::ImagePath::parse(&format!("/{}", "n".repeat(256))).unwrap_err();
-    assert!(err.to_string().contains("at most 255"), "{err}");
+    assert!(support::chain(&err).contains("at most 255"), "{err}");
 
     // Names debugfs could not quote are no problem: inodes are fixed up by number.
     let mut names = Tree::new();

@@ -260,46 +260,46 @@ fn fat_refuses_what_it_cannot_hold() {
     let symlink = one("/EFI/BOOT/link", EntryKind::Symlink("BOOTX64.EFI".into()));
     let err = fat_error(&symlink, 8 * MIB, LABEL);
     assert!(matches!(err, FatError::Unsupported { .. }), "{err}");
-    assert!(err.to_string().contains("EFI/BOOT/link is a symbolic link"), "{err}");
+    assert!(support::chain(&err).contains("EFI/BOOT/link is a symbolic link"), "{err}");
 
     // The size is checked before any byte is read, so the host file need not exist.
     let huge = Content::Host(HostFile::new(ws.path("absent"), 1 << 32, Digest::of(b"")));
     let err = fat_error(&one("/huge.img", EntryKind::File(huge)), 8 * MIB, LABEL);
     assert!(matches!(err, FatError::FileTooLarge { .. }), "{err}");
-    assert!(err.to_string().contains("huge.img is 4294967296 bytes"), "{err}");
+    assert!(support::chain(&err).contains("huge.img is 4294967296 bytes"), "{err}");
 
     for name in
         ["a*b", "what?", "a:b", "a<b", "a>b", "a|b", "a\\b", "a\"b", "tab\there", "dot.", "space "]
     {
         let err = fat_error(&one(&format!("/dir/{name}"), bytes(Vec::new())), 8 * MIB, LABEL);
         assert!(matches!(err, FatError::BadName { .. }), "{name:?}: {err}");
-        assert!(err.to_string().contains(&format!("dir/{name}")), "{err}");
+        assert!(support::chain(&err).contains(&format!("dir/{name}")), "{err}");
     }
     // FAT's limit is 255 UTF-16 units; image paths stop names at 255 bytes first, so the
     // longest name FAT can be given is 255 ASCII characters, which it stores.
     let at_limit = one(&format!("/{}", "n".repeat(255)), bytes(Vec::new()));
     write_fat(&at_limit, 8 * MIB, EPOCH, SERIAL, LABEL, &mut std::io::sink()).unwrap();
     let err = ImagePath::parse(&format!("/dir/{}", "é".repeat(128))).unwrap_err();
-    assert!(err.to_string().contains("at most 255"), "{err}");
+    assert!(support::chain(&err).contains("at most 255"), "{err}");
 
     let mut clash = Tree::new();
     put(&mut clash, "/EFI/BOOT/BOOTX64.EFI", bytes(vec![1]), meta(0o644, 0, 0));
     put(&mut clash, "/EFI/boot/bootx64.efi", bytes(vec![2]), meta(0o644, 0, 0));
     let err = fat_error(&clash, 8 * MIB, LABEL);
     assert!(matches!(err, FatError::CaseClash { .. }), "{err}");
-    assert!(err.to_string().contains("/EFI/boot and /EFI/BOOT differ only in case"), "{err}");
+    assert!(support::chain(&err).contains("/EFI/boot and /EFI/BOOT differ only in case"), "{err}");
 
     let full = one("/big", bytes(vec![7; 3 * MIB as usize]));
     let err = fat_error(&full, 2 * MIB, LABEL);
     assert!(matches!(err, FatError::NoSpace { .. }), "{err}");
-    let text = err.to_string();
+    let text = support::chain(&err);
     assert!(text.contains("needs") && text.contains("the ESP has 2097152"), "{err}");
 
     let small = one("/a", bytes(vec![1]));
     for size in [8 * MIB + 1, 1024, 16 * 1024, 3 << 40] {
         let err = fat_error(&small, size, LABEL);
         assert!(matches!(err, FatError::BadSize { .. }), "{size}: {err}");
-        assert!(err.to_string().contains(&size.to_string()), "{err}");
+        assert!(support::chain(&err).contains(&size.to_string()), "{err}");
     }
 
     for label in ["TWELVE CHARS", "été", "A/B", " ESP"] {
@@ -313,5 +313,5 @@ fn fat_refuses_what_it_cannot_hold() {
     fs::write(&host, b"after!").unwrap();
     let err = fat_error(&changed, 8 * MIB, LABEL);
     assert!(matches!(err, FatError::Host { .. }), "{err}");
-    assert!(err.to_string().contains("when it was hashed"), "{err}");
+    assert!(support::chain(&err).contains("when it was hashed"), "{err}");
 }

@@ -63,6 +63,17 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// An error and its causes, joined by ": " as the command line prints them.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
 /// What one run of kiln produced.
 #[derive(Debug)]
 pub struct Run {
