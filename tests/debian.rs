@@ -305,3 +305,104 @@ fn a_locked_build_of_packages_without_a_lock_is_a_lock_error() {
         .run(&["build", "--locked", recipe.to_str().unwrap()])
         .fails_with(EXIT_LOCK_MISMATCH);
 }
+
+fn blob_json(store: &Path, digest: &str) -> serde_json::Value {
+    let path = store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// The first layer of the referrer of `subject` with `artifact_type`, as JSON.
+fn referrer_document(store: &Path, subject: &str, artifact_type: &str) -> serde_json::Value {
+    let dir = store.join("referrers").join(subject.trim_start_matches("sha256:"));
+    for entry in fs::read_dir(&dir).unwrap() {
+        let desc: serde_json::Value =
+            serde_json::from_slice(&fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        if desc["artifactType"] == artifact_type {
+            let manifest = blob_json(store, desc["digest"].as_str().unwrap());
+            return blob_json(store, manifest["layers"][0]["digest"].as_str().unwrap());
+        }
+    }
+    panic!("no {artifact_type} referrer of {subject}")
+}
+
+#[test]
+fn the_sbom_lists_each_package_and_the_provenance_the_release_and_package_files() {
+    use base64::Engine;
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let store = ws.store("s");
+    let kiln = Kiln::new(&store);
+    let key = ws.path("signer");
+    kiln.run(&["keygen", "--out", key.to_str().unwrap()]).ok();
+    let report = kiln.build(&recipe, &["--sign", &format!("{}.key", key.display())]);
+    let locked: toml::Value = toml::from_str(&lock_text(&recipe)).unwrap();
+    let busybox = &locked["packages"][0]["package"][0];
+    let (version, sha256) =
+        (busybox["version"].as_str().unwrap(), busybox["sha256"].as_str().unwrap());
+
+    let manifest = report["manifests"][0]["digest"].as_str().unwrap();
+    let sbom = referrer_document(&store, manifest, "application/spdx+json");
+    let packages = sbom["packages"].as_array().unwrap();
+    let p = packages
+        .iter()
+        .find(|p| p["name"] == "busybox-static")
+        .expect("busybox-static in the SBOM");
+    assert_eq!(p["versionInfo"], version);
+    assert_eq!(p["checksums"][0]["checksumValue"], sha256.trim_start_matches("sha256:"));
+    assert_eq!(
+        p["externalRefs"][0]["referenceLocator"],
+        format!(
+            "pkg:deb/debian/busybox-static@{}?arch=amd64",
+            version.replace(':', "%3A").replace('+', "%2B")
+        )
+    );
+    assert!(p["sourceInfo"].as_str().unwrap().contains("busybox"), "{p}");
+    assert!(p["downloadLocation"].as_str().unwrap().ends_with(busybox["path"].as_str().unwrap()));
+    let id = p["SPDXID"].as_str().unwrap();
+    let file = sbom["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fileName"] == "./bin/busybox")
+        .unwrap();
+    assert!(
+        sbom["relationships"].as_array().unwrap().iter().any(|r| r["spdxElementId"] == id
+            && r["relationshipType"] == "CONTAINS"
+            && r["relatedSpdxElement"] == file["SPDXID"]),
+        "no CONTAINS from {id} to /bin/busybox"
+    );
+
+    let envelope = referrer_document(
+        &store,
+        report["digest"].as_str().unwrap(),
+        "application/vnd.in-toto+json",
+    );
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str().unwrap())
+        .unwrap();
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let deps =
+        statement["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+    let release = locked["repository"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    assert!(
+        deps.iter()
+            .any(|d| d["uri"].as_str().is_some_and(|u| u.ends_with("/dists/kiln/InRelease"))
+                && d["digest"]["sha256"] == release),
+        "{deps:?}"
+    );
+    assert!(
+        deps.iter().any(|d| d["digest"]["sha256"] == sha256.trim_start_matches("sha256:")),
+        "{deps:?}"
+    );
+    kiln.run(&[
+        "verify",
+        "debs:1",
+        "--key",
+        &format!("{}.pub", key.display()),
+        "--require",
+        "sbom,provenance",
+    ])
+    .ok();
+}

@@ -111,6 +111,7 @@ pub async fn attach_sboms(
     name: &str,
     version: Option<&str>,
     created: &str,
+    packages: &[sbom::DebianPackage],
 ) -> Result<Vec<AttachedSbom>, AttestError> {
     let mut out = Vec::new();
     for desc in manifests(store, root).await? {
@@ -122,6 +123,7 @@ pub async fn attach_sboms(
             image: desc.digest,
             created,
             files: &files,
+            packages,
         });
         let bytes = kiln_oci::to_canonical_json(&doc)?;
         let document = kiln_oci::Digest::of(&bytes);

@@ -55,10 +55,62 @@ pub struct Package {
     /// Its version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_info: Option<String>,
-    /// `NOASSERTION`: images are not downloaded from a location SPDX can name.
+    /// `NOASSERTION` for the image (it is not downloaded from a location SPDX can name);
+    /// where a Debian package was fetched from.
     pub download_location: String,
     /// False: files are listed separately and tied by CONTAINS relationships.
     pub files_analyzed: bool,
+    /// A Debian package's source package and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_info: Option<String>,
+    /// A Debian package file's sha256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksums: Vec<Checksum>,
+    /// A Debian package's purl.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_refs: Vec<ExternalRef>,
+}
+
+/// A reference to the package elsewhere (its purl).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRef {
+    /// `PACKAGE-MANAGER`.
+    pub reference_category: String,
+    /// `purl`.
+    pub reference_type: String,
+    /// `pkg:deb/debian/NAME@VERSION?arch=ARCH`.
+    pub reference_locator: String,
+}
+
+/// A Debian package installed in the image, as the lock pins it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebianPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub source: String,
+    pub source_version: String,
+    /// The URL the package file was fetched from.
+    pub download_location: String,
+    pub sha256: Digest,
+    /// The paths it installed (`/usr/bin/x`), regular files among them listed as CONTAINS.
+    pub files: Vec<String>,
+}
+
+impl DebianPackage {
+    /// Its package URL: the version percent-encoded (an epoch's `:`, a `+`).
+    pub fn purl(&self) -> String {
+        let mut version = String::new();
+        for b in self.version.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                version.push(char::from(b));
+            } else {
+                version.push_str(&format!("%{b:02X}"));
+            }
+        }
+        format!("pkg:deb/debian/{}@{version}?arch={}", self.name, self.architecture)
+    }
 }
 
 /// A file.
@@ -108,6 +160,8 @@ pub struct SbomInput<'a> {
     pub created: &'a str,
     /// Regular files, `path → sha256`.
     pub files: &'a BTreeMap<String, Digest>,
+    /// The Debian packages installed.
+    pub packages: &'a [DebianPackage],
 }
 
 /// The SPDX document for an image.
@@ -119,8 +173,10 @@ pub fn document(input: &SbomInput<'_>) -> Document {
         related_spdx_element: image_id.clone(),
     }];
     let mut files = Vec::with_capacity(input.files.len());
+    let mut file_ids = BTreeMap::new();
     for (n, (path, digest)) in input.files.iter().enumerate() {
         let spdx_id = format!("SPDXRef-File-{n}");
+        file_ids.insert(path.as_str(), spdx_id.clone());
         relationships.push(Relationship {
             spdx_element_id: image_id.clone(),
             relationship_type: "CONTAINS".into(),
@@ -130,6 +186,53 @@ pub fn document(input: &SbomInput<'_>) -> Document {
             spdx_id,
             file_name: format!(".{path}"),
             checksums: vec![Checksum { algorithm: "SHA256".into(), checksum_value: digest.hex() }],
+        });
+    }
+    let mut packages = vec![Package {
+        spdx_id: image_id.clone(),
+        name: input.name.to_string(),
+        version_info: input.version.map(str::to_string),
+        download_location: "NOASSERTION".into(),
+        files_analyzed: false,
+        source_info: None,
+        checksums: Vec::new(),
+        external_refs: Vec::new(),
+    }];
+    for (n, p) in input.packages.iter().enumerate() {
+        let spdx_id = format!("SPDXRef-Package-deb-{n}");
+        relationships.push(Relationship {
+            spdx_element_id: image_id.clone(),
+            relationship_type: "CONTAINS".into(),
+            related_spdx_element: spdx_id.clone(),
+        });
+        for path in &p.files {
+            if let Some(file) = file_ids.get(path.as_str()) {
+                relationships.push(Relationship {
+                    spdx_element_id: spdx_id.clone(),
+                    relationship_type: "CONTAINS".into(),
+                    related_spdx_element: file.clone(),
+                });
+            }
+        }
+        packages.push(Package {
+            name: p.name.clone(),
+            version_info: Some(p.version.clone()),
+            download_location: p.download_location.clone(),
+            files_analyzed: false,
+            source_info: Some(format!(
+                "built from Debian source package {} {}",
+                p.source, p.source_version
+            )),
+            checksums: vec![Checksum {
+                algorithm: "SHA256".into(),
+                checksum_value: p.sha256.hex(),
+            }],
+            external_refs: vec![ExternalRef {
+                reference_category: "PACKAGE-MANAGER".into(),
+                reference_type: "purl".into(),
+                reference_locator: p.purl(),
+            }],
+            spdx_id,
         });
     }
     Document {
@@ -145,13 +248,7 @@ pub fn document(input: &SbomInput<'_>) -> Document {
             created: input.created.to_string(),
             creators: vec![format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
         },
-        packages: vec![Package {
-            spdx_id: image_id,
-            name: input.name.to_string(),
-            version_info: input.version.map(str::to_string),
-            download_location: "NOASSERTION".into(),
-            files_analyzed: false,
-        }],
+        packages,
         files,
         relationships,
     }

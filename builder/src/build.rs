@@ -84,6 +84,8 @@ pub struct BuildOptions {
 #[derive(Debug)]
 pub struct BuildOutput {
     pub index: Descriptor,
+    /// The Debian packages installed, layer by layer, with the paths each one installed.
+    pub installed: Vec<crate::packages::Installed>,
     pub manifests: Vec<(Platform, Descriptor)>,
     pub layers: Vec<(String, LayerRecord)>,
     pub layers_built: usize,
@@ -459,6 +461,7 @@ fn build_resolved(
     if lock_written {
         current.write(&lock_path)?;
     }
+    let installed = resolved.iter().flat_map(|l| l.installed.iter().cloned()).collect();
     // Tarballs' spooled contents are removed now: the process may end before that thread.
     let mut resolved = resolved;
     for layer in &mut resolved {
@@ -470,6 +473,7 @@ fn build_resolved(
     // and what it holds are dropped here.
     let _ = std::thread::Builder::new().spawn(move || drop((resolved, plans, rootfs)));
     Ok(BuildOutput {
+        installed,
         index: index.descriptor,
         manifests,
         layers,

@@ -102,6 +102,8 @@ pub struct ResolvedLayer {
     /// The Debian packages installed, each with the maintainer scripts it has and that were
     /// not run.
     pub skipped_scripts: Vec<(String, Vec<&'static str>)>,
+    /// The Debian packages installed, for the SBOM.
+    pub installed: Vec<packages::Installed>,
 }
 
 /// One addition to a layer's tree.
@@ -264,6 +266,7 @@ pub fn resolve_layer_with(
         steps.push((h.at.clone(), step));
     }
     let mut skipped_scripts = Vec::new();
+    let mut installed = Vec::new();
     if !spec.packages.is_empty() || !spec.debs.is_empty() {
         let mut spool = packages::spool()?;
         let mut unpacked = Vec::new();
@@ -277,7 +280,9 @@ pub fn resolve_layer_with(
                 let fields = [p.name.as_bytes(), p.version.as_bytes(), p.architecture.as_bytes()];
                 declared.item(b"package", &ImagePath::root(), None, &fields);
                 declared.digest(&p.sha256);
-                unpacked.push(packages::unpack_locked(p, &mut spool)?);
+                let u = packages::unpack_locked(p, &mut spool)?;
+                installed.push(u.installed(format!("{}/{}", p.repository, p.path), p.sha256));
+                unpacked.push(u);
             }
         }
         for d in &spec.debs {
@@ -293,7 +298,9 @@ pub fn resolve_layer_with(
                 host_metadata: false,
                 devices: false,
             });
-            unpacked.push(packages::unpack_file(d.src.abs(), &src, &mut spool)?);
+            let u = packages::unpack_file(d.src.abs(), &src, &mut spool)?;
+            installed.push(u.installed("NOASSERTION".to_string(), content.digest()));
+            unpacked.push(u);
         }
         skipped_scripts = unpacked
             .iter()
@@ -315,6 +322,7 @@ pub fn resolve_layer_with(
         digest: declared.finish(),
         steps,
         skipped_scripts,
+        installed,
     })
 }
 

@@ -228,6 +228,21 @@ fn load(
     Ok((locked, suite.packages.remove(arch).unwrap_or_default()))
 }
 
+/// A Debian package installed in a layer, for the SBOM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub source: String,
+    pub source_version: String,
+    /// Where the package file came from: its repository URL and path, or the recipe's file.
+    pub download_location: String,
+    pub sha256: Digest,
+    /// Every path it installed, as `/usr/bin/x`.
+    pub files: Vec<String>,
+}
+
 /// One package unpacked for a layer: its members and what dpkg's database says of it.
 #[derive(Debug)]
 pub struct Unpacked {
@@ -241,6 +256,27 @@ pub struct Unpacked {
     md5sums: Option<String>,
     /// `name` or `name:arch` for a `Multi-Arch: same` package, as dpkg names its files.
     info_name: String,
+    pub version: String,
+    pub architecture: String,
+    /// The source package and its version (the package's own when its control names none).
+    pub source: String,
+    pub source_version: String,
+}
+
+impl Unpacked {
+    /// What the SBOM says of it.
+    pub fn installed(&self, download_location: String, sha256: Digest) -> Installed {
+        Installed {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            architecture: self.architecture.clone(),
+            source: self.source.clone(),
+            source_version: self.source_version.clone(),
+            download_location,
+            sha256,
+            files: self.members.iter().map(|m| m.path.to_string()).collect(),
+        }
+    }
 }
 
 /// Fetches a locked package from its repository, refusing any byte that differs from the
@@ -351,8 +387,22 @@ fn unpack(
             control.fields.get("Architecture").unwrap_or("?")
         )
     };
+    let version = control.fields.get("Version").unwrap_or("").to_string();
+    let (source, source_version) = match control.fields.get("Source") {
+        None => (package.clone(), version.clone()),
+        Some(text) => match text.split_once('(') {
+            None => (text.trim().to_string(), version.clone()),
+            Some((s, v)) => {
+                (s.trim().to_string(), v.trim().trim_end_matches(')').trim().to_string())
+            }
+        },
+    };
     Ok(Unpacked {
         label,
+        version,
+        architecture: control.fields.get("Architecture").unwrap_or("").to_string(),
+        source,
+        source_version,
         name: package,
         members,
         skipped_scripts: control.scripts.clone(),

@@ -92,6 +92,7 @@ pub fn attest_build(
         epoch: epoch.seconds(),
         platforms: out.manifests.iter().map(|(p, _)| p.to_string()).collect(),
         inputs,
+        debian: debian_dependencies(&out.lock),
         source_commit: source.commit.clone(),
         sboms: Vec::new(),
         format: out.lock.format,
@@ -109,6 +110,7 @@ pub fn attest_build(
                 &recipe.name,
                 Some(&recipe.version),
                 &epoch.rfc3339(),
+                &sbom_packages(out),
             )
             .await?;
             // The provenance names each SBOM document, so its signature binds them.
@@ -131,4 +133,40 @@ pub fn attest_build(
             })
         })
         .context("attaching signature, SBOM and provenance")
+}
+
+/// The provenance's record of Debian inputs: each repository's verified release and each
+/// package file, by digest.
+fn debian_dependencies(
+    lock: &kiln_builder::Lock,
+) -> Vec<kiln_attest::provenance::ResourceDescriptor> {
+    use kiln_attest::provenance::ResourceDescriptor;
+    let releases = lock.repositories.iter().map(|r| ResourceDescriptor {
+        name: Some(format!("debian-repository:{} {}", r.url, r.suite)),
+        uri: Some(format!("{}/dists/{}/{}", r.url, r.suite, r.release)),
+        digest: std::collections::BTreeMap::from([("sha256".to_string(), r.digest.hex())]),
+    });
+    let packages = lock.packages.iter().flat_map(|l| &l.chosen).map(|p| ResourceDescriptor {
+        name: Some(format!("{}_{}_{}", p.name, p.version, p.architecture)),
+        uri: Some(format!("{}/{}", p.repository, p.path)),
+        digest: std::collections::BTreeMap::from([("sha256".to_string(), p.sha256.hex())]),
+    });
+    releases.chain(packages).collect()
+}
+
+/// The SBOM's Debian packages, from what the build installed.
+fn sbom_packages(out: &kiln_builder::BuildOutput) -> Vec<kiln_attest::sbom::DebianPackage> {
+    out.installed
+        .iter()
+        .map(|p| kiln_attest::sbom::DebianPackage {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            architecture: p.architecture.clone(),
+            source: p.source.clone(),
+            source_version: p.source_version.clone(),
+            download_location: p.download_location.clone(),
+            sha256: p.sha256,
+            files: p.files.clone(),
+        })
+        .collect()
 }
