@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_builder::disk::cpio::write_cpio;
 use kiln_compress::compress;
 use kiln_compress::Compression;
+use kiln_disk::cpio::write_cpio;
 use kiln_tree::{Content, Entry, EntryKind, Epoch, ImagePath, Meta, Tree};
 use support::{in_ci, Workspace};
 

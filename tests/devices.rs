@@ -5,11 +5,11 @@
 
 mod support;
 
-use kiln_builder::disk::cpio::write_cpio;
-use kiln_builder::disk::erofs::write_erofs;
-use kiln_builder::disk::ext4::write_ext4;
-use kiln_builder::disk::squashfs::write_squashfs;
 use kiln_builder::write_tar;
+use kiln_disk::cpio::write_cpio;
+use kiln_disk::erofs::write_erofs;
+use kiln_disk::ext4::write_ext4;
+use kiln_disk::squashfs::write_squashfs;
 use kiln_tree::{Device, EntryKind, Epoch, Tree};
 use support::fs_model::{bytes, disk_listing, meta, put};
 use support::{is_root, require_tool, sh, Workspace};

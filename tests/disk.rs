@@ -9,16 +9,16 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use kiln_builder::disk::cpio::write_cpio;
-use kiln_builder::disk::erofs::write_erofs;
-use kiln_builder::disk::gpt::{
+use kiln_compress::{compress, Compression};
+use kiln_disk::cpio::write_cpio;
+use kiln_disk::erofs::write_erofs;
+use kiln_disk::gpt::{
     derive_guid, write_gpt, Arch, GptError, Guid, Partition, PartitionData, PartitionType,
 };
-use kiln_builder::disk::plan::DiskPlan;
-use kiln_builder::disk::qcow2::{write_qcow2, Qcow2Layout};
-use kiln_builder::disk::verity::{salt_from, write_verity, VerityTree};
-use kiln_builder::disk::vhd;
-use kiln_compress::{compress, Compression};
+use kiln_disk::layout::DiskPlan;
+use kiln_disk::qcow2::{write_qcow2, Qcow2Layout};
+use kiln_disk::verity::{salt_from, write_verity, VerityTree};
+use kiln_disk::vhd;
 use kiln_oci::Digest;
 use kiln_tree::{Content, EntryKind, Epoch, HostFile, ImagePath, Tree};
 use support::fs_model::{

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln_builder::disk::ext4::{write_ext4, Ext4Image};
+use kiln_disk::ext4::{write_ext4, Ext4Image};
 use kiln_oci::Digest;
 use kiln_tree::{Content, EntryKind, Epoch, HostFile, Tree};
 use support::fs_model::{

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use kiln_builder::disk::fat::{write_fat, FatError};
+use kiln_disk::fat::{write_fat, FatError};
 use kiln_oci::{Digest, HashingWriter};
 use kiln_tree::{Content, EntryKind, Epoch, HostFile, ImagePath, Meta, Tree};
 use support::fs_model::{bytes, disk_listing, meta, model_listing, put, same};

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use kiln_builder::disk::squashfs::{write_squashfs, SquashfsImage};
+use kiln_disk::squashfs::{write_squashfs, SquashfsImage};
 use kiln_oci::Digest;
 use kiln_tree::{Content, EntryKind, Epoch, HostFile, Tree};
 use support::fs_model::{

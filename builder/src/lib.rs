@@ -6,7 +6,6 @@
 //! [`build::BlobSink`] that the caller backs with a store.
 
 pub mod build;
-pub mod disk;
 pub mod hash_cache;
 pub mod image;
 pub mod inputs;
@@ -19,8 +18,6 @@ pub mod rootfs;
 pub mod source_path;
 pub mod tar;
 pub mod tarball;
-#[cfg(test)]
-mod test_data;
 mod writeback;
 
 pub use build::{

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Digest, Platform};
 
 use kiln_compress::Compression;
+use kiln_disk::{DiskLayout, PartitionLabels, RootFs};
 use kiln_tree::image_path::{ImagePath, ImagePathError};
 use kiln_tree::Epoch;
 
@@ -109,38 +110,23 @@ pub struct DiskSpec {
     pub verity: bool,
     /// Output formats, in recipe order, without repeats (`raw` when none is given).
     pub formats: Vec<DiskFormat>,
-    /// GPT partition names chosen in the recipe; `None` keeps the default name.
+    /// GPT partition names (`labels = { root = .., verity = .., esp = .. }`); `None` keeps
+    /// the default name.
     pub labels: PartitionLabels,
     /// An EFI System Partition made of files taken from the image.
     pub esp: Option<EspSpec>,
 }
 
-/// The filesystem of a disk's root partition.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RootFs {
-    #[default]
-    Erofs,
-    Squashfs,
-    Ext4,
-}
-
-impl RootFs {
-    /// The name used in recipes and file names.
-    pub fn name(self) -> &'static str {
-        match self {
-            RootFs::Erofs => "erofs",
-            RootFs::Squashfs => "squashfs",
-            RootFs::Ext4 => "ext4",
+impl DiskSpec {
+    /// The disk this table describes, as the disk writers take it.
+    pub fn layout(&self) -> DiskLayout {
+        DiskLayout {
+            size: self.size,
+            root: self.root,
+            verity: self.verity,
+            labels: self.labels.clone(),
         }
     }
-}
-
-/// GPT partition names (`[disk] labels = { root = .., verity = .., esp = .. }`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PartitionLabels {
-    pub root: Option<String>,
-    pub verity: Option<String>,
-    pub esp: Option<String>,
 }
 
 /// The `[disk.esp]` table: a FAT EFI System Partition.

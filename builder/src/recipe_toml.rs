@@ -7,13 +7,14 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use kiln_compress::Compression;
+use kiln_disk::{PartitionLabels, RootFs};
 use kiln_tree::image_path::ImagePath;
 use kiln_tree::Epoch;
 
 use crate::recipe::{
     ConfigSpec, DebSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec,
-    InlineSpec, LayerSpec, Location, Ownership, PackageSpec, PartitionLabels, Problem, RecipeError,
-    RepositorySpec, RootFs, SymlinkSpec, TarballSpec, TreeSpec,
+    InlineSpec, LayerSpec, Location, Ownership, PackageSpec, Problem, RecipeError, RepositorySpec,
+    SymlinkSpec, TarballSpec, TreeSpec,
 };
 use crate::source_path::SourcePath;
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use kiln_builder::disk::artifacts::DISK_ARTIFACT;
+use kiln_builder::build::disks::DISK_ARTIFACT;
 use kiln_oci::{media_type, Descriptor, ImageIndex, ImageManifest};
 use kiln_store::layout;
 use kiln_store::Reference;

@@ -1,19 +1,60 @@
-//! The plan of a GPT disk that every output format shares: where each partition goes, which
-//! byte ranges hold content and in which order that content is made, and the partition and
-//! disk GUIDs derived from it.
+//! What a disk is to be ([`DiskLayout`]) and its plan, which every output format shares: where
+//! each partition goes, which byte ranges hold content and in which order that content is made,
+//! and the partition and disk GUIDs derived from it.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::Path;
 
-use crate::disk::gpt::{
+use crate::gpt::{
     backup_offset, derive_guid, place, Arch, GptError, Guid, Partition, PartitionData,
     PartitionType, PRIMARY_SIZE,
 };
-use crate::disk::qcow2::CLUSTER;
-use crate::disk::verity::VerityTree;
-use crate::recipe::DiskSpec;
+use crate::qcow2::CLUSTER;
+use crate::verity::VerityTree;
+
+/// A GPT disk: its size, its root filesystem, whether a dm-verity hash partition follows the
+/// root, and the partitions' names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskLayout {
+    /// Disk size in bytes (a multiple of 512).
+    pub size: u64,
+    /// The root partition's filesystem.
+    pub root: RootFs,
+    /// Add a dm-verity hash partition for the root.
+    pub verity: bool,
+    /// GPT partition names; `None` keeps the default name.
+    pub labels: PartitionLabels,
+}
+
+/// The filesystem of a disk's root partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RootFs {
+    #[default]
+    Erofs,
+    Squashfs,
+    Ext4,
+}
+
+impl RootFs {
+    /// The name used in recipes and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            RootFs::Erofs => "erofs",
+            RootFs::Squashfs => "squashfs",
+            RootFs::Ext4 => "ext4",
+        }
+    }
+}
+
+/// GPT partition names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionLabels {
+    pub root: Option<String>,
+    pub verity: Option<String>,
+    pub esp: Option<String>,
+}
 
 /// The ESP as written to its scratch file.
 pub struct EspImage {
@@ -120,7 +161,7 @@ impl Guids {
 /// The partition table entries: ESP, root, hash partition, each with its content in place
 /// (callers that copy content in set [`Partition::data`]).
 pub fn partitions<'a>(
-    spec: &DiskSpec,
+    labels: &PartitionLabels,
     arch: Arch,
     esp: Option<&EspImage>,
     root_size: u64,
@@ -135,7 +176,7 @@ pub fn partitions<'a>(
         parts.push(Partition {
             kind: PartitionType::Esp,
             guid: esp.guid,
-            label: label(PartitionType::Esp, &spec.labels.esp),
+            label: label(PartitionType::Esp, &labels.esp),
             size: esp.size,
             data: PartitionData::InPlace,
         });
@@ -143,7 +184,7 @@ pub fn partitions<'a>(
     parts.push(Partition {
         kind: PartitionType::Root(arch),
         guid: guids.root,
-        label: label(PartitionType::Root(arch), &spec.labels.root),
+        label: label(PartitionType::Root(arch), &labels.root),
         size: root_size,
         data: PartitionData::InPlace,
     });
@@ -151,7 +192,7 @@ pub fn partitions<'a>(
         parts.push(Partition {
             kind: PartitionType::RootVerity(arch),
             guid: guids.verity,
-            label: label(PartitionType::RootVerity(arch), &spec.labels.verity),
+            label: label(PartitionType::RootVerity(arch), &labels.verity),
             size: v.hash_size,
             data: PartitionData::InPlace,
         });

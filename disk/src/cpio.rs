@@ -1,5 +1,5 @@
 //! The root filesystem as a cpio archive in the "newc" format the kernel unpacks as an
-//! initramfs (compress it with [`kiln_compress`] for `initrd=`).
+//! initramfs (compress it with `kiln_compress` for `initrd=`).
 //!
 //! Entries come in path order (parents first), inode numbers count from 1 in that order,
 //! every mtime is the epoch, and a hard-link group carries its data on its first entry (the

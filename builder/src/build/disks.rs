@@ -7,32 +7,36 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-
-use kiln_oci::{media_type, Descriptor, Digest, HashingReader, ImageManifest, Sha256};
 
 use kiln_compress::{compress, Compression, CompressionError};
+use kiln_disk::cpio::{write_cpio, CpioError};
+use kiln_disk::erofs::{self, write_erofs, ErofsError, ErofsPlan};
+use kiln_disk::ext4::{write_ext4, Ext4Error};
+use kiln_disk::fat::{write_fat, FatError};
+use kiln_disk::gpt::{
+    backup_offset, derive_guid, gpt_layout, partition_offset, write_gpt, Arch, GptError,
+    PartitionData, SparseFile,
+};
+use kiln_disk::layout::{
+    content_ranges, partitions, DiskLayout, DiskPlan, EspImage, Guids, RootFs,
+};
+use kiln_disk::partition_file::PartitionFile;
+use kiln_disk::qcow2::{write_qcow2, Qcow2Error, Qcow2Layout, Qcow2Stream};
+use kiln_disk::squashfs::{write_squashfs, SquashfsError};
+use kiln_disk::verity::{
+    self, salt_from, write_verity, VerityError, VerityHasher, VerityTee, VerityTree,
+};
+use kiln_disk::vhd;
+use kiln_oci::{media_type, Descriptor, Digest, ImageManifest};
 use kiln_tree::host_file::HostFile;
 use kiln_tree::image_path::{ImagePath, ImagePathError};
 use kiln_tree::tree::{Content, Entry, EntryKind, Meta, Tree, TreeError};
 use kiln_tree::Epoch;
 
-use crate::disk::cpio::{write_cpio, CpioError};
-use crate::disk::erofs::{self, write_erofs, ErofsError, ErofsPlan};
-use crate::disk::ext4::{write_ext4, Ext4Error};
-use crate::disk::fat::{write_fat, FatError};
-use crate::disk::gpt::{
-    backup_offset, derive_guid, gpt_layout, partition_offset, write_gpt, Arch, GptError,
-    PartitionData, SparseFile,
-};
-use crate::disk::plan::{self, partitions, DiskPlan, EspImage, Guids};
-use crate::disk::qcow2::{write_qcow2, Qcow2Error, Qcow2Layout, Qcow2Stream};
-use crate::disk::squashfs::{write_squashfs, SquashfsError};
-use crate::disk::verity::{self, salt_from, write_verity, VerityError, VerityHasher, VerityTree};
-use crate::disk::vhd;
+use crate::build::hashed_file::{hash_file, write_hashed, HashedFileError};
 use crate::image::JsonBlob;
 use crate::layer::{write_layer, LayerError};
-use crate::recipe::{DiskFormat, DiskSpec, EspSpec, RootFs};
+use crate::recipe::{DiskFormat, DiskSpec, EspSpec};
 use crate::rootfs::RootfsError;
 
 /// artifactType of the disk images attached to an image.
@@ -80,8 +84,8 @@ pub enum DiskError {
     GceTree(#[from] TreeError),
     #[error("GCE image")]
     GcePath(#[from] ImagePathError),
-    #[error("the thread hashing a disk file stopped unexpectedly")]
-    HashThread,
+    #[error(transparent)]
+    File(#[from] HashedFileError),
     #[error("no disk was written for the {0:?} output (a bug in kiln)")]
     Missing(DiskFormat),
     #[error("serialising the disk artifact manifest")]
@@ -133,83 +137,6 @@ fn open(path: &Path) -> Result<File, DiskError> {
     File::open(path).map_err(io_err(path))
 }
 
-/// The sha256 and size of a file.
-fn hash_file(path: &Path) -> Result<(Digest, u64), DiskError> {
-    let mut reader = HashingReader::new(BufReader::new(open(path)?));
-    io::copy(&mut reader, &mut io::sink()).map_err(io_err(path))?;
-    Ok(reader.finish())
-}
-
-/// Creates the file at `path` and fills it through `write`, hashing every byte written on a
-/// second thread (so writing and hashing use both cores): returns what `write` returned and
-/// the file's sha256 and size, without reading it back.
-fn write_hashed<T, F>(path: &Path, write: F) -> Result<(T, (Digest, u64)), DiskError>
-where
-    F: FnOnce(&mut dyn Write) -> Result<T, DiskError>,
-{
-    let file = BufWriter::with_capacity(HASH_CHUNK, create(path)?);
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
-        let hasher = scope.spawn(move || {
-            let (mut h, mut len) = (Sha256::new(), 0u64);
-            for chunk in rx {
-                h.update(&chunk);
-                len += chunk.len() as u64;
-            }
-            (h.finish(), len)
-        });
-        let mut tee = Tee { file, tx, pending: Vec::with_capacity(HASH_CHUNK) };
-        let written =
-            write(&mut tee).and_then(|made| tee.finish().map_err(io_err(path)).map(|()| made));
-        // Dropping the sender (with `tee`) ends the hashing thread.
-        drop(tee);
-        let hashed = hasher.join().map_err(|_| DiskError::HashThread);
-        Ok((written?, hashed?))
-    })
-}
-
-/// Bytes handed to the hashing thread at a time.
-const HASH_CHUNK: usize = 1 << 20;
-
-/// Writes to a file and passes the same bytes, in chunks, to a hashing thread.
-struct Tee {
-    file: BufWriter<File>,
-    tx: mpsc::SyncSender<Vec<u8>>,
-    pending: Vec<u8>,
-}
-
-impl Tee {
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_CHUNK));
-        self.tx.send(chunk).map_err(|_| io::Error::other("the hashing thread stopped"))
-    }
-
-    /// Hands over what is left and flushes the file.
-    fn finish(&mut self) -> io::Result<()> {
-        self.send()?;
-        self.file.flush()
-    }
-}
-
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write_all(buf)?;
-        self.pending.extend_from_slice(buf);
-        if self.pending.len() >= HASH_CHUNK {
-            self.send()?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The root partition's filesystem image.
 struct RootImage {
     size: u64,
@@ -218,52 +145,6 @@ struct RootImage {
     file: Option<PathBuf>,
     /// Its dm-verity hashes, when they were taken as it was written.
     verity: Option<VerityHasher>,
-}
-
-/// A writer that also feeds what it writes to a dm-verity hasher.
-struct VerityTee<'h, W> {
-    out: W,
-    hasher: &'h mut VerityHasher,
-}
-
-impl<W: Write> Write for VerityTee<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]).map_err(io::Error::other)?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-/// A file seen from byte `base` on: what a filesystem writer writes at its position 0 lands at
-/// the partition's offset of the raw disk.
-struct OffsetFile {
-    file: BufWriter<File>,
-    base: u64,
-}
-
-impl Write for OffsetFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Seek for OffsetFile {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let at = match pos {
-            SeekFrom::Start(n) => self.file.seek(SeekFrom::Start(self.base + n))?,
-            SeekFrom::Current(d) => self.file.seek(SeekFrom::Current(d))?,
-            SeekFrom::End(_) => {
-                return Err(io::Error::other("a partition has no end to seek from"))
-            }
-        };
-        at.checked_sub(self.base).ok_or_else(|| io::Error::other("seek before the partition"))
-    }
 }
 
 /// Writes `rootfs` as the filesystem `kind`: erofs and squashfs straight into the raw disk
@@ -278,10 +159,9 @@ fn write_root(
     raw: (&Path, u64),
 ) -> Result<RootImage, DiskError> {
     let (raw_path, offset) = raw;
-    let in_raw = || -> Result<OffsetFile, DiskError> {
-        let mut file = OpenOptions::new().write(true).open(raw_path).map_err(io_err(raw_path))?;
-        file.seek(SeekFrom::Start(offset)).map_err(io_err(raw_path))?;
-        Ok(OffsetFile { file: BufWriter::with_capacity(1 << 20, file), base: offset })
+    let in_raw = || -> Result<PartitionFile, DiskError> {
+        let file = OpenOptions::new().write(true).open(raw_path).map_err(io_err(raw_path))?;
+        PartitionFile::new(file, offset).map_err(io_err(raw_path))
     };
     let image = |size, uuid| RootImage { size, uuid, file: None, verity: None };
     match kind {
@@ -366,7 +246,7 @@ struct EspFile {
 /// What a disk is made of and from.
 struct DiskJob<'a> {
     rootfs: &'a Tree,
-    spec: &'a DiskSpec,
+    layout: &'a DiskLayout,
     arch: Arch,
     epoch: Epoch,
     threads: usize,
@@ -388,7 +268,7 @@ struct WrittenDisk {
 /// Writes the raw disk (`disk.raw`, sparse): the root in place at its offset, then the GPT
 /// and the other partitions around it.
 fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
-    let (spec, work_dir) = (job.spec, job.work_dir);
+    let (disk, work_dir) = (job.layout, job.work_dir);
     let esp = job.esp.map(|e| &e.image);
 
     let raw_path = work_dir.join("disk.raw");
@@ -396,10 +276,10 @@ fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
     let before: Vec<u64> = esp.iter().map(|e| e.size).collect();
     let root_offset = partition_offset(&before);
     let mut root = write_root(
-        spec.root,
+        disk.root,
         job.rootfs,
         job.epoch,
-        (job.threads, spec.verity),
+        (job.threads, disk.verity),
         work_dir,
         (&raw_path, root_offset),
     )?;
@@ -413,7 +293,7 @@ fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
         Ok(BufReader::with_capacity(1 << 20, file).take(root.size))
     };
     let verity_path = work_dir.join("root.verity");
-    let verity = if spec.verity {
+    let verity = if disk.verity {
         let mut out = BufWriter::new(create(&verity_path)?);
         let tree = match root.verity.take() {
             Some(hasher) => hasher.finish(&mut out)?,
@@ -427,7 +307,7 @@ fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
         None
     };
     let guids = Guids::new(verity.as_ref(), &root.uuid, esp.map(|e| e.guid));
-    let plan = DiskPlan::new(spec.size, esp, root.size, verity.as_ref().map(|v| v.hash_size))?;
+    let plan = DiskPlan::new(disk.size, esp, root.size, verity.as_ref().map(|v| v.hash_size))?;
 
     {
         // What is not written in place (the root, for erofs and squashfs) is copied in.
@@ -443,7 +323,7 @@ fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
             Some(_) => Some(BufReader::new(open(&verity_path)?)),
             None => None,
         };
-        let mut parts = partitions(spec, job.arch, esp, root.size, verity.as_ref(), &guids);
+        let mut parts = partitions(&disk.labels, job.arch, esp, root.size, verity.as_ref(), &guids);
         let root_at = usize::from(esp.is_some());
         let sources: [(Option<&mut dyn Read>, usize); 3] = [
             (esp_data.as_mut().map(|r| r as &mut dyn Read), 0),
@@ -457,8 +337,8 @@ fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
         }
         let file = OpenOptions::new().write(true).open(&raw_path).map_err(io_err(&raw_path))?;
         let mut out = SparseFile::new(file);
-        write_gpt(spec.size, guids.disk, &mut parts, &mut out)?;
-        out.finish(spec.size).map_err(io_err(&raw_path))?;
+        write_gpt(disk.size, guids.disk, &mut parts, &mut out)?;
+        out.finish(disk.size).map_err(io_err(&raw_path))?;
     }
     // Intermediate files are not outputs; failing to remove them is harmless.
     if let Some(path) = &root.file {
@@ -480,9 +360,9 @@ enum RootSource<'a> {
 /// the root (hashed for dm-verity on the way), the hash tree, the backup GPT, the ESP and the
 /// primary GPT, each where the plan laid out its clusters.
 fn write_qcow2_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
-    let (spec, work_dir) = (job.spec, job.work_dir);
+    let (disk, work_dir) = (job.layout, job.work_dir);
     let esp = job.esp.map(|e| &e.image);
-    let root = match spec.root {
+    let root = match disk.root {
         RootFs::Erofs => RootSource::Erofs(ErofsPlan::new(job.rootfs, job.epoch)?),
         RootFs::Squashfs => {
             let path = work_dir.join("root.squashfs");
@@ -506,16 +386,16 @@ fn write_qcow2_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
         RootSource::File { path, .. } => Some(path.clone()),
         RootSource::Erofs(_) => None,
     };
-    let hash_size = spec.verity.then(|| verity::hash_size(root_size));
-    let plan = DiskPlan::new(spec.size, esp, root_size, hash_size)?;
-    let layout = Qcow2Layout::new(spec.size, &plan.extents)?;
+    let hash_size = disk.verity.then(|| verity::hash_size(root_size));
+    let plan = DiskPlan::new(disk.size, esp, root_size, hash_size)?;
+    let layout = Qcow2Layout::new(disk.size, &plan.extents)?;
 
     let path = work_dir.join("disk.qcow2");
     let written = write_hashed(&path, |out| {
         let mut q = Qcow2Stream::new(&layout, out)?;
         q.seek(plan.root_offset);
         let salt = salt_from(&root_uuid);
-        let mut hasher = spec.verity.then(|| VerityHasher::new(salt, job.threads)).transpose()?;
+        let mut hasher = disk.verity.then(|| VerityHasher::new(salt, job.threads)).transpose()?;
         {
             let mut sink: Box<dyn Write> = match &mut hasher {
                 Some(hasher) => Box::new(VerityTee { out: &mut q, hasher }),
@@ -548,13 +428,13 @@ fn write_qcow2_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
             _ => None,
         };
         let guids = Guids::new(verity.as_ref(), &root_uuid, esp.map(|e| e.guid));
-        let parts = partitions(spec, job.arch, esp, root_size, verity.as_ref(), &guids);
-        let gpt = gpt_layout(spec.size, guids.disk, &parts)?;
+        let parts = partitions(&disk.labels, job.arch, esp, root_size, verity.as_ref(), &guids);
+        let gpt = gpt_layout(disk.size, guids.disk, &parts)?;
         let write = |q: &mut Qcow2Stream<'_, _>, at, bytes: &[u8]| {
             q.seek(at);
             q.write_all(bytes).map_err(io_err(&path))
         };
-        write(&mut q, backup_offset(spec.size), &gpt.backup)?;
+        write(&mut q, backup_offset(disk.size), &gpt.backup)?;
         if let (Some(esp), Some(at)) = (job.esp, plan.esp_offset) {
             let mut file = File::open(&esp.path).map_err(io_err(&esp.path))?;
             let mut buf = Vec::new();
@@ -604,7 +484,7 @@ pub fn make_disks(
             write_fat(&tree, esp_spec.size, epoch, volume_id, "ESP", &mut out)?;
             out.flush().map_err(io_err(&path))?;
             drop(out);
-            let content = plan::content_ranges(&path, esp_spec.size).map_err(io_err(&path))?;
+            let content = content_ranges(&path, esp_spec.size).map_err(io_err(&path))?;
             let guid = derive_guid("esp", seed.as_bytes());
             Some(EspFile { path, image: EspImage { size: esp_spec.size, guid, content } })
         }
@@ -617,7 +497,9 @@ pub fn make_disks(
         .formats
         .iter()
         .any(|f| matches!(f, DiskFormat::Raw | DiskFormat::Vhd | DiskFormat::Gce));
-    let job = DiskJob { rootfs, spec, arch, epoch, threads, work_dir, esp: esp.as_ref() };
+    let layout = spec.layout();
+    let job =
+        DiskJob { rootfs, layout: &layout, arch, epoch, threads, work_dir, esp: esp.as_ref() };
     let mut disk = if raw_wanted {
         Some(write_raw_disk(&job)?)
     } else if spec.formats.contains(&DiskFormat::Qcow2) {
@@ -650,8 +532,9 @@ pub fn make_disks(
                 let path = work_dir.join("disk.qcow2");
                 let layout = Qcow2Layout::new(spec.size, &written(*format)?.plan.extents)?;
                 let raw_data = BufReader::new(open(raw_path)?);
-                let ((), hashed) =
-                    write_hashed(&path, |out| Ok(write_qcow2(&layout, raw_data, out).map(drop)?))?;
+                let ((), hashed) = write_hashed::<_, DiskError, _>(&path, |out| {
+                    Ok(write_qcow2(&layout, raw_data, out).map(drop)?)
+                })?;
                 (path, hashed)
             }
             (DiskFormat::Raw, Some(raw_path)) => {
@@ -690,7 +573,7 @@ pub fn make_disks(
                 drop(cpio);
                 let path = work_dir.join("initramfs.cpio.gz");
                 let input = BufReader::new(open(&cpio_path)?);
-                let ((), hashed) = write_hashed(&path, |out| {
+                let ((), hashed) = write_hashed::<_, DiskError, _>(&path, |out| {
                     Ok(compress(&Compression::GZIP, threads, input, out).map(drop)?)
                 })?;
                 let _ = std::fs::remove_file(&cpio_path);
@@ -719,7 +602,7 @@ pub fn make_disks(
     };
     let mut annotations = BTreeMap::new();
     if let Some(v) = &verity {
-        annotations.insert(ROOT_HASH_ANNOTATION.to_string(), hex(&v.root_hash));
+        annotations.insert(ROOT_HASH_ANNOTATION.to_string(), v.root_hash_hex());
     }
     let layers = files.iter().map(|f| f.descriptor.clone()).collect();
     let manifest = ImageManifest::artifact(DISK_ARTIFACT, layers, subject, annotations.clone());

@@ -66,6 +66,13 @@ pub struct VerityTree {
     pub hash_size: u64,
 }
 
+impl VerityTree {
+    /// The root hash in lowercase hex, as `veritysetup` and the kernel command line take it.
+    pub fn root_hash_hex(&self) -> String {
+        self.root_hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// The salt for data identified by `seed`.
 pub fn salt_from(seed: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -258,6 +265,24 @@ impl VerityHasher {
             hash_size += padded;
         }
         Ok(VerityTree { root_hash, salt, uuid, data_blocks, hash_size })
+    }
+}
+
+/// A writer that also feeds what it writes to a [`VerityHasher`], so an image is hashed as it
+/// is written instead of read back.
+pub struct VerityTee<'h, W> {
+    pub out: W,
+    pub hasher: &'h mut VerityHasher,
+}
+
+impl<W: Write> Write for VerityTee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]).map_err(io::Error::other)?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 

@@ -9,17 +9,22 @@ use kiln_compress::Compression;
 use kiln_tree::tree::{EntryKind, Tree};
 use kiln_tree::Epoch;
 
-use crate::disk::artifacts::{esp_tree, make_disks, DiskError, DiskOutput};
-use crate::disk::ext4::e2fsprogs_version;
-use crate::disk::gpt::Arch;
+use kiln_disk::ext4::e2fsprogs_version;
+use kiln_disk::gpt::Arch;
+use kiln_disk::RootFs;
+
+use crate::build::disks::{esp_tree, make_disks, DiskError, DiskOutput};
 use crate::hash_cache::HashCache;
 use crate::image::{self, JsonBlob, LayerRecord};
 use crate::inputs::{self, InputError, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::lock::{Lock, LockDifference, LockError, FORMAT_VERSION};
 use crate::packages::{PackageError, Resolution};
-use crate::recipe::{DiskSpec, Recipe, RootFs};
+use crate::recipe::{DiskSpec, Recipe};
 use crate::rootfs::{Rootfs, RootfsError};
+
+pub mod disks;
+mod hashed_file;
 
 /// An error from the code that stores blobs, kept opaque to the builder.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;

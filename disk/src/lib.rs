@@ -1,0 +1,21 @@
+//! The filesystem and disk formats kiln writes itself, one module per format, each from a
+//! [`kiln_tree::Tree`] and an [`kiln_tree::Epoch`] to the same bytes on every machine:
+//! root filesystems ([`erofs`], [`squashfs`], [`ext4`] through mke2fs), the ESP ([`fat`]), the
+//! partition table ([`gpt`]), dm-verity hashes ([`verity`]), container formats ([`qcow2`],
+//! [`vhd`]) and the initramfs ([`cpio`]). [`layout`] plans a disk from a [`DiskLayout`].
+
+pub mod cpio;
+pub mod erofs;
+pub mod ext4;
+pub mod fat;
+pub mod gpt;
+pub mod layout;
+pub mod partition_file;
+pub mod qcow2;
+pub mod squashfs;
+#[cfg(test)]
+mod test_data;
+pub mod verity;
+pub mod vhd;
+
+pub use layout::{DiskLayout, PartitionLabels, RootFs};
