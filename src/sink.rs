@@ -320,6 +320,16 @@ impl BlobSink for StoreSink<'_> {
         })
     }
 
+    fn copy_blob(&mut self, descriptor: &Descriptor, target: &Path) -> Result<bool, SinkError> {
+        self.lease(&[descriptor.digest])?;
+        if !self.runtime.block_on(self.store.has_blob(&descriptor.digest))? {
+            return Ok(false);
+        }
+        self.runtime.block_on(self.store.copy_described_to(descriptor, target))?;
+        self.present += 1;
+        Ok(true)
+    }
+
     fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError> {
         self.runtime.block_on(self.store.put_referrer(subject, artifact))?;
         Ok(())

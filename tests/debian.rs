@@ -161,6 +161,15 @@ fn a_plain_build_never_resolves_again_and_lock_update_does() {
     // The same lock builds the same image in another store.
     let again = Kiln::new(&ws.store("t")).build(&recipe, &["--locked"]);
     assert_eq!(digest_of(&first), digest_of(&again));
+    // The package files are blobs of both stores now: with the repository gone, each still
+    // builds, and a new store cannot.
+    fs::remove_dir_all(repo.join("pool")).unwrap();
+    let cached = kiln.build(&recipe, &["--locked"]);
+    assert_eq!(digest_of(&first), digest_of(&cached));
+    Kiln::new(&ws.store("u"))
+        .run(&["build", "--locked", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["package busybox-static: cannot read"]);
 }
 
 #[test]

@@ -130,11 +130,12 @@ enum Step {
     },
 }
 
-/// What installing Debian packages into layers needs: the lock's packages per layer and
-/// the dpkg status of the layers below.
-#[derive(Debug, Default)]
-pub struct Debian {
+/// What installing Debian packages into layers needs: the lock's packages per layer, where
+/// package files are kept between builds, and the dpkg status of the layers below.
+#[derive(Default)]
+pub struct Debian<'a> {
     pub locked: Vec<LockedPackages>,
+    pub store: Option<&'a mut (dyn crate::build::BlobSink + 'a)>,
     /// Each package installed so far, with its status paragraph.
     pub status: BTreeMap<String, String>,
 }
@@ -280,7 +281,7 @@ pub fn resolve_layer_with(
                 let fields = [p.name.as_bytes(), p.version.as_bytes(), p.architecture.as_bytes()];
                 declared.item(b"package", &ImagePath::root(), None, &fields);
                 declared.digest(&p.sha256);
-                let u = packages::unpack_locked(p, &mut spool)?;
+                let u = packages::unpack_locked(p, &mut spool, debian.store.as_deref_mut())?;
                 installed.push(u.installed(format!("{}/{}", p.repository, p.path), p.sha256));
                 unpacked.push(u);
             }

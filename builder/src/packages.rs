@@ -57,6 +57,8 @@ pub enum PackageError {
     Clash { a: String, b: String, path: String },
     #[error("package {name}: its control file names it {found:?}, which is not a package name")]
     Name { name: String, found: String },
+    #[error("package {name}: keeping its file in the store")]
+    Store { name: String, source: crate::build::SinkError },
     #[error("spooling package contents")]
     Spool(#[source] io::Error),
 }
@@ -279,13 +281,56 @@ impl Unpacked {
     }
 }
 
-/// Fetches a locked package from its repository, refusing any byte that differs from the
-/// lock, and unpacks it.
-pub fn unpack_locked(package: &LockedPackage, spool: &mut Spool) -> Result<Unpacked, PackageError> {
-    let path = folder(&package.repository).join(&package.path);
+/// The media type package files are stored under.
+pub const DEB_MEDIA_TYPE: &str = "application/vnd.debian.binary-package";
+
+/// Fetches a locked package, refusing any byte that differs from the lock, and unpacks it.
+/// With a `store`, the file is taken from it when there (so a second build or another runner
+/// never fetches it again), else fetched from its repository and put there once checked.
+pub fn unpack_locked<'s>(
+    package: &LockedPackage,
+    spool: &mut Spool,
+    store: Option<&mut (dyn crate::build::BlobSink + 's)>,
+) -> Result<Unpacked, PackageError> {
+    let descriptor = kiln_oci::Descriptor::new(DEB_MEDIA_TYPE, package.sha256, package.size);
+    let Some(store) = store else {
+        let source = folder(&package.repository).join(&package.path);
+        return unpack_checked(package, &source, &source, spool);
+    };
+    let scratch =
+        tempfile::Builder::new().prefix("kiln-deb-").tempdir().map_err(PackageError::Spool)?;
+    let copy = scratch.path().join("package.deb");
+    let stored = store
+        .copy_blob(&descriptor, &copy)
+        .map_err(|source| PackageError::Store { name: package.name.clone(), source })?;
+    if stored {
+        return unpack_checked(package, &copy, &copy, spool);
+    }
+    let source = folder(&package.repository).join(&package.path);
     let fetch =
-        |source| PackageError::Fetch { name: package.name.clone(), path: path.clone(), source };
-    let file = File::open(&path).map_err(fetch)?;
+        |e| PackageError::Fetch { name: package.name.clone(), path: source.clone(), source: e };
+    std::fs::copy(&source, &copy).map_err(fetch)?;
+    let unpacked = unpack_checked(package, &copy, &source, spool)?;
+    store
+        .put_file(&copy, &descriptor)
+        .map_err(|source| PackageError::Store { name: package.name.clone(), source })?;
+    Ok(unpacked)
+}
+
+/// Unpacks the package file at `path`, which must have the lock's size and sha256; errors
+/// name it as `shown` (where it was fetched from).
+fn unpack_checked(
+    package: &LockedPackage,
+    path: &std::path::Path,
+    shown: &std::path::Path,
+    spool: &mut Spool,
+) -> Result<Unpacked, PackageError> {
+    let fetch = |source| PackageError::Fetch {
+        name: package.name.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(fetch)?;
     let mut hashing = HashingReader::new(BufReader::new(file).take(package.size + 1));
     let unpacked = unpack(&mut hashing, &package.name, &package.path, spool);
     // The rest of the file is read too: the digest covers all of it.
@@ -293,7 +338,7 @@ pub fn unpack_locked(package: &LockedPackage, spool: &mut Spool) -> Result<Unpac
     let (found, found_size) = hashing.finish();
     if found != package.sha256 || found_size != package.size {
         return Err(PackageError::Digest {
-            path,
+            path: shown.to_path_buf(),
             expected: package.sha256,
             size: package.size,
             found,

@@ -50,6 +50,15 @@ impl BlobSink for MemSink {
     fn put_referrer(&mut self, _subject: &Digest, _artifact: &Descriptor) -> Result<(), SinkError> {
         Ok(())
     }
+    fn copy_blob(&mut self, descriptor: &Descriptor, target: &Path) -> Result<bool, SinkError> {
+        match self.blobs.get(&descriptor.digest) {
+            Some(bytes) => {
+                fs::write(target, bytes)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 }
 
 struct Quiet;

@@ -50,6 +50,9 @@ pub trait BlobSink {
     fn remember_disk(&mut self, key: &Digest, artifact: &Descriptor) -> Result<(), SinkError>;
     /// Records that the artifact manifest `artifact` refers to `subject` (OCI 1.1 referrer).
     fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError>;
+    /// Copies the stored blob `descriptor` names to the new file `target`, verified against
+    /// its digest and size; `Ok(false)` when the store does not have it.
+    fn copy_blob(&mut self, descriptor: &Descriptor, target: &Path) -> Result<bool, SinkError>;
 }
 
 /// Hears about progress; every method defaults to doing nothing.
@@ -154,15 +157,17 @@ pub fn resolve(
     epoch: Epoch,
     cache: &mut HashCache,
 ) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
-    resolve_with(recipe, epoch, cache, Resolution::Reuse)
+    resolve_with(recipe, epoch, cache, Resolution::Reuse, None)
 }
 
-/// [`resolve`], choosing when Debian packages are resolved again.
+/// [`resolve`], choosing when Debian packages are resolved again, and where package files
+/// are kept between builds (`store`: taken from it when there, put into it when fetched).
 pub fn resolve_with(
     recipe: &Recipe,
     epoch: Epoch,
     cache: &mut HashCache,
     resolution: Resolution,
+    store: Option<&mut dyn BlobSink>,
 ) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
     let lock_path = Lock::path_for(&recipe.file);
     let existing = Lock::read(&lock_path)?;
@@ -181,7 +186,7 @@ pub fn resolve_with(
             }
             Err(e) => return Err(InputError::from(e).into()),
         };
-    let mut debian = inputs::Debian { locked: packages.clone(), ..Default::default() };
+    let mut debian = inputs::Debian { locked: packages.clone(), store, ..Default::default() };
     let layers = recipe
         .layers
         .iter()
@@ -216,7 +221,7 @@ pub fn lock_with(
     cache: &mut HashCache,
     resolution: Resolution,
 ) -> Result<(Lock, bool), BuildError> {
-    let (layers, lock) = resolve_with(recipe, epoch, cache, resolution)?;
+    let (layers, lock) = resolve_with(recipe, epoch, cache, resolution, None)?;
     // A build makes a tree only for a layer it writes; a lock is written only for layers
     // that can be made (no path declared twice, no file where a folder must be).
     for layer in &layers {
@@ -246,7 +251,8 @@ pub fn build(
         LockMode::Locked => Resolution::LockedOnly,
         LockMode::Update => Resolution::Reuse,
     };
-    let (resolved, current) = resolve_with(recipe, opts.epoch, &mut cache, resolution)?;
+    let (resolved, current) =
+        resolve_with(recipe, opts.epoch, &mut cache, resolution, Some(&mut *sink))?;
     for layer in &resolved {
         for (package, scripts) in &layer.skipped_scripts {
             observer.scripts_skipped(package, scripts);
