@@ -665,7 +665,9 @@ fn leased(root: &Path, digest: &str) -> bool {
 fn a_build_looks_again_after_a_gc_sweep_it_may_have_raced_and_remakes_what_went() {
     // A gc that read the leases before the build leased an old layer may delete that layer
     // after the build found it present. Here a sweep record stands for such a gc in
-    // progress, and the layer is deleted while the build waits for the sweep to end.
+    // progress, and the layer is deleted while the build waits for the sweep to end. A gc
+    // deletes only what no tag references, so the tag of the first build is removed: a build
+    // whose tag already points at its image has nothing to confirm.
     let shared = Shared::folder();
     let Backend::Folder(root) = &shared.backend else { unreachable!() };
     let recipe = layered(&shared.tmp.path().join("checkout"), 2);
@@ -683,6 +685,7 @@ fn a_build_looks_again_after_a_gc_sweep_it_may_have_raced_and_remakes_what_went(
     .unwrap();
     let layer = manifest["layers"][1]["digest"].as_str().unwrap();
     let layer = root.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    std::fs::remove_file(root.join("refs/layered/1.0.0")).unwrap();
 
     let expires =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
@@ -711,4 +714,97 @@ fn a_build_looks_again_after_a_gc_sweep_it_may_have_raced_and_remakes_what_went(
     assert_eq!(second["layers"], serde_json::json!({"built": 1, "reused": 1}), "{second}");
     assert!(layer.exists());
     shared.assert_clean(&shared.location);
+}
+
+/// `ci/counting-proxy.py` in front of an S3 server: the requests kiln sends through it.
+struct CountingProxy {
+    child: Child,
+    log: PathBuf,
+    endpoint: String,
+}
+
+impl CountingProxy {
+    fn start(upstream: &str, dir: &Path) -> CountingProxy {
+        let (log, port_file) = (dir.join("requests.log"), dir.join("proxy.port"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/counting-proxy.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([Path::new(upstream), &log, &port_file])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            if let Ok(port) = std::fs::read_to_string(&port_file) {
+                break port;
+            }
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                child.kill().ok();
+                panic!("the counting proxy did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        CountingProxy { child, log, endpoint: format!("http://127.0.0.1:{}", port.trim()) }
+    }
+
+    /// The requests logged since the last call, as `METHOD PATH` lines.
+    fn take(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        std::fs::write(&self.log, "").unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("warning: cannot stop the counting proxy: {e}");
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("warning: cannot reap the counting proxy: {e}");
+        }
+    }
+}
+
+fn writes(requests: &[String]) -> Vec<&String> {
+    requests.iter().filter(|r| !r.starts_with("GET ") && !r.starts_with("HEAD ")).collect()
+}
+
+#[test]
+fn unchanged_build_and_push_to_s3_write_nothing() {
+    let Some(shared) = Shared::cloud(kiln_test_servers::s3()) else { return };
+    let Backend::Cloud(server) = &shared.backend else { unreachable!() };
+    let proxy = CountingProxy::start(&server.endpoint, shared.tmp.path());
+    let via_proxy = format!("aws_endpoint={}", proxy.endpoint);
+    let recipe = checkout(&shared.tmp.path().join("checkout"), true);
+    let recipe = recipe.to_str().unwrap();
+    let build =
+        |runner| shared.json(runner, &["--store-option", &via_proxy, "build", recipe, "--json"]);
+
+    let first = build("a");
+    assert!(!writes(&proxy.take()).is_empty(), "a cold build writes through the proxy");
+    // Another runner, so nothing local (hash cache, known layers) is shared with the first.
+    let second = build("b");
+    let requests = proxy.take();
+    assert_eq!(second["digest"], first["digest"]);
+    assert_eq!(second["blobs"]["uploaded"], 0, "{second}");
+    assert_eq!(writes(&requests), Vec::<&String>::new(), "{requests:?}");
+
+    let local = format!("file://{}", shared.tmp.path().join("local").display());
+    shared.json("a", &["--store", &local, "build", recipe, "--json"]);
+    let target = shared.sibling("pushed");
+    let push = || {
+        let args = ["--store-option", &via_proxy, "copy", "big:1.0.0", "--from", &local];
+        shared.json("a", &[&args[..], &["--to", &target, "--json"]].concat())
+    };
+    let pushed = push();
+    assert_eq!(pushed["copied"], 5, "{pushed}");
+    assert!(!writes(&proxy.take()).is_empty());
+    let again = push();
+    let requests = proxy.take();
+    assert_eq!((again["copied"].clone(), again["present"].clone()), (0.into(), 5.into()));
+    assert_eq!(again["tagged"], "big:1.0.0", "{again}");
+    assert_eq!(writes(&requests), Vec::<&String>::new(), "{requests:?}");
+    shared.assert_clean(&shared.location);
+    shared.assert_clean(&target);
 }

@@ -86,6 +86,10 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         .runtime
         .block_on(ctx.store.lease())
         .with_context(|| format!("taking a lease in {}", ctx.store.describe()))?;
+    // What the tag holds now needs no lease record: an unchanged rebuild writes nothing.
+    ctx.runtime
+        .block_on(lease.keep_tagged(&name, &tag))
+        .with_context(|| format!("reading {name}:{tag} in {}", ctx.store.describe()))?;
     let mut sink = StoreSink::new(&ctx.store, &ctx.runtime);
     sink.lease = Some(&lease);
     sink.cache_signer = cache_signer.as_ref().map(|k| k as &dyn kiln_store::cache::CacheSigner);
@@ -93,9 +97,10 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     sink.verify_cache = args.verify_cache;
     sink.known_layers = runner_cache()
         .map_or_else(KnownLayers::none, |dir| KnownLayers::at(dir.join("layer-diff-ids")));
-    // Every blob of the image is leased by now. A gc that read the leases before the lease
-    // was written may still have deleted one the build found present: once such gc runs are
-    // over, the image's blobs are looked at again, and what is gone is made again (see
+    // Every blob of the image is leased by now (its record written once the tag is found not
+    // to point at the image already). A gc that read the leases before the lease was written
+    // may still have deleted one the build found present: once such gc runs are over, the
+    // image's blobs are looked at again, and what is gone is made again (see
     // kiln_store::sweep).
     let mut told = 0;
     let mut again = false;
@@ -107,6 +112,13 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         }
         told = sink.healed.len();
         let out = built.with_context(|| format!("building {}", recipe.file.display()))?;
+        let tagged = ctx
+            .runtime
+            .block_on(lease.before_tagging(&name, &tag, &out.index))
+            .with_context(|| format!("reading {name}:{tag}"))?;
+        if tagged {
+            break out;
+        }
         let missing =
             ctx.runtime.block_on(ctx.store.confirm_image(&out.index)).with_context(|| {
                 format!("checking the blobs of {} before tagging it", out.index.digest)

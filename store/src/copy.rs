@@ -49,6 +49,10 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
     // Leased before they are looked for, so a gc of the target keeps what this copy finds
     // there or sends until the tag references it.
     let lease = to.lease().await?;
+    if let Reference::Tagged { name, tag } = reference {
+        // What the target's tag holds needs no lease record: an unchanged push writes nothing.
+        lease.keep_tagged(name, tag).await?;
+    }
     lease.add(&digests).await?;
     let have = to.has_blobs(&digests).await?;
     let missing: Vec<&Descriptor> =
@@ -108,6 +112,19 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
             .await?
             .ok_or_else(|| StoreError::NotFound { key: entry.to_string() })?;
         to.create(entry, bytes).await?;
+    }
+    let tagged = match reference {
+        Reference::Tagged { name, tag } => {
+            let tagged = lease.before_tagging(name, tag, &root).await?;
+            tagged.then(|| format!("{name}:{tag}"))
+        }
+        Reference::Digest(_) | Reference::Pinned { .. } => None,
+    };
+    if tagged.is_some() {
+        // The target's tag already points at the image and keeps it whole.
+        report.tagged = tagged;
+        lease.release().await?;
+        return Ok(report);
     }
     // A gc of the target that read the leases before this copy's lease may have deleted a
     // blob found there: once the sweeps in progress are over no gc can take a leased blob,

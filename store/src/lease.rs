@@ -7,22 +7,33 @@
 //! lease record naming it is either not in gc's listing or protected by the record. The lease
 //! is renewed in the background while held and deleted once the writer's tag is set.
 //!
+//! A writer that finds the image it is about to tag already tagged that way needs no lease:
+//! the tag keeps those blobs, and a store whose writers all follow this protocol never holds
+//! a tag to an incomplete image. So the blobs a tag keeps when the lease is taken
+//! ([`Lease::keep_tagged`]) are named without a record, and records are written only for
+//! others. Before tagging, [`Lease::before_tagging`] says whether the tag already points at
+//! the image (then nothing is written at all: an unchanged build or push makes no `PUT`);
+//! if not, it records every blob named so far, before [`Store::confirm_image`] looks for
+//! what a gc may have taken, exactly as if nothing had been deferred.
+//!
 //! A lease is live until its newest expiry, unless its holder is known dead (same machine,
 //! process gone): then gc deletes it at once. Expiries use the local clock of writer and gc,
 //! which must agree to well within [`TTL`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use kiln_oci::Digest;
+use kiln_oci::{Descriptor, Digest};
 use object_store::path::Path as Key;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{one_line, Result, StoreError};
 use crate::holder::Holder;
+use crate::reference::{RepoName, Tag};
 use crate::{key, Store};
 
 /// How long a lease record keeps what it names without renewal.
@@ -63,10 +74,58 @@ pub(crate) struct Shared {
     id: String,
     next: AtomicU64,
     holder: Option<Holder>,
+    /// Whether a record is in the store, so that there is something to renew and delete.
+    written: AtomicBool,
+    deferral: Mutex<Deferral>,
+}
+
+/// Blobs named without a record because a tag keeps them.
+#[derive(Debug, Default)]
+struct Deferral {
+    /// What the tag kept when the lease began; `None` once everything is recorded as named.
+    kept: Option<HashSet<Digest>>,
+    /// Named, kept, not recorded.
+    named: Vec<Digest>,
 }
 
 impl Shared {
-    pub(crate) async fn write(&self, blobs: Vec<Digest>) -> Result<()> {
+    fn deferral(&self) -> std::sync::MutexGuard<'_, Deferral> {
+        // The state stays consistent whatever panicked while holding it.
+        self.deferral.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Names `blobs`: recorded at once, unless a tag keeps every one of them.
+    pub(crate) async fn name(&self, blobs: &[Digest]) -> Result<()> {
+        let record = {
+            let mut deferral = self.deferral();
+            let Deferral { kept, named } = &mut *deferral;
+            match kept {
+                Some(kept) if blobs.iter().all(|b| kept.contains(b)) => {
+                    named.extend_from_slice(blobs);
+                    return Ok(());
+                }
+                // Recorded along, so that once the lease is in the store it names everything.
+                _ => named.drain(..).chain(blobs.iter().copied()).collect(),
+            }
+        };
+        self.write(record).await
+    }
+
+    /// Records what was deferred, and defers nothing from now on.
+    async fn record_deferred(&self) -> Result<()> {
+        let named = {
+            let mut deferral = self.deferral();
+            deferral.kept = None;
+            std::mem::take(&mut deferral.named)
+        };
+        if named.is_empty() {
+            return Ok(());
+        }
+        self.write(named).await
+    }
+
+    async fn write(&self, blobs: Vec<Digest>) -> Result<()> {
+        self.written.store(true, Ordering::SeqCst);
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let key = Key::from(format!("{}/{}/{n}", key::LEASES, self.id));
         let record =
@@ -90,12 +149,52 @@ impl Lease {
         if blobs.is_empty() {
             return Ok(());
         }
-        self.shared.write(blobs.to_vec()).await
+        self.shared.name(blobs).await
+    }
+
+    /// Reads what `name:tag` points at now; the blobs of that image are then named without a
+    /// record while the tag keeps them (see the module documentation). Call it before
+    /// anything is named.
+    pub async fn keep_tagged(&self, name: &RepoName, tag: &Tag) -> Result<()> {
+        let Some(root) = self.shared.store.get_ref(name, tag).await? else { return Ok(()) };
+        let blobs = match crate::walk::image_blobs(&self.shared.store, &root).await {
+            Ok(blobs) => blobs,
+            // The image is not whole (a tag moved meanwhile): nothing is taken as kept.
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.shared.deferral().kept = Some(blobs.iter().map(|d| d.digest).collect());
+        Ok(())
+    }
+
+    /// Just before `name:tag` is set to `root`: true when it already points at `root`, so
+    /// the tag keeps the image and there is nothing to set or to confirm. Otherwise every
+    /// blob named so far is recorded, before [`Store::confirm_image`] is called.
+    pub async fn before_tagging(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        root: &Descriptor,
+    ) -> Result<bool> {
+        if self.shared.store.get_ref(name, tag).await?.as_ref() == Some(root) {
+            return Ok(true);
+        }
+        self.shared.record_deferred().await?;
+        Ok(false)
+    }
+
+    /// Whether the lease has written any record (a writer that found everything kept by its
+    /// tag writes none).
+    pub fn recorded(&self) -> bool {
+        self.shared.written.load(Ordering::SeqCst)
     }
 
     /// Ends the lease: its records are deleted and gc may take what nothing else holds.
     pub async fn release(self) -> Result<()> {
         self.renewer.abort();
+        if !self.recorded() {
+            return Ok(());
+        }
         let prefix = format!("{}/{}", key::LEASES, self.shared.id);
         let records = self.shared.store.list_under(&prefix).await?;
         self.shared.store.delete_all(records.into_iter().map(|r| r.key).collect()).await
@@ -124,26 +223,35 @@ impl Store {
     /// Names `digest` in this handle's lease, if it has one, before it is written.
     pub(crate) async fn lease_blob(&self, digest: &Digest) -> Result<()> {
         match &self.lease {
-            Some(lease) => lease.write(vec![*digest]).await,
+            Some(lease) => lease.name(&[*digest]).await,
             None => Ok(()),
         }
     }
 
     /// Takes a new lease, renewed in the background (on the current tokio runtime) until it
-    /// is released or dropped.
+    /// is released or dropped. Its first record is written with the first blob it must
+    /// record, so a lease that only ever names blobs a tag keeps writes nothing.
     pub async fn lease(&self) -> Result<Lease> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let holder = Holder::current();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!("{nanos}-{}-{n}", std::process::id());
-        let shared = Arc::new(Shared { store: self.clone(), id, next: AtomicU64::new(0), holder });
-        // The first record carries the expiry even before any blob is named.
-        shared.write(Vec::new()).await?;
+        let shared = Arc::new(Shared {
+            store: self.clone(),
+            id,
+            next: AtomicU64::new(0),
+            holder,
+            written: AtomicBool::new(false),
+            deferral: Mutex::new(Deferral::default()),
+        });
         let renewing = shared.clone();
         let renewer = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
+                if !renewing.written.load(Ordering::SeqCst) {
+                    continue;
+                }
                 if let Err(e) = renewing.write(Vec::new()).await {
                     eprintln!(
                         "warning: cannot renew store lease {}: {}",
