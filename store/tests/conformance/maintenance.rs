@@ -435,3 +435,48 @@ pub async fn multipart_uploads_no_record_names_are_aborted(f: Fixture) {
     assert_eq!(server.multipart_uploads(location).unwrap(), vec![prefixed(&keys[3])]);
     uploads[3].abort().await.unwrap();
 }
+
+pub async fn a_lease_records_nothing_the_tag_keeps_until_the_tag_moves(f: Fixture) {
+    let kept = image(&f.store, &[b"kept layer".to_vec()]).await;
+    let other = image(&f.store, &[b"other layer".to_vec()]).await;
+    let Reference::Tagged { name, tag } = tagged("app:1") else { unreachable!() };
+    f.store.set_ref(&name, &tag, &kept).await.unwrap();
+    let config = Digest::of(b"{\"architecture\":\"amd64\"}");
+    let blobs = [kept.digest, config, Digest::of(b"kept layer")];
+    let now = GcOptions { grace: Duration::ZERO, dry_run: false };
+
+    // The tag already says it: nothing is recorded, set or confirmed.
+    let lease = f.store.lease().await.unwrap();
+    lease.keep_tagged(&name, &tag).await.unwrap();
+    lease.add(&blobs).await.unwrap();
+    assert!(lease.before_tagging(&name, &tag, &kept).await.unwrap());
+    assert!(!lease.recorded());
+    lease.release().await.unwrap();
+
+    // The tag moves while the lease defers: before tagging, every blob named is recorded,
+    // and a gc keeps them though no tag references them any more.
+    let lease = f.store.lease().await.unwrap();
+    lease.keep_tagged(&name, &tag).await.unwrap();
+    lease.add(&blobs).await.unwrap();
+    f.store.set_ref(&name, &tag, &other).await.unwrap();
+    assert!(!lease.recorded());
+    assert!(!lease.before_tagging(&name, &tag, &kept).await.unwrap());
+    assert!(lease.recorded());
+    f.store.gc(now).await.unwrap();
+    for blob in &blobs {
+        assert!(f.store.has_blob(blob).await.unwrap(), "{blob}");
+    }
+    // From then on every blob named is recorded at once.
+    let fresh = f.store.put_blob(Bytes::from_static(b"named after")).await.unwrap();
+    lease.add(&[fresh.digest]).await.unwrap();
+    f.store.gc(now).await.unwrap();
+    assert!(f.store.has_blob(&fresh.digest).await.unwrap());
+    lease.release().await.unwrap();
+
+    // A blob the tag does not keep is recorded when named.
+    let lease = f.store.lease().await.unwrap();
+    lease.keep_tagged(&name, &tag).await.unwrap();
+    lease.add(&[Digest::of(b"not tagged")]).await.unwrap();
+    assert!(lease.recorded());
+    lease.release().await.unwrap();
+}
