@@ -32,12 +32,13 @@ pub async fn read(store: &Store, layer: &Descriptor) -> Result<LayerContents, At
     std::thread::spawn(move || {
         let input = Chunks::new(move || raw_rx.blocking_recv());
         // The receiver is gone only when the reading task was dropped: nobody wants the result.
-        let _ = inflated_tx.send(inflate(&media, digest, input, &tar_tx));
+        drop(inflated_tx.send(inflate(&media, digest, input, &tar_tx)));
     });
     std::thread::spawn(move || {
         let mut input = HashingReader::new(Chunks::new(move || tar_rx.recv().ok()));
         let listed = contents::list_entries(digest, &mut input);
-        let _ = listed_tx.send(listed.map(|entries| (entries, input.finish().0)));
+        // As above: a send fails only when nobody waits for the listing.
+        drop(listed_tx.send(listed.map(|entries| (entries, input.finish().0))));
     });
 
     // The whole blob is read even when decompressing stopped early, so that a damaged blob is
@@ -94,7 +95,7 @@ pub async fn diff_id(store: &Store, layer: &Descriptor) -> Result<Digest, Attest
             Ok::<_, ContentsError>(tar.finish().0)
         };
         // The receiver is gone only when the reading task was dropped: nobody wants the result.
-        let _ = hashed_tx.send(hash());
+        drop(hashed_tx.send(hash()));
     });
     // Read to the end even when decompressing stopped early, so that a damaged blob is
     // reported as damaged rather than as a bad tar.

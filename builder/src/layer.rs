@@ -86,8 +86,8 @@ pub fn write_layer(
     let (give_back, spare) = channel::<Vec<u8>>();
     let spent = move |mut block: Vec<u8>| {
         block.clear();
-        // The tar writer may be done already; the block is then freed.
-        let _ = give_back.send(block);
+        // The tar writer may be done already; the block is then freed with the error.
+        drop(give_back.send(block));
     };
     let (compressed, produced) = thread::scope(|scope| {
         let producer = scope.spawn(move || -> Result<Digest, TarError> {

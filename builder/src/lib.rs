@@ -15,6 +15,7 @@ pub mod packages;
 pub mod recipe;
 mod recipe_toml;
 pub mod rootfs;
+mod scratch;
 pub mod source_path;
 pub mod tar;
 pub mod tarball;

@@ -192,8 +192,9 @@ fn write_blocks(
             }
         }
         block.len = 0;
-        // Once the last block is written nobody takes blocks back.
-        let _ = written.send(block);
+        // Once the last block is written nobody takes blocks back: the block is then freed
+        // with the error.
+        drop(written.send(block));
     }
     Ok(())
 }

@@ -22,7 +22,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -177,7 +176,7 @@ pub fn write_ext4(
     let removed = scratch.close().map_err(io_err(work_dir));
     if result.is_err() {
         // A half-written image must not be mistaken for a finished one.
-        let _ = fs::remove_file(&out);
+        crate::scratch::remove(&out);
     }
     let image = result?;
     removed?;
@@ -580,7 +579,7 @@ fn fixup_script(nodes: &[Node<'_>], epoch: Epoch, dir: &Path) -> Result<PathBuf,
             let file = values.join(value_files.to_string());
             fs::write(&file, value).map_err(io_err(&file))?;
             let quoted = name.replace('"', "\"\"");
-            let _ = writeln!(text, "ea_set -f xattr/{value_files} <{ino}> \"{quoted}\"");
+            text.push_str(&format!("ea_set -f xattr/{value_files} <{ino}> \"{quoted}\"\n"));
             value_files += 1;
         }
         script.write_all(text.as_bytes()).map_err(io_err(&path))?;
@@ -627,16 +626,16 @@ fn verify(tools: &Tools<'_>, image: &Path, plan: &Plan<'_>) -> Result<(), Ext4Er
         };
         // debugfs prints owners with %d.
         let (uid, gid) = (uid as i32, gid as i32);
-        let _ = write!(text, "/{ino}/{mode:06o}/{uid}/{gid}/{name}/");
-        let _ = match size {
-            Some(size) => writeln!(text, "{size}/"),
-            None => writeln!(text, "/"),
-        };
+        text.push_str(&format!("/{ino}/{mode:06o}/{uid}/{gid}/{name}/"));
+        match size {
+            Some(size) => text.push_str(&format!("{size}/\n")),
+            None => text.push_str("/\n"),
+        }
     };
     for d in &plan.dirs {
-        let _ = writeln!(script, "ls -p <{}>", d.ino);
+        script.push_str(&format!("ls -p <{}>\n", d.ino));
         starts.push((expected.len(), &d.path));
-        let _ = writeln!(expected, "debugfs: ls -p <{}>", d.ino);
+        expected.push_str(&format!("debugfs: ls -p <{}>\n", d.ino));
         line(&mut expected, d.ino, ".");
         line(&mut expected, d.parent, "..");
         for i in dir_layout(&d.entries).into_iter().flatten() {
@@ -673,9 +672,9 @@ fn verify(tools: &Tools<'_>, image: &Path, plan: &Plan<'_>) -> Result<(), Ext4Er
 /// The debugfs commands that set one inode's mode, owner and four timestamps.
 fn inode_lines(ino: u64, mode: u32, uid: u32, gid: u32, epoch: Epoch) -> String {
     let mut text = format!("sif <{ino}> mode 0{mode:o}\nsif <{ino}> uid {uid}\n");
-    let _ = writeln!(text, "sif <{ino}> gid {gid}");
+    text.push_str(&format!("sif <{ino}> gid {gid}\n"));
     for field in ["atime", "mtime", "ctime", "crtime"] {
-        let _ = writeln!(text, "sif <{ino}> {field} @{}", epoch);
+        text.push_str(&format!("sif <{ino}> {field} @{epoch}\n"));
     }
     text
 }

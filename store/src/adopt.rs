@@ -63,8 +63,13 @@ impl Store {
         }
         let published = self.publish(&staging, expected, size).await;
         // The staging name only ever held the caller's finished file; leaving it would cost
-        // space, not correctness (gc removes stale uploads), so a failed delete is not an error.
-        let _ = self.inner.delete(&staging).await;
+        // space, not correctness (gc removes stale uploads), so a failed delete is a warning.
+        match self.inner.delete(&staging).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                eprintln!("warning: cannot remove the staged upload {staging} ({e}); gc removes it")
+            }
+        }
         Ok(PutOutcome { digest: *expected, size, uploaded: published? })
     }
 }

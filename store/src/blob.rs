@@ -378,8 +378,16 @@ impl Store {
             Ok(len)
         });
         if result.is_err() {
-            // Never leave a partial or wrong copy behind; the copy error is the one to report.
-            let _ = tokio::fs::remove_file(target).await;
+            // Never leave a partial or wrong copy behind; the copy error is the one to report,
+            // and a copy that cannot be removed is named beside it.
+            match tokio::fs::remove_file(target).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!(
+                    "warning: cannot remove the unfinished copy {}: {e}; delete it",
+                    target.display()
+                ),
+            }
         }
         result
     }

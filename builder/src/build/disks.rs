@@ -340,11 +340,11 @@ fn write_raw_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
         write_gpt(disk.size, guids.disk, &mut parts, &mut out)?;
         out.finish(disk.size).map_err(io_err(&raw_path))?;
     }
-    // Intermediate files are not outputs; failing to remove them is harmless.
+    // Intermediate files are not outputs.
     if let Some(path) = &root.file {
-        let _ = std::fs::remove_file(path);
+        crate::scratch::remove(path);
     }
-    let _ = std::fs::remove_file(&verity_path);
+    crate::scratch::remove(&verity_path);
     Ok(WrittenDisk { plan, guids, verity, raw: Some(raw_path), qcow2: None })
 }
 
@@ -450,8 +450,8 @@ fn write_qcow2_disk(job: &DiskJob<'_>) -> Result<WrittenDisk, DiskError> {
         Ok((guids, verity))
     });
     if let Some(path) = &scratch {
-        // An intermediate file, not an output; failing to remove it is harmless.
-        let _ = std::fs::remove_file(path);
+        // An intermediate file, not an output.
+        crate::scratch::remove(path);
     }
     let ((guids, verity), hashed) = written?;
     Ok(WrittenDisk { plan, guids, verity, raw: None, qcow2: Some((path, hashed)) })
@@ -508,8 +508,8 @@ pub fn make_disks(
         None
     };
     if let Some(esp) = &esp {
-        // An intermediate file, not an output; failing to remove it is harmless.
-        let _ = std::fs::remove_file(&esp.path);
+        // An intermediate file, not an output.
+        crate::scratch::remove(&esp.path);
     }
     let raw_path = disk.as_ref().and_then(|d| d.raw.clone());
     let mut direct_qcow2 = disk.as_mut().and_then(|d| d.qcow2.take());
@@ -576,7 +576,7 @@ pub fn make_disks(
                 let ((), hashed) = write_hashed::<_, DiskError, _>(&path, |out| {
                     Ok(compress(&Compression::GZIP, threads, input, out).map(drop)?)
                 })?;
-                let _ = std::fs::remove_file(&cpio_path);
+                crate::scratch::remove(&cpio_path);
                 (path, hashed)
             }
         };
@@ -587,7 +587,7 @@ pub fn make_disks(
     }
     if let Some(path) = &raw_path {
         if !spec.formats.contains(&DiskFormat::Raw) {
-            let _ = std::fs::remove_file(path);
+            crate::scratch::remove(path);
         }
     }
     let verity = disk.and_then(|d| d.verity);

@@ -259,10 +259,15 @@ pub fn build(
         }
     }
     // Saving the cache overlaps the rest of the build instead of delaying the first layer.
-    // Losing the cache only costs time on the next build, so a failure to save it is ignored.
+    // Losing the cache only costs time on the next build, so a failure to save it is a warning.
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let _ = cache.save();
+            if let Err(e) = cache.save() {
+                eprintln!(
+                    "warning: cannot save the input digests kiln remembers: {e}; the next \
+                     build hashes every input again"
+                );
+            }
         });
         build_resolved(recipe, opts, sink, observer, resolved, current)
     })
@@ -437,9 +442,9 @@ fn build_resolved(
         sink.put_layer(key, blob).map_err(BuildError::Sink)?;
     }
     // Scratch copies are removed once all are stored: two layers with the same bytes share
-    // one. They are no longer needed; failing to remove one is harmless.
+    // one.
     for (_, blob) in &written_layers {
-        let _ = std::fs::remove_file(&blob.path);
+        crate::scratch::remove(&blob.path);
     }
     for document in &documents {
         sink.put_json(document).map_err(BuildError::Sink)?;
@@ -480,9 +485,10 @@ fn build_resolved(
     }
     // Freeing what the scan kept and the trees made (allocations per input file) is a visible
     // share of a large rebuild, all of it after the work is done; nothing needs to wait for
-    // it. Should no thread start, the closure
-    // and what it holds are dropped here.
-    let _ = std::thread::Builder::new().spawn(move || drop((resolved, plans, rootfs)));
+    // it: the thread is detached. Should none start, the closure and what it holds are
+    // dropped here instead, which only takes longer.
+    let spawned = std::thread::Builder::new().spawn(move || drop((resolved, plans, rootfs)));
+    drop(spawned);
     Ok(BuildOutput {
         installed,
         index: index.descriptor,

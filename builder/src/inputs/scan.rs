@@ -140,7 +140,8 @@ pub(super) fn walk<T>(
         let _stop = StopOnDrop(&shared);
         for _ in 0..workers {
             // Without a worker the caller lists every directory itself, only slower.
-            let _ = thread::Builder::new().spawn_scoped(scope, || shared.work());
+            let spawned = thread::Builder::new().spawn_scoped(scope, || shared.work());
+            drop(spawned);
         }
         consume(&mut Walker { shared: &shared, buf: vec![0; READ_BUF] })
     })?;
