@@ -176,7 +176,11 @@ pub fn write_ext4(
     let removed = scratch.close().map_err(io_err(work_dir));
     if result.is_err() {
         // A half-written image must not be mistaken for a finished one.
-        crate::scratch::remove(&out);
+        if let Err(e) = fs::remove_file(&out) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!("warning: cannot remove the half-written image {}: {e}", out.display());
+            }
+        }
     }
     let image = result?;
     removed?;
