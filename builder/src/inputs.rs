@@ -22,7 +22,7 @@ use crate::hash_cache::HashCache;
 use crate::lock::LockedPackages;
 use crate::packages::{self, DatabaseFile, PackageError, Unpacked};
 use crate::recipe::{LayerSpec, Location, Ownership, TreeSpec};
-use crate::tarball::{Member, Spool};
+use crate::tarball::{Member, Spool, TarballError};
 use scan::{Found, HostMeta, Listing, What};
 
 /// What kind of input a lock entry pins.
@@ -70,10 +70,8 @@ pub enum InputError {
     SymlinkEscapes { path: PathBuf, target: String, tree: String },
     #[error("{path}: file name is not valid UTF-8")]
     NotUtf8 { path: PathBuf },
-    #[error("tarball {tarball}: member {member:?} {problem}")]
-    TarMember { tarball: String, member: String, problem: String },
-    #[error("tarball {tarball}")]
-    Tarball { tarball: String, source: std::io::Error },
+    #[error(transparent)]
+    Tarball(#[from] TarballError),
     #[error("{at}: layer {layer:?}")]
     Tree { at: Location, layer: String, source: TreeError },
     #[error("{path}")]
@@ -230,7 +228,7 @@ pub fn resolve_layer_with(
             devices: t.devices,
         });
         let reader = crate::tarball::open(t.src.abs())
-            .map_err(|source| InputError::Tarball { tarball: tarball.clone(), source })?;
+            .map_err(|source| TarballError::Read { tarball: tarball.clone(), source })?;
         let (members, spool) = crate::tarball::read_members(reader, &tarball, t.devices)?;
         let step = Step::Tarball { dest: t.dest.clone(), members, spool: Some(spool) };
         steps.push((t.at.clone(), step));

@@ -1,8 +1,9 @@
 //! Recipes: the declarative TOML that says what goes into an image.
 //!
 //! Parsing is strict (unknown keys are errors) and every error carries the recipe's file
-//! name, line and column. The raw TOML shapes live in [`crate::recipe_toml`]; this module
-//! holds the validated model the rest of the builder uses.
+//! name, line and column. This module holds the validated model the rest of the builder
+//! uses; the raw TOML shapes, and `Recipe::load` and `Recipe::parse` that read them into this
+//! model, live in the `recipe_toml` module, which depends on this one and not the reverse.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,7 +16,6 @@ use kiln_disk::{DiskLayout, PartitionLabels, RootFs};
 use kiln_tree::image_path::{ImagePath, ImagePathError};
 use kiln_tree::Epoch;
 
-use crate::recipe_toml::{self, RawRecipe};
 use crate::source_path::{SourcePath, SourcePathError};
 
 /// A position in a recipe file (1-based line and column).
@@ -290,60 +290,6 @@ pub struct ConfigSpec {
     pub exposed_ports: Vec<String>,
     pub volumes: Vec<String>,
     pub stop_signal: Option<String>,
-}
-
-impl Recipe {
-    /// Reads and validates the recipe at `file`.
-    pub fn load(file: &Path) -> Result<Recipe, RecipeError> {
-        let bytes = std::fs::read(file)
-            .map_err(|source| RecipeError::Read { path: file.to_path_buf(), source })?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            let offset = e.utf8_error().valid_up_to();
-            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            RecipeError::At {
-                location: Location::at(file, &text, offset),
-                problem: Problem::Invalid("the recipe is not valid UTF-8".into()),
-            }
-        })?;
-        let dir = match file.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        Self::parse(file, &dir, &text)
-    }
-
-    /// Parses recipe `text` as if read from `file`, with sources relative to `dir`.
-    pub fn parse(file: &Path, dir: &Path, text: &str) -> Result<Recipe, RecipeError> {
-        let normalised = text.replace("\r\n", "\n");
-        let at = |offset: usize, problem: Problem| RecipeError::At {
-            location: Location::at(file, &normalised, offset),
-            problem,
-        };
-        let raw: RawRecipe = toml::from_str(&normalised).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            at(offset, Problem::Toml(e.message().trim().to_string()))
-        })?;
-        let dir = std::fs::canonicalize(dir)
-            .map_err(|source| RecipeError::Read { path: dir.to_path_buf(), source })?;
-        let locate = |offset: usize| Location::at(file, &normalised, offset);
-        let cx = recipe_toml::Context { dir: &dir, at: &at, locate: &locate };
-        let model = cx.validate(raw)?;
-        Ok(Recipe {
-            file: file.to_path_buf(),
-            dir,
-            digest: Digest::of(normalised.as_bytes()),
-            epoch: model.epoch,
-            name: model.name,
-            version: model.version,
-            platforms: model.platforms,
-            compression: model.compression,
-            layers: model.layers,
-            config: model.config,
-            annotations: model.annotations,
-            disk: model.disk,
-            repositories: model.repositories,
-        })
-    }
 }
 
 #[cfg(test)]

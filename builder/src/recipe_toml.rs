@@ -1,22 +1,78 @@
-//! The raw TOML shape of a recipe and its validation into [`crate::recipe`] types.
+//! The raw TOML shape of a recipe, its validation into [`crate::recipe`] types, and
+//! [`Recipe::load`] and [`Recipe::parse`], which read a recipe through them.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use kiln_compress::Compression;
 use kiln_disk::{PartitionLabels, RootFs};
+use kiln_oci::Digest;
 use kiln_tree::image_path::ImagePath;
 use kiln_tree::Epoch;
 
 use crate::recipe::{
     ConfigSpec, DebSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec,
-    InlineSpec, LayerSpec, Location, Ownership, PackageSpec, Problem, RecipeError, RepositorySpec,
-    SymlinkSpec, TarballSpec, TreeSpec,
+    InlineSpec, LayerSpec, Location, Ownership, PackageSpec, Problem, Recipe, RecipeError,
+    RepositorySpec, SymlinkSpec, TarballSpec, TreeSpec,
 };
 use crate::source_path::SourcePath;
+
+impl Recipe {
+    /// Reads and validates the recipe at `file`.
+    pub fn load(file: &Path) -> Result<Recipe, RecipeError> {
+        let bytes = std::fs::read(file)
+            .map_err(|source| RecipeError::Read { path: file.to_path_buf(), source })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let offset = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            RecipeError::At {
+                location: Location::at(file, &text, offset),
+                problem: Problem::Invalid("the recipe is not valid UTF-8".into()),
+            }
+        })?;
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Self::parse(file, &dir, &text)
+    }
+
+    /// Parses recipe `text` as if read from `file`, with sources relative to `dir`.
+    pub fn parse(file: &Path, dir: &Path, text: &str) -> Result<Recipe, RecipeError> {
+        let normalised = text.replace("\r\n", "\n");
+        let at = |offset: usize, problem: Problem| RecipeError::At {
+            location: Location::at(file, &normalised, offset),
+            problem,
+        };
+        let raw: RawRecipe = toml::from_str(&normalised).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            at(offset, Problem::Toml(e.message().trim().to_string()))
+        })?;
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|source| RecipeError::Read { path: dir.to_path_buf(), source })?;
+        let locate = |offset: usize| Location::at(file, &normalised, offset);
+        let cx = Context { dir: &dir, at: &at, locate: &locate };
+        let model = cx.validate(raw)?;
+        Ok(Recipe {
+            file: file.to_path_buf(),
+            dir,
+            digest: Digest::of(normalised.as_bytes()),
+            epoch: model.epoch,
+            name: model.name,
+            version: model.version,
+            platforms: model.platforms,
+            compression: model.compression,
+            layers: model.layers,
+            config: model.config,
+            annotations: model.annotations,
+            disk: model.disk,
+            repositories: model.repositories,
+        })
+    }
+}
 
 type S<T> = Spanned<T>;
 

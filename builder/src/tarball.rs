@@ -14,8 +14,6 @@ use kiln_tree::host_file::HostFile;
 use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, Device, EntryKind, Meta};
 
-use crate::inputs::InputError;
-
 /// One accepted member of a tarball, with its path relative to where it is unpacked.
 #[derive(Debug)]
 pub struct Member {
@@ -48,10 +46,23 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Why a tarball input could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TarballError {
+    #[error("tarball {tarball}: member {member:?} {problem}")]
+    Member { tarball: String, member: String, problem: String },
+    #[error("tarball {tarball}")]
+    Read {
+        tarball: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Member names must be relative and must not climb with `..`, even where the result
 /// would stay inside the image: a tarball that tries is not one to trust.
-fn member_path(raw: &[u8], tarball: &str) -> Result<ImagePath, InputError> {
-    let bad = |problem: &str| InputError::TarMember {
+fn member_path(raw: &[u8], tarball: &str) -> Result<ImagePath, TarballError> {
+    let bad = |problem: &str| TarballError::Member {
         tarball: tarball.to_string(),
         member: String::from_utf8_lossy(raw).into_owned(),
         problem: problem.to_string(),
@@ -159,8 +170,8 @@ pub fn read_members(
     reader: Box<dyn Read>,
     tarball: &str,
     devices: bool,
-) -> Result<(Vec<Member>, Spool), InputError> {
-    let io_err = |source| InputError::Tarball { tarball: tarball.to_string(), source };
+) -> Result<(Vec<Member>, Spool), TarballError> {
+    let io_err = |source| TarballError::Read { tarball: tarball.to_string(), source };
     let mut spool = Spool::new().map_err(io_err)?;
     let left = Rc::new(Cell::new(METADATA_BUDGET));
     let mut archive = tar::Archive::new(Budget { inner: reader, left: left.clone() });
@@ -172,7 +183,7 @@ pub fn read_members(
         let mut entry = entry.map_err(io_err)?;
         left.set(u64::MAX);
         let raw_path = entry.path_bytes().into_owned();
-        let refuse = |problem: &str| InputError::TarMember {
+        let refuse = |problem: &str| TarballError::Member {
             tarball: tarball.to_string(),
             member: String::from_utf8_lossy(&raw_path).into_owned(),
             problem: problem.to_string(),
