@@ -45,7 +45,7 @@ impl Sample {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 4 == 0 {
+            if x.is_multiple_of(4) {
                 pattern.extend_from_slice(&x.to_le_bytes()[..5]);
             } else {
                 pattern.extend_from_slice(WORDS[(x >> 40) as usize % WORDS.len()].as_bytes());

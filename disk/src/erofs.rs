@@ -486,7 +486,7 @@ fn place_inodes(nodes: &mut [Node<'_>]) -> u64 {
         node.blocks = (node.size - node.inline).div_ceil(BLOCK);
         let need = head + node.inline;
         // Inline data may not cross a block; a head larger than a block starts on one.
-        if at % BLOCK + need > BLOCK && at % BLOCK != 0 {
+        if at % BLOCK + need > BLOCK && !at.is_multiple_of(BLOCK) {
             at = at.next_multiple_of(BLOCK);
         }
         node.nid = at / 32;

@@ -188,7 +188,7 @@ fn layout(fat_type: FatType, total: u64, per_cluster: u64, root_entries: u64) ->
 /// `root_slots` entries.
 fn choose_geometry(size: u64, root_slots: u64) -> Result<Geometry, FatError> {
     let total = size / SECTOR;
-    if size % SECTOR != 0 || total < MIN_SECTORS || total > u64::from(u32::MAX) {
+    if !size.is_multiple_of(SECTOR) || total < MIN_SECTORS || total > u64::from(u32::MAX) {
         return Err(FatError::BadSize { size });
     }
     if let Some(n) = per_cluster(&FAT32_TABLE, total) {

@@ -296,7 +296,7 @@ pub fn backup_offset(disk_size: u64) -> u64 {
 /// Where partitions with these content sizes start on a disk of `disk_size` bytes, or why
 /// they do not fit.
 pub fn place(disk_size: u64, sizes: &[u64]) -> Result<Vec<u64>, GptError> {
-    if disk_size % SECTOR != 0 {
+    if !disk_size.is_multiple_of(SECTOR) {
         return Err(GptError::NotSectors(disk_size));
     }
     if sizes.len() as u64 > ENTRIES {

@@ -105,7 +105,7 @@ pub fn write_verity<R: Read, W: Write>(
     threads: usize,
     out: W,
 ) -> Result<VerityTree, VerityError> {
-    if data_size % BLOCK != 0 {
+    if !data_size.is_multiple_of(BLOCK) {
         return Err(VerityError::NotBlockAligned(data_size));
     }
     let mut hasher = VerityHasher::new(salt, threads)?;
@@ -193,7 +193,7 @@ impl VerityHasher {
 
     /// Writes the superblock and hash tree of all the data taken to `out`.
     pub fn finish<W: Write>(mut self, mut out: W) -> Result<VerityTree, VerityError> {
-        if self.data_size % BLOCK != 0 {
+        if !self.data_size.is_multiple_of(BLOCK) {
             return Err(VerityError::NotBlockAligned(self.data_size));
         }
         self.hash_pending()?;
