@@ -159,8 +159,9 @@ impl Lease {
         let Some(root) = self.shared.store.get_ref(name, tag).await? else { return Ok(()) };
         let blobs = match crate::walk::image_blobs(&self.shared.store, &root).await {
             Ok(blobs) => blobs,
-            // The image is not whole (a tag moved meanwhile): nothing is taken as kept.
-            Err(StoreError::NotFound { .. }) => return Ok(()),
+            // The image is not whole (a tag moved meanwhile, or a blob is damaged and the
+            // writer is about to heal it): nothing is taken as kept, everything is recorded.
+            Err(e) if e.is_integrity_failure() => return Ok(()),
             Err(e) => return Err(e),
         };
         self.shared.deferral().kept = Some(blobs.iter().map(|d| d.digest).collect());
