@@ -111,7 +111,7 @@ pub async fn attach_sboms(
     name: &str,
     version: Option<&str>,
     created: &str,
-    packages: &[sbom::DebianPackage],
+    packages: &[kiln_deb::Installed],
 ) -> Result<Vec<AttachedSbom>, AttestError> {
     let mut out = Vec::new();
     for desc in manifests(store, root).await? {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use kiln_deb::Installed;
 use kiln_oci::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -83,36 +84,6 @@ pub struct ExternalRef {
     pub reference_locator: String,
 }
 
-/// A Debian package installed in the image, as the lock pins it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DebianPackage {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    pub source: String,
-    pub source_version: String,
-    /// The URL the package file was fetched from.
-    pub download_location: String,
-    pub sha256: Digest,
-    /// The paths it installed (`/usr/bin/x`), regular files among them listed as CONTAINS.
-    pub files: Vec<String>,
-}
-
-impl DebianPackage {
-    /// Its package URL: the version percent-encoded (an epoch's `:`, a `+`).
-    pub fn purl(&self) -> String {
-        let mut version = String::new();
-        for b in self.version.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                version.push(char::from(b));
-            } else {
-                version.push_str(&format!("%{b:02X}"));
-            }
-        }
-        format!("pkg:deb/debian/{}@{version}?arch={}", self.name, self.architecture)
-    }
-}
-
 /// A file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -161,7 +132,7 @@ pub struct SbomInput<'a> {
     /// Regular files, `path → sha256`.
     pub files: &'a BTreeMap<String, Digest>,
     /// The Debian packages installed.
-    pub packages: &'a [DebianPackage],
+    pub packages: &'a [Installed],
 }
 
 /// The SPDX document for an image.

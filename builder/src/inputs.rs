@@ -101,7 +101,7 @@ pub struct ResolvedLayer {
     /// not run.
     pub skipped_scripts: Vec<(String, Vec<&'static str>)>,
     /// The Debian packages installed, for the SBOM.
-    pub installed: Vec<packages::Installed>,
+    pub installed: Vec<kiln_deb::Installed>,
 }
 
 /// One addition to a layer's tree.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_deb::repository::{load_suite, Fetch, RepositoryError};
-use kiln_deb::{read_deb, Keyring, Limits, MemberKind, PackageRecord};
+use kiln_deb::{read_deb, Installed, Keyring, Limits, MemberKind, PackageRecord};
 use kiln_oci::{Digest, HashingReader};
 
 use crate::lock::{Lock, LockedPackage, LockedPackages, LockedRepository};
@@ -228,21 +228,6 @@ fn load(
         digest: Digest::from_bytes(suite.release_digest.0),
     };
     Ok((locked, suite.packages.remove(arch).unwrap_or_default()))
-}
-
-/// A Debian package installed in a layer, for the SBOM.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Installed {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    pub source: String,
-    pub source_version: String,
-    /// Where the package file came from: its repository URL and path, or the recipe's file.
-    pub download_location: String,
-    pub sha256: Digest,
-    /// Every path it installed, as `/usr/bin/x`.
-    pub files: Vec<String>,
 }
 
 /// One package unpacked for a layer: its members and what dpkg's database says of it.

@@ -6,6 +6,7 @@ pub mod ar;
 pub mod deb822;
 pub mod deb_file;
 pub mod decompress;
+pub mod installed;
 pub mod member;
 pub mod packages;
 pub mod relation;
@@ -16,6 +17,7 @@ pub mod signature;
 pub mod version;
 
 pub use deb_file::{read_deb, Control, DebError, Limits};
+pub use installed::Installed;
 pub use member::{Member, MemberKind, MemberPath};
 pub use packages::{PackageRecord, Sha256};
 pub use release::Release;

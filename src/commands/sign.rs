@@ -110,7 +110,7 @@ pub fn attest_build(
                 &recipe.name,
                 Some(&recipe.version),
                 &epoch.rfc3339(),
-                &sbom_packages(out),
+                &out.installed,
             )
             .await?;
             // The provenance names each SBOM document, so its signature binds them.
@@ -152,21 +152,4 @@ fn debian_dependencies(
         digest: std::collections::BTreeMap::from([("sha256".to_string(), p.sha256.hex())]),
     });
     releases.chain(packages).collect()
-}
-
-/// The SBOM's Debian packages, from what the build installed.
-fn sbom_packages(out: &kiln_builder::BuildOutput) -> Vec<kiln_attest::sbom::DebianPackage> {
-    out.installed
-        .iter()
-        .map(|p| kiln_attest::sbom::DebianPackage {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            architecture: p.architecture.clone(),
-            source: p.source.clone(),
-            source_version: p.source_version.clone(),
-            download_location: p.download_location.clone(),
-            sha256: p.sha256,
-            files: p.files.clone(),
-        })
-        .collect()
 }

@@ -93,7 +93,7 @@ pub struct BuildOptions {
 pub struct BuildOutput {
     pub index: Descriptor,
     /// The Debian packages installed, layer by layer, with the paths each one installed.
-    pub installed: Vec<crate::packages::Installed>,
+    pub installed: Vec<kiln_deb::Installed>,
     pub manifests: Vec<(Platform, Descriptor)>,
     pub layers: Vec<(String, LayerRecord)>,
     pub layers_built: usize,
