@@ -12,6 +12,7 @@ pub mod gpt;
 pub mod layout;
 pub mod partition_file;
 pub mod qcow2;
+mod record;
 pub mod squashfs;
 #[cfg(test)]
 mod test_data;

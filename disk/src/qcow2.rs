@@ -13,17 +13,77 @@ use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 
+use crate::record::Record;
+
 const CLUSTER_BITS: u32 = 16;
 /// Cluster size: the granularity at which content is stored or left out.
 pub const CLUSTER: u64 = 1 << CLUSTER_BITS;
-const MAGIC: u32 = 0x5146_49fb;
-const HEADER_LENGTH: u32 = 104;
-/// 16-bit refcounts.
-const REFCOUNT_ORDER: u32 = 4;
 const REFCOUNTS_PER_BLOCK: u64 = CLUSTER / 2;
 const ENTRIES_PER_TABLE: u64 = CLUSTER / 8;
-/// "Refcount is exactly one": no snapshot shares this cluster.
+
+// The on-disk structures (qemu's docs/interop/qcow2.txt), all big-endian.
+
+const MAGIC: u32 = 0x5146_49fb;
+const VERSION: u32 = 3;
+const HEADER_LENGTH: usize = 104;
+/// 16-bit refcounts.
+const REFCOUNT_ORDER: u32 = 4;
+/// "Refcount is exactly one" in an L1 or L2 entry: no snapshot shares this cluster.
 const COPIED: u64 = 1 << 63;
+
+/// The version 3 header, at offset 0. No backing file, encryption, snapshots or feature bits.
+struct Header {
+    /// Virtual disk size in bytes.
+    size: u64,
+    l1_size: u32,
+    l1_table_offset: u64,
+    refcount_table_offset: u64,
+    refcount_table_clusters: u32,
+}
+
+impl Header {
+    /// The header, followed by the end of its (empty) list of header extensions.
+    fn encode(&self) -> [u8; HEADER_LENGTH + 8] {
+        Record::new()
+            .be32(MAGIC)
+            .be32(VERSION)
+            .be64(0) // backing file offset
+            .be32(0) // backing file name size
+            .be32(CLUSTER_BITS)
+            .be64(self.size)
+            .be32(0) // encryption method
+            .be32(self.l1_size)
+            .be64(self.l1_table_offset)
+            .be64(self.refcount_table_offset)
+            .be32(self.refcount_table_clusters)
+            .be32(0) // snapshots
+            .be64(0) // snapshots offset
+            .be64(0) // incompatible features
+            .be64(0) // compatible features
+            .be64(0) // autoclear features
+            .be32(REFCOUNT_ORDER)
+            .be32(HEADER_LENGTH as u32)
+            .be32(0) // header extension type: end of the list
+            .be32(0) // header extension length
+            .finish()
+    }
+}
+
+/// An L1 entry (the offset of an L2 table) or a standard L2 entry (the offset of a data
+/// cluster): the host offset with the "copied" flag.
+fn table_entry(host_offset: u64) -> [u8; 8] {
+    (host_offset | COPIED).to_be_bytes()
+}
+
+/// A refcount table entry: the offset of a refcount block.
+fn refcount_table_entry(block_offset: u64) -> [u8; 8] {
+    block_offset.to_be_bytes()
+}
+
+/// A 16-bit refcount block entry.
+fn refcount(count: u16) -> [u8; 2] {
+    count.to_be_bytes()
+}
 
 /// Why a qcow2 image could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -124,37 +184,33 @@ impl Qcow2Layout {
         let write = |out: &mut W, bytes: &[u8]| out.write_all(bytes).map_err(Qcow2Error::Write);
 
         let mut header = vec![0u8; CLUSTER as usize];
-        let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
-        put(0, &MAGIC.to_be_bytes());
-        put(4, &3u32.to_be_bytes());
-        put(20, &CLUSTER_BITS.to_be_bytes());
-        put(24, &self.size.to_be_bytes());
-        put(36, &(self.l1_size as u32).to_be_bytes());
-        put(40, &(l1_at * CLUSTER).to_be_bytes());
-        put(48, &(rt_at * CLUSTER).to_be_bytes());
-        put(56, &(self.rt_clusters as u32).to_be_bytes());
-        put(96, &REFCOUNT_ORDER.to_be_bytes());
-        put(100, &HEADER_LENGTH.to_be_bytes());
-        // Bytes 104..112 stay zero: the end of the (empty) header extension list.
+        let fields = Header {
+            size: self.size,
+            l1_size: self.l1_size as u32,
+            l1_table_offset: l1_at * CLUSTER,
+            refcount_table_offset: rt_at * CLUSTER,
+            refcount_table_clusters: self.rt_clusters as u32,
+        }
+        .encode();
+        header[..fields.len()].copy_from_slice(&fields);
         write(out, &header)?;
 
         let mut table = vec![0u8; (self.rt_clusters * CLUSTER) as usize];
-        for i in 0..self.rb_count {
-            let at = (i * 8) as usize;
-            table[at..at + 8].copy_from_slice(&((rb_at + i) * CLUSTER).to_be_bytes());
+        for (entry, block) in table.chunks_exact_mut(8).zip(rb_at..rb_at + self.rb_count) {
+            entry.copy_from_slice(&refcount_table_entry(block * CLUSTER));
         }
         write(out, &table)?;
 
         let mut refcounts = vec![0u8; (self.rb_count * CLUSTER) as usize];
-        for i in 0..total as usize {
-            refcounts[2 * i..2 * i + 2].copy_from_slice(&1u16.to_be_bytes());
+        for entry in refcounts.chunks_exact_mut(2).take(total as usize) {
+            entry.copy_from_slice(&refcount(1));
         }
         write(out, &refcounts)?;
 
         let mut l1 = vec![0u8; (self.l1_clusters * CLUSTER) as usize];
         for (host, index) in (l2_at..).zip(&self.l2_tables) {
             let at = (index * 8) as usize;
-            l1[at..at + 8].copy_from_slice(&((host * CLUSTER) | COPIED).to_be_bytes());
+            l1[at..at + 8].copy_from_slice(&table_entry(host * CLUSTER));
         }
         write(out, &l1)?;
 
@@ -170,7 +226,7 @@ impl Qcow2Layout {
                 mapped.next_if(|(guest, _)| guest / ENTRIES_PER_TABLE == index)
             {
                 let at = ((guest % ENTRIES_PER_TABLE) * 8) as usize;
-                l2[at..at + 8].copy_from_slice(&((host * CLUSTER) | COPIED).to_be_bytes());
+                l2[at..at + 8].copy_from_slice(&table_entry(host * CLUSTER));
             }
             write(out, &l2)?;
         }
@@ -294,6 +350,30 @@ mod tests {
             }
         }
         (raw, extents)
+    }
+
+    #[test]
+    fn header_fields_sit_at_the_specified_offsets() {
+        let h = Header {
+            size: 0x0102_0304_0506,
+            l1_size: 7,
+            l1_table_offset: 0x3_0000,
+            refcount_table_offset: 0x1_0000,
+            refcount_table_clusters: 1,
+        }
+        .encode();
+        assert_eq!(h.len(), 112);
+        assert_eq!(h[0..8], [0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+        assert_eq!(h[20..24], [0, 0, 0, 16]);
+        assert_eq!(h[24..32], [0, 0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(h[36..40], [0, 0, 0, 7]);
+        assert_eq!(h[40..48], 0x3_0000u64.to_be_bytes());
+        assert_eq!(h[48..56], 0x1_0000u64.to_be_bytes());
+        assert_eq!(h[56..60], [0, 0, 0, 1]);
+        assert_eq!(h[96..104], [0, 0, 0, 4, 0, 0, 0, 104]);
+        let set: Vec<usize> = (0..h.len()).filter(|i| h[*i] != 0).collect();
+        assert_eq!(set, [0, 1, 2, 3, 7, 23, 26, 27, 28, 29, 30, 31, 39, 45, 53, 59, 99, 103]);
+        assert_eq!(table_entry(0x5_0000), [0x80, 0, 0, 0, 0, 5, 0, 0]);
     }
 
     #[test]

@@ -11,12 +11,12 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
 use kiln_oci::digest::Sha256;
 
+use crate::record::Record;
+
 /// Data and hash block size.
 pub const BLOCK: u64 = 4096;
 const DIGEST: usize = 32;
 const PER_BLOCK: u64 = BLOCK / DIGEST as u64;
-const SUPERBLOCK: usize = 512;
-
 /// sha256 primed with the salt, cloned for each block.
 fn salted(salt: &[u8; 32]) -> Sha256 {
     let mut h = Sha256::new();
@@ -249,7 +249,7 @@ impl VerityHasher {
         uuid[8] = (uuid[8] & 0x3F) | 0x80;
 
         let mut sb = vec![0u8; BLOCK as usize];
-        superblock(&mut sb[..SUPERBLOCK], &uuid, data_blocks, &salt);
+        sb[..SUPERBLOCK].copy_from_slice(&Superblock { uuid, data_blocks, salt }.encode());
         out.write_all(&sb).map_err(VerityError::Write)?;
         let mut hash_size = BLOCK;
         for level in levels.iter().rev() {
@@ -286,23 +286,65 @@ impl<W: Write> Write for VerityTee<'_, W> {
     }
 }
 
-/// The `verity_sb` superblock cryptsetup writes and reads.
-fn superblock(sb: &mut [u8], uuid: &[u8; 16], data_blocks: u64, salt: &[u8; 32]) {
-    sb[0..8].copy_from_slice(b"verity\0\0");
-    sb[8..12].copy_from_slice(&1u32.to_le_bytes()); // superblock version
-    sb[12..16].copy_from_slice(&1u32.to_le_bytes()); // hash type: salt first
-    sb[16..32].copy_from_slice(uuid);
-    sb[32..38].copy_from_slice(b"sha256");
-    sb[64..68].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    sb[68..72].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    sb[72..80].copy_from_slice(&data_blocks.to_le_bytes());
-    sb[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
-    sb[88..88 + salt.len()].copy_from_slice(salt);
+// The on-disk superblock: cryptsetup's `struct verity_sb`, little-endian.
+
+const SUPERBLOCK: usize = 512;
+const SIGNATURE: [u8; 8] = *b"verity\0\0";
+const SUPERBLOCK_VERSION: u32 = 1;
+/// Format version 1: the salt goes before the block it salts.
+const HASH_TYPE_SALT_FIRST: u32 = 1;
+const ALGORITHM: &[u8] = b"sha256";
+const ALGORITHM_FIELD: usize = 32;
+const SALT_FIELD: usize = 256;
+
+/// The verity superblock at the start of the hash device.
+struct Superblock {
+    uuid: [u8; 16],
+    data_blocks: u64,
+    salt: [u8; 32],
+}
+
+impl Superblock {
+    fn encode(&self) -> [u8; SUPERBLOCK] {
+        Record::new()
+            .bytes(&SIGNATURE)
+            .le32(SUPERBLOCK_VERSION)
+            .le32(HASH_TYPE_SALT_FIRST)
+            .bytes(&self.uuid)
+            .bytes(ALGORITHM)
+            .zeros(ALGORITHM_FIELD - ALGORITHM.len())
+            .le32(BLOCK as u32) // data block size
+            .le32(BLOCK as u32) // hash block size
+            .le64(self.data_blocks)
+            .le16(self.salt.len() as u16)
+            .zeros(6)
+            .bytes(&self.salt)
+            .zeros(SALT_FIELD - self.salt.len())
+            .zeros(168)
+            .finish()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn superblock_fields_sit_where_cryptsetup_reads_them() {
+        let sb = Superblock { uuid: [0x11; 16], data_blocks: 0x0102_0304, salt: [0x22; 32] };
+        let sb = sb.encode();
+        assert_eq!(sb.len(), 512);
+        assert_eq!(&sb[0..8], b"verity\0\0");
+        assert_eq!(sb[8..16], [1, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(sb[16..32], [0x11; 16]);
+        assert_eq!(&sb[32..38], b"sha256");
+        assert_eq!(sb[64..72], [0, 0x10, 0, 0, 0, 0x10, 0, 0]);
+        assert_eq!(sb[72..80], [4, 3, 2, 1, 0, 0, 0, 0]);
+        assert_eq!(sb[80..82], [32, 0]);
+        assert_eq!(sb[88..120], [0x22; 32]);
+        let set = sb.iter().filter(|b| **b != 0).count();
+        assert_eq!(set, 6 + 2 + 16 + 6 + 2 + 4 + 1 + 32);
+    }
 
     #[test]
     fn hash_size_is_what_finish_writes() {
