@@ -9,16 +9,122 @@ use std::io::{self, Read, Seek, Write};
 use kiln_oci::digest::Sha256;
 use kiln_oci::Platform;
 
+use crate::record::Record;
+
 /// Sector size.
 pub const SECTOR: u64 = 512;
 /// Partitions start on 1 MiB boundaries.
 const ALIGN: u64 = 1 << 20;
-const ENTRIES: u64 = 128;
-const ENTRY_SIZE: u64 = 128;
 /// Sectors taken by the partition entry array.
-const ARRAY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
+const ARRAY_SECTORS: u64 = ENTRIES * ENTRY_SIZE as u64 / SECTOR;
+
+// The on-disk structures (UEFI specification, chapter 5), little-endian.
+
+/// Partition entries in the array, used or not.
+const ENTRIES: u64 = 128;
+const ENTRY_SIZE: usize = 128;
 const HEADER_SIZE: usize = 92;
+const SIGNATURE: [u8; 8] = *b"EFI PART";
+/// Header revision 1.0.
+const REVISION: u32 = 0x0001_0000;
 const NAME_UNITS: usize = 36;
+const MBR_BOOT_CODE: usize = 446;
+const MBR_RECORD: usize = 16;
+const MBR_SIGNATURE: [u8; 2] = [0x55, 0xAA];
+/// The protective MBR's partition type.
+const OS_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
+/// CHS of LBA 1, where the protective partition starts.
+const CHS_LBA1: [u8; 3] = [0x00, 0x02, 0x00];
+/// CHS beyond the addressable range, where it ends.
+const CHS_MAX: [u8; 3] = [0xFF, 0xFF, 0xFF];
+
+/// The protective MBR in sector 0: one partition of type 0xEE covering the disk, so MBR tools
+/// leave it alone.
+struct ProtectiveMbr {
+    /// Sectors the partition covers (all but sector 0, at most `u32::MAX`).
+    size_in_lba: u32,
+}
+
+impl ProtectiveMbr {
+    fn encode(&self) -> [u8; SECTOR as usize] {
+        Record::new()
+            .zeros(MBR_BOOT_CODE)
+            .u8(0) // not bootable
+            .bytes(&CHS_LBA1)
+            .u8(OS_TYPE_GPT_PROTECTIVE)
+            .bytes(&CHS_MAX)
+            .le32(1) // starting LBA
+            .le32(self.size_in_lba)
+            .zeros(3 * MBR_RECORD)
+            .bytes(&MBR_SIGNATURE)
+            .finish()
+    }
+}
+
+/// A GPT header (primary in LBA 1, backup in the last LBA), padded to its sector.
+struct Header {
+    my_lba: u64,
+    alternate_lba: u64,
+    first_usable_lba: u64,
+    last_usable_lba: u64,
+    disk_guid: Guid,
+    partition_entry_lba: u64,
+    entries_crc32: u32,
+}
+
+impl Header {
+    /// The sector, with the header's CRC32 (over its 92 bytes, that field zero) filled in.
+    fn encode(&self) -> [u8; SECTOR as usize] {
+        let fields = |crc: u32| {
+            Record::<{ SECTOR as usize }>::new()
+                .bytes(&SIGNATURE)
+                .le32(REVISION)
+                .le32(HEADER_SIZE as u32)
+                .le32(crc)
+                .zeros(4)
+                .le64(self.my_lba)
+                .le64(self.alternate_lba)
+                .le64(self.first_usable_lba)
+                .le64(self.last_usable_lba)
+                .bytes(&self.disk_guid.0)
+                .le64(self.partition_entry_lba)
+                .le32(ENTRIES as u32)
+                .le32(ENTRY_SIZE as u32)
+                .le32(self.entries_crc32)
+                .zeros(SECTOR as usize - HEADER_SIZE)
+                .finish()
+        };
+        fields(crc32fast::hash(&fields(0)[..HEADER_SIZE]))
+    }
+}
+
+/// One entry of the partition array.
+struct Entry {
+    type_guid: Guid,
+    unique_guid: Guid,
+    starting_lba: u64,
+    /// Inclusive.
+    ending_lba: u64,
+    /// UTF-16 units, at most [`NAME_UNITS`].
+    name: Vec<u16>,
+}
+
+impl Entry {
+    fn encode(&self) -> [u8; ENTRY_SIZE] {
+        let mut name = [0u8; 2 * NAME_UNITS];
+        for (unit, bytes) in self.name.iter().zip(name.chunks_exact_mut(2)) {
+            bytes.copy_from_slice(&unit.to_le_bytes());
+        }
+        Record::new()
+            .bytes(&self.type_guid.0)
+            .bytes(&self.unique_guid.0)
+            .le64(self.starting_lba)
+            .le64(self.ending_lba)
+            .le64(0) // attributes
+            .bytes(&name)
+            .finish()
+    }
+}
 
 /// A GUID as written in GPT: the first three fields little-endian.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,48 +448,38 @@ pub fn gpt_layout(
         })
         .collect();
 
-    let mut array = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
-    for (i, (p, place)) in parts.iter().zip(&placed).enumerate() {
-        let e = &mut array[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize];
-        e[0..16].copy_from_slice(&p.kind.guid().0);
-        e[16..32].copy_from_slice(&p.guid.0);
-        e[32..40].copy_from_slice(&(place.offset / SECTOR).to_le_bytes());
-        e[40..48].copy_from_slice(&((place.offset + place.size) / SECTOR - 1).to_le_bytes());
-        let units: Vec<u16> = p.label.encode_utf16().collect();
-        if units.len() > NAME_UNITS {
+    let mut array = vec![0u8; ENTRIES as usize * ENTRY_SIZE];
+    for ((p, place), slot) in parts.iter().zip(&placed).zip(array.chunks_exact_mut(ENTRY_SIZE)) {
+        let name: Vec<u16> = p.label.encode_utf16().collect();
+        if name.len() > NAME_UNITS {
             return Err(GptError::LabelTooLong(p.label.clone()));
         }
-        for (j, u) in units.iter().enumerate() {
-            e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
-        }
+        let entry = Entry {
+            type_guid: p.kind.guid(),
+            unique_guid: p.guid,
+            starting_lba: place.offset / SECTOR,
+            ending_lba: (place.offset + place.size) / SECTOR - 1,
+            name,
+        };
+        slot.copy_from_slice(&entry.encode());
     }
-    let array_crc = crc32fast::hash(&array);
+    let entries_crc32 = crc32fast::hash(&array);
     let last = sectors - 1;
-    let first_usable = 2 + ARRAY_SECTORS;
-    let last_usable = last - 1 - ARRAY_SECTORS;
-    let header = |mine: u64, other: u64, array_lba: u64| {
-        let mut h = vec![0u8; SECTOR as usize];
-        h[0..8].copy_from_slice(b"EFI PART");
-        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-        h[24..32].copy_from_slice(&mine.to_le_bytes());
-        h[32..40].copy_from_slice(&other.to_le_bytes());
-        h[40..48].copy_from_slice(&first_usable.to_le_bytes());
-        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
-        h[56..72].copy_from_slice(&disk_guid.0);
-        h[72..80].copy_from_slice(&array_lba.to_le_bytes());
-        h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
-        h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
-        h[88..92].copy_from_slice(&array_crc.to_le_bytes());
-        let crc = crc32fast::hash(&h[..HEADER_SIZE]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        h
+    let header = |my_lba: u64, alternate_lba: u64, partition_entry_lba: u64| Header {
+        my_lba,
+        alternate_lba,
+        first_usable_lba: 2 + ARRAY_SECTORS,
+        last_usable_lba: last - 1 - ARRAY_SECTORS,
+        disk_guid,
+        partition_entry_lba,
+        entries_crc32,
     };
-    let mut primary = protective_mbr(sectors);
-    primary.extend_from_slice(&header(1, last, 2));
+    let size_in_lba = u32::try_from(sectors - 1).unwrap_or(u32::MAX);
+    let mut primary = ProtectiveMbr { size_in_lba }.encode().to_vec();
+    primary.extend_from_slice(&header(1, last, 2).encode());
     primary.extend_from_slice(&array);
     let mut backup = array;
-    backup.extend_from_slice(&header(last, 1, last - ARRAY_SECTORS));
+    backup.extend_from_slice(&header(last, 1, last - ARRAY_SECTORS).encode());
     Ok(GptLayout { placed, primary, backup })
 }
 
@@ -410,21 +506,6 @@ pub fn write_gpt<W: DiskSink>(
     w.zeros_to(backup_offset(disk_size))?;
     w.write(&layout.backup)?;
     Ok(layout.placed)
-}
-
-/// An MBR whose one partition (type 0xEE) covers the disk, so MBR tools leave it alone.
-fn protective_mbr(sectors: u64) -> Vec<u8> {
-    let mut m = vec![0u8; SECTOR as usize];
-    let e = &mut m[446..462];
-    e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
-    e[4] = 0xEE;
-    e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
-    e[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let count = u32::try_from(sectors - 1).unwrap_or(u32::MAX);
-    e[12..16].copy_from_slice(&count.to_le_bytes());
-    m[510] = 0x55;
-    m[511] = 0xAA;
-    m
 }
 
 /// A writer that knows its position, for zero-filling gaps.
@@ -470,5 +551,67 @@ impl<W: DiskSink> Counted<'_, W> {
             self.at = offset;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protective_mbr_covers_the_disk_from_lba_1() {
+        let m = ProtectiveMbr { size_in_lba: 0x0102_0304 }.encode();
+        assert_eq!(m.len(), 512);
+        assert!(m[..446].iter().all(|b| *b == 0));
+        assert_eq!(m[446..462], [0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0, 4, 3, 2, 1]);
+        assert!(m[462..510].iter().all(|b| *b == 0));
+        assert_eq!(m[510..], [0x55, 0xAA]);
+    }
+
+    #[test]
+    fn header_fields_and_crc_sit_at_the_specified_offsets() {
+        let h = Header {
+            my_lba: 1,
+            alternate_lba: 0x1FFF,
+            first_usable_lba: 34,
+            last_usable_lba: 0x1FDE,
+            disk_guid: Guid([0x5a; 16]),
+            partition_entry_lba: 2,
+            entries_crc32: 0xA1B2_C3D4,
+        }
+        .encode();
+        assert_eq!(h.len(), 512);
+        assert_eq!(&h[0..8], b"EFI PART");
+        assert_eq!(h[8..16], [0, 0, 1, 0, 92, 0, 0, 0]);
+        assert_eq!(h[20..24], [0; 4]);
+        assert_eq!(h[24..40], [1, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0x1F, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(h[40..56], [34, 0, 0, 0, 0, 0, 0, 0, 0xDE, 0x1F, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(h[56..72], [0x5a; 16]);
+        assert_eq!(h[72..80], [2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(h[80..92], [128, 0, 0, 0, 128, 0, 0, 0, 0xD4, 0xC3, 0xB2, 0xA1]);
+        assert!(h[92..].iter().all(|b| *b == 0));
+        let mut zeroed = h;
+        zeroed[16..20].fill(0);
+        assert_eq!(h[16..20], crc32fast::hash(&zeroed[..92]).to_le_bytes());
+    }
+
+    #[test]
+    fn entry_fields_sit_at_the_specified_offsets() {
+        let e = Entry {
+            type_guid: Guid([1; 16]),
+            unique_guid: Guid([2; 16]),
+            starting_lba: 2048,
+            ending_lba: 4095,
+            name: "esp".encode_utf16().collect(),
+        }
+        .encode();
+        assert_eq!(e.len(), 128);
+        assert_eq!(e[0..32], [[1; 16], [2; 16]].concat()[..]);
+        assert_eq!(
+            e[32..56],
+            [0, 8, 0, 0, 0, 0, 0, 0, 0xFF, 0x0F, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(e[56..62], [b'e', 0, b's', 0, b'p', 0]);
+        assert!(e[62..].iter().all(|b| *b == 0));
     }
 }
