@@ -18,25 +18,17 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, Device, EntryKind, Tree};
 use kiln_tree::Epoch;
 
-const BLOCK: u64 = 4096;
-const BLOCK_BITS: u8 = 12;
-const SUPER_OFFSET: u64 = 1024;
-const MAGIC: u32 = 0xE0F5_E1E2;
-/// The inode area starts at this block.
+mod format;
+
+use format::{
+    xattr_ibody_header, DataLayout, Dirent as DirentRecord, Inode, Superblock, XattrEntry, BLOCK,
+    COMPACT_INODE_SIZE, DIRENT_SIZE, EXTENDED_INODE_SIZE, FT_BLKDEV, FT_CHRDEV, FT_DIR, FT_FIFO,
+    FT_REG, FT_SYMLINK, INODE_SLOT, NAME_MAX, SUPER_OFFSET, S_IFDIR, S_IFLNK, S_IFREG, XATTR_ALIGN,
+    XATTR_IBODY_HEADER_SIZE, XATTR_PREFIXES,
+};
+
+/// The inode area starts at this block, right after the superblock's.
 const META_BLKADDR: u64 = 1;
-const DIRENT_SIZE: usize = 12;
-const NAME_MAX: usize = 255;
-const LAYOUT_FLAT_PLAIN: u16 = 0;
-const LAYOUT_FLAT_INLINE: u16 = 2;
-const FT_REG: u8 = 1;
-const FT_DIR: u8 = 2;
-const FT_CHRDEV: u8 = 3;
-const FT_BLKDEV: u8 = 4;
-const FT_FIFO: u8 = 5;
-const FT_SYMLINK: u8 = 7;
-const S_IFREG: u32 = 0o100_000;
-const S_IFDIR: u32 = 0o040_000;
-const S_IFLNK: u32 = 0o120_000;
 
 /// Why an erofs image could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +105,9 @@ impl Node<'_> {
 
     fn inode_size(&self) -> u64 {
         if self.extended() {
-            64
+            EXTENDED_INODE_SIZE as u64
         } else {
-            32
+            COMPACT_INODE_SIZE as u64
         }
     }
 
@@ -191,22 +183,32 @@ impl<'a> ErofsPlan<'a> {
         let ErofsPlan { nodes, meta_blocks, blocks: next, uuid, build_time } = self;
         let mut sink = Sink { out };
         let mut block0 = vec![0u8; BLOCK as usize];
-        superblock(&mut block0, nodes.len() as u64, build_time, next, uuid);
+        let sb = Superblock {
+            root_nid: 0,
+            inodes: nodes.len() as u64,
+            build_time,
+            blocks: next as u32,
+            meta_blkaddr: META_BLKADDR as u32,
+            uuid,
+        }
+        .encode();
+        block0[SUPER_OFFSET..SUPER_OFFSET + sb.len()].copy_from_slice(&sb);
         sink.write(&block0)?;
 
         // The inode area is streamed in nid order (nids grow with the node order), so memory
         // holds one inode at a time, not every inline tail of the image.
         let mut written = 0u64;
-        let mut slot = [0u8; 64];
         // Digests of the host-file tails read separately, in node order.
         let mut tails = Vec::new();
         for node in &nodes {
-            let at = node.nid * 32;
+            let at = node.nid * INODE_SLOT;
             sink.zeros(at - written)?;
-            let isize = node.inode_size() as usize;
-            slot[..isize].fill(0);
-            inode(&mut slot[..isize], node, build_time);
-            sink.write(&slot[..isize])?;
+            let inode = inode(node, build_time);
+            if node.extended() {
+                sink.write(&inode.encode_extended())?;
+            } else {
+                sink.write(&inode.encode_compact())?;
+            }
             sink.write(&node.xattrs)?;
             written = at + node.head_size();
             if node.inline > 0 {
@@ -436,10 +438,9 @@ fn dir_bytes_all(entries: &[Dirent], nodes: &[Node<'_>]) -> Vec<u8> {
         let group = &entries[block.first..block.first + block.count];
         let mut nameoff = DIRENT_SIZE * group.len();
         for e in group {
-            out.extend_from_slice(&nodes[e.node].nid.to_le_bytes());
-            out.extend_from_slice(&(nameoff as u16).to_le_bytes());
-            out.push(e.file_type);
-            out.push(0);
+            let nid = nodes[e.node].nid;
+            let dirent = DirentRecord { nid, nameoff: nameoff as u16, file_type: e.file_type };
+            out.extend_from_slice(&dirent.encode());
             nameoff += e.name.len();
         }
         for e in group {
@@ -489,24 +490,13 @@ fn place_inodes(nodes: &mut [Node<'_>]) -> u64 {
         if at % BLOCK + need > BLOCK && !at.is_multiple_of(BLOCK) {
             at = at.next_multiple_of(BLOCK);
         }
-        node.nid = at / 32;
-        at = (at + need).next_multiple_of(32);
+        node.nid = at / INODE_SLOT;
+        at = (at + need).next_multiple_of(INODE_SLOT);
     }
     at
 }
 
-/// Name prefixes erofs stores as an index, with the index; the ACL names are whole names.
-const XATTR_PREFIXES: [(&str, u8); 5] = [
-    ("user.", 1),
-    ("system.posix_acl_access", 2),
-    ("system.posix_acl_default", 3),
-    ("trusted.", 4),
-    ("security.", 6),
-];
-const XATTR_HEADER: usize = 12;
-
-/// The inline xattr area of an inode: a 12-byte header (no shared xattrs) and one entry per
-/// attribute (name length, prefix index, value length, name suffix, value; 4-byte aligned).
+/// The inline xattr area of an inode: its header and one entry per attribute.
 fn xattr_body(
     path: &ImagePath,
     xattrs: &std::collections::BTreeMap<String, Vec<u8>>,
@@ -514,7 +504,7 @@ fn xattr_body(
     if xattrs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut body = vec![0u8; XATTR_HEADER];
+    let mut body = xattr_ibody_header().to_vec();
     for (name, value) in xattrs {
         let bad = || ErofsError::Xattr { path: path.clone(), name: name.clone() };
         let (suffix, index) = XATTR_PREFIXES
@@ -527,75 +517,43 @@ fn xattr_body(
             .ok_or_else(bad)?;
         let name_len = u8::try_from(suffix.len()).map_err(|_| bad())?;
         let value_len = u16::try_from(value.len()).map_err(|_| bad())?;
-        body.push(name_len);
-        body.push(index);
-        body.extend_from_slice(&value_len.to_le_bytes());
+        let entry = XattrEntry { name_len, name_index: index, value_size: value_len };
+        body.extend_from_slice(&entry.encode());
         body.extend_from_slice(suffix.as_bytes());
         body.extend_from_slice(value);
-        body.resize(body.len().next_multiple_of(4), 0);
+        body.resize(body.len().next_multiple_of(XATTR_ALIGN), 0);
     }
-    if (body.len() - XATTR_HEADER) / 4 + 1 > usize::from(u16::MAX) {
+    if xattr_icount(body.len()) > usize::from(u16::MAX) {
         return Err(ErofsError::Xattr { path: path.clone(), name: "(all of them)".into() });
     }
     Ok(body)
 }
 
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// Fills the superblock inside block 0.
-fn superblock(block0: &mut [u8], inodes: u64, build_time: u64, blocks: u64, uuid: [u8; 16]) {
-    let sb = &mut block0[SUPER_OFFSET as usize..SUPER_OFFSET as usize + 128];
-    put32(sb, 0, MAGIC);
-    sb[12] = BLOCK_BITS;
-    put16(sb, 14, 0); // root nid
-    put64(sb, 16, inodes);
-    put64(sb, 24, build_time);
-    put32(sb, 36, blocks as u32);
-    put32(sb, 40, META_BLKADDR as u32);
-    sb[48..64].copy_from_slice(&uuid);
-}
-
-/// Encodes one inode (compact or extended) into `b`.
-fn inode(b: &mut [u8], node: &Node<'_>, build_time: u64) {
-    let layout = if node.inline > 0 { LAYOUT_FLAT_INLINE } else { LAYOUT_FLAT_PLAIN };
-    let ino = (node.nid + 1) as u32;
-    let icount = match node.xattrs.len() {
+/// `i_xattr_icount` of an inline xattr area of `len` bytes (0: none).
+fn xattr_icount(len: usize) -> usize {
+    match len {
         0 => 0,
-        n => ((n - XATTR_HEADER) / 4 + 1) as u16,
-    };
-    put16(b, 2, icount);
-    // The inode's union holds the device number of a device node, else the data's block.
-    let raw_blkaddr = match node.data {
-        Data::Device(rdev) => rdev,
-        _ => node.blkaddr as u32,
-    };
-    if node.extended() {
-        put16(b, 0, 1 | (layout << 1));
-        put16(b, 4, node.mode as u16);
-        put64(b, 8, node.size);
-        put32(b, 16, raw_blkaddr);
-        put32(b, 20, ino);
-        put32(b, 24, node.uid);
-        put32(b, 28, node.gid);
-        put64(b, 32, build_time);
-        put32(b, 44, node.nlink);
-    } else {
-        put16(b, 0, layout << 1);
-        put16(b, 4, node.mode as u16);
-        put16(b, 6, node.nlink as u16);
-        put32(b, 8, node.size as u32);
-        put32(b, 16, raw_blkaddr);
-        put32(b, 20, ino);
-        put16(b, 24, node.uid as u16);
-        put16(b, 26, node.gid as u16);
+        n => (n - XATTR_IBODY_HEADER_SIZE) / XATTR_ALIGN + 1,
+    }
+}
+
+/// The inode of a node.
+fn inode(node: &Node<'_>, build_time: u64) -> Inode {
+    Inode {
+        layout: if node.inline > 0 { DataLayout::FlatInline } else { DataLayout::FlatPlain },
+        xattr_icount: xattr_icount(node.xattrs.len()) as u16,
+        mode: node.mode as u16,
+        nlink: node.nlink,
+        size: node.size,
+        // The inode's union holds the device number of a device node, else the data's block.
+        raw_blkaddr: match node.data {
+            Data::Device(rdev) => rdev,
+            _ => node.blkaddr as u32,
+        },
+        ino: (node.nid + 1) as u32,
+        uid: node.uid,
+        gid: node.gid,
+        mtime: build_time,
     }
 }
 
