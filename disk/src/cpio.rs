@@ -13,8 +13,61 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, EntryKind, Tree};
 use kiln_tree::Epoch;
 
-const MAGIC: &str = "070701";
+use crate::record::Record;
+
+// The on-disk structure: the "new" (SVR4, no checksum) portable header of cpio(5), every
+// number as 8 uppercase hex digits, then the NUL-terminated name, padded to 4 bytes.
+
+const MAGIC: [u8; 6] = *b"070701";
+const HEADER_SIZE: usize = 110;
+/// The header and name are padded to this, and so is the data after them.
+const ALIGN: u64 = 4;
 const TRAILER: &str = "TRAILER!!!";
+
+/// One newc header.
+struct Header {
+    ino: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime: u32,
+    filesize: u32,
+    rdev_major: u32,
+    rdev_minor: u32,
+    /// The name's length including its NUL.
+    namesize: u32,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_SIZE] {
+        Record::new()
+            .bytes(&MAGIC)
+            .bytes(&hex(self.ino))
+            .bytes(&hex(self.mode))
+            .bytes(&hex(self.uid))
+            .bytes(&hex(self.gid))
+            .bytes(&hex(self.nlink))
+            .bytes(&hex(self.mtime))
+            .bytes(&hex(self.filesize))
+            .bytes(&hex(0)) // major of the device holding the file
+            .bytes(&hex(0)) // minor of the device holding the file
+            .bytes(&hex(self.rdev_major))
+            .bytes(&hex(self.rdev_minor))
+            .bytes(&hex(self.namesize))
+            .bytes(&hex(0)) // check: unused by this format
+            .finish()
+    }
+}
+
+/// A number as cpio newc writes it.
+fn hex(v: u32) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = b"0123456789ABCDEF"[((v >> (28 - 4 * i)) & 0xF) as usize];
+    }
+    out
+}
 
 /// Why an archive could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -45,25 +98,31 @@ impl<W: Write> Out<W> {
         Ok(())
     }
 
-    fn pad4(&mut self) -> Result<(), CpioError> {
-        let pad = (self.len.next_multiple_of(4) - self.len) as usize;
-        self.write(&[0u8; 3][..pad])
+    fn pad(&mut self) -> Result<(), CpioError> {
+        let pad = (self.len.next_multiple_of(ALIGN) - self.len) as usize;
+        self.write(&[0u8; ALIGN as usize - 1][..pad])
     }
 
     /// One header and its name; the data (if any) follows from the caller.
-    fn header(&mut self, name: &str, f: [u32; 8], size: u32) -> Result<(), CpioError> {
+    fn header(&mut self, name: &str, f: [u32; 8], filesize: u32) -> Result<(), CpioError> {
         let [ino, mode, uid, gid, nlink, mtime, rdev_major, rdev_minor] = f;
         let namesize = name.len() as u32 + 1;
-        let fields = [ino, mode, uid, gid, nlink, mtime, size, 0, 0, rdev_major, rdev_minor];
-        let mut h = String::with_capacity(110);
-        h.push_str(MAGIC);
-        for v in fields.iter().chain(&[namesize, 0]) {
-            h.push_str(&format!("{v:08X}"));
-        }
-        self.write(h.as_bytes())?;
+        let header = Header {
+            ino,
+            mode,
+            uid,
+            gid,
+            nlink,
+            mtime,
+            filesize,
+            rdev_major,
+            rdev_minor,
+            namesize,
+        };
+        self.write(&header.encode())?;
         self.write(name.as_bytes())?;
         self.write(&[0])?;
-        self.pad4()
+        self.pad()
     }
 }
 
@@ -91,7 +150,7 @@ pub fn write_cpio<W: Write>(tree: &Tree, epoch: Epoch, out: W) -> Result<u64, Cp
                 let f = [next, 0o120_777, m.uid, m.gid, 1, mtime, 0, 0];
                 out.header(path.as_str(), f, target.len() as u32)?;
                 out.write(target.as_bytes())?;
-                out.pad4()?;
+                out.pad()?;
             }
             EntryKind::File(content) => {
                 let size = u32::try_from(content.size()).map_err(|_| CpioError::TooLarge {
@@ -106,7 +165,7 @@ pub fn write_cpio<W: Write>(tree: &Tree, epoch: Epoch, out: W) -> Result<u64, Cp
                     Content::Bytes(bytes) => out.write(bytes)?,
                     Content::Host(file) => copy_host(&mut out, path, file)?,
                 }
-                out.pad4()?;
+                out.pad()?;
             }
             EntryKind::Device(device) => {
                 let (major, minor) = device.major_minor();
@@ -144,4 +203,35 @@ fn copy_host<W: Write>(
         StreamError::Host(source) => CpioError::Host { path: path.clone(), source },
         StreamError::Sink(e) => CpioError::Write(e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_are_hex_at_the_specified_offsets() {
+        let h = Header {
+            ino: 1,
+            mode: 0o100_644,
+            uid: 0xABCD,
+            gid: 2,
+            nlink: 3,
+            mtime: 0x6553_F100,
+            filesize: 0x1234_5678,
+            rdev_major: 8,
+            rdev_minor: 0xFFFF_FFFF,
+            namesize: 6,
+        }
+        .encode();
+        let text = std::str::from_utf8(&h).unwrap();
+        assert_eq!(
+            text,
+            "070701\
+             00000001000081A40000ABCD0000000200000003\
+             6553F1001234567800000000000000000000000\
+             8FFFFFFFF0000000600000000"
+        );
+        assert_eq!(h.len(), 110);
+    }
 }
