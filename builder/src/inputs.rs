@@ -133,7 +133,7 @@ enum Step {
 #[derive(Default)]
 pub struct Debian<'a> {
     pub locked: Vec<LockedPackages>,
-    pub store: Option<&'a mut (dyn crate::build::BlobSink + 'a)>,
+    pub store: Option<&'a mut (dyn crate::build::sink::BlobSink + 'a)>,
     /// Each package installed so far, with its status paragraph.
     pub status: BTreeMap<String, String>,
 }

@@ -58,7 +58,7 @@ pub enum PackageError {
     #[error("package {name}: its control file names it {found:?}, which is not a package name")]
     Name { name: String, found: String },
     #[error("package {name}: keeping its file in the store")]
-    Store { name: String, source: crate::build::SinkError },
+    Store { name: String, source: crate::build::sink::SinkError },
     #[error("spooling package contents")]
     Spool(#[source] io::Error),
 }
@@ -275,7 +275,7 @@ pub const DEB_MEDIA_TYPE: &str = "application/vnd.debian.binary-package";
 pub fn unpack_locked<'s>(
     package: &LockedPackage,
     spool: &mut Spool,
-    store: Option<&mut (dyn crate::build::BlobSink + 's)>,
+    store: Option<&mut (dyn crate::build::sink::BlobSink + 's)>,
 ) -> Result<Unpacked, PackageError> {
     let descriptor = kiln_oci::Descriptor::new(DEB_MEDIA_TYPE, package.sha256, package.size);
     let Some(store) = store else {

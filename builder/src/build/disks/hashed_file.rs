@@ -8,6 +8,9 @@ use std::sync::mpsc;
 
 use kiln_oci::{Digest, HashingReader, Sha256};
 
+/// A file's sha256 and size.
+pub type Hashed = (Digest, u64);
+
 /// Why a file could not be written or hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashedFileError {
@@ -28,7 +31,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HashedFileError {
 }
 
 /// The sha256 and size of a file.
-pub fn hash_file(path: &Path) -> Result<(Digest, u64), HashedFileError> {
+pub fn hash_file(path: &Path) -> Result<Hashed, HashedFileError> {
     let file = File::open(path).map_err(io_err(path))?;
     let mut reader = HashingReader::new(BufReader::new(file));
     io::copy(&mut reader, &mut io::sink()).map_err(io_err(path))?;
@@ -38,7 +41,7 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64), HashedFileError> {
 /// Creates the file at `path` and fills it through `write`, hashing every byte written on a
 /// second thread (so writing and hashing use both cores): returns what `write` returned and
 /// the file's sha256 and size, without reading it back.
-pub fn write_hashed<T, E, F>(path: &Path, write: F) -> Result<(T, (Digest, u64)), E>
+pub fn write_hashed<T, E, F>(path: &Path, write: F) -> Result<(T, Hashed), E>
 where
     F: FnOnce(&mut dyn Write) -> Result<T, E>,
     E: From<HashedFileError>,

@@ -1,0 +1,38 @@
+//! Why a build failed.
+
+use std::path::PathBuf;
+
+use crate::build::disks::error::DiskError;
+use crate::build::sink::SinkError;
+use crate::inputs::InputError;
+use crate::layer::LayerError;
+use crate::lock::{LockDifference, LockError};
+use crate::rootfs::RootfsError;
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{recipe}: no lock file at {lock}; run `kiln lock {recipe}` first (or build without --locked)", recipe = .recipe.display(), lock = .lock.display())]
+    NoLock { recipe: PathBuf, lock: PathBuf },
+    #[error("inputs differ from {}:\n  {}\nrun `kiln lock` to accept the change, or restore the inputs", .lock.display(), .differences.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n  "))]
+    LockMismatch { lock: PathBuf, differences: Vec<LockDifference> },
+    #[error("layer {name:?}")]
+    Layer { name: String, source: Box<LayerError> },
+    #[error("storing blobs")]
+    Sink(#[source] SinkError),
+    #[error("serialising {what}")]
+    Json { what: &'static str, source: serde_json::Error },
+    #[error(transparent)]
+    Layers(#[from] RootfsError),
+    #[error("[disk]")]
+    Disk(#[from] DiskError),
+    #[error(
+        "[disk] makes disks for linux/amd64, linux/arm64 and linux/riscv64, and the recipe's \
+         platforms include none of them"
+    )]
+    DiskPlatform,
+}

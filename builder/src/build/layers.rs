@@ -1,0 +1,212 @@
+//! The image part of a build: layer trees made and flattened, layers written or taken from
+//! the cache, the config, manifest and index assembled, and all of it stored.
+
+use kiln_oci::{Descriptor, Digest, Platform};
+use kiln_tree::tree::{EntryKind, Tree};
+
+use crate::build::disks::esp_tree;
+use crate::build::error::BuildError;
+use crate::build::observer::Observer;
+use crate::build::options::BuildOptions;
+use crate::build::plan::Plan;
+use crate::build::sink::BlobSink;
+use crate::image::{self, JsonBlob, LayerRecord};
+use crate::inputs::ResolvedLayer;
+use crate::layer::{self, LayerBlob, LayerError};
+use crate::recipe::Recipe;
+use crate::rootfs::Rootfs;
+
+/// A layer whose blob was found in the cache rather than written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheHit {
+    /// Its position in [`BuildOutput::layers`](crate::BuildOutput::layers).
+    pub layer: usize,
+    /// The cache key it was found under (see [`layer_keys`](crate::build::layer_keys)).
+    pub key: Digest,
+}
+
+/// Where a layer's blob comes from.
+pub(super) enum Source {
+    /// The cache: built before from the same key.
+    Cached(LayerRecord),
+    /// Written now from this tree.
+    Write(Tree),
+}
+
+/// Each layer's source, and the flattened root filesystem when disks are made.
+pub(super) struct Flattened {
+    pub layers: Vec<(String, Source)>,
+    pub rootfs: Option<Tree>,
+}
+
+/// Makes the trees `plan` needs, each layer's implicit parents taking their metadata from the
+/// layers below, and flattens them into the root filesystem when the recipe has `[disk]`
+/// (checking its ESP files are there).
+pub(super) fn flatten(
+    recipe: &Recipe,
+    resolved: &[ResolvedLayer],
+    plan: &Plan,
+) -> Result<Flattened, BuildError> {
+    let mut lower = Rootfs::default();
+    let mut layers = Vec::with_capacity(resolved.len());
+    for (i, (layer, found)) in resolved.iter().zip(&plan.found).enumerate() {
+        let tree = if i < plan.trees {
+            let mut tree = layer.tree()?;
+            tree.inherit_implicit(|path| lower.dir_meta(path));
+            lower.push(&tree)?;
+            Some(tree)
+        } else {
+            None
+        };
+        let source = match found {
+            Some(record) => Source::Cached(record.clone()),
+            // Every layer to write is below `plan.trees`, so its tree was made above.
+            None => Source::Write(tree.map_or_else(|| layer.tree(), Ok)?),
+        };
+        layers.push((layer.name.clone(), source));
+    }
+    let rootfs = match &recipe.disk {
+        Some(spec) => {
+            let rootfs = lower.finish()?;
+            if let Some(esp) = &spec.esp {
+                esp_tree(&rootfs, esp)?;
+            }
+            Some(rootfs)
+        }
+        None => None,
+    };
+    Ok(Flattened { layers, rootfs })
+}
+
+/// The layers of a build, written to the scratch folder or found in the cache.
+pub(super) struct Layers {
+    /// Every layer's record, in layer order.
+    pub records: Vec<(String, LayerRecord)>,
+    pub cache_hits: Vec<CacheHit>,
+    /// The blobs written, with their cache keys, not yet stored.
+    pub written: Vec<(Digest, LayerBlob)>,
+}
+
+/// Writes each layer `flat` has a tree for into the scratch folder.
+pub(super) fn write_layers(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    observer: &dyn Observer,
+    keys: &[Digest],
+    flat: &Flattened,
+) -> Result<Layers, BuildError> {
+    let total = flat.layers.len();
+    let mut records: Vec<(String, LayerRecord)> = Vec::with_capacity(total);
+    let mut cache_hits = Vec::new();
+    let mut written: Vec<(Digest, LayerBlob)> = Vec::new();
+    for (i, (key, (name, source))) in keys.iter().zip(&flat.layers).enumerate() {
+        let bytes = match source {
+            Source::Write(tree) => Some(
+                tree.iter()
+                    .map(|(_, e)| if let EntryKind::File(c) = &e.kind { c.size() } else { 0 })
+                    .sum(),
+            ),
+            Source::Cached(_) => None,
+        };
+        observer.layer_started(name, i, total, bytes);
+        let record = match source {
+            Source::Cached(record) => {
+                cache_hits.push(CacheHit { layer: i, key: *key });
+                record.clone()
+            }
+            Source::Write(tree) => {
+                let blob = write_layer(recipe, opts, name, i, tree, &written)?;
+                let record = LayerRecord {
+                    media_type: blob.media_type.to_string(),
+                    digest: blob.digest,
+                    diff_id: blob.diff_id,
+                    size: blob.size,
+                };
+                written.push((*key, blob));
+                record
+            }
+        };
+        observer.layer_finished(name, matches!(source, Source::Cached(_)));
+        records.push((name.clone(), record));
+    }
+    Ok(Layers { records, cache_hits, written })
+}
+
+/// Writes layer `i` from `tree`, in a scratch file of its own even when an earlier layer of
+/// `written` has the same bytes.
+fn write_layer(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    name: &str,
+    i: usize,
+    tree: &Tree,
+    written: &[(Digest, LayerBlob)],
+) -> Result<LayerBlob, BuildError> {
+    let mut blob =
+        layer::write_layer(tree, opts.epoch, &recipe.compression, opts.threads, &opts.work_dir)
+            .map_err(|source| BuildError::Layer {
+                name: name.to_string(),
+                source: Box::new(source),
+            })?;
+    if written.iter().any(|(_, b)| b.digest == blob.digest) {
+        // The same bytes as an earlier layer, in the same scratch file: the sink takes each
+        // file it is given, so this one gets a name of its own.
+        let own = opts.work_dir.join(format!("layer-{i}.again"));
+        std::fs::hard_link(&blob.path, &own).map_err(|source| BuildError::Layer {
+            name: name.to_string(),
+            source: Box::new(LayerError::Output { dir: opts.work_dir.clone(), source }),
+        })?;
+        blob.path = own;
+    }
+    Ok(blob)
+}
+
+/// The JSON documents of the image.
+pub(super) struct ImageDocuments {
+    /// Each platform's config and manifest.
+    pub documents: Vec<JsonBlob>,
+    pub manifests: Vec<(Platform, Descriptor)>,
+    pub index: JsonBlob,
+}
+
+/// Assembles each platform's config and manifest over `layers`, and the index over them.
+pub(super) fn image_documents(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    layers: &[(String, LayerRecord)],
+) -> Result<ImageDocuments, BuildError> {
+    let json_err = |what| move |source| BuildError::Json { what, source };
+    let mut documents = Vec::new();
+    let mut manifests = Vec::new();
+    for platform in &recipe.platforms {
+        let config = image::config(recipe, opts.epoch, platform, layers)
+            .map_err(json_err("image config"))?;
+        let manifest = image::manifest(recipe, opts.epoch, &config.descriptor, layers)
+            .map_err(json_err("manifest"))?;
+        manifests.push((platform.clone(), manifest.descriptor.clone()));
+        documents.extend([config, manifest]);
+    }
+    let index = image::index(recipe, opts.epoch, &manifests).map_err(json_err("image index"))?;
+    Ok(ImageDocuments { documents, manifests, index })
+}
+
+/// Stores the written layers, then the documents and the index.
+pub(super) fn store_image(
+    sink: &mut dyn BlobSink,
+    layers: &Layers,
+    image: &ImageDocuments,
+) -> Result<(), BuildError> {
+    for (key, blob) in &layers.written {
+        sink.put_layer(key, blob).map_err(BuildError::Sink)?;
+    }
+    // Scratch copies are removed once all are stored: two layers with the same bytes share
+    // one.
+    for (_, blob) in &layers.written {
+        crate::scratch::remove(&blob.path);
+    }
+    for document in &image.documents {
+        sink.put_json(document).map_err(BuildError::Sink)?;
+    }
+    sink.put_json(&image.index).map_err(BuildError::Sink)?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Inputs hashed into layers and the lock they amount to, with Debian packages taken from the
+//! lock or resolved; and the lock file written from them (`kiln lock`).
+
+use kiln_disk::ext4::e2fsprogs_version;
+use kiln_disk::RootFs;
+use kiln_tree::Epoch;
+
+use crate::build::disks::error::DiskError;
+use crate::build::error::BuildError;
+use crate::build::sink::BlobSink;
+use crate::hash_cache::HashCache;
+use crate::inputs::{self, InputError, ResolvedLayer};
+use crate::lock::{Lock, LockDifference};
+use crate::packages::{PackageError, Resolution};
+use crate::recipe::Recipe;
+
+/// Hashes every input and returns the layers plus the lock they amount to; Debian packages
+/// come from the lock beside the recipe where it holds them, else are resolved.
+pub fn resolve(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
+    resolve_with(recipe, epoch, cache, Resolution::Reuse, None)
+}
+
+/// [`resolve`], choosing when Debian packages are resolved again, and where package files
+/// are kept between builds (`store`: taken from it when there, put into it when fetched).
+pub fn resolve_with(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+    resolution: Resolution,
+    store: Option<&mut dyn BlobSink>,
+) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
+    let lock_path = Lock::path_for(&recipe.file);
+    let existing = Lock::read(&lock_path)?;
+    let (repositories, packages) =
+        match crate::packages::plan(recipe, existing.as_ref(), resolution) {
+            Ok(planned) => planned,
+            // Only a `--locked` build refuses to resolve: it fails as for any input not locked.
+            Err(PackageError::NotLocked { layer }) => {
+                return Err(match existing {
+                    None => BuildError::NoLock { recipe: recipe.file.clone(), lock: lock_path },
+                    Some(_) => BuildError::LockMismatch {
+                        lock: lock_path,
+                        differences: vec![LockDifference::Packages { layer }],
+                    },
+                })
+            }
+            Err(e) => return Err(InputError::from(e).into()),
+        };
+    let mut debian = inputs::Debian { locked: packages.clone(), store, ..Default::default() };
+    let layers = recipe
+        .layers
+        .iter()
+        .map(|l| inputs::resolve_layer_with(l, cache, &mut debian))
+        .collect::<Result<Vec<_>, _>>()?;
+    let all_inputs = layers.iter().flat_map(|l| l.inputs.iter().cloned()).collect();
+    let e2fsprogs = match &recipe.disk {
+        Some(spec) if spec.root == RootFs::Ext4 => {
+            Some(e2fsprogs_version().map_err(DiskError::from)?)
+        }
+        _ => None,
+    };
+    let mut lock = Lock::new(recipe.digest, epoch, recipe.compression, e2fsprogs, all_inputs);
+    lock.repositories = repositories;
+    lock.packages = packages;
+    Ok((layers, lock))
+}
+
+/// Writes (or rewrites) the lock file for `recipe`; returns it and whether it changed.
+pub fn lock(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+) -> Result<(Lock, bool), BuildError> {
+    lock_with(recipe, epoch, cache, Resolution::Reuse)
+}
+
+/// [`lock`], choosing when Debian packages are resolved again (`kiln lock --update`).
+pub fn lock_with(
+    recipe: &Recipe,
+    epoch: Epoch,
+    cache: &mut HashCache,
+    resolution: Resolution,
+) -> Result<(Lock, bool), BuildError> {
+    let (layers, lock) = resolve_with(recipe, epoch, cache, resolution, None)?;
+    // A build makes a tree only for a layer it writes; a lock is written only for layers
+    // that can be made (no path declared twice, no file where a folder must be).
+    for layer in &layers {
+        layer.tree()?;
+    }
+    let path = Lock::path_for(&recipe.file);
+    let changed = Lock::read(&path)?.as_ref() != Some(&lock);
+    if changed {
+        lock.write(&path)?;
+    }
+    Ok((lock, changed))
+}

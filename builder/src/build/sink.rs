@@ -1,0 +1,37 @@
+//! Where a build puts its blobs: the builder never talks to a store itself; the caller wires
+//! one in through [`BlobSink`].
+
+use std::path::Path;
+
+use kiln_oci::{Descriptor, Digest};
+
+use crate::image::{JsonBlob, LayerRecord};
+use crate::layer::LayerBlob;
+
+/// An error from the code that stores blobs, kept opaque to the builder.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a build puts its blobs and looks up earlier layers.
+pub trait BlobSink {
+    /// For each key, the layer built before from it, if its blob is still available (all keys
+    /// at once, so a remote store can look them up concurrently).
+    fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError>;
+    /// Stores a freshly written layer blob and remembers it under `key`; the blob's scratch
+    /// file is the sink's to keep, move or delete.
+    fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;
+    /// Stores a JSON document (config, manifest, index).
+    fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError>;
+    /// Stores the scratch file at `path` (a disk image) as the blob `descriptor` names; the
+    /// file is the sink's to keep, move or delete.
+    fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError>;
+    /// A disk artifact manifest made before under `key`, if it and every blob it names are
+    /// still stored.
+    fn cached_disk(&mut self, key: &Digest) -> Result<Option<Descriptor>, SinkError>;
+    /// Remembers the disk artifact manifest `artifact` under `key`.
+    fn remember_disk(&mut self, key: &Digest, artifact: &Descriptor) -> Result<(), SinkError>;
+    /// Records that the artifact manifest `artifact` refers to `subject` (OCI 1.1 referrer).
+    fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError>;
+    /// Copies the stored blob `descriptor` names to the new file `target`, verified against
+    /// its digest and size; `Ok(false)` when the store does not have it.
+    fn copy_blob(&mut self, descriptor: &Descriptor, target: &Path) -> Result<bool, SinkError>;
+}
