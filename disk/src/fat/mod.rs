@@ -22,8 +22,14 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, Entry, EntryKind, Tree};
 use kiln_tree::Epoch;
 
-const SECTOR: u64 = 512;
-const MEDIA: u8 = 0xF8;
+mod format;
+
+use format::{
+    checksum, fat12_pair, media_entry, BootSector, FatType, FsInfo, LongEntry, ShortEntry, Stamp,
+    ATTR_ARCHIVE, ATTR_DIR, ATTR_VOLUME_ID, BACKUP_BOOT_SECTOR, DIRENT_SIZE, FSINFO_SECTOR,
+    LFN_UNITS, NUM_FATS, SECTOR,
+};
+
 const FAT12_MAX_CLUSTERS: u64 = 4084;
 const FAT16_MAX_CLUSTERS: u64 = 65524;
 /// Smallest volume accepted: room for a FAT12 layout with some clusters.
@@ -32,18 +38,8 @@ const MIN_SECTORS: u64 = 128;
 const MAX_DIR_ENTRIES: u64 = 65536;
 /// Root directory entries on FAT12/16 unless the root needs more.
 const ROOT_ENTRIES: u64 = 512;
-const DIRENT: usize = 32;
-const LFN_UNITS: usize = 13;
-const ATTR_DIR: u8 = 0x10;
-const ATTR_ARCHIVE: u8 = 0x20;
-const ATTR_VOLUME_ID: u8 = 0x08;
-const ATTR_LFN: u8 = 0x0F;
-const LFN_LAST: u8 = 0x40;
 /// Punctuation allowed in short names besides A-Z and 0-9.
 const SHORT_PUNCT: &str = "$%'-_@~`!(){}^#&";
-/// Seconds since 1970 of 1980-01-01T00:00:00Z and 2107-12-31T23:59:58Z, FAT's time range.
-const FAT_EPOCH_MIN: Epoch = Epoch::saturating(315_532_800);
-const FAT_EPOCH_MAX: Epoch = Epoch::saturating(4_354_819_198);
 static ZEROS: [u8; 65536] = [0; 65536];
 
 /// Why an ESP image could not be written.
@@ -78,32 +74,6 @@ pub enum FatError {
     Write(#[source] io::Error),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FatType {
-    Fat12,
-    Fat16,
-    Fat32,
-}
-
-impl FatType {
-    fn bits(self) -> u64 {
-        match self {
-            FatType::Fat12 => 12,
-            FatType::Fat16 => 16,
-            FatType::Fat32 => 32,
-        }
-    }
-
-    /// The end-of-chain mark, also stored in FAT entry 1 (with the clean-shutdown bits set).
-    fn eoc(self) -> u32 {
-        match self {
-            FatType::Fat12 => 0xFFF,
-            FatType::Fat16 => 0xFFFF,
-            FatType::Fat32 => 0x0FFF_FFFF,
-        }
-    }
-}
-
 /// Where everything lies, in sectors.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -123,11 +93,11 @@ impl Geometry {
     }
 
     fn root_sectors(&self) -> u64 {
-        self.root_entries * DIRENT as u64 / SECTOR
+        self.root_entries * DIRENT_SIZE as u64 / SECTOR
     }
 
     fn data_start(&self) -> u64 {
-        self.reserved + 2 * self.fat_sectors + self.root_sectors()
+        self.reserved + NUM_FATS * self.fat_sectors + self.root_sectors()
     }
 }
 
@@ -161,11 +131,11 @@ fn per_cluster(table: &[(u64, u64)], total: u64) -> Option<u64> {
 /// to the cluster size (the reserved area grows to pad).
 fn layout(fat_type: FatType, total: u64, per_cluster: u64, root_entries: u64) -> Geometry {
     let base_reserved = if fat_type == FatType::Fat32 { 32 } else { 1 };
-    let root_sectors = root_entries * DIRENT as u64 / SECTOR;
+    let root_sectors = root_entries * DIRENT_SIZE as u64 / SECTOR;
     let mut fat_sectors = 1;
     loop {
         let data_start =
-            (base_reserved + 2 * fat_sectors + root_sectors).next_multiple_of(per_cluster);
+            (base_reserved + NUM_FATS * fat_sectors + root_sectors).next_multiple_of(per_cluster);
         let clusters = total.saturating_sub(data_start) / per_cluster;
         // Both FATs shrink the data area, so this only grows until it covers what is left.
         let need = ((clusters + 2) * fat_type.bits()).div_ceil(8).div_ceil(SECTOR);
@@ -174,7 +144,7 @@ fn layout(fat_type: FatType, total: u64, per_cluster: u64, root_entries: u64) ->
                 fat_type,
                 total,
                 per_cluster,
-                reserved: data_start - 2 * fat_sectors - root_sectors,
+                reserved: data_start - NUM_FATS * fat_sectors - root_sectors,
                 fat_sectors,
                 root_entries,
                 clusters,
@@ -197,7 +167,7 @@ fn choose_geometry(size: u64, root_slots: u64) -> Result<Geometry, FatError> {
             return Ok(g);
         }
     }
-    let root_entries = ROOT_ENTRIES.max(root_slots.next_multiple_of(SECTOR / DIRENT as u64));
+    let root_entries = ROOT_ENTRIES.max(root_slots.next_multiple_of(SECTOR / DIRENT_SIZE as u64));
     if let Some(n) = per_cluster(&FAT16_TABLE, total) {
         let g = layout(FatType::Fat16, total, n, root_entries);
         if (FAT12_MAX_CLUSTERS + 1..=FAT16_MAX_CLUSTERS).contains(&g.clusters) {
@@ -255,10 +225,10 @@ pub fn write_fat<W: Write>(
                 let path = nodes[dir].path.clone();
                 return Err(FatError::DirTooLarge { path, entries, max: MAX_DIR_ENTRIES });
             }
-            nodes[dir].size = entries * DIRENT as u64;
+            nodes[dir].size = entries * DIRENT_SIZE as u64;
         }
     }
-    let root_entries = nodes[0].size / DIRENT as u64;
+    let root_entries = nodes[0].size / DIRENT_SIZE as u64;
     let g = choose_geometry(size, root_entries)?;
     // The FAT12/16 root's entry count is a 16-bit field, in whole sectors.
     let fixed_root_max = u64::from(u16::MAX) & !15;
@@ -293,16 +263,18 @@ pub fn write_fat<W: Write>(
     let boot = boot_sector(&g, volume_id, label.unwrap_or(*b"NO NAME    "));
     out.write(&boot)?;
     if g.fat_type == FatType::Fat32 {
-        let info = fs_info(g.clusters - used, if used < g.clusters { next } else { 0xFFFF_FFFF });
+        let free_count = (g.clusters - used) as u32;
+        let next_free = if used < g.clusters { next as u32 } else { 0xFFFF_FFFF };
+        let info = FsInfo { free_count, next_free }.encode();
         out.write(&info)?;
-        out.zeros(4 * SECTOR)?;
+        out.zeros(u64::from(BACKUP_BOOT_SECTOR - FSINFO_SECTOR - 1) * SECTOR)?;
         out.write(&boot)?;
         out.write(&info)?;
     }
     out.zeros(g.reserved * SECTOR - out.written)?;
     let ends: Vec<u64> =
         nodes.iter().filter(|n| n.clusters > 0).map(|n| n.first + n.clusters - 1).collect();
-    for _ in 0..2 {
+    for _ in 0..NUM_FATS {
         write_table(&mut out, &g, &ends)?;
     }
     if g.fat_type != FatType::Fat32 {
@@ -535,51 +507,6 @@ fn label_bytes(label: &str) -> Result<Option<[u8; 11]>, FatError> {
     Ok(Some(pack(&up[..up.len().min(8)], &up[up.len().min(8)..])))
 }
 
-/// A DOS date and time of day (two-second resolution) with the creation time's extra tenths.
-#[derive(Clone, Copy)]
-struct Stamp {
-    date: u16,
-    time: u16,
-    tenths: u8,
-}
-
-impl Stamp {
-    /// The epoch in UTC, clamped into the years FAT can record.
-    fn of(epoch: Epoch) -> Stamp {
-        let t = epoch.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX).utc();
-        let (year, month, day) = (t.year, i64::from(t.month), i64::from(t.day));
-        let (h, m, s) = (t.hour, t.minute, t.second);
-        Stamp {
-            date: (((year - 1980) << 9) | (month << 5) | day) as u16,
-            time: ((h << 11) | (m << 5) | (s / 2)) as u16,
-            tenths: (s % 2 * 100) as u8,
-        }
-    }
-}
-
-/// One 32-byte short directory entry.
-fn short_entry(name: &[u8; 11], attr: u8, cluster: u64, size: u64, stamp: Stamp) -> [u8; 32] {
-    let mut e = [0u8; 32];
-    e[..11].copy_from_slice(name);
-    e[11] = attr;
-    e[13] = stamp.tenths;
-    for at in [14, 22] {
-        e[at..at + 2].copy_from_slice(&stamp.time.to_le_bytes());
-    }
-    for at in [16, 18, 24] {
-        e[at..at + 2].copy_from_slice(&stamp.date.to_le_bytes());
-    }
-    e[20..22].copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
-    e[26..28].copy_from_slice(&(cluster as u16).to_le_bytes());
-    e[28..32].copy_from_slice(&(size as u32).to_le_bytes());
-    e
-}
-
-/// The checksum of a short name that every long entry before it carries.
-fn checksum(short: &[u8; 11]) -> u8 {
-    short.iter().fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
-}
-
 /// Long-name entries for `units`, last part first as they are stored.
 fn push_long(out: &mut Vec<u8>, units: &[u16], short: &[u8; 11]) {
     let sum = checksum(short);
@@ -591,16 +518,15 @@ fn push_long(out: &mut Vec<u8>, units: &[u16], short: &[u8; 11]) {
         if chunk.len() < LFN_UNITS {
             part[chunk.len()] = 0;
         }
-        let mut e = [0u8; 32];
-        e[0] = ord as u8 | if ord == count { LFN_LAST } else { 0 };
-        e[11] = ATTR_LFN;
-        e[13] = sum;
-        let spots = (1..11).step_by(2).chain((14..26).step_by(2)).chain((28..32).step_by(2));
-        for (at, unit) in spots.zip(part) {
-            e[at..at + 2].copy_from_slice(&unit.to_le_bytes());
-        }
-        out.extend_from_slice(&e);
+        let entry = LongEntry { ord: ord as u8, last: ord == count, units: part, checksum: sum };
+        out.extend_from_slice(&entry.encode());
     }
+}
+
+/// One short directory entry.
+fn short_entry(name: &[u8; 11], attr: u8, cluster: u64, size: u64, stamp: Stamp) -> [u8; 32] {
+    let (first_cluster, size) = (cluster as u32, size as u32);
+    ShortEntry { name, attr, first_cluster, size, stamp }.encode()
 }
 
 /// The entries of directory `dir`: label or `.` and `..`, then each child in name order.
@@ -630,94 +556,24 @@ fn dir_bytes(nodes: &[Node], dir: usize, label: Option<[u8; 11]>, stamp: Stamp) 
     out
 }
 
-/// The boot sector: BPB, extended BPB, and boot code that only says the disk is not bootable.
+/// The boot sector of a volume laid out as `g`.
 fn boot_sector(g: &Geometry, volume_id: u32, label: [u8; 11]) -> [u8; 512] {
-    let mut b = [0u8; 512];
-    let fat32 = g.fat_type == FatType::Fat32;
-    // The jump skips the (extended) BPB to the stub.
-    let code_at = if fat32 { 0x5A } else { 0x3E };
-    b[..3].copy_from_slice(&[0xEB, code_at as u8 - 2, 0x90]);
-    b[3..11].copy_from_slice(b"MSWIN4.1");
-    b[11..13].copy_from_slice(&(SECTOR as u16).to_le_bytes());
-    b[13] = g.per_cluster as u8;
-    b[14..16].copy_from_slice(&(g.reserved as u16).to_le_bytes());
-    b[16] = 2;
-    b[17..19].copy_from_slice(&(g.root_entries as u16).to_le_bytes());
-    if !fat32 && g.total <= u64::from(u16::MAX) {
-        b[19..21].copy_from_slice(&(g.total as u16).to_le_bytes());
-    } else {
-        b[32..36].copy_from_slice(&(g.total as u32).to_le_bytes());
+    BootSector {
+        fat_type: g.fat_type,
+        sectors_per_cluster: g.per_cluster as u8,
+        reserved_sectors: g.reserved as u16,
+        root_entries: g.root_entries as u16,
+        total_sectors: g.total as u32,
+        fat_sectors: g.fat_sectors as u32,
+        // CHS geometry means nothing here, but mtools refuses a volume that is not a whole
+        // number of tracks: use the largest power of two up to 32 that divides it, and 64
+        // heads.
+        sectors_per_track: 1u16 << g.total.trailing_zeros().min(5),
+        heads: 64,
+        volume_id,
+        label,
     }
-    b[21] = MEDIA;
-    if !fat32 {
-        b[22..24].copy_from_slice(&(g.fat_sectors as u16).to_le_bytes());
-    }
-    // CHS geometry means nothing here, but mtools refuses a volume that is not a whole number
-    // of tracks: use the largest power of two up to 32 that divides it, and 64 heads.
-    let per_track = 1u16 << g.total.trailing_zeros().min(5);
-    b[24..26].copy_from_slice(&per_track.to_le_bytes());
-    b[26..28].copy_from_slice(&64u16.to_le_bytes());
-    let ext = if fat32 {
-        b[36..40].copy_from_slice(&(g.fat_sectors as u32).to_le_bytes());
-        b[44..48].copy_from_slice(&2u32.to_le_bytes()); // root directory cluster
-        b[48..50].copy_from_slice(&1u16.to_le_bytes()); // FSInfo sector
-        b[50..52].copy_from_slice(&6u16.to_le_bytes()); // backup boot sector
-        64
-    } else {
-        36
-    };
-    b[ext] = 0x80; // drive number: a hard disk
-    b[ext + 2] = 0x29; // the volume id, label and type follow
-    b[ext + 3..ext + 7].copy_from_slice(&volume_id.to_le_bytes());
-    b[ext + 7..ext + 18].copy_from_slice(&label);
-    let name: &[u8; 8] = match g.fat_type {
-        FatType::Fat12 => b"FAT12   ",
-        FatType::Fat16 => b"FAT16   ",
-        FatType::Fat32 => b"FAT32   ",
-    };
-    b[ext + 18..ext + 26].copy_from_slice(name);
-    let stub = not_bootable_stub(code_at);
-    b[code_at..code_at + stub.len()].copy_from_slice(&stub);
-    b[510..512].copy_from_slice(&[0x55, 0xAA]);
-    b
-}
-
-/// Real-mode code loaded at 0:7C00 that prints a message, waits for a key and asks the BIOS
-/// to try the next boot device.
-fn not_bootable_stub(code_at: usize) -> Vec<u8> {
-    const MESSAGE: &[u8] = b"This is an EFI System Partition, not a bootable disk.\r\n\
-                             Press a key to try the next boot device.\r\n\0";
-    let mut code = vec![
-        0x31, 0xC0, // xor ax, ax
-        0x8E, 0xD8, // mov ds, ax
-        0xBE, 0x00, 0x00, // mov si, message (patched below)
-        0xAC, // next: lodsb
-        0x84, 0xC0, // test al, al
-        0x74, 0x09, // jz done
-        0xB4, 0x0E, // mov ah, 0x0E (teletype output)
-        0xBB, 0x07, 0x00, // mov bx, 7
-        0xCD, 0x10, // int 0x10
-        0xEB, 0xF2, // jmp next
-        0x31, 0xC0, // done: xor ax, ax
-        0xCD, 0x16, // int 0x16 (wait for a key)
-        0xCD, 0x19, // int 0x19 (next boot device)
-        0xEB, 0xFE, // jmp $
-    ];
-    let message_at = (0x7C00 + code_at + code.len()) as u16;
-    code[5..7].copy_from_slice(&message_at.to_le_bytes());
-    code.extend_from_slice(MESSAGE);
-    code
-}
-
-/// The FAT32 FSInfo sector with the free cluster count and the first free cluster.
-fn fs_info(free: u64, next_free: u64) -> [u8; 512] {
-    let mut s = [0u8; 512];
-    s[..4].copy_from_slice(&0x4161_5252u32.to_le_bytes());
-    s[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
-    s[488..492].copy_from_slice(&(free as u32).to_le_bytes());
-    s[492..496].copy_from_slice(&(next_free as u32).to_le_bytes());
-    s[508..512].copy_from_slice(&0xAA55_0000u32.to_le_bytes());
-    s
+    .encode()
 }
 
 /// One FAT: the media and clean marks, a chain through each node's contiguous clusters
@@ -728,7 +584,7 @@ fn write_table<W: Write>(out: &mut Out<W>, g: &Geometry, ends: &[u64]) -> Result
     let mut ends = ends.iter().peekable();
     let mut value = |cluster: u64| -> u32 {
         match cluster {
-            0 => eoc & !0xFF | u32::from(MEDIA),
+            0 => media_entry(g.fat_type),
             1 => eoc,
             c if c >= first_free => 0,
             c if ends.next_if_eq(&&c).is_some() => eoc,
@@ -742,7 +598,7 @@ fn write_table<W: Write>(out: &mut Out<W>, g: &Geometry, ends: &[u64]) -> Result
         match g.fat_type {
             FatType::Fat12 => {
                 let (a, b) = (value(cluster), value(cluster + 1));
-                buf.extend_from_slice(&[a as u8, (a >> 8) as u8 | (b << 4) as u8, (b >> 4) as u8]);
+                buf.extend_from_slice(&fat12_pair(a, b));
                 cluster += 2;
             }
             FatType::Fat16 => {
@@ -854,7 +710,7 @@ mod tests {
         assert_eq!(&out[1..5], &[b'n', 0, 0, 0], "the last part ends in a NUL unit");
         assert_eq!(&out[5..7], &[0xFF, 0xFF], "then 0xFFFF padding");
         assert_eq!(out[32], 0x01);
-        assert_eq!((out[11], out[13], out[32 + 13]), (ATTR_LFN, sum, sum));
+        assert_eq!((out[11], out[13], out[32 + 13]), (0x0F, sum, sum));
     }
 
     #[test]
