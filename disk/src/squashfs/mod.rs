@@ -26,45 +26,24 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, Device, EntryKind, Meta, Tree};
 use kiln_tree::Epoch;
 
-const MAGIC: u32 = 0x7371_7368;
-const BLOCK: usize = 128 * 1024;
-const BLOCK_LOG: u16 = 17;
-const METADATA: usize = 8192;
-const SUPERBLOCK: usize = 96;
+mod format;
+
+use format::{
+    data_block_size, metadata_header, DeviceInode, DirEntry, DirHeader, DirIndex, DirInode,
+    FragmentEntry, InodeHeader, LdirInode, LregInode, RegInode, Superblock, SymlinkInode, XattrId,
+    XattrIdTable, XattrPair, BLOCK, DIR_COUNT, DIR_ENTRY_SIZE, DIR_HEADER_SIZE, DIR_SIZE_EXTRA,
+    FLAG_ALWAYS_FRAGMENTS, FLAG_DUPLICATES, FLAG_NO_XATTRS, METADATA, NAME_MAX, NONE32, NONE64,
+    SUPERBLOCK_SIZE, T_BLKDEV, T_CHRDEV, T_DIR, T_FIFO, T_FILE, T_LBLKDEV, T_LCHRDEV, T_LDIR,
+    T_LFIFO, T_LFILE, T_LSYMLINK, T_SYMLINK, XATTR_PREFIXES,
+};
+
+/// The image is padded to a multiple of this, as mksquashfs pads it.
 const PAD: u64 = 4096;
-const COMPRESSION_ZLIB: u16 = 1;
-/// Superblock flags: identical files share data; tails of large files go to fragments too.
-const FLAG_DUPLICATES: u16 = 0x0040;
-const FLAG_ALWAYS_FRAGMENTS: u16 = 0x0020;
-const FLAG_NO_XATTRS: u16 = 0x0200;
-/// Marks a data block size as stored (not compressed).
-const DATA_STORED: u32 = 1 << 24;
-/// Marks a metadata block length as stored.
-const META_STORED: u16 = 0x8000;
-const NONE32: u32 = u32::MAX;
-const NONE64: u64 = u64::MAX;
-/// Longest name a directory entry holds.
-const NAME_MAX: usize = 256;
-/// Entries one directory header may cover.
-const DIR_COUNT: usize = 256;
 /// Deflate level for data and metadata: the knee, where an image only slightly larger than
 /// `mksquashfs`'s level 9 costs a fraction of its CPU time (docs/performance.md).
 const LEVEL: u32 = 5;
 /// Block indexes must fit the kernel's 32-bit signed block numbers.
 const MAX_FILE: u64 = (i32::MAX as u64) * BLOCK as u64;
-
-const T_DIR: u16 = 1;
-const T_FILE: u16 = 2;
-const T_SYMLINK: u16 = 3;
-const T_BLKDEV: u16 = 4;
-const T_CHRDEV: u16 = 5;
-const T_FIFO: u16 = 6;
-const T_LDIR: u16 = 8;
-const T_LFILE: u16 = 9;
-const T_LSYMLINK: u16 = 10;
-const T_LBLKDEV: u16 = 11;
-const T_LCHRDEV: u16 = 12;
-const T_LFIFO: u16 = 13;
 
 /// Why a squashfs image could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +98,7 @@ pub fn write_squashfs<W: Write + Seek>(
     let model = collect(tree)?;
     let mut sink = Sink { out, pos: 0, hasher: Sha256::new() };
     sink.hasher.update(b"kiln squashfs volume uuid v1\0");
-    sink.write(&[0u8; SUPERBLOCK])?;
+    sink.write(&[0u8; SUPERBLOCK_SIZE])?;
     let DataArea { files, fragments } = write_data(&mut sink, &model.contents, threads)?;
 
     let tables = Tables::build(&model, &files, mtime)?;
@@ -129,12 +108,7 @@ pub fn write_squashfs<W: Write + Seek>(
     sink.write(&tables.dirs)?;
     let fragment_entries: Vec<u8> = fragments
         .iter()
-        .flat_map(|&(start, size)| {
-            let mut e = [0u8; 16];
-            e[..8].copy_from_slice(&start.to_le_bytes());
-            e[8..12].copy_from_slice(&size.to_le_bytes());
-            e
-        })
+        .flat_map(|&(start_block, size)| FragmentEntry { start_block, size }.encode())
         .collect();
     let fragment_table_start = write_table(&mut sink, &fragment_entries)?;
     let ids: Vec<u8> = model.ids.iter().flat_map(|id| id.to_le_bytes()).collect();
@@ -145,21 +119,25 @@ pub fn write_squashfs<W: Write + Seek>(
     sink.write(&vec![0u8; (size - bytes_used) as usize])?;
 
     let inodes = model.nodes.len() as u64;
-    let sb = superblock(
-        &model,
-        mtime,
-        fragments.len() as u32,
-        [
-            tables.root,
-            bytes_used,
-            id_table_start,
-            xattr_id_table_start,
-            inode_table_start,
-            directory_table_start,
-            fragment_table_start,
-            NONE64, // no export table
-        ],
-    );
+    let mut flags = FLAG_DUPLICATES | FLAG_ALWAYS_FRAGMENTS;
+    if model.xattr_sets.is_empty() {
+        flags |= FLAG_NO_XATTRS;
+    }
+    let sb = Superblock {
+        inodes: inodes as u32,
+        mkfs_time: mtime,
+        fragments: fragments.len() as u32,
+        flags,
+        no_ids: model.ids.len() as u16,
+        root_inode: tables.root,
+        bytes_used,
+        id_table_start,
+        xattr_id_table_start,
+        inode_table_start,
+        directory_table_start,
+        fragment_table_start,
+    }
+    .encode();
     sink.hasher.update(&sb);
     let digest = sink.hasher.finish();
     let mut uuid = [0u8; 16];
@@ -171,27 +149,6 @@ pub fn write_squashfs<W: Write + Seek>(
     out.write_all(&sb).map_err(SquashfsError::Write)?;
     out.seek(SeekFrom::Start(size)).map_err(SquashfsError::Write)?;
     Ok(SquashfsImage { size, uuid, inodes })
-}
-
-/// The superblock; `places` are the root inode reference, the bytes used, and where the id,
-/// xattr id, inode, directory, fragment and export tables start, in superblock order.
-fn superblock(model: &Model<'_>, mtime: u32, fragments: u32, places: [u64; 8]) -> Vec<u8> {
-    let mut flags = FLAG_DUPLICATES | FLAG_ALWAYS_FRAGMENTS;
-    if model.xattr_sets.is_empty() {
-        flags |= FLAG_NO_XATTRS;
-    }
-    let mut sb = Vec::with_capacity(SUPERBLOCK);
-    for v in [MAGIC, model.nodes.len() as u32, mtime, BLOCK as u32, fragments] {
-        sb.extend_from_slice(&v.to_le_bytes());
-    }
-    let (major, minor) = (4u16, 0u16);
-    for v in [COMPRESSION_ZLIB, BLOCK_LOG, flags, model.ids.len() as u16, major, minor] {
-        sb.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in places {
-        sb.extend_from_slice(&v.to_le_bytes());
-    }
-    sb
 }
 
 /// The output, its position and the hash the UUID comes from.
@@ -298,10 +255,7 @@ impl Interner {
     }
 }
 
-/// Name prefixes squashfs stores as a type number.
-const XATTR_PREFIXES: [(&str, u16); 3] = [("user.", 0), ("trusted.", 1), ("security.", 2)];
-
-/// The key/value pairs of one set: type, name length, name suffix, value length, value.
+/// The key/value pairs of one set.
 fn encode_xattrs(
     path: &ImagePath,
     xattrs: &BTreeMap<String, Vec<u8>>,
@@ -313,13 +267,9 @@ fn encode_xattrs(
             .iter()
             .find_map(|(prefix, kind)| Some((name.strip_prefix(prefix)?, *kind)))
             .ok_or_else(bad)?;
-        let name_len = u16::try_from(suffix.len()).map_err(|_| bad())?;
-        let value_len = u32::try_from(value.len()).map_err(|_| bad())?;
-        out.extend_from_slice(&kind.to_le_bytes());
-        out.extend_from_slice(&name_len.to_le_bytes());
-        out.extend_from_slice(suffix.as_bytes());
-        out.extend_from_slice(&value_len.to_le_bytes());
-        out.extend_from_slice(value);
+        u16::try_from(suffix.len()).map_err(|_| bad())?;
+        u32::try_from(value.len()).map_err(|_| bad())?;
+        XattrPair { kind, name: suffix.as_bytes(), value }.encode_into(&mut out);
     }
     Ok(out)
 }
@@ -619,7 +569,7 @@ impl<W: Write> DataWriter<'_, '_, W> {
         while let Some(done) = self.ready.remove(&self.written) {
             let pos = self.sink.pos;
             self.sink.write(&done.bytes)?;
-            let word = done.bytes.len() as u32 | if done.stored { DATA_STORED } else { 0 };
+            let word = data_block_size(done.bytes.len() as u32, done.stored);
             match self.targets.pop_front() {
                 Some(Target::File { content, block }) => {
                     let file = &mut self.files[content];
@@ -697,10 +647,10 @@ impl MetaWriter {
             .compress_vec(&self.cur, &mut packed, FlushCompress::Finish)
             .map_err(|e| SquashfsError::Deflate(e.to_string()))?;
         if status == Status::StreamEnd && packed.len() < self.cur.len() {
-            self.done.extend_from_slice(&(packed.len() as u16).to_le_bytes());
+            self.done.extend_from_slice(&metadata_header(packed.len() as u16, false));
             self.done.extend_from_slice(&packed);
         } else {
-            self.done.extend_from_slice(&(self.cur.len() as u16 | META_STORED).to_le_bytes());
+            self.done.extend_from_slice(&metadata_header(self.cur.len() as u16, true));
             self.done.extend_from_slice(&self.cur);
         }
         self.cur.clear();
@@ -742,9 +692,8 @@ fn write_xattrs<W: Write>(
     let mut kv = MetaWriter::new();
     let mut ids = Vec::with_capacity(sets.len() * 16);
     for (pairs, count) in sets {
-        ids.extend_from_slice(&kv.reference().to_le_bytes());
-        ids.extend_from_slice(&count.to_le_bytes());
-        ids.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        let id = XattrId { xattr: kv.reference(), count: *count, size: pairs.len() as u32 };
+        ids.extend_from_slice(&id.encode());
         kv.put(pairs)?;
     }
     let (blocks, _) = kv.finish()?;
@@ -757,9 +706,8 @@ fn write_xattrs<W: Write>(
     sink.write(&blocks)?;
     let header_at = sink.pos;
     let mut header = Vec::with_capacity(16 + starts.len() * 8);
-    header.extend_from_slice(&kv_start.to_le_bytes());
-    header.extend_from_slice(&(sets.len() as u32).to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes());
+    let table = XattrIdTable { xattr_table_start: kv_start, xattr_ids: sets.len() as u32 };
+    header.extend_from_slice(&table.encode());
     for s in starts {
         header.extend_from_slice(&(base + s).to_le_bytes());
     }
@@ -780,8 +728,7 @@ struct Listing {
     offset: u16,
     /// Listing bytes plus 3, as squashfs counts a directory's size.
     size: u32,
-    /// Directory index entries: offset in the listing, directory block, first name.
-    index: Vec<(u32, u32, Vec<u8>)>,
+    index: Vec<DirIndex>,
 }
 
 impl Tables {
@@ -809,32 +756,43 @@ impl Tables {
         for &i in &order {
             let node = &nodes[i];
             b.clear();
-            let header = |b: &mut Vec<u8>, kind: u16| {
-                for v in [kind, node.perm, node.uid, node.gid] {
-                    b.extend_from_slice(&v.to_le_bytes());
-                }
-                b.extend_from_slice(&mtime.to_le_bytes());
-                b.extend_from_slice(&number[i].to_le_bytes());
+            let header = |b: &mut Vec<u8>, inode_type: u16| {
+                let h = InodeHeader {
+                    inode_type,
+                    mode: node.perm,
+                    uid: node.uid,
+                    guid: node.gid,
+                    mtime,
+                    inode_number: number[i],
+                };
+                b.extend_from_slice(&h.encode());
             };
+            let xattr = (node.xattr != NONE32).then_some(node.xattr);
             match &node.kind {
                 Kind::Dir(entries) => {
                     let l = listing(&mut dirs, entries, nodes, &refs, &number)?;
-                    if l.index.is_empty() && node.xattr == NONE32 && l.size <= u32::from(u16::MAX) {
+                    if l.index.is_empty() && xattr.is_none() && l.size <= u32::from(u16::MAX) {
                         header(&mut b, T_DIR);
-                        put32(&mut b, &[l.block, node.nlink]);
-                        b.extend_from_slice(&(l.size as u16).to_le_bytes());
-                        b.extend_from_slice(&l.offset.to_le_bytes());
-                        put32(&mut b, &[parent[i]]);
+                        let dir = DirInode {
+                            start_block: l.block,
+                            nlink: node.nlink,
+                            file_size: l.size as u16,
+                            offset: l.offset,
+                            parent_inode: parent[i],
+                        };
+                        b.extend_from_slice(&dir.encode());
                     } else {
                         header(&mut b, T_LDIR);
-                        put32(&mut b, &[node.nlink, l.size, l.block, parent[i]]);
-                        b.extend_from_slice(&(l.index.len() as u16).to_le_bytes());
-                        b.extend_from_slice(&l.offset.to_le_bytes());
-                        put32(&mut b, &[node.xattr]);
-                        for (at, block, name) in &l.index {
-                            put32(&mut b, &[*at, *block, name.len() as u32 - 1]);
-                            b.extend_from_slice(name);
-                        }
+                        let dir = LdirInode {
+                            nlink: node.nlink,
+                            file_size: l.size,
+                            start_block: l.block,
+                            parent_inode: parent[i],
+                            offset: l.offset,
+                            xattr: node.xattr,
+                            index: &l.index,
+                        };
+                        dir.encode_into(&mut b);
                     }
                 }
                 Kind::File(content, size) => {
@@ -842,34 +800,41 @@ impl Tables {
                     let start = data.start.unwrap_or(0);
                     let (fragment, offset) = data.fragment.unwrap_or((NONE32, 0));
                     let basic = node.nlink == 1
-                        && node.xattr == NONE32
+                        && xattr.is_none()
                         && data.sparse == 0
                         && *size <= u64::from(u32::MAX)
                         && start <= u64::from(u32::MAX);
                     if basic {
                         header(&mut b, T_FILE);
-                        put32(&mut b, &[start as u32, fragment, offset, *size as u32]);
+                        let file = RegInode {
+                            start_block: start as u32,
+                            fragment,
+                            offset,
+                            file_size: *size as u32,
+                            block_list: &data.sizes,
+                        };
+                        file.encode_into(&mut b);
                     } else {
                         header(&mut b, T_LFILE);
-                        for v in [start, *size, data.sparse] {
-                            b.extend_from_slice(&v.to_le_bytes());
-                        }
-                        put32(&mut b, &[node.nlink, fragment, offset, node.xattr]);
+                        let file = LregInode {
+                            start_block: start,
+                            file_size: *size,
+                            sparse: data.sparse,
+                            nlink: node.nlink,
+                            fragment,
+                            offset,
+                            xattr: node.xattr,
+                            block_list: &data.sizes,
+                        };
+                        file.encode_into(&mut b);
                     }
-                    put32(&mut b, &data.sizes);
                 }
                 Kind::Symlink(target) => {
-                    let kind = if node.xattr == NONE32 { T_SYMLINK } else { T_LSYMLINK };
-                    header(&mut b, kind);
-                    put32(&mut b, &[node.nlink, target.len() as u32]);
-                    b.extend_from_slice(target);
-                    if kind == T_LSYMLINK {
-                        put32(&mut b, &[node.xattr]);
-                    }
+                    header(&mut b, if xattr.is_none() { T_SYMLINK } else { T_LSYMLINK });
+                    SymlinkInode { nlink: node.nlink, symlink: target, xattr }.encode_into(&mut b);
                 }
                 Kind::Device(device) => {
-                    let extended = node.xattr != NONE32;
-                    let kind = match (device, extended) {
+                    let kind = match (device, xattr.is_some()) {
                         (Device::Block { .. }, false) => T_BLKDEV,
                         (Device::Char { .. }, false) => T_CHRDEV,
                         (Device::Fifo, false) => T_FIFO,
@@ -878,13 +843,8 @@ impl Tables {
                         (Device::Fifo, true) => T_LFIFO,
                     };
                     header(&mut b, kind);
-                    put32(&mut b, &[node.nlink]);
-                    if *device != Device::Fifo {
-                        put32(&mut b, &[device.encoded()]);
-                    }
-                    if extended {
-                        put32(&mut b, &[node.xattr]);
-                    }
+                    let rdev = (*device != Device::Fifo).then(|| device.encoded());
+                    DeviceInode { nlink: node.nlink, rdev, xattr }.encode_into(&mut b);
                 }
             }
             refs[i] = inodes.reference();
@@ -893,12 +853,6 @@ impl Tables {
         let (inodes, _) = inodes.finish()?;
         let (dirs, _) = dirs.finish()?;
         Ok(Tables { inodes, dirs, root: refs[0] })
-    }
-}
-
-fn put32(b: &mut Vec<u8>, values: &[u32]) {
-    for v in values {
-        b.extend_from_slice(&v.to_le_bytes());
     }
 }
 
@@ -966,7 +920,7 @@ fn listing(
     for &(name, child) in entries {
         let inode_block = refs[child] >> 16;
         let diff = i64::from(number[child]) - i64::from(base_number);
-        let entry_len = 8 + name.len();
+        let entry_len = DIR_ENTRY_SIZE + name.len();
         let past_index = len + group.len() + entry_len - indexed_at > METADATA;
         let new_header = count == 0
             || count == DIR_COUNT
@@ -979,7 +933,11 @@ fn listing(
                 group.clear();
                 if past_index {
                     let (at_block, _) = dirs.position();
-                    index.push((len as u32, at_block, name.to_vec()));
+                    index.push(DirIndex {
+                        index: len as u32,
+                        start_block: at_block,
+                        name: name.to_vec(),
+                    });
                     indexed_at = len;
                 }
             }
@@ -987,18 +945,19 @@ fn listing(
             base_block = inode_block;
             base_number = number[child];
         }
-        let diff = (i64::from(number[child]) - i64::from(base_number)) as i16;
-        group.extend_from_slice(&((refs[child] & 0xFFFF) as u16).to_le_bytes());
-        group.extend_from_slice(&diff.to_le_bytes());
-        group.extend_from_slice(&entry_type(&nodes[child]).to_le_bytes());
-        group.extend_from_slice(&(name.len() as u16 - 1).to_le_bytes());
-        group.extend_from_slice(name);
+        let entry = DirEntry {
+            offset: (refs[child] & 0xFFFF) as u16,
+            inode_number: (i64::from(number[child]) - i64::from(base_number)) as i16,
+            inode_type: entry_type(&nodes[child]),
+            name,
+        };
+        entry.encode_into(&mut group);
         count += 1;
     }
     if count > 0 {
         len += emit(dirs, &group, count, base_block, base_number)?;
     }
-    Ok(Listing { block, offset, size: len as u32 + 3, index })
+    Ok(Listing { block, offset, size: len as u32 + DIR_SIZE_EXTRA, index })
 }
 
 /// Writes one directory header and its entries; returns the bytes written.
@@ -1009,15 +968,15 @@ fn emit(
     block: u64,
     number: u32,
 ) -> Result<usize, SquashfsError> {
-    let mut header = Vec::with_capacity(12);
-    put32(&mut header, &[count as u32 - 1, block as u32, number]);
-    dirs.put(&header)?;
+    let header = DirHeader { count: count as u32, start_block: block as u32, inode_number: number };
+    dirs.put(&header.encode())?;
     dirs.put(group)?;
-    Ok(12 + group.len())
+    Ok(DIR_HEADER_SIZE + group.len())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::format::META_STORED;
     use super::*;
     use crate::test_data::noise;
     use flate2::{Decompress, FlushDecompress};
