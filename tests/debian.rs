@@ -173,6 +173,29 @@ fn a_plain_build_never_resolves_again_and_lock_update_does() {
 }
 
 #[test]
+fn an_unchanged_rebuild_reads_no_package_file() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
+    let store = ws.store("s");
+    let kiln = Kiln::new(&store);
+    let first = kiln.build(&recipe, &[]);
+    // With every package file gone from the repository and the store, the layer is still
+    // found in the cache from the lock alone.
+    fs::remove_dir_all(repo.join("pool")).unwrap();
+    let locked: toml::Value = toml::from_str(&lock_text(&recipe)).unwrap();
+    for p in locked["packages"][0]["package"].as_array().unwrap() {
+        let hex = p["sha256"].as_str().unwrap().trim_start_matches("sha256:");
+        fs::remove_file(store.join("blobs/sha256").join(hex)).unwrap();
+    }
+    let again = kiln.run(&["--json", "build", "--locked", recipe.to_str().unwrap()]).ok().json();
+    assert_eq!(digest_of(&first), digest_of(&again));
+    assert_eq!(again["layers"]["built"], 0, "{again}");
+    assert_eq!(again["layers"]["reused"], 1, "{again}");
+}
+
+#[test]
 fn the_same_lock_gives_the_same_image_under_varied_conditions() {
     let Some(fixture) = fixture() else { return };
     let ws = Workspace::new();

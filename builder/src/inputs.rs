@@ -19,7 +19,7 @@ use kiln_tree::tree::{Content, Device, Entry, EntryKind, Meta, Tree, TreeError};
 use serde::{Deserialize, Serialize};
 
 use crate::hash_cache::HashCache;
-use crate::lock::LockedPackages;
+use crate::lock::{LockedPackage, LockedPackages};
 use crate::packages::{self, DatabaseFile, PackageError, Unpacked};
 use crate::recipe::{LayerSpec, Location, Ownership, TreeSpec};
 use crate::tarball::{Member, Spool, TarballError};
@@ -120,32 +120,121 @@ enum Step {
         /// Holds the members' contents for as long as the layer may be written.
         spool: Option<Spool>,
     },
-    /// Debian packages and the dpkg database that records them.
+    /// Debian packages and the dpkg database that records them, once unpacked (see
+    /// [`ResolvedLayer::install`]).
     Packages {
-        unpacked: Vec<Unpacked>,
-        database: Vec<DatabaseFile>,
-        spool: Option<Spool>,
+        sources: Vec<PackageSource>,
+        installation: Option<Installation>,
     },
 }
 
-/// What installing Debian packages into layers needs: the lock's packages per layer, where
-/// package files are kept between builds, and the dpkg status of the layers below.
+/// Where one of a layer's Debian packages comes from.
+#[derive(Debug)]
+enum PackageSource {
+    /// A repository's package, as the lock pins it.
+    Locked(LockedPackage),
+    /// A local `.deb` named by the recipe, hashed when the layer was resolved.
+    Local { src: String, path: PathBuf, digest: Digest, size: u64 },
+}
+
+/// A layer's packages as unpacked: what its tree is made from.
+#[derive(Debug)]
+struct Installation {
+    unpacked: Vec<Unpacked>,
+    database: Vec<DatabaseFile>,
+    /// Holds the packages' contents; `None` when only their file lists were read.
+    spool: Option<Spool>,
+}
+
+/// What resolving layers with Debian packages needs: the lock's packages per layer and
+/// architecture, and the architecture the layers are for.
 #[derive(Default)]
-pub struct Debian<'a> {
+pub struct Debian {
     pub locked: Vec<LockedPackages>,
-    pub store: Option<&'a mut (dyn crate::build::sink::BlobSink + 'a)>,
-    /// Each package installed so far, with its status paragraph.
-    pub status: BTreeMap<String, String>,
+    pub architecture: String,
+}
+
+/// How much of a layer's packages [`ResolvedLayer::install`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// Everything: the layer's tree is to be made.
+    Contents,
+    /// Control files and file lists only, for the SBOM of a layer taken from the cache.
+    Listing,
 }
 
 impl ResolvedLayer {
     /// Removes the folders holding tarballs' contents; the layer's tree cannot be made after.
     pub fn remove_spools(&mut self) {
         for (_, step) in &mut self.steps {
-            if let Step::Tarball { spool, .. } | Step::Packages { spool, .. } = step {
-                drop(spool.take());
+            match step {
+                Step::Tarball { spool, .. } => drop(spool.take()),
+                Step::Packages { installation: Some(i), .. } => drop(i.spool.take()),
+                _ => {}
             }
         }
+    }
+
+    /// Whether the layer installs Debian packages.
+    pub fn has_packages(&self) -> bool {
+        self.steps.iter().any(|(_, s)| matches!(s, Step::Packages { .. }))
+    }
+
+    /// Fetches the layer's Debian packages (from `store` when it has them, else from their
+    /// repository, then kept there), checks each against its digest and unpacks it, with the
+    /// dpkg database; `status` holds the status paragraph of every package of the layers
+    /// below and gets this layer's. Packages are read only here, so a build whose layers
+    /// are all in the cache reads none. Installing again is a no-op unless only listings
+    /// were read before and `what` asks for contents.
+    pub fn install(
+        &mut self,
+        what: Install,
+        mut store: Option<&mut dyn crate::build::sink::BlobSink>,
+        status: &mut BTreeMap<String, String>,
+    ) -> Result<(), InputError> {
+        for (_, step) in &mut self.steps {
+            let Step::Packages { sources, installation } = step else { continue };
+            let done = installation
+                .as_ref()
+                .is_some_and(|i| what == Install::Listing || i.spool.is_some());
+            if done {
+                for u in installation.iter().flat_map(|i| &i.unpacked) {
+                    status.insert(u.name.clone(), packages::status_paragraph(&u.control));
+                }
+                continue;
+            }
+            let mut spool = match what {
+                Install::Contents => Some(packages::spool()?),
+                Install::Listing => None,
+            };
+            let mut unpacked = Vec::new();
+            let mut installed = Vec::new();
+            for source in sources.iter() {
+                let u = match source {
+                    PackageSource::Locked(p) => {
+                        let u = packages::unpack_locked(p, spool.as_mut(), store.as_deref_mut())?;
+                        installed
+                            .push(u.installed(format!("{}/{}", p.repository, p.path), p.sha256));
+                        u
+                    }
+                    PackageSource::Local { src, path, digest, size } => {
+                        let u = packages::unpack_file(path, src, *digest, *size, spool.as_mut())?;
+                        installed.push(u.installed("NOASSERTION".to_string(), *digest));
+                        u
+                    }
+                };
+                unpacked.push(u);
+            }
+            self.skipped_scripts = unpacked
+                .iter()
+                .filter(|u| !u.skipped_scripts.is_empty())
+                .map(|u| (u.name.clone(), u.skipped_scripts.clone()))
+                .collect();
+            self.installed = installed;
+            let database = packages::database(&unpacked, status)?;
+            *installation = Some(Installation { unpacked, database, spool });
+        }
+        Ok(())
     }
 
     /// Builds the layer's tree from what resolving it kept: nothing is read from disk, and
@@ -164,7 +253,12 @@ impl ResolvedLayer {
                 }
                 Step::Tree(scanned) => b.add_scanned(scanned)?,
                 Step::Tarball { dest, members, .. } => b.add_members(dest, members)?,
-                Step::Packages { unpacked, database, .. } => b.add_packages(unpacked, database)?,
+                Step::Packages { installation: Some(i), .. } if i.spool.is_some() => {
+                    b.add_packages(&i.unpacked, &i.database)?
+                }
+                Step::Packages { .. } => {
+                    return Err(PackageError::NotUnpacked { layer: self.name.clone() }.into())
+                }
             }
             tree = b.tree;
         }
@@ -174,15 +268,16 @@ impl ResolvedLayer {
 
 /// Hashes every input of `spec` and records how its tree is made.
 pub fn resolve_layer(spec: &LayerSpec, cache: &mut HashCache) -> Result<ResolvedLayer, InputError> {
-    resolve_layer_with(spec, cache, &mut Debian::default())
+    resolve_layer_with(spec, cache, &Debian::default())
 }
 
-/// [`resolve_layer`] for a layer that may install Debian packages: locked ones are fetched
-/// and checked against the lock, local `.deb` files hashed, and all unpacked.
+/// [`resolve_layer`] for a layer that may install Debian packages: locked ones are named by
+/// their locked digests and local `.deb` files hashed; none is read before
+/// [`ResolvedLayer::install`].
 pub fn resolve_layer_with(
     spec: &LayerSpec,
     cache: &mut HashCache,
-    debian: &mut Debian,
+    debian: &Debian,
 ) -> Result<ResolvedLayer, InputError> {
     let mut steps = Vec::new();
     let mut inputs = Vec::new();
@@ -264,24 +359,22 @@ pub fn resolve_layer_with(
         let step = Step::HardLink { dest: h.dest.clone(), target: h.target.clone() };
         steps.push((h.at.clone(), step));
     }
-    let mut skipped_scripts = Vec::new();
-    let mut installed = Vec::new();
     if !spec.packages.is_empty() || !spec.debs.is_empty() {
-        let mut spool = packages::spool()?;
-        let mut unpacked = Vec::new();
+        let mut sources = Vec::new();
         if !spec.packages.is_empty() {
             let locked = debian
                 .locked
                 .iter()
-                .find(|l| l.layer == spec.name)
-                .ok_or_else(|| PackageError::NotLocked { layer: spec.name.clone() })?;
+                .find(|l| l.layer == spec.name && l.architecture == debian.architecture)
+                .ok_or_else(|| PackageError::NotLocked {
+                    layer: spec.name.clone(),
+                    architecture: debian.architecture.clone(),
+                })?;
             for p in &locked.chosen {
                 let fields = [p.name.as_bytes(), p.version.as_bytes(), p.architecture.as_bytes()];
                 declared.item(b"package", &ImagePath::root(), None, &fields);
                 declared.digest(&p.sha256);
-                let u = packages::unpack_locked(p, &mut spool, debian.store.as_deref_mut())?;
-                installed.push(u.installed(format!("{}/{}", p.repository, p.path), p.sha256));
-                unpacked.push(u);
+                sources.push(PackageSource::Locked(p.clone()));
             }
         }
         for d in &spec.debs {
@@ -297,31 +390,28 @@ pub fn resolve_layer_with(
                 host_metadata: false,
                 devices: false,
             });
-            let u = packages::unpack_file(d.src.abs(), &src, &mut spool)?;
-            installed.push(u.installed("NOASSERTION".to_string(), content.digest()));
-            unpacked.push(u);
+            sources.push(PackageSource::Local {
+                src,
+                path: d.src.abs().to_path_buf(),
+                digest: content.digest(),
+                size: content.size(),
+            });
         }
-        skipped_scripts = unpacked
-            .iter()
-            .filter(|u| !u.skipped_scripts.is_empty())
-            .map(|u| (u.name.clone(), u.skipped_scripts.clone()))
-            .collect();
-        let database = packages::database(&unpacked, &mut debian.status)?;
         let at = spec
             .packages
             .first()
             .map(|p| p.at.clone())
             .or_else(|| spec.debs.first().map(|d| d.at.clone()))
             .unwrap_or_else(|| Location::at(Path::new(""), "", 0));
-        steps.push((at, Step::Packages { unpacked, database, spool: Some(spool) }));
+        steps.push((at, Step::Packages { sources, installation: None }));
     }
     Ok(ResolvedLayer {
         name: spec.name.clone(),
         inputs,
         digest: declared.finish(),
         steps,
-        skipped_scripts,
-        installed,
+        skipped_scripts: Vec::new(),
+        installed: Vec::new(),
     })
 }
 

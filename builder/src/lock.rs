@@ -138,8 +138,8 @@ pub enum LockDifference {
     Unlocked { src: String },
     #[error("locked input {src} is no longer used by the recipe")]
     Unused { src: String },
-    #[error("the Debian packages of layer {layer:?} changed")]
-    Packages { layer: String },
+    #[error("the Debian packages of layer {layer:?} for {architecture} changed")]
+    Packages { layer: String, architecture: String },
     #[error("the Debian repositories changed")]
     Repositories,
 }
@@ -283,12 +283,21 @@ impl Lock {
         if self.repositories != current.repositories {
             out.push(LockDifference::Repositories);
         }
-        let layers: std::collections::BTreeSet<&str> =
-            self.packages.iter().chain(&current.packages).map(|p| p.layer.as_str()).collect();
-        for layer in layers {
-            let find = |lock: &Lock| lock.packages.iter().find(|p| p.layer == layer).cloned();
+        let layers: std::collections::BTreeSet<(&str, &str)> = self
+            .packages
+            .iter()
+            .chain(&current.packages)
+            .map(|p| (p.layer.as_str(), p.architecture.as_str()))
+            .collect();
+        for (layer, arch) in layers {
+            let find = |lock: &Lock| {
+                lock.packages.iter().find(|p| p.layer == layer && p.architecture == arch).cloned()
+            };
             if find(self) != find(current) {
-                out.push(LockDifference::Packages { layer: layer.to_string() });
+                out.push(LockDifference::Packages {
+                    layer: layer.to_string(),
+                    architecture: arch.to_string(),
+                });
             }
         }
         out

@@ -41,8 +41,10 @@ pub enum PackageError {
     Repository { url: String, suite: String, source: Box<RepositoryError> },
     #[error("layer {layer:?}: resolving its packages for {arch}")]
     Resolve { layer: String, arch: String, source: Box<kiln_deb::ResolveError> },
-    #[error("layer {layer:?}: its packages are not in the lock; run `kiln lock`")]
-    NotLocked { layer: String },
+    #[error(
+        "layer {layer:?}: its packages for {architecture} are not in the lock; run `kiln lock`"
+    )]
+    NotLocked { layer: String, architecture: String },
     #[error("package {name}: the lock names repository {url}, which the recipe no longer has")]
     UnknownRepository { name: String, url: String },
     #[error("package {name}: cannot read {path}")]
@@ -59,6 +61,8 @@ pub enum PackageError {
     Name { name: String, found: String },
     #[error("package {name}: keeping its file in the store")]
     Store { name: String, source: crate::build::sink::SinkError },
+    #[error("layer {layer:?}: its packages were not unpacked before its tree was made")]
+    NotUnpacked { layer: String },
     #[error("spooling package contents")]
     Spool(#[source] io::Error),
 }
@@ -94,34 +98,47 @@ fn folder(url: &str) -> PathBuf {
     PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
 }
 
-/// The architecture packages are installed for: the recipe's one platform's.
-pub fn architecture(recipe: &Recipe) -> String {
-    recipe.platforms.first().map(|p| p.architecture.clone()).unwrap_or_default()
+/// The architectures packages are installed for: each of the recipe's platforms', once, in
+/// the recipe's order.
+pub fn architectures(recipe: &Recipe) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in &recipe.platforms {
+        if !out.contains(&p.architecture) {
+            out.push(p.architecture.clone());
+        }
+    }
+    out
+}
+
+/// Whether `repo` serves packages for `arch`.
+fn serves(repo: &RepositorySpec, arch: &str) -> bool {
+    repo.architectures.is_empty() || repo.architectures.iter().any(|a| a == arch)
 }
 
 /// The repositories and packages the lock gets: taken from `existing` where it holds the
 /// same request, else resolved from the repositories (fetching and verifying their
-/// indexes).
+/// indexes). Each layer's packages are resolved once per architecture of the recipe's
+/// platforms.
 pub fn plan(
     recipe: &Recipe,
     existing: Option<&Lock>,
     mode: Resolution,
 ) -> Result<(Vec<LockedRepository>, Vec<LockedPackages>), PackageError> {
-    let arch = architecture(recipe);
-    let wanted: Vec<(&str, Vec<String>)> = recipe
+    let arches = architectures(recipe);
+    let wanted: Vec<(&str, &str, Vec<String>)> = recipe
         .layers
         .iter()
         .filter(|l| !l.packages.is_empty())
-        .map(|l| (l.name.as_str(), l.packages.iter().map(|p| p.request.clone()).collect()))
+        .flat_map(|l| {
+            let requested: Vec<String> = l.packages.iter().map(|p| p.request.clone()).collect();
+            arches.iter().map(move |a| (l.name.as_str(), a.as_str(), requested.clone()))
+        })
         .collect();
     if wanted.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let serving: Vec<&RepositorySpec> = recipe
-        .repositories
-        .iter()
-        .filter(|r| r.architectures.is_empty() || r.architectures.contains(&arch))
-        .collect();
+    let serving: Vec<&RepositorySpec> =
+        recipe.repositories.iter().filter(|r| arches.iter().any(|a| serves(r, a))).collect();
     let same_repositories = existing.is_some_and(|lock| {
         lock.repositories.len() == serving.len()
             && lock
@@ -130,7 +147,7 @@ pub fn plan(
                 .zip(&serving)
                 .all(|(l, r)| l.url == r.url && l.suite == r.suite)
     });
-    let reusable = |layer: &str, requested: &[String]| {
+    let reusable = |layer: &str, arch: &str, requested: &[String]| {
         existing.and_then(|lock| {
             lock.packages
                 .iter()
@@ -139,8 +156,10 @@ pub fn plan(
     };
     if mode != Resolution::Update && same_repositories {
         if let Some(lock) = existing {
-            let kept: Option<Vec<LockedPackages>> =
-                wanted.iter().map(|(layer, req)| reusable(layer, req).cloned()).collect();
+            let kept: Option<Vec<LockedPackages>> = wanted
+                .iter()
+                .map(|(layer, arch, req)| reusable(layer, arch, req).cloned())
+                .collect();
             if let Some(kept) = kept {
                 return Ok((lock.repositories.clone(), kept));
             }
@@ -149,39 +168,47 @@ pub fn plan(
     if mode == Resolution::LockedOnly {
         let layer = wanted
             .iter()
-            .find(|(layer, req)| !same_repositories || reusable(layer, req).is_none())
-            .map_or(String::new(), |(layer, _)| layer.to_string());
-        return Err(PackageError::NotLocked { layer });
+            .find(|(layer, arch, req)| !same_repositories || reusable(layer, arch, req).is_none())
+            .map_or((String::new(), String::new()), |(layer, arch, _)| {
+                (layer.to_string(), arch.to_string())
+            });
+        return Err(PackageError::NotLocked { layer: layer.0, architecture: layer.1 });
     }
     let mut repositories = Vec::new();
-    let mut records: Vec<PackageRecord> = Vec::new();
-    let mut origin: Vec<usize> = Vec::new();
-    for (i, repo) in serving.iter().enumerate() {
-        let (locked, found) = load(repo, &arch)?;
+    // Per architecture: every repository's records for it, and the url each came from.
+    let mut records: BTreeMap<&str, (Vec<PackageRecord>, Vec<&str>)> = BTreeMap::new();
+    for repo in &serving {
+        let served: Vec<String> = arches.iter().filter(|a| serves(repo, a)).cloned().collect();
+        let (locked, mut found) = load(repo, &served)?;
         repositories.push(locked);
-        origin.extend(std::iter::repeat_n(i, found.len()));
-        records.extend(found);
+        for arch in &arches {
+            let (list, origin) = records.entry(arch.as_str()).or_default();
+            let from = found.remove(arch.as_str()).unwrap_or_default();
+            origin.extend(std::iter::repeat_n(repo.url.as_str(), from.len()));
+            list.extend(from);
+        }
     }
+    let none = (Vec::new(), Vec::new());
     let mut layers = Vec::new();
-    for (layer, requested) in wanted {
-        let chosen = kiln_deb::resolve(&records, &arch, &requested).map_err(|source| {
-            PackageError::Resolve {
+    for (layer, arch, requested) in wanted {
+        let (found, origin) = records.get(arch).unwrap_or(&none);
+        let chosen =
+            kiln_deb::resolve(found, arch, &requested).map_err(|source| PackageError::Resolve {
                 layer: layer.to_string(),
-                arch: arch.clone(),
+                arch: arch.to_string(),
                 source: Box::new(source),
-            }
-        })?;
+            })?;
         let chosen = chosen
             .into_iter()
             .map(|p| {
-                let index = records.iter().position(|r| std::ptr::eq(r, p)).unwrap_or(0);
+                let index = found.iter().position(|r| std::ptr::eq(r, p)).unwrap_or(0);
                 LockedPackage {
                     name: p.name.clone(),
                     version: p.version.to_string(),
                     architecture: p.architecture.clone(),
                     source: p.source.clone(),
                     source_version: p.source_version.to_string(),
-                    repository: serving[origin[index]].url.clone(),
+                    repository: origin[index].to_string(),
                     path: p.filename.clone(),
                     size: p.size,
                     sha256: Digest::from_bytes(p.sha256.0),
@@ -190,7 +217,7 @@ pub fn plan(
             .collect();
         layers.push(LockedPackages {
             layer: layer.to_string(),
-            architecture: arch.clone(),
+            architecture: arch.to_string(),
             requested,
             chosen,
         });
@@ -198,11 +225,12 @@ pub fn plan(
     Ok((repositories, layers))
 }
 
-/// Verifies one repository's release and indexes and returns its records for `arch`.
+/// Verifies one repository's release and indexes and returns its records for each of
+/// `arches`.
 fn load(
     repo: &RepositorySpec,
-    arch: &str,
-) -> Result<(LockedRepository, Vec<PackageRecord>), PackageError> {
+    arches: &[String],
+) -> Result<(LockedRepository, BTreeMap<String, Vec<PackageRecord>>), PackageError> {
     let key_path = repo.key.abs().to_path_buf();
     let bytes = std::fs::read(&key_path)
         .map_err(|source| PackageError::KeyFile { path: key_path.clone(), source })?;
@@ -213,21 +241,16 @@ fn load(
         suite: repo.suite.clone(),
         source: Box::new(source),
     };
-    let mut suite = load_suite(
-        &mut Folder(folder(&repo.url)),
-        &keyring,
-        &repo.suite,
-        &repo.components,
-        &[arch.to_string()],
-    )
-    .map_err(wrap)?;
+    let suite =
+        load_suite(&mut Folder(folder(&repo.url)), &keyring, &repo.suite, &repo.components, arches)
+            .map_err(wrap)?;
     let locked = LockedRepository {
         url: repo.url.clone(),
         suite: repo.suite.clone(),
         release: suite.release_file.to_string(),
         digest: Digest::from_bytes(suite.release_digest.0),
     };
-    Ok((locked, suite.packages.remove(arch).unwrap_or_default()))
+    Ok((locked, suite.packages.into_iter().collect()))
 }
 
 /// One package unpacked for a layer: its members and what dpkg's database says of it.
@@ -236,10 +259,13 @@ pub struct Unpacked {
     pub name: String,
     /// How messages name it: `name version (arch)`, or the local file.
     pub label: String,
+    /// Its members, when its contents were read (none when only its file list was).
     pub members: Vec<Member>,
+    /// The path of every member.
+    pub files: Vec<ImagePath>,
     /// The maintainer scripts it has, none of which is run.
     pub skipped_scripts: Vec<&'static str>,
-    control: String,
+    pub(crate) control: String,
     md5sums: Option<String>,
     /// `name` or `name:arch` for a `Multi-Arch: same` package, as dpkg names its files.
     info_name: String,
@@ -261,7 +287,7 @@ impl Unpacked {
             source_version: self.source_version.clone(),
             download_location,
             sha256,
-            files: self.members.iter().map(|m| m.path.to_string()).collect(),
+            files: self.files.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -269,18 +295,20 @@ impl Unpacked {
 /// The media type package files are stored under.
 pub const DEB_MEDIA_TYPE: &str = "application/vnd.debian.binary-package";
 
-/// Fetches a locked package, refusing any byte that differs from the lock, and unpacks it.
-/// With a `store`, the file is taken from it when there (so a second build or another runner
-/// never fetches it again), else fetched from its repository and put there once checked.
+/// Fetches a locked package, refusing any byte that differs from the lock, and unpacks it
+/// (its contents into `spool`, or only its file list without one). With a `store`, the file
+/// is taken from it when there (so a second build or another runner never fetches it
+/// again), else fetched from its repository and put there once checked.
 pub fn unpack_locked<'s>(
     package: &LockedPackage,
-    spool: &mut Spool,
+    spool: Option<&mut Spool>,
     store: Option<&mut (dyn crate::build::sink::BlobSink + 's)>,
 ) -> Result<Unpacked, PackageError> {
     let descriptor = kiln_oci::Descriptor::new(DEB_MEDIA_TYPE, package.sha256, package.size);
+    let expected = (package.sha256, package.size);
     let Some(store) = store else {
         let source = folder(&package.repository).join(&package.path);
-        return unpack_checked(package, &source, &source, spool);
+        return unpack_checked(&package.name, &package.path, expected, &source, &source, spool);
     };
     let scratch =
         tempfile::Builder::new().prefix("kiln-deb-").tempdir().map_err(PackageError::Spool)?;
@@ -289,43 +317,44 @@ pub fn unpack_locked<'s>(
         .copy_blob(&descriptor, &copy)
         .map_err(|source| PackageError::Store { name: package.name.clone(), source })?;
     if stored {
-        return unpack_checked(package, &copy, &copy, spool);
+        return unpack_checked(&package.name, &package.path, expected, &copy, &copy, spool);
     }
     let source = folder(&package.repository).join(&package.path);
     let fetch =
         |e| PackageError::Fetch { name: package.name.clone(), path: source.clone(), source: e };
     std::fs::copy(&source, &copy).map_err(fetch)?;
-    let unpacked = unpack_checked(package, &copy, &source, spool)?;
+    let unpacked = unpack_checked(&package.name, &package.path, expected, &copy, &source, spool)?;
     store
         .put_file(&copy, &descriptor)
         .map_err(|source| PackageError::Store { name: package.name.clone(), source })?;
     Ok(unpacked)
 }
 
-/// Unpacks the package file at `path`, which must have the lock's size and sha256; errors
-/// name it as `shown` (where it was fetched from).
+/// Unpacks the package file at `path`, which must have the `expected` sha256 and size;
+/// errors name it as `name` (`member` in messages about its members) and `shown` (where it
+/// was fetched from).
 fn unpack_checked(
-    package: &LockedPackage,
+    name: &str,
+    member: &str,
+    expected: (Digest, u64),
     path: &std::path::Path,
     shown: &std::path::Path,
-    spool: &mut Spool,
+    spool: Option<&mut Spool>,
 ) -> Result<Unpacked, PackageError> {
-    let fetch = |source| PackageError::Fetch {
-        name: package.name.clone(),
-        path: path.to_path_buf(),
-        source,
-    };
+    let (sha256, size) = expected;
+    let fetch =
+        |source| PackageError::Fetch { name: name.to_string(), path: path.to_path_buf(), source };
     let file = File::open(path).map_err(fetch)?;
-    let mut hashing = HashingReader::new(BufReader::new(file).take(package.size + 1));
-    let unpacked = unpack(&mut hashing, &package.name, &package.path, spool);
+    let mut hashing = HashingReader::new(BufReader::new(file).take(size + 1));
+    let unpacked = unpack(&mut hashing, name, member, spool);
     // The rest of the file is read too: the digest covers all of it.
     io::copy(&mut hashing, &mut io::sink()).map_err(fetch)?;
     let (found, found_size) = hashing.finish();
-    if found != package.sha256 || found_size != package.size {
+    if found != sha256 || found_size != size {
         return Err(PackageError::Digest {
             path: shown.to_path_buf(),
-            expected: package.sha256,
-            size: package.size,
+            expected: sha256,
+            size,
             found,
             found_size,
         });
@@ -333,27 +362,26 @@ fn unpack_checked(
     unpacked
 }
 
-/// Unpacks a local `.deb` whose digest the caller checked.
+/// Unpacks the local `.deb` at `path`, refusing it unless it still has the `digest` and
+/// `size` it was hashed with.
 pub fn unpack_file(
     path: &std::path::Path,
     src: &str,
-    spool: &mut Spool,
+    digest: Digest,
+    size: u64,
+    spool: Option<&mut Spool>,
 ) -> Result<Unpacked, PackageError> {
-    let file = File::open(path).map_err(|source| PackageError::Fetch {
-        name: src.to_string(),
-        path: path.to_path_buf(),
-        source,
-    })?;
-    unpack(BufReader::new(file), src, src, spool)
+    unpack_checked(src, src, (digest, size), path, path, spool)
 }
 
 fn unpack(
     input: impl Read,
     name: &str,
     shown: &str,
-    spool: &mut Spool,
+    mut spool: Option<&mut Spool>,
 ) -> Result<Unpacked, PackageError> {
     let mut members = Vec::new();
+    let mut files = Vec::new();
     let mut member_error = None;
     let control = read_deb(input, Limits::default(), |m, data| {
         let path = match ImagePath::root().join(m.path.as_str()) {
@@ -363,19 +391,23 @@ fn unpack(
                 return Ok(());
             }
         };
-        let kind = match &m.kind {
-            MemberKind::Dir => EntryKind::Dir,
-            MemberKind::File { size } => match spool.take(&mut &mut *data, *size)? {
-                Spooled::File(file) => EntryKind::File(Content::Host(file)),
-                Spooled::Short { found } => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{} ends after {found} of {size} bytes", m.path),
-                    ))
+        files.push(path.clone());
+        let kind = match (&m.kind, spool.as_deref_mut()) {
+            (MemberKind::File { size }, None) => {
+                let found = io::copy(&mut (&mut *data).take(*size), &mut io::sink())?;
+                if found != *size {
+                    return Err(short(&m.path, found, *size));
                 }
+                return Ok(());
+            }
+            (_, None) => return Ok(()),
+            (MemberKind::Dir, _) => EntryKind::Dir,
+            (MemberKind::File { size }, Some(spool)) => match spool.take(&mut &mut *data, *size)? {
+                Spooled::File(file) => EntryKind::File(Content::Host(file)),
+                Spooled::Short { found } => return Err(short(&m.path, found, *size)),
             },
-            MemberKind::Symlink { target } => EntryKind::Symlink(target.clone()),
-            MemberKind::HardLink { target } => match ImagePath::root().join(target.as_str()) {
+            (MemberKind::Symlink { target }, _) => EntryKind::Symlink(target.clone()),
+            (MemberKind::HardLink { target }, _) => match ImagePath::root().join(target.as_str()) {
                 Ok(t) => EntryKind::HardLink(t),
                 Err(e) => {
                     member_error = Some((target.to_string(), e));
@@ -435,6 +467,7 @@ fn unpack(
         source_version,
         name: package,
         members,
+        files,
         skipped_scripts: control.scripts.clone(),
         control: control.text,
         md5sums: control.md5sums,
@@ -442,12 +475,20 @@ fn unpack(
     })
 }
 
+/// The error for a member whose data ends before its header's size.
+fn short(path: &impl std::fmt::Display, found: u64, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("{path} ends after {found} of {size} bytes"),
+    )
+}
+
 /// One file of dpkg's database: where it goes and its bytes.
 pub type DatabaseFile = (ImagePath, Arc<[u8]>);
 
 /// dpkg's record of a package as installed: its control fields with `Status` after
 /// `Package`.
-fn status_paragraph(control: &str) -> String {
+pub(crate) fn status_paragraph(control: &str) -> String {
     let mut out = String::new();
     for line in control.lines().filter(|l| !l.trim().is_empty()) {
         out.push_str(line);
@@ -473,8 +514,8 @@ pub fn database(
         earlier.insert(p.name.clone(), status.clone());
         files.push((format!("var/lib/dpkg/status.d/{}", p.name), status.into_bytes()));
         let mut list = String::from("/.\n");
-        for m in &p.members {
-            list.push_str(m.path.as_str());
+        for path in &p.files {
+            list.push_str(path.as_str());
             list.push('\n');
         }
         files.push((format!("var/lib/dpkg/info/{}.list", p.info_name), list.into_bytes()));

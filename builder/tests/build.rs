@@ -84,6 +84,7 @@ fn opts(work: &Path, threads: usize) -> BuildOptions {
         work_dir: work.to_path_buf(),
         lock_mode: LockMode::Update,
         hash_cache: None,
+        list_packages: false,
     }
 }
 

@@ -80,6 +80,8 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         work_dir: work.path().to_path_buf(),
         lock_mode: if args.locked { LockMode::Locked } else { LockMode::Update },
         hash_cache: if args.rehash { None } else { hash_cache_file() },
+        // The SBOM lists every package, including those of layers found in the cache.
+        list_packages: args.sign.is_some(),
     };
     let progress = Progress::new(!ctx.quiet && !ctx.json).with_notices(!ctx.quiet);
     let lease = ctx

@@ -166,6 +166,7 @@ fn rebuild(
         work_dir: work,
         lock_mode: LockMode::Update,
         hash_cache: None,
+        list_packages: false,
     };
     let memory = Store::open("memory://")?;
     let mut sink = StoreSink::new(&memory, &ctx.runtime);

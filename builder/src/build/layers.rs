@@ -11,7 +11,7 @@ use crate::build::options::BuildOptions;
 use crate::build::plan::Plan;
 use crate::build::sink::BlobSink;
 use crate::image::{self, JsonBlob, LayerRecord};
-use crate::inputs::ResolvedLayer;
+use crate::inputs::{Install, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
 use crate::recipe::Recipe;
 use crate::rootfs::Rootfs;
@@ -37,6 +37,32 @@ pub(super) enum Source {
 pub(super) struct Flattened {
     pub layers: Vec<(String, Source)>,
     pub rootfs: Option<Tree>,
+}
+
+/// Fetches and unpacks the Debian packages of the layers whose trees `plan` needs, in layer
+/// order (each layer's dpkg status lists the packages of those below), and, with
+/// [`BuildOptions::list_packages`], reads the file lists of the others' packages: a build
+/// whose layers are all cached reads no package otherwise.
+pub(super) fn install_packages(
+    resolved: &mut [ResolvedLayer],
+    plan: &Plan,
+    opts: &BuildOptions,
+    sink: &mut dyn BlobSink,
+    observer: &dyn Observer,
+) -> Result<(), BuildError> {
+    let mut status = std::collections::BTreeMap::new();
+    for (i, layer) in resolved.iter_mut().enumerate() {
+        let what = match (i < plan.trees, opts.list_packages) {
+            (true, _) => Install::Contents,
+            (false, true) => Install::Listing,
+            (false, false) => continue,
+        };
+        layer.install(what, Some(&mut *sink), &mut status)?;
+        for (package, scripts) in &layer.skipped_scripts {
+            observer.scripts_skipped(package, scripts);
+        }
+    }
+    Ok(())
 }
 
 /// Makes the trees `plan` needs, each layer's implicit parents taking their metadata from the

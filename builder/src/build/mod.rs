@@ -34,7 +34,8 @@ pub use sink::{BlobSink, SinkError};
 #[derive(Debug)]
 pub struct BuildOutput {
     pub index: Descriptor,
-    /// The Debian packages installed, layer by layer, with the paths each one installed.
+    /// The Debian packages installed, layer by layer, with the paths each one installed:
+    /// those of written layers, and of every layer with [`BuildOptions::list_packages`].
     pub installed: Vec<kiln_deb::Installed>,
     pub manifests: Vec<(Platform, Descriptor)>,
     pub layers: Vec<(String, crate::image::LayerRecord)>,
@@ -71,13 +72,7 @@ pub fn build(
         LockMode::Locked => Resolution::LockedOnly,
         LockMode::Update => Resolution::Reuse,
     };
-    let (resolved, current) =
-        resolve_with(recipe, opts.epoch, &mut cache, resolution, Some(&mut *sink))?;
-    for layer in &resolved {
-        for (package, scripts) in &layer.skipped_scripts {
-            observer.scripts_skipped(package, scripts);
-        }
-    }
+    let (resolved, current) = resolve_with(recipe, opts.epoch, &mut cache, resolution)?;
     // Saving the cache overlaps the rest of the build instead of delaying the first layer.
     // Losing the cache only costs time on the next build, so a failure to save it is a warning.
     std::thread::scope(|scope| {
@@ -99,11 +94,12 @@ fn build_resolved(
     opts: &BuildOptions,
     sink: &mut dyn BlobSink,
     observer: &dyn Observer,
-    resolved: Vec<ResolvedLayer>,
+    mut resolved: Vec<ResolvedLayer>,
     current: Lock,
 ) -> Result<BuildOutput, BuildError> {
     let existing = plan::check_lock(recipe, opts.lock_mode, &current)?;
     let plan = plan::plan(recipe, opts.epoch, &resolved, sink)?;
+    layers::install_packages(&mut resolved, &plan, opts, sink, observer)?;
     // Every tree to be made, and the disks' inputs, are checked before anything is stored,
     // so that a bad layer or `[disk]` table (a path declared twice, a whiteout escaping the
     // root, a missing ESP file, no disk platform) leaves the store as it was.

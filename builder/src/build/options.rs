@@ -22,4 +22,8 @@ pub struct BuildOptions {
     pub lock_mode: LockMode,
     /// Where input file digests are remembered between builds; `None` re-reads every input.
     pub hash_cache: Option<PathBuf>,
+    /// Whether [`BuildOutput::installed`](crate::BuildOutput::installed) lists the Debian
+    /// packages of layers taken from the cache too (for an SBOM), which reads those packages'
+    /// file lists; otherwise a layer found in the cache reads none of its packages.
+    pub list_packages: bool,
 }

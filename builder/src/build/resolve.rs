@@ -7,9 +7,8 @@ use kiln_tree::Epoch;
 
 use crate::build::disks::error::DiskError;
 use crate::build::error::BuildError;
-use crate::build::sink::BlobSink;
 use crate::hash_cache::HashCache;
-use crate::inputs::{self, InputError, ResolvedLayer};
+use crate::inputs::{self, InputError, Install, ResolvedLayer};
 use crate::lock::{Lock, LockDifference};
 use crate::packages::{PackageError, Resolution};
 use crate::recipe::Recipe;
@@ -21,17 +20,15 @@ pub fn resolve(
     epoch: Epoch,
     cache: &mut HashCache,
 ) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
-    resolve_with(recipe, epoch, cache, Resolution::Reuse, None)
+    resolve_with(recipe, epoch, cache, Resolution::Reuse)
 }
 
-/// [`resolve`], choosing when Debian packages are resolved again, and where package files
-/// are kept between builds (`store`: taken from it when there, put into it when fetched).
+/// [`resolve`], choosing when Debian packages are resolved again.
 pub fn resolve_with(
     recipe: &Recipe,
     epoch: Epoch,
     cache: &mut HashCache,
     resolution: Resolution,
-    store: Option<&mut dyn BlobSink>,
 ) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
     let lock_path = Lock::path_for(&recipe.file);
     let existing = Lock::read(&lock_path)?;
@@ -39,22 +36,25 @@ pub fn resolve_with(
         match crate::packages::plan(recipe, existing.as_ref(), resolution) {
             Ok(planned) => planned,
             // Only a `--locked` build refuses to resolve: it fails as for any input not locked.
-            Err(PackageError::NotLocked { layer }) => {
+            Err(PackageError::NotLocked { layer, architecture }) => {
                 return Err(match existing {
                     None => BuildError::NoLock { recipe: recipe.file.clone(), lock: lock_path },
                     Some(_) => BuildError::LockMismatch {
                         lock: lock_path,
-                        differences: vec![LockDifference::Packages { layer }],
+                        differences: vec![LockDifference::Packages { layer, architecture }],
                     },
                 })
             }
             Err(e) => return Err(InputError::from(e).into()),
         };
-    let mut debian = inputs::Debian { locked: packages.clone(), store, ..Default::default() };
+    let debian = inputs::Debian {
+        locked: packages.clone(),
+        architecture: crate::packages::architectures(recipe).swap_remove(0),
+    };
     let layers = recipe
         .layers
         .iter()
-        .map(|l| inputs::resolve_layer_with(l, cache, &mut debian))
+        .map(|l| inputs::resolve_layer_with(l, cache, &debian))
         .collect::<Result<Vec<_>, _>>()?;
     let all_inputs = layers.iter().flat_map(|l| l.inputs.iter().cloned()).collect();
     let e2fsprogs = match &recipe.disk {
@@ -85,10 +85,12 @@ pub fn lock_with(
     cache: &mut HashCache,
     resolution: Resolution,
 ) -> Result<(Lock, bool), BuildError> {
-    let (layers, lock) = resolve_with(recipe, epoch, cache, resolution, None)?;
+    let (mut layers, lock) = resolve_with(recipe, epoch, cache, resolution)?;
     // A build makes a tree only for a layer it writes; a lock is written only for layers
     // that can be made (no path declared twice, no file where a folder must be).
-    for layer in &layers {
+    let mut status = std::collections::BTreeMap::new();
+    for layer in &mut layers {
+        layer.install(Install::Contents, None, &mut status)?;
         layer.tree()?;
     }
     let path = Lock::path_for(&recipe.file);
