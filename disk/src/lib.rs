@@ -8,6 +8,8 @@ pub mod cpio;
 pub mod erofs;
 pub mod ext4;
 pub mod fat;
+#[cfg(test)]
+mod golden;
 pub mod gpt;
 pub mod layout;
 pub mod partition_file;
