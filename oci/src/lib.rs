@@ -3,6 +3,7 @@
 pub mod canonical;
 pub mod descriptor;
 pub mod digest;
+pub mod disk_artifact;
 pub mod image;
 pub mod media_type;
 pub mod reference;

@@ -14,7 +14,7 @@ use kiln_attest::artifact::{self, Part};
 use kiln_attest::dsse::{Envelope, ENVELOPE_MEDIA_TYPE};
 use kiln_attest::provenance::Statement;
 use kiln_attest::PublicKey;
-use kiln_builder::build::disks::{DISK_ARTIFACT, ROOT_HASH_ANNOTATION};
+use kiln_oci::disk_artifact::{ARTIFACT_TYPE as DISK_ARTIFACT, ROOT_HASH_ANNOTATION};
 use kiln_oci::{media_type, Descriptor, Digest, ImageIndex, ImageManifest};
 use kiln_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};

@@ -98,7 +98,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
             Some(kiln_attest::artifact::SIGNATURE_ARTIFACT) => "signature",
             Some(kiln_attest::artifact::SBOM_ARTIFACT) => "sbom",
             Some(kiln_attest::artifact::ATTESTATION_ARTIFACT) => "provenance",
-            Some(kiln_builder::build::disks::DISK_ARTIFACT) => "disk",
+            Some(kiln_oci::disk_artifact::ARTIFACT_TYPE) => "disk",
             Some(other) => other,
             None => "artifact",
         };
@@ -109,7 +109,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         let root_hash = r
             .annotations
-            .get(kiln_builder::build::disks::ROOT_HASH_ANNOTATION)
+            .get(kiln_oci::disk_artifact::ROOT_HASH_ANNOTATION)
             .map(|h| format!("  verity root hash {h}"))
             .unwrap_or_default();
         ctx.say(format!("  referrer {kind} {}  of {subject}{key}{root_hash}", r.digest));

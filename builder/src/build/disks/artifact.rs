@@ -4,15 +4,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_disk::verity::VerityTree;
+use kiln_oci::disk_artifact::{ARTIFACT_TYPE, ROOT_HASH_ANNOTATION};
 use kiln_oci::{media_type, Descriptor, Digest, ImageManifest};
 
 use crate::image::JsonBlob;
 use crate::recipe::DiskFormat;
-
-/// artifactType of the disk images attached to an image.
-pub const DISK_ARTIFACT: &str = "application/vnd.kiln.disk.v1";
-/// Annotation carrying the dm-verity root hash (hex) on the artifact manifest.
-pub const ROOT_HASH_ANNOTATION: &str = "dev.kiln.disk.verity.root-hash";
 
 /// One disk file ready to store.
 #[derive(Clone, Debug)]
@@ -53,11 +49,11 @@ pub(super) fn artifact_manifest(
         annotations.insert(ROOT_HASH_ANNOTATION.to_string(), v.root_hash_hex());
     }
     let layers = files.iter().map(|f| f.descriptor.clone()).collect();
-    let manifest = ImageManifest::artifact(DISK_ARTIFACT, layers, subject, annotations.clone());
+    let manifest = ImageManifest::artifact(ARTIFACT_TYPE, layers, subject, annotations.clone());
     let bytes = kiln_oci::to_canonical_json(&manifest)?;
     let mut descriptor =
         Descriptor::new(media_type::IMAGE_MANIFEST, Digest::of(&bytes), bytes.len() as u64);
-    descriptor.artifact_type = Some(DISK_ARTIFACT.to_string());
+    descriptor.artifact_type = Some(ARTIFACT_TYPE.to_string());
     descriptor.annotations = annotations;
     Ok((JsonBlob { descriptor, bytes }, empty_config))
 }

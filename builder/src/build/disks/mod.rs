@@ -21,7 +21,7 @@ use crate::build::options::BuildOptions;
 use crate::build::sink::BlobSink;
 use crate::recipe::DiskSpec;
 
-pub use artifact::{media_type_of, DiskFile, DISK_ARTIFACT, ROOT_HASH_ANNOTATION};
+pub use artifact::{media_type_of, DiskFile};
 pub use error::DiskError;
 pub use esp::esp_tree;
 pub use make::{make_disks, DiskOutput};
