@@ -4,10 +4,12 @@
 //! A crate of its own so that the builder and the store stay free of cryptography: [`key`]
 //! makes and reads P-256 and Ed25519 keys, [`cache_trust`] signs and trusts build cache entries, [`simple_signing`] and [`dsse`] are the signed
 //! formats, [`sbom`] and [`provenance`] the documents, [`artifact`] attaches them to an image
-//! as OCI 1.1 referrers, [`publish`] produces them for a stored image, [`contents`] reads
+//! as OCI 1.1 referrers, [`publish`] produces them for a stored image, [`build`] for a fresh
+//! build, [`contents`] reads
 //! layers back, [`source`] names the recipe without the host's paths, [`verify`] audits an image and [`compare`] explains why a rebuild differs.
 
 pub mod artifact;
+pub mod build;
 pub mod cache_trust;
 pub mod compare;
 pub mod contents;
@@ -52,4 +54,7 @@ pub enum AttestError {
     /// The descriptor names something that is not an image.
     #[error("{digest} is a {media_type}, not an image index or manifest")]
     NotAnImage { digest: kiln_oci::Digest, media_type: String },
+    /// The recipe or lock file of a build could not be read again to keep it.
+    #[error("reading {} again to keep it in the provenance", .path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
 }

@@ -35,6 +35,18 @@ pub enum InputKind {
     Deb,
 }
 
+impl InputKind {
+    /// The name the lock file gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::File => "file",
+            InputKind::Tree => "tree",
+            InputKind::Tarball => "tarball",
+            InputKind::Deb => "deb",
+        }
+    }
+}
+
 /// One pinned input: a path relative to the recipe and the digest of what it holds.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,7 @@
 //! `kiln build`: recipe → image in the store, tagged NAME:VERSION.
 
 use anyhow::Context as _;
+use kiln_attest::build::{attest_build, Build, BuildAttestations};
 use kiln_attest::known_layers::KnownLayers;
 use kiln_builder::{BuildOptions, LockMode, Recipe};
 use kiln_store::{RepoName, Tag};
@@ -173,7 +174,10 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             let leased = ctx.store.leased(&lease);
             let attest = || {
                 let cache = cache_use.clone();
-                super::sign::attest_build(ctx, &leased, key, &source, &recipe, &out, epoch, cache)
+                let build = Build { recipe: &recipe, out: &out, epoch, cache };
+                ctx.runtime
+                    .block_on(attest_build(&leased, key, &source, build))
+                    .context("attaching signature, SBOM and provenance")
             };
             let mut attested = attest()?;
             let mut missing = confirm_attestations(ctx, &attested)?;
@@ -305,10 +309,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
 
 /// The blobs of the signature, SBOM and provenance artifacts that are not stored, once the
 /// gc sweeps in progress are over (see kiln_store::sweep).
-fn confirm_attestations(
-    ctx: &Ctx,
-    attested: &super::sign::BuildAttestations,
-) -> anyhow::Result<Vec<String>> {
+fn confirm_attestations(ctx: &Ctx, attested: &BuildAttestations) -> anyhow::Result<Vec<String>> {
     let artifacts = std::iter::once(&attested.signature)
         .chain(attested.sboms.iter().map(|s| &s.artifact))
         .chain(std::iter::once(&attested.provenance));
