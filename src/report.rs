@@ -233,18 +233,7 @@ pub struct Export {
 pub struct DiskExport {
     #[serde(serialize_with = "text")]
     pub reference: Reference,
-    pub disks: Vec<ExportedDisk>,
-}
-
-/// One disk image file written.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExportedDisk {
-    #[serde(serialize_with = "path")]
-    pub path: PathBuf,
-    pub digest: Digest,
-    pub media_type: String,
-    pub size: u64,
+    pub disks: Vec<kiln_store::disk_export::ExportedDisk>,
 }
 
 /// `kiln --json store check`.

@@ -3,10 +3,9 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use kiln_builder::build::disks::DISK_ARTIFACT;
-use kiln_oci::{media_type, Descriptor, ImageIndex, ImageManifest};
-use kiln_store::layout;
+use kiln_oci::Descriptor;
 use kiln_store::Reference;
+use kiln_store::{disk_export, layout};
 
 use super::Ctx;
 use crate::cli::ExportArgs;
@@ -74,63 +73,14 @@ fn export_disks(
     platform: Option<&str>,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let store = &ctx.store;
-    // (platform, disk artifact) for every manifest with disks attached.
-    let mut manifests = vec![(None, root.digest)];
-    if root.media_type == media_type::IMAGE_INDEX {
-        let index: ImageIndex = ctx.runtime.block_on(store.get_described_json(root))?;
-        manifests.extend(index.manifests.iter().map(|m| (m.platform.clone(), m.digest)));
-    }
-    let mut disks = Vec::new();
-    for (p, subject) in manifests {
-        for r in ctx.runtime.block_on(store.referrers(&subject))? {
-            if r.artifact_type.as_deref() == Some(DISK_ARTIFACT) {
-                disks.push((p.as_ref().map(|p| p.to_string()), r));
-            }
-        }
-    }
-    if disks.is_empty() {
-        anyhow::bail!("{reference} has no disk images: build it from a recipe with a [disk] table");
-    }
-    let names = || disks.iter().filter_map(|(p, _)| p.clone()).collect::<Vec<_>>().join(", ");
-    let chosen = match platform {
-        Some(wanted) => {
-            let found = disks.iter().find(|(p, _)| p.as_deref() == Some(wanted));
-            found.with_context(|| {
-                format!("{reference} has no disk images for {wanted}; it has them for {}", names())
-            })?
-        }
-        None if disks.len() == 1 => &disks[0],
-        None => {
-            anyhow::bail!("{reference} has disk images for {}: choose one with --platform", names())
-        }
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut written = Vec::new();
-    let artifact: ImageManifest = ctx.runtime.block_on(store.get_described_json(&chosen.1))?;
-    for layer in &artifact.layers {
-        let title = layer.annotations.get("org.opencontainers.image.title");
-        // Only plain file names: a title never chooses where outside `dir` to write.
-        let name = title.filter(|t| {
-            !t.is_empty() && !t.contains('/') && t.as_str() != "." && t.as_str() != ".."
-        });
-        let name = name.cloned().unwrap_or_else(|| layer.digest.hex());
-        let target = dir.join(&name);
-        let size = ctx
-            .runtime
-            .block_on(store.copy_described_to(layer, &target))
-            .with_context(|| format!("writing {}", target.display()))?;
-        written.push(report::ExportedDisk {
-            path: target,
-            digest: layer.digest,
-            media_type: layer.media_type.clone(),
-            size,
-        });
-    }
+    let disks = ctx
+        .runtime
+        .block_on(disk_export::export_disks(&ctx.store, root, platform, dir))
+        .with_context(|| format!("exporting the disks of {reference}"))?;
     if ctx.json {
-        ctx.print_json(&report::DiskExport { reference: reference.clone(), disks: written })?;
+        ctx.print_json(&report::DiskExport { reference: reference.clone(), disks })?;
     } else {
-        for w in &written {
+        for w in &disks {
             ctx.say(format!("wrote {} {}", w.path.display(), w.digest));
         }
     }

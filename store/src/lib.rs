@@ -20,6 +20,7 @@ mod blob_stream;
 pub mod cache;
 pub mod check;
 pub mod copy;
+pub mod disk_export;
 mod document;
 pub mod error;
 pub mod explain;
