@@ -41,28 +41,30 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let ctx = commands::Ctx::new(cli)?;
+    // Every command but `copy` works in the one store --store names; `copy` opens the two it
+    // names with --from and --to.
+    let ctx = || commands::Ctx::new(cli);
     match &cli.command {
-        Command::Build(args) => commands::build::run(&ctx, args),
-        Command::Lock(args) => commands::lock::run(&ctx, args),
-        Command::Images => commands::images::run(&ctx),
-        Command::Inspect(args) => commands::inspect::run(&ctx, args),
-        Command::Export(args) => commands::export::run(&ctx, args),
-        Command::Store(StoreCommand::Check(args)) => commands::store::check(&ctx, args),
-        Command::Gc(args) => commands::gc::run(&ctx, args),
-        Command::Copy(args) => commands::copy::run(&ctx, cli, args),
-        Command::Push(args) => commands::push::run(&ctx, args),
-        Command::Pull(args) => commands::pull::run(&ctx, args),
-        Command::Keygen(args) => commands::keygen::run(&ctx, args),
-        Command::Sign(args) => commands::sign::run(&ctx, args),
-        Command::Verify(args) => commands::verify::run(&ctx, args),
-        Command::Release(args) => commands::release::run(&ctx, args),
-        Command::Pin(args) => commands::pin::run(&ctx, args),
-        Command::Approve(args) => commands::approve::run(&ctx, args),
-        Command::Promote(args) => commands::promote::run(&ctx, cli, args),
-        Command::Rollback(args) => commands::rollback::run(&ctx, args),
-        Command::Revoke(args) => commands::revoke::run(&ctx, args),
-        Command::History(args) => commands::history::run(&ctx, args),
+        Command::Build(args) => commands::build::run(&ctx()?, args),
+        Command::Lock(args) => commands::lock::run(&ctx()?, args),
+        Command::Images => commands::images::run(&ctx()?),
+        Command::Inspect(args) => commands::inspect::run(&ctx()?, args),
+        Command::Export(args) => commands::export::run(&ctx()?, args),
+        Command::Store(StoreCommand::Check(args)) => commands::store::check(&ctx()?, args),
+        Command::Gc(args) => commands::gc::run(&ctx()?, args),
+        Command::Copy(args) => commands::copy::run(&commands::Session::new(cli)?, cli, args),
+        Command::Push(args) => commands::push::run(&ctx()?, args),
+        Command::Pull(args) => commands::pull::run(&ctx()?, args),
+        Command::Keygen(args) => commands::keygen::run(&ctx()?, args),
+        Command::Sign(args) => commands::sign::run(&ctx()?, args),
+        Command::Verify(args) => commands::verify::run(&ctx()?, args),
+        Command::Release(args) => commands::release::run(&ctx()?, args),
+        Command::Pin(args) => commands::pin::run(&ctx()?, args),
+        Command::Approve(args) => commands::approve::run(&ctx()?, args),
+        Command::Promote(args) => commands::promote::run(&ctx()?, cli, args),
+        Command::Rollback(args) => commands::rollback::run(&ctx()?, args),
+        Command::Revoke(args) => commands::revoke::run(&ctx()?, args),
+        Command::History(args) => commands::history::run(&ctx()?, args),
     }
 }
 

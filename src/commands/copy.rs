@@ -7,7 +7,7 @@ use kiln_attest::PrivateKey;
 use kiln_registry::{Client, RegistryError, RegistryRef, Repository};
 use kiln_store::{Location, Reference, Store};
 
-use super::Ctx;
+use super::Session;
 use crate::cli::{Cli, CopyArgs};
 
 /// Opens `location`, giving it the `--store-option`s only if it is a bucket, so that one
@@ -34,7 +34,7 @@ fn side(location: &str, cli: &Cli, args: &CopyArgs) -> anyhow::Result<Side> {
     Ok(Side::Store(open(location, &super::store_options(cli)?)?))
 }
 
-pub fn run(ctx: &Ctx, cli: &Cli, args: &CopyArgs) -> anyhow::Result<()> {
+pub fn run(ctx: &Session, cli: &Cli, args: &CopyArgs) -> anyhow::Result<()> {
     let reference: Reference = args
         .reference
         .parse()
@@ -99,7 +99,7 @@ pub fn run(ctx: &Ctx, cli: &Cli, args: &CopyArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print<T: serde::Serialize>(ctx: &Ctx, report: &T, what: String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(ctx: &Session, report: &T, what: String) -> anyhow::Result<()> {
     if ctx.json {
         return ctx.print_json(report);
     }
@@ -108,7 +108,7 @@ fn print<T: serde::Serialize>(ctx: &Ctx, report: &T, what: String) -> anyhow::Re
 }
 
 fn store_to_store(
-    ctx: &Ctx,
+    ctx: &Session,
     from: &Store,
     to: &Store,
     reference: &Reference,

@@ -27,39 +27,21 @@ use tokio::runtime::Runtime;
 
 use crate::cli::{Cli, Command, StoreCommand};
 
-/// What every command needs: the store, a runtime to drive it, and output settings.
-pub struct Ctx {
-    pub store: Store,
+/// What every command needs: a runtime to drive stores and registries, and output settings.
+pub struct Session {
     pub runtime: Runtime,
     pub json: bool,
     pub quiet: bool,
 }
 
-impl Ctx {
-    /// Opens the store named on the command line, in the environment, or the default folder.
-    pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
-        let location = match (&cli.command, &cli.store) {
-            // `copy` names both of its stores with --from and --to and never uses --store.
-            (Command::Copy(_), _) => "memory://".to_string(),
-            (_, Some(s)) => s.clone(),
-            (_, None) => default_store()?,
-        };
-        let options = match cli.command {
-            Command::Copy(_) => Vec::new(),
-            _ => store_options(cli)?,
-        };
-        // Checking a store that is not there must say so, not create an empty one.
-        let store = match cli.command {
-            Command::Store(StoreCommand::Check(_)) => Store::open_existing(&location, &options),
-            _ => Store::open_with_options(&location, &options),
-        }
-        .with_context(|| format!("opening store {location}"))?;
+impl Session {
+    pub fn new(cli: &Cli) -> anyhow::Result<Session> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        Ok(Ctx { store, runtime, json: cli.json, quiet: cli.quiet })
+        Ok(Session { runtime, json: cli.json, quiet: cli.quiet })
     }
 
     /// Prints `value` as one line of JSON on stdout.
@@ -73,6 +55,38 @@ impl Ctx {
         if !self.quiet {
             println!("{}", line.as_ref());
         }
+    }
+}
+
+/// A [`Session`] with the one store a command works in.
+pub struct Ctx {
+    pub store: Store,
+    session: Session,
+}
+
+impl Ctx {
+    /// Opens the store named on the command line, in the environment, or the default folder.
+    pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
+        let location = match &cli.store {
+            Some(s) => s.clone(),
+            None => default_store()?,
+        };
+        let options = store_options(cli)?;
+        // Checking a store that is not there must say so, not create an empty one.
+        let store = match cli.command {
+            Command::Store(StoreCommand::Check(_)) => Store::open_existing(&location, &options),
+            _ => Store::open_with_options(&location, &options),
+        }
+        .with_context(|| format!("opening store {location}"))?;
+        Ok(Ctx { store, session: Session::new(cli)? })
+    }
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.session
     }
 }
 
