@@ -78,6 +78,16 @@ pub(super) fn media_entry(fat_type: FatType) -> u32 {
     fat_type.eoc() & !0xFF | u32::from(MEDIA)
 }
 
+/// A FAT16 entry.
+pub(super) fn fat16_entry(v: u32) -> [u8; 2] {
+    (v as u16).to_le_bytes()
+}
+
+/// A FAT32 entry (the top four bits are reserved and kept zero).
+pub(super) fn fat32_entry(v: u32) -> [u8; 4] {
+    v.to_le_bytes()
+}
+
 /// Two FAT12 entries, packed into three bytes.
 pub(super) fn fat12_pair(a: u32, b: u32) -> [u8; 3] {
     [a as u8, (a >> 8) as u8 | (b << 4) as u8, (b >> 4) as u8]
@@ -386,6 +396,8 @@ mod tests {
     fn fat_entries_pack_as_specified() {
         assert_eq!(fat12_pair(0xFF8, 0xFFF), [0xF8, 0xFF, 0xFF]);
         assert_eq!(fat12_pair(0x123, 0x456), [0x23, 0x61, 0x45]);
+        assert_eq!(fat16_entry(0x1234), [0x34, 0x12]);
+        assert_eq!(fat32_entry(0x0FFF_FFF8), [0xF8, 0xFF, 0xFF, 0x0F]);
         assert_eq!(media_entry(FatType::Fat32), 0x0FFF_FFF8);
         assert_eq!(media_entry(FatType::Fat16), 0xFFF8);
     }

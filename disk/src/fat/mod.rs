@@ -25,9 +25,9 @@ use kiln_tree::Epoch;
 mod format;
 
 use format::{
-    checksum, fat12_pair, media_entry, BootSector, FatType, FsInfo, LongEntry, ShortEntry, Stamp,
-    ATTR_ARCHIVE, ATTR_DIR, ATTR_VOLUME_ID, BACKUP_BOOT_SECTOR, DIRENT_SIZE, FSINFO_SECTOR,
-    LFN_UNITS, NUM_FATS, SECTOR,
+    checksum, fat12_pair, fat16_entry, fat32_entry, media_entry, BootSector, FatType, FsInfo,
+    LongEntry, ShortEntry, Stamp, ATTR_ARCHIVE, ATTR_DIR, ATTR_VOLUME_ID, BACKUP_BOOT_SECTOR,
+    DIRENT_SIZE, FSINFO_SECTOR, LFN_UNITS, NUM_FATS, SECTOR,
 };
 
 const FAT12_MAX_CLUSTERS: u64 = 4084;
@@ -602,11 +602,11 @@ fn write_table<W: Write>(out: &mut Out<W>, g: &Geometry, ends: &[u64]) -> Result
                 cluster += 2;
             }
             FatType::Fat16 => {
-                buf.extend_from_slice(&(value(cluster) as u16).to_le_bytes());
+                buf.extend_from_slice(&fat16_entry(value(cluster)));
                 cluster += 1;
             }
             FatType::Fat32 => {
-                buf.extend_from_slice(&value(cluster).to_le_bytes());
+                buf.extend_from_slice(&fat32_entry(value(cluster)));
                 cluster += 1;
             }
         }

@@ -99,6 +99,23 @@ impl Superblock {
     }
 }
 
+/// A reference to metadata (an inode, a directory listing, an xattr set): where its block
+/// starts in its table and its offset in the block's uncompressed bytes.
+pub(super) fn metadata_reference(block: u32, offset: u16) -> u64 {
+    (u64::from(block) << 16) | u64::from(offset)
+}
+
+/// An entry of the index after a lookup table (id, fragment, xattr id): where one of its
+/// metadata blocks lies in the image.
+pub(super) fn table_index_entry(block_position: u64) -> [u8; 8] {
+    block_position.to_le_bytes()
+}
+
+/// An id table entry: a uid or gid that inodes refer to by index.
+pub(super) fn id_entry(id: u32) -> [u8; 4] {
+    id.to_le_bytes()
+}
+
 /// The length word before a metadata block.
 pub(super) fn metadata_header(len: u16, stored: bool) -> [u8; 2] {
     (len | if stored { META_STORED } else { 0 }).to_le_bytes()
@@ -517,6 +534,9 @@ mod tests {
         assert_eq!(f.encode(), [96, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 1, 0, 0, 0, 0]);
         assert_eq!(metadata_header(100, true), [100, 0x80]);
         assert_eq!(metadata_header(100, false), [100, 0]);
+        assert_eq!(metadata_reference(0x0102_0304, 0x0506), 0x0102_0304_0506);
+        assert_eq!(table_index_entry(0x0102), [2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(id_entry(70_000), [0x70, 0x11, 1, 0]);
         let x = XattrId { xattr: 0x0001_0002, count: 3, size: 4 };
         assert_eq!(x.encode(), [2, 0, 1, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]);
         let t = XattrIdTable { xattr_table_start: 5, xattr_ids: 6 };

@@ -29,12 +29,13 @@ use kiln_tree::Epoch;
 mod format;
 
 use format::{
-    data_block_size, metadata_header, DeviceInode, DirEntry, DirHeader, DirIndex, DirInode,
-    FragmentEntry, InodeHeader, LdirInode, LregInode, RegInode, Superblock, SymlinkInode, XattrId,
-    XattrIdTable, XattrPair, BLOCK, DIR_COUNT, DIR_ENTRY_SIZE, DIR_HEADER_SIZE, DIR_SIZE_EXTRA,
-    FLAG_ALWAYS_FRAGMENTS, FLAG_DUPLICATES, FLAG_NO_XATTRS, METADATA, NAME_MAX, NONE32, NONE64,
-    SUPERBLOCK_SIZE, T_BLKDEV, T_CHRDEV, T_DIR, T_FIFO, T_FILE, T_LBLKDEV, T_LCHRDEV, T_LDIR,
-    T_LFIFO, T_LFILE, T_LSYMLINK, T_SYMLINK, XATTR_PREFIXES,
+    data_block_size, id_entry, metadata_header, metadata_reference, table_index_entry, DeviceInode,
+    DirEntry, DirHeader, DirIndex, DirInode, FragmentEntry, InodeHeader, LdirInode, LregInode,
+    RegInode, Superblock, SymlinkInode, XattrId, XattrIdTable, XattrPair, BLOCK, DIR_COUNT,
+    DIR_ENTRY_SIZE, DIR_HEADER_SIZE, DIR_SIZE_EXTRA, FLAG_ALWAYS_FRAGMENTS, FLAG_DUPLICATES,
+    FLAG_NO_XATTRS, METADATA, NAME_MAX, NONE32, NONE64, SUPERBLOCK_SIZE, T_BLKDEV, T_CHRDEV, T_DIR,
+    T_FIFO, T_FILE, T_LBLKDEV, T_LCHRDEV, T_LDIR, T_LFIFO, T_LFILE, T_LSYMLINK, T_SYMLINK,
+    XATTR_PREFIXES,
 };
 
 /// The image is padded to a multiple of this, as mksquashfs pads it.
@@ -111,7 +112,7 @@ pub fn write_squashfs<W: Write + Seek>(
         .flat_map(|&(start_block, size)| FragmentEntry { start_block, size }.encode())
         .collect();
     let fragment_table_start = write_table(&mut sink, &fragment_entries)?;
-    let ids: Vec<u8> = model.ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    let ids: Vec<u8> = model.ids.iter().flat_map(|&id| id_entry(id)).collect();
     let id_table_start = write_table(&mut sink, &ids)?;
     let xattr_id_table_start = write_xattrs(&mut sink, &model.xattr_sets)?;
     let bytes_used = sink.pos;
@@ -623,7 +624,7 @@ impl MetaWriter {
     /// The position as a squashfs reference: block start << 16 | offset.
     fn reference(&self) -> u64 {
         let (block, offset) = self.position();
-        (u64::from(block) << 16) | u64::from(offset)
+        metadata_reference(block, offset)
     }
 
     fn put(&mut self, mut bytes: &[u8]) -> Result<(), SquashfsError> {
@@ -674,7 +675,7 @@ fn write_table<W: Write>(sink: &mut Sink<'_, W>, entries: &[u8]) -> Result<u64, 
     let (blocks, starts) = table.finish()?;
     let base = sink.pos;
     sink.write(&blocks)?;
-    let index: Vec<u8> = starts.iter().flat_map(|s| (base + s).to_le_bytes()).collect();
+    let index: Vec<u8> = starts.iter().flat_map(|s| table_index_entry(base + s)).collect();
     let at = sink.pos;
     sink.write(&index)?;
     Ok(at)
@@ -709,7 +710,7 @@ fn write_xattrs<W: Write>(
     let table = XattrIdTable { xattr_table_start: kv_start, xattr_ids: sets.len() as u32 };
     header.extend_from_slice(&table.encode());
     for s in starts {
-        header.extend_from_slice(&(base + s).to_le_bytes());
+        header.extend_from_slice(&table_index_entry(base + s));
     }
     sink.write(&header)?;
     Ok(header_at)
