@@ -37,6 +37,8 @@ use kiln_tree::tree::{Content, Device, Entry, EntryKind, Tree};
 use kiln_tree::Epoch;
 use rustix::fs::{FileType, Mode};
 
+use crate::uuid::content_uuid;
+
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
 const BLOCKS_PER_GROUP: u64 = 32_768;
@@ -484,11 +486,7 @@ fn derive_uuid(listing: &Digest, purpose: &[u8]) -> [u8; 16] {
     h.update(b"kiln ext4 ");
     h.update(purpose);
     h.update(listing.as_bytes());
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&h.finish().as_bytes()[..16]);
-    uuid[6] = (uuid[6] & 0x0F) | 0x80;
-    uuid[8] = (uuid[8] & 0x3F) | 0x80;
-    uuid
+    content_uuid(h)
 }
 
 fn format_uuid(u: &[u8; 16]) -> String {

@@ -10,6 +10,7 @@ use kiln_oci::digest::Sha256;
 use kiln_oci::Platform;
 
 use crate::record::Record;
+use crate::uuid::content_uuid;
 
 /// Sector size.
 pub const SECTOR: u64 = 512;
@@ -252,11 +253,7 @@ pub fn derive_guid(purpose: &str, seed: &[u8]) -> Guid {
     h.update(purpose.as_bytes());
     h.update(b"\0");
     h.update(seed);
-    let mut be = [0u8; 16];
-    be.copy_from_slice(&h.finish().as_bytes()[..16]);
-    be[6] = (be[6] & 0x0F) | 0x80;
-    be[8] = (be[8] & 0x3F) | 0x80;
-    Guid::from_be(be)
+    Guid::from_be(content_uuid(h))
 }
 
 /// One partition to write.

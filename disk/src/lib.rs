@@ -18,6 +18,7 @@ mod record;
 pub mod squashfs;
 #[cfg(test)]
 mod test_data;
+mod uuid;
 pub mod verity;
 pub mod vhd;
 

@@ -12,6 +12,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use kiln_oci::digest::Sha256;
 
 use crate::record::Record;
+use crate::uuid::content_uuid;
 
 /// Data and hash block size.
 pub const BLOCK: u64 = 4096;
@@ -240,13 +241,10 @@ impl VerityHasher {
         let root_hash: [u8; 32] =
             current.get(..DIGEST).and_then(|d| d.try_into().ok()).ok_or(VerityError::Empty)?;
 
-        let mut uuid = [0u8; 16];
         let mut h = Sha256::new();
         h.update(b"kiln dm-verity uuid v1\0");
         h.update(&root_hash);
-        uuid.copy_from_slice(&h.finish().as_bytes()[..16]);
-        uuid[6] = (uuid[6] & 0x0F) | 0x80;
-        uuid[8] = (uuid[8] & 0x3F) | 0x80;
+        let uuid = content_uuid(h);
 
         let mut sb = vec![0u8; BLOCK as usize];
         sb[..SUPERBLOCK].copy_from_slice(&Superblock { uuid, data_blocks, salt }.encode());

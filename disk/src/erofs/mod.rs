@@ -18,6 +18,8 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, Device, EntryKind, Tree};
 use kiln_tree::Epoch;
 
+use crate::uuid::content_uuid;
+
 mod format;
 
 use format::{
@@ -299,11 +301,7 @@ pub fn volume_uuid(tree: &Tree, epoch: Epoch) -> [u8; 16] {
             }
         }
     }
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&h.finish().as_bytes()[..16]);
-    uuid[6] = (uuid[6] & 0x0F) | 0x80; // RFC 9562 version 8: custom (content-derived)
-    uuid[8] = (uuid[8] & 0x3F) | 0x80;
-    uuid
+    content_uuid(h)
 }
 
 /// One node per inode, root first, then in path order; hard links share their file's node.

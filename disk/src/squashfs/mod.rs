@@ -26,6 +26,8 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, Device, EntryKind, Meta, Tree};
 use kiln_tree::Epoch;
 
+use crate::uuid::content_uuid;
+
 mod format;
 
 use format::{
@@ -140,11 +142,7 @@ pub fn write_squashfs<W: Write + Seek>(
     }
     .encode();
     sink.hasher.update(&sb);
-    let digest = sink.hasher.finish();
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest.as_bytes()[..16]);
-    uuid[6] = (uuid[6] & 0x0F) | 0x80; // RFC 9562 version 8: custom (content-derived)
-    uuid[8] = (uuid[8] & 0x3F) | 0x80;
+    let uuid = content_uuid(sink.hasher);
     let out = sink.out;
     out.seek(SeekFrom::Start(0)).map_err(SquashfsError::Write)?;
     out.write_all(&sb).map_err(SquashfsError::Write)?;
