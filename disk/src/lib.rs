@@ -3,6 +3,10 @@
 //! root filesystems ([`erofs`], [`squashfs`], [`ext4`] through mke2fs), the ESP ([`fat`]), the
 //! partition table ([`gpt`]), dm-verity hashes ([`verity`]), container formats ([`qcow2`],
 //! [`vhd`]) and the initramfs ([`cpio`]). [`layout`] plans a disk from a [`DiskLayout`].
+//!
+//! Each format declares its on-disk structures once, as structs with an `encode` method that
+//! lists their fields in order: in `format.rs` of the larger formats' folders (erofs,
+//! squashfs, FAT), at the top of the smaller formats' modules; the writers fill them in.
 
 pub mod cpio;
 pub mod erofs;
