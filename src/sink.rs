@@ -330,6 +330,15 @@ impl BlobSink for StoreSink<'_> {
         Ok(true)
     }
 
+    fn get_document(&mut self, digest: &Digest, limit: u64) -> Result<Option<Vec<u8>>, SinkError> {
+        self.lease(&[*digest])?;
+        if !self.runtime.block_on(self.store.has_blob(digest))? {
+            return Ok(None);
+        }
+        let bytes = self.runtime.block_on(self.store.get_blob_bounded(digest, limit))?;
+        Ok(Some(bytes.to_vec()))
+    }
+
     fn put_referrer(&mut self, subject: &Digest, artifact: &Descriptor) -> Result<(), SinkError> {
         self.runtime.block_on(self.store.put_referrer(subject, artifact))?;
         Ok(())

@@ -5,6 +5,7 @@
 //! [`image`] assembles configs, manifests and the index. [`build`] ties them together over a
 //! [`build::BlobSink`] that the caller backs with a store.
 
+pub mod base;
 pub mod build;
 pub mod hash_cache;
 pub mod image;

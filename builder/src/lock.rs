@@ -40,6 +40,34 @@ pub struct Lock {
     /// Each layer's Debian packages: what it asked for and the closure chosen.
     #[serde(default, rename = "packages", skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<LockedPackages>,
+    /// The base image, with the manifest chosen for each platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<LockedBase>,
+}
+
+/// The `[base]` image as it was resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedBase {
+    /// `HOST[:PORT]/REPO` of a registry base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The layout folder of an `oci-layout` base, relative to the recipe.
+    #[serde(default, rename = "oci-layout", skip_serializing_if = "Option::is_none")]
+    pub oci_layout: Option<String>,
+    /// The digest of the base's index or manifest.
+    pub digest: Digest,
+    /// The manifest taken for each platform, in the recipe's platform order.
+    #[serde(rename = "manifest")]
+    pub manifests: Vec<LockedBaseManifest>,
+}
+
+/// The base's manifest for one platform.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedBaseManifest {
+    pub platform: String,
+    pub digest: Digest,
 }
 
 /// A repository as it was when packages were resolved from it.
@@ -142,6 +170,8 @@ pub enum LockDifference {
     Packages { layer: String, architecture: String },
     #[error("the Debian repositories changed")]
     Repositories,
+    #[error("the base image changed (locked {locked}, now {found})")]
+    Base { locked: String, found: String },
 }
 
 impl Lock {
@@ -170,6 +200,7 @@ impl Lock {
             inputs,
             repositories: Vec::new(),
             packages: Vec::new(),
+            base: None,
         }
     }
 
@@ -279,6 +310,20 @@ impl Lock {
             if !current.inputs.iter().any(|c| c.kind == l.kind && c.src == l.src) {
                 out.push(LockDifference::Unused { src: l.src.clone() });
             }
+        }
+        if self.base != current.base {
+            let describe = |base: &Option<LockedBase>| match base {
+                None => "none".to_string(),
+                Some(b) => {
+                    let manifests: Vec<String> =
+                        b.manifests.iter().map(|m| format!("{} {}", m.platform, m.digest)).collect();
+                    format!("{} [{}]", b.digest, manifests.join(", "))
+                }
+            };
+            out.push(LockDifference::Base {
+                locked: describe(&self.base),
+                found: describe(&current.base),
+            });
         }
         if self.repositories != current.repositories {
             out.push(LockDifference::Repositories);

@@ -97,6 +97,37 @@ pub struct Recipe {
     pub disk: Option<DiskSpec>,
     /// The Debian repositories layers' `packages` come from.
     pub repositories: Vec<RepositorySpec>,
+    /// The optional `[base]` table: the image whose layers come first.
+    pub base: Option<BaseSpec>,
+}
+
+/// The `[base]` table: an existing image, pinned by digest, that the recipe's layers go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseSpec {
+    pub source: BaseSource,
+    /// The digest of the base's index or manifest.
+    pub digest: Digest,
+    pub at: Location,
+}
+
+/// Where a base image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BaseSource {
+    /// A registry repository, `HOST[:PORT]/REPO`; the image is pulled into the store.
+    Registry { host: String, repository: kiln_oci::RepoName },
+    /// An OCI image layout folder in the recipe's folder.
+    Layout(SourcePath),
+}
+
+impl fmt::Display for BaseSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            BaseSource::Registry { host, repository } => {
+                write!(f, "{host}/{repository}@{}", self.digest)
+            }
+            BaseSource::Layout(dir) => write!(f, "oci-layout {dir}@{}", self.digest),
+        }
+    }
 }
 
 /// The `[disk]` table.

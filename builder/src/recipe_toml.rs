@@ -14,7 +14,7 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::Epoch;
 
 use crate::recipe::{
-    ConfigSpec, DebSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec,
+    BaseSource, BaseSpec, ConfigSpec, DebSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec,
     InlineSpec, LayerSpec, Location, Ownership, PackageSpec, Problem, Recipe, RecipeError,
     RepositorySpec, SymlinkSpec, TarballSpec, TreeSpec,
 };
@@ -70,6 +70,7 @@ impl Recipe {
             annotations: model.annotations,
             disk: model.disk,
             repositories: model.repositories,
+            base: model.base,
         })
     }
 }
@@ -90,6 +91,16 @@ pub(crate) struct RawRecipe {
     disk: Option<RawDisk>,
     #[serde(default)]
     repository: Vec<RawRepository>,
+    base: Option<S<RawBase>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBase {
+    image: Option<S<String>>,
+    #[serde(rename = "oci-layout")]
+    oci_layout: Option<S<String>>,
+    digest: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +304,7 @@ pub(crate) struct Model {
     pub annotations: BTreeMap<String, String>,
     pub disk: Option<DiskSpec>,
     pub repositories: Vec<RepositorySpec>,
+    pub base: Option<BaseSpec>,
 }
 
 /// What validation needs: the recipe folder and a way to turn a span into an error.
@@ -478,7 +490,100 @@ impl Context<'_> {
             annotations: raw.annotations,
             disk: raw.disk.map(|d| self.disk(d)).transpose()?,
             repositories,
+            base: raw.base.map(|b| self.base(b)).transpose()?,
         })
+    }
+
+    /// `[base]`: `image = "HOST/REPO@sha256:…"`, or `oci-layout = "DIR"` with `digest`.
+    fn base(&self, raw: S<RawBase>) -> Result<BaseSpec, RecipeError> {
+        let at = (self.locate)(raw.span().start);
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let digest = |text: &S<String>| -> Result<Digest, RecipeError> {
+            text.get_ref().parse::<Digest>().or_else(|e| {
+                self.err(text.span(), Problem::Invalid(format!("base digest: {e}")))
+            })
+        };
+        match (raw.image, raw.oci_layout, raw.digest) {
+            (Some(image), None, None) => {
+                let (host, repository, found) = self.registry_image(&image)?;
+                Ok(BaseSpec {
+                    source: BaseSource::Registry { host, repository },
+                    digest: digest(&found)?,
+                    at,
+                })
+            }
+            (None, Some(dir), Some(found)) => {
+                let dir = self.source(&dir)?;
+                Ok(BaseSpec { source: BaseSource::Layout(dir), digest: digest(&found)?, at })
+            }
+            (Some(_), None, Some(extra)) => self.err(
+                extra.span(),
+                Problem::Invalid(
+                    "a registry base names its digest in `image` (HOST/REPO@sha256:…), not in \
+                     `digest`"
+                        .into(),
+                ),
+            ),
+            (None, Some(dir), None) => self.err(
+                dir.span(),
+                Problem::Invalid(
+                    "an oci-layout base needs `digest = \"sha256:…\"`: the index or manifest \
+                     the recipe is built on"
+                        .into(),
+                ),
+            ),
+            (Some(_), Some(dir), _) => self.err(
+                dir.span(),
+                Problem::Invalid("[base] takes `image` or `oci-layout`, not both".into()),
+            ),
+            (None, None, _) => self.err(
+                span,
+                Problem::Invalid("[base] needs `image` or `oci-layout` with `digest`".into()),
+            ),
+        }
+    }
+
+    /// Splits `HOST[:PORT]/REPO[:TAG]@sha256:…` into host, repository and digest text. A
+    /// tag without a digest is refused: what it names can change under the recipe.
+    fn registry_image(
+        &self,
+        raw: &S<String>,
+    ) -> Result<(String, kiln_oci::RepoName, S<String>), RecipeError> {
+        let text = raw.get_ref();
+        let invalid = |why: String| self.err(raw.span(), Problem::Invalid(why));
+        let Some((name, digest)) = text.split_once('@') else {
+            return invalid(format!(
+                "base image {text:?} has no digest: a tag can be moved to another image, so a \
+                 base is named by digest, HOST/REPO@sha256:…; `skopeo inspect \
+                 docker://{text}` shows the digest it names now"
+            ));
+        };
+        let Some((host, path)) = name.split_once('/') else {
+            return invalid(format!("base image {text:?} is not HOST[:PORT]/REPO@sha256:…"));
+        };
+        // As a registry host is told from a repository's first component: a dot, a port or
+        // localhost. kiln has no default registry.
+        if !(host.contains('.') || host.contains(':') || host == "localhost")
+            || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        {
+            return invalid(format!(
+                "base image {text:?} names no registry host ({host:?} needs a dot or a port, or \
+                 to be localhost)"
+            ));
+        }
+        // A tag beside the digest only tells readers what the digest was; the digest decides.
+        let last = path.rfind('/').map_or(0, |i| i + 1);
+        let repository = match path[last..].find(':') {
+            Some(i) => &path[..last + i],
+            None => path,
+        };
+        let repository = match repository.parse::<kiln_oci::RepoName>() {
+            Ok(r) => r,
+            Err(e) => return invalid(format!("base image {text:?}: {e}")),
+        };
+        let digest = S::new(raw.span(), digest.to_string());
+        Ok((host.to_string(), repository, digest))
     }
 
     fn repository(&self, raw: &RawRepository) -> Result<RepositorySpec, RecipeError> {

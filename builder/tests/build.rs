@@ -59,6 +59,12 @@ impl BlobSink for MemSink {
             None => Ok(false),
         }
     }
+    fn get_document(&mut self, digest: &Digest, limit: u64) -> Result<Option<Vec<u8>>, SinkError> {
+        match self.blobs.get(digest) {
+            Some(bytes) if bytes.len() as u64 > limit => Err("document too large".into()),
+            found => Ok(found.cloned()),
+        }
+    }
 }
 
 struct Quiet;

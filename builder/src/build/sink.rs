@@ -34,4 +34,7 @@ pub trait BlobSink {
     /// Copies the stored blob `descriptor` names to the new file `target`, verified against
     /// its digest and size; `Ok(false)` when the store does not have it.
     fn copy_blob(&mut self, descriptor: &Descriptor, target: &Path) -> Result<bool, SinkError>;
+    /// The stored blob `digest` (a manifest or config), verified, if it is stored and at most
+    /// `limit` bytes (larger is an error); `Ok(None)` when the store does not have it.
+    fn get_document(&mut self, digest: &Digest, limit: u64) -> Result<Option<Vec<u8>>, SinkError>;
 }
