@@ -234,6 +234,9 @@ pub struct VerifyArgs {
     /// folder]
     #[arg(long, value_name = "DIR", requires = "rebuild")]
     pub source_root: Option<PathBuf>,
+    /// How a rebuilt recipe's `[base] image` registry is reached.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// For a release id: also check that the release is or was in CHANNEL/NAME.
     #[arg(long, value_name = "CHANNEL/NAME", requires = "policy")]
     pub channel: Option<String>,
@@ -401,6 +404,9 @@ pub struct BuildArgs {
     /// Also write the image's release record, signed with the --sign key.
     #[arg(long, requires = "sign")]
     pub release: bool,
+    /// How a `[base] image` registry is reached.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -412,6 +418,9 @@ pub struct LockArgs {
     pub update: bool,
     #[command(flatten)]
     pub epoch: EpochArg,
+    /// How a `[base] image` registry is reached.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]

@@ -68,6 +68,7 @@ pub async fn attest_build(
         platforms: out.manifests.iter().map(|(p, _)| p.to_string()).collect(),
         inputs,
         debian: debian_dependencies(&out.lock),
+        base: base_dependencies(&out.lock),
         source_commit: source.commit.clone(),
         sboms: Vec::new(),
         format: out.lock.format,
@@ -94,6 +95,29 @@ pub async fn attest_build(
 /// The bytes of the recipe or lock file at `path`, kept in the provenance.
 fn read(path: &Path) -> Result<Vec<u8>, AttestError> {
     std::fs::read(path).map_err(|source| AttestError::Read { path: path.to_path_buf(), source })
+}
+
+/// The provenance's record of the base image by digest: its root as the recipe names it
+/// (`oci://HOST/REPO@…` or `oci-layout:DIR@…`), then the manifest taken for each platform.
+fn base_dependencies(lock: &Lock) -> Vec<ResourceDescriptor> {
+    let Some(base) = &lock.base else { return Vec::new() };
+    let sha256 = |d: &Digest| BTreeMap::from([("sha256".to_string(), d.hex())]);
+    let location = match (&base.image, &base.oci_layout) {
+        (Some(image), _) => format!("oci://{image}"),
+        (None, Some(dir)) => format!("oci-layout:{dir}"),
+        (None, None) => "oci:".to_string(),
+    };
+    let root = ResourceDescriptor {
+        name: Some("base".to_string()),
+        uri: Some(format!("{location}@{}", base.digest)),
+        digest: sha256(&base.digest),
+    };
+    let manifests = base.manifests.iter().map(|m| ResourceDescriptor {
+        name: Some(format!("base {}", m.platform)),
+        uri: Some(format!("{location}@{}", m.digest)),
+        digest: sha256(&m.digest),
+    });
+    std::iter::once(root).chain(manifests).collect()
 }
 
 /// The provenance's record of Debian inputs: each repository's verified release and each

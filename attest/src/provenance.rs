@@ -193,6 +193,8 @@ pub struct BuildFacts {
     pub inputs: Vec<Dependency>,
     /// The Debian repositories' verified releases and the package files fetched from them.
     pub debian: Vec<ResourceDescriptor>,
+    /// The base image (its index or manifest) and the manifest taken for each platform.
+    pub base: Vec<ResourceDescriptor>,
     /// The commit of the clean git checkout the recipe was built from, if any.
     pub source_commit: Option<String>,
     /// The digests of the SBOM documents made for the image.
@@ -217,6 +219,7 @@ pub fn statement(facts: &BuildFacts, subject: &Digest) -> Statement {
             digest: BTreeMap::from([("sha256".to_string(), i.digest.hex())]),
         })
         .collect();
+    resolved_dependencies.extend(facts.base.iter().cloned());
     resolved_dependencies.extend(facts.debian.iter().cloned());
     // The checkout by commit alone: its location and remote are the host's business.
     if let Some(commit) = &facts.source_commit {

@@ -48,51 +48,79 @@ fn annotations(recipe: &Recipe, epoch: Epoch) -> BTreeMap<String, String> {
     a
 }
 
-/// The config blob for one platform.
+/// The config blob for one platform: the base's config, if there is one, with the recipe's
+/// `[config]` over it. Environment variables and labels are merged by name (the recipe's
+/// value wins); exposed ports and volumes are the union; entrypoint, cmd, user, working
+/// folder and stop signal are the recipe's where it sets them, else the base's. The base's
+/// layers and history come first.
 pub fn config(
     recipe: &Recipe,
     epoch: Epoch,
     platform: &Platform,
+    base: Option<&ImageConfig>,
     layers: &[(String, LayerRecord)],
 ) -> Result<JsonBlob, serde_json::Error> {
     let c = &recipe.config;
-    let mut labels = c.labels.clone();
-    labels
-        .entry("org.opencontainers.image.version".into())
-        .or_insert_with(|| recipe.version.clone());
+    let below = base.map(|b| b.config.clone()).unwrap_or_default();
+    let mut labels = below.labels;
+    labels.extend(c.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels.insert("org.opencontainers.image.version".into(), recipe.version.clone());
+    if let Some(version) = c.labels.get("org.opencontainers.image.version") {
+        labels.insert("org.opencontainers.image.version".into(), version.clone());
+    }
+    let mut exposed_ports = below.exposed_ports;
+    exposed_ports.extend(c.exposed_ports.iter().map(|p| (p.clone(), EmptyObject {})));
+    let mut volumes = below.volumes;
+    volumes.extend(c.volumes.iter().map(|v| (v.clone(), EmptyObject {})));
     let runtime = RuntimeConfig {
-        user: c.user.clone(),
-        exposed_ports: c.exposed_ports.iter().map(|p| (p.clone(), EmptyObject {})).collect(),
-        env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        entrypoint: c.entrypoint.clone(),
-        cmd: c.cmd.clone(),
-        volumes: c.volumes.iter().map(|v| (v.clone(), EmptyObject {})).collect(),
-        working_dir: c.workdir.clone(),
+        user: c.user.clone().or(below.user),
+        exposed_ports,
+        env: merge_env(&below.env, &c.env),
+        entrypoint: if c.entrypoint.is_empty() { below.entrypoint } else { c.entrypoint.clone() },
+        cmd: if c.cmd.is_empty() { below.cmd } else { c.cmd.clone() },
+        volumes,
+        working_dir: c.workdir.clone().or(below.working_dir),
         labels,
-        stop_signal: c.stop_signal.clone(),
+        stop_signal: c.stop_signal.clone().or(below.stop_signal),
     };
     let created = epoch.rfc3339();
+    let mut diff_ids = base.map(|b| b.rootfs.diff_ids.clone()).unwrap_or_default();
+    diff_ids.extend(layers.iter().map(|(_, l)| l.diff_id));
+    let mut history = base.map(|b| b.history.clone()).unwrap_or_default();
+    history.extend(layers.iter().map(|(name, _)| History {
+        created: Some(created.clone()),
+        created_by: Some(format!("kiln layer {name}")),
+        comment: None,
+        empty_layer: false,
+    }));
     let config = ImageConfig {
         created: Some(created.clone()),
         architecture: platform.architecture.clone(),
         os: platform.os.clone(),
         variant: platform.variant.clone(),
         config: runtime,
-        rootfs: RootFs {
-            kind: "layers".into(),
-            diff_ids: layers.iter().map(|(_, l)| l.diff_id).collect(),
-        },
-        history: layers
-            .iter()
-            .map(|(name, _)| History {
-                created: Some(created.clone()),
-                created_by: Some(format!("kiln layer {name}")),
-                comment: None,
-                empty_layer: false,
-            })
-            .collect(),
+        rootfs: RootFs { kind: "layers".into(), diff_ids },
+        history,
     };
     JsonBlob::new(media_type::IMAGE_CONFIG, &config)
+}
+
+/// The base's `KEY=VALUE` environment with the recipe's variables set over it: a variable
+/// keeps its place in the base's order, new ones follow in name order.
+fn merge_env(base: &[String], recipe: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out: Vec<String> = base
+        .iter()
+        .map(|entry| {
+            let name = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+            match recipe.get(name) {
+                Some(value) => format!("{name}={value}"),
+                None => entry.clone(),
+            }
+        })
+        .collect();
+    let named = |k: &str| base.iter().any(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k);
+    out.extend(recipe.iter().filter(|(k, _)| !named(k)).map(|(k, v)| format!("{k}={v}")));
+    out
 }
 
 /// The manifest for one platform.
@@ -100,6 +128,7 @@ pub fn manifest(
     recipe: &Recipe,
     epoch: Epoch,
     config: &Descriptor,
+    base: &[LayerRecord],
     layers: &[(String, LayerRecord)],
 ) -> Result<JsonBlob, serde_json::Error> {
     let manifest = ImageManifest {
@@ -107,9 +136,10 @@ pub fn manifest(
         media_type: media_type::IMAGE_MANIFEST.into(),
         artifact_type: None,
         config: config.clone(),
-        layers: layers
+        layers: base
             .iter()
-            .map(|(_, l)| Descriptor::new(l.media_type.clone(), l.digest, l.size))
+            .chain(layers.iter().map(|(_, l)| l))
+            .map(|l| Descriptor::new(l.media_type.clone(), l.digest, l.size))
             .collect(),
         subject: None,
         annotations: annotations(recipe, epoch),

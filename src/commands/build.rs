@@ -70,6 +70,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     };
     let (name, tag) = image_ref(&recipe)?;
     let epoch = epoch(args.epoch.source_date_epoch, &recipe)?;
+    super::pull::base(ctx, &ctx.store, &recipe, &args.registry)?;
     let threads = match args.threads {
         Some(n) => n.get(),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -12,8 +12,17 @@ pub fn run(ctx: &Ctx, args: &LockArgs) -> anyhow::Result<()> {
     super::build::image_ref(&recipe)?;
     let epoch = super::build::epoch(args.epoch.source_date_epoch, &recipe)?;
     let resolution = if args.update { Resolution::Update } else { Resolution::Reuse };
-    let (lock, changed) =
-        kiln_builder::build::lock_with(&recipe, epoch, &mut HashCache::disabled(), resolution)?;
+    super::pull::base(ctx, &ctx.store, &recipe, &args.registry)?;
+    // The store is read only for a registry base, which was pulled into it.
+    let mut sink = crate::sink::StoreSink::new(&ctx.store, &ctx.runtime);
+    let store = recipe.base.as_ref().map(|_| &mut sink as &mut dyn kiln_builder::BlobSink);
+    let (lock, changed) = kiln_builder::build::lock_with(
+        &recipe,
+        epoch,
+        &mut HashCache::disabled(),
+        resolution,
+        store,
+    )?;
     let path = kiln_builder::Lock::path_for(&recipe.file);
     if ctx.json {
         ctx.print_json(&crate::report::Lock {

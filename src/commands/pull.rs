@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kiln_builder::recipe::{BaseSource, Recipe};
 use kiln_registry::{Client, RegistryError, RegistryRef, Repository};
-use kiln_store::Reference;
+use kiln_store::{Reference, Store};
 
 use super::Ctx;
-use crate::cli::PullArgs;
+use crate::cli::{PullArgs, RegistryArgs};
 
 pub fn run(ctx: &Ctx, args: &PullArgs) -> anyhow::Result<()> {
     let source: RegistryRef = args.source.parse()?;
@@ -45,5 +46,38 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> anyhow::Result<()> {
         report.referrers,
         report.tagged.as_deref().map(|t| format!(", tagged {t}")).unwrap_or_default(),
     ));
+    Ok(())
+}
+
+/// Brings a recipe's registry base into `store` unless it is there: pulled as `kiln pull`
+/// does, every blob verified before it is kept; taken from the command's own store when
+/// `store` is another (a rebuild's). An `oci-layout` base is read by the build itself.
+pub fn base(
+    ctx: &Ctx,
+    store: &Store,
+    recipe: &Recipe,
+    registry: &RegistryArgs,
+) -> anyhow::Result<()> {
+    let Some(spec) = &recipe.base else { return Ok(()) };
+    let BaseSource::Registry { host, repository } = &spec.source else { return Ok(()) };
+    let has = |store: &Store| ctx.runtime.block_on(store.has_blob(&spec.digest));
+    if has(store)? {
+        return Ok(());
+    }
+    if !std::ptr::eq(store, &ctx.store) && has(&ctx.store)? {
+        ctx.runtime
+            .block_on(kiln_store::copy::copy_image(
+                &ctx.store,
+                store,
+                &Reference::Digest(spec.digest),
+            ))
+            .with_context(|| format!("copying the base {spec} from {}", ctx.store.describe()))?;
+        return Ok(());
+    }
+    let client = Client::new(host, &registry.options())?;
+    let repo = Repository::new(Arc::new(client), repository.clone());
+    ctx.runtime
+        .block_on(kiln_registry::pull(store, &repo, spec.digest, None))
+        .with_context(|| format!("pulling the base {spec} into {}", store.describe()))?;
     Ok(())
 }

@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> anyhow::Result<()> {
             "no verified provenance records a recipe and lock to rebuild from".to_string(),
         )),
         (Some(recorded), true) => Some(
-            rebuild(ctx, recorded, args.source_root.as_deref(), &root)
+            rebuild(ctx, recorded, args.source_root.as_deref(), &root, &args.registry)
                 .map_err(|e| format!("{e:#}")),
         ),
     };
@@ -133,6 +133,7 @@ fn rebuild(
     recorded: &Recorded,
     source_root: Option<&Path>,
     root: &Descriptor,
+    registry: &crate::cli::RegistryArgs,
 ) -> anyhow::Result<(kiln_oci::Digest, Option<Difference>)> {
     let params = &recorded.statement.predicate.build_definition.external_parameters;
     let checkout = source::checkout(source_root).context("finding the checkout to rebuild from")?;
@@ -169,6 +170,7 @@ fn rebuild(
         list_packages: false,
     };
     let memory = Store::open("memory://")?;
+    super::pull::base(ctx, &memory, &recipe, registry)?;
     let mut sink = StoreSink::new(&memory, &ctx.runtime);
     let progress = crate::progress::Progress::new(false);
     let out = kiln_builder::build(&recipe, &opts, &mut sink, &progress)

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::base::BaseError;
 use crate::build::disks::error::DiskError;
 use crate::build::sink::SinkError;
 use crate::inputs::InputError;
@@ -16,6 +17,13 @@ pub enum BuildError {
     Input(#[from] InputError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error("[base]")]
+    Base(#[source] Box<BaseError>),
+    #[error(
+        "the base's {base} layers and the recipe's {recipe} make {} layers; an image has at most \
+         {} (container runtimes stack no more)", .base + .recipe, crate::recipe_toml::MAX_LAYERS
+    )]
+    TooManyLayers { base: usize, recipe: usize },
     #[error("{recipe}: no lock file at {lock}; run `kiln lock {recipe}` first (or build without --locked)", recipe = .recipe.display(), lock = .lock.display())]
     NoLock { recipe: PathBuf, lock: PathBuf },
     #[error("inputs differ from {}:\n  {}\nrun `kiln lock` to accept the change, or restore the inputs", .lock.display(), .differences.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n  "))]
@@ -35,4 +43,10 @@ pub enum BuildError {
          platforms include none of them"
     )]
     DiskPlatform,
+}
+
+impl From<BaseError> for BuildError {
+    fn from(e: BaseError) -> Self {
+        BuildError::Base(Box::new(e))
+    }
 }

@@ -4,6 +4,7 @@
 use kiln_oci::{Descriptor, Digest, Platform};
 use kiln_tree::tree::{EntryKind, Tree};
 
+use crate::base::{BaseImage, BaseLayer};
 use crate::build::disks::esp_tree;
 use crate::build::error::BuildError;
 use crate::build::observer::Observer;
@@ -33,10 +34,19 @@ pub(super) enum Source {
     Write(Tree),
 }
 
-/// Each layer's source, and the flattened root filesystem when disks are made.
+/// Each layer's source, and the flattened root filesystems when disks are made.
 pub(super) struct Flattened {
     pub layers: Vec<(String, Source)>,
-    pub rootfs: Option<Tree>,
+    /// One root per distinct list of base layers under the platforms' images (one for all
+    /// platforms without a base), keyed by their blob digests.
+    roots: Vec<(Vec<Digest>, Tree)>,
+}
+
+impl Flattened {
+    /// The root filesystem over the base layers `below` (given by their digests).
+    pub fn rootfs(&self, below: &[Digest]) -> Option<&Tree> {
+        self.roots.iter().find(|(d, _)| d == below).map(|(_, t)| t)
+    }
 }
 
 /// Fetches and unpacks the Debian packages of the layers whose trees `plan` needs, in layer
@@ -66,20 +76,32 @@ pub(super) fn install_packages(
 }
 
 /// Makes the trees `plan` needs, each layer's implicit parents taking their metadata from the
-/// layers below, and flattens them into the root filesystem when the recipe has `[disk]`
-/// (checking its ESP files are there).
+/// layers below (the first platform's base layers, `under[0]`, then the recipe's), and, when
+/// the recipe has `[disk]`, flattens them over each platform's base layers into root
+/// filesystems (checking their ESP files are there).
 pub(super) fn flatten(
     recipe: &Recipe,
     resolved: &[ResolvedLayer],
     plan: &Plan,
+    under: &[Vec<&BaseLayer>],
 ) -> Result<Flattened, BuildError> {
+    let first: &[&BaseLayer] = under.first().map_or(&[], Vec::as_slice);
     let mut lower = Rootfs::default();
+    for layer in first {
+        lower.push(&layer.tree)?;
+    }
     let mut layers = Vec::with_capacity(resolved.len());
+    // With a base whose platforms differ, each other platform's root is flattened anew.
+    let keep_trees = recipe.disk.is_some() && under.iter().any(|u| digests(u) != digests(first));
+    let mut trees = Vec::new();
     for (i, (layer, found)) in resolved.iter().zip(&plan.found).enumerate() {
         let tree = if i < plan.trees {
             let mut tree = layer.tree()?;
             tree.inherit_implicit(|path| lower.dir_meta(path));
             lower.push(&tree)?;
+            if keep_trees {
+                trees.push(tree.clone());
+            }
             Some(tree)
         } else {
             None
@@ -91,17 +113,32 @@ pub(super) fn flatten(
         };
         layers.push((layer.name.clone(), source));
     }
-    let rootfs = match &recipe.disk {
-        Some(spec) => {
-            let rootfs = lower.finish()?;
-            if let Some(esp) = &spec.esp {
-                esp_tree(&rootfs, esp)?;
+    let mut roots: Vec<(Vec<Digest>, Tree)> = Vec::new();
+    if let Some(spec) = &recipe.disk {
+        roots.push((digests(first), lower.finish()?));
+        for (platform, below) in recipe.platforms.iter().zip(under) {
+            if kiln_disk::gpt::Arch::of(platform).is_none()
+                || roots.iter().any(|(d, _)| *d == digests(below))
+            {
+                continue;
             }
-            Some(rootfs)
+            let mut rootfs = Rootfs::default();
+            for tree in below.iter().map(|l| &l.tree).chain(&trees) {
+                rootfs.push(tree)?;
+            }
+            roots.push((digests(below), rootfs.finish()?));
         }
-        None => None,
-    };
-    Ok(Flattened { layers, rootfs })
+        if let Some(esp) = &spec.esp {
+            for (_, rootfs) in &roots {
+                esp_tree(rootfs, esp)?;
+            }
+        }
+    }
+    Ok(Flattened { layers, roots })
+}
+
+fn digests(layers: &[&BaseLayer]) -> Vec<Digest> {
+    crate::build::base::digests(layers)
 }
 
 /// The layers of a build, written to the scratch folder or found in the cache.
@@ -195,20 +232,25 @@ pub(super) struct ImageDocuments {
     pub index: JsonBlob,
 }
 
-/// Assembles each platform's config and manifest over `layers`, and the index over them.
+/// Assembles each platform's config and manifest over its base, if any, and `layers`, and
+/// the index over them.
 pub(super) fn image_documents(
     recipe: &Recipe,
     opts: &BuildOptions,
+    base: Option<&BaseImage>,
     layers: &[(String, LayerRecord)],
 ) -> Result<ImageDocuments, BuildError> {
     let json_err = |what| move |source| BuildError::Json { what, source };
     let mut documents = Vec::new();
     let mut manifests = Vec::new();
-    for platform in &recipe.platforms {
-        let config = image::config(recipe, opts.epoch, platform, layers)
+    for (i, platform) in recipe.platforms.iter().enumerate() {
+        let below = base.and_then(|b| b.platforms.get(i));
+        let config = image::config(recipe, opts.epoch, platform, below.map(|b| &b.config), layers)
             .map_err(json_err("image config"))?;
-        let manifest = image::manifest(recipe, opts.epoch, &config.descriptor, layers)
-            .map_err(json_err("manifest"))?;
+        let base_layers = below.map(|b| b.layers.as_slice()).unwrap_or_default();
+        let manifest =
+            image::manifest(recipe, opts.epoch, &config.descriptor, base_layers, layers)
+                .map_err(json_err("manifest"))?;
         manifests.push((platform.clone(), manifest.descriptor.clone()));
         documents.extend([config, manifest]);
     }
@@ -216,12 +258,19 @@ pub(super) fn image_documents(
     Ok(ImageDocuments { documents, manifests, index })
 }
 
-/// Stores the written layers, then the documents and the index.
+/// Stores the base's layer blobs and the written layers, then the documents and the index.
 pub(super) fn store_image(
     sink: &mut dyn BlobSink,
+    base: &[BaseLayer],
     layers: &Layers,
     image: &ImageDocuments,
 ) -> Result<(), BuildError> {
+    for layer in base {
+        let record = &layer.record;
+        let descriptor = Descriptor::new(record.media_type.clone(), record.digest, record.size);
+        sink.put_file(&layer.path, &descriptor).map_err(BuildError::Sink)?;
+        crate::scratch::remove(&layer.path);
+    }
     for (key, blob) in &layers.written {
         sink.put_layer(key, blob).map_err(BuildError::Sink)?;
     }

@@ -5,6 +5,7 @@
 //! lock and looks layers up in the cache, `layers` makes, writes and stores the image, and
 //! [`disks`] the `[disk]` outputs.
 
+mod base;
 pub mod disks;
 mod error;
 mod layers;
@@ -16,6 +17,7 @@ pub mod sink;
 
 use kiln_oci::{Descriptor, Platform};
 
+use crate::base::{BaseImage, BaseLayer};
 use crate::hash_cache::HashCache;
 use crate::inputs::ResolvedLayer;
 use crate::lock::{Lock, LockDifference};
@@ -54,6 +56,8 @@ pub struct BuildOutput {
     pub disks_reused: usize,
     /// The layers taken from the cache, in layer order.
     pub cache_hits: Vec<CacheHit>,
+    /// The base image the recipe's layers went on, if it has one.
+    pub base: Option<BaseImage>,
 }
 
 /// Builds `recipe` into `sink`.
@@ -72,7 +76,8 @@ pub fn build(
         LockMode::Locked => Resolution::LockedOnly,
         LockMode::Update => Resolution::Reuse,
     };
-    let (resolved, current) = resolve_with(recipe, opts.epoch, &mut cache, resolution)?;
+    let (resolved, current, base) =
+        resolve_with(recipe, opts.epoch, &mut cache, resolution, Some(&mut *sink))?;
     // Saving the cache overlaps the rest of the build instead of delaying the first layer.
     // Losing the cache only costs time on the next build, so a failure to save it is a warning.
     std::thread::scope(|scope| {
@@ -84,7 +89,7 @@ pub fn build(
                 );
             }
         });
-        build_resolved(recipe, opts, sink, observer, resolved, current)
+        build_resolved(recipe, opts, sink, observer, resolved, current, base)
     })
 }
 
@@ -96,37 +101,49 @@ fn build_resolved(
     observer: &dyn Observer,
     mut resolved: Vec<ResolvedLayer>,
     current: Lock,
+    base: Option<BaseImage>,
 ) -> Result<BuildOutput, BuildError> {
     let existing = plan::check_lock(recipe, opts.lock_mode, &current)?;
-    let plan = plan::plan(recipe, opts.epoch, &resolved, sink)?;
+    let base_layers = base::read(recipe, base.as_ref(), resolved.len(), opts, sink)?;
+    // The recipe's layers are made over the first platform's base: their implicit parent
+    // directories take its metadata.
+    let below = base::under(base.as_ref(), &base_layers, 0);
+    let plan = plan::plan(recipe, opts.epoch, &resolved, &below, sink)?;
     layers::install_packages(&mut resolved, &plan, opts, sink, observer)?;
     // Every tree to be made, and the disks' inputs, are checked before anything is stored,
     // so that a bad layer or `[disk]` table (a path declared twice, a whiteout escaping the
     // root, a missing ESP file, no disk platform) leaves the store as it was.
-    let flat = layers::flatten(recipe, &resolved, &plan)?;
+    let under: Vec<Vec<&BaseLayer>> = (0..recipe.platforms.len())
+        .map(|i| base::under(base.as_ref(), &base_layers, i))
+        .collect();
+    let flat = layers::flatten(recipe, &resolved, &plan, &under)?;
     // Everything is made in the scratch folder first and stored only once the whole build,
     // disks included, has succeeded: a disk too small for its root, or any other late
     // failure, leaves the store as it was.
     let layers = layers::write_layers(recipe, opts, observer, &plan.keys, &flat)?;
-    let image = layers::image_documents(recipe, opts, &layers.records)?;
-    let disks = match (&recipe.disk, &flat.rootfs) {
-        (Some(spec), Some(rootfs)) => disks::prepare(
-            spec,
-            rootfs,
-            &image.manifests,
-            current.e2fsprogs.as_deref(),
-            opts,
-            sink,
-        )?,
-        _ => Vec::new(),
+    let image = layers::image_documents(recipe, opts, base.as_ref(), &layers.records)?;
+    let disks = match &recipe.disk {
+        Some(spec) => {
+            let roots: Vec<_> =
+                under.iter().map(|below| flat.rootfs(&base::digests(below))).collect();
+            disks::prepare(
+                spec,
+                &roots,
+                &image.manifests,
+                current.e2fsprogs.as_deref(),
+                opts,
+                sink,
+            )?
+        }
+        None => Vec::new(),
     };
-    layers::store_image(sink, &layers, &image)?;
+    layers::store_image(sink, &base_layers, &layers, &image)?;
     let disks = disks::store(sink, disks)?;
     let (lock_written, lock_stale) =
         plan::write_lock(&Lock::path_for(&recipe.file), existing.as_ref(), &current)?;
 
     let installed = resolved.iter().flat_map(|l| l.installed.iter().cloned()).collect();
-    release(resolved, flat);
+    release(resolved, flat, base_layers);
     Ok(BuildOutput {
         installed,
         index: image.index.descriptor,
@@ -140,6 +157,7 @@ fn build_resolved(
         disks: disks.artifacts,
         disks_reused: disks.reused,
         cache_hits: layers.cache_hits,
+        base,
     })
 }
 
@@ -148,10 +166,10 @@ fn build_resolved(
 /// (allocations per input file) is a visible share of a large rebuild, all of it after the
 /// work is done, and nothing needs to wait for it. Should no thread start, the closure and
 /// what it holds are dropped here instead, which only takes longer.
-fn release(mut resolved: Vec<ResolvedLayer>, flat: layers::Flattened) {
+fn release(mut resolved: Vec<ResolvedLayer>, flat: layers::Flattened, base: Vec<BaseLayer>) {
     for layer in &mut resolved {
         layer.remove_spools();
     }
-    let spawned = std::thread::Builder::new().spawn(move || drop((resolved, flat)));
+    let spawned = std::thread::Builder::new().spawn(move || drop((resolved, flat, base)));
     drop(spawned);
 }

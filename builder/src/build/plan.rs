@@ -8,6 +8,7 @@ use kiln_disk::gpt::Arch;
 use kiln_oci::{Digest, Sha256};
 use kiln_tree::Epoch;
 
+use crate::base::BaseLayer;
 use crate::build::error::BuildError;
 use crate::build::options::LockMode;
 use crate::build::sink::BlobSink;
@@ -51,14 +52,19 @@ pub(super) fn check_lock(
     Ok(existing)
 }
 
-/// Looks every layer up in the cache and decides which trees are needed.
+/// Looks every layer, made over the base layers `below`, up in the cache and decides which
+/// trees are needed.
 pub(super) fn plan(
     recipe: &Recipe,
     epoch: Epoch,
     resolved: &[ResolvedLayer],
+    below: &[&BaseLayer],
     sink: &mut dyn BlobSink,
 ) -> Result<Plan, BuildError> {
-    let keys = layer_keys(resolved, epoch, &recipe.compression);
+    let mut keys = layer_keys(resolved, epoch, &recipe.compression);
+    if !below.is_empty() {
+        keys = over_base(&keys, below);
+    }
     let found = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
     if recipe.disk.is_some() && !recipe.platforms.iter().any(|p| Arch::of(p).is_some()) {
         return Err(BuildError::DiskPlatform);
@@ -87,6 +93,23 @@ pub(super) fn write_lock(
         current.write(path)?;
     }
     Ok((written, stale))
+}
+
+/// The layer keys of a recipe's layers made over base layers `below`: the base's diff_ids
+/// decide the metadata of their implicit parent directories.
+fn over_base(keys: &[Digest], below: &[&BaseLayer]) -> Vec<Digest> {
+    let mut h = Sha256::new();
+    h.update(b"kiln-layer-key over base\n");
+    for layer in below {
+        h.update(layer.record.diff_id.as_bytes());
+    }
+    keys.iter()
+        .map(|key| {
+            let mut k = h.clone();
+            k.update(key.as_bytes());
+            k.finish()
+        })
+        .collect()
 }
 
 /// The cache keys of a build's layers: everything that decides each layer's bytes. A layer's

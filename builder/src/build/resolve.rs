@@ -5,8 +5,10 @@ use kiln_disk::ext4::e2fsprogs_version;
 use kiln_disk::RootFs;
 use kiln_tree::Epoch;
 
+use crate::base::{self, BaseImage};
 use crate::build::disks::error::DiskError;
 use crate::build::error::BuildError;
+use crate::build::sink::BlobSink;
 use crate::hash_cache::HashCache;
 use crate::inputs::{self, InputError, Install, ResolvedLayer};
 use crate::lock::{Lock, LockDifference};
@@ -20,16 +22,24 @@ pub fn resolve(
     epoch: Epoch,
     cache: &mut HashCache,
 ) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
-    resolve_with(recipe, epoch, cache, Resolution::Reuse)
+    let (layers, lock, _) = resolve_with(recipe, epoch, cache, Resolution::Reuse, None)?;
+    Ok((layers, lock))
 }
 
-/// [`resolve`], choosing when Debian packages are resolved again.
+/// [`resolve`], choosing when Debian packages are resolved again; also returns the base
+/// image resolved for each platform (a registry base is read from `store`, where the caller
+/// has pulled it).
 pub fn resolve_with(
     recipe: &Recipe,
     epoch: Epoch,
     cache: &mut HashCache,
     resolution: Resolution,
-) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
+    store: Option<&mut dyn BlobSink>,
+) -> Result<(Vec<ResolvedLayer>, Lock, Option<BaseImage>), BuildError> {
+    let base = match &recipe.base {
+        Some(spec) => Some(base::resolve(spec, &recipe.platforms, store)?),
+        None => None,
+    };
     let lock_path = Lock::path_for(&recipe.file);
     let existing = Lock::read(&lock_path)?;
     let (repositories, packages) =
@@ -66,7 +76,8 @@ pub fn resolve_with(
     let mut lock = Lock::new(recipe.digest, epoch, recipe.compression, e2fsprogs, all_inputs);
     lock.repositories = repositories;
     lock.packages = packages;
-    Ok((layers, lock))
+    lock.base = base.as_ref().map(BaseImage::locked);
+    Ok((layers, lock, base))
 }
 
 /// Writes (or rewrites) the lock file for `recipe`; returns it and whether it changed.
@@ -75,17 +86,19 @@ pub fn lock(
     epoch: Epoch,
     cache: &mut HashCache,
 ) -> Result<(Lock, bool), BuildError> {
-    lock_with(recipe, epoch, cache, Resolution::Reuse)
+    lock_with(recipe, epoch, cache, Resolution::Reuse, None)
 }
 
-/// [`lock`], choosing when Debian packages are resolved again (`kiln lock --update`).
+/// [`lock`], choosing when Debian packages are resolved again (`kiln lock --update`), and
+/// the store a registry base was pulled into.
 pub fn lock_with(
     recipe: &Recipe,
     epoch: Epoch,
     cache: &mut HashCache,
     resolution: Resolution,
+    store: Option<&mut dyn BlobSink>,
 ) -> Result<(Lock, bool), BuildError> {
-    let (mut layers, lock) = resolve_with(recipe, epoch, cache, resolution)?;
+    let (mut layers, lock, _) = resolve_with(recipe, epoch, cache, resolution, store)?;
     // A build makes a tree only for a layer it writes; a lock is written only for layers
     // that can be made (no path declared twice, no file where a folder must be).
     let mut status = std::collections::BTreeMap::new();

@@ -44,18 +44,21 @@ enum Disks {
 }
 
 /// Each platform's disks, found in the cache or made in a scratch folder of their own, from
-/// the flattened `rootfs` for the image `manifests`.
+/// its flattened root in `roots` (one per manifest of `manifests`).
 pub(super) fn prepare(
     spec: &DiskSpec,
-    rootfs: &Tree,
+    roots: &[Option<&Tree>],
     manifests: &[(Platform, Descriptor)],
     e2fsprogs: Option<&str>,
     opts: &BuildOptions,
     sink: &mut dyn BlobSink,
 ) -> Result<Vec<PlatformDisks>, BuildError> {
     let mut prepared = Vec::new();
-    let targets = manifests.iter().filter_map(|(p, d)| Arch::of(p).map(|arch| (p, arch, d)));
-    for (i, (platform, arch, subject)) in targets.enumerate() {
+    let targets = manifests
+        .iter()
+        .zip(roots)
+        .filter_map(|((p, d), rootfs)| Some((p, Arch::of(p)?, d, (*rootfs)?)));
+    for (i, (platform, arch, subject, rootfs)) in targets.enumerate() {
         let key = disk_key(&subject.digest, arch, spec, e2fsprogs);
         let disks = match sink.cached_disk(&key).map_err(BuildError::Sink)? {
             Some(artifact) => Disks::Cached(artifact),
