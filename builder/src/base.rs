@@ -77,14 +77,14 @@ pub enum BaseError {
         base: String,
         digest: Digest,
         #[source]
-        source: TarballError,
+        source: Box<TarballError>,
     },
     #[error("base {base}: layer {digest}")]
     Tree {
         base: String,
         digest: Digest,
         #[source]
-        source: TreeError,
+        source: Box<TreeError>,
     },
     #[error("base {base}: cannot write a scratch copy in {}", dir.display())]
     Scratch {
@@ -156,7 +156,8 @@ impl Blobs<'_, '_> {
         let bytes = match self {
             Blobs::Layout(dir) => {
                 let path = blob_path(dir, digest);
-                let read = |source| BaseError::Read { base: base.into(), path: path.clone(), source };
+                let read =
+                    |source| BaseError::Read { base: base.into(), path: path.clone(), source };
                 let file = File::open(&path).map_err(read)?;
                 let size = file.metadata().map_err(read)?.len();
                 if size > DOCUMENT_LIMIT {
@@ -192,7 +193,8 @@ impl Blobs<'_, '_> {
         match self {
             Blobs::Layout(dir) => {
                 let path = blob_path(dir, &desc.digest);
-                let read = |source| BaseError::Read { base: base.into(), path: path.clone(), source };
+                let read =
+                    |source| BaseError::Read { base: base.into(), path: path.clone(), source };
                 let file = File::open(&path).map_err(read)?;
                 let size = file.metadata().map_err(read)?.len();
                 if size != desc.size {
@@ -240,7 +242,10 @@ impl Blobs<'_, '_> {
                 if copied {
                     Ok(())
                 } else {
-                    Err(BaseError::NotStored { base: base.into(), what: format!("layer {}", desc.digest) })
+                    Err(BaseError::NotStored {
+                        base: base.into(),
+                        what: format!("layer {}", desc.digest),
+                    })
                 }
             }
         }
@@ -450,7 +455,9 @@ impl BaseImage {
     /// What the lock records of the base.
     pub fn locked(&self) -> LockedBase {
         let (image, oci_layout) = match &self.spec.source {
-            BaseSource::Registry { host, repository } => (Some(format!("{host}/{repository}")), None),
+            BaseSource::Registry { host, repository } => {
+                (Some(format!("{host}/{repository}")), None)
+            }
             BaseSource::Layout(dir) => (None, Some(dir.rel().to_string())),
         };
         LockedBase {
@@ -546,7 +553,11 @@ fn read_layer(base: &str, record: &LayerRecord, path: &Path) -> Result<(Tree, Sp
     let hasher = Rc::new(RefCell::new(Sha256::new()));
     let tee = Tee { inner: decompressed, hasher: hasher.clone() };
     let name = format!("base layer {}", record.digest);
-    let layer_err = |source| BaseError::Layer { base: base.into(), digest: record.digest, source };
+    let layer_err = |source| BaseError::Layer {
+        base: base.into(),
+        digest: record.digest,
+        source: Box::new(source),
+    };
     // A base image holds what it holds: device nodes are taken as any other member.
     let (members, spool) =
         crate::tarball::read_members(Box::new(tee), &name, true).map_err(layer_err)?;
@@ -569,8 +580,9 @@ fn read_layer(base: &str, record: &LayerRecord, path: &Path) -> Result<(Tree, Sp
                 }
             }
         }
-        tree.insert(m.path, Entry { kind: m.kind, meta: m.meta })
-            .map_err(|source| BaseError::Tree { base: base.into(), digest: record.digest, source })?;
+        tree.insert(m.path, Entry { kind: m.kind, meta: m.meta }).map_err(|source| {
+            BaseError::Tree { base: base.into(), digest: record.digest, source: Box::new(source) }
+        })?;
     }
     Ok((tree, spool))
 }

@@ -118,7 +118,8 @@ fn merge_env(base: &[String], recipe: &BTreeMap<String, String>) -> Vec<String> 
             }
         })
         .collect();
-    let named = |k: &str| base.iter().any(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k);
+    let named =
+        |k: &str| base.iter().any(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k);
     out.extend(recipe.iter().filter(|(k, _)| !named(k)).map(|(k, v)| format!("{k}={v}")));
     out
 }

@@ -315,8 +315,11 @@ impl Lock {
             let describe = |base: &Option<LockedBase>| match base {
                 None => "none".to_string(),
                 Some(b) => {
-                    let manifests: Vec<String> =
-                        b.manifests.iter().map(|m| format!("{} {}", m.platform, m.digest)).collect();
+                    let manifests: Vec<String> = b
+                        .manifests
+                        .iter()
+                        .map(|m| format!("{} {}", m.platform, m.digest))
+                        .collect();
                     format!("{} [{}]", b.digest, manifests.join(", "))
                 }
             };

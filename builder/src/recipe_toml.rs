@@ -14,9 +14,9 @@ use kiln_tree::image_path::ImagePath;
 use kiln_tree::Epoch;
 
 use crate::recipe::{
-    BaseSource, BaseSpec, ConfigSpec, DebSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec, HardlinkSpec,
-    InlineSpec, LayerSpec, Location, Ownership, PackageSpec, Problem, Recipe, RecipeError,
-    RepositorySpec, SymlinkSpec, TarballSpec, TreeSpec,
+    BaseSource, BaseSpec, ConfigSpec, DebSpec, DirSpec, DiskFormat, DiskSpec, EspSpec, FileSpec,
+    HardlinkSpec, InlineSpec, LayerSpec, Location, Ownership, PackageSpec, Problem, Recipe,
+    RecipeError, RepositorySpec, SymlinkSpec, TarballSpec, TreeSpec,
 };
 use crate::source_path::SourcePath;
 
@@ -500,9 +500,9 @@ impl Context<'_> {
         let span = raw.span();
         let raw = raw.into_inner();
         let digest = |text: &S<String>| -> Result<Digest, RecipeError> {
-            text.get_ref().parse::<Digest>().or_else(|e| {
-                self.err(text.span(), Problem::Invalid(format!("base digest: {e}")))
-            })
+            text.get_ref()
+                .parse::<Digest>()
+                .or_else(|e| self.err(text.span(), Problem::Invalid(format!("base digest: {e}"))))
         };
         match (raw.image, raw.oci_layout, raw.digest) {
             (Some(image), None, None) => {

@@ -248,9 +248,8 @@ pub(super) fn image_documents(
         let config = image::config(recipe, opts.epoch, platform, below.map(|b| &b.config), layers)
             .map_err(json_err("image config"))?;
         let base_layers = below.map(|b| b.layers.as_slice()).unwrap_or_default();
-        let manifest =
-            image::manifest(recipe, opts.epoch, &config.descriptor, base_layers, layers)
-                .map_err(json_err("manifest"))?;
+        let manifest = image::manifest(recipe, opts.epoch, &config.descriptor, base_layers, layers)
+            .map_err(json_err("manifest"))?;
         manifests.push((platform.clone(), manifest.descriptor.clone()));
         documents.extend([config, manifest]);
     }

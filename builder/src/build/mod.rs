@@ -113,9 +113,8 @@ fn build_resolved(
     // Every tree to be made, and the disks' inputs, are checked before anything is stored,
     // so that a bad layer or `[disk]` table (a path declared twice, a whiteout escaping the
     // root, a missing ESP file, no disk platform) leaves the store as it was.
-    let under: Vec<Vec<&BaseLayer>> = (0..recipe.platforms.len())
-        .map(|i| base::under(base.as_ref(), &base_layers, i))
-        .collect();
+    let under: Vec<Vec<&BaseLayer>> =
+        (0..recipe.platforms.len()).map(|i| base::under(base.as_ref(), &base_layers, i)).collect();
     let flat = layers::flatten(recipe, &resolved, &plan, &under)?;
     // Everything is made in the scratch folder first and stored only once the whole build,
     // disks included, has succeeded: a disk too small for its root, or any other late
