@@ -138,28 +138,30 @@ fn stored_manifests(kiln: &Kiln, reference: &str) -> Vec<(String, Vec<String>)> 
         .collect()
 }
 
-/// The in-toto statement of the provenance attached to `subject` in the folder store.
-fn provenance(store: &Path, subject: &str) -> Value {
-    use base64::Engine as _;
+/// The first layer of the `artifact_type` artifact attached to `subject` in the folder store.
+fn referrer_document(store: &Path, subject: &str, artifact_type: &str) -> Value {
     let dir = store.join("referrers").join(subject.trim_start_matches("sha256:"));
     for entry in fs::read_dir(&dir).unwrap() {
         let desc = read_json(&entry.unwrap().path());
-        if desc["artifactType"] == "application/vnd.in-toto+json" {
+        if desc["artifactType"] == artifact_type {
             let manifest: Value =
                 serde_json::from_slice(&store_blob(store, desc["digest"].as_str().unwrap()))
                     .unwrap();
-            let envelope: Value = serde_json::from_slice(&store_blob(
-                store,
-                manifest["layers"][0]["digest"].as_str().unwrap(),
-            ))
-            .unwrap();
-            let payload = base64::engine::general_purpose::STANDARD
-                .decode(envelope["payload"].as_str().unwrap())
-                .unwrap();
-            return serde_json::from_slice(&payload).unwrap();
+            let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+            return serde_json::from_slice(&store_blob(store, layer)).unwrap();
         }
     }
-    panic!("no provenance of {subject}")
+    panic!("no {artifact_type} referrer of {subject}")
+}
+
+/// The in-toto statement of the provenance attached to `subject` in the folder store.
+fn provenance(store: &Path, subject: &str) -> Value {
+    use base64::Engine as _;
+    let envelope = referrer_document(store, subject, "application/vnd.in-toto+json");
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&payload).unwrap()
 }
 
 fn store_blob(store: &Path, digest: &str) -> Vec<u8> {
@@ -362,6 +364,23 @@ fn a_base_from_an_oci_layout_takes_each_platforms_manifest() {
         arm64["digest"]["sha256"],
         per_arch["arm64"].as_str().unwrap().trim_start_matches("sha256:")
     );
+
+    // Each platform's SBOM lists the base's files, without the one its whiteout deleted.
+    let inspected = kiln.run(&["--json", "inspect", "fromlayout:1"]).ok().json();
+    for m in inspected["manifests"].as_array().unwrap() {
+        let manifest = m["descriptor"]["digest"].as_str().unwrap();
+        let sbom = referrer_document(&store, manifest, "application/spdx+json");
+        let names: Vec<&str> = sbom["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["fileName"].as_str().unwrap())
+            .collect();
+        for present in ["./bin/busybox", "./etc/kept", "./etc/motd"] {
+            assert!(names.contains(&present), "{present} not in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("doomed")), "{names:?}");
+    }
 
     // `verify --rebuild` flattens and rebuilds it from the recipe's folder, base included.
     let rebuilt = Kiln::new(&store)

@@ -9,6 +9,8 @@ use serde::Serialize;
 
 /// The prefix of an OCI whiteout file name.
 const WHITEOUT: &str = ".wh.";
+/// The whiteout that hides everything the layers below hold in its directory.
+const OPAQUE: &str = ".wh..wh..opq";
 
 /// One tar entry of a layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -128,15 +130,28 @@ pub fn list_entries<R: Read>(digest: Digest, tar: R) -> Result<Vec<LayerEntry>, 
 }
 
 /// The regular files of a stack of layers, bottom first, as `path → sha256`: later layers
-/// replace earlier entries, whiteouts remove them, hard links take their target's digest.
+/// replace earlier entries, whiteouts remove them (`.wh.NAME` the path, `.wh..wh..opq`
+/// everything under its directory), hard links take their target's digest. A layer's
+/// whiteouts apply to the layers below it only, wherever they stand in its tar.
 pub fn image_files(layers: &[LayerContents]) -> BTreeMap<String, Digest> {
     let mut files: BTreeMap<String, Digest> = BTreeMap::new();
     for layer in layers {
         for e in &layer.entries {
             let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
-            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-                let gone = format!("{dir}/{hidden}");
-                files.retain(|p, _| p != &gone && !p.starts_with(&format!("{gone}/")));
+            let gone = if name == OPAQUE {
+                format!("{dir}/")
+            } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+                format!("{dir}/{hidden}")
+            } else {
+                continue;
+            };
+            files.retain(|p, _| {
+                p != &gone && !p.starts_with(&format!("{}/", gone.trim_end_matches('/')))
+            });
+        }
+        for e in &layer.entries {
+            let name = e.path.rsplit_once('/').map_or(e.path.as_str(), |(_, n)| n);
+            if name.starts_with(WHITEOUT) {
                 continue;
             }
             let digest = match (e.kind, &e.link) {
@@ -157,4 +172,48 @@ pub fn image_files(layers: &[LayerContents]) -> BTreeMap<String, Digest> {
         }
     }
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, content: Option<&str>) -> LayerEntry {
+        LayerEntry {
+            path: path.to_string(),
+            kind: if content.is_some() { "file" } else { "dir" },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            digest: content.map(|c| Digest::of(c.as_bytes())),
+            link: None,
+        }
+    }
+
+    fn layer(entries: Vec<LayerEntry>) -> LayerContents {
+        LayerContents { diff_id: Digest::of(b""), entries }
+    }
+
+    #[test]
+    fn whiteouts_hide_the_layers_below_wherever_they_stand_in_the_tar() {
+        let lower = layer(vec![
+            entry("/d/a", Some("a")),
+            entry("/d/sub/b", Some("b")),
+            entry("/dx", Some("x")),
+            entry("/etc/gone", Some("g")),
+            entry("/etc/kept", Some("k")),
+        ]);
+        // The opaque marker and the whiteout follow entries of their own layer, which stay.
+        let upper = layer(vec![
+            entry("/d/c", Some("c")),
+            entry("/d/.wh..wh..opq", Some("")),
+            entry("/etc/gone", Some("new")),
+            entry("/etc/.wh.gone", Some("")),
+        ]);
+        let files = image_files(&[lower, upper]);
+        let paths: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(paths, ["/d/c", "/dx", "/etc/gone", "/etc/kept"]);
+        assert_eq!(files["/etc/gone"], Digest::of(b"new"));
+    }
 }
