@@ -273,6 +273,16 @@ fn a_base_made_by_umoci_and_pushed_by_skopeo_is_used_by_digest() {
     other.run(&["store", "check"]).ok();
     kiln.run(&["store", "check"]).ok();
 
+    // `kiln lock` on a store without the base pulls it, and writes the same lock.
+    let fresh = Kiln::new(&ws.store("store3"))
+        .env("DOCKER_CONFIG", ws.path("docker-config").to_str().unwrap());
+    let mut lock_args = vec!["lock", recipe.to_str().unwrap()];
+    lock_args.extend(insecure);
+    fs::remove_file(ws.path("r/onbase.lock")).unwrap();
+    fresh.run(&lock_args).ok();
+    assert_eq!(fs::read_to_string(ws.path("r/onbase.lock")).unwrap(), lock);
+    fresh.run(&["store", "check"]).ok();
+
     // A lock naming another base manifest is refused by --locked.
     let lock_path = ws.path("r/onbase.lock");
     let stale = lock.replace(
@@ -481,4 +491,79 @@ fn bad_bases_are_refused_and_nothing_is_stored() {
     ws.mkdir("r/empty");
     let empty = layout_recipe(&ws, "empty", amd64, "\"linux/amd64\"");
     refused(&ws, &empty, &[], "is not an OCI image layout");
+}
+
+/// Writes into `layout` (an OCI layout, made if missing) a one-platform image whose one layer
+/// is the gzip tarball `layer`, with `diff_id` in its config; returns the manifest's digest.
+fn hand_made_layout(layout: &Path, layer: &[u8], diff_id: &str) -> String {
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let put = |bytes: &[u8]| {
+        let digest = Digest::of(bytes).to_string();
+        fs::write(blob(layout, &digest), bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let (layer_digest, layer_size) = put(layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    }))
+    .unwrap();
+    let (config_digest, config_size) = put(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer_digest,
+            "size": layer_size,
+        }],
+    }))
+    .unwrap();
+    put(&manifest).0
+}
+
+#[test]
+fn a_hostile_base_layer_is_read_as_a_hostile_tarball_is() {
+    use support::tarball::{tar, tar_gz, Member};
+    let ws = Workspace::new();
+    let cases: [(&str, Vec<Member>, &str); 3] = [
+        (
+            "climbs",
+            vec![Member::File { name: "../escape", content: b"x" }],
+            "climbs out with \"..\"",
+        ),
+        ("absolute", vec![Member::File { name: "/etc/x", content: b"x" }], "is an absolute path"),
+        (
+            "whiteout",
+            vec![Member::Dir { name: "d/" }, Member::File { name: "d/.wh...", content: b"" }],
+            "whiteout",
+        ),
+    ];
+    for (name, members, needle) in cases {
+        let plain = tar(&members);
+        let diff_id = Digest::of(&plain).to_string();
+        let manifest =
+            hand_made_layout(&ws.path(&format!("r/{name}")), &tar_gz(&members), &diff_id);
+        let recipe = layout_recipe(&ws, name, &manifest, "\"linux/amd64\"");
+        refused(&ws, &recipe, &[], needle);
+    }
+    // A sound hand-made base builds, and its one layer is taken as it is.
+    let members =
+        [Member::Dir { name: "etc/" }, Member::File { name: "etc/os", content: b"hand\n" }];
+    let diff_id = Digest::of(&tar(&members)).to_string();
+    let layer = tar_gz(&members);
+    let manifest = hand_made_layout(&ws.path("r/sound"), &layer, &diff_id);
+    let recipe = layout_recipe(&ws, "sound", &manifest, "\"linux/amd64\"");
+    let kiln = Kiln::new(&ws.store("sound"));
+    kiln.build(&recipe, &[]);
+    let layers = &stored_manifests(&kiln, "fromlayout:1")[0].1;
+    assert_eq!(layers[0], Digest::of(&layer).to_string());
+    assert_eq!(layers.len(), 2);
 }

@@ -586,3 +586,30 @@ fn read_layer(base: &str, record: &LayerRecord, path: &Path) -> Result<(Tree, Sp
     }
     Ok((tree, spool))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn p(s: &str) -> Platform {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_platform_without_a_variant_takes_arm64_v8_and_nothing_else_differs() {
+        assert!(matches(&p("linux/arm64/v8"), &p("linux/arm64")));
+        assert!(matches(&p("linux/amd64"), &p("linux/amd64")));
+        assert!(!matches(&p("linux/arm/v7"), &p("linux/arm")));
+        assert!(!matches(&p("linux/arm64"), &p("linux/arm64/v8")));
+        assert!(!matches(&p("linux/amd64"), &p("windows/amd64")));
+    }
+
+    #[test]
+    fn docker_gzip_layers_are_oci_gzip_layers_and_others_are_refused() {
+        assert_eq!(layer_media_type(DOCKER_LAYER_GZIP), Some(media_type::LAYER_TAR_GZIP));
+        assert_eq!(layer_media_type(media_type::LAYER_TAR_ZSTD), Some(media_type::LAYER_TAR_ZSTD));
+        let foreign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+        assert_eq!(layer_media_type(foreign), None);
+    }
+}

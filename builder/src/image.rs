@@ -166,3 +166,21 @@ pub fn index(
     };
     JsonBlob::new(media_type::IMAGE_INDEX, &index)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::merge_env;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_recipe_environment_goes_over_the_base_by_name() {
+        let base = ["PATH=/bin".to_string(), "LANG=C".to_string(), "EMPTY".to_string()];
+        let recipe = BTreeMap::from([
+            ("LANG".to_string(), "C.UTF-8".to_string()),
+            ("APP".to_string(), "1".to_string()),
+            ("EMPTY".to_string(), "set".to_string()),
+        ]);
+        assert_eq!(merge_env(&base, &recipe), ["PATH=/bin", "LANG=C.UTF-8", "EMPTY=set", "APP=1"]);
+        assert_eq!(merge_env(&[], &recipe), ["APP=1", "EMPTY=set", "LANG=C.UTF-8"]);
+    }
+}
