@@ -173,6 +173,65 @@ fn basic_auth_from_the_docker_config_and_a_clear_refusal_without_it() {
 }
 
 #[test]
+fn credentials_come_from_the_creds_store_for_a_registry_auths_does_not_name() {
+    let Some(reg) = registry::with_auth() else { return };
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "creds-store");
+    let bin = ws.mkdir("bin");
+    let asked = ws.path("asked");
+    // The store every registry's credentials live in (as docker-credential-pass or
+    // -secretservice are): it logs each host it is asked for and knows only the test's.
+    let (user, password) = reg.credentials.clone().unwrap();
+    let helper = ws.write(
+        "bin/docker-credential-kilnstore",
+        format!(
+            "#!/bin/sh
+[ \"$1\" = get ] || exit 1
+read host
+echo \"$host\" >> {asked}
+\
+             [ \"$host\" = {host} ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$host\"\n",
+            asked = asked.display(),
+            host = reg.host,
+        ),
+    );
+    sh("chmod", &["+x", helper.to_str().unwrap()]);
+    let config = ws.path("docker-config/config.json");
+    let other = base64::engine::general_purpose::STANDARD.encode("someone:else");
+    fs::write(
+        &config,
+        format!(
+            r#"{{"auths": {{"other.example": {{"auth": "{other}"}}}}, "credsStore": "kilnstore"}}"#
+        ),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let kiln = kiln.env("PATH", &path);
+    let dest = format!("{}/{}:1", reg.host, reg.fresh_repo());
+    let report =
+        kiln.run(&["--json", "push", "app:1", &dest, "--insecure-registry", &reg.host]).ok().json();
+    assert_eq!(report["digest"], digest);
+    let log = fs::read_to_string(&asked).unwrap();
+    assert!(log.lines().all(|h| h == reg.host), "{log}");
+
+    // A store that knows no credential for the registry is no credential: the 401 says
+    // where credentials are looked for.
+    let empty = ws.write(
+        "bin/docker-credential-kilnempty",
+        "#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n",
+    );
+    sh("chmod", &["+x", empty.to_str().unwrap()]);
+    fs::write(&config, r#"{"credsStore": "kilnempty"}"#).unwrap();
+    let dest = format!("{}/{}:1", reg.host, reg.fresh_repo());
+    let refused = kiln
+        .run(&["push", "app:1", &dest, "--insecure-registry", &reg.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&[&reg.host, "401", "credsStore"]);
+    assert!(!refused.stderr.contains(registry::PASSWORD), "{refused}");
+}
+
+#[test]
 fn a_registry_blob_that_is_not_its_digest_is_refused_and_nothing_is_kept() {
     let reg = match Registry::start("corrupt", false, false) {
         Ok(reg) => reg,

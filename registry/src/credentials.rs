@@ -125,7 +125,14 @@ fn run_helper(helper: &str, host: &str) -> Result<Option<Credential>> {
         .spawn()
         .map_err(|e| failed(format!("cannot run {program}: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(host.as_bytes()).map_err(|e| failed(format!("writing to it: {e}")))?;
+        // A helper may answer without reading the host (one that knows no credential at
+        // all): its answer decides, not the pipe it closed.
+        match stdin.write_all(host.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(failed(format!("writing to it: {e}")))
+            }
+            _ => {}
+        }
     }
     let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
