@@ -674,6 +674,69 @@ fn bearer_tokens_come_from_the_realm_with_the_docker_config_credentials() {
 }
 
 #[test]
+fn an_identity_token_is_exchanged_at_the_realm_for_an_access_token() {
+    let ws = Workspace::new();
+    let (inner, digest) = image_server(|_, _, bytes| Answer::body(200, bytes.to_vec()));
+    let inner = Arc::new(inner);
+    let realm_host = Arc::new(Mutex::new(String::new()));
+    let (proxy_inner, realm) = (inner.clone(), realm_host.clone());
+    // A gate as token registries are: the realm takes the refresh token `docker login` kept
+    // (OAuth2, grant_type=refresh_token) and answers an access token.
+    let gate = Fake::start(move |request, _| {
+        let realm = realm.lock().unwrap().clone();
+        if request.target.starts_with("/token") {
+            let form = String::from_utf8_lossy(&request.body).into_owned();
+            let fields: Vec<&str> = form.split('&').collect();
+            let good = request.method == "POST"
+                && request.header("authorization").is_none()
+                && fields.contains(&"grant_type=refresh_token")
+                && fields.contains(&"refresh_token=r3fr3sh")
+                && fields.contains(&"service=fake")
+                && fields.contains(&"scope=repository%3Ar%3Apull");
+            if !good {
+                return Answer::status(401);
+            }
+            return Answer::body(200, r#"{"access_token": "4cc3ss"}"#);
+        }
+        if request.header("authorization") != Some("Bearer 4cc3ss") {
+            let challenge = format!(
+                r#"Bearer realm="http://{realm}/token",service="fake",scope="repository:r:pull""#
+            );
+            return Answer::status(401).with("WWW-Authenticate", &challenge);
+        }
+        proxy(&proxy_inner, request)
+    });
+    *realm_host.lock().unwrap() = gate.host.clone();
+    let source = format!("{}/r@{digest}", gate.host);
+    let config = |token: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode("user:unused");
+        ws.write(
+            "docker-config/config.json",
+            format!(
+                r#"{{"auths": {{"{}": {{"auth": "{auth}", "identitytoken": "{token}"}}}}}}"#,
+                gate.host
+            ),
+        );
+    };
+
+    config("expired");
+    let kiln = kiln_at(&ws, &ws.store("refused"));
+    let refused = kiln
+        .run(&["pull", &source, "--insecure-registry", &gate.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&[&gate.host, "refused"]);
+    assert!(!refused.stderr.contains("expired"), "{refused}");
+    assert!(support::blobs(&ws.store("refused")).is_empty());
+
+    config("r3fr3sh");
+    let kiln = kiln_at(&ws, &ws.store("authorised"));
+    kiln.run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &gate.host]).ok();
+    assert_eq!(gate.count("POST", "/token"), 2, "{:?}", gate.requests());
+    assert_eq!(gate.count("GET", "/token"), 0, "{:?}", gate.requests());
+    kiln.run(&["store", "check"]).ok();
+}
+
+#[test]
 fn a_large_upload_resumes_from_what_the_registry_holds_after_a_dropped_connection() {
     let ws = Workspace::new();
     ws.write("big/files/noise.bin", support::noise(20 * 1024 * 1024, 5));

@@ -9,7 +9,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode, Url};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -173,6 +175,15 @@ impl Client {
             let Some(credential) = &self.credential else {
                 return Err(self.no_credential(response.status()));
             };
+            if credential.identity_token().is_some() {
+                return Err(RegistryError::Unauthorized {
+                    host: self.host.clone(),
+                    status: response.status().as_u16(),
+                    reason: "it asks for basic auth, and the Docker config holds an identity \
+                             token for it, which only a token realm takes"
+                        .to_string(),
+                });
+            }
             basic(credential)
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let token = self.fetch_token(&parse_params(params)).await?;
@@ -214,12 +225,40 @@ impl Client {
                 }
             }
         }
-        let mut request = self.http.get(url.clone());
-        if let Some(credential) = &self.credential {
-            request = request.header(AUTHORIZATION, basic(credential));
-        }
-        let response =
-            request.send().await.map_err(|source| http_error(&Method::GET, &url, source))?;
+        let identity = self.credential.as_ref().and_then(Credential::identity_token);
+        let (method, request) = match identity {
+            // An identity token is a refresh token: exchanged at the realm (OAuth2, as
+            // Docker does) for an access token.
+            Some(token) => {
+                let mut form = url.clone();
+                form.set_query(None);
+                form.query_pairs_mut()
+                    .append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", token)
+                    .append_pair("client_id", "kiln");
+                for name in ["service", "scope"] {
+                    if let Some(value) = get(name) {
+                        form.query_pairs_mut().append_pair(name, value);
+                    }
+                }
+                url.set_query(None);
+                let body = form.query().unwrap_or_default().to_string();
+                let request = self
+                    .http
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body);
+                (Method::POST, request)
+            }
+            None => {
+                let mut request = self.http.get(url.clone());
+                if let Some(credential) = &self.credential {
+                    request = request.header(AUTHORIZATION, basic(credential));
+                }
+                (Method::GET, request)
+            }
+        };
+        let response = request.send().await.map_err(|source| http_error(&method, &url, source))?;
         if !response.status().is_success() {
             if self.credential.is_none() {
                 return Err(self.no_credential(response.status()));

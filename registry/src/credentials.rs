@@ -20,6 +20,18 @@ pub struct Credential {
     pub password: String,
 }
 
+impl Credential {
+    /// The user name Docker gives a credential whose secret is an identity token (an OAuth2
+    /// refresh token, as `docker login` keeps for registries that hand them out).
+    pub const IDENTITY_TOKEN_USER: &'static str = "<token>";
+
+    /// The identity token this credential carries, if it is one: it is exchanged at the
+    /// realm for an access token, never sent to the registry itself.
+    pub fn identity_token(&self) -> Option<&str> {
+        (self.username == Self::IDENTITY_TOKEN_USER).then_some(self.password.as_str())
+    }
+}
+
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
@@ -46,6 +58,8 @@ struct AuthEntry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +99,12 @@ pub fn lookup(path: &Path, host: &str) -> Result<Option<Credential>> {
         key.split('/').next() == Some(host)
     });
     if let Some((_, entry)) = entry {
+        if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credential {
+                username: Credential::IDENTITY_TOKEN_USER.to_string(),
+                password: token.clone(),
+            }));
+        }
         if let Some(auth) = &entry.auth {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
@@ -168,5 +188,20 @@ mod tests {
         assert_eq!(found, Some(Credential { username: "a".into(), password: "b".into() }));
         assert_eq!(lookup(&path, "other.example").unwrap(), None);
         assert_eq!(lookup(&dir.path().join("missing.json"), "reg.example").unwrap(), None);
+    }
+
+    #[test]
+    fn an_identity_token_goes_before_the_auth_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths": {"reg.example": {"auth": "dTpwOng=", "identitytoken": "r3fr3sh"},
+                          "plain.example": {"auth": "dTpwOng="}}}"#,
+        )
+        .unwrap();
+        let found = lookup(&path, "reg.example").unwrap().unwrap();
+        assert_eq!(found.identity_token(), Some("r3fr3sh"));
+        assert_eq!(lookup(&path, "plain.example").unwrap().unwrap().identity_token(), None);
     }
 }
