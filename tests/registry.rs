@@ -924,6 +924,134 @@ fn pull_uses_the_referrers_api_where_the_registry_has_one() {
     kiln.run(&["store", "check"]).ok();
 }
 
+/// A registry in memory with the OCI 1.1 referrers API, for one repository `r`: blobs,
+/// manifests by digest and tag, and `/referrers/` listing the stored manifests whose subject
+/// is the digest asked for.
+#[derive(Default)]
+struct MemoryRegistry {
+    blobs: std::collections::HashMap<String, Vec<u8>>,
+    /// Digest or tag → (media type, bytes).
+    manifests: std::collections::HashMap<String, (String, Vec<u8>)>,
+    uploads: usize,
+}
+
+impl MemoryRegistry {
+    fn answer(&mut self, request: &fake_registry::Request) -> Answer {
+        let target = request.target.split('?').next().unwrap_or_default();
+        let method = request.method.as_str();
+        let digest_of = |b: &[u8]| kiln_oci::Digest::of(b).to_string();
+        if target == "/v2/" {
+            return Answer::status(200);
+        }
+        if let Some(subject) = target.strip_prefix("/v2/r/referrers/") {
+            let mut listed: Vec<Value> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (media_type, bytes) in self.manifests.values() {
+                let m: Value = serde_json::from_slice(bytes).unwrap();
+                if m["subject"]["digest"] == subject && seen.insert(digest_of(bytes)) {
+                    let mut entry = serde_json::json!({
+                        "mediaType": media_type,
+                        "digest": digest_of(bytes),
+                        "size": bytes.len(),
+                        "artifactType": m["artifactType"],
+                    });
+                    if m["annotations"].is_object() {
+                        entry["annotations"] = m["annotations"].clone();
+                    }
+                    listed.push(entry);
+                }
+            }
+            let index = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": listed,
+            });
+            return Answer::body(200, serde_json::to_vec(&index).unwrap())
+                .with("Content-Type", "application/vnd.oci.image.index.v1+json");
+        }
+        if method == "POST" && target == "/v2/r/blobs/uploads/" {
+            self.uploads += 1;
+            let location = format!("/v2/r/blobs/uploads/s{}", self.uploads);
+            return Answer::status(202).with("Location", &location);
+        }
+        if method == "PUT" && target.starts_with("/v2/r/blobs/uploads/") {
+            let digest = request.target.split("digest=").nth(1).unwrap().replace("%3A", ":");
+            assert_eq!(digest_of(&request.body), digest);
+            self.blobs.insert(digest, request.body.clone());
+            return Answer::status(201);
+        }
+        if let Some(digest) = target.strip_prefix("/v2/r/blobs/") {
+            return match self.blobs.get(digest) {
+                Some(_) if method == "HEAD" => {
+                    Answer::status(200).with("Docker-Content-Digest", digest)
+                }
+                Some(bytes) => Answer::range(request, bytes),
+                None => Answer::status(404),
+            };
+        }
+        if let Some(reference) = target.strip_prefix("/v2/r/manifests/") {
+            if method == "PUT" {
+                let media_type = request.header("content-type").unwrap().to_string();
+                let digest = digest_of(&request.body);
+                self.manifests.insert(digest.clone(), (media_type.clone(), request.body.clone()));
+                self.manifests.insert(reference.to_string(), (media_type, request.body.clone()));
+                return Answer::status(201).with("Docker-Content-Digest", &digest);
+            }
+            return match self.manifests.get(reference) {
+                Some((media_type, bytes)) => {
+                    let answer = if method == "HEAD" {
+                        Answer::status(200)
+                    } else {
+                        Answer::body(200, bytes.clone())
+                    };
+                    answer
+                        .with("Content-Type", media_type)
+                        .with("Docker-Content-Digest", &digest_of(bytes))
+                }
+                None => Answer::status(404),
+            };
+        }
+        Answer::status(404)
+    }
+}
+
+#[test]
+fn push_leaves_the_referrers_to_a_registry_with_the_referrers_api() {
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "referrers-api");
+    let registry = Arc::new(Mutex::new(MemoryRegistry::default()));
+    let state = registry.clone();
+    let fake = Fake::start(move |request, _| state.lock().unwrap().answer(request));
+    let dest = format!("{}/r:1", fake.host);
+    let report = kiln
+        .run(&["--json", "push", "app:1", &dest, "--insecure-registry", &fake.host])
+        .ok()
+        .json();
+    assert_eq!(report["digest"], digest);
+    assert_eq!(report["referrers"], 3, "{report}");
+    // No fallback index: the registry indexed each artifact by its subject as it arrived.
+    // cosign's signature tag is still written, for the tools that read only it.
+    assert_eq!(fake.count("PUT", "/v2/r/manifests/sha256-"), 1, "{:?}", fake.requests());
+    let held = registry.lock().unwrap();
+    let tags: Vec<&String> = held.manifests.keys().filter(|k| k.starts_with("sha256-")).collect();
+    assert_eq!(tags.len(), 1, "{tags:?}");
+    assert!(tags[0].ends_with(".sig"), "{tags:?}");
+    drop(held);
+
+    // A pull finds every referrer through the API, and verifies.
+    let pulled = ws.store("pulled");
+    let kiln = kiln_at(&ws, &pulled);
+    let source = format!("{}/r@{digest}", fake.host);
+    let report = kiln
+        .run(&["--json", "pull", &source, "--tag", "app:1", "--insecure-registry", &fake.host])
+        .ok()
+        .json();
+    assert_eq!(report["referrers"], 3, "{report}");
+    kiln.run(&["store", "check"]).ok();
+    let key = ws.path("key.pub");
+    kiln.run(&["verify", "app:1", "--key", key.to_str().unwrap()]).ok();
+}
+
 #[test]
 fn a_copy_within_one_registry_mounts_the_blobs_instead_of_sending_them() {
     if !require_tool("skopeo") {
