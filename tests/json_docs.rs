@@ -187,6 +187,12 @@ fn every_json_output_has_its_documented_shape() {
             let from = format!("docker://{source}");
             let copy = ["copy", &digest, "--from", &from, "--to", &to];
             out_reg.run("copy between registries", &[&copy[..], &insecure].concat());
+            let store_arg = store.to_str().unwrap();
+            let copy = ["copy", "vm:1", "--from", store_arg, "--to", &to];
+            out_reg.run("copy to a registry", &[&copy[..], &insecure].concat());
+            let copied = path("copied");
+            let copy = ["copy", &digest, "--from", &from, "--to", &copied];
+            out_reg.run("copy from a registry", &[&copy[..], &insecure].concat());
             out.printed = out_reg.printed;
             out.raw = out_reg.raw;
         }

@@ -410,6 +410,31 @@ fn registry_to_registry_copy_keeps_every_referrer_and_signs_for_the_new_reposito
     );
     assert!(verified.stdout.contains("for repository \"app\""), "{}", verified.stdout);
     pulled.run(&["store", "check"]).ok();
+
+    // Without --json, a copy says what it did in words, as push and pull do: here, again,
+    // with nothing left to send.
+    let again = kiln
+        .run(&[
+            "copy",
+            &digest,
+            "--from",
+            &format!("docker://{}/{from_repo}", first.host),
+            "--to",
+            &format!("docker://{new_name}:1"),
+            "--insecure-registry",
+            &first.host,
+            "--insecure-registry",
+            &second.host,
+        ])
+        .ok();
+    let said = format!("copied {digest}: pulled {}/{from_repo}@{digest}: ", first.host);
+    assert!(again.stdout.starts_with(&said), "{}", again.stdout);
+    assert!(
+        again.stdout.contains(&format!("pushed {digest} to {new_name}:1: 0 of ")),
+        "{}",
+        again.stdout
+    );
+    assert!(!again.stdout.contains('{'), "{}", again.stdout);
 }
 
 /// A registry as `--insecure-registry` never names it: HTTPS, with a certificate from a CA
@@ -820,8 +845,8 @@ fn a_large_upload_resumes_from_what_the_registry_holds_after_a_dropped_connectio
         .ok()
         .json();
     assert!(report["bytesUploaded"].as_u64().unwrap() > 20 * 1024 * 1024, "{report}");
-    // Three chunks, the dropped one resumed from its middle: four PATCHes, one status query.
-    // The rest went in a second PATCH starting where the status said the upload stood.
+    // One PATCH dropped halfway, one status query, and the rest in a second PATCH starting
+    // where the status said the upload stood.
     let patches: Vec<_> = fake.requests().into_iter().filter(|r| r.method == "PATCH").collect();
     assert_eq!(patches.len(), 2, "{:?}", patches.iter().map(|p| &p.headers).collect::<Vec<_>>());
     let half = patches[0].body.len() / 2;

@@ -72,7 +72,7 @@ pub fn run(ctx: &Session, cli: &Cli, args: &CopyArgs) -> anyhow::Result<()> {
                 .runtime
                 .block_on(kiln_registry::push(store, &root, repo, tag.as_ref()))
                 .with_context(context)?;
-            print(ctx, &report, format!("pushed {}", report.digest))
+            print(ctx, &report, format!("pushed {reference} ({})", super::push::text(&report)))
         }
         (Side::Registry(_, repo), Side::Store(store)) => {
             let digest = from_registry_digest()?;
@@ -80,7 +80,7 @@ pub fn run(ctx: &Session, cli: &Cli, args: &CopyArgs) -> anyhow::Result<()> {
                 .runtime
                 .block_on(kiln_registry::pull(store, repo, digest, None))
                 .with_context(context)?;
-            print(ctx, &report, format!("pulled {}", report.digest))
+            print(ctx, &report, format!("pulled {}", super::pull::text(&report)))
         }
         (Side::Registry(_, from_repo), Side::Registry(dest, to_repo)) => {
             let digest = from_registry_digest()?;
@@ -94,16 +94,22 @@ pub fn run(ctx: &Session, cli: &Cli, args: &CopyArgs) -> anyhow::Result<()> {
                     key.as_ref(),
                 ))
                 .with_context(context)?;
-            print(ctx, &report, format!("copied {digest}"))
+            let text = format!(
+                "copied {digest}: pulled {}; pushed {}",
+                super::pull::text(&report.pulled),
+                super::push::text(&report.pushed)
+            );
+            print(ctx, &report, text)
         }
     }
 }
 
-fn print<T: serde::Serialize>(ctx: &Session, report: &T, what: String) -> anyhow::Result<()> {
+/// `report` as JSON with `--json`, else `text`.
+fn print<T: serde::Serialize>(ctx: &Session, report: &T, text: String) -> anyhow::Result<()> {
     if ctx.json {
         return ctx.print_json(report);
     }
-    ctx.say(format!("{what}: {}", serde_json::to_string(report)?));
+    ctx.say(text);
     Ok(())
 }
 

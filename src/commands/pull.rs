@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use kiln_builder::recipe::{BaseSource, Recipe};
-use kiln_registry::{Client, RegistryError, RegistryRef, Repository};
+use kiln_registry::{Client, PullReport, RegistryError, RegistryRef, Repository};
 use kiln_store::{Reference, Store};
 
 use super::Ctx;
@@ -36,8 +36,15 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> anyhow::Result<()> {
     if ctx.json {
         return ctx.print_json(&report);
     }
-    ctx.say(format!(
-        "pulled {}: {} of {} blobs fetched ({} bytes), {} manifests, {} referrers{}",
+    ctx.say(format!("pulled {}", text(&report)));
+    Ok(())
+}
+
+/// A pull report as its human line says it (after "pulled "); `kiln copy` from a registry
+/// says the same.
+pub fn text(report: &PullReport) -> String {
+    format!(
+        "{}: {} of {} blobs fetched ({} bytes), {} manifests, {} referrers{}",
         report.source,
         report.blobs_fetched,
         report.blobs,
@@ -45,8 +52,7 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> anyhow::Result<()> {
         report.manifests,
         report.referrers,
         report.tagged.as_deref().map(|t| format!(", tagged {t}")).unwrap_or_default(),
-    ));
-    Ok(())
+    )
 }
 
 /// Brings a recipe's registry base into `store` unless it is there: pulled as `kiln pull`

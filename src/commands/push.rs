@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use kiln_attest::PrivateKey;
-use kiln_registry::{Client, RegistryRef, Repository};
+use kiln_registry::{Client, PushReport, RegistryRef, Repository};
 
 use super::Ctx;
 use crate::cli::PushArgs;
@@ -38,16 +38,22 @@ pub fn run(ctx: &Ctx, args: &PushArgs) -> anyhow::Result<()> {
     if ctx.json {
         return ctx.print_json(&report);
     }
-    ctx.say(format!(
-        "pushed {reference} ({}) to {}: {} of {} blobs sent ({} bytes), {} manifests written, \
-         {} referrers",
+    ctx.say(format!("pushed {reference} ({})", text(&report)));
+    Ok(())
+}
+
+/// A push report as its human line says it (after "pushed REF "); `kiln copy` to a registry
+/// says the same.
+pub fn text(report: &PushReport) -> String {
+    format!(
+        "{} to {}: {} of {} blobs sent ({} bytes, {} mounted), {} manifests written, {} referrers",
         report.digest,
         report.destination,
         report.blobs_uploaded,
         report.blobs,
         report.bytes_uploaded,
+        report.blobs_mounted,
         report.manifests_uploaded,
         report.referrers,
-    ));
-    Ok(())
+    )
 }
