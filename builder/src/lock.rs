@@ -8,8 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use kiln_compress::Compression;
 
-use crate::inputs::Input;
-
 /// Version of the lock file's own layout.
 pub const LOCK_VERSION: u32 = 1;
 
@@ -112,6 +110,50 @@ pub struct LockedPackage {
     pub path: String,
     pub size: u64,
     pub sha256: Digest,
+}
+
+/// What kind of input a lock entry pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    File,
+    Tree,
+    Tarball,
+    Deb,
+}
+
+impl InputKind {
+    /// The name the lock file gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::File => "file",
+            InputKind::Tree => "tree",
+            InputKind::Tarball => "tarball",
+            InputKind::Deb => "deb",
+        }
+    }
+}
+
+/// One pinned input: a path relative to the recipe and the digest of what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub kind: InputKind,
+    pub src: String,
+    pub digest: Digest,
+    /// For a single file: whether it is executable on the host, the one host permission that
+    /// can reach the image (0755 rather than 0644 where the recipe sets no mode). Trees pin
+    /// their modes in their digest. Written only when true, so other entries read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
+    /// For a tree: its digest pins each entry's host mode and numeric owner too (the recipe
+    /// says `host-metadata = true`). Written only when true.
+    #[serde(default, rename = "host-metadata", skip_serializing_if = "std::ops::Not::not")]
+    pub host_metadata: bool,
+    /// For a tree or tarball: device nodes and FIFOs are imported (the recipe says
+    /// `devices = true`). Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub devices: bool,
 }
 
 /// Why a lock file could not be used.

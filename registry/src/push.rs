@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kiln_attest::artifact::{SIGNATURE_ARTIFACT, SIMPLE_SIGNING_LAYER};
 use kiln_oci::{media_type, Descriptor, Digest, ImageManifest, RepoName, Tag};
@@ -19,9 +18,6 @@ use crate::{referrers, upload};
 
 /// Blobs checked and sent at once.
 const BLOBS_IN_FLIGHT: usize = 4;
-/// Upload sessions tried per blob, the wait before the next growing by this much each time.
-const UPLOAD_ATTEMPTS: u32 = 3;
-const UPLOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 /// Blobs at most this large are read whole from the store before sending; larger ones
 /// stream, so memory stays bounded.
 const WHOLE_BLOB: u64 = 8 * 1024 * 1024;
@@ -183,7 +179,7 @@ async fn push_blob(
     }
     if desc.size <= WHOLE_BLOB {
         let bytes = store.get_described(desc).await?;
-        upload_bytes_in(repo, &desc.digest, bytes, session).await?;
+        upload::upload_bytes_in(repo, &desc.digest, bytes, session).await?;
     } else {
         let location = match session {
             Some(location) => location,
@@ -194,35 +190,4 @@ async fn push_blob(
         upload::upload_resumable(store, repo, location, desc).await?;
     }
     Ok(Sent::Uploaded(desc.size))
-}
-
-/// Sends a blob held in memory, in a new upload session each time a registry fails it
-/// with a 5xx or a dropped connection.
-pub(crate) async fn upload_bytes(repo: &Repository, digest: &Digest, bytes: Bytes) -> Result<()> {
-    upload_bytes_in(repo, digest, bytes, None).await
-}
-
-/// [`upload_bytes`], first in `session` if the registry already opened one.
-async fn upload_bytes_in(
-    repo: &Repository,
-    digest: &Digest,
-    bytes: Bytes,
-    mut session: Option<reqwest::Url>,
-) -> Result<()> {
-    let size = bytes.len() as u64;
-    let mut attempt = 1;
-    loop {
-        let location = match session.take() {
-            Some(location) => location,
-            None => repo.start_upload().await?,
-        };
-        let body = reqwest::Body::from(bytes.clone());
-        match repo.finish_upload(&location, digest, size, body).await {
-            Err(e) if attempt < UPLOAD_ATTEMPTS && e.is_transient() => {
-                tokio::time::sleep(UPLOAD_BACKOFF * attempt).await;
-                attempt += 1;
-            }
-            done => return done,
-        }
-    }
 }

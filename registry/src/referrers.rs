@@ -76,7 +76,7 @@ pub async fn add_signatures(
 ) -> Result<bool> {
     let empty = Digest::of(EMPTY_JSON);
     if !repo.has_blob(&empty).await? {
-        crate::push::upload_bytes(repo, &empty, Bytes::from_static(EMPTY_JSON)).await?;
+        crate::upload::upload_bytes(repo, &empty, Bytes::from_static(EMPTY_JSON)).await?;
     }
     let layers: Vec<Value> = layers.iter().map(to_value).collect::<Result<_>>()?;
     update(repo, &signature_tag(subject), media_type::IMAGE_MANIFEST, "layers", &layers, |items| {

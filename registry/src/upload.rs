@@ -1,20 +1,24 @@
-//! Resumable uploads of large blobs: the blob streams from the store in one `PATCH`; when
-//! that fails (a dropped connection, a 5xx), the upload's status says how much arrived and
-//! the rest is sent from there in another `PATCH`. Each attempt re-reads the blob from the
-//! store's verifying stream and skips what the registry holds, so every byte is still checked
+//! Uploads of blobs. A small one is sent whole from memory, in a new session each time a
+//! registry fails it. A large one streams from the store in one `PATCH`; when that fails (a
+//! dropped connection, a 5xx), the upload's status says how much arrived and the rest is sent
+//! from there in another `PATCH`. Each attempt re-reads the blob from the store's verifying
+//! stream and skips what the registry holds, so every byte is still checked
 //! against the blob's digest and size, and a stored blob found corrupt cancels the session.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kiln_oci::Descriptor;
+use kiln_oci::{Descriptor, Digest};
 use kiln_store::{Store, StoreError};
 use reqwest::Url;
 
 use crate::error::{RegistryError, Result};
 use crate::repository::Repository;
 
+/// Upload sessions tried per blob, the wait before the next growing by this much each time.
+const UPLOAD_ATTEMPTS: u32 = 3;
+const UPLOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 /// Resumptions allowed per blob.
 const RESUMES: u32 = 3;
 /// The wait before a resumption, growing by this much each time.
@@ -112,4 +116,35 @@ fn skip(
         };
         futures::future::ready(out)
     })
+}
+
+/// Sends a blob held in memory, in a new upload session each time a registry fails it
+/// with a 5xx or a dropped connection.
+pub(crate) async fn upload_bytes(repo: &Repository, digest: &Digest, bytes: Bytes) -> Result<()> {
+    upload_bytes_in(repo, digest, bytes, None).await
+}
+
+/// [`upload_bytes`], first in `session` if the registry already opened one.
+pub(crate) async fn upload_bytes_in(
+    repo: &Repository,
+    digest: &Digest,
+    bytes: Bytes,
+    mut session: Option<reqwest::Url>,
+) -> Result<()> {
+    let size = bytes.len() as u64;
+    let mut attempt = 1;
+    loop {
+        let location = match session.take() {
+            Some(location) => location,
+            None => repo.start_upload().await?,
+        };
+        let body = reqwest::Body::from(bytes.clone());
+        match repo.finish_upload(&location, digest, size, body).await {
+            Err(e) if attempt < UPLOAD_ATTEMPTS && e.is_transient() => {
+                tokio::time::sleep(UPLOAD_BACKOFF * attempt).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
 }

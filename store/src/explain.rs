@@ -18,7 +18,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
-use crate::location::Service;
+use crate::service::Service;
 
 /// Error codes with which servers say that the bucket or container itself is missing.
 const MISSING_BUCKET_CODES: &[&str] = &["NoSuchBucket", "ContainerNotFound"];

@@ -19,6 +19,7 @@ mod blob;
 mod blob_stream;
 pub mod cache;
 pub mod check;
+pub mod check_report;
 pub mod copy;
 pub mod disk_export;
 mod document;
@@ -38,6 +39,7 @@ mod refs;
 pub mod repair;
 mod s3_multipart;
 pub mod scratch;
+pub mod service;
 pub mod sweep;
 mod upload;
 mod walk;
@@ -47,14 +49,14 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 pub use blob::PutOutcome;
-pub use check::{CheckProgress, CheckReport, Problem};
+pub use check::CheckProgress;
+pub use check_report::{CheckReport, Problem, RepairReport};
 pub use copy::CopyReport;
 pub use error::{one_line, BackendError, Result, StoreError};
 pub use gc::{GcOptions, GcReport};
 pub use heal::{CheckedPut, Quarantined, Reuse, Wanted};
 pub use kiln_oci::reference::{self, NameError, Reference, RepoName, Tag};
 pub use location::{parse_option, Location};
-pub use repair::RepairReport;
 pub use walk::{image_blobs, image_referrers};
 
 /// A handle on one store; cheap to clone and share between tasks.

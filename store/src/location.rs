@@ -22,6 +22,7 @@ use url::Url;
 use crate::error::{BackendError, Result, StoreError};
 use crate::explain::Explaining;
 use crate::s3_multipart::S3Multipart;
+pub use crate::service::Service;
 use crate::upload::Multipart;
 
 /// A connected backend: its objects, and direct access to its multipart uploads where it has
@@ -39,44 +40,6 @@ pub struct Bucket {
     pub name: String,
     /// Every key of the store lives under this prefix; empty for the bucket's root.
     pub prefix: String,
-}
-
-/// The object storage services kiln can open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
-    /// Amazon S3 and S3-compatible servers (`s3://`).
-    S3,
-    /// Google Cloud Storage (`gs://`).
-    Gcs,
-    /// Azure Blob Storage (`az://`).
-    Azure,
-}
-
-impl Service {
-    /// The service's name, for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::S3 => "S3",
-            Service::Gcs => "GCS",
-            Service::Azure => "Azure",
-        }
-    }
-
-    /// What the service calls the top-level folder of a store: a bucket or a container.
-    pub fn bucket_noun(self) -> &'static str {
-        match self {
-            Service::Azure => "container",
-            Service::S3 | Service::Gcs => "bucket",
-        }
-    }
-
-    fn scheme(self) -> &'static str {
-        match self {
-            Service::S3 => "s3",
-            Service::Gcs => "gs",
-            Service::Azure => "az",
-        }
-    }
 }
 
 /// Where a store lives, parsed from a plain path, `file:///abs/path`, `memory://`,

@@ -6,32 +6,10 @@
 //! person can judge (stray keys, unreadable blobs) and unfinished uploads (gc's to abort) are
 //! left and listed.
 
-use serde::Serialize;
-
-use crate::check::{CheckProgress, CheckReport, DamagedRoot, Problem};
+use crate::check::{CheckProgress, DamagedRoot};
+use crate::check_report::{CheckReport, Problem, RepairReport};
 use crate::error::{Result, StoreError};
-use crate::heal::Quarantined;
 use crate::Store;
-
-/// What a repair did.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RepairReport {
-    /// Corrupt blobs moved aside.
-    pub quarantined: Vec<Quarantined>,
-    /// Ref keys deleted.
-    pub refs_dropped: Vec<String>,
-    /// Referrer entry keys deleted.
-    pub referrers_dropped: Vec<String>,
-    /// Build cache entry keys deleted (the next build makes them again).
-    pub cache_entries_dropped: Vec<String>,
-    /// Damaged refs or referrer entries left alone because they changed since the check
-    /// (a build or copy set them anew); the next check judges them.
-    pub changed_since: Vec<String>,
-    /// Problems repair cannot settle: stray keys, unreadable blobs, and unfinished uploads
-    /// (which gc aborts once older than its grace period).
-    pub left: Vec<Problem>,
-}
 
 impl Store {
     /// Checks the store like [`Store::check`], then repairs what it found. The report lists
