@@ -18,7 +18,7 @@ use kiln_oci::{media_type, Descriptor, Digest, ImageConfig, Platform, Sha256};
 use kiln_tree::tree::{Entry, EntryKind, Tree, TreeError};
 use serde::Deserialize;
 
-use crate::build::{BlobSink, SinkError};
+use crate::build::sink::{BlobSink, SinkError};
 use crate::image::LayerRecord;
 use crate::lock::{LockedBase, LockedBaseManifest};
 use crate::recipe::{BaseSource, BaseSpec};
