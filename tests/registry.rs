@@ -1208,3 +1208,129 @@ fn the_independent_check_refuses_another_key_and_finds_nothing_on_an_unsigned_im
         [format!("{}/{signed}", reg.host)]
     );
 }
+
+/// `ci/fault-proxy.py` in front of a real registry: it breaks the requests its faults name
+/// and logs every request as `METHOD PATH`.
+struct FaultProxy {
+    child: std::process::Child,
+    log: PathBuf,
+    host: String,
+}
+
+impl FaultProxy {
+    fn start(reg: &Registry, dir: &Path, faults: &[&str]) -> FaultProxy {
+        let (log, port_file) = (dir.join("requests.log"), dir.join("proxy.port"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/fault-proxy.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(format!("http://{}", reg.host))
+            .args([&log, &port_file])
+            .args(faults)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let port = loop {
+            if let Ok(port) = fs::read_to_string(&port_file) {
+                break port;
+            }
+            if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                child.kill().ok();
+                panic!("the fault proxy did not start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        FaultProxy { child, log, host: format!("127.0.0.1:{}", port.trim()) }
+    }
+
+    /// How many requests had `method` and a path containing `text`.
+    fn count(&self, method: &str, text: &str) -> usize {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.split_once(' ').is_some_and(|(m, p)| m == method && p.contains(text)))
+            .count()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("warning: cannot stop the fault proxy: {e}");
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("warning: cannot reap the fault proxy: {e}");
+        }
+    }
+}
+
+/// The faults of the fakes above, in front of docker-registry itself: what it holds after a
+/// cut upload is what the resumed push relies on.
+#[test]
+fn a_real_registry_behind_a_faulty_link_push_and_pull_resume_or_fail_keeping_nothing() {
+    if !require_tool("python3") {
+        return;
+    }
+    let Some(reg) = registry::open() else { return };
+    let ws = Workspace::new();
+    // A layer larger than what goes up in one request, so that it streams in a PATCH.
+    ws.write("big/files/noise.bin", support::noise(10 * 1024 * 1024, 11));
+    let recipe = ws.write(
+        "big/big.toml",
+        "epoch = 1700000000\n[image]\nname = \"big\"\nversion = \"1\"\n\
+         [[layer]]\nname = \"noise\"\nfiles = [{ src = \"files/noise.bin\", dest = \"/noise.bin\" }]\n",
+    );
+    let store = ws.store("s");
+    let kiln = kiln_at(&ws, &store);
+    let digest = support::digest_of(&kiln.build(&recipe, &[]));
+    let layer =
+        support::blobs(&store).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let layer_hex = layer.file_name().unwrap().to_str().unwrap().to_string();
+
+    // The layer's PATCH is cut halfway (the registry keeps the half it got), and the first
+    // two upload completions answer 500: the push resumes and retries, and lands whole.
+    let proxy = FaultProxy::start(
+        reg,
+        &ws.mkdir("faulty"),
+        &[
+            "cut:PATCH:/blobs/uploads/:1",
+            "500:PUT:/blobs/uploads/:2",
+            &format!("cut:GET:/blobs/sha256:{layer_hex}:1"),
+        ],
+    );
+    let repo = format!("{}/{}", proxy.host, reg.fresh_repo());
+    let insecure = ["--insecure-registry", proxy.host.as_str()];
+    let pushed = kiln
+        .run(&[&["--json", "push", "big:1", &format!("{repo}:1")][..], &insecure].concat())
+        .ok()
+        .json();
+    assert_eq!(pushed["digest"], digest, "{pushed}");
+    assert_eq!(proxy.count("PATCH", "/blobs/uploads/"), 2);
+    assert!(proxy.count("GET", "/blobs/uploads/") >= 1, "the upload's status was not asked");
+
+    // The pull's layer download is cut halfway: resumed, verified, kept.
+    let pulled_store = ws.store("pulled");
+    let pulled = kiln_at(&ws, &pulled_store);
+    let source = format!("{repo}@{digest}");
+    pulled.run(&[&["pull", &source, "--tag", "big:1"][..], &insecure].concat()).ok();
+    assert_eq!(proxy.count("GET", &format!("/blobs/sha256:{layer_hex}")), 2);
+    assert_eq!(
+        fs::read(&layer).unwrap(),
+        fs::read(pulled_store.join("blobs/sha256").join(&layer_hex)).unwrap()
+    );
+    pulled.run(&["store", "check"]).ok();
+
+    // A registry failing every upload: retried, then a clear error, and no manifest there.
+    let proxy = FaultProxy::start(reg, &ws.mkdir("broken"), &["500:PUT:/blobs/uploads/:1000"]);
+    let repo = format!("{}/{}", proxy.host, reg.fresh_repo());
+    let insecure = ["--insecure-registry", proxy.host.as_str()];
+    kiln.run(&[&["push", "big:1", &format!("{repo}:1")][..], &insecure].concat())
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["500", "injected failure"]);
+    assert_eq!(proxy.count("PUT", "/manifests/"), 0, "a manifest went up before its blobs");
+    let nothing = ws.store("nothing");
+    kiln_at(&ws, &nothing)
+        .run(&[&["pull", &format!("{repo}@{digest}")][..], &insecure].concat())
+        .fails_with(EXIT_ERROR);
+    assert!(support::blobs(&nothing).is_empty());
+    kiln.run(&["store", "check"]).ok();
+}

@@ -1,7 +1,8 @@
 //! Uploads of blobs. A small one is sent whole from memory, in a new session each time a
 //! registry fails it. A large one streams from the store in one `PATCH`; when that fails (a
 //! dropped connection, a 5xx), the upload's status says how much arrived and the rest is sent
-//! from there in another `PATCH`. Each attempt re-reads the blob from the store's verifying
+//! from there in another `PATCH` (or, where the registry has forgotten the session, the whole
+//! blob in a new one). Each attempt re-reads the blob from the store's verifying
 //! stream and skips what the registry holds, so every byte is still checked
 //! against the blob's digest and size, and a stored blob found corrupt cancels the session.
 
@@ -54,7 +55,16 @@ pub async fn upload_resumable(
             (Err(e), None) if e.is_transient() && resumes < RESUMES => {
                 resumes += 1;
                 tokio::time::sleep(BACKOFF * resumes).await;
-                let (next, held) = repo.upload_status(&location).await?;
+                let (next, held) = match repo.upload_status(&location).await {
+                    Ok(status) => status,
+                    // docker-registry signs the offset into the session's URL: once a PATCH
+                    // is cut after some bytes landed, it no longer knows that URL (404) and
+                    // drops the session. The blob starts over in a new one.
+                    Err(RegistryError::Status { status: 404, .. }) => {
+                        (repo.start_upload().await?, 0)
+                    }
+                    Err(e) => return Err(e),
+                };
                 if held > desc.size {
                     cancel(repo, &next).await;
                     return Err(RegistryError::Status {
