@@ -148,6 +148,9 @@ fn basic_auth_from_the_docker_config_and_a_clear_refusal_without_it() {
         .fails_with(EXIT_ERROR)
         .stderr_has(&[&reg.host, "401", "config.json"]);
     assert!(!refused.stderr.contains(registry::PASSWORD));
+    let repository =
+        reg.storage.join("docker/registry/v2/repositories").join(repo.split_once('/').unwrap().1);
+    assert!(!repository.exists(), "a refused push left {}", repository.display());
 
     // Wrong credentials are refused too, and the password is never printed.
     let (user, password) = reg.credentials.clone().unwrap();
@@ -617,6 +620,7 @@ fn a_manifest_over_4_mib_is_refused_before_it_is_read() {
         .fails_with(EXIT_ERROR)
         .stderr_has(&["larger than 4194304 bytes"]);
     assert!(support::blobs(&ws.store("s")).is_empty());
+    kiln.run(&["store", "check"]).ok();
 }
 
 #[test]
