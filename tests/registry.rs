@@ -652,6 +652,56 @@ fn a_500_on_upload_is_retried_then_reported() {
     assert_eq!(fake.count("PUT", "/v2/r/manifests/"), 0, "a manifest went up before its blobs");
 }
 
+/// An upload session's `Location` may name another server (a registry fronting object
+/// storage sends one, and so can a hostile registry): the blob goes there, the credential
+/// never does.
+#[test]
+fn credentials_go_to_the_registry_only_never_to_an_upload_location_elsewhere() {
+    let ws = Workspace::new();
+    ws.write("app/files/hello.sh", "#!/bin/sh\necho elsewhere\n");
+    let recipe = ws.write(
+        "app/app.toml",
+        "epoch = 1700000000\n[image]\nname = \"app\"\nversion = \"1\"\n\
+         [[layer]]\nname = \"bin\"\nfiles = [{ src = \"files/hello.sh\", dest = \"/bin/hello\" }]\n",
+    );
+    let kiln = kiln_at(&ws, &ws.store("s"));
+    kiln.build(&recipe, &[]);
+    let elsewhere = Fake::start(|request, _| match request.method.as_str() {
+        "PUT" => Answer::status(201),
+        _ => Answer::status(401).with("WWW-Authenticate", r#"Basic realm="elsewhere""#),
+    });
+    let upload = format!("http://{}/upload", elsewhere.host);
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("user:secret"));
+    let registry = Fake::start(move |request, _| {
+        if request.header("authorization") != Some(expected.as_str()) {
+            return Answer::status(401).with("WWW-Authenticate", r#"Basic realm="fake""#);
+        }
+        match (request.method.as_str(), request.target.as_str()) {
+            (_, "/v2/") => Answer::status(200),
+            ("POST", "/v2/r/blobs/uploads/") => Answer::status(202).with("Location", &upload),
+            ("PUT", t) if t.starts_with("/v2/r/manifests/") => Answer::status(201),
+            _ => Answer::status(404),
+        }
+    });
+    let auth = base64::engine::general_purpose::STANDARD.encode("user:secret");
+    ws.write(
+        "docker-config/config.json",
+        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, registry.host),
+    );
+    let dest = format!("{}/r:1", registry.host);
+    let report = kiln
+        .run(&["--json", "push", "app:1", &dest, "--insecure-registry", &registry.host])
+        .ok()
+        .json();
+    let uploaded = report["blobsUploaded"].as_u64().unwrap() as usize;
+    assert!(uploaded > 0, "{report}");
+    assert_eq!(elsewhere.count("PUT", "/upload"), uploaded, "{:?}", elsewhere.requests());
+    let leaked: Vec<_> =
+        elsewhere.requests().into_iter().filter(|r| r.header("authorization").is_some()).collect();
+    assert!(leaked.is_empty(), "the credential went elsewhere: {leaked:?}");
+}
+
 #[test]
 fn bearer_tokens_come_from_the_realm_with_the_docker_config_credentials() {
     let ws = Workspace::new();

@@ -76,6 +76,22 @@ impl Client {
         Ok(Client { http, host: host.to_string(), base, credential, auth: Mutex::new(None) })
     }
 
+    /// Whether `url` is on this registry (same scheme, host and port). A `Location` the
+    /// registry sends may name another server (or plain HTTP): that one never gets the
+    /// credential or a token for it.
+    fn is_own(&self, url: &Url) -> bool {
+        url.origin() == self.base.origin()
+    }
+
+    /// The `Authorization` value to send to `url`: the one that last worked, on this registry
+    /// only.
+    async fn auth_for(&self, url: &Url) -> Option<HeaderValue> {
+        if !self.is_own(url) {
+            return None;
+        }
+        self.auth.lock().await.clone()
+    }
+
     /// The registry host this client talks to.
     pub fn host(&self) -> &str {
         &self.host
@@ -105,7 +121,7 @@ impl Client {
             attempt += 1;
             let mut request =
                 self.http.request(method.clone(), url.clone()).headers(headers.clone());
-            if let Some(auth) = self.auth.lock().await.clone() {
+            if let Some(auth) = self.auth_for(url).await {
                 request = request.header(AUTHORIZATION, auth);
             }
             if let Some(body) = &body {
@@ -120,7 +136,7 @@ impl Client {
                 Err(source) => return Err(http_error(&method, url, source)),
             };
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && !challenged {
+            if status == StatusCode::UNAUTHORIZED && !challenged && self.is_own(url) {
                 challenged = true;
                 self.answer_challenge(&response).await?;
                 attempt -= 1;
@@ -151,7 +167,7 @@ impl Client {
     ) -> Result<Response> {
         let mut request =
             self.http.request(method.clone(), url.clone()).headers(headers).body(body);
-        if let Some(auth) = self.auth.lock().await.clone() {
+        if let Some(auth) = self.auth_for(url).await {
             request = request.header(AUTHORIZATION, auth);
         }
         let response = request.send().await.map_err(|source| http_error(&method, url, source))?;
