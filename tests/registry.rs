@@ -1003,15 +1003,20 @@ fn pull_uses_the_referrers_api_where_the_registry_has_one() {
     kiln.run(&["store", "check"]).ok();
 }
 
-/// A registry in memory with the OCI 1.1 referrers API, for one repository `r`: blobs,
-/// manifests by digest and tag, and `/referrers/` listing the stored manifests whose subject
-/// is the digest asked for.
+/// A registry in memory with the OCI 1.1 referrers API (unless `without_api`), for one
+/// repository `r`: blobs, manifests by digest and tag, and `/referrers/` listing the stored
+/// manifests whose subject is the digest asked for.
 #[derive(Default)]
 struct MemoryRegistry {
     blobs: std::collections::HashMap<String, Vec<u8>>,
     /// Digest or tag → (media type, bytes).
     manifests: std::collections::HashMap<String, (String, Vec<u8>)>,
     uploads: usize,
+    /// Answer 404 to `/referrers/`, as distribution 2.8 does.
+    without_api: bool,
+    /// Another writer's fallback index, which replaces the tag it names (`sha256-<hex>`) the
+    /// first time a client checks that tag with HEAD: it won the race to write it.
+    rival: Option<(String, Vec<u8>)>,
 }
 
 impl MemoryRegistry {
@@ -1021,6 +1026,17 @@ impl MemoryRegistry {
         let digest_of = |b: &[u8]| kiln_oci::Digest::of(b).to_string();
         if target == "/v2/" {
             return Answer::status(200);
+        }
+        if self.without_api && target.starts_with("/v2/r/referrers/") {
+            return Answer::status(404);
+        }
+        if method == "HEAD"
+            && self.rival.as_ref().is_some_and(|(tag, _)| target.ends_with(tag.as_str()))
+        {
+            let (tag, bytes) = self.rival.take().unwrap();
+            let media_type = "application/vnd.oci.image.index.v1+json".to_string();
+            self.manifests.insert(digest_of(&bytes), (media_type.clone(), bytes.clone()));
+            self.manifests.insert(tag, (media_type, bytes));
         }
         if let Some(subject) = target.strip_prefix("/v2/r/referrers/") {
             let mut listed: Vec<Value> = Vec::new();
@@ -1092,6 +1108,56 @@ impl MemoryRegistry {
         }
         Answer::status(404)
     }
+}
+
+/// Two writers adding to one fallback index: the tag another writer replaced between kiln's
+/// read and its write is read again, and its entries (artifact type and annotations as they
+/// were) stay beside kiln's.
+#[test]
+fn a_fallback_index_replaced_meanwhile_is_read_again_and_keeps_the_other_writers_entries() {
+    let ws = Workspace::new();
+    let (kiln, digest) = signed_image(&ws, "rival");
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    let theirs = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", "ab".repeat(32)),
+        "size": 321,
+        "artifactType": "application/vnd.example.scan",
+        "annotations": {"org.example.tool": "scanner", "org.example.verdict": "clean"},
+    });
+    let rival = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [theirs.clone()],
+    });
+    let registry = Arc::new(Mutex::new(MemoryRegistry {
+        without_api: true,
+        rival: Some((tag.clone(), serde_json::to_vec(&rival).unwrap())),
+        ..MemoryRegistry::default()
+    }));
+    let state = registry.clone();
+    let fake = Fake::start(move |request, _| state.lock().unwrap().answer(request));
+    let dest = format!("{}/r:1", fake.host);
+    let report = kiln
+        .run(&["--json", "push", "app:1", &dest, "--insecure-registry", &fake.host])
+        .ok()
+        .json();
+    assert_eq!(report["referrers"], 3, "{report}");
+    // Read, found replaced, read again, written once.
+    let fallback = format!("/v2/r/manifests/{tag}");
+    let asked: Vec<String> =
+        fake.requests().into_iter().filter(|r| r.target == fallback).map(|r| r.method).collect();
+    assert_eq!(asked, ["GET", "HEAD", "GET", "HEAD", "PUT", "GET"]);
+
+    let held = registry.lock().unwrap();
+    let index: Value = serde_json::from_slice(&held.manifests[&tag].1).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    // Theirs, then kiln's signature and provenance of the index (the SBOM's subject is the
+    // platform manifest, which has a fallback index of its own).
+    assert_eq!(entries.len(), 3, "{index}");
+    assert_eq!(entries[0], theirs, "the other writer's entry changed: {index}");
+    let ours: Vec<&Value> = entries[1..].iter().collect();
+    assert!(ours.iter().all(|e| e["artifactType"].is_string()), "{index}");
 }
 
 #[test]
