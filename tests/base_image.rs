@@ -567,3 +567,46 @@ fn a_hostile_base_layer_is_read_as_a_hostile_tarball_is() {
     assert_eq!(layers[0], Digest::of(&layer).to_string());
     assert_eq!(layers.len(), 2);
 }
+
+#[test]
+fn packages_on_a_debian_base_keep_its_dpkg_status() {
+    use support::tarball::{tar, tar_gz, Member};
+    let Some(fixture) = debian_fixture() else { return };
+    let ws = Workspace::new();
+    let status = "Package: base-files\nStatus: install ok installed\nVersion: 12.4\n\
+                  Architecture: amd64\n\nPackage: busybox-static\nStatus: install ok installed\n\
+                  Version: 0.1\nArchitecture: amd64\n";
+    let members = [
+        Member::Dir { name: "var/" },
+        Member::Dir { name: "var/lib/" },
+        Member::Dir { name: "var/lib/dpkg/" },
+        Member::File { name: "var/lib/dpkg/status", content: status.as_bytes() },
+    ];
+    let diff_id = Digest::of(&tar(&members)).to_string();
+    let manifest = hand_made_layout(&ws.path("r/debian"), &tar_gz(&members), &diff_id);
+    fs::copy(fixture.join("key.asc"), ws.path("r/key.asc")).unwrap();
+    let recipe = ws.write(
+        "r/pkgs.toml",
+        format!(
+            "[image]\nname = \"pkgs\"\nversion = \"1\"\n\
+             [base]\noci-layout = \"debian\"\ndigest = \"{manifest}\"\n\
+             [[repository]]\nurl = \"file://{}\"\nsuite = \"kiln\"\ncomponents = [\"main\"]\n\
+             key = \"key.asc\"\n\
+             [[layer]]\nname = \"tools\"\npackages = [\"busybox-static\"]\n",
+            fixture.join("repo").display()
+        ),
+    );
+    let store = ws.store("store");
+    let kiln = Kiln::new(&store);
+    kiln.build(&recipe, &[]);
+    let layers = &stored_manifests(&kiln, "pkgs:1")[0].1;
+    assert_eq!(layers.len(), 2);
+    let layer = store.join("blobs/sha256").join(layers[1].trim_start_matches("sha256:"));
+    let written =
+        sh("tar", &["-xzOf", layer.to_str().unwrap(), "--wildcards", "*var/lib/dpkg/status"]);
+    // The base's own package stays listed; the one the recipe installs replaces its entry.
+    assert!(written.contains("Package: base-files\n"), "{written}");
+    assert_eq!(written.matches("Package: busybox-static\n").count(), 1, "{written}");
+    assert!(!written.contains("Version: 0.1\n"), "{written}");
+    kiln.run(&["store", "check"]).ok();
+}

@@ -27,6 +27,9 @@ use crate::tarball::{Spool, TarballError};
 /// The largest index, manifest or config read, as registries bound manifests.
 pub const DOCUMENT_LIMIT: u64 = 4 * 1024 * 1024;
 
+/// The largest dpkg status file read from a base (a full Debian system's is a few MiB).
+pub const DPKG_STATUS_LIMIT: u64 = 64 * 1024 * 1024;
+
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -93,6 +96,8 @@ pub enum BaseError {
         #[source]
         source: io::Error,
     },
+    #[error("base {base}: its dpkg status file is larger than {} MiB", DPKG_STATUS_LIMIT >> 20)]
+    DpkgStatus { base: String },
     #[error("base {base}: reading it from the store")]
     Sink {
         base: String,

@@ -1,9 +1,13 @@
 //! The base image's part of a build: its layers read and verified, and which of them lie
 //! under each platform's image.
 
-use kiln_oci::Digest;
+use std::collections::BTreeMap;
 
-use crate::base::{BaseImage, BaseLayer};
+use kiln_oci::Digest;
+use kiln_tree::image_path::ImagePath;
+use kiln_tree::tree::{Content, Entry, EntryKind};
+
+use crate::base::{BaseError, BaseImage, BaseLayer, DPKG_STATUS_LIMIT};
 use crate::build::error::BuildError;
 use crate::build::options::BuildOptions;
 use crate::build::sink::BlobSink;
@@ -48,4 +52,45 @@ pub(super) fn under<'a>(
 /// The blob digests of `layers`: what tells one platform's base from another's.
 pub(super) fn digests(layers: &[&BaseLayer]) -> Vec<Digest> {
     layers.iter().map(|l| l.record.digest).collect()
+}
+
+/// The packages dpkg's `status` records in the base layers `below` (flattened, whiteouts
+/// applied), each with its paragraph: a recipe layer that installs packages lists them too,
+/// so the image's database names every package it holds.
+pub(super) fn dpkg_status(
+    base: Option<&BaseImage>,
+    below: &[&BaseLayer],
+) -> Result<BTreeMap<String, String>, BuildError> {
+    let mut out = BTreeMap::new();
+    let Some(base) = base else { return Ok(out) };
+    let mut rootfs = crate::rootfs::Rootfs::default();
+    for layer in below {
+        rootfs.push(&layer.tree)?;
+    }
+    let root = rootfs.finish()?;
+    let too_large = || BaseError::DpkgStatus { base: base.spec.to_string() };
+    let path = ImagePath::parse("/var/lib/dpkg/status").map_err(|_| too_large())?;
+    let Some(Entry { kind: EntryKind::File(content), .. }) = root.get(&path) else {
+        return Ok(out);
+    };
+    if content.size() > DPKG_STATUS_LIMIT {
+        return Err(too_large().into());
+    }
+    let bytes = match content {
+        Content::Bytes(b) => b.to_vec(),
+        Content::Host(file) => std::fs::read(&file.path).map_err(|source| BaseError::Read {
+            base: base.spec.to_string(),
+            path: file.path.clone(),
+            source,
+        })?,
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    for paragraph in text.split("\n\n") {
+        let paragraph = paragraph.trim_matches('\n');
+        let name = paragraph.lines().find_map(|l| l.strip_prefix("Package:")).map(str::trim);
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            out.insert(name.to_string(), format!("{paragraph}\n"));
+        }
+    }
+    Ok(out)
 }

@@ -50,7 +50,8 @@ impl Flattened {
 }
 
 /// Fetches and unpacks the Debian packages of the layers whose trees `plan` needs, in layer
-/// order (each layer's dpkg status lists the packages of those below), and, with
+/// order (each layer's dpkg status lists the packages of those below, starting with the
+/// base's, `base_status`), and, with
 /// [`BuildOptions::list_packages`], reads the file lists of the others' packages: a build
 /// whose layers are all cached reads no package otherwise.
 pub(super) fn install_packages(
@@ -59,8 +60,9 @@ pub(super) fn install_packages(
     opts: &BuildOptions,
     sink: &mut dyn BlobSink,
     observer: &dyn Observer,
+    base_status: std::collections::BTreeMap<String, String>,
 ) -> Result<(), BuildError> {
-    let mut status = std::collections::BTreeMap::new();
+    let mut status = base_status;
     for (i, layer) in resolved.iter_mut().enumerate() {
         let what = match (i < plan.trees, opts.list_packages) {
             (true, _) => Install::Contents,

@@ -109,7 +109,12 @@ fn build_resolved(
     // directories take its metadata.
     let below = base::under(base.as_ref(), &base_layers, 0);
     let plan = plan::plan(recipe, opts.epoch, &resolved, &below, sink)?;
-    layers::install_packages(&mut resolved, &plan, opts, sink, observer)?;
+    let installs = recipe.layers.iter().any(|l| !l.packages.is_empty() || !l.debs.is_empty());
+    let base_status = match installs {
+        true => base::dpkg_status(base.as_ref(), &below)?,
+        false => Default::default(),
+    };
+    layers::install_packages(&mut resolved, &plan, opts, sink, observer, base_status)?;
     // Every tree to be made, and the disks' inputs, are checked before anything is stored,
     // so that a bad layer or `[disk]` table (a path declared twice, a whiteout escaping the
     // root, a missing ESP file, no disk platform) leaves the store as it was.
