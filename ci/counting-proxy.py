@@ -47,7 +47,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
+    do_GET = do_PUT = do_POST = do_PATCH = do_HEAD = do_DELETE = forward
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
