@@ -7,7 +7,7 @@ UPSTREAM is http://HOST:PORT; LOG gets one `METHOD PATH` line per request; the p
 on (chosen by the system) is written to PORT_FILE once it accepts connections. Each FAULT is
 KIND:METHOD:TEXT:COUNT and applies to the first COUNT requests with that method whose path
 contains TEXT:
-    500  answers 500 without asking the registry;
+    NNN  (a status code: 500, 429, ...) answers it without asking the registry;
     cut  a request with a body: the registry gets the first half of the body (as a whole
          request), the client no answer: its connection is closed, as when a link drops
          mid-upload. A request without one: the client gets the answer's headers and half of
@@ -86,8 +86,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             f.write(f"{self.command} {self.path}\n")
         body = self.read_body()
         fault = fault_for(self.command, self.path)
-        if fault == "500":
-            self.answer(500, [("Content-Type", "text/plain")], b"injected failure")
+        if fault is not None and fault.isdigit():
+            self.answer(int(fault), [("Content-Type", "text/plain")], b"injected failure")
             return
         if fault == "cut" and body:
             self.ask(body[: len(body) // 2])

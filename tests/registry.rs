@@ -1406,14 +1406,18 @@ fn a_real_registry_behind_a_faulty_link_push_and_pull_resume_or_fail_keeping_not
         support::blobs(&store).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
     let layer_hex = layer.file_name().unwrap().to_str().unwrap().to_string();
 
-    // The layer's PATCH is cut halfway (the registry keeps the half it got), and the first
-    // two upload completions answer 500: the push resumes and retries, and lands whole.
+    // The layer's PATCH is cut halfway (the registry keeps the half it got), the first two
+    // upload completions answer 500 and the first two blob checks 429 (too many requests):
+    // the push resumes and retries, and lands whole. The pull's first manifest request is
+    // answered 429 too.
     let proxy = FaultProxy::start(
         reg,
         &ws.mkdir("faulty"),
         &[
             "cut:PATCH:/blobs/uploads/:1",
             "500:PUT:/blobs/uploads/:2",
+            "429:HEAD:/blobs/sha256:2",
+            "429:GET:/manifests/sha256::1",
             &format!("cut:GET:/blobs/sha256:{layer_hex}:1"),
         ],
     );
@@ -1433,6 +1437,7 @@ fn a_real_registry_behind_a_faulty_link_push_and_pull_resume_or_fail_keeping_not
     let source = format!("{repo}@{digest}");
     pulled.run(&[&["pull", &source, "--tag", "big:1"][..], &insecure].concat()).ok();
     assert_eq!(proxy.count("GET", &format!("/blobs/sha256:{layer_hex}")), 2);
+    assert_eq!(proxy.count("GET", &format!("/manifests/{digest}")), 2);
     assert_eq!(
         fs::read(&layer).unwrap(),
         fs::read(pulled_store.join("blobs/sha256").join(&layer_hex)).unwrap()
