@@ -225,6 +225,55 @@ fn arm64_resolves_and_installs_arm64_packages() {
     assert!(!lock.contains("architecture = \"amd64\""), "{lock}");
 }
 
+/// The ELF machine of the file `member` (a path pattern) in the gzip layer blob `layer`.
+fn elf_machine(layer: &Path, member: &str) -> u16 {
+    let out = std::process::Command::new("tar")
+        .args(["-xzOf", layer.to_str().unwrap(), "--wildcards", member])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(&out.stdout[..4], b"\x7fELF", "{member} is not an ELF file");
+    u16::from_le_bytes([out.stdout[18], out.stdout[19]])
+}
+
+#[test]
+fn two_platforms_lock_and_install_each_architecture_s_packages() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64\", \"linux/arm64", PACKAGES);
+    let store = ws.store("s");
+    let kiln = Kiln::new(&store);
+    kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
+    let locked: toml::Value = toml::from_str(&lock_text(&recipe)).unwrap();
+    let layers = locked["packages"].as_array().unwrap();
+    let arches: Vec<&str> = layers.iter().map(|l| l["architecture"].as_str().unwrap()).collect();
+    assert_eq!(arches, ["amd64", "arm64"]);
+    for layer in layers {
+        let arch = layer["architecture"].as_str().unwrap();
+        for p in layer["package"].as_array().unwrap() {
+            let found = p["architecture"].as_str().unwrap();
+            assert!(found == arch || found == "all", "{p} in the {arch} packages");
+        }
+    }
+
+    let report = kiln.build(&recipe, &["--locked"]);
+    let index = blob_json(&store, &digest_of(&report));
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 2, "{index}");
+    // x86-64 and AArch64, as the ELF header names them.
+    for (manifest, (arch, machine)) in manifests.iter().zip([("amd64", 62), ("arm64", 183)]) {
+        assert_eq!(manifest["platform"]["architecture"], arch);
+        let manifest = blob_json(&store, manifest["digest"].as_str().unwrap());
+        let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+        let blob = store.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+        assert_eq!(elf_machine(&blob, "*bin/busybox"), machine, "{arch}");
+    }
+    // The same lock gives the same image in another store.
+    let again = Kiln::new(&ws.store("t")).build(&recipe, &["--locked", "--threads", "1"]);
+    assert_eq!(digest_of(&report), digest_of(&again));
+}
+
 #[test]
 fn a_release_signed_by_another_key_is_refused_and_nothing_stored() {
     let Some(fixture) = fixture() else { return };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use kiln_oci::{media_type, Descriptor, ImageIndex, ImageManifest};
+use kiln_oci::{media_type, Descriptor, Digest, ImageIndex, ImageManifest};
 use kiln_store::Store;
 
 use crate::artifact::{self, Part};
@@ -104,17 +104,22 @@ pub struct AttachedSbom {
 }
 
 /// Attaches an SPDX SBOM to every platform manifest of `root`, listing the files read back
-/// from its layers. `created` is the build's epoch as RFC 3339.
+/// from its layers and the Debian packages `packages` names for that manifest. `created` is
+/// the build's epoch as RFC 3339.
 pub async fn attach_sboms(
     store: &Store,
     root: &Descriptor,
     name: &str,
     version: Option<&str>,
     created: &str,
-    packages: &[kiln_deb::Installed],
+    packages: &[(Digest, Vec<kiln_deb::Installed>)],
 ) -> Result<Vec<AttachedSbom>, AttestError> {
     let mut out = Vec::new();
     for desc in manifests(store, root).await? {
+        let packages = packages
+            .iter()
+            .find(|(manifest, _)| *manifest == desc.digest)
+            .map_or(&[][..], |(_, installed)| &installed[..]);
         let manifest: ImageManifest = store.get_described_json(&desc).await?;
         let files = contents::image_files(&read_layers(store, &manifest).await?);
         let doc = sbom::document(&SbomInput {

@@ -468,16 +468,6 @@ impl Context<'_> {
                     Problem::Invalid("packages need a [[repository]] to come from".into()),
                 );
             }
-            if platforms.len() != 1 {
-                return self.err(
-                    first.packages[0].span(),
-                    Problem::Invalid(
-                        "a recipe with packages builds one platform; list only one in \
-                         [image] platforms"
-                            .into(),
-                    ),
-                );
-            }
         }
         Ok(Model {
             epoch,

@@ -48,12 +48,6 @@ fn bad_package_declarations_name_their_line() {
     let cases = [
         ("\"linux/amd64\"", layer.to_string(), ":7:", "packages need a [[repository]]"),
         (
-            "\"linux/amd64\", \"linux/arm64\"",
-            format!("{REPO}{layer}"),
-            ":12:",
-            "a recipe with packages builds one platform",
-        ),
-        (
             "\"linux/amd64\"",
             format!(
                 "{}{layer}",

@@ -79,10 +79,11 @@ pub(super) fn install_packages(
 
 /// Makes the trees `plan` needs, each layer's implicit parents taking their metadata from the
 /// layers below (the first platform's base layers, `under[0]`, then the recipe's), and, when
-/// the recipe has `[disk]`, flattens them over each platform's base layers into root
-/// filesystems (checking their ESP files are there).
+/// the recipe has `[disk]`, flattens them over each of `platforms`' base layers (`under`)
+/// into root filesystems (checking their ESP files are there).
 pub(super) fn flatten(
     recipe: &Recipe,
+    platforms: &[Platform],
     resolved: &[ResolvedLayer],
     plan: &Plan,
     under: &[Vec<&BaseLayer>],
@@ -118,7 +119,7 @@ pub(super) fn flatten(
     let mut roots: Vec<(Vec<Digest>, Tree)> = Vec::new();
     if let Some(spec) = &recipe.disk {
         roots.push((digests(first), lower.finish()?));
-        for (platform, below) in recipe.platforms.iter().zip(under) {
+        for (platform, below) in platforms.iter().zip(under) {
             if kiln_disk::gpt::Arch::of(platform).is_none()
                 || roots.iter().any(|(d, _)| *d == digests(below))
             {
@@ -152,13 +153,15 @@ pub(super) struct Layers {
     pub written: Vec<(Digest, LayerBlob)>,
 }
 
-/// Writes each layer `flat` has a tree for into the scratch folder.
+/// Writes each layer `flat` has a tree for into the scratch folder; a layer `earlier` holds
+/// (written by this build for other platforms) is neither written again nor a cache hit.
 pub(super) fn write_layers(
     recipe: &Recipe,
     opts: &BuildOptions,
     observer: &dyn Observer,
     keys: &[Digest],
     flat: &Flattened,
+    earlier: &[(Digest, LayerRecord)],
 ) -> Result<Layers, BuildError> {
     let total = flat.layers.len();
     let mut records: Vec<(String, LayerRecord)> = Vec::with_capacity(total);
@@ -176,7 +179,9 @@ pub(super) fn write_layers(
         observer.layer_started(name, i, total, bytes);
         let record = match source {
             Source::Cached(record) => {
-                cache_hits.push(CacheHit { layer: i, key: *key });
+                if !earlier.iter().any(|(k, _)| k == key) {
+                    cache_hits.push(CacheHit { layer: i, key: *key });
+                }
                 record.clone()
             }
             Source::Write(tree) => {
@@ -234,18 +239,25 @@ pub(super) struct ImageDocuments {
     pub index: JsonBlob,
 }
 
-/// Assembles each platform's config and manifest over its base, if any, and `layers`, and
-/// the index over them.
+/// Platforms and the layers they share, as the image names them.
+pub(super) type PlatformRecords<'a> = (&'a [Platform], &'a [(String, LayerRecord)]);
+
+/// Assembles each platform's config and manifest over its base, if any, and its layers
+/// (`layers` names the platforms each list of layers is for), and the index over them in
+/// the recipe's order.
 pub(super) fn image_documents(
     recipe: &Recipe,
     opts: &BuildOptions,
     base: Option<&BaseImage>,
-    layers: &[(String, LayerRecord)],
+    layers: &[PlatformRecords],
 ) -> Result<ImageDocuments, BuildError> {
     let json_err = |what| move |source| BuildError::Json { what, source };
     let mut documents = Vec::new();
     let mut manifests = Vec::new();
     for (i, platform) in recipe.platforms.iter().enumerate() {
+        let Some((_, layers)) = layers.iter().find(|(p, _)| p.contains(platform)) else {
+            continue;
+        };
         let below = base.and_then(|b| b.platforms.get(i));
         let config = image::config(recipe, opts.epoch, platform, below.map(|b| &b.config), layers)
             .map_err(json_err("image config"))?;
@@ -263,7 +275,7 @@ pub(super) fn image_documents(
 pub(super) fn store_image(
     sink: &mut dyn BlobSink,
     base: &[BaseLayer],
-    layers: &Layers,
+    layers: &[Layers],
     image: &ImageDocuments,
 ) -> Result<(), BuildError> {
     for layer in base {
@@ -272,12 +284,13 @@ pub(super) fn store_image(
         sink.put_file(&layer.path, &descriptor).map_err(BuildError::Sink)?;
         crate::scratch::remove(&layer.path);
     }
-    for (key, blob) in &layers.written {
+    let written = || layers.iter().flat_map(|l| &l.written);
+    for (key, blob) in written() {
         sink.put_layer(key, blob).map_err(BuildError::Sink)?;
     }
     // Scratch copies are removed once all are stored: two layers with the same bytes share
     // one.
-    for (_, blob) in &layers.written {
+    for (_, blob) in written() {
         crate::scratch::remove(&blob.path);
     }
     for document in &image.documents {

@@ -15,11 +15,11 @@ mod plan;
 mod resolve;
 pub mod sink;
 
-use kiln_oci::{Descriptor, Platform};
+use kiln_oci::{Descriptor, Digest, Platform};
 
 use crate::base::{BaseImage, BaseLayer};
 use crate::hash_cache::HashCache;
-use crate::inputs::ResolvedLayer;
+use crate::image::LayerRecord;
 use crate::lock::{Lock, LockDifference};
 use crate::packages::Resolution;
 use crate::recipe::Recipe;
@@ -29,18 +29,21 @@ pub use layers::CacheHit;
 pub use observer::Observer;
 pub use options::{BuildOptions, LockMode};
 pub use plan::layer_keys;
-pub use resolve::{lock, lock_with, resolve, resolve_with};
+pub use resolve::{lock, lock_with, resolve, resolve_with, PlatformLayers};
 pub use sink::{BlobSink, SinkError};
 
 /// What a build produced.
 #[derive(Debug)]
 pub struct BuildOutput {
     pub index: Descriptor,
-    /// The Debian packages installed, layer by layer, with the paths each one installed:
-    /// those of written layers, and of every layer with [`BuildOptions::list_packages`].
-    pub installed: Vec<kiln_deb::Installed>,
+    /// Per image manifest, the Debian packages installed, layer by layer, with the paths
+    /// each one installed: those of written layers, and of every layer with
+    /// [`BuildOptions::list_packages`].
+    pub installed: Vec<(Digest, Vec<kiln_deb::Installed>)>,
     pub manifests: Vec<(Platform, Descriptor)>,
-    pub layers: Vec<(String, crate::image::LayerRecord)>,
+    /// Every layer, in layer order, of each list of layers that platforms share (see
+    /// [`PlatformLayers`]) in turn.
+    pub layers: Vec<(String, LayerRecord)>,
     pub layers_built: usize,
     pub layers_reused: usize,
     pub lock: Lock,
@@ -99,37 +102,64 @@ fn build_resolved(
     opts: &BuildOptions,
     sink: &mut dyn BlobSink,
     observer: &dyn Observer,
-    mut resolved: Vec<ResolvedLayer>,
+    mut groups: Vec<PlatformLayers>,
     current: Lock,
     base: Option<BaseImage>,
 ) -> Result<BuildOutput, BuildError> {
     let existing = plan::check_lock(recipe, opts.lock_mode, &current)?;
-    let base_layers = base::read(recipe, base.as_ref(), resolved.len(), opts, sink)?;
-    // The recipe's layers are made over the first platform's base: their implicit parent
-    // directories take its metadata.
-    let below = base::under(base.as_ref(), &base_layers, 0);
-    let plan = plan::plan(recipe, opts.epoch, &resolved, &below, sink)?;
+    let recipe_layers = groups.first().map_or(0, |g| g.layers.len());
+    let base_layers = base::read(recipe, base.as_ref(), recipe_layers, opts, sink)?;
+    let index_of = |p: &Platform| recipe.platforms.iter().position(|q| q == p).unwrap_or(0);
+    // Each list of layers that platforms share is made in turn; a layer the same in two
+    // lists (one without packages) is written once.
     let installs = recipe.layers.iter().any(|l| !l.packages.is_empty() || !l.debs.is_empty());
-    let base_status = match installs {
-        true => base::dpkg_status(base.as_ref(), &below)?,
-        false => Default::default(),
-    };
-    layers::install_packages(&mut resolved, &plan, opts, sink, observer, base_status)?;
-    // Every tree to be made, and the disks' inputs, are checked before anything is stored,
-    // so that a bad layer or `[disk]` table (a path declared twice, a whiteout escaping the
-    // root, a missing ESP file, no disk platform) leaves the store as it was.
-    let under: Vec<Vec<&BaseLayer>> =
-        (0..recipe.platforms.len()).map(|i| base::under(base.as_ref(), &base_layers, i)).collect();
-    let flat = layers::flatten(recipe, &resolved, &plan, &under)?;
-    // Everything is made in the scratch folder first and stored only once the whole build,
-    // disks included, has succeeded: a disk too small for its root, or any other late
-    // failure, leaves the store as it was.
-    let layers = layers::write_layers(recipe, opts, observer, &plan.keys, &flat)?;
-    let image = layers::image_documents(recipe, opts, base.as_ref(), &layers.records)?;
+    let mut built = Vec::new();
+    let mut written: Vec<(Digest, LayerRecord)> = Vec::new();
+    for group in &mut groups {
+        let under: Vec<Vec<&BaseLayer>> = group
+            .platforms
+            .iter()
+            .map(|p| base::under(base.as_ref(), &base_layers, index_of(p)))
+            .collect();
+        // The layers are made over the group's first platform's base: their implicit parent
+        // directories take its metadata.
+        let below: &[&BaseLayer] = under.first().map_or(&[], Vec::as_slice);
+        let plan = plan::plan(recipe, opts.epoch, &group.layers, below, &written, sink)?;
+        let base_status = match installs {
+            true => base::dpkg_status(base.as_ref(), below)?,
+            false => Default::default(),
+        };
+        layers::install_packages(&mut group.layers, &plan, opts, sink, observer, base_status)?;
+        // Every tree to be made, and the disks' inputs, are checked before anything is
+        // stored, so that a bad layer or `[disk]` table (a path declared twice, a whiteout
+        // escaping the root, a missing ESP file, no disk platform) leaves the store as it was.
+        let flat = layers::flatten(recipe, &group.platforms, &group.layers, &plan, &under)?;
+        // Everything is made in the scratch folder first and stored only once the whole
+        // build, disks included, has succeeded: a disk too small for its root, or any other
+        // late failure, leaves the store as it was.
+        let layers = layers::write_layers(recipe, opts, observer, &plan.keys, &flat, &written)?;
+        for (key, (_, record)) in plan.keys.iter().zip(&layers.records) {
+            if layers.written.iter().any(|(k, _)| k == key) {
+                written.push((*key, record.clone()));
+            }
+        }
+        built.push((flat, layers));
+    }
+    let per_group: Vec<_> =
+        groups.iter().zip(&built).map(|(g, (_, l))| (&g.platforms[..], &l.records[..])).collect();
+    let image = layers::image_documents(recipe, opts, base.as_ref(), &per_group)?;
     let disks = match &recipe.disk {
         Some(spec) => {
-            let roots: Vec<_> =
-                under.iter().map(|below| flat.rootfs(&base::digests(below))).collect();
+            // Each manifest's root: its group's layers over its own platform's base.
+            let roots: Vec<_> = image
+                .manifests
+                .iter()
+                .map(|(platform, _)| {
+                    let g = groups.iter().position(|g| g.platforms.contains(platform))?;
+                    let below = base::under(base.as_ref(), &base_layers, index_of(platform));
+                    built[g].0.rootfs(&base::digests(&below))
+                })
+                .collect();
             disks::prepare(
                 spec,
                 &roots,
@@ -141,26 +171,42 @@ fn build_resolved(
         }
         None => Vec::new(),
     };
+    let (flats, layers): (Vec<_>, Vec<_>) = built.into_iter().unzip();
     layers::store_image(sink, &base_layers, &layers, &image)?;
     let disks = disks::store(sink, disks)?;
     let (lock_written, lock_stale) =
         plan::write_lock(&Lock::path_for(&recipe.file), existing.as_ref(), &current)?;
 
-    let installed = resolved.iter().flat_map(|l| l.installed.iter().cloned()).collect();
-    release(resolved, flat, base_layers);
+    let installed = image
+        .manifests
+        .iter()
+        .filter_map(|(platform, manifest)| {
+            let group = groups.iter().find(|g| g.platforms.contains(platform))?;
+            let packages = group.layers.iter().flat_map(|l| l.installed.iter().cloned());
+            Some((manifest.digest, packages.collect()))
+        })
+        .collect();
+    let mut records = Vec::new();
+    let mut cache_hits = Vec::new();
+    for l in &layers {
+        let offset = records.len();
+        cache_hits.extend(l.cache_hits.iter().map(|h| CacheHit { layer: h.layer + offset, ..*h }));
+        records.extend(l.records.iter().cloned());
+    }
+    release(groups, flats, base_layers);
     Ok(BuildOutput {
         installed,
         index: image.index.descriptor,
         manifests: image.manifests,
-        layers_built: layers.written.len(),
-        layers_reused: layers.cache_hits.len(),
-        layers: layers.records,
+        layers_built: layers.iter().map(|l| l.written.len()).sum(),
+        layers_reused: cache_hits.len(),
+        layers: records,
         lock: current,
         lock_written,
         lock_stale,
         disks: disks.artifacts,
         disks_reused: disks.reused,
-        cache_hits: layers.cache_hits,
+        cache_hits,
         base,
     })
 }
@@ -170,10 +216,10 @@ fn build_resolved(
 /// (allocations per input file) is a visible share of a large rebuild, all of it after the
 /// work is done, and nothing needs to wait for it. Should no thread start, the closure and
 /// what it holds are dropped here instead, which only takes longer.
-fn release(mut resolved: Vec<ResolvedLayer>, flat: layers::Flattened, base: Vec<BaseLayer>) {
-    for layer in &mut resolved {
+fn release(mut groups: Vec<PlatformLayers>, flat: Vec<layers::Flattened>, base: Vec<BaseLayer>) {
+    for layer in groups.iter_mut().flat_map(|g| &mut g.layers) {
         layer.remove_spools();
     }
-    let spawned = std::thread::Builder::new().spawn(move || drop((resolved, flat, base)));
+    let spawned = std::thread::Builder::new().spawn(move || drop((groups, flat, base)));
     drop(spawned);
 }

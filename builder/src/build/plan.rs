@@ -52,20 +52,27 @@ pub(super) fn check_lock(
     Ok(existing)
 }
 
-/// Looks every layer, made over the base layers `below`, up in the cache and decides which
-/// trees are needed.
+/// Looks every layer, made over the base layers `below`, up in the cache, and in `written`
+/// (the layers this build already wrote for other platforms), and decides which trees are
+/// needed.
 pub(super) fn plan(
     recipe: &Recipe,
     epoch: Epoch,
     resolved: &[ResolvedLayer],
     below: &[&BaseLayer],
+    written: &[(Digest, LayerRecord)],
     sink: &mut dyn BlobSink,
 ) -> Result<Plan, BuildError> {
     let mut keys = layer_keys(resolved, epoch, &recipe.compression);
     if !below.is_empty() {
         keys = over_base(&keys, below);
     }
-    let found = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
+    let mut found = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
+    for (key, found) in keys.iter().zip(&mut found) {
+        if found.is_none() {
+            *found = written.iter().find(|(k, _)| k == key).map(|(_, record)| record.clone());
+        }
+    }
     if recipe.disk.is_some() && !recipe.platforms.iter().any(|p| Arch::of(p).is_some()) {
         return Err(BuildError::DiskPlatform);
     }

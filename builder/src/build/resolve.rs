@@ -3,6 +3,7 @@
 
 use kiln_disk::ext4::e2fsprogs_version;
 use kiln_disk::RootFs;
+use kiln_oci::Platform;
 use kiln_tree::Epoch;
 
 use crate::base::{self, BaseImage};
@@ -15,15 +16,24 @@ use crate::lock::{Lock, LockDifference};
 use crate::packages::{PackageError, Resolution};
 use crate::recipe::Recipe;
 
+/// The layers of the platforms that share them: every platform of a recipe without Debian
+/// packages, else the platforms of one architecture, whose packages are that
+/// architecture's.
+#[derive(Debug)]
+pub struct PlatformLayers {
+    pub platforms: Vec<Platform>,
+    pub layers: Vec<ResolvedLayer>,
+}
+
 /// Hashes every input and returns the layers plus the lock they amount to; Debian packages
 /// come from the lock beside the recipe where it holds them, else are resolved.
 pub fn resolve(
     recipe: &Recipe,
     epoch: Epoch,
     cache: &mut HashCache,
-) -> Result<(Vec<ResolvedLayer>, Lock), BuildError> {
-    let (layers, lock, _) = resolve_with(recipe, epoch, cache, Resolution::Reuse, None)?;
-    Ok((layers, lock))
+) -> Result<(Vec<PlatformLayers>, Lock), BuildError> {
+    let (groups, lock, _) = resolve_with(recipe, epoch, cache, Resolution::Reuse, None)?;
+    Ok((groups, lock))
 }
 
 /// [`resolve`], choosing when Debian packages are resolved again; also returns the base
@@ -35,7 +45,7 @@ pub fn resolve_with(
     cache: &mut HashCache,
     resolution: Resolution,
     store: Option<&mut dyn BlobSink>,
-) -> Result<(Vec<ResolvedLayer>, Lock, Option<BaseImage>), BuildError> {
+) -> Result<(Vec<PlatformLayers>, Lock, Option<BaseImage>), BuildError> {
     let base = match &recipe.base {
         Some(spec) => Some(base::resolve(spec, &recipe.platforms, store)?),
         None => None,
@@ -57,16 +67,18 @@ pub fn resolve_with(
             }
             Err(e) => return Err(InputError::from(e).into()),
         };
-    let debian = inputs::Debian {
-        locked: packages.clone(),
-        architecture: crate::packages::architectures(recipe).swap_remove(0),
-    };
-    let layers = recipe
-        .layers
-        .iter()
-        .map(|l| inputs::resolve_layer_with(l, cache, &debian))
-        .collect::<Result<Vec<_>, _>>()?;
-    let all_inputs = layers.iter().flat_map(|l| l.inputs.iter().cloned()).collect();
+    let mut groups = Vec::new();
+    for (architecture, platforms) in platform_groups(recipe) {
+        let debian = inputs::Debian { locked: packages.clone(), architecture };
+        let layers = recipe
+            .layers
+            .iter()
+            .map(|l| inputs::resolve_layer_with(l, cache, &debian))
+            .collect::<Result<Vec<_>, _>>()?;
+        groups.push(PlatformLayers { platforms, layers });
+    }
+    let all_inputs =
+        groups.iter().flat_map(|g| &g.layers).flat_map(|l| l.inputs.iter().cloned()).collect();
     let e2fsprogs = match &recipe.disk {
         Some(spec) if spec.root == RootFs::Ext4 => {
             Some(e2fsprogs_version().map_err(DiskError::from)?)
@@ -77,7 +89,22 @@ pub fn resolve_with(
     lock.repositories = repositories;
     lock.packages = packages;
     lock.base = base.as_ref().map(BaseImage::locked);
-    Ok((layers, lock, base))
+    Ok((groups, lock, base))
+}
+
+/// The recipe's platforms grouped by the layers they share, each group with the
+/// architecture its packages are for: one group of every platform when no layer has
+/// `packages`, else one per architecture, in the recipe's order.
+fn platform_groups(recipe: &Recipe) -> Vec<(String, Vec<Platform>)> {
+    let per_architecture = recipe.layers.iter().any(|l| !l.packages.is_empty());
+    let mut groups: Vec<(String, Vec<Platform>)> = Vec::new();
+    for p in &recipe.platforms {
+        match groups.iter_mut().find(|(a, _)| !per_architecture || *a == p.architecture) {
+            Some((_, platforms)) => platforms.push(p.clone()),
+            None => groups.push((p.architecture.clone(), vec![p.clone()])),
+        }
+    }
+    groups
 }
 
 /// Writes (or rewrites) the lock file for `recipe`; returns it and whether it changed.
@@ -98,13 +125,15 @@ pub fn lock_with(
     resolution: Resolution,
     store: Option<&mut dyn BlobSink>,
 ) -> Result<(Lock, bool), BuildError> {
-    let (mut layers, lock, _) = resolve_with(recipe, epoch, cache, resolution, store)?;
+    let (groups, lock, _) = resolve_with(recipe, epoch, cache, resolution, store)?;
     // A build makes a tree only for a layer it writes; a lock is written only for layers
     // that can be made (no path declared twice, no file where a folder must be).
-    let mut status = std::collections::BTreeMap::new();
-    for layer in &mut layers {
-        layer.install(Install::Contents, None, &mut status)?;
-        layer.tree()?;
+    for mut group in groups {
+        let mut status = std::collections::BTreeMap::new();
+        for layer in &mut group.layers {
+            layer.install(Install::Contents, None, &mut status)?;
+            layer.tree()?;
+        }
     }
     let path = Lock::path_for(&recipe.file);
     let changed = Lock::read(&path)?.as_ref() != Some(&lock);

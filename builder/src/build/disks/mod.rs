@@ -58,12 +58,13 @@ pub(super) fn prepare(
         .iter()
         .zip(roots)
         .filter_map(|((p, d), rootfs)| Some((p, Arch::of(p)?, d, (*rootfs)?)));
-    for (i, (platform, arch, subject, rootfs)) in targets.enumerate() {
+    for (platform, arch, subject, rootfs) in targets {
         let key = disk_key(&subject.digest, arch, spec, e2fsprogs);
         let disks = match sink.cached_disk(&key).map_err(BuildError::Sink)? {
             Some(artifact) => Disks::Cached(artifact),
             None => {
-                let dir = opts.work_dir.join(format!("disk-{i}"));
+                // Named by the manifest: platforms of other layers make disks too.
+                let dir = opts.work_dir.join(format!("disk-{}", subject.digest.hex()));
                 std::fs::create_dir(&dir)
                     .map_err(|source| DiskError::Io { path: dir.clone(), source })?;
                 let out = make_disks(rootfs, spec, arch, opts.epoch, opts.threads, &dir, subject)?;
