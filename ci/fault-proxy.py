@@ -12,6 +12,8 @@ contains TEXT:
          request), the client no answer: its connection is closed, as when a link drops
          mid-upload. A request without one: the client gets the answer's headers and half of
          its body, then the connection is closed.
+    lost the registry gets the whole request, the client no answer (its connection is
+         closed): the request took effect, the client cannot know.
 The Host header is passed on, so the registry's Location headers name the proxy. The proxy
 exits when the process that started it does.
 """
@@ -88,6 +90,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         fault = fault_for(self.command, self.path)
         if fault is not None and fault.isdigit():
             self.answer(int(fault), [("Content-Type", "text/plain")], b"injected failure")
+            return
+        if fault == "lost":
+            self.ask(body)
+            self.close_connection = True
             return
         if fault == "cut" and body:
             self.ask(body[: len(body) // 2])

@@ -1406,15 +1406,17 @@ fn a_real_registry_behind_a_faulty_link_push_and_pull_resume_or_fail_keeping_not
         support::blobs(&store).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
     let layer_hex = layer.file_name().unwrap().to_str().unwrap().to_string();
 
-    // The layer's PATCH is cut halfway (the registry keeps the half it got), the first two
-    // upload completions answer 500 and the first two blob checks 429 (too many requests):
-    // the push resumes and retries, and lands whole. The pull's first manifest request is
+    // The layer's PATCH is cut halfway (the registry keeps the half it got), its upload's
+    // completion answers 500 twice and then lands without an answer, two other upload
+    // completions answer 500, and the first two blob checks 429 (too many requests): the push resumes and retries, and lands whole. The pull's first manifest request is
     // answered 429 too.
     let proxy = FaultProxy::start(
         reg,
         &ws.mkdir("faulty"),
         &[
             "cut:PATCH:/blobs/uploads/:1",
+            &format!("500:PUT:digest=sha256%3A{layer_hex}:2"),
+            &format!("lost:PUT:digest=sha256%3A{layer_hex}:1"),
             "500:PUT:/blobs/uploads/:2",
             "429:HEAD:/blobs/sha256:2",
             "429:GET:/manifests/sha256::1",
@@ -1423,12 +1425,15 @@ fn a_real_registry_behind_a_faulty_link_push_and_pull_resume_or_fail_keeping_not
     );
     let repo = format!("{}/{}", proxy.host, reg.fresh_repo());
     let insecure = ["--insecure-registry", proxy.host.as_str()];
-    let pushed = kiln
+    let run = kiln
         .run(&[&["--json", "push", "big:1", &format!("{repo}:1")][..], &insecure].concat())
-        .ok()
-        .json();
+        .ok();
+    // The completion whose answer was lost: the retry finds the session gone, the blob there.
+    assert!(run.stderr.contains("the registry completed"), "{}", run.stderr);
+    let pushed = run.json();
     assert_eq!(pushed["digest"], digest, "{pushed}");
     assert_eq!(proxy.count("PATCH", "/blobs/uploads/"), 2);
+    assert!(proxy.count("PUT", &format!("digest=sha256%3A{layer_hex}")) >= 4);
     assert!(proxy.count("GET", "/blobs/uploads/") >= 1, "the upload's status was not asked");
 
     // The pull's layer download is cut halfway: resumed, verified, kept.

@@ -83,7 +83,31 @@ pub async fn upload_resumable(
             }
         }
     }
-    repo.finish_upload(&location, &desc.digest, 0, reqwest::Body::from(Bytes::new())).await
+    complete(repo, &location, &desc.digest).await
+}
+
+/// Completes the upload at `location` (all bytes sent) with an empty `PUT ?digest=`, again
+/// after a 5xx or a dropped connection. A completion that landed but whose answer was lost
+/// leaves the blob in the registry, and the session gone: that counts as done.
+async fn complete(repo: &Repository, location: &Url, digest: &Digest) -> Result<()> {
+    let mut retries = 0;
+    loop {
+        let sent = repo.finish_upload(location, digest, 0, reqwest::Body::from(Bytes::new())).await;
+        match sent {
+            Err(e) if e.is_transient() && retries < RESUMES => {
+                retries += 1;
+                tokio::time::sleep(BACKOFF * retries).await;
+            }
+            Err(e) if retries > 0 && repo.has_blob(digest).await? => {
+                eprintln!(
+                    "warning: the registry completed {digest} but answered: {}",
+                    kiln_store::one_line(&e)
+                );
+                return Ok(());
+            }
+            done => return done,
+        }
+    }
 }
 
 async fn cancel(repo: &Repository, location: &Url) {
