@@ -85,9 +85,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// Whether `cause` is stored bytes that are not what their digest or descriptor promises, or
 /// an audit that failed. Libraries wrap store errors transparently, so each is asked. A
-/// missing blob or ref is not: it exits 1, unless `verify` reports it.
+/// missing blob is too when something stored names it; a ref or digest the user named that is
+/// not there is not (exit 1).
 fn is_integrity(cause: &(dyn std::error::Error + 'static)) -> bool {
-    cause.downcast_ref::<StoreError>().is_some_and(StoreError::is_corrupt)
+    cause.downcast_ref::<StoreError>().is_some_and(StoreError::is_damage)
         || cause.downcast_ref::<LayoutError>().is_some_and(LayoutError::is_integrity)
         || cause.downcast_ref::<AttestError>().is_some_and(AttestError::is_integrity)
         || cause.downcast_ref::<RegistryError>().is_some_and(RegistryError::is_integrity)

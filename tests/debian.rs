@@ -343,6 +343,38 @@ fn a_package_file_that_differs_from_the_lock_is_refused_and_nothing_stored() {
 }
 
 #[test]
+fn a_package_file_kept_in_the_store_found_corrupt_exits_4() {
+    let Some(fixture) = fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = recipe.to_str().unwrap();
+    let store = ws.store("s");
+    let kiln = Kiln::new(&store);
+    kiln.run(&["build", recipe]).ok();
+    // The package files the build kept are the store's ar archives.
+    let mut damaged = Vec::new();
+    for path in blobs(&store) {
+        let mut bytes = fs::read(&path).unwrap();
+        if bytes.starts_with(b"!<arch>\n") {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            fs::remove_file(&path).unwrap();
+            fs::write(&path, bytes).unwrap();
+            damaged.push(path.file_name().unwrap().to_str().unwrap().to_string());
+        }
+    }
+    assert!(!damaged.is_empty(), "no package file in the store");
+    // Another epoch makes every layer again, so the build reads the package from the store
+    // through its blob sink, and finds it damaged.
+    let run = kiln
+        .run(&["build", "--source-date-epoch", "7", recipe])
+        .fails_with(EXIT_INTEGRITY)
+        .stderr_has(&["busybox-static"]);
+    assert!(damaged.iter().any(|hex| run.stderr.contains(hex.as_str())), "{run}");
+}
+
+#[test]
 fn local_debs_install_and_two_shipping_one_path_differently_is_an_error_naming_both() {
     let Some(fixture) = fixture() else { return };
     let ws = Workspace::new();

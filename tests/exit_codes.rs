@@ -136,3 +136,41 @@ fn a_corrupt_blob_exits_4_from_every_command_that_reads_it() {
         assert!(said.contains(&key) || said.contains(&layer), "{run}");
     }
 }
+
+#[test]
+fn a_blob_missing_under_a_stored_image_exits_4_and_a_name_or_digest_not_there_exits_1() {
+    let ws = Workspace::new();
+    let (store, _, report) = built(&ws);
+    let layer = first_layer(&store, &report);
+    fs::remove_file(blob_path(&store, &layer)).expect("remove the layer blob");
+    let key = format!("blobs/sha256/{}", layer.strip_prefix("sha256:").unwrap());
+    let kiln = Kiln::new(&store);
+    let layout = ws.path("layout");
+    let target = format!("file://{}", ws.path("copy").display());
+    let from = store.to_str().unwrap();
+    // The ref and the index and manifest it leads to are there; the store lacks a blob they
+    // name, so it is not whole.
+    let runs = [
+        kiln.run(&["verify", "golden:1.0.0"]),
+        kiln.run(&["copy", "golden:1.0.0", "--from", from, "--to", &target]),
+        kiln.run(&["export", "golden:1.0.0", "--oci-layout", layout.to_str().unwrap()]),
+        kiln.run(&["--json", "store", "check"]),
+    ];
+    for run in runs {
+        let run = run.fails_with(EXIT_INTEGRITY);
+        let said = format!("{}{}", run.stdout, run.stderr);
+        assert!(said.contains(&key) || said.contains(&layer), "{run}");
+    }
+
+    // What the user typed is not there: a mistake in the command, whatever the store holds.
+    let absent = kiln_oci::Digest::of(b"absent").to_string();
+    for args in [
+        vec!["inspect", "golden:9.9.9"],
+        vec!["inspect", absent.as_str()],
+        vec!["export", absent.as_str(), "--oci-layout", layout.to_str().unwrap()],
+        vec!["copy", absent.as_str(), "--from", from, "--to", &target],
+        vec!["verify", absent.as_str()],
+    ] {
+        kiln.run(&args).fails_with(EXIT_ERROR).stderr_has(&["not in the store"]);
+    }
+}

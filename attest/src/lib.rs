@@ -29,7 +29,7 @@ pub use key::{KeyError, KeyId, KeyType, PrivateKey, PublicKey};
 impl AttestError {
     /// Whether this is stored bytes that are not what their digest or descriptor promises.
     pub fn is_integrity(&self) -> bool {
-        matches!(self, AttestError::Store(e) if e.is_corrupt())
+        matches!(self, AttestError::Store(e) if e.is_damage())
     }
 }
 

@@ -143,7 +143,7 @@ impl RegistryError {
     pub fn is_integrity(&self) -> bool {
         match self {
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => true,
-            RegistryError::Store(e) => e.is_corrupt(),
+            RegistryError::Store(e) => e.is_damage(),
             RegistryError::Attest(e) => e.is_integrity(),
             _ => false,
         }

@@ -96,7 +96,7 @@ impl ReleaseError {
     pub fn is_integrity(&self) -> bool {
         match self {
             ReleaseError::Tampered { .. } | ReleaseError::Unverified { .. } => true,
-            ReleaseError::Store(e) => e.is_corrupt(),
+            ReleaseError::Store(e) => e.is_damage(),
             ReleaseError::Attest(e) => e.is_integrity(),
             _ => false,
         }

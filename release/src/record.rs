@@ -357,6 +357,9 @@ pub async fn load(store: &Store, id: &Digest) -> Result<Loaded> {
         Err(StoreError::TooLarge { .. }) => {
             return Err(not(format!("it is larger than {MANIFEST_LIMIT} bytes")))
         }
+        // An id the user typed that is not there is a mistake in the command (exit 1), not
+        // a store missing a blob something names.
+        Err(StoreError::NotFound { .. }) => return Err(not("it is not in the store".into())),
         Err(e) => return Err(e.into()),
     };
     let kind: MediaTypeOnly = serde_json::from_slice(&bytes)

@@ -83,6 +83,11 @@ pub enum StoreError {
     #[error("{key} is not in the store")]
     NotFound { key: String },
 
+    /// The digest a user named (`kiln inspect sha256:…`) is not in the store: a mistake in
+    /// the command, not damage in the store.
+    #[error("{key} is not in the store")]
+    UnknownDigest { key: String },
+
     /// The bytes under `key` do not hash to the digest the key names.
     #[error(
         "blob {key} is corrupt: expected {expected}, found {found}; delete it from the store \
@@ -275,10 +280,20 @@ impl StoreError {
         )
     }
 
-    /// Whether this is stored bytes that are not what their digest or a descriptor promises
-    /// (exit code 4). A missing blob or ref is not: the user may have named the wrong thing.
+    /// Whether this is stored bytes that are not what their digest or a descriptor promises.
     pub fn is_corrupt(&self) -> bool {
         matches!(self, StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })
+    }
+
+    /// Whether the store is not whole (exit code 4): a blob is corrupt, or missing where
+    /// something stored (a ref, index, manifest or record) names it. A ref or digest the user
+    /// named that is not there ([`StoreError::UnknownDigest`], or a missing `refs/` key) is
+    /// not: the command named the wrong thing.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::NotFound { key } => key.starts_with("blobs/"),
+            other => other.is_corrupt(),
+        }
     }
 
     /// Wraps a backend error for `key`, turning a missing object into [`StoreError::NotFound`].

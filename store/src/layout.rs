@@ -27,7 +27,7 @@ pub enum LayoutError {
 impl LayoutError {
     /// Whether this is stored bytes that are not what their digest or descriptor promises.
     pub fn is_integrity(&self) -> bool {
-        matches!(self, LayoutError::Store(e) if e.is_corrupt())
+        matches!(self, LayoutError::Store(e) if e.is_damage())
     }
 }
 

@@ -88,7 +88,10 @@ impl Store {
             }
             Reference::Pinned { digest, .. } | Reference::Digest(digest) => digest,
         };
-        let bytes = self.get_blob(digest).await?;
+        let bytes = self.get_blob(digest).await.map_err(|e| match e {
+            StoreError::NotFound { key } => StoreError::UnknownDigest { key },
+            e => e,
+        })?;
         let key = key::blob(digest).to_string();
         let parsed: MediaTypeOnly = serde_json::from_slice(&bytes)
             .map_err(|source| StoreError::Json { key: key.clone(), source })?;
