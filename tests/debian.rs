@@ -519,3 +519,103 @@ fn the_sbom_lists_each_package_and_the_provenance_the_release_and_package_files(
     ])
     .ok();
 }
+
+/// One tar member of a crafted package: name as written, type, data (or link target).
+struct Crafted<'a>(&'a str, tar::EntryType, &'a [u8]);
+
+/// A tar of `members`, names written raw (the tar crate's setters refuse hostile ones); a
+/// member's header declares `declared` bytes more than its data has when given.
+fn crafted_tar(members: &[Crafted], declared_extra: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for Crafted(name, kind, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        let link = matches!(kind, tar::EntryType::Symlink);
+        if link {
+            h.as_old_mut().linkname[..data.len()].copy_from_slice(data);
+        }
+        h.set_size(if link { 0 } else { data.len() as u64 + declared_extra });
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        if !link {
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// An ar archive of `members`, as dpkg writes one.
+fn crafted_ar(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = b"!<arch>\n".to_vec();
+    for (name, data) in members {
+        let header =
+            format!("{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", name, 0, 0, 0, "100644", data.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// A package named `bad` whose data member is `data` (named `data_name`).
+fn crafted_deb(data_name: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let control = b"Package: bad\nVersion: 1\nArchitecture: amd64\nDescription: x\n";
+    let control = crafted_tar(&[Crafted("./control", tar::EntryType::Regular, control)], 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&control).unwrap();
+    let control = gz.finish().unwrap();
+    crafted_ar(&[("debian-binary", b"2.0\n"), ("control.tar.gz", &control), (data_name, data)])
+}
+
+#[test]
+fn hostile_local_debs_are_refused_through_the_binary_and_nothing_stored() {
+    use std::io::Write;
+    use tar::EntryType::{Directory, Regular, Symlink};
+    let ws = Workspace::new();
+    let escape = crafted_tar(&[Crafted("./../etc/passwd", Regular, b"x")], 0);
+    let through = crafted_tar(
+        &[Crafted("./etc", Symlink, b"/tmp"), Crafted("./etc/passwd", Regular, b"x")],
+        0,
+    );
+    let larger =
+        crafted_tar(&[Crafted("./usr/", Directory, b""), Crafted("./usr/a", Regular, b"x")], 4096);
+    let mut truncated =
+        crafted_deb("data.tar", &crafted_tar(&[Crafted("./a", Regular, &[7; 4000])], 0));
+    truncated.truncate(truncated.len() - 1000);
+    // 64 MiB of zeros in a tar, a few KiB as xz.
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&crafted_tar(&[Crafted("./zeros", Regular, &vec![0; 64 << 20])], 0)).unwrap();
+    let bomb = xz.finish().unwrap();
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("escape", crafted_deb("data.tar", &escape), "has an unsafe name"),
+        ("through", crafted_deb("data.tar", &through), "would be written through"),
+        ("larger", crafted_deb("data.tar", &larger), "the archive ends after"),
+        ("truncated", truncated, "the archive ends after"),
+        ("bomb", crafted_deb("data.tar.xz", &bomb), "times its compressed size"),
+    ];
+    for (name, bytes, needle) in cases {
+        ws.mkdir(name);
+        fs::write(ws.path(&format!("{name}/bad.deb")), bytes).unwrap();
+        let recipe = ws.write(
+            &format!("{name}/r.toml"),
+            "[image]\nname = \"bad\"\nversion = \"1\"\n\n[[layer]]\nname = \"l\"\ndebs = [{ src = \"bad.deb\" }]\n",
+        );
+        let store = ws.store(&format!("s-{name}"));
+        let kiln = Kiln::new(&store);
+        kiln.run(&["build", recipe.to_str().unwrap()])
+            .fails_with(EXIT_ERROR)
+            .stderr_has(&["package bad.deb", needle]);
+        assert!(blobs(&store).is_empty(), "{name}: {:?}", blobs(&store));
+        kiln.run(&["store", "check"]).ok();
+    }
+}
