@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! It boots: a Debian kernel under qemu (software emulation) runs the initramfs `kiln build`
-//! made, whose init prints a marker on the serial console and powers off; and it boots
+//! made, whose init prints a marker on the serial console and powers off (also with busybox
+//! from a Debian package of `ci/debian-repo`'s repository); and it boots
 //! kiln's qcow2 disk (erofs, squashfs or ext4 root; erofs also through dm-verity) with a kiln
 //! cpio initramfs.
 //!
@@ -130,6 +131,62 @@ fn kernel_boots_kiln_initramfs() {
         Duration::from_secs(120),
     );
     assert!(log.contains(MARKER), "no marker on the serial console:\n{log}");
+}
+
+#[test]
+fn kernel_boots_kiln_initramfs_of_debian_packages_with_their_busybox_as_init() {
+    let Some(root) = boot_root() else {
+        return;
+    };
+    let Some(repo) = std::env::var_os("KILN_DEBIAN_REPO").map(PathBuf::from) else {
+        assert!(!in_ci(), "KILN_DEBIAN_REPO is not set up: run ci/debian-repo DIR");
+        eprintln!("SKIP: set KILN_DEBIAN_REPO to a folder made by ci/debian-repo");
+        return;
+    };
+    // Only /init is the recipe's own: busybox comes from the busybox-static package.
+    let ws = Workspace::new();
+    ws.write("recipe/key.asc", std::fs::read(repo.join("key.asc")).unwrap());
+    let recipe = ws.write(
+        "recipe/recipe.toml",
+        format!(
+            "[image]\nname = \"debs\"\nversion = \"1\"\n\n\
+             [[repository]]\nurl = \"file://{}\"\nsuite = \"kiln\"\ncomponents = [\"main\"]\n\
+             key = \"key.asc\"\n\n\
+             [[layer]]\nname = \"root\"\npackages = [\"busybox-static\"]\n\
+             dirs = [{{ dest = \"/dev\" }}]\n\
+             inline = [{{ dest = \"/init\", mode = 0o755, content = \"\"\"#!/bin/busybox sh\n\
+             /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+             /bin/busybox echo {MARKER} $(/bin/busybox | /bin/busybox head -n 1) > /dev/ttyS0\n\
+             /bin/busybox poweroff -f\n\"\"\" }}]\n\n\
+             [disk]\nsize = \"64MiB\"\nformats = [\"initramfs\"]\n",
+            repo.join("repo").display()
+        ),
+    );
+    let store = ws.store("store");
+    let report = support::Kiln::new(&store).build(&recipe, &[]);
+    let blob = |digest: &str| store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let disk = report["disks"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(disk)).unwrap()).unwrap();
+    let initrd = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+
+    let kernel = kernel(&root);
+    let log = qemu(
+        &root,
+        &[
+            "-kernel",
+            kernel.to_str().unwrap(),
+            "-initrd",
+            initrd.to_str().unwrap(),
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        log.contains(&format!("{MARKER} BusyBox v1.")),
+        "no marker on the serial console:\n{log}"
+    );
 }
 
 const DISK_MARKER: &str = "KILN-DISK-ROOT-BOOTED";
