@@ -30,7 +30,7 @@ fn lossy_path<S: Serializer>(value: &Path, s: S) -> Result<S::Ok, S::Error> {
 pub enum DiskExportError {
     #[error("it has no disk images: build it from a recipe with a [disk] table")]
     NoDisks,
-    #[error("it has no disk images for {wanted}; it has them for {}", .available.join(", "))]
+    #[error("it has no disk images for {wanted}; {}", where_disks_are(.available))]
     NoDisksFor { wanted: String, available: Vec<String> },
     #[error("it has disk images for {}: choose one with --platform", .available.join(", "))]
     ChoosePlatform { available: Vec<String> },
@@ -40,6 +40,16 @@ pub enum DiskExportError {
     Write { path: PathBuf, source: StoreError },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Where an image's disks are, for a `--platform` that named none of them.
+fn where_disks_are(available: &[String]) -> String {
+    if available.is_empty() {
+        // A single-platform image: its manifest, not an index entry, carries the disks.
+        "its disks name no platform: leave out --platform".to_string()
+    } else {
+        format!("it has them for {}", available.join(", "))
+    }
 }
 
 /// Writes the files of the disk artifact attached to the image `root` (or, for an index, to
@@ -102,4 +112,28 @@ pub async fn export_disks(
         });
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DiskExportError;
+
+    #[test]
+    fn a_platform_without_disks_says_where_they_are() {
+        let some = DiskExportError::NoDisksFor {
+            wanted: "linux/s390x".into(),
+            available: vec!["linux/amd64".into(), "linux/arm64".into()],
+        };
+        assert_eq!(
+            some.to_string(),
+            "it has no disk images for linux/s390x; it has them for linux/amd64, linux/arm64"
+        );
+        let single =
+            DiskExportError::NoDisksFor { wanted: "linux/s390x".into(), available: vec![] };
+        assert_eq!(
+            single.to_string(),
+            "it has no disk images for linux/s390x; its disks name no platform: leave out \
+             --platform"
+        );
+    }
 }
