@@ -272,6 +272,30 @@ fn two_platforms_lock_and_install_each_architecture_s_packages() {
     // The same lock gives the same image in another store.
     let again = Kiln::new(&ws.store("t")).build(&recipe, &["--locked", "--threads", "1"]);
     assert_eq!(digest_of(&report), digest_of(&again));
+
+    // A signed rebuild finds every layer cached, and still lists in each platform's SBOM
+    // that platform's packages.
+    let key = ws.path("signer");
+    kiln.run(&["keygen", "--out", key.to_str().unwrap()]).ok();
+    let signed = kiln.build(&recipe, &["--locked", "--sign", &format!("{}.key", key.display())]);
+    assert_eq!(signed["layers"]["built"], 0, "{signed}");
+    for manifest in signed["manifests"].as_array().unwrap() {
+        let arch = manifest["platform"].as_str().unwrap().trim_start_matches("linux/");
+        let sbom = referrer_document(
+            &store,
+            manifest["digest"].as_str().unwrap(),
+            "application/spdx+json",
+        );
+        let busybox: Vec<&str> = sbom["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "busybox-static")
+            .map(|p| p["externalRefs"][0]["referenceLocator"].as_str().unwrap())
+            .collect();
+        assert_eq!(busybox.len(), 1, "{arch}: {busybox:?}");
+        assert!(busybox[0].ends_with(&format!("?arch={arch}")), "{arch}: {busybox:?}");
+    }
 }
 
 #[test]
