@@ -217,9 +217,12 @@ impl Blobs<'_, '_> {
                 };
                 let mut out = File::create_new(target).map_err(scratch)?;
                 let mut reader = kiln_oci::HashingReader::new(file.take(desc.size + 1));
-                io::copy(&mut reader, &mut out).map_err(read)?;
+                // A failed copy leaves no partial blob behind either.
+                let copied = io::copy(&mut reader, &mut out);
                 let (found, len) = reader.finish();
-                let result = if len != desc.size {
+                let result = if let Err(source) = copied {
+                    Err(read(source))
+                } else if len != desc.size {
                     Err(BaseError::SizeMismatch {
                         base: base.into(),
                         digest: desc.digest,
