@@ -301,6 +301,18 @@ fn a_release_trusts_only_a_verified_provenance_and_verify_checks_its_signature()
         unsigned.stdout
     );
     lab.run(&["verify", build["digest"].as_str().unwrap(), "--key", &build_pub]).ok();
+
+    // A forged release: the same record under a manifest whose subject is another image. It
+    // is a release that does not verify (exit 4), not something else to audit as an image.
+    let blobs = lab.folder(&lab.store).join("blobs/sha256");
+    let mut forged: Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(&release[7..])).unwrap()).unwrap();
+    forged["subject"]["digest"] = kiln_oci::Digest::of(b"another image").to_string().into();
+    let bytes = serde_json::to_vec(&forged).unwrap();
+    let forged_id = kiln_oci::Digest::of(&bytes).to_string();
+    std::fs::write(blobs.join(&forged_id[7..]), &bytes).unwrap();
+    lab.run(&["verify", &forged_id, "--key", &build_pub])
+        .fails_with(EXIT_INTEGRITY, &[&format!("release {forged_id} does not verify")]);
 }
 
 /// Promotes a fresh release of `motd` into dev, staging and (with alice's and bob's

@@ -197,8 +197,11 @@ fn verify_release(ctx: &Ctx, args: &VerifyArgs, policy: &Policy) -> anyhow::Resu
     };
     let id = match loaded {
         Ok(loaded) => loaded.id,
-        // Not a release (or unreadable as one): the image audit reports on it.
-        Err(_) if args.channel.is_none() => return Ok(false),
+        // Not a release, or its manifest unreadable: the image audit reports on it. A
+        // release that does not verify is reported as one.
+        Err(
+            kiln_release::ReleaseError::NotARelease { .. } | kiln_release::ReleaseError::Store(_),
+        ) if args.channel.is_none() => return Ok(false),
         Err(e) => return Err(e).context("verifying the release"),
     };
     let channel = args.channel.as_deref().map(str::parse::<ChannelRef>).transpose()?;
