@@ -95,10 +95,11 @@ fn is_integrity(cause: &(dyn std::error::Error + 'static)) -> bool {
         || cause.downcast_ref::<ReleaseError>().is_some_and(ReleaseError::is_integrity)
         || cause.downcast_ref::<commands::verify::VerifyFailed>().is_some()
         || cause.downcast_ref::<commands::store::StoreProblems>().is_some()
-        || matches!(
-            cause.downcast_ref::<BuildError>(),
-            Some(BuildError::Input(InputError::Package(e))) if e.is_integrity()
-        )
+        || match cause.downcast_ref::<BuildError>() {
+            Some(BuildError::Input(InputError::Package(e))) => e.is_integrity(),
+            Some(BuildError::Base(e)) => e.is_integrity(),
+            _ => false,
+        }
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use kiln_oci::Digest;
 use kiln_test_servers::registry;
 use serde_json::{json, Value};
-use support::{is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_LOCK_MISMATCH};
+use support::{
+    is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_INTEGRITY, EXIT_LOCK_MISMATCH,
+};
 
 /// The folder `ci/debian-repo` made, or `None` (a skip locally, a failure in CI).
 fn debian_fixture() -> Option<PathBuf> {
@@ -415,14 +417,23 @@ fn a_base_from_an_oci_layout_takes_each_platforms_manifest() {
     assert_eq!(support::digest_of(&report), digest);
 }
 
-/// Runs a build expected to fail with `needle` in its error, and checks that it left the
-/// store without a tag or blob, and checkable.
+/// Runs a build expected to fail (exit 1) with `needle` in its error, and checks that it left
+/// the store without a tag or blob, and checkable.
 fn refused(ws: &Workspace, recipe: &Path, extra: &[&str], needle: &str) {
+    refused_with(ws, recipe, extra, EXIT_ERROR, needle);
+}
+
+/// As [`refused`], for a base whose bytes are not what its digests promise (exit 4).
+fn refused_as_damaged(ws: &Workspace, recipe: &Path, needle: &str) {
+    refused_with(ws, recipe, &[], EXIT_INTEGRITY, needle);
+}
+
+fn refused_with(ws: &Workspace, recipe: &Path, extra: &[&str], code: i32, needle: &str) {
     let store = ws.store(&format!("refused-{}", Digest::of(needle.as_bytes()).hex()));
     let kiln = Kiln::new(&store).env("DOCKER_CONFIG", ws.mkdir("docker-config").to_str().unwrap());
     let mut args = vec!["build", recipe.to_str().unwrap()];
     args.extend(extra);
-    kiln.run(&args).fails_with(EXIT_ERROR).stderr_has(&[needle]);
+    kiln.run(&args).fails_with(code).stderr_has(&[needle]);
     assert!(support::blobs(&store).is_empty(), "{:?}", support::blobs(&store));
     if store.exists() {
         kiln.run(&["store", "check"]).ok();
@@ -462,7 +473,7 @@ fn bad_bases_are_refused_and_nothing_is_stored() {
     fs::remove_file(&damaged).unwrap();
     fs::write(&damaged, bytes).unwrap();
     let corrupt = layout_recipe(&ws, "corrupt", amd64, "\"linux/amd64\"");
-    refused(&ws, &corrupt, &[], &format!("blob {first} does not match its digest"));
+    refused_as_damaged(&ws, &corrupt, &format!("blob {first} does not match its digest"));
 
     // A config whose diff_id is not its layer's: a new config and manifest naming it.
     sh("cp", &["-a", layout.to_str().unwrap(), ws.path("r/diffid").to_str().unwrap()]);
@@ -481,8 +492,8 @@ fn bad_bases_are_refused_and_nothing_is_stored() {
     fs::write(blob(&other, &manifest_digest), &manifest_bytes).unwrap();
     let second = layout_layers(&other, &manifest_digest)[1].clone();
     let diff_id = layout_recipe(&ws, "diffid", &manifest_digest, "\"linux/amd64\"");
-    refused(&ws, &diff_id, &[], &format!("layer {second} unpacks to"));
-    refused(&ws, &diff_id, &[], &format!("but its config's diff_id is {wrong}"));
+    refused_as_damaged(&ws, &diff_id, &format!("layer {second} unpacks to"));
+    refused_as_damaged(&ws, &diff_id, &format!("but its config's diff_id is {wrong}"));
 
     // A digest the layout does not hold, and a folder that is no layout.
     let absent =

@@ -106,6 +106,19 @@ pub enum BaseError {
     },
 }
 
+impl BaseError {
+    /// Whether the base's bytes are not what its digests promise (exit code 4), rather than
+    /// a base that is missing, malformed or refused.
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            BaseError::DigestMismatch { .. }
+                | BaseError::SizeMismatch { .. }
+                | BaseError::DiffId { .. }
+        )
+    }
+}
+
 /// A base image's documents, resolved for each of the recipe's platforms.
 #[derive(Clone, Debug)]
 pub struct BaseImage {
