@@ -621,3 +621,33 @@ fn packages_on_a_debian_base_keep_its_dpkg_status() {
     assert!(!written.contains("Version: 0.1\n"), "{written}");
     kiln.run(&["store", "check"]).ok();
 }
+
+#[test]
+fn a_debian_base_whose_dpkg_status_is_not_utf8_is_refused() {
+    use support::tarball::{tar, tar_gz, Member};
+    let Some(fixture) = debian_fixture() else { return };
+    let ws = Workspace::new();
+    // Latin-1 "é": replacing it would write other bytes into the image's status file.
+    let status = b"Package: base-files\nStatus: install ok installed\nMaintainer: Jos\xe9\n";
+    let members = [
+        Member::Dir { name: "var/" },
+        Member::Dir { name: "var/lib/" },
+        Member::Dir { name: "var/lib/dpkg/" },
+        Member::File { name: "var/lib/dpkg/status", content: status },
+    ];
+    let diff_id = Digest::of(&tar(&members)).to_string();
+    let manifest = hand_made_layout(&ws.path("r/latin1"), &tar_gz(&members), &diff_id);
+    fs::copy(fixture.join("key.asc"), ws.path("r/key.asc")).unwrap();
+    let recipe = ws.write(
+        "r/latin1.toml",
+        format!(
+            "[image]\nname = \"latin1\"\nversion = \"1\"\n\
+             [base]\noci-layout = \"latin1\"\ndigest = \"{manifest}\"\n\
+             [[repository]]\nurl = \"file://{}\"\nsuite = \"kiln\"\ncomponents = [\"main\"]\n\
+             key = \"key.asc\"\n\
+             [[layer]]\nname = \"tools\"\npackages = [\"busybox-static\"]\n",
+            fixture.join("repo").display()
+        ),
+    );
+    refused(&ws, &recipe, &[], "its dpkg status file is not UTF-8");
+}

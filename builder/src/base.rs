@@ -98,6 +98,12 @@ pub enum BaseError {
     },
     #[error("base {base}: its dpkg status file is larger than {} MiB", DPKG_STATUS_LIMIT >> 20)]
     DpkgStatus { base: String },
+    #[error("base {base}: its dpkg status file is not UTF-8")]
+    DpkgStatusNotUtf8 {
+        base: String,
+        #[source]
+        source: std::str::Utf8Error,
+    },
     #[error("base {base}: reading it from the store")]
     Sink {
         base: String,

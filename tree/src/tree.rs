@@ -268,8 +268,13 @@ impl Tree {
         self.entries.iter()
     }
 
-    /// The entry at `path`, if any.
-    pub fn get(&self, path: &ImagePath) -> Option<&Entry> {
+    /// The entry at `path`, if any: an [`ImagePath`], or its normalised text (no leading
+    /// `/`), which a path known when kiln is compiled can be given as, with nothing to parse.
+    pub fn get<Q>(&self, path: &Q) -> Option<&Entry>
+    where
+        ImagePath: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         self.entries.get(path)
     }
 

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use kiln_oci::Digest;
-use kiln_tree::image_path::ImagePath;
 use kiln_tree::tree::{Content, Entry, EntryKind};
 
 use crate::base::{BaseError, BaseImage, BaseLayer, DPKG_STATUS_LIMIT};
@@ -54,6 +53,9 @@ pub(super) fn digests(layers: &[&BaseLayer]) -> Vec<Digest> {
     layers.iter().map(|l| l.record.digest).collect()
 }
 
+/// dpkg's status file, as [`kiln_tree::image_path::ImagePath`] spells it (no leading `/`).
+const DPKG_STATUS_PATH: &str = "var/lib/dpkg/status";
+
 /// The packages dpkg's `status` records in the base layers `below` (flattened, whiteouts
 /// applied), each with its paragraph: a recipe layer that installs packages lists them too,
 /// so the image's database names every package it holds.
@@ -68,13 +70,11 @@ pub(super) fn dpkg_status(
         rootfs.push(&layer.tree)?;
     }
     let root = rootfs.finish()?;
-    let too_large = || BaseError::DpkgStatus { base: base.spec.to_string() };
-    let path = ImagePath::parse("/var/lib/dpkg/status").map_err(|_| too_large())?;
-    let Some(Entry { kind: EntryKind::File(content), .. }) = root.get(&path) else {
+    let Some(Entry { kind: EntryKind::File(content), .. }) = root.get(DPKG_STATUS_PATH) else {
         return Ok(out);
     };
     if content.size() > DPKG_STATUS_LIMIT {
-        return Err(too_large().into());
+        return Err(BaseError::DpkgStatus { base: base.spec.to_string() }.into());
     }
     let bytes = match content {
         Content::Bytes(b) => b.to_vec(),
@@ -84,7 +84,10 @@ pub(super) fn dpkg_status(
             source,
         })?,
     };
-    let text = String::from_utf8_lossy(&bytes);
+    // The paragraphs are written into the image's own status file: bytes that are not
+    // UTF-8 are refused rather than replaced, which would change them unseen.
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|source| BaseError::DpkgStatusNotUtf8 { base: base.spec.to_string(), source })?;
     for paragraph in text.split("\n\n") {
         let paragraph = paragraph.trim_matches('\n');
         let name = paragraph.lines().find_map(|l| l.strip_prefix("Package:")).map(str::trim);
