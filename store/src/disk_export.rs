@@ -38,6 +38,8 @@ pub enum DiskExportError {
     CreateDir { dir: PathBuf, source: std::io::Error },
     #[error("writing {}", .path.display())]
     Write { path: PathBuf, source: StoreError },
+    #[error("two of its disk images are both named {name:?}: one would replace the other")]
+    SameName { name: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -88,17 +90,13 @@ pub async fn export_disks(
         (None, [only]) => only,
         (None, _) => return Err(DiskExportError::ChoosePlatform { available: available() }),
     };
+    let artifact: ImageManifest = store.get_described_json(&chosen.1).await?;
+    // Every name is checked before anything is written: no disk is left half exported.
+    let names = file_names(&artifact.layers).map_err(|name| DiskExportError::SameName { name })?;
     std::fs::create_dir_all(dir)
         .map_err(|source| DiskExportError::CreateDir { dir: dir.to_path_buf(), source })?;
-    let artifact: ImageManifest = store.get_described_json(&chosen.1).await?;
     let mut written = Vec::new();
-    for layer in &artifact.layers {
-        let title = layer.annotations.get("org.opencontainers.image.title");
-        // Only plain file names: a title never chooses where outside `dir` to write.
-        let name = title.filter(|t| {
-            !t.is_empty() && !t.contains('/') && t.as_str() != "." && t.as_str() != ".."
-        });
-        let name = name.cloned().unwrap_or_else(|| layer.digest.hex());
+    for (layer, name) in artifact.layers.iter().zip(names) {
         let path = dir.join(&name);
         let size = store
             .copy_described_to(layer, &path)
@@ -114,9 +112,54 @@ pub async fn export_disks(
     Ok(written)
 }
 
+/// The file name of each disk: its title when that is a plain file name, else its digest.
+/// Two disks that would share a name are refused, as the second would replace the first:
+/// the error is that name.
+fn file_names(layers: &[Descriptor]) -> Result<Vec<String>, String> {
+    let mut names = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let title = layer.annotations.get("org.opencontainers.image.title");
+        // Only plain file names: a title never chooses where outside `dir` to write.
+        let name = title.filter(|t| {
+            !t.is_empty() && !t.contains('/') && t.as_str() != "." && t.as_str() != ".."
+        });
+        let name = name.cloned().unwrap_or_else(|| layer.digest.hex());
+        if names.contains(&name) {
+            return Err(name);
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::DiskExportError;
+    use kiln_oci::{Descriptor, Digest};
+
+    use super::{file_names, DiskExportError};
+
+    fn disk(content: &[u8], title: Option<&str>) -> Descriptor {
+        let mut d = Descriptor::new("application/x-raw-disk-image", Digest::of(content), 1);
+        if let Some(title) = title {
+            d.annotations.insert("org.opencontainers.image.title".into(), title.into());
+        }
+        d
+    }
+
+    #[test]
+    fn two_disks_with_one_name_are_refused() {
+        let err = DiskExportError::SameName { name: "disk.raw".into() };
+        assert!(err.to_string().contains("\"disk.raw\""), "{err}");
+        let layers = [disk(b"a", Some("disk.raw")), disk(b"b", Some("disk.raw"))];
+        assert_eq!(file_names(&layers).unwrap_err(), "disk.raw");
+        // A title that is no plain file name falls back to the digest, which may collide too.
+        let hex = Digest::of(b"c").hex();
+        let layers = [disk(b"c", Some("../x")), disk(b"d", Some(&hex))];
+        assert_eq!(file_names(&layers).unwrap_err(), hex);
+        let layers = [disk(b"e", Some("esp.img")), disk(b"f", Some("root.img")), disk(b"g", None)];
+        let names = file_names(&layers).unwrap();
+        assert_eq!(names, ["esp.img", "root.img", &Digest::of(b"g").hex()]);
+    }
 
     #[test]
     fn a_platform_without_disks_says_where_they_are() {
