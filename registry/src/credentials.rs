@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::error::{RegistryError, Result};
+use crate::error::{HelperError, RegistryError, Result};
 
 /// A user name and password (or token) for HTTP basic auth and token requests.
 #[derive(Clone, PartialEq, Eq)]
@@ -131,46 +131,91 @@ pub fn lookup(path: &Path, host: &str) -> Result<Option<Credential>> {
 /// Asks `docker-credential-<helper>` for `host`'s credential; a helper that knows none
 /// answers with an error saying so, which is no credential, not a failure.
 fn run_helper(helper: &str, host: &str) -> Result<Option<Credential>> {
-    let failed = |reason: String| RegistryError::Helper {
+    let mut command = Command::new(format!("docker-credential-{helper}"));
+    command.arg("get");
+    ask_helper(command, host).map_err(|source| RegistryError::Helper {
         helper: helper.to_string(),
         host: host.to_string(),
-        reason,
-    };
-    let program = format!("docker-credential-{helper}");
-    let mut child = Command::new(&program)
-        .arg("get")
+        source: Box::new(source),
+    })
+}
+
+/// Runs `command` (a helper's `get`) with `host` on its stdin and reads its answer. The
+/// helper is waited for whatever happens, so that none is left behind unreaped.
+fn ask_helper(
+    mut command: Command,
+    host: &str,
+) -> std::result::Result<Option<Credential>, HelperError> {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failed(format!("cannot run {program}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A helper may answer without reading the host (one that knows no credential at
-        // all): its answer decides, not the pipe it closed.
-        match stdin.write_all(host.as_bytes()) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                return Err(failed(format!("writing to it: {e}")))
-            }
-            _ => {}
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+        .map_err(|source| HelperError::Spawn {
+            program: command.get_program().to_string_lossy().into_owned(),
+            source,
+        })?;
+    // A helper may answer without reading the host (one that knows no credential at all):
+    // its answer decides, not the pipe it closed. The pipe is closed before waiting, so
+    // that a helper still reading sees its end.
+    let written = match child.stdin.take() {
+        Some(mut stdin) => match stdin.write_all(host.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    };
+    let out = child.wait_with_output().map_err(HelperError::Wait)?;
+    written.map_err(HelperError::Write)?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if said.contains("credentials not found") {
             return Ok(None);
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(failed(format!("{}: {} {}", out.status, said, stderr.trim())));
+        let said = format!("{said} {}", stderr.trim()).trim().to_string();
+        return Err(HelperError::Exited { status: out.status, said });
     }
-    let answer: HelperAnswer =
-        serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("its answer: {e}")))?;
+    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(HelperError::Answer)?;
     Ok(Some(Credential { username: answer.username, password: answer.secret }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{lookup, Credential};
+    use std::error::Error as _;
+    use std::process::Command;
+
+    use super::{ask_helper, lookup, Credential, HelperError};
+
+    /// A helper made of the shell script `script`, run by `sh` (no file to execute).
+    fn helper(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    #[test]
+    fn a_failing_helper_is_reported_with_its_cause_chained() {
+        let found = ask_helper(
+            helper("read h; printf '{\"Username\":\"u\",\"Secret\":\"%s\"}' \"$h\""),
+            "reg.example",
+        );
+        assert_eq!(
+            found.unwrap(),
+            Some(Credential { username: "u".into(), password: "reg.example".into() })
+        );
+        let none =
+            ask_helper(helper("echo 'credentials not found in native keychain'; exit 1"), "h");
+        assert_eq!(none.unwrap(), None);
+        let err = ask_helper(helper("echo locked >&2; exit 3"), "h").unwrap_err();
+        assert!(matches!(&err, HelperError::Exited { said, .. } if said == "locked"), "{err}");
+        let err = ask_helper(helper("echo not json"), "h").unwrap_err();
+        assert!(matches!(err, HelperError::Answer(_)), "{err}");
+        assert!(err.source().is_some());
+        let err = ask_helper(Command::new("/nonexistent/docker-credential-x"), "h").unwrap_err();
+        assert!(matches!(&err, HelperError::Spawn { program, .. } if program.ends_with("-x")));
+        assert!(err.source().is_some());
+    }
 
     #[test]
     fn reads_auths_by_host_or_url() {

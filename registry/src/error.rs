@@ -6,6 +6,25 @@ use std::path::PathBuf;
 use kiln_oci::Digest;
 use kiln_store::StoreError;
 
+/// How a credential helper failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the host to it")]
+    Write(#[source] std::io::Error),
+    #[error("waiting for it to exit")]
+    Wait(#[source] std::io::Error),
+    #[error("it exited with {status}: {said}")]
+    Exited { status: std::process::ExitStatus, said: String },
+    #[error("its answer is not a credential")]
+    Answer(#[source] serde_json::Error),
+}
+
 /// What went wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -54,8 +73,13 @@ pub enum RegistryError {
     },
 
     /// A credential helper failed.
-    #[error("credential helper docker-credential-{helper} failed for {host}: {reason}")]
-    Helper { helper: String, host: String, reason: String },
+    #[error("credential helper docker-credential-{helper} failed for {host}")]
+    Helper {
+        helper: String,
+        host: String,
+        #[source]
+        source: Box<HelperError>,
+    },
 
     /// The CA file given with `--registry-ca` could not be used.
     #[error("cannot use {path} as a registry CA certificate")]
