@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use kiln_builder::lock::LockedBaseSource;
 use kiln_builder::{BuildOutput, Lock, Recipe};
 use kiln_oci::{Descriptor, Digest};
 use kiln_store::Store;
@@ -102,10 +103,9 @@ fn read(path: &Path) -> Result<Vec<u8>, AttestError> {
 fn base_dependencies(lock: &Lock) -> Vec<ResourceDescriptor> {
     let Some(base) = &lock.base else { return Vec::new() };
     let sha256 = |d: &Digest| BTreeMap::from([("sha256".to_string(), d.hex())]);
-    let location = match (&base.image, &base.oci_layout) {
-        (Some(image), _) => format!("oci://{image}"),
-        (None, Some(dir)) => format!("oci-layout:{dir}"),
-        (None, None) => "oci:".to_string(),
+    let location = match &base.source {
+        LockedBaseSource::Image(image) => format!("oci://{image}"),
+        LockedBaseSource::OciLayout(dir) => format!("oci-layout:{dir}"),
     };
     let root = ResourceDescriptor {
         name: Some("base".to_string()),

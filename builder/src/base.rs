@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::build::sink::{BlobSink, SinkError};
 use crate::image::LayerRecord;
-use crate::lock::{LockedBase, LockedBaseManifest};
+use crate::lock::{LockedBase, LockedBaseManifest, LockedBaseSource};
 use crate::recipe::{BaseSource, BaseSpec};
 use crate::tarball::{Spool, TarballError};
 
@@ -481,15 +481,14 @@ pub fn resolve(
 impl BaseImage {
     /// What the lock records of the base.
     pub fn locked(&self) -> LockedBase {
-        let (image, oci_layout) = match &self.spec.source {
+        let source = match &self.spec.source {
             BaseSource::Registry { host, repository } => {
-                (Some(format!("{host}/{repository}")), None)
+                LockedBaseSource::Image(format!("{host}/{repository}"))
             }
-            BaseSource::Layout(dir) => (None, Some(dir.rel().to_string())),
+            BaseSource::Layout(dir) => LockedBaseSource::OciLayout(dir.rel().to_string()),
         };
         LockedBase {
-            image,
-            oci_layout,
+            source,
             digest: self.spec.digest,
             manifests: self
                 .platforms

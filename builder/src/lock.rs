@@ -45,19 +45,59 @@ pub struct Lock {
 
 /// The `[base]` image as it was resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "LockedBaseFields", into = "LockedBaseFields")]
 pub struct LockedBase {
-    /// `HOST[:PORT]/REPO` of a registry base.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// The layout folder of an `oci-layout` base, relative to the recipe.
-    #[serde(default, rename = "oci-layout", skip_serializing_if = "Option::is_none")]
-    pub oci_layout: Option<String>,
+    pub source: LockedBaseSource,
     /// The digest of the base's index or manifest.
     pub digest: Digest,
     /// The manifest taken for each platform, in the recipe's platform order.
-    #[serde(rename = "manifest")]
     pub manifests: Vec<LockedBaseManifest>,
+}
+
+/// Where a locked base comes from: exactly one of the two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockedBaseSource {
+    /// `HOST[:PORT]/REPO` of a registry base.
+    Image(String),
+    /// The layout folder of an `oci-layout` base, relative to the recipe.
+    OciLayout(String),
+}
+
+/// A [`LockedBase`] as the lock file spells it: the source is whichever of `image` and
+/// `oci-layout` is present, which [`LockedBase`] checks is exactly one.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockedBaseFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    #[serde(default, rename = "oci-layout", skip_serializing_if = "Option::is_none")]
+    oci_layout: Option<String>,
+    digest: Digest,
+    #[serde(rename = "manifest")]
+    manifests: Vec<LockedBaseManifest>,
+}
+
+impl TryFrom<LockedBaseFields> for LockedBase {
+    type Error = &'static str;
+
+    fn try_from(f: LockedBaseFields) -> Result<Self, Self::Error> {
+        let source = match (f.image, f.oci_layout) {
+            (Some(image), None) => LockedBaseSource::Image(image),
+            (None, Some(dir)) => LockedBaseSource::OciLayout(dir),
+            _ => return Err("a locked base names exactly one of image and oci-layout"),
+        };
+        Ok(LockedBase { source, digest: f.digest, manifests: f.manifests })
+    }
+}
+
+impl From<LockedBase> for LockedBaseFields {
+    fn from(b: LockedBase) -> Self {
+        let (image, oci_layout) = match b.source {
+            LockedBaseSource::Image(image) => (Some(image), None),
+            LockedBaseSource::OciLayout(dir) => (None, Some(dir)),
+        };
+        LockedBaseFields { image, oci_layout, digest: b.digest, manifests: b.manifests }
+    }
 }
 
 /// The base's manifest for one platform.

@@ -157,3 +157,31 @@ fn e2fsprogs_differences_are_named() {
     // Only an ext4 root depends on e2fsprogs.
     assert!(old.differences(&old).is_empty());
 }
+
+#[test]
+fn a_locked_base_names_exactly_one_source_and_reads_back_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = setup(tmp.path(), "\n");
+    let (lock, _) =
+        build::lock(&recipe, Epoch::new(0).unwrap(), &mut HashCache::disabled()).unwrap();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let base = |source: &str| {
+        format!(
+            "{}\n[base]\n{source}digest = \"{digest}\"\n\n[[base.manifest]]\n\
+             platform = \"linux/amd64\"\ndigest = \"{digest}\"\n",
+            lock.to_text().unwrap()
+        )
+    };
+    let path = tmp.path().join("base.lock");
+    for source in ["image = \"reg.example/app\"\n", "oci-layout = \"layout\"\n"] {
+        fs::write(&path, base(source)).unwrap();
+        let read = Lock::read(&path).unwrap().unwrap();
+        assert!(read.base.is_some());
+        assert_eq!(read.to_text().unwrap(), base(source));
+    }
+    for source in ["", "image = \"reg.example/app\"\noci-layout = \"layout\"\n"] {
+        fs::write(&path, base(source)).unwrap();
+        let err = Lock::read(&path).unwrap_err().to_string();
+        assert!(err.contains("exactly one of image and oci-layout"), "{err}");
+    }
+}
