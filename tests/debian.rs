@@ -7,8 +7,10 @@
 mod support;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use support::{
     blobs, digest_of, is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_INTEGRITY,
@@ -42,6 +44,11 @@ fn repo_copy(ws: &Workspace, fixture: &Path) -> PathBuf {
 
 /// A recipe in `ws/recipe` asking for `packages` from `repo`, trusting the fixture's key.
 fn recipe(ws: &Workspace, fixture: &Path, repo: &Path, platform: &str, layer: &str) -> PathBuf {
+    recipe_at(ws, fixture, &format!("file://{}", repo.display()), platform, layer)
+}
+
+/// A recipe in `ws/recipe` asking for `packages` from the repository at `url`.
+fn recipe_at(ws: &Workspace, fixture: &Path, url: &str, platform: &str, layer: &str) -> PathBuf {
     ws.mkdir("recipe");
     fs::copy(fixture.join("key.asc"), ws.path("recipe/key.asc")).unwrap();
     ws.write(
@@ -53,7 +60,7 @@ version = "1"
 platforms = ["{platform}"]
 
 [[repository]]
-url = "file://{}"
+url = "{url}"
 suite = "kiln"
 components = ["main"]
 key = "key.asc"
@@ -61,8 +68,7 @@ key = "key.asc"
 [[layer]]
 name = "base"
 {layer}
-"#,
-            repo.display()
+"#
         ),
     )
 }
@@ -642,4 +648,136 @@ fn hostile_local_debs_are_refused_through_the_binary_and_nothing_stored() {
         assert!(blobs(&store).is_empty(), "{name}: {:?}", blobs(&store));
         kiln.run(&["store", "check"]).ok();
     }
+}
+
+/// `python3 -m http.server` serving a folder on a free port of 127.0.0.1, killed when dropped.
+struct HttpServer {
+    child: Child,
+    /// Held open so the server never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    url: String,
+}
+
+impl HttpServer {
+    fn serve(dir: &Path) -> HttpServer {
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // "Serving HTTP on 127.0.0.1 port N (...)", printed once the socket listens: the
+        // port is known and connections are accepted from here on.
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let port: u16 = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("http.server said {line:?}"));
+        HttpServer { child, _stdout: stdout, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("warning: stopping http.server: {e}");
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("warning: waiting for http.server: {e}");
+        }
+    }
+}
+
+/// The path of the amd64 busybox-static package file in `repo`.
+fn busybox_deb(repo: &Path) -> PathBuf {
+    fs::read_dir(repo.join("pool/main"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("busybox-static_") && name.ends_with("_amd64.deb")
+        })
+        .unwrap()
+}
+
+#[test]
+fn an_http_repository_locks_and_builds_the_same_image_as_its_folder() {
+    let Some(fixture) = fixture() else { return };
+    if !require_tool("python3") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let server = HttpServer::serve(&repo);
+    let from_folder = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
+    let folder_report = Kiln::new(&ws.store("f")).build(&from_folder, &[]);
+    let folder_lock = lock_text(&from_folder);
+    let from_http = recipe_at(&ws, &fixture, &server.url, "linux/amd64", PACKAGES);
+    let store = ws.store("h");
+    let kiln = Kiln::new(&store);
+    kiln.run(&["lock", from_http.to_str().unwrap()]).ok();
+    let http_lock = lock_text(&from_http);
+    assert!(http_lock.contains(&format!("repository = \"{}\"", server.url)), "{http_lock}");
+    // The same packages, differing only in where they come from (and so in the recipe's
+    // digest).
+    let packages = |lock: &str, url: &str| -> String {
+        lock.lines()
+            .filter(|l| !l.starts_with("recipe = "))
+            .map(|l| l.replace(url, "URL") + "\n")
+            .collect()
+    };
+    assert_eq!(
+        packages(&http_lock, &server.url),
+        packages(&folder_lock, &format!("file://{}", repo.display())),
+    );
+    let http_report = kiln.build(&from_http, &["--locked"]);
+    assert_eq!(digest_of(&folder_report), digest_of(&http_report));
+    // Every package file was fetched over HTTP into the store: it builds without the server.
+    drop(server);
+    let again = kiln.build(&from_http, &["--locked"]);
+    assert_eq!(digest_of(&folder_report), digest_of(&again));
+}
+
+#[test]
+fn an_http_package_file_missing_or_longer_than_locked_is_refused_and_nothing_stored() {
+    let Some(fixture) = fixture() else { return };
+    if !require_tool("python3") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let server = HttpServer::serve(&repo);
+    let recipe =
+        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    Kiln::new(&ws.store("lock")).run(&["lock", recipe.to_str().unwrap()]).ok();
+    let deb = busybox_deb(&repo);
+    let name = deb.file_name().unwrap().to_str().unwrap().to_string();
+    // The file's name has its epoch as `%3a`, which the URL escapes.
+    let url = format!("{}/pool/main/{}", server.url, name.replace('%', "%25"));
+
+    // One byte more than the lock says: refused as an integrity failure.
+    let mut bytes = fs::read(&deb).unwrap();
+    bytes.push(0);
+    fs::remove_file(&deb).unwrap();
+    fs::write(&deb, bytes).unwrap();
+    let store = ws.store("s");
+    Kiln::new(&store)
+        .run(&["build", "--locked", recipe.to_str().unwrap()])
+        .fails_with(EXIT_INTEGRITY)
+        .stderr_has(&[&url, "but the lock says"]);
+    assert!(blobs(&store).is_empty());
+
+    // Gone from the server: an error naming the URL and the status.
+    fs::remove_file(&deb).unwrap();
+    Kiln::new(&store)
+        .run(&["build", "--locked", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["package busybox-static: cannot read", &url, "HTTP 404 Not Found"]);
+    assert!(blobs(&store).is_empty());
 }

@@ -9,7 +9,8 @@ use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_deb::repository::{load_suite, Fetch, RepositoryError};
+use kiln_deb::repository::{load_suite, RepositoryError};
+use kiln_deb::source::{Source, SourceError};
 use kiln_deb::{read_deb, Installed, Keyring, Limits, MemberKind, PackageRecord};
 use kiln_oci::{Digest, HashingReader};
 
@@ -47,10 +48,12 @@ pub enum PackageError {
     NotLocked { layer: String, architecture: String },
     #[error("package {name}: the lock names repository {url}, which the recipe no longer has")]
     UnknownRepository { name: String, url: String },
+    #[error("repository {url}")]
+    Url { url: String, source: SourceError },
     #[error("package {name}: cannot read {path}")]
-    Fetch { name: String, path: PathBuf, source: io::Error },
+    Fetch { name: String, path: String, source: io::Error },
     #[error("{path} is {found_size} bytes with sha256 {found}, but the lock says {size} bytes with sha256 {expected}")]
-    Digest { path: PathBuf, expected: Digest, size: u64, found: Digest, found_size: u64 },
+    Digest { path: String, expected: Digest, size: u64, found: Digest, found_size: u64 },
     #[error("package {name} ({path})")]
     Deb { name: String, path: String, source: kiln_deb::DebError },
     #[error("package {name}: member {member}")]
@@ -74,28 +77,9 @@ impl PackageError {
     }
 }
 
-/// A repository's folder, read as [`Fetch`] wants.
-struct Folder(PathBuf);
-
-impl Fetch for Folder {
-    fn get(&mut self, path: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
-        let file = match File::open(self.0.join(path)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut bytes = Vec::new();
-        file.take(limit + 1).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > limit {
-            return Err(io::Error::other(format!("it is larger than {limit} bytes")));
-        }
-        Ok(Some(bytes))
-    }
-}
-
-/// The folder a `file://` repository url names.
-fn folder(url: &str) -> PathBuf {
-    PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
+/// Where a repository url's files are read from.
+fn source(url: &str) -> Result<Source, PackageError> {
+    Source::parse(url).map_err(|source| PackageError::Url { url: url.to_string(), source })
 }
 
 /// The architectures packages are installed for: each of the recipe's platforms', once, in
@@ -242,7 +226,7 @@ fn load(
         source: Box::new(source),
     };
     let suite =
-        load_suite(&mut Folder(folder(&repo.url)), &keyring, &repo.suite, &repo.components, arches)
+        load_suite(&mut source(&repo.url)?, &keyring, &repo.suite, &repo.components, arches)
             .map_err(wrap)?;
     let locked = LockedRepository {
         url: repo.url.clone(),
@@ -306,24 +290,32 @@ pub fn unpack_locked<'s>(
 ) -> Result<Unpacked, PackageError> {
     let descriptor = kiln_oci::Descriptor::new(DEB_MEDIA_TYPE, package.sha256, package.size);
     let expected = (package.sha256, package.size);
-    let Some(store) = store else {
-        let source = folder(&package.repository).join(&package.path);
-        return unpack_checked(&package.name, &package.path, expected, &source, &source, spool);
-    };
+    let origin = source(&package.repository)?;
+    let shown = origin.location(&package.path);
     let scratch =
         tempfile::Builder::new().prefix("kiln-deb-").tempdir().map_err(PackageError::Spool)?;
     let copy = scratch.path().join("package.deb");
+    let fetch =
+        |e| PackageError::Fetch { name: package.name.clone(), path: shown.clone(), source: e };
+    let Some(store) = store else {
+        let local = match origin.local(&package.path) {
+            Some(path) => path,
+            None => {
+                origin.copy_to(&package.path, package.size, &copy).map_err(fetch)?;
+                copy
+            }
+        };
+        return unpack_checked(&package.name, &package.path, expected, &local, &shown, spool);
+    };
     let stored = store
         .copy_blob(&descriptor, &copy)
         .map_err(|source| PackageError::Store { name: package.name.clone(), source })?;
     if stored {
-        return unpack_checked(&package.name, &package.path, expected, &copy, &copy, spool);
+        let shown = copy.display().to_string();
+        return unpack_checked(&package.name, &package.path, expected, &copy, &shown, spool);
     }
-    let source = folder(&package.repository).join(&package.path);
-    let fetch =
-        |e| PackageError::Fetch { name: package.name.clone(), path: source.clone(), source: e };
-    std::fs::copy(&source, &copy).map_err(fetch)?;
-    let unpacked = unpack_checked(&package.name, &package.path, expected, &copy, &source, spool)?;
+    origin.copy_to(&package.path, package.size, &copy).map_err(fetch)?;
+    let unpacked = unpack_checked(&package.name, &package.path, expected, &copy, &shown, spool)?;
     store
         .put_file(&copy, &descriptor)
         .map_err(|source| PackageError::Store { name: package.name.clone(), source })?;
@@ -338,12 +330,15 @@ fn unpack_checked(
     member: &str,
     expected: (Digest, u64),
     path: &std::path::Path,
-    shown: &std::path::Path,
+    shown: &str,
     spool: Option<&mut Spool>,
 ) -> Result<Unpacked, PackageError> {
     let (sha256, size) = expected;
-    let fetch =
-        |source| PackageError::Fetch { name: name.to_string(), path: path.to_path_buf(), source };
+    let fetch = |source| PackageError::Fetch {
+        name: name.to_string(),
+        path: path.display().to_string(),
+        source,
+    };
     let file = File::open(path).map_err(fetch)?;
     let mut hashing = HashingReader::new(BufReader::new(file).take(size + 1));
     let unpacked = unpack(&mut hashing, name, member, spool);
@@ -352,7 +347,7 @@ fn unpack_checked(
     let (found, found_size) = hashing.finish();
     if found != sha256 || found_size != size {
         return Err(PackageError::Digest {
-            path: shown.to_path_buf(),
+            path: shown.to_string(),
             expected: sha256,
             size,
             found,
@@ -371,7 +366,7 @@ pub fn unpack_file(
     size: u64,
     spool: Option<&mut Spool>,
 ) -> Result<Unpacked, PackageError> {
-    unpack_checked(src, src, (digest, size), path, path, spool)
+    unpack_checked(src, src, (digest, size), path, &path.display().to_string(), spool)
 }
 
 fn unpack(

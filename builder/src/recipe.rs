@@ -223,7 +223,8 @@ pub struct DebSpec {
 /// A `[[repository]]` table: a signed Debian repository and the key that signs it.
 #[derive(Clone, Debug)]
 pub struct RepositorySpec {
-    /// `file:///absolute/path` of the repository's root (the folder holding `dists/`).
+    /// `file:///absolute/path`, `http://` or `https://` URL of the repository's root (the
+    /// folder holding `dists/`).
     pub url: String,
     pub suite: String,
     pub components: Vec<String>,

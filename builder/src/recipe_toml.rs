@@ -578,16 +578,20 @@ impl Context<'_> {
 
     fn repository(&self, raw: &RawRepository) -> Result<RepositorySpec, RecipeError> {
         let url = raw.url.get_ref();
-        let Some(path) = url.strip_prefix("file://").filter(|p| p.starts_with('/')) else {
+        let local = url.strip_prefix("file://").filter(|p| p.starts_with('/'));
+        let remote = ["http://", "https://"].iter().any(|scheme| {
+            url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        });
+        if local.is_none() && !remote {
             return self.err(
                 raw.url.span(),
                 Problem::Invalid(format!(
-                    "repository url {url:?} is not file:///absolute/path (the only kind kiln \
-                     fetches from so far)"
+                    "repository url {url:?} is neither file:///absolute/path nor \
+                     http(s)://host/path"
                 )),
             );
-        };
-        if path.split('/').any(|c| c == "..") {
+        }
+        if local.is_some_and(|path| path.split('/').any(|c| c == "..")) {
             return self
                 .err(raw.url.span(), Problem::Invalid("repository url climbs with \"..\"".into()));
         }

@@ -49,12 +49,9 @@ fn bad_package_declarations_name_their_line() {
         ("\"linux/amd64\"", layer.to_string(), ":7:", "packages need a [[repository]]"),
         (
             "\"linux/amd64\"",
-            format!(
-                "{}{layer}",
-                REPO.replace("file:///srv/debian", "http://mirror.invalid/debian")
-            ),
+            format!("{}{layer}", REPO.replace("file:///srv/debian", "ftp://mirror.invalid/debian")),
             ":6:",
-            "is not file:///absolute/path",
+            "is neither file:///absolute/path nor http(s)://host/path",
         ),
         (
             "\"linux/amd64\"",

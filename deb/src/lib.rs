@@ -14,6 +14,7 @@ pub mod release;
 pub mod repository;
 pub mod resolve;
 pub mod signature;
+pub mod source;
 pub mod version;
 
 pub use deb_file::{read_deb, Control, DebError, Limits};
