@@ -15,20 +15,9 @@ use kiln_oci::Digest;
 use kiln_test_servers::registry;
 use serde_json::{json, Value};
 use support::{
-    is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_INTEGRITY, EXIT_LOCK_MISMATCH,
+    debian_fixture, is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_INTEGRITY,
+    EXIT_LOCK_MISMATCH,
 };
-
-/// The folder `ci/debian-repo` made, or `None` (a skip locally, a failure in CI).
-fn debian_fixture() -> Option<PathBuf> {
-    match std::env::var_os("KILN_DEBIAN_REPO") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            assert!(!support::in_ci(), "KILN_DEBIAN_REPO is not set up: run ci/debian-repo DIR");
-            eprintln!("SKIP: set KILN_DEBIAN_REPO to a folder made by ci/debian-repo");
-            None
-        }
-    }
-}
 
 /// The tools these tests drive, and the Debian fixture; `None` skips (locally).
 fn setup() -> Option<PathBuf> {

@@ -138,9 +138,7 @@ fn kernel_boots_kiln_initramfs_of_debian_packages_with_their_busybox_as_init() {
     let Some(root) = boot_root() else {
         return;
     };
-    let Some(repo) = std::env::var_os("KILN_DEBIAN_REPO").map(PathBuf::from) else {
-        assert!(!in_ci(), "KILN_DEBIAN_REPO is not set up: run ci/debian-repo DIR");
-        eprintln!("SKIP: set KILN_DEBIAN_REPO to a folder made by ci/debian-repo");
+    let Some(repo) = support::debian_fixture() else {
         return;
     };
     // Only /init is the recipe's own: busybox comes from the busybox-static package.

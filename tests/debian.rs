@@ -13,21 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use support::{
-    blobs, digest_of, is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR, EXIT_INTEGRITY,
-    EXIT_LOCK_MISMATCH,
+    blobs, debian_fixture, digest_of, is_root, require_tool, sh, Kiln, Workspace, EXIT_ERROR,
+    EXIT_INTEGRITY, EXIT_LOCK_MISMATCH,
 };
-
-/// The folder `ci/debian-repo` made, or `None` (a skip locally, a failure in CI).
-fn fixture() -> Option<PathBuf> {
-    match std::env::var_os("KILN_DEBIAN_REPO") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            assert!(!support::in_ci(), "KILN_DEBIAN_REPO is not set up: run ci/debian-repo DIR");
-            eprintln!("SKIP: set KILN_DEBIAN_REPO to a folder made by ci/debian-repo");
-            None
-        }
-    }
-}
 
 /// A repository of the test's own: the fixture's indexes copied (so a test may damage
 /// them) and its package files linked one by one (so a test may replace one).
@@ -81,7 +69,7 @@ fn lock_text(recipe: &Path) -> String {
 
 #[test]
 fn packages_lock_build_run_in_a_chroot_and_are_listed_by_dpkg_query() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     if !require_tool("umoci") || !require_tool("dpkg-query") {
         return;
     }
@@ -147,7 +135,7 @@ fn packages_lock_build_run_in_a_chroot_and_are_listed_by_dpkg_query() {
 
 #[test]
 fn a_plain_build_never_resolves_again_and_lock_update_does() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
@@ -180,7 +168,7 @@ fn a_plain_build_never_resolves_again_and_lock_update_does() {
 
 #[test]
 fn an_unchanged_rebuild_reads_no_package_file() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
@@ -203,7 +191,7 @@ fn an_unchanged_rebuild_reads_no_package_file() {
 
 #[test]
 fn the_same_lock_gives_the_same_image_under_varied_conditions() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
@@ -220,7 +208,7 @@ fn the_same_lock_gives_the_same_image_under_varied_conditions() {
 
 #[test]
 fn arm64_resolves_and_installs_arm64_packages() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/arm64", PACKAGES);
@@ -244,7 +232,7 @@ fn elf_machine(layer: &Path, member: &str) -> u16 {
 
 #[test]
 fn two_platforms_lock_and_install_each_architecture_s_packages() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64\", \"linux/arm64", PACKAGES);
@@ -306,7 +294,7 @@ fn two_platforms_lock_and_install_each_architecture_s_packages() {
 
 #[test]
 fn a_release_signed_by_another_key_is_refused_and_nothing_stored() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     fs::copy(fixture.join("other-InRelease"), repo.join("dists/kiln/InRelease")).unwrap();
@@ -327,7 +315,7 @@ fn a_release_signed_by_another_key_is_refused_and_nothing_stored() {
 
 #[test]
 fn an_index_whose_hash_differs_from_the_release_is_refused() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let index = repo.join("dists/kiln/main/binary-amd64/Packages.xz");
@@ -345,7 +333,7 @@ fn an_index_whose_hash_differs_from_the_release_is_refused() {
 
 #[test]
 fn a_package_file_that_differs_from_the_lock_is_refused_and_nothing_stored() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
@@ -374,7 +362,7 @@ fn a_package_file_that_differs_from_the_lock_is_refused_and_nothing_stored() {
 
 #[test]
 fn a_package_file_kept_in_the_store_found_corrupt_exits_4() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
@@ -406,7 +394,7 @@ fn a_package_file_kept_in_the_store_found_corrupt_exits_4() {
 
 #[test]
 fn local_debs_install_and_two_shipping_one_path_differently_is_an_error_naming_both() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let pool = fixture.join("repo/pool/main");
     let find = |arch: &str| {
@@ -440,7 +428,7 @@ fn local_debs_install_and_two_shipping_one_path_differently_is_an_error_naming_b
 
 #[test]
 fn a_locked_build_of_packages_without_a_lock_is_a_lock_error() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
@@ -471,7 +459,7 @@ fn referrer_document(store: &Path, subject: &str, artifact_type: &str) -> serde_
 #[test]
 fn the_sbom_lists_each_package_and_the_provenance_the_release_and_package_files() {
     use base64::Engine;
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
     let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
@@ -708,7 +696,7 @@ fn busybox_deb(repo: &Path) -> PathBuf {
 
 #[test]
 fn an_http_repository_locks_and_builds_the_same_image_as_its_folder() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     if !require_tool("python3") {
         return;
     }
@@ -746,7 +734,7 @@ fn an_http_repository_locks_and_builds_the_same_image_as_its_folder() {
 
 #[test]
 fn an_http_package_file_missing_or_longer_than_locked_is_refused_and_nothing_stored() {
-    let Some(fixture) = fixture() else { return };
+    let Some(fixture) = debian_fixture() else { return };
     if !require_tool("python3") {
         return;
     }

@@ -30,6 +30,19 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// The signed Debian repository `ci/debian-repo` made (`KILN_DEBIAN_REPO`), or `None`: a
+/// skip locally, a failure in CI.
+pub fn debian_fixture() -> Option<std::path::PathBuf> {
+    match std::env::var_os("KILN_DEBIAN_REPO") {
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None => {
+            assert!(!in_ci(), "KILN_DEBIAN_REPO is not set up: run ci/debian-repo DIR");
+            eprintln!("SKIP: set KILN_DEBIAN_REPO to a folder made by ci/debian-repo");
+            None
+        }
+    }
+}
+
 /// Returns true when `tool` is on PATH. In CI a missing tool is a failure; elsewhere the
 /// calling test should return early after the skip message printed here.
 pub fn require_tool(tool: &str) -> bool {
