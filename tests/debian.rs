@@ -769,3 +769,27 @@ fn an_http_package_file_missing_or_longer_than_locked_is_refused_and_nothing_sto
         .stderr_has(&["package busybox-static: cannot read", &url, "HTTP 404 Not Found"]);
     assert!(blobs(&store).is_empty());
 }
+
+#[test]
+fn an_http_release_file_larger_than_any_release_is_refused_unread_past_its_limit() {
+    let Some(fixture) = debian_fixture() else { return };
+    if !require_tool("python3") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    // A signed release is kilobytes; a server that sends more than the limit is refused
+    // after the limit, whatever it goes on to send.
+    // kiln_deb::repository::RELEASE_LIMIT, as docs/recipes.md gives it.
+    let limit: u64 = 16 << 20;
+    fs::write(repo.join("dists/kiln/InRelease"), vec![b'A'; limit as usize + 1]).unwrap();
+    let server = HttpServer::serve(&repo);
+    let recipe =
+        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let store = ws.store("s");
+    Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).fails_with(EXIT_ERROR).stderr_has(
+        &[&format!("{}/dists/kiln/InRelease is larger than {limit} bytes", server.url)],
+    );
+    assert!(!recipe.with_extension("lock").exists());
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+}
