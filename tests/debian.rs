@@ -793,3 +793,68 @@ fn an_http_release_file_larger_than_any_release_is_refused_unread_past_its_limit
     assert!(!recipe.with_extension("lock").exists());
     assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
 }
+
+/// Re-signs `repo`'s release with a new key made ten days ago, and writes that key to
+/// `valid` as it was then and to `expired` after it was made to expire a week ago (with
+/// `gpg --quick-set-expire` at a faked time). Returns the key's fingerprint.
+fn sign_with_a_key_that_expires(repo: &Path, valid: &Path, expired: &Path) -> String {
+    // Short: the agent's socket path must fit in a sockaddr_un.
+    let home = tempfile::Builder::new().prefix("kg").tempdir_in("/tmp").unwrap();
+    let release = repo.join("dists/kiln/Release");
+    let script = r#"set -eu
+chmod 700 "$GNUPGHOME"
+now=$(date +%s)
+g() { gpg --batch --quiet --pinentry-mode loopback --passphrase '' "$@"; }
+g --faked-system-time $((now - 864000)) --quick-gen-key 'kiln expiring <exp@kiln.invalid>' ed25519 sign never
+fpr=$(gpg --batch --with-colons --list-keys exp@kiln.invalid | awk -F: '/^fpr/ {print $10; exit}')
+g --faked-system-time $((now - 864000)) --yes --clearsign -o "$2" "$1"
+gpg --batch --armor --export "$fpr" >"$3"
+g --faked-system-time $((now - 691200)) --quick-set-expire "$fpr" 1d
+gpg --batch --armor --export "$fpr" >"$4"
+gpgconf --kill gpg-agent
+echo "$fpr"
+"#;
+    let out = Command::new("sh")
+        .env("GNUPGHOME", home.path())
+        .args(["-c", script, "sh"])
+        .arg(&release)
+        .arg(repo.join("dists/kiln/InRelease"))
+        .args([valid, expired])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_key_expired_since_locking_fails_lock_update_but_not_a_locked_build() {
+    let Some(fixture) = debian_fixture() else { return };
+    if !require_tool("gpg") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let (valid, expired) = (ws.path("valid.asc"), ws.path("expired.asc"));
+    let fpr = sign_with_a_key_that_expires(&repo, &valid, &expired);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let key = recipe.with_file_name("key.asc");
+
+    // Locked while the key was valid (its copy from before the expiry).
+    fs::copy(&valid, &key).unwrap();
+    let store = ws.store("s");
+    Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).ok();
+    let locked = lock_text(&recipe);
+
+    // The key has expired since: resolving again is refused naming it, and the lock stays.
+    fs::copy(&expired, &key).unwrap();
+    let fresh = ws.store("fresh");
+    Kiln::new(&fresh)
+        .run(&["lock", "--update", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["the key file cannot vouch for any release", &fpr, "expired at"]);
+    assert_eq!(lock_text(&recipe), locked);
+    assert!(blobs(&fresh).is_empty(), "{:?}", blobs(&fresh));
+
+    // A build from the lock never resolves: the lock's sha256s vouch for the packages.
+    Kiln::new(&store).build(&recipe, &["--locked"]);
+}

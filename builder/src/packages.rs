@@ -225,8 +225,12 @@ fn load(
         suite: repo.suite.clone(),
         source: Box::new(source),
     };
+    // Keys, signature and Valid-Until are judged at the moment of resolving; the time is
+    // a check and never reaches the lock or an image. A build from the lock never comes
+    // here: the lock's sha256s vouch for its packages.
+    let now = std::time::SystemTime::now();
     let suite =
-        load_suite(&mut source(&repo.url)?, &keyring, &repo.suite, &repo.components, arches)
+        load_suite(&mut source(&repo.url)?, &keyring, &repo.suite, &repo.components, arches, now)
             .map_err(wrap)?;
     let locked = LockedRepository {
         url: repo.url.clone(),

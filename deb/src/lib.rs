@@ -3,6 +3,7 @@
 //! lists, comparing versions and resolving a dependency closure per architecture.
 
 pub mod ar;
+pub mod date;
 pub mod deb822;
 pub mod deb_file;
 pub mod decompress;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::date::parse_release_date;
 use crate::deb822::{self, Deb822Error};
 use crate::packages::Sha256;
 
@@ -13,6 +14,9 @@ pub struct Release {
     pub codename: Option<String>,
     pub architectures: Vec<String>,
     pub components: Vec<String>,
+    /// `Valid-Until`, seconds since the Unix epoch: after it the release is stale (a
+    /// mirror may be replaying an old one), and apt refuses it.
+    pub valid_until: Option<u64>,
     files: BTreeMap<String, (Sha256, u64)>,
 }
 
@@ -27,6 +31,8 @@ pub enum ReleaseError {
     NoSha256,
     #[error("its SHA256 line {0:?} is not `HASH SIZE PATH`")]
     Line(String),
+    #[error("its Valid-Until {0:?} is not a date")]
+    ValidUntil(String),
 }
 
 impl Release {
@@ -52,7 +58,15 @@ impl Release {
             let size = size.parse::<u64>().map_err(|_| bad())?;
             files.insert(path.to_string(), (hash, size));
         }
+        let valid_until = match p.get("Valid-Until") {
+            None => None,
+            Some(text) => Some(
+                parse_release_date(text)
+                    .ok_or_else(|| ReleaseError::ValidUntil(text.to_string()))?,
+            ),
+        };
         Ok(Release {
+            valid_until,
             suite: p.get("Suite").map(str::to_string),
             codename: p.get("Codename").map(str::to_string),
             architectures: list("Architectures"),
@@ -89,5 +103,10 @@ mod tests {
         assert_eq!(r.file("main/binary-arm64/Packages"), None);
         assert!(matches!(Release::parse("Suite: x\n"), Err(ReleaseError::NoSha256)));
         assert!(matches!(Release::parse("SHA256:\n zz 1 x\n"), Err(ReleaseError::Line(_))));
+        assert_eq!(r.valid_until, None);
+        let dated = format!("Valid-Until: Thu, 01 Jan 1970 00:01:00 UTC\n{text}");
+        assert_eq!(Release::parse(&dated).unwrap().valid_until, Some(60));
+        let bad = format!("Valid-Until: soon\n{text}");
+        assert!(matches!(Release::parse(&bad), Err(ReleaseError::ValidUntil(_))));
     }
 }

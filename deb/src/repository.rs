@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::date::utc;
 use crate::decompress::{Bounded, Bounds, Codec};
 use crate::packages::{parse_index, PackageRecord, RecordError, Sha256};
 use crate::release::{Release, ReleaseError};
@@ -48,12 +50,16 @@ pub enum RepositoryError {
         "dists/{suite}/Release has no signature (Release.gpg); kiln uses only signed repositories"
     )]
     Unsigned { suite: String },
+    #[error("the key file cannot vouch for any release")]
+    Keys(#[source] SignatureError),
     #[error("the signature of {path} does not verify")]
     Signature { path: String, source: SignatureError },
     #[error("{path} is not text")]
     NotText { path: String },
     #[error("{path} is malformed")]
     Release { path: String, source: ReleaseError },
+    #[error("{path} was valid until {until}; the repository (or a mirror replaying an old release) is stale")]
+    Expired { path: String, until: String },
     #[error("{path} describes suite {found:?}, not {suite:?}")]
     WrongSuite { path: String, suite: String, found: String },
     #[error("the release of {suite} lists no {component}/binary-{arch}/Packages index (its architectures: {archs}; components: {components})")]
@@ -69,14 +75,17 @@ pub enum RepositoryError {
 }
 
 /// Fetches and checks one suite: its signed release and the `Packages` index of every
-/// component for every architecture.
+/// component for every architecture. The keys, the signature and the release's
+/// `Valid-Until` must all be valid at `at`, the moment the suite is resolved.
 pub fn load_suite(
     fetch: &mut dyn Fetch,
     keyring: &Keyring,
     suite: &str,
     components: &[String],
     architectures: &[String],
+    at: SystemTime,
 ) -> Result<Suite, RepositoryError> {
+    keyring.check_usable(at).map_err(RepositoryError::Keys)?;
     let get = |fetch: &mut dyn Fetch, path: &str, limit| {
         fetch
             .get(path, limit)
@@ -87,7 +96,7 @@ pub fn load_suite(
     let (path, text, digest, file) = match get(fetch, &in_release, RELEASE_LIMIT)? {
         Some(bytes) => {
             let text = utf8(&bytes, &in_release)?;
-            let signed = keyring.verify_clearsigned(text).map_err(|source| {
+            let signed = keyring.verify_clearsigned(text, at).map_err(|source| {
                 RepositoryError::Signature { path: in_release.clone(), source }
             })?;
             (in_release, signed, Sha256::of(&bytes), "InRelease")
@@ -99,7 +108,7 @@ pub fn load_suite(
             let signature = get(fetch, &format!("{release}.gpg"), RELEASE_LIMIT)?
                 .ok_or_else(|| RepositoryError::Unsigned { suite: suite.to_string() })?;
             keyring
-                .verify_detached(&bytes, &signature)
+                .verify_detached(&bytes, &signature, at)
                 .map_err(|source| RepositoryError::Signature { path: release.clone(), source })?;
             let text = utf8(&bytes, &release)?.to_string();
             (release, text, Sha256::of(&bytes), "Release")
@@ -107,6 +116,10 @@ pub fn load_suite(
     };
     let release = Release::parse(&text)
         .map_err(|source| RepositoryError::Release { path: path.clone(), source })?;
+    let now = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if let Some(until) = release.valid_until.filter(|&until| until <= now) {
+        return Err(RepositoryError::Expired { path, until: utc(until) });
+    }
     if !release.is_suite(suite) {
         let found = release.suite.clone().or(release.codename.clone()).unwrap_or_default();
         return Err(RepositoryError::WrongSuite { path, suite: suite.to_string(), found });

@@ -1,10 +1,25 @@
 //! OpenPGP checks of a repository's `InRelease` (clearsigned) or `Release` + `Release.gpg`
 //! (detached), against the keys a recipe trusts. Only the signed text is ever returned, so
 //! nothing outside the signature reaches a parser.
+//!
+//! A signature counts only when it verifies AND, at the time the caller gives (the moment of
+//! `kiln lock`), the key or subkey that made it may sign: not expired, not revoked, with the
+//! signing capability, and the signature itself neither expired nor made in the future.
 
-use pgp::composed::{CleartextSignedMessage, Deserializable, DetachedSignature, SignedPublicKey};
-use pgp::packet::Signature;
-use pgp::types::KeyDetails;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pgp::composed::{
+    CleartextSignedMessage, Deserializable, DetachedSignature, SignedPublicKey, SignedPublicSubKey,
+};
+use pgp::packet::{Signature, SignatureType, SubpacketData};
+use pgp::types::{KeyDetails, Timestamp};
+
+use crate::date::utc;
+
+/// How far in the future a signature's creation time may be, for clocks that disagree a
+/// little (a repository signed a moment ago by a server whose clock runs ahead).
+const CLOCK_SKEW: u64 = 30 * 60;
 
 /// The public keys one repository is trusted under (primary keys and their signing subkeys).
 pub struct Keyring {
@@ -18,16 +33,206 @@ pub enum SignatureError {
     NoKey,
     #[error("the key file is not an OpenPGP public key (armored or binary)")]
     Key(#[source] pgp::errors::Error),
+    #[error("the key file has no key that may sign now: {reasons}")]
+    NoUsableKey { reasons: Reasons },
     #[error("it is not a clearsigned message")]
     Clearsigned(#[source] pgp::errors::Error),
     #[error("it is not an OpenPGP signature")]
     Detached(#[source] pgp::errors::Error),
     #[error("no signature on it was made by a trusted key ({fingerprints})")]
     Untrusted { fingerprints: String },
+    #[error("it is signed by {signer}, which may not sign it: {reason}")]
+    Invalid { signer: Box<Signer>, reason: Box<Invalidity> },
+}
+
+/// The key that made a signature: a primary key, or a subkey of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub primary: String,
+    pub subkey: Option<String>,
+}
+
+impl fmt::Display for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.subkey {
+            None => write!(f, "key {}", self.primary),
+            Some(sub) => write!(f, "subkey {sub} of key {}", self.primary),
+        }
+    }
+}
+
+/// Why a key, subkey or signature is not valid at the time of the check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalidity {
+    #[error("key {fingerprint} expired at {at}")]
+    KeyExpired { fingerprint: String, at: String },
+    #[error("subkey {fingerprint} expired at {at}")]
+    SubkeyExpired { fingerprint: String, at: String },
+    #[error("key {fingerprint} is revoked ({reason})")]
+    KeyRevoked { fingerprint: String, reason: String },
+    #[error("subkey {fingerprint} is revoked ({reason})")]
+    SubkeyRevoked { fingerprint: String, reason: String },
+    #[error("{what} {fingerprint} is not marked for signing")]
+    NotSigning { what: &'static str, fingerprint: String },
+    #[error("the signature expired at {at}")]
+    SignatureExpired { at: String },
+    #[error("the signature is dated {created}, in the future")]
+    SignatureFuture { created: String },
+    #[error("the signature has no creation time")]
+    SignatureUndated,
+    #[error("the signature is dated {created}, before its key was made ({key_created})")]
+    SignatureBeforeKey { created: String, key_created: String },
+}
+
+/// Each key of a key file with why it may not sign, for [`SignatureError::NoUsableKey`].
+#[derive(Debug)]
+pub struct Reasons(Vec<(String, Invalidity)>);
+
+impl fmt::Display for Reasons {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (fingerprint, why)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}key {fingerprint}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+fn fingerprint(key: &impl KeyDetails) -> String {
+    format!("{:X}", key.fingerprint())
+}
+
+fn secs(t: Timestamp) -> u64 {
+    u64::from(t.as_secs())
+}
+
+/// Seconds since the Unix epoch; a time before it is the epoch.
+fn epoch_secs(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The newest of `signatures` (by creation time) of one of `types`.
+fn newest<'a>(
+    signatures: impl Iterator<Item = &'a Signature>,
+    types: &[SignatureType],
+) -> Option<&'a Signature> {
+    signatures
+        .filter(|s| s.typ().is_some_and(|t| types.contains(&t)))
+        .max_by_key(|s| s.created().map_or(0, secs))
+}
+
+/// Whether a self-signature allows signing: its key flags do, or it has none (keys older
+/// than key flags sign with their primary key).
+fn may_sign(sig: &Signature) -> bool {
+    let has_flags = sig.config().is_some_and(|c| {
+        c.hashed_subpackets().any(|p| matches!(p.data, SubpacketData::KeyFlags(_)))
+    });
+    !has_flags || sig.key_flags().sign()
+}
+
+/// When a key made at `created` expires under `sig`, if it does.
+fn expiry(created: Timestamp, sig: &Signature) -> Option<u64> {
+    sig.key_expiration_time()
+        .filter(|d| d.as_secs() != 0)
+        .map(|d| secs(created) + u64::from(d.as_secs()))
+}
+
+fn revocation_reason(sig: &Signature) -> String {
+    let code = sig.revocation_reason_code().map(|c| format!("{c:?}"));
+    let text = sig
+        .revocation_reason_string()
+        .map(|b| String::from_utf8_lossy(b).trim().to_string())
+        .filter(|t| !t.is_empty());
+    match (code, text) {
+        (Some(c), Some(t)) => format!("{c}: {t}"),
+        (Some(c), None) => c,
+        (None, Some(t)) => t,
+        (None, None) => "no reason given".to_string(),
+    }
+}
+
+const SELF_SIGNATURES: [SignatureType; 5] = [
+    SignatureType::Key,
+    SignatureType::CertGeneric,
+    SignatureType::CertPersona,
+    SignatureType::CertCasual,
+    SignatureType::CertPositive,
+];
+
+/// Whether the primary key is alive (not revoked, not expired) at `at`; `signing` also
+/// asks that it may sign itself.
+fn primary_valid(key: &SignedPublicKey, at: u64, signing: bool) -> Result<(), Invalidity> {
+    let fpr = fingerprint(&key.primary_key);
+    if let Some(rev) = key.details.revocation_signatures.first() {
+        return Err(Invalidity::KeyRevoked { fingerprint: fpr, reason: revocation_reason(rev) });
+    }
+    let self_sigs = key
+        .details
+        .direct_signatures
+        .iter()
+        .chain(key.details.users.iter().flat_map(|u| u.signatures.iter()));
+    let newest = newest(self_sigs, &SELF_SIGNATURES);
+    if let Some(end) = newest.and_then(|s| expiry(key.primary_key.created_at(), s)) {
+        if end <= at {
+            return Err(Invalidity::KeyExpired { fingerprint: fpr, at: utc(end) });
+        }
+    }
+    if signing && !newest.is_some_and(may_sign) {
+        return Err(Invalidity::NotSigning { what: "key", fingerprint: fpr });
+    }
+    Ok(())
+}
+
+/// Whether a subkey may sign at `at` (its primary key alive too).
+fn subkey_valid(
+    key: &SignedPublicKey,
+    sub: &SignedPublicSubKey,
+    at: u64,
+) -> Result<(), Invalidity> {
+    primary_valid(key, at, false)?;
+    let fpr = fingerprint(&sub.key);
+    let revoked = sub.signatures.iter().find(|s| s.typ() == Some(SignatureType::SubkeyRevocation));
+    if let Some(rev) = revoked {
+        return Err(Invalidity::SubkeyRevoked { fingerprint: fpr, reason: revocation_reason(rev) });
+    }
+    let binding = newest(sub.signatures.iter(), &[SignatureType::SubkeyBinding]);
+    if let Some(end) = binding.and_then(|s| expiry(sub.key.created_at(), s)) {
+        if end <= at {
+            return Err(Invalidity::SubkeyExpired { fingerprint: fpr, at: utc(end) });
+        }
+    }
+    // A subkey signs only when its binding says so (and then carries a back-signature,
+    // which parsing checked).
+    if !binding.is_some_and(|b| b.key_flags().sign()) {
+        return Err(Invalidity::NotSigning { what: "subkey", fingerprint: fpr });
+    }
+    Ok(())
+}
+
+/// Whether the signature itself is valid at `at`, made by a key created at `key_created`.
+fn signature_valid(sig: &Signature, key_created: Timestamp, at: u64) -> Result<(), Invalidity> {
+    let created = sig.created().map(secs).ok_or(Invalidity::SignatureUndated)?;
+    if created > at + CLOCK_SKEW {
+        return Err(Invalidity::SignatureFuture { created: utc(created) });
+    }
+    if created < secs(key_created) {
+        return Err(Invalidity::SignatureBeforeKey {
+            created: utc(created),
+            key_created: utc(secs(key_created)),
+        });
+    }
+    if let Some(d) = sig.signature_expiration_time().filter(|d| d.as_secs() != 0) {
+        let end = created + u64::from(d.as_secs());
+        if end <= at {
+            return Err(Invalidity::SignatureExpired { at: utc(end) });
+        }
+    }
+    Ok(())
 }
 
 impl Keyring {
-    /// Reads every public key of an armored (`.asc`) or binary (`.gpg`) key file.
+    /// Reads every public key of an armored (`.asc`) or binary (`.gpg`) key file, checking
+    /// every self-signature, binding and revocation in it.
     pub fn parse(bytes: &[u8]) -> Result<Keyring, SignatureError> {
         let armored = bytes.trim_ascii_start().starts_with(b"-----BEGIN");
         let keys: Vec<SignedPublicKey> = if armored {
@@ -51,36 +256,96 @@ impl Keyring {
 
     /// Primary key fingerprints, for messages.
     pub fn fingerprints(&self) -> String {
-        self.keys.iter().map(|k| format!("{}", k.fingerprint())).collect::<Vec<_>>().join(", ")
+        self.keys.iter().map(|k| fingerprint(&k.primary_key)).collect::<Vec<_>>().join(", ")
     }
 
-    /// Whether a trusted key or subkey made one of `signatures` over `data`.
+    /// Refuses a key file none of whose keys (primary or subkey) may sign at `at`, naming
+    /// each key and why.
+    pub fn check_usable(&self, at: SystemTime) -> Result<(), SignatureError> {
+        let at = epoch_secs(at);
+        let mut reasons = Vec::new();
+        for key in &self.keys {
+            let primary = primary_valid(key, at, true);
+            let Err(why) = primary else { return Ok(()) };
+            // A subkey's reason tells more than the primary's "not for signing", unless
+            // the primary itself is dead.
+            let mut reason = why;
+            for sub in &key.public_subkeys {
+                match subkey_valid(key, sub, at) {
+                    Ok(()) => return Ok(()),
+                    Err(Invalidity::NotSigning { .. }) => {}
+                    Err(why) => reason = why,
+                }
+            }
+            reasons.push((fingerprint(&key.primary_key), reason));
+        }
+        Err(SignatureError::NoUsableKey { reasons: Reasons(reasons) })
+    }
+
+    /// Whether a trusted key or subkey made one of `signatures` over `data` and may sign it
+    /// at `at`. A signature made by a trusted key that may not is refused naming that key
+    /// and why, unless another one passes.
     fn verifies<'a>(
         &self,
         signatures: impl Iterator<Item = &'a Signature> + Clone,
         data: &[u8],
-    ) -> bool {
-        self.keys.iter().any(|key| {
-            signatures.clone().any(|sig| {
-                sig.verify(&key.primary_key, data).is_ok()
-                    || key.public_subkeys.iter().any(|sub| sig.verify(&sub.key, data).is_ok())
-            })
-        })
+        at: SystemTime,
+    ) -> Result<(), SignatureError> {
+        let at = epoch_secs(at);
+        let mut refused = None;
+        for key in &self.keys {
+            for sig in signatures.clone() {
+                let outcome = if sig.verify(&key.primary_key, data).is_ok() {
+                    let signer = Signer { primary: fingerprint(&key.primary_key), subkey: None };
+                    let valid = primary_valid(key, at, true)
+                        .and_then(|()| signature_valid(sig, key.primary_key.created_at(), at));
+                    Some((signer, valid))
+                } else {
+                    key.public_subkeys.iter().find(|sub| sig.verify(&sub.key, data).is_ok()).map(
+                        |sub| {
+                            let signer = Signer {
+                                primary: fingerprint(&key.primary_key),
+                                subkey: Some(fingerprint(&sub.key)),
+                            };
+                            let valid = subkey_valid(key, sub, at)
+                                .and_then(|()| signature_valid(sig, sub.key.created_at(), at));
+                            (signer, valid)
+                        },
+                    )
+                };
+                match outcome {
+                    Some((_, Ok(()))) => return Ok(()),
+                    Some((signer, Err(reason))) => {
+                        refused.get_or_insert(SignatureError::Invalid {
+                            signer: Box::new(signer),
+                            reason: Box::new(reason),
+                        });
+                    }
+                    None => {}
+                }
+            }
+        }
+        Err(refused
+            .unwrap_or_else(|| SignatureError::Untrusted { fingerprints: self.fingerprints() }))
     }
 
-    /// Verifies a clearsigned `InRelease` and returns its signed text (with `\n` endings).
-    pub fn verify_clearsigned(&self, text: &str) -> Result<String, SignatureError> {
+    /// Verifies a clearsigned `InRelease` at `at` and returns its signed text (with `\n`
+    /// endings).
+    pub fn verify_clearsigned(&self, text: &str, at: SystemTime) -> Result<String, SignatureError> {
         let (message, _headers) =
             CleartextSignedMessage::from_string(text).map_err(SignatureError::Clearsigned)?;
         let signed = message.signed_text();
-        if !self.verifies(message.signatures().iter(), signed.as_bytes()) {
-            return Err(SignatureError::Untrusted { fingerprints: self.fingerprints() });
-        }
+        self.verifies(message.signatures().iter(), signed.as_bytes(), at)?;
         Ok(signed.replace("\r\n", "\n"))
     }
 
-    /// Verifies a detached signature (`Release.gpg`, armored or binary) over `data`.
-    pub fn verify_detached(&self, data: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+    /// Verifies a detached signature (`Release.gpg`, armored or binary) over `data` at `at`.
+    pub fn verify_detached(
+        &self,
+        data: &[u8],
+        signature: &[u8],
+        at: SystemTime,
+    ) -> Result<(), SignatureError> {
         let signatures: Vec<DetachedSignature> =
             if signature.trim_ascii_start().starts_with(b"-----BEGIN") {
                 let (sigs, _) = DetachedSignature::from_armor_many(signature)
@@ -92,10 +357,6 @@ impl Keyring {
                     .collect::<Result<_, _>>()
                     .map_err(SignatureError::Detached)?
             };
-        if self.verifies(signatures.iter().map(|s| &s.signature), data) {
-            Ok(())
-        } else {
-            Err(SignatureError::Untrusted { fingerprints: self.fingerprints() })
-        }
+        self.verifies(signatures.iter().map(|s| &s.signature), data, at)
     }
 }

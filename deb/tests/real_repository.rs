@@ -58,6 +58,7 @@ fn real_packages_verify_resolve_and_read_for_both_architectures() {
         "kiln",
         &["main".to_string()],
         &archs,
+        std::time::SystemTime::now(),
     )
     .unwrap();
     assert_eq!(suite.release_file, "InRelease");
@@ -108,6 +109,7 @@ fn the_real_release_signed_by_another_key_is_refused() {
         "kiln",
         &["main".to_string()],
         &["amd64".to_string()],
+        std::time::SystemTime::now(),
     )
     .unwrap_err();
     assert!(

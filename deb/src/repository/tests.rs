@@ -31,7 +31,7 @@ fn repo(release_files: &[(&str, &[u8])]) -> Files {
 }
 
 fn load(files: &mut Files, keyring: &Keyring) -> Result<Suite, RepositoryError> {
-    load_suite(files, keyring, "test", &["main".into()], &["amd64".into()])
+    load_suite(files, keyring, "test", &["main".into()], &["amd64".into()], SystemTime::now())
 }
 
 #[test]
@@ -103,8 +103,15 @@ fn an_index_whose_hash_differs_from_the_release_is_refused() {
 #[test]
 fn a_suite_or_architecture_the_release_does_not_list_is_refused() {
     let mut files = repo(&[("InRelease", IN_RELEASE.as_bytes())]);
-    let err = load_suite(&mut files, &keyring_a(), "test", &["main".into()], &["arm64".into()])
-        .unwrap_err();
+    let err = load_suite(
+        &mut files,
+        &keyring_a(),
+        "test",
+        &["main".into()],
+        &["arm64".into()],
+        SystemTime::now(),
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "the release of test lists no main/binary-arm64/Packages index (its architectures: amd64; components: main)"
@@ -113,8 +120,15 @@ fn a_suite_or_architecture_the_release_does_not_list_is_refused() {
         "dists/other/InRelease".to_string(),
         IN_RELEASE.as_bytes().to_vec(),
     )]));
-    let err = load_suite(&mut files, &keyring_a(), "other", &["main".into()], &["amd64".into()])
-        .unwrap_err();
+    let err = load_suite(
+        &mut files,
+        &keyring_a(),
+        "other",
+        &["main".into()],
+        &["amd64".into()],
+        SystemTime::now(),
+    )
+    .unwrap_err();
     assert!(matches!(err, RepositoryError::WrongSuite { .. }), "{err}");
 }
 
