@@ -1,7 +1,8 @@
 //! The builder's blob sink backed by a kiln store.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kiln_attest::known_layers::{DiffIdCheck, KnownLayers};
@@ -13,13 +14,50 @@ use kiln_builder::LayerRecord;
 use kiln_oci::{Descriptor, Digest, ImageManifest};
 use kiln_store::cache::{CacheLookup, CacheRecord, CacheSigner, CacheTrust, Refusal};
 use kiln_store::lease::Lease;
-use kiln_store::{Quarantined, Reuse, Store, Wanted};
+use kiln_store::{Quarantined, Reuse, Store, StoreError, Wanted};
 use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 /// Cache kind under which layer records are kept.
 const LAYER_CACHE: &str = "layer";
 /// Cache kind under which disk artifact descriptors are kept.
 const DISK_CACHE: &str = "disk";
+
+/// Blobs uploaded at once in the background. Each upload already keeps several parts in
+/// flight, and the upload reads its scratch file as it goes, so memory stays bounded by this
+/// many uploads' parts whatever the number of layers; a second one lets a small blob go up
+/// beside a large one.
+const BLOBS_IN_FLIGHT: usize = 2;
+
+/// A scratch file being stored in the background (see [`BlobSink::start_storing`]).
+struct Pending {
+    path: PathBuf,
+    digest: Digest,
+    task: JoinHandle<Result<Stored, StoreError>>,
+}
+
+/// Whether storing one scratch file wrote the blob (false: it was already there).
+type Stored = bool;
+
+/// Stores the scratch file at `path` as `digest` of `size` bytes. A folder store takes the
+/// file over (renamed into place); otherwise it is read and left where it is.
+async fn store_scratch(
+    store: Store,
+    path: PathBuf,
+    digest: Digest,
+    size: u64,
+    permits: Arc<Semaphore>,
+) -> Result<Stored, StoreError> {
+    // The semaphore is never closed, so a permit always comes.
+    let _permit = permits.acquire_owned().await.ok();
+    let outcome = if store.adopts_by_rename() {
+        store.adopt_blob_file(&path, &digest, size).await?
+    } else {
+        store.put_blob_file(&path, &digest, size).await?
+    };
+    Ok(outcome.uploaded)
+}
 
 /// Stores blobs and counts what was uploaded versus already present. Whatever it takes from
 /// the store is judged first (see `kiln_store::heal`), and corrupt blobs it finds are moved
@@ -45,6 +83,11 @@ pub struct StoreSink<'a> {
     pub refused: Vec<(String, Refusal)>,
     /// Corrupt blobs found and quarantined; each was then written again, verified.
     pub healed: Vec<Quarantined>,
+    /// Scratch files being uploaded while the build goes on.
+    pending: Vec<Pending>,
+    /// Scratch files whose background upload ended, and how, not yet put.
+    finished: Vec<(PathBuf, Digest, Stored)>,
+    permits: Arc<Semaphore>,
 }
 
 impl<'a> StoreSink<'a> {
@@ -62,6 +105,9 @@ impl<'a> StoreSink<'a> {
             vouchers: BTreeMap::new(),
             refused: Vec::new(),
             healed: Vec::new(),
+            pending: Vec::new(),
+            finished: Vec::new(),
+            permits: Arc::new(Semaphore::new(BLOBS_IN_FLIGHT)),
         }
     }
 
@@ -127,18 +173,66 @@ impl<'a> StoreSink<'a> {
     }
 
     /// Stores the scratch file at `path` as `digest` of `size` bytes, unless a sound blob is
-    /// already there (then the file is the caller's to delete). A folder store renames the
-    /// file into place.
+    /// already there, finishing what [`BlobSink::start_storing`] began for it. A folder store
+    /// renames the file into place; otherwise the file is deleted once stored (or found
+    /// there already), unless another name shares it.
     fn put_scratch(&mut self, path: &Path, digest: &Digest, size: u64) -> Result<(), SinkError> {
-        self.lease(&[*digest])?;
-        let wanted = Wanted { digest: *digest, size, vouched: None };
-        if self.usable(&[wanted])?.first() == Some(&true) {
-            self.present += 1;
-            return Ok(());
+        let stored = match self.pending.iter().position(|p| p.path == path) {
+            Some(i) => {
+                let pending = self.pending.swap_remove(i);
+                join(self.runtime, pending.task)?
+            }
+            None => match self.finished.iter().position(|(p, ..)| p == path) {
+                Some(i) => self.finished.swap_remove(i).2,
+                None => {
+                    self.lease(&[*digest])?;
+                    let wanted = Wanted { digest: *digest, size, vouched: None };
+                    if self.usable(&[wanted])?.first() == Some(&true) {
+                        false
+                    } else {
+                        let store = store_scratch(
+                            self.store.clone(),
+                            path.to_path_buf(),
+                            *digest,
+                            size,
+                            self.permits.clone(),
+                        );
+                        self.runtime.block_on(store)?
+                    }
+                }
+            },
+        };
+        self.count(stored);
+        if !self.store.adopts_by_rename() {
+            remove_scratch(path);
         }
-        let outcome = self.runtime.block_on(self.store.adopt_blob_file(path, digest, size))?;
-        self.count(outcome.uploaded);
         Ok(())
+    }
+
+    /// Fails with the error of a background upload that has already failed, so that a build
+    /// stops at once instead of compressing on; those that succeeded are kept for their put.
+    fn check_finished(&mut self) -> Result<(), SinkError> {
+        let (ended, running) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p: &Pending| p.task.is_finished());
+        self.pending = running;
+        self.join_all(ended)
+    }
+
+    /// Waits for `uploads`, keeping what each stored for its put; the first failure is the
+    /// error, and any other is warned about.
+    fn join_all(&mut self, uploads: Vec<Pending>) -> Result<(), SinkError> {
+        let mut failed = None;
+        for Pending { path, digest, task } in uploads {
+            match join(self.runtime, task) {
+                Ok(stored) => self.finished.push((path, digest, stored)),
+                Err(e) if failed.is_none() => failed = Some(e),
+                Err(e) => {
+                    eprintln!("warning: storing {digest} failed too: {}", kiln_store::one_line(&*e))
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Without trusted keys a layer entry's diff_id is the word of anyone who can write the
@@ -208,7 +302,73 @@ impl<'a> StoreSink<'a> {
     }
 }
 
+/// The end of a background upload; a panic in it goes on here.
+fn join(
+    runtime: &Runtime,
+    task: JoinHandle<Result<Stored, StoreError>>,
+) -> Result<Stored, SinkError> {
+    match runtime.block_on(task) {
+        Ok(stored) => Ok(stored?),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a scratch file that is stored now. It lies in the build's scratch folder, which
+/// goes as a whole when the build ends, so a failure only holds the space longer; a file
+/// already gone was shared by two layers with the same bytes.
+fn remove_scratch(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!(
+                "warning: cannot remove scratch file {}: {e}; it goes with the scratch folder",
+                path.display()
+            );
+        }
+    }
+}
+
 impl BlobSink for StoreSink<'_> {
+    fn start_storing(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
+        self.check_finished()?;
+        let digest = descriptor.digest;
+        // A folder store renames the file at the end; a blob already on its way needs no
+        // second upload (the later put finds it stored).
+        if self.store.adopts_by_rename()
+            || self.pending.iter().any(|p| p.digest == digest)
+            || self.finished.iter().any(|(_, d, _)| *d == digest)
+        {
+            return Ok(());
+        }
+        self.lease(&[digest])?;
+        let wanted = Wanted { digest, size: descriptor.size, vouched: None };
+        if self.usable(&[wanted])?.first() == Some(&true) {
+            self.finished.push((path.to_path_buf(), digest, false));
+            return Ok(());
+        }
+        let task = self.runtime.spawn(store_scratch(
+            self.store.clone(),
+            path.to_path_buf(),
+            digest,
+            descriptor.size,
+            self.permits.clone(),
+        ));
+        self.pending.push(Pending { path: path.to_path_buf(), digest, task });
+        Ok(())
+    }
+
+    fn settle(&mut self) -> Result<(), SinkError> {
+        let pending = std::mem::take(&mut self.pending);
+        let joined = self.join_all(pending);
+        // Stored but never put: the build failed before it named them. They are counted, as
+        // what is in the store now.
+        for (path, _, stored) in std::mem::take(&mut self.finished) {
+            self.count(stored);
+            remove_scratch(&path);
+        }
+        joined
+    }
+
     fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError> {
         let lookups = self.runtime.block_on(self.store.cache_lookups(
             LAYER_CACHE,

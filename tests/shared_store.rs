@@ -716,7 +716,8 @@ fn a_build_looks_again_after_a_gc_sweep_it_may_have_raced_and_remakes_what_went(
     shared.assert_clean(&shared.location);
 }
 
-/// `ci/counting-proxy.py` in front of an S3 server: the requests kiln sends through it.
+/// `ci/counting-proxy.py` (or `ci/fault-proxy.py`, which also breaks some requests) in front
+/// of an S3 server: the requests kiln sends through it.
 struct CountingProxy {
     child: Child,
     log: PathBuf,
@@ -725,11 +726,21 @@ struct CountingProxy {
 
 impl CountingProxy {
     fn start(upstream: &str, dir: &Path) -> CountingProxy {
+        CountingProxy::with("ci/counting-proxy.py", upstream, dir, &[])
+    }
+
+    /// `ci/fault-proxy.py` with `faults` (see that script).
+    fn faulty(upstream: &str, dir: &Path, faults: &[&str]) -> CountingProxy {
+        CountingProxy::with("ci/fault-proxy.py", upstream, dir, faults)
+    }
+
+    fn with(script: &str, upstream: &str, dir: &Path, args: &[&str]) -> CountingProxy {
         let (log, port_file) = (dir.join("requests.log"), dir.join("proxy.port"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/counting-proxy.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
         let mut child = Command::new("python3")
             .arg(script)
             .args([Path::new(upstream), &log, &port_file])
+            .args(args)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -807,4 +818,69 @@ fn unchanged_build_and_push_to_s3_write_nothing() {
     assert_eq!(writes(&requests), Vec::<&String>::new(), "{requests:?}");
     shared.assert_clean(&shared.location);
     shared.assert_clean(&target);
+}
+
+#[test]
+fn a_build_whose_upload_fails_midway_fails_and_leaves_no_bad_blob_nor_scratch_file() {
+    let Some(shared) = Shared::cloud(kiln_test_servers::s3()) else { return };
+    let Backend::Cloud(server) = &shared.backend else { unreachable!() };
+    // The second part of every multipart upload is refused: the large first layer's upload
+    // fails after its first part went up, while the layers after it are made.
+    let proxy =
+        CountingProxy::faulty(&server.endpoint, shared.tmp.path(), &["403:PUT:partNumber=2&:1000"]);
+    let via_proxy = format!("aws_endpoint={}", proxy.endpoint);
+    let dir = shared.tmp.path().join("checkout");
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    std::fs::write(dir.join("files/big"), support::noise(12 * 1024 * 1024, 0x5eed)).unwrap();
+    let mut text = String::from(
+        "epoch = 1700000000\n\n[image]\nname = \"cut\"\nversion = \"1.0.0\"\n\
+         platforms = [\"linux/amd64\"]\n\n[[layer]]\nname = \"big\"\n\
+         files = [{ src = \"files/big\", dest = \"/big\" }]\n",
+    );
+    for i in 0..3 {
+        text.push_str(&format!(
+            "\n[[layer]]\nname = \"l{i}\"\ninline = [{{ dest = \"/{i}\", content = \"{i}\\n\" }}]\n"
+        ));
+    }
+    let recipe = dir.join("cut.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let recipe = recipe.to_str().unwrap();
+
+    let out = shared.run("a", &["--store-option", &via_proxy, "build", recipe]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("storing blobs") && stderr.contains("403"), "{stderr}");
+    assert!(proxy.take().iter().any(|r| r.starts_with("PUT ") && r.contains("partNumber=2&")));
+    // The refused upload was aborted, nothing is tagged, and whatever blobs went up whole
+    // verify: the store checks clean.
+    assert_eq!(shared.multipart_uploads(&shared.location), Some(vec![]));
+    let raw = server.raw(&shared.location);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refs = rt.block_on(futures_collect(raw.list(Some(&Key::from("refs")))));
+    assert!(refs.is_empty(), "a failed build tagged {refs:?}");
+    shared.assert_clean(&shared.location);
+    // No scratch file is left in the runner's temporary folder.
+    let tmp = shared.tmp.path().join("runner-a/tmp");
+    let left: Vec<PathBuf> = walkdir(&tmp).into_iter().filter(|p| p.is_file()).collect();
+    assert!(left.is_empty(), "a failed build left {left:?}");
+
+    // Built again without the fault, the image is the one a folder store gets.
+    let again = shared.json("b", &["build", recipe, "--json"]);
+    let local = format!("file://{}", shared.tmp.path().join("local").display());
+    let folder = shared.json("c", &["--store", &local, "build", recipe, "--json"]);
+    assert_eq!(again["digest"], folder["digest"]);
+    shared.assert_clean(&shared.location);
+}
+
+/// Every path under `dir`, depth first.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walkdir(&path));
+        }
+        found.push(path);
+    }
+    found
 }

@@ -15,6 +15,12 @@ use crate::{key, Store};
 const BLOB_MODE: u32 = 0o644;
 
 impl Store {
+    /// Whether [`Store::adopt_blob_file`] moves a file into place (a folder store) rather
+    /// than sending its bytes: then there is no upload to start early.
+    pub fn adopts_by_rename(&self) -> bool {
+        self.folder.is_some()
+    }
+
     /// Stores the file at `path`, which the caller hashed as it wrote it and says is
     /// `expected` of `size` bytes, and takes it over: on success nothing is left at `path`.
     ///

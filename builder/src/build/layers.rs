@@ -153,12 +153,14 @@ pub(super) struct Layers {
     pub written: Vec<(Digest, LayerBlob)>,
 }
 
-/// Writes each layer `flat` has a tree for into the scratch folder; a layer `earlier` holds
-/// (written by this build for other platforms) is neither written again nor a cache hit.
+/// Writes each layer `flat` has a tree for into the scratch folder, telling `sink` of each as
+/// it is finished; a layer `earlier` holds (written by this build for other platforms) is
+/// neither written again nor a cache hit.
 pub(super) fn write_layers(
     recipe: &Recipe,
     opts: &BuildOptions,
     observer: &dyn Observer,
+    sink: &mut dyn BlobSink,
     keys: &[Digest],
     flat: &Flattened,
     earlier: &[(Digest, LayerRecord)],
@@ -186,6 +188,8 @@ pub(super) fn write_layers(
             }
             Source::Write(tree) => {
                 let blob = write_layer(recipe, opts, name, i, tree, &written)?;
+                let descriptor = Descriptor::new(blob.media_type, blob.digest, blob.size);
+                sink.start_storing(&blob.path, &descriptor).map_err(BuildError::Sink)?;
                 let record = LayerRecord {
                     media_type: blob.media_type.to_string(),
                     digest: blob.digest,

@@ -92,8 +92,34 @@ pub fn build(
                 );
             }
         });
-        build_resolved(recipe, opts, sink, observer, resolved, current, base)
+        let built = build_resolved(recipe, opts, &mut *sink, observer, resolved, current, base);
+        // Blobs the sink stores in the background are all stored, or have failed, before the
+        // build returns: nothing reads the scratch folder after, and no failure goes unsaid.
+        match (built, sink.settle()) {
+            (Ok(out), Ok(())) => Ok(out),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(_), Err(e)) => Err(BuildError::Sink(e)),
+            (Err(e), Err(also)) => {
+                eprintln!(
+                    "warning: storing a blob in the background failed too: {}",
+                    chain(&*also)
+                );
+                Err(e)
+            }
+        }
     })
+}
+
+/// An error and its causes, on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The part of [`build`] after the inputs are hashed: lock check, layers, image, disks.
@@ -109,6 +135,11 @@ fn build_resolved(
     let existing = plan::check_lock(recipe, opts.lock_mode, &current)?;
     let recipe_layers = groups.first().map_or(0, |g| g.layers.len());
     let base_layers = base::read(recipe, base.as_ref(), recipe_layers, opts, sink)?;
+    for layer in &base_layers {
+        let record = &layer.record;
+        let descriptor = Descriptor::new(record.media_type.clone(), record.digest, record.size);
+        sink.start_storing(&layer.path, &descriptor).map_err(BuildError::Sink)?;
+    }
     let index_of = |p: &Platform| recipe.platforms.iter().position(|q| q == p).unwrap_or(0);
     // Each list of layers that platforms share is made in turn; a layer the same in two
     // lists (one without packages) is written once.
@@ -134,10 +165,14 @@ fn build_resolved(
         // stored, so that a bad layer or `[disk]` table (a path declared twice, a whiteout
         // escaping the root, a missing ESP file, no disk platform) leaves the store as it was.
         let flat = layers::flatten(recipe, &group.platforms, &group.layers, &plan, &under)?;
-        // Everything is made in the scratch folder first and stored only once the whole
-        // build, disks included, has succeeded: a disk too small for its root, or any other
-        // late failure, leaves the store as it was.
-        let layers = layers::write_layers(recipe, opts, observer, &plan.keys, &flat, &written)?;
+        // Everything is made in the scratch folder first, and nothing names a blob before
+        // the whole build, disks included, has succeeded: a disk too small for its root, or
+        // any other late failure, leaves no manifest, tag or cache entry. A sink storing
+        // remotely uploads each finished blob while the next is made (see
+        // `BlobSink::start_storing`), so such a failure may leave whole, verified blobs that
+        // nothing names, which gc removes; a folder store is left as it was.
+        let layers =
+            layers::write_layers(recipe, opts, observer, sink, &plan.keys, &flat, &written)?;
         for (key, (_, record)) in plan.keys.iter().zip(&layers.records) {
             if layers.written.iter().any(|(k, _)| k == key) {
                 written.push((*key, record.clone()));

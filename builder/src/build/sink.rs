@@ -16,6 +16,20 @@ pub trait BlobSink {
     /// For each key, the layer built before from it, if its blob is still available (all keys
     /// at once, so a remote store can look them up concurrently).
     fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError>;
+    /// Told as soon as the scratch file at `path` (a layer or disk image) is finished, long
+    /// before [`BlobSink::put_layer`] or [`BlobSink::put_file`] is called for it: a sink
+    /// whose store is remote may start uploading it while the build goes on. The file stays
+    /// the builder's until then, and is not changed. A sink that stores at once does nothing
+    /// here.
+    fn start_storing(&mut self, _path: &Path, _descriptor: &Descriptor) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// Waits for every blob [`BlobSink::start_storing`] began and not yet put: called once
+    /// a build is over, whether it succeeded or not, so that nothing still reads its scratch
+    /// folder. The first failure among them is the error.
+    fn settle(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Stores a freshly written layer blob and remembers it under `key`; the blob's scratch
     /// file is the sink's to keep, move or delete.
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;

@@ -68,6 +68,9 @@ pub(super) fn prepare(
                 std::fs::create_dir(&dir)
                     .map_err(|source| DiskError::Io { path: dir.clone(), source })?;
                 let out = make_disks(rootfs, spec, arch, opts.epoch, opts.threads, &dir, subject)?;
+                for file in &out.files {
+                    sink.start_storing(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
+                }
                 Disks::Made(Box::new(out))
             }
         };
