@@ -858,3 +858,211 @@ fn a_key_expired_since_locking_fails_lock_update_but_not_a_locked_build() {
     // A build from the lock never resolves: the lock's sha256s vouch for the packages.
     Kiln::new(&store).build(&recipe, &["--locked"]);
 }
+
+/// `ci/repo-server.py` serving a folder over HTTP (or HTTPS with a certificate), breaking the
+/// requests its faults name and logging every request as `GET PATH`.
+struct RepoServer {
+    child: Child,
+    log: PathBuf,
+    url: String,
+}
+
+impl RepoServer {
+    fn start(repo: &Path, dir: &Path, tls: Option<(&Path, &Path)>, faults: &[&str]) -> RepoServer {
+        fs::create_dir_all(dir).unwrap();
+        let (log, port_file) = (dir.join("requests.log"), dir.join("server.port"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/repo-server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).arg(repo).args([&log, &port_file]);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls").args([cert, key]);
+        }
+        let mut child = cmd.args(faults).stdin(Stdio::null()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let port = loop {
+            if let Ok(port) = fs::read_to_string(&port_file) {
+                break port;
+            }
+            if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                child.kill().ok();
+                panic!("the repository server did not start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        RepoServer { child, log, url: format!("{scheme}://127.0.0.1:{}", port.trim()) }
+    }
+
+    /// How many requests had a path containing `text`.
+    fn count(&self, text: &str) -> usize {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().filter(|l| l.contains(text)).count()
+    }
+}
+
+impl Drop for RepoServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("warning: cannot stop the repository server: {e}");
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("warning: cannot reap the repository server: {e}");
+        }
+    }
+}
+
+#[test]
+fn an_http_repository_that_fails_with_503_or_429_is_asked_again_and_a_404_is_not() {
+    let Some(fixture) = debian_fixture() else { return };
+    if !require_tool("python3") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let faults = ["503:InRelease:2", "429:Packages.xz:1"];
+    let server = RepoServer::start(&repo, &ws.path("server"), None, &faults);
+    let recipe =
+        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let store = ws.store("s");
+    Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).ok();
+    assert_eq!(server.count("/dists/kiln/InRelease"), 3);
+    assert_eq!(server.count("/dists/kiln/main/binary-amd64/Packages.xz"), 2);
+
+    // A package file the server does not have: asked for once, refused, nothing stored.
+    let deb = busybox_deb(&repo);
+    let name = deb.file_name().unwrap().to_str().unwrap().replace('%', "%25");
+    let before = server.count(&name);
+    fs::remove_file(&deb).unwrap();
+    Kiln::new(&store)
+        .run(&["build", "--locked", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["HTTP 404 Not Found"]);
+    assert_eq!(server.count(&name), before + 1);
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+}
+
+#[test]
+fn an_http_server_that_stops_sending_fails_after_the_stall_timeout_and_nothing_is_stored() {
+    let Some(fixture) = debian_fixture() else { return };
+    if !require_tool("python3") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let server = RepoServer::start(&repo, &ws.path("server"), None, &["stall:busybox-static:1"]);
+    let recipe =
+        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let store = ws.store("s");
+    let kiln = Kiln::new(&store).env("KILN_REPOSITORY_TIMEOUT", "1");
+    // `kiln lock` reads the package file it locks (for its file list): that answer stalls.
+    kiln.run(&["lock", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["package busybox-static: cannot read", "sent nothing for 1 s"]);
+    assert!(!recipe.with_extension("lock").exists());
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+    // The stall was one answer's: the next lock and build get the file.
+    kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
+    kiln.build(&recipe, &["--locked"]);
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made by openssl in `dir`: returns the
+/// paths of the CA certificate, the server's certificate and its key.
+fn self_signed_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    sh(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kiln test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    sh(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    sh(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("server.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext"),
+        ],
+    );
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[test]
+fn an_https_repository_with_its_own_ca_works_with_the_ca_option_and_is_refused_without() {
+    let Some(fixture) = debian_fixture() else { return };
+    if !require_tool("python3") || !require_tool("openssl") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let (ca, cert, key) = self_signed_ca(&ws.mkdir("tls"));
+    let server = RepoServer::start(&repo, &ws.path("server"), Some((&cert, &key)), &[]);
+    let recipe =
+        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+
+    // Without the CA: the certificate is refused, once (no retry changes it).
+    let store = ws.store("s");
+    Kiln::new(&store)
+        .run(&["lock", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&[&format!("GET {}/dists/kiln/InRelease failed", server.url), "certificate"]);
+    assert!(!recipe.with_extension("lock").exists());
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+
+    // With `ca` in the repository's table: locked and built over HTTPS.
+    fs::copy(&ca, recipe.with_file_name("ca.pem")).unwrap();
+    let text = fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("key = \"key.asc\"\n", "key = \"key.asc\"\nca = \"ca.pem\"\n");
+    fs::write(&recipe, text).unwrap();
+    let kiln = Kiln::new(&store);
+    kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
+    kiln.build(&recipe, &["--locked"]);
+}

@@ -100,8 +100,8 @@ enum Step {
 /// Where one of a layer's Debian packages comes from.
 #[derive(Debug)]
 enum PackageSource {
-    /// A repository's package, as the lock pins it.
-    Locked(LockedPackage),
+    /// A repository's package, as the lock pins it, and its repository's CA file.
+    Locked(LockedPackage, Option<PathBuf>),
     /// A local `.deb` named by the recipe, hashed when the layer was resolved.
     Local { src: String, path: PathBuf, digest: Digest, size: u64 },
 }
@@ -116,11 +116,13 @@ struct Installation {
 }
 
 /// What resolving layers with Debian packages needs: the lock's packages per layer and
-/// architecture, and the architecture the layers are for.
+/// architecture, the architecture the layers are for, and the CA file of each repository
+/// url that has one.
 #[derive(Default)]
 pub struct Debian {
     pub locked: Vec<LockedPackages>,
     pub architecture: String,
+    pub cas: BTreeMap<String, PathBuf>,
 }
 
 /// How much of a layer's packages [`ResolvedLayer::install`] reads.
@@ -180,8 +182,13 @@ impl ResolvedLayer {
             let mut installed = Vec::new();
             for source in sources.iter() {
                 let u = match source {
-                    PackageSource::Locked(p) => {
-                        let u = packages::unpack_locked(p, spool.as_mut(), store.as_deref_mut())?;
+                    PackageSource::Locked(p, ca) => {
+                        let u = packages::unpack_locked(
+                            p,
+                            ca.as_deref(),
+                            spool.as_mut(),
+                            store.as_deref_mut(),
+                        )?;
                         installed
                             .push(u.installed(format!("{}/{}", p.repository, p.path), p.sha256));
                         u
@@ -343,7 +350,8 @@ pub fn resolve_layer_with(
                 let fields = [p.name.as_bytes(), p.version.as_bytes(), p.architecture.as_bytes()];
                 declared.item(b"package", &ImagePath::root(), None, &fields);
                 declared.digest(&p.sha256);
-                sources.push(PackageSource::Locked(p.clone()));
+                sources
+                    .push(PackageSource::Locked(p.clone(), debian.cas.get(&p.repository).cloned()));
             }
         }
         for d in &spec.debs {

@@ -77,9 +77,10 @@ impl PackageError {
     }
 }
 
-/// Where a repository url's files are read from.
-fn source(url: &str) -> Result<Source, PackageError> {
-    Source::parse(url).map_err(|source| PackageError::Url { url: url.to_string(), source })
+/// Where a repository url's files are read from, trusting `ca` for https besides the
+/// system's roots.
+fn source(url: &str, ca: Option<&std::path::Path>) -> Result<Source, PackageError> {
+    Source::parse(url, ca).map_err(|source| PackageError::Url { url: url.to_string(), source })
 }
 
 /// The architectures packages are installed for: each of the recipe's platforms', once, in
@@ -229,9 +230,15 @@ fn load(
     // a check and never reaches the lock or an image. A build from the lock never comes
     // here: the lock's sha256s vouch for its packages.
     let now = std::time::SystemTime::now();
-    let suite =
-        load_suite(&mut source(&repo.url)?, &keyring, &repo.suite, &repo.components, arches, now)
-            .map_err(wrap)?;
+    let suite = load_suite(
+        &mut source(&repo.url, repo.ca.as_ref().map(|c| c.abs()))?,
+        &keyring,
+        &repo.suite,
+        &repo.components,
+        arches,
+        now,
+    )
+    .map_err(wrap)?;
     let locked = LockedRepository {
         url: repo.url.clone(),
         suite: repo.suite.clone(),
@@ -286,15 +293,17 @@ pub const DEB_MEDIA_TYPE: &str = "application/vnd.debian.binary-package";
 /// Fetches a locked package, refusing any byte that differs from the lock, and unpacks it
 /// (its contents into `spool`, or only its file list without one). With a `store`, the file
 /// is taken from it when there (so a second build or another runner never fetches it
-/// again), else fetched from its repository and put there once checked.
+/// again), else fetched from its repository (trusting `ca` for https) and put there once
+/// checked.
 pub fn unpack_locked<'s>(
     package: &LockedPackage,
+    ca: Option<&std::path::Path>,
     spool: Option<&mut Spool>,
     store: Option<&mut (dyn crate::build::sink::BlobSink + 's)>,
 ) -> Result<Unpacked, PackageError> {
     let descriptor = kiln_oci::Descriptor::new(DEB_MEDIA_TYPE, package.sha256, package.size);
     let expected = (package.sha256, package.size);
-    let origin = source(&package.repository)?;
+    let origin = source(&package.repository, ca)?;
     let shown = origin.location(&package.path);
     let scratch =
         tempfile::Builder::new().prefix("kiln-deb-").tempdir().map_err(PackageError::Spool)?;

@@ -232,6 +232,9 @@ pub struct RepositorySpec {
     pub architectures: Vec<String>,
     /// The OpenPGP public key file (armored or binary) in the recipe's folder.
     pub key: SourcePath,
+    /// A PEM file of CA certificates an `https://` repository's certificate may chain to,
+    /// besides the system's roots.
+    pub ca: Option<SourcePath>,
     pub at: Location,
 }
 

@@ -112,6 +112,7 @@ struct RawRepository {
     #[serde(default)]
     architectures: Vec<S<String>>,
     key: S<String>,
+    ca: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -616,7 +617,21 @@ impl Context<'_> {
             return self
                 .err(raw.key.span(), Problem::Invalid(format!("key {key} is not a regular file")));
         }
+        let ca = match &raw.ca {
+            None => None,
+            Some(raw_ca) => {
+                let ca = self.source(raw_ca)?;
+                if !ca.abs().is_file() {
+                    return self.err(
+                        raw_ca.span(),
+                        Problem::Invalid(format!("ca {ca} is not a regular file")),
+                    );
+                }
+                Some(ca)
+            }
+        };
         Ok(RepositorySpec {
+            ca,
             url: url.trim_end_matches('/').to_string(),
             suite: word("suite", &raw.suite)?,
             components: raw

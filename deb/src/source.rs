@@ -3,10 +3,11 @@
 //! the signed release or the lock, so plain HTTP is as safe as a folder. Every read is
 //! bounded by a limit the caller gives.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::repository::Fetch;
@@ -16,8 +17,8 @@ use crate::repository::Fetch;
 pub enum Source {
     /// The folder holding `dists/` and `pool/`.
     Folder(PathBuf),
-    /// The URL of that folder on a web server, ending in `/`.
-    Http(String),
+    /// The URL of that folder on a web server, ending in `/`, and the client that reads it.
+    Http { base: String, client: reqwest::blocking::Client, stall: Duration },
 }
 
 /// Why a repository URL cannot be used.
@@ -27,33 +28,78 @@ pub enum SourceError {
     Scheme { url: String },
     #[error("cannot set up an HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("cannot read the CA certificates of {path}")]
+    Ca { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("{STALL_VARIABLE}={value:?} is not a whole number of seconds above 0")]
+    Stall { value: String },
 }
 
-/// One client for every repository, as the registry's: rustls with the system's roots, a
-/// connect timeout, kiln's user agent.
-fn client() -> Result<&'static reqwest::blocking::Client, SourceError> {
-    static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
-        return Ok(c);
+/// How many times a request is made before its failure is final.
+const ATTEMPTS: u32 = 4;
+/// The wait before the second attempt; it doubles before each next one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest `Retry-After` a server gets honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long a server may go without sending a byte, by default.
+const DEFAULT_STALL: Duration = Duration::from_secs(60);
+/// The variable that sets that time, in seconds.
+pub const STALL_VARIABLE: &str = "KILN_REPOSITORY_TIMEOUT";
+
+fn stall_timeout() -> Result<Duration, SourceError> {
+    match std::env::var(STALL_VARIABLE) {
+        Err(_) => Ok(DEFAULT_STALL),
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(SourceError::Stall { value }),
+        },
     }
-    let built = reqwest::blocking::Client::builder()
+}
+
+/// One client per CA file (none: the system's roots only), made once: rustls with the
+/// system's roots (and the CA's certificates), a connect timeout, kiln's user agent, and the
+/// stall timeout. reqwest's blocking client applies its `timeout` to the wait for an
+/// answer's head and then to each read of its body on its own (not to the transfer as a
+/// whole), so it is the longest a server may go without sending anything: a slow download
+/// that keeps coming is never cut, a stalled one fails.
+fn client(ca: Option<&Path>, stall: Duration) -> Result<reqwest::blocking::Client, SourceError> {
+    static CLIENTS: Mutex<BTreeMap<Option<PathBuf>, reqwest::blocking::Client>> =
+        Mutex::new(BTreeMap::new());
+    let key = ca.map(Path::to_path_buf);
+    let mut clients = CLIENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(c) = clients.get(&key) {
+        return Ok(c.clone());
+    }
+    let mut builder = reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(30))
-        .timeout(None)
-        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(SourceError::Client)?;
-    Ok(CLIENT.get_or_init(|| built))
+        .timeout(stall)
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca {
+        let bad = |source| SourceError::Ca { path: path.to_path_buf(), source };
+        let pem = std::fs::read(path).map_err(|e| bad(Box::new(e)))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(Box::new(e)))?;
+        if certs.is_empty() {
+            return Err(bad("it holds no PEM certificate".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let built = builder.build().map_err(SourceError::Client)?;
+    clients.insert(key, built.clone());
+    Ok(built)
 }
 
 impl Source {
-    /// The source a `[[repository]]` url names.
-    pub fn parse(url: &str) -> Result<Source, SourceError> {
+    /// The source a `[[repository]]` url names; `ca` is a PEM file of CA certificates an
+    /// `https://` server's certificate may chain to besides the system's.
+    pub fn parse(url: &str, ca: Option<&Path>) -> Result<Source, SourceError> {
         if let Some(path) = url.strip_prefix("file://") {
             return Ok(Source::Folder(PathBuf::from(path)));
         }
         if url.starts_with("http://") || url.starts_with("https://") {
             let base = if url.ends_with('/') { url.to_string() } else { format!("{url}/") };
-            return Ok(Source::Http(base));
+            let stall = stall_timeout()?;
+            return Ok(Source::Http { base, client: client(ca, stall)?, stall });
         }
         Err(SourceError::Scheme { url: url.to_string() })
     }
@@ -62,7 +108,7 @@ impl Source {
     pub fn location(&self, path: &str) -> String {
         match self {
             Source::Folder(dir) => dir.join(path).display().to_string(),
-            Source::Http(base) => format!("{base}{}", escape(path)),
+            Source::Http { base, .. } => format!("{base}{}", escape(path)),
         }
     }
 
@@ -70,7 +116,7 @@ impl Source {
     pub fn local(&self, path: &str) -> Option<PathBuf> {
         match self {
             Source::Folder(dir) => Some(dir.join(path)),
-            Source::Http(_) => None,
+            Source::Http { .. } => None,
         }
     }
 
@@ -82,20 +128,11 @@ impl Source {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             },
-            Source::Http(base) => {
+            Source::Http { base, client, stall } => {
                 let url = format!("{base}{}", escape(path));
-                let client = client().map_err(io::Error::other)?;
-                let response = client.get(&url).send().map_err(|e| {
-                    io::Error::other(HttpError::Request { url: url.clone(), source: e })
-                })?;
-                let status = response.status();
-                if status == reqwest::StatusCode::NOT_FOUND {
-                    return Ok(None);
-                }
-                if !status.is_success() {
-                    return Err(io::Error::other(HttpError::Status { url, status }));
-                }
-                Ok(Some(Box::new(response)))
+                let response = get(client, &url).map_err(io::Error::other)?;
+                Ok(response
+                    .map(|inner| Box::new(Body { inner, url, stall: *stall }) as Box<dyn Read>))
             }
         }
     }
@@ -106,7 +143,7 @@ impl Source {
         let Some(reader) = self.open(path)? else {
             return Err(match self {
                 Source::Folder(_) => io::Error::from(io::ErrorKind::NotFound),
-                Source::Http(_) => io::Error::other(HttpError::Status {
+                Source::Http { .. } => io::Error::other(HttpError::Status {
                     url: self.location(path),
                     status: reqwest::StatusCode::NOT_FOUND,
                 }),
@@ -115,6 +152,93 @@ impl Source {
         let mut out = File::create_new(dest)?;
         io::copy(&mut reader.take(limit.saturating_add(1)), &mut out)?;
         out.sync_all()
+    }
+}
+
+/// Whether a failed request may succeed if made again: the connection failed or timed
+/// out, or the server said it is unwell (5xx) or busy (429). Any other answer is final.
+fn transient(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Whether a failed request was refused rather than lost: TLS reports a certificate it
+/// does not trust (and any other handshake refusal) as invalid data, which no retry
+/// changes.
+fn refused(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        cause = match c.downcast_ref::<io::Error>() {
+            Some(io) if io.kind() == io::ErrorKind::InvalidData => return true,
+            // An io::Error's `source` skips the error it wraps: look into it.
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
+}
+
+/// GETs `url`, making the request again after a transient failure (waiting longer each
+/// time, or as long as the server's `Retry-After` asks, within a bound). `Ok(None)` for 404.
+fn get(
+    client: &reqwest::blocking::Client,
+    url: &str,
+) -> Result<Option<reqwest::blocking::Response>, HttpError> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let (failure, wait) = match client.get(url).send() {
+            Ok(response) if response.status().is_success() => return Ok(Some(response)),
+            Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            Ok(response) => {
+                let status = response.status();
+                let failure = HttpError::Status { url: url.to_string(), status };
+                if !transient(status) {
+                    return Err(failure);
+                }
+                let asked = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+                (failure, asked.unwrap_or(backoff).max(backoff))
+            }
+            Err(e) if (e.is_connect() || e.is_timeout() || e.is_request()) && !refused(&e) => {
+                (HttpError::Request { url: url.to_string(), source: e }, backoff)
+            }
+            Err(e) => return Err(HttpError::Request { url: url.to_string(), source: e }),
+        };
+        if attempt == ATTEMPTS {
+            return Err(HttpError::GaveUp { attempts: attempt, last: Box::new(failure) });
+        }
+        std::thread::sleep(wait);
+        backoff *= 2;
+        attempt += 1;
+    }
+}
+
+/// An answer's body, whose stall (no byte for the stall timeout) is an error saying so.
+struct Body {
+    inner: reqwest::blocking::Response,
+    url: String,
+    stall: Duration,
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let timed_out = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+                .is_some_and(reqwest::Error::is_timeout);
+            if timed_out {
+                let stalled =
+                    HttpError::Stalled { url: self.url.clone(), secs: self.stall.as_secs() };
+                io::Error::new(io::ErrorKind::TimedOut, stalled)
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -140,6 +264,14 @@ pub enum HttpError {
     Request { url: String, source: reqwest::Error },
     #[error("GET {url} answered HTTP {status}")]
     Status { url: String, status: reqwest::StatusCode },
+    #[error("gave up after {attempts} attempts")]
+    GaveUp {
+        attempts: u32,
+        #[source]
+        last: Box<HttpError>,
+    },
+    #[error("{url} sent nothing for {secs} s ({STALL_VARIABLE} sets how long kiln waits)")]
+    Stalled { url: String, secs: u64 },
 }
 
 impl Fetch for Source {
@@ -164,18 +296,20 @@ mod tests {
     #[test]
     fn urls_name_a_folder_or_a_server_and_nothing_else() {
         assert!(
-            matches!(Source::parse("file:///srv/d"), Ok(Source::Folder(p)) if p == Path::new("/srv/d"))
+            matches!(Source::parse("file:///srv/d", None), Ok(Source::Folder(p)) if p == Path::new("/srv/d"))
         );
-        assert!(matches!(Source::parse("http://h/d"), Ok(Source::Http(u)) if u == "http://h/d/"));
-        assert!(
-            matches!(Source::parse("https://h/d/"), Ok(Source::Http(u)) if u == "https://h/d/")
-        );
-        assert!(matches!(Source::parse("ftp://h/d"), Err(SourceError::Scheme { .. })));
+        let base = |url| match Source::parse(url, None) {
+            Ok(Source::Http { base, .. }) => base,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(base("http://h/d"), "http://h/d/");
+        assert_eq!(base("https://h/d/"), "https://h/d/");
+        assert!(matches!(Source::parse("ftp://h/d", None), Err(SourceError::Scheme { .. })));
     }
 
     #[test]
     fn file_names_are_escaped_so_the_server_finds_them() {
-        let source = Source::Http("http://h/".into());
+        let source = Source::parse("http://h/", None).unwrap();
         assert_eq!(
             source.location("pool/main/b_1%3a1.0+b1~x_amd64.deb"),
             "http://h/pool/main/b_1%253a1.0+b1~x_amd64.deb"

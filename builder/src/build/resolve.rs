@@ -69,7 +69,12 @@ pub fn resolve_with(
         };
     let mut groups = Vec::new();
     for (architecture, platforms) in platform_groups(recipe) {
-        let debian = inputs::Debian { locked: packages.clone(), architecture };
+        let cas = recipe
+            .repositories
+            .iter()
+            .filter_map(|r| r.ca.as_ref().map(|ca| (r.url.clone(), ca.abs().to_path_buf())))
+            .collect();
+        let debian = inputs::Debian { locked: packages.clone(), architecture, cas };
         let layers = recipe
             .layers
             .iter()
