@@ -3,11 +3,13 @@ can misbehave, for tests of how kiln fetches from repositories (tests/debian.rs)
 
     python3 ci/repo-server.py DIR LOG PORT_FILE [--tls CERT KEY] [FAULT ...]
 
-LOG gets one `GET PATH` line per request; the port it listens on (chosen by the system) is
+LOG gets one `GET PATH` line per request (and one `CONNECTION` line per connection accepted,
+before any TLS handshake); the port it listens on (chosen by the system) is
 written to PORT_FILE once it accepts connections. With --tls it speaks HTTPS with the PEM
 certificate chain CERT and key KEY. Each FAULT is KIND:TEXT:COUNT and applies to the first
 COUNT requests whose path contains TEXT:
     NNN    (a status code: 503, 429, ...) answers it with that status and no file;
+    drop   closes the connection without an answer, as when a link drops;
     stall  sends the headers and half of the file, then nothing more, holding the
            connection open until the client gives up.
 The server exits when the process that started it does.
@@ -54,6 +56,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with lock, open(log, "a") as f:
             f.write(f"GET {self.path}\n")
         fault = fault_for(self.path)
+        if fault == "drop":
+            self.close_connection = True
+            return
         if fault is not None and fault.isdigit():
             body = b"injected failure"
             self.send_response(int(fault))
@@ -92,6 +97,13 @@ def watch_parent(parent):
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+    def get_request(self):
+        # Called once per connection waiting to be accepted; with TLS, accepting it shakes
+        # hands, which a client that refuses the certificate ends there.
+        with lock, open(log, "a") as f:
+            f.write("CONNECTION\n")
+        return super().get_request()
 
     def handle_error(self, request, client_address):
         # A client that gives up on a stalled answer, or refuses the certificate, is the point.

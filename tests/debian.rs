@@ -912,14 +912,14 @@ impl Drop for RepoServer {
 }
 
 #[test]
-fn an_http_repository_that_fails_with_503_or_429_is_asked_again_and_a_404_is_not() {
+fn an_http_repository_that_fails_or_drops_the_connection_is_asked_again_but_not_after_404_or_403() {
     let Some(fixture) = debian_fixture() else { return };
     if !require_tool("python3") {
         return;
     }
     let ws = Workspace::new();
     let repo = repo_copy(&ws, &fixture);
-    let faults = ["503:InRelease:2", "429:Packages.xz:1"];
+    let faults = ["503:InRelease:1", "drop:InRelease:1", "429:Packages.xz:1"];
     let server = RepoServer::start(&repo, &ws.path("server"), None, &faults);
     let recipe =
         recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
@@ -939,6 +939,17 @@ fn an_http_repository_that_fails_with_503_or_429_is_asked_again_and_a_404_is_not
         .stderr_has(&["HTTP 404 Not Found"]);
     assert_eq!(server.count(&name), before + 1);
     assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+
+    // Forbidden is as final as not found.
+    let server = RepoServer::start(&repo, &ws.path("server2"), None, &["403:InRelease:1"]);
+    let recipe =
+        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    fs::remove_file(recipe.with_extension("lock")).unwrap();
+    Kiln::new(&store)
+        .run(&["lock", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["HTTP 403 Forbidden"]);
+    assert_eq!(server.count("/dists/kiln/InRelease"), 1);
 }
 
 #[test]
@@ -1055,6 +1066,8 @@ fn an_https_repository_with_its_own_ca_works_with_the_ca_option_and_is_refused_w
         .stderr_has(&[&format!("GET {}/dists/kiln/InRelease failed", server.url), "certificate"]);
     assert!(!recipe.with_extension("lock").exists());
     assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+    // Once: no retry changes a certificate.
+    assert_eq!(server.count("CONNECTION"), 1);
 
     // With `ca` in the repository's table: locked and built over HTTPS.
     fs::copy(&ca, recipe.with_file_name("ca.pem")).unwrap();
