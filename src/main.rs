@@ -98,6 +98,7 @@ fn is_integrity(cause: &(dyn std::error::Error + 'static)) -> bool {
         || match cause.downcast_ref::<BuildError>() {
             Some(BuildError::Input(InputError::Package(e))) => e.is_integrity(),
             Some(BuildError::Base(e)) => e.is_integrity(),
+            Some(BuildError::Platforms { source, .. }) => is_integrity(&**source),
             _ => false,
         }
 }

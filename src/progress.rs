@@ -1,15 +1,20 @@
 //! Progress display on stderr: a spinner per step, hidden when stderr is not a terminal
 //! or output is quiet. No colour is ever used, so NO_COLOR holds trivially.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_builder::Observer;
+use kiln_oci::Platform;
 
 /// A spinner that shows what the build is doing.
 pub struct Progress {
     bar: ProgressBar,
+    /// The layer each list of platforms is at, by platforms: lists are made at once.
+    layers: Mutex<BTreeMap<String, String>>,
     /// Print notices (maintainer scripts skipped) on stderr.
     notices: bool,
 }
@@ -27,7 +32,7 @@ impl Progress {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar, notices: false }
+        Progress { bar, layers: Mutex::new(BTreeMap::new()), notices: false }
     }
 
     /// Also prints the build's notices on stderr (unless `-q`).
@@ -52,12 +57,31 @@ impl Observer for Progress {
         self.step("hashing inputs".into());
     }
 
-    fn layer_started(&self, name: &str, index: usize, total: usize, bytes: Option<u64>) {
+    fn layer_started(
+        &self,
+        platforms: &[Platform],
+        name: &str,
+        index: usize,
+        total: usize,
+        bytes: Option<u64>,
+    ) {
         let what = match bytes {
             Some(bytes) => format!("{:.1} MiB", bytes as f64 / 1048576.0),
             None => "cached".to_string(),
         };
-        self.step(format!("layer {}/{total} {name} ({what})", index + 1));
+        let list = platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let mut layers = self.layers.lock().unwrap_or_else(PoisonError::into_inner);
+        layers.insert(list, format!("layer {}/{total} {name} ({what})", index + 1));
+        // One list says where it is; several say whose layer each is at.
+        let message = match layers.len() {
+            1 => layers.values().cloned().collect(),
+            _ => layers
+                .iter()
+                .map(|(list, at)| format!("{list}: {at}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        self.step(message);
     }
 
     fn scripts_skipped(&self, package: &str, scripts: &[&str]) {

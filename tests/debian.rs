@@ -251,7 +251,9 @@ fn two_platforms_lock_and_install_each_architecture_s_packages() {
         }
     }
 
-    let report = kiln.build(&recipe, &["--locked"]);
+    // Both platforms' layers made at once, then one after the other in another store: the
+    // same image.
+    let report = kiln.build(&recipe, &["--locked", "--threads", "2"]);
     let index = blob_json(&store, &digest_of(&report));
     let manifests = index["manifests"].as_array().unwrap();
     assert_eq!(manifests.len(), 2, "{index}");
@@ -290,6 +292,56 @@ fn two_platforms_lock_and_install_each_architecture_s_packages() {
         assert_eq!(busybox.len(), 1, "{arch}: {busybox:?}");
         assert!(busybox[0].ends_with(&format!("?arch={arch}")), "{arch}: {busybox:?}");
     }
+}
+
+/// The regular files under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => out.extend(files_under(&path)),
+            false => out.push(path),
+        }
+    }
+    out
+}
+
+#[test]
+fn two_platforms_made_at_once_stop_at_a_failure_that_names_its_platform_and_store_no_image() {
+    let Some(fixture) = debian_fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64\", \"linux/arm64", PACKAGES);
+    Kiln::new(&ws.store("lock")).run(&["lock", recipe.to_str().unwrap()]).ok();
+    let deb = fs::read_dir(repo.join("pool/main"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("busybox-static_") && name.ends_with("_arm64.deb")
+        })
+        .unwrap();
+    let mut bytes = fs::read(&deb).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::remove_file(&deb).unwrap();
+    fs::write(&deb, bytes).unwrap();
+    let store = ws.store("s");
+    let tmp = ws.mkdir("tmp");
+    Kiln::new(&store)
+        .env("TMPDIR", tmp.to_str().unwrap())
+        .run(&["build", "--locked", "--threads", "2", recipe.to_str().unwrap()])
+        .fails_with(EXIT_INTEGRITY)
+        .stderr_has(&["platform linux/arm64: ", "pool/main/busybox-static_", "but the lock says"]);
+    // Package files checked against the lock may be kept for the next build; no layer,
+    // config, manifest or index is stored, and no scratch file is left.
+    for blob in blobs(&store) {
+        let bytes = fs::read(&blob).unwrap();
+        assert!(bytes.starts_with(b"!<arch>\n"), "{} is not a package file", blob.display());
+    }
+    assert_eq!(files_under(&tmp), Vec::<PathBuf>::new());
+    Kiln::new(&store).run(&["store", "check"]).ok();
 }
 
 #[test]

@@ -39,6 +39,18 @@ pub struct LayerBlob {
     pub media_type: &'static str,
 }
 
+impl LayerBlob {
+    /// The layer as the image sees it.
+    pub fn record(&self) -> crate::image::LayerRecord {
+        crate::image::LayerRecord {
+            media_type: self.media_type.to_string(),
+            digest: self.digest,
+            diff_id: self.diff_id,
+            size: self.size,
+        }
+    }
+}
+
 /// Why a layer could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {

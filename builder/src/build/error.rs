@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use kiln_oci::Platform;
+
 use crate::base::BaseError;
 use crate::build::disks::error::DiskError;
 use crate::build::sink::SinkError;
@@ -15,6 +17,9 @@ use crate::rootfs::RootfsError;
 pub enum BuildError {
     #[error(transparent)]
     Input(#[from] InputError),
+    /// A failure in the layers of some of a recipe's platforms, made beside the others'.
+    #[error("platform {}", .platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Platforms { platforms: Vec<Platform>, source: Box<BuildError> },
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("[base]")]

@@ -9,6 +9,7 @@ use crate::build::disks::esp_tree;
 use crate::build::error::BuildError;
 use crate::build::observer::Observer;
 use crate::build::options::BuildOptions;
+use crate::build::parallel::{Halt, Slot};
 use crate::build::plan::Plan;
 use crate::build::sink::BlobSink;
 use crate::image::{self, JsonBlob, LayerRecord};
@@ -30,6 +31,8 @@ pub struct CacheHit {
 pub(super) enum Source {
     /// The cache: built before from the same key.
     Cached(LayerRecord),
+    /// The layers of platforms before these, which write it (see [`Plan::earlier`]).
+    Earlier,
     /// Written now from this tree.
     Write(Tree),
 }
@@ -53,15 +56,15 @@ impl Flattened {
 /// order (each layer's dpkg status lists the packages of those below, starting with the
 /// base's, `base_status`), and, with
 /// [`BuildOptions::list_packages`], reads the file lists of the others' packages: a build
-/// whose layers are all cached reads no package otherwise.
+/// whose layers are all cached reads no package otherwise. Stops between layers when `slot`
+/// says so.
 pub(super) fn install_packages(
     resolved: &mut [ResolvedLayer],
     plan: &Plan,
     opts: &BuildOptions,
-    sink: &mut dyn BlobSink,
-    observer: &dyn Observer,
+    slot: &mut Slot,
     base_status: std::collections::BTreeMap<String, String>,
-) -> Result<(), BuildError> {
+) -> Result<(), Halt> {
     let mut status = base_status;
     for (i, layer) in resolved.iter_mut().enumerate() {
         let what = match (i < plan.trees, opts.list_packages) {
@@ -69,12 +72,18 @@ pub(super) fn install_packages(
             (false, true) => Install::Listing,
             (false, false) => continue,
         };
-        layer.install(what, Some(&mut *sink), &mut status)?;
-        for (package, scripts) in &layer.skipped_scripts {
-            observer.scripts_skipped(package, scripts);
-        }
+        slot.stop.check()?;
+        layer.install(what, Some(&mut slot.sink), &mut status)?;
     }
     Ok(())
+}
+
+/// Tells `observer` of the maintainer scripts the packages of `resolved` have and that
+/// were not run.
+pub(super) fn tell_skipped_scripts(resolved: &[ResolvedLayer], observer: &dyn Observer) {
+    for (package, scripts) in resolved.iter().flat_map(|l| &l.skipped_scripts) {
+        observer.scripts_skipped(package, scripts);
+    }
 }
 
 /// Makes the trees `plan` needs, each layer's implicit parents taking their metadata from the
@@ -111,6 +120,7 @@ pub(super) fn flatten(
         };
         let source = match found {
             Some(record) => Source::Cached(record.clone()),
+            None if plan.earlier[i] => Source::Earlier,
             // Every layer to write is below `plan.trees`, so its tree was made above.
             None => Source::Write(tree.map_or_else(|| layer.tree(), Ok)?),
         };
@@ -153,57 +163,88 @@ pub(super) struct Layers {
     pub written: Vec<(Digest, LayerBlob)>,
 }
 
-/// Writes each layer `flat` has a tree for into the scratch folder, telling `sink` of each as
-/// it is finished; a layer `earlier` holds (written by this build for other platforms) is
-/// neither written again nor a cache hit.
+/// [`Layers`] whose records of layers written by the layers of platforms before them (see
+/// [`Plan::earlier`]) are still to be filled in.
+pub(super) struct Made {
+    records: Vec<(String, Option<LayerRecord>)>,
+    cache_hits: Vec<CacheHit>,
+    written: Vec<(Digest, LayerBlob)>,
+    keys: Vec<Digest>,
+}
+
+impl Made {
+    /// Fills in the records of the layers `earlier` (the layers written for platforms before
+    /// these, with their keys) holds.
+    pub fn complete(self, earlier: &[(Digest, LayerRecord)]) -> Layers {
+        let records = self
+            .records
+            .into_iter()
+            .zip(&self.keys)
+            .filter_map(|((name, record), key)| {
+                let record = record
+                    .or_else(|| earlier.iter().find(|(k, _)| k == key).map(|(_, r)| r.clone()))?;
+                Some((name, record))
+            })
+            .collect();
+        Layers { records, cache_hits: self.cache_hits, written: self.written }
+    }
+
+    /// The blobs written, each with its key and record.
+    pub fn written(&self) -> impl Iterator<Item = (Digest, LayerRecord)> + '_ {
+        self.written.iter().map(|(key, blob)| (*key, blob.record()))
+    }
+}
+
+/// Writes each layer `flat` has a tree for into the scratch folder, compressing on the
+/// threads of `slot` and telling its sink of each as it is finished, stopping between layers
+/// when it says so (what was written goes with the scratch folder). A layer written for
+/// platforms before these is neither written again nor a cache hit.
 pub(super) fn write_layers(
     recipe: &Recipe,
     opts: &BuildOptions,
+    slot: &mut Slot,
+    platforms: &[Platform],
     observer: &dyn Observer,
-    sink: &mut dyn BlobSink,
     keys: &[Digest],
     flat: &Flattened,
-    earlier: &[(Digest, LayerRecord)],
-) -> Result<Layers, BuildError> {
+) -> Result<Made, Halt> {
     let total = flat.layers.len();
-    let mut records: Vec<(String, LayerRecord)> = Vec::with_capacity(total);
-    let mut cache_hits = Vec::new();
-    let mut written: Vec<(Digest, LayerBlob)> = Vec::new();
+    let mut made = Made {
+        records: Vec::with_capacity(total),
+        cache_hits: Vec::new(),
+        written: Vec::new(),
+        keys: keys.to_vec(),
+    };
     for (i, (key, (name, source))) in keys.iter().zip(&flat.layers).enumerate() {
+        slot.stop.check()?;
         let bytes = match source {
             Source::Write(tree) => Some(
                 tree.iter()
                     .map(|(_, e)| if let EntryKind::File(c) = &e.kind { c.size() } else { 0 })
                     .sum(),
             ),
-            Source::Cached(_) => None,
+            Source::Cached(_) | Source::Earlier => None,
         };
-        observer.layer_started(name, i, total, bytes);
+        observer.layer_started(platforms, name, i, total, bytes);
         let record = match source {
             Source::Cached(record) => {
-                if !earlier.iter().any(|(k, _)| k == key) {
-                    cache_hits.push(CacheHit { layer: i, key: *key });
-                }
-                record.clone()
+                made.cache_hits.push(CacheHit { layer: i, key: *key });
+                Some(record.clone())
             }
+            Source::Earlier => None,
             Source::Write(tree) => {
-                let blob = write_layer(recipe, opts, name, i, tree, &written)?;
+                let blob = write_layer(recipe, opts, slot.threads, name, i, tree, &made.written)?;
                 let descriptor = Descriptor::new(blob.media_type, blob.digest, blob.size);
-                sink.start_storing(&blob.path, &descriptor).map_err(BuildError::Sink)?;
-                let record = LayerRecord {
-                    media_type: blob.media_type.to_string(),
-                    digest: blob.digest,
-                    diff_id: blob.diff_id,
-                    size: blob.size,
-                };
-                written.push((*key, blob));
-                record
+                slot.sink.start_storing(&blob.path, &descriptor).map_err(BuildError::Sink)?;
+                let record = blob.record();
+                made.written.push((*key, blob));
+                Some(record)
             }
         };
-        observer.layer_finished(name, matches!(source, Source::Cached(_)));
-        records.push((name.clone(), record));
+        observer.layer_finished(platforms, name, !matches!(source, Source::Write(_)));
+        made.records.push((name.clone(), record));
     }
-    Ok(Layers { records, cache_hits, written })
+    Ok(made)
 }
 
 /// Writes layer `i` from `tree`, in a scratch file of its own even when an earlier layer of
@@ -211,13 +252,14 @@ pub(super) fn write_layers(
 fn write_layer(
     recipe: &Recipe,
     opts: &BuildOptions,
+    threads: usize,
     name: &str,
     i: usize,
     tree: &Tree,
     written: &[(Digest, LayerBlob)],
 ) -> Result<LayerBlob, BuildError> {
     let mut blob =
-        layer::write_layer(tree, opts.epoch, &recipe.compression, opts.threads, &opts.work_dir)
+        layer::write_layer(tree, opts.epoch, &recipe.compression, threads, &opts.work_dir)
             .map_err(|source| BuildError::Layer {
                 name: name.to_string(),
                 source: Box::new(source),

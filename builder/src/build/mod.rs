@@ -11,6 +11,7 @@ mod error;
 mod layers;
 mod observer;
 mod options;
+mod parallel;
 mod plan;
 mod resolve;
 pub mod sink;
@@ -141,11 +142,12 @@ fn build_resolved(
         sink.start_storing(&layer.path, &descriptor).map_err(BuildError::Sink)?;
     }
     let index_of = |p: &Platform| recipe.platforms.iter().position(|q| q == p).unwrap_or(0);
-    // Each list of layers that platforms share is made in turn; a layer the same in two
-    // lists (one without packages) is written once.
     let installs = recipe.layers.iter().any(|l| !l.packages.is_empty() || !l.debs.is_empty());
-    let mut built = Vec::new();
-    let mut written: Vec<(Digest, LayerRecord)> = Vec::new();
+    // The cache is looked up for each list of layers that platforms share in turn, in the
+    // recipe's order: a layer the same in two lists (one without packages) is written once,
+    // by the first.
+    let mut work = Vec::with_capacity(groups.len());
+    let mut to_write: Vec<Digest> = Vec::new();
     for group in &mut groups {
         let under: Vec<Vec<&BaseLayer>> = group
             .platforms
@@ -155,12 +157,22 @@ fn build_resolved(
         // The layers are made over the group's first platform's base: their implicit parent
         // directories take its metadata.
         let below: &[&BaseLayer] = under.first().map_or(&[], Vec::as_slice);
-        let plan = plan::plan(recipe, opts.epoch, &group.layers, below, &written, sink)?;
+        let plan = plan::plan(recipe, opts.epoch, &group.layers, below, &to_write, sink)?;
+        to_write.extend(plan.to_write().copied());
+        work.push(parallel::Work { group, plan: (plan, under) });
+    }
+    let make = |work: parallel::Work<'_, (plan::Plan, Vec<Vec<&BaseLayer>>)>,
+                slot: &mut parallel::Slot|
+     -> Result<_, parallel::Halt> {
+        let (plan, under) = work.plan;
+        let group = work.group;
+        let below: &[&BaseLayer] = under.first().map_or(&[], Vec::as_slice);
         let base_status = match installs {
             true => base::dpkg_status(base.as_ref(), below)?,
             false => Default::default(),
         };
-        layers::install_packages(&mut group.layers, &plan, opts, sink, observer, base_status)?;
+        layers::install_packages(&mut group.layers, &plan, opts, slot, base_status)?;
+        slot.stop.check()?;
         // Every tree to be made, and the disks' inputs, are checked before anything is
         // stored, so that a bad layer or `[disk]` table (a path declared twice, a whiteout
         // escaping the root, a missing ESP file, no disk platform) leaves the store as it was.
@@ -171,14 +183,26 @@ fn build_resolved(
         // remotely uploads each finished blob while the next is made (see
         // `BlobSink::start_storing`), so such a failure may leave whole, verified blobs that
         // nothing names, which gc removes; a folder store is left as it was.
-        let layers =
-            layers::write_layers(recipe, opts, observer, sink, &plan.keys, &flat, &written)?;
-        for (key, (_, record)) in plan.keys.iter().zip(&layers.records) {
-            if layers.written.iter().any(|(k, _)| k == key) {
-                written.push((*key, record.clone()));
-            }
-        }
-        built.push((flat, layers));
+        let made = layers::write_layers(
+            recipe,
+            opts,
+            slot,
+            &group.platforms,
+            observer,
+            &plan.keys,
+            &flat,
+        )?;
+        Ok((flat, made))
+    };
+    let made = parallel::make_all(work, opts.threads, sink, make)?;
+    for group in &groups {
+        layers::tell_skipped_scripts(&group.layers, observer);
+    }
+    let mut written: Vec<(Digest, LayerRecord)> = Vec::new();
+    let mut built = Vec::with_capacity(made.len());
+    for (flat, made) in made {
+        written.extend(made.written());
+        built.push((flat, made.complete(&written)));
     }
     let per_group: Vec<_> =
         groups.iter().zip(&built).map(|(g, (_, l))| (&g.platforms[..], &l.records[..])).collect();

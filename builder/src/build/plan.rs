@@ -23,6 +23,9 @@ pub(super) struct Plan {
     pub keys: Vec<Digest>,
     /// The layer built before from each key, if its blob is still available.
     pub found: Vec<Option<LayerRecord>>,
+    /// For each layer not found, whether the layers of platforms made before these (in the
+    /// recipe's order) write it: then it is written once, by them.
+    pub earlier: Vec<bool>,
     /// Trees are made for the layers below this index.
     pub trees: usize,
 }
@@ -53,26 +56,23 @@ pub(super) fn check_lock(
 }
 
 /// Looks every layer, made over the base layers `below`, up in the cache, and in `written`
-/// (the layers this build already wrote for other platforms), and decides which trees are
-/// needed.
+/// (the keys of the layers this build writes for other platforms), and decides which trees
+/// are needed.
 pub(super) fn plan(
     recipe: &Recipe,
     epoch: Epoch,
     resolved: &[ResolvedLayer],
     below: &[&BaseLayer],
-    written: &[(Digest, LayerRecord)],
+    written: &[Digest],
     sink: &mut dyn BlobSink,
 ) -> Result<Plan, BuildError> {
     let mut keys = layer_keys(resolved, epoch, &recipe.compression);
     if !below.is_empty() {
         keys = over_base(&keys, below);
     }
-    let mut found = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
-    for (key, found) in keys.iter().zip(&mut found) {
-        if found.is_none() {
-            *found = written.iter().find(|(k, _)| k == key).map(|(_, record)| record.clone());
-        }
-    }
+    let found = sink.cached_layers(&keys).map_err(BuildError::Sink)?;
+    let earlier: Vec<bool> =
+        keys.iter().zip(&found).map(|(k, f)| f.is_none() && written.contains(k)).collect();
     if recipe.disk.is_some() && !recipe.platforms.iter().any(|p| Arch::of(p).is_some()) {
         return Err(BuildError::DiskPlatform);
     }
@@ -82,9 +82,10 @@ pub(super) fn plan(
     let trees = if recipe.disk.is_some() {
         resolved.len()
     } else {
-        found.iter().rposition(Option::is_none).map_or(0, |i| i + 1)
+        let to_write = found.iter().zip(&earlier).rposition(|(f, e)| f.is_none() && !e);
+        to_write.map_or(0, |i| i + 1)
     };
-    Ok(Plan { keys, found, trees })
+    Ok(Plan { keys, found, earlier, trees })
 }
 
 /// Writes the lock file `current` over `existing` when they differ; returns whether it was
@@ -145,4 +146,12 @@ pub fn layer_keys(
             h.clone().finish()
         })
         .collect()
+}
+
+impl Plan {
+    /// The keys of the layers this plan writes.
+    pub fn to_write(&self) -> impl Iterator<Item = &Digest> {
+        let written = self.found.iter().zip(&self.earlier).map(|(f, e)| f.is_none() && !e);
+        self.keys.iter().zip(written).filter(|(_, w)| *w).map(|(k, _)| k)
+    }
 }

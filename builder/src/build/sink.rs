@@ -11,8 +11,9 @@ use crate::layer::LayerBlob;
 /// An error from the code that stores blobs, kept opaque to the builder.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where a build puts its blobs and looks up earlier layers.
-pub trait BlobSink {
+/// Where a build puts its blobs and looks up earlier layers. The layers of several platforms
+/// are made at once, each thread calling the sink in turn, hence `Send`.
+pub trait BlobSink: Send {
     /// For each key, the layer built before from it, if its blob is still available (all keys
     /// at once, so a remote store can look them up concurrently).
     fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError>;
