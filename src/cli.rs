@@ -375,7 +375,8 @@ pub struct BuildArgs {
     pub locked: bool,
     #[command(flatten)]
     pub epoch: EpochArg,
-    /// Compression threads (the output bytes do not depend on this). [default: all cores]
+    /// Threads for compression and for the platforms' layers made at once (the output bytes
+    /// do not depend on this). [default: all cores]
     #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
     /// Read and hash every input file, ignoring digests remembered from earlier builds
