@@ -571,6 +571,7 @@ conformance!(
     check_reports_corrupt_and_missing_blobs,
     gc_deletes_exactly_the_unreachable_past_grace,
     copy_sends_only_what_the_target_lacks,
+    copy_from_a_folder_refuses_bytes_that_are_not_their_digest,
     reads_by_descriptor_check_the_size,
     reuse_is_judged_by_size_date_and_on_demand_content,
     a_checked_put_replaces_corrupt_bytes,

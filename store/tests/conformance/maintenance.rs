@@ -155,6 +155,45 @@ pub async fn copy_sends_only_what_the_target_lacks(f: Fixture) {
     assert!(problems.is_empty(), "{problems:?}");
 }
 
+pub async fn copy_from_a_folder_refuses_bytes_that_are_not_their_digest(f: Fixture) {
+    // Local blobs are read once, hashed while their parts go up: bytes changed after they were
+    // stored (past the first parts, so some are sent before the change is seen) make the copy
+    // fail with nothing visible under the digest and no upload left in progress.
+    for (i, big_changes) in [true, false].into_iter().enumerate() {
+        // Other blobs each time, so what the first round copied whole is not found there.
+        let big = pattern(3 * 8 * 1024 * 1024 + i);
+        let small = format!("small layer {i}").into_bytes();
+        let (changed, at) = match big_changes {
+            true => (Digest::of(&big), 2 * 8 * 1024 * 1024 + 5),
+            false => (Digest::of(&small), 3),
+        };
+        let root = f.tmp.path().join(format!("local-{i}"));
+        let local = Store::open(root.to_str().unwrap()).unwrap();
+        let manifest = image(&local, &[big, small]).await;
+        let path = root.join("blobs/sha256").join(changed.hex());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        match copy_image(&local, &f.store, &Reference::Digest(manifest.digest)).await {
+            Err(StoreError::DigestMismatch { key, expected, .. }) => {
+                assert_eq!((key, expected), (blob_key(&changed), changed));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!f.store.has_blob(&changed).await.unwrap());
+        let files = f.files().await;
+        assert!(!files.iter().any(|k| k.contains(&changed.hex())), "{files:?}");
+        assert!(!files.iter().any(|k| k.starts_with("uploads/")), "{files:?}");
+        let now = GcOptions { grace: Duration::ZERO, dry_run: true };
+        let report = f.store.gc(now).await.unwrap();
+        assert_eq!(
+            (report.uploads_deleted, report.multipart_uploads_aborted),
+            (0, 0),
+            "{report:?}"
+        );
+    }
+}
+
 pub async fn check_reports_bad_cache_entries(f: Fixture) {
     let layer = b"a layer".to_vec();
     let manifest = image(&f.store, std::slice::from_ref(&layer)).await;
