@@ -7,23 +7,25 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kiln_oci::{Descriptor, Digest, Sha256};
 use object_store::path::Path as Key;
-use object_store::{PutMode, WriteMultipart};
+use object_store::{GetResultPayload, PutMode, WriteMultipart};
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::error::{Result, StoreError};
 use crate::{key, Store};
 
 /// Files this size or larger go through a staged multipart upload instead of one put.
 pub(crate) const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
-/// Multipart part size; above S3's 5 MiB minimum, small enough to keep memory flat.
+/// Multipart part size; above S3's 5 MiB minimum. 16 and 32 MiB parts pushed no faster to
+/// SeaweedFS, on loopback or 30 ms away (docs/performance.md), and hold more memory.
 pub(crate) const PART_SIZE: usize = 8 * 1024 * 1024;
-/// Parts uploading at once; with [`PART_SIZE`] this bounds an upload's buffers to ~40 MiB
-/// (4 parts plus the one filling). Fewer in flight left an S3 push well behind boto3's rate
-/// (docs/performance.md).
-pub(crate) const PARTS_IN_FLIGHT: usize = 4;
-/// How much of a local file is read per step.
-const READ_CHUNK: usize = 1024 * 1024;
+/// Parts uploading at once across all uploads of one store handle (a pool, so a lone large
+/// blob uses every slot): at most this many parts, plus the one each upload is filling, are
+/// in memory. 8 to 32 measured alike on loopback and at 30 ms (docs/performance.md).
+pub(crate) const PARTS_IN_FLIGHT: usize = 16;
+/// Parts in flight per upload through object_store's own writer (folder stores, whose parts
+/// are local files).
+const FOLDER_PARTS_IN_FLIGHT: usize = 4;
 /// Small requests (existence checks, cache reads) in flight at once in [`Store::has_blobs`]
 /// and [`Store::get_caches`].
 pub(crate) const SMALL_REQUESTS_IN_FLIGHT: usize = 16;
@@ -123,7 +125,8 @@ impl Store {
             return Ok(outcome(self.create(&key::blob(expected), bytes).await?));
         }
 
-        let chunks = file_chunks(path).await?;
+        let file = tokio::fs::File::open(path).await.map_err(local_err(path))?.into_std().await;
+        let chunks = crate::blob_stream::file_chunks(file, path.to_path_buf());
         Ok(outcome(self.put_blob_staged(chunks, expected, size, mismatch).await?))
     }
 
@@ -170,8 +173,9 @@ impl Store {
     /// upload is completed, create-only, only when what was sent is exactly `expected` of
     /// `size` bytes. Elsewhere multipart uploads cannot be create-only, so the parts go to a
     /// private staging key, which is then copied create-only to the blob key. Otherwise the
-    /// upload is aborted and `mismatch(found, found_size)` reported. Memory stays bounded by
-    /// [`PART_SIZE`] × [`PARTS_IN_FLIGHT`] whatever the blob's size.
+    /// upload is aborted and `mismatch(found, found_size)` reported. Memory stays bounded
+    /// whatever the blob's size: the parts in flight take the store's [`PARTS_IN_FLIGHT`]
+    /// slots, and one more part is filled meanwhile.
     pub(crate) async fn put_blob_staged<S>(
         &self,
         chunks: S,
@@ -338,8 +342,13 @@ impl Store {
     ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
         let key = key::blob(digest);
         let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
-        let stream = got.into_stream().map_err(move |e| StoreError::backend(&key, e));
-        Ok(Box::pin(stream))
+        Ok(match got.payload {
+            // object_store would read a local file 8 KiB per blocking task.
+            GetResultPayload::File(file, path) => crate::blob_stream::file_chunks(file, path),
+            GetResultPayload::Stream(stream) => {
+                stream.map_err(move |e| StoreError::backend(&key, e)).boxed()
+            }
+        })
     }
 
     /// Reads a blob and decodes it as JSON (manifests, configs, indexes).
@@ -393,22 +402,6 @@ impl Store {
     }
 }
 
-/// The file at `path` as a stream of chunks of at most [`READ_CHUNK`] bytes.
-async fn file_chunks(path: &Path) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
-    let file = tokio::fs::File::open(path).await.map_err(local_err(path))?;
-    let path = path.to_path_buf();
-    let chunks = futures::stream::try_unfold(file, move |mut file| {
-        let path = path.clone();
-        async move {
-            let mut buf = vec![0u8; READ_CHUNK];
-            let n = file.read(&mut buf).await.map_err(local_err(&path))?;
-            buf.truncate(n);
-            Ok((n > 0).then(|| (Bytes::from(buf), file)))
-        }
-    });
-    Ok(Box::pin(chunks))
-}
-
 /// Sends `chunks` into `writer`, hashing what is sent.
 async fn send_chunks<S>(
     mut chunks: S,
@@ -424,7 +417,7 @@ where
         hasher.update(&chunk);
         len += chunk.len() as u64;
         // Back-pressure: wait for a part slot so a fast source cannot outrun the upload.
-        writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(backend_err(staging))?;
+        writer.wait_for_capacity(FOLDER_PARTS_IN_FLIGHT).await.map_err(backend_err(staging))?;
         writer.put(chunk);
     }
     Ok((hasher.finish(), len))

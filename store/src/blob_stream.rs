@@ -90,23 +90,25 @@ impl Store {
 
 /// The local file `file` as a stream of [`FILE_CHUNK`]-byte chunks, each read on a blocking
 /// thread.
-fn file_chunks(file: std::fs::File, path: std::path::PathBuf) -> BoxStream<'static, Result<Bytes>> {
+pub(crate) fn file_chunks(
+    file: std::fs::File,
+    path: std::path::PathBuf,
+) -> BoxStream<'static, Result<Bytes>> {
     let read = move |mut file: std::fs::File| {
         let path = path.clone();
         async move {
             let joined = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; FILE_CHUNK];
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match std::io::Read::read(&mut file, &mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return (file, Err(e)),
-                    }
+                // Read into spare capacity: zeroing the buffer first would touch every byte
+                // once more. At the limit the buffer is full and is not grown.
+                let mut buf = Vec::with_capacity(FILE_CHUNK);
+                let read = std::io::Read::read_to_end(
+                    &mut std::io::Read::take(&mut file, FILE_CHUNK as u64),
+                    &mut buf,
+                );
+                match read {
+                    Ok(_) => (file, Ok(buf)),
+                    Err(e) => (file, Err(e)),
                 }
-                buf.truncate(filled);
-                (file, Ok(buf))
             })
             .await;
             let (file, chunk) = match joined {

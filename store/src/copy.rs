@@ -16,7 +16,8 @@ use crate::reference::Reference;
 use crate::walk::image_blobs;
 use crate::{key, Store};
 
-/// Blobs copied at once; each large one holds up to ~40 MiB of parts in memory.
+/// Blobs copied at once. Their parts share the target's part slots
+/// ([`crate::blob::PARTS_IN_FLIGHT`]); each holds one more part while it fills it.
 const COPY_CONCURRENCY: usize = 4;
 
 /// What a copy did.
@@ -203,9 +204,12 @@ async fn collect_referrers(
 /// upload in bounded memory. Returns whether it was written, and its size.
 async fn copy_blob(from: &Store, to: &Store, desc: &Descriptor) -> Result<(bool, u64)> {
     if desc.size < MULTIPART_THRESHOLD {
+        // Read and checked against the descriptor once; hashing again to name it would only
+        // find the same digest.
         let bytes = from.get_described(desc).await?;
         let size = bytes.len() as u64;
-        return Ok((to.put_blob(bytes).await?.uploaded, size));
+        to.lease_blob(&desc.digest).await?;
+        return Ok((to.create(&key::blob(&desc.digest), bytes).await?, size));
     }
     let chunks = from.blob_chunks(&desc.digest).await?;
     let source = key::blob(&desc.digest).to_string();

@@ -14,12 +14,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kiln_oci::{Digest, Sha256};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use crate::error::{Result, StoreError};
 use crate::holder::Holder;
@@ -37,6 +39,8 @@ pub(crate) struct Multipart {
     prefix: String,
     /// On S3: create-only completion and the server's own list of uploads in progress.
     s3: Option<S3Multipart>,
+    /// Parts in flight across every upload of this store (see [`send_parts`]).
+    slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Multipart {
@@ -47,7 +51,8 @@ impl std::fmt::Debug for Multipart {
 
 impl Multipart {
     pub(crate) fn new(store: Arc<dyn MultipartStore>, prefix: &str) -> Multipart {
-        Multipart { store, prefix: prefix.to_string(), s3: None }
+        let slots = Arc::new(Semaphore::new(crate::blob::PARTS_IN_FLIGHT));
+        Multipart { store, prefix: prefix.to_string(), s3: None, slots }
     }
 
     /// Uploads to S3: blobs are completed create-only in place, and the uploads no marker
@@ -302,8 +307,34 @@ async fn abort(multipart: &Multipart, path: &Key, upload_id: &str) {
     }
 }
 
-/// Sends `chunks` as parts of [`crate::blob::PART_SIZE`] bytes, a bounded number in flight,
-/// returning the digest and size of what was sent and the parts in order.
+/// An upload's parts in flight, each on its own task (so hashing a part for its signature
+/// runs beside the reading and hashing of the next); dropping this cancels those still
+/// running, so none outlives the upload's abort.
+struct InFlight(FuturesUnordered<JoinHandle<object_store::Result<(usize, PartId)>>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for task in self.0.iter() {
+            task.abort();
+        }
+    }
+}
+
+/// A part's task ended: its index and id, or why not.
+fn part_done(
+    joined: std::result::Result<object_store::Result<(usize, PartId)>, tokio::task::JoinError>,
+    staging: &Key,
+) -> Result<(usize, PartId)> {
+    joined
+        .map_err(|source| object_store::Error::JoinError { source })
+        .and_then(|sent| sent)
+        .map_err(|e| StoreError::backend(staging, e))
+}
+
+/// Sends `chunks` as parts of [`crate::blob::PART_SIZE`] bytes, each taking one of the
+/// store's [`crate::blob::PARTS_IN_FLIGHT`] part slots until sent, returning the digest and
+/// size of what was sent and the parts in order. On failure every part still in flight is
+/// cancelled and waited for before the error is returned, so the caller's abort comes last.
 async fn send_parts<S>(
     multipart: &Multipart,
     mut chunks: S,
@@ -319,40 +350,63 @@ where
     let mut queue = VecDeque::new();
     let mut queued = 0usize;
     let mut parts: Vec<Option<PartId>> = Vec::new();
-    let mut in_flight = FuturesUnordered::new();
-    let send = |index: usize, payload: PutPayload| {
-        let store = multipart.store.clone();
-        let (path, id) = (path.clone(), upload_id.to_string());
-        async move { store.put_part(&path, &id, index, payload).await.map(|part| (index, part)) }
-    };
-    let mut done = false;
-    while !done {
-        match chunks.try_next().await? {
-            Some(chunk) => {
-                hasher.update(&chunk);
-                len += chunk.len() as u64;
-                queued += chunk.len();
-                queue.push_back(chunk);
+    let mut in_flight = InFlight(FuturesUnordered::new());
+    let sent: Result<()> = async {
+        let mut done = false;
+        while !done {
+            match chunks.try_next().await? {
+                Some(chunk) => {
+                    hasher.update(&chunk);
+                    len += chunk.len() as u64;
+                    queued += chunk.len();
+                    queue.push_back(chunk);
+                }
+                None => done = true,
             }
-            None => done = true,
-        }
-        while queued >= crate::blob::PART_SIZE || (done && queued > 0) {
-            let n = queued.min(crate::blob::PART_SIZE);
-            queued -= n;
-            // Back-pressure: a fast source waits for a part slot.
-            while in_flight.len() >= crate::blob::PARTS_IN_FLIGHT {
-                let next: Option<object_store::Result<(usize, PartId)>> = in_flight.next().await;
-                let Some(sent) = next else { break };
-                let (index, part) = sent.map_err(|e| StoreError::backend(staging, e))?;
-                parts[index] = Some(part);
+            while queued >= crate::blob::PART_SIZE || (done && queued > 0) {
+                let n = queued.min(crate::blob::PART_SIZE);
+                queued -= n;
+                // Back-pressure: a fast source waits for a part slot, shared by every upload
+                // of the store, which bounds the memory all of them hold.
+                let slot = multipart.slots.clone().acquire_owned().await.map_err(|_| {
+                    StoreError::backend(
+                        staging,
+                        object_store::Error::Generic {
+                            store: "multipart",
+                            source: "the part slots were closed".into(),
+                        },
+                    )
+                })?;
+                let index = parts.len();
+                parts.push(None);
+                let (store, path, id) =
+                    (multipart.store.clone(), path.clone(), upload_id.to_string());
+                let payload = take(&mut queue, n);
+                in_flight.0.push(tokio::spawn(async move {
+                    let part = store.put_part(&path, &id, index, payload).await;
+                    drop(slot);
+                    part.map(|part| (index, part))
+                }));
+                // Parts already sent are recorded now, so a failed one stops the reading early.
+                while let Some(Some(joined)) = in_flight.0.next().now_or_never() {
+                    let (index, part) = part_done(joined, staging)?;
+                    parts[index] = Some(part);
+                }
             }
-            parts.push(None);
-            in_flight.push(send(parts.len() - 1, take(&mut queue, n)));
         }
+        while let Some(joined) = in_flight.0.next().await {
+            let (index, part) = part_done(joined, staging)?;
+            parts[index] = Some(part);
+        }
+        Ok(())
     }
-    while let Some(sent) = in_flight.next().await {
-        let (index, part) = sent.map_err(|e| StoreError::backend(staging, e))?;
-        parts[index] = Some(part);
+    .await;
+    if let Err(e) = sent {
+        for task in in_flight.0.iter() {
+            task.abort();
+        }
+        while in_flight.0.next().await.is_some() {}
+        return Err(e);
     }
     let parts = parts.into_iter().flatten().collect();
     Ok((hasher.finish(), len, parts))
