@@ -619,6 +619,12 @@ impl Context<'_> {
         }
         let ca = match &raw.ca {
             None => None,
+            Some(raw_ca) if !url.starts_with("https://") => {
+                return self.err(
+                    raw_ca.span(),
+                    Problem::Invalid("ca is for an https:// repository's certificate".into()),
+                );
+            }
             Some(raw_ca) => {
                 let ca = self.source(raw_ca)?;
                 if !ca.abs().is_file() {

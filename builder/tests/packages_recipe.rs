@@ -40,6 +40,11 @@ fn repositories_packages_and_debs_are_read() {
     let requests: Vec<&str> = r.layers[0].packages.iter().map(|p| p.request.as_str()).collect();
     assert_eq!(requests, ["busybox-static", "libc6 (>= 2.36)"]);
     assert_eq!(r.layers[0].debs.len(), 1);
+    assert!(r.repositories[0].ca.is_none());
+    let https = REPO.replace("file:///srv/debian", "https://mirror.invalid/debian");
+    let body = format!("{https}ca = \"key.asc\"\n[[layer]]\nname = \"l\"\npackages = [\"a\"]\n");
+    let r = load("\"linux/amd64\"", &body).unwrap();
+    assert!(r.repositories[0].ca.as_ref().unwrap().abs().ends_with("key.asc"));
 }
 
 #[test]
@@ -58,6 +63,21 @@ fn bad_package_declarations_name_their_line() {
             format!("{}{layer}", REPO.replace("key.asc", "missing.asc")),
             ":9:",
             "missing.asc",
+        ),
+        (
+            "\"linux/amd64\"",
+            format!("{REPO}ca = \"key.asc\"\n{layer}"),
+            ":10:",
+            "ca is for an https:// repository's certificate",
+        ),
+        (
+            "\"linux/amd64\"",
+            format!(
+                "{}ca = \"missing.pem\"\n{layer}",
+                REPO.replace("file:///srv/debian", "https://mirror.invalid/debian")
+            ),
+            ":10:",
+            "missing.pem",
         ),
         (
             "\"linux/amd64\"",

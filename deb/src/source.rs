@@ -55,16 +55,16 @@ fn stall_timeout() -> Result<Duration, SourceError> {
     }
 }
 
-/// One client per CA file (none: the system's roots only), made once: rustls with the
-/// system's roots (and the CA's certificates), a connect timeout, kiln's user agent, and the
-/// stall timeout. reqwest's blocking client applies its `timeout` to the wait for an
-/// answer's head and then to each read of its body on its own (not to the transfer as a
-/// whole), so it is the longest a server may go without sending anything: a slow download
+/// One client per CA file (none: the system's roots only) and stall timeout, made once:
+/// rustls with the system's roots (and the CA's certificates), a connect timeout, kiln's user
+/// agent, and the stall timeout. reqwest's blocking client applies its `timeout` to the wait
+/// for an answer's head and then to each read of its body on its own (not to the transfer as
+/// a whole), so it is the longest a server may go without sending anything: a slow download
 /// that keeps coming is never cut, a stalled one fails.
 fn client(ca: Option<&Path>, stall: Duration) -> Result<reqwest::blocking::Client, SourceError> {
-    static CLIENTS: Mutex<BTreeMap<Option<PathBuf>, reqwest::blocking::Client>> =
-        Mutex::new(BTreeMap::new());
-    let key = ca.map(Path::to_path_buf);
+    type Clients = BTreeMap<(Option<PathBuf>, Duration), reqwest::blocking::Client>;
+    static CLIENTS: Mutex<Clients> = Mutex::new(BTreeMap::new());
+    let key = (ca.map(Path::to_path_buf), stall);
     let mut clients = CLIENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(c) = clients.get(&key) {
         return Ok(c.clone());
