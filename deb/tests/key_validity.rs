@@ -185,6 +185,29 @@ fn an_expired_key_or_subkey_is_refused() {
     let keyring = gpg.export(&fpr);
     let reason = refused(verify(&keyring, &signed), &fpr);
     assert!(matches!(reason, Invalidity::KeyExpired { .. }), "{reason}");
+    // As a detached signature (`Release.gpg`) too.
+    let dir = gpg.home.path();
+    std::fs::write(dir.join("release"), TEXT).unwrap();
+    let signer = format!("{fpr}!");
+    let sig = dir.join("release.gpg");
+    gpg.run(
+        Some(-10),
+        &[
+            "--local-user",
+            &signer,
+            "--detach-sign",
+            "-o",
+            sig.to_str().unwrap(),
+            dir.join("release").to_str().unwrap(),
+        ],
+        "",
+    );
+    let detached =
+        keyring.verify_detached(TEXT.as_bytes(), &std::fs::read(&sig).unwrap(), SystemTime::now());
+    assert!(
+        matches!(&detached, Err(SignatureError::Invalid { reason, .. }) if matches!(**reason, Invalidity::KeyExpired { .. })),
+        "{detached:?}"
+    );
     let err = keyring.check_usable(SystemTime::now()).unwrap_err();
     assert!(err.to_string().contains(&format!("key {fpr}: key {fpr} expired at")), "{err}");
 
