@@ -10,6 +10,7 @@ certificate chain CERT and key KEY. Each FAULT is KIND:TEXT:COUNT and applies to
 COUNT requests whose path contains TEXT:
     NNN    (a status code: 503, 429, ...) answers it with that status and no file;
     drop   closes the connection without an answer, as when a link drops;
+    cut    sends the headers and half of the file, then closes the connection;
     stall  sends the headers and half of the file, then nothing more, holding the
            connection open until the client gives up.
 The server exits when the process that started it does.
@@ -79,6 +80,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if fault == "cut":
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if fault == "stall":
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -140,7 +140,11 @@ impl Source {
     /// Copies `path` into the new file `dest`, reading at most `limit + 1` bytes, so a file
     /// larger than `limit` arrives one byte too long for the caller's size check to refuse.
     pub fn copy_to(&self, path: &str, limit: u64, dest: &Path) -> io::Result<()> {
-        let Some(reader) = self.open(path)? else {
+        let restart = |out: &mut File| {
+            out.set_len(0)?;
+            out.rewind()
+        };
+        let Some(out) = self.transfer(path, limit, || File::create_new(dest), restart)? else {
             return Err(match self {
                 Source::Folder(_) => io::Error::from(io::ErrorKind::NotFound),
                 Source::Http { .. } => io::Error::other(HttpError::Status {
@@ -149,10 +153,49 @@ impl Source {
                 }),
             });
         };
-        let mut out = File::create_new(dest)?;
-        io::copy(&mut reader.take(limit.saturating_add(1)), &mut out)?;
         out.sync_all()
     }
+
+    /// Reads `path` into the writer `make` gives once the file is found (at most
+    /// `limit + 1` bytes), `Ok(None)` when there is no such file. A transfer that breaks
+    /// after its answer began (the connection reset or closed early) starts over, after
+    /// `restart` empties the writer, as a failed request is made again; a stall does not.
+    fn transfer<W: Write>(
+        &self,
+        path: &str,
+        limit: u64,
+        make: impl FnOnce() -> io::Result<W>,
+        restart: impl Fn(&mut W) -> io::Result<()>,
+    ) -> io::Result<Option<W>> {
+        let Some(mut reader) = self.open(path)? else { return Ok(None) };
+        let mut out = make()?;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match io::copy(&mut (&mut reader).take(limit.saturating_add(1)), &mut out) {
+                Ok(_) => return Ok(Some(out)),
+                Err(e) if attempt < ATTEMPTS && broken(&e) => {}
+                Err(e) => return Err(e),
+            }
+            restart(&mut out)?;
+            std::thread::sleep(backoff);
+            backoff *= 2;
+            attempt += 1;
+            reader = match self.open(path)? {
+                Some(r) => r,
+                None => return Ok(None),
+            };
+        }
+    }
+}
+
+/// Whether reading an answer's body failed because the transfer broke (reqwest's body
+/// error: a reset, a close before the promised length), which reading it again may mend;
+/// not a stall, and not a failure to write what was read.
+fn broken(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+        .is_some_and(|r| (r.is_body() || r.is_decode()) && !r.is_timeout())
 }
 
 /// Whether a failed request may succeed if made again: the connection failed or timed
@@ -276,9 +319,13 @@ pub enum HttpError {
 
 impl Fetch for Source {
     fn get(&mut self, path: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
-        let Some(reader) = self.open(path)? else { return Ok(None) };
-        let mut bytes = Vec::new();
-        reader.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+        let clear = |bytes: &mut Vec<u8>| {
+            bytes.clear();
+            Ok(())
+        };
+        let Some(bytes) = self.transfer(path, limit, || Ok(Vec::new()), clear)? else {
+            return Ok(None);
+        };
         if bytes.len() as u64 > limit {
             return Err(io::Error::other(format!(
                 "{} is larger than {limit} bytes",
