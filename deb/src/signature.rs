@@ -230,6 +230,46 @@ fn signature_valid(sig: &Signature, key_created: Timestamp, at: u64) -> Result<(
     Ok(())
 }
 
+/// Whether `sig` was made by `key`'s primary key, by the issuer it names (a signature that
+/// names none is kept, and verifying it decides).
+fn self_issued(key: &SignedPublicKey, sig: &Signature) -> bool {
+    let fingerprints = sig.issuer_fingerprint();
+    let ids = sig.issuer_key_id();
+    (fingerprints.is_empty() && ids.is_empty())
+        || fingerprints.iter().any(|f| **f == key.primary_key.fingerprint())
+        || ids.iter().any(|id| **id == key.primary_key.legacy_key_id())
+}
+
+/// `key` with only the signatures its own primary key made. Published keys, Debian's archive
+/// keys among them, carry certifications by other people's keys, which a key file cannot
+/// prove (their keys are not in it) and which say nothing about whether the key may sign; a
+/// user ID left with no self-signature is not bound to the key and goes too. A revocation by
+/// a designated revoker goes with them: only the key's own revocation counts.
+fn own_signatures_only(mut key: SignedPublicKey) -> SignedPublicKey {
+    let own = |sigs: &mut Vec<Signature>, key: &SignedPublicKey| {
+        sigs.retain(|s| self_issued(key, s));
+    };
+    let mut details = std::mem::take(&mut key.details.users);
+    for user in &mut details {
+        own(&mut user.signatures, &key);
+    }
+    details.retain(|u| !u.signatures.is_empty());
+    key.details.users = details;
+    let mut attributes = std::mem::take(&mut key.details.user_attributes);
+    for attribute in &mut attributes {
+        own(&mut attribute.signatures, &key);
+    }
+    attributes.retain(|a| !a.signatures.is_empty());
+    key.details.user_attributes = attributes;
+    let mut direct = std::mem::take(&mut key.details.direct_signatures);
+    own(&mut direct, &key);
+    key.details.direct_signatures = direct;
+    let mut revocations = std::mem::take(&mut key.details.revocation_signatures);
+    own(&mut revocations, &key);
+    key.details.revocation_signatures = revocations;
+    key
+}
+
 impl Keyring {
     /// Reads every public key of an armored (`.asc`) or binary (`.gpg`) key file, checking
     /// every self-signature, binding and revocation in it.
@@ -248,6 +288,7 @@ impl Keyring {
         if keys.is_empty() {
             return Err(SignatureError::NoKey);
         }
+        let keys: Vec<SignedPublicKey> = keys.into_iter().map(own_signatures_only).collect();
         for key in &keys {
             key.verify_bindings().map_err(SignatureError::Key)?;
         }

@@ -305,6 +305,29 @@ fn an_expired_or_future_signature_is_refused() {
     assert!(matches!(reason, Invalidity::SignatureFuture { .. }), "{reason}");
 }
 
+#[test]
+fn certifications_by_other_keys_neither_break_nor_bless_a_key() {
+    let Some(gpg) = Gpg::new() else { return };
+    let signer = gpg.key("a", "ed25519", "sign", "never", -3);
+    let other = gpg.key("b", "ed25519", "cert", "never", -3);
+    let signed = gpg.sign(&signer, TEXT, -2, &[]);
+    // Published keys carry certifications by keys the file does not hold (Debian's
+    // archive keys do): they are not the key's to prove, and the key still signs.
+    gpg.run(None, &["--local-user", &format!("{other}!"), "--quick-sign-key", &signer], "");
+    let exported = gpg.run(None, &["--armor", "--export", &signer], "");
+    let keyring = Keyring::parse(&exported).unwrap();
+    assert_eq!(verify(&keyring, &signed).unwrap(), TEXT.trim_end());
+
+    // Nor does a certification, newer than the key's own signature and without key flags,
+    // make a key that stopped signing sign again.
+    let retired = gpg.key("c", "ed25519", "sign", "never", -3);
+    let signed = gpg.sign(&retired, TEXT, -2, &[]);
+    gpg.run(Some(-1), &["--command-fd", "0", "--edit-key", &retired], "change-usage\nS\nQ\nsave\n");
+    gpg.run(None, &["--local-user", &format!("{other}!"), "--quick-sign-key", &retired], "");
+    let reason = refused(verify(&gpg.export(&retired), &signed), &retired);
+    assert_eq!(reason, Invalidity::NotSigning { what: "key", fingerprint: retired });
+}
+
 /// A repository in memory holding one InRelease.
 struct Files(BTreeMap<String, Vec<u8>>);
 
