@@ -30,7 +30,7 @@ pub enum SourceError {
     Client(#[source] reqwest::Error),
     #[error("cannot read the CA certificates of {path}")]
     Ca { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
-    #[error("{STALL_VARIABLE}={value:?} is not a whole number of seconds above 0")]
+    #[error("{STALL_VARIABLE}={value:?} is not a whole number of seconds from 1 to {}", MAX_STALL.as_secs())]
     Stall { value: String },
 }
 
@@ -42,16 +42,22 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How long a server may go without sending a byte, by default.
 const DEFAULT_STALL: Duration = Duration::from_secs(60);
+/// The longest that time may be set to: a day is already no stall detection at all, and
+/// a far larger one would overflow the HTTP client's deadline arithmetic (a panic).
+const MAX_STALL: Duration = Duration::from_secs(24 * 60 * 60);
 /// The variable that sets that time, in seconds.
 pub const STALL_VARIABLE: &str = "KILN_REPOSITORY_TIMEOUT";
 
 fn stall_timeout() -> Result<Duration, SourceError> {
-    match std::env::var(STALL_VARIABLE) {
-        Err(_) => Ok(DEFAULT_STALL),
-        Ok(value) => match value.trim().parse::<u64>() {
-            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-            _ => Err(SourceError::Stall { value }),
-        },
+    parse_stall(std::env::var(STALL_VARIABLE).ok())
+}
+
+/// The stall timeout `value` of [`STALL_VARIABLE`] sets (unset: the default).
+fn parse_stall(value: Option<String>) -> Result<Duration, SourceError> {
+    let Some(value) = value else { return Ok(DEFAULT_STALL) };
+    match value.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 && secs <= MAX_STALL.as_secs() => Ok(Duration::from_secs(secs)),
+        _ => Err(SourceError::Stall { value }),
     }
 }
 
@@ -352,6 +358,18 @@ mod tests {
         assert_eq!(base("http://h/d"), "http://h/d/");
         assert_eq!(base("https://h/d/"), "https://h/d/");
         assert!(matches!(Source::parse("ftp://h/d", None), Err(SourceError::Scheme { .. })));
+    }
+
+    #[test]
+    fn a_stall_timeout_is_whole_seconds_from_one_to_a_day() {
+        let parse = |v: &str| parse_stall(Some(v.to_string())).map_err(|e| e.to_string());
+        assert_eq!(parse_stall(None).unwrap(), DEFAULT_STALL);
+        assert_eq!(parse(" 5 ").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse("86400").unwrap(), MAX_STALL);
+        for bad in ["0", "-1", "1.5", "", "86401", "18446744073709551615", "99999999999999999999"] {
+            let message = parse(bad).unwrap_err();
+            assert!(message.contains("from 1 to 86400"), "{bad:?}: {message}");
+        }
     }
 
     #[test]
