@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The same recipe gives the same digest whatever the conditions of the build: time zone,
 //! locale, umask, working directory, store location, how and when the inputs were created,
 //! line endings of the recipe, and the number of threads.
@@ -257,4 +258,91 @@ fn epoch_does_change_the_digest() {
         digest_of(&other_env),
         "SOURCE_DATE_EPOCH and --source-date-epoch disagree"
     );
+}
+
+/// The JSON blob `digest` of the folder store `store`.
+fn blob_json(store: &Path, digest: &str) -> serde_json::Value {
+    let path = store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// The file `member` of the gzip layer blob `digest` in `store`, read by tar.
+fn layer_file(store: &Path, digest: &str, member: &str) -> String {
+    let blob = store.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let out = std::process::Command::new("tar")
+        .args(["-xzOf", blob.to_str().unwrap(), member])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn files_given_per_platform_reach_only_their_platform_and_build_the_same_anywhere() {
+    let ws = Workspace::new();
+    ws.write("p/bin/amd64/app", "the amd64 app\n");
+    ws.write("p/bin/arm64/app", "the arm64 app\n");
+    let recipe = ws.write(
+        "p/app.toml",
+        r#"epoch = 1700000000
+
+[image]
+name = "app"
+version = "1"
+platforms = ["linux/amd64", "linux/arm64"]
+
+[[layer]]
+name = "common"
+inline = [{ dest = "/etc/motd", content = "hello\n" }]
+
+[[layer]]
+name = "app"
+files = [
+  { src = "bin/amd64/app", dest = "/usr/bin/app", mode = 0o755, platform = "linux/amd64" },
+  { src = "bin/arm64/app", dest = "/usr/bin/app", mode = 0o755, platform = "linux/arm64" },
+]
+"#,
+    );
+    let store = ws.store("a");
+    let a = Kiln::new(&store).build(&recipe, &["--threads", "2"]);
+    assert_eq!(a["layers"]["built"], 3, "the common layer is written once: {a}");
+    let lock: toml::Value =
+        toml::from_str(&fs::read_to_string(recipe.with_extension("lock")).unwrap()).unwrap();
+    let inputs: Vec<(&str, &str)> = lock["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["src"].as_str().unwrap(), i["platform"].as_str().unwrap()))
+        .collect();
+    assert_eq!(inputs, [("bin/amd64/app", "linux/amd64"), ("bin/arm64/app", "linux/arm64")]);
+
+    let index = blob_json(&store, &digest_of(&a));
+    let manifests: Vec<serde_json::Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| blob_json(&store, m["digest"].as_str().unwrap()))
+        .collect();
+    assert_eq!(manifests.len(), 2);
+    assert_eq!(manifests[0]["layers"][0], manifests[1]["layers"][0]);
+    for (manifest, arch) in manifests.iter().zip(["amd64", "arm64"]) {
+        let layer = manifest["layers"][1]["digest"].as_str().unwrap();
+        assert_eq!(layer_file(&store, layer, "usr/bin/app"), format!("the {arch} app\n"));
+    }
+
+    // The same lock in another store, under another umask and time zone, one thread.
+    let b = Kiln::new(&ws.store("b"))
+        .umask("077")
+        .env("TZ", "Pacific/Kiritimati")
+        .build(&recipe, &["--locked", "--threads", "1"]);
+    assert_eq!(digest_of(&a), digest_of(&b));
+
+    // A layer's cache key holds only its own platform's inputs: a new arm64 binary rebuilds
+    // the arm64 layer alone, and the amd64 manifest stays as it was.
+    ws.write("p/bin/arm64/app", "the new arm64 app\n");
+    let c = Kiln::new(&store).build(&recipe, &[]);
+    assert_eq!(c["layers"]["built"], 1, "{c}");
+    let again = blob_json(&store, &digest_of(&c));
+    assert_eq!(again["manifests"][0], index["manifests"][0]);
+    assert_ne!(again["manifests"][1], index["manifests"][1]);
 }

@@ -281,6 +281,7 @@ pub fn resolve_layer_with(
             executable: false,
             host_metadata: t.host_metadata,
             devices: t.devices,
+            platform: t.platform.as_ref().map(ToString::to_string),
         });
         steps.push((t.at.clone(), Step::Tree(scanned)));
     }
@@ -297,6 +298,7 @@ pub fn resolve_layer_with(
             executable: false,
             host_metadata: false,
             devices: t.devices,
+            platform: t.platform.as_ref().map(ToString::to_string),
         });
         let reader = crate::tarball::open(t.src.abs())
             .map_err(|source| TarballError::Read { tarball: tarball.clone(), source })?;
@@ -315,6 +317,7 @@ pub fn resolve_layer_with(
             executable: exec,
             host_metadata: false,
             devices: false,
+            platform: f.platform.as_ref().map(ToString::to_string),
         });
         let meta = meta(&f.owner, normal_mode(exec));
         steps.push((f.at.clone(), Step::Insert(f.dest.clone(), EntryKind::File(content), meta)));
@@ -366,6 +369,7 @@ pub fn resolve_layer_with(
                 executable: false,
                 host_metadata: false,
                 devices: false,
+                platform: None,
             });
             sources.push(PackageSource::Local {
                 src,

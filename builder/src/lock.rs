@@ -194,6 +194,18 @@ pub struct Input {
     /// `devices = true`). Written only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub devices: bool,
+    /// The one platform whose layer takes this input (the recipe says `platform = …`);
+    /// written only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+impl Input {
+    /// Whether `other` is this input, in this lock or another: the same kind and source,
+    /// for the same platform.
+    fn same_input(&self, other: &Input) -> bool {
+        self.kind == other.kind && self.src == other.src && self.platform == other.platform
+    }
 }
 
 /// Why a lock file could not be used.
@@ -365,7 +377,7 @@ impl Lock {
             out.push(LockDifference::E2fsprogsUnrecorded { found: found.clone() });
         }
         for input in &current.inputs {
-            match self.inputs.iter().find(|l| l.kind == input.kind && l.src == input.src) {
+            match self.inputs.iter().find(|l| l.same_input(input)) {
                 None => out.push(LockDifference::Unlocked { src: input.src.clone() }),
                 Some(l) if l.digest != input.digest && input.host_metadata => {
                     out.push(LockDifference::HostTree {
@@ -389,7 +401,7 @@ impl Lock {
             }
         }
         for l in &self.inputs {
-            if !current.inputs.iter().any(|c| c.kind == l.kind && c.src == l.src) {
+            if !current.inputs.iter().any(|c| c.same_input(l)) {
                 out.push(LockDifference::Unused { src: l.src.clone() });
             }
         }

@@ -206,6 +206,25 @@ pub struct LayerSpec {
     pub debs: Vec<DebSpec>,
 }
 
+impl LayerSpec {
+    /// Whether an input of the layer is given for one platform only.
+    pub fn per_platform(&self) -> bool {
+        self.files.iter().any(|f| f.platform.is_some())
+            || self.trees.iter().any(|t| t.platform.is_some())
+            || self.tarballs.iter().any(|t| t.platform.is_some())
+    }
+
+    /// The layer as `platform` gets it: without the inputs given for other platforms.
+    pub fn for_platform(&self, platform: &Platform) -> LayerSpec {
+        let mine = |p: &Option<Platform>| p.as_ref().is_none_or(|p| p == platform);
+        let mut spec = self.clone();
+        spec.files.retain(|f| mine(&f.platform));
+        spec.trees.retain(|t| mine(&t.platform));
+        spec.tarballs.retain(|t| mine(&t.platform));
+        spec
+    }
+}
+
 /// A Debian package a layer asks for: `name` or `name (op version)`.
 #[derive(Clone, Debug)]
 pub struct PackageSpec {
@@ -253,6 +272,8 @@ pub struct FileSpec {
     pub src: SourcePath,
     pub dest: ImagePath,
     pub owner: Ownership,
+    /// The one platform whose layer gets it (`platform = "linux/arm64"`); `None` for all.
+    pub platform: Option<Platform>,
     /// Where the recipe declares it, for errors found when the layer is made.
     pub at: Location,
 }
@@ -298,6 +319,8 @@ pub struct TreeSpec {
     pub host_metadata: bool,
     /// Import device nodes and FIFOs (refused otherwise).
     pub devices: bool,
+    /// The one platform whose layer gets it (`platform = "linux/arm64"`); `None` for all.
+    pub platform: Option<Platform>,
     /// Where the recipe declares it, for errors found when the layer is made.
     pub at: Location,
 }
@@ -309,6 +332,8 @@ pub struct TarballSpec {
     pub dest: ImagePath,
     /// Import device nodes and FIFOs (refused otherwise).
     pub devices: bool,
+    /// The one platform whose layer gets it (`platform = "linux/arm64"`); `None` for all.
+    pub platform: Option<Platform>,
     /// Where the recipe declares it, for errors found when the layer is made.
     pub at: Location,
 }

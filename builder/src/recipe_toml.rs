@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use kiln_compress::Compression;
 use kiln_disk::{PartitionLabels, RootFs};
-use kiln_oci::Digest;
+use kiln_oci::{Digest, Platform};
 use kiln_tree::image_path::ImagePath;
 use kiln_tree::Epoch;
 
@@ -198,6 +198,7 @@ struct RawDir {
 struct RawFile {
     src: S<String>,
     dest: S<String>,
+    platform: Option<S<String>>,
     mode: Option<S<i64>>,
     uid: Option<S<i64>>,
     gid: Option<S<i64>>,
@@ -234,6 +235,7 @@ struct RawHardlink {
 struct RawTree {
     src: S<String>,
     dest: S<String>,
+    platform: Option<S<String>>,
     uid: Option<S<i64>>,
     gid: Option<S<i64>>,
     #[serde(rename = "host-metadata")]
@@ -246,6 +248,7 @@ struct RawTree {
 #[serde(deny_unknown_fields)]
 struct RawTarball {
     src: S<String>,
+    platform: Option<S<String>>,
     #[serde(default = "root_dest")]
     dest: S<String>,
     #[serde(default)]
@@ -458,7 +461,7 @@ impl Context<'_> {
         }
         let mut layers = Vec::new();
         for layer in &raw.layer {
-            layers.push(self.layer(layer)?);
+            layers.push(self.layer(layer, &platforms)?);
         }
         let repositories =
             raw.repository.iter().map(|r| self.repository(r)).collect::<Result<Vec<_>, _>>()?;
@@ -777,7 +780,67 @@ impl Context<'_> {
         Ok(DiskSpec { size, root, verity: raw.verity, formats, labels, esp })
     }
 
-    fn layer(&self, raw: &RawLayer) -> Result<LayerSpec, RecipeError> {
+    /// The platform an input is given for, which must be one of the recipe's `platforms`.
+    fn platform(
+        &self,
+        raw: &Option<S<String>>,
+        platforms: &[Platform],
+    ) -> Result<Option<Platform>, RecipeError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let platform: Platform =
+            raw.get_ref().parse().or_else(|e| self.err(raw.span(), Problem::from(e)))?;
+        if !platforms.contains(&platform) {
+            let listed = platforms.iter().map(ToString::to_string).collect::<Vec<_>>();
+            return self.err(
+                raw.span(),
+                Problem::Invalid(format!(
+                    "platform {platform} is not one of the recipe's platforms ({})",
+                    listed.join(", ")
+                )),
+            );
+        }
+        Ok(Some(platform))
+    }
+
+    /// Every path given for one platform only must be given for each of the recipe's
+    /// platforms: an image whose platforms differ in what they hold is not asked for by
+    /// leaving one out.
+    fn every_platform(
+        &self,
+        raw: &RawLayer,
+        spec: &LayerSpec,
+        platforms: &[Platform],
+    ) -> Result<(), RecipeError> {
+        let given = spec
+            .files
+            .iter()
+            .map(|f| ("file", &f.dest, &f.platform))
+            .chain(spec.trees.iter().map(|t| ("tree", &t.dest, &t.platform)))
+            .chain(spec.tarballs.iter().map(|t| ("tarball", &t.dest, &t.platform)));
+        let mut per_dest: BTreeMap<(&str, &ImagePath), Vec<&Platform>> = BTreeMap::new();
+        for (kind, dest, platform) in given {
+            if let Some(p) = platform {
+                per_dest.entry((kind, dest)).or_default().push(p);
+            }
+        }
+        for ((kind, dest), given) in per_dest {
+            if let Some(missing) = platforms.iter().find(|p| !given.contains(p)) {
+                let given = given.iter().map(ToString::to_string).collect::<Vec<_>>();
+                return self.err(
+                    raw.name.span(),
+                    Problem::Invalid(format!(
+                        "layer {:?}: the {kind} for {dest} is given for {} but not for {missing}; give it \
+                         for every platform, or once without `platform`",
+                        raw.name.get_ref(),
+                        given.join(", ")
+                    )),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn layer(&self, raw: &RawLayer, platforms: &[Platform]) -> Result<LayerSpec, RecipeError> {
         let mut spec = LayerSpec {
             name: self.non_empty("layer name", &raw.name)?,
             dirs: Vec::new(),
@@ -806,6 +869,7 @@ impl Context<'_> {
                 );
             }
             spec.files.push(FileSpec {
+                platform: self.platform(&f.platform, platforms)?,
                 at: (self.locate)(f.dest.span().start),
                 src,
                 dest: self.image_path(&f.dest)?,
@@ -855,6 +919,7 @@ impl Context<'_> {
                 );
             }
             spec.trees.push(TreeSpec {
+                platform: self.platform(&t.platform, platforms)?,
                 at: (self.locate)(t.src.span().start),
                 src,
                 dest: self.image_path(&t.dest)?,
@@ -873,6 +938,7 @@ impl Context<'_> {
                 );
             }
             spec.tarballs.push(TarballSpec {
+                platform: self.platform(&t.platform, platforms)?,
                 at: (self.locate)(t.src.span().start),
                 src,
                 dest: self.image_path(&t.dest)?,
@@ -908,6 +974,7 @@ impl Context<'_> {
             }
             spec.debs.push(DebSpec { at: (self.locate)(d.src.span().start), src });
         }
+        self.every_platform(raw, &spec, platforms)?;
         Ok(spec)
     }
 

@@ -157,3 +157,61 @@ fn image_name_and_version_follow_the_distribution_grammar() {
     let (err, msg) = error_of("[image]\nname = \"hello\"\nversion = \"-1\"\n");
     assert_eq!(at(&err), (3, 11), "{msg}");
 }
+
+#[test]
+fn an_input_for_one_platform_names_one_of_the_recipe_s_and_each_platform_gets_its_own() {
+    let head =
+        "[image]\nname = \"x\"\nversion = \"1\"\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n\
+                [[layer]]\nname = \"app\"\n";
+    // A typo'd platform is refused where it is written.
+    let (err, msg) = error_of(&format!(
+        "{head}files = [{{ src = \"a.txt\", dest = \"/a\", platform = \"linux/amd46\" }}]\n"
+    ));
+    assert_eq!(at(&err).0, 7, "{msg}");
+    assert!(msg.contains("platform linux/amd46 is not one of the recipe's platforms"), "{msg}");
+    assert!(msg.contains("linux/amd64, linux/arm64"), "{msg}");
+    let (_, msg) = error_of(&format!(
+        "{head}files = [{{ src = \"a.txt\", dest = \"/a\", platform = \"amd64\" }}]\n"
+    ));
+    assert!(msg.contains("\"amd64\" is not of the form os/architecture"), "{msg}");
+    // A platform left without the input the others have is named.
+    let (_, msg) = error_of(&format!(
+        "{head}files = [{{ src = \"a.txt\", dest = \"/usr/bin/app\", platform = \"linux/amd64\" }}]\n"
+    ));
+    assert!(
+        msg.contains("the file for /usr/bin/app is given for linux/amd64 but not for linux/arm64"),
+        "{msg}"
+    );
+    let (_, msg) = error_of(&format!(
+        "{head}trees = [{{ src = \".\", dest = \"/opt\", platform = \"linux/arm64\" }}]\n"
+    ));
+    assert!(
+        msg.contains("the tree for /opt is given for linux/arm64 but not for linux/amd64"),
+        "{msg}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("b.txt"), b"b").unwrap();
+    fs::write(tmp.path().join("a.txt"), b"a").unwrap();
+    let path = write(
+        tmp.path(),
+        "r.toml",
+        &format!(
+            "{head}files = [{{ src = \"a.txt\", dest = \"/app\", platform = \"linux/amd64\" }},\n\
+             {{ src = \"b.txt\", dest = \"/app\", platform = \"linux/arm64\" }},\n\
+             {{ src = \"a.txt\", dest = \"/common\" }}]\n"
+        ),
+    );
+    let recipe = Recipe::load(&path).unwrap();
+    let layer = &recipe.layers[0];
+    assert!(layer.per_platform());
+    for (platform, src) in [("linux/amd64", "a.txt"), ("linux/arm64", "b.txt")] {
+        let mine = layer.for_platform(&platform.parse().unwrap());
+        let files: Vec<(String, String)> =
+            mine.files.iter().map(|f| (f.src.rel().to_string(), f.dest.to_string())).collect();
+        assert_eq!(
+            files,
+            [(src.to_string(), "/app".to_string()), ("a.txt".into(), "/common".into())]
+        );
+    }
+}

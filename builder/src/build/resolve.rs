@@ -14,7 +14,7 @@ use crate::hash_cache::HashCache;
 use crate::inputs::{self, InputError, Install, ResolvedLayer};
 use crate::lock::{Lock, LockDifference};
 use crate::packages::{PackageError, Resolution};
-use crate::recipe::Recipe;
+use crate::recipe::{LayerSpec, Recipe};
 
 /// The layers of the platforms that share them: every platform of a recipe without Debian
 /// packages, else the platforms of one architecture, whose packages are that
@@ -75,10 +75,12 @@ pub fn resolve_with(
             .filter_map(|r| r.ca.as_ref().map(|ca| (r.url.clone(), ca.abs().to_path_buf())))
             .collect();
         let debian = inputs::Debian { locked: packages.clone(), architecture, cas };
+        // A group has inputs given for one platform only when it is that platform alone.
+        let first = &platforms[0];
         let layers = recipe
             .layers
             .iter()
-            .map(|l| inputs::resolve_layer_with(l, cache, &debian))
+            .map(|l| inputs::resolve_layer_with(&l.for_platform(first), cache, &debian))
             .collect::<Result<Vec<_>, _>>()?;
         groups.push(PlatformLayers { platforms, layers });
     }
@@ -98,13 +100,16 @@ pub fn resolve_with(
 }
 
 /// The recipe's platforms grouped by the layers they share, each group with the
-/// architecture its packages are for: one group of every platform when no layer has
-/// `packages`, else one per architecture, in the recipe's order.
+/// architecture its packages are for, in the recipe's order: one group per platform when an
+/// input is given for one platform only, else one per architecture when a layer has
+/// `packages`, else one of every platform.
 fn platform_groups(recipe: &Recipe) -> Vec<(String, Vec<Platform>)> {
+    let per_platform = recipe.layers.iter().any(LayerSpec::per_platform);
     let per_architecture = recipe.layers.iter().any(|l| !l.packages.is_empty());
     let mut groups: Vec<(String, Vec<Platform>)> = Vec::new();
     for p in &recipe.platforms {
-        match groups.iter_mut().find(|(a, _)| !per_architecture || *a == p.architecture) {
+        let shared = |a: &String| !per_platform && (!per_architecture || *a == p.architecture);
+        match groups.iter_mut().find(|(a, _)| shared(a)) {
             Some((_, platforms)) => platforms.push(p.clone()),
             None => groups.push((p.architecture.clone(), vec![p.clone()])),
         }
