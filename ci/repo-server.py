@@ -1,7 +1,7 @@
 """A web server on 127.0.0.1 serving a folder (a Debian repository) over HTTP or HTTPS, that
 can misbehave, for tests of how kiln fetches from repositories (tests/debian.rs).
 
-    python3 ci/repo-server.py DIR LOG PORT_FILE [--tls CERT KEY] [FAULT ...]
+    python3 ci/repo-server.py DIR LOG PORT_FILE [--tls CERT KEY] [--redirect URL] [FAULT ...]
 
 LOG gets one `GET PATH` line per request (and one `CONNECTION` line per connection accepted,
 before any TLS handshake); the port it listens on (chosen by the system) is
@@ -9,6 +9,7 @@ written to PORT_FILE once it accepts connections. With --tls it speaks HTTPS wit
 certificate chain CERT and key KEY. Each FAULT is KIND:TEXT:COUNT and applies to the first
 COUNT requests whose path contains TEXT:
     NNN    (a status code: 503, 429, ...) answers it with that status and no file;
+    redirect  answers it 301 to the --redirect URL followed by the request's path;
     drop   closes the connection without an answer, as when a link drops;
     cut    sends the headers and half of the file, then closes the connection;
     stall  sends the headers and half of the file, then nothing more, holding the
@@ -28,6 +29,9 @@ args = args[3:]
 tls = None
 if args[:1] == ["--tls"]:
     tls, args = (args[1], args[2]), args[3:]
+redirect = None
+if args[:1] == ["--redirect"]:
+    redirect, args = args[1].rstrip("/"), args[2:]
 faults = []
 for spec in args:
     kind, rest = spec.split(":", 1)
@@ -59,6 +63,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         fault = fault_for(self.path)
         if fault == "drop":
             self.close_connection = True
+            return
+        if fault == "redirect":
+            self.send_response(301)
+            self.send_header("Location", redirect + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if fault is not None and fault.isdigit():
             body = b"injected failure"

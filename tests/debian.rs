@@ -921,6 +921,17 @@ struct RepoServer {
 
 impl RepoServer {
     fn start(repo: &Path, dir: &Path, tls: Option<(&Path, &Path)>, faults: &[&str]) -> RepoServer {
+        RepoServer::redirecting(repo, dir, tls, None, faults)
+    }
+
+    /// A server whose `redirect` faults send the client to `redirect` (a base URL).
+    fn redirecting(
+        repo: &Path,
+        dir: &Path,
+        tls: Option<(&Path, &Path)>,
+        redirect: Option<&str>,
+        faults: &[&str],
+    ) -> RepoServer {
         fs::create_dir_all(dir).unwrap();
         let (log, port_file) = (dir.join("requests.log"), dir.join("server.port"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/repo-server.py");
@@ -928,6 +939,9 @@ impl RepoServer {
         cmd.arg(script).arg(repo).args([&log, &port_file]);
         if let Some((cert, key)) = tls {
             cmd.arg("--tls").args([cert, key]);
+        }
+        if let Some(url) = redirect {
+            cmd.arg("--redirect").arg(url);
         }
         let mut child = cmd.args(faults).stdin(Stdio::null()).spawn().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1133,4 +1147,44 @@ fn an_https_repository_with_its_own_ca_works_with_the_ca_option_and_is_refused_w
     let kiln = Kiln::new(&store);
     kiln.run(&["lock", recipe.to_str().unwrap()]).ok();
     kiln.build(&recipe, &["--locked"]);
+}
+
+#[test]
+fn a_redirect_is_followed_but_never_from_https_to_http() {
+    let Some(fixture) = debian_fixture() else { return };
+    if !require_tool("python3") || !require_tool("openssl") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let plain = RepoServer::start(&repo, &ws.path("plain"), None, &[]);
+    let (ca, cert, key) = self_signed_ca(&ws.mkdir("tls"));
+    let moved = ["redirect:InRelease:1"];
+    let tls = Some((cert.as_path(), key.as_path()));
+    let https = RepoServer::redirecting(&repo, &ws.path("https"), tls, Some(&plain.url), &moved);
+    let recipe =
+        recipe_at(&ws, &fixture, &https.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    fs::copy(&ca, recipe.with_file_name("ca.pem")).unwrap();
+    let text = fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("key = \"key.asc\"\n", "key = \"key.asc\"\nca = \"ca.pem\"\n");
+    fs::write(&recipe, text).unwrap();
+
+    // https to http: refused at once (no retry changes it), nothing asked of the http server.
+    let store = ws.store("s");
+    Kiln::new(&store)
+        .run(&["lock", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["redirect from https://", "to http://", "refused"]);
+    assert_eq!(https.count("/dists/kiln/InRelease"), 1);
+    assert_eq!(plain.count("GET"), 0);
+    assert!(!recipe.with_extension("lock").exists());
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+
+    // http to http is followed, as apt follows it: every byte is still checked.
+    let hop = RepoServer::redirecting(&repo, &ws.path("hop"), None, Some(&plain.url), &moved);
+    let recipe =
+        recipe_at(&ws, &fixture, &hop.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).ok();
+    assert_eq!(plain.count("/dists/kiln/InRelease"), 1);
 }

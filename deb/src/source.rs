@@ -76,6 +76,7 @@ fn client(ca: Option<&Path>, stall: Duration) -> Result<reqwest::blocking::Clien
         return Ok(c.clone());
     }
     let mut builder = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::custom(redirect))
         .connect_timeout(Duration::from_secs(30))
         .timeout(stall)
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
@@ -93,6 +94,42 @@ fn client(ca: Option<&Path>, stall: Duration) -> Result<reqwest::blocking::Clien
     let built = builder.build().map_err(SourceError::Client)?;
     clients.insert(key, built.clone());
     Ok(built)
+}
+
+/// How many redirects one request follows, as reqwest does by default.
+const MAX_REDIRECTS: usize = 10;
+
+/// Follows a redirect (mirrors move, as apt follows them) unless it leaves https for plain
+/// http: a repository named by https is read over TLS to the end, as apt insists, so no
+/// server can hand its readers to whoever sits on the plain-text path.
+fn redirect(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let from = attempt.previous().last().map(|u| u.scheme());
+    if from == Some("https") && attempt.url().scheme() != "https" {
+        let refused = Downgrade {
+            from: attempt.previous().last().map(ToString::to_string).unwrap_or_default(),
+            to: attempt.url().to_string(),
+        };
+        return attempt.error(refused);
+    }
+    if attempt.previous().len() > MAX_REDIRECTS {
+        return attempt.error(TooManyRedirects { max: MAX_REDIRECTS });
+    }
+    attempt.follow()
+}
+
+/// A redirect from an https URL to one that is not.
+#[derive(Debug, thiserror::Error)]
+#[error("redirect from {from} to {to} refused: a repository read over https stays on https")]
+pub struct Downgrade {
+    pub from: String,
+    pub to: String,
+}
+
+/// A chain of redirects longer than kiln follows.
+#[derive(Debug, thiserror::Error)]
+#[error("more than {max} redirects")]
+pub struct TooManyRedirects {
+    pub max: usize,
 }
 
 impl Source {
