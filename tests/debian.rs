@@ -1188,3 +1188,27 @@ fn a_redirect_is_followed_but_never_from_https_to_http() {
     Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).ok();
     assert_eq!(plain.count("/dists/kiln/InRelease"), 1);
 }
+
+#[test]
+fn a_transfer_that_breaks_and_then_fails_shares_one_budget_of_four_requests() {
+    let Some(fixture) = debian_fixture() else { return };
+    if !require_tool("python3") {
+        return;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    // The first answer breaks midway, the next three are 503: four requests in all, then
+    // kiln gives up, rather than counting each kind of failure on its own.
+    let faults = ["cut:InRelease:1", "503:InRelease:3"];
+    let server = RepoServer::start(&repo, &ws.path("server"), None, &faults);
+    let recipe =
+        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let store = ws.store("s");
+    Kiln::new(&store)
+        .run(&["lock", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["gave up after 4 attempts", "HTTP 503"]);
+    assert_eq!(server.count("/dists/kiln/InRelease"), 4);
+    assert!(!recipe.with_extension("lock").exists());
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+}

@@ -164,7 +164,7 @@ impl Source {
     }
 
     /// A reader of `path`, `Ok(None)` when the repository has no such file.
-    fn open(&self, path: &str) -> io::Result<Option<Box<dyn Read>>> {
+    fn open(&self, path: &str, retry: &mut Retry) -> io::Result<Option<Box<dyn Read>>> {
         match self {
             Source::Folder(dir) => match File::open(dir.join(path)) {
                 Ok(f) => Ok(Some(Box::new(f))),
@@ -173,7 +173,7 @@ impl Source {
             },
             Source::Http { base, client, stall } => {
                 let url = format!("{base}{}", escape(path));
-                let response = get(client, &url).map_err(io::Error::other)?;
+                let response = get(client, &url, retry).map_err(io::Error::other)?;
                 Ok(response
                     .map(|inner| Box::new(Body { inner, url, stall: *stall }) as Box<dyn Read>))
             }
@@ -203,6 +203,8 @@ impl Source {
     /// `limit + 1` bytes), `Ok(None)` when there is no such file. A transfer that breaks
     /// after its answer began (the connection reset or closed early) starts over, after
     /// `restart` empties the writer, as a failed request is made again; a stall does not.
+    /// Both share one budget of [`ATTEMPTS`] requests, so failures of both kinds cannot
+    /// multiply into a long wait.
     fn transfer<W: Write>(
         &self,
         path: &str,
@@ -210,21 +212,18 @@ impl Source {
         make: impl FnOnce() -> io::Result<W>,
         restart: impl Fn(&mut W) -> io::Result<()>,
     ) -> io::Result<Option<W>> {
-        let Some(mut reader) = self.open(path)? else { return Ok(None) };
+        let mut retry = Retry::new();
+        let Some(mut reader) = self.open(path, &mut retry)? else { return Ok(None) };
         let mut out = make()?;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 1;
         loop {
             match io::copy(&mut (&mut reader).take(limit.saturating_add(1)), &mut out) {
                 Ok(_) => return Ok(Some(out)),
-                Err(e) if attempt < ATTEMPTS && broken(&e) => {}
+                Err(e) if !retry.exhausted() && broken(&e) => {}
                 Err(e) => return Err(e),
             }
             restart(&mut out)?;
-            std::thread::sleep(backoff);
-            backoff *= 2;
-            attempt += 1;
-            reader = match self.open(path)? {
+            retry.wait(None);
+            reader = match self.open(path, &mut retry)? {
                 Some(r) => r,
                 None => return Ok(None),
             };
@@ -268,9 +267,8 @@ fn refused(e: &reqwest::Error) -> bool {
 fn get(
     client: &reqwest::blocking::Client,
     url: &str,
+    retry: &mut Retry,
 ) -> Result<Option<reqwest::blocking::Response>, HttpError> {
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 1;
     loop {
         let (failure, wait) = match client.get(url).send() {
             Ok(response) if response.status().is_success() => return Ok(Some(response)),
@@ -287,19 +285,40 @@ fn get(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
-                (failure, asked.unwrap_or(backoff).max(backoff))
+                (failure, asked)
             }
             Err(e) if (e.is_connect() || e.is_timeout() || e.is_request()) && !refused(&e) => {
-                (HttpError::Request { url: url.to_string(), source: e }, backoff)
+                (HttpError::Request { url: url.to_string(), source: e }, None)
             }
             Err(e) => return Err(HttpError::Request { url: url.to_string(), source: e }),
         };
-        if attempt == ATTEMPTS {
-            return Err(HttpError::GaveUp { attempts: attempt, last: Box::new(failure) });
+        if retry.exhausted() {
+            return Err(HttpError::GaveUp { attempts: retry.attempt, last: Box::new(failure) });
         }
-        std::thread::sleep(wait);
-        backoff *= 2;
-        attempt += 1;
+        retry.wait(wait);
+    }
+}
+
+/// The requests one file's read has made and the wait before the next.
+struct Retry {
+    attempt: u32,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry { attempt: 1, backoff: FIRST_BACKOFF }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.attempt >= ATTEMPTS
+    }
+
+    /// Waits before the next request: the backoff, or longer when the server `asked`.
+    fn wait(&mut self, asked: Option<Duration>) {
+        std::thread::sleep(asked.unwrap_or(self.backoff).max(self.backoff));
+        self.backoff *= 2;
+        self.attempt += 1;
     }
 }
 
