@@ -1212,3 +1212,43 @@ fn a_transfer_that_breaks_and_then_fails_shares_one_budget_of_four_requests() {
     assert!(!recipe.with_extension("lock").exists());
     assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
 }
+
+#[test]
+fn a_key_file_larger_than_any_keyring_is_refused_unread_past_its_limit() {
+    let Some(fixture) = debian_fixture() else { return };
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    let recipe = recipe(&ws, &fixture, &repo, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    // A key named by mistake (an image, a package): sparse, so the test writes nothing.
+    let key = fs::OpenOptions::new().write(true).open(recipe.with_file_name("key.asc")).unwrap();
+    key.set_len(1 << 40).unwrap();
+    let store = ws.store("s");
+    Kiln::new(&store)
+        .run(&["lock", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["key file", "larger than 8388608 bytes"]);
+    assert!(!recipe.with_extension("lock").exists());
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+}
+
+#[test]
+fn a_ca_file_larger_than_any_bundle_is_refused_unread_past_its_limit() {
+    let Some(fixture) = debian_fixture() else { return };
+    let ws = Workspace::new();
+    // Nothing listens there: the CA file is refused before any connection.
+    let layer = r#"packages = ["busybox-static"]"#;
+    let recipe = recipe_at(&ws, &fixture, "https://127.0.0.1:9", "linux/amd64", layer);
+    let ca = fs::File::create(recipe.with_file_name("ca.pem")).unwrap();
+    ca.set_len(1 << 40).unwrap();
+    let text = fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("key = \"key.asc\"\n", "key = \"key.asc\"\nca = \"ca.pem\"\n");
+    fs::write(&recipe, text).unwrap();
+    let store = ws.store("s");
+    Kiln::new(&store)
+        .run(&["lock", recipe.to_str().unwrap()])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["cannot read the CA certificates", "larger than 8388608 bytes"]);
+    assert!(!recipe.with_extension("lock").exists());
+    assert!(blobs(&store).is_empty(), "{:?}", blobs(&store));
+}

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_deb::repository::{load_suite, RepositoryError};
+use kiln_deb::signature::KEY_FILE_LIMIT;
 use kiln_deb::source::{Source, SourceError};
 use kiln_deb::{read_deb, Installed, Keyring, Limits, MemberKind, PackageRecord};
 use kiln_oci::{Digest, HashingReader};
@@ -217,7 +218,10 @@ fn load(
     arches: &[String],
 ) -> Result<(LockedRepository, BTreeMap<String, Vec<PackageRecord>>), PackageError> {
     let key_path = repo.key.abs().to_path_buf();
-    let bytes = std::fs::read(&key_path)
+    // One byte past the limit, so a larger file is refused by parsing without reading it all.
+    let mut bytes = Vec::new();
+    File::open(&key_path)
+        .and_then(|f| f.take(KEY_FILE_LIMIT + 1).read_to_end(&mut bytes))
         .map_err(|source| PackageError::KeyFile { path: key_path.clone(), source })?;
     let keyring =
         Keyring::parse(&bytes).map_err(|source| PackageError::Key { path: key_path, source })?;

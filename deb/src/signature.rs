@@ -21,6 +21,10 @@ use crate::date::utc;
 /// little (a repository signed a moment ago by a server whose clock runs ahead).
 const CLOCK_SKEW: u64 = 30 * 60;
 
+/// The largest key file read: many times any repository's keyring (Debian's archive keyring
+/// is a few dozen KiB), so a file named by mistake is refused without reading it whole.
+pub const KEY_FILE_LIMIT: u64 = 8 << 20;
+
 /// The public keys one repository is trusted under (primary keys and their signing subkeys).
 pub struct Keyring {
     keys: Vec<SignedPublicKey>,
@@ -31,6 +35,8 @@ pub struct Keyring {
 pub enum SignatureError {
     #[error("the key file holds no OpenPGP public key")]
     NoKey,
+    #[error("the key file is larger than {limit} bytes, more than any keyring")]
+    TooLarge { limit: u64 },
     #[error("the key file is not an OpenPGP public key (armored or binary)")]
     Key(#[source] pgp::errors::Error),
     #[error("the key file has no key that may sign now: {reasons}")]
@@ -274,6 +280,9 @@ impl Keyring {
     /// Reads every public key of an armored (`.asc`) or binary (`.gpg`) key file, checking
     /// every self-signature, binding and revocation in it.
     pub fn parse(bytes: &[u8]) -> Result<Keyring, SignatureError> {
+        if bytes.len() as u64 > KEY_FILE_LIMIT {
+            return Err(SignatureError::TooLarge { limit: KEY_FILE_LIMIT });
+        }
         let armored = bytes.trim_ascii_start().starts_with(b"-----BEGIN");
         let keys: Vec<SignedPublicKey> = if armored {
             let (keys, _headers) =

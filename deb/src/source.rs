@@ -38,6 +38,9 @@ pub enum SourceError {
 const ATTEMPTS: u32 = 4;
 /// The wait before the second attempt; it doubles before each next one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The largest CA file read: all of a system's roots fit in a few hundred KiB, so a file
+/// named by mistake is refused without reading it whole.
+const CA_FILE_LIMIT: u64 = 8 << 20;
 /// The longest `Retry-After` a server gets honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How long a server may go without sending a byte, by default.
@@ -82,7 +85,13 @@ fn client(ca: Option<&Path>, stall: Duration) -> Result<reqwest::blocking::Clien
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca {
         let bad = |source| SourceError::Ca { path: path.to_path_buf(), source };
-        let pem = std::fs::read(path).map_err(|e| bad(Box::new(e)))?;
+        let mut pem = Vec::new();
+        File::open(path)
+            .and_then(|f| f.take(CA_FILE_LIMIT + 1).read_to_end(&mut pem))
+            .map_err(|e| bad(Box::new(e)))?;
+        if pem.len() as u64 > CA_FILE_LIMIT {
+            return Err(bad(format!("it is larger than {CA_FILE_LIMIT} bytes").into()));
+        }
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(Box::new(e)))?;
         if certs.is_empty() {
             return Err(bad("it holds no PEM certificate".into()));
