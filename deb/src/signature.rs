@@ -25,6 +25,11 @@ const CLOCK_SKEW: u64 = 30 * 60;
 /// is a few dozen KiB), so a file named by mistake is refused without reading it whole.
 pub const KEY_FILE_LIMIT: u64 = 8 << 20;
 
+/// The most signatures one release may carry: an archive signs with one key per generation
+/// it supports (Debian: two or three), and each signature naming a trusted key costs a pass
+/// over the release, so a release carrying thousands could make a lock hash for hours.
+const MAX_SIGNATURES: usize = 16;
+
 /// The public keys one repository is trusted under (primary keys and their signing subkeys).
 pub struct Keyring {
     keys: Vec<SignedPublicKey>,
@@ -45,6 +50,8 @@ pub enum SignatureError {
     Clearsigned(#[source] pgp::errors::Error),
     #[error("it is not an OpenPGP signature")]
     Detached(#[source] pgp::errors::Error),
+    #[error("it carries {found} signatures, more than the {max} any archive uses")]
+    TooManySignatures { found: usize, max: usize },
     #[error("no signature on it was made by a trusted key ({fingerprints})")]
     Untrusted { fingerprints: String },
     #[error("it is signed by {signer}, which may not sign it: {reason}")]
@@ -341,6 +348,10 @@ impl Keyring {
         data: &[u8],
         at: SystemTime,
     ) -> Result<(), SignatureError> {
+        let found = signatures.clone().count();
+        if found > MAX_SIGNATURES {
+            return Err(SignatureError::TooManySignatures { found, max: MAX_SIGNATURES });
+        }
         let at = epoch_secs(at);
         let mut refused = None;
         for key in &self.keys {

@@ -106,6 +106,15 @@ impl Gpg {
         std::fs::read_to_string(output).unwrap()
     }
 
+    /// A binary detached signature over `data` by exactly `signer`, made now.
+    fn detach(&self, signer: &str, data: &str) -> Vec<u8> {
+        let output = self.home.path().join("data.sig");
+        let signer = format!("{signer}!");
+        let out = output.to_str().unwrap();
+        self.run(None, &["--yes", "--local-user", &signer, "--detach-sign", "-o", out], data);
+        std::fs::read(output).unwrap()
+    }
+
     fn export(&self, fpr: &str) -> Keyring {
         Keyring::parse(&self.run(None, &["--armor", "--export", fpr], "")).unwrap()
     }
@@ -373,4 +382,21 @@ fn a_release_past_its_valid_until_is_refused() {
     // Valid for another day: accepted, up to the index the release does not list.
     let err = load(1).unwrap_err();
     assert!(matches!(err, RepositoryError::NoIndex { .. }), "{err}");
+}
+
+#[test]
+fn a_release_with_more_signatures_than_any_archive_keeps_is_refused_unchecked() {
+    let Some(gpg) = Gpg::new() else { return };
+    let fpr = gpg.key("a", "ed25519", "sign", "never", -1);
+    let keyring = gpg.export(&fpr);
+    let one = gpg.detach(&fpr, TEXT);
+    // Each signature naming a trusted key costs a pass over the release: a hostile server
+    // (or anyone on a plain-http path) could repeat one until the lock spends hours hashing.
+    let many = |n: usize| one.repeat(n);
+    keyring.verify_detached(TEXT.as_bytes(), &many(2), SystemTime::now()).unwrap();
+    let refused = keyring.verify_detached(TEXT.as_bytes(), &many(17), SystemTime::now());
+    assert!(
+        matches!(refused, Err(SignatureError::TooManySignatures { found: 17, max: 16 })),
+        "{refused:?}"
+    );
 }
