@@ -11,11 +11,8 @@ use kiln_oci::{Descriptor, Digest, Sha256};
 use object_store::GetResultPayload;
 
 use crate::error::{Result, StoreError};
+use crate::file_chunks::file_chunks;
 use crate::{key, Store};
-
-/// How much of a local blob file one chunk carries: object_store's own file stream reads
-/// 8 KiB per blocking task, which cost a layer read more system time than its hashing.
-const FILE_CHUNK: usize = 1024 * 1024;
 
 struct State {
     inner: BoxStream<'static, Result<Bytes>>,
@@ -88,50 +85,6 @@ impl Store {
     }
 }
 
-/// The local file `file` as a stream of [`FILE_CHUNK`]-byte chunks, each read on a blocking
-/// thread.
-pub(crate) fn file_chunks(
-    file: std::fs::File,
-    path: std::path::PathBuf,
-) -> BoxStream<'static, Result<Bytes>> {
-    let read = move |mut file: std::fs::File| {
-        let path = path.clone();
-        async move {
-            let joined = tokio::task::spawn_blocking(move || {
-                // Read into spare capacity: zeroing the buffer first would touch every byte
-                // once more. At the limit the buffer is full and is not grown.
-                let mut buf = Vec::with_capacity(FILE_CHUNK);
-                let read = std::io::Read::read_to_end(
-                    &mut std::io::Read::take(&mut file, FILE_CHUNK as u64),
-                    &mut buf,
-                );
-                match read {
-                    Ok(_) => (file, Ok(buf)),
-                    Err(e) => (file, Err(e)),
-                }
-            })
-            .await;
-            let (file, chunk) = match joined {
-                Ok(read) => read,
-                Err(e) => {
-                    let source = std::io::Error::other(e);
-                    return Some((Err(StoreError::LocalFile { path, source }), None));
-                }
-            };
-            match chunk {
-                Ok(buf) if buf.is_empty() => None,
-                Ok(buf) => Some((Ok(Bytes::from(buf)), Some(file))),
-                Err(source) => Some((Err(StoreError::LocalFile { path, source }), None)),
-            }
-        }
-    };
-    futures::stream::unfold(Some(file), move |file| {
-        let read = read.clone();
-        async move { read(file?).await }
-    })
-    .boxed()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -139,6 +92,7 @@ mod tests {
     use kiln_oci::media_type;
 
     use super::*;
+    use crate::file_chunks::FILE_CHUNK;
 
     #[tokio::test]
     async fn a_blob_that_shrinks_while_it_streams_ends_in_a_size_mismatch() {

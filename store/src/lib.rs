@@ -25,6 +25,7 @@ pub mod disk_export;
 mod document;
 pub mod error;
 pub mod explain;
+mod file_chunks;
 pub mod gc;
 pub mod heal;
 pub mod holder;
