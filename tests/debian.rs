@@ -61,6 +61,23 @@ name = "base"
     )
 }
 
+/// The amd64 recipe of busybox-static from the repository at `url`.
+fn busybox_recipe(ws: &Workspace, fixture: &Path, url: &str) -> PathBuf {
+    recipe_at(ws, fixture, url, "linux/amd64", r#"packages = ["busybox-static"]"#)
+}
+
+/// The fixture, a workspace, and a copy of the fixture's repository there for a test server
+/// to serve; `None` when the fixture or python3 is missing (a skip locally, a failure in CI).
+fn repository_to_serve() -> Option<(PathBuf, Workspace, PathBuf)> {
+    let fixture = debian_fixture()?;
+    if !require_tool("python3") {
+        return None;
+    }
+    let ws = Workspace::new();
+    let repo = repo_copy(&ws, &fixture);
+    Some((fixture, ws, repo))
+}
+
 const PACKAGES: &str = r#"packages = ["busybox-static", "ca-certificates"]"#;
 
 fn lock_text(recipe: &Path) -> String {
@@ -748,12 +765,7 @@ fn busybox_deb(repo: &Path) -> PathBuf {
 
 #[test]
 fn an_http_repository_locks_and_builds_the_same_image_as_its_folder() {
-    let Some(fixture) = debian_fixture() else { return };
-    if !require_tool("python3") {
-        return;
-    }
-    let ws = Workspace::new();
-    let repo = repo_copy(&ws, &fixture);
+    let Some((fixture, ws, repo)) = repository_to_serve() else { return };
     let server = HttpServer::serve(&repo);
     let from_folder = recipe(&ws, &fixture, &repo, "linux/amd64", PACKAGES);
     let folder_report = Kiln::new(&ws.store("f")).build(&from_folder, &[]);
@@ -786,15 +798,9 @@ fn an_http_repository_locks_and_builds_the_same_image_as_its_folder() {
 
 #[test]
 fn an_http_package_file_missing_or_longer_than_locked_is_refused_and_nothing_stored() {
-    let Some(fixture) = debian_fixture() else { return };
-    if !require_tool("python3") {
-        return;
-    }
-    let ws = Workspace::new();
-    let repo = repo_copy(&ws, &fixture);
+    let Some((fixture, ws, repo)) = repository_to_serve() else { return };
     let server = HttpServer::serve(&repo);
-    let recipe =
-        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &server.url);
     Kiln::new(&ws.store("lock")).run(&["lock", recipe.to_str().unwrap()]).ok();
     let deb = busybox_deb(&repo);
     let name = deb.file_name().unwrap().to_str().unwrap().to_string();
@@ -824,20 +830,14 @@ fn an_http_package_file_missing_or_longer_than_locked_is_refused_and_nothing_sto
 
 #[test]
 fn an_http_release_file_larger_than_any_release_is_refused_unread_past_its_limit() {
-    let Some(fixture) = debian_fixture() else { return };
-    if !require_tool("python3") {
-        return;
-    }
-    let ws = Workspace::new();
-    let repo = repo_copy(&ws, &fixture);
+    let Some((fixture, ws, repo)) = repository_to_serve() else { return };
     // A signed release is kilobytes; a server that sends more than the limit is refused
     // after the limit, whatever it goes on to send.
     // kiln_deb::repository::RELEASE_LIMIT, as docs/recipes.md gives it.
     let limit: u64 = 16 << 20;
     fs::write(repo.join("dists/kiln/InRelease"), vec![b'A'; limit as usize + 1]).unwrap();
     let server = HttpServer::serve(&repo);
-    let recipe =
-        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &server.url);
     let store = ws.store("s");
     Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).fails_with(EXIT_ERROR).stderr_has(
         &[&format!("{}/dists/kiln/InRelease is larger than {limit} bytes", server.url)],
@@ -979,17 +979,11 @@ impl Drop for RepoServer {
 
 #[test]
 fn an_http_repository_that_fails_drops_or_cuts_is_asked_again_but_not_after_404_or_403() {
-    let Some(fixture) = debian_fixture() else { return };
-    if !require_tool("python3") {
-        return;
-    }
-    let ws = Workspace::new();
-    let repo = repo_copy(&ws, &fixture);
+    let Some((fixture, ws, repo)) = repository_to_serve() else { return };
     let faults =
         ["503:InRelease:1", "drop:InRelease:1", "429:Packages.xz:1", "cut:busybox-static:1"];
     let server = RepoServer::start(&repo, &ws.path("server"), None, &faults);
-    let recipe =
-        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &server.url);
     let store = ws.store("s");
     Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).ok();
     assert_eq!(server.count("/dists/kiln/InRelease"), 3);
@@ -1011,8 +1005,7 @@ fn an_http_repository_that_fails_drops_or_cuts_is_asked_again_but_not_after_404_
 
     // Forbidden is as final as not found.
     let server = RepoServer::start(&repo, &ws.path("server2"), None, &["403:InRelease:1"]);
-    let recipe =
-        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &server.url);
     fs::remove_file(recipe.with_extension("lock")).unwrap();
     Kiln::new(&store)
         .run(&["lock", recipe.to_str().unwrap()])
@@ -1023,15 +1016,9 @@ fn an_http_repository_that_fails_drops_or_cuts_is_asked_again_but_not_after_404_
 
 #[test]
 fn an_http_server_that_stops_sending_fails_after_the_stall_timeout_and_nothing_is_stored() {
-    let Some(fixture) = debian_fixture() else { return };
-    if !require_tool("python3") {
-        return;
-    }
-    let ws = Workspace::new();
-    let repo = repo_copy(&ws, &fixture);
+    let Some((fixture, ws, repo)) = repository_to_serve() else { return };
     let server = RepoServer::start(&repo, &ws.path("server"), None, &["stall:busybox-static:1"]);
-    let recipe =
-        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &server.url);
     let store = ws.store("s");
     let kiln = Kiln::new(&store).env("KILN_REPOSITORY_TIMEOUT", "1");
     // `kiln lock` reads the package file it locks (for its file list): that answer stalls.
@@ -1124,8 +1111,7 @@ fn an_https_repository_with_its_own_ca_works_with_the_ca_option_and_is_refused_w
     let repo = repo_copy(&ws, &fixture);
     let (ca, cert, key) = self_signed_ca(&ws.mkdir("tls"));
     let server = RepoServer::start(&repo, &ws.path("server"), Some((&cert, &key)), &[]);
-    let recipe =
-        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &server.url);
 
     // Without the CA: the certificate is refused, once (no retry changes it).
     let store = ws.store("s");
@@ -1162,8 +1148,7 @@ fn a_redirect_is_followed_but_never_from_https_to_http() {
     let moved = ["redirect:InRelease:1"];
     let tls = Some((cert.as_path(), key.as_path()));
     let https = RepoServer::redirecting(&repo, &ws.path("https"), tls, Some(&plain.url), &moved);
-    let recipe =
-        recipe_at(&ws, &fixture, &https.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &https.url);
     fs::copy(&ca, recipe.with_file_name("ca.pem")).unwrap();
     let text = fs::read_to_string(&recipe)
         .unwrap()
@@ -1183,26 +1168,19 @@ fn a_redirect_is_followed_but_never_from_https_to_http() {
 
     // http to http is followed, as apt follows it: every byte is still checked.
     let hop = RepoServer::redirecting(&repo, &ws.path("hop"), None, Some(&plain.url), &moved);
-    let recipe =
-        recipe_at(&ws, &fixture, &hop.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &hop.url);
     Kiln::new(&store).run(&["lock", recipe.to_str().unwrap()]).ok();
     assert_eq!(plain.count("/dists/kiln/InRelease"), 1);
 }
 
 #[test]
 fn a_transfer_that_breaks_and_then_fails_shares_one_budget_of_four_requests() {
-    let Some(fixture) = debian_fixture() else { return };
-    if !require_tool("python3") {
-        return;
-    }
-    let ws = Workspace::new();
-    let repo = repo_copy(&ws, &fixture);
+    let Some((fixture, ws, repo)) = repository_to_serve() else { return };
     // The first answer breaks midway, the next three are 503: four requests in all, then
     // kiln gives up, rather than counting each kind of failure on its own.
     let faults = ["cut:InRelease:1", "503:InRelease:3"];
     let server = RepoServer::start(&repo, &ws.path("server"), None, &faults);
-    let recipe =
-        recipe_at(&ws, &fixture, &server.url, "linux/amd64", r#"packages = ["busybox-static"]"#);
+    let recipe = busybox_recipe(&ws, &fixture, &server.url);
     let store = ws.store("s");
     Kiln::new(&store)
         .run(&["lock", recipe.to_str().unwrap()])
