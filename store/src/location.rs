@@ -188,7 +188,8 @@ impl Location {
                     }
                     _ => {
                         let memory = Arc::new(InMemory::new());
-                        let multipart = Some(Multipart::new(memory.clone(), ""));
+                        let multipart =
+                            Some(Multipart::new(memory.clone(), "").one_part_at_a_time());
                         Ok(Connected { objects: memory, multipart })
                     }
                 };
