@@ -4,7 +4,6 @@ mod cli;
 mod commands;
 mod progress;
 mod report;
-mod sink;
 
 use std::process::ExitCode;
 

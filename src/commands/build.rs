@@ -11,7 +11,7 @@ use super::Ctx;
 use crate::cli::BuildArgs;
 use crate::progress::Progress;
 use crate::report;
-use crate::sink::StoreSink;
+use kiln_store_sink::StoreSink;
 
 /// Resolves the epoch from the flag, `SOURCE_DATE_EPOCH` and the recipe.
 pub fn epoch(flag: Option<i64>, recipe: &Recipe) -> anyhow::Result<Epoch> {

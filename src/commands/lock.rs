@@ -14,7 +14,7 @@ pub fn run(ctx: &Ctx, args: &LockArgs) -> anyhow::Result<()> {
     let resolution = if args.update { Resolution::Update } else { Resolution::Reuse };
     super::pull::base(ctx, &ctx.store, &recipe, &args.registry)?;
     // The store is read only for a registry base, which was pulled into it.
-    let mut sink = crate::sink::StoreSink::new(&ctx.store, &ctx.runtime);
+    let mut sink = kiln_store_sink::StoreSink::new(&ctx.store, &ctx.runtime);
     let store = recipe.base.as_ref().map(|_| &mut sink as &mut dyn kiln_builder::BlobSink);
     let (lock, changed) = kiln_builder::build::lock_with(
         &recipe,

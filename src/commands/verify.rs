@@ -16,7 +16,7 @@ use kiln_tree::Epoch;
 
 use super::Ctx;
 use crate::cli::VerifyArgs;
-use crate::sink::StoreSink;
+use kiln_store_sink::StoreSink;
 
 /// Verification found a problem; the report says which.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! The builder's blob sink backed by a kiln store.
+//! The builder's blob sink backed by a kiln store: [`StoreSink`] stores what a build makes,
+//! uploading finished blobs in the background, and looks up and writes the build cache.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
