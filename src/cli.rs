@@ -322,6 +322,15 @@ pub struct RegistryArgs {
     /// Trust the CA certificates in FILE (PEM) for registries, besides the system's.
     #[arg(long = "registry-ca", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// Fail a request when a registry sends nothing for SECONDS, while kiln waits for its
+    /// answer or within it (1 to 86400; a stalled request is not made again) [default: 60].
+    #[arg(
+        long = "registry-timeout",
+        value_name = "SECONDS",
+        env = kiln_registry::client::STALL_VARIABLE,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub stall_timeout: Option<u64>,
 }
 
 impl RegistryArgs {
@@ -330,6 +339,10 @@ impl RegistryArgs {
             insecure: self.insecure.clone(),
             ca: self.ca.clone(),
             docker_config: None,
+            stall_timeout: self.stall_timeout.map_or(
+                kiln_registry::client::DEFAULT_STALL_TIMEOUT,
+                std::time::Duration::from_secs,
+            ),
         }
     }
 }

@@ -606,6 +606,56 @@ fn a_connection_cut_mid_blob_resumes_where_it_stopped_and_one_always_cut_fails_k
 }
 
 #[test]
+fn a_registry_that_stops_sending_fails_the_pull_after_the_stall_timeout_keeping_nothing() {
+    let ws = Workspace::new();
+    // Silent before the manifest's answer: one request, not made again.
+    let (manifest, digest, _) = fake_image();
+    let fake = Fake::start(move |request, _| match request.target.as_str() {
+        "/v2/" => Answer::status(200),
+        _ if request.target.contains("/manifests/") => Answer::silent(),
+        _ => Answer::body(200, manifest.clone()),
+    });
+    let store = ws.store("silent");
+    let kiln = kiln_at(&ws, &store).env("KILN_REGISTRY_TIMEOUT", "1");
+    let source = format!("{}/r@{digest}", fake.host);
+    kiln.run(&["pull", &source, "--tag", "app:1", "--insecure-registry", &fake.host])
+        .fails_with(EXIT_ERROR)
+        .stderr_has(&["/v2/r/manifests/", "sent nothing for too long", "KILN_REGISTRY_TIMEOUT"]);
+    assert_eq!(fake.count("GET", "/v2/r/manifests/"), 1);
+    assert!(support::blobs(&store).is_empty());
+    kiln.run(&["store", "check"]).ok();
+
+    // Silent halfway through the layer: the pull fails without resuming, storing no blob of
+    // it and no tag.
+    let (fake, digest) = image_server(|request, _, bytes| Answer::range(request, bytes).stalled());
+    let store = ws.store("stalled");
+    let kiln = kiln_at(&ws, &store);
+    let source = format!("{}/r@{digest}", fake.host);
+    let layer = &fake_image().2[1];
+    let layer_path = format!("/v2/r/blobs/{}", layer.0);
+    kiln.run(&[
+        "pull",
+        &source,
+        "--tag",
+        "app:1",
+        "--insecure-registry",
+        &fake.host,
+        "--registry-timeout",
+        "1",
+    ])
+    .fails_with(EXIT_ERROR)
+    .stderr_has(&[&layer_path, "sent nothing for too long"]);
+    assert_eq!(fake.count("GET", &layer_path), 1);
+    assert!(!store.join("blobs/sha256").join(layer.0.trim_start_matches("sha256:")).exists());
+    assert!(!store.join("refs").exists());
+    kiln.run(&["store", "check"]).ok();
+
+    kiln.run(&["pull", &source, "--insecure-registry", &fake.host, "--registry-timeout", "0"])
+        .fails_with(2)
+        .stderr_has(&["--registry-timeout"]);
+}
+
+#[test]
 fn a_manifest_over_4_mib_is_refused_before_it_is_read() {
     let ws = Workspace::new();
     let big = vec![b' '; 4 * 1024 * 1024 + 1];

@@ -23,10 +23,14 @@ use crate::error::{RegistryError, Result};
 const ATTEMPTS: u32 = 4;
 /// The wait before the first retry; doubled for each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a registry may go without sending a byte, by default.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The variable that sets that time, in seconds.
+pub const STALL_VARIABLE: &str = "KILN_REGISTRY_TIMEOUT";
 
 /// How to reach registries: which hosts speak plain HTTP, which extra CA to trust, and where
 /// credentials are kept.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Hosts (`HOST` or `HOST:PORT`) reached over plain HTTP.
     pub insecure: Vec<String>,
@@ -34,6 +38,20 @@ pub struct Options {
     pub ca: Option<PathBuf>,
     /// The Docker config file [default: [`credentials::config_path`]].
     pub docker_config: Option<PathBuf>,
+    /// How long the registry may go without sending a byte, waiting for an answer or within
+    /// its body, before the request fails; a transfer that keeps coming is never cut.
+    pub stall_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            insecure: Vec::new(),
+            ca: None,
+            docker_config: None,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
 }
 
 /// A client for one registry host.
@@ -52,6 +70,7 @@ impl Client {
     pub fn new(host: &str, options: &Options) -> Result<Client> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
+            .read_timeout(options.stall_timeout)
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &options.ca {
             let bad = |source: Box<dyn std::error::Error + Send + Sync>| RegistryError::Ca {
@@ -129,7 +148,11 @@ impl Client {
             }
             let response = match request.send().await {
                 Ok(response) => response,
-                Err(source) if attempt < ATTEMPTS && !source.is_builder() => {
+                // A stall is not tried again: the longest a command waits on a registry that
+                // has stopped answering is one stall timeout.
+                Err(source)
+                    if attempt < ATTEMPTS && !source.is_builder() && !source.is_timeout() =>
+                {
                     backoff(attempt).await;
                     continue;
                 }
@@ -321,7 +344,7 @@ async fn backoff(attempt: u32) {
 }
 
 pub(crate) fn http_error(method: &Method, url: &Url, source: reqwest::Error) -> RegistryError {
-    RegistryError::Http { method: method.to_string(), url: url.to_string(), source }
+    RegistryError::transfer(method.to_string(), url.to_string(), source)
 }
 
 /// The error for an answer the caller did not expect, with the start of its body (registries

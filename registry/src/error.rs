@@ -48,6 +48,19 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
 
+    /// The registry went a whole stall timeout without sending a byte.
+    #[error(
+        "{method} {url}: the registry sent nothing for too long ({} sets how many seconds kiln \
+         waits)",
+        crate::client::STALL_VARIABLE
+    )]
+    Stalled {
+        method: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
     /// The registry answered with an unexpected status.
     #[error("{method} {url} answered {status}{}", detail(body))]
     Status { method: String, url: String, status: u16, body: String },
@@ -154,6 +167,16 @@ fn detail(text: &str) -> String {
 }
 
 impl RegistryError {
+    /// The error for a request that could not be sent or whose answer could not be read: a
+    /// stall when the registry went silent for the whole stall timeout.
+    pub(crate) fn transfer(method: String, url: String, source: reqwest::Error) -> RegistryError {
+        if source.is_timeout() {
+            RegistryError::Stalled { method, url, source }
+        } else {
+            RegistryError::Http { method, url, source }
+        }
+    }
+
     /// Whether trying again may succeed: a failed connection or a 429 or 5xx answer.
     pub fn is_transient(&self) -> bool {
         match self {

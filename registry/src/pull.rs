@@ -306,11 +306,12 @@ fn resumable(
                     return Some((Ok(chunk), d));
                 }
                 None => return None,
-                Some(Err(_)) if d.requests < FETCH_ATTEMPTS => d.body = None,
+                // A dropped connection resumes; a stall does not (see `Client::send`).
+                Some(Err(e)) if d.requests < FETCH_ATTEMPTS && !e.is_timeout() => d.body = None,
                 Some(Err(source)) => {
                     d.failed = true;
                     let (from, url) = (d.url.clone(), d.url.clone());
-                    let source = RegistryError::Http { method: "GET".to_string(), url, source };
+                    let source = RegistryError::transfer("GET".to_string(), url, source);
                     return Some((Err(StoreError::Incoming { from, source: Box::new(source) }), d));
                 }
             }

@@ -33,6 +33,9 @@ pub enum Answer {
     Cut { status: u16, headers: Vec<(String, String)>, body: Vec<u8>, sent: usize },
     /// No answer: the connection closes.
     Drop,
+    /// Headers announcing `body.len()` bytes and the first `sent` of them, then nothing, the
+    /// connection held open until the client hangs up; `None`: not even the headers.
+    Stall { status: u16, headers: Vec<(String, String)>, body: Vec<u8>, sent: Option<usize> },
 }
 
 impl Answer {
@@ -46,12 +49,17 @@ impl Answer {
 
     pub fn with(mut self, name: &str, value: &str) -> Answer {
         match &mut self {
-            Answer::Full { headers, .. } | Answer::Cut { headers, .. } => {
-                headers.push((name.to_string(), value.to_string()))
-            }
+            Answer::Full { headers, .. }
+            | Answer::Cut { headers, .. }
+            | Answer::Stall { headers, .. } => headers.push((name.to_string(), value.to_string())),
             Answer::Drop => {}
         }
         self
+    }
+
+    /// No answer at all, the connection held open until the client hangs up.
+    pub fn silent() -> Answer {
+        Answer::Stall { status: 200, headers: Vec::new(), body: Vec::new(), sent: None }
     }
 
     /// `bytes` from the offset a `Range: bytes=N-` header asks for (206), else whole (200).
@@ -78,6 +86,17 @@ impl Answer {
                 Answer::Cut { status, headers, body, sent }
             }
             cut => cut,
+        }
+    }
+
+    /// This answer, stalled after half its body.
+    pub fn stalled(self) -> Answer {
+        match self {
+            Answer::Full { status, headers, body } => {
+                let sent = Some(body.len() / 2);
+                Answer::Stall { status, headers, body, sent }
+            }
+            stalled => stalled,
         }
     }
 }
@@ -165,12 +184,16 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
     };
     let mut stream = stream;
     let answer = handler(&request, n);
-    let (status, headers, body, sent) = match answer {
+    let (status, headers, body, sent, stall) = match answer {
         Answer::Full { status, headers, body } => {
             let sent = body.len();
-            (status, headers, body, sent)
+            (status, headers, body, sent, false)
         }
-        Answer::Cut { status, headers, body, sent } => (status, headers, body, sent),
+        Answer::Cut { status, headers, body, sent } => (status, headers, body, sent, false),
+        Answer::Stall { sent: None, .. } => return wait_for_hang_up(reader),
+        Answer::Stall { status, headers, body, sent: Some(sent) } => {
+            (status, headers, body, sent, true)
+        }
         Answer::Drop => return,
     };
     let mut head =
@@ -187,6 +210,20 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
     if let Err(e) = written {
         eprintln!("fake registry: the client hung up on {line:?}: {e}");
     }
+    if stall {
+        wait_for_hang_up(reader);
+    }
+}
+
+/// Holds the connection open, sending nothing, until the client closes it (or, should it
+/// never, for a few minutes, so that no thread outlives a test by long).
+fn wait_for_hang_up(mut reader: BufReader<TcpStream>) {
+    if let Err(e) = reader.get_ref().set_read_timeout(Some(std::time::Duration::from_secs(300))) {
+        eprintln!("fake registry: cannot set a read timeout: {e}");
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
 }
 
 /// HEAD answers carry no body.
