@@ -327,7 +327,7 @@ pub struct RegistryArgs {
     #[arg(
         long = "registry-timeout",
         value_name = "SECONDS",
-        env = kiln_registry::client::STALL_VARIABLE,
+        env = kiln_registry::STALL_VARIABLE,
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub stall_timeout: Option<u64>,

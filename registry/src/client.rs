@@ -25,8 +25,6 @@ const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// How long a registry may go without sending a byte, by default.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The variable that sets that time, in seconds.
-pub const STALL_VARIABLE: &str = "KILN_REGISTRY_TIMEOUT";
 
 /// How to reach registries: which hosts speak plain HTTP, which extra CA to trust, and where
 /// credentials are kept.

@@ -52,7 +52,7 @@ pub enum RegistryError {
     #[error(
         "{method} {url}: the registry sent nothing for too long ({} sets how many seconds kiln \
          waits)",
-        crate::client::STALL_VARIABLE
+        crate::STALL_VARIABLE
     )]
     Stalled {
         method: String,

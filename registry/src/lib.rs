@@ -17,6 +17,10 @@ pub mod repository;
 pub mod upload;
 
 pub use client::{Client, Options};
+
+/// The variable that sets how many seconds a registry may go without sending a byte
+/// ([`Options::stall_timeout`]).
+pub const STALL_VARIABLE: &str = "KILN_REGISTRY_TIMEOUT";
 pub use error::{RegistryError, Result};
 pub use pull::{pull, PullReport};
 pub use push::{push, PushReport};
