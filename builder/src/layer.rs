@@ -7,6 +7,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread;
 
 use kiln_oci::{Digest, HashingWriter};
@@ -70,6 +71,14 @@ pub enum LayerError {
     },
 }
 
+/// Told how much of a layer's file is written, as it is written, so that its bytes can be
+/// read (uploaded) before the layer is finished.
+pub trait WriteProgress: Send + Sync {
+    /// The file's first `len` bytes are in it and will not change. Called on the thread
+    /// writing the file, so it must not block: compression never waits for a reader.
+    fn written(&self, len: u64);
+}
+
 /// Writes `tree` as a tar layer (every mtime `epoch`) compressed with `compression` on up
 /// to `threads` threads, to a new file in `out_dir`. The bytes do not depend on `threads`.
 pub fn write_layer(
@@ -78,6 +87,21 @@ pub fn write_layer(
     compression: &Compression,
     threads: usize,
     out_dir: &Path,
+) -> Result<LayerBlob, LayerError> {
+    write_layer_told(tree, epoch, compression, threads, out_dir, |_| None)
+}
+
+/// [`write_layer`], calling `watch` with the path of the layer's file once it is created,
+/// before its first byte, and telling the [`WriteProgress`] it returns, if any, how much of
+/// the file is written as it grows. The file is renamed when finished (an open handle still
+/// reads it), and deleted if the layer fails.
+pub fn write_layer_told(
+    tree: &Tree,
+    epoch: Epoch,
+    compression: &Compression,
+    threads: usize,
+    out_dir: &Path,
+    watch: impl FnOnce(&Path) -> Option<Arc<dyn WriteProgress>>,
 ) -> Result<LayerBlob, LayerError> {
     let output_err = |source: io::Error| LayerError::Output { dir: out_dir.to_path_buf(), source };
     let compress_err =
@@ -88,8 +112,9 @@ pub fn write_layer(
         .suffix(".partial")
         .tempfile_in(out_dir)
         .map_err(output_err)?;
+    let progress = watch(temp.path());
     let file = temp.as_file().try_clone().map_err(output_err)?;
-    let file = Writeback::new(file).map_err(output_err)?;
+    let file = Writeback::new(file, progress).map_err(output_err)?;
     let out = HashingWriter::new(file);
 
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);

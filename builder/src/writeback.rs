@@ -11,9 +11,12 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use rustix::fs::OFlags;
+
+use crate::layer::WriteProgress;
 
 /// Alignment of direct writes in memory and in the file: the largest logical block size in
 /// common use, so every device's requirement is met.
@@ -39,19 +42,24 @@ pub(crate) struct Writeback {
 }
 
 impl Writeback {
-    /// Starts the writing thread for `file`, which must be empty and open for writing.
-    pub(crate) fn new(file: File) -> io::Result<Self> {
-        Self::start(file, true)
+    /// Starts the writing thread for `file`, which must be empty and open for writing; it
+    /// tells `progress`, if any, of every block once it is in the file.
+    pub(crate) fn new(file: File, progress: Option<Arc<dyn WriteProgress>>) -> io::Result<Self> {
+        Self::start(file, true, progress)
     }
 
     /// As [`Writeback::new`], but always through the page cache, as where `O_DIRECT` is
     /// refused.
     #[cfg(test)]
     fn buffered(file: File) -> io::Result<Self> {
-        Self::start(file, false)
+        Self::start(file, false, None)
     }
 
-    fn start(file: File, try_direct: bool) -> io::Result<Self> {
+    fn start(
+        file: File,
+        try_direct: bool,
+        progress: Option<Arc<dyn WriteProgress>>,
+    ) -> io::Result<Self> {
         let duplicate = file.try_clone()?;
         let (full, to_write) = sync_channel::<Block>(1);
         let (written, empty) = sync_channel::<Block>(2);
@@ -59,7 +67,7 @@ impl Writeback {
         written.send(Block::new()).map_err(|_| io::Error::other("block queue closed"))?;
         let writer = thread::Builder::new()
             .name("kiln-writeback".into())
-            .spawn(move || write_blocks(duplicate, try_direct, to_write, written))?;
+            .spawn(move || write_blocks(duplicate, try_direct, to_write, written, progress))?;
         Ok(Writeback { file, block: Block::new(), full, empty, writer: Some(writer) })
     }
 
@@ -151,13 +159,16 @@ impl Block {
     }
 }
 
-/// The writing thread: writes each block in order and sends it back empty.
+/// The writing thread: writes each block in order, tells `progress` how much of the file is
+/// written, and sends the block back empty.
 fn write_blocks(
     mut file: File,
     try_direct: bool,
     to_write: Receiver<Block>,
     written: SyncSender<Block>,
+    progress: Option<Arc<dyn WriteProgress>>,
 ) -> io::Result<()> {
+    let mut total = 0u64;
     // A file system without direct I/O refuses the flag (or the first write): then the page
     // cache it is.
     let mut direct = try_direct && set_direct(&file, true).is_ok();
@@ -191,6 +202,10 @@ fn write_blocks(
                 unflushed = 0;
             }
         }
+        total += block.len as u64;
+        if let Some(progress) = &progress {
+            progress.written(total);
+        }
         block.len = 0;
         // Once the last block is written nobody takes blocks back: the block is then freed
         // with the error.
@@ -216,7 +231,7 @@ mod tests {
 
     /// Both ways of writing: direct (where this file system allows) and through the cache.
     const MODES: [(&str, Start); 2] =
-        [("direct", Writeback::new), ("buffered", Writeback::buffered)];
+        [("direct", |file| Writeback::new(file, None)), ("buffered", Writeback::buffered)];
 
     /// Writes `pieces` through a Writeback made by `start` and returns the file's bytes.
     fn written(start: Start, pieces: &[&[u8]]) -> Vec<u8> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kiln_attest::known_layers::{DiffIdCheck, KnownLayers};
 use kiln_attest::AttestError;
-use kiln_builder::build::{BlobSink, SinkError};
+use kiln_builder::build::{BlobSink, BlobStream, SinkError};
 use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::LayerBlob;
 use kiln_builder::LayerRecord;
@@ -19,6 +19,10 @@ use kiln_store::{Quarantined, Reuse, Store, StoreError, Wanted};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+
+mod streaming;
+
+use streaming::Streams;
 
 /// Cache kind under which layer records are kept.
 const LAYER_CACHE: &str = "layer";
@@ -88,6 +92,8 @@ pub struct StoreSink<'a> {
     pending: Vec<Pending>,
     /// Scratch files whose background upload ended, and how, not yet put.
     finished: Vec<(PathBuf, Digest, Stored)>,
+    /// Scratch files uploaded while they are written (see [`BlobSink::stream_blob`]).
+    streams: Streams,
     permits: Arc<Semaphore>,
 }
 
@@ -108,6 +114,7 @@ impl<'a> StoreSink<'a> {
             healed: Vec::new(),
             pending: Vec::new(),
             finished: Vec::new(),
+            streams: Streams::default(),
             permits: Arc::new(Semaphore::new(BLOBS_IN_FLIGHT)),
         }
     }
@@ -296,6 +303,28 @@ impl<'a> StoreSink<'a> {
         Ok(())
     }
 
+    /// Whether the finished scratch file at `path`, the blob `descriptor` names, is to be
+    /// uploaded now (see [`BlobSink::start_storing`]): not when a folder store renames it at
+    /// the end, when the same blob is already on its way, or when a sound copy is stored
+    /// (then it is put as found). Fails first with an earlier background upload's error.
+    fn needs_upload(&mut self, path: &Path, descriptor: &Descriptor) -> Result<bool, SinkError> {
+        self.check_finished()?;
+        let digest = descriptor.digest;
+        if self.store.adopts_by_rename()
+            || self.pending.iter().any(|p| p.digest == digest)
+            || self.finished.iter().any(|(_, d, _)| *d == digest)
+        {
+            return Ok(false);
+        }
+        self.lease(&[digest])?;
+        let wanted = Wanted { digest, size: descriptor.size, vouched: None };
+        if self.usable(&[wanted])?.first() == Some(&true) {
+            self.finished.push((path.to_path_buf(), digest, false));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     fn remember(&mut self, record: CacheRecord) -> Result<(), SinkError> {
         let signer = self.cache_signer;
         self.runtime.block_on(self.store.put_cache_entry(record, signer))?;
@@ -331,22 +360,10 @@ fn remove_scratch(path: &Path) {
 
 impl BlobSink for StoreSink<'_> {
     fn start_storing(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
-        self.check_finished()?;
+        if !self.needs_upload(path, descriptor)? {
+            return Ok(());
+        }
         let digest = descriptor.digest;
-        // A folder store renames the file at the end; a blob already on its way needs no
-        // second upload (the later put finds it stored).
-        if self.store.adopts_by_rename()
-            || self.pending.iter().any(|p| p.digest == digest)
-            || self.finished.iter().any(|(_, d, _)| *d == digest)
-        {
-            return Ok(());
-        }
-        self.lease(&[digest])?;
-        let wanted = Wanted { digest, size: descriptor.size, vouched: None };
-        if self.usable(&[wanted])?.first() == Some(&true) {
-            self.finished.push((path.to_path_buf(), digest, false));
-            return Ok(());
-        }
         let task = self.runtime.spawn(store_scratch(
             self.store.clone(),
             path.to_path_buf(),
@@ -358,7 +375,45 @@ impl BlobSink for StoreSink<'_> {
         Ok(())
     }
 
+    fn stream_blob(&mut self, path: &Path) -> Result<Option<BlobStream>, SinkError> {
+        // Elsewhere than where blobs are staged anyway, streaming would cost a copy (S3) or
+        // gain nothing (a folder store renames the finished file).
+        if !self.store.stages_blobs() {
+            return Ok(None);
+        }
+        let permits = self.permits.clone();
+        Ok(Some(self.streams.start(self.store, self.runtime, path, permits)?))
+    }
+
+    fn start_storing_streamed(
+        &mut self,
+        stream: BlobStream,
+        path: &Path,
+        descriptor: &Descriptor,
+    ) -> Result<(), SinkError> {
+        let Some(streaming) = self.streams.take(stream.id) else {
+            return self.start_storing(path, descriptor);
+        };
+        match self.needs_upload(path, descriptor) {
+            Ok(true) => {
+                let task = streaming.whole(descriptor);
+                let digest = descriptor.digest;
+                self.pending.push(Pending { path: path.to_path_buf(), digest, task });
+                Ok(())
+            }
+            Ok(false) => {
+                self.streams.drop_upload(streaming);
+                Ok(())
+            }
+            Err(e) => {
+                self.streams.drop_upload(streaming);
+                Err(e)
+            }
+        }
+    }
+
     fn settle(&mut self) -> Result<(), SinkError> {
+        self.streams.settle(self.runtime);
         let pending = std::mem::take(&mut self.pending);
         let joined = self.join_all(pending);
         // Stored but never put: the build failed before it named them. They are counted, as

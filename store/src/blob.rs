@@ -187,11 +187,12 @@ impl Store {
         S: futures::Stream<Item = Result<Bytes>> + Unpin,
     {
         let staging = key::upload(expected);
+        let is_expected = |found: &Digest, found_size| found == expected && found_size == size;
         let sent = match &self.multipart {
             Some(multipart) if multipart.writes_in_place() => {
                 let blob = key::blob(expected);
                 return match self
-                    .send_recorded(multipart, chunks, &blob, &staging, expected, size)
+                    .send_recorded(multipart, chunks, &blob, &staging, is_expected)
                     .await?
                 {
                     Ok(created) => Ok(created),
@@ -199,7 +200,7 @@ impl Store {
                 };
             }
             Some(multipart) => self
-                .send_recorded(multipart, chunks, &staging, &staging, expected, size)
+                .send_recorded(multipart, chunks, &staging, &staging, is_expected)
                 .await?
                 .map(|_| ()),
             None => self.send_unrecorded(chunks, &staging, expected, size).await?,
@@ -207,10 +208,21 @@ impl Store {
         if let Err((found, found_size)) = sent {
             return Err(mismatch(found, found_size));
         }
-        let published = self.publish(&staging, expected, size).await;
-        let cleaned = match self.inner.delete(&staging).await {
+        self.publish_staged(&staging, expected, size).await
+    }
+
+    /// Publishes the completed staging object `staging` as the blob `digest` of `size` bytes
+    /// (see [`Store::publish`]), then deletes it: whether the blob was written.
+    pub(crate) async fn publish_staged(
+        &self,
+        staging: &Key,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<bool> {
+        let published = self.publish(staging, digest, size).await;
+        let cleaned = match self.inner.delete(staging).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(StoreError::backend(&staging, source)),
+            Err(source) => Err(StoreError::backend(staging, source)),
         };
         let uploaded = published?;
         cleaned?;

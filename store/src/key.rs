@@ -67,8 +67,20 @@ pub(crate) fn upload_digest(name: &str) -> Option<Digest> {
 /// A fresh `uploads/<hex>-<pid>-<nanos>-<n>` staging key, unique across processes and
 /// machines sharing the store, so two uploads of one blob never write the same object.
 pub(crate) fn upload(digest: &Digest) -> Path {
+    Path::from(format!("{UPLOADS}/{}-{}", digest.hex(), unique()))
+}
+
+/// A fresh `uploads/growing-<pid>-<nanos>-<n>` staging key for a blob whose digest is not
+/// known yet (see [`crate::growing`]). It names no digest, so no lease keeps it from gc:
+/// only its age does.
+pub(crate) fn growing_upload() -> Path {
+    Path::from(format!("{UPLOADS}/growing-{}", unique()))
+}
+
+/// `<pid>-<nanos>-<n>`: unique across processes and machines sharing the store.
+fn unique() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    Path::from(format!("uploads/{}-{}-{nanos}-{n}", digest.hex(), std::process::id()))
+    format!("{}-{nanos}-{n}", std::process::id())
 }

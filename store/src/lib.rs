@@ -27,6 +27,7 @@ pub mod error;
 pub mod explain;
 mod file_chunks;
 pub mod gc;
+pub mod growing;
 pub mod heal;
 pub mod holder;
 mod inventory;

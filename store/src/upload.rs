@@ -130,8 +130,10 @@ fn take(queue: &mut VecDeque<Bytes>, mut n: usize) -> PutPayload {
 
 impl Store {
     /// Sends `chunks` to `target` as a multipart upload recorded under `uploads/<record>`,
-    /// hashing what is sent. It is completed only when the bytes are `expected` of `size`;
-    /// otherwise aborted, and what was sent returned as `Err((digest, size))`. Where the
+    /// hashing what is sent. It is completed only when `wanted(digest, size)` says the bytes
+    /// sent are the blob wanted (asked once they are all sent, so a writer may name the blob
+    /// only then); otherwise aborted, and what was sent returned as `Err((digest, size))`.
+    /// Where the
     /// backend [writes in place](Multipart::writes_in_place), `target` is the blob's own key
     /// and the completion is create-only: `Ok(Ok(false))` when the blob was already there.
     pub(crate) async fn send_recorded<S>(
@@ -140,8 +142,7 @@ impl Store {
         chunks: S,
         target: &Key,
         record: &Key,
-        expected: &Digest,
-        size: u64,
+        wanted: impl FnOnce(&Digest, u64) -> bool,
     ) -> Result<std::result::Result<bool, (Digest, u64)>>
     where
         S: futures::Stream<Item = Result<Bytes>> + Unpin,
@@ -167,8 +168,8 @@ impl Store {
             Err(e) => Err(e),
         };
         let outcome = match sent {
-            Ok((found, found_size, parts)) if found == *expected && found_size == size => {
-                self.complete(multipart, target, &upload_id, parts, size).await.map(Ok)
+            Ok((found, found_size, parts)) if wanted(&found, found_size) => {
+                self.complete(multipart, target, &upload_id, parts, found_size).await.map(Ok)
             }
             Ok((found, found_size, _)) => {
                 abort(multipart, &path, &upload_id).await;

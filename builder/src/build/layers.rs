@@ -11,7 +11,7 @@ use crate::build::observer::Observer;
 use crate::build::options::BuildOptions;
 use crate::build::parallel::{Halt, Slot};
 use crate::build::plan::Plan;
-use crate::build::sink::BlobSink;
+use crate::build::sink::{BlobSink, BlobStream};
 use crate::image::{self, JsonBlob, LayerRecord};
 use crate::inputs::{Install, ResolvedLayer};
 use crate::layer::{self, LayerBlob, LayerError};
@@ -233,9 +233,25 @@ pub(super) fn write_layers(
             }
             Source::Earlier => None,
             Source::Write(tree) => {
-                let blob = write_layer(recipe, opts, slot.threads, name, i, tree, &made.written)?;
+                let written = &made.written;
+                let (blob, stream) = write_layer(
+                    recipe,
+                    opts,
+                    &mut slot.sink,
+                    slot.threads,
+                    name,
+                    i,
+                    tree,
+                    written,
+                )?;
                 let descriptor = Descriptor::new(blob.media_type, blob.digest, blob.size);
-                slot.sink.start_storing(&blob.path, &descriptor).map_err(BuildError::Sink)?;
+                match stream {
+                    Some(stream) => {
+                        slot.sink.start_storing_streamed(stream, &blob.path, &descriptor)
+                    }
+                    None => slot.sink.start_storing(&blob.path, &descriptor),
+                }
+                .map_err(BuildError::Sink)?;
                 let record = blob.record();
                 made.written.push((*key, blob));
                 Some(record)
@@ -248,22 +264,36 @@ pub(super) fn write_layers(
 }
 
 /// Writes layer `i` from `tree`, in a scratch file of its own even when an earlier layer of
-/// `written` has the same bytes.
+/// `written` has the same bytes, letting `sink` read it as it is written if it asks to (the
+/// stream it opened is returned beside the blob).
+#[allow(clippy::too_many_arguments)]
 fn write_layer(
     recipe: &Recipe,
     opts: &BuildOptions,
+    sink: &mut dyn BlobSink,
     threads: usize,
     name: &str,
     i: usize,
     tree: &Tree,
     written: &[(Digest, LayerBlob)],
-) -> Result<LayerBlob, BuildError> {
-    let mut blob =
-        layer::write_layer(tree, opts.epoch, &recipe.compression, threads, &opts.work_dir)
-            .map_err(|source| BuildError::Layer {
-                name: name.to_string(),
-                source: Box::new(source),
-            })?;
+) -> Result<(LayerBlob, Option<BlobStream>), BuildError> {
+    let mut stream = Ok(None);
+    let blob = layer::write_layer_told(
+        tree,
+        opts.epoch,
+        &recipe.compression,
+        threads,
+        &opts.work_dir,
+        |path| {
+            stream = sink.stream_blob(path);
+            let progress = stream.as_ref().ok()?.as_ref()?.progress.clone();
+            Some(progress)
+        },
+    );
+    // A stream the sink could not open is the error, once the layer's own work has ended.
+    let stream = stream.map_err(BuildError::Sink)?;
+    let mut blob = blob
+        .map_err(|source| BuildError::Layer { name: name.to_string(), source: Box::new(source) })?;
     if written.iter().any(|(_, b)| b.digest == blob.digest) {
         // The same bytes as an earlier layer, in the same scratch file: the sink takes each
         // file it is given, so this one gets a name of its own.
@@ -274,7 +304,7 @@ fn write_layer(
         })?;
         blob.path = own;
     }
-    Ok(blob)
+    Ok((blob, stream))
 }
 
 /// The JSON documents of the image.

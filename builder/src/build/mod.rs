@@ -31,7 +31,7 @@ pub use observer::Observer;
 pub use options::{BuildOptions, LockMode};
 pub use plan::layer_keys;
 pub use resolve::{lock, lock_with, resolve, resolve_with, PlatformLayers};
-pub use sink::{BlobSink, SinkError};
+pub use sink::{BlobSink, BlobStream, SinkError};
 
 /// What a build produced.
 #[derive(Debug)]

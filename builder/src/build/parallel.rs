@@ -12,7 +12,7 @@ use std::sync::{Mutex, PoisonError};
 use kiln_oci::{Descriptor, Digest, Platform};
 
 use crate::build::error::BuildError;
-use crate::build::sink::{BlobSink, SinkError};
+use crate::build::sink::{BlobSink, BlobStream, SinkError};
 use crate::build::PlatformLayers;
 use crate::image::{JsonBlob, LayerRecord};
 use crate::layer::LayerBlob;
@@ -136,6 +136,17 @@ impl BlobSink for Shared<'_, '_> {
     }
     fn start_storing(&mut self, path: &std::path::Path, d: &Descriptor) -> Result<(), SinkError> {
         self.with(|s| s.start_storing(path, d))
+    }
+    fn stream_blob(&mut self, path: &std::path::Path) -> Result<Option<BlobStream>, SinkError> {
+        self.with(|s| s.stream_blob(path))
+    }
+    fn start_storing_streamed(
+        &mut self,
+        stream: BlobStream,
+        path: &std::path::Path,
+        d: &Descriptor,
+    ) -> Result<(), SinkError> {
+        self.with(|s| s.start_storing_streamed(stream, path, d))
     }
     fn settle(&mut self) -> Result<(), SinkError> {
         self.with(|s| s.settle())

@@ -2,14 +2,24 @@
 //! one in through [`BlobSink`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use kiln_oci::{Descriptor, Digest};
 
 use crate::image::{JsonBlob, LayerRecord};
-use crate::layer::LayerBlob;
+use crate::layer::{LayerBlob, WriteProgress};
 
 /// An error from the code that stores blobs, kept opaque to the builder.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A layer's scratch file that a sink reads while it is written (see
+/// [`BlobSink::stream_blob`]).
+pub struct BlobStream {
+    /// The sink's name for it, given back with [`BlobSink::start_storing_streamed`].
+    pub id: u64,
+    /// Told how much of the file is written, as it grows.
+    pub progress: Arc<dyn WriteProgress>,
+}
 
 /// Where a build puts its blobs and looks up earlier layers. The layers of several platforms
 /// are made at once, each thread calling the sink in turn, hence `Send`.
@@ -24,6 +34,26 @@ pub trait BlobSink: Send {
     /// here.
     fn start_storing(&mut self, _path: &Path, _descriptor: &Descriptor) -> Result<(), SinkError> {
         Ok(())
+    }
+    /// Told when a layer's scratch file is created at `path`, before its first byte: a sink
+    /// whose store uploads large blobs through a staging key anyway may start uploading its
+    /// bytes as they are written, as the returned stream's progress is told. The file is
+    /// then given back finished with [`BlobSink::start_storing_streamed`] (under its final
+    /// name); a stream never given back (the layer failed) is dropped by
+    /// [`BlobSink::settle`], storing nothing. A sink that waits for whole files returns
+    /// `None`.
+    fn stream_blob(&mut self, _path: &Path) -> Result<Option<BlobStream>, SinkError> {
+        Ok(None)
+    }
+    /// [`BlobSink::start_storing`] for a file whose bytes the sink has been reading since
+    /// [`BlobSink::stream_blob`] returned `stream`.
+    fn start_storing_streamed(
+        &mut self,
+        _stream: BlobStream,
+        path: &Path,
+        descriptor: &Descriptor,
+    ) -> Result<(), SinkError> {
+        self.start_storing(path, descriptor)
     }
     /// Waits for every blob [`BlobSink::start_storing`] began and not yet put: called once
     /// a build is over, whether it succeeded or not, so that nothing still reads its scratch

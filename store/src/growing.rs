@@ -1,0 +1,181 @@
+//! A blob uploaded while its file is still being written (a layer being compressed).
+//!
+//! A blob's key is its digest, known only once its last byte is written. Where a large blob
+//! goes up to a staging key and is then copied create-only to its own key anyway
+//! ([`Store::stages_blobs`]: Azure, GCS, memory), the staging key can be chosen before the
+//! digest is known: the parts then go up as the file grows, recorded like every multipart
+//! upload (see [`crate::upload`]), and are published under the digest the writer names at
+//! the end only if what was sent hashes to it with its size. The staging key names no
+//! digest, so no lease protects it from gc: only its age does, as for an upload a killed
+//! writer left behind.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt as _;
+use kiln_oci::Digest;
+use tokio::sync::watch;
+
+use crate::blob::{PutOutcome, MULTIPART_THRESHOLD};
+use crate::error::{Result, StoreError};
+use crate::file_chunks::FILE_CHUNK;
+use crate::{key, Store};
+
+/// What the writer of a growing file has said so far. `Whole` and `Dropped` are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// Its first this many bytes are written and will not change.
+    Written(u64),
+    /// It is whole, and is to be stored as the blob `digest` of `size` bytes.
+    Whole { digest: Digest, size: u64 },
+    /// It is not to be stored (its writer failed, or the blob is stored already).
+    Dropped,
+}
+
+/// What the file's reader learnt from the writer, for the end of the upload.
+#[derive(Default)]
+struct Told {
+    /// The blob the file is, once whole.
+    whole: OnceLock<(Digest, u64)>,
+    /// The writer dropped the file, or went away without a word.
+    dropped: AtomicBool,
+}
+
+impl Store {
+    /// Whether large blobs go up to a staging key and are copied to their own key (Azure,
+    /// GCS, memory): uploading one while its file is written then costs no extra request.
+    /// S3 writes them in place, and folder stores adopt them by rename.
+    pub fn stages_blobs(&self) -> bool {
+        self.multipart.as_ref().is_some_and(|m| !m.writes_in_place())
+    }
+
+    /// Stores the blob the local file `file` (at `path`) grows into, as `growth` tells.
+    /// Where the store [stages blobs](Store::stages_blobs), once [`MULTIPART_THRESHOLD`]
+    /// bytes are written the parts go up as they are written, reading no byte beyond what
+    /// `growth` says is written, to a fresh `uploads/growing-…` key; when the file is
+    /// `Whole`, the rest is sent and the staging object is published create-only under the
+    /// digest, only if what was sent is exactly that blob (otherwise the upload is aborted,
+    /// nothing is published, and the error is [`StoreError::FileMismatch`]). A file whole
+    /// before then, or any file elsewhere, is stored as [`Store::put_blob_stream`] stores it.
+    /// `Ok(None)` when the file is dropped (or the sender goes without a word): whatever was
+    /// sent is aborted. Memory stays bounded by the store's part slots; the writer never
+    /// waits for the upload.
+    pub async fn put_growing_file(
+        &self,
+        file: File,
+        path: PathBuf,
+        mut growth: watch::Receiver<Growth>,
+    ) -> Result<Option<PutOutcome>> {
+        let stages = self.stages_blobs();
+        loop {
+            let now = *growth.borrow_and_update();
+            match now {
+                Growth::Written(n) if stages && n >= MULTIPART_THRESHOLD => break,
+                Growth::Written(_) => {
+                    if growth.changed().await.is_err() {
+                        return Ok(None);
+                    }
+                }
+                Growth::Whole { digest, size } => {
+                    let chunks = crate::file_chunks::file_chunks(file, path.clone());
+                    let mismatch = mismatch(path, digest, size);
+                    let uploaded = self.put_blob_stream(chunks, &digest, size, mismatch).await?;
+                    return Ok(Some(PutOutcome { digest, size, uploaded }));
+                }
+                Growth::Dropped => return Ok(None),
+            }
+        }
+        let Some(multipart) = &self.multipart else { return Ok(None) };
+        let staging = key::growing_upload();
+        let told = Arc::new(Told::default());
+        let chunks = growing_chunks(file, path.clone(), growth, told.clone());
+        let is_whole = |found: &Digest, found_size| told.whole.get() == Some(&(*found, found_size));
+        let sent = self.send_recorded(multipart, chunks, &staging, &staging, is_whole).await;
+        if told.dropped.load(Ordering::Relaxed) {
+            // The reading stopped on purpose; send_recorded aborted the upload.
+            return Ok(None);
+        }
+        let sent = sent?;
+        // The stream ends only once the file is whole, so `whole` is set.
+        let Some(&(digest, size)) = told.whole.get() else { return Ok(None) };
+        if let Err((found, found_size)) = sent {
+            return Err(mismatch(path, digest, size)(found, found_size));
+        }
+        let uploaded = self.publish_staged(&staging, &digest, size).await?;
+        Ok(Some(PutOutcome { digest, size, uploaded }))
+    }
+}
+
+/// The error for a file at `path` that is not the blob `expected` of `size` bytes.
+fn mismatch(path: PathBuf, expected: Digest, size: u64) -> impl FnOnce(Digest, u64) -> StoreError {
+    move |found, found_size| StoreError::FileMismatch {
+        path,
+        expected,
+        expected_size: size,
+        found,
+        found_size,
+    }
+}
+
+/// The file as a stream of chunks of at most [`FILE_CHUNK`] bytes, each read on a blocking
+/// thread at its offset and never past what `growth` says is written; it ends once the file
+/// is whole and its `size` bytes are read. When the file is dropped the stream fails, and
+/// `told` says so.
+fn growing_chunks(
+    file: File,
+    path: PathBuf,
+    growth: watch::Receiver<Growth>,
+    told: Arc<Told>,
+) -> BoxStream<'static, Result<Bytes>> {
+    let file = Arc::new(file);
+    let state = (growth, 0u64);
+    futures::stream::unfold(Some(state), move |state| {
+        let (file, path, told) = (file.clone(), path.clone(), told.clone());
+        async move {
+            let (mut growth, offset) = state?;
+            let dropped = || {
+                told.dropped.store(true, Ordering::Relaxed);
+                let source = std::io::Error::other("the file's writer stopped");
+                Some((Err(StoreError::LocalFile { path: path.clone(), source }), None))
+            };
+            // Waits until there is more to read, or the end.
+            let limit = loop {
+                let now = *growth.borrow_and_update();
+                match now {
+                    Growth::Written(n) if n > offset => break n,
+                    Growth::Written(_) => {
+                        if growth.changed().await.is_err() {
+                            return dropped();
+                        }
+                    }
+                    Growth::Whole { digest, size } => {
+                        told.whole.get_or_init(|| (digest, size));
+                        if offset >= size {
+                            return None;
+                        }
+                        break size;
+                    }
+                    Growth::Dropped => return dropped(),
+                }
+            };
+            let len = (limit - offset).min(FILE_CHUNK as u64) as usize;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, offset).map(|()| buf)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|read| read);
+            match read {
+                Ok(buf) => Some((Ok(Bytes::from(buf)), Some((growth, offset + len as u64)))),
+                Err(source) => Some((Err(StoreError::LocalFile { path, source }), None)),
+            }
+        }
+    })
+    .boxed()
+}
