@@ -17,6 +17,7 @@ use kiln_tree::tree::Tree;
 use kiln_tree::Epoch;
 
 use crate::tar::{write_tar, TarError};
+pub use crate::writeback::WriteProgress;
 use crate::writeback::Writeback;
 
 /// Size of the blocks handed from the tar writer to the compressor: gzip's chunk, so that
@@ -69,14 +70,6 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Told how much of a layer's file is written, as it is written, so that its bytes can be
-/// read (uploaded) before the layer is finished.
-pub trait WriteProgress: Send + Sync {
-    /// The file's first `len` bytes are in it and will not change. Called on the thread
-    /// writing the file, so it must not block: compression never waits for a reader.
-    fn written(&self, len: u64);
 }
 
 /// Writes `tree` as a tar layer (every mtime `epoch`) compressed with `compression` on up

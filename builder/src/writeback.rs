@@ -16,7 +16,13 @@ use std::thread::{self, JoinHandle};
 
 use rustix::fs::OFlags;
 
-use crate::layer::WriteProgress;
+/// Told how much of a file is written, as it is written, so that its bytes can be read
+/// (a layer uploaded) before the file is finished.
+pub trait WriteProgress: Send + Sync {
+    /// The file's first `len` bytes are in it and will not change. Called on the thread
+    /// writing the file, so it must not block: the writer never waits for a reader.
+    fn written(&self, len: u64);
+}
 
 /// Alignment of direct writes in memory and in the file: the largest logical block size in
 /// common use, so every device's requirement is met.
@@ -274,6 +280,29 @@ mod tests {
             assert_eq!(written(start, &[&block[..ALIGN]]).len(), ALIGN, "{mode}");
             assert!(written(start, &[]).is_empty(), "{mode}");
         }
+    }
+
+    /// Records what a writer is told.
+    struct Told(std::sync::Mutex<Vec<u64>>);
+
+    impl WriteProgress for Told {
+        fn written(&self, len: u64) {
+            self.0.lock().unwrap().push(len);
+        }
+    }
+
+    #[test]
+    fn progress_is_told_of_each_block_once_it_is_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let told = Arc::new(Told(std::sync::Mutex::new(Vec::new())));
+        let mut w = Writeback::new(File::create(&path).unwrap(), Some(told.clone())).unwrap();
+        let data = vec![3u8; 2 * BLOCK + 100];
+        w.write_all(&data).unwrap();
+        w.finish().unwrap();
+        let total = data.len() as u64;
+        assert_eq!(*told.0.lock().unwrap(), [BLOCK as u64, 2 * BLOCK as u64, total]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), total);
     }
 
     #[test]
