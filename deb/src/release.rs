@@ -17,6 +17,9 @@ pub struct Release {
     /// `Valid-Until`, seconds since the Unix epoch: after it the release is stale (a
     /// mirror may be replaying an old one), and apt refuses it.
     pub valid_until: Option<u64>,
+    /// `Date`, seconds since the Unix epoch: when the release was made. One dated ahead of
+    /// the clock is refused, as apt refuses it.
+    pub date: Option<u64>,
     files: BTreeMap<String, (Sha256, u64)>,
 }
 
@@ -33,6 +36,8 @@ pub enum ReleaseError {
     Line(String),
     #[error("its Valid-Until {0:?} is not a date")]
     ValidUntil(String),
+    #[error("its Date {0:?} is not a date")]
+    Date(String),
 }
 
 impl Release {
@@ -58,15 +63,13 @@ impl Release {
             let size = size.parse::<u64>().map_err(|_| bad())?;
             files.insert(path.to_string(), (hash, size));
         }
-        let valid_until = match p.get("Valid-Until") {
-            None => None,
-            Some(text) => Some(
-                parse_release_date(text)
-                    .ok_or_else(|| ReleaseError::ValidUntil(text.to_string()))?,
-            ),
+        let date_of = |field: &str, bad: fn(String) -> ReleaseError| match p.get(field) {
+            None => Ok(None),
+            Some(text) => parse_release_date(text).map(Some).ok_or_else(|| bad(text.to_string())),
         };
         Ok(Release {
-            valid_until,
+            valid_until: date_of("Valid-Until", ReleaseError::ValidUntil)?,
+            date: date_of("Date", ReleaseError::Date)?,
             suite: p.get("Suite").map(str::to_string),
             codename: p.get("Codename").map(str::to_string),
             architectures: list("Architectures"),
@@ -108,5 +111,10 @@ mod tests {
         assert_eq!(Release::parse(&dated).unwrap().valid_until, Some(60));
         let bad = format!("Valid-Until: soon\n{text}");
         assert!(matches!(Release::parse(&bad), Err(ReleaseError::ValidUntil(_))));
+        assert_eq!(r.date, None);
+        let made = format!("Date: Thu, 01 Jan 1970 00:02:00 UTC\n{text}");
+        assert_eq!(Release::parse(&made).unwrap().date, Some(120));
+        let bad = format!("Date: today\n{text}");
+        assert!(matches!(Release::parse(&bad), Err(ReleaseError::Date(_))));
     }
 }

@@ -11,7 +11,7 @@ use crate::date::utc;
 use crate::decompress::{Bounded, Bounds, Codec};
 use crate::packages::{parse_index, PackageRecord, RecordError, Sha256};
 use crate::release::{Release, ReleaseError};
-use crate::signature::{Keyring, SignatureError};
+use crate::signature::{Keyring, SignatureError, CLOCK_SKEW};
 
 /// Reads files of a repository by their path under its root URL.
 pub trait Fetch {
@@ -60,6 +60,8 @@ pub enum RepositoryError {
     Release { path: String, source: ReleaseError },
     #[error("{path} was valid until {until}; the repository (or a mirror replaying an old release) is stale")]
     Expired { path: String, until: String },
+    #[error("{path} is dated {date}, ahead of this machine's clock; check the clock (the release is not valid yet)")]
+    NotYetValid { path: String, date: String },
     #[error("{path} describes suite {found:?}, not {suite:?}")]
     WrongSuite { path: String, suite: String, found: String },
     #[error("the release of {suite} lists no {component}/binary-{arch}/Packages index (its architectures: {archs}; components: {components})")]
@@ -119,6 +121,9 @@ pub fn load_suite(
     let now = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if let Some(until) = release.valid_until.filter(|&until| until <= now) {
         return Err(RepositoryError::Expired { path, until: utc(until) });
+    }
+    if let Some(date) = release.date.filter(|&date| date > now + CLOCK_SKEW) {
+        return Err(RepositoryError::NotYetValid { path, date: utc(date) });
     }
     if !release.is_suite(suite) {
         let found = release.suite.clone().or(release.codename.clone()).unwrap_or_default();

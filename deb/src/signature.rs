@@ -19,7 +19,7 @@ use crate::date::utc;
 
 /// How far in the future a signature's creation time may be, for clocks that disagree a
 /// little (a repository signed a moment ago by a server whose clock runs ahead).
-const CLOCK_SKEW: u64 = 30 * 60;
+pub(crate) const CLOCK_SKEW: u64 = 30 * 60;
 
 /// The largest key file read: many times any repository's keyring (Debian's archive keyring
 /// is a few dozen KiB), so a file named by mistake is refused without reading it whole.

@@ -385,6 +385,33 @@ fn a_release_past_its_valid_until_is_refused() {
 }
 
 #[test]
+fn a_release_dated_ahead_of_the_clock_is_refused() {
+    let Some(gpg) = Gpg::new() else { return };
+    let fpr = gpg.key("a", "ed25519", "sign", "never", -10);
+    let keyring = gpg.export(&fpr);
+    let load = |days: i64| {
+        let text = format!("Suite: test\nDate: {}\nSHA256:\n", release_date(days));
+        let signed = gpg.sign(&fpr, &text, -3, &[]);
+        let mut files =
+            Files(BTreeMap::from([("dists/test/InRelease".to_string(), signed.into_bytes())]));
+        load_suite(
+            &mut files,
+            &keyring,
+            "test",
+            &["main".into()],
+            &["amd64".into()],
+            SystemTime::now(),
+        )
+    };
+    let err = load(1).unwrap_err();
+    assert!(matches!(err, RepositoryError::NotYetValid { .. }), "{err}");
+    assert!(err.to_string().starts_with("dists/test/InRelease is dated "), "{err}");
+    // Made yesterday: accepted, up to the index the release does not list.
+    let err = load(-1).unwrap_err();
+    assert!(matches!(err, RepositoryError::NoIndex { .. }), "{err}");
+}
+
+#[test]
 fn a_release_with_more_signatures_than_any_archive_keeps_is_refused_unchecked() {
     let Some(gpg) = Gpg::new() else { return };
     let fpr = gpg.key("a", "ed25519", "sign", "never", -1);
