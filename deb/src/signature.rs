@@ -56,6 +56,8 @@ pub enum SignatureError {
     Untrusted { fingerprints: String },
     #[error("it is signed by {signer}, which may not sign it: {reason}")]
     Invalid { signer: Box<Signer>, reason: Box<Invalidity> },
+    #[error("it carries a bad signature naming trusted key {key}: the text or the signature was altered")]
+    Bad { key: String },
 }
 
 /// The key that made a signature: a primary key, or a subkey of one.
@@ -243,6 +245,16 @@ fn signature_valid(sig: &Signature, key_created: Timestamp, at: u64) -> Result<(
     Ok(())
 }
 
+/// Whether `sig` says it was made by `key` or one of its subkeys (by fingerprint or key ID).
+fn names_as_issuer(sig: &Signature, key: &SignedPublicKey) -> bool {
+    let (fingerprints, ids) = (sig.issuer_fingerprint(), sig.issuer_key_id());
+    let named = |k: &dyn KeyDetails| {
+        fingerprints.iter().any(|f| **f == k.fingerprint())
+            || ids.iter().any(|id| **id == k.legacy_key_id())
+    };
+    named(&key.primary_key) || key.public_subkeys.iter().any(|sub| named(&sub.key))
+}
+
 /// Whether `sig` was made by `key`'s primary key, by the issuer it names (a signature that
 /// names none is kept, and verifying it decides).
 fn self_issued(key: &SignedPublicKey, sig: &Signature) -> bool {
@@ -341,7 +353,9 @@ impl Keyring {
 
     /// Whether a trusted key or subkey made one of `signatures` over `data` and may sign it
     /// at `at`. A signature made by a trusted key that may not is refused naming that key
-    /// and why, unless another one passes.
+    /// and why, unless another one passes. A signature that names a trusted key as its issuer
+    /// but does not verify refuses the whole text, whatever the others say, as apt refuses a
+    /// `BADSIG`: the text or that signature was altered on the way.
     fn verifies<'a>(
         &self,
         signatures: impl Iterator<Item = &'a Signature> + Clone,
@@ -353,41 +367,56 @@ impl Keyring {
             return Err(SignatureError::TooManySignatures { found, max: MAX_SIGNATURES });
         }
         let at = epoch_secs(at);
+        let mut good = false;
         let mut refused = None;
-        for key in &self.keys {
-            for sig in signatures.clone() {
-                let outcome = if sig.verify(&key.primary_key, data).is_ok() {
-                    let signer = Signer { primary: fingerprint(&key.primary_key), subkey: None };
-                    let valid = primary_valid(key, at, true)
-                        .and_then(|()| signature_valid(sig, key.primary_key.created_at(), at));
-                    Some((signer, valid))
-                } else {
-                    key.public_subkeys.iter().find(|sub| sig.verify(&sub.key, data).is_ok()).map(
-                        |sub| {
-                            let signer = Signer {
-                                primary: fingerprint(&key.primary_key),
-                                subkey: Some(fingerprint(&sub.key)),
-                            };
-                            let valid = subkey_valid(key, sub, at)
-                                .and_then(|()| signature_valid(sig, sub.key.created_at(), at));
-                            (signer, valid)
-                        },
-                    )
-                };
-                match outcome {
-                    Some((_, Ok(()))) => return Ok(()),
-                    Some((signer, Err(reason))) => {
-                        refused.get_or_insert(SignatureError::Invalid {
-                            signer: Box::new(signer),
-                            reason: Box::new(reason),
-                        });
+        for sig in signatures {
+            match self.judge(sig, data, at) {
+                Some((_, Ok(()))) => good = true,
+                Some((signer, Err(reason))) => {
+                    refused.get_or_insert(SignatureError::Invalid {
+                        signer: Box::new(signer),
+                        reason: Box::new(reason),
+                    });
+                }
+                None => {
+                    if let Some(key) = self.keys.iter().find(|key| names_as_issuer(sig, key)) {
+                        let key = fingerprint(&key.primary_key);
+                        return Err(SignatureError::Bad { key });
                     }
-                    None => {}
                 }
             }
         }
+        if good {
+            return Ok(());
+        }
         Err(refused
             .unwrap_or_else(|| SignatureError::Untrusted { fingerprints: self.fingerprints() }))
+    }
+
+    /// The trusted key or subkey that made `sig` over `data`, and whether it may sign at
+    /// `at`; `None` when no trusted key made it.
+    fn judge(
+        &self,
+        sig: &Signature,
+        data: &[u8],
+        at: u64,
+    ) -> Option<(Signer, Result<(), Invalidity>)> {
+        self.keys.iter().find_map(|key| {
+            if sig.verify(&key.primary_key, data).is_ok() {
+                let signer = Signer { primary: fingerprint(&key.primary_key), subkey: None };
+                let valid = primary_valid(key, at, true)
+                    .and_then(|()| signature_valid(sig, key.primary_key.created_at(), at));
+                return Some((signer, valid));
+            }
+            let sub = key.public_subkeys.iter().find(|sub| sig.verify(&sub.key, data).is_ok())?;
+            let signer = Signer {
+                primary: fingerprint(&key.primary_key),
+                subkey: Some(fingerprint(&sub.key)),
+            };
+            let valid = subkey_valid(key, sub, at)
+                .and_then(|()| signature_valid(sig, sub.key.created_at(), at));
+            Some((signer, valid))
+        })
     }
 
     /// Verifies a clearsigned `InRelease` at `at` and returns its signed text (with `\n`

@@ -412,6 +412,27 @@ fn a_release_dated_ahead_of_the_clock_is_refused() {
 }
 
 #[test]
+fn a_bad_signature_by_a_trusted_key_refuses_the_text_even_beside_a_good_one() {
+    let Some(gpg) = Gpg::new() else { return };
+    let a = gpg.key("a", "ed25519", "sign", "never", -1);
+    let b = gpg.key("b", "ed25519", "sign", "never", -1);
+    let stranger = gpg.key("c", "ed25519", "sign", "never", -1);
+    let keyring = Keyring::parse(&gpg.run(None, &["--export", &a, &b], "")).unwrap();
+    let good = gpg.detach(&a, TEXT);
+    let now = SystemTime::now();
+    keyring.verify_detached(TEXT.as_bytes(), &good, now).unwrap();
+    // A signature by an unknown key over other text says nothing: the good one stands.
+    let unknown = [good.clone(), gpg.detach(&stranger, "other text")].concat();
+    keyring.verify_detached(TEXT.as_bytes(), &unknown, now).unwrap();
+    // By a trusted key, it does not verify: refused, naming that key, in either order.
+    let bad = gpg.detach(&b, "other text");
+    for signatures in [[good.clone(), bad.clone()].concat(), [bad, good].concat()] {
+        let refused = keyring.verify_detached(TEXT.as_bytes(), &signatures, now);
+        assert!(matches!(&refused, Err(SignatureError::Bad { key }) if *key == b), "{refused:?}");
+    }
+}
+
+#[test]
 fn a_release_with_more_signatures_than_any_archive_keeps_is_refused_unchecked() {
     let Some(gpg) = Gpg::new() else { return };
     let fpr = gpg.key("a", "ed25519", "sign", "never", -1);
