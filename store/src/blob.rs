@@ -90,25 +90,42 @@ impl Store {
     }
 
     /// Streams the file at `path`, which the caller says is `expected` of `size` bytes, into
-    /// the store. Refuses, publishing nothing, if the file is anything else.
+    /// the store, unless the blob is there already. Refuses, publishing nothing, if the file is
+    /// anything else.
     pub async fn put_blob_file(
         &self,
         path: &Path,
         expected: &Digest,
         size: u64,
     ) -> Result<PutOutcome> {
-        let meta = tokio::fs::metadata(path).await.map_err(local_err(path))?;
-        if meta.len() != size {
-            return Err(StoreError::FileSize {
-                path: path.to_path_buf(),
-                expected_size: size,
-                found_size: meta.len(),
-            });
-        }
-        let outcome = |uploaded| PutOutcome { digest: *expected, size, uploaded };
+        check_file_size(path, size).await?;
         if self.has_blob(expected).await? {
-            return Ok(outcome(false));
+            return Ok(PutOutcome { digest: *expected, size, uploaded: false });
         }
+        self.upload_sized_file(path, expected, size).await
+    }
+
+    /// [`Store::put_blob_file`] without first asking whether the blob is there, for a caller
+    /// that has just found it missing: every write is create-only, so a blob stored meanwhile
+    /// is never overwritten (`uploaded` is then false).
+    pub async fn upload_blob_file(
+        &self,
+        path: &Path,
+        expected: &Digest,
+        size: u64,
+    ) -> Result<PutOutcome> {
+        check_file_size(path, size).await?;
+        self.upload_sized_file(path, expected, size).await
+    }
+
+    /// Uploads the file at `path`, which has `size` bytes, as the blob `expected`.
+    async fn upload_sized_file(
+        &self,
+        path: &Path,
+        expected: &Digest,
+        size: u64,
+    ) -> Result<PutOutcome> {
+        let outcome = |uploaded| PutOutcome { digest: *expected, size, uploaded };
         let mismatch = |found, found_size| StoreError::FileMismatch {
             path: path.to_path_buf(),
             expected: *expected,
@@ -412,6 +429,19 @@ impl Store {
         }
         result
     }
+}
+
+/// Fails with [`StoreError::FileSize`] unless the file at `path` has `size` bytes.
+async fn check_file_size(path: &Path, size: u64) -> Result<()> {
+    let meta = tokio::fs::metadata(path).await.map_err(local_err(path))?;
+    if meta.len() != size {
+        return Err(StoreError::FileSize {
+            path: path.to_path_buf(),
+            expected_size: size,
+            found_size: meta.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Sends `chunks` into `writer`, hashing what is sent.

@@ -90,23 +90,30 @@ impl Store {
     /// whose size or date is off, or of all of them when `content` is set. Corrupt blobs are
     /// quarantined on the way.
     pub async fn check_reuse(&self, wanted: &[Wanted], content: bool) -> Result<Vec<Reuse>> {
-        let stats: Vec<Option<(u64, SystemTime)>> = futures::stream::iter(wanted)
-            .map(|w| self.stat_blob(&w.digest))
-            .buffered(SMALL_REQUESTS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        futures::stream::iter(wanted.iter().zip(stats))
-            .map(|(w, stat)| async move {
-                let Some((size, written)) = stat else { return Ok(Reuse::Missing) };
-                let replaced = w.vouched.is_some_and(|vouched| written > vouched);
-                if size == w.size && !replaced && !content {
-                    return Ok(Reuse::Sound);
-                }
-                self.judge(w).await
-            })
-            .buffered(CONTENT_CHECKS_IN_FLIGHT)
-            .try_collect()
-            .await
+        // The requests are made into a list before they are streamed (not mapped lazily), so
+        // that this future can be spawned: rustc cannot prove a lazily mapped one `Send`.
+        let stats: Vec<_> = wanted.iter().map(|w| self.stat_blob(&w.digest)).collect();
+        let stats: Vec<Option<(u64, SystemTime)>> =
+            futures::stream::iter(stats).buffered(SMALL_REQUESTS_IN_FLIGHT).try_collect().await?;
+        let verdicts: Vec<_> =
+            wanted.iter().zip(stats).map(|(w, stat)| self.verdict(w, stat, content)).collect();
+        futures::stream::iter(verdicts).buffered(CONTENT_CHECKS_IN_FLIGHT).try_collect().await
+    }
+
+    /// Judges `wanted` from its `stat`: sound without a read unless its size or date is off or
+    /// `content` is set.
+    async fn verdict(
+        &self,
+        wanted: &Wanted,
+        stat: Option<(u64, SystemTime)>,
+        content: bool,
+    ) -> Result<Reuse> {
+        let Some((size, written)) = stat else { return Ok(Reuse::Missing) };
+        let replaced = wanted.vouched.is_some_and(|vouched| written > vouched);
+        if size == wanted.size && !replaced && !content {
+            return Ok(Reuse::Sound);
+        }
+        self.judge(wanted).await
     }
 
     /// Re-hashes a wanted blob and quarantines it if it is corrupt.
@@ -152,11 +159,43 @@ impl Store {
     /// equal bytes are kept, other bytes are corrupt and quarantined, then replaced by these.
     pub async fn put_blob_checked(&self, bytes: Bytes) -> Result<CheckedPut> {
         let digest = Digest::of(&bytes);
-        let size = bytes.len() as u64;
+        let key = key::blob(&digest);
+        // The lease record goes up while the key is read; nothing is written before both are
+        // done. Bytes found there are used only once named (a gc that took them meanwhile is
+        // caught by [`Store::confirm_image`], whichever of the two came first).
+        let (leased, got) = futures::join!(self.lease_blob(&digest), self.inner.get(&key));
+        leased?;
+        self.keep_or_replace(bytes, digest, got).await
+    }
+
+    /// [`Store::put_blob_checked`] for bytes the caller expects are not stored yet (the
+    /// documents of a build that uploaded new layers): written create-only at once, one
+    /// request; only when something is there already is it read and judged as
+    /// [`Store::put_blob_checked`] does.
+    pub async fn put_new_blob_checked(&self, bytes: Bytes) -> Result<CheckedPut> {
+        let digest = Digest::of(&bytes);
         let key = key::blob(&digest);
         self.lease_blob(&digest).await?;
+        if self.create(&key, bytes.clone()).await? {
+            let outcome = PutOutcome { digest, size: bytes.len() as u64, uploaded: true };
+            return Ok(CheckedPut { outcome, healed: None });
+        }
+        let got = self.inner.get(&key).await;
+        self.keep_or_replace(bytes, digest, got).await
+    }
+
+    /// Keeps what `got` read under the key of `bytes` when it is equal, otherwise quarantines
+    /// it and writes `bytes`, create-only.
+    async fn keep_or_replace(
+        &self,
+        bytes: Bytes,
+        digest: Digest,
+        got: object_store::Result<object_store::GetResult>,
+    ) -> Result<CheckedPut> {
+        let size = bytes.len() as u64;
+        let key = key::blob(&digest);
         let present = PutOutcome { digest, size, uploaded: false };
-        let healed = match self.inner.get(&key).await {
+        let healed = match got {
             Err(object_store::Error::NotFound { .. }) => None,
             Err(source) => return Err(StoreError::backend(&key, source)),
             Ok(got) if got.meta.size == size => {

@@ -94,21 +94,23 @@ impl Shared {
         self.deferral.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Names `blobs`: recorded at once, unless a tag keeps every one of them.
-    pub(crate) async fn name(&self, blobs: &[Digest]) -> Result<()> {
+    /// Names `blobs`: recorded at once, unless a tag keeps every one of them. True when a
+    /// record naming them is in the store now.
+    pub(crate) async fn name(&self, blobs: &[Digest]) -> Result<bool> {
         let record = {
             let mut deferral = self.deferral();
             let Deferral { kept, named } = &mut *deferral;
             match kept {
                 Some(kept) if blobs.iter().all(|b| kept.contains(b)) => {
                     named.extend_from_slice(blobs);
-                    return Ok(());
+                    return Ok(false);
                 }
                 // Recorded along, so that once the lease is in the store it names everything.
                 _ => named.drain(..).chain(blobs.iter().copied()).collect(),
             }
         };
-        self.write(record).await
+        self.write(record).await?;
+        Ok(true)
     }
 
     /// Records what was deferred, and defers nothing from now on.
@@ -124,10 +126,14 @@ impl Shared {
         self.write(named).await
     }
 
+    /// The key of the lease's record number `n`.
+    fn key(&self, n: u64) -> Key {
+        Key::from(format!("{}/{}/{n}", key::LEASES, self.id))
+    }
+
     async fn write(&self, blobs: Vec<Digest>) -> Result<()> {
         self.written.store(true, Ordering::SeqCst);
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let key = Key::from(format!("{}/{}/{n}", key::LEASES, self.id));
+        let key = self.key(self.next.fetch_add(1, Ordering::SeqCst));
         let record =
             Record { expires: unix_now() + TTL.as_secs(), holder: self.holder.clone(), blobs };
         let bytes = serde_json::to_vec(&record)
@@ -149,7 +155,7 @@ impl Lease {
         if blobs.is_empty() {
             return Ok(());
         }
-        self.shared.name(blobs).await
+        self.shared.name(blobs).await.map(|_| ())
     }
 
     /// Reads what `name:tag` points at now; the blobs of that image are then named without a
@@ -196,9 +202,11 @@ impl Lease {
         if !self.recorded() {
             return Ok(());
         }
-        let prefix = format!("{}/{}", key::LEASES, self.shared.id);
-        let records = self.shared.store.list_under(&prefix).await?;
-        self.shared.store.delete_all(records.into_iter().map(|r| r.key).collect()).await
+        // Every record this lease wrote is numbered below `next`: they are deleted without
+        // listing them first (one that was never written is not an error).
+        let written = self.shared.next.load(Ordering::SeqCst);
+        let records = (0..written).map(|n| self.shared.key(n)).collect();
+        self.shared.store.delete_all(records).await
     }
 }
 
@@ -223,9 +231,18 @@ impl Store {
 
     /// Names `digest` in this handle's lease, if it has one, before it is written.
     pub(crate) async fn lease_blob(&self, digest: &Digest) -> Result<()> {
+        self.lease_blobs(std::slice::from_ref(digest)).await.map(|_| ())
+    }
+
+    /// Names `blobs` in this handle's lease ([`Store::leased`]), if it has one, before they
+    /// are used or written: [`Lease::add`] for a task that holds a store handle only. True
+    /// when a record naming them is in the store now (false when none was written, as for
+    /// blobs a tag keeps): a blob this caller then creates cannot be taken by any gc while
+    /// the lease is held, so [`Store::confirm_image`] need not look for it.
+    pub async fn lease_blobs(&self, blobs: &[Digest]) -> Result<bool> {
         match &self.lease {
-            Some(lease) => lease.name(&[*digest]).await,
-            None => Ok(()),
+            Some(lease) if !blobs.is_empty() => lease.name(blobs).await,
+            _ => Ok(false),
         }
     }
 

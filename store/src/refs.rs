@@ -28,6 +28,18 @@ impl Store {
         if self.read_ref(&key).await.ok().flatten().as_ref() == Some(descriptor) {
             return Ok(());
         }
+        self.replace_ref(name, tag, descriptor).await
+    }
+
+    /// Points `name:tag` at `descriptor` without reading it first: for a writer that has just
+    /// found it pointing elsewhere ([`crate::lease::Lease::before_tagging`]).
+    pub async fn replace_ref(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        descriptor: &Descriptor,
+    ) -> Result<()> {
+        let key = key::reference(name, tag);
         let json = to_canonical_json(descriptor)
             .map_err(|source| StoreError::Json { key: key.to_string(), source })?;
         self.inner.put(&key, json.into()).await.map_err(|e| StoreError::backend(&key, e))?;

@@ -11,10 +11,13 @@
 //! the blob), or had written its sweep record before the build leased; then the sweep was
 //! seen in progress and waited for, or had ended, and either way its deletions are over when
 //! the build looks. What is found missing is built or uploaded again under the same lease.
+//! A blob the build created itself after a lease record named it needs no look: a gc that
+//! listed it read the leases after the record ([`Store::confirm_image_except`]).
 //!
 //! A sweep record carries an expiry, renewed while the gc runs, and its [`Holder`], so that
 //! one left by a killed gc is not waited for.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -161,8 +164,21 @@ impl Store {
     /// progress, then returns the image's blobs that are not stored (see the module
     /// documentation). An index or manifest found missing ends the walk; it is returned alone.
     pub async fn confirm_image(&self, root: &Descriptor) -> Result<Vec<Digest>> {
-        let sweeps = self.sweeps_in_progress().await?;
-        self.wait_for_sweeps(&sweeps).await?;
+        self.confirm_image_except(root, &BTreeSet::new()).await
+    }
+
+    /// [`Store::confirm_image`], not looking again for the blobs in `written`: those the
+    /// writer created itself, each after a lease record naming it was stored. gc lists blobs
+    /// before it reads leases, so no gc can take such a blob while the lease is held: one
+    /// that listed it read the record after. Where every blob of the image is such, no sweep
+    /// is waited for and only the documents are read.
+    pub async fn confirm_image_except(
+        &self,
+        root: &Descriptor,
+        written: &BTreeSet<Digest>,
+    ) -> Result<Vec<Digest>> {
+        // The walk reads documents before the sweeps are waited for; a document not written
+        // here is looked at again after, as every other blob.
         let blobs = match crate::walk::image_blobs(self, root).await {
             Ok(blobs) => blobs,
             Err(StoreError::NotFound { key }) => {
@@ -171,9 +187,16 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let missing: Vec<Option<Digest>> = futures::stream::iter(blobs)
-            .map(|blob| async move {
-                Ok::<_, StoreError>((!self.has_blob(&blob.digest).await?).then_some(blob.digest))
+        let looked: Vec<Digest> =
+            blobs.iter().map(|b| b.digest).filter(|d| !written.contains(d)).collect();
+        if looked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sweeps = self.sweeps_in_progress().await?;
+        self.wait_for_sweeps(&sweeps).await?;
+        let missing: Vec<Option<Digest>> = futures::stream::iter(looked)
+            .map(|digest| async move {
+                Ok::<_, StoreError>((!self.has_blob(&digest).await?).then_some(digest))
             })
             .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
             .try_collect()

@@ -1,13 +1,15 @@
-//! Multipart uploads that are recorded before any part is sent, so that nothing a killed
-//! writer started stays in the bucket unseen.
+//! Multipart uploads that are recorded (before any part is sent, where the backend cannot list
+//! them), so that nothing a killed writer started stays in the bucket unseen.
 //!
 //! An incomplete multipart upload is no object: listings do not show it, yet its parts take
-//! space until aborted. So before sending parts, a writer creates the upload by id (through
-//! object_store's [`MultipartStore`], which S3, GCS, Azure and memory stores implement) and
-//! writes a marker `uploads/<staging-name>.multipart` holding that id; the marker goes once
-//! the upload is completed or aborted. gc aborts the uploads of markers older than its grace
-//! (unless a live lease names the blob), and `store check` reports every marker. Folder stores
-//! have no upload ids: their interrupted uploads are part files, which gc finds on disk.
+//! space until aborted. So a writer creates the upload by id (through object_store's
+//! [`MultipartStore`], which S3, GCS, Azure and memory stores implement) and writes a marker
+//! `uploads/<staging-name>.multipart` holding that id: before sending parts where the marker
+//! is the only trace of them, beside the parts on S3, whose server lists uploads in progress.
+//! The marker goes once the upload is completed or aborted (on S3, while it is completed). gc
+//! aborts the uploads of markers older than its grace (unless a live lease names the blob),
+//! and `store check` reports every marker. Folder stores have no upload ids: their
+//! interrupted uploads are part files, which gc finds on disk.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -159,33 +161,55 @@ impl Store {
             upload_id: upload_id.clone(),
             holder: Holder::current(),
         };
-        let recorded = match serde_json::to_vec(&marker) {
-            Ok(bytes) => self.create(&marker_key, Bytes::from(bytes)).await.map(|_| ()),
-            Err(source) => Err(StoreError::Json { key: marker_key.to_string(), source }),
+        let recorded = async {
+            let bytes = serde_json::to_vec(&marker)
+                .map_err(|source| StoreError::Json { key: marker_key.to_string(), source })?;
+            self.create(&marker_key, Bytes::from(bytes)).await.map(|_| ())
         };
-        let sent = match recorded {
-            Ok(()) => send_parts(multipart, chunks, &path, target, &upload_id).await,
-            Err(e) => Err(e),
-        };
-        let outcome = match sent {
-            Ok((found, found_size, parts)) if wanted(&found, found_size) => {
-                self.complete(multipart, target, &upload_id, parts, found_size).await.map(Ok)
-            }
-            Ok((found, found_size, _)) => {
-                abort(multipart, &path, &upload_id).await;
-                Ok(Err((found, found_size)))
-            }
-            Err(e) => {
-                abort(multipart, &path, &upload_id).await;
-                Err(e)
+        let parts = send_parts(multipart, chunks, &path, target, &upload_id);
+        // The server's own list finds an S3 upload whose marker is not written yet (as one
+        // killed between its creation and its marker), so there the marker goes up beside the
+        // parts. Elsewhere it is the only trace of the parts, and is written first.
+        let sent = if multipart.writes_in_place() {
+            let (recorded, sent) = futures::join!(recorded, parts);
+            recorded.and(sent)
+        } else {
+            match recorded.await {
+                Ok(()) => parts.await,
+                Err(e) => Err(e),
             }
         };
-        // The upload is finished one way or the other; a marker left behind only makes gc
-        // try an abort that finds nothing.
-        if let Err(e) = self.inner.delete(&marker_key).await {
-            eprintln!("warning: cannot remove upload marker {marker_key}: {e}");
+        let finish = async {
+            match sent {
+                Ok((found, found_size, parts)) if wanted(&found, found_size) => {
+                    self.complete(multipart, target, &upload_id, parts, found_size).await.map(Ok)
+                }
+                Ok((found, found_size, _)) => {
+                    abort(multipart, &path, &upload_id).await;
+                    Ok(Err((found, found_size)))
+                }
+                Err(e) => {
+                    abort(multipart, &path, &upload_id).await;
+                    Err(e)
+                }
+            }
+        };
+        // The upload is finished one way or the other once completed or aborted; a marker left
+        // behind only makes gc try an abort that finds nothing. On S3 the marker goes while the
+        // upload is completed: should this writer die meanwhile, gc finds the upload in the
+        // server's list, as it finds one never recorded.
+        let unrecord = async {
+            if let Err(e) = self.inner.delete(&marker_key).await {
+                eprintln!("warning: cannot remove upload marker {marker_key}: {e}");
+            }
+        };
+        if multipart.writes_in_place() {
+            futures::join!(finish, unrecord).0
+        } else {
+            let outcome = finish.await;
+            unrecord.await;
+            outcome
         }
-        outcome
     }
 
     /// Completes an upload of verified bytes: create-only where it writes in place (whether

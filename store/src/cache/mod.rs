@@ -289,9 +289,10 @@ impl Store {
     /// replaces any previous one. An unsigned one never replaces a signed entry about the
     /// same key: a build without a signing key must not strip the signatures other builds
     /// trust (a signed entry that went bad is deleted by gc or replaced by a signed build).
-    /// It is written create-only where none is stored, so a signed entry written meanwhile
-    /// wins; an unsigned entry signed while this one was written can still be replaced, and
-    /// is written again by the next signed build.
+    /// It is written create-only first, since a build writes an entry where its lookup found
+    /// none (one request); only where one is stored is it read, and replaced unless signed.
+    /// An unsigned entry signed while this one was written can still be replaced, and is
+    /// written again by the next signed build.
     pub async fn put_cache_entry(
         &self,
         record: CacheRecord,
@@ -303,21 +304,39 @@ impl Store {
             Some(signer) => vec![signer.sign_entry(&record.payload()?)],
             None => Vec::new(),
         };
-        let mode = if signatures.is_empty() {
-            match self.read_object(&path).await? {
-                None => PutMode::Create,
-                Some(stored) if signed_entry_about(&stored, &record) => return Ok(()),
-                Some(_) => PutMode::Overwrite,
-            }
-        } else {
-            PutMode::Overwrite
-        };
-        let bytes = kiln_oci::to_canonical_json(&StoredEntry { record, signatures })
-            .map_err(|source| StoreError::Json { key: path.to_string(), source })?;
-        match self.inner.put_opts(&path, Bytes::from(bytes).into(), mode.into()).await {
+        let signed = !signatures.is_empty();
+        let stored = StoredEntry { record, signatures };
+        let bytes = Bytes::from(
+            kiln_oci::to_canonical_json(&stored)
+                .map_err(|source| StoreError::Json { key: path.to_string(), source })?,
+        );
+        let put = |mode: PutMode| self.put_entry(&path, bytes.clone(), mode);
+        if signed {
+            return put(PutMode::Overwrite).await;
+        }
+        match self.inner.put_opts(&path, bytes.clone().into(), PutMode::Create.into()).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(StoreError::backend(&path, e)),
+        }
+        match self.read_object(&path).await? {
+            Some(found) if signed_entry_about(&found, &stored.record) => Ok(()),
+            // Unsigned, or no entry about this key: replaced. One deleted meanwhile is
+            // written again.
+            _ => put(PutMode::Overwrite).await,
+        }
+    }
+
+    async fn put_entry(
+        &self,
+        path: &object_store::path::Path,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<()> {
+        match self.inner.put_opts(path, bytes.into(), mode.into()).await {
             // Another build stored an entry for the key meanwhile: it is kept.
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(StoreError::backend(&path, e)),
+            Err(e) => Err(StoreError::backend(path, e)),
         }
     }
 }
