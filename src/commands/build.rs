@@ -108,6 +108,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
     // kiln_store::sweep).
     let mut told = 0;
     let mut again = false;
+    let mut tagged;
     let out = loop {
         let built = kiln_builder::build(&recipe, &opts, &mut sink, &progress);
         // Blobs healed before a failure were still replaced: say so either way.
@@ -116,15 +117,17 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         }
         told = sink.healed.len();
         let out = built.with_context(|| format!("building {}", recipe.file.display()))?;
-        let tagged = ctx
+        tagged = ctx
             .runtime
             .block_on(lease.before_tagging(&name, &tag, &out.index))
             .with_context(|| format!("reading {name}:{tag}"))?;
         if tagged {
             break out;
         }
-        let missing =
-            ctx.runtime.block_on(ctx.store.confirm_image(&out.index)).with_context(|| {
+        let missing = ctx
+            .runtime
+            .block_on(ctx.store.confirm_image_except(&out.index, &sink.written))
+            .with_context(|| {
                 format!("checking the blobs of {} before tagging it", out.index.digest)
             })?;
         if missing.is_empty() {
@@ -149,9 +152,13 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         }
     }
     let cache_use = cache_use(&out, &sink, cache_trust.as_ref());
-    ctx.runtime
-        .block_on(ctx.store.set_ref(&name, &tag, &out.index))
-        .with_context(|| format!("tagging {name}:{tag}"))?;
+    // Just read: a tag already pointing at the image is left alone, another is replaced
+    // without reading it again.
+    if !tagged {
+        ctx.runtime
+            .block_on(ctx.store.replace_ref(&name, &tag, &out.index))
+            .with_context(|| format!("tagging {name}:{tag}"))?;
+    }
     progress.finish();
     let lock_path = kiln_builder::Lock::path_for(&recipe.file);
     // A stale lock is rewritten without --locked; say so even under --json, since a lock

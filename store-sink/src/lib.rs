@@ -1,7 +1,7 @@
 //! The builder's blob sink backed by a kiln store: [`StoreSink`] stores what a build makes,
 //! uploading finished blobs in the background, and looks up and writes the build cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,26 +42,49 @@ struct Pending {
     task: JoinHandle<Result<Stored, StoreError>>,
 }
 
-/// Whether storing one scratch file wrote the blob (false: it was already there).
-type Stored = bool;
+/// How storing one scratch file went.
+pub(crate) struct Stored {
+    /// Whether the blob was written (false: a sound one was already there).
+    pub(crate) uploaded: bool,
+    /// Whether a lease record named it before it was looked for or written.
+    pub(crate) recorded: bool,
+    /// Corrupt bytes found under the blob's key and moved aside before it was written.
+    pub(crate) healed: Option<Quarantined>,
+}
 
-/// Stores the scratch file at `path` as `digest` of `size` bytes. A folder store takes the
-/// file over (renamed into place); otherwise it is read and left where it is.
+/// Stores the scratch file at `path` as `digest` of `size` bytes, unless a sound blob is
+/// already there (judged by content when `content` is set). Through a leased `store`, the
+/// blob is named in the lease before it is used or written: the record goes up while the
+/// store is asked for the blob, and the upload begins once both are done. A folder store
+/// takes the file over (renamed into place); otherwise it is read and left where it is.
 async fn store_scratch(
     store: Store,
     path: PathBuf,
     digest: Digest,
     size: u64,
+    content: bool,
     permits: Arc<Semaphore>,
 ) -> Result<Stored, StoreError> {
+    let (named, wanted) = ([digest], [Wanted { digest, size, vouched: None }]);
+    // A blob found sound is used only once named (a gc that took it meanwhile is caught when
+    // the image is confirmed before tagging), and one not found is written after the record.
+    let (recorded, verdict) =
+        tokio::join!(store.lease_blobs(&named), store.check_reuse(&wanted, content));
+    let recorded = recorded?;
+    let healed = match verdict?.into_iter().next() {
+        Some(Reuse::Sound) => return Ok(Stored { uploaded: false, recorded, healed: None }),
+        Some(Reuse::Quarantined(quarantined)) => Some(quarantined),
+        Some(Reuse::Missing | Reuse::WrongRecord { .. }) | None => None,
+    };
     // The semaphore is never closed, so a permit always comes.
     let _permit = permits.acquire_owned().await.ok();
     let outcome = if store.adopts_by_rename() {
         store.adopt_blob_file(&path, &digest, size).await?
     } else {
-        store.put_blob_file(&path, &digest, size).await?
+        // Just found missing: not asked again.
+        store.upload_blob_file(&path, &digest, size).await?
     };
-    Ok(outcome.uploaded)
+    Ok(Stored { uploaded: outcome.uploaded, recorded, healed })
 }
 
 /// Stores blobs and counts what was uploaded versus already present. Whatever it takes from
@@ -88,10 +111,17 @@ pub struct StoreSink<'a> {
     pub refused: Vec<(String, Refusal)>,
     /// Corrupt blobs found and quarantined; each was then written again, verified.
     pub healed: Vec<Quarantined>,
+    /// Blobs this sink created, each after a lease record naming it was stored: no gc can
+    /// take them while the lease is held (see [`Store::confirm_image_except`]).
+    pub written: BTreeSet<Digest>,
     /// Scratch files being uploaded while the build goes on.
     pending: Vec<Pending>,
-    /// Scratch files whose background upload ended, and how, not yet put.
-    finished: Vec<(PathBuf, Digest, Stored)>,
+    /// Scratch files whose background upload ended, and whether it wrote the blob, not yet
+    /// put.
+    finished: Vec<(PathBuf, Digest, bool)>,
+    /// Layer cache entries whose blobs are stored, not yet written: they are written
+    /// together, beside the next document (or when the build settles).
+    entries: Vec<CacheRecord>,
     /// Scratch files uploaded while they are written (see [`BlobSink::stream_blob`]).
     streams: Streams,
     permits: Arc<Semaphore>,
@@ -112,8 +142,10 @@ impl<'a> StoreSink<'a> {
             vouchers: BTreeMap::new(),
             refused: Vec::new(),
             healed: Vec::new(),
+            written: BTreeSet::new(),
             pending: Vec::new(),
             finished: Vec::new(),
+            entries: Vec::new(),
             streams: Streams::default(),
             permits: Arc::new(Semaphore::new(BLOBS_IN_FLIGHT)),
         }
@@ -156,6 +188,24 @@ impl<'a> StoreSink<'a> {
         }
     }
 
+    /// This sink's store, through a handle that names what it writes in the sink's lease.
+    fn leased_store(&self) -> Store {
+        match self.lease {
+            Some(lease) => self.store.leased(lease),
+            None => self.store.clone(),
+        }
+    }
+
+    /// Whether a background store wrote the blob `digest`; corrupt bytes it moved aside are
+    /// kept.
+    fn ended(&mut self, digest: Digest, stored: Stored) -> bool {
+        self.healed.extend(stored.healed);
+        if stored.uploaded && stored.recorded {
+            self.written.insert(digest);
+        }
+        stored.uploaded
+    }
+
     /// Leases `blobs` before they are looked at or written.
     fn lease(&self, blobs: &[Digest]) -> Result<(), SinkError> {
         if let Some(lease) = self.lease {
@@ -188,25 +238,22 @@ impl<'a> StoreSink<'a> {
         let stored = match self.pending.iter().position(|p| p.path == path) {
             Some(i) => {
                 let pending = self.pending.swap_remove(i);
-                join(self.runtime, pending.task)?
+                let stored = join(self.runtime, pending.task)?;
+                self.ended(pending.digest, stored)
             }
             None => match self.finished.iter().position(|(p, ..)| p == path) {
                 Some(i) => self.finished.swap_remove(i).2,
                 None => {
-                    self.lease(&[*digest])?;
-                    let wanted = Wanted { digest: *digest, size, vouched: None };
-                    if self.usable(&[wanted])?.first() == Some(&true) {
-                        false
-                    } else {
-                        let store = store_scratch(
-                            self.store.clone(),
-                            path.to_path_buf(),
-                            *digest,
-                            size,
-                            self.permits.clone(),
-                        );
-                        self.runtime.block_on(store)?
-                    }
+                    let store = store_scratch(
+                        self.leased_store(),
+                        path.to_path_buf(),
+                        *digest,
+                        size,
+                        self.verify_cache,
+                        self.permits.clone(),
+                    );
+                    let stored = self.runtime.block_on(store)?;
+                    self.ended(*digest, stored)
                 }
             },
         };
@@ -233,7 +280,10 @@ impl<'a> StoreSink<'a> {
         let mut failed = None;
         for Pending { path, digest, task } in uploads {
             match join(self.runtime, task) {
-                Ok(stored) => self.finished.push((path, digest, stored)),
+                Ok(stored) => {
+                    let uploaded = self.ended(digest, stored);
+                    self.finished.push((path, digest, uploaded));
+                }
                 Err(e) if failed.is_none() => failed = Some(e),
                 Err(e) => {
                     eprintln!("warning: storing {digest} failed too: {}", kiln_store::one_line(&*e))
@@ -303,17 +353,23 @@ impl<'a> StoreSink<'a> {
         Ok(())
     }
 
-    /// Whether the finished scratch file at `path`, the blob `descriptor` names, is to be
-    /// uploaded now (see [`BlobSink::start_storing`]): not when a folder store renames it at
-    /// the end, when the same blob is already on its way, or when a sound copy is stored
-    /// (then it is put as found). Fails first with an earlier background upload's error.
-    fn needs_upload(&mut self, path: &Path, descriptor: &Descriptor) -> Result<bool, SinkError> {
+    /// Whether the blob `digest`, a finished scratch file, is already taken care of (see
+    /// [`BlobSink::start_storing`]): when a folder store renames it at the end, or when the
+    /// same blob is already on its way. Fails first with an earlier background upload's
+    /// error.
+    fn taken_care_of(&mut self, digest: &Digest) -> Result<bool, SinkError> {
         self.check_finished()?;
+        Ok(self.store.adopts_by_rename()
+            || self.pending.iter().any(|p| p.digest == *digest)
+            || self.finished.iter().any(|(_, d, _)| d == digest))
+    }
+
+    /// Whether the finished scratch file at `path`, the blob `descriptor` names, is to be
+    /// uploaded now: not when it is [taken care of](Self::taken_care_of), or when a sound
+    /// copy is stored (then it is put as found).
+    fn needs_upload(&mut self, path: &Path, descriptor: &Descriptor) -> Result<bool, SinkError> {
         let digest = descriptor.digest;
-        if self.store.adopts_by_rename()
-            || self.pending.iter().any(|p| p.digest == digest)
-            || self.finished.iter().any(|(_, d, _)| *d == digest)
-        {
+        if self.taken_care_of(&digest)? {
             return Ok(false);
         }
         self.lease(&[digest])?;
@@ -329,6 +385,23 @@ impl<'a> StoreSink<'a> {
         let signer = self.cache_signer;
         self.runtime.block_on(self.store.put_cache_entry(record, signer))?;
         Ok(())
+    }
+
+    /// Runs `work` while the layer cache entries not yet written are written, all at once:
+    /// each names a blob that is stored by now. The first failure is the error.
+    fn beside_entries<T>(
+        &mut self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, SinkError> {
+        let (store, signer) = (self.store, self.cache_signer);
+        let entries = std::mem::take(&mut self.entries);
+        let written = futures::future::try_join_all(
+            entries.into_iter().map(|record| store.put_cache_entry(record, signer)),
+        );
+        let (done, written) = self.runtime.block_on(async { tokio::join!(work, written) });
+        let done = done?;
+        written?;
+        Ok(done)
     }
 }
 
@@ -360,15 +433,18 @@ fn remove_scratch(path: &Path) {
 
 impl BlobSink for StoreSink<'_> {
     fn start_storing(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError> {
-        if !self.needs_upload(path, descriptor)? {
+        let digest = descriptor.digest;
+        if self.taken_care_of(&digest)? {
             return Ok(());
         }
-        let digest = descriptor.digest;
+        // Leasing and looking for the blob happen in the background too: the build goes on
+        // at once.
         let task = self.runtime.spawn(store_scratch(
-            self.store.clone(),
+            self.leased_store(),
             path.to_path_buf(),
             digest,
             descriptor.size,
+            self.verify_cache,
             self.permits.clone(),
         ));
         self.pending.push(Pending { path: path.to_path_buf(), digest, task });
@@ -422,7 +498,8 @@ impl BlobSink for StoreSink<'_> {
             self.count(stored);
             remove_scratch(&path);
         }
-        joined
+        let written = self.beside_entries(async { Ok(()) });
+        joined.and(written)
     }
 
     fn cached_layers(&mut self, keys: &[Digest]) -> Result<Vec<Option<LayerRecord>>, SinkError> {
@@ -470,21 +547,37 @@ impl BlobSink for StoreSink<'_> {
         if let Err(e) = self.known_layers.remember(&layer.digest, &layer.diff_id) {
             kiln_attest::known_layers::warn_unkept(None, &e);
         }
-        self.remember(CacheRecord {
+        // The blob is stored: its entry is written with the others, beside the next document.
+        self.entries.push(CacheRecord {
             kind: LAYER_CACHE.to_string(),
             key: *key,
             output: Descriptor::new(layer.media_type, layer.digest, layer.size),
             diff_id: Some(layer.diff_id),
-        })
+        });
+        Ok(())
     }
 
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
         // An unchanged rebuild finds its config, manifests and index already stored: one GET
         // each (they are small, so reading costs what a HEAD would), compared with the bytes
-        // just made, and no PUT.
-        self.lease(&[blob.descriptor.digest])?;
-        let put =
-            self.runtime.block_on(self.store.put_blob_checked(Bytes::from(blob.bytes.clone())))?;
+        // just made, and no PUT. A build that wrote a blob makes documents naming it, new
+        // ones: each is written create-only at once, and read only if found there.
+        let (store, leased) = (self.store, self.leased_store());
+        let (digest, bytes) = (blob.descriptor.digest, Bytes::from(blob.bytes.clone()));
+        let new = self.uploaded > 0;
+        let (recorded, put) = self.beside_entries(async {
+            // Named before it is looked for or written.
+            let recorded = leased.lease_blobs(&[digest]).await?;
+            let put = if new {
+                store.put_new_blob_checked(bytes).await?
+            } else {
+                store.put_blob_checked(bytes).await?
+            };
+            Ok((recorded, put))
+        })?;
+        if put.outcome.uploaded && recorded {
+            self.written.insert(digest);
+        }
         self.healed.extend(put.healed);
         self.count(put.outcome.uploaded);
         Ok(())

@@ -10,12 +10,14 @@ use kiln_builder::layer::WriteProgress;
 use kiln_oci::Descriptor;
 use kiln_store::growing::Growth;
 use kiln_store::{Store, StoreError};
+
+use crate::Stored;
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-/// What a background upload ends with: whether it wrote the blob.
-pub(crate) type Upload = JoinHandle<Result<bool, StoreError>>;
+/// What a background upload ends with.
+pub(crate) type Upload = JoinHandle<Result<Stored, StoreError>>;
 
 /// What the writer of one scratch file has said, for its upload to read.
 struct Tail(watch::Sender<Growth>);
@@ -85,7 +87,10 @@ impl Streams {
             // The semaphore is never closed, so a permit always comes.
             let _permit = permits.acquire_owned().await.ok();
             let stored = store.put_growing_file(file, path, growth).await?;
-            Ok(stored.is_some_and(|outcome| outcome.uploaded))
+            // Whether the sink's lease record preceded it is not known here: it is looked for
+            // again before tagging.
+            let uploaded = stored.is_some_and(|outcome| outcome.uploaded);
+            Ok(Stored { uploaded, recorded: false, healed: None })
         });
         let id = self.next_id;
         self.next_id += 1;
