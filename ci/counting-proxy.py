@@ -4,13 +4,16 @@ SigV4 signatures stay valid.
 
     python3 ci/counting-proxy.py UPSTREAM LOG PORT_FILE [LATENCY_MS]
 
-UPSTREAM is http://HOST:PORT; LOG gets one `METHOD PATH` line per request; the port it
-listens on (chosen by the system) is written to PORT_FILE once it accepts connections.
-LATENCY_MS of delay is added to each request, to stand for a network.
+UPSTREAM is http://HOST:PORT; LOG gets one `METHOD PATH` line per request, in the order they
+arrive, followed by ` names=HEX,HEX` when a small body (a lease record, cache entry, manifest)
+mentions `sha256:` digests; the port it listens on (chosen by the system) is written to
+PORT_FILE once it accepts connections. LATENCY_MS of delay is added to each request, to stand
+for a network.
 """
 import http.client
 import http.server
 import os
+import re
 import sys
 import threading
 import time
@@ -27,11 +30,16 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         pass
 
     def forward(self):
-        with lock, open(log, "a") as f:
-            f.write(f"{self.command} {self.path}\n")
-        time.sleep(latency)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        line = f"{self.command} {self.path}"
+        if body and len(body) < 65536:
+            named = re.findall(rb"sha256:([0-9a-f]{64})", body)
+            if named:
+                line += " names=" + ",".join(dict.fromkeys(h.decode() for h in named))
+        with lock, open(log, "a") as f:
+            f.write(line + "\n")
+        time.sleep(latency)
         conn = http.client.HTTPConnection(upstream)
         conn.request(self.command, self.path, body=body, headers=dict(self.headers))
         resp = conn.getresponse()
