@@ -17,7 +17,7 @@
 //! A sweep record carries an expiry, renewed while the gc runs, and its [`Holder`], so that
 //! one left by a killed gc is not waited for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -164,22 +164,24 @@ impl Store {
     /// progress, then returns the image's blobs that are not stored (see the module
     /// documentation). An index or manifest found missing ends the walk; it is returned alone.
     pub async fn confirm_image(&self, root: &Descriptor) -> Result<Vec<Digest>> {
-        self.confirm_image_except(root, &BTreeSet::new()).await
+        self.confirm_image_except(root, &BTreeSet::new(), &BTreeMap::new()).await
     }
 
     /// [`Store::confirm_image`], not looking again for the blobs in `written`: those the
     /// writer created itself, each after a lease record naming it was stored. gc lists blobs
     /// before it reads leases, so no gc can take such a blob while the lease is held: one
-    /// that listed it read the record after. Where every blob of the image is such, no sweep
-    /// is waited for and only the documents are read.
+    /// that listed it read the record after. The indexes and manifests in `documents` (the
+    /// writer's own bytes, by digest) are not read to learn what they name. Where every blob
+    /// of the image is such, nothing is asked of the store.
     pub async fn confirm_image_except(
         &self,
         root: &Descriptor,
         written: &BTreeSet<Digest>,
+        documents: &BTreeMap<Digest, Bytes>,
     ) -> Result<Vec<Digest>> {
         // The walk reads documents before the sweeps are waited for; a document not written
         // here is looked at again after, as every other blob.
-        let blobs = match crate::walk::image_blobs(self, root).await {
+        let blobs = match crate::walk::image_blobs_with(self, root, documents).await {
             Ok(blobs) => blobs,
             Err(StoreError::NotFound { key }) => {
                 let digest = key.rsplit('/').next().and_then(|hex| Digest::from_hex(hex).ok());
