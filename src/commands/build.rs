@@ -126,7 +126,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         }
         let missing = ctx
             .runtime
-            .block_on(ctx.store.confirm_image_except(&out.index, &sink.written))
+            .block_on(ctx.store.confirm_image_except(&out.index, &sink.written, &sink.documents))
             .with_context(|| {
                 format!("checking the blobs of {} before tagging it", out.index.digest)
             })?;

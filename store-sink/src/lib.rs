@@ -114,6 +114,9 @@ pub struct StoreSink<'a> {
     /// Blobs this sink created, each after a lease record naming it was stored: no gc can
     /// take them while the lease is held (see [`Store::confirm_image_except`]).
     pub written: BTreeSet<Digest>,
+    /// The documents (configs, manifests, indexes) this sink stored or found stored, by
+    /// digest: what they name is known without reading them back.
+    pub documents: BTreeMap<Digest, Bytes>,
     /// Scratch files being uploaded while the build goes on.
     pending: Vec<Pending>,
     /// Scratch files whose background upload ended, and whether it wrote the blob, not yet
@@ -143,6 +146,7 @@ impl<'a> StoreSink<'a> {
             refused: Vec::new(),
             healed: Vec::new(),
             written: BTreeSet::new(),
+            documents: BTreeMap::new(),
             pending: Vec::new(),
             finished: Vec::new(),
             entries: Vec::new(),
@@ -558,28 +562,42 @@ impl BlobSink for StoreSink<'_> {
     }
 
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
+        self.put_documents(&[blob])
+    }
+
+    fn put_documents(&mut self, blobs: &[&JsonBlob]) -> Result<(), SinkError> {
         // An unchanged rebuild finds its config, manifests and index already stored: one GET
         // each (they are small, so reading costs what a HEAD would), compared with the bytes
         // just made, and no PUT. A build that wrote a blob makes documents naming it, new
         // ones: each is written create-only at once, and read only if found there.
         let (store, leased) = (self.store, self.leased_store());
-        let (digest, bytes) = (blob.descriptor.digest, Bytes::from(blob.bytes.clone()));
-        let new = self.uploaded > 0;
-        let (recorded, put) = self.beside_entries(async {
-            // Named before it is looked for or written.
-            let recorded = leased.lease_blobs(&[digest]).await?;
-            let put = if new {
-                store.put_new_blob_checked(bytes).await?
-            } else {
-                store.put_blob_checked(bytes).await?
-            };
-            Ok((recorded, put))
+        let digests: Vec<Digest> = blobs.iter().map(|b| b.descriptor.digest).collect();
+        let bytes: Vec<Bytes> = blobs.iter().map(|b| Bytes::from(b.bytes.clone())).collect();
+        self.documents.extend(digests.iter().copied().zip(bytes.iter().cloned()));
+        let mut new = self.uploaded > 0;
+        let (recorded, puts) = self.beside_entries(async {
+            // All named in one record before any is looked for or written.
+            let recorded = leased.lease_blobs(&digests).await?;
+            let mut puts = Vec::with_capacity(bytes.len());
+            // In order, each after those it names.
+            for document in bytes {
+                let put = if new {
+                    store.put_new_blob_checked(document).await?
+                } else {
+                    store.put_blob_checked(document).await?
+                };
+                new |= put.outcome.uploaded;
+                puts.push(put);
+            }
+            Ok((recorded, puts))
         })?;
-        if put.outcome.uploaded && recorded {
-            self.written.insert(digest);
+        for (digest, put) in digests.into_iter().zip(puts) {
+            self.healed.extend(put.healed);
+            self.count(put.outcome.uploaded);
+            if put.outcome.uploaded && recorded {
+                self.written.insert(digest);
+            }
         }
-        self.healed.extend(put.healed);
-        self.count(put.outcome.uploaded);
         Ok(())
     }
 

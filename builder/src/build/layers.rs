@@ -369,9 +369,6 @@ pub(super) fn store_image(
     for (_, blob) in written() {
         crate::scratch::remove(&blob.path);
     }
-    for document in &image.documents {
-        sink.put_json(document).map_err(BuildError::Sink)?;
-    }
-    sink.put_json(&image.index).map_err(BuildError::Sink)?;
-    Ok(())
+    let documents: Vec<&JsonBlob> = image.documents.iter().chain([&image.index]).collect();
+    sink.put_documents(&documents).map_err(BuildError::Sink)
 }

@@ -157,6 +157,9 @@ impl BlobSink for Shared<'_, '_> {
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError> {
         self.with(|s| s.put_json(blob))
     }
+    fn put_documents(&mut self, blobs: &[&JsonBlob]) -> Result<(), SinkError> {
+        self.with(|s| s.put_documents(blobs))
+    }
     fn put_file(&mut self, path: &std::path::Path, d: &Descriptor) -> Result<(), SinkError> {
         self.with(|s| s.put_file(path, d))
     }

@@ -66,6 +66,12 @@ pub trait BlobSink: Send {
     fn put_layer(&mut self, key: &Digest, layer: &LayerBlob) -> Result<(), SinkError>;
     /// Stores a JSON document (config, manifest, index).
     fn put_json(&mut self, blob: &JsonBlob) -> Result<(), SinkError>;
+    /// Stores JSON documents in order, each after those it names (configs and manifests, then
+    /// an index): one [`BlobSink::put_json`] each, unless the sink does better with them
+    /// together (a remote store names them all in one lease record).
+    fn put_documents(&mut self, blobs: &[&JsonBlob]) -> Result<(), SinkError> {
+        blobs.iter().try_for_each(|blob| self.put_json(blob))
+    }
     /// Stores the scratch file at `path` (a disk image) as the blob `descriptor` names; the
     /// file is the sink's to keep, move or delete.
     fn put_file(&mut self, path: &Path, descriptor: &Descriptor) -> Result<(), SinkError>;

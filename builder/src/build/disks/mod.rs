@@ -109,8 +109,8 @@ pub(super) fn store(
                 for file in &out.files {
                     sink.put_file(&file.path, &file.descriptor).map_err(BuildError::Sink)?;
                 }
-                sink.put_json(&out.empty_config).map_err(BuildError::Sink)?;
-                sink.put_json(&out.manifest).map_err(BuildError::Sink)?;
+                sink.put_documents(&[&out.empty_config, &out.manifest])
+                    .map_err(BuildError::Sink)?;
                 sink.remember_disk(&key, &out.manifest.descriptor).map_err(BuildError::Sink)?;
                 out.manifest.descriptor
             }
