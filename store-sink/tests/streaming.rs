@@ -75,6 +75,18 @@ impl Target {
         Some(listed.into_iter().map(|m| m.location.to_string()).collect())
     }
 
+    /// Waits (bounded) until the store records the upload of a growing file.
+    fn upload_began(&self) -> bool {
+        let handle = self.runtime.handle();
+        (0..3000).any(|_| {
+            let seen = growing_upload_recorded(&self.store, handle);
+            if !seen {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        })
+    }
+
     /// Asserts the store holds nothing: no blob, no upload, no staging object.
     fn assert_empty(&self, what: &str) {
         let report = self.check();
@@ -274,7 +286,9 @@ fn a_cold_build_uploads_a_layer_while_it_is_compressed() {
 fn a_build_that_fails_mid_layer_leaves_no_blob_and_no_upload() {
     for target in Target::all() {
         let tmp = tempfile::tempdir().unwrap();
-        // Large enough that the writer, held at 8 MiB, has not read the input's end.
+        // Large enough that the writer, held at 8 MiB written, has not read the input's end:
+        // behind it wait at most a 4 MiB block, 4 gzip chunks in flight, one ahead and 4 in
+        // the pipe, so about 26 MiB of input is read by then.
         let (recipe, payload) = recipe(tmp.path(), 40 * MIB);
         let seen = Arc::new(AtomicBool::new(false));
         // Once the upload is seen, the input shrinks under the layer's writer: it fails.
@@ -306,19 +320,39 @@ fn a_stream_never_finished_is_aborted_when_the_sink_settles() {
         let mut sink = StoreSink::new(&target.store, &target.runtime);
         let stream = sink.stream_blob(&path).unwrap().unwrap();
         stream.progress.written(9 * MIB);
-        let handle = target.runtime.handle().clone();
-        let recorded = (0..3000).any(|_| {
-            let seen = growing_upload_recorded(&target.store, &handle);
-            if !seen {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            seen
-        });
         let what = target.store.describe().to_string();
-        assert!(recorded, "{what}: the upload never began");
+        assert!(target.upload_began(), "{what}: the upload never began");
         // The layer's writer stops: the stream is never given back.
         drop(stream);
         sink.settle().unwrap();
+        target.assert_empty(&what);
+    }
+}
+
+#[test]
+fn a_streamed_layer_whose_bytes_are_not_its_descriptor_publishes_nothing() {
+    for target in Target::all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("layer.partial");
+        let bytes = noise(12 * MIB);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut sink = StoreSink::new(&target.store, &target.runtime);
+        let stream = sink.stream_blob(&path).unwrap().unwrap();
+        stream.progress.written(12 * MIB);
+        assert!(target.upload_began(), "{}: the upload never began", target.store.describe());
+        // What the builder would name if the file changed after it was hashed.
+        let claimed = Descriptor::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Digest::of(b"other"),
+            12 * MIB,
+        );
+        sink.start_storing_streamed(stream, &path, &claimed).unwrap();
+        let what = target.store.describe().to_string();
+        let error = sink.put_file(&path, &claimed).unwrap_err();
+        assert!(format!("{error:?}").contains("FileMismatch"), "{what}: {error:?}");
+        sink.settle().unwrap();
+        let stored = target.runtime.block_on(target.store.has_blob(&claimed.digest)).unwrap();
+        assert!(!stored, "{what}");
         target.assert_empty(&what);
     }
 }
