@@ -233,17 +233,7 @@ pub(super) fn write_layers(
             }
             Source::Earlier => None,
             Source::Write(tree) => {
-                let written = &made.written;
-                let (blob, stream) = write_layer(
-                    recipe,
-                    opts,
-                    &mut slot.sink,
-                    slot.threads,
-                    name,
-                    i,
-                    tree,
-                    written,
-                )?;
+                let (blob, stream) = write_layer(recipe, opts, slot, name, i, tree, &made.written)?;
                 let descriptor = Descriptor::new(blob.media_type, blob.digest, blob.size);
                 match stream {
                     Some(stream) => {
@@ -264,14 +254,12 @@ pub(super) fn write_layers(
 }
 
 /// Writes layer `i` from `tree`, in a scratch file of its own even when an earlier layer of
-/// `written` has the same bytes, letting `sink` read it as it is written if it asks to (the
-/// stream it opened is returned beside the blob).
-#[allow(clippy::too_many_arguments)]
+/// `written` has the same bytes, on the threads of `slot`, letting its sink read it as it is
+/// written if it asks to (the stream it opened is returned beside the blob).
 fn write_layer(
     recipe: &Recipe,
     opts: &BuildOptions,
-    sink: &mut dyn BlobSink,
-    threads: usize,
+    slot: &mut Slot,
     name: &str,
     i: usize,
     tree: &Tree,
@@ -282,10 +270,10 @@ fn write_layer(
         tree,
         opts.epoch,
         &recipe.compression,
-        threads,
+        slot.threads,
         &opts.work_dir,
         |path| {
-            stream = sink.stream_blob(path);
+            stream = slot.sink.stream_blob(path);
             let progress = stream.as_ref().ok()?.as_ref()?.progress.clone();
             Some(progress)
         },
