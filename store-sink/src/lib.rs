@@ -368,23 +368,6 @@ impl<'a> StoreSink<'a> {
             || self.finished.iter().any(|(_, d, _)| d == digest))
     }
 
-    /// Whether the finished scratch file at `path`, the blob `descriptor` names, is to be
-    /// uploaded now: not when it is [taken care of](Self::taken_care_of), or when a sound
-    /// copy is stored (then it is put as found).
-    fn needs_upload(&mut self, path: &Path, descriptor: &Descriptor) -> Result<bool, SinkError> {
-        let digest = descriptor.digest;
-        if self.taken_care_of(&digest)? {
-            return Ok(false);
-        }
-        self.lease(&[digest])?;
-        let wanted = Wanted { digest, size: descriptor.size, vouched: None };
-        if self.usable(&[wanted])?.first() == Some(&true) {
-            self.finished.push((path.to_path_buf(), digest, false));
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
     fn remember(&mut self, record: CacheRecord) -> Result<(), SinkError> {
         let signer = self.cache_signer;
         self.runtime.block_on(self.store.put_cache_entry(record, signer))?;
@@ -461,8 +444,9 @@ impl BlobSink for StoreSink<'_> {
         if !self.store.stages_blobs() {
             return Ok(None);
         }
-        let permits = self.permits.clone();
-        Ok(Some(self.streams.start(self.store, self.runtime, path, permits)?))
+        let (store, permits) = (self.leased_store(), self.permits.clone());
+        let stream = self.streams.start(store, self.runtime, path, self.verify_cache, permits)?;
+        Ok(Some(stream))
     }
 
     fn start_storing_streamed(
@@ -474,14 +458,16 @@ impl BlobSink for StoreSink<'_> {
         let Some(streaming) = self.streams.take(stream.id) else {
             return self.start_storing(path, descriptor);
         };
-        match self.needs_upload(path, descriptor) {
-            Ok(true) => {
+        let digest = descriptor.digest;
+        match self.taken_care_of(&digest) {
+            // Leasing and looking for the blob happen on the upload's task: the build goes
+            // on at once.
+            Ok(false) => {
                 let task = streaming.whole(descriptor);
-                let digest = descriptor.digest;
                 self.pending.push(Pending { path: path.to_path_buf(), digest, task });
                 Ok(())
             }
-            Ok(false) => {
+            Ok(true) => {
                 self.streams.drop_upload(streaming);
                 Ok(())
             }

@@ -356,3 +356,32 @@ fn a_streamed_layer_whose_bytes_are_not_its_descriptor_publishes_nothing() {
         target.assert_empty(&what);
     }
 }
+
+#[test]
+fn a_streamed_layer_already_stored_is_not_published_again() {
+    for target in Target::all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("layer.partial");
+        let bytes = noise(9 * MIB);
+        std::fs::write(&path, &bytes).unwrap();
+        let descriptor = Descriptor::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Digest::of(&bytes),
+            9 * MIB,
+        );
+        let put = target.store.put_blob_file(&path, &descriptor.digest, descriptor.size);
+        assert!(target.runtime.block_on(put).unwrap().uploaded);
+        let mut sink = StoreSink::new(&target.store, &target.runtime);
+        let stream = sink.stream_blob(&path).unwrap().unwrap();
+        stream.progress.written(9 * MIB);
+        let what = target.store.describe().to_string();
+        assert!(target.upload_began(), "{what}: the upload never began");
+        sink.start_storing_streamed(stream, &path, &descriptor).unwrap();
+        sink.put_file(&path, &descriptor).unwrap();
+        sink.settle().unwrap();
+        assert_eq!((sink.uploaded, sink.present), (0, 1), "{what}");
+        // The blob as it was, and no upload left behind.
+        let report = target.check();
+        assert_eq!((report.blobs, report.problems.clone()), (1, vec![]), "{what}: {report:?}");
+    }
+}
