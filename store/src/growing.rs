@@ -7,7 +7,7 @@
 //! upload (see [`crate::upload`]), and are published under the digest the writer names at
 //! the end only if what was sent hashes to it with its size. The staging key names no
 //! digest, so no lease protects it from gc: only its age does, as for an upload a killed
-//! writer left behind.
+//! writer left behind. An upload a gc took so is sent again whole once the file is.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -60,8 +60,10 @@ impl Store {
     /// `growth` says is written, to a fresh `uploads/growing-…` key; when the file is
     /// `Whole`, the rest is sent and the staging object is published create-only under the
     /// digest, only if what was sent is exactly that blob (otherwise the upload is aborted,
-    /// nothing is published, and the error is [`StoreError::FileMismatch`]). A file whole
-    /// before then, or any file elsewhere, is stored as [`Store::put_blob_stream`] stores it.
+    /// nothing is published, and the error is [`StoreError::FileMismatch`]). An upload the
+    /// store lost meanwhile (a gc with a short grace took it) is sent again from the whole
+    /// file as [`Store::put_blob_stream`] sends it. A file whole before then, or any file
+    /// elsewhere, is stored as [`Store::put_blob_stream`] stores it.
     /// `Ok(None)` when the file is dropped (or the sender goes without a word): whatever was
     /// sent is aborted. Memory stays bounded by the store's part slots; the writer never
     /// waits for the upload.
@@ -91,6 +93,10 @@ impl Store {
             }
         }
         let Some(multipart) = &self.multipart else { return Ok(None) };
+        // A handle of its own on the same open file, for sending it again (see below).
+        let again = file
+            .try_clone()
+            .map_err(|source| StoreError::LocalFile { path: path.clone(), source })?;
         let staging = key::growing_upload();
         let told = Arc::new(Told::default());
         let chunks = growing_chunks(file, path.clone(), growth, told.clone());
@@ -100,15 +106,49 @@ impl Store {
             // The reading stopped on purpose; send_recorded aborted the upload.
             return Ok(None);
         }
-        let sent = sent?;
-        // The stream ends only once the file is whole, so `whole` is set.
-        let Some(&(digest, size)) = told.whole.get() else { return Ok(None) };
-        if let Err((found, found_size)) = sent {
-            return Err(mismatch(path, digest, size)(found, found_size));
-        }
-        let uploaded = self.publish_staged(&staging, &digest, size).await?;
+        // The stream ends only once the file is whole, so `whole` is set when it was all sent.
+        let whole = told.whole.get().copied();
+        let published = match (sent, whole) {
+            (Ok(Err((found, found_size))), Some((digest, size))) => {
+                return Err(mismatch(path, digest, size)(found, found_size));
+            }
+            (Ok(_), None) => return Ok(None),
+            (Ok(Ok(_)), Some((digest, size))) => self.publish_staged(&staging, &digest, size).await,
+            (Err(e), _) => Err(e),
+        };
+        let (digest, size) = match (published, whole) {
+            (Ok(uploaded), Some((digest, size))) => {
+                return Ok(Some(PutOutcome { digest, size, uploaded }));
+            }
+            (Err(e), Some(whole)) if lost_upload(&e) => {
+                eprintln!(
+                    "warning: the upload of {} was lost ({}); sending it again",
+                    path.display(),
+                    crate::one_line(&e)
+                );
+                whole
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), None) => return Ok(None),
+        };
+        // The staging key names no digest, so no lease kept the upload or its staging object
+        // from a gc whose grace is shorter than the file took to write: the whole file is
+        // sent again as any blob is, under a staging key that names its digest (leased by a
+        // writer that holds a lease) and verified the same way.
+        let chunks = crate::file_chunks::file_chunks(again, path.clone());
+        let uploaded =
+            self.put_blob_stream(chunks, &digest, size, mismatch(path, digest, size)).await?;
         Ok(Some(PutOutcome { digest, size, uploaded }))
     }
+}
+
+/// Whether `e` says the store lost a growing upload or its staging object (a gc took them),
+/// rather than that the file or its bytes are wrong.
+fn lost_upload(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Backend { .. } | StoreError::NotFound { .. } | StoreError::Complete { .. }
+    )
 }
 
 /// The error for a file at `path` that is not the blob `expected` of `size` bytes.

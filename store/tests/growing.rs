@@ -222,3 +222,42 @@ async fn a_dropped_growing_file_is_aborted_and_a_cut_one_is_settled_by_gc() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_upload_a_gc_without_grace_took_is_sent_again_from_the_file() {
+    // The staging key of a growing file names no digest, so no lease keeps it: a gc with no
+    // grace aborts the upload (and would delete its staging object). The blob is then sent
+    // again from the whole file, verified as every upload is, instead of failing.
+    for f in Fixture::all() {
+        if !f.store.stages_blobs() {
+            continue;
+        }
+        let bytes = content(9 * MIB + 777);
+        let digest = Digest::of(&bytes);
+        let (mut file, path) = f.file("raced");
+        let (growth, told) = watch::channel(Growth::Written(0));
+        let reader = std::fs::File::open(&path).unwrap();
+        let upload = tokio::spawn({
+            let (store, path) = (f.store.clone(), path.clone());
+            async move { store.put_growing_file(reader, path, told).await }
+        });
+        grow(&mut file, &path, &bytes[..8 * MIB], &growth);
+        f.wait_for_growing_upload().await;
+        let what = f.store.describe();
+        let gc = GcOptions { grace: Duration::ZERO, dry_run: false };
+        let report = f.store.gc(gc).await.unwrap();
+        assert_eq!(report.multipart_uploads_aborted, 1, "{what}");
+        grow(&mut file, &path, &bytes[8 * MIB..], &growth);
+        growth.send_replace(Growth::Whole { digest, size: bytes.len() as u64 });
+        let out = upload.await.unwrap().unwrap().unwrap();
+        assert!(out.uploaded, "{what}");
+        assert_eq!(f.store.get_blob(&digest).await.unwrap(), bytes, "{what}");
+        let report = f.store.check(&NoProgress).await.unwrap();
+        assert!(report.problems.is_empty(), "{what}: {report:?}");
+        if let Some(raw) = &f.raw {
+            let keys: Vec<_> = raw.list(None).try_collect().await.unwrap();
+            let keys: Vec<String> = keys.into_iter().map(|m| m.location.to_string()).collect();
+            assert_eq!(keys, vec![format!("blobs/sha256/{}", digest.hex())], "{what}");
+        }
+    }
+}
