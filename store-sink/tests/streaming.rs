@@ -385,3 +385,43 @@ fn a_streamed_layer_already_stored_is_not_published_again() {
         assert_eq!((report.blobs, report.problems.clone()), (1, vec![]), "{what}: {report:?}");
     }
 }
+
+#[test]
+fn a_streamed_layer_whose_upload_a_gc_without_grace_took_is_stored_all_the_same() {
+    // The staging key of a layer uploaded while it is compressed names no digest, so the
+    // build's lease does not keep it from a gc with no grace: the layer is sent again whole,
+    // under its leased digest, and the build goes on.
+    for target in Target::all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("layer.partial");
+        let bytes = noise(9 * MIB);
+        std::fs::write(&path, &bytes).unwrap();
+        let descriptor = Descriptor::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Digest::of(&bytes),
+            9 * MIB,
+        );
+        let lease = target.runtime.block_on(target.store.lease()).unwrap();
+        let mut sink = StoreSink::new(&target.store, &target.runtime);
+        sink.lease = Some(&lease);
+        let stream = sink.stream_blob(&path).unwrap().unwrap();
+        stream.progress.written(9 * MIB);
+        let what = target.store.describe().to_string();
+        assert!(target.upload_began(), "{what}: the upload never began");
+        let gc = kiln_store::GcOptions { grace: Duration::ZERO, dry_run: false };
+        let report = target.runtime.block_on(target.store.gc(gc)).unwrap();
+        assert_eq!(report.multipart_uploads_aborted, 1, "{what}: {report:?}");
+        sink.start_storing_streamed(stream, &path, &descriptor).unwrap();
+        sink.put_file(&path, &descriptor).unwrap();
+        sink.settle().unwrap();
+        assert_eq!((sink.uploaded, sink.present), (1, 0), "{what}");
+        let stored = target.runtime.block_on(target.store.verify_blob(&descriptor.digest));
+        assert_eq!(stored.unwrap(), descriptor.size, "{what}");
+        target.runtime.block_on(lease.release()).unwrap();
+        let report = target.check();
+        assert_eq!((report.blobs, report.problems.clone()), (1, vec![]), "{what}: {report:?}");
+        if let Some(keys) = target.keys() {
+            assert_eq!(keys, vec![format!("blobs/sha256/{}", descriptor.digest.hex())], "{what}");
+        }
+    }
+}
