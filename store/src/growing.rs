@@ -97,6 +97,8 @@ impl Store {
         let again = file
             .try_clone()
             .map_err(|source| StoreError::LocalFile { path: path.clone(), source })?;
+        // What the writer says after the upload fails, should it be sent again.
+        let mut later = growth.clone();
         let staging = key::growing_upload();
         let told = Arc::new(Told::default());
         let chunks = growing_chunks(file, path.clone(), growth, told.clone());
@@ -120,7 +122,15 @@ impl Store {
             (Ok(uploaded), Some((digest, size))) => {
                 return Ok(Some(PutOutcome { digest, size, uploaded }));
             }
-            (Err(e), Some(whole)) if lost_upload(&e) => {
+            (Err(e), whole) if lost_upload(&e) => {
+                // Lost before the file was whole: sent again once it is, unless dropped.
+                let whole = match whole {
+                    Some(whole) => whole,
+                    None => match whole_at_last(&mut later).await {
+                        Some(whole) => whole,
+                        None => return Ok(None),
+                    },
+                };
                 eprintln!(
                     "warning: the upload of {} was lost ({}); sending it again",
                     path.display(),
@@ -139,6 +149,19 @@ impl Store {
         let uploaded =
             self.put_blob_stream(chunks, &digest, size, mismatch(path, digest, size)).await?;
         Ok(Some(PutOutcome { digest, size, uploaded }))
+    }
+}
+
+/// The blob the file is once its writer says it is whole; `None` when it is dropped (or its
+/// writer goes without a word).
+async fn whole_at_last(growth: &mut watch::Receiver<Growth>) -> Option<(Digest, u64)> {
+    loop {
+        let now = *growth.borrow_and_update();
+        match now {
+            Growth::Whole { digest, size } => return Some((digest, size)),
+            Growth::Dropped => return None,
+            Growth::Written(_) => growth.changed().await.ok()?,
+        }
     }
 }
 

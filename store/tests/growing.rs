@@ -232,7 +232,7 @@ async fn a_growing_upload_a_gc_without_grace_took_is_sent_again_from_the_file() 
         if !f.store.stages_blobs() {
             continue;
         }
-        let bytes = content(9 * MIB + 777);
+        let bytes = content(17 * MIB + 777);
         let digest = Digest::of(&bytes);
         let (mut file, path) = f.file("raced");
         let (growth, told) = watch::channel(Growth::Written(0));
@@ -247,7 +247,9 @@ async fn a_growing_upload_a_gc_without_grace_took_is_sent_again_from_the_file() 
         let gc = GcOptions { grace: Duration::ZERO, dry_run: false };
         let report = f.store.gc(gc).await.unwrap();
         assert_eq!(report.multipart_uploads_aborted, 1, "{what}");
-        grow(&mut file, &path, &bytes[8 * MIB..], &growth);
+        // A part sent now may find the upload gone before the file is whole.
+        grow(&mut file, &path, &bytes[8 * MIB..16 * MIB], &growth);
+        grow(&mut file, &path, &bytes[16 * MIB..], &growth);
         growth.send_replace(Growth::Whole { digest, size: bytes.len() as u64 });
         let out = upload.await.unwrap().unwrap().unwrap();
         assert!(out.uploaded, "{what}");
