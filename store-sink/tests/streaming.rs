@@ -425,3 +425,41 @@ fn a_streamed_layer_whose_upload_a_gc_without_grace_took_is_stored_all_the_same(
         }
     }
 }
+
+#[test]
+fn a_streamed_layer_over_corrupt_bytes_under_its_digest_moves_them_aside_and_is_published() {
+    // Bytes of the wrong size under the layer's key are no blob to reuse: found while the
+    // last parts go up, they are quarantined and the streamed layer is published in their
+    // place. (memory:// gives no raw access to plant them.)
+    for target in Target::all() {
+        let Some(raw) = target.raw.clone() else { continue };
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("layer.partial");
+        let bytes = noise(9 * MIB);
+        std::fs::write(&path, &bytes).unwrap();
+        let descriptor = Descriptor::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Digest::of(&bytes),
+            9 * MIB,
+        );
+        let key =
+            object_store::path::Path::from(format!("blobs/sha256/{}", descriptor.digest.hex()));
+        let planted = bytes::Bytes::from_static(b"not the layer");
+        target.runtime.block_on(raw.put(&key, planted.into())).unwrap();
+        let mut sink = StoreSink::new(&target.store, &target.runtime);
+        let stream = sink.stream_blob(&path).unwrap().unwrap();
+        stream.progress.written(9 * MIB);
+        let what = target.store.describe().to_string();
+        assert!(target.upload_began(), "{what}: the upload never began");
+        sink.start_storing_streamed(stream, &path, &descriptor).unwrap();
+        sink.put_file(&path, &descriptor).unwrap();
+        sink.settle().unwrap();
+        assert_eq!((sink.uploaded, sink.present, sink.healed.len()), (1, 0, 1), "{what}");
+        let stored = target.runtime.block_on(target.store.verify_blob(&descriptor.digest));
+        assert_eq!(stored.unwrap(), descriptor.size, "{what}");
+        let keys = target.keys().unwrap();
+        let staged = keys.iter().filter(|k| k.starts_with("uploads/")).count();
+        assert_eq!(staged, 0, "{what}: {keys:?}");
+        assert_eq!(keys.iter().filter(|k| k.starts_with("quarantine/")).count(), 1, "{what}");
+    }
+}
