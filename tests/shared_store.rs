@@ -971,3 +971,32 @@ fn a_cold_build_into_s3_leases_each_blob_before_it_is_written_in_few_requests() 
     assert!(lines.len() <= 25, "{} requests: {lines:#?}", lines.len());
     shared.assert_clean(&shared.location);
 }
+
+#[test]
+fn gc_racing_a_build_that_streams_a_layer_never_fails_it() {
+    // Where a layer goes up while it is compressed (Azure here), its staging key names no
+    // digest and no lease keeps it: a gc with no grace removes its upload's record (and may
+    // take the upload); the build still succeeds, without a warning about the record.
+    let Some(shared) = Shared::cloud(kiln_test_servers::azure()) else { return };
+    let recipe = checkout(&shared.tmp.path().join("checkout"), true);
+    let recipe = recipe.to_str().unwrap();
+    for trial in 0..6 {
+        let store = shared.sibling(&format!("race-{trial}"));
+        let mut build = shared
+            .command("builder", &["--store", &store, "build", recipe, "--rehash", "--json"])
+            .spawn()
+            .unwrap();
+        let status = loop {
+            let gc = shared.run("collector", &["--store", &store, "gc", "--grace", "0s"]);
+            assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+            if let Some(status) = build.try_wait().unwrap() {
+                break status;
+            }
+        };
+        let out = build.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(status.success(), "trial {trial}: {stderr}");
+        assert!(!stderr.contains("upload marker"), "trial {trial}: {stderr}");
+        shared.assert_clean(&store);
+    }
+}

@@ -199,8 +199,10 @@ impl Store {
         // upload is completed: should this writer die meanwhile, gc finds the upload in the
         // server's list, as it finds one never recorded.
         let unrecord = async {
-            if let Err(e) = self.inner.delete(&marker_key).await {
-                eprintln!("warning: cannot remove upload marker {marker_key}: {e}");
+            match self.inner.delete(&marker_key).await {
+                // A gc with a grace shorter than the upload took removed it already.
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => eprintln!("warning: cannot remove upload marker {marker_key}: {e}"),
             }
         };
         if multipart.writes_in_place() {
