@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kiln_deb::repository::{load_suite, Fetch, RepositoryError};
+use kiln_deb::repository::{load_suite, Fetch, RepositoryError, Suite};
 use kiln_deb::signature::{Invalidity, SignatureError};
 use kiln_deb::Keyring;
 
@@ -357,25 +357,28 @@ fn release_date(days: i64) -> String {
     String::from_utf8(out.stdout).unwrap().trim().replace("+0000", "UTC")
 }
 
+/// Loads suite `test` from an InRelease signed by `fpr` three days ago whose `field` is
+/// `days` from now.
+fn load_dated(
+    gpg: &Gpg,
+    fpr: &str,
+    keyring: &Keyring,
+    field: &str,
+    days: i64,
+) -> Result<Suite, RepositoryError> {
+    let text = format!("Suite: test\n{field}: {}\nSHA256:\n", release_date(days));
+    let signed = gpg.sign(fpr, &text, -3, &[]);
+    let mut files =
+        Files(BTreeMap::from([("dists/test/InRelease".to_string(), signed.into_bytes())]));
+    load_suite(&mut files, keyring, "test", &["main".into()], &["amd64".into()], SystemTime::now())
+}
+
 #[test]
 fn a_release_past_its_valid_until_is_refused() {
     let Some(gpg) = Gpg::new() else { return };
     let fpr = gpg.key("a", "ed25519", "sign", "never", -10);
     let keyring = gpg.export(&fpr);
-    let load = |days: i64| {
-        let text = format!("Suite: test\nValid-Until: {}\nSHA256:\n", release_date(days));
-        let signed = gpg.sign(&fpr, &text, -3, &[]);
-        let mut files =
-            Files(BTreeMap::from([("dists/test/InRelease".to_string(), signed.into_bytes())]));
-        load_suite(
-            &mut files,
-            &keyring,
-            "test",
-            &["main".into()],
-            &["amd64".into()],
-            SystemTime::now(),
-        )
-    };
+    let load = |days: i64| load_dated(&gpg, &fpr, &keyring, "Valid-Until", days);
     let err = load(-1).unwrap_err();
     assert!(matches!(err, RepositoryError::Expired { .. }), "{err}");
     assert!(err.to_string().starts_with("dists/test/InRelease was valid until "), "{err}");
@@ -389,20 +392,7 @@ fn a_release_dated_ahead_of_the_clock_is_refused() {
     let Some(gpg) = Gpg::new() else { return };
     let fpr = gpg.key("a", "ed25519", "sign", "never", -10);
     let keyring = gpg.export(&fpr);
-    let load = |days: i64| {
-        let text = format!("Suite: test\nDate: {}\nSHA256:\n", release_date(days));
-        let signed = gpg.sign(&fpr, &text, -3, &[]);
-        let mut files =
-            Files(BTreeMap::from([("dists/test/InRelease".to_string(), signed.into_bytes())]));
-        load_suite(
-            &mut files,
-            &keyring,
-            "test",
-            &["main".into()],
-            &["amd64".into()],
-            SystemTime::now(),
-        )
-    };
+    let load = |days: i64| load_dated(&gpg, &fpr, &keyring, "Date", days);
     let err = load(1).unwrap_err();
     assert!(matches!(err, RepositoryError::NotYetValid { .. }), "{err}");
     assert!(err.to_string().starts_with("dists/test/InRelease is dated "), "{err}");
