@@ -217,6 +217,20 @@ fn noise(len: u64) -> Vec<u8> {
 
 /// A recipe of one large layer of `big` incompressible bytes, then a small one; returns it
 /// and the large input's path.
+/// A scratch layer file of `len` bytes of noise, in a folder of its own, and its bytes.
+fn scratch_layer(len: u64) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("layer.partial");
+    let bytes = noise(len);
+    std::fs::write(&path, &bytes).unwrap();
+    (tmp, path, bytes)
+}
+
+/// A gzip layer's descriptor.
+fn layer_descriptor(digest: Digest, size: u64) -> Descriptor {
+    Descriptor::new("application/vnd.oci.image.layer.v1.tar+gzip", digest, size)
+}
+
 fn recipe(dir: &Path, big: u64) -> (Recipe, PathBuf) {
     let payload = dir.join("payload");
     std::fs::write(&payload, noise(big)).unwrap();
@@ -314,9 +328,7 @@ fn a_build_that_fails_mid_layer_leaves_no_blob_and_no_upload() {
 #[test]
 fn a_stream_never_finished_is_aborted_when_the_sink_settles() {
     for target in Target::all() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("layer.partial");
-        std::fs::write(&path, noise(9 * MIB)).unwrap();
+        let (_tmp, path, _) = scratch_layer(9 * MIB);
         let mut sink = StoreSink::new(&target.store, &target.runtime);
         let stream = sink.stream_blob(&path).unwrap().unwrap();
         stream.progress.written(9 * MIB);
@@ -332,20 +344,13 @@ fn a_stream_never_finished_is_aborted_when_the_sink_settles() {
 #[test]
 fn a_streamed_layer_whose_bytes_are_not_its_descriptor_publishes_nothing() {
     for target in Target::all() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("layer.partial");
-        let bytes = noise(12 * MIB);
-        std::fs::write(&path, &bytes).unwrap();
+        let (_tmp, path, _) = scratch_layer(12 * MIB);
         let mut sink = StoreSink::new(&target.store, &target.runtime);
         let stream = sink.stream_blob(&path).unwrap().unwrap();
         stream.progress.written(12 * MIB);
         assert!(target.upload_began(), "{}: the upload never began", target.store.describe());
         // What the builder would name if the file changed after it was hashed.
-        let claimed = Descriptor::new(
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            Digest::of(b"other"),
-            12 * MIB,
-        );
+        let claimed = layer_descriptor(Digest::of(b"other"), 12 * MIB);
         sink.start_storing_streamed(stream, &path, &claimed).unwrap();
         let what = target.store.describe().to_string();
         let error = sink.put_file(&path, &claimed).unwrap_err();
@@ -360,15 +365,8 @@ fn a_streamed_layer_whose_bytes_are_not_its_descriptor_publishes_nothing() {
 #[test]
 fn a_streamed_layer_already_stored_is_not_published_again() {
     for target in Target::all() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("layer.partial");
-        let bytes = noise(9 * MIB);
-        std::fs::write(&path, &bytes).unwrap();
-        let descriptor = Descriptor::new(
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            Digest::of(&bytes),
-            9 * MIB,
-        );
+        let (_tmp, path, bytes) = scratch_layer(9 * MIB);
+        let descriptor = layer_descriptor(Digest::of(&bytes), 9 * MIB);
         let put = target.store.put_blob_file(&path, &descriptor.digest, descriptor.size);
         assert!(target.runtime.block_on(put).unwrap().uploaded);
         let mut sink = StoreSink::new(&target.store, &target.runtime);
@@ -392,15 +390,8 @@ fn a_streamed_layer_whose_upload_a_gc_without_grace_took_is_stored_all_the_same(
     // build's lease does not keep it from a gc with no grace: the layer is sent again whole,
     // under its leased digest, and the build goes on.
     for target in Target::all() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("layer.partial");
-        let bytes = noise(9 * MIB);
-        std::fs::write(&path, &bytes).unwrap();
-        let descriptor = Descriptor::new(
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            Digest::of(&bytes),
-            9 * MIB,
-        );
+        let (_tmp, path, bytes) = scratch_layer(9 * MIB);
+        let descriptor = layer_descriptor(Digest::of(&bytes), 9 * MIB);
         let lease = target.runtime.block_on(target.store.lease()).unwrap();
         let mut sink = StoreSink::new(&target.store, &target.runtime);
         sink.lease = Some(&lease);
@@ -433,15 +424,8 @@ fn a_streamed_layer_over_corrupt_bytes_under_its_digest_moves_them_aside_and_is_
     // place. (memory:// gives no raw access to plant them.)
     for target in Target::all() {
         let Some(raw) = target.raw.clone() else { continue };
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("layer.partial");
-        let bytes = noise(9 * MIB);
-        std::fs::write(&path, &bytes).unwrap();
-        let descriptor = Descriptor::new(
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            Digest::of(&bytes),
-            9 * MIB,
-        );
+        let (_tmp, path, bytes) = scratch_layer(9 * MIB);
+        let descriptor = layer_descriptor(Digest::of(&bytes), 9 * MIB);
         let key =
             object_store::path::Path::from(format!("blobs/sha256/{}", descriptor.digest.hex()));
         let planted = bytes::Bytes::from_static(b"not the layer");
