@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use kiln_oci::Digest;
 use kiln_store::check::NoProgress;
 use kiln_store::growing::Growth;
-use kiln_store::{GcOptions, Problem, Store, StoreError};
+use kiln_store::{GcOptions, Problem, PutOutcome, Store, StoreError};
 use object_store::ObjectStore;
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -25,6 +25,9 @@ struct Fixture {
     raw: Option<Arc<dyn ObjectStore>>,
     tmp: TempDir,
 }
+
+/// An upload of a growing file, running.
+type Upload = tokio::task::JoinHandle<Result<Option<PutOutcome>, StoreError>>;
 
 impl Fixture {
     fn open(location: &str, server: Option<&'static kiln_test_servers::Server>) -> Fixture {
@@ -56,6 +59,17 @@ impl Fixture {
     fn file(&self, name: &str) -> (std::fs::File, PathBuf) {
         let path = self.tmp.path().join(name);
         (std::fs::File::create(&path).unwrap(), path)
+    }
+
+    /// A new scratch file, its path, the sender its writer tells its growth by, and the
+    /// upload of it as it grows, begun.
+    fn growing(&self, name: &str) -> (std::fs::File, PathBuf, watch::Sender<Growth>, Upload) {
+        let (file, path) = self.file(name);
+        let (growth, told) = watch::channel(Growth::Written(0));
+        let reader = std::fs::File::open(&path).unwrap();
+        let (store, at) = (self.store.clone(), path.clone());
+        let upload = tokio::spawn(async move { store.put_growing_file(reader, at, told).await });
+        (file, path, growth, upload)
     }
 
     /// The unfinished uploads `store check` reports.
@@ -113,13 +127,7 @@ async fn a_growing_file_goes_up_before_it_is_whole_and_is_published_whole() {
     for f in Fixture::all() {
         let bytes = content(20 * MIB + 12345);
         let digest = Digest::of(&bytes);
-        let (mut file, path) = f.file("layer");
-        let (growth, told) = watch::channel(Growth::Written(0));
-        let upload = {
-            let (store, path) = (f.store.clone(), path.clone());
-            let reader = std::fs::File::open(&path).unwrap();
-            tokio::spawn(async move { store.put_growing_file(reader, path, told).await })
-        };
+        let (mut file, path, growth, upload) = f.growing("layer");
         grow(&mut file, &path, &bytes[..9 * MIB], &growth);
         if f.store.stages_blobs() {
             // The rest of the file is not written yet: the upload began before it was whole.
@@ -151,13 +159,7 @@ async fn a_growing_file_that_is_not_the_blob_named_publishes_nothing() {
         // size one long (the file ends before it).
         let wrong = [(Digest::of(b"other"), len), (real, len - 1), (real, len + 1)];
         for (i, (digest, size)) in wrong.into_iter().enumerate() {
-            let (mut file, path) = f.file(&format!("layer-{i}"));
-            let (growth, told) = watch::channel(Growth::Written(0));
-            let reader = std::fs::File::open(&path).unwrap();
-            let upload = tokio::spawn({
-                let (store, path) = (f.store.clone(), path.clone());
-                async move { store.put_growing_file(reader, path, told).await }
-            });
+            let (mut file, path, growth, upload) = f.growing(&format!("layer-{i}"));
             grow(&mut file, &path, &bytes, &growth);
             if f.store.stages_blobs() {
                 f.wait_for_growing_upload().await;
@@ -187,13 +189,7 @@ async fn a_dropped_growing_file_is_aborted_and_a_cut_one_is_settled_by_gc() {
         // Dropped by its writer; its writer gone without a word; the uploading task cut off
         // as a killed process would be.
         for how in ["dropped", "closed", "cut"] {
-            let (mut file, path) = f.file(how);
-            let (growth, told) = watch::channel(Growth::Written(0));
-            let reader = std::fs::File::open(&path).unwrap();
-            let upload = tokio::spawn({
-                let (store, path) = (f.store.clone(), path.clone());
-                async move { store.put_growing_file(reader, path, told).await }
-            });
+            let (mut file, path, growth, upload) = f.growing(how);
             grow(&mut file, &path, &bytes, &growth);
             f.wait_for_growing_upload().await;
             let what = format!("{} {how}", f.store.describe());
@@ -234,13 +230,7 @@ async fn a_growing_upload_a_gc_without_grace_took_is_sent_again_from_the_file() 
         }
         let bytes = content(17 * MIB + 777);
         let digest = Digest::of(&bytes);
-        let (mut file, path) = f.file("raced");
-        let (growth, told) = watch::channel(Growth::Written(0));
-        let reader = std::fs::File::open(&path).unwrap();
-        let upload = tokio::spawn({
-            let (store, path) = (f.store.clone(), path.clone());
-            async move { store.put_growing_file(reader, path, told).await }
-        });
+        let (mut file, path, growth, upload) = f.growing("raced");
         grow(&mut file, &path, &bytes[..8 * MIB], &growth);
         f.wait_for_growing_upload().await;
         let what = f.store.describe();
