@@ -777,17 +777,24 @@ impl Drop for CountingProxy {
     }
 }
 
+/// A store on S3 reached through a counting proxy, the `--store-option` that sends kiln
+/// through it, and a checkout's recipe with a large layer and a small one.
+fn s3_through_counting_proxy() -> Option<(Shared, CountingProxy, String, PathBuf)> {
+    let shared = Shared::cloud(kiln_test_servers::s3())?;
+    let Backend::Cloud(server) = &shared.backend else { unreachable!() };
+    let proxy = CountingProxy::start(&server.endpoint, shared.tmp.path());
+    let via_proxy = format!("aws_endpoint={}", proxy.endpoint);
+    let recipe = checkout(&shared.tmp.path().join("checkout"), true);
+    Some((shared, proxy, via_proxy, recipe))
+}
+
 fn writes(requests: &[String]) -> Vec<&String> {
     requests.iter().filter(|r| !r.starts_with("GET ") && !r.starts_with("HEAD ")).collect()
 }
 
 #[test]
 fn unchanged_build_and_push_to_s3_write_nothing() {
-    let Some(shared) = Shared::cloud(kiln_test_servers::s3()) else { return };
-    let Backend::Cloud(server) = &shared.backend else { unreachable!() };
-    let proxy = CountingProxy::start(&server.endpoint, shared.tmp.path());
-    let via_proxy = format!("aws_endpoint={}", proxy.endpoint);
-    let recipe = checkout(&shared.tmp.path().join("checkout"), true);
+    let Some((shared, proxy, via_proxy, recipe)) = s3_through_counting_proxy() else { return };
     let recipe = recipe.to_str().unwrap();
     let build =
         |runner| shared.json(runner, &["--store-option", &via_proxy, "build", recipe, "--json"]);
@@ -918,12 +925,8 @@ fn creates_blob<'a>(request: &Logged<'a>) -> Option<&'a str> {
 
 #[test]
 fn a_cold_build_into_s3_leases_each_blob_before_it_is_written_in_few_requests() {
-    let Some(shared) = Shared::cloud(kiln_test_servers::s3()) else { return };
-    let Backend::Cloud(server) = &shared.backend else { unreachable!() };
-    let proxy = CountingProxy::start(&server.endpoint, shared.tmp.path());
-    let via_proxy = format!("aws_endpoint={}", proxy.endpoint);
     // A large layer, sent as a multipart upload, and a small one.
-    let recipe = checkout(&shared.tmp.path().join("checkout"), true);
+    let Some((shared, proxy, via_proxy, recipe)) = s3_through_counting_proxy() else { return };
     let recipe = recipe.to_str().unwrap();
     let built = shared.json("a", &["--store-option", &via_proxy, "build", recipe, "--json"]);
     assert_eq!(built["blobs"]["uploaded"], 5, "{built}");
