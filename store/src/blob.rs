@@ -143,7 +143,7 @@ impl Store {
         }
 
         let file = tokio::fs::File::open(path).await.map_err(local_err(path))?.into_std().await;
-        let chunks = crate::file_chunks::file_chunks(file, path.to_path_buf());
+        let chunks = self.chunk_pool.file_chunks(file, path.to_path_buf());
         Ok(outcome(self.put_blob_staged(chunks, expected, size, mismatch).await?))
     }
 
@@ -373,7 +373,7 @@ impl Store {
         let got = self.inner.get(&key).await.map_err(backend_err(&key))?;
         Ok(match got.payload {
             // object_store would read a local file 8 KiB per blocking task.
-            GetResultPayload::File(file, path) => crate::file_chunks::file_chunks(file, path),
+            GetResultPayload::File(file, path) => self.chunk_pool.file_chunks(file, path),
             GetResultPayload::Stream(stream) => {
                 stream.map_err(move |e| StoreError::backend(&key, e)).boxed()
             }

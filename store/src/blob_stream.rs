@@ -11,7 +11,6 @@ use kiln_oci::{Descriptor, Digest, Sha256};
 use object_store::GetResultPayload;
 
 use crate::error::{Result, StoreError};
-use crate::file_chunks::file_chunks;
 use crate::{key, Store};
 
 struct State {
@@ -39,7 +38,7 @@ impl Store {
         let got = self.inner.get(&key).await.map_err(|e| StoreError::backend(&key, e))?;
         crate::blob::check_size(&key, descriptor.size, got.meta.size)?;
         let inner = match got.payload {
-            GetResultPayload::File(file, path) => file_chunks(file, path),
+            GetResultPayload::File(file, path) => self.chunk_pool.file_chunks(file, path),
             GetResultPayload::Stream(stream) => {
                 let key = key.clone();
                 stream.map(move |r| r.map_err(|e| StoreError::backend(&key, e))).boxed()

@@ -84,7 +84,7 @@ impl Store {
                     }
                 }
                 Growth::Whole { digest, size } => {
-                    let chunks = crate::file_chunks::file_chunks(file, path.clone());
+                    let chunks = self.chunk_pool.file_chunks(file, path.clone());
                     let mismatch = mismatch(path, digest, size);
                     let uploaded = self.put_blob_stream(chunks, &digest, size, mismatch).await?;
                     return Ok(Some(PutOutcome { digest, size, uploaded }));
@@ -145,7 +145,7 @@ impl Store {
         // from a gc whose grace is shorter than the file took to write: the whole file is
         // sent again as any blob is, under a staging key that names its digest (leased by a
         // writer that holds a lease) and verified the same way.
-        let chunks = crate::file_chunks::file_chunks(again, path.clone());
+        let chunks = self.chunk_pool.file_chunks(again, path.clone());
         let uploaded =
             self.put_blob_stream(chunks, &digest, size, mismatch(path, digest, size)).await?;
         Ok(Some(PutOutcome { digest, size, uploaded }))

@@ -73,6 +73,8 @@ pub struct Store {
     multipart: Option<upload::Multipart>,
     /// The lease that names every blob this handle writes ([`Store::leased`]).
     lease: Option<Arc<lease::Shared>>,
+    /// Buffers for local files read in chunks, shared by the handle's clones.
+    chunk_pool: Arc<file_chunks::ChunkPool>,
 }
 
 impl Store {
@@ -100,6 +102,7 @@ impl Store {
             folder,
             multipart: connected.multipart,
             lease: None,
+            chunk_pool: Arc::default(),
         })
     }
 
@@ -113,7 +116,14 @@ impl Store {
 
     /// Wraps an already built backend; `description` is what [`Store::describe`] shows.
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Store {
-        Store { inner, description: description.into(), folder: None, multipart: None, lease: None }
+        Store {
+            inner,
+            description: description.into(),
+            folder: None,
+            multipart: None,
+            lease: None,
+            chunk_pool: Arc::default(),
+        }
     }
 
     /// Where this store lives, for messages (`file:///...`, `memory://`, `s3://...`).
