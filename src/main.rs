@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod progress;
 mod report;
+mod warnings;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,7 @@ const EXIT_LOCK: u8 = 3;
 const EXIT_INTEGRITY: u8 = 4;
 
 fn main() -> ExitCode {
+    warnings::print_on_stderr();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
