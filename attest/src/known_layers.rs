@@ -98,5 +98,5 @@ impl KnownLayers {
 /// A fact that could not be kept only costs a read next time: said, not fatal.
 pub fn warn_unkept(dir: Option<&Path>, e: &std::io::Error) {
     let dir = dir.map_or_else(String::new, |d| format!(" in {}", d.display()));
-    eprintln!("warning: cannot keep a layer's diff_id{dir}: {e}");
+    log::warn!("cannot keep a layer's diff_id{dir}: {e}");
 }
