@@ -10,8 +10,8 @@ use std::path::Path;
 pub(crate) fn remove(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!(
-                "warning: cannot remove scratch file {}: {e}; it goes with the scratch folder",
+            log::warn!(
+                "cannot remove scratch file {}: {e}; it goes with the scratch folder",
                 path.display()
             );
         }

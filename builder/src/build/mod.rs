@@ -87,8 +87,8 @@ pub fn build(
     std::thread::scope(|scope| {
         scope.spawn(|| {
             if let Err(e) = cache.save() {
-                eprintln!(
-                    "warning: cannot save the input digests kiln remembers: {e}; the next \
+                log::warn!(
+                    "cannot save the input digests kiln remembers: {e}; the next \
                      build hashes every input again"
                 );
             }
@@ -101,10 +101,7 @@ pub fn build(
             (Err(e), Ok(())) => Err(e),
             (Ok(_), Err(e)) => Err(BuildError::Sink(e)),
             (Err(e), Err(also)) => {
-                eprintln!(
-                    "warning: storing a blob in the background failed too: {}",
-                    chain(&*also)
-                );
+                log::warn!("storing a blob in the background failed too: {}", chain(&*also));
                 Err(e)
             }
         }
