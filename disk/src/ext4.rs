@@ -180,7 +180,7 @@ pub fn write_ext4(
         // A half-written image must not be mistaken for a finished one.
         if let Err(e) = fs::remove_file(&out) {
             if e.kind() != io::ErrorKind::NotFound {
-                eprintln!("warning: cannot remove the half-written image {}: {e}", out.display());
+                log::warn!("cannot remove the half-written image {}: {e}", out.display());
             }
         }
     }
