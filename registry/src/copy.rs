@@ -46,7 +46,7 @@ pub async fn between_registries(
     let mount_from = same_registry.then(|| from.name());
     let pushed = push_mounting(&store, &root, to, tag, mount_from).await?;
     if let Err(e) = scratch.close() {
-        eprintln!("warning: cannot remove the copy's scratch store {location}: {e}");
+        log::warn!("cannot remove the copy's scratch store {location}: {e}");
     }
     Ok(RelayReport { pulled, pushed })
 }

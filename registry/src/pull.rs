@@ -176,10 +176,7 @@ pub async fn pull(
         (Ok(done), Ok(())) => done,
         (Err(e), released) => {
             if let Err(release) = released {
-                eprintln!(
-                    "warning: cannot release the pull's lease: {}",
-                    kiln_store::one_line(&release)
-                );
+                log::warn!("cannot release the pull's lease: {}", kiln_store::one_line(&release));
             }
             return Err(e);
         }

@@ -99,8 +99,8 @@ async fn complete(repo: &Repository, location: &Url, digest: &Digest) -> Result<
                 tokio::time::sleep(BACKOFF * retries).await;
             }
             Err(e) if retries > 0 && repo.has_blob(digest).await? => {
-                eprintln!(
-                    "warning: the registry completed {digest} but answered: {}",
+                log::warn!(
+                    "the registry completed {digest} but answered: {}",
                     kiln_store::one_line(&e)
                 );
                 return Ok(());
@@ -112,10 +112,7 @@ async fn complete(repo: &Repository, location: &Url, digest: &Digest) -> Result<
 
 async fn cancel(repo: &Repository, location: &Url) {
     if let Err(e) = repo.cancel_upload(location).await {
-        eprintln!(
-            "warning: cannot cancel the upload session {location}: {}",
-            kiln_store::one_line(&e)
-        );
+        log::warn!("cannot cancel the upload session {location}: {}", kiln_store::one_line(&e));
     }
 }
 
