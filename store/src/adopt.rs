@@ -73,7 +73,7 @@ impl Store {
         match self.inner.delete(&staging).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => {
-                eprintln!("warning: cannot remove the staged upload {staging} ({e}); gc removes it")
+                log::warn!("cannot remove the staged upload {staging} ({e}); gc removes it")
             }
         }
         Ok(PutOutcome { digest: *expected, size, uploaded: published? })

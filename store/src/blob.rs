@@ -265,7 +265,7 @@ impl Store {
             Ok(sent) => sent,
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
-                    eprintln!("warning: cannot abort the upload to {staging}: {abort}");
+                    log::warn!("cannot abort the upload to {staging}: {abort}");
                 }
                 return Err(e);
             }
@@ -273,7 +273,7 @@ impl Store {
         // What was hashed is exactly what was sent, so a source changed mid-read is caught here.
         if found != *expected || found_size != size {
             if let Err(abort) = writer.abort().await {
-                eprintln!("warning: cannot abort the upload to {staging}: {abort}");
+                log::warn!("cannot abort the upload to {staging}: {abort}");
             }
             return Ok(Err((found, found_size)));
         }
@@ -421,8 +421,8 @@ impl Store {
             match tokio::fs::remove_file(target).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => eprintln!(
-                    "warning: cannot remove the unfinished copy {}: {e}; delete it",
+                Err(e) => log::warn!(
+                    "cannot remove the unfinished copy {}: {e}; delete it",
                     target.display()
                 ),
             }

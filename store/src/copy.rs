@@ -80,7 +80,7 @@ pub async fn copy_image(from: &Store, to: &Store, reference: &Reference) -> Resu
         Ok(sent) => sent.into_iter().flatten().collect(),
         Err(e) => {
             if let Err(release) = lease.release().await {
-                eprintln!("warning: cannot release the copy's lease: {}", one_line(&release));
+                log::warn!("cannot release the copy's lease: {}", one_line(&release));
             }
             return Err(e);
         }

@@ -131,8 +131,8 @@ impl Store {
                         None => return Ok(None),
                     },
                 };
-                eprintln!(
-                    "warning: the upload of {} was lost ({}); sending it again",
+                log::warn!(
+                    "the upload of {} was lost ({}); sending it again",
                     path.display(),
                     crate::one_line(&e)
                 );

@@ -271,11 +271,7 @@ impl Store {
                     continue;
                 }
                 if let Err(e) = renewing.write(Vec::new()).await {
-                    eprintln!(
-                        "warning: cannot renew store lease {}: {}",
-                        renewing.id,
-                        one_line(&e)
-                    );
+                    log::warn!("cannot renew store lease {}: {}", renewing.id, one_line(&e));
                 }
             }
         });

@@ -51,7 +51,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("warning: cannot remove scratch folder {}: {e}", self.path.display());
+            log::warn!("cannot remove scratch folder {}: {e}", self.path.display());
         }
     }
 }
@@ -72,7 +72,7 @@ fn remove_dead(base: &Path) {
         if holder.is_dead() {
             let path = entry.path();
             if let Err(e) = std::fs::remove_dir_all(&path) {
-                eprintln!("warning: cannot remove dead scratch folder {}: {e}", path.display());
+                log::warn!("cannot remove dead scratch folder {}: {e}", path.display());
             }
         }
     }

@@ -117,7 +117,7 @@ impl Store {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = put {
-                    eprintln!("warning: cannot renew gc sweep record {renewed}: {}", one_line(&e));
+                    log::warn!("cannot renew gc sweep record {renewed}: {}", one_line(&e));
                 }
             }
         });

@@ -202,7 +202,7 @@ impl Store {
             match self.inner.delete(&marker_key).await {
                 // A gc with a grace shorter than the upload took removed it already.
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => eprintln!("warning: cannot remove upload marker {marker_key}: {e}"),
+                Err(e) => log::warn!("cannot remove upload marker {marker_key}: {e}"),
             }
         };
         if multipart.writes_in_place() {
@@ -336,7 +336,7 @@ impl Store {
 /// abort is only warned about (the marker stays for gc).
 async fn abort(multipart: &Multipart, path: &Key, upload_id: &str) {
     if let Err(e) = multipart.store.abort_multipart(path, &upload_id.to_string()).await {
-        eprintln!("warning: cannot abort multipart upload {upload_id} of {path}: {e}");
+        log::warn!("cannot abort multipart upload {upload_id} of {path}: {e}");
     }
 }
 
