@@ -290,7 +290,7 @@ impl<'a> StoreSink<'a> {
                 }
                 Err(e) if failed.is_none() => failed = Some(e),
                 Err(e) => {
-                    eprintln!("warning: storing {digest} failed too: {}", kiln_store::one_line(&*e))
+                    log::warn!("storing {digest} failed too: {}", kiln_store::one_line(&*e))
                 }
             }
         }
@@ -410,8 +410,8 @@ fn join(
 fn remove_scratch(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!(
-                "warning: cannot remove scratch file {}: {e}; it goes with the scratch folder",
+            log::warn!(
+                "cannot remove scratch file {}: {e}; it goes with the scratch folder",
                 path.display()
             );
         }

@@ -169,12 +169,12 @@ impl Streams {
         for task in std::mem::take(&mut self.dropped) {
             match runtime.block_on(task) {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => eprintln!(
-                    "warning: aborting the upload of an unfinished layer failed: {}",
+                Ok(Err(e)) => log::warn!(
+                    "aborting the upload of an unfinished layer failed: {}",
                     kiln_store::one_line(&e)
                 ),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => eprintln!("warning: the upload of an unfinished layer ended: {e}"),
+                Err(e) => log::warn!("the upload of an unfinished layer ended: {e}"),
             }
         }
     }
