@@ -45,7 +45,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Print nothing but errors.
+    /// Print nothing but errors and warnings.
     #[arg(long, short, global = true)]
     pub quiet: bool,
 

@@ -144,3 +144,23 @@ fn build_writes_the_lock_beside_the_recipe() {
     let locked = kiln.build(&recipes.join("golden.toml"), &["--locked"]);
     assert_eq!(digest_of(&first), digest_of(&locked));
 }
+
+#[test]
+fn a_library_warning_is_printed_once_on_stderr_even_when_quiet() {
+    // Where this runner keeps what it learns is a file, not a folder: the layer's diff_id
+    // cannot be kept, which costs a read next time and is said, not fatal.
+    let ws = Workspace::new();
+    ws.write("cache/kiln", "not a folder");
+    let recipe = ws.write(
+        "r/warned.toml",
+        "epoch = 1700000000\n\n[image]\nname = \"warned\"\nversion = \"1.0.0\"\n\n\
+         [[layer]]\nname = \"one\"\ninline = [{ dest = \"/etc/one\", content = \"1\\n\" }]\n",
+    );
+    let cache = ws.path("cache");
+    let kiln = Kiln::new(&ws.store("store")).env("XDG_CACHE_HOME", cache.to_str().unwrap());
+    let run = kiln.run(&["--quiet", "--json", "build", recipe.to_str().unwrap()]).ok();
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("diff_id")).collect();
+    assert_eq!(warnings.len(), 1, "{run}");
+    assert!(warnings[0].starts_with("warning: cannot keep a layer's diff_id: "), "{run}");
+    assert!(!run.stdout.contains("warning"), "{run}");
+}
