@@ -553,30 +553,17 @@ impl BlobSink for StoreSink<'_> {
 
     fn put_documents(&mut self, blobs: &[&JsonBlob]) -> Result<(), SinkError> {
         // An unchanged rebuild finds its config, manifests and index already stored: one GET
-        // each (they are small, so reading costs what a HEAD would), compared with the bytes
-        // just made, and no PUT. A build that wrote a blob makes documents naming it, new
-        // ones: each is written create-only at once, and read only if found there.
-        let (store, leased) = (self.store, self.leased_store());
+        // each, all at once (they are small, so reading costs what a HEAD would), compared
+        // with the bytes just made, and no PUT. A build that wrote a blob makes documents
+        // naming it, new ones: each is written create-only at once, and read only if found
+        // there.
+        let leased = self.leased_store();
         let digests: Vec<Digest> = blobs.iter().map(|b| b.descriptor.digest).collect();
         let bytes: Vec<Bytes> = blobs.iter().map(|b| Bytes::from(b.bytes.clone())).collect();
         self.documents.extend(digests.iter().copied().zip(bytes.iter().cloned()));
-        let mut new = self.uploaded > 0;
-        let (recorded, puts) = self.beside_entries(async {
-            // All named in one record before any is looked for or written.
-            let recorded = leased.lease_blobs(&digests).await?;
-            let mut puts = Vec::with_capacity(bytes.len());
-            // In order, each after those it names.
-            for document in bytes {
-                let put = if new {
-                    store.put_new_blob_checked(document).await?
-                } else {
-                    store.put_blob_checked(document).await?
-                };
-                new |= put.outcome.uploaded;
-                puts.push(put);
-            }
-            Ok((recorded, puts))
-        })?;
+        let new = self.uploaded > 0;
+        let (recorded, puts) =
+            self.beside_entries(async { leased.put_documents_checked(&bytes, new).await })?;
         for (digest, put) in digests.into_iter().zip(puts) {
             self.healed.extend(put.healed);
             self.count(put.outcome.uploaded);

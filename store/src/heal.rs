@@ -159,13 +159,12 @@ impl Store {
     /// equal bytes are kept, other bytes are corrupt and quarantined, then replaced by these.
     pub async fn put_blob_checked(&self, bytes: Bytes) -> Result<CheckedPut> {
         let digest = Digest::of(&bytes);
-        let key = key::blob(&digest);
         // The lease record goes up while the key is read; nothing is written before both are
         // done. Bytes found there are used only once named (a gc that took them meanwhile is
         // caught by [`Store::confirm_image`], whichever of the two came first).
-        let (leased, got) = futures::join!(self.lease_blob(&digest), self.inner.get(&key));
+        let (leased, found) = futures::join!(self.lease_blob(&digest), self.look(&bytes, &digest));
         leased?;
-        self.keep_or_replace(bytes, digest, got).await
+        self.keep_or_replace(bytes, digest, found?).await
     }
 
     /// [`Store::put_blob_checked`] for bytes the caller expects are not stored yet (the
@@ -174,39 +173,91 @@ impl Store {
     /// [`Store::put_blob_checked`] does.
     pub async fn put_new_blob_checked(&self, bytes: Bytes) -> Result<CheckedPut> {
         let digest = Digest::of(&bytes);
-        let key = key::blob(&digest);
         self.lease_blob(&digest).await?;
+        self.create_checked(bytes, digest).await
+    }
+
+    /// [`Store::put_blob_checked`] for `documents` listed each after those it names (a
+    /// config, then manifests, then an index), all named in one lease record. Unless `new`
+    /// (the caller expects none stored yet: each is then created at once), every key is read
+    /// at once, beside the record: an unchanged build finds them all in one round trip, not
+    /// one each. Whatever must be written is written after the record and in the given order,
+    /// so that no document is visible before one it names. Also says whether a lease record
+    /// naming them is in the store now (see [`Store::lease_blobs`]).
+    pub async fn put_documents_checked(
+        &self,
+        documents: &[Bytes],
+        new: bool,
+    ) -> Result<(bool, Vec<CheckedPut>)> {
+        let digests: Vec<Digest> = documents.iter().map(|d| Digest::of(d)).collect();
+        let looks = async {
+            if new {
+                return Ok(Vec::new());
+            }
+            let looks = documents.iter().zip(&digests).map(|(bytes, digest)| self.look(bytes, digest));
+            futures::future::try_join_all(looks).await
+        };
+        let (recorded, found) = futures::join!(self.lease_blobs(&digests), looks);
+        let (recorded, found) = (recorded?, found?);
+        let mut puts = Vec::with_capacity(documents.len());
+        let mut found = found.into_iter();
+        for (bytes, digest) in documents.iter().zip(digests) {
+            let put = match found.next() {
+                Some(found) => self.keep_or_replace(bytes.clone(), digest, found).await?,
+                None => self.create_checked(bytes.clone(), digest).await?,
+            };
+            puts.push(put);
+        }
+        Ok((recorded, puts))
+    }
+
+    /// Writes `bytes` (of `digest`) create-only; only when something is there already is it
+    /// read and judged.
+    async fn create_checked(&self, bytes: Bytes, digest: Digest) -> Result<CheckedPut> {
+        let key = key::blob(&digest);
         if self.create(&key, bytes.clone()).await? {
             let outcome = PutOutcome { digest, size: bytes.len() as u64, uploaded: true };
             return Ok(CheckedPut { outcome, healed: None });
         }
-        let got = self.inner.get(&key).await;
-        self.keep_or_replace(bytes, digest, got).await
+        let found = self.look(&bytes, &digest).await?;
+        self.keep_or_replace(bytes, digest, found).await
     }
 
-    /// Keeps what `got` read under the key of `bytes` when it is equal, otherwise quarantines
-    /// it and writes `bytes`, create-only.
+    /// Reads what is stored under the key of `bytes` (of `digest`), and compares it with them.
+    async fn look(&self, bytes: &Bytes, digest: &Digest) -> Result<Found> {
+        let key = key::blob(digest);
+        match self.inner.get(&key).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(Found::Nothing),
+            Err(source) => Err(StoreError::backend(&key, source)),
+            Ok(got) if got.meta.size == bytes.len() as u64 => {
+                let stored = got.bytes().await.map_err(|e| StoreError::backend(&key, e))?;
+                if stored == *bytes {
+                    Ok(Found::Equal)
+                } else {
+                    Ok(Found::Other(Digest::of(&stored)))
+                }
+            }
+            // Another size: never held in memory, only hashed as it streams when judged.
+            Ok(_) => Ok(Found::OtherSize),
+        }
+    }
+
+    /// Keeps what was `found` under the key of `bytes` when it is equal, otherwise
+    /// quarantines it and writes `bytes`, create-only.
     async fn keep_or_replace(
         &self,
         bytes: Bytes,
         digest: Digest,
-        got: object_store::Result<object_store::GetResult>,
+        found: Found,
     ) -> Result<CheckedPut> {
         let size = bytes.len() as u64;
         let key = key::blob(&digest);
         let present = PutOutcome { digest, size, uploaded: false };
-        let healed = match got {
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(source) => return Err(StoreError::backend(&key, source)),
-            Ok(got) if got.meta.size == size => {
-                let stored = got.bytes().await.map_err(|e| StoreError::backend(&key, e))?;
-                if stored == bytes {
-                    return Ok(CheckedPut { outcome: present, healed: None });
-                }
-                Some(self.quarantine_blob(&digest, Digest::of(&stored)).await?)
-            }
-            // Another size: never held in memory, only hashed as it streams.
-            Ok(_) => match self.judge(&Wanted { digest, size, vouched: None }).await? {
+        let healed = match found {
+            Found::Nothing => None,
+            Found::Equal => return Ok(CheckedPut { outcome: present, healed: None }),
+            Found::Other(found) => Some(self.quarantine_blob(&digest, found).await?),
+            Found::OtherSize => match self.judge(&Wanted { digest, size, vouched: None }).await? {
                 Reuse::Quarantined(quarantined) => Some(quarantined),
                 Reuse::Missing => None,
                 Reuse::Sound | Reuse::WrongRecord { .. } => {
@@ -217,4 +268,15 @@ impl Store {
         let uploaded = self.create(&key, bytes).await?;
         Ok(CheckedPut { outcome: PutOutcome { uploaded, ..present }, healed })
     }
+}
+
+/// What was under a small blob's key, compared with the bytes meant for it.
+enum Found {
+    Nothing,
+    /// The very bytes.
+    Equal,
+    /// Bytes of the same size hashing to this other digest: corrupt.
+    Other(Digest),
+    /// Bytes of another size, not read.
+    OtherSize,
 }
