@@ -194,7 +194,8 @@ impl Store {
             if new {
                 return Ok(Vec::new());
             }
-            let looks = documents.iter().zip(&digests).map(|(bytes, digest)| self.look(bytes, digest));
+            let looks =
+                documents.iter().zip(&digests).map(|(bytes, digest)| self.look(bytes, digest));
             futures::future::try_join_all(looks).await
         };
         let (recorded, found) = futures::join!(self.lease_blobs(&digests), looks);
