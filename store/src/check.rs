@@ -74,10 +74,21 @@ impl Store {
         let blobs = self.check_blobs(progress, &mut findings).await?;
         self.check_refs(&blobs, &mut findings).await?;
         self.check_referrers(&blobs, &mut findings).await?;
-        for upload in self.unfinished_uploads().await? {
+        let recorded = self.unfinished_uploads().await?;
+        let ids: HashSet<String> = recorded.iter().map(|u| u.upload_id.clone()).collect();
+        for upload in recorded {
             findings.report.problems.push(Problem::UnfinishedUpload {
                 marker: upload.marker,
                 upload_id: upload.upload_id,
+            });
+        }
+        // Those no marker names, where the server lists uploads in progress (S3). Elsewhere
+        // the marker goes up before any part is sent, so no part is there without one.
+        for upload in self.unrecorded_uploads(&ids).await? {
+            findings.report.problems.push(Problem::UnrecordedUpload {
+                key: upload.key.to_string(),
+                upload_id: upload.upload.upload_id,
+                age_seconds: upload.upload.age.as_secs(),
             });
         }
         findings.bad_cache = self.check_cache().await?;

@@ -37,6 +37,13 @@ pub enum Problem {
     /// one still running); `kiln gc` aborts it once older than its grace.
     #[serde(rename_all = "camelCase")]
     UnfinishedUpload { marker: String, upload_id: String },
+    /// A multipart upload in progress that no marker under `uploads/` names, found in the
+    /// server's own list (S3 only): a writer killed between the server creating it and its
+    /// marker being written, or one just starting. Its parts take space until aborted; `kiln
+    /// gc` aborts it once older than its grace (unless a live lease names its blob). `key` is
+    /// the key it writes, inside the store; `age_seconds` is by the server's clock.
+    #[serde(rename_all = "camelCase")]
+    UnrecordedUpload { key: String, upload_id: String, age_seconds: u64 },
     /// A build cache entry that no build would use, or that contradicts a stored image.
     #[serde(rename_all = "camelCase")]
     BadCacheEntry { key: String, problem: crate::cache::check::EntryProblem },
@@ -64,9 +71,17 @@ impl fmt::Display for Problem {
             Problem::BadDocument { digest, error } => {
                 write!(f, "blob {digest} is not a valid index or manifest: {error}")
             }
-            Problem::UnfinishedUpload { marker, upload_id } => {
-                write!(f, "unfinished multipart upload {upload_id:?} recorded by {marker}")
-            }
+            Problem::UnfinishedUpload { marker, upload_id } => write!(
+                f,
+                "unfinished multipart upload {upload_id:?} recorded by {marker}; \
+                 `kiln gc` aborts it once older than its grace"
+            ),
+            Problem::UnrecordedUpload { key, upload_id, age_seconds } => write!(
+                f,
+                "multipart upload {upload_id:?} of {key}, started {age_seconds} s ago by the \
+                 server's clock, is recorded by no marker; `kiln gc` aborts it once older than \
+                 its grace"
+            ),
             Problem::BadCacheEntry { key, problem } => {
                 write!(f, "bad cache entry {key}: {problem}")
             }
@@ -124,7 +139,7 @@ pub struct RepairReport {
     /// Damaged refs or referrer entries left alone because they changed since the check
     /// (a build or copy set them anew); the next check judges them.
     pub changed_since: Vec<String>,
-    /// Problems repair cannot settle: stray keys, unreadable blobs, and unfinished uploads
-    /// (which gc aborts once older than its grace period).
+    /// Problems repair cannot settle: stray keys, unreadable blobs, and unfinished uploads,
+    /// recorded or not (which gc aborts once older than its grace period).
     pub left: Vec<Problem>,
 }

@@ -12,7 +12,8 @@
 //! The grace period protects work in flight on other runners: a build uploads layers and
 //! manifests well before it sets the ref that makes them reachable, so a blob younger than
 //! the grace is never deleted. Ages come from the backend's `last_modified`; the local clock
-//! must not be off by anything close to the grace. Refs are re-read just before the sweep, so a
+//! must not be off by anything close to the grace (an S3 upload no marker names is aged by
+//! the server's clock alone, as `store check` reports it). Refs are re-read just before the sweep, so a
 //! ref set during the mark phase also protects what it points at.
 
 use std::collections::HashSet;
@@ -177,7 +178,7 @@ impl Store {
         // Uploads a killed writer started but never recorded, or a publishing copy's.
         let unrecorded: Vec<_> = unrecorded
             .into_iter()
-            .filter(|u| u.upload.initiated < cutoff && !leased.contains(&u.digest))
+            .filter(|u| u.upload.age >= options.grace && !leased.contains(&u.digest))
             .collect();
         report.multipart_uploads_aborted += unrecorded.len() as u64;
         if !options.dry_run {

@@ -39,6 +39,7 @@ impl Store {
                     Problem::StrayKey { .. }
                         | Problem::UnreadableBlob { .. }
                         | Problem::UnfinishedUpload { .. }
+                        | Problem::UnrecordedUpload { .. }
                 )
             })
             .cloned()

@@ -11,7 +11,7 @@
 //!   process killed in that window leaves an upload no marker names, whose parts take space
 //!   until aborted. The server's own list is the only way to find those.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::{
@@ -49,8 +49,10 @@ pub(crate) struct InProgress {
     /// The key it writes, as the bucket names it (with the store's prefix).
     pub key: Key,
     pub upload_id: String,
-    /// When the server created it, by the server's clock.
-    pub initiated: SystemTime,
+    /// How long before the server listed it the server created it, by the server's clock
+    /// (the `Date` of its answer against the upload's `Initiated`; the local clock only if
+    /// it sent no date), so a local clock that is off does not age it.
+    pub age: Duration,
 }
 
 #[derive(Deserialize)]
@@ -133,10 +135,11 @@ impl S3Multipart {
                 }
                 query.append_pair("uploads", "");
             }
-            let (status, body) = self
+            let Answer { status, date, body } = self
                 .send(http::Method::GET, &url, &[], HttpRequestBody::empty())
                 .await
                 .map_err(|e| failed(e.to_string()))?;
+            let listed_at = date.unwrap_or_else(SystemTime::now);
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
                 return Err(failed(format!("{status}: {text}")));
@@ -146,10 +149,12 @@ impl S3Multipart {
             for upload in page.uploads {
                 let initiated = chrono::DateTime::parse_from_rfc3339(&upload.initiated)
                     .map_err(|e| failed(format!("initiated {:?}: {e}", upload.initiated)))?;
+                let initiated = SystemTime::from(initiated);
                 found.push(InProgress {
                     key: Key::from(upload.key),
                     upload_id: upload.upload_id,
-                    initiated: SystemTime::from(initiated),
+                    // `Date` has whole seconds, `Initiated` may have less: never below zero.
+                    age: listed_at.duration_since(initiated).unwrap_or_default(),
                 });
             }
             match (page.is_truncated, page.next_key_marker, page.next_upload_id_marker) {
@@ -249,7 +254,7 @@ impl S3Multipart {
             let headers = [("If-None-Match", "*"), ("Content-Type", "application/xml")];
             let body = HttpRequestBody::from(body.clone());
             let (status, answer) = match self.send(http::Method::POST, &url, &headers, body).await {
-                Ok(answer) => answer,
+                Ok(Answer { status, body, .. }) => (status, body),
                 Err(Unsent::Transport(e)) => {
                     last = e;
                     continue;
@@ -282,15 +287,23 @@ enum Unsent {
     Transport(String),
 }
 
+/// A server's answer to a signed request.
+struct Answer {
+    status: http::StatusCode,
+    /// The server's clock when it answered (its `Date` header), if it said.
+    date: Option<SystemTime>,
+    body: bytes::Bytes,
+}
+
 impl S3Multipart {
-    /// Sends one request signed with the current credentials: the server's status and body.
+    /// Sends one request signed with the current credentials.
     async fn send(
         &self,
         method: http::Method,
         url: &Url,
         headers: &[(&str, &str)],
         body: HttpRequestBody,
-    ) -> std::result::Result<(http::StatusCode, bytes::Bytes), Unsent> {
+    ) -> std::result::Result<Answer, Unsent> {
         let credential = self
             .s3
             .credentials()
@@ -306,10 +319,20 @@ impl S3Multipart {
         let response =
             self.client.execute(request).await.map_err(|e| Unsent::Transport(e.to_string()))?;
         let status = response.status();
+        let date = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(http_date);
         let body =
             response.into_body().bytes().await.map_err(|e| Unsent::Transport(e.to_string()))?;
-        Ok((status, body))
+        Ok(Answer { status, date, body })
     }
+}
+
+/// An HTTP date (`Sun, 06 Dec 2026 08:00:00 GMT`).
+fn http_date(value: &str) -> Option<SystemTime> {
+    chrono::DateTime::parse_from_rfc2822(value).ok().map(SystemTime::from)
 }
 
 fn is_true(value: &str) -> bool {
@@ -341,5 +364,13 @@ mod tests {
         let empty = r#"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>"#;
         let page: ListResult = quick_xml::de::from_str(empty).unwrap();
         assert!(page.uploads.is_empty() && !page.is_truncated);
+    }
+
+    #[test]
+    fn reads_an_http_date() {
+        let date = http_date("Sun, 06 Dec 2026 08:00:01 GMT").unwrap();
+        let initiated = chrono::DateTime::parse_from_rfc3339("2026-12-06T08:00:00.000Z").unwrap();
+        assert_eq!(date.duration_since(initiated.into()).unwrap(), Duration::from_secs(1));
+        assert_eq!(http_date("yesterday"), None);
     }
 }

@@ -8,8 +8,9 @@
 //! is the only trace of them, beside the parts on S3, whose server lists uploads in progress.
 //! The marker goes once the upload is completed or aborted (on S3, while it is completed). gc
 //! aborts the uploads of markers older than its grace (unless a live lease names the blob),
-//! and `store check` reports every marker. Folder stores have no upload ids: their
-//! interrupted uploads are part files, which gc finds on disk.
+//! and `store check` reports every marker; on S3 both also read the server's list for the
+//! uploads no marker names. Folder stores have no upload ids: their interrupted uploads are
+//! part files, which gc finds on disk.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -110,6 +111,8 @@ pub struct UnfinishedUpload {
 /// A multipart upload in progress that no marker records.
 #[derive(Clone, Debug)]
 pub(crate) struct Unrecorded {
+    /// The key it writes, inside the store.
+    pub key: Key,
     /// The blob it writes, or stages.
     pub digest: Digest,
     pub upload: InProgress,
@@ -270,8 +273,8 @@ impl Store {
     }
 
     /// The multipart uploads in progress in the store that no marker records, where the
-    /// backend can list them (S3): each with the key it writes inside the store and the
-    /// digest that key names. `recorded` are the upload ids markers hold.
+    /// backend can list them (S3; none elsewhere): each with the key it writes inside the
+    /// store and the digest that key names. `recorded` are the upload ids markers hold.
     pub(crate) async fn unrecorded_uploads(
         &self,
         recorded: &HashSet<String>,
@@ -288,15 +291,15 @@ impl Store {
             if recorded.contains(&upload.upload_id) {
                 continue;
             }
-            let inside = upload.key.as_ref().strip_prefix(&prefix).map(Key::from);
+            let Some(inside) = upload.key.as_ref().strip_prefix(&prefix).map(Key::from) else {
+                continue;
+            };
             // Staging objects and published blobs name their digest; anything else under
             // the prefix is not kiln's.
-            let digest = inside.as_ref().and_then(|key| {
-                key::parse_blob(key)
-                    .or_else(|| key.as_ref().strip_prefix("uploads/").and_then(key::upload_digest))
-            });
+            let digest = key::parse_blob(&inside)
+                .or_else(|| inside.as_ref().strip_prefix("uploads/").and_then(key::upload_digest));
             if let Some(digest) = digest {
-                found.push(Unrecorded { digest, upload });
+                found.push(Unrecorded { key: inside, digest, upload });
             }
         }
         Ok(found)

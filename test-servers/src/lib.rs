@@ -14,9 +14,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::multipart::MultipartStore;
 use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 
@@ -227,13 +228,7 @@ impl Server {
         let base = format!("{}://{}/", self.service.scheme(), self.bucket);
         let prefix = location.strip_prefix(&base).unwrap_or_default().to_string();
         let store: object_store::Result<Arc<dyn ObjectStore>> = match self.service {
-            Service::S3 => {
-                let mut builder = AmazonS3Builder::new().with_bucket_name(&self.bucket);
-                for (key, value) in self.options() {
-                    builder = builder.with_config(parse_key(&key), value);
-                }
-                builder.build().map(|s| Arc::new(s) as _)
-            }
+            Service::S3 => self.s3_client().map(|s| Arc::new(s) as _),
             Service::Azure => {
                 let mut builder = MicrosoftAzureBuilder::new().with_container_name(&self.bucket);
                 for (key, value) in self.options() {
@@ -253,6 +248,37 @@ impl Server {
             Ok(store) => Arc::new(PrefixStore::new(store, prefix.as_str())),
             Err(e) => panic!("configuring a raw {} client: {e}", self.service.name()),
         }
+    }
+
+    fn s3_client(&self) -> object_store::Result<AmazonS3> {
+        let mut builder = AmazonS3Builder::new().with_bucket_name(&self.bucket);
+        for (key, value) in self.options() {
+            builder = builder.with_config(parse_key(&key), value);
+        }
+        builder.build()
+    }
+
+    /// Starts a multipart upload of `key` under `location` (S3) and sends it one part, then
+    /// leaves it in progress, with nothing recording it, as a writer killed just after the
+    /// server created it would: the upload's id.
+    ///
+    /// # Panics
+    /// On a server other than S3, or when a request fails.
+    pub async fn start_multipart(&self, location: &str, key: &str) -> String {
+        assert_eq!(self.service, Service::S3, "only S3 lists multipart uploads");
+        let client = self.s3_client().unwrap_or_else(|e| panic!("configuring S3: {e}"));
+        let base = format!("s3://{}/", self.bucket);
+        let prefix = location.strip_prefix(&base).unwrap_or_default();
+        let path = object_store::path::Path::from(format!("{prefix}/{key}"));
+        let id = client
+            .create_multipart(&path)
+            .await
+            .unwrap_or_else(|e| panic!("starting an upload of {path}: {e}"));
+        client
+            .put_part(&path, &id, 0, vec![7u8; 64].into())
+            .await
+            .unwrap_or_else(|e| panic!("sending a part of {path}: {e}"));
+        id
     }
 
     /// Uploads every file under `folder` to `location` through the GCS JSON API, which
