@@ -2,13 +2,15 @@
 kiln asks of a store (ci/bench-s3, tests/shared_store.rs). The Host header is passed on, so
 SigV4 signatures stay valid.
 
-    python3 ci/counting-proxy.py UPSTREAM LOG PORT_FILE [LATENCY_MS]
+    python3 ci/counting-proxy.py UPSTREAM LOG PORT_FILE [LATENCY_MS [SPANS]]
 
 UPSTREAM is http://HOST:PORT; LOG gets one `METHOD PATH` line per request, in the order they
 arrive, followed by ` names=HEX,HEX` when a small body (a lease record, cache entry, manifest)
 mentions `sha256:` digests; the port it listens on (chosen by the system) is written to
 PORT_FILE once it accepts connections. LATENCY_MS of delay is added to each request, to stand
-for a network.
+for a network. SPANS, if given, gets one `START END METHOD PATH` line per request once it is
+answered (seconds on a monotonic clock, from its arrival to its answer), from which
+ci/request-chain.py counts the requests that went one after another.
 """
 import http.client
 import http.server
@@ -20,6 +22,7 @@ import time
 
 upstream, log, port_file = sys.argv[1].split("//")[1], sys.argv[2], sys.argv[3]
 latency = float(sys.argv[4] if len(sys.argv) > 4 else 0) / 1000
+spans = sys.argv[5] if len(sys.argv) > 5 else None
 lock = threading.Lock()
 
 
@@ -30,6 +33,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         pass
 
     def forward(self):
+        start = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         line = f"{self.command} {self.path}"
@@ -54,6 +58,9 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+        if spans:
+            with lock, open(spans, "a") as f:
+                f.write(f"{start:.6f} {time.monotonic():.6f} {self.command} {self.path}\n")
 
     do_GET = do_PUT = do_POST = do_PATCH = do_HEAD = do_DELETE = forward
 
