@@ -13,8 +13,8 @@
 //! manifests well before it sets the ref that makes them reachable, so a blob younger than
 //! the grace is never deleted. Ages come from the backend's `last_modified`; the local clock
 //! must not be off by anything close to the grace (an S3 upload no marker names is aged by
-//! the server's clock alone, as `store check` reports it). Refs are re-read just before the sweep, so a
-//! ref set during the mark phase also protects what it points at.
+//! the server's clock alone, as `store check` reports it). Refs are re-read just before the
+//! sweep, so a ref set during the mark phase also protects what it points at.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
