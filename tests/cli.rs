@@ -133,6 +133,18 @@ fn a_stale_lock_rewritten_by_a_build_is_announced() {
 }
 
 #[test]
+fn a_quiet_build_that_writes_a_new_lock_prints_nothing() {
+    let ws = Workspace::new();
+    let recipes = copy_recipes(ws.root());
+    let lock = recipes.join("golden.lock");
+    let _ = std::fs::remove_file(&lock);
+    let kiln = Kiln::new(&ws.store("store"));
+    let run = kiln.run(&["-q", "build", recipes.join("golden.toml").to_str().unwrap()]).ok();
+    assert!(lock.is_file(), "build did not write {}", lock.display());
+    assert!(run.stdout.is_empty() && run.stderr.is_empty(), "{run}");
+}
+
+#[test]
 fn build_writes_the_lock_beside_the_recipe() {
     let ws = Workspace::new();
     let recipes = copy_recipes(ws.root());

@@ -283,7 +283,7 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
             release: released.clone(),
         })?;
     } else {
-        if out.lock_written && out.lock_stale.is_empty() {
+        if out.lock_written && out.lock_stale.is_empty() && !ctx.quiet {
             eprintln!("wrote {}", lock_path.display());
         }
         ctx.say(format!(
