@@ -90,10 +90,10 @@ pub fn run(ctx: &Ctx, args: &BuildArgs) -> anyhow::Result<()> {
         .runtime
         .block_on(ctx.store.lease())
         .with_context(|| format!("taking a lease in {}", ctx.store.describe()))?;
-    // What the tag holds now needs no lease record: an unchanged rebuild writes nothing.
-    ctx.runtime
-        .block_on(lease.keep_tagged(&name, &tag))
-        .with_context(|| format!("reading {name}:{tag} in {}", ctx.store.describe()))?;
+    // What the tag holds now needs no lease record: an unchanged rebuild writes nothing. It
+    // is read while the build hashes its inputs and reads the cache (a failure to read it
+    // fails the build at the first blob named).
+    ctx.runtime.block_on(lease.keep_tagged_meanwhile(name.clone(), tag.clone()));
     let mut sink = StoreSink::new(&ctx.store, &ctx.runtime);
     sink.lease = Some(&lease);
     sink.cache_signer = cache_signer.as_ref().map(|k| k as &dyn kiln_store::cache::CacheSigner);

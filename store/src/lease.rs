@@ -14,7 +14,9 @@
 //! others. Before tagging, [`Lease::before_tagging`] says whether the tag already points at
 //! the image (then nothing is written at all: an unchanged build or push makes no `PUT`);
 //! if not, it records every blob named so far, before [`Store::confirm_image`] looks for
-//! what a gc may have taken, exactly as if nothing had been deferred.
+//! what a gc may have taken, exactly as if nothing had been deferred. A build reads what the
+//! tag keeps in the background ([`Lease::keep_tagged_meanwhile`]), beside its own first
+//! requests: nothing is named until that is known.
 //!
 //! A lease is live until its newest expiry, unless its holder is known dead (same machine,
 //! process gone): then gc deletes it at once. Expiries use the local clock of writer and gc,
@@ -77,6 +79,9 @@ pub(crate) struct Shared {
     /// Whether a record is in the store, so that there is something to renew and delete.
     written: AtomicBool,
     deferral: Mutex<Deferral>,
+    /// Held while what the tag keeps is read in the background; then the error of that
+    /// read, if any, until a naming takes it.
+    tag_read: Arc<tokio::sync::Mutex<Option<StoreError>>>,
 }
 
 /// Blobs named without a record because a tag keeps them.
@@ -97,6 +102,7 @@ impl Shared {
     /// Names `blobs`: recorded at once, unless a tag keeps every one of them. True when a
     /// record naming them is in the store now.
     pub(crate) async fn name(&self, blobs: &[Digest]) -> Result<bool> {
+        self.tag_known().await?;
         let record = {
             let mut deferral = self.deferral();
             let Deferral { kept, named } = &mut *deferral;
@@ -111,6 +117,29 @@ impl Shared {
         };
         self.write(record).await?;
         Ok(true)
+    }
+
+    /// Waits until what the tag keeps is known, if it is being read in the background
+    /// ([`Lease::keep_tagged_meanwhile`]); that read's error is returned once.
+    async fn tag_known(&self) -> Result<()> {
+        match self.tag_read.lock().await.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// See [`Lease::keep_tagged`].
+    async fn keep_tagged(&self, name: &RepoName, tag: &Tag) -> Result<()> {
+        let Some(root) = self.store.get_ref(name, tag).await? else { return Ok(()) };
+        let blobs = match crate::walk::image_blobs(&self.store, &root).await {
+            Ok(blobs) => blobs,
+            // The image is not whole (a tag moved meanwhile, or a blob is damaged and the
+            // writer is about to heal it): nothing is taken as kept, everything is recorded.
+            Err(e) if e.is_integrity_failure() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.deferral().kept = Some(blobs.iter().map(|d| d.digest).collect());
+        Ok(())
     }
 
     /// Records what was deferred, and defers nothing from now on.
@@ -162,16 +191,22 @@ impl Lease {
     /// record while the tag keeps them (see the module documentation). Call it before
     /// anything is named.
     pub async fn keep_tagged(&self, name: &RepoName, tag: &Tag) -> Result<()> {
-        let Some(root) = self.shared.store.get_ref(name, tag).await? else { return Ok(()) };
-        let blobs = match crate::walk::image_blobs(&self.shared.store, &root).await {
-            Ok(blobs) => blobs,
-            // The image is not whole (a tag moved meanwhile, or a blob is damaged and the
-            // writer is about to heal it): nothing is taken as kept, everything is recorded.
-            Err(e) if e.is_integrity_failure() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        self.shared.deferral().kept = Some(blobs.iter().map(|d| d.digest).collect());
-        Ok(())
+        self.shared.keep_tagged(name, tag).await
+    }
+
+    /// [`Lease::keep_tagged`] in the background (on the current tokio runtime), so that its
+    /// round trips (the tag, then the image it points at) go beside the writer's own first
+    /// work: the first blob named, and [`Lease::before_tagging`], wait until it is done, and
+    /// the first of them fails with its error. Call it before anything is named.
+    pub async fn keep_tagged_meanwhile(&self, name: RepoName, tag: Tag) {
+        // Taken here, not in the task, so that no naming can come before it.
+        let mut reading = self.shared.tag_read.clone().lock_owned().await;
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.keep_tagged(&name, &tag).await {
+                *reading = Some(e);
+            }
+        });
     }
 
     /// Just before `name:tag` is set to `root`: true when it already points at `root`, so
@@ -183,6 +218,7 @@ impl Lease {
         tag: &Tag,
         root: &Descriptor,
     ) -> Result<bool> {
+        self.shared.tag_known().await?;
         if self.shared.store.get_ref(name, tag).await?.as_ref() == Some(root) {
             return Ok(true);
         }
@@ -262,6 +298,7 @@ impl Store {
             holder,
             written: AtomicBool::new(false),
             deferral: Mutex::new(Deferral::default()),
+            tag_read: Arc::default(),
         });
         let renewing = shared.clone();
         let renewer = tokio::spawn(async move {

@@ -560,6 +560,7 @@ conformance!(
     check_reports_bad_cache_entries,
     gc_keeps_what_a_live_lease_names,
     a_lease_records_nothing_the_tag_keeps_until_the_tag_moves,
+    a_lease_reading_its_tag_meanwhile_names_nothing_before_it_knows_what_it_keeps,
     a_leased_handle_names_every_blob_it_writes,
     gc_empties_the_quarantine_after_the_grace,
     copy_sends_again_what_a_gc_it_raced_took,

@@ -181,8 +181,9 @@ impl Store {
     /// when `trust` is given, and whose blob is stored with the size it records and not
     /// written after the entry (one HEAD). A blob failing that, or every blob when `content`
     /// is set, is re-hashed, and quarantined if corrupt ([`Store::check_reuse`]). With a
-    /// `lease`, the blobs the entries name are leased before their HEAD, so a hit's blob is
-    /// kept by gc from then on.
+    /// `lease`, the blobs the entries name are leased beside their HEAD, so a hit's blob is
+    /// kept by gc once this returns (one a gc took before is found gone before tagging,
+    /// [`Store::confirm_image_except`]).
     pub async fn cache_lookups(
         &self,
         kind: &str,
@@ -197,16 +198,19 @@ impl Store {
             .buffered(crate::blob::SMALL_REQUESTS_IN_FLIGHT)
             .try_collect()
             .await?;
-        if let Some(lease) = lease {
-            let named: Vec<Digest> = opened
-                .iter()
-                .filter_map(|(l, _)| match l {
-                    CacheLookup::Hit { record, .. } => Some(record.output.digest),
-                    _ => None,
-                })
-                .collect();
-            lease.add(&named).await?;
-        }
+        let named: Vec<Digest> = opened
+            .iter()
+            .filter_map(|(l, _)| match l {
+                CacheLookup::Hit { record, .. } => Some(record.output.digest),
+                _ => None,
+            })
+            .collect();
+        let leased = async {
+            match lease {
+                Some(lease) => lease.add(&named).await,
+                None => Ok(()),
+            }
+        };
         // One judgement over every hit's blob: HEADs concurrently, re-hashes where needed.
         let wanted: Vec<Wanted> = opened
             .iter()
@@ -219,7 +223,11 @@ impl Store {
                 _ => None,
             })
             .collect();
-        let mut verdicts = self.check_reuse(&wanted, content).await?.into_iter();
+        // Beside the lease record: a hit is used only once named, and a blob a gc took
+        // meanwhile is looked for again before the image is tagged.
+        let (leased, verdicts) = futures::join!(leased, self.check_reuse(&wanted, content));
+        leased?;
+        let mut verdicts = verdicts?.into_iter();
         Ok(opened
             .into_iter()
             .map(|(lookup, _)| {

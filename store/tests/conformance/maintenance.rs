@@ -10,6 +10,7 @@ use kiln_store::check::NoProgress;
 use kiln_store::copy::copy_image;
 use kiln_store::{GcOptions, Problem, Reference, Store, StoreError};
 use object_store::path::Path as Key;
+use object_store::ObjectStore;
 
 use super::{blob_key, pattern, Fixture};
 
@@ -485,6 +486,35 @@ pub async fn multipart_uploads_no_record_names_are_aborted(f: Fixture) {
     assert_eq!(server.multipart_uploads(location).unwrap(), vec![prefixed(&keys[3])]);
     assert!(f.store.check(&NoProgress).await.unwrap().is_clean());
     uploads[3].abort().await.unwrap();
+}
+
+pub async fn a_lease_reading_its_tag_meanwhile_names_nothing_before_it_knows_what_it_keeps(
+    f: Fixture,
+) {
+    let kept = image(&f.store, &[b"kept layer".to_vec()]).await;
+    let Reference::Tagged { name, tag } = tagged("app:1") else { unreachable!() };
+    f.store.set_ref(&name, &tag, &kept).await.unwrap();
+    let config = Digest::of(b"{\"architecture\":\"amd64\"}");
+    let blobs = [kept.digest, config, Digest::of(b"kept layer")];
+
+    // Named as soon as the read began: the naming waits for it, and the tag keeps them.
+    let lease = f.store.lease().await.unwrap();
+    lease.keep_tagged_meanwhile(name.clone(), tag.clone()).await;
+    lease.add(&blobs).await.unwrap();
+    assert!(!lease.recorded());
+    assert!(lease.before_tagging(&name, &tag, &kept).await.unwrap());
+    lease.release().await.unwrap();
+
+    // A tag that cannot be read fails the first naming, which records nothing.
+    f.raw
+        .put(&Key::from("refs/app/1"), Bytes::from_static(b"not a descriptor").into())
+        .await
+        .unwrap();
+    let lease = f.store.lease().await.unwrap();
+    lease.keep_tagged_meanwhile(name.clone(), tag.clone()).await;
+    let error = lease.add(&blobs).await.unwrap_err();
+    assert!(matches!(error, StoreError::Json { .. }), "{error:?}");
+    assert!(!lease.recorded());
 }
 
 pub async fn a_lease_records_nothing_the_tag_keeps_until_the_tag_moves(f: Fixture) {
