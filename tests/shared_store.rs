@@ -874,6 +874,10 @@ fn unchanged_build_and_push_to_s3_write_nothing() {
     assert_eq!(second["digest"], first["digest"]);
     assert_eq!(second["blobs"]["uploaded"], 0, "{second}");
     assert_eq!(writes(&requests), Vec::<&String>::new(), "{requests:?}");
+    // The tag twice, the index and manifest it points at, per layer its cache entry, a HEAD
+    // of its blob and (on a runner that has not seen it) a read of it, and the config,
+    // manifest and index read back once each.
+    assert!(requests.len() <= 13, "{} requests: {requests:#?}", requests.len());
 
     let local = format!("file://{}", shared.tmp.path().join("local").display());
     shared.json("a", &["--store", &local, "build", recipe, "--json"]);
