@@ -75,21 +75,21 @@ impl Store {
 #[derive(Clone, Debug)]
 pub(crate) struct BulkDeletes {
     bucket: Arc<dyn ObjectStore>,
-    prefix: String,
+    prefix: Key,
 }
 
 impl BulkDeletes {
     pub(crate) fn new(bucket: Arc<dyn ObjectStore>, prefix: &str) -> BulkDeletes {
-        BulkDeletes { bucket, prefix: prefix.to_string() }
+        // Made as `PrefixStore` makes it, and joined part by part below as it joins them, so
+        // a key is deleted under exactly the name it was written with (no part is encoded
+        // twice).
+        BulkDeletes { bucket, prefix: Key::from(prefix) }
     }
 
     /// Deletes the store's `keys`; the first failure (of the request, or of a key) is the
     /// error, named after its key (the first key when the whole request failed).
     async fn delete(&self, keys: Vec<Key>) -> Result<()> {
-        let in_bucket = keys.iter().map(|key| match self.prefix.as_str() {
-            "" => Ok(key.clone()),
-            prefix => Ok(Key::from(format!("{prefix}/{key}"))),
-        });
+        let in_bucket = keys.iter().map(|key| Ok(self.prefix.parts().chain(key.parts()).collect()));
         let deleted: Vec<object_store::Result<Key>> =
             self.bucket.delete_stream(futures::stream::iter(in_bucket).boxed()).collect().await;
         // One answer per key, in order; a request that failed answers once.
