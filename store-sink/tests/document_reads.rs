@@ -4,6 +4,8 @@
 // A failed unwrap in a test is the failure report we want.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
@@ -13,10 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use kiln_builder::{build, BuildOptions, LockMode, Observer, Recipe};
+use kiln_builder::{build, Recipe};
 use kiln_store::Store;
 use kiln_store_sink::StoreSink;
-use kiln_tree::Epoch;
 use object_store::memory::InMemory;
 use object_store::path::Path as Key;
 use object_store::{
@@ -26,12 +27,11 @@ use object_store::{
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use support::{opts, Quiet};
+
 /// How long a held read waits for the others before it gives up and the test fails: far
 /// beyond what reads sent together take, so only reads sent one after another reach it.
 const HOLD_AT_MOST: Duration = Duration::from_secs(60);
-
-struct Quiet;
-impl Observer for Quiet {}
 
 /// An in-memory store whose reads of the armed keys are each held until every armed key has
 /// been asked for; it counts the writes it serves.
@@ -129,18 +129,6 @@ fn recipe(dir: &Path) -> Recipe {
                 [[layer]]\nname = \"issue\"\ninline = [{ dest = \"/etc/issue\", content = \"k\" }]\n";
     std::fs::write(dir.join("r.toml"), text).unwrap();
     Recipe::load(&dir.join("r.toml")).unwrap()
-}
-
-fn opts(work: &Path) -> BuildOptions {
-    std::fs::create_dir_all(work).unwrap();
-    BuildOptions {
-        epoch: Epoch::new(1_700_000_000).unwrap(),
-        threads: 2,
-        work_dir: work.to_path_buf(),
-        lock_mode: LockMode::Update,
-        hash_cache: None,
-        list_packages: false,
-    }
 }
 
 #[test]

@@ -5,6 +5,8 @@
 // A failed unwrap in a test is the failure report we want.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,22 +16,20 @@ use futures::TryStreamExt;
 use kiln_builder::build::{BlobSink, BlobStream, SinkError};
 use kiln_builder::image::JsonBlob;
 use kiln_builder::layer::{LayerBlob, WriteProgress};
-use kiln_builder::{build, BuildOptions, LayerRecord, LockMode, Observer, Recipe};
+use kiln_builder::{build, LayerRecord, Recipe};
 use kiln_oci::{Descriptor, Digest};
 use kiln_store::check::NoProgress;
 use kiln_store::{CheckReport, Problem, Store};
 use kiln_store_sink::StoreSink;
-use kiln_tree::Epoch;
 use object_store::ObjectStore;
 use tokio::runtime::Runtime;
+
+use support::{opts, Quiet};
 
 const MIB: u64 = 1024 * 1024;
 /// Written bytes at which a held layer's writer waits for its upload to be recorded: past
 /// the size from which a blob is staged in parts (8 MiB), short of the layer's end.
 const HOLD_AT: u64 = 8 * MIB;
-
-struct Quiet;
-impl Observer for Quiet {}
 
 /// A store under test, the runtime its sink runs on, and raw access to its bucket.
 struct Target {
@@ -240,18 +240,6 @@ fn recipe(dir: &Path, big: u64) -> (Recipe, PathBuf) {
                 [[layer]]\nname = \"motd\"\ninline = [{ dest = \"/etc/motd\", content = \"hi\" }]\n";
     std::fs::write(dir.join("r.toml"), text).unwrap();
     (Recipe::load(&dir.join("r.toml")).unwrap(), payload)
-}
-
-fn opts(work: &Path) -> BuildOptions {
-    std::fs::create_dir_all(work).unwrap();
-    BuildOptions {
-        epoch: Epoch::new(1_700_000_000).unwrap(),
-        threads: 2,
-        work_dir: work.to_path_buf(),
-        lock_mode: LockMode::Update,
-        hash_cache: None,
-        list_packages: false,
-    }
 }
 
 /// The index a build of `recipe` into a folder store makes.
