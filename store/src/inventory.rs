@@ -1,11 +1,9 @@
 //! What the store holds under a prefix, listed with sizes and ages, and bulk deletion.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
-use object_store::ObjectStore;
 
 use crate::error::{Result, StoreError};
 use crate::Store;
@@ -49,13 +47,8 @@ impl Store {
         got.bytes().await.map(Some).map_err(|e| StoreError::backend(key, e))
     }
 
-    /// Deletes `keys`, a bounded number at a time, or many a request where the backend can
-    /// (a lease's records, gc's doomed objects: one request instead of one each); a key
-    /// already gone is not an error.
+    /// Deletes `keys`, a bounded number at a time; a key already gone is not an error.
     pub(crate) async fn delete_all(&self, keys: Vec<Key>) -> Result<()> {
-        if let Some(bulk) = &self.bulk_deletes {
-            return bulk.delete(keys).await;
-        }
         futures::stream::iter(keys)
             .map(|key| async move {
                 match self.inner.delete(&key).await {
@@ -66,39 +59,5 @@ impl Store {
             .buffer_unordered(DELETE_CONCURRENCY)
             .try_collect()
             .await
-    }
-}
-
-/// A backend's deletion of many objects a request, reached without object_store's
-/// `PrefixStore`, which deletes them one request each: the bucket and the store's key prefix
-/// in it.
-#[derive(Clone, Debug)]
-pub(crate) struct BulkDeletes {
-    bucket: Arc<dyn ObjectStore>,
-    prefix: Key,
-}
-
-impl BulkDeletes {
-    pub(crate) fn new(bucket: Arc<dyn ObjectStore>, prefix: &str) -> BulkDeletes {
-        // Made as `PrefixStore` makes it, and joined part by part below as it joins them, so
-        // a key is deleted under exactly the name it was written with (no part is encoded
-        // twice).
-        BulkDeletes { bucket, prefix: Key::from(prefix) }
-    }
-
-    /// Deletes the store's `keys`; the first failure (of the request, or of a key) is the
-    /// error, named after its key (the first key when the whole request failed).
-    async fn delete(&self, keys: Vec<Key>) -> Result<()> {
-        let in_bucket = keys.iter().map(|key| Ok(self.prefix.parts().chain(key.parts()).collect()));
-        let deleted: Vec<object_store::Result<Key>> =
-            self.bucket.delete_stream(futures::stream::iter(in_bucket).boxed()).collect().await;
-        // One answer per key, in order; a request that failed answers once.
-        for (key, deleted) in keys.iter().zip(deleted) {
-            match deleted {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(source) => return Err(StoreError::backend(key, source)),
-            }
-        }
-        Ok(())
     }
 }

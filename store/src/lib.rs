@@ -71,8 +71,6 @@ pub struct Store {
     folder: Option<std::path::PathBuf>,
     /// The backend's multipart uploads, driven by id (buckets and memory).
     multipart: Option<upload::Multipart>,
-    /// Deletes many objects a request where the backend can ([`Store::delete_all`]).
-    bulk_deletes: Option<inventory::BulkDeletes>,
     /// The lease that names every blob this handle writes ([`Store::leased`]).
     lease: Option<Arc<lease::Shared>>,
     /// Buffers for local files read in chunks, shared by the handle's clones.
@@ -103,7 +101,6 @@ impl Store {
             description: location.to_string(),
             folder,
             multipart: connected.multipart,
-            bulk_deletes: connected.bulk_deletes,
             lease: None,
             chunk_pool: Arc::default(),
         })
@@ -124,7 +121,6 @@ impl Store {
             description: description.into(),
             folder: None,
             multipart: None,
-            bulk_deletes: None,
             lease: None,
             chunk_pool: Arc::default(),
         }

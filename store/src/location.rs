@@ -21,7 +21,6 @@ use url::Url;
 
 use crate::error::{BackendError, Result, StoreError};
 use crate::explain::Explaining;
-use crate::inventory::BulkDeletes;
 use crate::s3_multipart::S3Multipart;
 pub use crate::service::Service;
 use crate::upload::Multipart;
@@ -31,8 +30,6 @@ use crate::upload::Multipart;
 pub(crate) struct Connected {
     pub objects: Arc<dyn ObjectStore>,
     pub multipart: Option<Multipart>,
-    /// Where one request deletes many objects.
-    pub bulk_deletes: Option<BulkDeletes>,
 }
 
 /// A cloud store: which service, which bucket (or container), and a key prefix inside it.
@@ -187,13 +184,13 @@ impl Location {
                             // Removes the directories a deleted staging upload leaves behind.
                             .with_automatic_cleanup(true);
                         // Its multipart uploads are part files, found on disk (see gc).
-                        Ok(Connected { objects: Arc::new(fs), multipart: None, bulk_deletes: None })
+                        Ok(Connected { objects: Arc::new(fs), multipart: None })
                     }
                     _ => {
                         let memory = Arc::new(InMemory::new());
                         let multipart =
                             Some(Multipart::new(memory.clone(), "").one_part_at_a_time());
-                        Ok(Connected { objects: memory, multipart, bulk_deletes: None })
+                        Ok(Connected { objects: memory, multipart })
                     }
                 };
             }
@@ -254,15 +251,11 @@ impl Location {
             Some(s3) => multipart.with_s3(s3),
             None => multipart,
         });
-        // S3's DeleteObjects takes up to 1000 keys a request. (object_store's Azure batch
-        // delete is not tried against Azurite here, and GCS has none.)
-        let bulk_deletes = (bucket.service == Service::S3)
-            .then(|| BulkDeletes::new(store.clone(), &bucket.prefix));
         if bucket.prefix.is_empty() {
-            Ok(Connected { objects: store, multipart, bulk_deletes })
+            Ok(Connected { objects: store, multipart })
         } else {
             let objects = Arc::new(PrefixStore::new(store, Key::from(bucket.prefix.as_str())));
-            Ok(Connected { objects, multipart, bulk_deletes })
+            Ok(Connected { objects, multipart })
         }
     }
 
