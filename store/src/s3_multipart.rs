@@ -11,7 +11,10 @@
 //!   process killed in that window leaves an upload no marker names, whose parts take space
 //!   until aborted. The server's own list is the only way to find those.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
+
+use futures::StreamExt as _;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::{
@@ -26,6 +29,9 @@ use crate::error::{BackendError, Result, StoreError};
 
 /// Uploads asked for per request; the most S3 returns.
 const PAGE: &str = "1000";
+/// The most of an answer kept: a full page of uploads is well under it, and a server that
+/// sends more is not followed into unbounded memory.
+const ANSWER_LIMIT: usize = 16 * 1024 * 1024;
 
 /// How to list one bucket's multipart uploads.
 #[derive(Clone)]
@@ -125,6 +131,7 @@ impl S3Multipart {
         };
         let mut found = Vec::new();
         let mut markers: Option<(String, String)> = None;
+        let mut seen = HashSet::new();
         loop {
             let mut url = self.bucket_url.clone();
             {
@@ -157,15 +164,13 @@ impl S3Multipart {
                     age: listed_at.duration_since(initiated).unwrap_or_default(),
                 });
             }
-            match (page.is_truncated, page.next_key_marker, page.next_upload_id_marker) {
-                (true, Some(key), Some(id))
-                    if markers.as_ref() != Some(&(key.clone(), id.clone())) =>
-                {
-                    markers = Some((key, id));
-                }
-                (true, ..) => return Err(failed("a truncated listing with no way on".into())),
-                (false, ..) => return Ok(found),
+            if !page.is_truncated {
+                return Ok(found);
             }
+            markers = Some(
+                next_page(&mut seen, page.next_key_marker, page.next_upload_id_marker)
+                    .ok_or_else(|| failed("a truncated listing with no way on".into()))?,
+            );
         }
     }
 }
@@ -285,6 +290,8 @@ enum Unsent {
     /// The connection failed or dropped; worth another attempt.
     #[error("{0}")]
     Transport(String),
+    #[error("the answer is larger than {ANSWER_LIMIT} bytes")]
+    TooLarge,
 }
 
 /// A server's answer to a signed request.
@@ -324,10 +331,28 @@ impl S3Multipart {
             .get(http::header::DATE)
             .and_then(|value| value.to_str().ok())
             .and_then(http_date);
-        let body =
-            response.into_body().bytes().await.map_err(|e| Unsent::Transport(e.to_string()))?;
-        Ok(Answer { status, date, body })
+        let mut chunks = response.into_body().bytes_stream();
+        let mut body = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| Unsent::Transport(e.to_string()))?;
+            if body.len() + chunk.len() > ANSWER_LIMIT {
+                return Err(Unsent::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer { status, date, body: body.into() })
     }
+}
+
+/// Where a truncated listing goes on: its markers, unless one is missing or the listing has
+/// been there before (a server that loops would otherwise be listed forever).
+fn next_page(
+    seen: &mut HashSet<(String, String)>,
+    key: Option<String>,
+    id: Option<String>,
+) -> Option<(String, String)> {
+    let markers = (key?, id?);
+    seen.insert(markers.clone()).then_some(markers)
 }
 
 /// An HTTP date (`Sun, 06 Dec 2026 08:00:00 GMT`).
@@ -364,6 +389,22 @@ mod tests {
         let empty = r#"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>"#;
         let page: ListResult = quick_xml::de::from_str(empty).unwrap();
         assert!(page.uploads.is_empty() && !page.is_truncated);
+    }
+
+    #[test]
+    fn a_listing_goes_on_only_to_a_page_it_has_not_been_to() {
+        let mut seen = HashSet::new();
+        let page = |key: &str, id: &str| (Some(key.to_string()), Some(id.to_string()));
+        let (a, b) = (page("k1", "i1"), page("k2", "i2"));
+        assert_eq!(
+            next_page(&mut seen, a.0.clone(), a.1.clone()),
+            Some(("k1".into(), "i1".into()))
+        );
+        assert!(next_page(&mut seen, b.0.clone(), b.1.clone()).is_some());
+        // A server that sends the listing round in a circle is not followed.
+        assert_eq!(next_page(&mut seen, a.0, a.1), None);
+        assert_eq!(next_page(&mut seen, Some("k3".into()), None), None);
+        assert_eq!(next_page(&mut seen, None, Some("i3".into())), None);
     }
 
     #[test]
